@@ -1,0 +1,1057 @@
+//! Raw config -> validated, indexed [`Snapshot`]. Every reference is resolved here, so a
+//! compiled snapshot cannot hold a dangling name; every error is collected with its path.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use http::{HeaderName, HeaderValue, Uri};
+use subtle::ConstantTimeEq;
+
+use super::raw::{self, ProviderKind};
+use super::{ConfigError, RawConfig};
+use crate::route::upstream::{UpstreamRegistry, UpstreamSpec};
+use crate::route::Upstream;
+
+/// What compiling needs from the outside world: the environment (for `key_env`) and the
+/// upstream registry, so a provider that keeps its address keeps its resolved backends.
+pub struct CompileCtx<'a> {
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    pub upstreams: &'a UpstreamRegistry,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub listen: String,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: Vec<String>,
+    pub tls: Vec<TlsListener>,
+    pub admin_listen: Option<String>,
+    pub threads: usize,
+    pub grace_period_s: u64,
+    pub max_request_body_bytes: u64,
+    pub redis_url: Option<String>,
+}
+
+/// A provider's base URL, split the way upstream requests need it.
+#[derive(Debug, Clone)]
+pub struct BaseUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash, e.g. `/v1`.
+    pub path: String,
+    /// `host` or `host:port` when the port is not the scheme's default.
+    pub authority: String,
+}
+
+impl BaseUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let uri: Uri = s.parse().map_err(|e| format!("not a valid URL ({e})"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err("must start with http:// or https://".into()),
+        };
+        let host = uri.host().filter(|h| !h.is_empty()).ok_or("has no host")?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        if uri.query().is_some() {
+            return Err("must not have a query string".into());
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let port = uri.port_u16().unwrap_or(default_port);
+        let authority = match uri.port_u16() {
+            Some(p) if p != default_port => uri
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .unwrap_or_else(|| format!("{host}:{p}")),
+            _ => uri.host().unwrap_or(&host).to_owned(),
+        };
+        Ok(Self {
+            tls,
+            host,
+            port,
+            path: uri.path().trim_end_matches('/').to_owned(),
+            authority,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Never logged, traced, exported or echoed: `Debug` of [`Provider`] redacts it.
+    pub api_key: Option<Secret>,
+    pub base: BaseUrl,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub api_version: Option<String>,
+    pub upstream: Arc<Upstream>,
+}
+
+/// A credential whose `Debug` output is redacted, so it cannot reach a log by accident.
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A concrete model: one provider, one upstream model id.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The alias of the concrete model (its `name`).
+    pub alias: String,
+    pub provider: Arc<Provider>,
+    pub upstream_model: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteTarget {
+    pub target: Target,
+    pub priority: u32,
+    pub weight: u32,
+}
+
+#[derive(Debug)]
+pub struct Routing {
+    /// Next start position for `round_robin`.
+    pub rr_next: std::sync::atomic::AtomicUsize,
+    pub strategy: raw::Strategy,
+    pub targets: Vec<RouteTarget>,
+    pub retry_on: Vec<u16>,
+    pub max_attempts: u32,
+    pub cooldown: Duration,
+}
+
+#[derive(Debug)]
+pub enum ModelRoute {
+    Single(Target),
+    Multi(Routing),
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub name: String,
+    pub route: ModelRoute,
+    pub rate_limit: Option<String>,
+    pub guardrails: Vec<String>,
+    pub cache: Option<String>,
+    pub pricing: Option<raw::Pricing>,
+}
+
+#[derive(Debug)]
+pub struct ApiKeyEntry {
+    pub name: String,
+    pub owner: String,
+    hash: [u8; 32],
+    /// `None`: every model.
+    pub models: Option<HashSet<String>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub disabled: bool,
+    pub rate_limit: Option<String>,
+    pub guardrails: Vec<String>,
+    pub budget: Option<String>,
+}
+
+impl ApiKeyEntry {
+    pub fn allows(&self, alias: &str) -> bool {
+        self.models.as_ref().is_none_or(|m| m.contains(alias))
+    }
+
+    /// Usable now: neither disabled nor expired.
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        !self.disabled && self.expires_at.is_none_or(|t| now < t)
+    }
+}
+
+/// Caller keys by BLAKE3 hash. Buckets are found by the hash's first 8 bytes; the full
+/// 32 bytes are compared in constant time, so timing reveals nothing about stored hashes.
+#[derive(Debug, Default)]
+pub struct KeyIndex {
+    buckets: HashMap<u64, Vec<Arc<ApiKeyEntry>>>,
+}
+
+impl KeyIndex {
+    pub fn lookup(&self, presented: &[u8]) -> Option<&Arc<ApiKeyEntry>> {
+        let hash = blake3::hash(presented);
+        let hash = hash.as_bytes();
+        let bucket = self.buckets.get(&prefix_u64(hash))?;
+        bucket.iter().find(|e| bool::from(e.hash.ct_eq(hash)))
+    }
+
+    fn insert(&mut self, e: ApiKeyEntry) {
+        self.buckets.entry(prefix_u64(&e.hash)).or_default().push(Arc::new(e));
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+fn prefix_u64(h: &[u8; 32]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// `blake3:<hex>` of a caller key, as `aigw hash-key` prints it and `key_hash` takes it.
+pub fn hash_key(key: &str) -> String {
+    format!("blake3:{}", blake3::hash(key.as_bytes()).to_hex())
+}
+
+fn parse_key_hash(s: &str) -> Result<[u8; 32], String> {
+    let hex = s
+        .strip_prefix("blake3:")
+        .ok_or("must look like blake3:<64 hex digits> (see `aigw hash-key`)")?;
+    blake3::Hash::from_hex(hex)
+        .map(|h| *h.as_bytes())
+        .map_err(|_| "must look like blake3:<64 hex digits> (see `aigw hash-key`)".into())
+}
+
+/// The validated, immutable config that one request sees from start to end.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub server: ServerSettings,
+    pub providers: HashMap<String, Arc<Provider>>,
+    pub models: HashMap<String, Arc<Model>>,
+    /// Model aliases in config order, for `GET /v1/models`.
+    pub model_order: Vec<String>,
+    pub keys: KeyIndex,
+    pub rate_limits: Vec<raw::RateLimit>,
+    pub guardrails: Vec<raw::Guardrail>,
+    pub caches: Vec<raw::Cache>,
+    pub budgets: Vec<raw::Budget>,
+    pub observability: raw::Observability,
+    /// Unix seconds when this snapshot was compiled; `created` in `/v1/models`.
+    pub created: i64,
+}
+
+impl Snapshot {
+    pub fn summary(&self) -> String {
+        format!(
+            "{} provider keys, {} models, {} api keys, {} rate limits, {} guardrails, {} caches, {} budgets",
+            self.providers.len(),
+            self.models.len(),
+            self.keys.len(),
+            self.rate_limits.len(),
+            self.guardrails.len(),
+            self.caches.len(),
+            self.budgets.len()
+        )
+    }
+}
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.0.push(ConfigError::new(path, msg));
+    }
+}
+
+/// Names per section, with the names of items that failed to parse counted as present.
+struct Names<'a> {
+    broken: &'a [(&'static str, String)],
+}
+
+impl Names<'_> {
+    fn is_broken(&self, section: &str, name: &str) -> bool {
+        self.broken.iter().any(|(s, n)| *s == section && n == name)
+    }
+}
+
+fn check_unique<'a>(section: &str, names: impl Iterator<Item = &'a str>, errs: &mut Errors) -> HashSet<&'a str> {
+    let mut seen = HashSet::new();
+    for (i, n) in names.enumerate() {
+        if n.trim().is_empty() {
+            errs.push(format!("{section}[{i}].name"), "must not be empty");
+        } else if !seen.insert(n) {
+            errs.push(format!("{section}[{i}].name"), format!("duplicate name '{n}'"));
+        }
+    }
+    seen
+}
+
+fn check_ref(
+    path: String,
+    what: &str,
+    section: &str,
+    name: &str,
+    known: &HashSet<&str>,
+    names: &Names<'_>,
+    errs: &mut Errors,
+) {
+    if !known.contains(name) && !names.is_broken(section, name) {
+        errs.push(path, format!("no {what} named '{name}' in {section}"));
+    }
+}
+
+pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<ConfigError>> {
+    let mut errs = Errors(Vec::new());
+    let names = Names { broken: &raw.broken };
+
+    match raw.version {
+        Some(1) => {}
+        Some(v) => errs.push("version", format!("unsupported version {v}; this aigw reads version 1")),
+        None => errs.push("version", "missing; write `version: 1`"),
+    }
+    let server = compile_server(&raw.server, &mut errs);
+
+    // Names of every section first, so references can be checked in any order.
+    let provider_names = check_unique(
+        "provider_keys",
+        raw.provider_keys.iter().map(|p| p.name.as_str()),
+        &mut errs,
+    );
+    let model_names = check_unique("models", raw.models.iter().map(|m| m.name.as_str()), &mut errs);
+    check_unique("api_keys", raw.api_keys.iter().map(|k| k.name.as_str()), &mut errs);
+    let budget_names = check_unique("budgets", raw.budgets.iter().map(|b| b.name.as_str()), &mut errs);
+    let limit_names = check_unique(
+        "rate_limits",
+        raw.rate_limits.iter().map(|r| r.name.as_str()),
+        &mut errs,
+    );
+    let guard_names = check_unique("guardrails", raw.guardrails.iter().map(|g| g.name.as_str()), &mut errs);
+    let cache_names = check_unique("cache", raw.cache.iter().map(|c| c.name.as_str()), &mut errs);
+
+    let mut providers = HashMap::new();
+    for (i, p) in raw.provider_keys.iter().enumerate() {
+        if let Some(provider) = compile_provider(i, p, ctx, &mut errs) {
+            providers.entry(p.name.clone()).or_insert_with(|| Arc::new(provider));
+        }
+    }
+
+    // Concrete models first; multi-target aliases may only point at concrete ones.
+    let mut targets: HashMap<&str, Target> = HashMap::new();
+    for (i, m) in raw.models.iter().enumerate() {
+        let path = format!("models[{i}]");
+        match (&m.provider_key, &m.routing) {
+            (Some(pk), None) => {
+                if let Some(p) = providers.get(pk) {
+                    let upstream_model = m.model.clone().unwrap_or_else(|| m.name.clone());
+                    if upstream_model.is_empty() {
+                        errs.push(format!("{path}.model"), "must not be empty");
+                    }
+                    targets.insert(
+                        &m.name,
+                        Target {
+                            alias: m.name.clone(),
+                            provider: p.clone(),
+                            upstream_model,
+                        },
+                    );
+                } else {
+                    check_ref(
+                        format!("{path}.provider_key"),
+                        "provider key",
+                        "provider_keys",
+                        pk,
+                        &provider_names,
+                        &names,
+                        &mut errs,
+                    );
+                }
+            }
+            (None, Some(_)) => {
+                if m.model.is_some() {
+                    errs.push(
+                        format!("{path}.model"),
+                        "a multi-target alias takes its models from routing.targets",
+                    );
+                }
+            }
+            (Some(_), Some(_)) => errs.push(
+                &path,
+                "set either provider_key (one model) or routing (several targets), not both",
+            ),
+            (None, None) => errs.push(&path, "needs provider_key (one model) or routing (several targets)"),
+        }
+    }
+
+    let mut models = HashMap::new();
+    let mut model_order = Vec::new();
+    for (i, m) in raw.models.iter().enumerate() {
+        let path = format!("models[{i}]");
+        if let Some(rl) = &m.rate_limit {
+            check_ref(
+                format!("{path}.rate_limit"),
+                "rate limit",
+                "rate_limits",
+                rl,
+                &limit_names,
+                &names,
+                &mut errs,
+            );
+        }
+        for (j, g) in m.guardrails.iter().enumerate() {
+            check_ref(
+                format!("{path}.guardrails[{j}]"),
+                "guardrail",
+                "guardrails",
+                g,
+                &guard_names,
+                &names,
+                &mut errs,
+            );
+        }
+        if let Some(c) = &m.cache {
+            check_ref(
+                format!("{path}.cache"),
+                "cache",
+                "cache",
+                c,
+                &cache_names,
+                &names,
+                &mut errs,
+            );
+        }
+        if let Some(pr) = &m.pricing {
+            if !(pr.input_per_mtok >= 0.0 && pr.output_per_mtok >= 0.0) {
+                errs.push(format!("{path}.pricing"), "prices must be zero or positive numbers");
+            }
+        }
+        let route = if let Some(r) = &m.routing {
+            compile_routing(&path, r, &targets, &model_names, &names, &mut errs).map(ModelRoute::Multi)
+        } else {
+            targets.get(m.name.as_str()).cloned().map(ModelRoute::Single)
+        };
+        if let Some(route) = route {
+            if !models.contains_key(&m.name) {
+                model_order.push(m.name.clone());
+                models.insert(
+                    m.name.clone(),
+                    Arc::new(Model {
+                        name: m.name.clone(),
+                        route,
+                        rate_limit: m.rate_limit.clone(),
+                        guardrails: m.guardrails.clone(),
+                        cache: m.cache.clone(),
+                        pricing: m.pricing,
+                    }),
+                );
+            }
+        }
+    }
+
+    let mut keys = KeyIndex::default();
+    let mut seen_hashes: HashMap<[u8; 32], usize> = HashMap::new();
+    for (i, k) in raw.api_keys.iter().enumerate() {
+        let path = format!("api_keys[{i}]");
+        let source = raw::KeySource {
+            key: k.key.clone(),
+            key_env: k.key_env.clone(),
+            key_hash: k.key_hash.clone(),
+        };
+        let hash = resolve_key_source(&path, &source, ctx, &mut errs);
+        if let Some(models) = &k.models {
+            for (j, alias) in models.iter().enumerate() {
+                check_ref(
+                    format!("{path}.models[{j}]"),
+                    "model",
+                    "models",
+                    alias,
+                    &model_names,
+                    &names,
+                    &mut errs,
+                );
+            }
+        }
+        if let Some(rl) = &k.rate_limit {
+            check_ref(
+                format!("{path}.rate_limit"),
+                "rate limit",
+                "rate_limits",
+                rl,
+                &limit_names,
+                &names,
+                &mut errs,
+            );
+        }
+        for (j, g) in k.guardrails.iter().enumerate() {
+            check_ref(
+                format!("{path}.guardrails[{j}]"),
+                "guardrail",
+                "guardrails",
+                g,
+                &guard_names,
+                &names,
+                &mut errs,
+            );
+        }
+        if let Some(b) = &k.budget {
+            check_ref(
+                format!("{path}.budget"),
+                "budget",
+                "budgets",
+                b,
+                &budget_names,
+                &names,
+                &mut errs,
+            );
+        }
+        if let Some(owner) = &k.owner {
+            if owner.trim().is_empty() {
+                errs.push(
+                    format!("{path}.owner"),
+                    "must not be empty (omit it to use the key's name)",
+                );
+            }
+        }
+        let Some(hash) = hash else { continue };
+        if let Some(prev) = seen_hashes.insert(hash, i) {
+            errs.push(
+                &path,
+                format!("the same caller key as api_keys[{prev}]; every key must be distinct"),
+            );
+            continue;
+        }
+        keys.insert(ApiKeyEntry {
+            name: k.name.clone(),
+            owner: k.owner.clone().unwrap_or_else(|| k.name.clone()),
+            hash,
+            models: k.models.as_ref().map(|m| m.iter().cloned().collect()),
+            expires_at: k.expires_at,
+            disabled: k.disabled,
+            rate_limit: k.rate_limit.clone(),
+            guardrails: k.guardrails.clone(),
+            budget: k.budget.clone(),
+        });
+    }
+
+    for (i, b) in raw.budgets.iter().enumerate() {
+        if !(b.usd.is_finite() && b.usd >= 0.0) {
+            errs.push(format!("budgets[{i}].usd"), "must be zero or a positive number");
+        }
+    }
+    for (i, r) in raw.rate_limits.iter().enumerate() {
+        compile_rate_limit(i, r, &mut errs);
+    }
+    for (i, g) in raw.guardrails.iter().enumerate() {
+        compile_guardrail(i, g, &mut errs);
+    }
+    for (i, c) in raw.cache.iter().enumerate() {
+        let path = format!("cache[{i}]");
+        if c.ttl_s == 0 {
+            errs.push(format!("{path}.ttl_s"), "must be at least 1");
+        }
+        if c.max_entries == 0 {
+            errs.push(format!("{path}.max_entries"), "must be at least 1");
+        }
+        if c.backend == raw::CacheBackend::Redis && server.redis_url.is_none() {
+            errs.push(format!("{path}.backend"), "backend redis needs server.redis");
+        }
+    }
+    if let Some(o) = &raw.observability.otlp {
+        if let Err(e) = BaseUrl::parse(&o.endpoint) {
+            errs.push("observability.otlp.endpoint", e);
+        }
+        if !(0.0..=1.0).contains(&o.sample_ratio) {
+            errs.push("observability.otlp.sample_ratio", "must be between 0 and 1");
+        }
+    }
+
+    if !errs.0.is_empty() {
+        return Err(errs.0);
+    }
+    Ok(Snapshot {
+        server,
+        providers,
+        models,
+        model_order,
+        keys,
+        rate_limits: raw.rate_limits,
+        guardrails: raw.guardrails,
+        caches: raw.cache,
+        budgets: raw.budgets,
+        observability: raw.observability,
+        created: Utc::now().timestamp(),
+    })
+}
+
+fn check_listen(path: String, addr: &str, errs: &mut Errors) {
+    if addr.parse::<std::net::SocketAddr>().is_err() {
+        errs.push(
+            path,
+            format!("'{addr}' is not an address like 127.0.0.1:8080 or [::]:8080"),
+        );
+    }
+}
+
+fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettings {
+    if s.listen.is_empty() && s.tls.is_empty() {
+        errs.push("server.listen", "at least one plaintext or TLS listener is needed");
+    }
+    for (i, l) in s.listen.iter().enumerate() {
+        check_listen(format!("server.listen[{i}]"), l, errs);
+    }
+    for (i, t) in s.tls.iter().enumerate() {
+        check_listen(format!("server.tls[{i}].listen"), &t.listen, errs);
+        for (field, file) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
+            if let Err(e) = std::fs::File::open(Path::new(file)) {
+                errs.push(format!("server.tls[{i}].{field}"), format!("cannot read '{file}': {e}"));
+            }
+        }
+    }
+    if let Some(a) = &s.admin_listen {
+        check_listen("server.admin_listen".into(), a, errs);
+    }
+    if s.max_request_body_bytes == 0 {
+        errs.push("server.max_request_body_bytes", "must be at least 1");
+    }
+    if let Some(r) = &s.redis {
+        if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://") || r.url.starts_with("unix://")) {
+            errs.push("server.redis.url", "must start with redis://, rediss:// or unix://");
+        }
+    }
+    if let Some(cs) = &s.config_store {
+        if cs.etcd.endpoints.is_empty() {
+            errs.push("server.config_store.etcd.endpoints", "needs at least one endpoint");
+        }
+    }
+    ServerSettings {
+        listen: s.listen.clone(),
+        tls: s
+            .tls
+            .iter()
+            .map(|t| TlsListener {
+                listen: t.listen.clone(),
+                cert_file: t.cert_file.clone(),
+                key_file: t.key_file.clone(),
+            })
+            .collect(),
+        admin_listen: s.admin_listen.clone(),
+        threads: s.threads,
+        grace_period_s: s.grace_period_s,
+        max_request_body_bytes: s.max_request_body_bytes,
+        redis_url: s.redis.as_ref().map(|r| r.url.clone()),
+    }
+}
+
+fn resolve_key_source(path: &str, s: &raw::KeySource, ctx: &CompileCtx<'_>, errs: &mut Errors) -> Option<[u8; 32]> {
+    match (&s.key, &s.key_env, &s.key_hash) {
+        (Some(k), None, None) if k.is_empty() => {
+            errs.push(format!("{path}.key"), "must not be empty");
+            None
+        }
+        (Some(k), None, None) => Some(*blake3::hash(k.as_bytes()).as_bytes()),
+        (None, Some(var), None) => match (ctx.env)(var) {
+            Some(v) if !v.is_empty() => Some(*blake3::hash(v.as_bytes()).as_bytes()),
+            _ => {
+                errs.push(
+                    format!("{path}.key_env"),
+                    format!("environment variable {var} is not set or empty"),
+                );
+                None
+            }
+        },
+        (None, None, Some(h)) => match parse_key_hash(h) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                errs.push(format!("{path}.key_hash"), e);
+                None
+            }
+        },
+        _ => {
+            errs.push(path, "set exactly one of key, key_env or key_hash");
+            None
+        }
+    }
+}
+
+fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
+    match kind {
+        ProviderKind::Openai => Some("https://api.openai.com/v1"),
+        ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+        ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
+        ProviderKind::Azure | ProviderKind::OpenaiCompatible => None,
+    }
+}
+
+fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: &mut Errors) -> Option<Provider> {
+    let path = format!("provider_keys[{i}]");
+    let before = errs.0.len();
+    if matches!(p.provider, ProviderKind::Anthropic | ProviderKind::Gemini) {
+        errs.push(
+            format!("{path}.provider"),
+            "this version of aigw serves openai, openai_compatible and azure providers; anthropic and gemini are not available yet",
+        );
+    }
+    let api_key = match (&p.api_key, p.provider) {
+        (Some(k), _) if k.is_empty() => {
+            errs.push(format!("{path}.api_key"), "must not be empty");
+            None
+        }
+        (Some(k), _) => Some(Secret(k.clone())),
+        (None, ProviderKind::OpenaiCompatible) => None,
+        (None, _) => {
+            errs.push(format!("{path}.api_key"), "required for this provider");
+            None
+        }
+    };
+    let base_src = p.base_url.as_deref().or(default_base_url(p.provider));
+    let base = match base_src {
+        Some(u) => match BaseUrl::parse(u) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                errs.push(format!("{path}.base_url"), format!("'{u}' {e}"));
+                None
+            }
+        },
+        None => {
+            errs.push(format!("{path}.base_url"), "required for this provider");
+            None
+        }
+    };
+    if p.api_version.is_some() && p.provider != ProviderKind::Azure {
+        errs.push(format!("{path}.api_version"), "only azure providers take api_version");
+    }
+    if p.anthropic_version.is_some() && p.provider != ProviderKind::Anthropic {
+        errs.push(
+            format!("{path}.anthropic_version"),
+            "only anthropic providers take anthropic_version",
+        );
+    }
+    let mut headers = Vec::new();
+    for (k, v) in &p.headers {
+        match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            (Err(_), _) => errs.push(format!("{path}.headers.{k}"), "not a valid header name"),
+            (_, Err(_)) => errs.push(format!("{path}.headers.{k}"), "not a valid header value"),
+        }
+    }
+    let t = p.timeouts;
+    for (field, v) in [
+        ("connect_ms", t.connect_ms),
+        ("first_byte_ms", t.first_byte_ms),
+        ("idle_ms", t.idle_ms),
+    ] {
+        if v == 0 {
+            errs.push(format!("{path}.timeouts.{field}"), "must be at least 1");
+        }
+    }
+    if let Some(f) = &p.fleet {
+        for (j, e) in f.endpoints.iter().enumerate() {
+            if split_host_port(e).is_none() {
+                errs.push(
+                    format!("{path}.fleet.endpoints[{j}]"),
+                    format!("'{e}' is not host:port"),
+                );
+            }
+        }
+        if let Some(hc) = &f.health_check {
+            if !hc.path.starts_with('/') {
+                errs.push(format!("{path}.fleet.health_check.path"), "must start with /");
+            }
+            if hc.interval_s == 0 || hc.unhealthy_after == 0 || hc.healthy_after == 0 {
+                errs.push(
+                    format!("{path}.fleet.health_check"),
+                    "interval_s, unhealthy_after and healthy_after must be at least 1",
+                );
+            }
+        }
+    }
+    if errs.0.len() > before {
+        return None;
+    }
+    let base = base?;
+    let addrs = match p.fleet.as_ref().filter(|f| !f.endpoints.is_empty()) {
+        Some(f) => f.endpoints.iter().filter_map(|e| split_host_port(e)).collect(),
+        None => vec![(base.host.clone(), base.port)],
+    };
+    let upstream = ctx.upstreams.get_or_create(UpstreamSpec {
+        addrs,
+        tls: base.tls,
+        sni: base.host.clone(),
+    });
+    Some(Provider {
+        name: p.name.clone(),
+        kind: p.provider,
+        api_key,
+        headers,
+        connect_timeout: Duration::from_millis(t.connect_ms),
+        first_byte_timeout: Duration::from_millis(t.first_byte_ms),
+        idle_timeout: Duration::from_millis(t.idle_ms),
+        api_version: match p.provider {
+            ProviderKind::Azure => Some(p.api_version.clone().unwrap_or_else(|| "2024-10-21".into())),
+            _ => None,
+        },
+        base,
+        upstream,
+    })
+}
+
+fn split_host_port(s: &str) -> Option<(String, u16)> {
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return Some((a.ip().to_string(), a.port()));
+    }
+    let (h, p) = s.rsplit_once(':')?;
+    let port = p.parse().ok()?;
+    (!h.is_empty() && !h.contains(':')).then(|| (h.to_owned(), port))
+}
+
+fn compile_routing(
+    path: &str,
+    r: &raw::Routing,
+    targets: &HashMap<&str, Target>,
+    model_names: &HashSet<&str>,
+    names: &Names<'_>,
+    errs: &mut Errors,
+) -> Option<Routing> {
+    let before = errs.0.len();
+    if r.targets.is_empty() {
+        errs.push(format!("{path}.routing.targets"), "needs at least one target");
+    }
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (j, t) in r.targets.iter().enumerate() {
+        let tp = format!("{path}.routing.targets[{j}]");
+        if !seen.insert(t.model.as_str()) {
+            errs.push(format!("{tp}.model"), format!("'{}' is listed twice", t.model));
+        }
+        if t.weight == 0 {
+            errs.push(format!("{tp}.weight"), "must be at least 1");
+        }
+        match targets.get(t.model.as_str()) {
+            Some(target) => out.push(RouteTarget {
+                target: target.clone(),
+                priority: t.priority,
+                weight: t.weight,
+            }),
+            None if model_names.contains(t.model.as_str()) => errs.push(
+                format!("{tp}.model"),
+                format!(
+                    "'{}' is itself a multi-target alias; targets must be concrete models",
+                    t.model
+                ),
+            ),
+            None => check_ref(
+                format!("{tp}.model"),
+                "model",
+                "models",
+                &t.model,
+                model_names,
+                names,
+                errs,
+            ),
+        }
+    }
+    let retry_on = r.retry_on.clone().unwrap_or_else(|| vec![429, 500, 502, 503, 504]);
+    for (j, s) in retry_on.iter().enumerate() {
+        if !(400..=599).contains(s) {
+            errs.push(
+                format!("{path}.routing.retry_on[{j}]"),
+                "must be an HTTP error status (400-599)",
+            );
+        }
+    }
+    if r.max_attempts == Some(0) {
+        errs.push(format!("{path}.routing.max_attempts"), "must be at least 1");
+    }
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(Routing {
+        rr_next: Default::default(),
+        strategy: r.strategy,
+        max_attempts: r.max_attempts.unwrap_or(out.len() as u32),
+        targets: out,
+        retry_on,
+        cooldown: Duration::from_secs(r.cooldown_s),
+    })
+}
+
+fn compile_rate_limit(i: usize, r: &raw::RateLimit, errs: &mut Errors) {
+    let fields = [
+        ("requests_per_second", r.requests_per_second),
+        ("requests_per_minute", r.requests_per_minute),
+        ("requests_per_hour", r.requests_per_hour),
+        ("requests_per_day", r.requests_per_day),
+        ("tokens_per_minute", r.tokens_per_minute),
+        ("tokens_per_day", r.tokens_per_day),
+        ("concurrency", r.concurrency),
+    ];
+    if fields.iter().all(|(_, v)| v.is_none()) {
+        errs.push(format!("rate_limits[{i}]"), "set at least one limit");
+    }
+    for (f, v) in fields {
+        if v == Some(0) {
+            errs.push(
+                format!("rate_limits[{i}].{f}"),
+                "must be at least 1 (omit it for no limit)",
+            );
+        }
+    }
+}
+
+fn compile_guardrail(i: usize, g: &raw::Guardrail, errs: &mut Errors) {
+    let path = format!("guardrails[{i}]");
+    if g.pack.is_none() && g.rules.is_empty() {
+        errs.push(&path, "needs a pack, rules, or both");
+    }
+    if let Some(pack) = &g.pack {
+        if let Err(e) = std::fs::File::open(pack) {
+            errs.push(format!("{path}.pack"), format!("cannot read '{pack}': {e}"));
+        }
+    }
+    for (j, rule) in g.rules.iter().enumerate() {
+        let rp = format!("{path}.rules[{j}]");
+        match rule {
+            raw::Rule::Keyword { words, .. } => {
+                if words.is_empty() || words.iter().any(|w| w.is_empty()) {
+                    errs.push(format!("{rp}.words"), "needs at least one non-empty word");
+                }
+            }
+            raw::Rule::Regex { pattern } => {
+                if let Err(e) = regex::Regex::new(pattern) {
+                    errs.push(format!("{rp}.pattern"), format!("invalid regex: {e}"));
+                }
+            }
+            raw::Rule::Pii { types } => {
+                if types.is_empty() {
+                    errs.push(format!("{rp}.types"), "needs at least one type");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    fn compile_text(text: &str) -> Result<Snapshot, Vec<ConfigError>> {
+        let env = |n: &str| (n == "CALLER").then(|| "sk-from-env".to_owned());
+        let raw = parse(text, &env)?;
+        let reg = UpstreamRegistry::default();
+        compile(
+            raw,
+            &CompileCtx {
+                env: &env,
+                upstreams: &reg,
+            },
+        )
+    }
+
+    const GOOD: &str = r#"
+version: 1
+provider_keys:
+  - {name: oa, provider: openai, api_key: sk-up, base_url: "http://127.0.0.1:9/v1"}
+  - {name: az, provider: azure, api_key: k, base_url: "https://res.openai.azure.com"}
+models:
+  - {name: a, provider_key: oa, model: up-a}
+  - {name: b, provider_key: az}
+  - name: both
+    routing: {targets: [{model: a}, {model: b, priority: 1}]}
+api_keys:
+  - {name: k1, key: sk-one, models: [a]}
+  - {name: k2, key_env: CALLER, owner: team}
+  - {name: k3, key_hash: "blake3:0000000000000000000000000000000000000000000000000000000000000000"}
+"#;
+
+    #[test]
+    fn good_config_compiles_and_indexes() {
+        let s = compile_text(GOOD).unwrap();
+        assert_eq!(s.model_order, ["a", "b", "both"]);
+        let k1 = s.keys.lookup(b"sk-one").unwrap();
+        assert!(k1.allows("a") && !k1.allows("b"));
+        assert_eq!(s.keys.lookup(b"sk-from-env").unwrap().owner, "team");
+        assert!(s.keys.lookup(b"sk-other").is_none());
+        let ModelRoute::Single(t) = &s.models["a"].route else {
+            panic!()
+        };
+        assert_eq!(t.upstream_model, "up-a");
+        let ModelRoute::Multi(r) = &s.models["both"].route else {
+            panic!()
+        };
+        assert_eq!(r.max_attempts, 2);
+        assert_eq!(r.retry_on, [429, 500, 502, 503, 504]);
+        assert_eq!(s.providers["az"].api_version.as_deref(), Some("2024-10-21"));
+    }
+
+    #[test]
+    fn provider_debug_never_shows_the_key() {
+        let s = compile_text(GOOD).unwrap();
+        let dbg = format!("{:?}", s.providers["oa"]);
+        assert!(!dbg.contains("sk-up"), "{dbg}");
+    }
+
+    #[test]
+    fn every_reference_error_is_reported() {
+        let text = r#"
+version: 1
+provider_keys:
+  - {name: oa, provider: openai, api_key: k}
+  - {name: oa, provider: openai, api_key: k}
+models:
+  - {name: a, provider_key: nope, rate_limit: missing}
+  - name: r
+    routing: {targets: [{model: ghost}, {model: r2}]}
+  - name: r2
+    routing: {targets: [{model: a}]}
+api_keys:
+  - {name: k1, key: x, key_env: Y}
+  - {name: k2, key: dup, models: [zzz]}
+  - {name: k3, key: dup}
+  - {name: k4, key_hash: "sha256:abc"}
+"#;
+        let errs = compile_text(text).unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "provider_keys[1].name",
+            "models[0].provider_key",
+            "models[0].rate_limit",
+            "models[1].routing.targets[0].model",
+            "models[1].routing.targets[1].model",
+            "api_keys[0]",
+            "api_keys[1].models[0]",
+            "api_keys[2]",
+            "api_keys[3].key_hash",
+        ] {
+            assert!(paths.contains(&p), "missing {p} in {errs:#?}");
+        }
+    }
+
+    #[test]
+    fn base_url_forms() {
+        let b = BaseUrl::parse("https://api.openai.com/v1/").unwrap();
+        assert_eq!(
+            (b.tls, b.port, b.path.as_str(), b.authority.as_str()),
+            (true, 443, "/v1", "api.openai.com")
+        );
+        let b = BaseUrl::parse("http://127.0.0.1:8000").unwrap();
+        assert_eq!(
+            (b.tls, b.port, b.path.as_str(), b.authority.as_str()),
+            (false, 8000, "", "127.0.0.1:8000")
+        );
+        assert!(BaseUrl::parse("ftp://x").is_err());
+    }
+
+    #[test]
+    fn hash_key_round_trips() {
+        let h = hash_key("sk-demo");
+        assert_eq!(parse_key_hash(&h).unwrap(), *blake3::hash(b"sk-demo").as_bytes());
+    }
+}

@@ -1,0 +1,498 @@
+//! Serde types that mirror the YAML file one to one (SPEC §2). Unknown fields are errors.
+//! Nothing here is validated beyond its type; `compile.rs` does the rest.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer};
+
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:8080".into()]
+}
+fn default_admin_listen() -> Option<String> {
+    Some("127.0.0.1:9090".into())
+}
+fn default_grace() -> u64 {
+    10
+}
+fn default_max_body() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_true() -> bool {
+    true
+}
+fn default_one() -> u32 {
+    1
+}
+
+/// A string that may have been written (or interpolated) as a bare number, e.g. a
+/// numeric secret: `api_key: ${KEY}` with `KEY=12345`.
+fn de_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        S(String),
+        I(i64),
+        U(u64),
+        F(f64),
+        B(bool),
+    }
+    Ok(match Text::deserialize(d)? {
+        Text::S(s) => s,
+        Text::I(v) => v.to_string(),
+        Text::U(v) => v.to_string(),
+        Text::F(v) => v.to_string(),
+        Text::B(v) => v.to_string(),
+    })
+}
+
+fn de_opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    de_text(d).map(Some)
+}
+
+fn de_text_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    struct T(#[serde(deserialize_with = "de_text")] String);
+    let m = BTreeMap::<String, T>::deserialize(d)?;
+    Ok(m.into_iter().map(|(k, T(v))| (k, v)).collect())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub tls: Vec<TlsListener>,
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: Option<String>,
+    #[serde(default)]
+    pub threads: usize,
+    #[serde(default = "default_grace")]
+    pub grace_period_s: u64,
+    #[serde(default = "default_max_body")]
+    pub max_request_body_bytes: u64,
+    pub redis: Option<Redis>,
+    pub config_store: Option<ConfigStore>,
+    #[serde(default)]
+    pub admin_keys: Vec<KeySource>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            tls: Vec::new(),
+            admin_listen: default_admin_listen(),
+            threads: 0,
+            grace_period_s: default_grace(),
+            max_request_body_bytes: default_max_body(),
+            redis: None,
+            config_store: None,
+            admin_keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListener {
+    pub listen: String,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    pub url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigStore {
+    pub etcd: Etcd,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Etcd {
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    pub cache_file: Option<String>,
+}
+fn default_prefix() -> String {
+    "/aigw".into()
+}
+
+/// Where a secret comes from: exactly one of the three (checked in compile.rs).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySource {
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub key: Option<String>,
+    pub key_env: Option<String>,
+    pub key_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Openai,
+    OpenaiCompatible,
+    Azure,
+    Anthropic,
+    Gemini,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderKey {
+    pub name: String,
+    pub provider: ProviderKind,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub api_key: Option<String>,
+    pub base_url: Option<String>,
+    #[serde(default, deserialize_with = "de_text_map")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    pub fleet: Option<Fleet>,
+    pub api_version: Option<String>,
+    pub anthropic_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default = "d_connect")]
+    pub connect_ms: u64,
+    #[serde(default = "d_first_byte")]
+    pub first_byte_ms: u64,
+    #[serde(default = "d_idle")]
+    pub idle_ms: u64,
+}
+fn d_connect() -> u64 {
+    3000
+}
+fn d_first_byte() -> u64 {
+    60_000
+}
+fn d_idle() -> u64 {
+    60_000
+}
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect_ms: d_connect(),
+            first_byte_ms: d_first_byte(),
+            idle_ms: d_idle(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default)]
+    pub hash_on: HashOn,
+    pub health_check: Option<HealthCheck>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    Random,
+    LeastBusy,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    #[default]
+    Prefix,
+    Caller,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default = "d_health_path")]
+    pub path: String,
+    #[serde(default = "d_interval")]
+    pub interval_s: u64,
+    #[serde(default = "d_two")]
+    pub unhealthy_after: u32,
+    #[serde(default = "d_two")]
+    pub healthy_after: u32,
+}
+fn d_health_path() -> String {
+    "/health".into()
+}
+fn d_interval() -> u64 {
+    5
+}
+fn d_two() -> u32 {
+    2
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    pub name: String,
+    pub provider_key: Option<String>,
+    pub model: Option<String>,
+    pub routing: Option<Routing>,
+    pub rate_limit: Option<String>,
+    #[serde(default)]
+    pub guardrails: Vec<String>,
+    pub cache: Option<String>,
+    pub pricing: Option<Pricing>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pricing {
+    #[serde(default)]
+    pub input_per_mtok: f64,
+    #[serde(default)]
+    pub output_per_mtok: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    #[default]
+    Failover,
+    Weighted,
+    RoundRobin,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    #[serde(default)]
+    pub strategy: Strategy,
+    pub targets: Vec<Target>,
+    pub retry_on: Option<Vec<u16>>,
+    pub max_attempts: Option<u32>,
+    #[serde(default = "d_cooldown")]
+    pub cooldown_s: u64,
+}
+fn d_cooldown() -> u64 {
+    30
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub model: String,
+    #[serde(default)]
+    pub priority: u32,
+    #[serde(default = "default_one")]
+    pub weight: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub name: String,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub key: Option<String>,
+    pub key_env: Option<String>,
+    pub key_hash: Option<String>,
+    pub owner: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub disabled: bool,
+    pub rate_limit: Option<String>,
+    #[serde(default)]
+    pub guardrails: Vec<String>,
+    pub budget: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+    Total,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub name: String,
+    pub usd: f64,
+    pub period: Period,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub name: String,
+    pub requests_per_second: Option<u64>,
+    pub requests_per_minute: Option<u64>,
+    pub requests_per_hour: Option<u64>,
+    pub requests_per_day: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub tokens_per_day: Option<u64>,
+    pub concurrency: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Request,
+    Response,
+    #[default]
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    #[default]
+    Block,
+    Mask,
+    Monitor,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PiiType {
+    Email,
+    CreditCard,
+    UsSsn,
+    Phone,
+    Ipv4,
+    Ipv6,
+    Iban,
+    ApiKey,
+    Jwt,
+    PrivateKey,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Rule {
+    Keyword {
+        words: Vec<String>,
+        #[serde(default)]
+        case_sensitive: bool,
+        #[serde(default)]
+        whole_word: bool,
+    },
+    Regex {
+        pattern: String,
+    },
+    Pii {
+        types: Vec<PiiType>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guardrail {
+    pub name: String,
+    pub pack: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    #[serde(default)]
+    pub stage: Stage,
+    #[serde(default)]
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheBackend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheScope {
+    #[default]
+    Owner,
+    Global,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cache {
+    pub name: String,
+    #[serde(default = "d_ttl")]
+    pub ttl_s: u64,
+    #[serde(default = "d_entries")]
+    pub max_entries: u64,
+    #[serde(default)]
+    pub backend: CacheBackend,
+    #[serde(default)]
+    pub scope: CacheScope,
+}
+fn d_ttl() -> u64 {
+    300
+}
+fn d_entries() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observability {
+    #[serde(default = "default_true")]
+    pub prometheus: bool,
+    pub access_log: Option<AccessLog>,
+    pub otlp: Option<Otlp>,
+}
+
+impl Default for Observability {
+    fn default() -> Self {
+        Self {
+            prometheus: true,
+            access_log: None,
+            otlp: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Otlp {
+    pub endpoint: String,
+    #[serde(default = "d_ratio")]
+    pub sample_ratio: f64,
+    #[serde(default)]
+    pub capture_content: bool,
+}
+fn d_ratio() -> f64 {
+    1.0
+}

@@ -1,0 +1,200 @@
+//! The one error type of the data plane, and the only code that writes error responses.
+//!
+//! Every variant knows its HTTP status, its machine-readable `code` and its message; the
+//! envelope (OpenAI's or Anthropic's) is chosen by the endpoint the caller used.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde_json::json;
+
+/// Which API dialect the caller speaks; decides the error envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    #[default]
+    OpenAi,
+    Anthropic,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GwError {
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("Invalid API key. Provide a valid key as 'Authorization: Bearer <key>', 'x-api-key' or 'api-key'.")]
+    InvalidApiKey,
+    #[error("This API key is not allowed to use the model '{0}'.")]
+    ModelNotAllowed(String),
+    #[error("The model '{0}' does not exist.")]
+    ModelNotFound(String),
+    #[error("Unknown path: {0}")]
+    NotFound(String),
+    #[error("Method {method} is not allowed on {path}; use {allow}.")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: &'static str,
+    },
+    #[error("Request body is larger than the limit of {limit} bytes.")]
+    RequestTooLarge { limit: u64 },
+    #[error("{0}")]
+    UpstreamError(String),
+    #[error("{0}")]
+    NoHealthyTarget(String),
+    #[error("The provider did not answer in time.")]
+    UpstreamTimeout,
+    #[error("The gateway is shutting down.")]
+    ShuttingDown,
+    #[error("Internal gateway error.")]
+    Internal,
+}
+
+impl GwError {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::InvalidJson(_) | Self::InvalidRequest(_) => 400,
+            Self::InvalidApiKey => 401,
+            Self::ModelNotAllowed(_) => 403,
+            Self::ModelNotFound(_) | Self::NotFound(_) => 404,
+            Self::MethodNotAllowed { .. } => 405,
+            Self::RequestTooLarge { .. } => 413,
+            Self::UpstreamError(_) => 502,
+            Self::NoHealthyTarget(_) | Self::ShuttingDown => 503,
+            Self::UpstreamTimeout => 504,
+            Self::Internal => 500,
+        }
+    }
+
+    /// The `code` field of the OpenAI envelope (SPEC §3 error table).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidJson(_) => "invalid_json",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::RequestTooLarge { .. } => "request_too_large",
+            Self::UpstreamError(_) => "upstream_error",
+            Self::NoHealthyTarget(_) => "no_healthy_target",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal => "internal_error",
+        }
+    }
+
+    /// The `type` field of the OpenAI envelope, as OpenAI itself uses it.
+    fn openai_type(&self) -> &'static str {
+        match self.status() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 if matches!(self, Self::NotFound(_)) => "not_found_error",
+            400..=499 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The `error.type` of Anthropic's envelope.
+    fn anthropic_type(&self) -> &'static str {
+        match self.status() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
+            400..=499 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
+    /// Which request field the error is about, when there is one.
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            Self::ModelNotAllowed(_) | Self::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    pub fn body(&self, dialect: Dialect) -> Bytes {
+        let v = match dialect {
+            Dialect::OpenAi => json!({"error": {
+                "message": self.to_string(),
+                "type": self.openai_type(),
+                "code": self.code(),
+                "param": self.param(),
+            }}),
+            Dialect::Anthropic => json!({"type": "error", "error": {
+                "type": self.anthropic_type(),
+                "message": self.to_string(),
+            }}),
+        };
+        Bytes::from(v.to_string())
+    }
+
+    /// The same error as one SSE event, for a stream whose header is already sent.
+    pub fn sse_event(&self, dialect: Dialect) -> Bytes {
+        let body = self.body(dialect);
+        let mut out = Vec::with_capacity(body.len() + 24);
+        if dialect == Dialect::Anthropic {
+            out.extend_from_slice(b"event: error\n");
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&body);
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+
+    /// Writes the whole error response. `request_id` is echoed as `x-request-id`.
+    pub async fn respond(&self, session: &mut Session, dialect: Dialect, request_id: &str) -> pingora::Result<()> {
+        let body = self.body(dialect);
+        let mut resp = ResponseHeader::build(self.status(), Some(4))?;
+        resp.insert_header("content-type", "application/json")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        if !request_id.is_empty() {
+            resp.insert_header("x-request-id", request_id)?;
+        }
+        if let Self::MethodNotAllowed { allow, .. } = self {
+            resp.insert_header("allow", *allow)?;
+        }
+        if self.status() == 401 {
+            resp.insert_header("www-authenticate", "Bearer")?;
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_envelope_has_all_fields() {
+        let e = GwError::ModelNotFound("nope".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::OpenAi)).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "model");
+        assert!(v["error"]["message"].as_str().unwrap().contains("nope"));
+    }
+
+    #[test]
+    fn anthropic_envelope() {
+        let e = GwError::InvalidApiKey;
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::Anthropic)).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "authentication_error");
+    }
+
+    #[test]
+    fn sse_event_is_one_event() {
+        let ev = GwError::UpstreamError("boom".into()).sse_event(Dialect::OpenAi);
+        assert!(ev.starts_with(b"data: {"));
+        assert!(ev.ends_with(b"\n\n"));
+        assert_eq!(memchr::memmem::find_iter(&ev, b"\n\n").count(), 1);
+    }
+}

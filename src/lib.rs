@@ -1,0 +1,16 @@
+//! aigw: a self-hosted AI gateway on Cloudflare's Pingora.
+//!
+//! The life of a request is in `proxy/mod.rs`; each concern lives in its own module.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod mock;
+pub mod provider;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod state;
+pub mod stream;
+pub mod telemetry;

@@ -1,0 +1,136 @@
+//! The `aigw` command line. Parsing only; the work is in the library.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "aigw", version, about = "A self-hosted AI gateway on Pingora")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config, then serve until SIGTERM (SIGHUP reloads the config).
+    Serve {
+        /// Config file [default: $AIGW_CONFIG, then conf/aigw.yaml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file: every error with its YAML path (exit 1), or a summary (exit 0).
+    Validate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print `blake3:<hex>` for a caller key, for `key_hash` in the config.
+    HashKey {
+        /// The key; read from standard input when absent (keeps it out of shell history).
+        key: Option<String>,
+    },
+    /// Run the deterministic fake provider used by the quickstart, tests and load tests.
+    MockUpstream {
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+        /// Require this provider key (as `Authorization: Bearer` or `api-key`).
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Keep the last requests for `GET /_mock/requests` (tests only).
+        #[arg(long)]
+        record: bool,
+        /// Worker threads [default: one per CPU]
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+fn config_path(arg: Option<PathBuf>) -> PathBuf {
+    arg.or_else(|| std::env::var_os("AIGW_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("conf/aigw.yaml"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            aigw::telemetry::log::init();
+            match aigw::server::serve(config_path(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("aigw: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Validate { config } => {
+            let path = config_path(config);
+            let upstreams = aigw::route::UpstreamRegistry::default();
+            let env = |n: &str| std::env::var(n).ok();
+            let ctx = aigw::config::CompileCtx {
+                env: &env,
+                upstreams: &upstreams,
+            };
+            match aigw::config::load_file(&path, &ctx) {
+                Ok(snap) => {
+                    println!("{}: OK: {}", path.display(), snap.summary());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{}: {} error(s):", path.display(), errors.len());
+                    for e in errors {
+                        eprintln!("  {e}");
+                    }
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::HashKey { key } => {
+            let key = match key {
+                Some(k) => k,
+                None => {
+                    let mut s = String::new();
+                    if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+                        eprintln!("aigw: cannot read the key from stdin: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                    s.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            if key.is_empty() {
+                eprintln!("aigw: the key is empty");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", aigw::config::compile::hash_key(&key));
+            ExitCode::SUCCESS
+        }
+        Command::MockUpstream {
+            listen,
+            api_key,
+            record,
+            threads,
+        } => {
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = threads {
+                rt.worker_threads(n.max(1));
+            }
+            let rt = match rt.enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("aigw: cannot start a runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(aigw::mock::run(listen, api_key, record)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("aigw mock-upstream: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! `aigw mock-upstream`: a deterministic fake OpenAI-style provider for the quickstart, the
+//! tests and the load tests.
+//!
+//! Its behaviour is scripted by the model id it receives, so a gateway config alone can
+//! stage failures. Directives follow a `?` in the id, URL-query style:
+//! `gpt-4o-mini?status=503&retry_after=2`. See [`Script`] for the list.
+//!
+//! Test helpers: `GET /_mock/requests` returns the requests seen (with `--record`), and
+//! `GET /_mock/stats` counts requests and streams the client abandoned.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// How one request should be answered, parsed from the directives in the model id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Script {
+    /// Answer with this status and an OpenAI-style error body.
+    pub status: Option<u16>,
+    /// `Retry-After` seconds on an error answer.
+    pub retry_after: Option<u64>,
+    /// Wait this long before the response header.
+    pub delay_ms: u64,
+    /// Wait this long between streamed chunks.
+    pub chunk_delay_ms: u64,
+    /// Cut the connection after this many content chunks (streams) or mid-body (JSON).
+    pub drop_after: Option<usize>,
+    /// Words in the completion.
+    pub words: usize,
+    /// Reply with the last user message instead of filler words.
+    pub echo: bool,
+    /// Answer 200 with a truncated JSON body.
+    pub bad_json: bool,
+}
+
+impl Script {
+    pub fn parse(model: &str) -> Self {
+        let mut s = Script {
+            status: None,
+            retry_after: None,
+            delay_ms: 0,
+            chunk_delay_ms: 0,
+            drop_after: None,
+            words: 8,
+            echo: false,
+            bad_json: false,
+        };
+        let Some((_, query)) = model.split_once('?') else {
+            return s;
+        };
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let n = v.parse::<u64>().ok();
+            match k {
+                "status" => s.status = n.map(|n| n as u16),
+                "retry_after" => s.retry_after = n,
+                "delay_ms" => s.delay_ms = n.unwrap_or(0),
+                "chunk_delay_ms" => s.chunk_delay_ms = n.unwrap_or(0),
+                "drop_after" => s.drop_after = n.map(|n| n as usize),
+                "words" => s.words = n.map_or(8, |n| n as usize),
+                "echo" => s.echo = true,
+                "bad_json" => s.bad_json = true,
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+#[derive(Default)]
+struct Mock {
+    api_key: Option<String>,
+    record: bool,
+    seen: Mutex<VecDeque<Value>>,
+    requests: AtomicU64,
+    cancelled_streams: Arc<AtomicU64>,
+    ids: AtomicU64,
+}
+
+const WORDS: [&str; 8] = ["Hello", "from", "the", "aigw", "mock", "upstream", "model", "today."];
+const RECORD_MAX: usize = 256;
+const RECORD_BODY_MAX: usize = 64 * 1024;
+
+/// Runs the mock until the process ends.
+pub async fn run(listen: SocketAddr, api_key: Option<String>, record: bool) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    eprintln!("aigw mock-upstream listening on http://{}", listener.local_addr()?);
+    let mock = Arc::new(Mock {
+        api_key,
+        record,
+        ..Mock::default()
+    });
+    loop {
+        let (sock, _) = listener.accept().await?;
+        let _ = sock.set_nodelay(true);
+        let mock = mock.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let mock = mock.clone();
+                async move { Ok::<_, Infallible>(mock.handle(req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(sock), svc)
+                .await;
+        });
+    }
+}
+
+fn full(status: StatusCode, v: &Value) -> Response<Body> {
+    bytes_response(status, "application/json", Bytes::from(v.to_string()))
+}
+
+fn bytes_response(status: StatusCode, content_type: &str, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn error(status: u16, message: &str, retry_after: Option<u64>) -> Response<Body> {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = full(
+        code,
+        &json!({"error": {"message": message, "type": "mock_error", "code": "mock_error", "param": null}}),
+    );
+    if let Some(s) = retry_after.and_then(|s| s.to_string().parse().ok()) {
+        r.headers_mut().insert(http::header::RETRY_AFTER, s);
+    }
+    r
+}
+
+/// Rough token count: a token per four bytes of text, at least one.
+fn tokens_of(text_len: usize) -> u64 {
+    (text_len as u64).div_ceil(4).max(1)
+}
+
+fn text_len(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Array(a) => a.iter().map(text_len).sum(),
+        Value::Object(o) => o.values().map(text_len).sum(),
+        _ => 0,
+    }
+}
+
+fn last_user_text(req: &Value) -> String {
+    let msgs = req["messages"].as_array();
+    let last = msgs.and_then(|m| m.iter().rev().find(|m| m["role"] == "user"));
+    match last.map(|m| &m["content"]) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+impl Mock {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return error(400, "could not read body", None),
+        };
+        match (parts.method.as_str(), path.as_str()) {
+            ("GET", "/health") => return bytes_response(StatusCode::OK, "text/plain", Bytes::from_static(b"ok")),
+            ("GET", "/_mock/requests") => {
+                let seen: Vec<Value> = self
+                    .seen
+                    .lock()
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default();
+                return full(StatusCode::OK, &Value::Array(seen));
+            }
+            ("GET", "/_mock/stats") => {
+                return full(
+                    StatusCode::OK,
+                    &json!({
+                        "requests": self.requests.load(Ordering::Relaxed),
+                        "cancelled_streams": self.cancelled_streams.load(Ordering::Relaxed),
+                    }),
+                )
+            }
+            _ => {}
+        }
+        if self.record {
+            self.remember(&parts, &body);
+        }
+        if let Some(key) = &self.api_key {
+            let bearer = parts
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let azure = parts.headers.get("api-key").and_then(|v| v.to_str().ok());
+            if bearer != Some(key.as_str()) && azure != Some(key.as_str()) {
+                return error(401, "Incorrect API key provided.", None);
+            }
+        }
+        if parts.method == http::Method::GET && path.ends_with("/models") {
+            return full(
+                StatusCode::OK,
+                &json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]}),
+            );
+        }
+        if parts.method != http::Method::POST {
+            return error(404, "unknown route", None);
+        }
+        let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+            return error(400, "We could not parse the JSON body of your request.", None);
+        };
+        // Azure names the deployment in the path; the body's model is ignored there.
+        let model = match path.split_once("/deployments/") {
+            Some((_, rest)) => rest.split('/').next().unwrap_or("").to_owned(),
+            None => req["model"].as_str().unwrap_or("").to_owned(),
+        };
+        let model = percent_encoding::percent_decode_str(&model)
+            .decode_utf8_lossy()
+            .into_owned();
+        let script = Script::parse(&model);
+        if script.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(script.delay_ms)).await;
+        }
+        if let Some(status) = script.status {
+            return error(
+                status,
+                &format!("mock failure {status} for model {model}"),
+                script.retry_after,
+            );
+        }
+        if path.ends_with("/chat/completions") {
+            self.chat(&req, &model, &script)
+        } else if path.ends_with("/embeddings") {
+            self.embeddings(&req, &model)
+        } else {
+            error(404, "unknown route", None)
+        }
+    }
+
+    fn remember(&self, parts: &http::request::Parts, body: &Bytes) {
+        let headers: serde_json::Map<String, Value> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                )
+            })
+            .collect();
+        let text = (body.len() <= RECORD_BODY_MAX).then(|| String::from_utf8_lossy(body).into_owned());
+        let entry = json!({
+            "method": parts.method.as_str(),
+            "path": parts.uri.path_and_query().map_or("", |p| p.as_str()),
+            "headers": headers,
+            "body": text,
+            "body_len": body.len(),
+            "body_blake3": blake3::hash(body).to_hex().to_string(),
+        });
+        if let Ok(mut seen) = self.seen.lock() {
+            if seen.len() == RECORD_MAX {
+                seen.pop_front();
+            }
+            seen.push_back(entry);
+        }
+    }
+
+    fn chat(&self, req: &Value, model: &str, script: &Script) -> Response<Body> {
+        let id = format!("chatcmpl-mock-{}", self.ids.fetch_add(1, Ordering::Relaxed));
+        let content = if script.echo {
+            last_user_text(req)
+        } else {
+            (0..script.words)
+                .map(|i| WORDS[i % WORDS.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let pieces: Vec<String> = content.split_inclusive(' ').map(str::to_owned).collect();
+        let usage = json!({
+            "prompt_tokens": tokens_of(text_len(&req["messages"])),
+            "completion_tokens": pieces.len().max(1),
+            "total_tokens": tokens_of(text_len(&req["messages"])) + pieces.len().max(1) as u64,
+        });
+        if script.bad_json {
+            return bytes_response(
+                StatusCode::OK,
+                "application/json",
+                Bytes::from_static(b"{\"id\":\"chatcmpl-broken\",\"choi"),
+            );
+        }
+        if req["stream"] != Value::Bool(true) {
+            let v = json!({
+                "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": null, "finish_reason": "stop"}],
+                "usage": usage, "system_fingerprint": null,
+            });
+            if script.drop_after.is_some() {
+                let text = v.to_string();
+                let half = Bytes::from(text[..text.len() / 2].to_owned());
+                let s = stream::iter([Ok(Frame::data(half)), Err(std::io::Error::other("mock drop"))]);
+                let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(s)));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                return r;
+            }
+            return full(StatusCode::OK, &v);
+        }
+        let include_usage = req["stream_options"]["include_usage"] == Value::Bool(true);
+        let usage_field = if include_usage { Some(Value::Null) } else { None };
+        let chunk = |delta: Value, finish: Value| {
+            let mut c = json!({
+                "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            });
+            if let Some(u) = &usage_field {
+                c["usage"] = u.clone();
+            }
+            Bytes::from(format!("data: {c}\n\n"))
+        };
+        let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+        events.extend(pieces.iter().map(|p| chunk(json!({"content": p}), Value::Null)));
+        events.push(chunk(json!({}), json!("stop")));
+        if include_usage {
+            let u = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage});
+            events.push(Bytes::from(format!("data: {u}\n\n")));
+        }
+        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        self.stream_events(events, script)
+    }
+
+    fn stream_events(&self, events: Vec<Bytes>, script: &Script) -> Response<Body> {
+        let delay = Duration::from_millis(script.chunk_delay_ms);
+        // Content chunks start after the role chunk.
+        let cut = script.drop_after.map(|n| n + 1);
+        let total = events.len();
+        let tracker = Tracker {
+            finished: false,
+            on_drop: self.cancelled_streams.clone(),
+        };
+        let s = stream::unfold(
+            (events.into_iter().enumerate(), tracker),
+            move |(mut it, mut tracker)| async move {
+                let (i, ev) = it.next()?;
+                if cut == Some(i) {
+                    tracker.finished = true;
+                    return Some((Err(std::io::Error::other("mock drop mid-stream")), (it, tracker)));
+                }
+                if i > 0 && !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if i + 1 == total {
+                    tracker.finished = true;
+                }
+                Some((Ok(Frame::data(ev)), (it, tracker)))
+            },
+        )
+        .boxed();
+        let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(s)));
+        let h = r.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
+        r
+    }
+
+    fn embeddings(&self, req: &Value, model: &str) -> Response<Body> {
+        let inputs: Vec<String> = match &req["input"] {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(a) => a
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .collect(),
+            _ => return error(400, "'input' is required", None),
+        };
+        let data: Vec<Value> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let h = blake3::hash(text.as_bytes());
+                let v: Vec<f64> = h.as_bytes()[..8].iter().map(|b| f64::from(*b) / 255.0).collect();
+                json!({"object": "embedding", "index": i, "embedding": v})
+            })
+            .collect();
+        let tokens: u64 = inputs.iter().map(|s| tokens_of(s.len())).sum();
+        full(
+            StatusCode::OK,
+            &json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+        )
+    }
+}
+
+/// Counts a stream as cancelled when the client goes away before its end.
+struct Tracker {
+    finished: bool,
+    on_drop: Arc<AtomicU64>,
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.on_drop.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

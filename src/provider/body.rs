@@ -1,0 +1,257 @@
+//! Reading and rewriting an OpenAI-style JSON request body without re-serialising it.
+//!
+//! The body is parsed once into borrowed `RawValue`s of the top-level fields; the gateway
+//! needs only `model`, `stream` and `stream_options`. Rewrites splice new bytes into the
+//! original buffer at those fields' spans, so every other field reaches the provider
+//! byte for byte, and an unchanged body is forwarded without a copy.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+use bytes::Bytes;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::GwError;
+
+/// The fields of a request body the gateway acts on, with their byte spans.
+#[derive(Debug)]
+pub struct BodyView<'a> {
+    pub model: Cow<'a, str>,
+    model_span: Range<usize>,
+    pub stream: bool,
+    stream_options: Option<(Range<usize>, &'a RawValue)>,
+    /// The caller asked for `stream_options.include_usage: true` itself.
+    pub include_usage: bool,
+    /// Offset of the closing `}` of the top-level object.
+    close: usize,
+}
+
+#[derive(Default)]
+struct Fields<'a> {
+    model: Option<&'a RawValue>,
+    model_dup: bool,
+    stream: Option<&'a RawValue>,
+    stream_options: Option<&'a RawValue>,
+}
+
+struct TopLevel;
+
+impl<'de> Visitor<'de> for TopLevel {
+    type Value = Fields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Fields::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let value: &'de RawValue = map.next_value()?;
+            match key.as_ref() {
+                "model" => {
+                    out.model_dup |= out.model.is_some();
+                    out.model = Some(value);
+                }
+                "stream" => out.stream = Some(value),
+                "stream_options" => out.stream_options = Some(value),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn span(body: &[u8], raw: &RawValue) -> Range<usize> {
+    // `raw` borrows from `body`, so its address lies inside it.
+    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    start..start + raw.get().len()
+}
+
+/// Parses the top level of a request body. Errors map to SPEC §3: not JSON ->
+/// `invalid_json`; not an object, or no string `model` -> `invalid_request`.
+pub fn parse(body: &[u8]) -> Result<BodyView<'_>, GwError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let fields = match de.deserialize_map(TopLevel) {
+        Ok(f) => f,
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            return Err(GwError::InvalidRequest(
+                "The request body must be a JSON object.".into(),
+            ))
+        }
+        Err(e) => return Err(GwError::InvalidJson(format!("The request body is not valid JSON: {e}"))),
+    };
+    if let Err(e) = de.end() {
+        return Err(GwError::InvalidJson(format!("The request body is not valid JSON: {e}")));
+    }
+    if fields.model_dup {
+        return Err(GwError::InvalidRequest(
+            "The request body has more than one `model` field.".into(),
+        ));
+    }
+    let model_raw = fields
+        .model
+        .ok_or_else(|| GwError::InvalidRequest("The request body needs a string `model` field.".into()))?;
+    let model: Cow<'_, str> = serde_json::from_str(model_raw.get())
+        .map_err(|_| GwError::InvalidRequest("`model` must be a string.".into()))?;
+    if model.is_empty() {
+        return Err(GwError::InvalidRequest("`model` must not be empty.".into()));
+    }
+    let stream = fields.stream.is_some_and(|s| s.get() == "true");
+    let include_usage = fields.stream_options.is_some_and(|so| {
+        #[derive(serde::Deserialize)]
+        struct So {
+            include_usage: Option<bool>,
+        }
+        serde_json::from_str::<So>(so.get())
+            .ok()
+            .and_then(|s| s.include_usage)
+            .unwrap_or(false)
+    });
+    let close = body.iter().rposition(|b| !b.is_ascii_whitespace()).unwrap_or(0);
+    Ok(BodyView {
+        model_span: span(body, model_raw),
+        model,
+        stream,
+        stream_options: fields.stream_options.map(|so| (span(body, so), so)),
+        include_usage,
+        close,
+    })
+}
+
+/// The body to send upstream: `model` replaced by `upstream_model`, and, when
+/// `add_usage` is set on a streaming request, `stream_options.include_usage: true`
+/// added. Returns the body and whether usage was added (so the gateway strips the extra
+/// usage chunk before the caller sees it).
+pub fn rewrite(body: &Bytes, view: &BodyView<'_>, upstream_model: &str, add_usage: bool) -> (Bytes, bool) {
+    let mut edits: Vec<(Range<usize>, Cow<'static, [u8]>)> = Vec::with_capacity(2);
+    if view.model != upstream_model {
+        let quoted = serde_json::to_vec(upstream_model).unwrap_or_default();
+        edits.push((view.model_span.clone(), Cow::Owned(quoted)));
+    }
+    let mut injected = false;
+    if add_usage && view.stream && !view.include_usage {
+        match &view.stream_options {
+            None => {
+                edits.push((
+                    view.close..view.close,
+                    Cow::Borrowed(br#","stream_options":{"include_usage":true}"#),
+                ));
+                injected = true;
+            }
+            Some((span, raw)) => {
+                let replacement = match serde_json::from_str::<serde_json::Value>(raw.get()) {
+                    Ok(serde_json::Value::Null) => Some(br#"{"include_usage":true}"#.to_vec()),
+                    Ok(serde_json::Value::Object(mut m)) => {
+                        m.insert("include_usage".into(), serde_json::Value::Bool(true));
+                        serde_json::to_vec(&m).ok()
+                    }
+                    // Anything else is the caller's error; the provider will say so.
+                    _ => None,
+                };
+                if let Some(r) = replacement {
+                    edits.push((span.clone(), Cow::Owned(r)));
+                    injected = true;
+                }
+            }
+        }
+    }
+    if edits.is_empty() {
+        return (body.clone(), false);
+    }
+    edits.sort_by_key(|(r, _)| r.start);
+    let extra: usize = edits.iter().map(|(_, b)| b.len()).sum();
+    let mut out = Vec::with_capacity(body.len() + extra);
+    let mut at = 0;
+    for (range, bytes) in &edits {
+        out.extend_from_slice(&body[at..range.start]);
+        out.extend_from_slice(bytes);
+        at = range.end;
+    }
+    out.extend_from_slice(&body[at..]);
+    (Bytes::from(out), injected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn rw(body: &str, model: &str, add_usage: bool) -> (Value, bool, Bytes) {
+        let b = Bytes::from(body.to_owned());
+        let v = parse(&b).unwrap();
+        let (out, injected) = rewrite(&b, &v, model, add_usage);
+        (serde_json::from_slice(&out).unwrap(), injected, out)
+    }
+
+    #[test]
+    fn model_is_replaced_and_the_rest_kept_byte_for_byte() {
+        let body = r#"{"model":"alias","messages":[{"role":"user","content":"hi \u00e9"}],  "temperature":0.50}"#;
+        let (_, injected, out) = rw(body, "gpt-4o-mini", false);
+        assert!(!injected);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi \u00e9"}],  "temperature":0.50}"#
+        );
+    }
+
+    #[test]
+    fn unchanged_body_is_not_copied() {
+        let b = Bytes::from_static(br#"{"model":"same"}"#);
+        let v = parse(&b).unwrap();
+        let (out, _) = rewrite(&b, &v, "same", false);
+        assert_eq!(out.as_ptr(), b.as_ptr());
+    }
+
+    #[test]
+    fn usage_is_injected_in_each_shape() {
+        let (v, inj, _) = rw(r#"{"model":"a","stream":true}"#, "b", true);
+        assert!(inj);
+        assert_eq!(
+            v,
+            json!({"model":"b","stream":true,"stream_options":{"include_usage":true}})
+        );
+        let (v, inj, _) = rw("{\"stream\":true, \"model\":\"a\" }\n", "b", true);
+        assert!(inj);
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        let (v, inj, _) = rw(r#"{"model":"a","stream":true,"stream_options":{"x":1}}"#, "a", true);
+        assert!(inj);
+        assert_eq!(v["stream_options"], json!({"x":1,"include_usage":true}));
+        let (v, inj, _) = rw(r#"{"model":"a","stream":true,"stream_options":null}"#, "a", true);
+        assert!(inj);
+        assert_eq!(v["stream_options"], json!({"include_usage":true}));
+        // Caller asked itself: nothing to inject, nothing to strip later.
+        let (_, inj, _) = rw(
+            r#"{"model":"a","stream":true,"stream_options":{"include_usage":true}}"#,
+            "a",
+            true,
+        );
+        assert!(!inj);
+        // Not streaming: untouched.
+        let (v, inj, _) = rw(r#"{"model":"a","stream":false}"#, "a", true);
+        assert!(!inj);
+        assert!(v.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn errors_by_kind() {
+        let code = |b: &str| parse(b.as_bytes()).unwrap_err().code();
+        assert_eq!(code("not json"), "invalid_json");
+        assert_eq!(code(r#"{"model":"a""#), "invalid_json");
+        assert_eq!(code(r#"{"model":"a"} trailing"#), "invalid_json");
+        assert_eq!(code("[1,2]"), "invalid_request");
+        assert_eq!(code("\"str\""), "invalid_request");
+        assert_eq!(code(r#"{"messages":[]}"#), "invalid_request");
+        assert_eq!(code(r#"{"model":42}"#), "invalid_request");
+        assert_eq!(code(r#"{"model":""}"#), "invalid_request");
+        assert_eq!(code(r#"{"model":"a","model":"b"}"#), "invalid_request");
+        assert_eq!(code(""), "invalid_json");
+    }
+
+    #[test]
+    fn escaped_model_names_are_decoded() {
+        let b = Bytes::from_static(br#"{"model":"gpt\u002d4"}"#);
+        assert_eq!(parse(&b).unwrap().model, "gpt-4");
+    }
+}

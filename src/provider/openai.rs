@@ -1,0 +1,50 @@
+//! OpenAI-style providers: `openai`, `openai_compatible` (vLLM, llama.cpp, Ollama, ...) and
+//! `azure` (deployment URLs, `api-version`, `api-key` header). The body is the caller's,
+//! with only `model` rewritten (see `body.rs`).
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use pingora::http::RequestHeader;
+
+use super::Endpoint;
+use crate::config::raw::ProviderKind;
+use crate::config::Provider;
+
+/// Characters kept as they are in a path segment or query value (RFC 3986 unreserved).
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Path and query of the upstream request.
+pub fn upstream_path(p: &Provider, endpoint: Endpoint, upstream_model: &str) -> String {
+    let base = p.base.path.as_str();
+    match p.kind {
+        ProviderKind::Azure => {
+            // Azure's SDKs take the resource endpoint; deployments live under /openai.
+            let prefix = if base.ends_with("/openai") {
+                base.to_owned()
+            } else {
+                format!("{base}/openai")
+            };
+            format!(
+                "{prefix}/deployments/{}{}?api-version={}",
+                utf8_percent_encode(upstream_model, UNRESERVED),
+                endpoint.suffix(),
+                utf8_percent_encode(p.api_version.as_deref().unwrap_or_default(), UNRESERVED),
+            )
+        }
+        _ => format!("{base}{}", endpoint.suffix()),
+    }
+}
+
+/// Puts the provider's credential and extra headers on the upstream request. The caller's
+/// own credential headers were removed before this runs.
+pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Result<()> {
+    for (name, value) in &p.headers {
+        req.insert_header(name.clone(), value.clone())?;
+    }
+    if let Some(key) = &p.api_key {
+        match p.kind {
+            ProviderKind::Azure => req.insert_header("api-key", key.expose())?,
+            _ => req.insert_header("authorization", format!("Bearer {}", key.expose()))?,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! Per-request context: everything one request learns on its way through the phases.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::config::{ApiKeyEntry, Snapshot, Target};
+use crate::error::{Dialect, GwError};
+use crate::provider::Endpoint;
+use crate::state::InflightGuard;
+use crate::stream::{JsonUsage, SseState, Usage};
+
+pub struct Ctx {
+    pub request_id: String,
+    pub dialect: Dialect,
+    pub started: Instant,
+    /// Counts this request as in flight until the context is dropped.
+    pub inflight: Option<InflightGuard>,
+    /// Taken once in `request_filter`; the request never sees a reload half-way.
+    pub snapshot: Option<Arc<Snapshot>>,
+    pub caller: Option<Arc<ApiKeyEntry>>,
+    pub endpoint: Option<Endpoint>,
+    /// The alias the caller asked for.
+    pub alias: Option<String>,
+    /// The concrete model this attempt goes to.
+    pub target: Option<Target>,
+    /// The request body to send upstream, already rewritten for `target`.
+    pub upstream_body: Bytes,
+    pub stream: bool,
+    /// The gateway added `stream_options.include_usage`; strip the usage chunk.
+    pub strip_usage: bool,
+    pub sse: Option<SseState>,
+    pub json_usage: Option<JsonUsage>,
+    pub usage: Option<Usage>,
+    pub upstream_status: Option<u16>,
+    /// The error this request ended with, if the gateway produced one.
+    pub error: Option<GwError>,
+}
+
+impl Ctx {
+    pub fn new() -> Self {
+        Self {
+            request_id: String::new(),
+            dialect: Dialect::OpenAi,
+            started: Instant::now(),
+            inflight: None,
+            snapshot: None,
+            caller: None,
+            endpoint: None,
+            alias: None,
+            target: None,
+            upstream_body: Bytes::new(),
+            stream: false,
+            strip_usage: false,
+            sse: None,
+            json_usage: None,
+            usage: None,
+            upstream_status: None,
+            error: None,
+        }
+    }
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,261 @@
+//! The request side: every check a request passes before it may go upstream, in the
+//! SPEC's order (cheapest first): route and method, credential, body size, JSON, model
+//! exists, allowlist; then the upstream request is prepared.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::Method;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use serde_json::json;
+
+use super::ctx::Ctx;
+use crate::auth;
+use crate::config::Snapshot;
+use crate::error::GwError;
+use crate::provider::{self, body, openai, Endpoint};
+use crate::route;
+use crate::state::AppState;
+
+/// What `request_filter` should do next.
+pub enum Admission {
+    /// Go upstream.
+    Proxy,
+    /// The gateway answered the request itself.
+    Answered,
+}
+
+enum Route {
+    Upstream(Endpoint),
+    ListModels,
+    GetModel(String),
+}
+
+fn route(method: &Method, path: &str) -> Result<Route, GwError> {
+    let wrong = |allow| GwError::MethodNotAllowed {
+        method: method.to_string(),
+        path: path.to_owned(),
+        allow,
+    };
+    let (r, allow) = match path {
+        "/v1/chat/completions" => (Route::Upstream(Endpoint::ChatCompletions), "POST"),
+        "/v1/embeddings" => (Route::Upstream(Endpoint::Embeddings), "POST"),
+        "/v1/models" => (Route::ListModels, "GET"),
+        p => match p.strip_prefix("/v1/models/") {
+            Some(id) if !id.is_empty() => (Route::GetModel(id.to_owned()), "GET"),
+            _ => return Err(GwError::NotFound(path.to_owned())),
+        },
+    };
+    let ok = match allow {
+        "GET" => method == Method::GET || method == Method::HEAD,
+        _ => method == Method::POST,
+    };
+    if ok {
+        Ok(r)
+    } else {
+        Err(wrong(allow))
+    }
+}
+
+/// The caller's `x-request-id` when it is sane, else a new one.
+pub fn request_id(req: &RequestHeader) -> String {
+    req.headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) -> Result<Admission, GwError> {
+    let req = session.req_header();
+    let route = route(&req.method, req.uri.path())?;
+    let snap = state.snapshot();
+    ctx.snapshot = Some(snap.clone());
+    let caller = auth::authenticate(&snap.keys, &session.req_header().headers)?;
+    ctx.caller = Some(caller.clone());
+
+    let endpoint = match route {
+        Route::Upstream(e) => e,
+        Route::ListModels => {
+            let data: Vec<_> = snap
+                .model_order
+                .iter()
+                .filter(|m| caller.allows(m))
+                .map(|m| model_object(&snap, m))
+                .collect();
+            answer_json(session, ctx, json!({"object": "list", "data": data})).await?;
+            return Ok(Admission::Answered);
+        }
+        Route::GetModel(id) => {
+            // A model this key may not use is as absent as an unknown one.
+            if !snap.models.contains_key(&id) || !caller.allows(&id) {
+                return Err(GwError::ModelNotFound(id));
+            }
+            answer_json(session, ctx, model_object(&snap, &id)).await?;
+            return Ok(Admission::Answered);
+        }
+    };
+    ctx.endpoint = Some(endpoint);
+
+    let limit = snap.server.max_request_body_bytes;
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(GwError::RequestTooLarge { limit });
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|_| GwError::InvalidRequest("The connection failed.".into()))?;
+    }
+    let body = read_body(session, limit, declared).await?;
+
+    let view = body::parse(&body)?;
+    let model = snap
+        .models
+        .get(view.model.as_ref())
+        .ok_or_else(|| GwError::ModelNotFound(view.model.to_string()))?;
+    if !caller.allows(&model.name) {
+        return Err(GwError::ModelNotAllowed(model.name.clone()));
+    }
+    let target = route::candidates(&model.route)
+        .into_iter()
+        .next()
+        .cloned()
+        .ok_or(GwError::Internal)?;
+    if !provider::supports(target.provider.kind, endpoint) {
+        return Err(GwError::InvalidRequest(format!(
+            "The model '{}' cannot serve {}.",
+            model.name,
+            endpoint.suffix()
+        )));
+    }
+    let (upstream_body, injected) = body::rewrite(
+        &body,
+        &view,
+        &target.upstream_model,
+        endpoint == Endpoint::ChatCompletions,
+    );
+    ctx.alias = Some(model.name.clone());
+    ctx.stream = view.stream;
+    ctx.strip_usage = injected;
+    ctx.upstream_body = upstream_body;
+    ctx.target = Some(target);
+    Ok(Admission::Proxy)
+}
+
+fn model_object(snap: &Snapshot, alias: &str) -> serde_json::Value {
+    json!({"id": alias, "object": "model", "created": snap.created, "owned_by": "aigw"})
+}
+
+async fn answer_json(session: &mut Session, ctx: &Ctx, v: serde_json::Value) -> Result<(), GwError> {
+    let body = Bytes::from(v.to_string());
+    let write = async {
+        let mut resp = ResponseHeader::build(200, Some(4))?;
+        resp.insert_header("content-type", "application/json")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("x-request-id", &ctx.request_id)?;
+        let head_only = session.req_header().method == Method::HEAD;
+        session.write_response_header(Box::new(resp), head_only).await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok::<(), Box<pingora::Error>>(())
+    };
+    // The caller is gone if this fails; there is nobody left to answer.
+    if let Err(e) = write.await {
+        tracing::debug!(error = %e, "could not write a local answer");
+    }
+    Ok(())
+}
+
+/// Reads the whole request body, up to `limit` bytes (also for chunked bodies without a
+/// declared length). Pingora has no whole-body API; the body is needed to route on `model`.
+async fn read_body(session: &mut Session, limit: u64, declared: Option<u64>) -> Result<Bytes, GwError> {
+    let cap = declared.unwrap_or(16 * 1024).min(limit) as usize;
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    loop {
+        let chunk = match session.read_request_body().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "request body read failed");
+                return Err(GwError::InvalidRequest("The request body could not be read.".into()));
+            }
+        };
+        let total = first.as_ref().map_or(0, Bytes::len) + buf.len() + chunk.len();
+        if total as u64 > limit {
+            return Err(GwError::RequestTooLarge { limit });
+        }
+        // A body that arrives in one chunk (the common case) is kept without a copy.
+        match first.take() {
+            None if buf.is_empty() => first = Some(chunk),
+            Some(f) => {
+                buf.reserve(cap.max(f.len() + chunk.len()));
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&chunk);
+            }
+            None => buf.extend_from_slice(&chunk),
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+/// Turns the caller's request header into the provider's: path, host, credential.
+pub fn prepare_upstream(req: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<()> {
+    let (Some(target), Some(endpoint)) = (&ctx.target, ctx.endpoint) else {
+        return Err(pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            "no target chosen",
+        ));
+    };
+    let p = &target.provider;
+    let path = openai::upstream_path(p, endpoint, &target.upstream_model);
+    req.set_uri(
+        path.parse()
+            .map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "bad upstream path"))?,
+    );
+    for h in auth::CREDENTIAL_HEADERS {
+        req.remove_header(h);
+    }
+    // The body is already read and answered for; the provider gets it in one piece.
+    req.remove_header("expect");
+    req.remove_header("transfer-encoding");
+    req.insert_header("content-length", ctx.upstream_body.len().to_string())?;
+    req.insert_header("host", p.base.authority.as_str())?;
+    // Usage is read from the body, so the body must arrive uncompressed.
+    req.insert_header("accept-encoding", "identity")?;
+    req.insert_header("x-request-id", ctx.request_id.as_str())?;
+    openai::apply_credentials(p, req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_methods() {
+        assert!(matches!(
+            route(&Method::POST, "/v1/chat/completions"),
+            Ok(Route::Upstream(Endpoint::ChatCompletions))
+        ));
+        assert!(matches!(route(&Method::GET, "/v1/models/abc"), Ok(Route::GetModel(id)) if id == "abc"));
+        assert_eq!(route(&Method::GET, "/v1/chat/completions").err().unwrap().status(), 405);
+        assert_eq!(route(&Method::POST, "/v1/models").err().unwrap().status(), 405);
+        assert_eq!(route(&Method::POST, "/v2/x").err().unwrap().code(), "not_found");
+        assert_eq!(route(&Method::GET, "/v1/models/").err().unwrap().code(), "not_found");
+    }
+}

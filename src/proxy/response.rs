@@ -1,0 +1,121 @@
+//! The response side: provider status handling, gateway headers, streamed usage, and the
+//! answer when proxying fails before or after the first byte.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use super::ctx::Ctx;
+use crate::error::GwError;
+use crate::stream::{JsonUsage, SseState};
+
+/// The provider's status line arrived. A provider 5xx becomes the gateway's own 502 (the
+/// caller gets `upstream_error`, not the provider's internals); 4xx pass through.
+pub fn on_upstream_header(resp: &ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+    let status = resp.status.as_u16();
+    ctx.upstream_status = Some(status);
+    if status >= 500 {
+        let err = GwError::UpstreamError(format!("The provider answered with status {status}."));
+        ctx.error = Some(err);
+        return Err(Error::explain(
+            ErrorType::HTTPStatus(502),
+            format!("provider answered {status}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Headers the caller sees; sets up usage reading for the body.
+pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if let Some(t) = &ctx.target {
+        resp.insert_header("x-aigw-model", t.alias.as_str())?;
+    }
+    if !resp.status.is_success() {
+        return Ok(());
+    }
+    let is_sse = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if is_sse {
+        // Dropping the usage chunk changes the length.
+        if ctx.strip_usage {
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+        }
+        ctx.sse = Some(SseState::new(ctx.strip_usage));
+    } else {
+        ctx.json_usage = Some(JsonUsage::default());
+    }
+    Ok(())
+}
+
+pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) {
+    if let Some(sse) = ctx.sse.as_mut() {
+        let mut out = body.take().map(|b| sse.feed(b)).unwrap_or_default();
+        if end_of_stream {
+            let rest = sse.finish();
+            if !rest.is_empty() {
+                out = if out.is_empty() {
+                    rest
+                } else {
+                    [out, rest].concat().into()
+                };
+            }
+            ctx.usage = sse.usage;
+        }
+        *body = Some(out);
+    } else if let Some(j) = ctx.json_usage.as_mut() {
+        if let Some(b) = body.as_ref() {
+            j.push(b);
+        }
+        if end_of_stream {
+            ctx.usage = j.finish();
+        }
+    }
+}
+
+/// The gateway error for a proxying failure, when no more specific one was recorded.
+fn classify(e: &Error) -> Option<GwError> {
+    use ErrorType::*;
+    match (e.esource(), e.etype()) {
+        (_, ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout) => Some(GwError::UpstreamTimeout),
+        // The caller went away: nobody to answer.
+        (ErrorSource::Downstream, _) => None,
+        (ErrorSource::Upstream, _) => Some(GwError::UpstreamError(
+            "The provider could not be reached or answered badly.".into(),
+        )),
+        (_, ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure | InvalidCert | HandshakeError) => {
+            Some(GwError::UpstreamError("The provider could not be reached.".into()))
+        }
+        _ => Some(GwError::Internal),
+    }
+}
+
+/// Answers a request whose proxying failed. Returns the status for logging (0: none sent).
+pub async fn on_failure(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u16 {
+    if let Some(sent) = session.response_written().map(|r| r.status.as_u16()) {
+        // The header is out, so the status cannot change. A stream is ended with an error
+        // event and no [DONE], so the failure cannot pass for a clean finish.
+        if ctx.sse.is_some() {
+            let err = GwError::UpstreamError("The provider's stream ended unexpectedly.".into());
+            let _ = session
+                .write_response_body(Some(err.sse_event(ctx.dialect)), true)
+                .await;
+            ctx.error = Some(err);
+        }
+        return sent;
+    }
+    let err = match ctx.error.clone().or_else(|| classify(e)) {
+        Some(err) => err,
+        None => return 0,
+    };
+    tracing::warn!(request_id = %ctx.request_id, error = %e, "proxying failed");
+    let status = err.status();
+    if let Err(we) = err.respond(session, ctx.dialect, &ctx.request_id).await {
+        tracing::debug!(error = %we, "could not write the error response");
+    }
+    ctx.error = Some(err);
+    status
+}

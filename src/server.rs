@@ -1,0 +1,201 @@
+//! `aigw serve`: assembles the Pingora server (proxy listeners, TLS, admin listener,
+//! background DNS refresh) and owns the process signals.
+//!
+//! Signals are handled here rather than by Pingora's default watcher: SIGHUP reloads the
+//! config, and SIGTERM drains — Pingora alone always sleeps the whole grace period, while
+//! aigw exits as soon as the last in-flight request is done (or the grace period ends).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::admin::Admin;
+use crate::proxy::Gateway;
+use crate::route::upstream::REFRESH_INTERVAL;
+use crate::state::AppState;
+
+/// Starts serving; returns only on a startup error (after a clean shutdown the process exits).
+pub fn serve(config: PathBuf) -> Result<(), String> {
+    let state = match AppState::load(config.clone()) {
+        Ok(s) => s,
+        Err(errors) => {
+            let mut msg = format!("{}: {} error(s):", config.display(), errors.len());
+            for e in errors {
+                msg.push_str(&format!("\n  {e}"));
+            }
+            return Err(msg);
+        }
+    };
+    let snap = state.snapshot();
+    tracing::info!(config = %config.display(), "loaded: {}", snap.summary());
+
+    // Resolve provider addresses before the first request, off any request path.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?
+        .block_on(state.upstreams.resolve_new());
+
+    let threads = match snap.server.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(snap.server.grace_period_s),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, Gateway { state: state.clone() }, "aigw");
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut opts = HttpServerOptions::default();
+        // Prior-knowledge HTTP/2 on plaintext listeners, for internal clients that use it.
+        opts.h2c = true;
+        app.server_options = Some(opts);
+    }
+    for addr in &snap.server.listen {
+        proxy.add_tcp(addr);
+    }
+    for t in &snap.server.tls {
+        let mut tls = TlsSettings::intermediate(&t.cert_file, &t.key_file)
+            .map_err(|e| format!("server.tls {}: cannot load certificate or key: {e}", t.listen))?;
+        tls.enable_h2();
+        proxy.add_tls_with_settings(&t.listen, None, tls);
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = &snap.server.admin_listen {
+        let mut admin = Service::new(
+            "aigw admin".to_owned(),
+            HttpServer::new_app(Admin { state: state.clone() }),
+        );
+        admin.add_tcp(addr);
+        server.add_service(admin);
+    }
+    server.add_service(background_service(
+        "upstream refresh",
+        Refresher { state: state.clone() },
+    ));
+    drop(snap);
+
+    tracing::info!("aigw serving");
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals { state }),
+    });
+    std::process::exit(0)
+}
+
+/// Re-resolves provider addresses periodically, so DNS changes reach running instances.
+struct Refresher {
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for Refresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.state.upstreams.refresh_all().await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+struct Signals {
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let kinds = [
+            SignalKind::hangup(),
+            SignalKind::terminate(),
+            SignalKind::interrupt(),
+            SignalKind::quit(),
+        ];
+        let mut sigs = Vec::new();
+        for k in kinds {
+            match signal(k) {
+                Ok(s) => sigs.push(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install signal handlers; stopping needs SIGKILL");
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+        let [hup, term, int, quit] = &mut sigs[..] else {
+            unreachable!("four signals were installed")
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => self.reload().await,
+                _ = term.recv() => break,
+                // No binary upgrade in aigw: SIGQUIT drains like SIGTERM.
+                _ = quit.recv() => break,
+                _ = int.recv() => {
+                    tracing::info!("SIGINT: stopping now");
+                    return ShutdownSignal::FastShutdown;
+                }
+            }
+        }
+        self.start_drain();
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+impl Signals {
+    async fn reload(&self) {
+        match self.state.reload().await {
+            Ok(()) => {
+                tracing::info!(config = %self.state.config_path.display(), "config reloaded: {}", self.state.snapshot().summary())
+            }
+            Err(errors) => {
+                let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                tracing::error!(
+                    config = %self.state.config_path.display(),
+                    "config reload failed, still serving the last good config; {} error(s):\n  {}",
+                    list.len(),
+                    list.join("\n  ")
+                );
+            }
+        }
+    }
+
+    /// Pingora stops accepting and waits the whole grace period; this watcher exits early
+    /// once nothing is in flight any more.
+    fn start_drain(&self) {
+        self.state.draining.store(true, Ordering::Release);
+        tracing::info!(inflight = self.state.inflight(), "SIGTERM: draining");
+        let state = self.state.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(50));
+            if state.inflight() == 0 {
+                // Let a response that just finished reach its socket.
+                std::thread::sleep(Duration::from_millis(100));
+                if state.inflight() == 0 {
+                    tracing::info!("drained; exiting");
+                    std::process::exit(0);
+                }
+            }
+        });
+    }
+}

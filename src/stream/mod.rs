@@ -1,0 +1,278 @@
+//! Streamed and whole responses: SSE framing, token usage extraction, and removal of the
+//! usage chunk the gateway asked for on the caller's behalf.
+//!
+//! Events are forwarded as soon as they are complete. A chunk that ends on an event
+//! boundary (the usual case) is forwarded as the same `Bytes`, without a copy; only an
+//! event split across chunks is held back until its end arrives.
+
+use bytes::{Bytes, BytesMut};
+use memchr::memmem;
+use serde::Deserialize;
+
+/// Tokens of one response, in either dialect's terms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct RawUsage {
+    #[serde(alias = "input_tokens")]
+    prompt_tokens: Option<u64>,
+    #[serde(alias = "output_tokens")]
+    completion_tokens: Option<u64>,
+}
+
+impl From<RawUsage> for Usage {
+    fn from(u: RawUsage) -> Self {
+        Self {
+            input_tokens: u.prompt_tokens.unwrap_or(0),
+            output_tokens: u.completion_tokens.unwrap_or(0),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct UsageOnly {
+    usage: Option<RawUsage>,
+}
+
+#[derive(Deserialize)]
+struct ChunkUsage {
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+    usage: Option<RawUsage>,
+}
+
+/// The end of the first complete event in `buf` (just past its blank line), if any.
+/// Accepts `\n\n`, `\r\n\r\n` and mixed line endings, as the SSE spec does.
+pub fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b'\n', &buf[from..]) {
+        let nl = from + i;
+        match buf.get(nl + 1) {
+            Some(b'\n') => return Some(nl + 2),
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+            _ => from = nl + 1,
+        }
+    }
+    None
+}
+
+/// The `data:` payload of one event (several data lines joined by `\n`).
+fn event_data(event: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            if !out.is_empty() {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+        }
+    }
+    out
+}
+
+/// Per-response state of an OpenAI-style SSE stream.
+#[derive(Debug, Default)]
+pub struct SseState {
+    carry: BytesMut,
+    /// Drop the usage-only chunk (the gateway asked for it, the caller did not).
+    strip_usage: bool,
+    pub usage: Option<Usage>,
+    pub saw_done: bool,
+}
+
+impl SseState {
+    pub fn new(strip_usage: bool) -> Self {
+        Self {
+            strip_usage,
+            ..Self::default()
+        }
+    }
+
+    /// Takes the next chunk from upstream; returns what to send to the caller now.
+    pub fn feed(&mut self, chunk: Bytes) -> Bytes {
+        let data = if self.carry.is_empty() {
+            chunk
+        } else {
+            self.carry.extend_from_slice(&chunk);
+            self.carry.split().freeze()
+        };
+        let mut pos = 0;
+        // Materialised only when an event is dropped; otherwise output is a slice of `data`.
+        let mut rebuilt: Option<BytesMut> = None;
+        while let Some(len) = event_end(&data[pos..]) {
+            let event = &data[pos..pos + len];
+            let keep = self.inspect(event);
+            match (&mut rebuilt, keep) {
+                (Some(out), true) => out.extend_from_slice(event),
+                (None, false) => rebuilt = Some(BytesMut::from(&data[..pos])),
+                _ => {}
+            }
+            pos += len;
+        }
+        if pos < data.len() {
+            self.carry.extend_from_slice(&data[pos..]);
+        }
+        match rebuilt {
+            Some(out) => out.freeze(),
+            None => data.slice(..pos),
+        }
+    }
+
+    /// At the end of the stream: whatever incomplete event is left, passed on as it is.
+    pub fn finish(&mut self) -> Bytes {
+        let rest = self.carry.split().freeze();
+        if !rest.is_empty() {
+            self.inspect(&rest);
+        }
+        rest
+    }
+
+    /// Records usage and `[DONE]`; returns false when the event must not reach the caller.
+    fn inspect(&mut self, event: &[u8]) -> bool {
+        if memmem::find(event, b"[DONE]").is_some() && event_data(event) == b"[DONE]" {
+            self.saw_done = true;
+            return true;
+        }
+        // Cheap pre-check: only events that carry a usage object are parsed.
+        if memmem::find(event, b"\"usage\"").is_none() {
+            return true;
+        }
+        let Ok(chunk) = serde_json::from_slice::<ChunkUsage>(&event_data(event)) else {
+            return true;
+        };
+        let Some(u) = chunk.usage else { return true };
+        self.usage = Some(u.into());
+        let usage_only = chunk.choices.is_none_or(|c| c.is_empty());
+        !(self.strip_usage && usage_only)
+    }
+}
+
+/// Collects a JSON response body (by reference, no copy) to read its usage at the end.
+/// Bodies above `limit` are not inspected.
+#[derive(Debug, Default)]
+pub struct JsonUsage {
+    parts: Vec<Bytes>,
+    len: usize,
+    over: bool,
+}
+
+impl JsonUsage {
+    pub const LIMIT: usize = 32 * 1024 * 1024;
+
+    pub fn push(&mut self, chunk: &Bytes) {
+        if self.over {
+            return;
+        }
+        self.len += chunk.len();
+        if self.len > Self::LIMIT {
+            self.over = true;
+            self.parts.clear();
+        } else {
+            self.parts.push(chunk.clone());
+        }
+    }
+
+    pub fn finish(&mut self) -> Option<Usage> {
+        let parts = std::mem::take(&mut self.parts);
+        let parsed = match parts.as_slice() {
+            [] => return None,
+            [one] => serde_json::from_slice::<UsageOnly>(one),
+            many => serde_json::from_slice::<UsageOnly>(&many.concat()),
+        };
+        parsed.ok()?.usage.map(Usage::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &str = concat!(
+        "data: {\"id\":\"1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}],\"usage\":null}\n\n",
+        "data: {\"id\":\"1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}}],\"usage\":null}\n\n",
+        "data: {\"id\":\"1\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    fn run(chunks: &[&[u8]], strip: bool) -> (Vec<u8>, SseState) {
+        let mut s = SseState::new(strip);
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend_from_slice(&s.feed(Bytes::copy_from_slice(c)));
+        }
+        out.extend_from_slice(&s.finish());
+        (out, s)
+    }
+
+    #[test]
+    fn passes_through_and_reads_usage() {
+        let (out, s) = run(&[STREAM.as_bytes()], false);
+        assert_eq!(out, STREAM.as_bytes());
+        assert_eq!(
+            s.usage,
+            Some(Usage {
+                input_tokens: 7,
+                output_tokens: 2
+            })
+        );
+        assert!(s.saw_done);
+    }
+
+    #[test]
+    fn strips_the_injected_usage_chunk_at_every_split_point() {
+        let expected = STREAM.replace(
+            "data: {\"id\":\"1\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}\n\n",
+            "",
+        );
+        let bytes = STREAM.as_bytes();
+        for split in 0..=bytes.len() {
+            let (out, s) = run(&[&bytes[..split], &bytes[split..]], true);
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "split at {split}");
+            assert_eq!(s.usage.unwrap().output_tokens, 2);
+            assert!(s.saw_done);
+        }
+    }
+
+    #[test]
+    fn whole_events_are_not_copied() {
+        let mut s = SseState::new(false);
+        let chunk = Bytes::from_static(b"data: {\"a\":1}\n\n");
+        let out = s.feed(chunk.clone());
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
+    }
+
+    #[test]
+    fn crlf_and_multiline_events() {
+        assert_eq!(event_end(b"data: x\r\n\r\nrest"), Some(11));
+        assert_eq!(event_end(b"data: x\n\ndata: y"), Some(9));
+        assert_eq!(event_end(b"data: x\n"), None);
+        assert_eq!(event_data(b"event: e\ndata: a\ndata: b\n\n"), b"a\nb");
+    }
+
+    #[test]
+    fn malformed_events_pass_through_untouched() {
+        let (out, s) = run(&[b"data: {\"usage\": nope\n\n", b"data: partial"], true);
+        assert_eq!(out, b"data: {\"usage\": nope\n\ndata: partial");
+        assert!(s.usage.is_none());
+        assert!(!s.saw_done);
+    }
+
+    #[test]
+    fn json_usage_across_chunks() {
+        let body = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        let mut j = JsonUsage::default();
+        j.push(&Bytes::copy_from_slice(&body[..10]));
+        j.push(&Bytes::copy_from_slice(&body[10..]));
+        assert_eq!(
+            j.finish(),
+            Some(Usage {
+                input_tokens: 3,
+                output_tokens: 4
+            })
+        );
+    }
+}

@@ -249,6 +249,31 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Sections this version parses and validates but does not enforce yet, so an
+    /// operator is never misled into thinking a limit or filter is active.
+    pub fn not_enforced(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.rate_limits.is_empty() {
+            out.push("rate_limits");
+        }
+        if !self.guardrails.is_empty() {
+            out.push("guardrails");
+        }
+        if !self.caches.is_empty() {
+            out.push("cache");
+        }
+        if !self.budgets.is_empty() {
+            out.push("budgets");
+        }
+        if self.observability.otlp.is_some() {
+            out.push("observability.otlp");
+        }
+        if self.server.redis_url.is_some() {
+            out.push("server.redis");
+        }
+        out
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "{} provider keys, {} models, {} api keys, {} rate limits, {} guardrails, {} caches, {} budgets",
@@ -315,6 +340,7 @@ pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<Con
     match raw.version {
         Some(1) => {}
         Some(v) => errs.push("version", format!("unsupported version {v}; this aigw reads version 1")),
+        None if names.is_broken("version", "") => {}
         None => errs.push("version", "missing; write `version: 1`"),
     }
     let server = compile_server(&raw.server, &mut errs);

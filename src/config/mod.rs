@@ -84,12 +84,32 @@ pub fn load_file(path: &Path, ctx: &CompileCtx) -> Result<Snapshot, Vec<ConfigEr
 }
 
 pub fn load_str(text: &str, ctx: &CompileCtx) -> Result<Snapshot, Vec<ConfigError>> {
-    let raw = parse(text, &|name| std::env::var(name).ok())?;
-    compile::compile(raw, ctx)
+    let (raw, mut errors) = parse_partial(text, ctx.env)?;
+    // Compile what parsed even when something did not, so one run reports both kinds.
+    match compile::compile(raw, ctx) {
+        Ok(snap) if errors.is_empty() => Ok(snap),
+        Ok(_) => Err(errors),
+        Err(more) => {
+            errors.extend(more);
+            Err(errors)
+        }
+    }
 }
 
 /// YAML text -> [`RawConfig`], with `${VAR}` interpolation from `env`.
 pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<RawConfig, Vec<ConfigError>> {
+    match parse_partial(text, env)? {
+        (cfg, errors) if errors.is_empty() => Ok(cfg),
+        (_, errors) => Err(errors),
+    }
+}
+
+/// Like [`parse`], but returns what did parse along with the errors; only invalid YAML
+/// stops it outright. Items that failed are left out and named in `broken`.
+pub fn parse_partial(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(RawConfig, Vec<ConfigError>), Vec<ConfigError>> {
     let mut tree: Value = serde_yaml::from_str(text).map_err(|e| {
         let at = e
             .location()
@@ -114,7 +134,12 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<RawConf
             continue;
         };
         match key {
-            "version" => cfg.version = one(v, "version", &mut errors),
+            "version" => {
+                cfg.version = one(v, "version", &mut errors);
+                if cfg.version.is_none() {
+                    cfg.broken.push(("version", String::new()));
+                }
+            }
             "server" => cfg.server = one(v, "server", &mut errors).unwrap_or_default(),
             "observability" => cfg.observability = one(v, "observability", &mut errors).unwrap_or_default(),
             "provider_keys" => cfg.provider_keys = list(v, "provider_keys", &mut errors, &mut cfg.broken),
@@ -130,11 +155,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<RawConf
             )),
         }
     }
-    if errors.is_empty() {
-        Ok(cfg)
-    } else {
-        Err(errors)
-    }
+    Ok((cfg, errors))
 }
 
 fn one<T: DeserializeOwned>(v: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<T> {

@@ -38,7 +38,8 @@ pub struct Script {
     pub delay_ms: u64,
     /// Wait this long between streamed chunks.
     pub chunk_delay_ms: u64,
-    /// Cut the connection after this many content chunks (streams) or mid-body (JSON).
+    /// Cut the connection after this many data events (streams; the first event is the
+    /// role chunk), or half-way through the body (JSON).
     pub drop_after: Option<usize>,
     /// Words in the completion.
     pub words: usize,
@@ -353,8 +354,7 @@ impl Mock {
 
     fn stream_events(&self, events: Vec<Bytes>, script: &Script) -> Response<Body> {
         let delay = Duration::from_millis(script.chunk_delay_ms);
-        // Content chunks start after the role chunk.
-        let cut = script.drop_after.map(|n| n + 1);
+        let cut = script.drop_after;
         let total = events.len();
         let tracker = Tracker {
             finished: false,

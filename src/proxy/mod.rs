@@ -55,8 +55,9 @@ impl ProxyHttp for Gateway {
         };
         let p = &target.provider;
         let Some(addr) = p.upstream.select() else {
-            ctx.error = Some(GwError::UpstreamError(format!(
-                "The provider '{}' has no resolved address yet.",
+            // Nothing resolved (yet): the only target is unhealthy.
+            ctx.error = Some(GwError::NoHealthyTarget(format!(
+                "The provider '{}' has no reachable address (its name does not resolve).",
                 p.name
             )));
             return Err(Error::explain(

@@ -1,0 +1,276 @@
+//! Test harness: the real `aigw` binary as gateway and as mock upstream, on ephemeral
+//! ports, talked to over real sockets.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_aigw");
+pub const PROVIDER_KEY: &str = "sk-test-provider-0123456789";
+pub const CALLER_KEY: &str = "sk-test-caller-abcdef";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` until it is true, for at most `secs` seconds. Waits on behaviour, not time.
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Collects a child's stderr lines in the background.
+fn capture(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+pub struct Mock {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Mock {
+    pub fn start() -> Self {
+        let port = free_port();
+        let mut child = Command::new(BIN)
+            .args([
+                "mock-upstream",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--record",
+                "--threads",
+                "1",
+            ])
+            .args(["--api-key", PROVIDER_KEY])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        if !wait_until(10, || TcpStream::connect(addr).is_ok()) {
+            let _ = child.kill();
+            panic!("mock upstream did not start");
+        }
+        Mock { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests the mock received, oldest first.
+    pub fn requests(&self) -> Vec<Value> {
+        match blocking_get_json(&format!("{}/_mock/requests", self.url())) {
+            Value::Array(items) => items,
+            other => panic!("unexpected /_mock/requests answer: {other}"),
+        }
+    }
+
+    pub fn last_request(&self) -> Value {
+        self.requests().pop().expect("the mock saw no request")
+    }
+
+    pub fn stats(&self) -> Value {
+        blocking_get_json(&format!("{}/_mock/stats", self.url()))
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn blocking_get_json(url: &str) -> Value {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { reqwest::get(&url).await.unwrap().json::<Value>().await.unwrap() })
+    })
+    .join()
+    .unwrap()
+}
+
+pub struct Gateway {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub admin_port: u16,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// The standard test config: `{MOCK}`, `{PORT}` and `{ADMIN}` are filled in.
+pub const BASE_CONFIG: &str = r#"
+version: 1
+server:
+  listen: ["127.0.0.1:{PORT}"]
+  admin_listen: "127.0.0.1:{ADMIN}"
+  grace_period_s: 10
+  max_request_body_bytes: 2097152
+provider_keys:
+  - name: mock
+    provider: openai_compatible
+    base_url: "{MOCK}/v1"
+    api_key: "{PROVIDER_KEY}"
+    timeouts: {connect_ms: 1000, first_byte_ms: 1500, idle_ms: 5000}
+models:
+  - {name: chat, provider_key: mock, model: upstream-chat}
+  - {name: emb, provider_key: mock, model: upstream-emb}
+  - {name: slow, provider_key: mock, model: "x?delay_ms=4000"}
+  - {name: slow-stream, provider_key: mock, model: "x?chunk_delay_ms=300&words=40"}
+  - {name: broken-stream, provider_key: mock, model: "x?drop_after=3&chunk_delay_ms=50"}
+  - {name: broken-early, provider_key: mock, model: "x?drop_after=0"}
+  - {name: fails, provider_key: mock, model: "x?status=503"}
+  - {name: teapot, provider_key: mock, model: "x?status=418"}
+  - {name: limited, provider_key: mock, model: "x?status=429&retry_after=7"}
+  - {name: secret-model, provider_key: mock}
+api_keys:
+  - {name: main, key: "{CALLER_KEY}", owner: team-a, models: [chat, emb, slow, slow-stream, broken-stream, broken-early, fails, teapot, limited]}
+  - {name: expired, key: sk-expired, expires_at: "2020-01-01T00:00:00Z"}
+  - {name: disabled, key: sk-disabled, disabled: true}
+"#;
+
+impl Gateway {
+    /// Starts a gateway with `config` (placeholders filled) and waits until it is ready.
+    pub fn start(config: &str, mock: &Mock) -> Self {
+        Self::start_with(config, mock, &[])
+    }
+
+    pub fn start_with(config: &str, mock: &Mock, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let admin_port = free_port();
+        let text = fill(config, mock, port, admin_port);
+        let path = dir.path().join("aigw.yaml");
+        std::fs::write(&path, text).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = capture(&mut child);
+        let gw = Gateway {
+            child,
+            dir,
+            port,
+            admin_port,
+            logs,
+        };
+        let ready = wait_until(20, || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok() && TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
+        });
+        assert!(ready, "gateway did not start; logs:\n{}", gw.log_text());
+        gw
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("aigw.yaml")
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -s {sig} failed");
+    }
+
+    /// Rewrites the config file (placeholders filled as at start).
+    pub fn write_config(&self, config: &str, mock: &Mock) {
+        std::fs::write(self.config_path(), fill(config, mock, self.port, self.admin_port)).unwrap();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn fill(config: &str, mock: &Mock, port: u16, admin_port: u16) -> String {
+    config
+        .replace("{MOCK}", &mock.url())
+        .replace("{PORT}", &port.to_string())
+        .replace("{ADMIN}", &admin_port.to_string())
+        .replace("{PROVIDER_KEY}", PROVIDER_KEY)
+        .replace("{CALLER_KEY}", CALLER_KEY)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// POSTs JSON with the test caller key.
+pub async fn post(gw: &Gateway, path: &str, body: &Value) -> reqwest::Response {
+    client()
+        .post(format!("{}{path}", gw.url()))
+        .bearer_auth(CALLER_KEY)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+pub fn chat_body(model: &str) -> Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Say hello"}]})
+}
+
+/// The SSE `data:` payloads of a stream body.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned))
+        .collect()
+}
+
+pub fn asset(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# `make loadtest`: mock upstream, nginx (bare reverse proxy) and the release gateway on
+# this machine, driven by wrk at fixed connection counts. Prints a Markdown table and
+# saves it under loadtest/results/. Every run is bounded: DURATION seconds per scenario.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=target/release/aigw
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-"1 64 256"}
+THREADS=${WRK_THREADS:-2}
+OUT=loadtest/results/$(date -u +%Y-%m-%d)-$(hostname -s).md
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null; }
+command -v nginx >/dev/null || { echo "installing nginx"; apt-get install -y -qq nginx-light >/dev/null; }
+
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
+
+"$BIN" mock-upstream --listen 127.0.0.1:18000 >/dev/null 2>&1 & PIDS+=($!)
+wait_port 18000
+cp loadtest/nginx.conf "$WORK/nginx.conf"
+nginx -p "$WORK" -c "$WORK/nginx.conf"
+wait_port 18081
+RUST_LOG=warn "$BIN" serve --config loadtest/aigw.yaml >/dev/null 2>"$WORK/gw.log" & GW=$!; PIDS+=($GW)
+wait_port 18080
+
+nginx_pids() { pgrep -f "nginx: worker process" | tr '\n' ' '; }
+cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+rss_kib() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status"))); done; echo $t; }
+HZ=$(getconf CLK_TCK)
+
+{
+  echo "# aigw load test, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -m), ${DURATION}s per row"
+  echo
+  echo "| scenario | conns | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU µs/req | RSS MiB |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+} | tee "$OUT"
+
+run() { # name url stream pids...
+  local name=$1 url=$2 stream=$3; shift 3
+  for c in $CONNS; do
+    local t=$THREADS; [ "$c" -lt "$t" ] && t=$c
+    local before; before=$(cpu_ticks "$@")
+    local line
+    line=$(BODY_STREAM=$stream wrk -t"$t" -c"$c" -d"${DURATION}s" -s loadtest/post.lua "$url" | grep '^RESULT')
+    local after; after=$(cpu_ticks "$@")
+    read -r _ reqs dur p50 p99 p999 errs <<<"$line"
+    local rps cpu rss
+    rps=$(awk -v r="$reqs" -v d="$dur" 'BEGIN{printf "%.0f", r/(d/1e6)}')
+    cpu=$(awk -v a="$after" -v b="$before" -v hz="$HZ" -v r="$reqs" 'BEGIN{ if (r>0) printf "%.1f", (a-b)/hz*1e6/r; else print "-"}')
+    rss=$(awk -v k="$(rss_kib "$@")" 'BEGIN{printf "%.1f", k/1024}')
+    printf '| %s | %s | %s | %.2f | %.2f | %.2f | %s | %s | %s |\n' "$name" "$c" "$rps" \
+      "$(awk -v v="$p50" 'BEGIN{print v/1000}')" "$(awk -v v="$p99" 'BEGIN{print v/1000}')" \
+      "$(awk -v v="$p999" 'BEGIN{print v/1000}')" "$errs" "$cpu" "$rss" | tee -a "$OUT"
+  done
+}
+
+MOCK_PID=${PIDS[0]}
+# shellcheck disable=SC2046
+run "direct to mock" http://127.0.0.1:18000/v1/chat/completions 0 "$MOCK_PID"
+# shellcheck disable=SC2046
+run "nginx" http://127.0.0.1:18081/v1/chat/completions 0 $(nginx_pids)
+run "gateway" http://127.0.0.1:18080/v1/chat/completions 0 "$GW"
+# shellcheck disable=SC2046
+run "nginx streaming" http://127.0.0.1:18081/v1/chat/completions 1 $(nginx_pids)
+run "gateway streaming" http://127.0.0.1:18080/v1/chat/completions 1 "$GW"
+
+echo
+echo "CPU and RSS are of the proxy under test (the mock for the direct row). Saved to $OUT"

@@ -1,0 +1,63 @@
+//! Every shipped config is loaded by a test, so the docs cannot rot.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{asset, BIN};
+
+fn validate(path: &str) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(asset(path))
+        .current_dir(asset(""))
+        .env("CI_BOT_KEY", "sk-ci-bot")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn every_shipped_config_validates() {
+    let mut files: Vec<String> = std::fs::read_dir(asset("conf"))
+        .unwrap()
+        .map(|e| format!("conf/{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|f| f.ends_with(".yaml"))
+        .collect();
+    files.push("loadtest/aigw.yaml".into());
+    assert!(files.len() >= 3, "{files:?}");
+    for f in files {
+        let (ok, out) = validate(&f);
+        assert!(ok, "{f} does not validate:\n{out}");
+    }
+}
+
+#[test]
+fn reference_config_names_every_section() {
+    let text = std::fs::read_to_string(asset("conf/aigw.reference.yaml")).unwrap();
+    for section in [
+        "version:",
+        "server:",
+        "provider_keys:",
+        "models:",
+        "api_keys:",
+        "budgets:",
+        "rate_limits:",
+        "guardrails:",
+        "cache:",
+        "observability:",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(section)),
+            "{section} is not documented"
+        );
+    }
+}

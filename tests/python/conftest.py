@@ -1,0 +1,81 @@
+"""Fixtures: the real aigw binary as mock upstream and as gateway, on ephemeral ports."""
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("AIGW_BIN", str(ROOT / "target" / "debug" / "aigw"))
+PROVIDER_KEY = "sk-py-provider-key"
+CALLER_KEY = "sk-py-caller-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start on port {port}")
+
+
+CONFIG = """
+version: 1
+server:
+  listen: ["127.0.0.1:{port}"]
+  admin_listen: "127.0.0.1:{admin}"
+provider_keys:
+  - name: mock
+    provider: openai_compatible
+    base_url: "http://127.0.0.1:{mock}/v1"
+    api_key: "{provider_key}"
+models:
+  - {{name: gpt-4o-mini, provider_key: mock, model: mock-gpt}}
+  - {{name: text-embedding-3-small, provider_key: mock}}
+  - {{name: rate-limited, provider_key: mock, model: "x?status=429&retry_after=1"}}
+  - {{name: forbidden-model, provider_key: mock}}
+api_keys:
+  - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited]}}
+"""
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    mock_port, port, admin = free_port(), free_port(), free_port()
+    procs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        mock = subprocess.Popen(
+            [BIN, "mock-upstream", "--listen", f"127.0.0.1:{mock_port}", "--api-key", PROVIDER_KEY, "--threads", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(mock)
+        wait_port(mock_port, mock, "mock upstream")
+        cfg = Path(tmp) / "aigw.yaml"
+        cfg.write_text(
+            CONFIG.format(port=port, admin=admin, mock=mock_port, provider_key=PROVIDER_KEY, caller_key=CALLER_KEY)
+        )
+        gw = subprocess.Popen([BIN, "serve", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(gw)
+        wait_port(port, gw, "gateway")
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()

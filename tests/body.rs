@@ -216,3 +216,48 @@ fn expect_100_continue_is_answered_before_the_body() {
     let mut rest = vec![0u8; 64];
     let _ = reader.read(&mut rest);
 }
+
+/// An HTTPS provider whose certificate the system store does not trust is refused: the
+/// gateway verifies upstream certificates, and the caller gets a clear 502.
+#[tokio::test]
+async fn untrusted_upstream_certificate_is_refused() {
+    let mock = Mock::start();
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let port = free_port();
+    let mut server = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
+        .arg("-cert")
+        .arg(certs.path().join("gw.pem"))
+        .arg("-key")
+        .arg(certs.path().join("gw.key"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    assert!(wait_until(10, || TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let config = BASE_CONFIG
+        .replace(
+            "models:\n",
+            &format!("  - {{name: tls-up, provider: openai, api_key: k, base_url: \"https://localhost:{port}/v1\"}}\nmodels:\n  - {{name: tls-chat, provider_key: tls-up}}\n"),
+        )
+        .replace("api_keys:\n", "api_keys:\n  - {name: all, key: sk-all}\n");
+    let gw = Gateway::start(&config, &mock);
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", gw.url()))
+        .bearer_auth("sk-all")
+        .json(&chat_body("tls-chat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "upstream_error");
+    assert!(
+        wait_until(5, || gw.log_text().contains("certificate verify failed")),
+        "{}",
+        gw.log_text()
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}

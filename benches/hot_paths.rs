@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the per-request hot path: caller key lookup, request parse and
-//! model rewrite, SSE usage extraction. `make bench`.
+//! model rewrite, SSE usage extraction, Anthropic translation. `make bench`.
 #![allow(clippy::unwrap_used)]
 
 use std::hint::black_box;
@@ -79,5 +79,45 @@ fn sse_usage(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, key_lookup, parse_and_rewrite, sse_usage);
+fn anthropic_translation(c: &mut Criterion) {
+    use aigw::provider::anthropic;
+    use aigw::stream::translate::AnthropicToChat;
+    use aigw::stream::Mode;
+    // A 4 KiB conversation: system prompt, several turns, a tool.
+    let mut messages =
+        vec![serde_json::json!({"role": "system", "content": "You are a careful assistant. ".repeat(8)})];
+    for i in 0..12 {
+        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        messages.push(
+            serde_json::json!({"role": role, "content": format!("turn {i}: {}", "lorem ipsum dolor ".repeat(16))}),
+        );
+    }
+    let req = serde_json::json!({"model": "m", "max_tokens": 500, "messages": messages,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]});
+    let size = req.to_string().len();
+    let mut g = c.benchmark_group("anthropic translation");
+    g.throughput(Throughput::Bytes(size as u64));
+    g.bench_function(format!("chat request -> messages ({size} B)"), |b| {
+        b.iter(|| black_box(anthropic::chat_request_to_messages(black_box(&req), "claude").unwrap()))
+    });
+    let mut stream = String::from("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":9}}}\n\n");
+    for i in 0..198 {
+        stream.push_str(&format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"tok{i} \"}}}}\n\n"));
+    }
+    stream.push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+    let chunks: Vec<Bytes> = stream.as_bytes().chunks(512).map(Bytes::copy_from_slice).collect();
+    g.throughput(Throughput::Bytes(stream.len() as u64));
+    g.bench_function("200-event stream -> chat chunks", |b| {
+        b.iter(|| {
+            let mut s = SseState::with_mode(Mode::AnthropicToChat(Box::new(AnthropicToChat::new(true, 0))));
+            for ch in &chunks {
+                black_box(s.feed(ch.clone()));
+            }
+            black_box(s.finish())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, key_lookup, parse_and_rewrite, sse_usage, anthropic_translation);
 criterion_main!(benches);

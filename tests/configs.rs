@@ -13,6 +13,7 @@ fn validate(path: &str) -> (bool, String) {
         .arg(asset(path))
         .current_dir(asset(""))
         .env("CI_BOT_KEY", "sk-ci-bot")
+        .env("AIGW_CALLER_KEY", "sk-app")
         .output()
         .unwrap();
     (

@@ -96,6 +96,7 @@ pub struct Provider {
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
     pub api_version: Option<String>,
+    pub anthropic_version: Option<String>,
     pub upstream: Arc<Upstream>,
 }
 
@@ -718,10 +719,10 @@ fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
 fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: &mut Errors) -> Option<Provider> {
     let path = format!("provider_keys[{i}]");
     let before = errs.0.len();
-    if matches!(p.provider, ProviderKind::Anthropic | ProviderKind::Gemini) {
+    if p.provider == ProviderKind::Gemini {
         errs.push(
             format!("{path}.provider"),
-            "this version of aigw serves openai, openai_compatible and azure providers; anthropic and gemini are not available yet",
+            "this version of aigw serves openai, openai_compatible, azure and anthropic providers; gemini is not available yet",
         );
     }
     let api_key = match (&p.api_key, p.provider) {
@@ -823,6 +824,7 @@ fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: 
             ProviderKind::Azure => Some(p.api_version.clone().unwrap_or_else(|| "2024-10-21".into())),
             _ => None,
         },
+        anthropic_version: p.anthropic_version.clone(),
         base,
         upstream,
     })

@@ -136,11 +136,18 @@ fn bytes_response(status: StatusCode, content_type: &str, body: Bytes) -> Respon
 }
 
 fn error(status: u16, message: &str, retry_after: Option<u64>) -> Response<Body> {
+    error_in(false, status, message, retry_after)
+}
+
+/// An error in OpenAI's envelope, or Anthropic's when `anthropic`.
+fn error_in(anthropic: bool, status: u16, message: &str, retry_after: Option<u64>) -> Response<Body> {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = full(
-        code,
-        &json!({"error": {"message": message, "type": "mock_error", "code": "mock_error", "param": null}}),
-    );
+    let body = if anthropic {
+        json!({"type": "error", "error": {"type": "mock_error", "message": message}})
+    } else {
+        json!({"error": {"message": message, "type": "mock_error", "code": "mock_error", "param": null}})
+    };
+    let mut r = full(code, &body);
     if let Some(s) = retry_after.and_then(|s| s.to_string().parse().ok()) {
         r.headers_mut().insert(http::header::RETRY_AFTER, s);
     }
@@ -173,6 +180,74 @@ fn last_user_text(req: &Value) -> String {
             .join(" "),
         _ => String::new(),
     }
+}
+
+/// What the mock answers: filler text, an echo, a tool call when tools are offered, or
+/// the tool's result once one comes back.
+enum Reply {
+    Text(String),
+    Tool { name: String, args: String },
+}
+
+impl Reply {
+    fn for_request(req: &Value, script: &Script, anthropic: bool) -> Self {
+        let msgs = req["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let last = msgs.last();
+        let tool_result = if anthropic {
+            last.and_then(|m| m["content"].as_array())
+                .and_then(|blocks| blocks.iter().find(|b| b["type"] == "tool_result"))
+                .map(|b| match &b["content"] {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+        } else {
+            last.filter(|m| m["role"] == "tool")
+                .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        };
+        if let Some(result) = tool_result {
+            return Reply::Text(format!("The tool said: {result}"));
+        }
+        let tool_name = req["tools"][0]["function"]["name"]
+            .as_str()
+            .or(req["tools"][0]["name"].as_str());
+        if let Some(name) = tool_name {
+            let args = json!({"query": last_user_text(req)}).to_string();
+            return Reply::Tool {
+                name: name.to_owned(),
+                args,
+            };
+        }
+        if script.echo {
+            Reply::Text(last_user_text(req))
+        } else {
+            Reply::Text(
+                (0..script.words)
+                    .map(|i| WORDS[i % WORDS.len()])
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+        }
+    }
+
+    fn tokens(&self) -> u64 {
+        match self {
+            Reply::Text(t) => t.split_inclusive(' ').count().max(1) as u64,
+            Reply::Tool { args, .. } => tokens_of(args.len()),
+        }
+    }
+}
+
+/// A JSON body cut off half-way by a dropped connection.
+fn truncated(v: &Value) -> Response<Body> {
+    let text = v.to_string();
+    let half = Bytes::from(text[..text.len() / 2].to_owned());
+    let s = stream::iter([Ok(Frame::data(half)), Err(std::io::Error::other("mock drop"))]);
+    let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(s)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 impl Mock {
@@ -208,16 +283,26 @@ impl Mock {
         if self.record {
             self.remember(&parts, &body);
         }
+        // Anthropic's API answers in its own error envelope and wants x-api-key.
+        let anthropic = path.ends_with("/messages");
         if let Some(key) = &self.api_key {
             let bearer = parts
                 .headers
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
-            let azure = parts.headers.get("api-key").and_then(|v| v.to_str().ok());
-            if bearer != Some(key.as_str()) && azure != Some(key.as_str()) {
-                return error(401, "Incorrect API key provided.", None);
+            let header = |h: &str| parts.headers.get(h).and_then(|v| v.to_str().ok());
+            let ok = if anthropic {
+                header("x-api-key") == Some(key.as_str())
+            } else {
+                bearer == Some(key.as_str()) || header("api-key") == Some(key.as_str())
+            };
+            if !ok {
+                return error_in(anthropic, 401, "Incorrect API key provided.", None);
             }
+        }
+        if anthropic && !parts.headers.contains_key("anthropic-version") {
+            return error_in(true, 400, "anthropic-version header is required", None);
         }
         if parts.method == http::Method::GET && path.ends_with("/models") {
             return full(
@@ -244,13 +329,16 @@ impl Mock {
             tokio::time::sleep(Duration::from_millis(script.delay_ms)).await;
         }
         if let Some(status) = script.status {
-            return error(
+            return error_in(
+                anthropic,
                 status,
                 &format!("mock failure {status} for model {model}"),
                 script.retry_after,
             );
         }
-        if path.ends_with("/chat/completions") {
+        if anthropic {
+            self.messages(&req, &model, &script)
+        } else if path.ends_with("/chat/completions") {
             self.chat(&req, &model, &script)
         } else if path.ends_with("/embeddings") {
             self.embeddings(&req, &model)
@@ -289,20 +377,11 @@ impl Mock {
 
     fn chat(&self, req: &Value, model: &str, script: &Script) -> Response<Body> {
         let id = format!("chatcmpl-mock-{}", self.ids.fetch_add(1, Ordering::Relaxed));
-        let content = if script.echo {
-            last_user_text(req)
-        } else {
-            (0..script.words)
-                .map(|i| WORDS[i % WORDS.len()])
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let pieces: Vec<String> = content.split_inclusive(' ').map(str::to_owned).collect();
-        let usage = json!({
-            "prompt_tokens": tokens_of(text_len(&req["messages"])),
-            "completion_tokens": pieces.len().max(1),
-            "total_tokens": tokens_of(text_len(&req["messages"])) + pieces.len().max(1) as u64,
-        });
+        let reply = Reply::for_request(req, script, false);
+        let prompt = tokens_of(text_len(&req["messages"]));
+        let completion = reply.tokens();
+        let usage =
+            json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
         if script.bad_json {
             return bytes_response(
                 StatusCode::OK,
@@ -310,45 +389,117 @@ impl Mock {
                 Bytes::from_static(b"{\"id\":\"chatcmpl-broken\",\"choi"),
             );
         }
+        let (finish, message) = match &reply {
+            Reply::Text(t) => ("stop", json!({"role": "assistant", "content": t})),
+            Reply::Tool { name, args } => (
+                "tool_calls",
+                json!({"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": args}}
+                ]}),
+            ),
+        };
         if req["stream"] != Value::Bool(true) {
             let v = json!({
                 "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": null, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
                 "usage": usage, "system_fingerprint": null,
             });
             if script.drop_after.is_some() {
-                let text = v.to_string();
-                let half = Bytes::from(text[..text.len() / 2].to_owned());
-                let s = stream::iter([Ok(Frame::data(half)), Err(std::io::Error::other("mock drop"))]);
-                let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(s)));
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                return r;
+                return truncated(&v);
             }
             return full(StatusCode::OK, &v);
         }
         let include_usage = req["stream_options"]["include_usage"] == Value::Bool(true);
-        let usage_field = if include_usage { Some(Value::Null) } else { None };
         let chunk = |delta: Value, finish: Value| {
             let mut c = json!({
                 "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
                 "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
             });
-            if let Some(u) = &usage_field {
-                c["usage"] = u.clone();
+            if include_usage {
+                c["usage"] = Value::Null;
             }
             Bytes::from(format!("data: {c}\n\n"))
         };
         let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
-        events.extend(pieces.iter().map(|p| chunk(json!({"content": p}), Value::Null)));
-        events.push(chunk(json!({}), json!("stop")));
+        match &reply {
+            Reply::Text(t) => events.extend(
+                t.split_inclusive(' ')
+                    .map(|p| chunk(json!({"content": p}), Value::Null)),
+            ),
+            Reply::Tool { name, args } => {
+                let (a, b) = args.split_at(args.len() / 2);
+                let call = |v: Value| chunk(json!({"tool_calls": [v]}), Value::Null);
+                events.push(call(json!({"index": 0, "id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": ""}})));
+                events.push(call(json!({"index": 0, "function": {"arguments": a}})));
+                events.push(call(json!({"index": 0, "function": {"arguments": b}})));
+            }
+        }
+        events.push(chunk(json!({}), json!(finish)));
         if include_usage {
             let u = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage});
             events.push(Bytes::from(format!("data: {u}\n\n")));
         }
         events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        self.stream_events(events, script)
+    }
+
+    /// Anthropic Messages, JSON and SSE.
+    fn messages(&self, req: &Value, model: &str, script: &Script) -> Response<Body> {
+        let id = format!("msg_mock_{}", self.ids.fetch_add(1, Ordering::Relaxed));
+        let reply = Reply::for_request(req, script, true);
+        let input = tokens_of(text_len(&req["messages"]) + text_len(&req["system"]));
+        let output = reply.tokens();
+        if script.bad_json {
+            return bytes_response(
+                StatusCode::OK,
+                "application/json",
+                Bytes::from_static(b"{\"id\":\"msg_broken\",\"cont"),
+            );
+        }
+        let (stop, block) = match &reply {
+            Reply::Text(t) => ("end_turn", json!({"type": "text", "text": t})),
+            Reply::Tool { name, args } => (
+                "tool_use",
+                json!({"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": serde_json::from_str::<Value>(args).unwrap_or_default()}),
+            ),
+        };
+        if req["stream"] != Value::Bool(true) {
+            let v = json!({
+                "id": id, "type": "message", "role": "assistant", "model": model, "content": [block],
+                "stop_reason": stop, "stop_sequence": null,
+                "usage": {"input_tokens": input, "output_tokens": output},
+            });
+            if script.drop_after.is_some() {
+                return truncated(&v);
+            }
+            return full(StatusCode::OK, &v);
+        }
+        let ev = |v: Value| Bytes::from(format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap_or("")));
+        let mut events = vec![ev(json!({"type": "message_start", "message": {
+            "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": input, "output_tokens": 1},
+        }}))];
+        match &reply {
+            Reply::Text(t) => {
+                events.push(ev(
+                    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                ));
+                events.push(ev(json!({"type": "ping"})));
+                events.extend(t.split_inclusive(' ').map(|p| {
+                    ev(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}))
+                }));
+            }
+            Reply::Tool { name, args } => {
+                events.push(ev(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {}}})));
+                let (a, b) = args.split_at(args.len() / 2);
+                for part in [a, b] {
+                    events.push(ev(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": part}})));
+                }
+            }
+        }
+        events.push(ev(json!({"type": "content_block_stop", "index": 0})));
+        events.push(ev(json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": output}})));
+        events.push(ev(json!({"type": "message_stop"})));
         self.stream_events(events, script)
     }
 

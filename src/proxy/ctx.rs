@@ -9,7 +9,7 @@ use crate::config::{ApiKeyEntry, Snapshot, Target};
 use crate::error::{Dialect, GwError};
 use crate::provider::Endpoint;
 use crate::state::InflightGuard;
-use crate::stream::{JsonUsage, SseState, Usage};
+use crate::stream::{JsonBody, SseState, Usage};
 
 pub struct Ctx {
     pub request_id: String,
@@ -21,6 +21,8 @@ pub struct Ctx {
     pub snapshot: Option<Arc<Snapshot>>,
     pub caller: Option<Arc<ApiKeyEntry>>,
     pub endpoint: Option<Endpoint>,
+    /// The endpoint the provider is called on (differs when translating).
+    pub upstream_endpoint: Option<Endpoint>,
     /// The alias the caller asked for.
     pub alias: Option<String>,
     /// The concrete model this attempt goes to.
@@ -28,10 +30,12 @@ pub struct Ctx {
     /// The request body to send upstream, already rewritten for `target`.
     pub upstream_body: Bytes,
     pub stream: bool,
+    /// The caller asked for `stream_options.include_usage` itself.
+    pub caller_include_usage: bool,
     /// The gateway added `stream_options.include_usage`; strip the usage chunk.
     pub strip_usage: bool,
     pub sse: Option<SseState>,
-    pub json_usage: Option<JsonUsage>,
+    pub json: Option<JsonBody>,
     pub usage: Option<Usage>,
     pub upstream_status: Option<u16>,
     /// The error this request ended with, if the gateway produced one.
@@ -48,13 +52,15 @@ impl Ctx {
             snapshot: None,
             caller: None,
             endpoint: None,
+            upstream_endpoint: None,
             alias: None,
             target: None,
             upstream_body: Bytes::new(),
             stream: false,
+            caller_include_usage: false,
             strip_usage: false,
             sse: None,
-            json_usage: None,
+            json: None,
             usage: None,
             upstream_status: None,
             error: None,

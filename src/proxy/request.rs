@@ -14,7 +14,7 @@ use super::ctx::Ctx;
 use crate::auth;
 use crate::config::Snapshot;
 use crate::error::GwError;
-use crate::provider::{self, body, openai, Endpoint};
+use crate::provider::{self, body, Endpoint};
 use crate::route;
 use crate::state::AppState;
 
@@ -41,6 +41,7 @@ fn route(method: &Method, path: &str) -> Result<Route, GwError> {
     let (r, allow) = match path {
         "/v1/chat/completions" => (Route::Upstream(Endpoint::ChatCompletions), "POST"),
         "/v1/embeddings" => (Route::Upstream(Endpoint::Embeddings), "POST"),
+        "/v1/messages" => (Route::Upstream(Endpoint::Messages), "POST"),
         "/v1/models" => (Route::ListModels, "GET"),
         p => match p.strip_prefix("/v1/models/") {
             Some(id) if !id.is_empty() => (Route::GetModel(id.to_owned()), "GET"),
@@ -70,6 +71,10 @@ pub fn request_id(req: &RequestHeader) -> String {
 
 pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) -> Result<Admission, GwError> {
     let req = session.req_header();
+    // Anthropic callers get Anthropic's error envelope from the very first check.
+    if req.uri.path() == "/v1/messages" {
+        ctx.dialect = crate::error::Dialect::Anthropic;
+    }
     let route = route(&req.method, req.uri.path())?;
     let snap = state.snapshot();
     ctx.snapshot = Some(snap.clone());
@@ -135,25 +140,44 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         .next()
         .cloned()
         .ok_or(GwError::Internal)?;
-    if !provider::supports(target.provider.kind, endpoint) {
-        return Err(GwError::InvalidRequest(format!(
-            "The model '{}' cannot serve {}.",
-            model.name,
-            endpoint.suffix()
-        )));
-    }
-    let (upstream_body, injected) = body::rewrite(
-        &body,
-        &view,
-        &target.upstream_model,
-        endpoint == Endpoint::ChatCompletions,
-    );
+    let upstream = provider::check_supported(endpoint, &target.provider, &model.name)?;
+    let (upstream_body, injected) = upstream_body(endpoint, upstream, &body, &view, &target.upstream_model)?;
     ctx.alias = Some(model.name.clone());
     ctx.stream = view.stream;
+    ctx.caller_include_usage = view.include_usage;
     ctx.strip_usage = injected;
     ctx.upstream_body = upstream_body;
+    ctx.upstream_endpoint = Some(upstream);
     ctx.target = Some(target);
     Ok(Admission::Proxy)
+}
+
+/// The body the provider gets: the caller's with `model` spliced in when the dialects
+/// match, a translation when they differ. The flag says the gateway added
+/// `stream_options.include_usage` and must strip the extra chunk.
+fn upstream_body(
+    endpoint: Endpoint,
+    upstream: Endpoint,
+    body: &Bytes,
+    view: &body::BodyView<'_>,
+    upstream_model: &str,
+) -> Result<(Bytes, bool), GwError> {
+    let translate = |f: fn(&serde_json::Value, &str) -> Result<serde_json::Value, GwError>| {
+        let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| GwError::InvalidJson(e.to_string()))?;
+        let out = f(&v, upstream_model)?;
+        Ok((Bytes::from(out.to_string()), false))
+    };
+    match (endpoint, upstream) {
+        (Endpoint::ChatCompletions, Endpoint::Messages) => translate(provider::anthropic::chat_request_to_messages),
+        (Endpoint::Messages, Endpoint::ChatCompletions) => translate(provider::anthropic::messages_request_to_chat),
+        // Anthropic streams always carry usage; OpenAI-style ones only when asked.
+        (_, up) => Ok(body::rewrite(
+            body,
+            view,
+            upstream_model,
+            up == Endpoint::ChatCompletions,
+        )),
+    }
 }
 
 fn model_object(snap: &Snapshot, alias: &str) -> serde_json::Value {
@@ -216,14 +240,14 @@ async fn read_body(session: &mut Session, limit: u64, declared: Option<u64>) -> 
 
 /// Turns the caller's request header into the provider's: path, host, credential.
 pub fn prepare_upstream(req: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<()> {
-    let (Some(target), Some(endpoint)) = (&ctx.target, ctx.endpoint) else {
+    let (Some(target), Some(upstream)) = (&ctx.target, ctx.upstream_endpoint) else {
         return Err(pingora::Error::explain(
             pingora::ErrorType::InternalError,
             "no target chosen",
         ));
     };
     let p = &target.provider;
-    let path = openai::upstream_path(p, endpoint, &target.upstream_model);
+    let path = provider::upstream_path(p, upstream, &target.upstream_model);
     req.set_uri(
         path.parse()
             .map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "bad upstream path"))?,
@@ -239,7 +263,7 @@ pub fn prepare_upstream(req: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<(
     // Usage is read from the body, so the body must arrive uncompressed.
     req.insert_header("accept-encoding", "identity")?;
     req.insert_header("x-request-id", ctx.request_id.as_str())?;
-    openai::apply_credentials(p, req)
+    provider::apply_credentials(p, req)
 }
 
 #[cfg(test)]

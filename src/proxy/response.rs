@@ -7,8 +7,10 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use super::ctx::Ctx;
-use crate::error::GwError;
-use crate::stream::{JsonUsage, SseState};
+use crate::error::{Dialect, GwError};
+use crate::provider;
+use crate::stream::translate::{AnthropicToChat, ChatToAnthropic};
+use crate::stream::{JsonBody, JsonTranslate, Mode, SseState};
 
 /// The provider's status line arrived. A provider 5xx becomes the gateway's own 502 (the
 /// caller gets `upstream_error`, not the provider's internals); 4xx pass through.
@@ -26,29 +28,63 @@ pub fn on_upstream_header(resp: &ResponseHeader, ctx: &mut Ctx) -> pingora::Resu
     Ok(())
 }
 
-/// Headers the caller sees; sets up usage reading for the body.
+/// Headers the caller sees; decides how the body is read: passed through (usage read on
+/// the way), or translated when the caller's dialect differs from the provider's.
 pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-    if let Some(t) = &ctx.target {
-        resp.insert_header("x-aigw-model", t.alias.as_str())?;
-    }
-    if !resp.status.is_success() {
-        return Ok(());
-    }
+    let Some(t) = &ctx.target else { return Ok(()) };
+    resp.insert_header("x-aigw-model", t.alias.as_str())?;
+    let provider_dialect = provider::dialect(t.provider.kind);
+    let translating = provider_dialect != ctx.dialect;
+    let status = resp.status.as_u16();
     let is_sse = resp
         .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !resp.status.is_success() {
+        // A provider's own error, re-shaped into the caller's envelope when they differ.
+        if translating {
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            resp.insert_header("content-type", "application/json")?;
+            let to_anthropic = ctx.dialect == Dialect::Anthropic;
+            ctx.json = Some(JsonBody::new(JsonTranslate::Error { status, to_anthropic }));
+        }
+        return Ok(());
+    }
     if is_sse {
-        // Dropping the usage chunk changes the length.
-        if ctx.strip_usage {
+        let mode = match (provider_dialect, ctx.dialect) {
+            (Dialect::OpenAi, Dialect::OpenAi) => Mode::OpenAi {
+                strip_usage: ctx.strip_usage,
+            },
+            (Dialect::Anthropic, Dialect::Anthropic) => Mode::Anthropic,
+            (Dialect::Anthropic, Dialect::OpenAi) => {
+                Mode::AnthropicToChat(Box::new(AnthropicToChat::new(ctx.caller_include_usage, now())))
+            }
+            (Dialect::OpenAi, Dialect::Anthropic) => Mode::ChatToAnthropic(Box::new(ChatToAnthropic::new())),
+        };
+        // Dropping or translating events changes the length.
+        if translating || ctx.strip_usage {
             resp.remove_header(&http::header::CONTENT_LENGTH);
         }
-        ctx.sse = Some(SseState::new(ctx.strip_usage));
+        ctx.sse = Some(SseState::with_mode(mode));
     } else {
-        ctx.json_usage = Some(JsonUsage::default());
+        let translate = match (provider_dialect, ctx.dialect) {
+            (Dialect::Anthropic, Dialect::OpenAi) => JsonTranslate::AnthropicToChat { created: now() },
+            (Dialect::OpenAi, Dialect::Anthropic) => JsonTranslate::ChatToAnthropic,
+            _ => JsonTranslate::None,
+        };
+        if translate != JsonTranslate::None {
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+        }
+        ctx.json = Some(JsonBody::new(translate));
     }
     Ok(())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) {
@@ -63,15 +99,24 @@ pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) {
                     [out, rest].concat().into()
                 };
             }
-            ctx.usage = sse.usage;
         }
+        ctx.usage = sse.usage;
         *body = Some(out);
-    } else if let Some(j) = ctx.json_usage.as_mut() {
+    } else if let Some(j) = ctx.json.as_mut() {
         if let Some(b) = body.as_ref() {
             j.push(b);
         }
+        // A translated body is held back and replaced whole at the end.
+        let holds = j.holds();
+        if holds && !end_of_stream {
+            *body = None;
+        }
         if end_of_stream {
-            ctx.usage = j.finish();
+            let (usage, translated) = j.finish();
+            ctx.usage = usage;
+            if holds {
+                *body = translated;
+            }
         }
     }
 }

@@ -9,6 +9,10 @@ use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 use serde::Deserialize;
 
+use crate::error::{Dialect, GwError};
+
+pub mod translate;
+
 /// Tokens of one response, in either dialect's terms.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -60,7 +64,7 @@ pub fn event_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// The `data:` payload of one event (several data lines joined by `\n`).
-fn event_data(event: &[u8]) -> Vec<u8> {
+pub fn event_data(event: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     for line in event.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -74,21 +78,39 @@ fn event_data(event: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Per-response state of an OpenAI-style SSE stream.
-#[derive(Debug, Default)]
+/// How the events of one response are handled.
+#[derive(Debug)]
+pub enum Mode {
+    /// OpenAI-style passthrough; optionally drop the usage chunk the gateway asked for.
+    OpenAi {
+        strip_usage: bool,
+    },
+    /// Anthropic passthrough: usage from `message_start` and `message_delta`.
+    Anthropic,
+    AnthropicToChat(Box<translate::AnthropicToChat>),
+    ChatToAnthropic(Box<translate::ChatToAnthropic>),
+}
+
+/// Per-response state of an SSE stream.
+#[derive(Debug)]
 pub struct SseState {
     carry: BytesMut,
-    /// Drop the usage-only chunk (the gateway asked for it, the caller did not).
-    strip_usage: bool,
+    mode: Mode,
     pub usage: Option<Usage>,
     pub saw_done: bool,
 }
 
 impl SseState {
     pub fn new(strip_usage: bool) -> Self {
+        Self::with_mode(Mode::OpenAi { strip_usage })
+    }
+
+    pub fn with_mode(mode: Mode) -> Self {
         Self {
-            strip_usage,
-            ..Self::default()
+            carry: BytesMut::new(),
+            mode,
+            usage: None,
+            saw_done: false,
         }
     }
 
@@ -101,15 +123,26 @@ impl SseState {
             self.carry.split().freeze()
         };
         let mut pos = 0;
-        // Materialised only when an event is dropped; otherwise output is a slice of `data`.
-        let mut rebuilt: Option<BytesMut> = None;
+        let translating = matches!(self.mode, Mode::AnthropicToChat(_) | Mode::ChatToAnthropic(_));
+        // Passthrough output is a slice of `data` until an event is dropped; translated
+        // output is always built anew.
+        let mut rebuilt: Option<BytesMut> = translating.then(BytesMut::new);
+        let mut scratch = Vec::new();
         while let Some(len) = event_end(&data[pos..]) {
             let event = &data[pos..pos + len];
-            let keep = self.inspect(event);
-            match (&mut rebuilt, keep) {
-                (Some(out), true) => out.extend_from_slice(event),
-                (None, false) => rebuilt = Some(BytesMut::from(&data[..pos])),
-                _ => {}
+            if translating {
+                scratch.clear();
+                self.translate(event, &mut scratch);
+                if let Some(out) = rebuilt.as_mut() {
+                    out.extend_from_slice(&scratch);
+                }
+            } else {
+                let keep = self.inspect(event);
+                match (&mut rebuilt, keep) {
+                    (Some(out), true) => out.extend_from_slice(event),
+                    (None, false) => rebuilt = Some(BytesMut::from(&data[..pos])),
+                    _ => {}
+                }
             }
             pos += len;
         }
@@ -122,46 +155,161 @@ impl SseState {
         }
     }
 
-    /// At the end of the stream: whatever incomplete event is left, passed on as it is.
+    /// At the end of the stream: a passthrough stream's incomplete last event is passed on
+    /// as it is; a translated stream that did not end properly ends with an error event.
     pub fn finish(&mut self) -> Bytes {
         let rest = self.carry.split().freeze();
+        let mut out = Vec::new();
+        match &mut self.mode {
+            Mode::AnthropicToChat(t) => {
+                if !rest.is_empty() {
+                    t.event(&event_data(&rest), &mut out);
+                }
+                t.finish(&mut out);
+                self.usage = Some(t.usage);
+                return Bytes::from(out);
+            }
+            Mode::ChatToAnthropic(t) => {
+                if !rest.is_empty() {
+                    t.event(&event_data(&rest), &mut out);
+                }
+                t.finish(&mut out);
+                self.usage = Some(t.usage);
+                return Bytes::from(out);
+            }
+            Mode::OpenAi { .. } | Mode::Anthropic => {}
+        }
         if !rest.is_empty() {
             self.inspect(&rest);
         }
         rest
     }
 
-    /// Records usage and `[DONE]`; returns false when the event must not reach the caller.
+    fn translate(&mut self, event: &[u8], out: &mut Vec<u8>) {
+        let data = event_data(event);
+        match &mut self.mode {
+            Mode::AnthropicToChat(t) => {
+                t.event(&data, out);
+                self.usage = Some(t.usage);
+            }
+            Mode::ChatToAnthropic(t) => {
+                t.event(&data, out);
+                self.usage = Some(t.usage);
+            }
+            Mode::OpenAi { .. } | Mode::Anthropic => {}
+        }
+    }
+
+    /// Records usage and the end marker; returns false when the event must not reach the
+    /// caller.
     fn inspect(&mut self, event: &[u8]) -> bool {
-        if memmem::find(event, b"[DONE]").is_some() && event_data(event) == b"[DONE]" {
-            self.saw_done = true;
-            return true;
+        match self.mode {
+            Mode::Anthropic => {
+                if memmem::find(event, b"message_stop").is_some() {
+                    self.saw_done = true;
+                }
+                if memmem::find(event, b"\"usage\"").is_some() {
+                    if let Ok(ev) = serde_json::from_slice::<AnthropicUsageEvent>(&event_data(event)) {
+                        let u = self.usage.get_or_insert_with(Usage::default);
+                        let raw = ev.message.map(|m| m.usage).or(ev.usage);
+                        if let Some(raw) = raw {
+                            let input = raw.input_tokens.unwrap_or(0)
+                                + raw.cache_creation_input_tokens.unwrap_or(0)
+                                + raw.cache_read_input_tokens.unwrap_or(0);
+                            if input > 0 {
+                                u.input_tokens = input;
+                            }
+                            if let Some(o) = raw.output_tokens {
+                                u.output_tokens = o;
+                            }
+                        }
+                    }
+                }
+                true
+            }
+            Mode::OpenAi { strip_usage } => {
+                if memmem::find(event, b"[DONE]").is_some() && event_data(event) == b"[DONE]" {
+                    self.saw_done = true;
+                    return true;
+                }
+                // Cheap pre-check: only events that carry a usage object are parsed.
+                if memmem::find(event, b"\"usage\"").is_none() {
+                    return true;
+                }
+                let Ok(chunk) = serde_json::from_slice::<ChunkUsage>(&event_data(event)) else {
+                    return true;
+                };
+                let Some(u) = chunk.usage else { return true };
+                self.usage = Some(u.into());
+                let usage_only = chunk.choices.is_none_or(|c| c.is_empty());
+                !(strip_usage && usage_only)
+            }
+            Mode::AnthropicToChat(_) | Mode::ChatToAnthropic(_) => true,
         }
-        // Cheap pre-check: only events that carry a usage object are parsed.
-        if memmem::find(event, b"\"usage\"").is_none() {
-            return true;
-        }
-        let Ok(chunk) = serde_json::from_slice::<ChunkUsage>(&event_data(event)) else {
-            return true;
-        };
-        let Some(u) = chunk.usage else { return true };
-        self.usage = Some(u.into());
-        let usage_only = chunk.choices.is_none_or(|c| c.is_empty());
-        !(self.strip_usage && usage_only)
     }
 }
 
-/// Collects a JSON response body (by reference, no copy) to read its usage at the end.
-/// Bodies above `limit` are not inspected.
-#[derive(Debug, Default)]
-pub struct JsonUsage {
+#[derive(Deserialize)]
+struct AnthropicRawUsage {
+    input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicMessage {
+    usage: AnthropicRawUsage,
+}
+
+#[derive(Deserialize)]
+struct AnthropicUsageEvent {
+    message: Option<AnthropicMessage>,
+    usage: Option<AnthropicRawUsage>,
+}
+
+/// What to do with a whole (non-streamed) JSON response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonTranslate {
+    /// Forward as it is; only read the usage.
+    None,
+    AnthropicToChat {
+        created: i64,
+    },
+    ChatToAnthropic,
+    /// A provider error body, re-shaped into the caller's envelope (same status).
+    Error {
+        status: u16,
+        to_anthropic: bool,
+    },
+}
+
+/// Collects a JSON response body (by reference, no copy) to read its usage at the end,
+/// and, when the dialects differ, holds it back to translate it whole.
+#[derive(Debug)]
+pub struct JsonBody {
     parts: Vec<Bytes>,
     len: usize,
     over: bool,
+    pub translate: JsonTranslate,
 }
 
-impl JsonUsage {
+impl JsonBody {
     pub const LIMIT: usize = 32 * 1024 * 1024;
+
+    pub fn new(translate: JsonTranslate) -> Self {
+        Self {
+            parts: Vec::new(),
+            len: 0,
+            over: false,
+            translate,
+        }
+    }
+
+    /// Whether the body is held back until its end (translation) or forwarded as it comes.
+    pub fn holds(&self) -> bool {
+        self.translate != JsonTranslate::None
+    }
 
     pub fn push(&mut self, chunk: &Bytes) {
         if self.over {
@@ -176,14 +324,44 @@ impl JsonUsage {
         }
     }
 
-    pub fn finish(&mut self) -> Option<Usage> {
+    /// The usage, and the translated body when translating.
+    pub fn finish(&mut self) -> (Option<Usage>, Option<Bytes>) {
         let parts = std::mem::take(&mut self.parts);
-        let parsed = match parts.as_slice() {
-            [] => return None,
-            [one] => serde_json::from_slice::<UsageOnly>(one),
-            many => serde_json::from_slice::<UsageOnly>(&many.concat()),
+        let whole: Bytes = match parts.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => Bytes::from(many.concat()),
         };
-        parsed.ok()?.usage.map(Usage::from)
+        let usage = serde_json::from_slice::<UsageOnly>(&whole)
+            .ok()
+            .and_then(|u| u.usage)
+            .map(Usage::from);
+        let translated = match self.translate {
+            JsonTranslate::None => return (usage, None),
+            _ if self.over => GwError::UpstreamError("The provider's answer is too large to translate.".into()).body(
+                if self.translate == JsonTranslate::ChatToAnthropic {
+                    Dialect::Anthropic
+                } else {
+                    Dialect::OpenAi
+                },
+            ),
+            JsonTranslate::Error { status, to_anthropic } => {
+                Bytes::from(crate::provider::anthropic::translate_error(&whole, status, to_anthropic).to_string())
+            }
+            JsonTranslate::AnthropicToChat { created } => match serde_json::from_slice(&whole) {
+                Ok(v) => Bytes::from(crate::provider::anthropic::messages_response_to_chat(&v, created).to_string()),
+                Err(_) => {
+                    GwError::UpstreamError("The provider's answer is not valid JSON.".into()).body(Dialect::OpenAi)
+                }
+            },
+            JsonTranslate::ChatToAnthropic => match serde_json::from_slice(&whole) {
+                Ok(v) => Bytes::from(crate::provider::anthropic::chat_response_to_messages(&v).to_string()),
+                Err(_) => {
+                    GwError::UpstreamError("The provider's answer is not valid JSON.".into()).body(Dialect::Anthropic)
+                }
+            },
+        };
+        (usage, Some(translated))
     }
 }
 
@@ -264,15 +442,17 @@ mod tests {
     #[test]
     fn json_usage_across_chunks() {
         let body = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
-        let mut j = JsonUsage::default();
+        let mut j = JsonBody::new(JsonTranslate::None);
         j.push(&Bytes::copy_from_slice(&body[..10]));
         j.push(&Bytes::copy_from_slice(&body[10..]));
+        let (usage, translated) = j.finish();
         assert_eq!(
-            j.finish(),
+            usage,
             Some(Usage {
                 input_tokens: 3,
                 output_tokens: 4
             })
         );
+        assert!(translated.is_none());
     }
 }

@@ -44,13 +44,18 @@ provider_keys:
     provider: openai_compatible
     base_url: "http://127.0.0.1:{mock}/v1"
     api_key: "{provider_key}"
+  - name: mock-anthropic
+    provider: anthropic
+    base_url: "http://127.0.0.1:{mock}"
+    api_key: "{provider_key}"
 models:
+  - {{name: claude-mock, provider_key: mock-anthropic, model: mock-claude}}
   - {{name: gpt-4o-mini, provider_key: mock, model: mock-gpt}}
   - {{name: text-embedding-3-small, provider_key: mock}}
   - {{name: rate-limited, provider_key: mock, model: "x?status=429&retry_after=1"}}
   - {{name: forbidden-model, provider_key: mock}}
 api_keys:
-  - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited]}}
+  - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited, claude-mock]}}
 """
 
 

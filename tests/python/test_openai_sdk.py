@@ -1,5 +1,7 @@
 """Wire compatibility with the official `openai` Python SDK."""
 
+import json
+
 import openai
 import pytest
 from openai import OpenAI
@@ -63,7 +65,7 @@ def test_embeddings(client):
 
 def test_models_list_and_retrieve(client):
     ids = [m.id for m in client.models.list()]
-    assert ids == ["gpt-4o-mini", "text-embedding-3-small", "rate-limited"]
+    assert ids == ["claude-mock", "gpt-4o-mini", "text-embedding-3-small", "rate-limited"]
     assert client.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("forbidden-model")
@@ -90,3 +92,78 @@ def test_error_classes(gateway, client):
     with pytest.raises(openai.BadRequestError) as e:
         client.post("/chat/completions", body={"messages": []}, cast_to=object)
     assert e.value.code == "invalid_request"
+
+
+# The same SDK against an Anthropic provider: aigw translates both ways.
+
+
+def test_chat_against_anthropic_provider(client):
+    r = client.chat.completions.create(
+        model="claude-mock",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}],
+    )
+    assert r.object == "chat.completion"
+    assert r.model == "mock-claude"
+    assert r.choices[0].message.content == "Hello from the aigw mock upstream model today."
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens == 8
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 8
+
+
+def test_stream_against_anthropic_provider(client):
+    chunks = list(
+        client.chat.completions.create(
+            model="claude-mock",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from the aigw mock upstream model today."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == 8
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+    },
+}
+
+
+@pytest.mark.parametrize("model", ["claude-mock", "gpt-4o-mini"])
+def test_tool_round_trip(client, model):
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    r = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER])
+    call = r.choices[0].message.tool_calls[0]
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"query": "Weather in Paris?"}
+    messages += [r.choices[0].message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": "18C"}]
+    r = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER])
+    assert r.choices[0].message.content == "The tool said: 18C"
+
+
+@pytest.mark.parametrize("model", ["claude-mock", "gpt-4o-mini"])
+def test_streamed_tool_call(client, model):
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=[WEATHER], stream=True
+        )
+    )
+    args = "".join(
+        c.choices[0].delta.tool_calls[0].function.arguments or ""
+        for c in chunks
+        if c.choices and c.choices[0].delta.tool_calls
+    )
+    names = [
+        c.choices[0].delta.tool_calls[0].function.name
+        for c in chunks
+        if c.choices and c.choices[0].delta.tool_calls and c.choices[0].delta.tool_calls[0].function.name
+    ]
+    assert names == ["get_weather"]
+    assert json.loads(args) == {"query": "Weather in Oslo?"}

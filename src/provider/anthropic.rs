@@ -1,0 +1,485 @@
+//! Anthropic Messages: the `anthropic` provider (native `/v1/messages`) and the two-way
+//! translation between Anthropic's and OpenAI's request and response shapes, used when a
+//! caller's dialect differs from its provider's. Stream events are translated in
+//! `stream/translate.rs`; the mappings below are shared with it.
+//!
+//! Translation works on `serde_json::Value`: it only runs when dialects differ, and a
+//! readable mapping matters more there than the zero-copy path native requests take.
+
+use pingora::http::RequestHeader;
+use serde_json::{json, Map, Value};
+
+use crate::config::Provider;
+use crate::error::GwError;
+
+/// `anthropic-version` when neither the caller nor the provider config sets one.
+pub const DEFAULT_VERSION: &str = "2023-06-01";
+/// Anthropic requires `max_tokens`; OpenAI callers often leave it out.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// Puts the provider's key and API version on the upstream request. A caller that sent
+/// its own `anthropic-version` (the Anthropic SDKs do) keeps it: it describes the body.
+pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Result<()> {
+    for (name, value) in &p.headers {
+        req.insert_header(name.clone(), value.clone())?;
+    }
+    if let Some(key) = &p.api_key {
+        req.insert_header("x-api-key", key.expose())?;
+    }
+    if !req.headers.contains_key("anthropic-version") {
+        req.insert_header(
+            "anthropic-version",
+            p.anthropic_version.as_deref().unwrap_or(DEFAULT_VERSION),
+        )?;
+    }
+    Ok(())
+}
+
+fn bad(msg: impl Into<String>) -> GwError {
+    GwError::InvalidRequest(msg.into())
+}
+
+/// Anthropic `stop_reason` -> OpenAI `finish_reason`.
+pub fn finish_reason(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// OpenAI `finish_reason` -> Anthropic `stop_reason`.
+pub fn stop_reason(finish_reason: &str) -> &'static str {
+    match finish_reason {
+        "length" => "max_tokens",
+        "tool_calls" | "function_call" => "tool_use",
+        "content_filter" => "refusal",
+        _ => "end_turn",
+    }
+}
+
+/// Anthropic usage -> OpenAI usage. Cached input tokens count as prompt tokens.
+pub fn openai_usage(u: &Value) -> Value {
+    let input = ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"]
+        .iter()
+        .filter_map(|k| u[*k].as_u64())
+        .sum::<u64>();
+    let output = u["output_tokens"].as_u64().unwrap_or(0);
+    json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output})
+}
+
+/// Text of OpenAI message content (a string, or parts with `text`).
+fn openai_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+/// An OpenAI `image_url` part -> an Anthropic image block.
+fn image_block(part: &Value) -> Result<Value, GwError> {
+    let url = part["image_url"]["url"]
+        .as_str()
+        .or_else(|| part["image_url"].as_str())
+        .ok_or_else(|| bad("image_url needs a url"))?;
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (meta, data) = rest.split_once(',').ok_or_else(|| bad("image data URL without data"))?;
+        let media_type = meta
+            .strip_suffix(";base64")
+            .ok_or_else(|| bad("image data URLs must be base64"))?;
+        Ok(json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}))
+    } else {
+        Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
+    }
+}
+
+/// OpenAI message content -> Anthropic content blocks.
+fn blocks_from_openai(content: &Value) -> Result<Vec<Value>, GwError> {
+    match content {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) if s.is_empty() => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![json!({"type": "text", "text": s})]),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|p| match p["type"].as_str() {
+                Some("text") => Ok(json!({"type": "text", "text": p["text"].as_str().unwrap_or_default()})),
+                Some("image_url") => image_block(p),
+                other => Err(bad(format!(
+                    "content part type {other:?} cannot be sent to an Anthropic model"
+                ))),
+            })
+            .collect(),
+        _ => Err(bad("message content must be a string or a list of parts")),
+    }
+}
+
+/// Appends a message, merging it into the previous one when the role repeats (Anthropic
+/// wants user and assistant turns to alternate; tool results arrive as user turns).
+fn push_turn(out: &mut Vec<Value>, role: &str, mut blocks: Vec<Value>) {
+    if blocks.is_empty() {
+        return;
+    }
+    if let Some(last) = out.last_mut().filter(|m| m["role"] == role) {
+        if let Some(existing) = last["content"].as_array_mut() {
+            existing.append(&mut blocks);
+            return;
+        }
+    }
+    out.push(json!({"role": role, "content": blocks}));
+}
+
+/// OpenAI chat request -> Anthropic messages request, for model `model`.
+pub fn chat_request_to_messages(req: &Value, model: &str) -> Result<Value, GwError> {
+    let msgs = req["messages"]
+        .as_array()
+        .ok_or_else(|| bad("`messages` must be a list"))?;
+    if req["n"].as_u64().is_some_and(|n| n > 1) {
+        return Err(bad("n > 1 is not supported by Anthropic models"));
+    }
+    let mut system = Vec::new();
+    let mut out: Vec<Value> = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        match m["role"].as_str() {
+            Some("system" | "developer") => system.push(openai_text(&m["content"])),
+            Some("user") => push_turn(&mut out, "user", blocks_from_openai(&m["content"])?),
+            Some("assistant") => {
+                let mut blocks = blocks_from_openai(&m["content"])?;
+                for call in m["tool_calls"].as_array().into_iter().flatten() {
+                    let args = call["function"]["arguments"].as_str().unwrap_or("{}");
+                    let input: Value = serde_json::from_str(if args.trim().is_empty() { "{}" } else { args })
+                        .map_err(|_| bad(format!("messages[{i}]: tool call arguments are not JSON")))?;
+                    blocks.push(json!({
+                        "type": "tool_use",
+                        "id": call["id"],
+                        "name": call["function"]["name"],
+                        "input": input,
+                    }));
+                }
+                push_turn(&mut out, "assistant", blocks);
+            }
+            Some("tool") => {
+                let result = json!({
+                    "type": "tool_result",
+                    "tool_use_id": m["tool_call_id"],
+                    "content": openai_text(&m["content"]),
+                });
+                push_turn(&mut out, "user", vec![result]);
+            }
+            other => return Err(bad(format!("messages[{i}]: unknown role {other:?}"))),
+        }
+    }
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("messages".into(), Value::Array(out));
+    if !system.is_empty() {
+        body.insert("system".into(), json!(system.join("\n\n")));
+    }
+    let max = req["max_completion_tokens"]
+        .as_u64()
+        .or(req["max_tokens"].as_u64())
+        .unwrap_or(DEFAULT_MAX_TOKENS);
+    body.insert("max_tokens".into(), json!(max));
+    for k in ["temperature", "top_p", "stream"] {
+        if !req[k].is_null() {
+            body.insert(k.into(), req[k].clone());
+        }
+    }
+    match &req["stop"] {
+        Value::String(s) => {
+            body.insert("stop_sequences".into(), json!([s]));
+        }
+        Value::Array(a) => {
+            body.insert("stop_sequences".into(), Value::Array(a.clone()));
+        }
+        _ => {}
+    }
+    if let Some(tools) = req["tools"].as_array() {
+        let tools: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                let f = &t["function"];
+                let mut tool = json!({"name": f["name"], "input_schema": if f["parameters"].is_null() { json!({"type": "object"}) } else { f["parameters"].clone() }});
+                if let Some(d) = f["description"].as_str() {
+                    tool["description"] = json!(d);
+                }
+                tool
+            })
+            .collect();
+        body.insert("tools".into(), Value::Array(tools));
+    }
+    let mut choice = match &req["tool_choice"] {
+        Value::String(s) if s == "required" => Some(json!({"type": "any"})),
+        Value::String(s) if s == "none" => Some(json!({"type": "none"})),
+        Value::String(s) if s == "auto" => Some(json!({"type": "auto"})),
+        Value::Object(o) => o.get("function").map(|f| json!({"type": "tool", "name": f["name"]})),
+        _ => None,
+    };
+    if req["parallel_tool_calls"] == Value::Bool(false) && body.contains_key("tools") {
+        let c = choice.get_or_insert_with(|| json!({"type": "auto"}));
+        c["disable_parallel_tool_use"] = json!(true);
+    }
+    if let Some(c) = choice {
+        body.insert("tool_choice".into(), c);
+    }
+    if let Some(user) = req["user"].as_str() {
+        body.insert("metadata".into(), json!({"user_id": user}));
+    }
+    Ok(Value::Object(body))
+}
+
+/// Anthropic messages response -> OpenAI chat completion.
+pub fn messages_response_to_chat(resp: &Value, created: i64) -> Value {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for block in resp["content"].as_array().into_iter().flatten() {
+        match block["type"].as_str() {
+            Some("text") => text.push_str(block["text"].as_str().unwrap_or_default()),
+            Some("tool_use") => calls.push(json!({
+                "id": block["id"],
+                "type": "function",
+                "function": {"name": block["name"], "arguments": block["input"].to_string()},
+            })),
+            _ => {}
+        }
+    }
+    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    json!({
+        "id": resp["id"],
+        "object": "chat.completion",
+        "created": created,
+        "model": resp["model"],
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "logprobs": null,
+            "finish_reason": finish_reason(resp["stop_reason"].as_str().unwrap_or("end_turn")),
+        }],
+        "usage": openai_usage(&resp["usage"]),
+    })
+}
+
+/// Text of Anthropic content (a string, or blocks with `text`).
+fn anthropic_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+/// Anthropic messages request -> OpenAI chat request, for model `model`.
+pub fn messages_request_to_chat(req: &Value, model: &str) -> Result<Value, GwError> {
+    let msgs = req["messages"]
+        .as_array()
+        .ok_or_else(|| bad("`messages` must be a list"))?;
+    let mut out = Vec::new();
+    let system = anthropic_text(&req["system"]);
+    if !system.is_empty() {
+        out.push(json!({"role": "system", "content": system}));
+    }
+    for (i, m) in msgs.iter().enumerate() {
+        let role = m["role"]
+            .as_str()
+            .ok_or_else(|| bad(format!("messages[{i}].role is required")))?;
+        if role != "user" && role != "assistant" {
+            return Err(bad(format!("messages[{i}]: unknown role {role:?}")));
+        }
+        let blocks = match &m["content"] {
+            Value::String(s) => {
+                out.push(json!({"role": role, "content": s}));
+                continue;
+            }
+            Value::Array(b) => b,
+            _ => {
+                return Err(bad(format!(
+                    "messages[{i}].content must be a string or a list of blocks"
+                )))
+            }
+        };
+        let mut parts = Vec::new();
+        let mut calls = Vec::new();
+        for b in blocks {
+            match b["type"].as_str() {
+                Some("text") => parts.push(json!({"type": "text", "text": b["text"]})),
+                Some("image") => {
+                    let src = &b["source"];
+                    let url = match src["type"].as_str() {
+                        Some("base64") => format!(
+                            "data:{};base64,{}",
+                            src["media_type"].as_str().unwrap_or("image/png"),
+                            src["data"].as_str().unwrap_or_default()
+                        ),
+                        _ => src["url"].as_str().unwrap_or_default().to_owned(),
+                    };
+                    parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
+                }
+                Some("tool_use") => calls.push(json!({
+                    "id": b["id"],
+                    "type": "function",
+                    "function": {"name": b["name"], "arguments": b["input"].to_string()},
+                })),
+                // Tool results become OpenAI tool messages, ahead of the turn's other parts.
+                Some("tool_result") => out.push(json!({
+                    "role": "tool",
+                    "tool_call_id": b["tool_use_id"],
+                    "content": anthropic_text(&b["content"]),
+                })),
+                // Thinking and other blocks have no OpenAI counterpart.
+                _ => {}
+            }
+        }
+        let all_text = parts.iter().all(|p| p["type"] == "text");
+        let content = if parts.is_empty() {
+            Value::Null
+        } else if role == "assistant" || all_text {
+            json!(parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join(""))
+        } else {
+            Value::Array(parts)
+        };
+        if content.is_null() && calls.is_empty() {
+            continue;
+        }
+        let mut msg = json!({"role": role, "content": content});
+        if !calls.is_empty() {
+            msg["tool_calls"] = Value::Array(calls);
+        }
+        out.push(msg);
+    }
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("messages".into(), Value::Array(out));
+    if let Some(max) = req["max_tokens"].as_u64() {
+        body.insert("max_tokens".into(), json!(max));
+    }
+    for k in ["temperature", "top_p"] {
+        if !req[k].is_null() {
+            body.insert(k.into(), req[k].clone());
+        }
+    }
+    if let Some(stops) = req["stop_sequences"].as_array() {
+        body.insert("stop".into(), Value::Array(stops.clone()));
+    }
+    if req["stream"] == Value::Bool(true) {
+        body.insert("stream".into(), json!(true));
+        // The usage chunk becomes the final message_delta's usage.
+        body.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    if let Some(tools) = req["tools"].as_array() {
+        let tools: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                let mut f = json!({"name": t["name"], "parameters": t["input_schema"]});
+                if let Some(d) = t["description"].as_str() {
+                    f["description"] = json!(d);
+                }
+                json!({"type": "function", "function": f})
+            })
+            .collect();
+        body.insert("tools".into(), Value::Array(tools));
+    }
+    let tc = &req["tool_choice"];
+    match tc["type"].as_str() {
+        Some("auto") => {
+            body.insert("tool_choice".into(), json!("auto"));
+        }
+        Some("any") => {
+            body.insert("tool_choice".into(), json!("required"));
+        }
+        Some("none") => {
+            body.insert("tool_choice".into(), json!("none"));
+        }
+        Some("tool") => {
+            body.insert(
+                "tool_choice".into(),
+                json!({"type": "function", "function": {"name": tc["name"]}}),
+            );
+        }
+        _ => {}
+    }
+    if tc["disable_parallel_tool_use"] == Value::Bool(true) {
+        body.insert("parallel_tool_calls".into(), json!(false));
+    }
+    if let Some(user) = req["metadata"]["user_id"].as_str() {
+        body.insert("user".into(), json!(user));
+    }
+    Ok(Value::Object(body))
+}
+
+/// OpenAI chat completion -> Anthropic messages response.
+pub fn chat_response_to_messages(resp: &Value) -> Value {
+    let choice = &resp["choices"][0];
+    let msg = &choice["message"];
+    let mut content = Vec::new();
+    let text = openai_text(&msg["content"]);
+    if !text.is_empty() {
+        content.push(json!({"type": "text", "text": text}));
+    }
+    for call in msg["tool_calls"].as_array().into_iter().flatten() {
+        let input = call["function"]["arguments"]
+            .as_str()
+            .and_then(|a| serde_json::from_str::<Value>(a).ok())
+            .unwrap_or_else(|| json!({}));
+        content.push(json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": input}));
+    }
+    let u = &resp["usage"];
+    json!({
+        "id": resp["id"],
+        "type": "message",
+        "role": "assistant",
+        "model": resp["model"],
+        "content": content,
+        "stop_reason": stop_reason(choice["finish_reason"].as_str().unwrap_or("stop")),
+        "stop_sequence": null,
+        "usage": {
+            "input_tokens": u["prompt_tokens"].as_u64().unwrap_or(0),
+            "output_tokens": u["completion_tokens"].as_u64().unwrap_or(0),
+        },
+    })
+}
+
+/// Anthropic's error `type` for an HTTP status.
+pub fn error_type(status: u16) -> &'static str {
+    match status {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 | 503 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+/// A provider's error body in the other dialect, same status. Unparseable bodies keep
+/// their text as the message.
+pub fn translate_error(body: &[u8], status: u16, to_anthropic: bool) -> Value {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let message = v["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(500).collect());
+    if to_anthropic {
+        json!({"type": "error", "error": {"type": error_type(status), "message": message}})
+    } else {
+        let kind = v["error"]["type"].as_str().unwrap_or("api_error");
+        json!({"error": {"message": message, "type": kind, "code": null, "param": null}})
+    }
+}

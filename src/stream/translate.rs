@@ -1,0 +1,292 @@
+//! Streamed translation between dialects, one upstream SSE event at a time.
+//!
+//! Both translators end a stream that breaks its own protocol (an event that is not JSON,
+//! an `error` event, or an end without `message_stop` / `[DONE]`) with one error event in
+//! the caller's dialect and no clean ending, so a failure can never look like a finish.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::Usage;
+use crate::error::{Dialect, GwError};
+use crate::provider::anthropic::{finish_reason, stop_reason};
+
+fn openai_event(out: &mut Vec<u8>, v: &Value) {
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(v.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+fn anthropic_event(out: &mut Vec<u8>, v: &Value) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(v["type"].as_str().unwrap_or("error").as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(v.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+fn fail(out: &mut Vec<u8>, dialect: Dialect, message: &str) {
+    out.extend_from_slice(&GwError::UpstreamError(message.to_owned()).sse_event(dialect));
+}
+
+/// Anthropic Messages events -> OpenAI `chat.completion.chunk`s.
+#[derive(Debug, Default)]
+pub struct AnthropicToChat {
+    created: i64,
+    /// The caller asked for `stream_options.include_usage`.
+    include_usage: bool,
+    id: Value,
+    model: Value,
+    /// Anthropic content block index -> OpenAI tool call index.
+    tools: HashMap<u64, usize>,
+    pub usage: Usage,
+    finish: Option<&'static str>,
+    ended: bool,
+}
+
+impl AnthropicToChat {
+    pub fn new(include_usage: bool, created: i64) -> Self {
+        Self {
+            include_usage,
+            created,
+            ..Self::default()
+        }
+    }
+
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        let mut c = json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        if self.include_usage {
+            c["usage"] = Value::Null;
+        }
+        c
+    }
+
+    /// One upstream event (its `data:` payload) -> zero or more caller events in `out`.
+    pub fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.ended || data.is_empty() {
+            return;
+        }
+        let Ok(ev) = serde_json::from_slice::<Value>(data) else {
+            self.ended = true;
+            return fail(out, Dialect::OpenAi, "The provider sent a malformed stream event.");
+        };
+        match ev["type"].as_str() {
+            Some("message_start") => {
+                let m = &ev["message"];
+                self.id = m["id"].clone();
+                self.model = m["model"].clone();
+                self.add_usage(&m["usage"]);
+                openai_event(out, &self.chunk(json!({"role": "assistant", "content": ""}), None));
+            }
+            Some("content_block_start") => {
+                let block = &ev["content_block"];
+                if block["type"] == "tool_use" {
+                    let n = self.tools.len();
+                    self.tools.insert(ev["index"].as_u64().unwrap_or(0), n);
+                    let call = json!({"index": n, "id": block["id"], "type": "function", "function": {"name": block["name"], "arguments": ""}});
+                    openai_event(out, &self.chunk(json!({"tool_calls": [call]}), None));
+                } else if let Some(t) = block["text"].as_str().filter(|t| !t.is_empty()) {
+                    openai_event(out, &self.chunk(json!({"content": t}), None));
+                }
+            }
+            Some("content_block_delta") => {
+                let d = &ev["delta"];
+                match d["type"].as_str() {
+                    Some("text_delta") => openai_event(out, &self.chunk(json!({"content": d["text"]}), None)),
+                    Some("input_json_delta") => {
+                        let n = self.tools.get(&ev["index"].as_u64().unwrap_or(0)).copied().unwrap_or(0);
+                        let call = json!({"index": n, "function": {"arguments": d["partial_json"]}});
+                        openai_event(out, &self.chunk(json!({"tool_calls": [call]}), None));
+                    }
+                    // Thinking and signatures have no OpenAI counterpart.
+                    _ => {}
+                }
+            }
+            Some("message_delta") => {
+                self.add_usage(&ev["usage"]);
+                if let Some(r) = ev["delta"]["stop_reason"].as_str() {
+                    self.finish = Some(finish_reason(r));
+                }
+            }
+            Some("message_stop") => {
+                self.ended = true;
+                openai_event(out, &self.chunk(json!({}), Some(self.finish.unwrap_or("stop"))));
+                if self.include_usage {
+                    let (i, o) = (self.usage.input_tokens, self.usage.output_tokens);
+                    openai_event(
+                        out,
+                        &json!({
+                            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                            "choices": [], "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
+                        }),
+                    );
+                }
+                out.extend_from_slice(b"data: [DONE]\n\n");
+            }
+            Some("error") => {
+                self.ended = true;
+                let msg = ev["error"]["message"]
+                    .as_str()
+                    .unwrap_or("The provider reported an error mid-stream.");
+                fail(out, Dialect::OpenAi, msg);
+            }
+            // ping, content_block_stop, and event types added after this was written.
+            _ => {}
+        }
+    }
+
+    /// Input tokens come with message_start; output tokens are cumulative in message_delta.
+    fn add_usage(&mut self, u: &Value) {
+        let input: u64 = ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"]
+            .iter()
+            .filter_map(|k| u[*k].as_u64())
+            .sum();
+        if input > 0 {
+            self.usage.input_tokens = input;
+        }
+        if let Some(o) = u["output_tokens"].as_u64() {
+            self.usage.output_tokens = o;
+        }
+    }
+
+    /// The upstream stream ended; a missing `message_stop` is an error.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.ended {
+            self.ended = true;
+            fail(out, Dialect::OpenAi, "The provider's stream ended before message_stop.");
+        }
+    }
+}
+
+/// OpenAI `chat.completion.chunk`s -> Anthropic Messages events.
+#[derive(Debug, Default)]
+pub struct ChatToAnthropic {
+    started: bool,
+    /// Index and kind ("text" or "tool_use") of the content block now open.
+    open: Option<(u64, &'static str)>,
+    next_block: u64,
+    /// OpenAI tool call index -> Anthropic content block index.
+    tools: HashMap<u64, u64>,
+    stop: Option<&'static str>,
+    pub usage: Usage,
+    ended: bool,
+}
+
+impl ChatToAnthropic {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn close_block(&mut self, out: &mut Vec<u8>) {
+        if let Some((i, _)) = self.open.take() {
+            anthropic_event(out, &json!({"type": "content_block_stop", "index": i}));
+        }
+    }
+
+    fn open_block(&mut self, out: &mut Vec<u8>, kind: &'static str, block: Value) -> u64 {
+        self.close_block(out);
+        let i = self.next_block;
+        self.next_block += 1;
+        self.open = Some((i, kind));
+        anthropic_event(
+            out,
+            &json!({"type": "content_block_start", "index": i, "content_block": block}),
+        );
+        i
+    }
+
+    pub fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.ended || data.is_empty() {
+            return;
+        }
+        if data == b"[DONE]" {
+            self.ended = true;
+            self.close_block(out);
+            anthropic_event(
+                out,
+                &json!({
+                    "type": "message_delta",
+                    "delta": {"stop_reason": self.stop.unwrap_or("end_turn"), "stop_sequence": null},
+                    "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens},
+                }),
+            );
+            anthropic_event(out, &json!({"type": "message_stop"}));
+            return;
+        }
+        let Ok(c) = serde_json::from_slice::<Value>(data) else {
+            self.ended = true;
+            return fail(out, Dialect::Anthropic, "The provider sent a malformed stream event.");
+        };
+        if let Some(e) = c.get("error").filter(|e| !e.is_null()) {
+            self.ended = true;
+            let msg = e["message"]
+                .as_str()
+                .unwrap_or("The provider reported an error mid-stream.");
+            return fail(out, Dialect::Anthropic, msg);
+        }
+        if !self.started {
+            self.started = true;
+            anthropic_event(
+                out,
+                &json!({"type": "message_start", "message": {
+                    "id": c["id"], "type": "message", "role": "assistant", "model": c["model"], "content": [],
+                    "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0},
+                }}),
+            );
+        }
+        if let Some(u) = c.get("usage").filter(|u| !u.is_null()) {
+            self.usage = Usage {
+                input_tokens: u["prompt_tokens"].as_u64().unwrap_or(0),
+                output_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
+            };
+        }
+        let Some(choice) = c["choices"].get(0) else { return };
+        let delta = &choice["delta"];
+        if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+            let i = match self.open {
+                Some((i, "text")) => i,
+                _ => self.open_block(out, "text", json!({"type": "text", "text": ""})),
+            };
+            anthropic_event(
+                out,
+                &json!({"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": text}}),
+            );
+        }
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            let n = call["index"].as_u64().unwrap_or(0);
+            let block = match self.tools.get(&n) {
+                Some(b) => *b,
+                None => {
+                    let b = self.open_block(
+                        out,
+                        "tool_use",
+                        json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": {}}),
+                    );
+                    self.tools.insert(n, b);
+                    b
+                }
+            };
+            if let Some(args) = call["function"]["arguments"].as_str().filter(|a| !a.is_empty()) {
+                anthropic_event(
+                    out,
+                    &json!({"type": "content_block_delta", "index": block, "delta": {"type": "input_json_delta", "partial_json": args}}),
+                );
+            }
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            self.stop = Some(stop_reason(f));
+        }
+    }
+
+    /// The upstream stream ended; a missing `[DONE]` is an error.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.ended {
+            self.ended = true;
+            fail(out, Dialect::Anthropic, "The provider's stream ended before [DONE].");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Golden translation tests: every file in tests/golden/ is one case, so a new case is a
+//! new file. `kind` picks the translation; streams are fed event by event (and again
+//! split at every 7th byte) and compared as parsed events.
+#![allow(clippy::unwrap_used)]
+
+use aigw::provider::anthropic;
+use aigw::stream::translate::{AnthropicToChat, ChatToAnthropic};
+use aigw::stream::{Mode, SseState};
+use bytes::Bytes;
+use serde_json::Value;
+
+const CREATED: i64 = 1_700_000_000;
+
+fn mode(kind: &str, options: &Value) -> Mode {
+    match kind {
+        "anthropic_stream_to_chat" => Mode::AnthropicToChat(Box::new(AnthropicToChat::new(
+            options["include_usage"] == Value::Bool(true),
+            CREATED,
+        ))),
+        "chat_stream_to_anthropic" => Mode::ChatToAnthropic(Box::new(ChatToAnthropic::new())),
+        other => panic!("unknown stream kind {other}"),
+    }
+}
+
+/// Output SSE text -> [{"event": name?, "data": JSON or "[DONE]"}].
+fn parse_events(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let mut ev = serde_json::Map::new();
+            for line in e.lines() {
+                if let Some(name) = line.strip_prefix("event: ") {
+                    ev.insert("event".into(), Value::String(name.into()));
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    let data = serde_json::from_str(d).unwrap_or_else(|_| Value::String(d.into()));
+                    ev.insert("data".into(), data);
+                }
+            }
+            Value::Object(ev)
+        })
+        .collect()
+}
+
+fn run_stream(kind: &str, options: &Value, chunks: &[Bytes]) -> (Vec<Value>, Option<aigw::stream::Usage>) {
+    let mut s = SseState::with_mode(mode(kind, options));
+    let mut out = Vec::new();
+    for c in chunks {
+        out.extend_from_slice(&s.feed(c.clone()));
+    }
+    out.extend_from_slice(&s.finish());
+    (parse_events(&String::from_utf8(out).unwrap()), s.usage)
+}
+
+fn run_case(name: &str, case: &Value) {
+    let kind = case["kind"].as_str().unwrap();
+    let input = &case["input"];
+    let model = case["model"].as_str().unwrap_or("upstream-model");
+    let got = match kind {
+        "chat_request_to_messages" => anthropic::chat_request_to_messages(input, model).unwrap(),
+        "messages_request_to_chat" => anthropic::messages_request_to_chat(input, model).unwrap(),
+        "messages_response_to_chat" => anthropic::messages_response_to_chat(input, CREATED),
+        "chat_response_to_messages" => anthropic::chat_response_to_messages(input),
+        "error_to_anthropic" | "error_to_openai" => {
+            let status = case["status"].as_u64().unwrap() as u16;
+            anthropic::translate_error(input.to_string().as_bytes(), status, kind == "error_to_anthropic")
+        }
+        "anthropic_stream_to_chat" | "chat_stream_to_anthropic" => {
+            let events: Vec<String> = input
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e.as_str().unwrap().to_owned())
+                .collect();
+            let whole: String = events.concat();
+            let by_event: Vec<Bytes> = events.into_iter().map(Bytes::from).collect();
+            let (got, usage) = run_stream(kind, &case["options"], &by_event);
+            // The same stream cut at arbitrary points must translate identically.
+            let by_bytes: Vec<Bytes> = whole.as_bytes().chunks(7).map(Bytes::copy_from_slice).collect();
+            let (again, _) = run_stream(kind, &case["options"], &by_bytes);
+            assert_eq!(got, again, "{name}: output depends on chunking");
+            if let Some(u) = case.get("usage") {
+                let usage = usage.unwrap_or_default();
+                assert_eq!(
+                    [usage.input_tokens, usage.output_tokens],
+                    [u[0].as_u64().unwrap(), u[1].as_u64().unwrap()],
+                    "{name}: usage"
+                );
+            }
+            Value::Array(got)
+        }
+        "chat_request_to_messages_error" => {
+            let e = anthropic::chat_request_to_messages(input, model).unwrap_err();
+            Value::String(e.code().to_owned())
+        }
+        other => panic!("{name}: unknown kind {other}"),
+    };
+    assert_eq!(
+        got,
+        case["expected"],
+        "{name}\n got: {}\nwant: {}",
+        serde_json::to_string_pretty(&got).unwrap(),
+        serde_json::to_string_pretty(&case["expected"]).unwrap()
+    );
+}
+
+#[test]
+fn golden_translations() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
+    let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    assert!(names.len() >= 12, "golden cases went missing: {names:?}");
+    for path in names {
+        let case: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        run_case(&path.file_name().unwrap().to_string_lossy(), &case);
+    }
+}

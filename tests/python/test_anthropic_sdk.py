@@ -1,0 +1,90 @@
+"""Wire compatibility with the official `anthropic` Python SDK, against an Anthropic
+provider (native passthrough) and an OpenAI-style provider (translated)."""
+
+import anthropic
+import pytest
+from anthropic import Anthropic
+
+from conftest import CALLER_KEY
+
+MODELS = ["claude-mock", "gpt-4o-mini"]
+TOOL = {
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}},
+}
+
+
+@pytest.fixture()
+def client(gateway):
+    return Anthropic(base_url=gateway, api_key=CALLER_KEY, max_retries=0)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_messages_create(client, model):
+    r = client.messages.create(
+        model=model, max_tokens=100, system="Be brief.", messages=[{"role": "user", "content": "Say hello"}]
+    )
+    assert r.type == "message"
+    assert r.role == "assistant"
+    assert r.content[0].type == "text"
+    assert r.content[0].text == "Hello from the aigw mock upstream model today."
+    assert r.stop_reason == "end_turn"
+    assert r.usage.output_tokens == 8
+    assert r.usage.input_tokens > 0
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_messages_stream(client, model):
+    with client.messages.stream(model=model, max_tokens=100, messages=[{"role": "user", "content": "hi"}]) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text == "Hello from the aigw mock upstream model today."
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == 8
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_tool_use_round_trip(client, model):
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    r = client.messages.create(model=model, max_tokens=100, tools=[TOOL], messages=messages)
+    assert r.stop_reason == "tool_use"
+    block = next(b for b in r.content if b.type == "tool_use")
+    assert block.name == "get_weather"
+    assert block.input == {"query": "Weather in Paris?"}
+    messages += [
+        {"role": "assistant", "content": [b.model_dump() for b in r.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": block.id, "content": "18C"}]},
+    ]
+    r = client.messages.create(model=model, max_tokens=100, tools=[TOOL], messages=messages)
+    assert r.content[0].text == "The tool said: 18C"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_streamed_tool_use(client, model):
+    with client.messages.stream(
+        model=model, max_tokens=100, tools=[TOOL], messages=[{"role": "user", "content": "Weather in Oslo?"}]
+    ) as s:
+        final = s.get_final_message()
+    block = next(b for b in final.content if b.type == "tool_use")
+    assert block.input == {"query": "Weather in Oslo?"}
+    assert final.stop_reason == "tool_use"
+
+
+def test_error_classes(gateway, client):
+    bad = Anthropic(base_url=gateway, api_key="sk-wrong", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as e:
+        bad.messages.create(model="claude-mock", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body == {"type": "error", "error": {"type": "authentication_error", "message": e.value.body["error"]["message"]}}
+
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.create(model="no-such-model", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+
+    with pytest.raises(anthropic.PermissionDeniedError):
+        client.messages.create(model="forbidden-model", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+
+    # A provider's 429 in OpenAI's envelope reaches an Anthropic caller in Anthropic's.
+    with pytest.raises(anthropic.RateLimitError) as e:
+        client.messages.create(model="rate-limited", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["type"] == "error"
+    assert e.value.body["error"]["type"] == "rate_limit_error"

@@ -40,8 +40,12 @@ pub enum GwError {
     RequestTooLarge { limit: u64 },
     #[error("{0}")]
     UpstreamError(String),
-    #[error("{0}")]
-    NoHealthyTarget(String),
+    #[error("{message}")]
+    NoHealthyTarget {
+        message: String,
+        /// Seconds until the soonest target recovers.
+        retry_after: Option<u64>,
+    },
     #[error("The provider did not answer in time.")]
     UpstreamTimeout,
     #[error("The gateway is shutting down.")]
@@ -60,7 +64,7 @@ impl GwError {
             Self::MethodNotAllowed { .. } => 405,
             Self::RequestTooLarge { .. } => 413,
             Self::UpstreamError(_) => 502,
-            Self::NoHealthyTarget(_) | Self::ShuttingDown => 503,
+            Self::NoHealthyTarget { .. } | Self::ShuttingDown => 503,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
         }
@@ -78,7 +82,7 @@ impl GwError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::RequestTooLarge { .. } => "request_too_large",
             Self::UpstreamError(_) => "upstream_error",
-            Self::NoHealthyTarget(_) => "no_healthy_target",
+            Self::NoHealthyTarget { .. } => "no_healthy_target",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal_error",
@@ -158,6 +162,12 @@ impl GwError {
         }
         if let Self::MethodNotAllowed { allow, .. } = self {
             resp.insert_header("allow", *allow)?;
+        }
+        if let Self::NoHealthyTarget {
+            retry_after: Some(s), ..
+        } = self
+        {
+            resp.insert_header("retry-after", s.to_string())?;
         }
         if self.status() == 401 {
             resp.insert_header("www-authenticate", "Bearer")?;

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{self, CompileCtx, ConfigError, Snapshot};
-use crate::route::UpstreamRegistry;
+use crate::route::{Cooldowns, UpstreamRegistry};
 
 pub struct AppState {
     snapshot: ArcSwap<Snapshot>,
     pub config_path: PathBuf,
     pub upstreams: UpstreamRegistry,
+    pub cooldowns: Cooldowns,
     inflight: AtomicUsize,
     pub draining: AtomicBool,
     pub reloads_ok: AtomicU64,
@@ -40,6 +41,7 @@ impl AppState {
             snapshot: ArcSwap::from_pointee(snap),
             config_path,
             upstreams,
+            cooldowns: Cooldowns::default(),
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             reloads_ok: AtomicU64::new(0),

@@ -89,6 +89,11 @@ pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Resu
     }
 }
 
+/// Whether a provider of `kind` can serve `endpoint` (natively or translated).
+pub fn can_serve(endpoint: Endpoint, kind: ProviderKind) -> bool {
+    endpoint.upstream(kind).is_some()
+}
+
 /// Refuses endpoint/provider pairs that cannot work, with a message naming both.
 pub fn check_supported(endpoint: Endpoint, p: &Provider, alias: &str) -> Result<Endpoint, GwError> {
     endpoint

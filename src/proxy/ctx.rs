@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::config::{ApiKeyEntry, Snapshot, Target};
 use crate::error::{Dialect, GwError};
 use crate::provider::Endpoint;
+use crate::route::plan::Plan;
 use crate::state::InflightGuard;
 use crate::stream::{JsonBody, SseState, Usage};
 
@@ -25,8 +26,14 @@ pub struct Ctx {
     pub upstream_endpoint: Option<Endpoint>,
     /// The alias the caller asked for.
     pub alias: Option<String>,
+    /// Candidates in order and the attempts made (failover state).
+    pub plan: Option<Plan>,
     /// The concrete model this attempt goes to.
     pub target: Option<Target>,
+    /// The caller's body as received, for building each attempt's upstream body.
+    pub request_body: Bytes,
+    /// The last upstream answer was a `retry_on` status and another target will be tried.
+    pub retrying: bool,
     /// The request body to send upstream, already rewritten for `target`.
     pub upstream_body: Bytes,
     pub stream: bool,
@@ -54,7 +61,10 @@ impl Ctx {
             endpoint: None,
             upstream_endpoint: None,
             alias: None,
+            plan: None,
             target: None,
+            request_body: Bytes::new(),
+            retrying: false,
             upstream_body: Bytes::new(),
             stream: false,
             caller_include_usage: false,

@@ -12,9 +12,10 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorType, RetryType};
 
 use crate::error::GwError;
+use crate::route::plan::Outcome;
 use crate::state::AppState;
 pub use ctx::Ctx;
 use request::Admission;
@@ -48,23 +49,38 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Where this attempt goes: a resolved address of the target provider.
+    /// Where this attempt goes: the next target in failover order, at a resolved address
+    /// of its provider. A target whose provider has no address yet counts as a failed
+    /// connection and the next one is tried.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+        let addr = loop {
+            if let Err(e) = request::begin_attempt(&self.state, ctx) {
+                ctx.error = Some(e);
+                return Err(Error::explain(ErrorType::ConnectNoRoute, "no target to try"));
+            }
+            let Some(target) = &ctx.target else {
+                return Err(Error::explain(ErrorType::InternalError, "no target chosen"));
+            };
+            if let Some(addr) = target.provider.upstream.select() {
+                break addr;
+            }
+            let provider = target.provider.name.clone();
+            if !request::attempt_failed(&self.state, ctx, Outcome::ConnectError) {
+                // Nothing resolved (yet): the last target left is unhealthy.
+                ctx.error = Some(GwError::NoHealthyTarget {
+                    message: format!("The provider '{provider}' has no reachable address (its name does not resolve)."),
+                    retry_after: None,
+                });
+                return Err(Error::explain(
+                    ErrorType::ConnectNoRoute,
+                    "provider address not resolved",
+                ));
+            }
+        };
         let Some(target) = &ctx.target else {
             return Err(Error::explain(ErrorType::InternalError, "no target chosen"));
         };
         let p = &target.provider;
-        let Some(addr) = p.upstream.select() else {
-            // Nothing resolved (yet): the only target is unhealthy.
-            ctx.error = Some(GwError::NoHealthyTarget(format!(
-                "The provider '{}' has no reachable address (its name does not resolve).",
-                p.name
-            )));
-            return Err(Error::explain(
-                ErrorType::ConnectNoRoute,
-                "provider address not resolved",
-            ));
-        };
         let mut peer = HttpPeer::new(addr, p.base.tls, p.base.host.clone());
         let o = &mut peer.options;
         o.connection_timeout = Some(p.connect_timeout);
@@ -113,7 +129,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        response::on_upstream_header(resp, ctx)
+        response::on_upstream_header(&self.state, resp, ctx)
     }
 
     async fn response_filter(
@@ -134,6 +150,50 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<Option<std::time::Duration>> {
         response::on_body(body, end_of_stream, ctx);
         Ok(None)
+    }
+
+    /// A connection to the target failed: cool it down and try the next one, if any.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let retry = request::attempt_failed(&self.state, ctx, Outcome::ConnectError);
+        e.set_retry(retry);
+        e
+    }
+
+    /// Pingora retries no POST by default; aigw decides: a `retry_on` status or a failure
+    /// before the first byte reached the caller moves on to the next target, with the body
+    /// replayed from the context; after the first byte, never.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.retrying) {
+            e.set_retry(true);
+        } else if session.response_written().is_some() {
+            e.set_retry(false);
+        } else if client_reused && matches!(e.retry, RetryType::ReusedOnly) {
+            // A stale pooled connection says nothing about the target.
+            if let Some(plan) = ctx.plan.as_mut() {
+                plan.retry_same_target();
+            }
+            e.set_retry(true);
+        } else {
+            let timeout = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
+            let outcome = if timeout { Outcome::Timeout } else { Outcome::Error };
+            let retry = request::attempt_failed(&self.state, ctx, outcome);
+            e.set_retry(retry);
+        }
+        e
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -3,6 +3,7 @@
 //! exists, allowlist; then the upstream request is prepared.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::Method;
@@ -12,10 +13,10 @@ use serde_json::json;
 
 use super::ctx::Ctx;
 use crate::auth;
-use crate::config::Snapshot;
+use crate::config::{Snapshot, Target};
 use crate::error::GwError;
 use crate::provider::{self, body, Endpoint};
-use crate::route;
+use crate::route::plan::{Outcome, Plan};
 use crate::state::AppState;
 
 /// What `request_filter` should do next.
@@ -135,21 +136,70 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     if !caller.allows(&model.name) {
         return Err(GwError::ModelNotAllowed(model.name.clone()));
     }
-    let target = route::candidates(&model.route)
-        .into_iter()
-        .next()
-        .cloned()
-        .ok_or(GwError::Internal)?;
-    let upstream = provider::check_supported(endpoint, &target.provider, &model.name)?;
-    let (upstream_body, injected) = upstream_body(endpoint, upstream, &body, &view, &target.upstream_model)?;
+    let plan = Plan::new(model);
+    if !plan
+        .candidates
+        .iter()
+        .any(|t| provider::can_serve(endpoint, t.provider.kind))
+    {
+        return Err(GwError::InvalidRequest(format!(
+            "The model '{}' cannot serve {}.",
+            model.name,
+            endpoint.suffix()
+        )));
+    }
     ctx.alias = Some(model.name.clone());
     ctx.stream = view.stream;
     ctx.caller_include_usage = view.include_usage;
-    ctx.strip_usage = injected;
-    ctx.upstream_body = upstream_body;
-    ctx.upstream_endpoint = Some(upstream);
-    ctx.target = Some(target);
+    ctx.plan = Some(plan);
+    ctx.request_body = body.clone();
     Ok(Admission::Proxy)
+}
+
+/// Starts the next upstream attempt: picks the target (failover order, cooling targets
+/// skipped) and builds its upstream body.
+pub fn begin_attempt(state: &AppState, ctx: &mut Ctx) -> Result<(), GwError> {
+    let endpoint = ctx.endpoint.ok_or(GwError::Internal)?;
+    let usable = |t: &Target| provider::can_serve(endpoint, t.provider.kind);
+    let plan = ctx.plan.as_mut().ok_or(GwError::Internal)?;
+    let now = Instant::now();
+    let first = plan.attempts.is_empty();
+    let target = match plan.begin(&state.cooldowns, now, &usable) {
+        Ok(t) => t.clone(),
+        Err(soonest) if first => {
+            return Err(GwError::NoHealthyTarget {
+                message: format!(
+                    "Every target of '{}' is cooling down after failures.",
+                    ctx.alias.as_deref().unwrap_or("")
+                ),
+                retry_after: soonest.map(|t| t.saturating_duration_since(now).as_secs_f64().ceil() as u64),
+            })
+        }
+        Err(_) => return Err(GwError::UpstreamError("No target is left to try.".into())),
+    };
+    let upstream = endpoint.upstream(target.provider.kind).ok_or(GwError::Internal)?;
+    let body = ctx.request_body.clone();
+    let view = body::parse(&body)?;
+    let (upstream_body, injected) = upstream_body(endpoint, upstream, &body, &view, &target.upstream_model)?;
+    ctx.upstream_body = upstream_body;
+    ctx.strip_usage = injected;
+    ctx.upstream_endpoint = Some(upstream);
+    ctx.upstream_status = None;
+    ctx.target = Some(target);
+    Ok(())
+}
+
+/// The current attempt failed before the first byte reached the caller; returns whether
+/// another target will be tried.
+pub fn attempt_failed(state: &AppState, ctx: &mut Ctx, outcome: Outcome) -> bool {
+    let (Some(endpoint), Some(plan)) = (ctx.endpoint, ctx.plan.as_mut()) else {
+        return false;
+    };
+    let now = Instant::now();
+    plan.finish(outcome, None, None, &state.cooldowns, now);
+    plan.can_retry(&state.cooldowns, now, &|t: &Target| {
+        provider::can_serve(endpoint, t.provider.kind)
+    })
 }
 
 /// The body the provider gets: the caller's with `model` spliced in when the dialects

@@ -6,17 +6,59 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use std::time::Instant;
+
 use super::ctx::Ctx;
+use crate::config::Target;
 use crate::error::{Dialect, GwError};
 use crate::provider;
+use crate::route::cooldown::parse_retry_after;
+use crate::route::plan::Outcome;
+use crate::state::AppState;
 use crate::stream::translate::{AnthropicToChat, ChatToAnthropic};
 use crate::stream::{JsonBody, JsonTranslate, Mode, SseState};
 
-/// The provider's status line arrived. A provider 5xx becomes the gateway's own 502 (the
-/// caller gets `upstream_error`, not the provider's internals); 4xx pass through.
-pub fn on_upstream_header(resp: &ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+/// The provider's status line arrived, before anything reached the caller. A `retry_on`
+/// status of a multi-target alias cools the target and, when another target is left,
+/// fails this attempt as retryable. A provider 5xx that stays becomes the gateway's own
+/// 502 (the caller gets `upstream_error`, not the provider's internals); 4xx, including a
+/// last 429 with its `Retry-After`, pass through.
+pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
     let status = resp.status.as_u16();
     ctx.upstream_status = Some(status);
+    if let (Some(plan), Some(endpoint)) = (ctx.plan.as_mut(), ctx.endpoint) {
+        let now = Instant::now();
+        if plan.is_retryable_status(status) {
+            let retry_after = resp
+                .headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            plan.finish(
+                Outcome::RetryableStatus,
+                Some(status),
+                retry_after,
+                &state.cooldowns,
+                now,
+            );
+            if plan.can_retry(&state.cooldowns, now, &|t: &Target| {
+                provider::can_serve(endpoint, t.provider.kind)
+            }) {
+                ctx.retrying = true;
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "retrying on the next target",
+                ));
+            }
+        } else {
+            let outcome = if status >= 500 {
+                Outcome::Error
+            } else {
+                Outcome::Answered
+            };
+            plan.finish(outcome, Some(status), None, &state.cooldowns, now);
+        }
+    }
     if status >= 500 {
         let err = GwError::UpstreamError(format!("The provider answered with status {status}."));
         ctx.error = Some(err);

@@ -1,9 +1,12 @@
 //! Routing: alias -> model, and the order in which a model's targets are tried.
 
+pub mod cooldown;
+pub mod plan;
 pub mod upstream;
 
 use std::sync::atomic::Ordering;
 
+pub use cooldown::Cooldowns;
 pub use upstream::{Upstream, UpstreamRegistry};
 
 use crate::config::raw::Strategy;

@@ -1,0 +1,246 @@
+//! Multi-target routing end to end: failover order, cooldowns, retries, distributions.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use serde_json::{json, Value};
+
+const CONFIG: &str = r#"
+version: 1
+server:
+  listen: ["127.0.0.1:{PORT}"]
+  admin_listen: "127.0.0.1:{ADMIN}"
+provider_keys:
+  - name: mock
+    provider: openai_compatible
+    base_url: "{MOCK}/v1"
+    api_key: "{PROVIDER_KEY}"
+    timeouts: {first_byte_ms: 800}
+  - {name: dead, provider: openai_compatible, base_url: "http://127.0.0.1:1/v1"}
+models:
+  - {name: ok-a, provider_key: mock, model: ok-a}
+  - {name: ok-b, provider_key: mock, model: ok-b}
+  - {name: ok-c, provider_key: mock, model: ok-c}
+  - {name: down-503, provider_key: mock, model: "down?status=503"}
+  - {name: down-500, provider_key: mock, model: "down5?status=500"}
+  - {name: busy-429, provider_key: mock, model: "busy?status=429&retry_after=1"}
+  - {name: busy-429-long, provider_key: mock, model: "busyl?status=429&retry_after=60"}
+  - {name: refused, provider_key: dead}
+  - {name: slow, provider_key: mock, model: "slow?delay_ms=3000"}
+  - {name: teapot, provider_key: mock, model: "tea?status=418"}
+  - {name: drops, provider_key: mock, model: "drop?drop_after=3&chunk_delay_ms=30"}
+  - name: failover
+    routing: {targets: [{model: down-503}, {model: ok-b, priority: 1}]}
+  - name: cool-long
+    routing: {cooldown_s: 300, targets: [{model: down-500}, {model: ok-b, priority: 1}]}
+  - name: retry-after
+    routing: {cooldown_s: 300, targets: [{model: busy-429}, {model: ok-b, priority: 1}]}
+  - name: capped
+    routing: {max_attempts: 2, targets: [{model: down-503}, {model: down-500, priority: 1}, {model: ok-c, priority: 2}]}
+  - name: all-429
+    routing: {targets: [{model: down-503}, {model: busy-429-long, priority: 1}]}
+  - name: connect
+    routing: {targets: [{model: refused}, {model: ok-a, priority: 1}]}
+  - name: timeout
+    routing: {targets: [{model: slow}, {model: ok-a, priority: 1}]}
+  - name: not-retried
+    routing: {targets: [{model: teapot}, {model: ok-a, priority: 1}]}
+  - name: midstream
+    routing: {targets: [{model: drops}, {model: ok-a, priority: 1}]}
+  - name: rr
+    routing: {strategy: round_robin, targets: [{model: ok-a}, {model: ok-b}, {model: ok-c}]}
+  - name: weighted
+    routing: {strategy: weighted, targets: [{model: ok-a, weight: 3}, {model: ok-b, weight: 1}]}
+api_keys:
+  - {name: main, key: "{CALLER_KEY}"}
+"#;
+
+/// How many requests the mock saw per upstream model id.
+fn per_model(mock: &Mock) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for r in mock.requests() {
+        let body: Value = serde_json::from_str(r["body"].as_str().unwrap_or("{}")).unwrap_or_default();
+        *m.entry(body["model"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+    }
+    m
+}
+
+fn count(m: &HashMap<String, usize>, model: &str) -> usize {
+    m.get(model).copied().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn fails_over_in_priority_order_then_skips_the_cooling_target() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    // A body well past Pingora's 64 KiB retry buffer must be replayed intact.
+    let body = json!({"model": "failover", "messages": [{"role": "user", "content": "z".repeat(40_000)}]});
+    let resp = post(&gw, "/v1/chat/completions", &body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-aigw-model"], "ok-b");
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 2);
+    let replayed = body.to_string().replace(r#""model":"failover""#, r#""model":"ok-b""#);
+    assert_eq!(seen[1]["body_len"], replayed.len());
+
+    // Within cooldown_s the failed target is not tried again.
+    for _ in 0..3 {
+        assert_eq!(
+            post(&gw, "/v1/chat/completions", &chat_body("failover")).await.status(),
+            200
+        );
+    }
+    let m = per_model(&mock);
+    assert_eq!(count(&m, "down?status=503"), 1, "{m:?}");
+    assert_eq!(count(&m, "ok-b"), 4, "{m:?}");
+}
+
+#[tokio::test]
+async fn retry_after_sets_the_cooldown() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    assert_eq!(
+        post(&gw, "/v1/chat/completions", &chat_body("retry-after"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(count(&per_model(&mock), "busy?status=429&retry_after=1"), 1);
+    // cooldown_s is 300, Retry-After is 1: the target comes back after about a second.
+    let mut back = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        post(&gw, "/v1/chat/completions", &chat_body("retry-after")).await;
+        if count(&per_model(&mock), "busy?status=429&retry_after=1") == 2 {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "the 429 target never came back");
+}
+
+#[tokio::test]
+async fn max_attempts_last_429_and_all_cooling() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    // Two attempts allowed, both fail: 502, and the third target is never tried.
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("capped")).await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "upstream_error");
+    assert_eq!(count(&per_model(&mock), "ok-c"), 0);
+
+    // Every target failed and the last said 429: that 429 reaches the caller as it is.
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("all-429")).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "60");
+
+    // Now both targets cool down: 503 with the soonest recovery.
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("all-429")).await;
+    assert_eq!(resp.status(), 503);
+    let retry_after: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "no_healthy_target"
+    );
+}
+
+#[tokio::test]
+async fn connect_errors_and_timeouts_fail_over() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("connect")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-aigw-model"], "ok-a");
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("timeout")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-aigw-model"], "ok-a");
+    // A 4xx that is not in retry_on is the answer.
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("not-retried")).await;
+    assert_eq!(resp.status(), 418);
+    assert_eq!(
+        count(&per_model(&mock), "ok-a"),
+        2,
+        "connect and timeout ended on ok-a; the 418 did not fail over"
+    );
+}
+
+#[tokio::test]
+async fn no_failover_after_the_first_streamed_byte() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let mut body = chat_body("midstream");
+    body["stream"] = json!(true);
+    let text = post(&gw, "/v1/chat/completions", &body).await.text().await.unwrap();
+    let data = sse_data(&text);
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_error", "{text}");
+    assert_eq!(
+        count(&per_model(&mock), "ok-a"),
+        0,
+        "the stream had started: no second target"
+    );
+}
+
+// The mock remembers its last 256 requests; each distribution test has its own mock.
+#[tokio::test]
+async fn round_robin_is_exact() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    for _ in 0..240 {
+        assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("rr")).await.status(), 200);
+    }
+    let m = per_model(&mock);
+    for t in ["ok-a", "ok-b", "ok-c"] {
+        assert_eq!(count(&m, t), 80, "{m:?}");
+    }
+}
+
+#[tokio::test]
+async fn weighted_follows_the_weights() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    for _ in 0..250 {
+        assert_eq!(
+            post(&gw, "/v1/chat/completions", &chat_body("weighted")).await.status(),
+            200
+        );
+    }
+    let m = per_model(&mock);
+    let share = count(&m, "ok-a") as f64 / 250.0;
+    // Weights 3:1; 0.65..0.85 is about 3.7 standard deviations either side of 0.75.
+    assert!((0.65..=0.85).contains(&share), "{share:.2} {m:?}");
+}
+
+#[tokio::test]
+async fn cooldowns_survive_a_reload() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    assert_eq!(
+        post(&gw, "/v1/chat/completions", &chat_body("cool-long"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(count(&per_model(&mock), "down5?status=500"), 1);
+    gw.write_config(
+        &CONFIG.replace("api_keys:\n", "api_keys:\n  - {name: extra, key: sk-extra}\n"),
+        &mock,
+    );
+    gw.signal("HUP");
+    assert!(wait_until(10, || gw.log_text().contains("config reloaded")));
+    assert_eq!(
+        post(&gw, "/v1/chat/completions", &chat_body("cool-long"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        count(&per_model(&mock), "down5?status=500"),
+        1,
+        "the cooling target was skipped after the reload"
+    );
+}

@@ -22,7 +22,6 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::Admin;
 use crate::proxy::Gateway;
-use crate::route::upstream::REFRESH_INTERVAL;
 use crate::state::AppState;
 
 /// Starts serving; returns only on a startup error (after a clean shutdown the process exits).
@@ -107,7 +106,7 @@ pub fn serve(config: PathBuf) -> Result<(), String> {
     std::process::exit(0)
 }
 
-/// Re-resolves provider addresses periodically, so DNS changes reach running instances.
+/// Re-resolves provider addresses and runs fleet health checks in the background.
 struct Refresher {
     state: Arc<AppState>,
 }
@@ -115,11 +114,11 @@ struct Refresher {
 #[async_trait]
 impl BackgroundService for Refresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(REFRESH_INTERVAL);
-        tick.tick().await;
+        // Each upstream knows when its DNS refresh and health check are due.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = tick.tick() => self.state.upstreams.refresh_all().await,
+                _ = tick.tick() => self.state.upstreams.tick().await,
                 _ = shutdown.changed() => return,
             }
         }

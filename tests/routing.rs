@@ -244,3 +244,19 @@ async fn cooldowns_survive_a_reload() {
         "the cooling target was skipped after the reload"
     );
 }
+
+/// A 5xx outside retry_on is final: no second target, no retry on the same one.
+#[tokio::test]
+async fn a_5xx_outside_retry_on_is_final() {
+    let mock = Mock::start();
+    let config = CONFIG.replace(
+        "  - name: failover\n",
+        "  - name: only-503\n    routing: {retry_on: [503], targets: [{model: down-500}, {model: ok-a, priority: 1}]}\n  - name: failover\n",
+    );
+    let gw = Gateway::start(&config, &mock);
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("only-503")).await;
+    assert_eq!(resp.status(), 502);
+    let m = per_model(&mock);
+    assert_eq!(count(&m, "down5?status=500"), 1, "{m:?}");
+    assert_eq!(count(&m, "ok-a"), 0, "{m:?}");
+}

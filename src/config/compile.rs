@@ -97,6 +97,7 @@ pub struct Provider {
     pub idle_timeout: Duration,
     pub api_version: Option<String>,
     pub anthropic_version: Option<String>,
+    pub http2: raw::Http2,
     pub upstream: Arc<Upstream>,
 }
 
@@ -803,15 +804,20 @@ fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: 
         return None;
     }
     let base = base?;
+    // A fleet's endpoints, or every address DNS gives for the base URL's host. Either
+    // way the Host header and TLS name stay the base URL's.
     let addrs = match p.fleet.as_ref().filter(|f| !f.endpoints.is_empty()) {
         Some(f) => f.endpoints.iter().filter_map(|e| split_host_port(e)).collect(),
         None => vec![(base.host.clone(), base.port)],
     };
-    let upstream = ctx.upstreams.get_or_create(UpstreamSpec {
-        addrs,
-        tls: base.tls,
-        sni: base.host.clone(),
-    });
+    let mut spec = UpstreamSpec::single(&base.host, base.port, base.tls);
+    spec.addrs = addrs;
+    if let Some(f) = &p.fleet {
+        spec.balance = f.balance;
+        spec.hash_on = f.hash_on;
+        spec.health = f.health_check.clone();
+    }
+    let upstream = ctx.upstreams.get_or_create(spec);
     Some(Provider {
         name: p.name.clone(),
         kind: p.provider,
@@ -825,6 +831,7 @@ fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: 
             _ => None,
         },
         anthropic_version: p.anthropic_version.clone(),
+        http2: p.http2,
         base,
         upstream,
     })

@@ -161,6 +161,21 @@ pub struct ProviderKey {
     pub fleet: Option<Fleet>,
     pub api_version: Option<String>,
     pub anthropic_version: Option<String>,
+    #[serde(default)]
+    pub http2: Http2,
+}
+
+/// HTTP/2 to the provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Http2 {
+    /// Negotiated by ALPN over TLS (falls back to HTTP/1.1); HTTP/1.1 over plaintext.
+    #[default]
+    Auto,
+    /// HTTP/2 only: ALPN h2 over TLS, prior-knowledge h2c over plaintext.
+    Always,
+    /// HTTP/1.1 only.
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -222,7 +237,7 @@ pub enum HashOn {
     Caller,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     #[serde(default = "d_health_path")]

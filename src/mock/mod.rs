@@ -89,6 +89,7 @@ struct Mock {
     record: bool,
     seen: Mutex<VecDeque<Value>>,
     requests: AtomicU64,
+    connections: AtomicU64,
     cancelled_streams: Arc<AtomicU64>,
     ids: AtomicU64,
 }
@@ -108,6 +109,7 @@ pub async fn run(listen: SocketAddr, api_key: Option<String>, record: bool) -> s
     });
     loop {
         let (sock, _) = listener.accept().await?;
+        mock.connections.fetch_add(1, Ordering::Relaxed);
         let _ = sock.set_nodelay(true);
         let mock = mock.clone();
         tokio::spawn(async move {
@@ -274,6 +276,7 @@ impl Mock {
                     StatusCode::OK,
                     &json!({
                         "requests": self.requests.load(Ordering::Relaxed),
+                        "connections": self.connections.load(Ordering::Relaxed),
                         "cancelled_streams": self.cancelled_streams.load(Ordering::Relaxed),
                     }),
                 )
@@ -361,6 +364,7 @@ impl Mock {
         let text = (body.len() <= RECORD_BODY_MAX).then(|| String::from_utf8_lossy(body).into_owned());
         let entry = json!({
             "method": parts.method.as_str(),
+            "version": format!("{:?}", parts.version),
             "path": parts.uri.path_and_query().map_or("", |p| p.as_str()),
             "headers": headers,
             "body": text,

@@ -173,6 +173,29 @@ pub fn rewrite(body: &Bytes, view: &BodyView<'_>, upstream_model: &str, add_usag
     (Bytes::from(out), injected)
 }
 
+/// The key `consistent_hash` with `hash_on: prefix` uses: a hash of the conversation's
+/// start (`system` and the first two messages), so requests that continue one conversation
+/// reach the replica holding its KV cache.
+pub fn prefix_key(body: &[u8]) -> [u8; 32] {
+    #[derive(serde::Deserialize)]
+    struct Prefix<'a> {
+        #[serde(borrow)]
+        system: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        messages: Vec<&'a RawValue>,
+    }
+    let mut h = blake3::Hasher::new();
+    if let Ok(p) = serde_json::from_slice::<Prefix<'_>>(body) {
+        if let Some(s) = p.system {
+            h.update(s.get().as_bytes());
+        }
+        for m in p.messages.iter().take(2) {
+            h.update(m.get().as_bytes());
+        }
+    }
+    *h.finalize().as_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +270,19 @@ mod tests {
         assert_eq!(code(r#"{"model":""}"#), "invalid_request");
         assert_eq!(code(r#"{"model":"a","model":"b"}"#), "invalid_request");
         assert_eq!(code(""), "invalid_json");
+    }
+
+    #[test]
+    fn prefix_key_follows_the_conversation_start() {
+        let a = prefix_key(
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]}"#,
+        );
+        let longer = prefix_key(
+            br#"{"model":"other","messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"},{"role":"user","content":"more"}]}"#,
+        );
+        let different = prefix_key(br#"{"model":"m","messages":[{"role":"user","content":"hello"}]}"#);
+        assert_eq!(a, longer);
+        assert_ne!(a, different);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::config::{ApiKeyEntry, Snapshot, Target};
 use crate::error::{Dialect, GwError};
 use crate::provider::Endpoint;
 use crate::route::plan::Plan;
+use crate::route::upstream::Pick;
 use crate::state::InflightGuard;
 use crate::stream::{JsonBody, SseState, Usage};
 
@@ -30,6 +31,8 @@ pub struct Ctx {
     pub plan: Option<Plan>,
     /// The concrete model this attempt goes to.
     pub target: Option<Target>,
+    /// The replica of this attempt (for `least_busy`, counted busy while held).
+    pub pick: Option<Pick>,
     /// The caller's body as received, for building each attempt's upstream body.
     pub request_body: Bytes,
     /// The last upstream answer was a `retry_on` status and another target will be tried.
@@ -63,6 +66,7 @@ impl Ctx {
             alias: None,
             plan: None,
             target: None,
+            pick: None,
             request_body: Bytes::new(),
             retrying: false,
             upstream_body: Bytes::new(),

@@ -11,8 +11,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
+use pingora::protocols::ALPN;
+
+use crate::config::raw::Http2;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorType, RetryType};
+use pingora::{Error, ErrorSource, ErrorType, RetryType};
 
 use crate::error::GwError;
 use crate::route::plan::Outcome;
@@ -61,7 +64,10 @@ impl ProxyHttp for Gateway {
             let Some(target) = &ctx.target else {
                 return Err(Error::explain(ErrorType::InternalError, "no target chosen"));
             };
-            if let Some(addr) = target.provider.upstream.select() {
+            let key = request::hash_key(ctx, target);
+            if let Some(pick) = target.provider.upstream.select(&key) {
+                let addr = pick.addr;
+                ctx.pick = Some(pick);
                 break addr;
             }
             let provider = target.provider.name.clone();
@@ -93,6 +99,13 @@ impl ProxyHttp for Gateway {
         o.idle_timeout = Some(p.idle_timeout);
         o.verify_cert = true;
         o.verify_hostname = true;
+        o.alpn = match (p.http2, p.base.tls) {
+            (Http2::Never, _) | (Http2::Auto, false) => ALPN::H1,
+            (Http2::Auto, true) => ALPN::H2H1,
+            (Http2::Always, _) => ALPN::H2,
+        };
+        // Many concurrent requests share one HTTP/2 connection.
+        o.max_h2_streams = 100;
         Ok(Box::new(peer))
     }
 
@@ -153,14 +166,9 @@ impl ProxyHttp for Gateway {
     }
 
     /// A connection to the target failed: cool it down and try the next one, if any.
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut Ctx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        let retry = request::attempt_failed(&self.state, ctx, Outcome::ConnectError);
+    fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        let addr = peer._address.as_inet().copied();
+        let retry = request::replica_failed(&self.state, ctx, addr, Outcome::ConnectError);
         e.set_retry(retry);
         e
     }
@@ -179,18 +187,26 @@ impl ProxyHttp for Gateway {
         let mut e = e.more_context(format!("Peer: {peer}"));
         if std::mem::take(&mut ctx.retrying) {
             e.set_retry(true);
-        } else if session.response_written().is_some() {
+        } else if ctx.error.is_some() || session.response_written().is_some() || e.esource() == &ErrorSource::Downstream
+        {
+            // A final answer the gateway chose, a stream already under way, or a caller
+            // that went away: nothing to retry.
             e.set_retry(false);
         } else if client_reused && matches!(e.retry, RetryType::ReusedOnly) {
             // A stale pooled connection says nothing about the target.
             if let Some(plan) = ctx.plan.as_mut() {
-                plan.retry_same_target();
+                plan.retry_same_target(Outcome::Error, std::time::Instant::now());
             }
             e.set_retry(true);
+        } else if matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout) {
+            // A slow answer is the model's, not one replica's: the target failed.
+            let retry = request::attempt_failed(&self.state, ctx, Outcome::Timeout);
+            e.set_retry(retry);
         } else {
-            let timeout = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
-            let outcome = if timeout { Outcome::Timeout } else { Outcome::Error };
-            let retry = request::attempt_failed(&self.state, ctx, outcome);
+            // The connection broke before an answer (e.g. the replica died): another
+            // replica, or else another target, gets the request.
+            let addr = peer._address.as_inet().copied();
+            let retry = request::replica_failed(&self.state, ctx, addr, Outcome::Error);
             e.set_retry(retry);
         }
         e

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::ctx::Ctx;
 use crate::auth;
+use crate::config::raw::{Balance, HashOn};
 use crate::config::{Snapshot, Target};
 use crate::error::GwError;
 use crate::provider::{self, body, Endpoint};
@@ -187,6 +188,35 @@ pub fn begin_attempt(state: &AppState, ctx: &mut Ctx) -> Result<(), GwError> {
     ctx.upstream_status = None;
     ctx.target = Some(target);
     Ok(())
+}
+
+/// One replica of the current target failed before the first byte reached the caller:
+/// it is ejected, and the same target is tried again on another replica when there is
+/// one; otherwise the target itself failed. Returns whether another attempt follows.
+pub fn replica_failed(state: &AppState, ctx: &mut Ctx, addr: Option<std::net::SocketAddr>, outcome: Outcome) -> bool {
+    let other_replica = match (addr, &ctx.target) {
+        (Some(addr), Some(t)) => t.provider.upstream.eject(addr),
+        _ => false,
+    };
+    match ctx.plan.as_mut() {
+        Some(plan) if other_replica => {
+            plan.retry_same_target(outcome, Instant::now());
+            true
+        }
+        _ => attempt_failed(state, ctx, outcome),
+    }
+}
+
+/// The key a `consistent_hash` fleet places this request by.
+pub fn hash_key(ctx: &Ctx, target: &Target) -> [u8; 32] {
+    let spec = &target.provider.upstream.spec;
+    match (spec.balance, spec.hash_on) {
+        (Balance::ConsistentHash, HashOn::Prefix) => body::prefix_key(&ctx.request_body),
+        (Balance::ConsistentHash, HashOn::Caller) => {
+            *blake3::hash(ctx.caller.as_ref().map_or("", |c| c.owner.as_str()).as_bytes()).as_bytes()
+        }
+        _ => [0; 32],
+    }
 }
 
 /// The current attempt failed before the first byte reached the caller; returns whether

@@ -55,8 +55,12 @@ pub struct Plan {
     /// Next position in `candidates` to consider.
     next: usize,
     current: Option<usize>,
-    /// The last failure was a stale pooled connection: try the same target again.
+    /// The last failure was one replica (or a stale pooled connection): try the same
+    /// target again.
     retry_same: bool,
+    /// Targets tried, for `max_attempts`; a retry on another replica of the same target
+    /// does not count.
+    targets_tried: usize,
     pub attempts: Vec<Attempt>,
 }
 
@@ -88,6 +92,7 @@ impl Plan {
             next: 0,
             current: None,
             retry_same: false,
+            targets_tried: 0,
             attempts: Vec::new(),
         }
     }
@@ -127,7 +132,11 @@ impl Plan {
     ) -> Result<&Target, Option<Instant>> {
         let i = match (self.retry_same, self.current) {
             (true, Some(i)) => i,
-            _ => self.find(self.next, cooldowns, now, usable)?,
+            _ => {
+                let i = self.find(self.next, cooldowns, now, usable)?;
+                self.targets_tried += 1;
+                i
+            }
         };
         self.retry_same = false;
         self.current = Some(i);
@@ -144,7 +153,7 @@ impl Plan {
 
     /// Whether another attempt may follow the current one.
     pub fn can_retry(&self, cooldowns: &Cooldowns, now: Instant, usable: &dyn Fn(&Target) -> bool) -> bool {
-        self.multi && self.attempts.len() < self.max_attempts && self.find(self.next, cooldowns, now, usable).is_ok()
+        self.multi && self.targets_tried < self.max_attempts && self.find(self.next, cooldowns, now, usable).is_ok()
     }
 
     pub fn is_retryable_status(&self, status: u16) -> bool {
@@ -174,10 +183,13 @@ impl Plan {
         }
     }
 
-    /// A pooled connection turned out stale: the same target is tried again, without a
-    /// cooldown or a counted attempt.
-    pub fn retry_same_target(&mut self) {
-        self.attempts.pop();
+    /// One replica failed (or a pooled connection was stale) and the target has others:
+    /// the attempt is recorded, and the same target is tried again without a cooldown.
+    pub fn retry_same_target(&mut self, outcome: Outcome, now: Instant) {
+        if let Some(a) = self.attempts.last_mut() {
+            a.outcome = outcome;
+            a.finished = Some(now);
+        }
         self.retry_same = true;
     }
 }
@@ -283,9 +295,10 @@ models:
         let t0 = Instant::now();
         let not_a: &dyn Fn(&Target) -> bool = &|t| t.alias != "a";
         assert_eq!(p.begin(&cd, t0, not_a).unwrap().alias, "b");
-        p.retry_same_target();
+        p.retry_same_target(Outcome::ConnectError, t0);
         assert_eq!(p.begin(&cd, t0, not_a).unwrap().alias, "b");
-        assert_eq!(p.attempts.len(), 1);
+        assert_eq!(p.attempts.len(), 2, "both attempts recorded");
+        assert_eq!(p.targets_tried, 1, "one target tried");
         assert!(cd.until("b", t0).is_none());
     }
 }

@@ -51,7 +51,11 @@ pub struct Mock {
 
 impl Mock {
     pub fn start() -> Self {
-        let port = free_port();
+        Self::start_on(free_port())
+    }
+
+    /// A mock on a given port (to bring a stopped replica back at the same address).
+    pub fn start_on(port: u16) -> Self {
         let mut child = Command::new(BIN)
             .args([
                 "mock-upstream",

@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request hot path: caller key lookup, request parse and
-//! model rewrite, SSE usage extraction, Anthropic translation. `make bench`.
+//! model rewrite, SSE usage extraction, Anthropic translation, the local rate limit check.
+//! `make bench`.
 #![allow(clippy::unwrap_used)]
 
 use std::hint::black_box;
@@ -25,6 +26,7 @@ fn key_lookup(c: &mut Criterion) {
         &CompileCtx {
             env: &env,
             upstreams: &reg,
+            limits: &Default::default(),
         },
     )
     .unwrap();
@@ -119,5 +121,43 @@ fn anthropic_translation(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, key_lookup, parse_and_rewrite, sse_usage, anthropic_translation);
+/// The in-process limiter: a caller policy (requests per second and minute, tokens per
+/// minute, concurrency) and a model policy checked together, then the slot released.
+fn local_limiter(c: &mut Criterion) {
+    use aigw::config::raw::RateLimit;
+    use aigw::limit::{local, Cells, Rule};
+    let cells = Cells::default();
+    let policy = |name: &str, conc| RateLimit {
+        name: name.into(),
+        requests_per_second: Some(1 << 40),
+        requests_per_minute: Some(1 << 40),
+        requests_per_hour: None,
+        requests_per_day: None,
+        tokens_per_minute: Some(1 << 40),
+        tokens_per_day: None,
+        concurrency: conc,
+    };
+    let caller = cells.bind(&policy("team", Some(1 << 40)), "owner=team-a");
+    let model = cells.bind(&policy("model-cap", None), "model=gpt-4o-mini");
+    let store = local::LocalStore::new();
+    let start = std::time::Instant::now();
+    c.bench_function("local limiter check (2 policies, 7 rules)", |b| {
+        b.iter(|| {
+            let rules: Vec<&Rule> = caller.rules.iter().chain(&model.rules).collect();
+            let now = start.elapsed().as_micros() as u64;
+            let v = local::acquire_at(black_box(&rules), now);
+            assert!(v.iter().all(|v| v.allowed));
+            aigw::limit::LimitStore::release(&store, &rules, 0);
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    key_lookup,
+    parse_and_rewrite,
+    sse_usage,
+    anthropic_translation,
+    local_limiter
+);
 criterion_main!(benches);

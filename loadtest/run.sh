@@ -30,6 +30,17 @@ nginx -p "$WORK" -c "$WORK/nginx.conf"
 wait_port 18081
 RUST_LOG=warn "$BIN" serve --config loadtest/aigw.yaml >/dev/null 2>"$WORK/gw.log" & GW=$!; PIDS+=($GW)
 wait_port 18080
+# The same gateway with its rate limits in Redis, to measure the Redis round trip.
+REDIS_URL=${AIGW_REDIS_URL:-redis://127.0.0.1:6379/0}
+if redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
+  sed -e 's/127.0.0.1:18080/127.0.0.1:18082/; s/127.0.0.1:19090/127.0.0.1:19092/' \
+      -e "/^  admin_listen:/a\\  redis: {url: \"$REDIS_URL\"}" loadtest/aigw.yaml >"$WORK/aigw-redis.yaml"
+  RUST_LOG=warn "$BIN" serve --config "$WORK/aigw-redis.yaml" >/dev/null 2>"$WORK/gw-redis.log" & GWR=$!; PIDS+=($GWR)
+  wait_port 18082
+else
+  echo "no Redis at $REDIS_URL: the Redis row is skipped"
+  GWR=""
+fi
 
 nginx_pids() { pgrep -f "nginx: worker process" | tr '\n' ' '; }
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
@@ -68,9 +79,19 @@ run "direct to mock" http://127.0.0.1:18000/v1/chat/completions 0 "$MOCK_PID"
 # shellcheck disable=SC2046
 run "nginx" http://127.0.0.1:18081/v1/chat/completions 0 $(nginx_pids)
 run "gateway" http://127.0.0.1:18080/v1/chat/completions 0 "$GW"
+LOAD_KEY=sk-load-limited LOAD_MODEL=limited-model \
+  run "gateway + local limits" http://127.0.0.1:18080/v1/chat/completions 0 "$GW"
+if [ -n "$GWR" ]; then
+  # shellcheck disable=SC2046
+  LOAD_KEY=sk-load-limited LOAD_MODEL=limited-model \
+    run "gateway + Redis limits" http://127.0.0.1:18082/v1/chat/completions 0 "$GWR" $(pgrep -x redis-server | head -1)
+  read -r rmin rmax ravg rn <<<"$(timeout 3 redis-cli -u "$REDIS_URL" --latency --raw || true)"
+  REDIS_RTT="Redis round trip (redis-cli --latency, idle, ${rn:-0} samples): avg ${ravg:-?} ms, min ${rmin:-?}, max ${rmax:-?}."
+fi
 # shellcheck disable=SC2046
 run "nginx streaming" http://127.0.0.1:18081/v1/chat/completions 1 $(nginx_pids)
 run "gateway streaming" http://127.0.0.1:18080/v1/chat/completions 1 "$GW"
 
 echo
-echo "CPU and RSS are of the proxy under test (the mock for the direct row). Saved to $OUT"
+[ -n "${REDIS_RTT:-}" ] && echo "$REDIS_RTT" | tee -a "$OUT" && echo
+echo "CPU and RSS are of the proxy under test (the mock for the direct row; gateway + Redis for the Redis row). Saved to $OUT"

@@ -1,4 +1,5 @@
-//! The admin listener: liveness and readiness for load balancers and orchestrators.
+//! The admin listener: liveness and readiness for load balancers and orchestrators, and
+//! Prometheus metrics.
 
 use std::sync::Arc;
 
@@ -33,6 +34,15 @@ impl ServeHttp for Admin {
             // balancer stops sending new work as soon as SIGTERM arrives.
             "/readyz" if self.state.draining.load(Ordering::Acquire) => text(503, "draining\n"),
             "/readyz" => text(200, "ready\n"),
+            "/metrics" if self.state.snapshot().observability.prometheus => {
+                let body = self.state.metrics.render();
+                Response::builder()
+                    .status(200)
+                    .header("content-type", prometheus::TEXT_FORMAT)
+                    .header("content-length", body.len())
+                    .body(body)
+                    .unwrap_or_default()
+            }
             _ => text(404, "not found\n"),
         }
     }

@@ -38,6 +38,8 @@ pub enum GwError {
     },
     #[error("Request body is larger than the limit of {limit} bytes.")]
     RequestTooLarge { limit: u64 },
+    #[error("{}", .0.message)]
+    RateLimited(Box<crate::limit::Rejection>),
     #[error("{0}")]
     UpstreamError(String),
     #[error("{message}")]
@@ -63,6 +65,7 @@ impl GwError {
             Self::ModelNotFound(_) | Self::NotFound(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::RequestTooLarge { .. } => 413,
+            Self::RateLimited(_) => 429,
             Self::UpstreamError(_) => 502,
             Self::NoHealthyTarget { .. } | Self::ShuttingDown => 503,
             Self::UpstreamTimeout => 504,
@@ -81,6 +84,7 @@ impl GwError {
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::RequestTooLarge { .. } => "request_too_large",
+            Self::RateLimited(_) => "rate_limit_exceeded",
             Self::UpstreamError(_) => "upstream_error",
             Self::NoHealthyTarget { .. } => "no_healthy_target",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -91,6 +95,10 @@ impl GwError {
 
     /// The `type` field of the OpenAI envelope, as OpenAI itself uses it.
     fn openai_type(&self) -> &'static str {
+        if let Self::RateLimited(r) = self {
+            // What OpenAI's own 429s say: "requests" or "tokens".
+            return r.openai_type;
+        }
         match self.status() {
             401 => "authentication_error",
             403 => "permission_error",
@@ -154,7 +162,7 @@ impl GwError {
     /// Writes the whole error response. `request_id` is echoed as `x-request-id`.
     pub async fn respond(&self, session: &mut Session, dialect: Dialect, request_id: &str) -> pingora::Result<()> {
         let body = self.body(dialect);
-        let mut resp = ResponseHeader::build(self.status(), Some(4))?;
+        let mut resp = ResponseHeader::build(self.status(), Some(12))?;
         resp.insert_header("content-type", "application/json")?;
         resp.insert_header("content-length", body.len().to_string())?;
         if !request_id.is_empty() {
@@ -168,6 +176,10 @@ impl GwError {
         } = self
         {
             resp.insert_header("retry-after", s.to_string())?;
+        }
+        if let Self::RateLimited(r) = self {
+            resp.insert_header("retry-after", r.retry_after_s.to_string())?;
+            r.headers.apply(&mut resp);
         }
         if self.status() == 401 {
             resp.insert_header("www-authenticate", "Bearer")?;

@@ -73,6 +73,7 @@ fn main() -> ExitCode {
             let ctx = aigw::config::CompileCtx {
                 env: &env,
                 upstreams: &upstreams,
+                limits: &Default::default(),
             };
             match aigw::config::load_file(&path, &ctx) {
                 Ok(snap) => {

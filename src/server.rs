@@ -106,7 +106,8 @@ pub fn serve(config: PathBuf) -> Result<(), String> {
     std::process::exit(0)
 }
 
-/// Re-resolves provider addresses and runs fleet health checks in the background.
+/// Re-resolves provider addresses, runs fleet health checks and keeps shared rate limit
+/// leases alive, in the background.
 struct Refresher {
     state: Arc<AppState>,
 }
@@ -118,7 +119,10 @@ impl BackgroundService for Refresher {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = tick.tick() => self.state.upstreams.tick().await,
+                _ = tick.tick() => {
+                    self.state.upstreams.tick().await;
+                    self.state.limiter.maintain().await;
+                }
                 _ = shutdown.changed() => return,
             }
         }

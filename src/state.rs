@@ -1,25 +1,30 @@
 //! Process-wide state: the current config snapshot (swapped atomically on reload) and the
-//! registries that outlive a reload (upstreams and their resolved addresses, in-flight
-//! requests, reload counters).
+//! registries that outlive a reload (upstreams and their resolved addresses, cooldowns,
+//! rate limit state, metrics, in-flight requests).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use crate::config::{self, CompileCtx, ConfigError, Snapshot};
+use crate::limit::local::LocalStore;
+use crate::limit::redis::RedisStore;
+use crate::limit::{Cells, LimitStore, Limiter};
 use crate::route::{Cooldowns, UpstreamRegistry};
+use crate::telemetry::metrics::Metrics;
 
 pub struct AppState {
     snapshot: ArcSwap<Snapshot>,
     pub config_path: PathBuf,
     pub upstreams: UpstreamRegistry,
     pub cooldowns: Cooldowns,
+    pub limit_cells: Cells,
+    pub limiter: Limiter,
+    pub metrics: Arc<Metrics>,
     inflight: AtomicUsize,
     pub draining: AtomicBool,
-    pub reloads_ok: AtomicU64,
-    pub reloads_failed: AtomicU64,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -30,22 +35,35 @@ impl AppState {
     /// Loads the config file; on failure returns every error.
     pub fn load(config_path: PathBuf) -> Result<Arc<Self>, Vec<ConfigError>> {
         let upstreams = UpstreamRegistry::default();
+        let limit_cells = Cells::default();
         let snap = config::load_file(
             &config_path,
             &CompileCtx {
                 env: &env,
                 upstreams: &upstreams,
+                limits: &limit_cells,
             },
         )?;
+        // Shared limits when the config names a Redis; per process otherwise. Changing
+        // `server.redis` takes a restart, like the listeners.
+        let store: Arc<dyn LimitStore> = match &snap.server.redis {
+            Some(r) => Arc::new(
+                RedisStore::new(&r.url, r.pool_size, r.timeout)
+                    .map_err(|e| vec![ConfigError::new("server.redis.url", e)])?,
+            ),
+            None => Arc::new(LocalStore::new()),
+        };
+        let metrics = Arc::new(Metrics::new());
         Ok(Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snap),
             config_path,
             upstreams,
             cooldowns: Cooldowns::default(),
+            limit_cells,
+            limiter: Limiter::new(store, metrics.clone()),
+            metrics,
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
-            reloads_ok: AtomicU64::new(0),
-            reloads_failed: AtomicU64::new(0),
         }))
     }
 
@@ -61,6 +79,7 @@ impl AppState {
             &CompileCtx {
                 env: &env,
                 upstreams: &self.upstreams,
+                limits: &self.limit_cells,
             },
         );
         match loaded {
@@ -72,14 +91,20 @@ impl AppState {
                 {
                     tracing::warn!("listener changes take effect only after a restart");
                 }
+                if snap.server.redis != old.server.redis {
+                    tracing::warn!("server.redis changes take effect only after a restart");
+                }
                 // Resolve new upstreams before any request can pick them.
                 self.upstreams.resolve_new().await;
                 self.snapshot.store(Arc::new(snap));
-                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                drop(old);
+                self.limit_cells.prune();
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
                 Ok(())
             }
             Err(errors) => {
-                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                self.limit_cells.prune();
+                self.metrics.config_reloads.with_label_values(&["error"]).inc();
                 Err(errors)
             }
         }
@@ -93,6 +118,7 @@ impl AppState {
     /// the guard lives in the request context that Pingora drops at the end).
     pub fn enter(self: &Arc<Self>) -> InflightGuard {
         self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.metrics.inflight.inc();
         InflightGuard(self.clone())
     }
 }
@@ -102,5 +128,6 @@ pub struct InflightGuard(Arc<AppState>);
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.inflight.dec();
     }
 }

@@ -12,6 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::raw::{self, ProviderKind};
 use super::{ConfigError, RawConfig};
+use crate::limit::{Binding, Cells};
 use crate::route::upstream::{UpstreamRegistry, UpstreamSpec};
 use crate::route::Upstream;
 
@@ -20,6 +21,8 @@ use crate::route::Upstream;
 pub struct CompileCtx<'a> {
     pub env: &'a dyn Fn(&str) -> Option<String>,
     pub upstreams: &'a UpstreamRegistry,
+    /// Rate limit state, so a policy that keeps its name keeps its counters.
+    pub limits: &'a Cells,
 }
 
 #[derive(Debug, Clone)]
@@ -37,7 +40,24 @@ pub struct ServerSettings {
     pub threads: usize,
     pub grace_period_s: u64,
     pub max_request_body_bytes: u64,
-    pub redis_url: Option<String>,
+    pub redis: Option<RedisSettings>,
+}
+
+/// `server.redis`. The URL may hold a password: it is never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub url: String,
+    pub pool_size: usize,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A provider's base URL, split the way upstream requests need it.
@@ -153,7 +173,8 @@ pub enum ModelRoute {
 pub struct Model {
     pub name: String,
     pub route: ModelRoute,
-    pub rate_limit: Option<String>,
+    /// The model's `rate_limit`, counted across every caller of this alias.
+    pub limits: Option<Arc<Binding>>,
     pub guardrails: Vec<String>,
     pub cache: Option<String>,
     pub pricing: Option<raw::Pricing>,
@@ -168,7 +189,8 @@ pub struct ApiKeyEntry {
     pub models: Option<HashSet<String>>,
     pub expires_at: Option<DateTime<Utc>>,
     pub disabled: bool,
-    pub rate_limit: Option<String>,
+    /// The key's `rate_limit`, counted per owner.
+    pub limits: Option<Arc<Binding>>,
     pub guardrails: Vec<String>,
     pub budget: Option<String>,
 }
@@ -255,9 +277,6 @@ impl Snapshot {
     /// operator is never misled into thinking a limit or filter is active.
     pub fn not_enforced(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if !self.rate_limits.is_empty() {
-            out.push("rate_limits");
-        }
         if !self.guardrails.is_empty() {
             out.push("guardrails");
         }
@@ -269,9 +288,6 @@ impl Snapshot {
         }
         if self.observability.otlp.is_some() {
             out.push("observability.otlp");
-        }
-        if self.server.redis_url.is_some() {
-            out.push("server.redis");
         }
         out
     }
@@ -361,6 +377,8 @@ pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<Con
         raw.rate_limits.iter().map(|r| r.name.as_str()),
         &mut errs,
     );
+    let policies: HashMap<&str, &raw::RateLimit> = raw.rate_limits.iter().map(|r| (r.name.as_str(), r)).collect();
+    let bind = |name: Option<&str>, scope: &str| name.and_then(|n| policies.get(n)).map(|p| ctx.limits.bind(p, scope));
     let guard_names = check_unique("guardrails", raw.guardrails.iter().map(|g| g.name.as_str()), &mut errs);
     let cache_names = check_unique("cache", raw.cache.iter().map(|c| c.name.as_str()), &mut errs);
 
@@ -473,7 +491,7 @@ pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<Con
                     Arc::new(Model {
                         name: m.name.clone(),
                         route,
-                        rate_limit: m.rate_limit.clone(),
+                        limits: bind(m.rate_limit.as_deref(), &format!("model={}", m.name)),
                         guardrails: m.guardrails.clone(),
                         cache: m.cache.clone(),
                         pricing: m.pricing,
@@ -555,14 +573,16 @@ pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<Con
             );
             continue;
         }
+        let owner = k.owner.clone().unwrap_or_else(|| k.name.clone());
+        let limits = bind(k.rate_limit.as_deref(), &format!("owner={owner}"));
         keys.insert(ApiKeyEntry {
             name: k.name.clone(),
-            owner: k.owner.clone().unwrap_or_else(|| k.name.clone()),
+            owner,
             hash,
             models: k.models.as_ref().map(|m| m.iter().cloned().collect()),
             expires_at: k.expires_at,
             disabled: k.disabled,
-            rate_limit: k.rate_limit.clone(),
+            limits,
             guardrails: k.guardrails.clone(),
             budget: k.budget.clone(),
         });
@@ -587,7 +607,7 @@ pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<Con
         if c.max_entries == 0 {
             errs.push(format!("{path}.max_entries"), "must be at least 1");
         }
-        if c.backend == raw::CacheBackend::Redis && server.redis_url.is_none() {
+        if c.backend == raw::CacheBackend::Redis && server.redis.is_none() {
             errs.push(format!("{path}.backend"), "backend redis needs server.redis");
         }
     }
@@ -651,6 +671,14 @@ fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettings {
     if let Some(r) = &s.redis {
         if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://") || r.url.starts_with("unix://")) {
             errs.push("server.redis.url", "must start with redis://, rediss:// or unix://");
+        } else if let Err(e) = redis::Client::open(r.url.as_str()) {
+            errs.push("server.redis.url", format!("not a valid redis URL ({:?})", e.kind()));
+        }
+        if !(1..=64).contains(&r.pool_size) {
+            errs.push("server.redis.pool_size", "must be between 1 and 64");
+        }
+        if !(1..=10_000).contains(&r.timeout_ms) {
+            errs.push("server.redis.timeout_ms", "must be between 1 and 10000");
         }
     }
     if let Some(cs) = &s.config_store {
@@ -673,7 +701,11 @@ fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettings {
         threads: s.threads,
         grace_period_s: s.grace_period_s,
         max_request_body_bytes: s.max_request_body_bytes,
-        redis_url: s.redis.as_ref().map(|r| r.url.clone()),
+        redis: s.redis.as_ref().map(|r| RedisSettings {
+            url: r.url.clone(),
+            pool_size: r.pool_size,
+            timeout: Duration::from_millis(r.timeout_ms),
+        }),
     }
 }
 
@@ -986,6 +1018,7 @@ mod tests {
             &CompileCtx {
                 env: &env,
                 upstreams: &reg,
+                limits: &Default::default(),
             },
         )
     }

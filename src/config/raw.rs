@@ -106,6 +106,19 @@ pub struct TlsListener {
 #[serde(deny_unknown_fields)]
 pub struct Redis {
     pub url: String,
+    /// Multiplexed connections kept open to Redis.
+    #[serde(default = "default_redis_pool")]
+    pub pool_size: usize,
+    /// Deadline of one Redis call; past it the request is admitted unchecked.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_redis_pool() -> usize {
+    4
+}
+fn default_redis_timeout() -> u64 {
+    100
 }
 
 #[derive(Debug, Deserialize)]

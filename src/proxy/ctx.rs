@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::config::{ApiKeyEntry, Snapshot, Target};
 use crate::error::{Dialect, GwError};
+use crate::limit::Admitted;
 use crate::provider::Endpoint;
 use crate::route::plan::Plan;
 use crate::route::upstream::Pick;
@@ -29,6 +30,8 @@ pub struct Ctx {
     pub alias: Option<String>,
     /// Candidates in order and the attempts made (failover state).
     pub plan: Option<Plan>,
+    /// The rate limits this request passed; holds its concurrency slots until dropped.
+    pub limits: Option<Admitted>,
     /// The concrete model this attempt goes to.
     pub target: Option<Target>,
     /// The replica of this attempt (for `least_busy`, counted busy while held).
@@ -65,6 +68,7 @@ impl Ctx {
             upstream_endpoint: None,
             alias: None,
             plan: None,
+            limits: None,
             target: None,
             pick: None,
             request_body: Bytes::new(),

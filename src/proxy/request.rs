@@ -1,6 +1,6 @@
 //! The request side: every check a request passes before it may go upstream, in the
 //! SPEC's order (cheapest first): route and method, credential, body size, JSON, model
-//! exists, allowlist; then the upstream request is prepared.
+//! exists, allowlist, rate limits; then the upstream request is prepared.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -149,6 +149,8 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
             endpoint.suffix()
         )));
     }
+    let bindings: Vec<&Arc<_>> = caller.limits.iter().chain(model.limits.iter()).collect();
+    ctx.limits = state.limiter.admit(&bindings).await?;
     ctx.alias = Some(model.name.clone());
     ctx.stream = view.stream;
     ctx.caller_include_usage = view.include_usage;

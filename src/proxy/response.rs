@@ -74,6 +74,20 @@ pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx
 /// the way), or translated when the caller's dialect differs from the provider's.
 pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    // The provider's rate limit headers describe the gateway's provider account, not the
+    // caller: they are replaced by the caller's own limits, when a policy applies.
+    let provider_limits: Vec<http::HeaderName> = resp
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-ratelimit-") || k.as_str().starts_with("anthropic-ratelimit-"))
+        .cloned()
+        .collect();
+    for k in provider_limits {
+        resp.remove_header(&k);
+    }
+    if let Some(limits) = &ctx.limits {
+        limits.headers().apply(resp);
+    }
     let Some(t) = &ctx.target else { return Ok(()) };
     resp.insert_header("x-aigw-model", t.alias.as_str())?;
     let provider_dialect = provider::dialect(t.provider.kind);
@@ -121,6 +135,18 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
         ctx.json = Some(JsonBody::new(translate));
     }
     Ok(())
+}
+
+/// After the response: tokens the provider reports are charged to the token limits.
+/// A request that failed upstream used nothing and is charged nothing.
+pub async fn settle(state: &AppState, ctx: &Ctx) {
+    let succeeded = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
+    if let (true, Some(limits), Some(u)) = (succeeded, &ctx.limits, ctx.usage) {
+        state
+            .limiter
+            .charge(limits, u.input_tokens.saturating_add(u.output_tokens))
+            .await;
+    }
 }
 
 fn now() -> i64 {

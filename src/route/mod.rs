@@ -90,6 +90,7 @@ models:
             &CompileCtx {
                 env: &env,
                 upstreams: &reg,
+                limits: &Default::default(),
             },
         )
         .unwrap()

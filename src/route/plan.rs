@@ -216,6 +216,7 @@ models:
             &CompileCtx {
                 env: &env,
                 upstreams: &reg,
+                limits: &Default::default(),
             },
         )
         .unwrap();

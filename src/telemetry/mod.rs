@@ -1,3 +1,4 @@
-//! Logs (and, later, metrics and traces): what operators see.
+//! What operators see: the access log and the Prometheus metrics (traces come later).
 
 pub mod log;
+pub mod metrics;

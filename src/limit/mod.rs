@@ -1,0 +1,451 @@
+//! Rate limits: a policy from `rate_limits` bound to a scope (the owner of a caller key,
+//! or a model alias) becomes a [`Binding`] of rules at config compile time. Before a
+//! request goes upstream, [`Limiter::admit`] checks every rule of the caller's and the
+//! model's binding in one atomic step; after the response, [`Limiter::charge`] charges
+//! the real token usage; concurrency slots are released when the request context drops,
+//! which Pingora does on every exit path.
+//!
+//! The state lives in a [`LimitStore`]: in process ([`local::LocalStore`], atomics, no
+//! lock on the hot path) or shared by every instance in Redis ([`redis::RedisStore`],
+//! one Lua script per check). The arithmetic is GCRA ([`gcra`]).
+
+pub mod gcra;
+pub mod local;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::http::ResponseHeader;
+
+use crate::config::raw;
+use crate::error::GwError;
+use crate::telemetry::metrics::Metrics;
+pub use gcra::{Rate, Verdict};
+
+/// What a rule counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Requests,
+    Tokens,
+    /// Requests in flight; `rate.limit` is the number of slots.
+    Concurrency,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub kind: Kind,
+    pub rate: Rate,
+    /// Names the state in a shared store: `aigw:rl:<policy>:<rule>:<scope>`.
+    pub key: String,
+    /// The state in the local store. Every snapshot that binds the same key gets the same
+    /// cell, so a policy that keeps its name keeps its counters across reloads.
+    pub cell: Arc<AtomicU64>,
+}
+
+/// One policy applied in one scope.
+#[derive(Debug)]
+pub struct Binding {
+    pub policy: String,
+    pub rules: Vec<Rule>,
+}
+
+impl Binding {
+    fn has(&self, kind: Kind) -> bool {
+        self.rules.iter().any(|r| r.kind == kind)
+    }
+}
+
+/// The local state of every bound rule, by key. Only config compilation takes the lock;
+/// requests reach their cells through the compiled snapshot.
+#[derive(Debug, Default)]
+pub struct Cells(Mutex<HashMap<String, Arc<AtomicU64>>>);
+
+const SECOND: u64 = 1_000_000;
+
+impl Cells {
+    /// Binds `policy` to `scope` (like `owner=team-a` or `model=gpt-4o`).
+    pub fn bind(&self, policy: &raw::RateLimit, scope: &str) -> Arc<Binding> {
+        use Kind::*;
+        let specs = [
+            (Requests, "rps", policy.requests_per_second, SECOND),
+            (Requests, "rpm", policy.requests_per_minute, 60 * SECOND),
+            (Requests, "rph", policy.requests_per_hour, 3600 * SECOND),
+            (Requests, "rpd", policy.requests_per_day, 86_400 * SECOND),
+            (Tokens, "tpm", policy.tokens_per_minute, 60 * SECOND),
+            (Tokens, "tpd", policy.tokens_per_day, 86_400 * SECOND),
+            (Concurrency, "conc", policy.concurrency, 0),
+        ];
+        let mut cells = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let rules = specs
+            .into_iter()
+            .filter_map(|(kind, suffix, limit, window_us)| {
+                let limit = limit.filter(|l| *l > 0)?;
+                let key = format!("aigw:rl:{}:{suffix}:{scope}", policy.name);
+                let cell = cells.entry(key.clone()).or_default().clone();
+                Some(Rule {
+                    kind,
+                    rate: Rate { limit, window_us },
+                    key,
+                    cell,
+                })
+            })
+            .collect();
+        Arc::new(Binding {
+            policy: policy.name.clone(),
+            rules,
+        })
+    }
+
+    /// Forgets the state no snapshot refers to any more (a policy removed or renamed).
+    pub fn prune(&self) {
+        let mut cells = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cells.retain(|_, c| Arc::strong_count(c) > 1);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+/// Where limit state lives. Every method works on a request's rules together.
+#[async_trait]
+pub trait LimitStore: Send + Sync {
+    /// All or nothing: when every rule allows the request (request rules have room for
+    /// one more, token rules have tokens left, concurrency rules a free slot), counts it
+    /// on the request rules and takes a slot, held as `lease`, on the concurrency rules;
+    /// otherwise changes nothing. One verdict per rule, in order.
+    async fn acquire(&self, rules: &[&Rule], lease: u64) -> Result<Vec<Verdict>, StoreError>;
+
+    /// Charges `units` tokens to the token rules among `rules`.
+    async fn charge(&self, rules: &[&Rule], units: u64) -> Result<(), StoreError>;
+
+    /// Frees the slots `lease` holds on the concurrency rules among `rules`. Runs from a
+    /// destructor, so it must not block: remote work goes to a task.
+    fn release(&self, rules: &[&Rule], lease: u64);
+
+    /// Periodic upkeep, about once a second.
+    async fn maintain(&self) {}
+}
+
+/// Applies the caller's and the model's policies with one store.
+pub struct Limiter {
+    store: Arc<dyn LimitStore>,
+    metrics: Arc<Metrics>,
+    next_lease: AtomicU64,
+    /// When the next store error may be logged (ms since `started`): once per interval.
+    next_warn_ms: AtomicU64,
+    started: Instant,
+}
+
+/// How often a failing store is reported in the log.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Limiter {
+    pub fn new(store: Arc<dyn LimitStore>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            metrics,
+            next_lease: AtomicU64::new(1),
+            next_warn_ms: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// Checks `bindings` (the caller's, the model's) together. `Ok(None)` when no policy
+    /// applies; `Ok(Some)` holds the verdicts for the response headers and the slots.
+    pub async fn admit(&self, bindings: &[&Arc<Binding>]) -> Result<Option<Admitted>, GwError> {
+        if bindings.is_empty() {
+            return Ok(None);
+        }
+        let rules: Vec<&Rule> = bindings.iter().flat_map(|b| b.rules.iter()).collect();
+        let lease = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        let verdicts = match self.store.acquire(&rules, lease).await {
+            Ok(v) => v,
+            Err(e) => {
+                // Availability over enforcement: an unreachable store never takes the
+                // gateway down with it.
+                self.store_failed(&e);
+                return Ok(Some(Admitted {
+                    bindings: bindings.iter().map(|b| Arc::clone(b)).collect(),
+                    verdicts: Vec::new(),
+                    _slots: None,
+                }));
+            }
+        };
+        let mut at = 0;
+        for b in bindings {
+            let end = at + b.rules.len();
+            if let Some(i) = (at..end).find(|i| !verdicts[*i].allowed) {
+                self.metrics
+                    .ratelimit_rejections
+                    .with_label_values(&[b.policy.as_str()])
+                    .inc();
+                return Err(rejection(b, &rules, &verdicts, i));
+            }
+            at = end;
+        }
+        let holds: Vec<Arc<Binding>> = bindings
+            .iter()
+            .filter(|b| b.has(Kind::Concurrency))
+            .map(|b| Arc::clone(b))
+            .collect();
+        let lease = (!holds.is_empty()).then(|| {
+            for b in &holds {
+                self.metrics
+                    .concurrency_in_use
+                    .with_label_values(&[b.policy.as_str()])
+                    .inc();
+            }
+            Lease {
+                id: lease,
+                bindings: holds,
+                store: self.store.clone(),
+                metrics: self.metrics.clone(),
+            }
+        });
+        Ok(Some(Admitted {
+            bindings: bindings.iter().map(|b| Arc::clone(b)).collect(),
+            verdicts,
+            _slots: lease,
+        }))
+    }
+
+    /// Charges the tokens a request really used to its token rules.
+    pub async fn charge(&self, admitted: &Admitted, tokens: u64) {
+        let rules: Vec<&Rule> = admitted
+            .bindings
+            .iter()
+            .flat_map(|b| b.rules.iter())
+            .filter(|r| r.kind == Kind::Tokens)
+            .collect();
+        if rules.is_empty() || tokens == 0 {
+            return;
+        }
+        if let Err(e) = self.store.charge(&rules, tokens).await {
+            self.store_failed(&e);
+        }
+    }
+
+    pub async fn maintain(&self) {
+        self.store.maintain().await;
+    }
+
+    fn store_failed(&self, e: &StoreError) {
+        self.metrics.ratelimit_store_errors.inc();
+        let now = self.started.elapsed().as_millis() as u64;
+        let next = self.next_warn_ms.load(Ordering::Relaxed);
+        let later = now + WARN_INTERVAL.as_millis() as u64;
+        if now >= next
+            && self
+                .next_warn_ms
+                .compare_exchange(next, later, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(error = %e, "rate limit store unreachable: admitting requests unchecked (counted in aigw_ratelimit_store_errors_total)");
+        }
+    }
+}
+
+fn rejection(b: &Binding, rules: &[&Rule], verdicts: &[Verdict], failed: usize) -> GwError {
+    let v = verdicts[failed];
+    let kind = rules[failed].kind;
+    let what = match kind {
+        Kind::Requests => "requests",
+        Kind::Tokens => "tokens",
+        Kind::Concurrency => "concurrent requests",
+    };
+    let message = match kind {
+        Kind::Concurrency => format!(
+            "Rate limit exceeded: policy '{}' allows {} concurrent requests. Retry when one finishes.",
+            b.policy, v.limit
+        ),
+        _ => format!(
+            "Rate limit exceeded: policy '{}' allows {} {what} per {}. Retry after {}.",
+            b.policy,
+            v.limit,
+            per(rules[failed].rate.window_us),
+            duration(v.retry_after_us)
+        ),
+    };
+    // Retry-After is whole seconds, rounded up: the earliest the refused rule (and any
+    // other refusing rule) lets a request through.
+    let wait_us = rules
+        .iter()
+        .zip(verdicts)
+        .filter(|(_, v)| !v.allowed)
+        .map(|(_, v)| v.retry_after_us)
+        .max()
+        .unwrap_or(SECOND);
+    GwError::RateLimited(Box::new(Rejection {
+        message,
+        openai_type: if kind == Kind::Tokens { "tokens" } else { "requests" },
+        retry_after_s: wait_us.div_ceil(SECOND).max(1),
+        headers: RateHeaders::tightest(rules, verdicts),
+    }))
+}
+
+fn per(window_us: u64) -> &'static str {
+    match window_us / SECOND {
+        1 => "second",
+        60 => "minute",
+        3600 => "hour",
+        _ => "day",
+    }
+}
+
+/// A 429 from a policy: what the caller is told.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub message: String,
+    /// The OpenAI envelope's `type`: `requests` or `tokens`, as OpenAI's own 429s.
+    pub openai_type: &'static str,
+    pub retry_after_s: u64,
+    pub headers: RateHeaders,
+}
+
+/// A request that passed its limits: verdicts for the response headers, the bindings to
+/// charge tokens to, and the concurrency slots it holds until dropped.
+pub struct Admitted {
+    bindings: Vec<Arc<Binding>>,
+    /// Empty when the store could not be asked.
+    verdicts: Vec<Verdict>,
+    /// Held only to be dropped with the request.
+    _slots: Option<Lease>,
+}
+
+impl Admitted {
+    pub fn headers(&self) -> RateHeaders {
+        let rules: Vec<&Rule> = self.bindings.iter().flat_map(|b| b.rules.iter()).collect();
+        RateHeaders::tightest(&rules, &self.verdicts)
+    }
+}
+
+/// Concurrency slots; freed on drop, so every exit path (success, error, a caller that
+/// hangs up mid-stream, a timeout, failover) gives them back exactly once.
+struct Lease {
+    id: u64,
+    bindings: Vec<Arc<Binding>>,
+    store: Arc<dyn LimitStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let rules: Vec<&Rule> = self
+            .bindings
+            .iter()
+            .flat_map(|b| b.rules.iter())
+            .filter(|r| r.kind == Kind::Concurrency)
+            .collect();
+        self.store.release(&rules, self.id);
+        for b in &self.bindings {
+            self.metrics
+                .concurrency_in_use
+                .with_label_values(&[b.policy.as_str()])
+                .dec();
+        }
+    }
+}
+
+/// The `x-ratelimit-*` headers (OpenAI's names) of the tightest request rule and the
+/// tightest token rule: the one with the least left, then the smallest limit.
+#[derive(Debug, Clone, Default)]
+pub struct RateHeaders {
+    pub requests: Option<Verdict>,
+    pub tokens: Option<Verdict>,
+}
+
+impl RateHeaders {
+    fn tightest(rules: &[&Rule], verdicts: &[Verdict]) -> Self {
+        let pick = |kind| {
+            rules
+                .iter()
+                .zip(verdicts)
+                .filter(|(r, _)| r.kind == kind)
+                .map(|(_, v)| *v)
+                .min_by_key(|v| (v.remaining, v.limit))
+        };
+        Self {
+            requests: pick(Kind::Requests),
+            tokens: pick(Kind::Tokens),
+        }
+    }
+
+    pub fn apply(&self, resp: &mut ResponseHeader) {
+        for (what, v) in [("requests", self.requests), ("tokens", self.tokens)] {
+            let Some(v) = v else { continue };
+            // Header names and values are ASCII built here; inserting cannot fail.
+            let _ = resp.insert_header(format!("x-ratelimit-limit-{what}"), v.limit.to_string());
+            let _ = resp.insert_header(format!("x-ratelimit-remaining-{what}"), v.remaining.to_string());
+            let _ = resp.insert_header(format!("x-ratelimit-reset-{what}"), duration(v.reset_us));
+        }
+    }
+}
+
+/// A duration the way OpenAI writes `x-ratelimit-reset-*`: `20ms`, `1s`, `6m0s`, `1h2m3s`.
+pub fn duration(us: u64) -> String {
+    let ms = us.div_ceil(1000);
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    let secs = if rest % 1000 == 0 {
+        format!("{}s", rest / 1000)
+    } else {
+        let s = format!("{:.3}", rest as f64 / 1000.0);
+        format!("{}s", s.trim_end_matches('0'))
+    };
+    match (h, m) {
+        (0, 0) => secs,
+        (0, m) => format!("{m}m{secs}"),
+        (h, m) => format!("{h}h{m}m{secs}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_openai() {
+        assert_eq!(duration(0), "0ms");
+        assert_eq!(duration(19_200), "20ms");
+        assert_eq!(duration(SECOND), "1s");
+        assert_eq!(duration(6_500_000), "6.5s");
+        assert_eq!(duration(360 * SECOND), "6m0s");
+        assert_eq!(duration(3723 * SECOND), "1h2m3s");
+    }
+
+    fn policy(name: &str) -> raw::RateLimit {
+        raw::RateLimit {
+            name: name.into(),
+            requests_per_second: None,
+            requests_per_minute: Some(10),
+            requests_per_hour: None,
+            requests_per_day: None,
+            tokens_per_minute: Some(1000),
+            tokens_per_day: None,
+            concurrency: Some(2),
+        }
+    }
+
+    #[test]
+    fn a_policy_that_keeps_its_name_keeps_its_cells() {
+        let cells = Cells::default();
+        let a = cells.bind(&policy("p"), "owner=t");
+        a.rules[0].cell.store(42, Ordering::Relaxed);
+        let again = cells.bind(&policy("p"), "owner=t");
+        assert_eq!(again.rules[0].cell.load(Ordering::Relaxed), 42);
+        assert_eq!(again.rules.len(), 3);
+        let other_scope = cells.bind(&policy("p"), "owner=u");
+        assert_eq!(other_scope.rules[0].cell.load(Ordering::Relaxed), 0);
+        drop((a, other_scope));
+        cells.prune();
+        assert_eq!(cells.0.lock().unwrap().len(), 3, "only the bound cells stay");
+    }
+}

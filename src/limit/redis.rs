@@ -1,0 +1,335 @@
+//! The shared store: limit state in Redis, so every aigw instance pointed at the same
+//! Redis enforces one combined limit.
+//!
+//! Each check is one Lua script that reads Redis's own clock (`TIME`), so instances with
+//! skewed clocks agree, and that checks every rule before it writes any, so a request is
+//! counted everywhere or nowhere. Request and token rules keep a GCRA TAT in a string key
+//! that expires when it no longer matters; concurrency slots are members of a sorted set
+//! scored by their lease's expiry, refreshed while the request runs, so the slots of an
+//! instance that dies come back within [`LEASE_TTL`].
+//!
+//! Connections: a small pool of redis-rs `ConnectionManager`s (each one multiplexed and
+//! reconnecting on its own). Every call has a deadline; after a failure the store backs
+//! off for [`BACKOFF`] and reports errors without waiting, so an unreachable Redis costs
+//! requests nothing but the check.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+
+use super::gcra::Verdict;
+use super::{Kind, LimitStore, Rule, StoreError};
+
+/// How long a concurrency slot outlives the last sign of life of its holder.
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
+/// How often held slots are refreshed.
+const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// How long the store stops trying after a failure.
+pub const BACKOFF: Duration = Duration::from_secs(1);
+
+const ACQUIRE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local member, ttl_ms = ARGV[1], tonumber(ARGV[2])
+local out, writes, ok = {}, {}, true
+for i, key in ipairs(KEYS) do
+  local kind = ARGV[3 * i]
+  local limit = tonumber(ARGV[3 * i + 1])
+  local window = tonumber(ARGV[3 * i + 2])
+  local allowed, remaining, reset, retry = 1, 0, 0, 0
+  if kind == 'c' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    local used = redis.call('ZCARD', key)
+    if used < limit then
+      remaining = limit - used - 1
+      writes[i] = true
+    else
+      allowed = 0
+      retry = 1000000
+    end
+  else
+    local interval = math.max(1, math.floor(window / limit))
+    local tat = math.max(tonumber(redis.call('GET', key) or '0'), now)
+    local used = tat - now
+    if kind == 'r' then
+      local tau = window - interval
+      if used > tau then
+        allowed, reset, retry = 0, used, used - tau
+      else
+        writes[i] = tat + interval
+        reset = tat + interval - now
+        remaining = math.floor(math.max(window - reset, 0) / interval)
+      end
+    else
+      if used >= window then
+        allowed, retry = 0, used - window + 1
+      end
+      reset = used
+      remaining = math.floor(math.max(window - used, 0) / interval)
+    end
+  end
+  if allowed == 0 then ok = false end
+  out[#out + 1] = allowed
+  out[#out + 1] = limit
+  out[#out + 1] = remaining
+  out[#out + 1] = reset
+  out[#out + 1] = retry
+end
+if ok then
+  for i, key in ipairs(KEYS) do
+    local w = writes[i]
+    if w == true then
+      redis.call('ZADD', key, string.format('%.0f', now + ttl_ms * 1000), member)
+      redis.call('PEXPIRE', key, ttl_ms)
+    elseif w then
+      redis.call('SET', key, string.format('%.0f', w), 'PX', string.format('%.0f', math.ceil((w - now) / 1000) + 1000))
+    end
+  end
+end
+return out
+"#;
+
+const CHARGE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local units = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local limit, window = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local interval = math.max(1, math.floor(window / limit))
+  local tat = math.max(tonumber(redis.call('GET', key) or '0'), now) + units * interval
+  redis.call('SET', key, string.format('%.0f', tat), 'PX', string.format('%.0f', math.ceil((tat - now) / 1000) + 1000))
+end
+return 0
+"#;
+
+/// Pushes the expiry of held slots forward; never re-adds a released one (`XX`).
+const REFRESH: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ttl_ms = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', string.format('%.0f', now + ttl_ms * 1000), ARGV[i + 1])
+  redis.call('PEXPIRE', key, ttl_ms)
+end
+return 0
+"#;
+
+pub struct RedisStore {
+    client: redis::Client,
+    pool_size: usize,
+    timeout: Duration,
+    /// Built on first use, inside the runtime that will drive the connections.
+    pool: OnceLock<Vec<ConnectionManager>>,
+    next: AtomicUsize,
+    acquire: Script,
+    charge: Script,
+    refresh: Script,
+    /// Tells this instance's slots apart from every other instance's.
+    instance: u64,
+    /// Slots held by this instance: lease -> concurrency keys, for the refresh.
+    leases: DashMap<u64, Vec<String>>,
+    epoch: Instant,
+    /// Until when (ms since `epoch`) the store does not try Redis.
+    down_until_ms: AtomicU64,
+    last_refresh_ms: AtomicU64,
+}
+
+impl RedisStore {
+    /// Validates the URL; connects lazily, so a Redis that is down at start-up delays
+    /// nothing.
+    pub fn new(url: &str, pool_size: usize, timeout: Duration) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("invalid redis url: {e}"))?;
+        Ok(Self {
+            client,
+            pool_size: pool_size.max(1),
+            timeout,
+            pool: OnceLock::new(),
+            next: AtomicUsize::new(0),
+            acquire: Script::new(ACQUIRE),
+            charge: Script::new(CHARGE),
+            refresh: Script::new(REFRESH),
+            instance: fastrand::u64(..),
+            leases: DashMap::new(),
+            epoch: Instant::now(),
+            down_until_ms: AtomicU64::new(0),
+            last_refresh_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let pool = self.pool.get_or_init(|| {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.timeout))
+                .set_response_timeout(Some(self.timeout))
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(20))
+                .set_max_delay(Duration::from_millis(200));
+            (0..self.pool_size)
+                .filter_map(|_| ConnectionManager::new_lazy_with_config(self.client.clone(), config.clone()).ok())
+                .collect()
+        });
+        if pool.is_empty() {
+            return Err(StoreError("cannot create redis connections".into()));
+        }
+        Ok(pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()].clone())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Runs one call with the deadline and the back-off.
+    async fn call<T, F>(&self, f: impl FnOnce(ConnectionManager) -> F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        if self.now_ms() < self.down_until_ms.load(Ordering::Relaxed) {
+            return Err(StoreError("redis unavailable; backing off".into()));
+        }
+        let result = match tokio::time::timeout(self.timeout, f(self.conn()?)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError(format!("redis: {e}"))),
+            Err(_) => Err(StoreError(format!("redis did not answer within {:?}", self.timeout))),
+        };
+        if result.is_err() {
+            self.down_until_ms
+                .store(self.now_ms() + BACKOFF.as_millis() as u64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn member(&self, lease: u64) -> String {
+        format!("{:016x}{lease:016x}", self.instance)
+    }
+
+    /// Removes this instance's slots for `lease`, in a task (called from destructors).
+    fn spawn_release(&self, keys: Vec<String>, lease: u64) {
+        let member = self.member(lease);
+        let Ok(mut conn) = self.conn() else { return };
+        let timeout = self.timeout;
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // No runtime (shutting down): the lease expires on its own.
+            return;
+        };
+        rt.spawn(async move {
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.zrem(k, &member).ignore();
+            }
+            if let Ok(Err(e)) = tokio::time::timeout(timeout, pipe.exec_async(&mut conn)).await {
+                tracing::debug!(error = %e, "could not release a concurrency slot; its lease expires");
+            }
+        });
+    }
+}
+
+fn conc_keys(rules: &[&Rule]) -> Vec<String> {
+    rules
+        .iter()
+        .filter(|r| r.kind == Kind::Concurrency)
+        .map(|r| r.key.clone())
+        .collect()
+}
+
+#[async_trait]
+impl LimitStore for RedisStore {
+    async fn acquire(&self, rules: &[&Rule], lease: u64) -> Result<Vec<Verdict>, StoreError> {
+        let mut inv = self.acquire.prepare_invoke();
+        inv.arg(self.member(lease)).arg(LEASE_TTL.as_millis() as u64);
+        for r in rules {
+            let kind = match r.kind {
+                Kind::Requests => "r",
+                Kind::Tokens => "t",
+                Kind::Concurrency => "c",
+            };
+            inv.key(&r.key).arg(kind).arg(r.rate.limit).arg(r.rate.window_us);
+        }
+        let flat: Result<Vec<i64>, _> = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await;
+        let keys = conc_keys(rules);
+        let flat = match flat {
+            Ok(f) => f,
+            Err(e) => {
+                // The script may have run before the deadline hit: give back what it
+                // may have taken rather than leak it until the lease expires.
+                if !keys.is_empty() {
+                    self.spawn_release(keys, lease);
+                }
+                return Err(e);
+            }
+        };
+        if flat.len() != rules.len() * 5 {
+            return Err(StoreError(format!("unexpected script answer of {} values", flat.len())));
+        }
+        let u = |v: i64| v.max(0) as u64;
+        let verdicts: Vec<Verdict> = flat
+            .chunks_exact(5)
+            .map(|c| Verdict {
+                allowed: c[0] == 1,
+                limit: u(c[1]),
+                remaining: u(c[2]),
+                reset_us: u(c[3]),
+                retry_after_us: u(c[4]),
+            })
+            .collect();
+        if !keys.is_empty() && verdicts.iter().all(|v| v.allowed) {
+            self.leases.insert(lease, keys);
+        }
+        Ok(verdicts)
+    }
+
+    async fn charge(&self, rules: &[&Rule], units: u64) -> Result<(), StoreError> {
+        let mut inv = self.charge.prepare_invoke();
+        inv.arg(units);
+        for r in rules.iter().filter(|r| r.kind == Kind::Tokens) {
+            inv.key(&r.key).arg(r.rate.limit).arg(r.rate.window_us);
+        }
+        self.call(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
+            .await
+            .map(|_| ())
+    }
+
+    fn release(&self, _rules: &[&Rule], lease: u64) {
+        if let Some((_, keys)) = self.leases.remove(&lease) {
+            self.spawn_release(keys, lease);
+        }
+    }
+
+    async fn maintain(&self) {
+        let now = self.now_ms();
+        let last = self.last_refresh_ms.load(Ordering::Relaxed);
+        if now < last + REFRESH_EVERY.as_millis() as u64 || self.leases.is_empty() {
+            return;
+        }
+        self.last_refresh_ms.store(now, Ordering::Relaxed);
+        let held: Vec<(String, String)> = self
+            .leases
+            .iter()
+            .flat_map(|e| {
+                let member = self.member(*e.key());
+                e.value()
+                    .iter()
+                    .map(move |k| (k.clone(), member.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for chunk in held.chunks(500) {
+            let mut inv = self.refresh.prepare_invoke();
+            inv.arg(LEASE_TTL.as_millis() as u64);
+            for (key, member) in chunk {
+                inv.key(key).arg(member);
+            }
+            let r = self
+                .call(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "could not refresh concurrency leases");
+                return;
+            }
+        }
+    }
+}

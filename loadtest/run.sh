@@ -9,6 +9,8 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-"1 64 256"}
 THREADS=${WRK_THREADS:-2}
 OUT=loadtest/results/$(date -u +%Y-%m-%d)-$(hostname -s).md
+n=2; base=${OUT%.md}
+while [ -e "$OUT" ]; do OUT=$base-$n.md; n=$((n + 1)); done   # never overwrite a result
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {

@@ -465,15 +465,18 @@ async fn two_gateways_share_one_limit_through_redis() {
         std::sync::Arc::new(Gateway::start(&config, &mock)),
         std::sync::Arc::new(Gateway::start(&config, &mock)),
     ];
-    let mut codes = Vec::new();
+    let (mut codes, mut left) = (Vec::new(), Vec::new());
     for i in 0..8 {
-        codes.push(call(&gws[i % 2], "sk-k", &chat_body("chat")).await.status().as_u16());
+        let r = call(&gws[i % 2], "sk-k", &chat_body("chat")).await;
+        codes.push(r.status().as_u16());
+        left.push(header(&r, "x-ratelimit-remaining-requests"));
     }
     assert_eq!(
         codes,
         [200, 200, 200, 200, 200, 200, 429, 429],
         "one combined limit of 6"
     );
+    assert_eq!(left, ["5", "4", "3", "2", "1", "0", "0", "0"]);
     assert_eq!(metric(&gws[0], "aigw_ratelimit_store_errors_total").await, 0.0);
 
     // Concurrency: one slow request on each instance fills the two shared slots.

@@ -25,9 +25,9 @@ impl LocalStore {
         Self { epoch: Instant::now() }
     }
 
-    /// Microseconds on the process's monotonic clock.
+    /// Nanoseconds on the process's monotonic clock (584 years fit in a u64).
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
+        self.epoch.elapsed().as_nanos() as u64
     }
 }
 
@@ -97,7 +97,7 @@ fn peek(r: &Rule, now: u64) -> Verdict {
 fn undo(r: &Rule) {
     match r.kind {
         Kind::Requests => {
-            let t = r.rate.interval();
+            let t = r.rate.interval_ns();
             let _ = r
                 .cell
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| Some(tat.saturating_sub(t)));
@@ -158,7 +158,8 @@ mod tests {
     use crate::config::raw;
     use crate::limit::Cells;
 
-    const S: u64 = 1_000_000;
+    /// A second on the store's nanosecond clock.
+    const S: u64 = 1_000_000_000;
 
     fn bind(
         rpm: Option<u64>,
@@ -228,9 +229,10 @@ mod tests {
         charge_at(&rules, 1200, now);
         let v = acquire_at(&rules, now);
         assert!(!v[0].allowed, "over budget until the debt refills");
-        // 1200 tokens at 1000/min: 200 over, paid back after 12 s.
-        assert!(v[0].retry_after_us > 11 * S && v[0].retry_after_us <= 12 * S + 1);
-        assert!(acquire_at(&rules, now + 12 * S + 1)[0].allowed);
+        // 1200 tokens at 1000/min: 200 over, and one token to spend, after 12.06 s.
+        assert_eq!(v[0].retry_after_us, 12_060_000);
+        assert!(!acquire_at(&rules, now + 12_060_000_000 - 1000)[0].allowed);
+        assert!(acquire_at(&rules, now + 12_060_000_000)[0].allowed);
     }
 
     #[test]

@@ -32,9 +32,12 @@ const REFRESH_EVERY: Duration = Duration::from_secs(10);
 /// How long the store stops trying after a failure.
 pub const BACKOFF: Duration = Duration::from_secs(1);
 
+// Times in the scripts are microseconds since 2023-11-14 (1.7e9 s) on Redis's clock:
+// small enough that Lua's doubles keep a fraction of a microsecond, so an interval of
+// `window / limit` stays exact enough even for very large limits.
 const ACQUIRE: &str = r#"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = (tonumber(t[1]) - 1700000000) * 1000000 + tonumber(t[2])
 local member, ttl_ms = ARGV[1], tonumber(ARGV[2])
 local out, writes, ok = {}, {}, true
 for i, key in ipairs(KEYS) do
@@ -53,32 +56,28 @@ for i, key in ipairs(KEYS) do
       retry = 1000000
     end
   else
-    local interval = math.max(1, math.floor(window / limit))
+    local interval = window / limit
+    local tau = window - interval
     local tat = math.max(tonumber(redis.call('GET', key) or '0'), now)
     local used = tat - now
-    if kind == 'r' then
-      local tau = window - interval
-      if used > tau then
-        allowed, reset, retry = 0, used, used - tau
-      else
-        writes[i] = tat + interval
-        reset = tat + interval - now
-        remaining = math.floor(math.max(window - reset, 0) / interval)
-      end
+    if used > tau then
+      allowed, reset, retry = 0, used, used - tau
+    elseif kind == 'r' then
+      writes[i] = tat + interval
+      reset = tat + interval - now
+      remaining = math.floor((window - reset) / interval + 1e-9)
     else
-      if used >= window then
-        allowed, retry = 0, used - window + 1
-      end
       reset = used
-      remaining = math.floor(math.max(window - used, 0) / interval)
+      remaining = math.floor((window - used) / interval + 1e-9)
     end
+    remaining = math.min(remaining, limit)
   end
   if allowed == 0 then ok = false end
   out[#out + 1] = allowed
   out[#out + 1] = limit
   out[#out + 1] = remaining
-  out[#out + 1] = reset
-  out[#out + 1] = retry
+  out[#out + 1] = math.ceil(reset)
+  out[#out + 1] = math.ceil(retry)
 end
 if ok then
   for i, key in ipairs(KEYS) do
@@ -87,7 +86,7 @@ if ok then
       redis.call('ZADD', key, string.format('%.0f', now + ttl_ms * 1000), member)
       redis.call('PEXPIRE', key, ttl_ms)
     elseif w then
-      redis.call('SET', key, string.format('%.0f', w), 'PX', string.format('%.0f', math.ceil((w - now) / 1000) + 1000))
+      redis.call('SET', key, string.format('%.3f', w), 'PX', string.format('%.0f', math.ceil((w - now) / 1000) + 1000))
     end
   end
 end
@@ -96,13 +95,12 @@ return out
 
 const CHARGE: &str = r#"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = (tonumber(t[1]) - 1700000000) * 1000000 + tonumber(t[2])
 local units = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
   local limit, window = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local interval = math.max(1, math.floor(window / limit))
-  local tat = math.max(tonumber(redis.call('GET', key) or '0'), now) + units * interval
-  redis.call('SET', key, string.format('%.0f', tat), 'PX', string.format('%.0f', math.ceil((tat - now) / 1000) + 1000))
+  local tat = math.max(tonumber(redis.call('GET', key) or '0'), now) + units * window / limit
+  redis.call('SET', key, string.format('%.3f', tat), 'PX', string.format('%.0f', math.ceil((tat - now) / 1000) + 1000))
 end
 return 0
 "#;
@@ -110,7 +108,7 @@ return 0
 /// Pushes the expiry of held slots forward; never re-adds a released one (`XX`).
 const REFRESH: &str = r#"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = (tonumber(t[1]) - 1700000000) * 1000000 + tonumber(t[2])
 local ttl_ms = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
   redis.call('ZADD', key, 'XX', string.format('%.0f', now + ttl_ms * 1000), ARGV[i + 1])

@@ -56,6 +56,10 @@ models:
   - {{name: forbidden-model, provider_key: mock}}
 api_keys:
   - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited, claude-mock]}}
+  - {{name: py-openai-limited, key: sk-py-openai-limited, rate_limit: one-per-minute}}
+  - {{name: py-anthropic-limited, key: sk-py-anthropic-limited, rate_limit: one-per-minute}}
+rate_limits:
+  - {{name: one-per-minute, requests_per_minute: 1}}
 """
 
 

@@ -88,3 +88,14 @@ def test_error_classes(gateway, client):
         client.messages.create(model="rate-limited", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
     assert e.value.body["type"] == "error"
     assert e.value.body["error"]["type"] == "rate_limit_error"
+
+
+def test_gateway_rate_limit(gateway):
+    limited = Anthropic(base_url=gateway, api_key="sk-py-anthropic-limited", max_retries=0)
+    msg = limited.messages.create(model="claude-mock", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert msg.content[0].text
+    with pytest.raises(anthropic.RateLimitError) as e:
+        limited.messages.create(model="claude-mock", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["error"]["type"] == "rate_limit_error"
+    assert "one-per-minute" in e.value.body["error"]["message"]
+    assert int(e.value.response.headers["retry-after"]) >= 1

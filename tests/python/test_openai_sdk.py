@@ -94,6 +94,22 @@ def test_error_classes(gateway, client):
     assert e.value.code == "invalid_request"
 
 
+def test_gateway_rate_limit(gateway):
+    limited = OpenAI(base_url=f"{gateway}/v1", api_key="sk-py-openai-limited", max_retries=0)
+    raw = limited.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.headers["x-ratelimit-limit-requests"] == "1"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+    assert raw.parse().choices[0].message.content
+    with pytest.raises(openai.RateLimitError) as e:
+        limited.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.code == "rate_limit_exceeded"
+    assert e.value.type == "requests"
+    assert 1 <= int(e.value.response.headers["retry-after"]) <= 60
+    assert e.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+
+
 # The same SDK against an Anthropic provider: aigw translates both ways.
 
 

@@ -51,6 +51,8 @@ pub struct Ctx {
     pub json: Option<JsonBody>,
     pub usage: Option<Usage>,
     pub upstream_status: Option<u16>,
+    /// When the first streamed event went to the caller (time to first token).
+    pub first_event: Option<Instant>,
     /// The error this request ended with, if the gateway produced one.
     pub error: Option<GwError>,
 }
@@ -81,6 +83,7 @@ impl Ctx {
             json: None,
             usage: None,
             upstream_status: None,
+            first_event: None,
             error: None,
         }
     }

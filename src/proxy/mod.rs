@@ -225,9 +225,9 @@ impl ProxyHttp for Gateway {
         ctx.error.is_some()
     }
 
-    /// The request is over: charge its real usage, then log it.
+    /// The request is over, however it ended: count it, charge its real usage, log it.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        response::settle(&self.state, ctx).await;
+        response::settle(&self.state, session, ctx).await;
         crate::telemetry::log::access(session, ctx);
     }
 }

@@ -149,9 +149,9 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
             endpoint.suffix()
         )));
     }
+    ctx.alias = Some(model.name.clone());
     let bindings: Vec<&Arc<_>> = caller.limits.iter().chain(model.limits.iter()).collect();
     ctx.limits = state.limiter.admit(&bindings).await?;
-    ctx.alias = Some(model.name.clone());
     ctx.stream = view.stream;
     ctx.caller_include_usage = view.include_usage;
     ctx.plan = Some(plan);

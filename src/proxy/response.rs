@@ -137,9 +137,12 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
     Ok(())
 }
 
-/// After the response: tokens the provider reports are charged to the token limits.
-/// A request that failed upstream used nothing and is charged nothing.
-pub async fn settle(state: &AppState, ctx: &Ctx) {
+/// After the response: tokens the provider reports are charged to the token limits
+/// (a request that failed upstream used nothing and is charged nothing), and the request
+/// is counted in the metrics.
+pub async fn settle(state: &AppState, session: &Session, ctx: &Ctx) {
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    state.metrics.record(ctx, status);
     let succeeded = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
     if let (true, Some(limits), Some(u)) = (succeeded, &ctx.limits, ctx.usage) {
         state
@@ -169,6 +172,9 @@ pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) {
             }
         }
         ctx.usage = sse.usage;
+        if ctx.first_event.is_none() && !out.is_empty() {
+            ctx.first_event = Some(Instant::now());
+        }
         *body = Some(out);
     } else if let Some(j) = ctx.json.as_mut() {
         if let Some(b) = body.as_ref() {

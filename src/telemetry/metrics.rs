@@ -1,10 +1,41 @@
-//! Every Prometheus metric aigw exports, declared once. Labels only ever carry names from
-//! the config (policies, models, owners), so their number is bounded by the config.
+//! Every Prometheus metric aigw exports, declared once, and the one place a finished
+//! request is recorded (from Pingora's `logging` phase, which runs on every exit path, so
+//! each request is counted exactly once). Labels only ever carry names from the config
+//! (models, owners, providers, policies) and status codes, so their number is bounded by
+//! the config, never by what callers send.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::core::Collector;
+use prometheus::{
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::proxy::Ctx;
+use crate::route::plan::Outcome;
+
+/// Seconds, from a cache hit to a long generation: LLM latencies span five decades.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
 
 pub struct Metrics {
     registry: Registry,
+    /// `aigw_requests_total{model,owner,status}`: `model` is the alias asked for (empty
+    /// when the request never named a configured one), `status` what the caller got
+    /// (`0`: nothing, the caller went away first).
+    pub requests: IntCounterVec,
+    /// `aigw_request_duration_seconds{model}`: arrival to the last byte sent.
+    pub request_duration: HistogramVec,
+    /// `aigw_upstream_duration_seconds{target,provider}`: one per upstream attempt.
+    pub upstream_duration: HistogramVec,
+    /// `aigw_time_to_first_token_seconds{model}`: arrival to the first streamed event.
+    pub time_to_first_token: HistogramVec,
+    /// `aigw_tokens_total{model,owner,type=input|output}`: by the model that answered.
+    pub tokens: IntCounterVec,
+    /// `aigw_cost_usd_total{model,owner}`: tokens priced with the model's `pricing`.
+    pub cost: CounterVec,
+    /// `aigw_upstream_attempts_total{target,provider,outcome}`.
+    pub upstream_attempts: IntCounterVec,
     /// `aigw_inflight_requests`: requests between `request_filter` and the end of logging.
     pub inflight: IntGauge,
     /// `aigw_config_reloads_total{result=ok|error}`.
@@ -18,31 +49,67 @@ pub struct Metrics {
     pub concurrency_in_use: IntGaugeVec,
 }
 
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels).expect("valid metric")
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        // The names and labels are constants; a failure here is a programming error that
-        // every test would catch at once.
+        // Names and labels are constants: a failure here is a programming error that every
+        // test would catch at once.
         let m = Self {
-            inflight: IntGauge::new("aigw_inflight_requests", "Requests in flight").expect("metric"),
-            config_reloads: IntCounterVec::new(
-                Opts::new("aigw_config_reloads_total", "Config reloads by result"),
-                &["result"],
+            registry: Registry::new(),
+            requests: counter(
+                "aigw_requests_total",
+                "Requests by model alias, owner and status",
+                &["model", "owner", "status"],
+            ),
+            request_duration: histogram(
+                "aigw_request_duration_seconds",
+                "Request duration, arrival to last byte",
+                &["model"],
+            ),
+            upstream_duration: histogram(
+                "aigw_upstream_duration_seconds",
+                "Upstream attempt duration",
+                &["target", "provider"],
+            ),
+            time_to_first_token: histogram(
+                "aigw_time_to_first_token_seconds",
+                "Streams: arrival to the first event sent to the caller",
+                &["model"],
+            ),
+            tokens: counter(
+                "aigw_tokens_total",
+                "Tokens reported by providers",
+                &["model", "owner", "type"],
+            ),
+            cost: CounterVec::new(
+                Opts::new("aigw_cost_usd_total", "Cost in USD from model pricing"),
+                &["model", "owner"],
             )
-            .expect("metric"),
-            ratelimit_rejections: IntCounterVec::new(
-                Opts::new(
-                    "aigw_ratelimit_rejections_total",
-                    "Requests refused with 429 by a rate limit policy",
-                ),
+            .expect("valid metric"),
+            upstream_attempts: counter(
+                "aigw_upstream_attempts_total",
+                "Upstream attempts by outcome",
+                &["target", "provider", "outcome"],
+            ),
+            inflight: IntGauge::new("aigw_inflight_requests", "Requests in flight").expect("valid metric"),
+            config_reloads: counter("aigw_config_reloads_total", "Config reloads by result", &["result"]),
+            ratelimit_rejections: counter(
+                "aigw_ratelimit_rejections_total",
+                "Requests refused with 429 by a rate limit policy",
                 &["policy"],
-            )
-            .expect("metric"),
+            ),
             ratelimit_store_errors: IntCounter::new(
                 "aigw_ratelimit_store_errors_total",
                 "Rate limit checks the store could not answer; the request was admitted",
             )
-            .expect("metric"),
+            .expect("valid metric"),
             concurrency_in_use: IntGaugeVec::new(
                 Opts::new(
                     "aigw_ratelimit_concurrency_in_use",
@@ -50,10 +117,16 @@ impl Metrics {
                 ),
                 &["policy"],
             )
-            .expect("metric"),
-            registry,
+            .expect("valid metric"),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 5] = [
+        let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(m.requests.clone()),
+            Box::new(m.request_duration.clone()),
+            Box::new(m.upstream_duration.clone()),
+            Box::new(m.time_to_first_token.clone()),
+            Box::new(m.tokens.clone()),
+            Box::new(m.cost.clone()),
+            Box::new(m.upstream_attempts.clone()),
             Box::new(m.inflight.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.ratelimit_rejections.clone()),
@@ -66,9 +139,64 @@ impl Metrics {
         m
     }
 
+    /// Records one finished request. `status` is what the caller got (0: nothing).
+    pub fn record(&self, ctx: &Ctx, status: u16) {
+        let model = ctx.alias.as_deref().unwrap_or("");
+        let owner = ctx.caller.as_ref().map_or("", |c| c.owner.as_str());
+        let status = status.to_string();
+        self.requests.with_label_values(&[model, owner, status.as_str()]).inc();
+        self.request_duration
+            .with_label_values(&[model])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(t) = ctx.first_event {
+            self.time_to_first_token
+                .with_label_values(&[model])
+                .observe(t.duration_since(ctx.started).as_secs_f64());
+        }
+        if let Some(plan) = &ctx.plan {
+            let end = std::time::Instant::now();
+            for a in &plan.attempts {
+                let provider = plan
+                    .candidates
+                    .iter()
+                    .find(|t| t.alias == a.target)
+                    .map_or("", |t| t.provider.name.as_str());
+                // An attempt still pending at the end broke after its header.
+                let outcome = match a.outcome {
+                    Outcome::Pending => Outcome::Error,
+                    o => o,
+                };
+                self.upstream_attempts
+                    .with_label_values(&[a.target.as_str(), provider, outcome.as_str()])
+                    .inc();
+                self.upstream_duration
+                    .with_label_values(&[a.target.as_str(), provider])
+                    .observe(a.finished.unwrap_or(end).duration_since(a.started).as_secs_f64());
+            }
+        }
+        if let (Some(u), Some(target)) = (ctx.usage, &ctx.target) {
+            let answered = target.alias.as_str();
+            self.tokens
+                .with_label_values(&[answered, owner, "input"])
+                .inc_by(u.input_tokens);
+            self.tokens
+                .with_label_values(&[answered, owner, "output"])
+                .inc_by(u.output_tokens);
+            let pricing = ctx
+                .snapshot
+                .as_ref()
+                .and_then(|s| s.models.get(answered))
+                .and_then(|m| m.pricing);
+            if let Some(p) = pricing {
+                let usd = (u.input_tokens as f64 * p.input_per_mtok + u.output_tokens as f64 * p.output_per_mtok) / 1e6;
+                self.cost.with_label_values(&[answered, owner]).inc_by(usd);
+            }
+        }
+    }
+
     /// The text exposition format, for `GET /metrics`.
     pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4096);
+        let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "could not encode metrics");
         }

@@ -25,7 +25,10 @@ $(VENV)/.installed: tests/python/requirements.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 	touch $@
 
-test-python: build $(VENV)/.installed
+# Built as the Rust tests build it (dev-dependencies in the feature set), so after
+# test-rust nothing is compiled again.
+test-python: $(VENV)/.installed
+	$(CARGO) build --bins --tests
 	AIGW_BIN=$(BIN) $(PY) -m pytest -q tests/python
 
 lint:

@@ -103,6 +103,7 @@ pub fn serve(config: PathBuf) -> Result<(), String> {
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals { state }),
     });
+    crate::telemetry::log::flush();
     std::process::exit(0)
 }
 
@@ -203,6 +204,7 @@ impl Signals {
                 std::thread::sleep(Duration::from_millis(100));
                 if state.inflight() == 0 {
                     tracing::info!("drained; exiting");
+                    crate::telemetry::log::flush();
                     std::process::exit(0);
                 }
             }

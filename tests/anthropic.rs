@@ -190,8 +190,9 @@ async fn streams_in_both_directions_and_usage_is_counted() {
     assert!(text.starts_with("event: message_start\n"), "{text}");
     assert!(text.contains("event: ping\n"));
     assert!(text.trim_end().ends_with(r#"data: {"type":"message_stop"}"#), "{text}");
-    assert!(wait_until(5, || gw.log_text().contains("alias=\"claude\"")
-        && gw.log_text().contains("output_tokens=8")));
+    assert!(wait_until(5, || gw.access_lines().iter().any(|l| l
+        .contains("\"alias\":\"claude\"")
+        && l.contains("\"output_tokens\":8"))));
 
     // Anthropic caller, OpenAI provider: Anthropic events out.
     let text = post_messages(&gw, &messages_body("gpt", true), Some(CALLER_KEY))

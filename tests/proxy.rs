@@ -98,9 +98,12 @@ async fn streaming_injects_usage_upstream_and_strips_it_for_the_caller() {
     assert_eq!(seen["stream_options"]["include_usage"], true);
     // The usage was read even though the caller never saw it.
     assert!(
-        wait_until(5, || gw.log_text().contains("output_tokens=8")),
-        "{}",
-        gw.log_text()
+        wait_until(5, || gw
+            .access_lines()
+            .iter()
+            .any(|l| l.contains("\"output_tokens\":8"))),
+        "{:?}",
+        gw.access_lines()
     );
 }
 

@@ -503,6 +503,8 @@ pub enum LogFormat {
     #[default]
     Json,
     Text,
+    /// No access log.
+    Off,
 }
 
 #[derive(Debug, Deserialize)]

@@ -33,11 +33,15 @@ pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 
 /// Collects a child's stderr lines in the background.
 fn capture(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+    capture_from(child.stderr.take().unwrap())
+}
+
+/// Collects the lines of one of a child's outputs in the background.
+fn capture_from(out: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
     let lines = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().unwrap();
     let sink = lines.clone();
     std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
             sink.lock().unwrap().push(line);
         }
     });
@@ -129,6 +133,8 @@ pub struct Gateway {
     pub port: u16,
     pub admin_port: u16,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// Stdout: the access log.
+    pub access: Arc<Mutex<Vec<String>>>,
 }
 
 /// The standard test config: `{MOCK}`, `{PORT}` and `{ADMIN}` are filled in.
@@ -180,17 +186,19 @@ impl Gateway {
             .arg(&path)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let logs = capture(&mut child);
+        let access = capture_from(child.stdout.take().unwrap());
         let gw = Gateway {
             child,
             dir,
             port,
             admin_port,
             logs,
+            access,
         };
         let ready = wait_until(20, || {
             TcpStream::connect(("127.0.0.1", port)).is_ok() && TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
@@ -209,6 +217,11 @@ impl Gateway {
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("aigw.yaml")
+    }
+
+    /// The access log lines written so far.
+    pub fn access_lines(&self) -> Vec<String> {
+        self.access.lock().unwrap().clone()
     }
 
     pub fn log_text(&self) -> String {

@@ -9,10 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 const CONFIG: &str = r#"
-version: 1
-server:
-  listen: ["127.0.0.1:{PORT}"]
-  admin_listen: "127.0.0.1:{ADMIN}"
+{SERVER}
 provider_keys:
   - {name: mock, provider: openai_compatible, base_url: "{MOCK}/v1", api_key: "{PROVIDER_KEY}"}
 models:
@@ -155,16 +152,10 @@ async fn text_format_and_off() {
 }
 
 async fn metrics_requests(gw: &Gateway) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", gw.admin_url()))
-        .send()
+    metrics(gw)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("aigw_requests_total{"))
-        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .iter()
+        .filter(|(k, _)| k.starts_with("aigw_requests_total{"))
+        .map(|(_, v)| v)
         .sum()
 }

@@ -13,10 +13,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 const CONFIG: &str = r#"
-version: 1
-server:
-  listen: ["127.0.0.1:{PORT}"]
-  admin_listen: "127.0.0.1:{ADMIN}"
+{SERVER}
 provider_keys:
   - name: mock
     provider: openai_compatible
@@ -57,13 +54,7 @@ api_keys:
 "#;
 
 async fn call(gw: &Gateway, key: &str, body: &Value) -> reqwest::Response {
-    client()
-        .post(format!("{}/v1/chat/completions", gw.url()))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    post_as(gw, key, "/v1/chat/completions", body).await
 }
 
 fn header(r: &reqwest::Response, name: &str) -> String {
@@ -73,29 +64,8 @@ fn header(r: &reqwest::Response, name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// One sample from the gateway's `/metrics`, 0 when absent.
-async fn metric(gw: &Gateway, series: &str) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", gw.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 async fn wait_metric(gw: &Gateway, series: &str, want: f64) -> bool {
-    for _ in 0..500 {
-        if metric(gw, series).await == want {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    false
+    wait_until_async(|| async { metric(gw, series).await == want }).await
 }
 
 #[tokio::test]
@@ -254,20 +224,6 @@ async fn anthropic_streamed_usage_is_charged() {
     assert!(refused, "Anthropic's usage was charged");
 }
 
-async fn wait_until_async<F, Fut>(mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..250 {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn concurrency_slots_are_held_while_in_flight_and_come_back() {
     let mock = Mock::start();
@@ -372,10 +328,7 @@ async fn no_slot_leaks_after_hundreds_of_mixed_requests() {
 async fn no_slot_leaks_in_redis_either() {
     let policy = fresh_name("mixed");
     let config = CONFIG
-        .replace(
-            "  admin_listen: \"127.0.0.1:{ADMIN}\"\n",
-            "  admin_listen: \"127.0.0.1:{ADMIN}\"\n  redis: {url: \"redis://127.0.0.1:6379/0\"}\n",
-        )
+        .replace("{SERVER}\n", "{SERVER}\n  redis: {url: \"redis://127.0.0.1:6379/0\"}\n")
         .replace("name: mixed,", &format!("name: {policy},"))
         .replace("rate_limit: mixed}", &format!("rate_limit: {policy}}}"));
     assert!(config.contains("redis:") && config.contains(&policy));
@@ -389,23 +342,14 @@ async fn counters_survive_a_reload_and_a_renamed_policy_starts_fresh() {
     for _ in 0..3 {
         assert_eq!(call(&gw, "sk-a1", &chat_body("chat")).await.status(), StatusCode::OK);
     }
-    let reloads = |gw: &Gateway| {
-        let gw_admin = gw.admin_url();
-        async move {
-            let text = client()
-                .get(format!("{gw_admin}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            text.contains("aigw_config_reloads_total{result=\"ok\"} 1")
-        }
+    let reloaded = || async {
+        metrics_text(&gw)
+            .await
+            .contains("aigw_config_reloads_total{result=\"ok\"} 1")
     };
     gw.write_config(&format!("{CONFIG}  - {{name: extra, key: sk-extra}}\n"), &mock);
     gw.signal("HUP");
-    assert!(wait_until_async(|| reloads(&gw)).await, "reloaded");
+    assert!(wait_until_async(reloaded).await, "reloaded");
     assert_eq!(
         call(&gw, "sk-a1", &chat_body("chat")).await.status(),
         StatusCode::TOO_MANY_REQUESTS,
@@ -434,10 +378,7 @@ fn fresh_name(prefix: &str) -> String {
 fn shared_config(redis_url: &str, policy: &str) -> String {
     format!(
         r#"
-version: 1
-server:
-  listen: ["127.0.0.1:{{PORT}}"]
-  admin_listen: "127.0.0.1:{{ADMIN}}"
+{{SERVER}}
   redis: {{url: "{redis_url}", timeout_ms: 200}}
 provider_keys:
   - {{name: mock, provider: openai_compatible, base_url: "{{MOCK}}/v1", api_key: "{{PROVIDER_KEY}}"}}

@@ -13,10 +13,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 const CONFIG: &str = r#"
-version: 1
-server:
-  listen: ["127.0.0.1:{PORT}"]
-  admin_listen: "127.0.0.1:{ADMIN}"
+{SERVER}
 provider_keys:
   - name: mock
     provider: openai_compatible
@@ -38,24 +35,9 @@ api_keys:
   - {name: limited, key: sk-limited, owner: team-b, rate_limit: one-per-minute}
 "#;
 
-/// Every sample of `/metrics`, by series (name and labels as printed).
 async fn samples(gw: &Gateway) -> (String, HashMap<String, f64>) {
-    let text = client()
-        .get(format!("{}/metrics", gw.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let map = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').unwrap();
-            (k.to_owned(), v.parse().unwrap())
-        })
-        .collect();
+    let text = metrics_text(gw).await;
+    let map = metrics(gw).await;
     (text, map)
 }
 

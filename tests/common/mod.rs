@@ -250,8 +250,13 @@ impl Drop for Gateway {
     }
 }
 
+/// `{SERVER}` in a test config: the version and a server section on the test's ports.
+const SERVER_BLOCK: &str =
+    "version: 1\nserver:\n  listen: [\"127.0.0.1:{PORT}\"]\n  admin_listen: \"127.0.0.1:{ADMIN}\"";
+
 pub fn fill(config: &str, mock: &Mock, port: u16, admin_port: u16) -> String {
     config
+        .replace("{SERVER}", SERVER_BLOCK)
         .replace("{MOCK}", &mock.url())
         .replace("{PORT}", &port.to_string())
         .replace("{ADMIN}", &admin_port.to_string())
@@ -268,13 +273,63 @@ pub fn client() -> reqwest::Client {
 
 /// POSTs JSON with the test caller key.
 pub async fn post(gw: &Gateway, path: &str, body: &Value) -> reqwest::Response {
+    post_as(gw, CALLER_KEY, path, body).await
+}
+
+/// POSTs JSON with the caller key `key`.
+pub async fn post_as(gw: &Gateway, key: &str, path: &str, body: &Value) -> reqwest::Response {
     client()
         .post(format!("{}{path}", gw.url()))
-        .bearer_auth(CALLER_KEY)
+        .bearer_auth(key)
         .json(body)
         .send()
         .await
         .unwrap()
+}
+
+/// The gateway's `/metrics` text.
+pub async fn metrics_text(gw: &Gateway) -> String {
+    client()
+        .get(format!("{}/metrics", gw.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Every sample of `/metrics`, by series as printed (name and labels).
+pub async fn metrics(gw: &Gateway) -> std::collections::HashMap<String, f64> {
+    metrics_text(gw)
+        .await
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (k.to_owned(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+/// One sample of `/metrics`, 0 when absent.
+pub async fn metric(gw: &Gateway, series: &str) -> f64 {
+    metrics(gw).await.get(series).copied().unwrap_or(0.0)
+}
+
+/// Polls the async `f` until it is true, for at most about 5 seconds.
+pub async fn wait_until_async<F, Fut>(mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..250 {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }
 
 pub fn chat_body(model: &str) -> Value {

@@ -140,8 +140,13 @@ impl LimitStore for LocalStore {
         Ok(acquire_at(rules, self.now()))
     }
 
-    async fn charge(&self, rules: &[&Rule], units: u64) -> Result<(), StoreError> {
-        charge_at(rules, units, self.now());
+    async fn finish(&self, rules: &[&Rule], units: u64, lease: Option<u64>) -> Result<(), StoreError> {
+        if units > 0 {
+            charge_at(rules, units, self.now());
+        }
+        if let Some(lease) = lease {
+            self.release(rules, lease);
+        }
         Ok(())
     }
 

@@ -120,11 +120,14 @@ pub trait LimitStore: Send + Sync {
     /// otherwise changes nothing. One verdict per rule, in order.
     async fn acquire(&self, rules: &[&Rule], lease: u64) -> Result<Vec<Verdict>, StoreError>;
 
-    /// Charges `units` tokens to the token rules among `rules`.
-    async fn charge(&self, rules: &[&Rule], units: u64) -> Result<(), StoreError>;
+    /// The request is over: charges `units` tokens (0: none) to the token rules among
+    /// `rules` and, with `lease`, frees its slots on the concurrency rules among them. One
+    /// round trip for a shared store.
+    async fn finish(&self, rules: &[&Rule], units: u64, lease: Option<u64>) -> Result<(), StoreError>;
 
-    /// Frees the slots `lease` holds on the concurrency rules among `rules`. Runs from a
-    /// destructor, so it must not block: remote work goes to a task.
+    /// Frees the slots `lease` holds on the concurrency rules among `rules` when the
+    /// request ended without [`LimitStore::finish`]. Runs from a destructor, so it must
+    /// not block: remote work goes to a task.
     fn release(&self, rules: &[&Rule], lease: u64);
 
     /// Periodic upkeep, about once a second.
@@ -172,7 +175,7 @@ impl Limiter {
                 return Ok(Some(Admitted {
                     bindings: bindings.iter().map(|b| Arc::clone(b)).collect(),
                     verdicts: Vec::new(),
-                    _slots: None,
+                    slots: None,
                 }));
             }
         };
@@ -202,6 +205,7 @@ impl Limiter {
             }
             Lease {
                 id: lease,
+                released: false,
                 bindings: holds,
                 store: self.store.clone(),
                 metrics: self.metrics.clone(),
@@ -210,22 +214,26 @@ impl Limiter {
         Ok(Some(Admitted {
             bindings: bindings.iter().map(|b| Arc::clone(b)).collect(),
             verdicts,
-            _slots: lease,
+            slots: lease,
         }))
     }
 
-    /// Charges the tokens a request really used to its token rules.
-    pub async fn charge(&self, admitted: &Admitted, tokens: u64) {
-        let rules: Vec<&Rule> = admitted
-            .bindings
-            .iter()
-            .flat_map(|b| b.rules.iter())
-            .filter(|r| r.kind == Kind::Tokens)
-            .collect();
-        if rules.is_empty() || tokens == 0 {
+    /// The request is over: charges the tokens it really used (0 when it failed upstream
+    /// or reported none) and gives its concurrency slots back, together.
+    pub async fn finish(&self, admitted: &mut Admitted, tokens: u64) {
+        let charges = tokens > 0 && admitted.bindings.iter().any(|b| b.has(Kind::Tokens));
+        let lease = admitted.slots.as_mut().filter(|l| !l.released);
+        if !charges && lease.is_none() {
             return;
         }
-        if let Err(e) = self.store.charge(&rules, tokens).await {
+        let rules: Vec<&Rule> = admitted.bindings.iter().flat_map(|b| b.rules.iter()).collect();
+        let id = lease.as_ref().map(|l| l.id);
+        let units = if charges { tokens } else { 0 };
+        // Released even when the store fails: the shared store then frees them in a task.
+        if let Some(l) = lease {
+            l.released = true;
+        }
+        if let Err(e) = self.store.finish(&rules, units, id).await {
             self.store_failed(&e);
         }
     }
@@ -313,8 +321,8 @@ pub struct Admitted {
     bindings: Vec<Arc<Binding>>,
     /// Empty when the store could not be asked.
     verdicts: Vec<Verdict>,
-    /// Held only to be dropped with the request.
-    _slots: Option<Lease>,
+    /// The concurrency slots held, if any.
+    slots: Option<Lease>,
 }
 
 impl Admitted {
@@ -324,10 +332,13 @@ impl Admitted {
     }
 }
 
-/// Concurrency slots; freed on drop, so every exit path (success, error, a caller that
-/// hangs up mid-stream, a timeout, failover) gives them back exactly once.
+/// Concurrency slots, given back by [`Limiter::finish`] in the logging phase or else on
+/// drop, so every exit path (success, error, a caller that hangs up mid-stream, a
+/// timeout, failover) gives them back exactly once.
 struct Lease {
     id: u64,
+    /// Given back by [`Limiter::finish`] already; the drop only updates the gauge.
+    released: bool,
     bindings: Vec<Arc<Binding>>,
     store: Arc<dyn LimitStore>,
     metrics: Arc<Metrics>,
@@ -335,13 +346,15 @@ struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let rules: Vec<&Rule> = self
-            .bindings
-            .iter()
-            .flat_map(|b| b.rules.iter())
-            .filter(|r| r.kind == Kind::Concurrency)
-            .collect();
-        self.store.release(&rules, self.id);
+        if !self.released {
+            let rules: Vec<&Rule> = self
+                .bindings
+                .iter()
+                .flat_map(|b| b.rules.iter())
+                .filter(|r| r.kind == Kind::Concurrency)
+                .collect();
+            self.store.release(&rules, self.id);
+        }
         for b in &self.bindings {
             self.metrics
                 .concurrency_in_use

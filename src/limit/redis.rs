@@ -93,14 +93,20 @@ end
 return out
 "#;
 
-const CHARGE: &str = r#"
+/// The request is over: charge tokens to the first `ARGV[3]` keys, free this request's
+/// slot (`ARGV[2]`) in the others.
+const FINISH: &str = r#"
 local t = redis.call('TIME')
 local now = (tonumber(t[1]) - 1700000000) * 1000000 + tonumber(t[2])
-local units = tonumber(ARGV[1])
+local units, member, charged = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 for i, key in ipairs(KEYS) do
-  local limit, window = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local tat = math.max(tonumber(redis.call('GET', key) or '0'), now) + units * window / limit
-  redis.call('SET', key, string.format('%.3f', tat), 'PX', string.format('%.0f', math.ceil((tat - now) / 1000) + 1000))
+  if i <= charged then
+    local limit, window = tonumber(ARGV[2 * i + 2]), tonumber(ARGV[2 * i + 3])
+    local tat = math.max(tonumber(redis.call('GET', key) or '0'), now) + units * window / limit
+    redis.call('SET', key, string.format('%.3f', tat), 'PX', string.format('%.0f', math.ceil((tat - now) / 1000) + 1000))
+  else
+    redis.call('ZREM', key, member)
+  end
 end
 return 0
 "#;
@@ -125,7 +131,7 @@ pub struct RedisStore {
     pool: OnceLock<Vec<ConnectionManager>>,
     next: AtomicUsize,
     acquire: Script,
-    charge: Script,
+    finish: Script,
     refresh: Script,
     /// Tells this instance's slots apart from every other instance's.
     instance: u64,
@@ -149,7 +155,7 @@ impl RedisStore {
             pool: OnceLock::new(),
             next: AtomicUsize::new(0),
             acquire: Script::new(ACQUIRE),
-            charge: Script::new(CHARGE),
+            finish: Script::new(FINISH),
             refresh: Script::new(REFRESH),
             instance: fastrand::u64(..),
             leases: DashMap::new(),
@@ -280,15 +286,29 @@ impl LimitStore for RedisStore {
         Ok(verdicts)
     }
 
-    async fn charge(&self, rules: &[&Rule], units: u64) -> Result<(), StoreError> {
-        let mut inv = self.charge.prepare_invoke();
-        inv.arg(units);
-        for r in rules.iter().filter(|r| r.kind == Kind::Tokens) {
+    async fn finish(&self, rules: &[&Rule], units: u64, lease: Option<u64>) -> Result<(), StoreError> {
+        let slots = lease.and_then(|l| self.leases.remove(&l)).map(|(_, keys)| keys);
+        let charge: Vec<&&Rule> = rules.iter().filter(|r| units > 0 && r.kind == Kind::Tokens).collect();
+        if charge.is_empty() && slots.is_none() {
+            return Ok(());
+        }
+        let mut inv = self.finish.prepare_invoke();
+        inv.arg(units).arg(self.member(lease.unwrap_or(0))).arg(charge.len());
+        for r in &charge {
             inv.key(&r.key).arg(r.rate.limit).arg(r.rate.window_us);
         }
-        self.call(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
+        for k in slots.iter().flatten() {
+            inv.key(k);
+        }
+        let result = self
+            .call(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
             .await
-            .map(|_| ())
+            .map(|_| ());
+        if let (Err(_), Some(keys), Some(lease)) = (&result, slots, lease) {
+            // The slots must come back even though this call failed.
+            self.spawn_release(keys, lease);
+        }
+        result
     }
 
     fn release(&self, _rules: &[&Rule], lease: u64) {

@@ -137,18 +137,19 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
     Ok(())
 }
 
-/// After the response: tokens the provider reports are charged to the token limits
-/// (a request that failed upstream used nothing and is charged nothing), and the request
-/// is counted in the metrics.
-pub async fn settle(state: &AppState, session: &Session, ctx: &Ctx) {
+/// After the response: the request is counted in the metrics, and its limits are
+/// settled: the tokens the provider reported are charged (a request that failed upstream
+/// used nothing and is charged nothing) and its concurrency slots are given back.
+pub async fn settle(state: &AppState, session: &Session, ctx: &mut Ctx) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     state.metrics.record(ctx, status);
     let succeeded = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
-    if let (true, Some(limits), Some(u)) = (succeeded, &ctx.limits, ctx.usage) {
-        state
-            .limiter
-            .charge(limits, u.input_tokens.saturating_add(u.output_tokens))
-            .await;
+    let tokens = match (succeeded, ctx.usage) {
+        (true, Some(u)) => u.input_tokens.saturating_add(u.output_tokens),
+        _ => 0,
+    };
+    if let Some(limits) = ctx.limits.as_mut() {
+        state.limiter.finish(limits, tokens).await;
     }
 }
 

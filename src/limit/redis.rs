@@ -288,7 +288,11 @@ impl LimitStore for RedisStore {
 
     async fn finish(&self, rules: &[&Rule], units: u64, lease: Option<u64>) -> Result<(), StoreError> {
         let slots = lease.and_then(|l| self.leases.remove(&l)).map(|(_, keys)| keys);
-        let charge: Vec<&&Rule> = rules.iter().filter(|r| units > 0 && r.kind == Kind::Tokens).collect();
+        let charge: Vec<&Rule> = rules
+            .iter()
+            .copied()
+            .filter(|r| units > 0 && r.kind == Kind::Tokens)
+            .collect();
         if charge.is_empty() && slots.is_none() {
             return Ok(());
         }

@@ -228,12 +228,6 @@ impl ProxyHttp for Gateway {
     /// The request is over, however it ended: count it, charge its real usage, log it.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         response::settle(&self.state, session, ctx).await;
-        let snap = ctx.snapshot.clone().unwrap_or_else(|| self.state.snapshot());
-        let format = snap
-            .observability
-            .access_log
-            .as_ref()
-            .map_or(Default::default(), |a| a.format);
-        crate::telemetry::log::access(session, ctx, format);
+        crate::telemetry::log::access(session, ctx, &self.state);
     }
 }

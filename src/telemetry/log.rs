@@ -12,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::raw::LogFormat;
 use crate::proxy::Ctx;
 use crate::route::plan::Outcome;
+use crate::state::AppState;
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default `info` level.
 pub fn init() {
@@ -81,8 +82,19 @@ struct Record<'a> {
 }
 
 /// One line per request, written in Pingora's `logging` phase, which runs on every exit
-/// path, in the format of the current config.
-pub fn access(session: &Session, ctx: &Ctx, format: LogFormat) {
+/// path, in the format of the request's config (the current one for a request refused
+/// before it took a snapshot).
+pub fn access(session: &Session, ctx: &Ctx, state: &AppState) {
+    let format_of = |s: &crate::config::Snapshot| {
+        s.observability
+            .access_log
+            .as_ref()
+            .map_or(LogFormat::Json, |a| a.format)
+    };
+    let format = match &ctx.snapshot {
+        Some(s) => format_of(s),
+        None => format_of(&state.snapshot()),
+    };
     if format == LogFormat::Off {
         return;
     }

@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request hot path: caller key lookup, request parse and
-//! model rewrite, SSE usage extraction, Anthropic translation, the local rate limit check.
+//! model rewrite, SSE usage extraction, Anthropic translation, the local rate limit check,
+//! guardrail scans.
 //! `make bench`.
 #![allow(clippy::unwrap_used)]
 
@@ -152,8 +153,75 @@ fn local_limiter(c: &mut Criterion) {
     });
 }
 
+/// Guardrails from every shipped pack, as a request would carry them.
+fn shipped_guards(action: aigw::config::raw::Action) -> Vec<std::sync::Arc<aigw::guard::Guardrail>> {
+    use aigw::config::raw::{Guardrail as Raw, Stage};
+    ["pii", "secrets", "prompt-injection"]
+        .iter()
+        .map(|p| {
+            let raw = Raw {
+                name: (*p).into(),
+                pack: Some(format!("{}/filters/{p}.yaml", env!("CARGO_MANIFEST_DIR"))),
+                rules: Vec::new(),
+                stage: Stage::Both,
+                action,
+            };
+            std::sync::Arc::new(aigw::guard::Guardrail::compile("g", &raw).unwrap())
+        })
+        .collect()
+}
+
+/// English-like text with numbers, no match: every rule runs over every byte.
+fn prose(size: usize) -> String {
+    const S: &str = "The quarterly report shows revenue growth of 12 percent across 7 regions, and the team plans to expand in 2025 after review. ";
+    S.repeat(size / S.len() + 1)[..size].to_owned()
+}
+
+/// Request stage: a chat body with a 4 KiB and a 64 KiB prompt, scanned by all shipped
+/// packs (JSON parse, text walk, automaton and regex set); and a 200-event stream through
+/// the response-stage hold-back with all packs masking.
+fn guardrail_scan(c: &mut Criterion) {
+    use aigw::config::raw::Action;
+    use aigw::provider::Endpoint;
+    let guards = shipped_guards(Action::Block);
+    let mut g = c.benchmark_group("guardrails: request, all packs");
+    for size in [4 * 1024usize, 64 * 1024] {
+        let body = serde_json::json!({"model": "m", "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": prose(size)}]})
+        .to_string();
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            b.iter(|| {
+                let mut hits = Vec::new();
+                let out = aigw::guard::check_request(&guards, Endpoint::ChatCompletions, body.as_bytes(), &mut hits);
+                assert!(matches!(out, Ok(None)) && hits.is_empty());
+            })
+        });
+    }
+    g.finish();
+
+    let masks = shipped_guards(Action::Mask);
+    let text = prose(200 * 24);
+    let mut stream = String::new();
+    for piece in text.as_bytes().chunks(24) {
+        let c = serde_json::json!({"id": "c", "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": std::str::from_utf8(piece).unwrap()}, "finish_reason": null}]});
+        stream.push_str(&format!("data: {c}\n\n"));
+    }
+    stream.push_str("data: [DONE]\n\n");
+    c.bench_function("guardrails: 200-event stream, all packs masking", |b| {
+        b.iter(|| {
+            let mut sg = aigw::guard::stream::StreamGuard::new(masks.clone(), aigw::error::Dialect::OpenAi);
+            let mut hits = Vec::new();
+            black_box(sg.feed(stream.as_bytes(), true, &mut hits).unwrap())
+        })
+    });
+}
+
 criterion_group!(
     benches,
+    guardrail_scan,
     key_lookup,
     parse_and_rewrite,
     sse_usage,

@@ -40,6 +40,9 @@ pub enum GwError {
     RequestTooLarge { limit: u64 },
     #[error("{}", .0.message)]
     RateLimited(Box<crate::limit::Rejection>),
+    /// A guardrail blocked; the message names it and never the matched text.
+    #[error("The {} was blocked by the guardrail '{guardrail}'.", if *.response { "response" } else { "request" })]
+    ContentFilter { guardrail: String, response: bool },
     #[error("{0}")]
     UpstreamError(String),
     #[error("{message}")]
@@ -59,7 +62,7 @@ pub enum GwError {
 impl GwError {
     pub fn status(&self) -> u16 {
         match self {
-            Self::InvalidJson(_) | Self::InvalidRequest(_) => 400,
+            Self::InvalidJson(_) | Self::InvalidRequest(_) | Self::ContentFilter { .. } => 400,
             Self::InvalidApiKey => 401,
             Self::ModelNotAllowed(_) => 403,
             Self::ModelNotFound(_) | Self::NotFound(_) => 404,
@@ -85,6 +88,7 @@ impl GwError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::RequestTooLarge { .. } => "request_too_large",
             Self::RateLimited(_) => "rate_limit_exceeded",
+            Self::ContentFilter { .. } => "content_filter",
             Self::UpstreamError(_) => "upstream_error",
             Self::NoHealthyTarget { .. } => "no_healthy_target",
             Self::UpstreamTimeout => "upstream_timeout",

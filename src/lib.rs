@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod limit;
 pub mod mock;
 pub mod provider;

@@ -12,6 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::raw::{self, ProviderKind};
 use super::{ConfigError, RawConfig};
+use crate::guard::Guardrail;
 use crate::limit::{Binding, Cells};
 use crate::route::upstream::{UpstreamRegistry, UpstreamSpec};
 use crate::route::Upstream;
@@ -175,7 +176,8 @@ pub struct Model {
     pub route: ModelRoute,
     /// The model's `rate_limit`, counted across every caller of this alias.
     pub limits: Option<Arc<Binding>>,
-    pub guardrails: Vec<String>,
+    /// Applied after the caller key's own guardrails.
+    pub guardrails: Vec<Arc<Guardrail>>,
     pub cache: Option<String>,
     pub pricing: Option<raw::Pricing>,
 }
@@ -191,7 +193,7 @@ pub struct ApiKeyEntry {
     pub disabled: bool,
     /// The key's `rate_limit`, counted per owner.
     pub limits: Option<Arc<Binding>>,
-    pub guardrails: Vec<String>,
+    pub guardrails: Vec<Arc<Guardrail>>,
     pub budget: Option<String>,
 }
 
@@ -264,7 +266,7 @@ pub struct Snapshot {
     pub model_order: Vec<String>,
     pub keys: KeyIndex,
     pub rate_limits: Vec<raw::RateLimit>,
-    pub guardrails: Vec<raw::Guardrail>,
+    pub guardrails: Vec<Arc<Guardrail>>,
     pub caches: Vec<raw::Cache>,
     pub budgets: Vec<raw::Budget>,
     pub observability: raw::Observability,
@@ -277,9 +279,6 @@ impl Snapshot {
     /// operator is never misled into thinking a limit or filter is active.
     pub fn not_enforced(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if !self.guardrails.is_empty() {
-            out.push("guardrails");
-        }
         if !self.caches.is_empty() {
             out.push("cache");
         }
@@ -380,6 +379,22 @@ pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<Con
     let policies: HashMap<&str, &raw::RateLimit> = raw.rate_limits.iter().map(|r| (r.name.as_str(), r)).collect();
     let bind = |name: Option<&str>, scope: &str| name.and_then(|n| policies.get(n)).map(|p| ctx.limits.bind(p, scope));
     let guard_names = check_unique("guardrails", raw.guardrails.iter().map(|g| g.name.as_str()), &mut errs);
+    let mut guards: HashMap<String, Arc<Guardrail>> = HashMap::new();
+    let mut guard_order = Vec::new();
+    for (i, g) in raw.guardrails.iter().enumerate() {
+        match Guardrail::compile(&format!("guardrails[{i}]"), g) {
+            Ok(compiled) => {
+                let compiled = Arc::new(compiled);
+                if !guards.contains_key(&g.name) {
+                    guards.insert(g.name.clone(), compiled.clone());
+                    guard_order.push(compiled);
+                }
+            }
+            Err(list) => list.into_iter().for_each(|(path, msg)| errs.push(path, msg)),
+        }
+    }
+    let resolve =
+        |names: &[String]| -> Vec<Arc<Guardrail>> { names.iter().filter_map(|n| guards.get(n).cloned()).collect() };
     let cache_names = check_unique("cache", raw.cache.iter().map(|c| c.name.as_str()), &mut errs);
 
     let mut providers = HashMap::new();
@@ -492,7 +507,7 @@ pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<Con
                         name: m.name.clone(),
                         route,
                         limits: bind(m.rate_limit.as_deref(), &format!("model={}", m.name)),
-                        guardrails: m.guardrails.clone(),
+                        guardrails: resolve(&m.guardrails),
                         cache: m.cache.clone(),
                         pricing: m.pricing,
                     }),
@@ -583,7 +598,7 @@ pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<Con
             expires_at: k.expires_at,
             disabled: k.disabled,
             limits,
-            guardrails: k.guardrails.clone(),
+            guardrails: resolve(&k.guardrails),
             budget: k.budget.clone(),
         });
     }
@@ -595,9 +610,6 @@ pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<Con
     }
     for (i, r) in raw.rate_limits.iter().enumerate() {
         compile_rate_limit(i, r, &mut errs);
-    }
-    for (i, g) in raw.guardrails.iter().enumerate() {
-        compile_guardrail(i, g, &mut errs);
     }
     for (i, c) in raw.cache.iter().enumerate() {
         let path = format!("cache[{i}]");
@@ -630,7 +642,7 @@ pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<Con
         model_order,
         keys,
         rate_limits: raw.rate_limits,
-        guardrails: raw.guardrails,
+        guardrails: guard_order,
         caches: raw.cache,
         budgets: raw.budgets,
         observability: raw.observability,
@@ -972,38 +984,6 @@ fn compile_rate_limit(i: usize, r: &raw::RateLimit, errs: &mut Errors) {
     }
 }
 
-fn compile_guardrail(i: usize, g: &raw::Guardrail, errs: &mut Errors) {
-    let path = format!("guardrails[{i}]");
-    if g.pack.is_none() && g.rules.is_empty() {
-        errs.push(&path, "needs a pack, rules, or both");
-    }
-    if let Some(pack) = &g.pack {
-        if let Err(e) = std::fs::File::open(pack) {
-            errs.push(format!("{path}.pack"), format!("cannot read '{pack}': {e}"));
-        }
-    }
-    for (j, rule) in g.rules.iter().enumerate() {
-        let rp = format!("{path}.rules[{j}]");
-        match rule {
-            raw::Rule::Keyword { words, .. } => {
-                if words.is_empty() || words.iter().any(|w| w.is_empty()) {
-                    errs.push(format!("{rp}.words"), "needs at least one non-empty word");
-                }
-            }
-            raw::Rule::Regex { pattern } => {
-                if let Err(e) = regex::Regex::new(pattern) {
-                    errs.push(format!("{rp}.pattern"), format!("invalid regex: {e}"));
-                }
-            }
-            raw::Rule::Pii { types } => {
-                if types.is_empty() {
-                    errs.push(format!("{rp}.types"), "needs at least one type");
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1100,6 +1080,43 @@ api_keys:
         ] {
             assert!(paths.contains(&p), "missing {p} in {errs:#?}");
         }
+    }
+
+    #[test]
+    fn guardrail_errors_name_their_rule_or_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad_pack = dir.path().join("bad.yaml");
+        std::fs::write(&bad_pack, "rules:\n  - {kind: regex, pattern: '(unclosed'}\n").unwrap();
+        let not_a_pack = dir.path().join("nope.yaml");
+        std::fs::write(&not_a_pack, "words: [x]\n").unwrap();
+        let text = format!(
+            r#"
+version: 1
+guardrails:
+  - {{name: g0}}
+  - {{name: g1, rules: [{{kind: keyword, words: [ok]}}, {{kind: regex, pattern: "a(b"}}]}}
+  - {{name: g2, pack: "{}"}}
+  - {{name: g3, pack: "{}"}}
+  - {{name: g4, pack: /no/such/pack.yaml}}
+  - {{name: g5, rules: [{{kind: pii, types: []}}, {{kind: keyword, words: [""]}}]}}
+  - {{name: g6, pack: filters/pii.yaml, rules: [{{kind: regex, pattern: "(?i)falcon", label: codename}}], action: mask}}
+models:
+  - {{name: m, provider_key: nope, guardrails: [g6, ghost]}}
+"#,
+            bad_pack.display(),
+            not_a_pack.display()
+        );
+        let errs = compile_text(&text).unwrap_err();
+        let has = |path: &str, needle: &str| errs.iter().any(|e| e.path == path && e.message.contains(needle));
+        assert!(has("guardrails[0]", "needs a pack"), "{errs:#?}");
+        assert!(has("guardrails[1].rules[1]", "invalid regex"), "{errs:#?}");
+        assert!(has("guardrails[2].pack", "rules[0]: invalid regex"), "{errs:#?}");
+        assert!(has("guardrails[3].pack", "not a rule pack"), "{errs:#?}");
+        assert!(has("guardrails[4].pack", "cannot read"), "{errs:#?}");
+        assert!(has("guardrails[5].rules[0].types", "at least one"), "{errs:#?}");
+        assert!(has("guardrails[5].rules[1].words", "non-empty"), "{errs:#?}");
+        assert!(has("models[0].guardrails[1]", "ghost"), "{errs:#?}");
+        assert!(!errs.iter().any(|e| e.path.starts_with("guardrails[6]")), "{errs:#?}");
     }
 
     #[test]

@@ -420,9 +420,13 @@ pub enum Rule {
         case_sensitive: bool,
         #[serde(default)]
         whole_word: bool,
+        /// What masking writes: `[REDACTED:<label>]`; default `keyword`.
+        label: Option<String>,
     },
     Regex {
         pattern: String,
+        /// What masking writes: `[REDACTED:<label>]`; default `regex`.
+        label: Option<String>,
     },
     Pii {
         types: Vec<PiiType>,
@@ -440,6 +444,28 @@ pub struct Guardrail {
     pub stage: Stage,
     #[serde(default)]
     pub action: Action,
+}
+
+/// A rule pack file in `filters/`: rules, and samples its tests check them against.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pack {
+    #[serde(default)]
+    pub description: String,
+    pub rules: Vec<Rule>,
+    #[serde(default)]
+    pub samples: PackSamples,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackSamples {
+    /// Texts every one of which the pack must catch.
+    #[serde(default, rename = "match")]
+    pub matching: Vec<String>,
+    /// Texts the pack must let through.
+    #[serde(default)]
+    pub clean: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

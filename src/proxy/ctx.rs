@@ -7,6 +7,8 @@ use bytes::Bytes;
 
 use crate::config::{ApiKeyEntry, Snapshot, Target};
 use crate::error::{Dialect, GwError};
+use crate::guard::stream::StreamGuard;
+use crate::guard::{Guardrail, Hit};
 use crate::limit::Admitted;
 use crate::provider::Endpoint;
 use crate::route::plan::Plan;
@@ -51,6 +53,12 @@ pub struct Ctx {
     pub json: Option<JsonBody>,
     pub usage: Option<Usage>,
     pub upstream_status: Option<u16>,
+    /// Response-stage guardrails of this request (caller key's, then the model's).
+    pub response_guards: Vec<Arc<Guardrail>>,
+    /// Scans a streamed completion for `response_guards`.
+    pub stream_guard: Option<Box<StreamGuard>>,
+    /// Guardrails that hit, once each, for metrics and the access log.
+    pub guard_hits: Vec<Hit>,
     /// When the first streamed event went to the caller (time to first token).
     pub first_event: Option<Instant>,
     /// The error this request ended with, if the gateway produced one.
@@ -83,6 +91,9 @@ impl Ctx {
             json: None,
             usage: None,
             upstream_status: None,
+            response_guards: Vec::new(),
+            stream_guard: None,
+            guard_hits: Vec::new(),
             first_event: None,
             error: None,
         }

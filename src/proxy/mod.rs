@@ -161,8 +161,11 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> pingora::Result<Option<std::time::Duration>> {
-        response::on_body(body, end_of_stream, ctx);
-        Ok(None)
+        match response::on_body(body, end_of_stream, ctx) {
+            Ok(()) => Ok(None),
+            // Ends the response; `fail_to_proxy` closes the stream with the error event.
+            Err(e) => Err(Error::explain(ErrorType::InternalError, e.to_string())),
+        }
     }
 
     /// A connection to the target failed: cool it down and try the next one, if any.

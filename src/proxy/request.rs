@@ -1,6 +1,7 @@
 //! The request side: every check a request passes before it may go upstream, in the
 //! SPEC's order (cheapest first): route and method, credential, body size, JSON, model
-//! exists, allowlist, rate limits; then the upstream request is prepared.
+//! exists, allowlist, rate limits, request guardrails; then the upstream request is
+//! prepared.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +17,7 @@ use crate::auth;
 use crate::config::raw::{Balance, HashOn};
 use crate::config::{Snapshot, Target};
 use crate::error::GwError;
+use crate::guard;
 use crate::provider::{self, body, Endpoint};
 use crate::route::plan::{Outcome, Plan};
 use crate::state::AppState;
@@ -152,10 +154,17 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     ctx.alias = Some(model.name.clone());
     let bindings: Vec<&Arc<_>> = caller.limits.iter().chain(model.limits.iter()).collect();
     ctx.limits = state.limiter.admit(&bindings).await?;
+    let on_request = guard::applicable(&caller.guardrails, &model.guardrails, false);
+    let masked = guard::check_request(&on_request, endpoint, &body, &mut ctx.guard_hits)?;
+    ctx.response_guards = match endpoint {
+        // Embeddings answer with vectors: there is no text to check.
+        Endpoint::Embeddings => Vec::new(),
+        _ => guard::applicable(&caller.guardrails, &model.guardrails, true),
+    };
     ctx.stream = view.stream;
     ctx.caller_include_usage = view.include_usage;
     ctx.plan = Some(plan);
-    ctx.request_body = body.clone();
+    ctx.request_body = masked.unwrap_or(body);
     Ok(Admission::Proxy)
 }
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 use super::ctx::Ctx;
 use crate::config::Target;
 use crate::error::{Dialect, GwError};
+use crate::guard::{self, stream::StreamGuard};
 use crate::provider;
 use crate::route::cooldown::parse_retry_after;
 use crate::route::plan::Outcome;
@@ -118,10 +119,13 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
             }
             (Dialect::OpenAi, Dialect::Anthropic) => Mode::ChatToAnthropic(Box::new(ChatToAnthropic::new())),
         };
-        // Dropping or translating events changes the length.
-        if translating || ctx.strip_usage {
+        let guard = (!ctx.response_guards.is_empty())
+            .then(|| Box::new(StreamGuard::new(ctx.response_guards.clone(), ctx.dialect)));
+        // Dropping, translating or rewriting events changes the length.
+        if translating || ctx.strip_usage || guard.is_some() {
             resp.remove_header(&http::header::CONTENT_LENGTH);
         }
+        ctx.stream_guard = guard;
         ctx.sse = Some(SseState::with_mode(mode));
     } else {
         let translate = match (provider_dialect, ctx.dialect) {
@@ -129,10 +133,14 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
             (Dialect::OpenAi, Dialect::Anthropic) => JsonTranslate::ChatToAnthropic,
             _ => JsonTranslate::None,
         };
-        if translate != JsonTranslate::None {
+        let mut json = JsonBody::new(translate);
+        if guard::intervenes(&ctx.response_guards) {
+            json.hold = Some(ctx.dialect);
+        }
+        if json.holds() {
             resp.remove_header(&http::header::CONTENT_LENGTH);
         }
-        ctx.json = Some(JsonBody::new(translate));
+        ctx.json = Some(json);
     }
     Ok(())
 }
@@ -159,7 +167,9 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) {
+/// A body chunk on its way to the caller: usage is read, events are translated or
+/// filtered, guardrails scan. `Err` ends the response (a guardrail blocked a stream).
+pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Result<(), GwError> {
     if let Some(sse) = ctx.sse.as_mut() {
         let mut out = body.take().map(|b| sse.feed(b)).unwrap_or_default();
         if end_of_stream {
@@ -173,6 +183,16 @@ pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) {
             }
         }
         ctx.usage = sse.usage;
+        if let Some(g) = ctx.stream_guard.as_mut() {
+            out = g.feed(&out, end_of_stream, &mut ctx.guard_hits).map_err(|name| {
+                let e = GwError::ContentFilter {
+                    guardrail: name.to_string(),
+                    response: true,
+                };
+                ctx.error = Some(e.clone());
+                e
+            })?;
+        }
         if ctx.first_event.is_none() && !out.is_empty() {
             ctx.first_event = Some(Instant::now());
         }
@@ -181,19 +201,41 @@ pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) {
         if let Some(b) = body.as_ref() {
             j.push(b);
         }
-        // A translated body is held back and replaced whole at the end.
+        // A translated or guarded body is held back and replaced whole at the end.
         let holds = j.holds();
         if holds && !end_of_stream {
             *body = None;
         }
         if end_of_stream {
-            let (usage, translated) = j.finish();
+            let (usage, held) = j.finish();
             ctx.usage = usage;
+            let completed = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
+            let checked = match (&held, completed && !ctx.response_guards.is_empty()) {
+                (Some(text), true) => {
+                    let mut blocked = None;
+                    let out = guard::check_response(
+                        &ctx.response_guards,
+                        ctx.dialect,
+                        text,
+                        &mut ctx.guard_hits,
+                        &mut blocked,
+                    );
+                    if let Some(name) = blocked {
+                        ctx.error = Some(GwError::ContentFilter {
+                            guardrail: name.to_string(),
+                            response: true,
+                        });
+                    }
+                    out
+                }
+                _ => None,
+            };
             if holds {
-                *body = translated;
+                *body = checked.or(held);
             }
         }
     }
+    Ok(())
 }
 
 /// The gateway error for a proxying failure, when no more specific one was recorded.
@@ -219,7 +261,11 @@ pub async fn on_failure(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u16 
         // The header is out, so the status cannot change. A stream is ended with an error
         // event and no [DONE], so the failure cannot pass for a clean finish.
         if ctx.sse.is_some() {
-            let err = GwError::UpstreamError("The provider's stream ended unexpectedly.".into());
+            // A guardrail that stopped the stream says so; anything else is the provider's.
+            let err = match &ctx.error {
+                Some(e @ GwError::ContentFilter { .. }) => e.clone(),
+                _ => GwError::UpstreamError("The provider's stream ended unexpectedly.".into()),
+            };
             let _ = session
                 .write_response_body(Some(err.sse_event(ctx.dialect)), true)
                 .await;

@@ -292,6 +292,9 @@ pub struct JsonBody {
     len: usize,
     over: bool,
     pub translate: JsonTranslate,
+    /// Held back whole even without translation (a guardrail must see it first); the
+    /// caller's dialect, for the error when it is too large to check.
+    pub hold: Option<Dialect>,
 }
 
 impl JsonBody {
@@ -303,12 +306,13 @@ impl JsonBody {
             len: 0,
             over: false,
             translate,
+            hold: None,
         }
     }
 
     /// Whether the body is held back until its end (translation) or forwarded as it comes.
     pub fn holds(&self) -> bool {
-        self.translate != JsonTranslate::None
+        self.hold.is_some() || self.translate != JsonTranslate::None
     }
 
     pub fn push(&mut self, chunk: &Bytes) {
@@ -324,7 +328,8 @@ impl JsonBody {
         }
     }
 
-    /// The usage, and the translated body when translating.
+    /// The usage, and the body to send when it was held: translated when translating,
+    /// else as received (`None` when over the limit: it can be neither checked nor held).
     pub fn finish(&mut self) -> (Option<Usage>, Option<Bytes>) {
         let parts = std::mem::take(&mut self.parts);
         let whole: Bytes = match parts.as_slice() {
@@ -337,7 +342,14 @@ impl JsonBody {
             .and_then(|u| u.usage)
             .map(Usage::from);
         let translated = match self.translate {
-            JsonTranslate::None => return (usage, None),
+            JsonTranslate::None => match self.hold {
+                Some(_) if !self.over => return (usage, Some(whole)),
+                Some(dialect) => {
+                    let e = GwError::UpstreamError("The provider's answer is too large to check.".into());
+                    return (usage, Some(e.body(dialect)));
+                }
+                None => return (usage, None),
+            },
             _ if self.over => GwError::UpstreamError("The provider's answer is too large to translate.".into()).body(
                 if self.translate == JsonTranslate::ChatToAnthropic {
                     Dialect::Anthropic

@@ -77,6 +77,8 @@ struct Record<'a> {
     input_tokens: u64,
     output_tokens: u64,
     error: &'a str,
+    /// Guardrails that matched, as `name:action`, comma-separated; never what matched.
+    guardrails: String,
     duration_ms: f64,
     ttft_ms: Option<f64>,
 }
@@ -125,6 +127,12 @@ pub fn access(session: &Session, ctx: &Ctx, state: &AppState) {
         input_tokens: ctx.usage.map_or(0, |u| u.input_tokens),
         output_tokens: ctx.usage.map_or(0, |u| u.output_tokens),
         error: ctx.error.as_ref().map_or("", |e| e.code()),
+        guardrails: ctx
+            .guard_hits
+            .iter()
+            .map(|h| format!("{}:{}", h.guardrail, crate::guard::action_name(h.action)))
+            .collect::<Vec<_>>()
+            .join(","),
         duration_ms: ms(ctx.started.elapsed()),
         ttft_ms: ctx.first_event.map(|t| ms(t.duration_since(ctx.started))),
     };

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub ratelimit_store_errors: IntCounter,
     /// `aigw_ratelimit_concurrency_in_use{policy}`: concurrency slots this instance holds.
     pub concurrency_in_use: IntGaugeVec,
+    /// `aigw_guardrail_hits_total{guardrail,action}`: requests a guardrail matched, once
+    /// per request and guardrail (both stages together).
+    pub guardrail_hits: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -118,6 +121,11 @@ impl Metrics {
                 &["policy"],
             )
             .expect("valid metric"),
+            guardrail_hits: counter(
+                "aigw_guardrail_hits_total",
+                "Requests a guardrail matched, by guardrail and action",
+                &["guardrail", "action"],
+            ),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -132,6 +140,7 @@ impl Metrics {
             Box::new(m.ratelimit_rejections.clone()),
             Box::new(m.ratelimit_store_errors.clone()),
             Box::new(m.concurrency_in_use.clone()),
+            Box::new(m.guardrail_hits.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -145,6 +154,11 @@ impl Metrics {
         let owner = ctx.caller.as_ref().map_or("", |c| c.owner.as_str());
         let status = status.to_string();
         self.requests.with_label_values(&[model, owner, status.as_str()]).inc();
+        for h in &ctx.guard_hits {
+            self.guardrail_hits
+                .with_label_values(&[&h.guardrail, crate::guard::action_name(h.action)])
+                .inc();
+        }
         self.request_duration
             .with_label_values(&[model])
             .observe(ctx.started.elapsed().as_secs_f64());

@@ -54,10 +54,17 @@ models:
   - {{name: text-embedding-3-small, provider_key: mock}}
   - {{name: rate-limited, provider_key: mock, model: "x?status=429&retry_after=1"}}
   - {{name: forbidden-model, provider_key: mock}}
+  - {{name: guarded-echo, provider_key: mock, model: "x?echo", guardrails: [py-pii, py-codenames]}}
+  - {{name: guarded-claude, provider_key: mock-anthropic, model: "c?echo", guardrails: [py-pii, py-codenames]}}
+guardrails:
+  - {{name: py-pii, pack: "{root}/filters/pii.yaml", action: mask}}
+  - {{name: py-codenames, rules: [{{kind: keyword, words: [falcon], whole_word: true}}], stage: response, action: block}}
+  - {{name: py-secrets, pack: "{root}/filters/secrets.yaml", stage: request, action: block}}
 api_keys:
   - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited, claude-mock]}}
   - {{name: py-openai-limited, key: sk-py-openai-limited, rate_limit: one-per-minute}}
   - {{name: py-anthropic-limited, key: sk-py-anthropic-limited, rate_limit: one-per-minute}}
+  - {{name: py-guarded, key: sk-py-guarded, guardrails: [py-secrets]}}
 rate_limits:
   - {{name: one-per-minute, requests_per_minute: 1}}
 """
@@ -77,7 +84,9 @@ def gateway():
         wait_port(mock_port, mock, "mock upstream")
         cfg = Path(tmp) / "aigw.yaml"
         cfg.write_text(
-            CONFIG.format(port=port, admin=admin, mock=mock_port, provider_key=PROVIDER_KEY, caller_key=CALLER_KEY)
+            CONFIG.format(
+                port=port, admin=admin, mock=mock_port, provider_key=PROVIDER_KEY, caller_key=CALLER_KEY, root=ROOT
+            )
         )
         gw = subprocess.Popen([BIN, "serve", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(gw)

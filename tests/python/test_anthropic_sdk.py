@@ -99,3 +99,45 @@ def test_gateway_rate_limit(gateway):
     assert e.value.body["error"]["type"] == "rate_limit_error"
     assert "one-per-minute" in e.value.body["error"]["message"]
     assert int(e.value.response.headers["retry-after"]) >= 1
+
+
+@pytest.fixture()
+def guarded(gateway):
+    return Anthropic(base_url=gateway, api_key="sk-py-guarded", max_retries=0)
+
+
+@pytest.mark.parametrize("model", ["guarded-claude", "guarded-echo"])
+def test_guardrail_masks_json_and_streams(guarded, model):
+    msgs = [{"role": "user", "content": "mail jane.doe@example.com now"}]
+    r = guarded.messages.create(model=model, max_tokens=50, messages=msgs)
+    assert r.content[0].text == "mail [REDACTED:email] now"
+    with guarded.messages.stream(model=model, max_tokens=50, messages=msgs) as s:
+        assert "".join(s.text_stream) == "mail [REDACTED:email] now"
+        assert s.get_final_message().content[0].text == "mail [REDACTED:email] now"
+
+
+def test_guardrail_blocks_a_request(guarded):
+    with pytest.raises(anthropic.BadRequestError) as e:
+        guarded.messages.create(
+            model="guarded-claude",
+            max_tokens=50,
+            system="token sk-proj-abcdefghijklmnopqrstuvwx1234",
+            messages=[{"role": "user", "content": "hi"}],
+        )
+    assert e.value.body["error"]["type"] == "invalid_request_error"
+    assert "py-secrets" in e.value.message and "sk-proj" not in e.value.message
+
+
+@pytest.mark.parametrize("model", ["guarded-claude", "guarded-echo"])
+def test_guardrail_blocks_a_stream_and_a_completion(guarded, model):
+    msgs = [{"role": "user", "content": "the falcon has landed"}]
+    seen = []
+    with pytest.raises(anthropic.APIError) as e:
+        with guarded.messages.stream(model=model, max_tokens=50, messages=msgs) as s:
+            for text in s.text_stream:
+                seen.append(text)
+    assert "py-codenames" in str(e.value)
+    assert "falcon" not in "".join(seen)
+    r = guarded.messages.create(model=model, max_tokens=50, messages=msgs)
+    assert r.stop_reason == "refusal"
+    assert r.content == []

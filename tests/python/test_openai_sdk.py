@@ -183,3 +183,42 @@ def test_streamed_tool_call(client, model):
     ]
     assert names == ["get_weather"]
     assert json.loads(args) == {"query": "Weather in Oslo?"}
+
+
+@pytest.fixture()
+def guarded(gateway):
+    return OpenAI(base_url=f"{gateway}/v1", api_key="sk-py-guarded", max_retries=0)
+
+
+@pytest.mark.parametrize("model", ["guarded-echo", "guarded-claude"])
+def test_guardrail_masks_json_and_streams(guarded, model):
+    msgs = [{"role": "user", "content": "mail jane.doe@example.com now"}]
+    r = guarded.chat.completions.create(model=model, messages=msgs)
+    assert r.choices[0].message.content == "mail [REDACTED:email] now"
+    stream = guarded.chat.completions.create(model=model, messages=msgs, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "mail [REDACTED:email] now"
+
+
+def test_guardrail_blocks_a_request(guarded):
+    with pytest.raises(openai.BadRequestError) as e:
+        guarded.chat.completions.create(
+            model="guarded-echo", messages=[{"role": "user", "content": "key sk-proj-abcdefghijklmnopqrstuvwx1234"}]
+        )
+    assert e.value.code == "content_filter"
+    assert "py-secrets" in e.value.message and "sk-proj" not in e.value.message
+
+
+@pytest.mark.parametrize("model", ["guarded-echo", "guarded-claude"])
+def test_guardrail_blocks_a_stream_and_a_completion(guarded, model):
+    msgs = [{"role": "user", "content": "the falcon has landed"}]
+    stream = guarded.chat.completions.create(model=model, messages=msgs, stream=True)
+    seen = []
+    with pytest.raises(openai.APIError) as e:
+        for chunk in stream:
+            if chunk.choices:
+                seen.append(chunk.choices[0].delta.content or "")
+    assert "py-codenames" in e.value.message
+    assert "falcon" not in "".join(seen)
+    r = guarded.chat.completions.create(model=model, messages=msgs)
+    assert r.choices[0].finish_reason == "content_filter"
+    assert r.choices[0].message.content is None

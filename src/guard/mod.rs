@@ -1,0 +1,335 @@
+//! Guardrails: rules that block, mask or count what goes to a provider (request stage) and
+//! what comes back (response stage, streamed or not).
+//!
+//! Every guardrail that applies scans the same original text. Then, in order: a `block`
+//! hit fails the request (or ends the stream); otherwise `mask` hits are replaced by
+//! `[REDACTED:<label>]`; `monitor` hits are only counted and logged by name. A guardrail
+//! that cannot scan something (content of an unknown shape) fails closed when it blocks
+//! or masks, and open when it monitors.
+
+pub mod matcher;
+pub mod pii;
+pub mod stream;
+#[cfg(test)]
+mod tests;
+pub mod text;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::config::raw::{self, Action, Stage};
+use crate::error::{Dialect, GwError};
+use crate::provider::Endpoint;
+pub use matcher::{Found, Matcher};
+
+#[derive(Debug)]
+pub struct Guardrail {
+    pub name: Arc<str>,
+    pub stage: Stage,
+    pub action: Action,
+    pub matcher: Matcher,
+}
+
+impl Guardrail {
+    /// Compiles a guardrail: its pack (read from disk now, so a reload picks up edits) and
+    /// its inline rules. Errors come with their YAML path below `path`.
+    pub fn compile(path: &str, g: &raw::Guardrail) -> Result<Self, Vec<(String, String)>> {
+        let mut errs = Vec::new();
+        if g.pack.is_none() && g.rules.is_empty() {
+            errs.push((path.to_owned(), "needs a pack, rules, or both".to_owned()));
+        }
+        let mut rules: Vec<&raw::Rule> = Vec::new();
+        let pack = match &g.pack {
+            Some(p) => match load_pack(Path::new(p)) {
+                Ok(pack) => Some(pack),
+                Err(e) => {
+                    errs.push((format!("{path}.pack"), e));
+                    None
+                }
+            },
+            None => None,
+        };
+        let from_pack = pack.as_ref().map_or(0, |p| p.rules.len());
+        if let Some(pack) = &pack {
+            rules.extend(&pack.rules);
+        }
+        rules.extend(&g.rules);
+        for (j, rule) in g.rules.iter().enumerate() {
+            let rp = format!("{path}.rules[{j}]");
+            match rule {
+                raw::Rule::Keyword { words, .. } if words.is_empty() || words.iter().any(String::is_empty) => {
+                    errs.push((format!("{rp}.words"), "needs at least one non-empty word".into()));
+                }
+                raw::Rule::Pii { types } if types.is_empty() => {
+                    errs.push((format!("{rp}.types"), "needs at least one type".into()));
+                }
+                _ => {}
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        let matcher = Matcher::compile(&rules).map_err(|(i, msg)| {
+            let at = if i < from_pack {
+                format!("{path}.pack")
+            } else {
+                format!("{path}.rules[{}]", i - from_pack)
+            };
+            vec![(at, msg)]
+        })?;
+        Ok(Self {
+            name: Arc::from(g.name.as_str()),
+            stage: g.stage,
+            action: g.action,
+            matcher,
+        })
+    }
+
+    pub fn on_request(&self) -> bool {
+        matches!(self.stage, Stage::Request | Stage::Both)
+    }
+
+    pub fn on_response(&self) -> bool {
+        matches!(self.stage, Stage::Response | Stage::Both)
+    }
+}
+
+/// Reads and parses a rule pack file.
+pub fn load_pack(path: &Path) -> Result<raw::Pack, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
+    let pack: raw::Pack =
+        serde_yaml::from_str(&text).map_err(|e| format!("'{}' is not a rule pack: {e}", path.display()))?;
+    for (i, r) in pack.rules.iter().enumerate() {
+        if let raw::Rule::Regex { pattern, .. } = r {
+            regex_syntax::Parser::new()
+                .parse(pattern)
+                .map_err(|e| format!("'{}': rules[{i}]: invalid regex: {e}", path.display()))?;
+        }
+    }
+    Ok(pack)
+}
+
+/// The guardrails one request is under at one stage: the caller key's first, then the
+/// model's, each once.
+pub fn applicable(key: &[Arc<Guardrail>], model: &[Arc<Guardrail>], response: bool) -> Vec<Arc<Guardrail>> {
+    let mut out: Vec<Arc<Guardrail>> = Vec::new();
+    for g in key.iter().chain(model) {
+        let stage = if response { g.on_response() } else { g.on_request() };
+        if stage && !out.iter().any(|o| o.name == g.name) {
+            out.push(g.clone());
+        }
+    }
+    out
+}
+
+/// A guardrail that hit on this request, once per guardrail (for metrics and the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    pub guardrail: Arc<str>,
+    pub action: Action,
+}
+
+/// Records a hit once per guardrail.
+pub fn record(hits: &mut Vec<Hit>, g: &Guardrail) {
+    if !hits.iter().any(|h| h.guardrail == g.name) {
+        hits.push(Hit {
+            guardrail: g.name.clone(),
+            action: g.action,
+        });
+    }
+}
+
+pub fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Block => "block",
+        Action::Mask => "mask",
+        Action::Monitor => "monitor",
+    }
+}
+
+/// What scanning one text decided.
+enum TextVerdict {
+    Clean,
+    Blocked(Arc<str>),
+    Masked(String),
+}
+
+/// Scans one text with every guardrail; hits are recorded.
+fn scan_text(guards: &[Arc<Guardrail>], text: &str, hits: &mut Vec<Hit>) -> TextVerdict {
+    let mut masks: Vec<Found> = Vec::new();
+    let mut blocked = None;
+    let mut found = Vec::new();
+    for g in guards {
+        found.clear();
+        g.matcher.find(text, 0, &mut found);
+        if found.is_empty() {
+            continue;
+        }
+        record(hits, g);
+        match g.action {
+            Action::Block => {
+                blocked.get_or_insert_with(|| g.name.clone());
+            }
+            Action::Mask => masks.append(&mut found),
+            Action::Monitor => {}
+        }
+    }
+    if let Some(name) = blocked {
+        return TextVerdict::Blocked(name);
+    }
+    if masks.is_empty() {
+        TextVerdict::Clean
+    } else {
+        TextVerdict::Masked(apply_masks(text, 0, text.len(), masks))
+    }
+}
+
+/// `text[from..to]` with every masked range replaced by `[REDACTED:<label>]`; overlapping
+/// ranges merge into one (labelled by the first).
+pub fn apply_masks(text: &str, from: usize, to: usize, mut masks: Vec<Found>) -> String {
+    masks.sort_by_key(|m| (m.start, std::cmp::Reverse(m.end)));
+    let mut out = String::with_capacity(to - from);
+    let mut pos = from;
+    for m in masks {
+        if m.start >= to {
+            break;
+        }
+        if m.end <= pos {
+            continue;
+        }
+        let start = m.start.max(pos);
+        out.push_str(&text[pos..start]);
+        if start == m.start {
+            out.push_str("[REDACTED:");
+            out.push_str(&m.label);
+            out.push(']');
+        }
+        pos = m.end.min(to);
+    }
+    if pos < to {
+        out.push_str(&text[pos..to]);
+    }
+    out
+}
+
+/// Whether any of these guardrails must see the text before the caller (or the provider)
+/// does; monitor-only sets never change or stop anything.
+pub fn intervenes(guards: &[Arc<Guardrail>]) -> bool {
+    guards.iter().any(|g| g.action != Action::Monitor)
+}
+
+fn blocked_error(name: &str, response: bool) -> GwError {
+    GwError::ContentFilter {
+        guardrail: name.to_owned(),
+        response,
+    }
+}
+
+/// Request stage: scans every text part of the caller's body. Returns the masked body
+/// when something was masked, `None` when the body goes on unchanged.
+pub fn check_request(
+    guards: &[Arc<Guardrail>],
+    endpoint: Endpoint,
+    body: &[u8],
+    hits: &mut Vec<Hit>,
+) -> Result<Option<Bytes>, GwError> {
+    if guards.is_empty() {
+        return Ok(None);
+    }
+    let mut v: Value =
+        serde_json::from_slice(body).map_err(|e| GwError::InvalidJson(format!("Invalid JSON body: {e}")))?;
+    let mut blocked: Option<Arc<str>> = None;
+    let mut changed = false;
+    let shape = text::request_texts(
+        &mut v,
+        endpoint,
+        &mut |s: &mut String| match scan_text(guards, s, hits) {
+            TextVerdict::Clean => {}
+            TextVerdict::Blocked(name) => {
+                blocked.get_or_insert(name);
+            }
+            TextVerdict::Masked(m) => {
+                *s = m;
+                changed = true;
+            }
+        },
+    );
+    if let Some(name) = blocked {
+        return Err(blocked_error(&name, false));
+    }
+    if let Err(what) = shape {
+        if let Some(g) = guards.iter().find(|g| g.action != Action::Monitor) {
+            tracing::debug!(guardrail = %g.name, problem = what, "request content could not be scanned");
+            return Err(blocked_error(&g.name, false));
+        }
+    }
+    if changed {
+        let out = serde_json::to_vec(&v).map_err(|_| GwError::Internal)?;
+        Ok(Some(Bytes::from(out)))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Response stage for a whole JSON completion in the caller's dialect. A blocked choice
+/// keeps its place with no content and `finish_reason: content_filter` (Anthropic:
+/// `stop_reason: refusal`), as providers report their own filters, because the 200
+/// status line is already on its way. Returns the new body, or `None` when unchanged.
+pub fn check_response(
+    guards: &[Arc<Guardrail>],
+    dialect: Dialect,
+    body: &[u8],
+    hits: &mut Vec<Hit>,
+    blocked_by: &mut Option<Arc<str>>,
+) -> Option<Bytes> {
+    let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
+        // Not a completion we can read: only a monitor may let it through.
+        return intervenes(guards).then(|| {
+            GwError::UpstreamError("The provider's answer could not be checked by the guardrails.".into()).body(dialect)
+        });
+    };
+    let changed = text::response_texts(
+        &mut v,
+        dialect,
+        &mut |s: &mut String| match scan_text(guards, s, hits) {
+            TextVerdict::Clean => text::Edit::Keep,
+            TextVerdict::Blocked(name) => {
+                blocked_by.get_or_insert(name);
+                text::Edit::Block
+            }
+            TextVerdict::Masked(m) => {
+                *s = m;
+                text::Edit::Changed
+            }
+        },
+    );
+    changed.then(|| Bytes::from(v.to_string()))
+}
+
+#[cfg(test)]
+mod mask_tests {
+    use super::*;
+
+    fn f(start: usize, end: usize, label: &str) -> Found {
+        Found {
+            start,
+            end,
+            label: Arc::from(label),
+        }
+    }
+
+    #[test]
+    fn masks_merge_overlaps() {
+        let t = "mail bob@example.com or 4111111111111111.";
+        let out = apply_masks(
+            t,
+            0,
+            t.len(),
+            vec![f(24, 40, "credit_card"), f(5, 20, "email"), f(9, 20, "x")],
+        );
+        assert_eq!(out, "mail [REDACTED:email] or [REDACTED:credit_card].");
+    }
+}

@@ -327,3 +327,46 @@ async fn malformed_content_fails_closed_for_block_and_open_without_one() {
     let r = post_as(&gw, "sk-free", "/v1/chat/completions", &odd[0]).await;
     assert_ne!(r.json::<Value>().await.unwrap()["error"]["code"], "content_filter");
 }
+
+#[tokio::test]
+async fn a_reload_picks_up_an_edited_pack() {
+    let mock = Mock::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pack = dir.path().join("words.yaml");
+    std::fs::write(&pack, "rules:\n  - {kind: keyword, words: [heron]}\n").unwrap();
+    let config = format!(
+        "{{SERVER}}\nprovider_keys:\n  - {{name: mock, provider: openai_compatible, base_url: \"{{MOCK}}/v1\", api_key: \"{{PROVIDER_KEY}}\"}}\n\
+         guardrails:\n  - {{name: birds, pack: \"{}\", stage: request}}\n\
+         models:\n  - {{name: plain, provider_key: mock, model: \"x?echo\", guardrails: [birds]}}\n\
+         api_keys:\n  - {{name: main, key: \"{{CALLER_KEY}}\"}}\n",
+        pack.display()
+    );
+    let gw = Gateway::start(&config, &mock);
+    let ask = |text: &'static str| {
+        let gw = &gw;
+        async move {
+            post(gw, "/v1/chat/completions", &chat("plain", text, false))
+                .await
+                .status()
+        }
+    };
+    assert_eq!(ask("a heron").await, 400);
+    assert_eq!(ask("a crane").await, 200);
+    std::fs::write(&pack, "rules:\n  - {kind: keyword, words: [crane]}\n").unwrap();
+    gw.signal("HUP");
+    assert!(
+        wait_until_async(|| async { ask("a crane").await == 400 }).await,
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(ask("a heron").await, 200);
+    // A broken pack is refused as a whole; the last good config stays.
+    std::fs::write(&pack, "rules: [{kind: regex, pattern: '(broken'}]\n").unwrap();
+    gw.signal("HUP");
+    assert!(
+        wait_until(5, || gw.log_text().contains("guardrails[0].pack")),
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(ask("a crane").await, 400);
+}

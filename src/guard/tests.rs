@@ -86,10 +86,7 @@ fn run(g: &Arc<Guardrail>, dialect: Dialect, stream: &[u8], at: usize) -> Result
     let mut out = sg.feed(&stream[..at], false, &mut hits)?.to_vec();
     out.extend_from_slice(&sg.feed(&stream[at..], true, &mut hits)?);
     let mut text = String::new();
-    let mut pos = 0;
-    while let Some(len) = crate::stream::event_end(&out[pos..]) {
-        let data = crate::stream::event_data(&out[pos..pos + len]);
-        pos += len;
+    for data in events(&out) {
         let Ok(v) = serde_json::from_slice::<Value>(&data) else {
             continue;
         };
@@ -99,8 +96,19 @@ fn run(g: &Arc<Guardrail>, dialect: Dialect, stream: &[u8], at: usize) -> Result
         };
         text.push_str(piece.and_then(Value::as_str).unwrap_or(""));
     }
-    assert_eq!(pos, out.len(), "output ends on an event boundary");
     Ok(text)
+}
+
+/// The data of each event; the output must end on an event boundary.
+fn events(out: &[u8]) -> Vec<Vec<u8>> {
+    let mut pos = 0;
+    let mut all = Vec::new();
+    while let Some(len) = crate::stream::event_end(&out[pos..]) {
+        all.push(crate::stream::event_data(&out[pos..pos + len]));
+        pos += len;
+    }
+    assert_eq!(pos, out.len(), "output ends on an event boundary");
+    all
 }
 
 /// Every sample, cut into text deltas at every position (and the network chunks cut at
@@ -211,4 +219,42 @@ fn window_is_the_longest_match_not_more() {
     let out = sg.feed(&stream[..first], false, &mut hits).unwrap();
     let text = String::from_utf8(out.to_vec()).unwrap();
     assert!(text.contains(r#""content":"a long sentence ""#), "{text}");
+}
+
+#[test]
+fn choices_are_scanned_separately_and_interleaved() {
+    let mask = guard("pii.yaml", Action::Mask);
+    let ev = |i: u64, text: &str| {
+        let c = json!({"id": "c", "choices": [{"index": i, "delta": {"content": text}, "finish_reason": null}]});
+        format!("data: {c}\n\n")
+    };
+    let fin = |i: u64| {
+        let c = json!({"id": "c", "choices": [{"index": i, "delta": {}, "finish_reason": "stop"}]});
+        format!("data: {c}\n\n")
+    };
+    let stream = [
+        ev(0, "mail bob@exa"),
+        ev(1, "call 415-555"),
+        ev(0, "mple.com ok"),
+        ev(1, "-0132 ok"),
+        fin(0),
+        fin(1),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    let mut sg = StreamGuard::new(vec![mask], Dialect::OpenAi);
+    let mut hits = Vec::new();
+    let out = sg.feed(stream.as_bytes(), true, &mut hits).unwrap();
+    let mut texts = [String::new(), String::new()];
+    for d in events(&out) {
+        let Ok(v) = serde_json::from_slice::<Value>(&d) else {
+            continue;
+        };
+        for c in v["choices"].as_array().unwrap() {
+            let i = c["index"].as_u64().unwrap() as usize;
+            texts[i].push_str(c.pointer("/delta/content").and_then(Value::as_str).unwrap_or(""));
+        }
+    }
+    assert_eq!(texts, ["mail [REDACTED:email] ok", "call [REDACTED:phone] ok"]);
+    assert!(out.ends_with(b"data: [DONE]\n\n"));
 }

@@ -11,6 +11,7 @@ pub mod limit;
 pub mod mock;
 pub mod provider;
 pub mod proxy;
+pub mod redis_pool;
 pub mod route;
 pub mod server;
 pub mod state;

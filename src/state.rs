@@ -12,6 +12,7 @@ use crate::config::{self, CompileCtx, ConfigError, Snapshot};
 use crate::limit::local::LocalStore;
 use crate::limit::redis::RedisStore;
 use crate::limit::{Cells, LimitStore, Limiter};
+use crate::redis_pool::RedisPool;
 use crate::route::{Cooldowns, UpstreamRegistry};
 use crate::telemetry::metrics::Metrics;
 
@@ -46,11 +47,15 @@ impl AppState {
         )?;
         // Shared limits when the config names a Redis; per process otherwise. Changing
         // `server.redis` takes a restart, like the listeners.
-        let store: Arc<dyn LimitStore> = match &snap.server.redis {
-            Some(r) => Arc::new(
-                RedisStore::new(&r.url, r.pool_size, r.timeout)
+        let redis = match &snap.server.redis {
+            Some(r) => Some(Arc::new(
+                RedisPool::new(&r.url, r.pool_size, r.timeout)
                     .map_err(|e| vec![ConfigError::new("server.redis.url", e)])?,
-            ),
+            )),
+            None => None,
+        };
+        let store: Arc<dyn LimitStore> = match &redis {
+            Some(pool) => Arc::new(RedisStore::new(pool.clone())),
             None => Arc::new(LocalStore::new()),
         };
         let metrics = Arc::new(Metrics::new());

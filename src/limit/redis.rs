@@ -8,29 +8,26 @@
 //! scored by their lease's expiry, refreshed while the request runs, so the slots of an
 //! instance that dies come back within [`LEASE_TTL`].
 //!
-//! Connections: a small pool of redis-rs `ConnectionManager`s (each one multiplexed and
-//! reconnecting on its own). Every call has a deadline; after a failure the store backs
-//! off for [`BACKOFF`] and reports errors without waiting, so an unreachable Redis costs
-//! requests nothing but the check.
+//! Connections, deadlines and the back-off after a failure are the shared
+//! [`RedisPool`]'s.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::gcra::Verdict;
 use super::{Kind, LimitStore, Rule, StoreError};
+use crate::redis_pool::RedisPool;
 
 /// How long a concurrency slot outlives the last sign of life of its holder.
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
 /// How often held slots are refreshed.
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
-/// How long the store stops trying after a failure.
-pub const BACKOFF: Duration = Duration::from_secs(1);
 
 // Times in the scripts are microseconds since 2023-11-14 (1.7e9 s) on Redis's clock:
 // small enough that Lua's doubles keep a fraction of a microsecond, so an interval of
@@ -124,12 +121,7 @@ return 0
 "#;
 
 pub struct RedisStore {
-    client: redis::Client,
-    pool_size: usize,
-    timeout: Duration,
-    /// Built on first use, inside the runtime that will drive the connections.
-    pool: OnceLock<Vec<ConnectionManager>>,
-    next: AtomicUsize,
+    redis: Arc<RedisPool>,
     acquire: Script,
     finish: Script,
     refresh: Script,
@@ -138,73 +130,32 @@ pub struct RedisStore {
     /// Slots held by this instance: lease -> concurrency keys, for the refresh.
     leases: DashMap<u64, Vec<String>>,
     epoch: Instant,
-    /// Until when (ms since `epoch`) the store does not try Redis.
-    down_until_ms: AtomicU64,
     last_refresh_ms: AtomicU64,
 }
 
 impl RedisStore {
-    /// Validates the URL; connects lazily, so a Redis that is down at start-up delays
-    /// nothing.
-    pub fn new(url: &str, pool_size: usize, timeout: Duration) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid redis url: {e}"))?;
-        Ok(Self {
-            client,
-            pool_size: pool_size.max(1),
-            timeout,
-            pool: OnceLock::new(),
-            next: AtomicUsize::new(0),
+    pub fn new(redis: Arc<RedisPool>) -> Self {
+        Self {
+            redis,
             acquire: Script::new(ACQUIRE),
             finish: Script::new(FINISH),
             refresh: Script::new(REFRESH),
             instance: fastrand::u64(..),
             leases: DashMap::new(),
             epoch: Instant::now(),
-            down_until_ms: AtomicU64::new(0),
             last_refresh_ms: AtomicU64::new(0),
-        })
-    }
-
-    fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        let pool = self.pool.get_or_init(|| {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(self.timeout))
-                .set_response_timeout(Some(self.timeout))
-                .set_number_of_retries(1)
-                .set_min_delay(Duration::from_millis(20))
-                .set_max_delay(Duration::from_millis(200));
-            (0..self.pool_size)
-                .filter_map(|_| ConnectionManager::new_lazy_with_config(self.client.clone(), config.clone()).ok())
-                .collect()
-        });
-        if pool.is_empty() {
-            return Err(StoreError("cannot create redis connections".into()));
         }
-        Ok(pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()].clone())
     }
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Runs one call with the deadline and the back-off.
     async fn call<T, F>(&self, f: impl FnOnce(ConnectionManager) -> F) -> Result<T, StoreError>
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        if self.now_ms() < self.down_until_ms.load(Ordering::Relaxed) {
-            return Err(StoreError("redis unavailable; backing off".into()));
-        }
-        let result = match tokio::time::timeout(self.timeout, f(self.conn()?)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError(format!("redis: {e}"))),
-            Err(_) => Err(StoreError(format!("redis did not answer within {:?}", self.timeout))),
-        };
-        if result.is_err() {
-            self.down_until_ms
-                .store(self.now_ms() + BACKOFF.as_millis() as u64, Ordering::Relaxed);
-        }
-        result
+        self.redis.call(f).await.map_err(|e| StoreError(e.0))
     }
 
     fn member(&self, lease: u64) -> String {
@@ -214,8 +165,8 @@ impl RedisStore {
     /// Removes this instance's slots for `lease`, in a task (called from destructors).
     fn spawn_release(&self, keys: Vec<String>, lease: u64) {
         let member = self.member(lease);
-        let Ok(mut conn) = self.conn() else { return };
-        let timeout = self.timeout;
+        let Ok(mut conn) = self.redis.conn() else { return };
+        let timeout = self.redis.timeout;
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             // No runtime (shutting down): the lease expires on its own.
             return;

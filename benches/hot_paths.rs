@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the per-request hot path: caller key lookup, request parse and
 //! model rewrite, SSE usage extraction, Anthropic translation, the local rate limit check,
-//! guardrail scans.
+//! guardrail scans, the cache key.
 //! `make bench`.
 #![allow(clippy::unwrap_used)]
 
@@ -219,8 +219,33 @@ fn guardrail_scan(c: &mut Criterion) {
     });
 }
 
+/// The cache key of a chat request: parse, canonicalise, BLAKE3.
+fn cache_key(c: &mut Criterion) {
+    use aigw::provider::Endpoint;
+    let mut g = c.benchmark_group("cache key");
+    for size in [1024usize, 16 * 1024] {
+        let body = serde_json::json!({"model": "gpt-4o-mini", "temperature": 0.2, "stream": true,
+            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": prose(size)}]})
+        .to_string();
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            b.iter(|| {
+                let v: serde_json::Value = serde_json::from_slice(body.as_bytes()).unwrap();
+                black_box(aigw::cache::key::key(
+                    "owner=team-a",
+                    "gpt-4o-mini",
+                    Endpoint::ChatCompletions,
+                    &v,
+                ))
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    cache_key,
     guardrail_scan,
     key_lookup,
     parse_and_rewrite,

@@ -90,9 +90,11 @@ if [ -n "$GWR" ]; then
   read -r rmin rmax ravg rn <<<"$(timeout 3 redis-cli -u "$REDIS_URL" --latency --raw || true)"
   REDIS_RTT="Redis round trip (redis-cli --latency, idle, ${rn:-0} samples): avg ${ravg:-?} ms, min ${rmin:-?}, max ${rmax:-?}."
 fi
+LOAD_MODEL=cached-model run "gateway, cache hit" http://127.0.0.1:18080/v1/chat/completions 0 "$GW"
 # shellcheck disable=SC2046
 run "nginx streaming" http://127.0.0.1:18081/v1/chat/completions 1 $(nginx_pids)
 run "gateway streaming" http://127.0.0.1:18080/v1/chat/completions 1 "$GW"
+LOAD_MODEL=cached-model run "gateway streaming, cache hit" http://127.0.0.1:18080/v1/chat/completions 1 "$GW"
 
 echo
 [ -n "${REDIS_RTT:-}" ] && echo "$REDIS_RTT" | tee -a "$OUT" && echo

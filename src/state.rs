@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::cache::Caches;
 use crate::config::{self, CompileCtx, ConfigError, Snapshot};
 use crate::limit::local::LocalStore;
 use crate::limit::redis::RedisStore;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub cooldowns: Cooldowns,
     pub limit_cells: Cells,
     pub limiter: Limiter,
+    /// Response cache stores by policy name.
+    pub caches: Caches,
     pub metrics: Arc<Metrics>,
     inflight: AtomicUsize,
     pub draining: AtomicBool,
@@ -66,6 +69,7 @@ impl AppState {
             cooldowns: Cooldowns::default(),
             limit_cells,
             limiter: Limiter::new(store, metrics.clone()),
+            caches: Caches::new(redis),
             metrics,
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
@@ -101,6 +105,7 @@ impl AppState {
                 }
                 // Resolve new upstreams before any request can pick them.
                 self.upstreams.resolve_new().await;
+                self.caches.prune(&snap);
                 self.snapshot.store(Arc::new(snap));
                 drop(old);
                 self.limit_cells.prune();

@@ -178,7 +178,8 @@ pub struct Model {
     pub limits: Option<Arc<Binding>>,
     /// Applied after the caller key's own guardrails.
     pub guardrails: Vec<Arc<Guardrail>>,
-    pub cache: Option<String>,
+    /// The model's response cache policy.
+    pub cache: Option<Arc<raw::Cache>>,
     pub pricing: Option<raw::Pricing>,
 }
 
@@ -195,6 +196,8 @@ pub struct ApiKeyEntry {
     pub limits: Option<Arc<Binding>>,
     pub guardrails: Vec<Arc<Guardrail>>,
     pub budget: Option<String>,
+    /// Whether this key's requests may use response caches.
+    pub cache: bool,
 }
 
 impl ApiKeyEntry {
@@ -267,7 +270,7 @@ pub struct Snapshot {
     pub keys: KeyIndex,
     pub rate_limits: Vec<raw::RateLimit>,
     pub guardrails: Vec<Arc<Guardrail>>,
-    pub caches: Vec<raw::Cache>,
+    pub caches: Vec<Arc<raw::Cache>>,
     pub budgets: Vec<raw::Budget>,
     pub observability: raw::Observability,
     /// Unix seconds when this snapshot was compiled; `created` in `/v1/models`.
@@ -279,9 +282,6 @@ impl Snapshot {
     /// operator is never misled into thinking a limit or filter is active.
     pub fn not_enforced(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if !self.caches.is_empty() {
-            out.push("cache");
-        }
         if !self.budgets.is_empty() {
             out.push("budgets");
         }
@@ -350,7 +350,7 @@ fn check_ref(
     }
 }
 
-pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<ConfigError>> {
+pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     let mut errs = Errors(Vec::new());
     let names = Names { broken: &raw.broken };
 
@@ -395,7 +395,12 @@ pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<Con
     }
     let resolve =
         |names: &[String]| -> Vec<Arc<Guardrail>> { names.iter().filter_map(|n| guards.get(n).cloned()).collect() };
-    let cache_names = check_unique("cache", raw.cache.iter().map(|c| c.name.as_str()), &mut errs);
+    let caches: Vec<Arc<raw::Cache>> = std::mem::take(&mut raw.cache).into_iter().map(Arc::new).collect();
+    let cache_names = check_unique("cache", caches.iter().map(|c| c.name.as_str()), &mut errs);
+    let mut cache_policies: HashMap<&str, Arc<raw::Cache>> = HashMap::new();
+    for c in &caches {
+        cache_policies.entry(c.name.as_str()).or_insert_with(|| c.clone());
+    }
 
     let mut providers = HashMap::new();
     for (i, p) in raw.provider_keys.iter().enumerate() {
@@ -508,7 +513,7 @@ pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<Con
                         route,
                         limits: bind(m.rate_limit.as_deref(), &format!("model={}", m.name)),
                         guardrails: resolve(&m.guardrails),
-                        cache: m.cache.clone(),
+                        cache: m.cache.as_ref().and_then(|c| cache_policies.get(c.as_str()).cloned()),
                         pricing: m.pricing,
                     }),
                 );
@@ -600,6 +605,7 @@ pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<Con
             limits,
             guardrails: resolve(&k.guardrails),
             budget: k.budget.clone(),
+            cache: k.cache,
         });
     }
 
@@ -611,7 +617,7 @@ pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<Con
     for (i, r) in raw.rate_limits.iter().enumerate() {
         compile_rate_limit(i, r, &mut errs);
     }
-    for (i, c) in raw.cache.iter().enumerate() {
+    for (i, c) in caches.iter().enumerate() {
         let path = format!("cache[{i}]");
         if c.ttl_s == 0 {
             errs.push(format!("{path}.ttl_s"), "must be at least 1");
@@ -643,7 +649,7 @@ pub fn compile(raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec<Con
         keys,
         rate_limits: raw.rate_limits,
         guardrails: guard_order,
-        caches: raw.cache,
+        caches,
         budgets: raw.budgets,
         observability: raw.observability,
         created: Utc::now().timestamp(),

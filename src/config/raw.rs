@@ -346,6 +346,9 @@ pub struct ApiKey {
     #[serde(default)]
     pub guardrails: Vec<String>,
     pub budget: Option<String>,
+    /// `false`: this key's requests never read or fill a response cache.
+    #[serde(default = "default_true")]
+    pub cache: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::cache;
 use crate::config::{ApiKeyEntry, Snapshot, Target};
 use crate::error::{Dialect, GwError};
 use crate::guard::stream::StreamGuard;
@@ -59,6 +60,10 @@ pub struct Ctx {
     pub stream_guard: Option<Box<StreamGuard>>,
     /// Guardrails that hit, once each, for metrics and the access log.
     pub guard_hits: Vec<Hit>,
+    /// What the response cache did, when the model has a cache policy.
+    pub cache: Option<cache::Outcome>,
+    /// A miss whose answer may be stored once complete.
+    pub cache_fill: Option<Box<cache::Fill>>,
     /// When the first streamed event went to the caller (time to first token).
     pub first_event: Option<Instant>,
     /// The error this request ended with, if the gateway produced one.
@@ -94,6 +99,8 @@ impl Ctx {
             response_guards: Vec::new(),
             stream_guard: None,
             guard_hits: Vec::new(),
+            cache: None,
+            cache_fill: None,
             first_event: None,
             error: None,
         }

@@ -161,7 +161,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> pingora::Result<Option<std::time::Duration>> {
-        match response::on_body(body, end_of_stream, ctx) {
+        match response::on_body(&self.state, body, end_of_stream, ctx) {
             Ok(()) => Ok(None),
             // Ends the response; `fail_to_proxy` closes the stream with the error event.
             Err(e) => Err(Error::explain(ErrorType::InternalError, e.to_string())),

@@ -14,10 +14,12 @@ use serde_json::json;
 
 use super::ctx::Ctx;
 use crate::auth;
+use crate::cache::{self, Lookup};
 use crate::config::raw::{Balance, HashOn};
 use crate::config::{Snapshot, Target};
 use crate::error::GwError;
 use crate::guard;
+use crate::guard::stream::StreamGuard;
 use crate::provider::{self, body, Endpoint};
 use crate::route::plan::{Outcome, Plan};
 use crate::state::AppState;
@@ -154,17 +156,42 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     ctx.alias = Some(model.name.clone());
     let bindings: Vec<&Arc<_>> = caller.limits.iter().chain(model.limits.iter()).collect();
     ctx.limits = state.limiter.admit(&bindings).await?;
+    ctx.stream = view.stream;
+    ctx.caller_include_usage = view.include_usage;
     let on_request = guard::applicable(&caller.guardrails, &model.guardrails, false);
     let masked = guard::check_request(&on_request, endpoint, &body, &mut ctx.guard_hits)?;
+    let body = masked.unwrap_or(body);
     ctx.response_guards = match endpoint {
         // Embeddings answer with vectors: there is no text to check.
         Endpoint::Embeddings => Vec::new(),
         _ => guard::applicable(&caller.guardrails, &model.guardrails, true),
     };
-    ctx.stream = view.stream;
-    ctx.caller_include_usage = view.include_usage;
+    let headers = &session.req_header().headers;
+    let looked_up = cache::lookup(
+        &state.caches,
+        &state.metrics,
+        model,
+        &caller,
+        endpoint,
+        ctx.dialect,
+        headers,
+        &body,
+    )
+    .await;
+    match looked_up {
+        Some(Lookup::Hit(entry)) => {
+            ctx.cache = Some(cache::Outcome::Hit);
+            answer_from_cache(session, ctx, &entry).await;
+            return Ok(Admission::Answered);
+        }
+        Some(Lookup::Go(outcome, fill)) => {
+            ctx.cache = Some(outcome);
+            ctx.cache_fill = fill;
+        }
+        None => {}
+    }
     ctx.plan = Some(plan);
-    ctx.request_body = masked.unwrap_or(body);
+    ctx.request_body = body;
     Ok(Admission::Proxy)
 }
 
@@ -276,12 +303,24 @@ fn model_object(snap: &Snapshot, alias: &str) -> serde_json::Value {
 }
 
 async fn answer_json(session: &mut Session, ctx: &Ctx, v: serde_json::Value) -> Result<(), GwError> {
-    let body = Bytes::from(v.to_string());
+    answer(session, ctx, "application/json", Bytes::from(v.to_string()), |_| Ok(())).await;
+    Ok(())
+}
+
+/// Writes a whole 200 answer the gateway made itself; `more` adds headers.
+async fn answer(
+    session: &mut Session,
+    ctx: &Ctx,
+    content_type: &str,
+    body: Bytes,
+    more: impl FnOnce(&mut ResponseHeader) -> pingora::Result<()>,
+) {
     let write = async {
-        let mut resp = ResponseHeader::build(200, Some(4))?;
-        resp.insert_header("content-type", "application/json")?;
+        let mut resp = ResponseHeader::build(200, Some(6))?;
+        resp.insert_header("content-type", content_type)?;
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("x-request-id", &ctx.request_id)?;
+        more(&mut resp)?;
         let head_only = session.req_header().method == Method::HEAD;
         session.write_response_header(Box::new(resp), head_only).await?;
         if !head_only {
@@ -293,7 +332,58 @@ async fn answer_json(session: &mut Session, ctx: &Ctx, v: serde_json::Value) -> 
     if let Err(e) = write.await {
         tracing::debug!(error = %e, "could not write a local answer");
     }
-    Ok(())
+}
+
+/// A cache hit: the stored completion as JSON, or replayed as SSE for a streaming request,
+/// with this request's response guardrails applied (another key's entry may meet them
+/// here for the first time under `scope: global`).
+async fn answer_from_cache(session: &mut Session, ctx: &mut Ctx, entry: &cache::Entry) {
+    let blocked = |name: &str| GwError::ContentFilter {
+        guardrail: name.to_owned(),
+        response: true,
+    };
+    let (content_type, body) = if ctx.stream {
+        let completion: serde_json::Value = serde_json::from_slice(&entry.body).unwrap_or_default();
+        let sse = Bytes::from(cache::replay::sse(&completion, ctx.dialect, ctx.caller_include_usage));
+        let body = if ctx.response_guards.is_empty() {
+            sse
+        } else {
+            let mut g = StreamGuard::new(ctx.response_guards.clone(), ctx.dialect);
+            match g.feed(&sse, true, &mut ctx.guard_hits) {
+                Ok(out) => out,
+                Err(name) => {
+                    let e = blocked(&name);
+                    let ev = e.sse_event(ctx.dialect);
+                    ctx.error = Some(e);
+                    ev
+                }
+            }
+        };
+        ("text/event-stream", body)
+    } else {
+        let mut by = None;
+        let checked = guard::check_response(
+            &ctx.response_guards,
+            ctx.dialect,
+            &entry.body,
+            &mut ctx.guard_hits,
+            &mut by,
+        );
+        if let Some(name) = by {
+            ctx.error = Some(blocked(&name));
+        }
+        ("application/json", checked.unwrap_or_else(|| entry.body.clone()))
+    };
+    let limits = ctx.limits.as_ref().map(|l| l.headers());
+    answer(session, ctx, content_type, body, |resp| {
+        resp.insert_header("x-aigw-model", entry.model.as_str())?;
+        resp.insert_header("x-aigw-cache", "hit")?;
+        if let Some(h) = &limits {
+            h.apply(resp);
+        }
+        Ok(())
+    })
+    .await;
 }
 
 /// Reads the whole request body, up to `limit` bytes (also for chunked bodies without a

@@ -75,6 +75,9 @@ pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx
 /// the way), or translated when the caller's dialect differs from the provider's.
 pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if let Some(c) = ctx.cache {
+        resp.insert_header("x-aigw-cache", c.as_str())?;
+    }
     // The provider's rate limit headers describe the gateway's provider account, not the
     // caller: they are replaced by the caller's own limits, when a policy applies.
     let provider_limits: Vec<http::HeaderName> = resp
@@ -99,6 +102,8 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if !resp.status.is_success() {
+        // Errors are never cached.
+        ctx.cache_fill = None;
         // A provider's own error, re-shaped into the caller's envelope when they differ.
         if translating {
             resp.remove_header(&http::header::CONTENT_LENGTH);
@@ -127,6 +132,9 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
         }
         ctx.stream_guard = guard;
         ctx.sse = Some(SseState::with_mode(mode));
+        if let Some(fill) = ctx.cache_fill.as_mut() {
+            fill.start_stream();
+        }
     } else {
         let translate = match (provider_dialect, ctx.dialect) {
             (Dialect::Anthropic, Dialect::OpenAi) => JsonTranslate::AnthropicToChat { created: now() },
@@ -169,7 +177,7 @@ fn now() -> i64 {
 
 /// A body chunk on its way to the caller: usage is read, events are translated or
 /// filtered, guardrails scan. `Err` ends the response (a guardrail blocked a stream).
-pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Result<(), GwError> {
+pub fn on_body(state: &AppState, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Result<(), GwError> {
     if let Some(sse) = ctx.sse.as_mut() {
         let mut out = body.take().map(|b| sse.feed(b)).unwrap_or_default();
         if end_of_stream {
@@ -196,7 +204,13 @@ pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> 
         if ctx.first_event.is_none() && !out.is_empty() {
             ctx.first_event = Some(Instant::now());
         }
+        if let Some(fill) = ctx.cache_fill.as_mut() {
+            fill.feed(&out);
+        }
         *body = Some(out);
+        if end_of_stream {
+            fill_cache(state, ctx, None);
+        }
     } else if let Some(j) = ctx.json.as_mut() {
         if let Some(b) = body.as_ref() {
             j.push(b);
@@ -207,7 +221,7 @@ pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> 
             *body = None;
         }
         if end_of_stream {
-            let (usage, held) = j.finish();
+            let (usage, whole, held) = j.finish();
             ctx.usage = usage;
             let completed = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
             let checked = match (&held, completed && !ctx.response_guards.is_empty()) {
@@ -230,12 +244,24 @@ pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> 
                 }
                 _ => None,
             };
+            let sent = if holds { checked.or(held) } else { Some(whole) };
             if holds {
-                *body = checked.or(held);
+                *body = sent.clone();
             }
+            fill_cache(state, ctx, sent);
         }
     }
     Ok(())
+}
+
+/// The answer is complete: a cache miss stores it (in a task), unless something went
+/// wrong on the way (a guardrail blocked, the provider failed).
+fn fill_cache(state: &AppState, ctx: &mut Ctx, json: Option<Bytes>) {
+    let Some(fill) = ctx.cache_fill.take() else { return };
+    let ok = ctx.error.is_none() && ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
+    if let (true, Some(t)) = (ok, &ctx.target) {
+        (*fill).finish(json, ctx.usage, t.alias.clone(), state.metrics.clone());
+    }
 }
 
 /// The gateway error for a proxying failure, when no more specific one was recorded.

@@ -328,9 +328,9 @@ impl JsonBody {
         }
     }
 
-    /// The usage, and the body to send when it was held: translated when translating,
-    /// else as received (`None` when over the limit: it can be neither checked nor held).
-    pub fn finish(&mut self) -> (Option<Usage>, Option<Bytes>) {
+    /// The usage, the body as received, and the body to send when it was held:
+    /// translated when translating, else as received.
+    pub fn finish(&mut self) -> (Option<Usage>, Bytes, Option<Bytes>) {
         let parts = std::mem::take(&mut self.parts);
         let whole: Bytes = match parts.as_slice() {
             [] => Bytes::new(),
@@ -343,12 +343,12 @@ impl JsonBody {
             .map(Usage::from);
         let translated = match self.translate {
             JsonTranslate::None => match self.hold {
-                Some(_) if !self.over => return (usage, Some(whole)),
+                Some(_) if !self.over => return (usage, whole.clone(), Some(whole)),
                 Some(dialect) => {
                     let e = GwError::UpstreamError("The provider's answer is too large to check.".into());
-                    return (usage, Some(e.body(dialect)));
+                    return (usage, whole, Some(e.body(dialect)));
                 }
-                None => return (usage, None),
+                None => return (usage, whole, None),
             },
             _ if self.over => GwError::UpstreamError("The provider's answer is too large to translate.".into()).body(
                 if self.translate == JsonTranslate::ChatToAnthropic {
@@ -373,7 +373,7 @@ impl JsonBody {
                 }
             },
         };
-        (usage, Some(translated))
+        (usage, whole, Some(translated))
     }
 }
 
@@ -457,7 +457,7 @@ mod tests {
         let mut j = JsonBody::new(JsonTranslate::None);
         j.push(&Bytes::copy_from_slice(&body[..10]));
         j.push(&Bytes::copy_from_slice(&body[10..]));
-        let (usage, translated) = j.finish();
+        let (usage, _, translated) = j.finish();
         assert_eq!(
             usage,
             Some(Usage {

@@ -79,6 +79,8 @@ struct Record<'a> {
     error: &'a str,
     /// Guardrails that matched, as `name:action`, comma-separated; never what matched.
     guardrails: String,
+    /// `hit`, `miss`, `bypass`, or empty when the model has no cache.
+    cache: &'a str,
     duration_ms: f64,
     ttft_ms: Option<f64>,
 }
@@ -133,6 +135,7 @@ pub fn access(session: &Session, ctx: &Ctx, state: &AppState) {
             .map(|h| format!("{}:{}", h.guardrail, crate::guard::action_name(h.action)))
             .collect::<Vec<_>>()
             .join(","),
+        cache: ctx.cache.map_or("", |c| c.as_str()),
         duration_ms: ms(ctx.started.elapsed()),
         ttft_ms: ctx.first_event.map(|t| ms(t.duration_since(ctx.started))),
     };

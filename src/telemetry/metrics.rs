@@ -50,6 +50,11 @@ pub struct Metrics {
     /// `aigw_guardrail_hits_total{guardrail,action}`: requests a guardrail matched, once
     /// per request and guardrail (both stages together).
     pub guardrail_hits: IntCounterVec,
+    /// `aigw_cache_total{model,result=hit|miss|bypass}`: requests to models with a cache.
+    pub cache: IntCounterVec,
+    /// `aigw_cache_errors_total`: cache lookups and stores the backend did not answer
+    /// (a failed lookup is served as a miss).
+    pub cache_errors: IntCounter,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -126,6 +131,16 @@ impl Metrics {
                 "Requests a guardrail matched, by guardrail and action",
                 &["guardrail", "action"],
             ),
+            cache: counter(
+                "aigw_cache_total",
+                "Requests to models with a cache policy, by result",
+                &["model", "result"],
+            ),
+            cache_errors: IntCounter::new(
+                "aigw_cache_errors_total",
+                "Cache lookups and stores the backend did not answer",
+            )
+            .expect("valid metric"),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -141,6 +156,8 @@ impl Metrics {
             Box::new(m.ratelimit_store_errors.clone()),
             Box::new(m.concurrency_in_use.clone()),
             Box::new(m.guardrail_hits.clone()),
+            Box::new(m.cache.clone()),
+            Box::new(m.cache_errors.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -154,6 +171,9 @@ impl Metrics {
         let owner = ctx.caller.as_ref().map_or("", |c| c.owner.as_str());
         let status = status.to_string();
         self.requests.with_label_values(&[model, owner, status.as_str()]).inc();
+        if let Some(c) = ctx.cache {
+            self.cache.with_label_values(&[model, c.as_str()]).inc();
+        }
         for h in &ctx.guard_hits {
             self.guardrail_hits
                 .with_label_values(&[&h.guardrail, crate::guard::action_name(h.action)])

@@ -56,6 +56,10 @@ models:
   - {{name: forbidden-model, provider_key: mock}}
   - {{name: guarded-echo, provider_key: mock, model: "x?echo", guardrails: [py-pii, py-codenames]}}
   - {{name: guarded-claude, provider_key: mock-anthropic, model: "c?echo", guardrails: [py-pii, py-codenames]}}
+  - {{name: cached-echo, provider_key: mock, model: "x?echo", cache: py-cache}}
+  - {{name: cached-claude, provider_key: mock-anthropic, model: "c?echo", cache: py-cache}}
+cache:
+  - {{name: py-cache, ttl_s: 300}}
 guardrails:
   - {{name: py-pii, pack: "{root}/filters/pii.yaml", action: mask}}
   - {{name: py-codenames, rules: [{{kind: keyword, words: [falcon], whole_word: true}}], stage: response, action: block}}
@@ -65,6 +69,7 @@ api_keys:
   - {{name: py-openai-limited, key: sk-py-openai-limited, rate_limit: one-per-minute}}
   - {{name: py-anthropic-limited, key: sk-py-anthropic-limited, rate_limit: one-per-minute}}
   - {{name: py-guarded, key: sk-py-guarded, guardrails: [py-secrets]}}
+  - {{name: py-free, key: sk-py-free}}
 rate_limits:
   - {{name: one-per-minute, requests_per_minute: 1}}
 """

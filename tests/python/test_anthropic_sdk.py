@@ -1,6 +1,9 @@
 """Wire compatibility with the official `anthropic` Python SDK, against an Anthropic
 provider (native passthrough) and an OpenAI-style provider (translated)."""
 
+import time
+import uuid
+
 import anthropic
 import pytest
 from anthropic import Anthropic
@@ -141,3 +144,23 @@ def test_guardrail_blocks_a_stream_and_a_completion(guarded, model):
     r = guarded.messages.create(model=model, max_tokens=50, messages=msgs)
     assert r.stop_reason == "refusal"
     assert r.content == []
+
+
+@pytest.mark.parametrize("model", ["cached-claude", "cached-echo"])
+def test_cache_hits_replay_as_json_and_streams(gateway, model):
+    client = Anthropic(base_url=gateway, api_key="sk-py-free", max_retries=0)
+    msgs = [{"role": "user", "content": f"cache me {uuid.uuid4()}"}]
+    with client.messages.stream(model=model, max_tokens=50, messages=msgs) as s:
+        assert "".join(s.text_stream) == msgs[0]["content"]
+    for _ in range(100):
+        raw = client.messages.with_raw_response.create(model=model, max_tokens=50, messages=msgs)
+        if raw.headers["x-aigw-cache"] == "hit":
+            break
+        time.sleep(0.05)
+    assert raw.headers["x-aigw-cache"] == "hit"
+    assert raw.parse().content[0].text == msgs[0]["content"]
+    with client.messages.stream(model=model, max_tokens=50, messages=msgs) as s:
+        assert "".join(s.text_stream) == msgs[0]["content"]
+        final = s.get_final_message()
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens > 0

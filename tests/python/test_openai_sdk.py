@@ -1,6 +1,8 @@
 """Wire compatibility with the official `openai` Python SDK."""
 
 import json
+import time
+import uuid
 
 import openai
 import pytest
@@ -222,3 +224,25 @@ def test_guardrail_blocks_a_stream_and_a_completion(guarded, model):
     r = guarded.chat.completions.create(model=model, messages=msgs)
     assert r.choices[0].finish_reason == "content_filter"
     assert r.choices[0].message.content is None
+
+
+@pytest.mark.parametrize("model", ["cached-echo", "cached-claude"])
+def test_cache_hits_replay_as_json_and_streams(gateway, model):
+    client = OpenAI(base_url=f"{gateway}/v1", api_key="sk-py-free", max_retries=0)
+    msgs = [{"role": "user", "content": f"cache me {uuid.uuid4()}"}]
+    first = client.chat.completions.with_raw_response.create(model=model, messages=msgs)
+    assert first.headers["x-aigw-cache"] == "miss"
+    for _ in range(100):
+        raw = client.chat.completions.with_raw_response.create(model=model, messages=msgs)
+        if raw.headers["x-aigw-cache"] == "hit":
+            break
+        time.sleep(0.05)
+    assert raw.headers["x-aigw-cache"] == "hit"
+    assert raw.parse().choices[0].message.content == msgs[0]["content"]
+    stream = client.chat.completions.create(
+        model=model, messages=msgs, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == msgs[0]["content"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"

@@ -44,6 +44,12 @@ else
   GWR=""
 fi
 
+# The same gateway exporting a trace of every request to the mock's OTLP sink.
+sed -e 's/127.0.0.1:18080/127.0.0.1:18083/; s/127.0.0.1:19090/127.0.0.1:19093/' loadtest/aigw.yaml >"$WORK/aigw-traces.yaml"
+printf 'observability:\n  otlp: {endpoint: "http://127.0.0.1:18000/v1/traces", sample_ratio: 1.0}\n' >>"$WORK/aigw-traces.yaml"
+RUST_LOG=warn "$BIN" serve --config "$WORK/aigw-traces.yaml" >/dev/null 2>"$WORK/gw-traces.log" & GWT=$!; PIDS+=($GWT)
+wait_port 18083
+
 nginx_pids() { pgrep -f "nginx: worker process" | tr '\n' ' '; }
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
 rss_kib() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status"))); done; echo $t; }
@@ -90,6 +96,7 @@ if [ -n "$GWR" ]; then
   read -r rmin rmax ravg rn <<<"$(timeout 3 redis-cli -u "$REDIS_URL" --latency --raw || true)"
   REDIS_RTT="Redis round trip (redis-cli --latency, idle, ${rn:-0} samples): avg ${ravg:-?} ms, min ${rmin:-?}, max ${rmax:-?}."
 fi
+run "gateway + traces (100% sampled)" http://127.0.0.1:18083/v1/chat/completions 0 "$GWT"
 LOAD_MODEL=cached-model run "gateway, cache hit" http://127.0.0.1:18080/v1/chat/completions 0 "$GW"
 # shellcheck disable=SC2046
 run "nginx streaming" http://127.0.0.1:18081/v1/chat/completions 1 $(nginx_pids)
@@ -98,4 +105,6 @@ LOAD_MODEL=cached-model run "gateway streaming, cache hit" http://127.0.0.1:1808
 
 echo
 [ -n "${REDIS_RTT:-}" ] && echo "$REDIS_RTT" | tee -a "$OUT" && echo
+DROPPED=$(curl -s http://127.0.0.1:19093/metrics | awk '/^aigw_trace_spans_dropped_total/{s+=$2} END{print s+0}')
+echo "Spans dropped by the traced gateway: $DROPPED" | tee -a "$OUT"
 echo "CPU and RSS are of the proxy under test (the mock for the direct row; gateway + Redis for the Redis row). Saved to $OUT"

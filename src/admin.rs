@@ -2,6 +2,7 @@
 //! Prometheus metrics.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Response;
@@ -24,16 +25,55 @@ fn text(status: u16, body: &str) -> Response<Vec<u8>> {
         .unwrap_or_default()
 }
 
+impl Admin {
+    /// Every proxy listener accepts connections (checked by connecting to it until the
+    /// first time they all do; Pingora does not close a listener on its own later).
+    async fn listeners_up(&self) -> Result<(), String> {
+        if self.state.listeners_up.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let snap = self.state.snapshot();
+        let addrs = snap
+            .server
+            .listen
+            .iter()
+            .chain(snap.server.tls.iter().map(|t| &t.listen));
+        for addr in addrs {
+            let probe = local_probe(addr);
+            let connect = tokio::net::TcpStream::connect(probe.as_str());
+            match tokio::time::timeout(Duration::from_millis(500), connect).await {
+                Ok(Ok(_)) => {}
+                _ => return Err(addr.clone()),
+            }
+        }
+        self.state.listeners_up.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Where to reach a listener from this host: a wildcard address is probed on loopback.
+fn local_probe(addr: &str) -> String {
+    match addr.rsplit_once(':') {
+        Some(("0.0.0.0", port)) => format!("127.0.0.1:{port}"),
+        Some(("[::]", port)) => format!("[::1]:{port}"),
+        _ => addr.to_owned(),
+    }
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         match session.req_header().uri.path() {
             // Alive as long as this answers.
             "/healthz" => text(200, "ok\n"),
-            // Ready while a config is loaded and the gateway is not draining, so a load
-            // balancer stops sending new work as soon as SIGTERM arrives.
+            // Ready once a config is loaded (always, past start-up) and every proxy
+            // listener accepts connections, until draining starts: a load balancer stops
+            // sending new work as soon as SIGTERM arrives.
             "/readyz" if self.state.draining.load(Ordering::Acquire) => text(503, "draining\n"),
-            "/readyz" => text(200, "ready\n"),
+            "/readyz" => match self.listeners_up().await {
+                Ok(()) => text(200, "ready\n"),
+                Err(addr) => text(503, &format!("starting: {addr} is not accepting connections yet\n")),
+            },
             "/metrics" if self.state.snapshot().observability.prometheus => {
                 let body = self.state.metrics.render();
                 Response::builder()
@@ -45,5 +85,17 @@ impl ServeHttp for Admin {
             }
             _ => text(404, "not found\n"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_are_probed_on_loopback() {
+        assert_eq!(local_probe("0.0.0.0:8080"), "127.0.0.1:8080");
+        assert_eq!(local_probe("[::]:8443"), "[::1]:8443");
+        assert_eq!(local_probe("10.0.0.1:80"), "10.0.0.1:80");
     }
 }

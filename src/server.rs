@@ -101,10 +101,19 @@ pub fn serve(config: PathBuf) -> Result<(), String> {
 
     tracing::info!("aigw serving");
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals { state }),
+        shutdown_signal: Box::new(Signals { state: state.clone() }),
     });
-    crate::telemetry::log::flush();
+    flush_telemetry(&state);
     std::process::exit(0)
+}
+
+/// Before exiting: spans still queued go to the collector (for at most 2 s), and the
+/// access log's last lines reach stdout.
+fn flush_telemetry(state: &AppState) {
+    if let Some(t) = &state.traces {
+        t.flush(Duration::from_secs(2));
+    }
+    crate::telemetry::log::flush();
 }
 
 /// Re-resolves provider addresses, runs fleet health checks and keeps shared rate limit
@@ -204,7 +213,7 @@ impl Signals {
                 std::thread::sleep(Duration::from_millis(100));
                 if state.inflight() == 0 {
                     tracing::info!("drained; exiting");
-                    crate::telemetry::log::flush();
+                    flush_telemetry(&state);
                     std::process::exit(0);
                 }
             }

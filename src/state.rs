@@ -16,6 +16,7 @@ use crate::limit::{Cells, LimitStore, Limiter};
 use crate::redis_pool::RedisPool;
 use crate::route::{Cooldowns, UpstreamRegistry};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::trace::Traces;
 
 pub struct AppState {
     snapshot: ArcSwap<Snapshot>,
@@ -26,9 +27,13 @@ pub struct AppState {
     pub limiter: Limiter,
     /// Response cache stores by policy name.
     pub caches: Caches,
+    /// The OTLP span export, when `observability.otlp` was set at start.
+    pub traces: Option<Traces>,
     pub metrics: Arc<Metrics>,
     inflight: AtomicUsize,
     pub draining: AtomicBool,
+    /// Every proxy listener accepted a probe connection once (`/readyz`).
+    pub listeners_up: AtomicBool,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -62,6 +67,13 @@ impl AppState {
             None => Arc::new(LocalStore::new()),
         };
         let metrics = Arc::new(Metrics::new());
+        let traces = match &snap.observability.otlp {
+            Some(o) => Some(
+                Traces::start(&o.endpoint, metrics.clone())
+                    .map_err(|e| vec![ConfigError::new("observability.otlp.endpoint", e)])?,
+            ),
+            None => None,
+        };
         Ok(Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snap),
             config_path,
@@ -70,9 +82,11 @@ impl AppState {
             limit_cells,
             limiter: Limiter::new(store, metrics.clone()),
             caches: Caches::new(redis),
+            traces,
             metrics,
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            listeners_up: AtomicBool::new(false),
         }))
     }
 
@@ -102,6 +116,10 @@ impl AppState {
                 }
                 if snap.server.redis != old.server.redis {
                     tracing::warn!("server.redis changes take effect only after a restart");
+                }
+                let endpoint = snap.observability.otlp.as_ref().map(|o| o.endpoint.as_str());
+                if endpoint.is_some() && endpoint != self.traces.as_ref().map(|t| t.endpoint.as_str()) {
+                    tracing::warn!("observability.otlp.endpoint changes take effect only after a restart");
                 }
                 // Resolve new upstreams before any request can pick them.
                 self.upstreams.resolve_new().await;

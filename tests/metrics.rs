@@ -1,5 +1,6 @@
-//! Prometheus metrics end to end: a scripted mix of requests is explained exactly by
-//! `/metrics`, and the exposition passes `promtool check metrics`.
+//! Prometheus metrics end to end: a scripted mix of requests (successes, a stream, a
+//! failover, an upstream failure, 401, 429, cache hits and misses, a guardrail block) is
+//! explained exactly by `/metrics`, and the exposition passes `promtool check metrics`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -22,7 +23,12 @@ provider_keys:
   - {name: an, provider: anthropic, base_url: "{MOCK}", api_key: "{PROVIDER_KEY}"}
 rate_limits:
   - {name: one-per-minute, requests_per_minute: 1}
+cache:
+  - {name: c}
+guardrails:
+  - {name: no-falcon, rules: [{kind: keyword, words: [falcon]}], stage: request}
 models:
+  - {name: cached, provider_key: mock, model: upstream-cached, cache: c, guardrails: [no-falcon]}
   - {name: chat, provider_key: mock, model: upstream-chat, pricing: {input_per_mtok: 1000000, output_per_mtok: 2000000}}
   - {name: claude, provider_key: an, model: claude-x}
   - {name: fails, provider_key: mock, model: "x?status=503"}
@@ -96,6 +102,33 @@ async fn a_scripted_mix_is_counted_exactly_once_per_request() {
     )
     .await;
     assert_eq!(r.status(), StatusCode::OK);
+    // A cache miss, then requests until one hits (the store runs in a task), and a
+    // request a guardrail blocks.
+    let mut cached_requests = 0.0;
+    loop {
+        let r = post(&gw, "/v1/chat/completions", &chat_body("cached")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        cached_requests += 1.0;
+        if r.headers()["x-aigw-cache"] == "hit" {
+            break;
+        }
+        assert!(cached_requests < 100.0, "never a cache hit");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let blocked = post(
+        &gw,
+        "/v1/chat/completions",
+        &json!({"model": "cached", "messages": [{"role": "user", "content": "the falcon"}]}),
+    )
+    .await;
+    assert_eq!(blocked.status(), StatusCode::BAD_REQUEST);
+    let r = post(
+        &gw,
+        "/v1/messages",
+        &json!({"model": "claude", "max_tokens": 20, "messages": [{"role": "user", "content": "hi again"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
 
     // The last request's logging phase may finish just after its response.
     let mut m = HashMap::new();
@@ -105,7 +138,7 @@ async fn a_scripted_mix_is_counted_exactly_once_per_request() {
         if get(
             &m,
             "aigw_requests_total{model=\"claude\",owner=\"team-a\",status=\"200\"}",
-        ) == 1.0
+        ) == 2.0
         {
             break;
         }
@@ -123,13 +156,25 @@ async fn a_scripted_mix_is_counted_exactly_once_per_request() {
     assert_eq!(req("", "", 401), 1.0, "unauthenticated: no model, no owner");
     assert_eq!(req("chat", "team-b", 200), 1.0);
     assert_eq!(req("chat", "team-b", 429), 1.0);
-    assert_eq!(req("claude", "team-a", 200), 1.0);
+    assert_eq!(req("claude", "team-a", 200), 2.0);
+    assert_eq!(req("cached", "team-a", 200), cached_requests);
+    assert_eq!(req("cached", "team-a", 400), 1.0);
     let total: f64 = m
         .iter()
         .filter(|(k, _)| k.starts_with("aigw_requests_total{"))
         .map(|(_, v)| v)
         .sum();
-    assert_eq!(total, 9.0, "every request exactly once");
+    assert_eq!(total, 10.0 + cached_requests + 1.0, "every request exactly once");
+    let cache = |result: &str| get(&m, &format!("aigw_cache_total{{model=\"cached\",result=\"{result}\"}}"));
+    assert_eq!(cache("hit"), 1.0);
+    assert_eq!(cache("miss"), cached_requests - 1.0);
+    assert_eq!(
+        get(
+            &m,
+            "aigw_guardrail_hits_total{action=\"block\",guardrail=\"no-falcon\"}"
+        ),
+        1.0
+    );
     assert_eq!(
         get(&m, "aigw_request_duration_seconds_count{model=\"chat\"}"),
         5.0,
@@ -149,7 +194,12 @@ async fn a_scripted_mix_is_counted_exactly_once_per_request() {
     assert_eq!(attempts("chat", "mock", "answered"), 5.0, "{text}");
     assert_eq!(attempts("fails", "mock", "error"), 1.0, "a provider 5xx");
     assert_eq!(attempts("fails", "mock", "retryable_status"), 1.0);
-    assert_eq!(attempts("claude", "an", "answered"), 1.0);
+    assert_eq!(attempts("claude", "an", "answered"), 2.0);
+    assert_eq!(
+        attempts("cached", "mock", "answered"),
+        cached_requests - 1.0,
+        "hits never go upstream"
+    );
     assert_eq!(
         get(&m, "aigw_ratelimit_rejections_total{policy=\"one-per-minute\"}"),
         1.0

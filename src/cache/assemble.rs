@@ -36,7 +36,7 @@ pub fn json_is_complete(v: &Value, dialect: Dialect) -> bool {
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Choice {
     role: Option<Value>,
     content: Option<String>,
@@ -46,13 +46,14 @@ struct Choice {
     finish: Option<String>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Block {
     start: Map<String, Value>,
     text: String,
     json: String,
 }
 
+#[derive(Debug)]
 pub struct Assembler {
     dialect: Dialect,
     carry: BytesMut,

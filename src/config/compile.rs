@@ -285,9 +285,6 @@ impl Snapshot {
         if !self.budgets.is_empty() {
             out.push("budgets");
         }
-        if self.observability.otlp.is_some() {
-            out.push("observability.otlp");
-        }
         out
     }
 
@@ -630,8 +627,14 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
         }
     }
     if let Some(o) = &raw.observability.otlp {
-        if let Err(e) = BaseUrl::parse(&o.endpoint) {
-            errs.push("observability.otlp.endpoint", e);
+        match BaseUrl::parse(&o.endpoint) {
+            Err(e) => errs.push("observability.otlp.endpoint", e),
+            // The exporter is built without TLS: spans go to a collector or agent nearby.
+            Ok(b) if b.tls => errs.push(
+                "observability.otlp.endpoint",
+                "must be http:// (a local collector or agent; aigw's exporter has no TLS)",
+            ),
+            Ok(_) => {}
         }
         if !(0.0..=1.0).contains(&o.sample_ratio) {
             errs.push("observability.otlp.sample_ratio", "must be between 0 and 1");

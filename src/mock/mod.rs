@@ -6,7 +6,8 @@
 //! `gpt-4o-mini?status=503&retry_after=2`. See [`Script`] for the list.
 //!
 //! Test helpers: `GET /_mock/requests` returns the requests seen (with `--record`), and
-//! `GET /_mock/stats` counts requests and streams the client abandoned.
+//! `GET /_mock/stats` counts requests and streams the client abandoned. `POST /v1/traces`
+//! accepts OTLP/HTTP spans and discards them (a collector stand-in).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -92,6 +93,8 @@ struct Mock {
     connections: AtomicU64,
     cancelled_streams: Arc<AtomicU64>,
     ids: AtomicU64,
+    /// OTLP bytes received on /v1/traces.
+    spans_bytes: AtomicU64,
 }
 
 const WORDS: [&str; 8] = ["Hello", "from", "the", "aigw", "mock", "upstream", "model", "today."];
@@ -263,6 +266,12 @@ impl Mock {
         };
         match (parts.method.as_str(), path.as_str()) {
             ("GET", "/health") => return bytes_response(StatusCode::OK, "text/plain", Bytes::from_static(b"ok")),
+            // A sink for OTLP/HTTP spans, so `make run` and the load test can turn traces on
+            // without a collector. Answers an empty ExportTraceServiceResponse.
+            ("POST", "/v1/traces") => {
+                self.spans_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                return bytes_response(StatusCode::OK, "application/x-protobuf", Bytes::new());
+            }
             ("GET", "/_mock/requests") => {
                 let seen: Vec<Value> = self
                     .seen
@@ -278,6 +287,7 @@ impl Mock {
                         "requests": self.requests.load(Ordering::Relaxed),
                         "connections": self.connections.load(Ordering::Relaxed),
                         "cancelled_streams": self.cancelled_streams.load(Ordering::Relaxed),
+                        "span_bytes": self.spans_bytes.load(Ordering::Relaxed),
                     }),
                 )
             }

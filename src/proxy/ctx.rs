@@ -16,6 +16,7 @@ use crate::route::plan::Plan;
 use crate::route::upstream::Pick;
 use crate::state::InflightGuard;
 use crate::stream::{JsonBody, SseState, Usage};
+use crate::telemetry::trace::RequestTrace;
 
 pub struct Ctx {
     pub request_id: String,
@@ -64,6 +65,8 @@ pub struct Ctx {
     pub cache: Option<cache::Outcome>,
     /// A miss whose answer may be stored once complete.
     pub cache_fill: Option<Box<cache::Fill>>,
+    /// The request's trace, when `observability.otlp` is set.
+    pub trace: Option<RequestTrace>,
     /// When the first streamed event went to the caller (time to first token).
     pub first_event: Option<Instant>,
     /// The error this request ended with, if the gateway produced one.
@@ -101,6 +104,7 @@ impl Ctx {
             guard_hits: Vec::new(),
             cache: None,
             cache_fill: None,
+            trace: None,
             first_event: None,
             error: None,
         }

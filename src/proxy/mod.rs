@@ -231,6 +231,9 @@ impl ProxyHttp for Gateway {
     /// The request is over, however it ended: count it, charge its real usage, log it.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         response::settle(&self.state, session, ctx).await;
+        if let Some(traces) = &self.state.traces {
+            crate::telemetry::trace::record(traces, session, ctx);
+        }
         crate::telemetry::log::access(session, ctx, &self.state);
     }
 }

@@ -23,6 +23,7 @@ use crate::guard::stream::StreamGuard;
 use crate::provider::{self, body, Endpoint};
 use crate::route::plan::{Outcome, Plan};
 use crate::state::AppState;
+use crate::telemetry::trace::RequestTrace;
 
 /// What `request_filter` should do next.
 pub enum Admission {
@@ -84,6 +85,15 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     let route = route(&req.method, req.uri.path())?;
     let snap = state.snapshot();
     ctx.snapshot = Some(snap.clone());
+    if let (Some(_), Some(o)) = (&state.traces, &snap.observability.otlp) {
+        let headers = &session.req_header().headers;
+        ctx.trace = Some(RequestTrace::begin(
+            headers,
+            o.sample_ratio,
+            o.capture_content,
+            ctx.started,
+        ));
+    }
     let caller = auth::authenticate(&snap.keys, &session.req_header().headers)?;
     ctx.caller = Some(caller.clone());
 
@@ -216,6 +226,9 @@ pub fn begin_attempt(state: &AppState, ctx: &mut Ctx) -> Result<(), GwError> {
         }
         Err(_) => return Err(GwError::UpstreamError("No target is left to try.".into())),
     };
+    if let Some(t) = ctx.trace.as_mut() {
+        t.new_attempt();
+    }
     let upstream = endpoint.upstream(target.provider.kind).ok_or(GwError::Internal)?;
     let body = ctx.request_body.clone();
     let view = body::parse(&body)?;
@@ -444,6 +457,9 @@ pub fn prepare_upstream(req: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<(
     // Usage is read from the body, so the body must arrive uncompressed.
     req.insert_header("accept-encoding", "identity")?;
     req.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if let Some(t) = &ctx.trace {
+        t.inject(req);
+    }
     provider::apply_credentials(p, req)
 }
 

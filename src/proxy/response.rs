@@ -135,6 +135,9 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
         if let Some(fill) = ctx.cache_fill.as_mut() {
             fill.start_stream();
         }
+        if let Some(t) = ctx.trace.as_mut() {
+            t.start_stream(ctx.dialect);
+        }
     } else {
         let translate = match (provider_dialect, ctx.dialect) {
             (Dialect::Anthropic, Dialect::OpenAi) => JsonTranslate::AnthropicToChat { created: now() },
@@ -207,6 +210,9 @@ pub fn on_body(state: &AppState, body: &mut Option<Bytes>, end_of_stream: bool, 
         if let Some(fill) = ctx.cache_fill.as_mut() {
             fill.feed(&out);
         }
+        if let Some(t) = ctx.trace.as_mut() {
+            t.sent(&out, false);
+        }
         *body = Some(out);
         if end_of_stream {
             fill_cache(state, ctx, None);
@@ -245,6 +251,9 @@ pub fn on_body(state: &AppState, body: &mut Option<Bytes>, end_of_stream: bool, 
                 _ => None,
             };
             let sent = if holds { checked.or(held) } else { Some(whole) };
+            if let (Some(t), Some(b)) = (ctx.trace.as_mut(), &sent) {
+                t.sent(b, true);
+            }
             if holds {
                 *body = sent.clone();
             }

@@ -60,6 +60,8 @@ pub fn flush() {
 struct Record<'a> {
     time: String,
     request_id: &'a str,
+    /// The W3C trace id, when traces are on (the caller's, or a new one).
+    trace_id: String,
     method: &'a str,
     path: &'a str,
     status: u16,
@@ -114,6 +116,7 @@ pub fn access(session: &Session, ctx: &Ctx, state: &AppState) {
     let r = Record {
         time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         request_id: &ctx.request_id,
+        trace_id: ctx.trace.as_ref().map(|t| t.trace_id_hex()).unwrap_or_default(),
         method: req.method.as_str(),
         path: req.uri.path(),
         status: session.response_written().map_or(0, |r| r.status.as_u16()),

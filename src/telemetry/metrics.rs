@@ -55,6 +55,9 @@ pub struct Metrics {
     /// `aigw_cache_errors_total`: cache lookups and stores the backend did not answer
     /// (a failed lookup is served as a miss).
     pub cache_errors: IntCounter,
+    /// `aigw_trace_spans_dropped_total{reason=queue_full|export_failed}`: spans that never
+    /// reached the collector.
+    pub trace_spans_dropped: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -141,6 +144,11 @@ impl Metrics {
                 "Cache lookups and stores the backend did not answer",
             )
             .expect("valid metric"),
+            trace_spans_dropped: counter(
+                "aigw_trace_spans_dropped_total",
+                "Spans that never reached the OTLP collector",
+                &["reason"],
+            ),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -158,6 +166,7 @@ impl Metrics {
             Box::new(m.guardrail_hits.clone()),
             Box::new(m.cache.clone()),
             Box::new(m.cache_errors.clone()),
+            Box::new(m.trace_spans_dropped.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

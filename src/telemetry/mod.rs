@@ -1,4 +1,5 @@
-//! What operators see: the access log and the Prometheus metrics (traces come later).
+//! What operators see: the access log, the Prometheus metrics and the OTLP traces.
 
 pub mod log;
 pub mod metrics;
+pub mod trace;

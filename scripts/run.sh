@@ -30,5 +30,7 @@ Try it from another terminal:
   print()
   PY
 
+Ask the same question twice: the second answer comes from the cache (curl -i shows
+x-aigw-cache: hit). Guardrails: AIGW_CONFIG=conf/guardrails.yaml make run (README).
 TRY
 "$BIN" serve --config "$CONFIG"

@@ -82,18 +82,18 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     if req.uri.path() == "/v1/messages" {
         ctx.dialect = crate::error::Dialect::Anthropic;
     }
-    let route = route(&req.method, req.uri.path())?;
     let snap = state.snapshot();
     ctx.snapshot = Some(snap.clone());
+    // Traced from the first check on, so refusals show up in traces too.
     if let (Some(_), Some(o)) = (&state.traces, &snap.observability.otlp) {
-        let headers = &session.req_header().headers;
         ctx.trace = Some(RequestTrace::begin(
-            headers,
+            &req.headers,
             o.sample_ratio,
             o.capture_content,
             ctx.started,
         ));
     }
+    let route = route(&req.method, req.uri.path())?;
     let caller = auth::authenticate(&snap.keys, &session.req_header().headers)?;
     ctx.caller = Some(caller.clone());
 

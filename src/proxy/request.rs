@@ -1,7 +1,7 @@
 //! The request side: every check a request passes before it may go upstream, in the
 //! SPEC's order (cheapest first): route and method, credential, body size, JSON, model
-//! exists, allowlist, rate limits, request guardrails; then the upstream request is
-//! prepared.
+//! exists, allowlist, rate limits, request guardrails, cache; then the upstream request
+//! is prepared.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -171,6 +171,7 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     let on_request = guard::applicable(&caller.guardrails, &model.guardrails, false);
     let masked = guard::check_request(&on_request, endpoint, &body, &mut ctx.guard_hits)?;
     let body = masked.unwrap_or(body);
+    ctx.request_body = body.clone();
     ctx.response_guards = match endpoint {
         // Embeddings answer with vectors: there is no text to check.
         Endpoint::Embeddings => Vec::new(),
@@ -201,7 +202,6 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         None => {}
     }
     ctx.plan = Some(plan);
-    ctx.request_body = body;
     Ok(Admission::Proxy)
 }
 

@@ -130,7 +130,7 @@ async fn request_block_never_reaches_the_provider_and_never_echoes_the_match() {
         .await,
         3.0
     );
-    let lines = gw.access_lines();
+    let lines = gw.access_lines_until(1, |l| l.contains("\"guardrails\":\"no-secrets:block\""));
     assert!(
         lines.iter().any(|l| l.contains("\"guardrails\":\"no-secrets:block\"")),
         "{lines:?}"
@@ -253,7 +253,7 @@ async fn response_block_ends_streams_with_an_error_and_withholds_json() {
         .await,
         4.0
     );
-    let lines = gw.access_lines();
+    let lines = gw.access_lines_until(1, |l| l.contains("falcon-out:block"));
     assert!(lines
         .iter()
         .any(|l| l.contains("\"error\":\"content_filter\"") && l.contains("falcon-out:block")));
@@ -277,7 +277,7 @@ async fn monitor_counts_and_logs_the_name_only() {
         .await,
         2.0
     );
-    let lines = gw.access_lines();
+    let lines = gw.access_lines_until(2, |l| l.contains("\"guardrails\":\"injection-watch:monitor\""));
     assert_eq!(
         lines
             .iter()

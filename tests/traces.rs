@@ -230,7 +230,7 @@ async fn server_and_client_spans_follow_the_genai_conventions() {
     assert!(!dump.contains("secret prompt") && !dump.contains(CALLER_KEY));
     assert!(rx.services.lock().unwrap().iter().all(|s| s == "aigw"));
     // The access log names the trace.
-    let lines = gw.access_lines();
+    let lines = gw.access_lines_until(1, |l| l.contains(CALLER_TRACE));
     assert!(
         lines
             .iter()

@@ -224,6 +224,13 @@ impl Gateway {
         self.access.lock().unwrap().clone()
     }
 
+    /// The access log lines once `n` lines matching `pred` were written (the gateway
+    /// writes its lines out every 100 ms); at most 5 s.
+    pub fn access_lines_until(&self, n: usize, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        wait_until(5, || self.access_lines().iter().filter(|l| pred(l)).count() >= n);
+        self.access_lines()
+    }
+
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }

@@ -387,6 +387,12 @@ async fn answer_from_cache(session: &mut Session, ctx: &mut Ctx, entry: &cache::
         }
         ("application/json", checked.unwrap_or_else(|| entry.body.clone()))
     };
+    if let Some(t) = ctx.trace.as_mut() {
+        if ctx.stream {
+            t.start_stream(ctx.dialect);
+        }
+        t.sent(&body, !ctx.stream);
+    }
     let limits = ctx.limits.as_ref().map(|l| l.headers());
     answer(session, ctx, content_type, body, |resp| {
         resp.insert_header("x-aigw-model", entry.model.as_str())?;

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod otlp;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_aigw");
 pub const PROVIDER_KEY: &str = "sk-test-provider-0123456789";
 pub const CALLER_KEY: &str = "sk-test-caller-abcdef";

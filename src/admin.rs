@@ -83,6 +83,19 @@ impl ServeHttp for Admin {
                     .body(body)
                     .unwrap_or_default()
             }
+            // Spend per budget and owner in the current period (read-only; the admin
+            // listener is for operators, like /metrics).
+            "/admin/v1/spend" => {
+                let snap = self.state.snapshot();
+                let spend = self.state.budgets.report(&snap, chrono::Utc::now()).await;
+                let body = serde_json::json!({"object": "list", "data": spend}).to_string();
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .header("content-length", body.len())
+                    .body(body.into_bytes())
+                    .unwrap_or_default()
+            }
             _ => text(404, "not found\n"),
         }
     }

@@ -40,6 +40,13 @@ pub enum GwError {
     RequestTooLarge { limit: u64 },
     #[error("{}", .0.message)]
     RateLimited(Box<crate::limit::Rejection>),
+    /// The owner's budget for the period is spent.
+    #[error("The budget '{budget}' of this key's owner is spent for the current period.")]
+    BudgetExceeded {
+        budget: String,
+        /// Seconds until the period rolls over (none for a `total` budget).
+        retry_after: Option<u64>,
+    },
     /// A guardrail blocked; the message names it and never the matched text.
     #[error("The {} was blocked by the guardrail '{guardrail}'.", if *.response { "response" } else { "request" })]
     ContentFilter { guardrail: String, response: bool },
@@ -68,7 +75,7 @@ impl GwError {
             Self::ModelNotFound(_) | Self::NotFound(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::RequestTooLarge { .. } => 413,
-            Self::RateLimited(_) => 429,
+            Self::RateLimited(_) | Self::BudgetExceeded { .. } => 429,
             Self::UpstreamError(_) => 502,
             Self::NoHealthyTarget { .. } | Self::ShuttingDown => 503,
             Self::UpstreamTimeout => 504,
@@ -88,6 +95,7 @@ impl GwError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::RequestTooLarge { .. } => "request_too_large",
             Self::RateLimited(_) => "rate_limit_exceeded",
+            Self::BudgetExceeded { .. } => "budget_exceeded",
             Self::ContentFilter { .. } => "content_filter",
             Self::UpstreamError(_) => "upstream_error",
             Self::NoHealthyTarget { .. } => "no_healthy_target",
@@ -102,6 +110,10 @@ impl GwError {
         if let Self::RateLimited(r) = self {
             // What OpenAI's own 429s say: "requests" or "tokens".
             return r.openai_type;
+        }
+        if let Self::BudgetExceeded { .. } = self {
+            // What OpenAI says when an account's quota is spent.
+            return "insufficient_quota";
         }
         match self.status() {
             401 => "authentication_error",
@@ -176,6 +188,12 @@ impl GwError {
             resp.insert_header("allow", *allow)?;
         }
         if let Self::NoHealthyTarget {
+            retry_after: Some(s), ..
+        } = self
+        {
+            resp.insert_header("retry-after", s.to_string())?;
+        }
+        if let Self::BudgetExceeded {
             retry_after: Some(s), ..
         } = self
         {

@@ -38,13 +38,6 @@ pub fn serve(config: PathBuf) -> Result<(), String> {
     };
     let snap = state.snapshot();
     tracing::info!(config = %config.display(), "loaded: {}", snap.summary());
-    let pending = snap.not_enforced();
-    if !pending.is_empty() {
-        tracing::warn!(
-            "configured but not enforced by this version of aigw: {}",
-            pending.join(", ")
-        );
-    }
 
     // Resolve provider addresses before the first request, off any request path.
     tokio::runtime::Builder::new_current_thread()

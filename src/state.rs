@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::budget::Budgets;
 use crate::cache::Caches;
 use crate::config::{self, CompileCtx, ConfigError, Snapshot};
 use crate::limit::local::LocalStore;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub limiter: Limiter,
     /// Response cache stores by policy name.
     pub caches: Caches,
+    /// Spend per owner and budget period.
+    pub budgets: Budgets,
     /// The OTLP span export, when `observability.otlp` was set at start.
     pub traces: Option<Traces>,
     pub metrics: Arc<Metrics>,
@@ -81,7 +84,8 @@ impl AppState {
             cooldowns: Cooldowns::default(),
             limit_cells,
             limiter: Limiter::new(store, metrics.clone()),
-            caches: Caches::new(redis),
+            caches: Caches::new(redis.clone()),
+            budgets: Budgets::new(redis, metrics.clone()),
             traces,
             metrics,
             inflight: AtomicUsize::new(0),

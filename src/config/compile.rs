@@ -195,7 +195,8 @@ pub struct ApiKeyEntry {
     /// The key's `rate_limit`, counted per owner.
     pub limits: Option<Arc<Binding>>,
     pub guardrails: Vec<Arc<Guardrail>>,
-    pub budget: Option<String>,
+    /// The key's spend limit, counted per owner.
+    pub budget: Option<Arc<raw::Budget>>,
     /// Whether this key's requests may use response caches.
     pub cache: bool,
 }
@@ -232,6 +233,11 @@ impl KeyIndex {
 
     pub fn len(&self) -> usize {
         self.buckets.values().map(Vec::len).sum()
+    }
+
+    /// Every key, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<ApiKeyEntry>> {
+        self.buckets.values().flatten()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -271,23 +277,13 @@ pub struct Snapshot {
     pub rate_limits: Vec<raw::RateLimit>,
     pub guardrails: Vec<Arc<Guardrail>>,
     pub caches: Vec<Arc<raw::Cache>>,
-    pub budgets: Vec<raw::Budget>,
+    pub budgets: Vec<Arc<raw::Budget>>,
     pub observability: raw::Observability,
     /// Unix seconds when this snapshot was compiled; `created` in `/v1/models`.
     pub created: i64,
 }
 
 impl Snapshot {
-    /// Sections this version parses and validates but does not enforce yet, so an
-    /// operator is never misled into thinking a limit or filter is active.
-    pub fn not_enforced(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if !self.budgets.is_empty() {
-            out.push("budgets");
-        }
-        out
-    }
-
     pub fn summary(&self) -> String {
         format!(
             "{} provider keys, {} models, {} api keys, {} rate limits, {} guardrails, {} caches, {} budgets",
@@ -367,7 +363,12 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
     );
     let model_names = check_unique("models", raw.models.iter().map(|m| m.name.as_str()), &mut errs);
     check_unique("api_keys", raw.api_keys.iter().map(|k| k.name.as_str()), &mut errs);
-    let budget_names = check_unique("budgets", raw.budgets.iter().map(|b| b.name.as_str()), &mut errs);
+    let budgets: Vec<Arc<raw::Budget>> = std::mem::take(&mut raw.budgets).into_iter().map(Arc::new).collect();
+    let budget_names = check_unique("budgets", budgets.iter().map(|b| b.name.as_str()), &mut errs);
+    let mut budget_by_name: HashMap<&str, Arc<raw::Budget>> = HashMap::new();
+    for b in &budgets {
+        budget_by_name.entry(b.name.as_str()).or_insert_with(|| b.clone());
+    }
     let limit_names = check_unique(
         "rate_limits",
         raw.rate_limits.iter().map(|r| r.name.as_str()),
@@ -601,12 +602,12 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
             disabled: k.disabled,
             limits,
             guardrails: resolve(&k.guardrails),
-            budget: k.budget.clone(),
+            budget: k.budget.as_ref().and_then(|b| budget_by_name.get(b.as_str()).cloned()),
             cache: k.cache,
         });
     }
 
-    for (i, b) in raw.budgets.iter().enumerate() {
+    for (i, b) in budgets.iter().enumerate() {
         if !(b.usd.is_finite() && b.usd >= 0.0) {
             errs.push(format!("budgets[{i}].usd"), "must be zero or a positive number");
         }
@@ -653,7 +654,7 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
         rate_limits: raw.rate_limits,
         guardrails: guard_order,
         caches,
-        budgets: raw.budgets,
+        budgets,
         observability: raw.observability,
         created: Utc::now().timestamp(),
     })

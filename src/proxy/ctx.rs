@@ -65,6 +65,8 @@ pub struct Ctx {
     pub cache: Option<cache::Outcome>,
     /// A miss whose answer may be stored once complete.
     pub cache_fill: Option<Box<cache::Fill>>,
+    /// The caller's budget this request was admitted under, and what was left.
+    pub budget: Option<crate::budget::Admitted>,
     /// The request's trace, when `observability.otlp` is set.
     pub trace: Option<RequestTrace>,
     /// When the first streamed event went to the caller (time to first token).
@@ -104,10 +106,22 @@ impl Ctx {
             guard_hits: Vec::new(),
             cache: None,
             cache_fill: None,
+            budget: None,
             trace: None,
             first_event: None,
             error: None,
         }
+    }
+}
+
+impl Ctx {
+    /// What this request cost: the tokens the provider reported, priced with the
+    /// `pricing` of the model that answered (`None` without usage or pricing).
+    pub fn cost_usd(&self) -> Option<f64> {
+        let u = self.usage?;
+        let answered = self.target.as_ref()?.alias.as_str();
+        let p = self.snapshot.as_ref()?.models.get(answered)?.pricing?;
+        Some((u.input_tokens as f64 * p.input_per_mtok + u.output_tokens as f64 * p.output_per_mtok) / 1e6)
     }
 }
 

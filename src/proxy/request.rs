@@ -1,7 +1,7 @@
 //! The request side: every check a request passes before it may go upstream, in the
 //! SPEC's order (cheapest first): route and method, credential, body size, JSON, model
-//! exists, allowlist, rate limits, request guardrails, cache; then the upstream request
-//! is prepared.
+//! exists, allowlist, rate limits and budget, request guardrails, cache; then the upstream
+//! request is prepared.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -166,6 +166,9 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     ctx.alias = Some(model.name.clone());
     let bindings: Vec<&Arc<_>> = caller.limits.iter().chain(model.limits.iter()).collect();
     ctx.limits = state.limiter.admit(&bindings).await?;
+    if let Some(b) = &caller.budget {
+        ctx.budget = Some(state.budgets.admit(b, &caller.owner, chrono::Utc::now()).await?);
+    }
     ctx.stream = view.stream;
     ctx.caller_include_usage = view.include_usage;
     let on_request = guard::applicable(&caller.guardrails, &model.guardrails, false);
@@ -394,11 +397,15 @@ async fn answer_from_cache(session: &mut Session, ctx: &mut Ctx, entry: &cache::
         t.sent(&body, !ctx.stream);
     }
     let limits = ctx.limits.as_ref().map(|l| l.headers());
+    let budget = ctx.budget.as_ref().map(|b| b.remaining_usd);
     answer(session, ctx, content_type, body, |resp| {
         resp.insert_header("x-aigw-model", entry.model.as_str())?;
         resp.insert_header("x-aigw-cache", "hit")?;
         if let Some(h) = &limits {
             h.apply(resp);
+        }
+        if let Some(left) = budget {
+            resp.insert_header("x-aigw-budget-remaining", format!("{left:.6}"))?;
         }
         Ok(())
     })

@@ -92,6 +92,9 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
     if let Some(limits) = &ctx.limits {
         limits.headers().apply(resp);
     }
+    if let (Some(b), true) = (&ctx.budget, resp.status.is_success()) {
+        resp.insert_header("x-aigw-budget-remaining", format!("{:.6}", b.remaining_usd))?;
+    }
     let Some(t) = &ctx.target else { return Ok(()) };
     resp.insert_header("x-aigw-model", t.alias.as_str())?;
     let provider_dialect = provider::dialect(t.provider.kind);
@@ -158,7 +161,8 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
 
 /// After the response: the request is counted in the metrics, and its limits are
 /// settled: the tokens the provider reported are charged (a request that failed upstream
-/// used nothing and is charged nothing) and its concurrency slots are given back.
+/// used nothing and is charged nothing) and its concurrency slots are given back; its
+/// cost goes to the owner's budget.
 pub async fn settle(state: &AppState, session: &Session, ctx: &mut Ctx) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     state.metrics.record(ctx, status);
@@ -169,6 +173,9 @@ pub async fn settle(state: &AppState, session: &Session, ctx: &mut Ctx) {
     };
     if let Some(limits) = ctx.limits.as_mut() {
         state.limiter.finish(limits, tokens).await;
+    }
+    if let (true, Some(b), Some(usd)) = (succeeded, &ctx.budget, ctx.cost_usd()) {
+        state.budgets.charge(b, usd).await;
     }
 }
 

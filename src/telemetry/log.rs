@@ -78,6 +78,8 @@ struct Record<'a> {
     stream: bool,
     input_tokens: u64,
     output_tokens: u64,
+    /// Tokens priced with the answering model's `pricing`; null without pricing.
+    cost_usd: Option<f64>,
     error: &'a str,
     /// Guardrails that matched, as `name:action`, comma-separated; never what matched.
     guardrails: String,
@@ -131,6 +133,7 @@ pub fn access(session: &Session, ctx: &Ctx, state: &AppState) {
         stream: ctx.stream,
         input_tokens: ctx.usage.map_or(0, |u| u.input_tokens),
         output_tokens: ctx.usage.map_or(0, |u| u.output_tokens),
+        cost_usd: ctx.cost_usd(),
         error: ctx.error.as_ref().map_or("", |e| e.code()),
         guardrails: ctx
             .guard_hits

@@ -58,6 +58,9 @@ pub struct Metrics {
     /// `aigw_trace_spans_dropped_total{reason=queue_full|export_failed}`: spans that never
     /// reached the collector.
     pub trace_spans_dropped: IntCounterVec,
+    /// `aigw_budget_store_errors_total`: budget checks and charges Redis did not answer
+    /// (the request was admitted, or its cost not counted).
+    pub budget_store_errors: IntCounter,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -149,6 +152,11 @@ impl Metrics {
                 "Spans that never reached the OTLP collector",
                 &["reason"],
             ),
+            budget_store_errors: IntCounter::new(
+                "aigw_budget_store_errors_total",
+                "Budget checks and charges the store did not answer",
+            )
+            .expect("valid metric"),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -167,6 +175,7 @@ impl Metrics {
             Box::new(m.cache.clone()),
             Box::new(m.cache_errors.clone()),
             Box::new(m.trace_spans_dropped.clone()),
+            Box::new(m.budget_store_errors.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -225,13 +234,7 @@ impl Metrics {
             self.tokens
                 .with_label_values(&[answered, owner, "output"])
                 .inc_by(u.output_tokens);
-            let pricing = ctx
-                .snapshot
-                .as_ref()
-                .and_then(|s| s.models.get(answered))
-                .and_then(|m| m.pricing);
-            if let Some(p) = pricing {
-                let usd = (u.input_tokens as f64 * p.input_per_mtok + u.output_tokens as f64 * p.output_per_mtok) / 1e6;
+            if let Some(usd) = ctx.cost_usd() {
                 self.cost.with_label_values(&[answered, owner]).inc_by(usd);
             }
         }

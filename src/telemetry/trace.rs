@@ -341,6 +341,7 @@ pub struct Finished<'a> {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     pub max_tokens: Option<u64>,
+    pub cost_usd: Option<f64>,
     pub response_model: Option<&'a str>,
     pub attempts: Vec<AttemptSpan<'a>>,
     /// With `capture_content`: the request's messages and the completion, as JSON.
@@ -390,6 +391,9 @@ impl Traces {
             }
         };
         opt(&mut attrs, "gen_ai.request.max_tokens", f.max_tokens.map(|v| v as i64));
+        if let Some(c) = f.cost_usd {
+            attrs.push(KeyValue::new("aigw.cost_usd", c));
+        }
         let usage = |attrs: &mut Vec<KeyValue>| {
             if let Some(v) = f.input_tokens {
                 attrs.push(KeyValue::new("gen_ai.usage.input_tokens", v as i64));
@@ -509,6 +513,7 @@ pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crat
     use crate::config::raw::ProviderKind;
     use crate::provider::Endpoint;
     use crate::route::plan::Outcome;
+    let cost_usd = ctx.cost_usd();
     let Some(t) = ctx.trace.as_mut() else { return };
     if !t.sampled {
         return;
@@ -587,6 +592,7 @@ pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crat
         input_tokens: ctx.usage.filter(|_| answered_ok).map(|u| u.input_tokens),
         output_tokens: ctx.usage.filter(|_| answered_ok).map(|u| u.output_tokens),
         max_tokens,
+        cost_usd: cost_usd.filter(|_| answered_ok),
         response_model: ctx
             .target
             .as_ref()

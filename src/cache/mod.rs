@@ -160,7 +160,9 @@ pub async fn lookup(
 ) -> Option<Lookup> {
     let policy = model.cache.as_ref()?;
     let bypass = Some(Lookup::Go(Outcome::Bypass, None));
-    if !caller.cache || endpoint == Endpoint::Embeddings || has_directive(headers, "no-store") {
+    // Chat completions and messages only: responses and embeddings are not stored.
+    let cacheable = matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Messages);
+    if !caller.cache || !cacheable || has_directive(headers, "no-store") {
         return bypass;
     }
     let Some(store) = caches.store(policy) else {

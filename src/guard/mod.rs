@@ -25,6 +25,44 @@ use crate::error::{Dialect, GwError};
 use crate::provider::Endpoint;
 pub use matcher::{Found, Matcher};
 
+/// The shape of the completions a caller gets: where their text is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Chat completions (JSON and chunks).
+    Chat,
+    /// Anthropic Messages (JSON and events).
+    Messages,
+    /// The Responses API (JSON and `response.*` events).
+    Responses,
+}
+
+impl Shape {
+    pub fn of(endpoint: Endpoint) -> Self {
+        match endpoint {
+            Endpoint::Messages => Self::Messages,
+            Endpoint::Responses => Self::Responses,
+            Endpoint::ChatCompletions | Endpoint::Embeddings => Self::Chat,
+        }
+    }
+
+    /// The error envelope of this shape's API.
+    pub fn dialect(self) -> Dialect {
+        match self {
+            Self::Messages => Dialect::Anthropic,
+            Self::Chat | Self::Responses => Dialect::OpenAi,
+        }
+    }
+}
+
+impl From<Dialect> for Shape {
+    fn from(d: Dialect) -> Self {
+        match d {
+            Dialect::OpenAi => Self::Chat,
+            Dialect::Anthropic => Self::Messages,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Guardrail {
     pub name: Arc<str>,
@@ -274,13 +312,14 @@ pub fn check_request(
     }
 }
 
-/// Response stage for a whole JSON completion in the caller's dialect. A blocked choice
+/// Response stage for a whole JSON completion in the caller's shape. A blocked choice
 /// keeps its place with no content and `finish_reason: content_filter` (Anthropic:
-/// `stop_reason: refusal`), as providers report their own filters, because the 200
-/// status line is already on its way. Returns the new body, or `None` when unchanged.
+/// `stop_reason: refusal`; Responses: `status: incomplete`, reason `content_filter`), as
+/// providers report their own filters, because the 200 status line is already on its
+/// way. Returns the new body, or `None` when unchanged.
 pub fn check_response(
     guards: &[Arc<Guardrail>],
-    dialect: Dialect,
+    shape: Shape,
     body: &[u8],
     hits: &mut Vec<Hit>,
     blocked_by: &mut Option<Arc<str>>,
@@ -288,24 +327,21 @@ pub fn check_response(
     let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
         // Not a completion we can read: only a monitor may let it through.
         return intervenes(guards).then(|| {
-            GwError::UpstreamError("The provider's answer could not be checked by the guardrails.".into()).body(dialect)
+            GwError::UpstreamError("The provider's answer could not be checked by the guardrails.".into())
+                .body(shape.dialect())
         });
     };
-    let changed = text::response_texts(
-        &mut v,
-        dialect,
-        &mut |s: &mut String| match scan_text(guards, s, hits) {
-            TextVerdict::Clean => text::Edit::Keep,
-            TextVerdict::Blocked(name) => {
-                blocked_by.get_or_insert(name);
-                text::Edit::Block
-            }
-            TextVerdict::Masked(m) => {
-                *s = m;
-                text::Edit::Changed
-            }
-        },
-    );
+    let changed = text::response_texts(&mut v, shape, &mut |s: &mut String| match scan_text(guards, s, hits) {
+        TextVerdict::Clean => text::Edit::Keep,
+        TextVerdict::Blocked(name) => {
+            blocked_by.get_or_insert(name);
+            text::Edit::Block
+        }
+        TextVerdict::Masked(m) => {
+            *s = m;
+            text::Edit::Changed
+        }
+    });
     changed.then(|| Bytes::from(v.to_string()))
 }
 

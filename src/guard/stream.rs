@@ -1,4 +1,5 @@
-//! Response guardrails on a streamed completion, in the caller's dialect.
+//! Response guardrails on a streamed completion, in the caller's shape (chat chunks,
+//! Anthropic events, Responses events).
 //!
 //! The text of each choice (OpenAI) or content block (Anthropic) is scanned as one string
 //! across events. When a guardrail may block or mask, the last `window` bytes of that text
@@ -13,9 +14,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 
-use super::{apply_masks, intervenes, record, Found, Guardrail, Hit};
+use super::{apply_masks, intervenes, record, scan_text, Found, Guardrail, Hit, Shape, TextVerdict};
 use crate::config::raw::Action;
-use crate::error::Dialect;
 use crate::stream::{event_data, event_end};
 
 /// Room for one character after a match, so a trailing word boundary sees it.
@@ -27,12 +27,14 @@ struct Pending {
     text: String,
     /// Bytes at the front of `text` that were already emitted.
     ctx: usize,
+    /// Responses: the item and part the text belongs to, for an event carrying held text.
+    meta: Option<Value>,
 }
 
 #[derive(Debug)]
 pub struct StreamGuard {
     guards: Vec<Arc<Guardrail>>,
-    dialect: Dialect,
+    shape: Shape,
     holds: bool,
     window: usize,
     carry: BytesMut,
@@ -43,12 +45,13 @@ pub struct StreamGuard {
 }
 
 impl StreamGuard {
-    pub fn new(guards: Vec<Arc<Guardrail>>, dialect: Dialect) -> Self {
+    pub fn new(guards: Vec<Arc<Guardrail>>, shape: impl Into<Shape>) -> Self {
+        let shape = shape.into();
         let longest = guards.iter().map(|g| g.matcher.max_len).max().unwrap_or(0);
         Self {
             holds: intervenes(&guards),
             guards,
-            dialect,
+            shape,
             window: longest + MARGIN,
             carry: BytesMut::new(),
             texts: Vec::new(),
@@ -98,12 +101,13 @@ impl StreamGuard {
                 }
             };
         };
-        let changed = match self.dialect {
-            Dialect::OpenAi => self.chat_chunk(&mut v, hits)?,
-            Dialect::Anthropic => self.anthropic_event(&mut v, out, hits)?,
+        let changed = match self.shape {
+            Shape::Chat => self.chat_chunk(&mut v, hits)?,
+            Shape::Messages => self.anthropic_event(&mut v, out, hits)?,
+            Shape::Responses => self.responses_event(&mut v, out, hits)?,
         };
         if changed && self.holds {
-            write_event(out, &v, self.dialect);
+            write_event(out, &v, self.shape);
         } else {
             out.extend_from_slice(event);
         }
@@ -174,6 +178,79 @@ impl StreamGuard {
         }
     }
 
+    /// Responses events: text deltas are held back like chat content; the events that
+    /// repeat a finished text whole (`.done` events, the final response) are checked whole.
+    fn responses_event(&mut self, v: &mut Value, out: &mut Vec<u8>, hits: &mut Vec<Hit>) -> Result<bool, Arc<str>> {
+        let idx = v["output_index"].as_u64().unwrap_or(0) * 1024 + v["content_index"].as_u64().unwrap_or(0);
+        match v.get("type").and_then(Value::as_str) {
+            Some("response.output_text.delta") => {
+                let meta = json!({"item_id": v["item_id"], "output_index": v["output_index"],
+                    "content_index": v["content_index"], "sequence_number": v["sequence_number"]});
+                if let Some(Value::String(s)) = v.get_mut("delta") {
+                    let emit = self.push(idx, s, false, hits)?;
+                    if let Some((_, p)) = self.texts.iter_mut().find(|(k, _)| *k == idx) {
+                        p.meta = Some(meta);
+                    }
+                    if emit != *s {
+                        *s = emit;
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+            Some("response.output_text.done") => {
+                self.flush(idx, out, hits)?;
+                Ok(self.whole(v.get_mut("text"), hits)?)
+            }
+            Some("response.content_part.done") => Ok(self.whole(v.pointer_mut("/part/text"), hits)?),
+            Some("response.output_item.done") => {
+                let mut changed = false;
+                for part in v
+                    .pointer_mut("/item/content")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    changed |= self.whole(part.get_mut("text"), hits)?;
+                }
+                Ok(changed)
+            }
+            Some("response.completed" | "response.incomplete" | "response.failed") => {
+                self.flush_all(out, hits)?;
+                let mut changed = false;
+                let items = v.pointer_mut("/response/output").and_then(Value::as_array_mut);
+                for item in items.into_iter().flatten() {
+                    for part in item["content"].as_array_mut().into_iter().flatten() {
+                        changed |= self.whole(part.get_mut("text"), hits)?;
+                    }
+                }
+                Ok(changed)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// A finished text repeated whole: masked (or blocked) as a whole text is.
+    fn whole(&mut self, text: Option<&mut Value>, hits: &mut Vec<Hit>) -> Result<bool, Arc<str>> {
+        let Some(Value::String(s)) = text else { return Ok(false) };
+        match scan_text(&self.guards, s, hits) {
+            TextVerdict::Clean => Ok(false),
+            TextVerdict::Blocked(name) => Err(name),
+            TextVerdict::Masked(m) => {
+                *s = m;
+                Ok(true)
+            }
+        }
+    }
+
+    fn texts_meta(&self, idx: u64) -> Value {
+        self.texts
+            .iter()
+            .find(|(k, _)| *k == idx)
+            .and_then(|(_, p)| p.meta.clone())
+            .unwrap_or_else(|| json!({}))
+    }
+
     /// Appends streamed text of one choice; returns the text that may go out now.
     fn push(&mut self, idx: u64, text: &str, last: bool, hits: &mut Vec<Hit>) -> Result<String, Arc<str>> {
         let i = match self.texts.iter().position(|(k, _)| *k == idx) {
@@ -197,14 +274,21 @@ impl StreamGuard {
         if !self.texts.iter().any(|(k, _)| *k == idx) {
             return Ok(());
         }
+        let meta = self.texts_meta(idx);
         let rest = self.push(idx, "", true, hits)?;
         if rest.is_empty() || !self.holds {
             return Ok(());
         }
-        let v = match self.dialect {
-            Dialect::Anthropic => json!({"type": "content_block_delta", "index": idx,
+        let v = match self.shape {
+            Shape::Messages => json!({"type": "content_block_delta", "index": idx,
                 "delta": {"type": "text_delta", "text": rest}}),
-            Dialect::OpenAi => {
+            Shape::Responses => {
+                let mut m = meta;
+                m["type"] = json!("response.output_text.delta");
+                m["delta"] = json!(rest);
+                m
+            }
+            Shape::Chat => {
                 let mut t = self
                     .template
                     .clone()
@@ -213,7 +297,7 @@ impl StreamGuard {
                 t
             }
         };
-        write_event(out, &v, self.dialect);
+        write_event(out, &v, self.shape);
         Ok(())
     }
 
@@ -307,8 +391,8 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
-fn write_event(out: &mut Vec<u8>, v: &Value, dialect: Dialect) {
-    if dialect == Dialect::Anthropic {
+fn write_event(out: &mut Vec<u8>, v: &Value, shape: Shape) {
+    if shape != Shape::Chat {
         if let Some(t) = v.get("type").and_then(Value::as_str) {
             out.extend_from_slice(b"event: ");
             out.extend_from_slice(t.as_bytes());

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::error::Dialect;
+use super::Shape;
 use crate::provider::Endpoint;
 
 /// Why a request's content could not be read as text.
@@ -47,26 +47,59 @@ pub fn request_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut S
             }
             Ok(())
         }
-        Endpoint::Embeddings => match v.get_mut("input") {
-            None | Some(Value::Null) => Ok(()),
-            Some(Value::String(s)) => {
+        Endpoint::Responses => {
+            if let Some(Value::String(s)) = v.get_mut("instructions") {
                 f(s);
-                Ok(())
             }
-            Some(Value::Array(items)) => {
-                for item in items {
-                    match item {
-                        Value::String(s) => f(s),
-                        // Token ids (numbers, or lists of them) carry no text to scan.
-                        Value::Number(_) => {}
-                        Value::Array(ids) if ids.iter().all(Value::is_number) => {}
-                        _ => return Err("an input item is neither text nor token ids"),
+            input(v, f, &mut |item, f| {
+                let Value::Object(item) = item else {
+                    return Err("an input item is not an object");
+                };
+                match item.get("type").and_then(Value::as_str) {
+                    // A message (the type may be left out): text or text parts.
+                    None | Some("message") => match item.get_mut("content") {
+                        Some(c @ Value::String(_)) | Some(c @ Value::Array(_)) => {
+                            text_parts(c, &["input_text", "output_text"], f)
+                        }
+                        _ => Err("a message has no content"),
+                    },
+                    Some(kind @ ("function_call_output" | "function_call")) => {
+                        let field = if kind == "function_call" { "arguments" } else { "output" };
+                        if let Some(Value::String(s)) = item.get_mut(field) {
+                            f(s);
+                        }
+                        Ok(())
                     }
+                    Some(_) => Ok(()),
                 }
-                Ok(())
+            })
+        }
+        Endpoint::Embeddings => input(v, f, &mut |item, f| {
+            match item {
+                Value::String(s) => f(s),
+                // Token ids (numbers, or lists of them) carry no text to scan.
+                Value::Number(_) => {}
+                Value::Array(ids) if ids.iter().all(Value::is_number) => {}
+                _ => return Err("an input item is neither text nor token ids"),
             }
-            Some(_) => Err("input is neither text nor a list"),
-        },
+            Ok(())
+        }),
+    }
+}
+
+type ItemReader<'a> = dyn FnMut(&mut Value, &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> + 'a;
+
+/// The `input` field of embeddings and responses: absent, a string, or a list of items
+/// that `item` reads.
+fn input(v: &mut Value, f: &mut dyn FnMut(&mut String), item: &mut ItemReader<'_>) -> Result<(), Unscannable> {
+    match v.get_mut("input") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(s)) => {
+            f(s);
+            Ok(())
+        }
+        Some(Value::Array(items)) => items.iter_mut().try_for_each(|i| item(i, f)),
+        Some(_) => Err("input is neither text nor a list"),
     }
 }
 
@@ -80,6 +113,11 @@ fn messages(v: &mut Value) -> Result<&mut [Value], Unscannable> {
 
 /// OpenAI chat content: a string, or a list of parts of which `text` parts carry text.
 fn chat_content(c: &mut Value, f: &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> {
+    text_parts(c, &["text"], f)
+}
+
+/// Content as a string, or as typed parts of which the `kinds` carry a `text`.
+fn text_parts(c: &mut Value, kinds: &[&str], f: &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> {
     match c {
         Value::Null => Ok(()),
         Value::String(s) => {
@@ -92,7 +130,7 @@ fn chat_content(c: &mut Value, f: &mut dyn FnMut(&mut String)) -> Result<(), Uns
                     return Err("a content part is not an object");
                 };
                 match p.get("type").and_then(Value::as_str) {
-                    Some("text") => match p.get_mut("text") {
+                    Some(k) if kinds.contains(&k) => match p.get_mut("text") {
                         Some(Value::String(s)) => f(s),
                         _ => return Err("a text part has no text"),
                     },
@@ -163,13 +201,43 @@ pub enum Edit {
     Block,
 }
 
-/// Calls `f` on every text of a completion in `dialect` (message content and tool call
-/// arguments; Anthropic text blocks and tool inputs) and applies blocks. Returns whether
-/// the completion changed.
-pub fn response_texts(v: &mut Value, dialect: Dialect, f: &mut dyn FnMut(&mut String) -> Edit) -> bool {
+/// Calls `f` on every text of a completion of this shape (message content and tool call
+/// arguments; Anthropic text blocks and tool inputs; Responses output text and function
+/// call arguments) and applies blocks. Returns whether the completion changed.
+pub fn response_texts(v: &mut Value, shape: Shape, f: &mut dyn FnMut(&mut String) -> Edit) -> bool {
     let mut changed = false;
-    match dialect {
-        Dialect::OpenAi => {
+    match shape {
+        Shape::Responses => {
+            let mut block = false;
+            if let Some(Value::Array(output)) = v.get_mut("output") {
+                for item in output.iter_mut() {
+                    match item.get("type").and_then(Value::as_str) {
+                        Some("message") => {
+                            for part in item["content"].as_array_mut().into_iter().flatten() {
+                                if let Some(Value::String(s)) = part.get_mut("text") {
+                                    apply(f(s), &mut changed, &mut block);
+                                }
+                            }
+                        }
+                        Some("function_call") => {
+                            if let Some(Value::String(s)) = item.get_mut("arguments") {
+                                apply(f(s), &mut changed, &mut block);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if block {
+                    output.clear();
+                }
+            }
+            if block {
+                // How the Responses API reports its own content filter.
+                v["status"] = Value::from("incomplete");
+                v["incomplete_details"] = serde_json::json!({"reason": "content_filter"});
+            }
+        }
+        Shape::Chat => {
             let Some(Value::Array(choices)) = v.get_mut("choices") else {
                 return false;
             };
@@ -198,7 +266,7 @@ pub fn response_texts(v: &mut Value, dialect: Dialect, f: &mut dyn FnMut(&mut St
                 }
             }
         }
-        Dialect::Anthropic => {
+        Shape::Messages => {
             let mut block = false;
             if let Some(Value::Array(content)) = v.get_mut("content") {
                 for b in content.iter_mut() {
@@ -305,7 +373,7 @@ mod tests {
             {"index": 0, "message": {"role": "assistant", "content": "bad"}, "finish_reason": "stop"},
             {"index": 1, "message": {"role": "assistant", "content": "good"}, "finish_reason": "stop"},
         ]});
-        let changed = response_texts(&mut v, Dialect::OpenAi, &mut |s: &mut String| {
+        let changed = response_texts(&mut v, Shape::Chat, &mut |s: &mut String| {
             if s == "bad" {
                 Edit::Block
             } else {
@@ -318,7 +386,7 @@ mod tests {
         assert_eq!(v["choices"][1]["message"]["content"], "good");
 
         let mut a = json!({"content": [{"type": "text", "text": "bad"}], "stop_reason": "end_turn"});
-        response_texts(&mut a, Dialect::Anthropic, &mut |_: &mut String| Edit::Block);
+        response_texts(&mut a, Shape::Messages, &mut |_: &mut String| Edit::Block);
         assert_eq!(a["content"], json!([]));
         assert_eq!(a["stop_reason"], "refusal");
     }

@@ -355,6 +355,8 @@ impl Mock {
             self.chat(&req, &model, &script)
         } else if path.ends_with("/embeddings") {
             self.embeddings(&req, &model)
+        } else if path.ends_with("/responses") {
+            self.responses(&req, &model, &script)
         } else {
             error(404, "unknown route", None)
         }
@@ -454,6 +456,95 @@ impl Mock {
             events.push(Bytes::from(format!("data: {u}\n\n")));
         }
         events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        self.stream_events(events, script)
+    }
+
+    /// OpenAI Responses API, JSON and SSE (`response.*` events), text replies.
+    fn responses(&self, req: &Value, model: &str, script: &Script) -> Response<Body> {
+        let n = self.ids.fetch_add(1, Ordering::Relaxed);
+        let (id, item_id) = (format!("resp_mock_{n}"), format!("msg_mock_{n}"));
+        let input = match &req["input"] {
+            Value::String(s) => s.clone(),
+            items => items
+                .as_array()
+                .and_then(|a| a.iter().rev().find(|i| i["role"] == "user"))
+                .map(|i| match &i["content"] {
+                    Value::String(s) => s.clone(),
+                    parts => parts
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p["text"].as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                })
+                .unwrap_or_default(),
+        };
+        let text = if script.echo {
+            input.clone()
+        } else {
+            (0..script.words)
+                .map(|i| WORDS[i % WORDS.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let (input_tokens, output_tokens) = (tokens_of(input.len()), text.split_inclusive(' ').count().max(1) as u64);
+        let usage = json!({"input_tokens": input_tokens, "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+            "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}});
+        let part = |t: &str| json!({"type": "output_text", "text": t, "annotations": []});
+        let item = |status: &str, content: Value| {
+            json!({"id": item_id, "type": "message", "status": status,
+            "role": "assistant", "content": content})
+        };
+        let response = |status: &str, output: Value, usage: Value| {
+            json!({"id": id, "object": "response",
+            "created_at": 1_700_000_000, "status": status, "model": model, "output": output, "usage": usage})
+        };
+        if req["stream"] != Value::Bool(true) {
+            return full(
+                StatusCode::OK,
+                &response("completed", json!([item("completed", json!([part(&text)]))]), usage),
+            );
+        }
+        let mut seq = 0u64;
+        let mut ev = |v: Value| {
+            let mut v = v;
+            v["sequence_number"] = json!(seq);
+            seq += 1;
+            Bytes::from(format!(
+                "event: {}
+data: {v}
+
+",
+                v["type"].as_str().unwrap_or("")
+            ))
+        };
+        let at = |v: Value| {
+            let mut v = v;
+            v["item_id"] = json!(item_id);
+            v["output_index"] = json!(0);
+            v["content_index"] = json!(0);
+            v
+        };
+        let mut events = vec![
+            ev(json!({"type": "response.created", "response": response("in_progress", json!([]), Value::Null)})),
+            ev(
+                json!({"type": "response.output_item.added", "output_index": 0, "item": item("in_progress", json!([]))}),
+            ),
+            ev(at(json!({"type": "response.content_part.added", "part": part("")}))),
+        ];
+        for piece in text.split_inclusive(' ') {
+            events.push(ev(at(json!({"type": "response.output_text.delta", "delta": piece}))));
+        }
+        events.push(ev(at(json!({"type": "response.output_text.done", "text": text}))));
+        events.push(ev(at(
+            json!({"type": "response.content_part.done", "part": part(&text)}),
+        )));
+        events.push(ev(json!({"type": "response.output_item.done", "output_index": 0,
+            "item": item("completed", json!([part(&text)]))})));
+        events.push(ev(json!({"type": "response.completed",
+            "response": response("completed", json!([item("completed", json!([part(&text)]))]), usage)})));
         self.stream_events(events, script)
     }
 

@@ -18,6 +18,8 @@ pub enum Endpoint {
     Embeddings,
     /// Anthropic Messages.
     Messages,
+    /// OpenAI's Responses API: passed through to OpenAI-style providers only.
+    Responses,
 }
 
 impl Endpoint {
@@ -27,6 +29,7 @@ impl Endpoint {
             Self::ChatCompletions => "/chat/completions",
             Self::Embeddings => "/embeddings",
             Self::Messages => "/messages",
+            Self::Responses => "/responses",
         }
     }
 
@@ -34,14 +37,14 @@ impl Endpoint {
     pub fn dialect(self) -> Dialect {
         match self {
             Self::Messages => Dialect::Anthropic,
-            Self::ChatCompletions | Self::Embeddings => Dialect::OpenAi,
+            Self::ChatCompletions | Self::Embeddings | Self::Responses => Dialect::OpenAi,
         }
     }
 
     /// `gen_ai.operation.name` of the OpenTelemetry GenAI conventions.
     pub fn operation(self) -> &'static str {
         match self {
-            Self::ChatCompletions | Self::Messages => "chat",
+            Self::ChatCompletions | Self::Messages | Self::Responses => "chat",
             Self::Embeddings => "embeddings",
         }
     }
@@ -51,7 +54,7 @@ impl Endpoint {
     pub fn upstream(self, kind: ProviderKind) -> Option<Endpoint> {
         match (self, kind) {
             (_, ProviderKind::Gemini) => None,
-            (Self::Embeddings, ProviderKind::Anthropic) => None,
+            (Self::Embeddings | Self::Responses, ProviderKind::Anthropic) => None,
             (Self::ChatCompletions | Self::Messages, ProviderKind::Anthropic) => Some(Self::Messages),
             (Self::Messages, _) => Some(Self::ChatCompletions),
             (e, _) => Some(e),

@@ -23,6 +23,11 @@ pub fn upstream_path(p: &Provider, endpoint: Endpoint, upstream_model: &str) -> 
             } else {
                 format!("{base}/openai")
             };
+            let version = utf8_percent_encode(p.api_version.as_deref().unwrap_or_default(), UNRESERVED);
+            // The Responses API is not per deployment: the deployment is the body's model.
+            if endpoint == Endpoint::Responses {
+                return format!("{prefix}/responses?api-version={version}");
+            }
             format!(
                 "{prefix}/deployments/{}{}?api-version={}",
                 utf8_percent_encode(upstream_model, UNRESERVED),

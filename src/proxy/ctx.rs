@@ -115,6 +115,11 @@ impl Ctx {
 }
 
 impl Ctx {
+    /// Where the text is in the completions this caller gets.
+    pub fn shape(&self) -> crate::guard::Shape {
+        self.endpoint.map_or(crate::guard::Shape::Chat, crate::guard::Shape::of)
+    }
+
     /// What this request cost: the tokens the provider reported, priced with the
     /// `pricing` of the model that answered (`None` without usage or pricing).
     pub fn cost_usd(&self) -> Option<f64> {

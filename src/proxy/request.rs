@@ -49,6 +49,7 @@ fn route(method: &Method, path: &str) -> Result<Route, GwError> {
         "/v1/chat/completions" => (Route::Upstream(Endpoint::ChatCompletions), "POST"),
         "/v1/embeddings" => (Route::Upstream(Endpoint::Embeddings), "POST"),
         "/v1/messages" => (Route::Upstream(Endpoint::Messages), "POST"),
+        "/v1/responses" => (Route::Upstream(Endpoint::Responses), "POST"),
         "/v1/models" => (Route::ListModels, "GET"),
         p => match p.strip_prefix("/v1/models/") {
             Some(id) if !id.is_empty() => (Route::GetModel(id.to_owned()), "GET"),
@@ -364,7 +365,7 @@ async fn answer_from_cache(session: &mut Session, ctx: &mut Ctx, entry: &cache::
         let body = if ctx.response_guards.is_empty() {
             sse
         } else {
-            let mut g = StreamGuard::new(ctx.response_guards.clone(), ctx.dialect);
+            let mut g = StreamGuard::new(ctx.response_guards.clone(), ctx.shape());
             match g.feed(&sse, true, &mut ctx.guard_hits) {
                 Ok(out) => out,
                 Err(name) => {
@@ -380,7 +381,7 @@ async fn answer_from_cache(session: &mut Session, ctx: &mut Ctx, entry: &cache::
         let mut by = None;
         let checked = guard::check_response(
             &ctx.response_guards,
-            ctx.dialect,
+            ctx.shape(),
             &entry.body,
             &mut ctx.guard_hits,
             &mut by,

@@ -12,7 +12,7 @@ use super::ctx::Ctx;
 use crate::config::Target;
 use crate::error::{Dialect, GwError};
 use crate::guard::{self, stream::StreamGuard};
-use crate::provider;
+use crate::provider::{self, Endpoint};
 use crate::route::cooldown::parse_retry_after;
 use crate::route::plan::Outcome;
 use crate::state::AppState;
@@ -118,6 +118,7 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
     }
     if is_sse {
         let mode = match (provider_dialect, ctx.dialect) {
+            _ if ctx.endpoint == Some(Endpoint::Responses) => Mode::Responses,
             (Dialect::OpenAi, Dialect::OpenAi) => Mode::OpenAi {
                 strip_usage: ctx.strip_usage,
             },
@@ -128,7 +129,7 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
             (Dialect::OpenAi, Dialect::Anthropic) => Mode::ChatToAnthropic(Box::new(ChatToAnthropic::new())),
         };
         let guard = (!ctx.response_guards.is_empty())
-            .then(|| Box::new(StreamGuard::new(ctx.response_guards.clone(), ctx.dialect)));
+            .then(|| Box::new(StreamGuard::new(ctx.response_guards.clone(), ctx.shape())));
         // Dropping, translating or rewriting events changes the length.
         if translating || ctx.strip_usage || guard.is_some() {
             resp.remove_header(&http::header::CONTENT_LENGTH);
@@ -242,7 +243,7 @@ pub fn on_body(state: &AppState, body: &mut Option<Bytes>, end_of_stream: bool, 
                     let mut blocked = None;
                     let out = guard::check_response(
                         &ctx.response_guards,
-                        ctx.dialect,
+                        ctx.shape(),
                         text,
                         &mut ctx.guard_hits,
                         &mut blocked,

@@ -87,6 +87,9 @@ pub enum Mode {
     },
     /// Anthropic passthrough: usage from `message_start` and `message_delta`.
     Anthropic,
+    /// OpenAI Responses passthrough: usage from the final `response.completed` (or
+    /// `response.incomplete`) event.
+    Responses,
     AnthropicToChat(Box<translate::AnthropicToChat>),
     ChatToAnthropic(Box<translate::ChatToAnthropic>),
 }
@@ -177,7 +180,7 @@ impl SseState {
                 self.usage = Some(t.usage);
                 return Bytes::from(out);
             }
-            Mode::OpenAi { .. } | Mode::Anthropic => {}
+            Mode::OpenAi { .. } | Mode::Anthropic | Mode::Responses => {}
         }
         if !rest.is_empty() {
             self.inspect(&rest);
@@ -196,7 +199,7 @@ impl SseState {
                 t.event(&data, out);
                 self.usage = Some(t.usage);
             }
-            Mode::OpenAi { .. } | Mode::Anthropic => {}
+            Mode::OpenAi { .. } | Mode::Anthropic | Mode::Responses => {}
         }
     }
 
@@ -244,9 +247,25 @@ impl SseState {
                 let usage_only = chunk.choices.is_none_or(|c| c.is_empty());
                 !(strip_usage && usage_only)
             }
+            Mode::Responses => {
+                let last = memmem::find(event, b"\"response.completed\"").is_some()
+                    || memmem::find(event, b"\"response.incomplete\"").is_some();
+                if last {
+                    self.saw_done = true;
+                    if let Ok(ev) = serde_json::from_slice::<ResponsesEvent>(&event_data(event)) {
+                        self.usage = ev.response.and_then(|r| r.usage).map(Usage::from);
+                    }
+                }
+                true
+            }
             Mode::AnthropicToChat(_) | Mode::ChatToAnthropic(_) => true,
         }
     }
+}
+
+#[derive(Deserialize)]
+struct ResponsesEvent {
+    response: Option<UsageOnly>,
 }
 
 #[derive(Deserialize)]

@@ -57,6 +57,7 @@ models:
   - {{name: guarded-echo, provider_key: mock, model: "x?echo", guardrails: [py-pii, py-codenames]}}
   - {{name: guarded-claude, provider_key: mock-anthropic, model: "c?echo", guardrails: [py-pii, py-codenames]}}
   - {{name: cached-echo, provider_key: mock, model: "x?echo", cache: py-cache}}
+  - {{name: plain-echo, provider_key: mock, model: "x?echo"}}
   - {{name: cached-claude, provider_key: mock-anthropic, model: "c?echo", cache: py-cache}}
 cache:
   - {{name: py-cache, ttl_s: 300}}

@@ -246,3 +246,26 @@ def test_cache_hits_replay_as_json_and_streams(gateway, model):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == msgs[0]["content"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_responses_api_json_and_stream(gateway):
+    client = OpenAI(base_url=f"{gateway}/v1", api_key="sk-py-free", max_retries=0)
+    r = client.responses.create(model="plain-echo", input="respond to me")
+    assert r.object == "response"
+    assert r.status == "completed"
+    assert r.output_text == "respond to me"
+    assert r.usage.output_tokens == 3
+    deltas = []
+    completed = None
+    for event in client.responses.create(model="plain-echo", input="stream me please", stream=True):
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+        elif event.type == "response.completed":
+            completed = event.response
+    assert "".join(deltas) == "stream me please"
+    assert completed is not None and completed.output_text == "stream me please"
+    with client.responses.stream(model="plain-echo", input=[{"role": "user", "content": "helper"}]) as s:
+        final = s.get_final_response()
+    assert final.output_text == "helper"
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model="claude-mock", input="x")

@@ -237,6 +237,27 @@ async fn mid_stream_failure_ends_with_an_error_event_and_no_done() {
 }
 
 #[tokio::test]
+async fn a_stream_that_stalls_past_the_read_timeout_ends_with_an_error_event() {
+    let mock = Mock::start();
+    // first_byte_ms is 1500 in BASE_CONFIG; this stream waits 4 s between events.
+    let config = BASE_CONFIG.replace(
+        "models:\n",
+        "models:\n  - {name: stalls, provider_key: mock, model: \"x?chunk_delay_ms=4000&words=3\"}\n",
+    );
+    let config = config.replace("models: [chat,", "models: [stalls, chat,");
+    let gw = Gateway::start(&config, &mock);
+    let mut body = chat_body("stalls");
+    body["stream"] = json!(true);
+    let resp = post(&gw, "/v1/chat/completions", &body).await;
+    assert_eq!(resp.status(), 200, "the header came in time");
+    let text = resp.text().await.unwrap();
+    let data = sse_data(&text);
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{text}");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_error", "{text}");
+}
+
+#[tokio::test]
 async fn client_disconnect_cancels_the_upstream_request() {
     let mock = Mock::start();
     let gw = Gateway::start(BASE_CONFIG, &mock);

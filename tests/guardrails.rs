@@ -35,7 +35,7 @@ api_keys:
   - {name: free, key: sk-free, owner: team-free}
 "#;
 
-const SECRET: &str = "sk-proj-abcdefghijklmnopqrstuvwx1234";
+const SECRET: &str = "sk-proj-EXAMPLE_not_a_real_key_0000";
 
 fn chat(model: &str, text: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": text}]})

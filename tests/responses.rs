@@ -102,9 +102,9 @@ async fn guardrails_cover_input_items_and_output_text() {
     let gw = Gateway::start(CONFIG, &mock);
     let before = mock.requests().len();
     for input in [
-        json!("key sk-proj-abcdefghijklmnopqrstuvwx1234"),
-        json!([{"role": "user", "content": [{"type": "input_text", "text": "sk-proj-abcdefghijklmnopqrstuvwx1234"}]}]),
-        json!([{"type": "function_call_output", "call_id": "c", "output": "sk-proj-abcdefghijklmnopqrstuvwx1234"}]),
+        json!("key sk-proj-EXAMPLE_not_a_real_key_0000"),
+        json!([{"role": "user", "content": [{"type": "input_text", "text": "sk-proj-EXAMPLE_not_a_real_key_0000"}]}]),
+        json!([{"type": "function_call_output", "call_id": "c", "output": "sk-proj-EXAMPLE_not_a_real_key_0000"}]),
     ] {
         let r = responses(&gw, &json!({"model": "gpt", "input": input})).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{input}");
@@ -112,7 +112,7 @@ async fn guardrails_cover_input_items_and_output_text() {
     }
     let r = responses(
         &gw,
-        &json!({"model": "gpt", "instructions": "use sk-proj-abcdefghijklmnopqrstuvwx1234", "input": "x"}),
+        &json!({"model": "gpt", "instructions": "use sk-proj-EXAMPLE_not_a_real_key_0000", "input": "x"}),
     )
     .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);

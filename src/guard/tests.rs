@@ -149,7 +149,7 @@ fn streamed_matches_are_caught_at_every_split() {
 #[test]
 fn token_sized_deltas_and_byte_sized_network_chunks() {
     let mask = guard("secrets.yaml", Action::Mask);
-    let text = "key sk-proj-abcdefghijklmnopqrstuvwx1234 and password: hunter2hunter2 done";
+    let text = "key sk-proj-EXAMPLE_not_a_real_key_0000 and password: hunter2hunter2 done";
     let mut found = Vec::new();
     mask.matcher.find(text, 0, &mut found);
     let whole = apply_masks(text, 0, text.len(), found);

@@ -124,7 +124,7 @@ def test_guardrail_blocks_a_request(guarded):
         guarded.messages.create(
             model="guarded-claude",
             max_tokens=50,
-            system="token sk-proj-abcdefghijklmnopqrstuvwx1234",
+            system="token sk-proj-EXAMPLE_not_a_real_key_0000",
             messages=[{"role": "user", "content": "hi"}],
         )
     assert e.value.body["error"]["type"] == "invalid_request_error"

@@ -204,7 +204,7 @@ def test_guardrail_masks_json_and_streams(guarded, model):
 def test_guardrail_blocks_a_request(guarded):
     with pytest.raises(openai.BadRequestError) as e:
         guarded.chat.completions.create(
-            model="guarded-echo", messages=[{"role": "user", "content": "key sk-proj-abcdefghijklmnopqrstuvwx1234"}]
+            model="guarded-echo", messages=[{"role": "user", "content": "key sk-proj-EXAMPLE_not_a_real_key_0000"}]
         )
     assert e.value.code == "content_filter"
     assert "py-secrets" in e.value.message and "sk-proj" not in e.value.message

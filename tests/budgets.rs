@@ -38,17 +38,6 @@ api_keys:
     )
 }
 
-fn fresh(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
-
 async fn spend(gw: &Gateway, owner: &str) -> Value {
     let v: Value = client()
         .get(format!("{}/admin/v1/spend", gw.admin_url()))
@@ -143,7 +132,7 @@ async fn an_owner_is_refused_once_its_budget_is_spent() {
 #[tokio::test]
 async fn two_gateways_share_a_budget_through_redis() {
     let mock = Mock::start();
-    let config = config(&fresh("shared"), true);
+    let config = config(&unique("shared"), true);
     let a = Gateway::start(&config, &mock);
     let b = Gateway::start(&config, &mock);
     assert_eq!(

@@ -41,18 +41,6 @@ api_keys:
   - {name: guarded, key: sk-guarded, owner: team-a, guardrails: [pii-out]}
 "#;
 
-/// A prompt no other test (or earlier run against a shared Redis) used.
-fn fresh(prefix: &str) -> String {
-    format!(
-        "{prefix} {} {}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
-
 fn chat(model: &str, text: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": text}]})
 }
@@ -93,35 +81,11 @@ async fn until_hit(gw: &Gateway, key: &str, body: &Value) -> String {
     panic!("never a hit for {body}");
 }
 
-/// The completion text of a JSON answer or a stream, in either dialect.
-fn text_of(body: &str) -> String {
-    let pick = |v: &Value| {
-        [
-            "/choices/0/message/content",
-            "/choices/0/delta/content",
-            "/content/0/text",
-            "/delta/text",
-        ]
-        .iter()
-        .find_map(|p| v.pointer(p).and_then(Value::as_str))
-        .unwrap_or("")
-        .to_owned()
-    };
-    match serde_json::from_str::<Value>(body) {
-        Ok(v) => pick(&v),
-        Err(_) => sse_data(body)
-            .iter()
-            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .map(|v| pick(&v))
-            .collect(),
-    }
-}
-
 #[tokio::test]
 async fn miss_then_hit_without_the_provider() {
     let mock = Mock::start();
     let gw = Gateway::start(CONFIG, &mock);
-    let body = chat("gpt", &fresh("hello"), false);
+    let body = chat("gpt", &unique("hello"), false);
     let (h, first) = send(&gw, "sk-a1", &body, None).await;
     assert_eq!(h, "miss");
     let calls = mock.requests().len();
@@ -163,12 +127,12 @@ async fn replay_across_json_and_streams_in_both_dialects() {
     let mock = Mock::start();
     let gw = Gateway::start(CONFIG, &mock);
     // JSON first, then a stream with a usage chunk.
-    let text = fresh("json to stream");
+    let text = unique("json to stream");
     assert_eq!(send(&gw, "sk-a1", &chat("gpt", &text, false), None).await.0, "miss");
     let mut streaming = chat("gpt", &text, true);
     streaming["stream_options"] = json!({"include_usage": true});
     let replay = until_hit(&gw, "sk-a1", &streaming).await;
-    assert_eq!(text_of(&replay), text);
+    assert_eq!(completion_text(&replay), text);
     assert!(replay.trim_end().ends_with("data: [DONE]"));
     let usage: Vec<Value> = sse_data(&replay)
         .iter()
@@ -182,7 +146,7 @@ async fn replay_across_json_and_streams_in_both_dialects() {
     assert!(!replay.contains("total_tokens"), "{replay}");
 
     // A stream first, then JSON.
-    let text = fresh("stream to json");
+    let text = unique("stream to json");
     assert_eq!(send(&gw, "sk-a1", &chat("gpt", &text, true), None).await.0, "miss");
     let v: Value = serde_json::from_str(&until_hit(&gw, "sk-a1", &chat("gpt", &text, false)).await).unwrap();
     assert_eq!(v["object"], "chat.completion");
@@ -191,7 +155,7 @@ async fn replay_across_json_and_streams_in_both_dialects() {
 
     // Anthropic callers, native and translated providers.
     for model in ["claude", "gpt"] {
-        let text = fresh("messages");
+        let text = unique("messages");
         let msg = |stream: bool| {
             json!({"model": model, "max_tokens": 50, "stream": stream,
             "messages": [{"role": "user", "content": text}]})
@@ -202,7 +166,7 @@ async fn replay_across_json_and_streams_in_both_dialects() {
         assert_eq!(v["content"][0]["text"], text.as_str());
         assert_eq!(v["stop_reason"], "end_turn");
         let replay = until_hit(&gw, "sk-a1", &msg(true)).await;
-        assert_eq!(text_of(&replay), text);
+        assert_eq!(completion_text(&replay), text);
         assert!(replay.contains("event: message_stop"));
     }
 }
@@ -212,18 +176,18 @@ async fn cache_control_and_opt_out() {
     let mock = Mock::start();
     let gw = Gateway::start(CONFIG, &mock);
     // no-store: neither looked up nor stored.
-    let body = chat("gpt", &fresh("no-store"), false);
+    let body = chat("gpt", &unique("no-store"), false);
     assert_eq!(send(&gw, "sk-a1", &body, Some("no-store")).await.0, "bypass");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(send(&gw, "sk-a1", &body, None).await.0, "miss");
     // no-cache: not looked up, but stored.
-    let body = chat("gpt", &fresh("no-cache"), false);
+    let body = chat("gpt", &unique("no-cache"), false);
     assert_eq!(send(&gw, "sk-a1", &body, Some("no-cache")).await.0, "bypass");
     until_hit(&gw, "sk-a1", &body).await;
     assert_eq!(send(&gw, "sk-a1", &body, Some("max-age=0, no-cache")).await.0, "bypass");
     // A key with `cache: false` never reads nor fills (same owner as a1).
     assert_eq!(send(&gw, "sk-nocache", &body, None).await.0, "bypass");
-    let body = chat("gpt", &fresh("opt-out"), false);
+    let body = chat("gpt", &unique("opt-out"), false);
     assert_eq!(send(&gw, "sk-nocache", &body, None).await.0, "bypass");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(send(&gw, "sk-a1", &body, None).await.0, "miss");
@@ -233,11 +197,11 @@ async fn cache_control_and_opt_out() {
 async fn owners_never_share_entries_unless_the_scope_is_global() {
     let mock = Mock::start();
     let gw = Gateway::start(CONFIG, &mock);
-    let body = chat("gpt", &fresh("owners"), false);
+    let body = chat("gpt", &unique("owners"), false);
     assert_eq!(send(&gw, "sk-a1", &body, None).await.0, "miss");
     until_hit(&gw, "sk-a2", &body).await;
     assert_eq!(send(&gw, "sk-b", &body, None).await.0, "miss", "another owner");
-    let body = chat("global", &fresh("global"), false);
+    let body = chat("global", &unique("global"), false);
     assert_eq!(send(&gw, "sk-a1", &body, None).await.0, "miss");
     until_hit(&gw, "sk-b", &body).await;
 }
@@ -246,7 +210,7 @@ async fn owners_never_share_entries_unless_the_scope_is_global() {
 async fn entries_expire_after_their_ttl() {
     let mock = Mock::start();
     let gw = Gateway::start(CONFIG, &mock);
-    let body = chat("brief", &fresh("ttl"), false);
+    let body = chat("brief", &unique("ttl"), false);
     assert_eq!(send(&gw, "sk-a1", &body, None).await.0, "miss");
     until_hit(&gw, "sk-a1", &body).await;
     // ttl_s: 1: the entry goes away on its own (polled: no timing is asserted).
@@ -291,7 +255,7 @@ async fn hits_pass_rate_limits_and_response_guardrails() {
     let mock = Mock::start();
     let gw = Gateway::start(CONFIG, &mock);
     // A hit is still a request: the third within the minute is refused.
-    let body = chat("gpt", &fresh("limited"), false);
+    let body = chat("gpt", &unique("limited"), false);
     assert_eq!(send(&gw, "sk-limited", &body, None).await.0, "miss");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let r = post_as(&gw, "sk-limited", "/v1/chat/completions", &body).await;
@@ -304,15 +268,18 @@ async fn hits_pass_rate_limits_and_response_guardrails() {
     assert!(tokens > 0.0);
 
     // An entry stored by a key without guardrails is masked for a key with them.
-    let text = format!("{} mail jane.doe@example.com", fresh("pii"));
+    let text = format!("{} mail jane.doe@example.com", unique("pii"));
     let body = chat("gpt", &text, false);
     assert_eq!(send(&gw, "sk-a1", &body, None).await.0, "miss");
     let plain = until_hit(&gw, "sk-a1", &body).await;
-    assert!(text_of(&plain).contains("jane.doe@example.com"));
+    assert!(completion_text(&plain).contains("jane.doe@example.com"));
     let masked = until_hit(&gw, "sk-guarded", &body).await;
-    assert!(text_of(&masked).ends_with("mail [REDACTED:email]"), "{masked}");
+    assert!(completion_text(&masked).ends_with("mail [REDACTED:email]"), "{masked}");
     let streamed = until_hit(&gw, "sk-guarded", &chat("gpt", &text, true)).await;
-    assert!(text_of(&streamed).ends_with("mail [REDACTED:email]"), "{streamed}");
+    assert!(
+        completion_text(&streamed).ends_with("mail [REDACTED:email]"),
+        "{streamed}"
+    );
 }
 
 fn redis_config(url: &str) -> String {
@@ -334,14 +301,14 @@ async fn a_redis_backend_is_shared_by_two_gateways() {
     let a = Gateway::start(&config, &mock);
     let b = Gateway::start(&config, &mock);
     // Large enough to be stored compressed.
-    let text = format!("{} {}", fresh("redis"), "lorem ipsum ".repeat(200));
+    let text = format!("{} {}", unique("redis"), "lorem ipsum ".repeat(200));
     let body = chat("global", &text, false);
     assert_eq!(send(&a, "sk-a1", &body, None).await.0, "miss");
     let calls = mock.requests().len();
     let hit = until_hit(&b, "sk-b", &body).await;
-    assert_eq!(text_of(&hit), text);
+    assert_eq!(completion_text(&hit), text);
     let replay = until_hit(&b, "sk-b", &chat("global", &text, true)).await;
-    assert_eq!(text_of(&replay), text);
+    assert_eq!(completion_text(&replay), text);
     assert_eq!(mock.requests().len(), calls);
     assert_eq!(metric(&b, "aigw_cache_errors_total").await, 0.0);
 }
@@ -351,7 +318,7 @@ async fn an_unreachable_redis_is_a_miss_and_is_counted() {
     let mock = Mock::start();
     let dead = format!("redis://127.0.0.1:{}/0", free_port());
     let gw = Gateway::start(&redis_config(&dead), &mock);
-    let body = chat("global", &fresh("dead redis"), false);
+    let body = chat("global", &unique("dead redis"), false);
     for _ in 0..2 {
         let r = post_as(&gw, "sk-a1", "/v1/chat/completions", &body).await;
         assert_eq!(r.status(), StatusCode::OK);

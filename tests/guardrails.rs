@@ -45,27 +45,6 @@ fn messages(model: &str, text: &str, stream: bool) -> Value {
     json!({"model": model, "max_tokens": 50, "stream": stream, "messages": [{"role": "user", "content": text}]})
 }
 
-/// The text of a completion as the caller sees it, JSON or streamed, in either dialect.
-fn completion_text(body: &str, anthropic: bool) -> String {
-    let pick = |v: &Value| -> String {
-        let p = if anthropic {
-            v.pointer("/delta/text").or(v.pointer("/content/0/text"))
-        } else {
-            v.pointer("/choices/0/delta/content")
-                .or(v.pointer("/choices/0/message/content"))
-        };
-        p.and_then(Value::as_str).unwrap_or("").to_owned()
-    };
-    if let Ok(v) = serde_json::from_str::<Value>(body) {
-        return pick(&v);
-    }
-    sse_data(body)
-        .iter()
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .map(|v| pick(&v))
-        .collect()
-}
-
 async fn post_messages(gw: &Gateway, key: &str, body: &Value) -> reqwest::Response {
     client()
         .post(format!("{}/v1/messages", gw.url()))
@@ -150,7 +129,7 @@ async fn request_mask_sends_redacted_text_upstream() {
     assert_eq!(sent, "Mail [REDACTED:email] or call [REDACTED:phone] today");
     // The echo comes back as the provider got it.
     let body = r.text().await.unwrap();
-    assert_eq!(completion_text(&body, false), sent);
+    assert_eq!(completion_text(&body), sent);
 
     // Text parts of an Anthropic request are masked in place, other fields untouched.
     let mut m = messages("echo", "x", false);
@@ -175,7 +154,7 @@ async fn response_mask_in_json_and_streams_of_both_dialects() {
             let r = post_as(&gw, "sk-free", "/v1/chat/completions", &chat(model, text, stream)).await;
             assert_eq!(r.status(), 200);
             let body = r.text().await.unwrap();
-            assert_eq!(completion_text(&body, false), want, "{model} stream={stream}: {body}");
+            assert_eq!(completion_text(&body), want, "{model} stream={stream}: {body}");
             if stream {
                 assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
             }
@@ -187,7 +166,7 @@ async fn response_mask_in_json_and_streams_of_both_dialects() {
             assert_eq!(r.status(), 200);
             let body = r.text().await.unwrap();
             assert_eq!(
-                completion_text(&body, true),
+                completion_text(&body),
                 want,
                 "{model} stream={stream} (messages): {body}"
             );
@@ -211,7 +190,7 @@ async fn response_block_ends_streams_with_an_error_and_withholds_json() {
     let r = post(&gw, "/v1/chat/completions", &chat("falcon", text, true)).await;
     assert_eq!(r.status(), 200);
     let body = r.text().await.unwrap();
-    assert!(!completion_text(&body, false).contains("falcon"), "{body}");
+    assert!(!completion_text(&body).contains("falcon"), "{body}");
     let last: Value = serde_json::from_str(sse_data(&body).last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "content_filter");
     assert!(last["error"]["message"].as_str().unwrap().contains("falcon-out"));
@@ -219,7 +198,7 @@ async fn response_block_ends_streams_with_an_error_and_withholds_json() {
 
     let r = post_messages(&gw, CALLER_KEY, &messages("claude-falcon", text, true)).await;
     let body = r.text().await.unwrap();
-    assert!(!completion_text(&body, true).contains("falcon"), "{body}");
+    assert!(!completion_text(&body).contains("falcon"), "{body}");
     assert!(body.contains("event: error"), "{body}");
     assert!(!body.contains("message_stop"));
 
@@ -242,7 +221,7 @@ async fn response_block_ends_streams_with_an_error_and_withholds_json() {
     )
     .await;
     let body = r.text().await.unwrap();
-    assert_eq!(completion_text(&body, false), "a hawk and an eagle");
+    assert_eq!(completion_text(&body), "a hawk and an eagle");
     assert!(body.contains("[DONE]"));
 
     assert_eq!(
@@ -267,7 +246,7 @@ async fn monitor_counts_and_logs_the_name_only() {
     for stream in [false, true] {
         let r = post(&gw, "/v1/chat/completions", &chat("plain", text, stream)).await;
         assert_eq!(r.status(), 200);
-        assert_eq!(completion_text(&r.text().await.unwrap(), false), text);
+        assert_eq!(completion_text(&r.text().await.unwrap()), text);
     }
     assert_eq!(
         metric(
@@ -304,7 +283,7 @@ async fn block_wins_and_key_and_model_guardrails_both_apply() {
     // PII alone is masked by the model's guardrail for the same key.
     let r = post(&gw, "/v1/chat/completions", &chat("echo", "jane@example.com", false)).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(completion_text(&r.text().await.unwrap(), false), "[REDACTED:email]");
+    assert_eq!(completion_text(&r.text().await.unwrap()), "[REDACTED:email]");
 }
 
 #[tokio::test]

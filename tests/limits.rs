@@ -326,7 +326,7 @@ async fn no_slot_leaks_after_hundreds_of_mixed_requests() {
 
 #[tokio::test]
 async fn no_slot_leaks_in_redis_either() {
-    let policy = fresh_name("mixed");
+    let policy = unique("mixed");
     let config = CONFIG
         .replace("{SERVER}\n", "{SERVER}\n  redis: {url: \"redis://127.0.0.1:6379/0\"}\n")
         .replace("name: mixed,", &format!("name: {policy},"))
@@ -363,18 +363,6 @@ async fn counters_survive_a_reload_and_a_renamed_policy_starts_fresh() {
     assert!(fresh, "a new policy name is a new counter");
 }
 
-/// A policy name no earlier run used, so the shared Redis holds no state for it.
-fn fresh_name(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
-
 fn shared_config(redis_url: &str, policy: &str) -> String {
     format!(
         r#"
@@ -401,7 +389,7 @@ api_keys:
 #[tokio::test]
 async fn two_gateways_share_one_limit_through_redis() {
     let mock = Mock::start();
-    let config = shared_config("redis://127.0.0.1:6379/0", &fresh_name("shared"));
+    let config = shared_config("redis://127.0.0.1:6379/0", &unique("shared"));
     let gws = [
         std::sync::Arc::new(Gateway::start(&config, &mock)),
         std::sync::Arc::new(Gateway::start(&config, &mock)),

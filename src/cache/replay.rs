@@ -4,18 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::error::Dialect;
-
-fn push(out: &mut Vec<u8>, event: Option<&str>, v: &Value) {
-    if let Some(e) = event {
-        out.extend_from_slice(b"event: ");
-        out.extend_from_slice(e.as_bytes());
-        out.push(b'\n');
-    }
-    out.extend_from_slice(b"data: ");
-    // Serializing a Value cannot fail.
-    let _ = serde_json::to_writer(&mut *out, v);
-    out.extend_from_slice(b"\n\n");
-}
+use crate::stream::write_event;
 
 /// The stream for `completion`. OpenAI: a usage chunk when `include_usage` (the caller's
 /// `stream_options`), then `[DONE]`.
@@ -45,20 +34,20 @@ fn chat(c: &Value, include_usage: bool, out: &mut Vec<u8>) {
         } else {
             msg["role"].clone()
         };
-        push(
+        write_event(
             out,
             None,
             &chunk(json!([{"index": idx, "delta": {"role": role, "content": ""}, "finish_reason": null}])),
         );
         if let Some(text) = msg["content"].as_str().filter(|t| !t.is_empty()) {
-            push(
+            write_event(
                 out,
                 None,
                 &chunk(json!([{"index": idx, "delta": {"content": text}, "finish_reason": null}])),
             );
         }
         if let Some(text) = msg["refusal"].as_str() {
-            push(
+            write_event(
                 out,
                 None,
                 &chunk(json!([{"index": idx, "delta": {"refusal": text}, "finish_reason": null}])),
@@ -67,13 +56,13 @@ fn chat(c: &Value, include_usage: bool, out: &mut Vec<u8>) {
         for (j, tc) in msg["tool_calls"].as_array().into_iter().flatten().enumerate() {
             let delta = json!({"tool_calls": [{"index": j, "id": tc["id"], "type": "function",
                 "function": {"name": tc["function"]["name"], "arguments": tc["function"]["arguments"]}}]});
-            push(
+            write_event(
                 out,
                 None,
                 &chunk(json!([{"index": idx, "delta": delta, "finish_reason": null}])),
             );
         }
-        push(
+        write_event(
             out,
             None,
             &chunk(json!([{"index": idx, "delta": {}, "finish_reason": choice["finish_reason"]}])),
@@ -82,7 +71,7 @@ fn chat(c: &Value, include_usage: bool, out: &mut Vec<u8>) {
     if include_usage && !c["usage"].is_null() {
         let mut u = chunk(json!([]));
         u["usage"] = c["usage"].clone();
-        push(out, None, &u);
+        write_event(out, None, &u);
     }
     out.extend_from_slice(b"data: [DONE]\n\n");
 }
@@ -92,7 +81,7 @@ fn messages(m: &Value, out: &mut Vec<u8>) {
     start["content"] = json!([]);
     start["stop_reason"] = Value::Null;
     start["stop_sequence"] = Value::Null;
-    push(
+    write_event(
         out,
         Some("message_start"),
         &json!({"type": "message_start", "message": start}),
@@ -114,32 +103,32 @@ fn messages(m: &Value, out: &mut Vec<u8>) {
             }
             _ => None,
         };
-        push(
+        write_event(
             out,
             Some("content_block_start"),
             &json!({"type": "content_block_start", "index": i, "content_block": first}),
         );
         if let Some(d) = delta {
-            push(
+            write_event(
                 out,
                 Some("content_block_delta"),
                 &json!({"type": "content_block_delta", "index": i, "delta": d}),
             );
         }
-        push(
+        write_event(
             out,
             Some("content_block_stop"),
             &json!({"type": "content_block_stop", "index": i}),
         );
     }
-    push(
+    write_event(
         out,
         Some("message_delta"),
         &json!({"type": "message_delta",
             "delta": {"stop_reason": m["stop_reason"], "stop_sequence": m["stop_sequence"]},
             "usage": {"output_tokens": m["usage"]["output_tokens"]}}),
     );
-    push(out, Some("message_stop"), &json!({"type": "message_stop"}));
+    write_event(out, Some("message_stop"), &json!({"type": "message_stop"}));
 }
 
 #[cfg(test)]

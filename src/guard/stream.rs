@@ -391,16 +391,12 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
+/// Chat chunks are bare `data:` events; Anthropic and Responses events name their type.
 fn write_event(out: &mut Vec<u8>, v: &Value, shape: Shape) {
-    if shape != Shape::Chat {
-        if let Some(t) = v.get("type").and_then(Value::as_str) {
-            out.extend_from_slice(b"event: ");
-            out.extend_from_slice(t.as_bytes());
-            out.push(b'\n');
-        }
-    }
-    out.extend_from_slice(b"data: ");
-    // Serializing a Value cannot fail.
-    let _ = serde_json::to_writer(&mut *out, v);
-    out.extend_from_slice(b"\n\n");
+    let name = if shape == Shape::Chat {
+        None
+    } else {
+        v.get("type").and_then(Value::as_str)
+    };
+    crate::stream::write_event(out, name, v);
 }

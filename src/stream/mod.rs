@@ -78,6 +78,19 @@ pub fn event_data(event: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Appends one SSE event: an `event:` line when `name` is given, then the JSON `data:`.
+pub fn write_event(out: &mut Vec<u8>, name: Option<&str>, data: &serde_json::Value) {
+    if let Some(n) = name {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(n.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    // Serializing a Value cannot fail.
+    let _ = serde_json::to_writer(&mut *out, data);
+    out.extend_from_slice(b"\n\n");
+}
+
 /// How the events of one response are handled.
 #[derive(Debug)]
 pub enum Mode {

@@ -577,10 +577,7 @@ pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crat
     let answered_ok = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
     let req = session.req_header();
     let f = Finished {
-        operation: match ctx.endpoint {
-            Some(Endpoint::Embeddings) => "embeddings",
-            _ => "chat",
-        },
+        operation: ctx.endpoint.map_or("chat", Endpoint::operation),
         method: req.method.as_str(),
         path: req.uri.path(),
         status: session.response_written().map_or(0, |r| r.status.as_u16()),

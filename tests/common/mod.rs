@@ -352,6 +352,42 @@ pub fn sse_data(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The completion text of a JSON answer or of a stream's deltas, chat or Anthropic.
+pub fn completion_text(body: &str) -> String {
+    let pick = |v: &Value| {
+        [
+            "/choices/0/message/content",
+            "/choices/0/delta/content",
+            "/content/0/text",
+            "/delta/text",
+        ]
+        .iter()
+        .find_map(|p| v.pointer(p).and_then(Value::as_str))
+        .unwrap_or("")
+        .to_owned()
+    };
+    match serde_json::from_str::<Value>(body) {
+        Ok(v) => pick(&v),
+        Err(_) => sse_data(body)
+            .iter()
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .map(|v| pick(&v))
+            .collect(),
+    }
+}
+
+/// A name (or prompt) no other test, process or earlier run against a shared Redis used.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
 pub fn asset(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }

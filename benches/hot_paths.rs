@@ -112,7 +112,7 @@ fn anthropic_translation(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(stream.len() as u64));
     g.bench_function("200-event stream -> chat chunks", |b| {
         b.iter(|| {
-            let mut s = SseState::with_mode(Mode::AnthropicToChat(Box::new(AnthropicToChat::new(true, 0))));
+            let mut s = SseState::with_mode(Mode::Translate(Box::new(AnthropicToChat::new(true, 0))));
             for ch in &chunks {
                 black_box(s.feed(ch.clone()));
             }

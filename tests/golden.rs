@@ -3,8 +3,8 @@
 //! split at every 7th byte) and compared as parsed events.
 #![allow(clippy::unwrap_used)]
 
-use aigw::provider::anthropic;
-use aigw::stream::translate::{AnthropicToChat, ChatToAnthropic};
+use aigw::provider::{anthropic, gemini};
+use aigw::stream::translate::{AnthropicToChat, ChatToAnthropic, GeminiToAnthropic, GeminiToChat};
 use aigw::stream::{Mode, SseState};
 use bytes::Bytes;
 use serde_json::Value;
@@ -13,11 +13,17 @@ const CREATED: i64 = 1_700_000_000;
 
 fn mode(kind: &str, options: &Value) -> Mode {
     match kind {
-        "anthropic_stream_to_chat" => Mode::AnthropicToChat(Box::new(AnthropicToChat::new(
+        "anthropic_stream_to_chat" => Mode::Translate(Box::new(AnthropicToChat::new(
             options["include_usage"] == Value::Bool(true),
             CREATED,
         ))),
-        "chat_stream_to_anthropic" => Mode::ChatToAnthropic(Box::new(ChatToAnthropic::new())),
+        "chat_stream_to_anthropic" => Mode::Translate(Box::new(ChatToAnthropic::new())),
+        "gemini_stream_to_chat" => Mode::Translate(Box::new(GeminiToChat::new(
+            options["include_usage"] == Value::Bool(true),
+            CREATED,
+            "upstream-model",
+        ))),
+        "gemini_stream_to_anthropic" => Mode::Translate(Box::new(GeminiToAnthropic::new(CREATED, "upstream-model"))),
         other => panic!("unknown stream kind {other}"),
     }
 }
@@ -60,11 +66,26 @@ fn run_case(name: &str, case: &Value) {
         "messages_request_to_chat" => anthropic::messages_request_to_chat(input, model).unwrap(),
         "messages_response_to_chat" => anthropic::messages_response_to_chat(input, CREATED),
         "chat_response_to_messages" => anthropic::chat_response_to_messages(input),
+        "chat_request_to_gemini" => gemini::chat_request_to_gemini(input, model).unwrap(),
+        "messages_request_to_gemini" => {
+            gemini::chat_request_to_gemini(&anthropic::messages_request_to_chat(input, model).unwrap(), model).unwrap()
+        }
+        "gemini_response_to_chat" => gemini::response_to_chat(input, CREATED, model),
+        "gemini_response_to_messages" => {
+            anthropic::chat_response_to_messages(&gemini::response_to_chat(input, CREATED, model))
+        }
+        "chat_request_to_gemini_error" => {
+            let e = gemini::chat_request_to_gemini(input, model).unwrap_err();
+            Value::String(e.to_string())
+        }
         "error_to_anthropic" | "error_to_openai" => {
             let status = case["status"].as_u64().unwrap() as u16;
             anthropic::translate_error(input.to_string().as_bytes(), status, kind == "error_to_anthropic")
         }
-        "anthropic_stream_to_chat" | "chat_stream_to_anthropic" => {
+        "anthropic_stream_to_chat"
+        | "chat_stream_to_anthropic"
+        | "gemini_stream_to_chat"
+        | "gemini_stream_to_anthropic" => {
             let events: Vec<String> = input
                 .as_array()
                 .unwrap()

@@ -1,5 +1,5 @@
 //! No key ever leaks: a mixed run through every feature (proxying, streams, both dialects,
-//! failover, errors, limits, guardrails, cache, traces, a failed reload), then every
+//! Gemini translation, failover, errors, limits, guardrails, cache, traces, a failed reload), then every
 //! response body and header, every access and process log line, `/metrics` and every
 //! exported span are searched for the provider keys and the caller keys used.
 #![allow(clippy::unwrap_used)]
@@ -23,6 +23,7 @@ fn config(otlp: &str) -> String {
 provider_keys:
   - {{name: mock, provider: openai_compatible, base_url: "{{MOCK}}/v1", api_key: "{{PROVIDER_KEY}}"}}
   - {{name: an, provider: anthropic, base_url: "{{MOCK}}", api_key: "{SECOND_PROVIDER_KEY}"}}
+  - {{name: gm, provider: gemini, base_url: "{{MOCK}}", api_key: "{{PROVIDER_KEY}}"}}
 rate_limits:
   - {{name: one, requests_per_minute: 1}}
 cache:
@@ -33,6 +34,7 @@ guardrails:
 models:
   - {{name: chat, provider_key: mock, model: "x?echo", cache: c, guardrails: [pii]}}
   - {{name: claude, provider_key: an, model: "c?echo"}}
+  - {{name: gem, provider_key: gm, model: "g?echo", guardrails: [pii]}}
   - {{name: down, provider_key: mock, model: "x?status=503"}}
   - {{name: cut, provider_key: mock, model: "x?drop_after=2&chunk_delay_ms=10"}}
   - name: routed
@@ -99,6 +101,8 @@ async fn no_key_appears_in_any_output() {
         .await;
         call(&gw, "/v1/messages", CALLER_KEY, &msg("claude", stream), &mut seen).await;
         call(&gw, "/v1/messages", CALLER_KEY, &msg("chat", stream), &mut seen).await;
+        call(&gw, "/v1/chat/completions", CALLER_KEY, &chat("gem", stream), &mut seen).await;
+        call(&gw, "/v1/messages", CALLER_KEY, &msg("gem", stream), &mut seen).await;
         call(
             &gw,
             "/v1/chat/completions",

@@ -774,12 +774,6 @@ fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
 fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: &mut Errors) -> Option<Provider> {
     let path = format!("provider_keys[{i}]");
     let before = errs.0.len();
-    if p.provider == ProviderKind::Gemini {
-        errs.push(
-            format!("{path}.provider"),
-            "this version of aigw serves openai, openai_compatible, azure and anthropic providers; gemini is not available yet",
-        );
-    }
     let api_key = match (&p.api_key, p.provider) {
         (Some(k), _) if k.is_empty() => {
             errs.push(format!("{path}.api_key"), "must not be empty");

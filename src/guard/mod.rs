@@ -41,7 +41,7 @@ impl Shape {
         match endpoint {
             Endpoint::Messages => Self::Messages,
             Endpoint::Responses => Self::Responses,
-            Endpoint::ChatCompletions | Endpoint::Embeddings => Self::Chat,
+            Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::GenerateContent => Self::Chat,
         }
     }
 

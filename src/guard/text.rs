@@ -74,6 +74,8 @@ pub fn request_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut S
                 }
             })
         }
+        // Never a caller's endpoint: requests are scanned before translation.
+        Endpoint::GenerateContent => Err("not a caller endpoint"),
         Endpoint::Embeddings => input(v, f, &mut |item, f| {
             match item {
                 Value::String(s) => f(s),

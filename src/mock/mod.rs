@@ -1,5 +1,6 @@
-//! `aigw mock-upstream`: a deterministic fake OpenAI-style provider for the quickstart, the
-//! tests and the load tests.
+//! `aigw mock-upstream`: a deterministic fake provider for the quickstart, the tests and
+//! the load tests. It speaks OpenAI's chat, embeddings and Responses APIs, Anthropic's
+//! Messages and Gemini's generateContent, each with its own auth header and error shape.
 //!
 //! Its behaviour is scripted by the model id it receives, so a gateway config alone can
 //! stage failures. Directives follow a `?` in the id, URL-query style:
@@ -140,17 +141,27 @@ fn bytes_response(status: StatusCode, content_type: &str, body: Bytes) -> Respon
     r
 }
 
-fn error(status: u16, message: &str, retry_after: Option<u64>) -> Response<Body> {
-    error_in(false, status, message, retry_after)
+/// Which provider API a request came in as; decides the error envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    OpenAi,
+    Anthropic,
+    Gemini,
 }
 
-/// An error in OpenAI's envelope, or Anthropic's when `anthropic`.
-fn error_in(anthropic: bool, status: u16, message: &str, retry_after: Option<u64>) -> Response<Body> {
+fn error(status: u16, message: &str, retry_after: Option<u64>) -> Response<Body> {
+    error_in(Api::OpenAi, status, message, retry_after)
+}
+
+/// An error in the envelope of `api`.
+fn error_in(api: Api, status: u16, message: &str, retry_after: Option<u64>) -> Response<Body> {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = if anthropic {
-        json!({"type": "error", "error": {"type": "mock_error", "message": message}})
-    } else {
-        json!({"error": {"message": message, "type": "mock_error", "code": "mock_error", "param": null}})
+    let body = match api {
+        Api::Anthropic => json!({"type": "error", "error": {"type": "mock_error", "message": message}}),
+        Api::OpenAi => {
+            json!({"error": {"message": message, "type": "mock_error", "code": "mock_error", "param": null}})
+        }
+        Api::Gemini => json!({"error": {"code": status, "message": message, "status": "MOCK_ERROR"}}),
     };
     let mut r = full(code, &body);
     if let Some(s) = retry_after.and_then(|s| s.to_string().parse().ok()) {
@@ -185,6 +196,10 @@ fn last_user_text(req: &Value) -> String {
             .join(" "),
         _ => String::new(),
     }
+}
+
+fn filler(words: usize) -> String {
+    (0..words).map(|i| WORDS[i % WORDS.len()]).collect::<Vec<_>>().join(" ")
 }
 
 /// What the mock answers: filler text, an echo, a tool call when tools are offered, or
@@ -222,16 +237,49 @@ impl Reply {
                 args,
             };
         }
-        if script.echo {
-            Reply::Text(last_user_text(req))
+        Reply::Text(if script.echo {
+            last_user_text(req)
         } else {
-            Reply::Text(
-                (0..script.words)
-                    .map(|i| WORDS[i % WORDS.len()])
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            )
+            filler(script.words)
+        })
+    }
+
+    /// The same choice for a Gemini `generateContent` request.
+    fn for_gemini(req: &Value, script: &Script) -> Self {
+        let contents = req["contents"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let last_parts = contents
+            .last()
+            .and_then(|c| c["parts"].as_array())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if let Some(r) = last_parts.iter().find_map(|p| p.get("functionResponse")) {
+            // A plain-text result arrives wrapped as {"content": text}.
+            let said = match r["response"]["content"].as_str() {
+                Some(text) => text.to_owned(),
+                None => r["response"].to_string(),
+            };
+            return Reply::Text(format!("The tool said: {said}"));
         }
+        let user_text = contents
+            .iter()
+            .rev()
+            .find(|c| c["role"] == "user")
+            .and_then(|c| c["parts"].as_array())
+            .map(|parts| {
+                parts
+                    .iter()
+                    .filter_map(|p| p["text"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        if let Some(name) = req["tools"][0]["functionDeclarations"][0]["name"].as_str() {
+            return Reply::Tool {
+                name: name.to_owned(),
+                args: json!({"query": user_text}).to_string(),
+            };
+        }
+        Reply::Text(if script.echo { user_text } else { filler(script.words) })
     }
 
     fn tokens(&self) -> u64 {
@@ -296,8 +344,18 @@ impl Mock {
         if self.record {
             self.remember(&parts, &body);
         }
-        // Anthropic's API answers in its own error envelope and wants x-api-key.
-        let anthropic = path.ends_with("/messages");
+        // Anthropic's and Gemini's APIs answer in their own error envelopes and take the
+        // key in their own headers.
+        let gemini = path
+            .rsplit_once(':')
+            .map(|(prefix, method)| (prefix, method.to_owned()));
+        let api = if path.ends_with("/messages") {
+            Api::Anthropic
+        } else if gemini.is_some() {
+            Api::Gemini
+        } else {
+            Api::OpenAi
+        };
         if let Some(key) = &self.api_key {
             let bearer = parts
                 .headers
@@ -305,17 +363,17 @@ impl Mock {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
             let header = |h: &str| parts.headers.get(h).and_then(|v| v.to_str().ok());
-            let ok = if anthropic {
-                header("x-api-key") == Some(key.as_str())
-            } else {
-                bearer == Some(key.as_str()) || header("api-key") == Some(key.as_str())
+            let ok = match api {
+                Api::Anthropic => header("x-api-key") == Some(key.as_str()),
+                Api::Gemini => header("x-goog-api-key") == Some(key.as_str()),
+                Api::OpenAi => bearer == Some(key.as_str()) || header("api-key") == Some(key.as_str()),
             };
             if !ok {
-                return error_in(anthropic, 401, "Incorrect API key provided.", None);
+                return error_in(api, 401, "Incorrect API key provided.", None);
             }
         }
-        if anthropic && !parts.headers.contains_key("anthropic-version") {
-            return error_in(true, 400, "anthropic-version header is required", None);
+        if api == Api::Anthropic && !parts.headers.contains_key("anthropic-version") {
+            return error_in(api, 400, "anthropic-version header is required", None);
         }
         if parts.method == http::Method::GET && path.ends_with("/models") {
             return full(
@@ -329,10 +387,11 @@ impl Mock {
         let Ok(req) = serde_json::from_slice::<Value>(&body) else {
             return error(400, "We could not parse the JSON body of your request.", None);
         };
-        // Azure names the deployment in the path; the body's model is ignored there.
-        let model = match path.split_once("/deployments/") {
-            Some((_, rest)) => rest.split('/').next().unwrap_or("").to_owned(),
-            None => req["model"].as_str().unwrap_or("").to_owned(),
+        // Azure and Gemini name the model in the path; the body's is ignored there.
+        let model = match (path.split_once("/deployments/"), &gemini) {
+            (Some((_, rest)), _) => rest.split('/').next().unwrap_or("").to_owned(),
+            (None, Some((prefix, _))) => prefix.rsplit_once("/models/").map_or("", |(_, m)| m).to_owned(),
+            (None, None) => req["model"].as_str().unwrap_or("").to_owned(),
         };
         let model = percent_encoding::percent_decode_str(&model)
             .decode_utf8_lossy()
@@ -343,13 +402,21 @@ impl Mock {
         }
         if let Some(status) = script.status {
             return error_in(
-                anthropic,
+                api,
                 status,
                 &format!("mock failure {status} for model {model}"),
                 script.retry_after,
             );
         }
-        if anthropic {
+        if let Some((_, method)) = &gemini {
+            match method.as_str() {
+                "generateContent" => self.gemini(&req, &model, &script, false),
+                "streamGenerateContent" if parts.uri.query() == Some("alt=sse") => {
+                    self.gemini(&req, &model, &script, true)
+                }
+                _ => error_in(api, 404, "unknown method", None),
+            }
+        } else if api == Api::Anthropic {
             self.messages(&req, &model, &script)
         } else if path.ends_with("/chat/completions") {
             self.chat(&req, &model, &script)
@@ -605,6 +672,63 @@ data: {v}
         events.push(ev(json!({"type": "content_block_stop", "index": 0})));
         events.push(ev(json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": output}})));
         events.push(ev(json!({"type": "message_stop"})));
+        self.stream_events(events, script)
+    }
+
+    /// Gemini `generateContent`, and `streamGenerateContent?alt=sse` (CRLF-framed events,
+    /// the last with `finishReason`; no end marker). A `thought` part comes first, as
+    /// thinking models send it, so translators are seen to leave it out.
+    fn gemini(&self, req: &Value, model: &str, script: &Script, stream: bool) -> Response<Body> {
+        let id = format!("mock-{}", self.ids.fetch_add(1, Ordering::Relaxed));
+        let reply = Reply::for_gemini(req, script);
+        let prompt = tokens_of(text_len(&req["contents"]) + text_len(&req["systemInstruction"]));
+        let output = reply.tokens();
+        let usage = |out: u64| {
+            json!({"promptTokenCount": prompt, "candidatesTokenCount": out, "thoughtsTokenCount": 2,
+                "totalTokenCount": prompt + out + 2})
+        };
+        if script.bad_json {
+            return bytes_response(
+                StatusCode::OK,
+                "application/json",
+                Bytes::from_static(b"{\"candidates\":[{\"cont"),
+            );
+        }
+        let thought = json!({"text": "Thinking it over.", "thought": true});
+        let answer = match &reply {
+            Reply::Text(t) => json!({"text": t}),
+            Reply::Tool { name, args } => json!({"functionCall": {"name": name,
+                "args": serde_json::from_str::<Value>(args).unwrap_or_default()}, "thoughtSignature": "c2lnLW1vY2s="}),
+        };
+        let response = |parts: Value, finish: Option<&str>, out: u64| {
+            let mut cand = json!({"content": {"role": "model", "parts": parts}, "index": 0});
+            if let Some(f) = finish {
+                cand["finishReason"] = json!(f);
+            }
+            json!({"candidates": [cand], "usageMetadata": usage(out), "modelVersion": model, "responseId": id})
+        };
+        if !stream {
+            let v = response(json!([thought, answer]), Some("STOP"), output);
+            if script.drop_after.is_some() {
+                return truncated(&v);
+            }
+            return full(StatusCode::OK, &v);
+        }
+        let ev = |v: Value| Bytes::from(format!("data: {v}\r\n\r\n"));
+        let mut events = vec![ev(response(json!([thought]), None, 0))];
+        match &reply {
+            Reply::Text(t) => {
+                let mut words: Vec<&str> = t.split_inclusive(' ').collect();
+                if words.is_empty() {
+                    words.push("");
+                }
+                for (i, w) in words.iter().enumerate() {
+                    let last = i + 1 == words.len();
+                    events.push(ev(response(json!([{"text": w}]), last.then_some("STOP"), i as u64 + 1)));
+                }
+            }
+            Reply::Tool { .. } => events.push(ev(response(json!([answer]), Some("STOP"), output))),
+        }
         self.stream_events(events, script)
     }
 

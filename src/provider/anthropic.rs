@@ -70,7 +70,7 @@ pub fn openai_usage(u: &Value) -> Value {
 }
 
 /// Text of OpenAI message content (a string, or parts with `text`).
-fn openai_text(content: &Value) -> String {
+pub(crate) fn openai_text(content: &Value) -> String {
     match content {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts
@@ -479,7 +479,14 @@ pub fn translate_error(body: &[u8], status: u16, to_anthropic: bool) -> Value {
     if to_anthropic {
         json!({"type": "error", "error": {"type": error_type(status), "message": message}})
     } else {
-        let kind = v["error"]["type"].as_str().unwrap_or("api_error");
+        // Gemini's errors have no `type`; OpenAI's for the status stands in.
+        let kind = v["error"]["type"].as_str().unwrap_or(match status {
+            400 | 404 | 413 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            429 => "rate_limit_error",
+            _ => "api_error",
+        });
         json!({"error": {"message": message, "type": kind, "code": null, "param": null}})
     }
 }

@@ -3,13 +3,18 @@
 
 pub mod anthropic;
 pub mod body;
+pub mod gemini;
 pub mod openai;
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use pingora::http::RequestHeader;
 
 use crate::config::raw::ProviderKind;
 use crate::config::Provider;
 use crate::error::{Dialect, GwError};
+
+/// Characters kept as they are in a path segment or query value (RFC 3986 unreserved).
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// The data-plane endpoints that go upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +25,9 @@ pub enum Endpoint {
     Messages,
     /// OpenAI's Responses API: passed through to OpenAI-style providers only.
     Responses,
+    /// Gemini's `generateContent` / `streamGenerateContent`. Upstream only: callers reach
+    /// it through chat completions or messages, translated.
+    GenerateContent,
 }
 
 impl Endpoint {
@@ -30,6 +38,7 @@ impl Endpoint {
             Self::Embeddings => "/embeddings",
             Self::Messages => "/messages",
             Self::Responses => "/responses",
+            Self::GenerateContent => ":generateContent",
         }
     }
 
@@ -37,14 +46,14 @@ impl Endpoint {
     pub fn dialect(self) -> Dialect {
         match self {
             Self::Messages => Dialect::Anthropic,
-            Self::ChatCompletions | Self::Embeddings | Self::Responses => Dialect::OpenAi,
+            Self::ChatCompletions | Self::Embeddings | Self::Responses | Self::GenerateContent => Dialect::OpenAi,
         }
     }
 
     /// `gen_ai.operation.name` of the OpenTelemetry GenAI conventions.
     pub fn operation(self) -> &'static str {
         match self {
-            Self::ChatCompletions | Self::Messages | Self::Responses => "chat",
+            Self::ChatCompletions | Self::Messages | Self::Responses | Self::GenerateContent => "chat",
             Self::Embeddings => "embeddings",
         }
     }
@@ -53,7 +62,9 @@ impl Endpoint {
     /// serve it at all.
     pub fn upstream(self, kind: ProviderKind) -> Option<Endpoint> {
         match (self, kind) {
+            (Self::ChatCompletions | Self::Messages, ProviderKind::Gemini) => Some(Self::GenerateContent),
             (_, ProviderKind::Gemini) => None,
+            (Self::GenerateContent, _) => None,
             (Self::Embeddings | Self::Responses, ProviderKind::Anthropic) => None,
             (Self::ChatCompletions | Self::Messages, ProviderKind::Anthropic) => Some(Self::Messages),
             (Self::Messages, _) => Some(Self::ChatCompletions),
@@ -62,33 +73,39 @@ impl Endpoint {
     }
 }
 
-/// The provider's dialect.
-pub fn dialect(kind: ProviderKind) -> Dialect {
+/// The provider's dialect, when callers of that dialect reach it untranslated; `None`
+/// for Gemini, which every caller reaches through translation.
+pub fn dialect(kind: ProviderKind) -> Option<Dialect> {
     match kind {
-        ProviderKind::Anthropic => Dialect::Anthropic,
-        _ => Dialect::OpenAi,
+        ProviderKind::Anthropic => Some(Dialect::Anthropic),
+        ProviderKind::Gemini => None,
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Azure => Some(Dialect::OpenAi),
     }
 }
 
-/// Path and query of the upstream request for `upstream` (see [`Endpoint::upstream`]).
-pub fn upstream_path(p: &Provider, upstream: Endpoint, upstream_model: &str) -> String {
+/// Path and query of the upstream request for `upstream` (see [`Endpoint::upstream`]);
+/// `stream` matters where the method names it (Gemini).
+pub fn upstream_path(p: &Provider, upstream: Endpoint, upstream_model: &str, stream: bool) -> String {
     match p.kind {
         // Anthropic's base URL is the host; the API version is part of the path.
         ProviderKind::Anthropic => format!("{}/v1{}", p.base.path, upstream.suffix()),
+        ProviderKind::Gemini => gemini::upstream_path(p, upstream_model, stream),
         _ => openai::upstream_path(p, upstream, upstream_model),
     }
 }
 
 /// The provider's credential and extra headers.
 pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Result<()> {
+    // Gemini is reached only through translation: no protocol header of the caller's
+    // applies to it.
+    if p.kind != ProviderKind::Anthropic {
+        req.remove_header("anthropic-version");
+        req.remove_header("anthropic-beta");
+    }
     match p.kind {
         ProviderKind::Anthropic => anthropic::apply_credentials(p, req),
-        _ => {
-            // An Anthropic caller's protocol headers mean nothing to an OpenAI-style provider.
-            req.remove_header("anthropic-version");
-            req.remove_header("anthropic-beta");
-            openai::apply_credentials(p, req)
-        }
+        ProviderKind::Gemini => gemini::apply_credentials(p, req),
+        _ => openai::apply_credentials(p, req),
     }
 }
 

@@ -2,15 +2,12 @@
 //! `azure` (deployment URLs, `api-version`, `api-key` header). The body is the caller's,
 //! with only `model` rewritten (see `body.rs`).
 
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::utf8_percent_encode;
 use pingora::http::RequestHeader;
 
-use super::Endpoint;
+use super::{Endpoint, UNRESERVED};
 use crate::config::raw::ProviderKind;
 use crate::config::Provider;
-
-/// Characters kept as they are in a path segment or query value (RFC 3986 unreserved).
-const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Path and query of the upstream request.
 pub fn upstream_path(p: &Provider, endpoint: Endpoint, upstream_model: &str) -> String {

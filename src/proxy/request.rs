@@ -305,6 +305,11 @@ fn upstream_body(
     match (endpoint, upstream) {
         (Endpoint::ChatCompletions, Endpoint::Messages) => translate(provider::anthropic::chat_request_to_messages),
         (Endpoint::Messages, Endpoint::ChatCompletions) => translate(provider::anthropic::messages_request_to_chat),
+        (Endpoint::ChatCompletions, Endpoint::GenerateContent) => translate(provider::gemini::chat_request_to_gemini),
+        // Through the chat shape, the hub both translations share.
+        (Endpoint::Messages, Endpoint::GenerateContent) => translate(|v, model| {
+            provider::gemini::chat_request_to_gemini(&provider::anthropic::messages_request_to_chat(v, model)?, model)
+        }),
         // Anthropic streams always carry usage; OpenAI-style ones only when asked.
         (_, up) => Ok(body::rewrite(
             body,
@@ -455,7 +460,7 @@ pub fn prepare_upstream(req: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<(
         ));
     };
     let p = &target.provider;
-    let path = provider::upstream_path(p, upstream, &target.upstream_model);
+    let path = provider::upstream_path(p, upstream, &target.upstream_model, ctx.stream);
     req.set_uri(
         path.parse()
             .map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "bad upstream path"))?,

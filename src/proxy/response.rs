@@ -16,7 +16,7 @@ use crate::provider::{self, Endpoint};
 use crate::route::cooldown::parse_retry_after;
 use crate::route::plan::Outcome;
 use crate::state::AppState;
-use crate::stream::translate::{AnthropicToChat, ChatToAnthropic};
+use crate::stream::translate::{AnthropicToChat, ChatToAnthropic, GeminiToAnthropic, GeminiToChat};
 use crate::stream::{JsonBody, JsonTranslate, Mode, SseState};
 
 /// The provider's status line arrived, before anything reached the caller. A `retry_on`
@@ -97,8 +97,11 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
     }
     let Some(t) = &ctx.target else { return Ok(()) };
     resp.insert_header("x-aigw-model", t.alias.as_str())?;
+    // `None`: Gemini, reached only through translation.
     let provider_dialect = provider::dialect(t.provider.kind);
-    let translating = provider_dialect != ctx.dialect;
+    let translating = provider_dialect != Some(ctx.dialect);
+    let to_anthropic = ctx.dialect == Dialect::Anthropic;
+    let upstream_model = t.upstream_model.as_str();
     let status = resp.status.as_u16();
     let is_sse = resp
         .headers
@@ -111,7 +114,6 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
         if translating {
             resp.remove_header(&http::header::CONTENT_LENGTH);
             resp.insert_header("content-type", "application/json")?;
-            let to_anthropic = ctx.dialect == Dialect::Anthropic;
             ctx.json = Some(JsonBody::new(JsonTranslate::Error { status, to_anthropic }));
         }
         return Ok(());
@@ -119,14 +121,20 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
     if is_sse {
         let mode = match (provider_dialect, ctx.dialect) {
             _ if ctx.endpoint == Some(Endpoint::Responses) => Mode::Responses,
-            (Dialect::OpenAi, Dialect::OpenAi) => Mode::OpenAi {
+            (Some(Dialect::OpenAi), Dialect::OpenAi) => Mode::OpenAi {
                 strip_usage: ctx.strip_usage,
             },
-            (Dialect::Anthropic, Dialect::Anthropic) => Mode::Anthropic,
-            (Dialect::Anthropic, Dialect::OpenAi) => {
-                Mode::AnthropicToChat(Box::new(AnthropicToChat::new(ctx.caller_include_usage, now())))
+            (Some(Dialect::Anthropic), Dialect::Anthropic) => Mode::Anthropic,
+            (Some(Dialect::Anthropic), Dialect::OpenAi) => {
+                Mode::Translate(Box::new(AnthropicToChat::new(ctx.caller_include_usage, now())))
             }
-            (Dialect::OpenAi, Dialect::Anthropic) => Mode::ChatToAnthropic(Box::new(ChatToAnthropic::new())),
+            (Some(Dialect::OpenAi), Dialect::Anthropic) => Mode::Translate(Box::new(ChatToAnthropic::new())),
+            (None, Dialect::OpenAi) => Mode::Translate(Box::new(GeminiToChat::new(
+                ctx.caller_include_usage,
+                now(),
+                upstream_model,
+            ))),
+            (None, Dialect::Anthropic) => Mode::Translate(Box::new(GeminiToAnthropic::new(now(), upstream_model))),
         };
         let guard = (!ctx.response_guards.is_empty())
             .then(|| Box::new(StreamGuard::new(ctx.response_guards.clone(), ctx.shape())));
@@ -144,8 +152,13 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
         }
     } else {
         let translate = match (provider_dialect, ctx.dialect) {
-            (Dialect::Anthropic, Dialect::OpenAi) => JsonTranslate::AnthropicToChat { created: now() },
-            (Dialect::OpenAi, Dialect::Anthropic) => JsonTranslate::ChatToAnthropic,
+            (Some(Dialect::Anthropic), Dialect::OpenAi) => JsonTranslate::AnthropicToChat { created: now() },
+            (Some(Dialect::OpenAi), Dialect::Anthropic) => JsonTranslate::ChatToAnthropic,
+            (None, _) => JsonTranslate::Gemini {
+                created: now(),
+                to_anthropic,
+                model: upstream_model.to_owned(),
+            },
             _ => JsonTranslate::None,
         };
         let mut json = JsonBody::new(translate);

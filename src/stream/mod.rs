@@ -91,20 +91,30 @@ pub fn write_event(out: &mut Vec<u8>, name: Option<&str>, data: &serde_json::Val
     out.extend_from_slice(b"\n\n");
 }
 
+/// A stream translation from the provider's dialect to the caller's, one upstream
+/// event's `data:` payload at a time.
+pub trait Translate: std::fmt::Debug + Send + Sync {
+    /// One upstream event -> zero or more caller events appended to `out`.
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>);
+    /// The upstream stream ended: a clean ending, or an error event when the provider's
+    /// stream broke off before its own end marker.
+    fn finish(&mut self, out: &mut Vec<u8>);
+    /// Tokens reported so far.
+    fn usage(&self) -> Usage;
+}
+
 /// How the events of one response are handled.
 #[derive(Debug)]
 pub enum Mode {
     /// OpenAI-style passthrough; optionally drop the usage chunk the gateway asked for.
-    OpenAi {
-        strip_usage: bool,
-    },
+    OpenAi { strip_usage: bool },
     /// Anthropic passthrough: usage from `message_start` and `message_delta`.
     Anthropic,
     /// OpenAI Responses passthrough: usage from the final `response.completed` (or
     /// `response.incomplete`) event.
     Responses,
-    AnthropicToChat(Box<translate::AnthropicToChat>),
-    ChatToAnthropic(Box<translate::ChatToAnthropic>),
+    /// Every event is translated into the caller's dialect.
+    Translate(Box<dyn Translate>),
 }
 
 /// Per-response state of an SSE stream.
@@ -139,7 +149,7 @@ impl SseState {
             self.carry.split().freeze()
         };
         let mut pos = 0;
-        let translating = matches!(self.mode, Mode::AnthropicToChat(_) | Mode::ChatToAnthropic(_));
+        let translating = matches!(self.mode, Mode::Translate(_));
         // Passthrough output is a slice of `data` until an event is dropped; translated
         // output is always built anew.
         let mut rebuilt: Option<BytesMut> = translating.then(BytesMut::new);
@@ -175,25 +185,14 @@ impl SseState {
     /// as it is; a translated stream that did not end properly ends with an error event.
     pub fn finish(&mut self) -> Bytes {
         let rest = self.carry.split().freeze();
-        let mut out = Vec::new();
-        match &mut self.mode {
-            Mode::AnthropicToChat(t) => {
-                if !rest.is_empty() {
-                    t.event(&event_data(&rest), &mut out);
-                }
-                t.finish(&mut out);
-                self.usage = Some(t.usage);
-                return Bytes::from(out);
+        if let Mode::Translate(t) = &mut self.mode {
+            let mut out = Vec::new();
+            if !rest.is_empty() {
+                t.event(&event_data(&rest), &mut out);
             }
-            Mode::ChatToAnthropic(t) => {
-                if !rest.is_empty() {
-                    t.event(&event_data(&rest), &mut out);
-                }
-                t.finish(&mut out);
-                self.usage = Some(t.usage);
-                return Bytes::from(out);
-            }
-            Mode::OpenAi { .. } | Mode::Anthropic | Mode::Responses => {}
+            t.finish(&mut out);
+            self.usage = Some(t.usage());
+            return Bytes::from(out);
         }
         if !rest.is_empty() {
             self.inspect(&rest);
@@ -202,17 +201,9 @@ impl SseState {
     }
 
     fn translate(&mut self, event: &[u8], out: &mut Vec<u8>) {
-        let data = event_data(event);
-        match &mut self.mode {
-            Mode::AnthropicToChat(t) => {
-                t.event(&data, out);
-                self.usage = Some(t.usage);
-            }
-            Mode::ChatToAnthropic(t) => {
-                t.event(&data, out);
-                self.usage = Some(t.usage);
-            }
-            Mode::OpenAi { .. } | Mode::Anthropic | Mode::Responses => {}
+        if let Mode::Translate(t) = &mut self.mode {
+            t.event(&event_data(event), out);
+            self.usage = Some(t.usage());
         }
     }
 
@@ -271,7 +262,7 @@ impl SseState {
                 }
                 true
             }
-            Mode::AnthropicToChat(_) | Mode::ChatToAnthropic(_) => true,
+            Mode::Translate(_) => true,
         }
     }
 }
@@ -301,7 +292,7 @@ struct AnthropicUsageEvent {
 }
 
 /// What to do with a whole (non-streamed) JSON response body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JsonTranslate {
     /// Forward as it is; only read the usage.
     None,
@@ -309,6 +300,13 @@ pub enum JsonTranslate {
         created: i64,
     },
     ChatToAnthropic,
+    /// A Gemini response, to chat (and on to Anthropic's shape for Anthropic callers).
+    Gemini {
+        created: i64,
+        to_anthropic: bool,
+        /// Names the answer when Gemini does not (`modelVersion`).
+        model: String,
+    },
     /// A provider error body, re-shaped into the caller's envelope (same status).
     Error {
         status: u16,
@@ -342,6 +340,16 @@ impl JsonBody {
         }
     }
 
+    /// The dialect the translated body is in.
+    fn caller_dialect(&self) -> Dialect {
+        match self.translate {
+            JsonTranslate::ChatToAnthropic
+            | JsonTranslate::Gemini { to_anthropic: true, .. }
+            | JsonTranslate::Error { to_anthropic: true, .. } => Dialect::Anthropic,
+            _ => Dialect::OpenAi,
+        }
+    }
+
     /// Whether the body is held back until its end (translation) or forwarded as it comes.
     pub fn holds(&self) -> bool {
         self.hold.is_some() || self.translate != JsonTranslate::None
@@ -369,11 +377,12 @@ impl JsonBody {
             [one] => one.clone(),
             many => Bytes::from(many.concat()),
         };
-        let usage = serde_json::from_slice::<UsageOnly>(&whole)
+        let mut usage = serde_json::from_slice::<UsageOnly>(&whole)
             .ok()
             .and_then(|u| u.usage)
             .map(Usage::from);
-        let translated = match self.translate {
+        let not_json = |d| GwError::UpstreamError("The provider's answer is not valid JSON.".into()).body(d);
+        let translated = match &self.translate {
             JsonTranslate::None => match self.hold {
                 Some(_) if !self.over => return (usage, whole.clone(), Some(whole)),
                 Some(dialect) => {
@@ -382,27 +391,35 @@ impl JsonBody {
                 }
                 None => return (usage, whole, None),
             },
-            _ if self.over => GwError::UpstreamError("The provider's answer is too large to translate.".into()).body(
-                if self.translate == JsonTranslate::ChatToAnthropic {
-                    Dialect::Anthropic
-                } else {
-                    Dialect::OpenAi
-                },
-            ),
+            _ if self.over => GwError::UpstreamError("The provider's answer is too large to translate.".into())
+                .body(self.caller_dialect()),
             JsonTranslate::Error { status, to_anthropic } => {
-                Bytes::from(crate::provider::anthropic::translate_error(&whole, status, to_anthropic).to_string())
+                Bytes::from(crate::provider::anthropic::translate_error(&whole, *status, *to_anthropic).to_string())
             }
             JsonTranslate::AnthropicToChat { created } => match serde_json::from_slice(&whole) {
-                Ok(v) => Bytes::from(crate::provider::anthropic::messages_response_to_chat(&v, created).to_string()),
-                Err(_) => {
-                    GwError::UpstreamError("The provider's answer is not valid JSON.".into()).body(Dialect::OpenAi)
-                }
+                Ok(v) => Bytes::from(crate::provider::anthropic::messages_response_to_chat(&v, *created).to_string()),
+                Err(_) => not_json(Dialect::OpenAi),
             },
             JsonTranslate::ChatToAnthropic => match serde_json::from_slice(&whole) {
                 Ok(v) => Bytes::from(crate::provider::anthropic::chat_response_to_messages(&v).to_string()),
-                Err(_) => {
-                    GwError::UpstreamError("The provider's answer is not valid JSON.".into()).body(Dialect::Anthropic)
+                Err(_) => not_json(Dialect::Anthropic),
+            },
+            JsonTranslate::Gemini {
+                created,
+                to_anthropic,
+                model,
+            } => match serde_json::from_slice::<serde_json::Value>(&whole) {
+                Ok(v) => {
+                    usage = Some(crate::provider::gemini::usage(&v["usageMetadata"]));
+                    let chat = crate::provider::gemini::response_to_chat(&v, *created, model);
+                    let out = if *to_anthropic {
+                        crate::provider::anthropic::chat_response_to_messages(&chat)
+                    } else {
+                        chat
+                    };
+                    Bytes::from(out.to_string())
                 }
+                Err(_) => not_json(self.caller_dialect()),
             },
         };
         (usage, whole, Some(translated))

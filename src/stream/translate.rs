@@ -1,6 +1,6 @@
 //! Streamed translation between dialects, one upstream SSE event at a time.
 //!
-//! Both translators end a stream that breaks its own protocol (an event that is not JSON,
+//! Every translator ends a stream that breaks its own protocol (an event that is not JSON,
 //! an `error` event, or an end without `message_stop` / `[DONE]`) with one error event in
 //! the caller's dialect and no clean ending, so a failure can never look like a finish.
 
@@ -8,9 +8,10 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::Usage;
+use super::{Translate, Usage};
 use crate::error::{Dialect, GwError};
 use crate::provider::anthropic::{finish_reason, stop_reason};
+use crate::provider::gemini;
 
 fn openai_event(out: &mut Vec<u8>, v: &Value) {
     out.extend_from_slice(b"data: ");
@@ -65,8 +66,23 @@ impl AnthropicToChat {
         c
     }
 
-    /// One upstream event (its `data:` payload) -> zero or more caller events in `out`.
-    pub fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+    /// Input tokens come with message_start; output tokens are cumulative in message_delta.
+    fn add_usage(&mut self, u: &Value) {
+        let input: u64 = ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"]
+            .iter()
+            .filter_map(|k| u[*k].as_u64())
+            .sum();
+        if input > 0 {
+            self.usage.input_tokens = input;
+        }
+        if let Some(o) = u["output_tokens"].as_u64() {
+            self.usage.output_tokens = o;
+        }
+    }
+}
+
+impl Translate for AnthropicToChat {
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
         if self.ended || data.is_empty() {
             return;
         }
@@ -139,26 +155,16 @@ impl AnthropicToChat {
         }
     }
 
-    /// Input tokens come with message_start; output tokens are cumulative in message_delta.
-    fn add_usage(&mut self, u: &Value) {
-        let input: u64 = ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"]
-            .iter()
-            .filter_map(|k| u[*k].as_u64())
-            .sum();
-        if input > 0 {
-            self.usage.input_tokens = input;
-        }
-        if let Some(o) = u["output_tokens"].as_u64() {
-            self.usage.output_tokens = o;
-        }
-    }
-
-    /// The upstream stream ended; a missing `message_stop` is an error.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
+    /// A missing `message_stop` is an error.
+    fn finish(&mut self, out: &mut Vec<u8>) {
         if !self.ended {
             self.ended = true;
             fail(out, Dialect::OpenAi, "The provider's stream ended before message_stop.");
         }
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
     }
 }
 
@@ -198,8 +204,10 @@ impl ChatToAnthropic {
         );
         i
     }
+}
 
-    pub fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+impl Translate for ChatToAnthropic {
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
         if self.ended || data.is_empty() {
             return;
         }
@@ -282,11 +290,195 @@ impl ChatToAnthropic {
         }
     }
 
-    /// The upstream stream ended; a missing `[DONE]` is an error.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
+    /// A missing `[DONE]` is an error.
+    fn finish(&mut self, out: &mut Vec<u8>) {
         if !self.ended {
             self.ended = true;
             fail(out, Dialect::Anthropic, "The provider's stream ended before [DONE].");
         }
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+}
+
+/// Gemini `streamGenerateContent?alt=sse` events -> OpenAI `chat.completion.chunk`s.
+///
+/// Gemini has no end marker: each event is a partial `GenerateContentResponse`, the last
+/// one carries `finishReason`, and the connection then ends. So the finish chunk, the
+/// usage chunk and `[DONE]` are written when the upstream ends, and only if a finish
+/// reason was seen; a stream that ends without one was cut and ends with an error event.
+#[derive(Debug, Default)]
+pub struct GeminiToChat {
+    created: i64,
+    include_usage: bool,
+    started: bool,
+    id: Value,
+    model: Value,
+    /// Function calls sent so far (each is one whole call in Gemini's stream).
+    calls: usize,
+    /// The finish reason as Gemini said it, and whether the prompt was blocked.
+    reason: Option<String>,
+    blocked: bool,
+    pub usage: Usage,
+    ended: bool,
+}
+
+impl GeminiToChat {
+    /// `model` names the chunks when Gemini does not (`modelVersion`).
+    pub fn new(include_usage: bool, created: i64, model: &str) -> Self {
+        Self {
+            include_usage,
+            created,
+            model: json!(model),
+            ..Self::default()
+        }
+    }
+
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        let mut c = json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        if self.include_usage {
+            c["usage"] = Value::Null;
+        }
+        c
+    }
+}
+
+impl Translate for GeminiToChat {
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.ended || data.is_empty() {
+            return;
+        }
+        let Ok(ev) = serde_json::from_slice::<Value>(data) else {
+            self.ended = true;
+            return fail(out, Dialect::OpenAi, "The provider sent a malformed stream event.");
+        };
+        if let Some(e) = ev.get("error").filter(|e| !e.is_null()) {
+            self.ended = true;
+            let msg = e["message"]
+                .as_str()
+                .unwrap_or("The provider reported an error mid-stream.");
+            return fail(out, Dialect::OpenAi, msg);
+        }
+        if !self.started {
+            self.started = true;
+            self.id = gemini::completion_id(&ev);
+            if let Some(m) = ev["modelVersion"].as_str() {
+                self.model = json!(m);
+            }
+            openai_event(out, &self.chunk(json!({"role": "assistant", "content": ""}), None));
+        }
+        if !ev["usageMetadata"].is_null() {
+            // Cumulative: the last report is the total.
+            self.usage = gemini::usage(&ev["usageMetadata"]);
+        }
+        if !ev["promptFeedback"]["blockReason"].is_null() {
+            self.blocked = true;
+        }
+        for (part, piece) in gemini::pieces(&ev) {
+            match piece {
+                gemini::Piece::Text("") => {}
+                gemini::Piece::Text(t) => openai_event(out, &self.chunk(json!({"content": t}), None)),
+                gemini::Piece::Call { name, arguments } => {
+                    let call = json!({"index": self.calls, "id": gemini::call_id(self.calls, part), "type": "function",
+                        "function": {"name": name, "arguments": arguments}});
+                    self.calls += 1;
+                    openai_event(out, &self.chunk(json!({"tool_calls": [call]}), None));
+                }
+            }
+        }
+        if let Some(r) = ev["candidates"][0]["finishReason"].as_str() {
+            self.reason = Some(r.to_owned());
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let finish = match &self.reason {
+            _ if self.blocked => "content_filter",
+            Some(r) => gemini::finish_reason(r, self.calls > 0),
+            None => {
+                return fail(
+                    out,
+                    Dialect::OpenAi,
+                    "The provider's stream ended before a finish reason.",
+                )
+            }
+        };
+        if !self.started {
+            openai_event(out, &self.chunk(json!({"role": "assistant", "content": ""}), None));
+        }
+        openai_event(out, &self.chunk(json!({}), Some(finish)));
+        if self.include_usage {
+            let (i, o) = (self.usage.input_tokens, self.usage.output_tokens);
+            openai_event(
+                out,
+                &json!({
+                    "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                    "choices": [], "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
+                }),
+            );
+        }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+}
+
+/// Gemini events -> Anthropic Messages events, through the chat shape: Gemini -> chunks
+/// -> Anthropic events, each hop the translator above. Chunks are re-read as JSON on the
+/// way; a translated stream is already off the zero-copy path and this keeps one mapping
+/// per pair of dialects.
+#[derive(Debug)]
+pub struct GeminiToAnthropic {
+    chat: GeminiToChat,
+    anthropic: ChatToAnthropic,
+    scratch: Vec<u8>,
+}
+
+impl GeminiToAnthropic {
+    pub fn new(created: i64, model: &str) -> Self {
+        Self {
+            // The usage chunk becomes the final message_delta's usage.
+            chat: GeminiToChat::new(true, created, model),
+            anthropic: ChatToAnthropic::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Passes the chunks in `scratch` on to the Anthropic translator.
+    fn relay(&mut self, out: &mut Vec<u8>) {
+        let mut rest = &self.scratch[..];
+        while let Some(end) = super::event_end(rest) {
+            self.anthropic.event(&super::event_data(&rest[..end]), out);
+            rest = &rest[end..];
+        }
+        self.scratch.clear();
+    }
+}
+
+impl Translate for GeminiToAnthropic {
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        self.chat.event(data, &mut self.scratch);
+        self.relay(out);
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        self.chat.finish(&mut self.scratch);
+        self.relay(out);
+        self.anthropic.finish(out);
+    }
+
+    fn usage(&self) -> Usage {
+        self.chat.usage
     }
 }

@@ -48,8 +48,13 @@ provider_keys:
     provider: anthropic
     base_url: "http://127.0.0.1:{mock}"
     api_key: "{provider_key}"
+  - name: mock-gemini
+    provider: gemini
+    base_url: "http://127.0.0.1:{mock}"
+    api_key: "{provider_key}"
 models:
   - {{name: claude-mock, provider_key: mock-anthropic, model: mock-claude}}
+  - {{name: gemini-mock, provider_key: mock-gemini, model: gemini-2.5-flash}}
   - {{name: gpt-4o-mini, provider_key: mock, model: mock-gpt}}
   - {{name: text-embedding-3-small, provider_key: mock}}
   - {{name: rate-limited, provider_key: mock, model: "x?status=429&retry_after=1"}}
@@ -66,7 +71,7 @@ guardrails:
   - {{name: py-codenames, rules: [{{kind: keyword, words: [falcon], whole_word: true}}], stage: response, action: block}}
   - {{name: py-secrets, pack: "{root}/filters/secrets.yaml", stage: request, action: block}}
 api_keys:
-  - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited, claude-mock]}}
+  - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited, claude-mock, gemini-mock]}}
   - {{name: py-openai-limited, key: sk-py-openai-limited, rate_limit: one-per-minute}}
   - {{name: py-anthropic-limited, key: sk-py-anthropic-limited, rate_limit: one-per-minute}}
   - {{name: py-guarded, key: sk-py-guarded, guardrails: [py-secrets]}}

@@ -10,7 +10,9 @@ from anthropic import Anthropic
 
 from conftest import CALLER_KEY
 
-MODELS = ["claude-mock", "gpt-4o-mini"]
+MODELS = ["claude-mock", "gpt-4o-mini", "gemini-mock"]
+# Output tokens of the mock's 8-word answer; Gemini bills its 2 thinking tokens as output.
+OUTPUT_TOKENS = {"gemini-mock": 10}
 TOOL = {
     "name": "get_weather",
     "description": "Weather for a city",
@@ -33,7 +35,7 @@ def test_messages_create(client, model):
     assert r.content[0].type == "text"
     assert r.content[0].text == "Hello from the aigw mock upstream model today."
     assert r.stop_reason == "end_turn"
-    assert r.usage.output_tokens == 8
+    assert r.usage.output_tokens == OUTPUT_TOKENS.get(model, 8)
     assert r.usage.input_tokens > 0
 
 
@@ -44,7 +46,7 @@ def test_messages_stream(client, model):
         final = s.get_final_message()
     assert text == "Hello from the aigw mock upstream model today."
     assert final.stop_reason == "end_turn"
-    assert final.usage.output_tokens == 8
+    assert final.usage.output_tokens == OUTPUT_TOKENS.get(model, 8)
 
 
 @pytest.mark.parametrize("model", MODELS)

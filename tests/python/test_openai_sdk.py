@@ -67,7 +67,7 @@ def test_embeddings(client):
 
 def test_models_list_and_retrieve(client):
     ids = [m.id for m in client.models.list()]
-    assert ids == ["claude-mock", "gpt-4o-mini", "text-embedding-3-small", "rate-limited"]
+    assert ids == ["claude-mock", "gemini-mock", "gpt-4o-mini", "text-embedding-3-small", "rate-limited"]
     assert client.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("forbidden-model")
@@ -143,6 +143,26 @@ def test_stream_against_anthropic_provider(client):
     assert chunks[-1].usage.completion_tokens == 8
 
 
+def test_chat_and_stream_against_gemini_provider(client):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
+    r = client.chat.completions.create(model="gemini-mock", messages=msgs, max_tokens=50)
+    assert r.object == "chat.completion"
+    assert r.model == "gemini-2.5-flash"
+    assert r.choices[0].message.content == "Hello from the aigw mock upstream model today."
+    assert r.choices[0].finish_reason == "stop"
+    # 8 words and 2 thinking tokens.
+    assert r.usage.completion_tokens == 10
+    chunks = list(
+        client.chat.completions.create(
+            model="gemini-mock", messages=msgs, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from the aigw mock upstream model today."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
+
+
 WEATHER = {
     "type": "function",
     "function": {
@@ -153,7 +173,7 @@ WEATHER = {
 }
 
 
-@pytest.mark.parametrize("model", ["claude-mock", "gpt-4o-mini"])
+@pytest.mark.parametrize("model", ["claude-mock", "gpt-4o-mini", "gemini-mock"])
 def test_tool_round_trip(client, model):
     messages = [{"role": "user", "content": "Weather in Paris?"}]
     r = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER])
@@ -166,7 +186,7 @@ def test_tool_round_trip(client, model):
     assert r.choices[0].message.content == "The tool said: 18C"
 
 
-@pytest.mark.parametrize("model", ["claude-mock", "gpt-4o-mini"])
+@pytest.mark.parametrize("model", ["claude-mock", "gpt-4o-mini", "gemini-mock"])
 def test_streamed_tool_call(client, model):
     chunks = list(
         client.chat.completions.create(

@@ -99,3 +99,72 @@ async fn malformed_json_and_http_get_defined_answers() {
     let r = post(&gw, "/v1/chat/completions", &chat_body("chat")).await;
     assert_eq!(r.status(), 200);
 }
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client opens streams and cancels them at once,
+/// 20,000 times on one connection. Pingora 0.9.1 accepts each stream straight away, so
+/// h2's pending-reset limit never triggers and the connection is not cut (see
+/// docs/security.md); what must hold is that every cancelled stream's work ends with it:
+/// nothing reaches the provider, nothing stays in flight, and everyone else is served.
+#[tokio::test]
+async fn http2_rapid_reset_flood_leaves_nothing_behind() {
+    let mock = Mock::start();
+    let gw = Gateway::start(BASE_CONFIG, &mock);
+    let addr = gw.url().trim_start_matches("http://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut reset = 0;
+    for _ in 0..20_000 {
+        let Ok(mut c) = client.clone().ready().await else { break };
+        let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
+            .header("authorization", format!("Bearer {CALLER_KEY}"))
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
+        let Ok((_, mut stream)) = c.send_request(req, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        reset += 1;
+    }
+    assert!(reset > 1000, "the flood did not start: {reset}");
+    drop(client);
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+
+    assert!(
+        wait_until_async(|| async { metric(&gw, "aigw_inflight_requests").await == 0.0 }).await,
+        "cancelled streams left work in flight"
+    );
+    assert!(mock.requests().is_empty(), "a cancelled stream reached the provider");
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("chat")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.requests().len(), 1);
+}
+
+/// A client that sends part of its body and then stalls (slowloris on the body) is
+/// answered once `server.client_body_timeout_ms` passes without a byte, and the provider
+/// never hears of it; the gateway keeps serving.
+#[tokio::test]
+async fn a_stalled_request_body_is_timed_out() {
+    let mock = Mock::start();
+    let config = BASE_CONFIG.replace(
+        "  max_request_body_bytes: 2097152\n",
+        "  max_request_body_bytes: 2097152\n  client_body_timeout_ms: 300\n",
+    );
+    let gw = Gateway::start(&config, &mock);
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CALLER_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\":\"chat\""
+    );
+    let mut s = TcpStream::connect(gw.url().trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    // Nothing more is sent; the gateway answers on its own.
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("client_body_timeout_ms"), "{answer}");
+    assert!(mock.requests().is_empty());
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("chat")).await;
+    assert_eq!(resp.status(), 200);
+}

@@ -41,6 +41,7 @@ pub struct ServerSettings {
     pub threads: usize,
     pub grace_period_s: u64,
     pub max_request_body_bytes: u64,
+    pub client_body_timeout: Duration,
     pub redis: Option<RedisSettings>,
 }
 
@@ -690,6 +691,9 @@ fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettings {
     if s.max_request_body_bytes == 0 {
         errs.push("server.max_request_body_bytes", "must be at least 1");
     }
+    if !(1..=3_600_000).contains(&s.client_body_timeout_ms) {
+        errs.push("server.client_body_timeout_ms", "must be between 1 and 3600000");
+    }
     if let Some(r) = &s.redis {
         if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://") || r.url.starts_with("unix://")) {
             errs.push("server.redis.url", "must start with redis://, rediss:// or unix://");
@@ -723,6 +727,7 @@ fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettings {
         threads: s.threads,
         grace_period_s: s.grace_period_s,
         max_request_body_bytes: s.max_request_body_bytes,
+        client_body_timeout: Duration::from_millis(s.client_body_timeout_ms),
         redis: s.redis.as_ref().map(|r| RedisSettings {
             url: r.url.clone(),
             pool_size: r.pool_size,

@@ -18,6 +18,10 @@ fn default_grace() -> u64 {
 fn default_max_body() -> u64 {
     10 * 1024 * 1024
 }
+
+fn default_client_body_timeout() -> u64 {
+    60_000
+}
 fn default_true() -> bool {
     true
 }
@@ -72,6 +76,9 @@ pub struct Server {
     pub grace_period_s: u64,
     #[serde(default = "default_max_body")]
     pub max_request_body_bytes: u64,
+    /// Longest wait for the next piece of a request body (nginx's client_body_timeout).
+    #[serde(default = "default_client_body_timeout")]
+    pub client_body_timeout_ms: u64,
     pub redis: Option<Redis>,
     pub config_store: Option<ConfigStore>,
     #[serde(default)]
@@ -87,6 +94,7 @@ impl Default for Server {
             threads: 0,
             grace_period_s: default_grace(),
             max_request_body_bytes: default_max_body(),
+            client_body_timeout_ms: default_client_body_timeout(),
             redis: None,
             config_store: None,
             admin_keys: Vec::new(),

@@ -142,7 +142,7 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
             .await
             .map_err(|_| GwError::InvalidRequest("The connection failed.".into()))?;
     }
-    let body = read_body(session, limit, declared).await?;
+    let body = read_body(session, limit, declared, snap.server.client_body_timeout).await?;
 
     let view = body::parse(&body)?;
     let model = snap
@@ -419,16 +419,31 @@ async fn answer_from_cache(session: &mut Session, ctx: &mut Ctx, entry: &cache::
 }
 
 /// Reads the whole request body, up to `limit` bytes (also for chunked bodies without a
-/// declared length). Pingora has no whole-body API; the body is needed to route on `model`.
-async fn read_body(session: &mut Session, limit: u64, declared: Option<u64>) -> Result<Bytes, GwError> {
+/// declared length), waiting at most `gap` for each next piece (a client trickling its
+/// body must not hold a connection forever; the same bound for
+/// HTTP/1.1 and HTTP/2). Pingora has no whole-body API; the body is needed to route on
+/// `model`.
+async fn read_body(
+    session: &mut Session,
+    limit: u64,
+    declared: Option<u64>,
+    gap: std::time::Duration,
+) -> Result<Bytes, GwError> {
     let cap = declared.unwrap_or(16 * 1024).min(limit) as usize;
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     loop {
-        let chunk = match session.read_request_body().await {
-            Ok(Some(c)) => c,
-            Ok(None) => break,
-            Err(e) => {
+        let read = tokio::time::timeout(gap, session.read_request_body()).await;
+        let chunk = match read {
+            Err(_) => {
+                return Err(GwError::InvalidRequest(format!(
+                    "The request body did not arrive in time (server.client_body_timeout_ms: {}).",
+                    gap.as_millis()
+                )))
+            }
+            Ok(Ok(Some(c))) => c,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "request body read failed");
                 return Err(GwError::InvalidRequest("The request body could not be read.".into()));
             }

@@ -4,7 +4,7 @@ VENV  := target/py-venv
 PY    := $(VENV)/bin/python
 BIN   := target/debug/aigw
 
-.PHONY: build run test test-rust test-python lint fmt bench loadtest release clean
+.PHONY: build run test test-rust test-python lint fmt bench fuzz loadtest release clean
 
 build:
 	$(CARGO) build --bins
@@ -40,6 +40,17 @@ fmt:
 
 bench:
 	$(CARGO) bench --bench hot_paths
+
+# Each fuzz target for FUZZ_SECONDS, growing fuzz/corpus/<target>. Needs a nightly
+# toolchain (libFuzzer instrumentation); not part of `make test`, which replays the
+# corpus and past crashes through the same checks (tests/fuzz_corpus.rs).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := config sse translate body guard
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
+	for t in $(FUZZ_TARGETS); do \
+	  $(CARGO) +nightly fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 || exit 1; \
+	done
 
 release:
 	$(CARGO) build --release --bins

@@ -98,7 +98,7 @@ fn anthropic_translation(c: &mut Criterion) {
     let req = serde_json::json!({"model": "m", "max_tokens": 500, "messages": messages,
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]});
     let size = req.to_string().len();
-    let mut g = c.benchmark_group("anthropic translation");
+    let mut g = c.benchmark_group("translation");
     g.throughput(Throughput::Bytes(size as u64));
     g.bench_function(format!("chat request -> messages ({size} B)"), |b| {
         b.iter(|| black_box(anthropic::chat_request_to_messages(black_box(&req), "claude").unwrap()))
@@ -113,6 +113,27 @@ fn anthropic_translation(c: &mut Criterion) {
     g.bench_function("200-event stream -> chat chunks", |b| {
         b.iter(|| {
             let mut s = SseState::with_mode(Mode::Translate(Box::new(AnthropicToChat::new(true, 0))));
+            for ch in &chunks {
+                black_box(s.feed(ch.clone()));
+            }
+            black_box(s.finish())
+        })
+    });
+    g.bench_function(format!("chat request -> gemini ({size} B)"), |b| {
+        b.iter(|| black_box(aigw::provider::gemini::chat_request_to_gemini(black_box(&req), "g").unwrap()))
+    });
+    let mut gemini = String::new();
+    for i in 0..200 {
+        let finish = if i == 199 { ",\"finishReason\":\"STOP\"" } else { "" };
+        gemini.push_str(&format!("data: {{\"candidates\":[{{\"content\":{{\"role\":\"model\",\"parts\":[{{\"text\":\"tok{i} \"}}]}}{finish}}}],\"usageMetadata\":{{\"promptTokenCount\":9,\"candidatesTokenCount\":{i}}},\"responseId\":\"r\"}}\r\n\r\n"));
+    }
+    let chunks: Vec<Bytes> = gemini.as_bytes().chunks(512).map(Bytes::copy_from_slice).collect();
+    g.throughput(Throughput::Bytes(gemini.len() as u64));
+    g.bench_function("200-event gemini stream -> chat chunks", |b| {
+        b.iter(|| {
+            let mut s = SseState::with_mode(Mode::Translate(Box::new(aigw::stream::translate::GeminiToChat::new(
+                true, 0, "g",
+            ))));
             for ch in &chunks {
                 black_box(s.feed(ch.clone()));
             }

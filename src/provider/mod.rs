@@ -96,8 +96,7 @@ pub fn upstream_path(p: &Provider, upstream: Endpoint, upstream_model: &str, str
 
 /// The provider's credential and extra headers.
 pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Result<()> {
-    // Gemini is reached only through translation: no protocol header of the caller's
-    // applies to it.
+    // An Anthropic caller's protocol headers mean nothing to any other provider.
     if p.kind != ProviderKind::Anthropic {
         req.remove_header("anthropic-version");
         req.remove_header("anthropic-beta");

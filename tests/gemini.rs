@@ -45,14 +45,7 @@ fn tools() -> Value {
 }
 
 async fn post_messages(gw: &Gateway, body: &Value) -> reqwest::Response {
-    client()
-        .post(format!("{}/v1/messages", gw.url()))
-        .header("x-api-key", CALLER_KEY)
-        .header("anthropic-version", "2023-06-01")
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    post_messages_as(gw, CALLER_KEY, body).await
 }
 
 #[tokio::test]

@@ -45,17 +45,6 @@ fn messages(model: &str, text: &str, stream: bool) -> Value {
     json!({"model": model, "max_tokens": 50, "stream": stream, "messages": [{"role": "user", "content": text}]})
 }
 
-async fn post_messages(gw: &Gateway, key: &str, body: &Value) -> reqwest::Response {
-    client()
-        .post(format!("{}/v1/messages", gw.url()))
-        .header("x-api-key", key)
-        .header("anthropic-version", "2023-06-01")
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn request_block_never_reaches_the_provider_and_never_echoes_the_match() {
     let mock = Mock::start();
@@ -83,7 +72,7 @@ async fn request_block_never_reaches_the_provider_and_never_echoes_the_match() {
     assert_eq!(post(&gw, "/v1/chat/completions", &tool).await.status(), 400);
     let mut m = messages("plain", "hello", false);
     m["system"] = json!([{"type": "text", "text": format!("use {SECRET}")}]);
-    let r = post_messages(&gw, CALLER_KEY, &m).await;
+    let r = post_messages_as(&gw, CALLER_KEY, &m).await;
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["type"], "error");
@@ -135,7 +124,7 @@ async fn request_mask_sends_redacted_text_upstream() {
     let mut m = messages("echo", "x", false);
     m["messages"][0]["content"] = json!([{"type": "text", "text": "IBAN DE89 3704 0044 0532 0130 00"}]);
     m["temperature"] = json!(0.25);
-    let r = post_messages(&gw, "sk-free", &m).await;
+    let r = post_messages_as(&gw, "sk-free", &m).await;
     assert_eq!(r.status(), 200);
     let seen: Value = serde_json::from_str(mock.last_request()["body"].as_str().unwrap()).unwrap();
     assert_eq!(seen["messages"][0]["content"], json!("IBAN [REDACTED:iban]"));
@@ -162,7 +151,7 @@ async fn response_mask_in_json_and_streams_of_both_dialects() {
             let seen: Value = serde_json::from_str(mock.last_request()["body"].as_str().unwrap()).unwrap();
             assert!(seen.to_string().contains("jane.doe@example.com"));
             // Anthropic caller.
-            let r = post_messages(&gw, "sk-free", &messages(model, text, stream)).await;
+            let r = post_messages_as(&gw, "sk-free", &messages(model, text, stream)).await;
             assert_eq!(r.status(), 200);
             let body = r.text().await.unwrap();
             assert_eq!(
@@ -199,7 +188,7 @@ async fn response_block_ends_streams_with_an_error_and_withholds_json() {
     assert!(last["error"]["message"].as_str().unwrap().contains("falcon-out"));
     assert!(!body.contains("[DONE]"));
 
-    let r = post_messages(&gw, CALLER_KEY, &messages("claude-falcon", text, true)).await;
+    let r = post_messages_as(&gw, CALLER_KEY, &messages("claude-falcon", text, true)).await;
     let body = r.text().await.unwrap();
     assert!(!completion_text(&body).contains("falcon"), "{body}");
     assert!(body.contains("event: error"), "{body}");
@@ -211,7 +200,7 @@ async fn response_block_ends_streams_with_an_error_and_withholds_json() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["choices"][0]["finish_reason"], "content_filter");
     assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
-    let r = post_messages(&gw, CALLER_KEY, &messages("claude-falcon", text, false)).await;
+    let r = post_messages_as(&gw, CALLER_KEY, &messages("claude-falcon", text, false)).await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["stop_reason"], "refusal");
     assert_eq!(v["content"], json!([]));

@@ -377,10 +377,14 @@ impl JsonBody {
             [one] => one.clone(),
             many => Bytes::from(many.concat()),
         };
-        let mut usage = serde_json::from_slice::<UsageOnly>(&whole)
-            .ok()
-            .and_then(|u| u.usage)
-            .map(Usage::from);
+        // Gemini's usage is read from the same parse as its translation, below.
+        let mut usage = match self.translate {
+            JsonTranslate::Gemini { .. } => None,
+            _ => serde_json::from_slice::<UsageOnly>(&whole)
+                .ok()
+                .and_then(|u| u.usage)
+                .map(Usage::from),
+        };
         let not_json = |d| GwError::UpstreamError("The provider's answer is not valid JSON.".into()).body(d);
         let translated = match &self.translate {
             JsonTranslate::None => match self.hold {

@@ -8,37 +8,90 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::{Translate, Usage};
+use super::{write_event, Translate, Usage};
 use crate::error::{Dialect, GwError};
 use crate::provider::anthropic::{finish_reason, stop_reason};
 use crate::provider::gemini;
 
 fn openai_event(out: &mut Vec<u8>, v: &Value) {
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(v.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
+    write_event(out, None, v);
 }
 
+/// Anthropic names every event after its `type`.
 fn anthropic_event(out: &mut Vec<u8>, v: &Value) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(v["type"].as_str().unwrap_or("error").as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(v.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
+    write_event(out, Some(v["type"].as_str().unwrap_or("error")), v);
 }
 
 fn fail(out: &mut Vec<u8>, dialect: Dialect, message: &str) {
     out.extend_from_slice(&GwError::UpstreamError(message.to_owned()).sse_event(dialect));
 }
 
-/// Anthropic Messages events -> OpenAI `chat.completion.chunk`s.
+/// The event's JSON, or `None` after writing the error that ends the stream.
+fn parse_event(data: &[u8], dialect: Dialect, out: &mut Vec<u8>) -> Option<Value> {
+    let v = serde_json::from_slice::<Value>(data).ok();
+    if v.is_none() {
+        fail(out, dialect, "The provider sent a malformed stream event.");
+    }
+    v
+}
+
+/// Like [`parse_event`], for streams that report a failure as an `{"error": ...}` object
+/// in place of a chunk (OpenAI-style and Gemini).
+fn parse_chunk(data: &[u8], dialect: Dialect, out: &mut Vec<u8>) -> Option<Value> {
+    let v = parse_event(data, dialect, out)?;
+    if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
+        let msg = e["message"]
+            .as_str()
+            .unwrap_or("The provider reported an error mid-stream.");
+        fail(out, dialect, msg);
+        return None;
+    }
+    Some(v)
+}
+
+/// The `chat.completion.chunk`s of one completion: the fields every chunk repeats, and
+/// the clean ending (finish chunk, the usage chunk when the caller asked, `[DONE]`).
 #[derive(Debug, Default)]
-pub struct AnthropicToChat {
+struct Chunks {
     created: i64,
     /// The caller asked for `stream_options.include_usage`.
     include_usage: bool,
     id: Value,
     model: Value,
+}
+
+impl Chunks {
+    fn send(&self, out: &mut Vec<u8>, delta: Value, finish: Option<&str>) {
+        let mut c = json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        if self.include_usage {
+            c["usage"] = Value::Null;
+        }
+        openai_event(out, &c);
+    }
+
+    fn end(&self, out: &mut Vec<u8>, finish: &str, usage: Usage) {
+        self.send(out, json!({}), Some(finish));
+        if self.include_usage {
+            let (i, o) = (usage.input_tokens, usage.output_tokens);
+            openai_event(
+                out,
+                &json!({
+                    "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                    "choices": [], "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
+                }),
+            );
+        }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+    }
+}
+
+/// Anthropic Messages events -> OpenAI `chat.completion.chunk`s.
+#[derive(Debug, Default)]
+pub struct AnthropicToChat {
+    chunks: Chunks,
     /// Anthropic content block index -> OpenAI tool call index.
     tools: HashMap<u64, usize>,
     pub usage: Usage,
@@ -49,21 +102,13 @@ pub struct AnthropicToChat {
 impl AnthropicToChat {
     pub fn new(include_usage: bool, created: i64) -> Self {
         Self {
-            include_usage,
-            created,
+            chunks: Chunks {
+                include_usage,
+                created,
+                ..Chunks::default()
+            },
             ..Self::default()
         }
-    }
-
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
-        let mut c = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        if self.include_usage {
-            c["usage"] = Value::Null;
-        }
-        c
     }
 
     /// Input tokens come with message_start; output tokens are cumulative in message_delta.
@@ -86,17 +131,17 @@ impl Translate for AnthropicToChat {
         if self.ended || data.is_empty() {
             return;
         }
-        let Ok(ev) = serde_json::from_slice::<Value>(data) else {
+        let Some(ev) = parse_event(data, Dialect::OpenAi, out) else {
             self.ended = true;
-            return fail(out, Dialect::OpenAi, "The provider sent a malformed stream event.");
+            return;
         };
         match ev["type"].as_str() {
             Some("message_start") => {
                 let m = &ev["message"];
-                self.id = m["id"].clone();
-                self.model = m["model"].clone();
+                self.chunks.id = m["id"].clone();
+                self.chunks.model = m["model"].clone();
                 self.add_usage(&m["usage"]);
-                openai_event(out, &self.chunk(json!({"role": "assistant", "content": ""}), None));
+                self.chunks.send(out, json!({"role": "assistant", "content": ""}), None);
             }
             Some("content_block_start") => {
                 let block = &ev["content_block"];
@@ -104,19 +149,19 @@ impl Translate for AnthropicToChat {
                     let n = self.tools.len();
                     self.tools.insert(ev["index"].as_u64().unwrap_or(0), n);
                     let call = json!({"index": n, "id": block["id"], "type": "function", "function": {"name": block["name"], "arguments": ""}});
-                    openai_event(out, &self.chunk(json!({"tool_calls": [call]}), None));
+                    self.chunks.send(out, json!({"tool_calls": [call]}), None);
                 } else if let Some(t) = block["text"].as_str().filter(|t| !t.is_empty()) {
-                    openai_event(out, &self.chunk(json!({"content": t}), None));
+                    self.chunks.send(out, json!({"content": t}), None);
                 }
             }
             Some("content_block_delta") => {
                 let d = &ev["delta"];
                 match d["type"].as_str() {
-                    Some("text_delta") => openai_event(out, &self.chunk(json!({"content": d["text"]}), None)),
+                    Some("text_delta") => self.chunks.send(out, json!({"content": d["text"]}), None),
                     Some("input_json_delta") => {
                         let n = self.tools.get(&ev["index"].as_u64().unwrap_or(0)).copied().unwrap_or(0);
                         let call = json!({"index": n, "function": {"arguments": d["partial_json"]}});
-                        openai_event(out, &self.chunk(json!({"tool_calls": [call]}), None));
+                        self.chunks.send(out, json!({"tool_calls": [call]}), None);
                     }
                     // Thinking and signatures have no OpenAI counterpart.
                     _ => {}
@@ -130,18 +175,7 @@ impl Translate for AnthropicToChat {
             }
             Some("message_stop") => {
                 self.ended = true;
-                openai_event(out, &self.chunk(json!({}), Some(self.finish.unwrap_or("stop"))));
-                if self.include_usage {
-                    let (i, o) = (self.usage.input_tokens, self.usage.output_tokens);
-                    openai_event(
-                        out,
-                        &json!({
-                            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                            "choices": [], "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
-                        }),
-                    );
-                }
-                out.extend_from_slice(b"data: [DONE]\n\n");
+                self.chunks.end(out, self.finish.unwrap_or("stop"), self.usage);
             }
             Some("error") => {
                 self.ended = true;
@@ -225,17 +259,10 @@ impl Translate for ChatToAnthropic {
             anthropic_event(out, &json!({"type": "message_stop"}));
             return;
         }
-        let Ok(c) = serde_json::from_slice::<Value>(data) else {
+        let Some(c) = parse_chunk(data, Dialect::Anthropic, out) else {
             self.ended = true;
-            return fail(out, Dialect::Anthropic, "The provider sent a malformed stream event.");
+            return;
         };
-        if let Some(e) = c.get("error").filter(|e| !e.is_null()) {
-            self.ended = true;
-            let msg = e["message"]
-                .as_str()
-                .unwrap_or("The provider reported an error mid-stream.");
-            return fail(out, Dialect::Anthropic, msg);
-        }
         if !self.started {
             self.started = true;
             anthropic_event(
@@ -311,11 +338,8 @@ impl Translate for ChatToAnthropic {
 /// reason was seen; a stream that ends without one was cut and ends with an error event.
 #[derive(Debug, Default)]
 pub struct GeminiToChat {
-    created: i64,
-    include_usage: bool,
+    chunks: Chunks,
     started: bool,
-    id: Value,
-    model: Value,
     /// Function calls sent so far (each is one whole call in Gemini's stream).
     calls: usize,
     /// The finish reason as Gemini said it, and whether the prompt was blocked.
@@ -329,22 +353,14 @@ impl GeminiToChat {
     /// `model` names the chunks when Gemini does not (`modelVersion`).
     pub fn new(include_usage: bool, created: i64, model: &str) -> Self {
         Self {
-            include_usage,
-            created,
-            model: json!(model),
+            chunks: Chunks {
+                include_usage,
+                created,
+                id: Value::Null,
+                model: json!(model),
+            },
             ..Self::default()
         }
-    }
-
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
-        let mut c = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        if self.include_usage {
-            c["usage"] = Value::Null;
-        }
-        c
     }
 }
 
@@ -353,24 +369,17 @@ impl Translate for GeminiToChat {
         if self.ended || data.is_empty() {
             return;
         }
-        let Ok(ev) = serde_json::from_slice::<Value>(data) else {
+        let Some(ev) = parse_chunk(data, Dialect::OpenAi, out) else {
             self.ended = true;
-            return fail(out, Dialect::OpenAi, "The provider sent a malformed stream event.");
+            return;
         };
-        if let Some(e) = ev.get("error").filter(|e| !e.is_null()) {
-            self.ended = true;
-            let msg = e["message"]
-                .as_str()
-                .unwrap_or("The provider reported an error mid-stream.");
-            return fail(out, Dialect::OpenAi, msg);
-        }
         if !self.started {
             self.started = true;
-            self.id = gemini::completion_id(&ev);
+            self.chunks.id = gemini::completion_id(&ev);
             if let Some(m) = ev["modelVersion"].as_str() {
-                self.model = json!(m);
+                self.chunks.model = json!(m);
             }
-            openai_event(out, &self.chunk(json!({"role": "assistant", "content": ""}), None));
+            self.chunks.send(out, json!({"role": "assistant", "content": ""}), None);
         }
         if !ev["usageMetadata"].is_null() {
             // Cumulative: the last report is the total.
@@ -382,12 +391,12 @@ impl Translate for GeminiToChat {
         for (part, piece) in gemini::pieces(&ev) {
             match piece {
                 gemini::Piece::Text("") => {}
-                gemini::Piece::Text(t) => openai_event(out, &self.chunk(json!({"content": t}), None)),
+                gemini::Piece::Text(t) => self.chunks.send(out, json!({"content": t}), None),
                 gemini::Piece::Call { name, arguments } => {
                     let call = json!({"index": self.calls, "id": gemini::call_id(self.calls, part), "type": "function",
                         "function": {"name": name, "arguments": arguments}});
                     self.calls += 1;
-                    openai_event(out, &self.chunk(json!({"tool_calls": [call]}), None));
+                    self.chunks.send(out, json!({"tool_calls": [call]}), None);
                 }
             }
         }
@@ -413,20 +422,9 @@ impl Translate for GeminiToChat {
             }
         };
         if !self.started {
-            openai_event(out, &self.chunk(json!({"role": "assistant", "content": ""}), None));
+            self.chunks.send(out, json!({"role": "assistant", "content": ""}), None);
         }
-        openai_event(out, &self.chunk(json!({}), Some(finish)));
-        if self.include_usage {
-            let (i, o) = (self.usage.input_tokens, self.usage.output_tokens);
-            openai_event(
-                out,
-                &json!({
-                    "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                    "choices": [], "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
-                }),
-            );
-        }
-        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.chunks.end(out, finish, self.usage);
     }
 
     fn usage(&self) -> Usage {

@@ -296,6 +296,18 @@ pub async fn post_as(gw: &Gateway, key: &str, path: &str, body: &Value) -> reqwe
         .unwrap()
 }
 
+/// POSTs an Anthropic Messages request with the caller key `key` in `x-api-key`.
+pub async fn post_messages_as(gw: &Gateway, key: &str, body: &Value) -> reqwest::Response {
+    client()
+        .post(format!("{}/v1/messages", gw.url()))
+        .header("x-api-key", key)
+        .header("anthropic-version", "2023-06-01")
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The gateway's `/metrics` text.
 pub async fn metrics_text(gw: &Gateway) -> String {
     client()

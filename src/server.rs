@@ -65,6 +65,10 @@ pub fn serve(config: PathBuf) -> Result<(), String> {
         let mut opts = HttpServerOptions::default();
         // Prior-knowledge HTTP/2 on plaintext listeners, for internal clients that use it.
         opts.h2c = true;
+        // Unlimited by default in Pingora; nginx closes after 1000 to free per-connection
+        // memory. Applies to HTTP/1.1 (an HTTP/2 connection's streams are not counted).
+        // Pingora counts reuses, after the first request.
+        opts.keepalive_request_limit = Some(snap.server.keepalive_requests.saturating_sub(1));
         app.server_options = Some(opts);
     }
     for addr in &snap.server.listen {

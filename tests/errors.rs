@@ -181,3 +181,156 @@ async fn upstream_failures_are_502_503_504() {
     // A provider whose name never resolves has no healthy address.
     expect_error(call("ghost").await.unwrap(), 503, "no_healthy_target").await;
 }
+
+/// A provider that answers 200 with something other than what was asked for (an HTML
+/// sign-in page, JSON to a stream request) is a 502 before anything reaches the caller,
+/// in the caller's own envelope, naming what came.
+#[tokio::test]
+async fn a_success_in_the_wrong_content_type_is_502() {
+    let mock = Mock::start();
+    let config = BASE_CONFIG
+        .replace(
+            "models:\n",
+            concat!(
+                "models:\n",
+                "  - {name: portal, provider_key: mock, model: \"x?content_type=html\"}\n",
+                "  - {name: json-only, provider_key: mock, model: \"x?content_type=application/json\"}\n",
+            ),
+        )
+        .replace("api_keys:\n", "api_keys:\n  - {name: all, key: sk-all}\n");
+    let gw = Gateway::start(&config, &mock);
+    let mut streamed = chat_body("portal");
+    streamed["stream"] = json!(true);
+    for body in [chat_body("portal"), streamed] {
+        let v = expect_error(
+            post_as(&gw, "sk-all", "/v1/chat/completions", &body).await,
+            502,
+            "upstream_error",
+        )
+        .await;
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("text/html"), "{v}");
+        assert!(!v.to_string().contains("Sign in"), "the page is not forwarded: {v}");
+    }
+    let mut streamed = chat_body("json-only");
+    streamed["stream"] = json!(true);
+    let v = expect_error(
+        post_as(&gw, "sk-all", "/v1/chat/completions", &streamed).await,
+        502,
+        "upstream_error",
+    )
+    .await;
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("text/event-stream"),
+        "{v}"
+    );
+    let resp = post_messages_as(
+        &gw,
+        "sk-all",
+        &json!({"model": "portal", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 502);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("text/html"), "{v}");
+    // The gateway keeps serving.
+    assert_eq!(
+        post_as(&gw, "sk-all", "/v1/chat/completions", &chat_body("chat"))
+            .await
+            .status(),
+        200
+    );
+}
+
+/// The gateway's peak resident memory, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Answers far larger than anything the gateway keeps pass through whole: a ~35 MB JSON
+/// body and a ~30 MB stream reach the caller intact with their usage counted, and the
+/// gateway's peak memory grows by a fraction of either (the body is streamed, and only
+/// its tail is kept to read the usage from). Memory is a behaviour here, not a timing.
+#[tokio::test]
+async fn gigantic_answers_stream_through_in_bounded_memory() {
+    let mock = Mock::start();
+    let config = BASE_CONFIG
+        .replace(
+            "models:\n",
+            concat!(
+                "models:\n",
+                "  - {name: huge, provider_key: mock, model: \"x?words=6000000\"}\n",
+                "  - {name: huge-stream, provider_key: mock, model: \"x?words=150000\"}\n",
+                "  - {name: big, provider_key: mock, model: \"x?words=1000000\"}\n",
+                "  - {name: big-stream, provider_key: mock, model: \"x?words=20000\"}\n",
+            ),
+        )
+        // One worker thread: its allocator arenas are warmed up once, below.
+        .replace("  grace_period_s: 10\n", "  grace_period_s: 10\n  threads: 1\n")
+        // The mock takes a while to build a 48 MB answer in a debug build.
+        .replace("first_byte_ms: 1500", "first_byte_ms: 30000")
+        .replace("api_keys:\n", "api_keys:\n  - {name: all, key: sk-all}\n");
+    let gw = Gateway::start(&config, &mock);
+    // Warm-up: the first large answers grow the allocator's heap once (~8 MiB, whatever
+    // their size); the measure is what six times larger answers add after that.
+    let mut warm_stream = chat_body("big-stream");
+    warm_stream["stream"] = json!(true);
+    for body in [chat_body("big"), warm_stream] {
+        let resp = post_as(&gw, "sk-all", "/v1/chat/completions", &body).await;
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    let before = peak_rss_kib(gw.child.id());
+
+    let resp = post_as(&gw, "sk-all", "/v1/chat/completions", &chat_body("huge")).await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.unwrap();
+    assert!(body.len() > 32_000_000, "{} bytes", body.len());
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(text.split(' ').count(), 6_000_000);
+    let json_tokens = v["usage"]["completion_tokens"].as_u64().unwrap();
+    drop(body);
+
+    let mut streamed = chat_body("huge-stream");
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    // A debug build takes a while over 150,000 events.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.url()))
+        .bearer_auth("sk-all")
+        .json(&streamed)
+        .timeout(std::time::Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = String::from_utf8(resp.bytes().await.unwrap().to_vec()).unwrap();
+    assert!(body.len() > 25_000_000, "{} bytes", body.len());
+    let events = sse_data(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(completion_text(&body).split(' ').count(), 150_000);
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    let stream_tokens = usage["usage"]["completion_tokens"].as_u64().unwrap();
+    drop(body);
+
+    let grown_kib = peak_rss_kib(gw.child.id()).saturating_sub(before);
+    eprintln!("gateway peak memory grew by {grown_kib} KiB");
+    assert!(grown_kib < 8 * 1024, "peak memory grew by {grown_kib} KiB");
+    // The usage of both was read and counted.
+    let lines = gw.access_lines_until(4, |l| l.contains("\"status\":200"));
+    let logged = |alias: &str| -> u64 {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!("\"alias\":\"{alias}\"")))
+            .unwrap();
+        serde_json::from_str::<Value>(line).unwrap()["output_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(logged("huge"), json_tokens);
+    assert_eq!(logged("huge-stream"), stream_tokens);
+}

@@ -168,3 +168,76 @@ async fn a_stalled_request_body_is_timed_out() {
     let resp = post(&gw, "/v1/chat/completions", &chat_body("chat")).await;
     assert_eq!(resp.status(), 200);
 }
+
+/// Reads one response with a Content-Length body off `s`; returns its head.
+fn read_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "connection closed mid-head");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    head
+}
+
+/// A kept-alive connection is not held forever: once idle, or while the next request's
+/// head trickles in (slowloris), it is closed after `server.keepalive_timeout_s`; and it
+/// serves at most `server.keepalive_requests` requests.
+#[tokio::test]
+async fn kept_alive_connections_are_bounded_in_time_and_requests() {
+    let mock = Mock::start();
+    let config = BASE_CONFIG.replace(
+        "  max_request_body_bytes: 2097152\n",
+        "  max_request_body_bytes: 2097152\n  keepalive_timeout_s: 1\n  keepalive_requests: 3\n",
+    );
+    let gw = Gateway::start(&config, &mock);
+    let connect = || {
+        let s = TcpStream::connect(gw.url().trim_start_matches("http://")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    };
+    let models = format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CALLER_KEY}\r\n\r\n");
+    // Closed by the gateway: end of stream (or a reset, for bytes sent after it closed),
+    // not the 20 s read timeout of this test.
+    let closed = |s: &mut TcpStream| {
+        let mut rest = Vec::new();
+        match s.read_to_end(&mut rest) {
+            Ok(_) => rest.is_empty(),
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    };
+    // Idle after a request: closed by the gateway (a read of 0 bytes, not our timeout).
+    let mut s = connect();
+    s.write_all(models.as_bytes()).unwrap();
+    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
+    assert!(closed(&mut s), "an idle kept-alive connection stays open");
+    // The next head started and stalled: closed too.
+    let mut s = connect();
+    s.write_all(models.as_bytes()).unwrap();
+    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
+    s.write_all(b"GET /v1/models HTTP/1.1\r\nHo").unwrap();
+    assert!(closed(&mut s), "a slowloris head on a kept-alive connection stays open");
+    // Three requests, then the connection is closed after the third answer.
+    let mut s = connect();
+    for i in 1..=3 {
+        s.write_all(models.as_bytes()).unwrap();
+        let head = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+    }
+    let _ = s.write_all(models.as_bytes());
+    assert!(closed(&mut s), "a fourth request was served");
+}

@@ -42,6 +42,8 @@ pub struct ServerSettings {
     pub grace_period_s: u64,
     pub max_request_body_bytes: u64,
     pub client_body_timeout: Duration,
+    pub keepalive_timeout_s: u64,
+    pub keepalive_requests: u32,
     pub redis: Option<RedisSettings>,
 }
 
@@ -694,6 +696,12 @@ fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettings {
     if !(1..=3_600_000).contains(&s.client_body_timeout_ms) {
         errs.push("server.client_body_timeout_ms", "must be between 1 and 3600000");
     }
+    if !(1..=3600).contains(&s.keepalive_timeout_s) {
+        errs.push("server.keepalive_timeout_s", "must be between 1 and 3600");
+    }
+    if s.keepalive_requests == 0 {
+        errs.push("server.keepalive_requests", "must be at least 1");
+    }
     if let Some(r) = &s.redis {
         if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://") || r.url.starts_with("unix://")) {
             errs.push("server.redis.url", "must start with redis://, rediss:// or unix://");
@@ -728,6 +736,8 @@ fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettings {
         grace_period_s: s.grace_period_s,
         max_request_body_bytes: s.max_request_body_bytes,
         client_body_timeout: Duration::from_millis(s.client_body_timeout_ms),
+        keepalive_timeout_s: s.keepalive_timeout_s,
+        keepalive_requests: s.keepalive_requests,
         redis: s.redis.as_ref().map(|r| RedisSettings {
             url: r.url.clone(),
             pool_size: r.pool_size,

@@ -19,6 +19,14 @@ fn default_max_body() -> u64 {
     10 * 1024 * 1024
 }
 
+fn default_keepalive_timeout() -> u64 {
+    60
+}
+
+fn default_keepalive_requests() -> u32 {
+    1000
+}
+
 fn default_client_body_timeout() -> u64 {
     60_000
 }
@@ -79,6 +87,14 @@ pub struct Server {
     /// Longest wait for the next piece of a request body (nginx's client_body_timeout).
     #[serde(default = "default_client_body_timeout")]
     pub client_body_timeout_ms: u64,
+    /// How long an idle HTTP/1.1 connection waits for the next request (nginx's
+    /// keepalive_timeout); also the longest wait for each read of a request head.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout_s: u64,
+    /// Requests served on one HTTP/1.1 connection before it is closed (nginx's
+    /// keepalive_requests).
+    #[serde(default = "default_keepalive_requests")]
+    pub keepalive_requests: u32,
     pub redis: Option<Redis>,
     pub config_store: Option<ConfigStore>,
     #[serde(default)]
@@ -95,6 +111,8 @@ impl Default for Server {
             grace_period_s: default_grace(),
             max_request_body_bytes: default_max_body(),
             client_body_timeout_ms: default_client_body_timeout(),
+            keepalive_timeout_s: default_keepalive_timeout(),
+            keepalive_requests: default_keepalive_requests(),
             redis: None,
             config_store: None,
             admin_keys: Vec::new(),

@@ -49,6 +49,9 @@ pub struct Script {
     pub echo: bool,
     /// Answer 200 with a truncated JSON body.
     pub bad_json: bool,
+    /// Answer 200 with a small body of this Content-Type (`html`: an HTML error page, as a
+    /// captive portal or a misrouted proxy would send).
+    pub content_type: Option<String>,
 }
 
 impl Script {
@@ -62,6 +65,7 @@ impl Script {
             words: 8,
             echo: false,
             bad_json: false,
+            content_type: None,
         };
         let Some((_, query)) = model.split_once('?') else {
             return s;
@@ -78,6 +82,7 @@ impl Script {
                 "words" => s.words = n.map_or(8, |n| n as usize),
                 "echo" => s.echo = true,
                 "bad_json" => s.bad_json = true,
+                "content_type" => s.content_type = Some(v.to_owned()),
                 _ => {}
             }
         }
@@ -406,6 +411,14 @@ impl Mock {
                 status,
                 &format!("mock failure {status} for model {model}"),
                 script.retry_after,
+            );
+        }
+        if let Some(ct) = &script.content_type {
+            let ct = if ct == "html" { "text/html; charset=utf-8" } else { ct };
+            return bytes_response(
+                StatusCode::OK,
+                ct,
+                Bytes::from_static(b"<html><body>Sign in</body></html>"),
             );
         }
         if let Some((_, method)) = &gemini {

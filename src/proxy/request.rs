@@ -67,6 +67,17 @@ fn route(method: &Method, path: &str) -> Result<Route, GwError> {
     }
 }
 
+/// Pingora keeps an HTTP/1.1 connection that asked for keep-alive open with no time limit
+/// on the next request (its parser marks it "infinite"), so an idle or slowloris
+/// connection would be held forever after its first request. The configured
+/// `server.keepalive_timeout_s` bounds the idle wait and each read of the next head; a
+/// connection that asked to close stays closing.
+pub fn bound_keepalive(state: &AppState, session: &mut Session) {
+    if session.get_keepalive() == Some(0) {
+        session.set_keepalive(Some(state.snapshot().server.keepalive_timeout_s));
+    }
+}
+
 /// The caller's `x-request-id` when it is sane, else a new one.
 pub fn request_id(req: &RequestHeader) -> String {
     req.headers

@@ -27,6 +27,27 @@ use crate::stream::{JsonBody, JsonTranslate, Mode, SseState};
 pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
     let status = resp.status.as_u16();
     ctx.upstream_status = Some(status);
+    if resp.status.is_success() {
+        if let Some(got) = unexpected_content_type(resp, ctx.stream) {
+            // An HTML page with 200 (a captive portal, a proxy's login page, a wrong
+            // base_url) is a broken provider, not an answer to forward.
+            if let Some(plan) = ctx.plan.as_mut() {
+                plan.finish(Outcome::Error, Some(status), None, &state.cooldowns, Instant::now());
+            }
+            let expected = if ctx.stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            };
+            ctx.error = Some(GwError::UpstreamError(format!(
+                "The provider answered with Content-Type {got}, not {expected}."
+            )));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                "unexpected provider content type",
+            ));
+        }
+    }
     if let (Some(plan), Some(endpoint)) = (ctx.plan.as_mut(), ctx.endpoint) {
         let now = Instant::now();
         if plan.is_retryable_status(status) {
@@ -69,6 +90,22 @@ pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx
         ));
     }
     Ok(())
+}
+
+/// The Content-Type of a successful answer when it is not what was asked for: SSE for a
+/// stream, JSON otherwise (`application/json` or a `+json` type, any parameters). A missing
+/// Content-Type is let through: some OpenAI-compatible servers omit it.
+fn unexpected_content_type(resp: &ResponseHeader, stream: bool) -> Option<String> {
+    let value = resp.headers.get(http::header::CONTENT_TYPE)?;
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let media = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let fits = if stream {
+        media == "text/event-stream"
+    } else {
+        media == "application/json" || media.ends_with("+json")
+    };
+    // Bounded: the value is quoted in the caller's error message.
+    (!fits).then(|| text.chars().take(100).collect())
 }
 
 /// Headers the caller sees; decides how the body is read: passed through (usage read on
@@ -164,6 +201,10 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
         let mut json = JsonBody::new(translate);
         if guard::intervenes(&ctx.response_guards) {
             json.hold = Some(ctx.dialect);
+        }
+        // Only the cache and a trace's content want a passed-through body whole at the end.
+        if ctx.cache_fill.is_none() && !ctx.trace.as_ref().is_some_and(|t| t.capturing()) {
+            json.keep = JsonBody::SCAN;
         }
         if json.holds() {
             resp.remove_header(&http::header::CONTENT_LENGTH);
@@ -271,7 +312,12 @@ pub fn on_body(state: &AppState, body: &mut Option<Bytes>, end_of_stream: bool, 
                 }
                 _ => None,
             };
-            let sent = if holds { checked.or(held) } else { Some(whole) };
+            // Empty when a passed-through body was too large to keep.
+            let sent = if holds {
+                checked.or(held)
+            } else {
+                Some(whole).filter(|b| !b.is_empty())
+            };
             if let (Some(t), Some(b)) = (ctx.trace.as_mut(), &sent) {
                 t.sent(b, true);
             }
@@ -340,4 +386,42 @@ pub async fn on_failure(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u16 
     }
     ctx.error = Some(err);
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_type(t: &str) -> ResponseHeader {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        r.insert_header("content-type", t).unwrap();
+        r
+    }
+
+    #[test]
+    fn content_types_that_fit_the_request() {
+        for t in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/problem+json",
+        ] {
+            assert_eq!(unexpected_content_type(&with_type(t), false), None, "{t}");
+        }
+        assert_eq!(
+            unexpected_content_type(&with_type("text/event-stream; charset=utf-8"), true),
+            None
+        );
+        assert_eq!(
+            unexpected_content_type(&ResponseHeader::build(200, None).unwrap(), true),
+            None
+        );
+        assert_eq!(
+            unexpected_content_type(&with_type("text/html"), false).as_deref(),
+            Some("text/html")
+        );
+        assert!(unexpected_content_type(&with_type("application/json"), true).is_some());
+        assert!(unexpected_content_type(&with_type("text/event-stream"), false).is_some());
+        let long = format!("text/{}", "x".repeat(500));
+        assert_eq!(unexpected_content_type(&with_type(&long), false).unwrap().len(), 100);
+    }
 }

@@ -325,10 +325,19 @@ pub struct JsonBody {
     /// Held back whole even without translation (a guardrail must see it first); the
     /// caller's dialect, for the error when it is too large to check.
     pub hold: Option<Dialect>,
+    /// How much of a passed-through body is kept whole: [`Self::LIMIT`] when it is wanted
+    /// whole after the end (cache fill, trace), else [`Self::SCAN`]. Beyond it, only the
+    /// tail is kept, for the usage.
+    pub keep: usize,
 }
 
 impl JsonBody {
     pub const LIMIT: usize = 32 * 1024 * 1024;
+    /// Passed-through bodies up to this size are parsed whole for their usage.
+    pub const SCAN: usize = 1024 * 1024;
+    /// What is kept of a passed-through body over [`Self::LIMIT`] to read its usage from:
+    /// OpenAI and Anthropic put `usage` last (a huge embeddings batch is the real case).
+    const TAIL: usize = 64 * 1024;
 
     pub fn new(translate: JsonTranslate) -> Self {
         Self {
@@ -337,6 +346,7 @@ impl JsonBody {
             over: false,
             translate,
             hold: None,
+            keep: Self::LIMIT,
         }
     }
 
@@ -356,15 +366,32 @@ impl JsonBody {
     }
 
     pub fn push(&mut self, chunk: &Bytes) {
-        if self.over {
+        if self.over && self.holds() {
             return;
         }
         self.len += chunk.len();
-        if self.len > Self::LIMIT {
+        self.parts.push(chunk.clone());
+        let limit = if self.holds() { Self::LIMIT } else { self.keep };
+        if self.len > limit {
             self.over = true;
-            self.parts.clear();
-        } else {
-            self.parts.push(chunk.clone());
+            if self.holds() {
+                self.parts.clear();
+                return;
+            }
+            // Passed through: only the tail is kept, where the usage is.
+            let mut kept: usize = self.parts.iter().map(Bytes::len).sum();
+            let drop = self
+                .parts
+                .iter()
+                .take_while(|p| {
+                    let keep = kept - p.len() >= Self::TAIL;
+                    if keep {
+                        kept -= p.len();
+                    }
+                    keep
+                })
+                .count();
+            self.parts.drain(..drop);
         }
     }
 
@@ -380,6 +407,9 @@ impl JsonBody {
         // Gemini's usage is read from the same parse as its translation, below.
         let mut usage = match self.translate {
             JsonTranslate::Gemini { .. } => None,
+            JsonTranslate::None if self.over && self.hold.is_none() => {
+                return (usage_in_tail(&whole), Bytes::new(), None);
+            }
             _ => serde_json::from_slice::<UsageOnly>(&whole)
                 .ok()
                 .and_then(|u| u.usage)
@@ -428,6 +458,24 @@ impl JsonBody {
         };
         (usage, whole, Some(translated))
     }
+}
+
+/// The usage object of a JSON body of which only the end is known: the value of the last
+/// `"usage"` key that holds one. Inside a string the quotes would be escaped
+/// (`\"usage\"`), and a `"usage"` string value is not followed by a colon.
+fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
+    let mut end = tail.len();
+    while let Some(at) = memmem::rfind(&tail[..end], b"\"usage\"") {
+        end = at;
+        let Some(rest) = tail[at + 7..].trim_ascii_start().strip_prefix(b":") else {
+            continue;
+        };
+        let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<RawUsage>();
+        if let Some(Ok(u)) = values.next() {
+            return Some(Usage::from(u));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -519,5 +567,58 @@ mod tests {
             })
         );
         assert!(translated.is_none());
+    }
+
+    #[test]
+    fn a_passed_through_body_over_the_limit_keeps_only_its_tail_for_the_usage() {
+        // A huge embeddings answer: `usage` is the last key, after ~40 MiB of vectors.
+        let row = Bytes::from(format!(",{{\"embedding\":[{}]}}", vec!["0.125"; 20_000].join(",")));
+        for keep in [JsonBody::LIMIT, JsonBody::SCAN] {
+            let mut j = JsonBody::new(JsonTranslate::None);
+            j.keep = keep;
+            j.push(&Bytes::from_static(
+                b"{\"object\":\"list\",\"data\":[{\"usage\":\"usage\"}",
+            ));
+            while j.len <= keep + JsonBody::TAIL {
+                j.push(&row);
+                let kept: usize = j.parts.iter().map(Bytes::len).sum();
+                assert!(kept <= keep + row.len(), "kept {kept} bytes");
+            }
+            j.push(&Bytes::from_static(
+                b"],\"model\":\"m\",\"usage\" : {\"prompt_tokens\":42,\"total_tokens\":42}}",
+            ));
+            let kept: usize = j.parts.iter().map(Bytes::len).sum();
+            assert!(kept < JsonBody::TAIL + 2 * row.len(), "kept {kept} bytes");
+            let (usage, whole, held) = j.finish();
+            assert_eq!(usage.map(|u| u.input_tokens), Some(42));
+            assert!(whole.is_empty() && held.is_none());
+        }
+    }
+
+    #[test]
+    fn usage_in_a_tail_skips_strings_and_values_named_usage() {
+        let tail = br#"a"usage": 1}, {"k": "usage"}], "usage": {"input_tokens": 5, "output_tokens": 6}}"#;
+        assert_eq!(
+            usage_in_tail(tail),
+            Some(Usage {
+                input_tokens: 5,
+                output_tokens: 6
+            })
+        );
+        assert_eq!(usage_in_tail(br#"0.5, 0.25], "note": "usage"}"#), None);
+        assert_eq!(usage_in_tail(br#""usage": {"prompt_tokens": 1"#), None);
+    }
+
+    #[test]
+    fn a_held_body_over_the_limit_keeps_nothing() {
+        let mut j = JsonBody::new(JsonTranslate::ChatToAnthropic);
+        let chunk = Bytes::from(vec![b' '; 1 << 20]);
+        for _ in 0..40 {
+            j.push(&chunk);
+        }
+        assert!(j.parts.is_empty());
+        let (_, _, held) = j.finish();
+        let v: serde_json::Value = serde_json::from_slice(&held.unwrap()).unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains("too large"), "{v}");
     }
 }

@@ -239,7 +239,7 @@ impl RequestTrace {
     }
 
     /// Whether the spans will be exported and carry the completion text.
-    fn capturing(&self) -> bool {
+    pub fn capturing(&self) -> bool {
         self.sampled && self.capture_content
     }
 

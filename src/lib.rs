@@ -17,5 +17,6 @@ pub mod redis_pool;
 pub mod route;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod stream;
 pub mod telemetry;

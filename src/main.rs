@@ -32,6 +32,21 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Copy the config file's resources into its config store (etcd), replacing what is
+    /// there, in one transaction.
+    Import {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the config store's resources as a YAML config.
+    Export {
+        /// Names the config store [default: $AIGW_CONFIG, then conf/aigw.yaml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print provider keys as stored instead of redacted.
+        #[arg(long)]
+        include_secrets: bool,
+    },
     /// Print `blake3:<hex>` for a caller key, for `key_hash` in the config.
     HashKey {
         /// The key; read from standard input when absent (keeps it out of shell history).
@@ -94,6 +109,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Import { config } => report(aigw::store::import(&config_path(config))),
+        Command::Export {
+            config,
+            include_secrets,
+        } => report(aigw::store::export(&config_path(config), include_secrets)),
         Command::HashKey { key } => {
             let key = match key {
                 Some(k) => k,
@@ -137,6 +157,23 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Prints what a command produced, or its errors (exit 1).
+fn report(result: Result<String, Vec<aigw::config::ConfigError>>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            println!("{}", out.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("aigw: {} error(s):", errors.len());
+            for e in errors {
+                eprintln!("  {e}");
+            }
+            ExitCode::FAILURE
         }
     }
 }

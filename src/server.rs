@@ -21,6 +21,7 @@ use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::Admin;
+use crate::config::compile::EtcdSettings;
 use crate::proxy::Gateway;
 use crate::state::AppState;
 
@@ -85,7 +86,10 @@ pub fn serve(config: PathBuf) -> Result<(), String> {
     if let Some(addr) = &snap.server.admin_listen {
         let mut admin = Service::new(
             "aigw admin".to_owned(),
-            HttpServer::new_app(Admin { state: state.clone() }),
+            HttpServer::new_app(Admin {
+                state: state.clone(),
+                api: Default::default(),
+            }),
         );
         admin.add_tcp(addr);
         server.add_service(admin);
@@ -94,6 +98,15 @@ pub fn serve(config: PathBuf) -> Result<(), String> {
         "upstream refresh",
         Refresher { state: state.clone() },
     ));
+    if let Some(es) = snap.server.config_store.clone() {
+        server.add_service(background_service(
+            "config store",
+            StoreFollower {
+                state: state.clone(),
+                settings: es,
+            },
+        ));
+    }
     drop(snap);
 
     tracing::info!("aigw serving");
@@ -133,6 +146,19 @@ impl BackgroundService for Refresher {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+/// Keeps the served resources in step with the config store (etcd).
+struct StoreFollower {
+    state: Arc<AppState>,
+    settings: EtcdSettings,
+}
+
+#[async_trait]
+impl BackgroundService for StoreFollower {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        crate::store::follow(self.state.clone(), self.settings.clone(), shutdown).await;
     }
 }
 

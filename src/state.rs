@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
@@ -16,12 +16,18 @@ use crate::limit::redis::RedisStore;
 use crate::limit::{Cells, LimitStore, Limiter};
 use crate::redis_pool::RedisPool;
 use crate::route::{Cooldowns, UpstreamRegistry};
+use crate::store::{self, Resources};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Traces;
 
 pub struct AppState {
     snapshot: ArcSwap<Snapshot>,
     pub config_path: PathBuf,
+    /// The file as last read, not interpolated: with a config store its resource
+    /// sections are replaced by the store's.
+    base: Mutex<serde_yaml::Value>,
+    /// With a config store: the resources of the served snapshot and their revision.
+    pub store: Option<Mutex<(Resources, i64)>>,
     pub upstreams: UpstreamRegistry,
     pub cooldowns: Cooldowns,
     pub limit_cells: Cells,
@@ -43,19 +49,44 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// Compiles the file's tree, with the store's resources in place of its own when given.
+fn compile(
+    base: &serde_yaml::Value,
+    resources: Option<&Resources>,
+    upstreams: &UpstreamRegistry,
+    limits: &Cells,
+) -> Result<Snapshot, Vec<ConfigError>> {
+    let ctx = CompileCtx {
+        env: &env,
+        upstreams,
+        limits,
+    };
+    match resources {
+        None => config::load_tree(base.clone(), &ctx),
+        Some(r) => config::load_tree(r.merge_into(base), &ctx).map_err(|e| r.name_error_paths(e)),
+    }
+}
+
 impl AppState {
-    /// Loads the config file; on failure returns every error.
+    /// Loads the config file, and with a config store the resources in it (or, when etcd
+    /// cannot be read, in its cache file); on failure returns every error.
     pub fn load(config_path: PathBuf) -> Result<Arc<Self>, Vec<ConfigError>> {
         let upstreams = UpstreamRegistry::default();
         let limit_cells = Cells::default();
-        let snap = config::load_file(
-            &config_path,
-            &CompileCtx {
-                env: &env,
-                upstreams: &upstreams,
-                limits: &limit_cells,
-            },
-        )?;
+        let base = config::read_tree(&config_path)?;
+        let mut snap = compile(&base, None, &upstreams, &limit_cells)?;
+        let mut store = None;
+        if let Some(es) = snap.server.config_store.clone() {
+            if Resources::from_config(&base).is_ok_and(|r| !r.is_empty()) {
+                tracing::warn!(
+                    "the config file's resources are ignored: they come from etcd (aigw import copies them there)"
+                );
+            }
+            let (resources, revision) =
+                store::initial(&es, |r| compile(&base, Some(r), &upstreams, &limit_cells).map(|_| ()))?;
+            snap = compile(&base, Some(&resources), &upstreams, &limit_cells)?;
+            store = Some(Mutex::new((resources, revision)));
+        }
         // Shared limits when the config names a Redis; per process otherwise. Changing
         // `server.redis` takes a restart, like the listeners.
         let redis = match &snap.server.redis {
@@ -65,7 +96,7 @@ impl AppState {
             )),
             None => None,
         };
-        let store: Arc<dyn LimitStore> = match &redis {
+        let limit_store: Arc<dyn LimitStore> = match &redis {
             Some(pool) => Arc::new(RedisStore::new(pool.clone())),
             None => Arc::new(LocalStore::new()),
         };
@@ -77,13 +108,18 @@ impl AppState {
             ),
             None => None,
         };
+        let version = store.as_ref().map_or(1, |s| s.lock().map_or(0, |s| s.1));
+        metrics.config_version.set(version);
+        metrics.config_last_reload.set(chrono::Utc::now().timestamp());
         Ok(Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snap),
             config_path,
+            base: Mutex::new(base),
+            store,
             upstreams,
             cooldowns: Cooldowns::default(),
             limit_cells,
-            limiter: Limiter::new(store, metrics.clone()),
+            limiter: Limiter::new(limit_store, metrics.clone()),
             caches: Caches::new(redis.clone()),
             budgets: Budgets::new(redis, metrics.clone()),
             traces,
@@ -99,47 +135,123 @@ impl AppState {
         self.snapshot.load_full()
     }
 
-    /// Re-reads the config file. All or nothing: on any error the current snapshot stays.
+    /// The file's tree as last read.
+    pub fn base(&self) -> serde_yaml::Value {
+        self.base.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// The resources served now: the store's, else the file's.
+    pub fn resources(&self) -> Resources {
+        match &self.store {
+            Some(s) => s.lock().map(|s| s.0.clone()).unwrap_or_default(),
+            None => Resources::from_config(&self.base()).unwrap_or_default(),
+        }
+    }
+
+    /// Whether `resources` would compile with the current file, without touching any
+    /// registry (the admin API's check before it writes).
+    pub fn validate(&self, resources: &Resources) -> Result<(), Vec<ConfigError>> {
+        compile(
+            &self.base(),
+            Some(resources),
+            &UpstreamRegistry::default(),
+            &Cells::default(),
+        )
+        .map(|_| ())
+    }
+
+    /// Re-reads the config file (SIGHUP). All or nothing: on any error the current
+    /// snapshot stays. With a config store, the file's server and observability sections
+    /// are combined with the resources served now.
     pub async fn reload(&self) -> Result<(), Vec<ConfigError>> {
-        let loaded = config::load_file(
-            &self.config_path,
-            &CompileCtx {
-                env: &env,
-                upstreams: &self.upstreams,
-                limits: &self.limit_cells,
-            },
-        );
-        match loaded {
+        let result = async {
+            let base = config::read_tree(&self.config_path)?;
+            let resources = self.store.as_ref().map(|_| self.resources());
+            let snap = compile(&base, resources.as_ref(), &self.upstreams, &self.limit_cells)?;
+            if let Ok(mut b) = self.base.lock() {
+                *b = base;
+            }
+            Ok(snap)
+        }
+        .await;
+        let result = match result {
             Ok(snap) => {
-                let old = self.snapshot();
-                if snap.server.listen != old.server.listen
-                    || snap.server.admin_listen != old.server.admin_listen
-                    || snap.server.tls.len() != old.server.tls.len()
-                {
-                    tracing::warn!("listener changes take effect only after a restart");
+                if snap.server.config_store != self.snapshot().server.config_store {
+                    tracing::warn!("server.config_store changes take effect only after a restart");
                 }
-                if snap.server.redis != old.server.redis {
-                    tracing::warn!("server.redis changes take effect only after a restart");
+                self.swap(snap).await;
+                if self.store.is_none() {
+                    self.metrics.config_version.inc();
                 }
-                let endpoint = snap.observability.otlp.as_ref().map(|o| o.endpoint.as_str());
-                if endpoint.is_some() && endpoint != self.traces.as_ref().map(|t| t.endpoint.as_str()) {
-                    tracing::warn!("observability.otlp.endpoint changes take effect only after a restart");
+                Ok(())
+            }
+            Err(errors) => Err(errors),
+        };
+        self.count_reload(result.is_ok());
+        result
+    }
+
+    /// The config store changed: its resources, at `revision`, replace the served ones
+    /// when they compile; otherwise the last good snapshot stays.
+    pub async fn apply_store(&self, resources: Resources, revision: i64) -> Result<(), Vec<ConfigError>> {
+        let Some(store) = &self.store else { return Ok(()) };
+        match compile(&self.base(), Some(&resources), &self.upstreams, &self.limit_cells) {
+            Ok(snap) => {
+                self.swap(snap).await;
+                let cache = self
+                    .snapshot()
+                    .server
+                    .config_store
+                    .as_ref()
+                    .and_then(|s| s.cache_file.clone());
+                if let Some(path) = cache {
+                    store::write_cache(&path, &resources, revision);
                 }
-                // Resolve new upstreams before any request can pick them.
-                self.upstreams.resolve_new().await;
-                self.caches.prune(&snap);
-                self.snapshot.store(Arc::new(snap));
-                drop(old);
-                self.limit_cells.prune();
-                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                if let Ok(mut s) = store.lock() {
+                    *s = (resources, revision);
+                }
+                self.metrics.config_version.set(revision);
+                self.count_reload(true);
                 Ok(())
             }
             Err(errors) => {
-                self.limit_cells.prune();
-                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                self.count_reload(false);
                 Err(errors)
             }
         }
+    }
+
+    fn count_reload(&self, ok: bool) {
+        if !ok {
+            self.limit_cells.prune();
+        }
+        let result = if ok { "ok" } else { "error" };
+        self.metrics.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Swaps in a compiled snapshot; registries carry over.
+    async fn swap(&self, snap: Snapshot) {
+        let old = self.snapshot();
+        if snap.server.listen != old.server.listen
+            || snap.server.admin_listen != old.server.admin_listen
+            || snap.server.tls.len() != old.server.tls.len()
+        {
+            tracing::warn!("listener changes take effect only after a restart");
+        }
+        if snap.server.redis != old.server.redis {
+            tracing::warn!("server.redis changes take effect only after a restart");
+        }
+        let endpoint = snap.observability.otlp.as_ref().map(|o| o.endpoint.as_str());
+        if endpoint.is_some() && endpoint != self.traces.as_ref().map(|t| t.endpoint.as_str()) {
+            tracing::warn!("observability.otlp.endpoint changes take effect only after a restart");
+        }
+        // Resolve new upstreams before any request can pick them.
+        self.upstreams.resolve_new().await;
+        self.caches.prune(&snap);
+        self.snapshot.store(Arc::new(snap));
+        drop(old);
+        self.limit_cells.prune();
+        self.metrics.config_last_reload.set(chrono::Utc::now().timestamp());
     }
 
     pub fn inflight(&self) -> usize {

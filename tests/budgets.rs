@@ -20,6 +20,7 @@ fn config(budget: &str, redis: bool) -> String {
     format!(
         r#"
 {{SERVER}}{redis}
+  admin_keys: [{{key: adm-budgets}}]
 provider_keys:
   - {{name: mock, provider: openai_compatible, base_url: "{{MOCK}}/v1", api_key: "{{PROVIDER_KEY}}"}}
   - {{name: an, provider: anthropic, base_url: "{{MOCK}}", api_key: "{{PROVIDER_KEY}}"}}
@@ -41,6 +42,7 @@ api_keys:
 async fn spend(gw: &Gateway, owner: &str) -> Value {
     let v: Value = client()
         .get(format!("{}/admin/v1/spend", gw.admin_url()))
+        .bearer_auth("adm-budgets")
         .send()
         .await
         .unwrap()

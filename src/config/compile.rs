@@ -2,6 +2,7 @@
 //! compiled snapshot cannot hold a dangling name; every error is collected with its path.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +46,54 @@ pub struct ServerSettings {
     pub keepalive_timeout_s: u64,
     pub keepalive_requests: u32,
     pub redis: Option<RedisSettings>,
+    /// Resources come from etcd instead of the file.
+    pub config_store: Option<EtcdSettings>,
+    /// BLAKE3 hashes of the admin API's keys.
+    pub admin_keys: Vec<[u8; 32]>,
+}
+
+/// `server.config_store.etcd`. The password is never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub cache_file: Option<std::path::PathBuf>,
+    pub tls: Option<EtcdTlsFiles>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for EtcdSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdSettings")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("cache_file", &self.cache_file)
+            .field("tls", &self.tls)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTlsFiles {
+    pub ca_file: String,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+impl EtcdTlsFiles {
+    /// The client TLS settings, read from the files now.
+    pub fn options(&self) -> Result<etcd_client::TlsOptions, String> {
+        let read =
+            |f: &str| std::fs::read(f).map_err(|e| format!("server.config_store.etcd.tls: cannot read {f}: {e}"));
+        let mut tls =
+            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca_file)?));
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(tls)
+    }
 }
 
 /// `server.redis`. The URL may hold a password: it is never logged.
@@ -356,7 +405,14 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
         None if names.is_broken("version", "") => {}
         None => errs.push("version", "missing; write `version: 1`"),
     }
-    let server = compile_server(&raw.server, &mut errs);
+    let mut server = compile_server(&raw.server, &mut errs);
+    server.admin_keys = raw
+        .server
+        .admin_keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| resolve_key_source(&format!("server.admin_keys[{i}]"), k, ctx, &mut errs))
+        .collect();
 
     // Names of every section first, so references can be checked in any order.
     let provider_names = check_unique(
@@ -716,8 +772,36 @@ fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettings {
         }
     }
     if let Some(cs) = &s.config_store {
-        if cs.etcd.endpoints.is_empty() {
+        let e = &cs.etcd;
+        if e.endpoints.is_empty() {
             errs.push("server.config_store.etcd.endpoints", "needs at least one endpoint");
+        }
+        for (i, ep) in e.endpoints.iter().enumerate() {
+            let tls = e.tls.is_some();
+            let scheme = if tls { "https://" } else { "http://" };
+            if !ep.starts_with(scheme) {
+                errs.push(
+                    format!("server.config_store.etcd.endpoints[{i}]"),
+                    format!(
+                        "must start with {scheme} (tls is {})",
+                        if tls { "set" } else { "not set" }
+                    ),
+                );
+            }
+        }
+        if !e.prefix.starts_with('/') || e.prefix.trim_end_matches('/').is_empty() {
+            errs.push(
+                "server.config_store.etcd.prefix",
+                "must start with / and name a directory, e.g. /aigw",
+            );
+        }
+        if e.user.is_some() != e.password.is_some() {
+            errs.push("server.config_store.etcd", "set user and password together");
+        }
+        if let Some(t) = &e.tls {
+            if t.cert_file.is_some() != t.key_file.is_some() {
+                errs.push("server.config_store.etcd.tls", "set cert_file and key_file together");
+            }
         }
     }
     ServerSettings {
@@ -743,6 +827,20 @@ fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettings {
             pool_size: r.pool_size,
             timeout: Duration::from_millis(r.timeout_ms),
         }),
+        config_store: s.config_store.as_ref().map(|c| EtcdSettings {
+            endpoints: c.etcd.endpoints.clone(),
+            prefix: c.etcd.prefix.trim_end_matches('/').to_owned(),
+            cache_file: c.etcd.cache_file.as_ref().map(std::path::PathBuf::from),
+            tls: c.etcd.tls.as_ref().map(|t| EtcdTlsFiles {
+                ca_file: t.ca_file.clone(),
+                cert_file: t.cert_file.clone(),
+                key_file: t.key_file.clone(),
+            }),
+            user: c.etcd.user.clone(),
+            password: c.etcd.password.clone(),
+        }),
+        // Resolved in `compile`, which has the environment.
+        admin_keys: Vec::new(),
     }
 }
 

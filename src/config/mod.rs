@@ -76,6 +76,13 @@ const SECTIONS: &[&str] = &[
     "observability",
 ];
 
+/// A config file as a YAML tree, not yet interpolated.
+pub fn read_tree(path: &Path) -> Result<Value, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![ConfigError::new("", format!("cannot read {}: {e}", path.display()))])?;
+    yaml_tree(&text)
+}
+
 /// Reads, interpolates and compiles a config file.
 pub fn load_file(path: &Path, ctx: &CompileCtx) -> Result<Snapshot, Vec<ConfigError>> {
     let text = std::fs::read_to_string(path)
@@ -84,7 +91,12 @@ pub fn load_file(path: &Path, ctx: &CompileCtx) -> Result<Snapshot, Vec<ConfigEr
 }
 
 pub fn load_str(text: &str, ctx: &CompileCtx) -> Result<Snapshot, Vec<ConfigError>> {
-    let (raw, mut errors) = parse_partial(text, ctx.env)?;
+    load_tree(yaml_tree(text)?, ctx)
+}
+
+/// Compiles a YAML tree, as read from a file or merged with the config store's resources.
+pub fn load_tree(tree: Value, ctx: &CompileCtx) -> Result<Snapshot, Vec<ConfigError>> {
+    let (raw, mut errors) = parse_tree_partial(tree, ctx.env)?;
     // Compile what parsed even when something did not, so one run reports both kinds.
     match compile::compile(raw, ctx) {
         Ok(snap) if errors.is_empty() => Ok(snap),
@@ -110,12 +122,23 @@ pub fn parse_partial(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(RawConfig, Vec<ConfigError>), Vec<ConfigError>> {
-    let mut tree: Value = serde_yaml::from_str(text).map_err(|e| {
+    parse_tree_partial(yaml_tree(text)?, env)
+}
+
+/// YAML text -> tree, not yet interpolated.
+pub fn yaml_tree(text: &str) -> Result<Value, Vec<ConfigError>> {
+    serde_yaml::from_str(text).map_err(|e| {
         let at = e
             .location()
             .map(|l| format!("line {}, column {}", l.line(), l.column()));
         vec![ConfigError::new(at.unwrap_or_default(), format!("invalid YAML: {e}"))]
-    })?;
+    })
+}
+
+fn parse_tree_partial(
+    mut tree: Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(RawConfig, Vec<ConfigError>), Vec<ConfigError>> {
     let mut errors = Vec::new();
     interp::interpolate_tree(&mut tree, "", env, &mut errors);
 

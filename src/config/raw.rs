@@ -159,7 +159,23 @@ pub struct Etcd {
     pub endpoints: Vec<String>,
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// Written after each good load; served from when etcd is unreachable at start.
     pub cache_file: Option<String>,
+    pub tls: Option<EtcdTls>,
+    /// etcd's own authentication, when enabled there.
+    pub user: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    /// PEM CA bundle that signed etcd's certificate.
+    pub ca_file: String,
+    /// Client certificate and key, when etcd requires them (`--client-cert-auth`).
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
 }
 fn default_prefix() -> String {
     "/aigw".into()

@@ -38,8 +38,16 @@ pub struct Metrics {
     pub upstream_attempts: IntCounterVec,
     /// `aigw_inflight_requests`: requests between `request_filter` and the end of logging.
     pub inflight: IntGauge,
-    /// `aigw_config_reloads_total{result=ok|error}`.
+    /// `aigw_config_reloads_total{result=ok|error}`: SIGHUP reloads and config store
+    /// changes.
     pub config_reloads: IntCounterVec,
+    /// `aigw_config_version`: the etcd revision the served resources were read at (config
+    /// store), else how many times the file was loaded.
+    pub config_version: IntGauge,
+    /// `aigw_config_last_reload_timestamp_seconds`: when the served snapshot was swapped in.
+    pub config_last_reload: IntGauge,
+    /// `aigw_config_store_reconnects_total`: times the etcd watch was lost and re-established.
+    pub config_store_reconnects: IntCounter,
     /// `aigw_ratelimit_rejections_total{policy}`: 429s, by the policy that refused.
     pub ratelimit_rejections: IntCounterVec,
     /// `aigw_ratelimit_store_errors_total`: checks the store could not answer (the
@@ -114,6 +122,21 @@ impl Metrics {
             ),
             inflight: IntGauge::new("aigw_inflight_requests", "Requests in flight").expect("valid metric"),
             config_reloads: counter("aigw_config_reloads_total", "Config reloads by result", &["result"]),
+            config_version: IntGauge::new(
+                "aigw_config_version",
+                "etcd revision of the served resources (config store), else the count of file loads",
+            )
+            .expect("valid metric"),
+            config_last_reload: IntGauge::new(
+                "aigw_config_last_reload_timestamp_seconds",
+                "Unix time the served config was swapped in",
+            )
+            .expect("valid metric"),
+            config_store_reconnects: IntCounter::new(
+                "aigw_config_store_reconnects_total",
+                "Times the config store watch was lost and re-established",
+            )
+            .expect("valid metric"),
             ratelimit_rejections: counter(
                 "aigw_ratelimit_rejections_total",
                 "Requests refused with 429 by a rate limit policy",
@@ -168,6 +191,9 @@ impl Metrics {
             Box::new(m.upstream_attempts.clone()),
             Box::new(m.inflight.clone()),
             Box::new(m.config_reloads.clone()),
+            Box::new(m.config_version.clone()),
+            Box::new(m.config_last_reload.clone()),
+            Box::new(m.config_store_reconnects.clone()),
             Box::new(m.ratelimit_rejections.clone()),
             Box::new(m.ratelimit_store_errors.clone()),
             Box::new(m.concurrency_in_use.clone()),

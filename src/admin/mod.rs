@@ -1,5 +1,7 @@
-//! The admin listener: liveness and readiness for load balancers and orchestrators, and
-//! Prometheus metrics.
+//! The admin listener: liveness and readiness for load balancers and orchestrators,
+//! Prometheus metrics, and the admin API.
+
+pub mod api;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use crate::state::AppState;
 
 pub struct Admin {
     pub state: Arc<AppState>,
+    pub api: api::Api,
 }
 
 fn text(status: u16, body: &str) -> Response<Vec<u8>> {
@@ -83,19 +86,7 @@ impl ServeHttp for Admin {
                     .body(body)
                     .unwrap_or_default()
             }
-            // Spend per budget and owner in the current period (read-only; the admin
-            // listener is for operators, like /metrics).
-            "/admin/v1/spend" => {
-                let snap = self.state.snapshot();
-                let spend = self.state.budgets.report(&snap, chrono::Utc::now()).await;
-                let body = serde_json::json!({"object": "list", "data": spend}).to_string();
-                Response::builder()
-                    .status(200)
-                    .header("content-type", "application/json")
-                    .header("content-length", body.len())
-                    .body(body.into_bytes())
-                    .unwrap_or_default()
-            }
+            p if p.starts_with("/admin/v1/") => self.api.handle(&self.state, session).await,
             _ => text(404, "not found\n"),
         }
     }

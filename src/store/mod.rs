@@ -1,0 +1,567 @@
+//! The config store: resources (provider keys, models, api keys, policies) kept outside the
+//! file, one JSON value per resource, with the same schema as the YAML sections. The file
+//! still holds `version`, `server` and `observability`; the two are merged into one YAML
+//! tree and compiled exactly like a file, so a resource is valid in etcd exactly when it
+//! would be valid in the file.
+
+pub mod etcd;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::server::ShutdownWatch;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::compile::EtcdSettings;
+use crate::config::ConfigError;
+use crate::state::AppState;
+
+/// The resource kinds, each a list section of the config and a path of the admin API.
+pub const KINDS: [&str; 7] = [
+    "provider_keys",
+    "models",
+    "api_keys",
+    "rate_limits",
+    "budgets",
+    "guardrails",
+    "cache",
+];
+
+/// What the admin API and `aigw export` show instead of a secret. Written back (a GET
+/// edited and PUT again, an export imported), it keeps the stored secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// Secret fields per kind: a provider's key, a caller's plaintext key.
+fn secret_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "provider_keys" => &["api_key"],
+        "api_keys" => &["key"],
+        _ => &[],
+    }
+}
+
+pub fn is_kind(kind: &str) -> bool {
+    KINDS.contains(&kind)
+}
+
+/// Every resource, by kind then name (names sort, so the compiled order is stable).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources(pub BTreeMap<String, BTreeMap<String, Value>>);
+
+impl Resources {
+    pub fn get(&self, kind: &str, name: &str) -> Option<&Value> {
+        self.0.get(kind).and_then(|m| m.get(name))
+    }
+
+    pub fn insert(&mut self, kind: &str, name: &str, value: Value) {
+        self.0
+            .entry(kind.to_owned())
+            .or_default()
+            .insert(name.to_owned(), value);
+    }
+
+    pub fn remove(&mut self, kind: &str, name: &str) -> Option<Value> {
+        let m = self.0.get_mut(kind)?;
+        let v = m.remove(name);
+        if m.is_empty() {
+            self.0.remove(kind);
+        }
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.values().map(BTreeMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &Value)> {
+        self.0
+            .iter()
+            .flat_map(|(k, m)| m.iter().map(move |(n, v)| (k.as_str(), n.as_str(), v)))
+    }
+
+    /// The resource sections of a config file. Items without a string `name` are errors
+    /// (etcd keys are names), as are two items of a kind with one name.
+    pub fn from_config(tree: &serde_yaml::Value) -> Result<Self, Vec<ConfigError>> {
+        let mut out = Self::default();
+        let mut errors = Vec::new();
+        for kind in KINDS {
+            let Some(section) = tree.get(kind) else { continue };
+            let items = match section {
+                serde_yaml::Value::Sequence(items) => items,
+                serde_yaml::Value::Null => continue,
+                _ => {
+                    errors.push(ConfigError::new(kind, "must be a list"));
+                    continue;
+                }
+            };
+            for (i, item) in items.iter().enumerate() {
+                let Some(name) = item.get("name").and_then(serde_yaml::Value::as_str) else {
+                    errors.push(ConfigError::new(
+                        format!("{kind}[{i}].name"),
+                        "a string name is required",
+                    ));
+                    continue;
+                };
+                match serde_json::to_value(item) {
+                    Ok(v) if out.get(kind, name).is_none() => out.insert(kind, name, v),
+                    Ok(_) => errors.push(ConfigError::new(
+                        format!("{kind}[{i}].name"),
+                        format!("`{name}` appears twice"),
+                    )),
+                    Err(e) => errors.push(ConfigError::new(format!("{kind}[{i}]"), e.to_string())),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The file's tree with its resource sections replaced by these resources.
+    pub fn merge_into(&self, base: &serde_yaml::Value) -> serde_yaml::Value {
+        let mut map = serde_yaml::Mapping::new();
+        if let serde_yaml::Value::Mapping(m) = base {
+            for (k, v) in m {
+                if !k.as_str().is_some_and(is_kind) {
+                    map.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        for kind in KINDS {
+            if let Some(items) = self.0.get(kind) {
+                let seq = items.values().filter_map(|v| serde_yaml::to_value(v).ok()).collect();
+                map.insert(kind.into(), serde_yaml::Value::Sequence(seq));
+            }
+        }
+        serde_yaml::Value::Mapping(map)
+    }
+
+    /// Compile errors name list items by position (`models[2].provider_key`); for resources
+    /// from the store the name says more (`models/chat.provider_key`).
+    pub fn name_error_paths(&self, errors: Vec<ConfigError>) -> Vec<ConfigError> {
+        errors
+            .into_iter()
+            .map(|mut e| {
+                if let Some(path) = self.named_path(&e.path) {
+                    e.path = path;
+                }
+                e
+            })
+            .collect()
+    }
+
+    fn named_path(&self, path: &str) -> Option<String> {
+        let (kind, rest) = path.split_once('[')?;
+        let (index, rest) = rest.split_once(']')?;
+        let name = self.0.get(kind)?.keys().nth(index.parse().ok()?)?;
+        Some(format!("{kind}/{name}{rest}"))
+    }
+
+    /// As a YAML config holding only these resources (`aigw export`), secrets redacted
+    /// unless asked for.
+    pub fn to_yaml(&self, with_secrets: bool) -> String {
+        let mut shown = self.clone();
+        if !with_secrets {
+            shown.redact();
+        }
+        let mut version = serde_yaml::Mapping::new();
+        version.insert("version".into(), 1.into());
+        serde_yaml::to_string(&shown.merge_into(&serde_yaml::Value::Mapping(version))).unwrap_or_default()
+    }
+
+    /// Replaces every literal secret with [`REDACTED`]. `${VAR}` references are not secrets
+    /// and stay.
+    pub fn redact(&mut self) {
+        for (kind, items) in self.0.iter_mut() {
+            for v in items.values_mut() {
+                redact(kind, v);
+            }
+        }
+    }
+}
+
+/// A resource as the admin API shows it: literal secrets replaced by [`REDACTED`].
+pub fn redact(kind: &str, v: &mut Value) {
+    let Some(obj) = v.as_object_mut() else { return };
+    for field in secret_fields(kind) {
+        if let Some(Value::String(s)) = obj.get_mut(*field) {
+            if !is_env_reference(s) {
+                *s = REDACTED.to_owned();
+            }
+        }
+    }
+}
+
+fn is_env_reference(s: &str) -> bool {
+    s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1
+}
+
+/// Makes a resource ready to store, from what a caller sent: the name from the path, a
+/// [`REDACTED`] secret replaced by the stored one, a caller's plaintext key replaced by its
+/// hash (the store never holds a caller key).
+pub fn prepare(kind: &str, name: &str, mut v: Value, stored: Option<&Value>) -> Result<Value, ConfigError> {
+    let Some(obj) = v.as_object_mut() else {
+        return Err(ConfigError::new(format!("{kind}/{name}"), "must be a JSON object"));
+    };
+    match obj.get("name") {
+        None => {
+            obj.insert("name".into(), Value::String(name.to_owned()));
+        }
+        Some(Value::String(n)) if n == name => {}
+        Some(other) => {
+            return Err(ConfigError::new(
+                format!("{kind}/{name}.name"),
+                format!("is {other}, but the path names `{name}`"),
+            ))
+        }
+    }
+    for field in secret_fields(kind) {
+        if obj.get(*field).and_then(Value::as_str) == Some(REDACTED) {
+            match stored.and_then(|s| s.get(*field)) {
+                Some(old) => {
+                    obj.insert((*field).to_owned(), old.clone());
+                }
+                None => {
+                    return Err(ConfigError::new(
+                        format!("{kind}/{name}.{field}"),
+                        "is redacted, and no stored value to keep",
+                    ))
+                }
+            }
+        }
+    }
+    if kind == "api_keys" {
+        hash_caller_key(obj);
+    }
+    Ok(v)
+}
+
+/// A plaintext caller key becomes `key_hash`, as the file's keys are hashed at load.
+fn hash_caller_key(obj: &mut Map<String, Value>) {
+    if let Some(Value::String(key)) = obj.get("key") {
+        if !is_env_reference(key) {
+            let hash = crate::config::compile::hash_key(key);
+            obj.remove("key");
+            obj.insert("key_hash".into(), Value::String(hash));
+        }
+    }
+}
+
+/// At start: the store's resources and revision, checked by `check`; when etcd cannot be
+/// read or what it holds does not pass, the cache file's (the last good load), if any.
+pub fn initial(
+    es: &EtcdSettings,
+    check: impl Fn(&Resources) -> Result<(), Vec<ConfigError>>,
+) -> Result<(Resources, i64), Vec<ConfigError>> {
+    let fetched = block_on(async { etcd::Etcd::connect(es).await?.load().await }).and_then(|loaded| {
+        if !loaded.errors.is_empty() {
+            return Err(loaded.errors);
+        }
+        check(&loaded.resources)?;
+        Ok((loaded.resources, loaded.revision))
+    });
+    match fetched {
+        Ok((resources, revision)) => {
+            if let Some(path) = &es.cache_file {
+                write_cache(path, &resources, revision);
+            }
+            Ok((resources, revision))
+        }
+        Err(errors) => match es.cache_file.as_deref().and_then(read_cache) {
+            Some((resources, revision)) if check(&resources).is_ok() => {
+                for e in &errors {
+                    tracing::warn!(error = %e, "config store");
+                }
+                tracing::warn!(revision, "serving the config store's cache file until etcd can be read");
+                Ok((resources, revision))
+            }
+            _ => Err(errors),
+        },
+    }
+}
+
+/// The config store settings of a config file, which must be valid as a whole.
+fn store_of(tree: &serde_yaml::Value, path: &Path) -> Result<EtcdSettings, Vec<ConfigError>> {
+    let env = |n: &str| std::env::var(n).ok();
+    let ctx = crate::config::CompileCtx {
+        env: &env,
+        upstreams: &Default::default(),
+        limits: &Default::default(),
+    };
+    let snap = crate::config::load_tree(tree.clone(), &ctx)?;
+    snap.server.config_store.clone().ok_or_else(|| {
+        vec![ConfigError::new(
+            "server.config_store",
+            format!("{} names no config store (server.config_store.etcd)", path.display()),
+        )]
+    })
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = Result<T, String>>) -> Result<T, Vec<ConfigError>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| vec![ConfigError::new("", format!("cannot start a runtime: {e}"))])?;
+    rt.block_on(f)
+        .map_err(|e| vec![ConfigError::new("server.config_store.etcd", e)])
+}
+
+/// `aigw import`: the file's resources replace the store's, in one transaction, once the
+/// file is valid as a whole. Caller keys are stored hashed; a redacted secret (from
+/// `aigw export`) keeps the stored one. Returns a summary line.
+pub fn import(path: &Path) -> Result<String, Vec<ConfigError>> {
+    let tree = crate::config::read_tree(path)?;
+    let es = store_of(&tree, path)?;
+    let from_file = Resources::from_config(&tree)?;
+    block_on(async {
+        let mut etcd = etcd::Etcd::connect(&es).await?;
+        let stored = etcd.load().await?.resources;
+        let mut out = Resources::default();
+        for (kind, name, v) in from_file.iter() {
+            let v = prepare(kind, name, v.clone(), stored.get(kind, name)).map_err(|e| e.to_string())?;
+            out.insert(kind, name, v);
+        }
+        etcd.replace_all(&stored, &out).await?;
+        Ok(format!(
+            "imported {} resources into etcd ({}) under {}",
+            out.len(),
+            es.endpoints.join(", "),
+            es.prefix
+        ))
+    })
+}
+
+/// `aigw export`: the stored resources as a YAML config, secrets redacted unless asked for.
+pub fn export(path: &Path, with_secrets: bool) -> Result<String, Vec<ConfigError>> {
+    let tree = crate::config::read_tree(path)?;
+    let es = store_of(&tree, path)?;
+    let loaded = block_on(async { etcd::Etcd::connect(&es).await?.load().await })?;
+    if !loaded.errors.is_empty() {
+        return Err(loaded.errors);
+    }
+    Ok(loaded.resources.to_yaml(with_secrets))
+}
+
+#[derive(Serialize, Deserialize)]
+struct CacheFile {
+    revision: i64,
+    resources: BTreeMap<String, BTreeMap<String, Value>>,
+}
+
+/// Writes the cache file (it may hold provider keys: owner-only), atomically.
+pub fn write_cache(path: &Path, resources: &Resources, revision: i64) {
+    let body = CacheFile {
+        revision,
+        resources: resources.0.clone(),
+    };
+    let tmp = path.with_extension("tmp");
+    let written = serde_json::to_vec(&body)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the config store cache file");
+    }
+}
+
+fn read_cache(path: &Path) -> Option<(Resources, i64)> {
+    let bytes = std::fs::read(path).ok()?;
+    let c: CacheFile = serde_json::from_slice(&bytes).ok()?;
+    Some((Resources(c.resources), c.revision))
+}
+
+/// Keeps the served resources in step with etcd: reads the prefix, applies it, watches
+/// from the revision read. When the watch is lost (etcd down, compaction), it reconnects
+/// with backoff and reads afresh, so no change is missed; meanwhile the last good
+/// snapshot keeps serving.
+pub async fn follow(state: Arc<AppState>, es: EtcdSettings, mut shutdown: ShutdownWatch) {
+    let mut backoff = Duration::from_millis(250);
+    // The process read etcd (or its cache file) at start: every connection after a lost
+    // one is a re-connection.
+    let mut reconnect = false;
+    loop {
+        tokio::select! {
+            e = session(&state, &es, &mut backoff, reconnect) => {
+                reconnect = true;
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "config store");
+            }
+            _ = shutdown.changed() => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One connection to etcd, until it fails.
+async fn session(state: &AppState, es: &EtcdSettings, backoff: &mut Duration, reconnect: bool) -> String {
+    let mut etcd = match etcd::Etcd::connect(es).await {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let loaded = match etcd.load().await {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    if reconnect {
+        state.metrics.config_store_reconnects.inc();
+    }
+    *backoff = Duration::from_millis(250);
+    let mut mirror = loaded.resources;
+    // Values that are not JSON objects, by kind and name: while any is left, the state
+    // in etcd is invalid.
+    let mut bad: BTreeMap<(String, String), String> = loaded
+        .errors
+        .into_iter()
+        .filter_map(|e| {
+            let (kind, name) = e.path.split_once('/')?;
+            Some(((kind.to_owned(), name.to_owned()), e.message))
+        })
+        .collect();
+    let served = state.resources();
+    if mirror != served || !bad.is_empty() {
+        apply(state, &mirror, &bad, loaded.revision).await;
+    }
+    let mut watch = match etcd.watch(loaded.revision + 1).await {
+        Ok(w) => w,
+        Err(e) => return e,
+    };
+    loop {
+        let (changes, revision) = match watch.next().await {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        for change in changes {
+            match change {
+                etcd::Change::Put { kind, name, value } => {
+                    bad.remove(&(kind.clone(), name.clone()));
+                    match value {
+                        Ok(v) => mirror.insert(&kind, &name, v),
+                        Err(e) => {
+                            mirror.remove(&kind, &name);
+                            bad.insert((kind, name), e);
+                        }
+                    }
+                }
+                etcd::Change::Delete { kind, name } => {
+                    bad.remove(&(kind.clone(), name.clone()));
+                    mirror.remove(&kind, &name);
+                }
+            }
+        }
+        apply(state, &mirror, &bad, revision).await;
+    }
+}
+
+async fn apply(state: &AppState, mirror: &Resources, bad: &BTreeMap<(String, String), String>, revision: i64) {
+    let errors = if bad.is_empty() {
+        match state.apply_store(mirror.clone(), revision).await {
+            Ok(()) => {
+                tracing::info!(revision, resources = mirror.len(), "config store: new snapshot");
+                return;
+            }
+            Err(errors) => errors,
+        }
+    } else {
+        state.metrics.config_reloads.with_label_values(&["error"]).inc();
+        bad.iter()
+            .map(|((kind, name), e)| ConfigError::new(format!("{kind}/{name}"), e.clone()))
+            .collect()
+    };
+    for e in &errors {
+        tracing::error!(revision, error = %e, "config store: invalid state, the last good config keeps serving");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tree(text: &str) -> serde_yaml::Value {
+        serde_yaml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_file_round_trips_through_resources() {
+        let file = tree(
+            "version: 1\nserver: {listen: ['127.0.0.1:1']}\nmodels:\n  - {name: b, provider_key: p}\n  - {name: a, provider_key: p}\nprovider_keys:\n  - {name: p, provider: openai, api_key: sk-live-123}\n",
+        );
+        let r = Resources::from_config(&file).unwrap();
+        assert_eq!(r.len(), 3);
+        let merged = r.merge_into(&file);
+        assert_eq!(merged["server"], file["server"]);
+        // Sorted by name.
+        assert_eq!(merged["models"][0]["name"], "a");
+        assert_eq!(Resources::from_config(&merged).unwrap(), r);
+        let exported = r.to_yaml(false);
+        assert!(
+            !exported.contains("sk-live-123") && exported.contains(REDACTED),
+            "{exported}"
+        );
+        assert!(r.to_yaml(true).contains("sk-live-123"));
+    }
+
+    #[test]
+    fn names_are_required_and_unique() {
+        let errs = Resources::from_config(&tree("models: [{provider_key: p}, {name: a}, {name: a}]")).unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["models[0].name", "models[2].name"]);
+    }
+
+    #[test]
+    fn error_paths_name_the_resource() {
+        let r = Resources::from_config(&tree("models: [{name: z}, {name: a}]")).unwrap();
+        let errs = r.name_error_paths(vec![
+            ConfigError::new("models[1].provider_key", "x"),
+            ConfigError::new("server.listen", "y"),
+        ]);
+        assert_eq!(errs[0].path, "models/z.provider_key");
+        assert_eq!(errs[1].path, "server.listen");
+    }
+
+    #[test]
+    fn secrets_are_redacted_kept_and_hashed() {
+        let mut v = json!({"name": "p", "provider": "openai", "api_key": "sk-live-123"});
+        redact("provider_keys", &mut v);
+        assert_eq!(v["api_key"], REDACTED);
+        let mut env = json!({"name": "p", "api_key": "${OPENAI_API_KEY}"});
+        redact("provider_keys", &mut env);
+        assert_eq!(env["api_key"], "${OPENAI_API_KEY}");
+
+        let stored = json!({"name": "p", "provider": "openai", "api_key": "sk-live-123"});
+        let sent = json!({"provider": "openai", "api_key": REDACTED, "headers": {"x": "1"}});
+        let kept = prepare("provider_keys", "p", sent.clone(), Some(&stored)).unwrap();
+        assert_eq!(kept["api_key"], "sk-live-123");
+        assert_eq!(kept["name"], "p");
+        assert!(prepare("provider_keys", "p", sent, None).is_err());
+        assert!(prepare("models", "a", json!({"name": "b"}), None).is_err());
+        assert!(prepare("models", "a", json!([1]), None).is_err());
+
+        let key = prepare("api_keys", "k", json!({"key": "sk-caller"}), None).unwrap();
+        assert!(key.get("key").is_none());
+        assert_eq!(key["key_hash"], crate::config::compile::hash_key("sk-caller"));
+    }
+}

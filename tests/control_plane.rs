@@ -318,6 +318,12 @@ async fn an_invalid_state_in_etcd_keeps_the_last_good_config() {
         r#"{"name": "garbage", "provider_key": "mock"}"#,
     );
     assert!(until_status(&gw, CALLER_KEY, "orphan", 200).await);
+    // SIGHUP re-reads the file and keeps the store's resources.
+    let ok = "aigw_config_reloads_total{result=\"ok\"}";
+    let before = metric(&gw, ok).await;
+    gw.signal("HUP");
+    assert!(wait_until_async(|| async { metric(&gw, ok).await > before }).await);
+    assert_eq!(chat_status(&gw, CALLER_KEY, "orphan").await, 200);
 }
 
 #[test]
@@ -497,4 +503,55 @@ async fn without_a_config_store_the_admin_api_is_read_only() {
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["source"], "file");
     assert!(!text.contains(PROVIDER_KEY) && !text.contains(CALLER_KEY), "{text}");
+}
+
+/// etcd over TLS with client certificates: import, serve, and write through the admin API;
+/// without the client certificate etcd refuses and the gateway says so at start.
+#[tokio::test]
+async fn etcd_over_tls_with_a_client_certificate() {
+    let etcd = Etcd::start_tls();
+    let mock = Mock::start();
+    let prefix = format!("/{}", unique("aigw"));
+    let certs = etcd.cert_dir().display().to_string();
+    let tls = format!(
+        "tls: {{ca_file: \"{certs}/ca.pem\", cert_file: \"{certs}/client.pem\", key_file: \"{certs}/client.key\"}}, "
+    );
+    let with_tls = config(&etcd, &prefix, None).replace("etcd: {", &format!("etcd: {{{tls}"));
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("seed.yaml");
+    std::fs::write(&seed, fill(&format!("{with_tls}{SEED}"), &mock, 1, 2)).unwrap();
+    let out = Command::new(BIN)
+        .args(["import", "--config"])
+        .arg(&seed)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let gw = Gateway::start(&with_tls, &mock);
+    assert_eq!(chat_status(&gw, CALLER_KEY, "chat").await, 200);
+    let (status, text) = admin(
+        &gw,
+        reqwest::Method::PUT,
+        "models/over-tls",
+        Some(json!({"provider_key": "mock"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{text}");
+    assert!(until_status(&gw, CALLER_KEY, "over-tls", 200).await);
+
+    // The CA but no client certificate: refused by etcd, a clear error at start.
+    let no_client = with_tls.replace(
+        &format!(", cert_file: \"{certs}/client.pem\", key_file: \"{certs}/client.key\""),
+        "",
+    );
+    let path = dir.path().join("no-client.yaml");
+    std::fs::write(&path, fill(&no_client, &mock, free_port(), free_port())).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.config_store.etcd"), "{err}");
 }

@@ -11,22 +11,44 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     pub port: u16,
     peer_port: u16,
+    /// Clients must present a certificate signed by `ca.pem` in this directory, which
+    /// also holds `client.pem` and `client.key`.
+    tls: bool,
 }
 
 impl Etcd {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// An etcd that speaks TLS only and requires client certificates.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let mut e = Etcd {
             child: None,
             dir: tempfile::tempdir().unwrap(),
             port: free_port(),
             peer_port: free_port(),
+            tls,
         };
+        if tls {
+            make_certs(e.dir.path());
+        }
         e.resume();
         e
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The directory of `ca.pem`, `client.pem` and `client.key` (with `start_tls`).
+    pub fn cert_dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// Starts (again) on the same ports and data.
@@ -39,6 +61,7 @@ impl Etcd {
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("test={peer}")])
+            .args(self.tls_args())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -49,6 +72,22 @@ impl Etcd {
             wait_until(20, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
             "etcd did not start"
         );
+    }
+
+    fn tls_args(&self) -> Vec<String> {
+        if !self.tls {
+            return Vec::new();
+        }
+        let f = |name: &str| self.dir.path().join(name).display().to_string();
+        vec![
+            "--cert-file".into(),
+            f("server.pem"),
+            "--key-file".into(),
+            f("server.key"),
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            f("ca.pem"),
+        ]
     }
 
     /// Kills etcd; its data stays for `resume`.
@@ -75,5 +114,27 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
+fn make_certs(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for (name, sans) in [
+        ("server", vec!["127.0.0.1".to_owned()]),
+        ("client", vec!["aigw".to_owned()]),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(sans)
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
     }
 }

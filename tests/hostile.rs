@@ -241,3 +241,27 @@ async fn kept_alive_connections_are_bounded_in_time_and_requests() {
     let _ = s.write_all(models.as_bytes());
     assert!(closed(&mut s), "a fourth request was served");
 }
+
+/// A first request head that never completes (slowloris on a fresh connection) is closed
+/// by Pingora once a read has waited 60 s; the provider never hears of it. (Later heads
+/// on a kept-alive connection wait `server.keepalive_timeout_s`, tested above.)
+#[tokio::test]
+async fn a_stalled_first_request_head_is_closed() {
+    let mock = Mock::start();
+    let gw = Gateway::start(BASE_CONFIG, &mock);
+    let mut s = TcpStream::connect(gw.url().trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: applic")
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = match s.read_to_end(&mut rest) {
+        Ok(_) => rest.is_empty(),
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(
+        closed,
+        "the connection was not closed: {}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(mock.requests().is_empty());
+}

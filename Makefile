@@ -4,7 +4,7 @@ VENV  := target/py-venv
 PY    := $(VENV)/bin/python
 BIN   := target/debug/aigw
 
-.PHONY: build run test test-rust test-python lint fmt bench fuzz loadtest release clean
+.PHONY: build run test test-rust test-python lint fmt bench fuzz loadtest soak release clean
 
 build:
 	$(CARGO) build --bins
@@ -57,6 +57,11 @@ release:
 
 loadtest: release
 	loadtest/run.sh
+
+# Mixed traffic, failures and disconnects for SOAK_SECONDS (default 300); checks nothing
+# stays in flight and RSS stays flat, and measures memory per idle connection.
+soak: release
+	loadtest/soak.sh
 
 clean:
 	$(CARGO) clean

@@ -169,28 +169,43 @@ async fn a_stalled_request_body_is_timed_out() {
     assert_eq!(resp.status(), 200);
 }
 
-/// Reads one response with a Content-Length body off `s`; returns its head.
-fn read_response(s: &mut TcpStream) -> String {
+fn read_line(s: &mut TcpStream) -> String {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "connection closed mid-head");
+    while !buf.ends_with(b"\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "connection closed mid-line");
         buf.push(byte[0]);
     }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(str::to_owned)
-        })
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Reads one response framed by Content-Length or chunked encoding off `s` (a body
+/// delimited by the connection's close would be a failure); returns its head.
+fn read_response(s: &mut TcpStream) -> String {
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        head.push_str(&read_line(s));
+    }
+    let lower = head.to_ascii_lowercase();
+    let header = |name: &str| {
+        lower
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+    };
+    if header("transfer-encoding:").as_deref() == Some("chunked") {
+        loop {
+            let size = usize::from_str_radix(read_line(s).trim(), 16).unwrap();
+            let mut chunk = vec![0u8; size + 2];
+            s.read_exact(&mut chunk).unwrap();
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        let len: usize = header("content-length:").expect("a framed body").parse().unwrap();
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).unwrap();
+    }
     head
 }
 
@@ -264,4 +279,41 @@ async fn a_stalled_first_request_head_is_closed() {
         String::from_utf8_lossy(&rest)
     );
     assert!(mock.requests().is_empty());
+}
+
+/// One connection carries a provider failure (502), a translated answer (its length
+/// changed: chunked, not close-delimited) and a plain one: neither the error nor the
+/// rewritten body costs the caller its connection.
+#[tokio::test]
+async fn errors_and_rewritten_bodies_keep_the_connection() {
+    let mock = Mock::start();
+    let gw = Gateway::start(BASE_CONFIG, &mock);
+    let mut s = TcpStream::connect(gw.url().trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let post = |path: &str, auth: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let bearer = format!("Authorization: Bearer {CALLER_KEY}");
+    let chat = |model: &str| format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    s.write_all(post("/v1/chat/completions", &bearer, &chat("fails")).as_bytes())
+        .unwrap();
+    let head = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    let messages = r#"{"model":"chat","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#;
+    let anthropic = format!("x-api-key: {CALLER_KEY}\r\nanthropic-version: 2023-06-01");
+    s.write_all(post("/v1/messages", &anthropic, messages).as_bytes())
+        .unwrap();
+    let head = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    s.write_all(post("/v1/chat/completions", &bearer, &chat("chat")).as_bytes())
+        .unwrap();
+    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
 }

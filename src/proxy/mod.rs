@@ -148,11 +148,12 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        response::on_response_header(resp, ctx)
+        let http10 = session.req_header().version == http::Version::HTTP_10;
+        response::on_response_header(resp, ctx, http10)
     }
 
     fn response_body_filter(
@@ -217,10 +218,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let error_code = response::on_failure(session, e, ctx).await;
+        let (error_code, can_reuse_downstream) = response::on_failure(session, e, ctx).await;
         FailToProxy {
             error_code,
-            can_reuse_downstream: false,
+            can_reuse_downstream,
         }
     }
 

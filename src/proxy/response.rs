@@ -110,7 +110,18 @@ fn unexpected_content_type(resp: &ResponseHeader, stream: bool) -> Option<String
 
 /// Headers the caller sees; decides how the body is read: passed through (usage read on
 /// the way), or translated when the caller's dialect differs from the provider's.
-pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http10: bool) -> pingora::Result<()> {
+    // The body is rewritten: its length is no longer known. Without a length or chunked
+    // framing Pingora sends an HTTP/1.1 body close-delimited and closes the connection
+    // after every such answer; HTTP/1.0 callers get exactly that, as they must. (HTTP/2
+    // callers: Pingora drops the header.)
+    let length_unknown = |resp: &mut ResponseHeader| -> pingora::Result<()> {
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        if !caller_http10 {
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+        Ok(())
+    };
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
     if let Some(c) = ctx.cache {
         resp.insert_header("x-aigw-cache", c.as_str())?;
@@ -149,7 +160,7 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
         ctx.cache_fill = None;
         // A provider's own error, re-shaped into the caller's envelope when they differ.
         if translating {
-            resp.remove_header(&http::header::CONTENT_LENGTH);
+            length_unknown(resp)?;
             resp.insert_header("content-type", "application/json")?;
             ctx.json = Some(JsonBody::new(JsonTranslate::Error { status, to_anthropic }));
         }
@@ -177,7 +188,7 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
             .then(|| Box::new(StreamGuard::new(ctx.response_guards.clone(), ctx.shape())));
         // Dropping, translating or rewriting events changes the length.
         if translating || ctx.strip_usage || guard.is_some() {
-            resp.remove_header(&http::header::CONTENT_LENGTH);
+            length_unknown(resp)?;
         }
         ctx.stream_guard = guard;
         ctx.sse = Some(SseState::with_mode(mode));
@@ -207,7 +218,7 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::
             json.keep = JsonBody::SCAN;
         }
         if json.holds() {
-            resp.remove_header(&http::header::CONTENT_LENGTH);
+            length_unknown(resp)?;
         }
         ctx.json = Some(json);
     }
@@ -357,8 +368,10 @@ fn classify(e: &Error) -> Option<GwError> {
     }
 }
 
-/// Answers a request whose proxying failed. Returns the status for logging (0: none sent).
-pub async fn on_failure(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u16 {
+/// Answers a request whose proxying failed. Returns the status for logging (0: none
+/// sent) and whether the connection can serve another request: only after a whole error
+/// answer of the gateway's own (the request body was read in full before proxying).
+pub async fn on_failure(session: &mut Session, e: &Error, ctx: &mut Ctx) -> (u16, bool) {
     if let Some(sent) = session.response_written().map(|r| r.status.as_u16()) {
         // The header is out, so the status cannot change. A stream is ended with an error
         // event and no [DONE], so the failure cannot pass for a clean finish.
@@ -373,55 +386,18 @@ pub async fn on_failure(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u16 
                 .await;
             ctx.error = Some(err);
         }
-        return sent;
+        return (sent, false);
     }
     let err = match ctx.error.clone().or_else(|| classify(e)) {
         Some(err) => err,
-        None => return 0,
+        None => return (0, false),
     };
     tracing::warn!(request_id = %ctx.request_id, error = %e, "proxying failed");
     let status = err.status();
-    if let Err(we) = err.respond(session, ctx.dialect, &ctx.request_id).await {
+    let written = err.respond(session, ctx.dialect, &ctx.request_id).await;
+    if let Err(we) = &written {
         tracing::debug!(error = %we, "could not write the error response");
     }
     ctx.error = Some(err);
-    status
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn with_type(t: &str) -> ResponseHeader {
-        let mut r = ResponseHeader::build(200, None).unwrap();
-        r.insert_header("content-type", t).unwrap();
-        r
-    }
-
-    #[test]
-    fn content_types_that_fit_the_request() {
-        for t in [
-            "application/json",
-            "Application/JSON; charset=utf-8",
-            "application/problem+json",
-        ] {
-            assert_eq!(unexpected_content_type(&with_type(t), false), None, "{t}");
-        }
-        assert_eq!(
-            unexpected_content_type(&with_type("text/event-stream; charset=utf-8"), true),
-            None
-        );
-        assert_eq!(
-            unexpected_content_type(&ResponseHeader::build(200, None).unwrap(), true),
-            None
-        );
-        assert_eq!(
-            unexpected_content_type(&with_type("text/html"), false).as_deref(),
-            Some("text/html")
-        );
-        assert!(unexpected_content_type(&with_type("application/json"), true).is_some());
-        assert!(unexpected_content_type(&with_type("text/event-stream"), false).is_some());
-        let long = format!("text/{}", "x".repeat(500));
-        assert_eq!(unexpected_content_type(&with_type(&long), false).unwrap().len(), 100);
-    }
+    (status, written.is_ok())
 }

@@ -1345,6 +1345,12 @@ where
                 session.cache.disable(reason);
             }
             let res = self.inner.fail_to_proxy(&mut session, e, &mut ctx).await;
+            // aigw patch: an error answer written in full leaves the downstream connection
+            // reusable when the proxy says so, as handle_error already does; stock 0.9.1
+            // closes it after every upstream failure on this path.
+            if res.can_reuse_downstream {
+                server_reuse = true;
+            }
 
             // final error will have > 0 status unless downstream connection is dead
             if !self.inner.suppress_error_log(&session, &ctx, e) {

@@ -4,7 +4,7 @@
 # guardrail masking and 429s from wrk, while curl loops hang up mid-stream. The gateway's
 # RSS is sampled throughout. It passes when, once the load stops, nothing is in flight and
 # no concurrency slot is held, and RSS over the last three quarters of the run stayed
-# within SOAK_RSS_SLACK_MIB (default 8). Then it measures memory per idle kept-alive
+# within SOAK_RSS_SLACK_MIB (default 8). First it measures memory per idle kept-alive
 # connection. Prints a Markdown report and saves it under loadtest/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +33,20 @@ metric() { curl -s http://127.0.0.1:19190/metrics | awk -v m="$1" 'index($0, m) 
 wait_port 18100
 RUST_LOG=warn "$BIN" serve --config loadtest/soak.yaml >/dev/null 2>"$WORK/gw.log" & GW=$!; PIDS+=($GW)
 wait_port 18180
+
+# Memory per idle connection, on the fresh gateway (after load the allocator's free pages
+# would hide it): RSS with IDLE kept-alive connections open, minus before.
+BEFORE_IDLE=$(rss_kib "$GW")
+mkfifo "$WORK/hold"
+python3 loadtest/idle.py 127.0.0.1 18180 "$IDLE" sk-soak-caller <"$WORK/hold" >"$WORK/idle.out" & IDLER=$!; PIDS+=($IDLER)
+exec 7>"$WORK/hold"
+for _ in $(seq 600); do grep -q READY "$WORK/idle.out" 2>/dev/null && break; sleep 0.1; done
+sleep 1
+WITH_IDLE=$(rss_kib "$GW")
+exec 7>&-
+wait "$IDLER" || true
+PER_CONN=$(awk -v a="$WITH_IDLE" -v b="$BEFORE_IDLE" -v n="$IDLE" 'BEGIN{printf "%.1f", (a-b)/n}')
+
 
 # Callers that hang up mid-stream: three loops of curl giving up after 150 ms of a slow stream.
 END=$((SECONDS + SECONDS_TOTAL))
@@ -65,18 +79,6 @@ for s in "${SAMPLES[@]:$Q}"; do [ "$s" -gt "$MAX" ] && MAX=$s; done
 LAST=${SAMPLES[-1]}
 GROWTH_MIB=$(awk -v a="$MAX" -v b="$REF" 'BEGIN{printf "%.1f", (a-b)/1024}')
 mib() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
-
-# Memory per idle connection: RSS with IDLE kept-alive connections open, minus before.
-BEFORE_IDLE=$(rss_kib "$GW")
-mkfifo "$WORK/hold"
-python3 loadtest/idle.py 127.0.0.1 18180 "$IDLE" sk-soak-caller <"$WORK/hold" >"$WORK/idle.out" & IDLER=$!; PIDS+=($IDLER)
-exec 7>"$WORK/hold"
-for _ in $(seq 600); do grep -q READY "$WORK/idle.out" 2>/dev/null && break; sleep 0.1; done
-sleep 1
-WITH_IDLE=$(rss_kib "$GW")
-exec 7>&-
-wait "$IDLER" || true
-PER_CONN=$(awk -v a="$WITH_IDLE" -v b="$BEFORE_IDLE" -v n="$IDLE" 'BEGIN{printf "%.1f", (a-b)/n}')
 
 STATUS=$(curl -s http://127.0.0.1:19190/metrics | awk '/^aigw_requests_total/ {match($0, /status="[0-9]+"/); s = substr($0, RSTART + 8, RLENGTH - 9); c[s] += $NF} END {for (k in c) printf "%s: %d, ", k, c[k]}')
 VERDICT=PASS

@@ -45,6 +45,7 @@ pub struct ServerSettings {
     pub client_body_timeout: Duration,
     pub keepalive_timeout_s: u64,
     pub keepalive_requests: u32,
+    pub read_buffer_bytes: usize,
     pub redis: Option<RedisSettings>,
     /// Resources come from etcd instead of the file.
     pub config_store: Option<EtcdSettings>,
@@ -758,6 +759,9 @@ fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettings {
     if s.keepalive_requests == 0 {
         errs.push("server.keepalive_requests", "must be at least 1");
     }
+    if !(1024..=1024 * 1024).contains(&s.read_buffer_bytes) {
+        errs.push("server.read_buffer_bytes", "must be between 1024 and 1048576");
+    }
     if let Some(r) = &s.redis {
         if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://") || r.url.starts_with("unix://")) {
             errs.push("server.redis.url", "must start with redis://, rediss:// or unix://");
@@ -822,6 +826,7 @@ fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettings {
         client_body_timeout: Duration::from_millis(s.client_body_timeout_ms),
         keepalive_timeout_s: s.keepalive_timeout_s,
         keepalive_requests: s.keepalive_requests,
+        read_buffer_bytes: s.read_buffer_bytes,
         redis: s.redis.as_ref().map(|r| RedisSettings {
             url: r.url.clone(),
             pool_size: r.pool_size,

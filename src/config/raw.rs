@@ -27,6 +27,10 @@ fn default_keepalive_requests() -> u32 {
     1000
 }
 
+fn default_read_buffer() -> usize {
+    16 * 1024
+}
+
 fn default_client_body_timeout() -> u64 {
     60_000
 }
@@ -95,6 +99,10 @@ pub struct Server {
     /// keepalive_requests).
     #[serde(default = "default_keepalive_requests")]
     pub keepalive_requests: u32,
+    /// Each caller connection's read buffer (Pingora's is 64 KiB): most of what an idle
+    /// kept-alive connection costs.
+    #[serde(default = "default_read_buffer")]
+    pub read_buffer_bytes: usize,
     pub redis: Option<Redis>,
     pub config_store: Option<ConfigStore>,
     #[serde(default)]
@@ -113,6 +121,7 @@ impl Default for Server {
             client_body_timeout_ms: default_client_body_timeout(),
             keepalive_timeout_s: default_keepalive_timeout(),
             keepalive_requests: default_keepalive_requests(),
+            read_buffer_bytes: default_read_buffer(),
             redis: None,
             config_store: None,
             admin_keys: Vec::new(),

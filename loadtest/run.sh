@@ -21,6 +21,8 @@ cleanup() {
 trap cleanup EXIT
 
 command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null; }
+# oha offers a fixed request rate (wrk cannot), for the latency run at the end.
+command -v oha >/dev/null || { echo "installing oha (cargo, a few minutes once)"; cargo install --locked -q oha; }
 command -v nginx >/dev/null || { echo "installing nginx"; apt-get install -y -qq nginx-light >/dev/null; }
 
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
@@ -62,6 +64,7 @@ HZ=$(getconf CLK_TCK)
   echo "|---|---|---|---|---|---|---|---|---|"
 } | tee "$OUT"
 
+GW_PEAK=0   # the best req/s of the plain gateway row, for the fixed-rate run
 run() { # name url stream pids...
   local name=$1 url=$2 stream=$3; shift 3
   for c in $CONNS; do
@@ -75,6 +78,7 @@ run() { # name url stream pids...
     rps=$(awk -v r="$reqs" -v d="$dur" 'BEGIN{printf "%.0f", r/(d/1e6)}')
     cpu=$(awk -v a="$after" -v b="$before" -v hz="$HZ" -v r="$reqs" 'BEGIN{ if (r>0) printf "%.1f", (a-b)/hz*1e6/r; else print "-"}')
     rss=$(awk -v k="$(rss_kib "$@")" 'BEGIN{printf "%.1f", k/1024}')
+    [ "$name" = gateway ] && [ "$rps" -gt "$GW_PEAK" ] && GW_PEAK=$rps
     printf '| %s | %s | %s | %.2f | %.2f | %.2f | %s | %s | %s |\n' "$name" "$c" "$rps" \
       "$(awk -v v="$p50" 'BEGIN{print v/1000}')" "$(awk -v v="$p99" 'BEGIN{print v/1000}')" \
       "$(awk -v v="$p999" 'BEGIN{print v/1000}')" "$errs" "$cpu" "$rss" | tee -a "$OUT"
@@ -102,6 +106,29 @@ LOAD_MODEL=cached-model run "gateway, cache hit" http://127.0.0.1:18080/v1/chat/
 run "nginx streaming" http://127.0.0.1:18081/v1/chat/completions 1 $(nginx_pids)
 run "gateway streaming" http://127.0.0.1:18080/v1/chat/completions 1 "$GW"
 LOAD_MODEL=cached-model run "gateway streaming, cache hit" http://127.0.0.1:18080/v1/chat/completions 1 "$GW"
+
+# Latency at a fixed rate, half the gateway's peak: open-loop (oha, corrected for
+# coordinated omission), straight to the mock and through the gateway; the difference is
+# what the gateway adds.
+RATE=$((GW_PEAK / 2))
+BODY='{"model":"load-model","stream":false,"messages":[{"role":"user","content":"Summarise the load test in one sentence."}]}'
+fixed() { # name url
+  oha --no-tui --output-format json -z "${DURATION}s" -c 64 -q "$RATE" --latency-correction \
+    -m POST -H 'Content-Type: application/json' -H 'Authorization: Bearer sk-load-caller' -d "$BODY" "$2" |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); p=d["latencyPercentiles"]; s=d["summary"]; print("%.0f %.3f %.3f %.3f %.4f" % (s["requestsPerSec"], p["p50"]*1e3, p["p99"]*1e3, p["p99.9"]*1e3, s["successRate"]))'
+}
+{
+  echo
+  echo "Fixed rate: $RATE req/s (half the gateway's peak), 64 connections, open loop (oha):"
+  echo
+  echo "| target | req/s | p50 ms | p99 ms | p99.9 ms | success |"
+  echo "|---|---|---|---|---|---|"
+} | tee -a "$OUT"
+read -r d_rps d50 d99 d999 dok <<<"$(fixed direct http://127.0.0.1:18000/v1/chat/completions)"
+echo "| direct to mock | $d_rps | $d50 | $d99 | $d999 | $dok |" | tee -a "$OUT"
+read -r g_rps g50 g99 g999 gok <<<"$(fixed gateway http://127.0.0.1:18080/v1/chat/completions)"
+echo "| gateway | $g_rps | $g50 | $g99 | $g999 | $gok |" | tee -a "$OUT"
+echo "| added by the gateway | | $(awk -v a="$g50" -v b="$d50" 'BEGIN{printf "%.3f", a-b}') | $(awk -v a="$g99" -v b="$d99" 'BEGIN{printf "%.3f", a-b}') | $(awk -v a="$g999" -v b="$d999" 'BEGIN{printf "%.3f", a-b}') | |" | tee -a "$OUT"
 
 echo
 [ -n "${REDIS_RTT:-}" ] && echo "$REDIS_RTT" | tee -a "$OUT" && echo

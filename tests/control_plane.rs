@@ -555,3 +555,38 @@ async fn etcd_over_tls_with_a_client_certificate() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("server.config_store.etcd"), "{err}");
 }
+
+/// Two admins validate against the same state and write: the second write, checked
+/// against a state that no longer holds, is refused and writes nothing (the admin API
+/// answers it 409), so two valid changes cannot combine into an invalid state.
+#[tokio::test]
+async fn a_write_checked_against_an_outdated_state_is_refused() {
+    use aigw::config::compile::EtcdSettings;
+    use aigw::store::etcd::Etcd as Store;
+    let etcd = Etcd::start();
+    let settings = EtcdSettings {
+        endpoints: vec![etcd.url()],
+        prefix: format!("/{}", unique("aigw")),
+        cache_file: None,
+        tls: None,
+        user: None,
+        password: None,
+    };
+    let mut a = Store::connect(&settings).await.unwrap();
+    let mut b = Store::connect(&settings).await.unwrap();
+    let model = json!({"name": "m", "provider_key": "p"});
+    let seen_by_a = a.load().await.unwrap();
+    let seen_by_b = b.load().await.unwrap();
+    assert!(a.put("models", "m", &model, seen_by_a.lock).await.unwrap());
+    assert!(!b.put("models", "other", &model, seen_by_b.lock).await.unwrap());
+    assert!(!b.delete("models", "m", seen_by_b.lock).await.unwrap());
+    let fresh = b.load().await.unwrap();
+    assert_eq!(
+        fresh.resources.len(),
+        1,
+        "only A's write landed; the lock is no resource"
+    );
+    assert!(fresh.resources.get("models", "other").is_none());
+    assert!(b.delete("models", "m", fresh.lock).await.unwrap());
+    assert!(b.load().await.unwrap().resources.is_empty());
+}

@@ -211,8 +211,8 @@ impl Api {
             Ok(v) => v,
             Err(e) => return error(400, "invalid_json", format!("The body is not JSON: {e}.")),
         };
-        let mut resources = match etcd.load().await {
-            Ok(l) => l.resources,
+        let (mut resources, lock) = match etcd.load().await {
+            Ok(l) => (l.resources, l.lock),
             Err(e) => return error(503, "config_store_unavailable", e),
         };
         let existed = resources.get(kind, name).is_some();
@@ -229,8 +229,10 @@ impl Api {
                 &errors,
             );
         }
-        if let Err(e) = etcd.put(kind, name, &value).await {
-            return error(503, "config_store_unavailable", e);
+        match etcd.put(kind, name, &value, lock).await {
+            Ok(true) => {}
+            Ok(false) => return changed_meanwhile(),
+            Err(e) => return error(503, "config_store_unavailable", e),
         }
         tracing::info!(kind, name, "admin: resource written");
         let mut shown = value;
@@ -243,8 +245,8 @@ impl Api {
             Ok(e) => e,
             Err(resp) => return resp,
         };
-        let mut resources = match etcd.load().await {
-            Ok(l) => l.resources,
+        let (mut resources, lock) = match etcd.load().await {
+            Ok(l) => (l.resources, l.lock),
             Err(e) => return error(503, "config_store_unavailable", e),
         };
         if resources.remove(kind, name).is_none() {
@@ -258,14 +260,24 @@ impl Api {
                 &errors,
             );
         }
-        match etcd.delete(kind, name).await {
-            Ok(_) => {
+        match etcd.delete(kind, name, lock).await {
+            Ok(true) => {
                 tracing::info!(kind, name, "admin: resource deleted");
                 Response::builder().status(204).body(Vec::new()).unwrap_or_default()
             }
+            Ok(false) => changed_meanwhile(),
             Err(e) => error(503, "config_store_unavailable", e),
         }
     }
+}
+
+/// Another write landed between this one's read and its commit.
+fn changed_meanwhile() -> Response<Vec<u8>> {
+    error(
+        409,
+        "conflict",
+        "The config changed while this request was being checked; nothing was written. Retry.",
+    )
 }
 
 async fn read_body(session: &mut ServerSession) -> Result<Bytes, Response<Vec<u8>>> {

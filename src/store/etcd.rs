@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use serde_json::Value;
 
 use super::{is_kind, Resources};
@@ -20,12 +20,20 @@ pub struct Etcd {
     prefix: String,
 }
 
-/// What was read from etcd: the resources, the revision they were read at, and values
-/// that are not JSON objects (an invalid state: the caller keeps its last good one).
+/// Every write also touches this key under the prefix, and commits only if nobody else
+/// touched it since the writer read the store: a write is checked against the state it
+/// was validated on (optimistic locking), so two admins cannot combine two valid changes
+/// into an invalid state.
+const LOCK: &str = "_lock";
+
+/// What was read from etcd: the resources, the revision they were read at, values that
+/// are not JSON objects (an invalid state: the caller keeps its last good one), and the
+/// write lock's revision to write against.
 pub struct Loaded {
     pub resources: Resources,
     pub revision: i64,
     pub errors: Vec<ConfigError>,
+    pub lock: i64,
 }
 
 /// One change the watch reported.
@@ -85,8 +93,14 @@ impl Etcd {
             resources: Resources::default(),
             revision,
             errors: Vec::new(),
+            lock: 0,
         };
+        let lock = self.lock_key();
         for kv in resp.kvs() {
+            if kv.key() == lock.as_bytes() {
+                loaded.lock = kv.mod_revision();
+                continue;
+            }
             let Some((kind, name)) = kv.key_str().ok().and_then(|k| self.parse_key(k)) else {
                 continue;
             };
@@ -98,26 +112,46 @@ impl Etcd {
         Ok(loaded)
     }
 
-    pub async fn put(&mut self, kind: &str, name: &str, value: &Value) -> Result<(), String> {
+    fn lock_key(&self) -> String {
+        format!("{}/{LOCK}", self.prefix)
+    }
+
+    /// Runs `ops` if the lock is still at `lock` (the revision read with the state they
+    /// were checked against), taking the lock. `Ok(false)`: someone wrote in between,
+    /// nothing was written.
+    async fn locked(&mut self, lock: i64, mut ops: Vec<TxnOp>) -> Result<bool, String> {
+        ops.push(TxnOp::put(self.lock_key(), "", None));
+        if ops.len() > MAX_TXN_OPS {
+            return Err(format!(
+                "{} changes do not fit etcd's default limit of {MAX_TXN_OPS} operations per transaction (--max-txn-ops)",
+                ops.len() - 1
+            ));
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(self.lock_key(), CompareOp::Equal, lock)])
+            .and_then(ops);
         self.client
-            .put(self.key(kind, name), value.to_string(), None)
+            .txn(txn)
             .await
-            .map(|_| ())
+            .map(|r| r.succeeded())
             .map_err(|e| format!("cannot write to etcd: {e}"))
     }
 
-    /// Whether the resource existed.
-    pub async fn delete(&mut self, kind: &str, name: &str) -> Result<bool, String> {
-        self.client
-            .delete(self.key(kind, name), None)
-            .await
-            .map(|r| r.deleted() > 0)
-            .map_err(|e| format!("cannot write to etcd: {e}"))
+    /// Writes one resource, if the store is still as read at `lock`.
+    pub async fn put(&mut self, kind: &str, name: &str, value: &Value, lock: i64) -> Result<bool, String> {
+        let op = TxnOp::put(self.key(kind, name), value.to_string(), None);
+        self.locked(lock, vec![op]).await
     }
 
-    /// Replaces every resource (`stored`, as just read) with `resources`, in one
+    /// Deletes one resource, if the store is still as read at `lock`.
+    pub async fn delete(&mut self, kind: &str, name: &str, lock: i64) -> Result<bool, String> {
+        let op = TxnOp::delete(self.key(kind, name), None);
+        self.locked(lock, vec![op]).await
+    }
+
+    /// Replaces every resource (`stored`, as read at `lock`) with `resources`, in one
     /// transaction: watchers see the old set or the new one, never a mix.
-    pub async fn replace_all(&mut self, stored: &Resources, resources: &Resources) -> Result<(), String> {
+    pub async fn replace_all(&mut self, stored: &Resources, resources: &Resources, lock: i64) -> Result<bool, String> {
         // etcd refuses a put and a delete of one key in one transaction: only what goes
         // away is deleted.
         let mut ops: Vec<TxnOp> = stored
@@ -130,17 +164,7 @@ impl Etcd {
                 .iter()
                 .map(|(kind, name, v)| TxnOp::put(self.key(kind, name), v.to_string(), None)),
         );
-        if ops.len() > MAX_TXN_OPS {
-            return Err(format!(
-                "{} changes do not fit etcd's default limit of {MAX_TXN_OPS} operations per transaction (--max-txn-ops)",
-                ops.len()
-            ));
-        }
-        self.client
-            .txn(Txn::new().and_then(ops))
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("cannot write to etcd: {e}"))
+        self.locked(lock, ops).await
     }
 
     /// Watches the prefix from `revision` (the one after the last read).

@@ -32,13 +32,18 @@ pub fn import(path: &Path) -> Result<String, Vec<ConfigError>> {
     let from_file = Resources::from_config(&tree)?;
     block_on(async {
         let mut etcd = etcd::Etcd::connect(&es).await?;
-        let stored = etcd.load().await?.resources;
+        let loaded = etcd.load().await?;
+        let stored = loaded.resources;
         let mut out = Resources::default();
         for (kind, name, v) in from_file.iter() {
             let v = prepare(kind, name, v.clone(), stored.get(kind, name)).map_err(|e| e.to_string())?;
             out.insert(kind, name, v);
         }
-        etcd.replace_all(&stored, &out).await?;
+        if !etcd.replace_all(&stored, &out, loaded.lock).await? {
+            return Err(
+                "the store changed during the import (an admin write?); nothing was imported, run it again".into(),
+            );
+        }
         Ok(format!(
             "imported {} resources into etcd ({}) under {}",
             out.len(),

@@ -76,16 +76,19 @@ impl AppState {
         let base = config::read_tree(&config_path)?;
         let mut snap = compile(&base, None, &upstreams, &limit_cells)?;
         let mut store = None;
+        // The etcd revision served; without a store, the count of file loads.
+        let mut version = 1;
         if let Some(es) = snap.server.config_store.clone() {
             if Resources::from_config(&base).is_ok_and(|r| !r.is_empty()) {
                 tracing::warn!(
                     "the config file's resources are ignored: they come from etcd (aigw import copies them there)"
                 );
             }
-            let (resources, revision) =
-                store::initial(&es, |r| compile(&base, Some(r), &upstreams, &limit_cells).map(|_| ()))?;
-            snap = compile(&base, Some(&resources), &upstreams, &limit_cells)?;
+            let (resources, revision, compiled) =
+                store::initial(&es, |r| compile(&base, Some(r), &upstreams, &limit_cells))?;
+            snap = compiled;
             store = Some(Mutex::new((resources, revision)));
+            version = revision;
         }
         // Shared limits when the config names a Redis; per process otherwise. Changing
         // `server.redis` takes a restart, like the listeners.
@@ -108,7 +111,6 @@ impl AppState {
             ),
             None => None,
         };
-        let version = store.as_ref().map_or(1, |s| s.lock().map_or(0, |s| s.1));
         metrics.config_version.set(version);
         metrics.config_last_reload.set(chrono::Utc::now().timestamp());
         Ok(Arc::new(Self {
@@ -221,7 +223,8 @@ impl AppState {
         }
     }
 
-    fn count_reload(&self, ok: bool) {
+    /// Counts a reload (SIGHUP or a config store change) by its result.
+    pub(crate) fn count_reload(&self, ok: bool) {
         if !ok {
             self.limit_cells.prune();
         }

@@ -182,22 +182,24 @@ async fn upstream_failures_are_502_503_504() {
     expect_error(call("ghost").await.unwrap(), 503, "no_healthy_target").await;
 }
 
+/// The standard config with `models` (YAML list items) added, and a key `sk-all` that may
+/// use every model.
+fn with_models(models: &str) -> String {
+    BASE_CONFIG
+        .replace("models:\n", &format!("models:\n{models}"))
+        .replace("api_keys:\n", "api_keys:\n  - {name: all, key: sk-all}\n")
+}
+
 /// A provider that answers 200 with something other than what was asked for (an HTML
 /// sign-in page, JSON to a stream request) is a 502 before anything reaches the caller,
 /// in the caller's own envelope, naming what came.
 #[tokio::test]
 async fn a_success_in_the_wrong_content_type_is_502() {
     let mock = Mock::start();
-    let config = BASE_CONFIG
-        .replace(
-            "models:\n",
-            concat!(
-                "models:\n",
-                "  - {name: portal, provider_key: mock, model: \"x?content_type=html\"}\n",
-                "  - {name: json-only, provider_key: mock, model: \"x?content_type=application/json\"}\n",
-            ),
-        )
-        .replace("api_keys:\n", "api_keys:\n  - {name: all, key: sk-all}\n");
+    let config = with_models(concat!(
+        "  - {name: portal, provider_key: mock, model: \"x?content_type=html\"}\n",
+        "  - {name: json-only, provider_key: mock, model: \"x?content_type=application/json\"}\n",
+    ));
     let gw = Gateway::start(&config, &mock);
     let mut streamed = chat_body("portal");
     streamed["stream"] = json!(true);
@@ -257,22 +259,16 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[tokio::test]
 async fn gigantic_answers_stream_through_in_bounded_memory() {
     let mock = Mock::start();
-    let config = BASE_CONFIG
-        .replace(
-            "models:\n",
-            concat!(
-                "models:\n",
-                "  - {name: huge, provider_key: mock, model: \"x?words=6000000\"}\n",
-                "  - {name: huge-stream, provider_key: mock, model: \"x?words=150000\"}\n",
-                "  - {name: big, provider_key: mock, model: \"x?words=1000000\"}\n",
-                "  - {name: big-stream, provider_key: mock, model: \"x?words=20000\"}\n",
-            ),
-        )
-        // One worker thread: its allocator arenas are warmed up once, below.
-        .replace("  grace_period_s: 10\n", "  grace_period_s: 10\n  threads: 1\n")
-        // The mock takes a while to build a 48 MB answer in a debug build.
-        .replace("first_byte_ms: 1500", "first_byte_ms: 30000")
-        .replace("api_keys:\n", "api_keys:\n  - {name: all, key: sk-all}\n");
+    let config = with_models(concat!(
+        "  - {name: huge, provider_key: mock, model: \"x?words=6000000\"}\n",
+        "  - {name: huge-stream, provider_key: mock, model: \"x?words=150000\"}\n",
+        "  - {name: big, provider_key: mock, model: \"x?words=1000000\"}\n",
+        "  - {name: big-stream, provider_key: mock, model: \"x?words=20000\"}\n",
+    ))
+    // One worker thread: its allocator arenas are warmed up once, below.
+    .replace("  grace_period_s: 10\n", "  grace_period_s: 10\n  threads: 1\n")
+    // The mock takes a while to build a 35 MB answer in a debug build.
+    .replace("first_byte_ms: 1500", "first_byte_ms: 30000");
     let gw = Gateway::start(&config, &mock);
     // Warm-up: the first large answers grow the allocator's heap once (~8 MiB, whatever
     // their size); the measure is what six times larger answers add after that.

@@ -83,20 +83,6 @@ pub struct EtcdTlsFiles {
     pub key_file: Option<String>,
 }
 
-impl EtcdTlsFiles {
-    /// The client TLS settings, read from the files now.
-    pub fn options(&self) -> Result<etcd_client::TlsOptions, String> {
-        let read =
-            |f: &str| std::fs::read(f).map_err(|e| format!("server.config_store.etcd.tls: cannot read {f}: {e}"));
-        let mut tls =
-            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca_file)?));
-        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
-            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
-        }
-        Ok(tls)
-    }
-}
-
 /// `server.redis`. The URL may hold a password: it is never logged.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisSettings {

@@ -9,6 +9,7 @@
 use pingora::http::RequestHeader;
 use serde_json::{json, Map, Value};
 
+use super::{bad, push_turn};
 use crate::config::Provider;
 use crate::error::GwError;
 
@@ -33,10 +34,6 @@ pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Resu
         )?;
     }
     Ok(())
-}
-
-fn bad(msg: impl Into<String>) -> GwError {
-    GwError::InvalidRequest(msg.into())
 }
 
 /// Anthropic `stop_reason` -> OpenAI `finish_reason`.
@@ -119,21 +116,6 @@ fn blocks_from_openai(content: &Value) -> Result<Vec<Value>, GwError> {
     }
 }
 
-/// Appends a message, merging it into the previous one when the role repeats (Anthropic
-/// wants user and assistant turns to alternate; tool results arrive as user turns).
-fn push_turn(out: &mut Vec<Value>, role: &str, mut blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    if let Some(last) = out.last_mut().filter(|m| m["role"] == role) {
-        if let Some(existing) = last["content"].as_array_mut() {
-            existing.append(&mut blocks);
-            return;
-        }
-    }
-    out.push(json!({"role": role, "content": blocks}));
-}
-
 /// OpenAI chat request -> Anthropic messages request, for model `model`.
 pub fn chat_request_to_messages(req: &Value, model: &str) -> Result<Value, GwError> {
     let msgs = req["messages"]
@@ -147,7 +129,7 @@ pub fn chat_request_to_messages(req: &Value, model: &str) -> Result<Value, GwErr
     for (i, m) in msgs.iter().enumerate() {
         match m["role"].as_str() {
             Some("system" | "developer") => system.push(openai_text(&m["content"])),
-            Some("user") => push_turn(&mut out, "user", blocks_from_openai(&m["content"])?),
+            Some("user") => push_turn(&mut out, "user", "content", blocks_from_openai(&m["content"])?),
             Some("assistant") => {
                 let mut blocks = blocks_from_openai(&m["content"])?;
                 for call in m["tool_calls"].as_array().into_iter().flatten() {
@@ -161,7 +143,7 @@ pub fn chat_request_to_messages(req: &Value, model: &str) -> Result<Value, GwErr
                         "input": input,
                     }));
                 }
-                push_turn(&mut out, "assistant", blocks);
+                push_turn(&mut out, "assistant", "content", blocks);
             }
             Some("tool") => {
                 let result = json!({
@@ -169,7 +151,7 @@ pub fn chat_request_to_messages(req: &Value, model: &str) -> Result<Value, GwErr
                     "tool_use_id": m["tool_call_id"],
                     "content": openai_text(&m["content"]),
                 });
-                push_turn(&mut out, "user", vec![result]);
+                push_turn(&mut out, "user", "content", vec![result]);
             }
             other => return Err(bad(format!("messages[{i}]: unknown role {other:?}"))),
         }

@@ -14,7 +14,7 @@ use percent_encoding::utf8_percent_encode;
 use pingora::http::RequestHeader;
 use serde_json::{json, Map, Value};
 
-use super::UNRESERVED;
+use super::{bad, push_turn, UNRESERVED};
 use crate::config::Provider;
 use crate::error::GwError;
 use crate::stream::Usage;
@@ -27,10 +27,6 @@ pub const API_VERSION: &str = "v1beta";
 /// the signature they attached to it, and the tool call id is the only field a chat
 /// client is sure to return unchanged. Signatures are base64, which never contains `~`.
 pub const SIGNATURE_SEP: char = '~';
-
-fn bad(msg: impl Into<String>) -> GwError {
-    GwError::InvalidRequest(msg.into())
-}
 
 /// Path and query of the upstream request. A `base_url` that ends in an API version
 /// (`/v1`, `/v1beta`, `/v1alpha`) is used as it is; otherwise `/v1beta` is added.
@@ -109,21 +105,6 @@ fn parts_from_openai(content: &Value, i: usize) -> Result<Vec<Value>, GwError> {
     }
 }
 
-/// Appends a turn, merging it into the previous one when the role repeats (a tool
-/// result after a user turn, several tool results in a row).
-fn push_turn(out: &mut Vec<Value>, role: &str, mut parts: Vec<Value>) {
-    if parts.is_empty() {
-        return;
-    }
-    if let Some(last) = out.last_mut().filter(|c| c["role"] == role) {
-        if let Some(existing) = last["parts"].as_array_mut() {
-            existing.append(&mut parts);
-            return;
-        }
-    }
-    out.push(json!({"role": role, "parts": parts}));
-}
-
 /// OpenAI chat request -> Gemini `generateContent` request. The model is not part of
 /// the body (it is in the path), and neither is `stream` (the method says it).
 pub fn chat_request_to_gemini(req: &Value, _model: &str) -> Result<Value, GwError> {
@@ -140,7 +121,7 @@ pub fn chat_request_to_gemini(req: &Value, _model: &str) -> Result<Value, GwErro
     for (i, m) in msgs.iter().enumerate() {
         match m["role"].as_str() {
             Some("system" | "developer") => system.extend(parts_from_openai(&m["content"], i)?),
-            Some("user") => push_turn(&mut contents, "user", parts_from_openai(&m["content"], i)?),
+            Some("user") => push_turn(&mut contents, "user", "parts", parts_from_openai(&m["content"], i)?),
             Some("assistant") => {
                 let mut parts = parts_from_openai(&m["content"], i)?;
                 for call in m["tool_calls"].as_array().into_iter().flatten() {
@@ -164,7 +145,7 @@ pub fn chat_request_to_gemini(req: &Value, _model: &str) -> Result<Value, GwErro
                     }
                     parts.push(part);
                 }
-                push_turn(&mut contents, "model", parts);
+                push_turn(&mut contents, "model", "parts", parts);
             }
             Some("tool") => {
                 let id = m["tool_call_id"].as_str().unwrap_or_default();
@@ -182,6 +163,7 @@ pub fn chat_request_to_gemini(req: &Value, _model: &str) -> Result<Value, GwErro
                 push_turn(
                     &mut contents,
                     "user",
+                    "parts",
                     vec![json!({"functionResponse": {"name": name, "response": response}})],
                 );
             }

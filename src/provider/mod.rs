@@ -12,6 +12,7 @@ use pingora::http::RequestHeader;
 use crate::config::raw::ProviderKind;
 use crate::config::Provider;
 use crate::error::{Dialect, GwError};
+use serde_json::{json, Value};
 
 /// Characters kept as they are in a path segment or query value (RFC 3986 unreserved).
 const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
@@ -118,4 +119,25 @@ pub fn check_supported(endpoint: Endpoint, p: &Provider, alias: &str) -> Result<
     endpoint
         .upstream(p.kind)
         .ok_or_else(|| GwError::InvalidRequest(format!("The model '{alias}' cannot serve {}.", endpoint.suffix())))
+}
+
+/// A request the gateway cannot translate for the provider: 400 `invalid_request`.
+fn bad(msg: impl Into<String>) -> GwError {
+    GwError::InvalidRequest(msg.into())
+}
+
+/// Appends a turn of `role` whose content list is `field` (`content` for Anthropic,
+/// `parts` for Gemini), merged into the previous turn when the role repeats: both want
+/// the roles to alternate, and tool results arrive as extra user turns.
+fn push_turn(out: &mut Vec<Value>, role: &str, field: &str, mut items: Vec<Value>) {
+    if items.is_empty() {
+        return;
+    }
+    if let Some(last) = out.last_mut().filter(|t| t["role"] == role) {
+        if let Some(existing) = last[field].as_array_mut() {
+            existing.append(&mut items);
+            return;
+        }
+    }
+    out.push(json!({"role": role, field: items}));
 }

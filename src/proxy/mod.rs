@@ -39,7 +39,6 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         ctx.inflight = Some(self.state.enter());
         ctx.request_id = request::request_id(session.req_header());
-        request::bound_keepalive(&self.state, session);
         match request::admit(&self.state, session, ctx).await {
             Ok(Admission::Proxy) => Ok(false),
             Ok(Admission::Answered) => Ok(true),

@@ -72,9 +72,9 @@ fn route(method: &Method, path: &str) -> Result<Route, GwError> {
 /// connection would be held forever after its first request. The configured
 /// `server.keepalive_timeout_s` bounds the idle wait and each read of the next head; a
 /// connection that asked to close stays closing.
-pub fn bound_keepalive(state: &AppState, session: &mut Session) {
+fn bound_keepalive(session: &mut Session, timeout_s: u64) {
     if session.get_keepalive() == Some(0) {
-        session.set_keepalive(Some(state.snapshot().server.keepalive_timeout_s));
+        session.set_keepalive(Some(timeout_s));
     }
 }
 
@@ -89,12 +89,13 @@ pub fn request_id(req: &RequestHeader) -> String {
 }
 
 pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) -> Result<Admission, GwError> {
+    let snap = state.snapshot();
+    bound_keepalive(session, snap.server.keepalive_timeout_s);
     let req = session.req_header();
     // Anthropic callers get Anthropic's error envelope from the very first check.
     if req.uri.path() == "/v1/messages" {
         ctx.dialect = crate::error::Dialect::Anthropic;
     }
-    let snap = state.snapshot();
     ctx.snapshot = Some(snap.clone());
     // Traced from the first check on, so refusals show up in traces too.
     if let (Some(_), Some(o)) = (&state.traces, &snap.observability.otlp) {

@@ -96,16 +96,17 @@ pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx
 /// stream, JSON otherwise (`application/json` or a `+json` type, any parameters). A missing
 /// Content-Type is let through: some OpenAI-compatible servers omit it.
 fn unexpected_content_type(resp: &ResponseHeader, stream: bool) -> Option<String> {
-    let value = resp.headers.get(http::header::CONTENT_TYPE)?;
-    let text = String::from_utf8_lossy(value.as_bytes());
-    let media = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let value = resp.headers.get(http::header::CONTENT_TYPE)?.as_bytes();
+    // Compared in place: this runs on every successful answer.
+    let media = value.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
     let fits = if stream {
-        media == "text/event-stream"
+        media.eq_ignore_ascii_case(b"text/event-stream")
     } else {
-        media == "application/json" || media.ends_with("+json")
+        let suffix = media.len().checked_sub(5).map(|at| &media[at..]);
+        media.eq_ignore_ascii_case(b"application/json") || suffix.is_some_and(|s| s.eq_ignore_ascii_case(b"+json"))
     };
     // Bounded: the value is quoted in the caller's error message.
-    (!fits).then(|| text.chars().take(100).collect())
+    (!fits).then(|| String::from_utf8_lossy(value).chars().take(100).collect())
 }
 
 /// Headers the caller sees; decides how the body is read: passed through (usage read on

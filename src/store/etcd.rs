@@ -8,7 +8,7 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOpti
 use serde_json::Value;
 
 use super::{is_kind, Resources};
-use crate::config::compile::EtcdSettings;
+use crate::config::compile::{EtcdSettings, EtcdTlsFiles};
 use crate::config::ConfigError;
 
 /// etcd's default `--max-txn-ops`: an import larger than this cannot be one transaction.
@@ -59,7 +59,7 @@ impl Etcd {
             opts = opts.with_user(user.clone(), password.clone());
         }
         if let Some(tls) = &s.tls {
-            opts = opts.with_tls(tls.options()?);
+            opts = opts.with_tls(tls_options(tls)?);
         }
         let client = Client::connect(&s.endpoints, Some(opts))
             .await
@@ -224,6 +224,16 @@ impl Watch {
             }
         }
     }
+}
+
+/// The client TLS settings, read from their files now.
+fn tls_options(t: &EtcdTlsFiles) -> Result<etcd_client::TlsOptions, String> {
+    let read = |f: &str| std::fs::read(f).map_err(|e| format!("server.config_store.etcd.tls: cannot read {f}: {e}"));
+    let mut tls = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(&t.ca_file)?));
+    if let (Some(cert), Some(key)) = (&t.cert_file, &t.key_file) {
+        tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(tls)
 }
 
 fn parse_value(bytes: &[u8]) -> Result<Value, String> {

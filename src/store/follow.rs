@@ -17,36 +17,41 @@ use crate::config::compile::EtcdSettings;
 use crate::config::ConfigError;
 use crate::state::AppState;
 
-/// At start: the store's resources and revision, checked by `check`; when etcd cannot be
-/// read or what it holds does not pass, the cache file's (the last good load), if any.
-pub fn initial(
+/// At start: the store's resources, their revision and what `compile` made of them; when
+/// etcd cannot be read or what it holds does not compile, the cache file's (the last good
+/// load), if any.
+pub fn initial<T>(
     es: &EtcdSettings,
-    check: impl Fn(&Resources) -> Result<(), Vec<ConfigError>>,
-) -> Result<(Resources, i64), Vec<ConfigError>> {
+    compile: impl Fn(&Resources) -> Result<T, Vec<ConfigError>>,
+) -> Result<(Resources, i64, T), Vec<ConfigError>> {
     let fetched = block_on(async { etcd::Etcd::connect(es).await?.load().await }).and_then(|loaded| {
         if !loaded.errors.is_empty() {
             return Err(loaded.errors);
         }
-        check(&loaded.resources)?;
-        Ok((loaded.resources, loaded.revision))
+        let compiled = compile(&loaded.resources)?;
+        Ok((loaded.resources, loaded.revision, compiled))
     });
     match fetched {
-        Ok((resources, revision)) => {
+        Ok((resources, revision, compiled)) => {
             if let Some(path) = &es.cache_file {
                 write_cache(path, &resources, revision);
             }
-            Ok((resources, revision))
+            Ok((resources, revision, compiled))
         }
-        Err(errors) => match es.cache_file.as_deref().and_then(read_cache) {
-            Some((resources, revision)) if check(&resources).is_ok() => {
-                for e in &errors {
-                    tracing::warn!(error = %e, "config store");
-                }
-                tracing::warn!(revision, "serving the config store's cache file until etcd can be read");
-                Ok((resources, revision))
+        Err(errors) => {
+            let cached = es.cache_file.as_deref().and_then(read_cache);
+            let Some((resources, revision)) = cached else {
+                return Err(errors);
+            };
+            let Ok(compiled) = compile(&resources) else {
+                return Err(errors);
+            };
+            for e in &errors {
+                tracing::warn!(error = %e, "config store");
             }
-            _ => Err(errors),
-        },
+            tracing::warn!(revision, "serving the config store's cache file until etcd can be read");
+            Ok((resources, revision, compiled))
+        }
     }
 }
 
@@ -182,7 +187,7 @@ async fn apply(state: &AppState, mirror: &Resources, bad: &BTreeMap<(String, Str
             Err(errors) => errors,
         }
     } else {
-        state.metrics.config_reloads.with_label_values(&["error"]).inc();
+        state.count_reload(false);
         bad.iter()
             .map(|((kind, name), e)| ConfigError::new(format!("{kind}/{name}"), e.clone()))
             .collect()

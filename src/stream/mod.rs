@@ -378,19 +378,17 @@ impl JsonBody {
                 self.parts.clear();
                 return;
             }
-            // Passed through: only the tail is kept, where the usage is.
+            // Passed through: only the tail is kept, where the usage is. Leading parts go
+            // while what stays after them still covers TAIL.
             let mut kept: usize = self.parts.iter().map(Bytes::len).sum();
-            let drop = self
-                .parts
-                .iter()
-                .take_while(|p| {
-                    let keep = kept - p.len() >= Self::TAIL;
-                    if keep {
-                        kept -= p.len();
-                    }
-                    keep
-                })
-                .count();
+            let mut drop = 0;
+            for p in &self.parts {
+                if kept - p.len() < Self::TAIL {
+                    break;
+                }
+                kept -= p.len();
+                drop += 1;
+            }
             self.parts.drain(..drop);
         }
     }

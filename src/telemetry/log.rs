@@ -2,11 +2,12 @@
 //! request, JSON or text). Neither ever contains a key, a prompt or a completion.
 
 use std::io::Write;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use pingora::proxy::Session;
 use serde::Serialize;
-use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::raw::LogFormat;
@@ -26,31 +27,110 @@ pub fn init() {
         .try_init();
 }
 
-/// Stdout through a writer thread: a slow or blocked stdout (a full pipe) never stalls a
-/// request; when the queue is full, lines are dropped rather than waited for.
+/// Access lines are batched: appended to a shared buffer and written to stdout by one
+/// writer thread, at most every [`BATCH_WINDOW`], in one `write` per batch. A request
+/// never waits for stdout (a full pipe stalls only the writer thread), and under load
+/// the writer wakes a few dozen times a second instead of once per line: measured on the
+/// 2-core machine, a line per request written by a per-line channel worker
+/// (tracing-appender) cost a `write`, a wake-up and about one `sched_yield` per request.
+/// When stdout falls [`MAX_PENDING`] bytes behind, new lines are dropped and counted
+/// (`aigw_access_log_lines_dropped_total`) rather than held in memory.
 struct Stdout {
-    writer: NonBlocking,
-    /// Dropping the guard flushes what is queued; [`flush`] does that before exit.
-    guard: Mutex<Option<WorkerGuard>>,
+    pending: Mutex<Pending>,
+    ready: Condvar,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
-static OUT: OnceLock<Stdout> = OnceLock::new();
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    closing: bool,
+}
 
-fn stdout() -> &'static Stdout {
+/// How long the writer collects lines before it writes them: the most a line waits.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// Unwritten bytes beyond which lines are dropped.
+const MAX_PENDING: usize = 8 << 20;
+
+static OUT: OnceLock<Arc<Stdout>> = OnceLock::new();
+
+fn stdout() -> &'static Arc<Stdout> {
     OUT.get_or_init(|| {
-        let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
-        Stdout {
-            writer,
-            guard: Mutex::new(Some(guard)),
+        let out = Arc::new(Stdout {
+            pending: Mutex::new(Pending::default()),
+            ready: Condvar::new(),
+            writer: Mutex::new(None),
+        });
+        let worker = out.clone();
+        match std::thread::Builder::new()
+            .name("aigw-access-log".into())
+            .spawn(move || worker.write_batches())
+        {
+            Ok(handle) => *lock(&out.writer) = Some(handle),
+            Err(e) => tracing::error!(error = %e, "cannot start the access log writer: access lines are dropped"),
         }
+        out
     })
+}
+
+/// The buffer stays usable even if a thread panicked while holding it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Stdout {
+    /// Queues one line; false when it was dropped (stdout too far behind, or closed).
+    fn push(&self, line: &[u8]) -> bool {
+        let mut p = lock(&self.pending);
+        if p.closing || p.buf.len() + line.len() > MAX_PENDING {
+            return false;
+        }
+        let was_empty = p.buf.is_empty();
+        p.buf.extend_from_slice(line);
+        drop(p);
+        // The writer sleeps only while the buffer is empty: one wake-up per batch.
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    fn write_batches(&self) {
+        let out = std::io::stdout();
+        let mut batch = Vec::new();
+        loop {
+            let mut p = lock(&self.pending);
+            while p.buf.is_empty() && !p.closing {
+                p = self.ready.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+            if !p.closing {
+                // Let the batch fill; lines keep arriving meanwhile.
+                drop(p);
+                std::thread::sleep(BATCH_WINDOW);
+                p = lock(&self.pending);
+            }
+            std::mem::swap(&mut batch, &mut p.buf);
+            let closing = p.closing;
+            drop(p);
+            // Write errors (a closed stdout) lose these lines, as they would any.
+            let mut w = out.lock();
+            let _ = w.write_all(&batch).and_then(|_| w.flush());
+            drop(w);
+            batch.clear();
+            if closing {
+                return;
+            }
+        }
+    }
 }
 
 /// Writes out every queued access line; call before the process exits.
 pub fn flush() {
     if let Some(out) = OUT.get() {
-        if let Ok(mut g) = out.guard.lock() {
-            drop(g.take());
+        lock(&out.pending).closing = true;
+        out.ready.notify_one();
+        if let Some(handle) = lock(&out.writer).take() {
+            let _ = handle.join();
         }
     }
 }
@@ -150,8 +230,9 @@ pub fn access(session: &Session, ctx: &Ctx, state: &AppState) {
         _ => text(&r),
     };
     line.push('\n');
-    let mut w = stdout().writer.clone();
-    let _ = w.write_all(line.as_bytes());
+    if !stdout().push(line.as_bytes()) {
+        state.metrics.access_log_dropped.inc();
+    }
 }
 
 /// `key=value` pairs, keys in alphabetical order; values with spaces or quotes are quoted.
@@ -176,4 +257,39 @@ fn text(r: &Record<'_>) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unstarted() -> Stdout {
+        Stdout {
+            pending: Mutex::new(Pending::default()),
+            ready: Condvar::new(),
+            writer: Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn lines_beyond_the_pending_limit_are_dropped_not_held() {
+        let out = unstarted();
+        let line = vec![b'x'; 1 << 20];
+        let kept = (0..10).filter(|_| out.push(&line)).count();
+        assert_eq!(kept, MAX_PENDING / line.len());
+        assert!(!out.push(&line));
+        // Exactly full: not even a short line fits until the writer takes the batch.
+        assert!(!out.push(b"ok\n"));
+        std::mem::take(&mut lock(&out.pending).buf);
+        assert!(out.push(b"ok\n"));
+    }
+
+    #[test]
+    fn a_closing_log_takes_no_more_lines() {
+        let out = unstarted();
+        assert!(out.push(b"first\n"));
+        lock(&out.pending).closing = true;
+        assert!(!out.push(b"second\n"));
+        assert_eq!(lock(&out.pending).buf, b"first\n");
+    }
 }

@@ -69,6 +69,9 @@ pub struct Metrics {
     /// `aigw_budget_store_errors_total`: budget checks and charges Redis did not answer
     /// (the request was admitted, or its cost not counted).
     pub budget_store_errors: IntCounter,
+    /// `aigw_access_log_lines_dropped_total`: access lines not written because stdout fell
+    /// too far behind.
+    pub access_log_dropped: IntCounter,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -180,6 +183,11 @@ impl Metrics {
                 "Budget checks and charges the store did not answer",
             )
             .expect("valid metric"),
+            access_log_dropped: IntCounter::new(
+                "aigw_access_log_lines_dropped_total",
+                "Access log lines dropped because stdout fell too far behind",
+            )
+            .expect("valid metric"),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -202,6 +210,7 @@ impl Metrics {
             Box::new(m.cache_errors.clone()),
             Box::new(m.trace_spans_dropped.clone()),
             Box::new(m.budget_store_errors.clone()),
+            Box::new(m.access_log_dropped.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

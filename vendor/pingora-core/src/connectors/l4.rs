@@ -229,6 +229,12 @@ where
         stream.set_keepalive(ka)?;
     }
     stream.set_nodelay()?;
+    // aigw: writes to an upstream are buffered (flushed by the HTTP layer), as they are on
+    // accepted connections; unbuffered, every write was its own segment.
+    stream.set_buffer(crate::protocols::l4::stream::L4BufferSettings::new(
+        0,
+        crate::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
+    ));
 
     #[cfg(unix)]
     let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());

@@ -145,10 +145,17 @@ impl HttpSession {
             _ => Error::because(WriteError, "while writing request headers", e),
         })?;
 
-        self.underlying_stream
-            .flush()
-            .await
-            .or_err(WriteError, "flushing request header")?;
+        // aigw: a Content-Length body follows at once and its last write flushes the
+        // header with it, so a short request leaves in one segment instead of two.
+        // `Expect: 100-continue` waits for the server's answer first, so it flushes.
+        let body_follows =
+            matches!(self.body_writer.body_mode, super::body::BodyMode::ContentLength(n, _) if n > 0);
+        if !body_follows || req.headers.contains_key(http::header::EXPECT) {
+            self.underlying_stream
+                .flush()
+                .await
+                .or_err(WriteError, "flushing request header")?;
+        }
 
         // write was successful
         self.request_written = Some(req);

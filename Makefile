@@ -55,7 +55,10 @@ fuzz:
 release:
 	$(CARGO) build --release --bins
 
+# The load kit also measures a bare Pingora proxy (examples/bare_proxy.rs): the floor
+# of what Pingora costs, to split the gateway's cost into Pingora's and aigw's own.
 loadtest: release
+	$(CARGO) build --release --example bare_proxy
 	loadtest/run.sh
 
 # Mixed traffic, failures and disconnects for SOAK_SECONDS (default 300); checks nothing

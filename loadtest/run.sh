@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release/aigw
+BARE=target/release/examples/bare_proxy
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-"1 64 256"}
 THREADS=${WRK_THREADS:-2}
@@ -34,6 +35,9 @@ nginx -p "$WORK" -c "$WORK/nginx.conf"
 wait_port 18081
 RUST_LOG=warn "$BIN" serve --config loadtest/aigw.yaml >/dev/null 2>"$WORK/gw.log" & GW=$!; PIDS+=($GW)
 wait_port 18080
+# Pingora with no gateway logic, same allocator, profile and threads: what Pingora costs.
+"$BARE" 127.0.0.1:18084 127.0.0.1:18000 "${AIGW_THREADS:-0}" >/dev/null 2>"$WORK/bare.log" & BARE_PID=$!; PIDS+=($BARE_PID)
+wait_port 18084
 # The same gateway with its rate limits in Redis, to measure the Redis round trip.
 REDIS_URL=${AIGW_REDIS_URL:-redis://127.0.0.1:6379/0}
 if redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
@@ -90,6 +94,7 @@ MOCK_PID=${PIDS[0]}
 run "direct to mock" http://127.0.0.1:18000/v1/chat/completions 0 "$MOCK_PID"
 # shellcheck disable=SC2046
 run "nginx" http://127.0.0.1:18081/v1/chat/completions 0 $(nginx_pids)
+run "bare Pingora proxy" http://127.0.0.1:18084/v1/chat/completions 0 "$BARE_PID"
 run "gateway" http://127.0.0.1:18080/v1/chat/completions 0 "$GW"
 LOAD_KEY=sk-load-limited LOAD_MODEL=limited-model \
   run "gateway + local limits" http://127.0.0.1:18080/v1/chat/completions 0 "$GW"
@@ -104,6 +109,7 @@ run "gateway + traces (100% sampled)" http://127.0.0.1:18083/v1/chat/completions
 LOAD_MODEL=cached-model run "gateway, cache hit" http://127.0.0.1:18080/v1/chat/completions 0 "$GW"
 # shellcheck disable=SC2046
 run "nginx streaming" http://127.0.0.1:18081/v1/chat/completions 1 $(nginx_pids)
+run "bare Pingora streaming" http://127.0.0.1:18084/v1/chat/completions 1 "$BARE_PID"
 run "gateway streaming" http://127.0.0.1:18080/v1/chat/completions 1 "$GW"
 LOAD_MODEL=cached-model run "gateway streaming, cache hit" http://127.0.0.1:18080/v1/chat/completions 1 "$GW"
 
@@ -126,9 +132,13 @@ fixed() { # name url
 } | tee -a "$OUT"
 read -r d_rps d50 d99 d999 dok <<<"$(fixed direct http://127.0.0.1:18000/v1/chat/completions)"
 echo "| direct to mock | $d_rps | $d50 | $d99 | $d999 | $dok |" | tee -a "$OUT"
-read -r g_rps g50 g99 g999 gok <<<"$(fixed gateway http://127.0.0.1:18080/v1/chat/completions)"
-echo "| gateway | $g_rps | $g50 | $g99 | $g999 | $gok |" | tee -a "$OUT"
-echo "| added by the gateway | | $(awk -v a="$g50" -v b="$d50" 'BEGIN{printf "%.3f", a-b}') | $(awk -v a="$g99" -v b="$d99" 'BEGIN{printf "%.3f", a-b}') | $(awk -v a="$g999" -v b="$d999" 'BEGIN{printf "%.3f", a-b}') | |" | tee -a "$OUT"
+for t in "nginx:18081" "bare Pingora:18084" "gateway:18080"; do
+  IFS=: read -r name port <<<"$t"
+  read -r rps p50 p99 p999 ok <<<"$(fixed "$name" "http://127.0.0.1:$port/v1/chat/completions")"
+  echo "| $name | $rps | $p50 | $p99 | $p999 | $ok |" | tee -a "$OUT"
+  added=$(awk -v a="$p50" -v b="$d50" -v c="$p99" -v d="$d99" -v e="$p999" -v f="$d999" 'BEGIN{printf "%.3f | %.3f | %.3f", a-b, c-d, e-f}')
+  echo "| added by $name | | $added | |" | tee -a "$OUT"
+done
 
 echo
 [ -n "${REDIS_RTT:-}" ] && echo "$REDIS_RTT" | tee -a "$OUT" && echo

@@ -4,19 +4,23 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use http::header::{HeaderName, AUTHORIZATION};
 use http::HeaderMap;
 
 use crate::config::{ApiKeyEntry, KeyIndex};
 use crate::error::GwError;
 
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+pub const API_KEY: HeaderName = HeaderName::from_static("api-key");
+
 /// Request headers that may carry the caller's credential; all are removed before a
 /// request goes upstream.
-pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
+pub const CREDENTIAL_HEADERS: [HeaderName; 3] = [AUTHORIZATION, X_API_KEY, API_KEY];
 
 /// The key the caller presented: `Authorization: Bearer KEY` (OpenAI SDKs),
 /// `x-api-key: KEY` (Anthropic SDKs) or `api-key: KEY` (Azure SDKs), in that order.
 pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
-    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
+    if let Some(v) = headers.get(AUTHORIZATION) {
         let v = v.as_bytes();
         let (scheme, rest) = v.split_at(v.len().min(7));
         if scheme.eq_ignore_ascii_case(b"bearer ") {
@@ -24,9 +28,9 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
             return (!key.is_empty()).then_some(key);
         }
     }
-    ["x-api-key", "api-key"]
+    [X_API_KEY, API_KEY]
         .iter()
-        .filter_map(|h| headers.get(*h))
+        .filter_map(|h| headers.get(h))
         .map(|v| v.as_bytes().trim_ascii())
         .find(|k| !k.is_empty())
 }

@@ -20,6 +20,9 @@ pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 /// Puts the provider's key and API version on the upstream request. A caller that sent
 /// its own `anthropic-version` (the Anthropic SDKs do) keeps it: it describes the body.
+pub const VERSION_HEADER: http::HeaderName = http::HeaderName::from_static("anthropic-version");
+pub const BETA_HEADER: http::HeaderName = http::HeaderName::from_static("anthropic-beta");
+
 pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Result<()> {
     for (name, value) in &p.headers {
         req.insert_header(name.clone(), value.clone())?;

@@ -99,8 +99,8 @@ pub fn upstream_path(p: &Provider, upstream: Endpoint, upstream_model: &str, str
 pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Result<()> {
     // An Anthropic caller's protocol headers mean nothing to any other provider.
     if p.kind != ProviderKind::Anthropic {
-        req.remove_header("anthropic-version");
-        req.remove_header("anthropic-beta");
+        crate::proxy::request::remove_present(req, &anthropic::VERSION_HEADER);
+        crate::proxy::request::remove_present(req, &anthropic::BETA_HEADER);
     }
     match p.kind {
         ProviderKind::Anthropic => anthropic::apply_credentials(p, req),

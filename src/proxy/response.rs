@@ -109,6 +109,8 @@ fn unexpected_content_type(resp: &ResponseHeader, stream: bool) -> Option<String
     (!fits).then(|| String::from_utf8_lossy(value).chars().take(100).collect())
 }
 
+const X_AIGW_MODEL: http::HeaderName = http::HeaderName::from_static("x-aigw-model");
+
 /// Headers the caller sees; decides how the body is read: passed through (usage read on
 /// the way), or translated when the caller's dialect differs from the provider's.
 pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http10: bool) -> pingora::Result<()> {
@@ -123,7 +125,7 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
         }
         Ok(())
     };
-    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    resp.insert_header(super::request::X_REQUEST_ID, ctx.request_id.as_str())?;
     if let Some(c) = ctx.cache {
         resp.insert_header("x-aigw-cache", c.as_str())?;
     }
@@ -145,7 +147,7 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
         resp.insert_header("x-aigw-budget-remaining", format!("{:.6}", b.remaining_usd))?;
     }
     let Some(t) = &ctx.target else { return Ok(()) };
-    resp.insert_header("x-aigw-model", t.alias.as_str())?;
+    resp.insert_header(X_AIGW_MODEL, t.alias.as_str())?;
     // `None`: Gemini, reached only through translation.
     let provider_dialect = provider::dialect(t.provider.kind);
     let translating = provider_dialect != Some(ctx.dialect);

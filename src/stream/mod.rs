@@ -5,13 +5,37 @@
 //! boundary (the usual case) is forwarded as the same `Bytes`, without a copy; only an
 //! event split across chunks is held back until its end arrives.
 
+use std::sync::LazyLock;
+
 use bytes::{Bytes, BytesMut};
-use memchr::memmem;
+use memchr::memmem::{Finder, FinderRev};
 use serde::Deserialize;
 
 use crate::error::{Dialect, GwError};
 
 pub mod translate;
+
+// Searchers built once: `memmem::find` builds one on every call, which showed up in
+// profiles of streams, where every event is searched.
+static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static USAGE_KEY_REV: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"usage\""));
+static DONE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"[DONE]"));
+static MESSAGE_STOP: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"message_stop"));
+static RESPONSE_COMPLETED: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"response.completed\""));
+static RESPONSE_INCOMPLETE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"response.incomplete\""));
+
+/// Whether an event has a `"usage"` key holding an object. OpenAI streams that were asked
+/// for usage carry `"usage":null` in every chunk and numbers only in the last; parsing
+/// every chunk was most of what a stream cost the gateway (callgrind). Inside a JSON
+/// string the quotes would be escaped, and a `"usage"` string value has no colon after it.
+fn carries_usage(event: &[u8]) -> bool {
+    USAGE_KEY.find_iter(event).any(|at| {
+        event[at + 7..]
+            .trim_ascii_start()
+            .strip_prefix(b":")
+            .is_some_and(|v| v.trim_ascii_start().first() == Some(&b'{'))
+    })
+}
 
 /// Tokens of one response, in either dialect's terms.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -212,10 +236,10 @@ impl SseState {
     fn inspect(&mut self, event: &[u8]) -> bool {
         match self.mode {
             Mode::Anthropic => {
-                if memmem::find(event, b"message_stop").is_some() {
+                if MESSAGE_STOP.find(event).is_some() {
                     self.saw_done = true;
                 }
-                if memmem::find(event, b"\"usage\"").is_some() {
+                if carries_usage(event) {
                     if let Ok(ev) = serde_json::from_slice::<AnthropicUsageEvent>(&event_data(event)) {
                         let u = self.usage.get_or_insert_with(Usage::default);
                         let raw = ev.message.map(|m| m.usage).or(ev.usage);
@@ -235,12 +259,12 @@ impl SseState {
                 true
             }
             Mode::OpenAi { strip_usage } => {
-                if memmem::find(event, b"[DONE]").is_some() && event_data(event) == b"[DONE]" {
+                if DONE.find(event).is_some() && event_data(event) == b"[DONE]" {
                     self.saw_done = true;
                     return true;
                 }
                 // Cheap pre-check: only events that carry a usage object are parsed.
-                if memmem::find(event, b"\"usage\"").is_none() {
+                if !carries_usage(event) {
                     return true;
                 }
                 let Ok(chunk) = serde_json::from_slice::<ChunkUsage>(&event_data(event)) else {
@@ -252,8 +276,7 @@ impl SseState {
                 !(strip_usage && usage_only)
             }
             Mode::Responses => {
-                let last = memmem::find(event, b"\"response.completed\"").is_some()
-                    || memmem::find(event, b"\"response.incomplete\"").is_some();
+                let last = RESPONSE_COMPLETED.find(event).is_some() || RESPONSE_INCOMPLETE.find(event).is_some();
                 if last {
                     self.saw_done = true;
                     if let Ok(ev) = serde_json::from_slice::<ResponsesEvent>(&event_data(event)) {
@@ -463,7 +486,7 @@ impl JsonBody {
 /// (`\"usage\"`), and a `"usage"` string value is not followed by a colon.
 fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
     let mut end = tail.len();
-    while let Some(at) = memmem::rfind(&tail[..end], b"\"usage\"") {
+    while let Some(at) = USAGE_KEY_REV.rfind(&tail[..end]) {
         end = at;
         let Some(rest) = tail[at + 7..].trim_ascii_start().strip_prefix(b":") else {
             continue;
@@ -524,6 +547,17 @@ mod tests {
             assert_eq!(s.usage.unwrap().output_tokens, 2);
             assert!(s.saw_done);
         }
+    }
+
+    #[test]
+    fn only_events_with_a_usage_object_are_parsed_for_usage() {
+        assert!(carries_usage(br#"data: {"usage":{"prompt_tokens":1}}"#));
+        assert!(carries_usage(b"data: {\"usage\" :\n {\"prompt_tokens\":1}}"));
+        assert!(carries_usage(br#"data: {"a":"usage","usage":{}}"#));
+        assert!(!carries_usage(br#"data: {"choices":[],"usage":null}"#));
+        assert!(!carries_usage(br#"data: {"kind":"usage"}"#));
+        assert!(!carries_usage(br#"data: {"text":"say \"usage\": {"}"#));
+        assert!(!carries_usage(br#"data: {"usage""#));
     }
 
     #[test]

@@ -26,6 +26,12 @@ command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk
 command -v oha >/dev/null || { echo "installing oha (cargo, a few minutes once)"; cargo install --locked -q oha; }
 command -v nginx >/dev/null || { echo "installing nginx"; apt-get install -y -qq nginx-light >/dev/null; }
 
+# A process left over from an earlier run would answer in place of the one started here.
+for port in 18000 18080 18081 18082 18083 18084 19090 19092 19093; do
+  if (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; then
+    echo "port $port is already in use: stop what listens there first" >&2; exit 1
+  fi
+done
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
 
 "$BIN" mock-upstream --listen 127.0.0.1:18000 >/dev/null 2>&1 & PIDS+=($!)
@@ -97,11 +103,11 @@ run "nginx" http://127.0.0.1:18081/v1/chat/completions 0 $(nginx_pids)
 run "bare Pingora proxy" http://127.0.0.1:18084/v1/chat/completions 0 "$BARE_PID"
 run "gateway" http://127.0.0.1:18080/v1/chat/completions 0 "$GW"
 LOAD_KEY=sk-load-limited LOAD_MODEL=limited-model \
-  run "gateway + local limits" http://127.0.0.1:18080/v1/chat/completions 0 "$GW"
+  run "gateway + limits + guardrails, local" http://127.0.0.1:18080/v1/chat/completions 0 "$GW"
 if [ -n "$GWR" ]; then
   # shellcheck disable=SC2046
   LOAD_KEY=sk-load-limited LOAD_MODEL=limited-model \
-    run "gateway + Redis limits" http://127.0.0.1:18082/v1/chat/completions 0 "$GWR" $(pgrep -x redis-server | head -1)
+    run "gateway + limits + guardrails, Redis" http://127.0.0.1:18082/v1/chat/completions 0 "$GWR" $(pgrep -x redis-server | head -1)
   read -r rmin rmax ravg rn <<<"$(timeout 3 redis-cli -u "$REDIS_URL" --latency --raw || true)"
   REDIS_RTT="Redis round trip (redis-cli --latency, idle, ${rn:-0} samples): avg ${ravg:-?} ms, min ${rmin:-?}, max ${rmax:-?}."
 fi

@@ -233,9 +233,11 @@ def test_guardrail_blocks_a_request(guarded):
 @pytest.mark.parametrize("model", ["guarded-echo", "guarded-claude"])
 def test_guardrail_blocks_a_stream_and_a_completion(guarded, model):
     msgs = [{"role": "user", "content": "the falcon has landed"}]
-    stream = guarded.chat.completions.create(model=model, messages=msgs, stream=True)
     seen = []
+    # A match in the first events is blocked before anything reached the caller: the SDK
+    # raises at create (a 400); later, it raises while iterating (an error event).
     with pytest.raises(openai.APIError) as e:
+        stream = guarded.chat.completions.create(model=model, messages=msgs, stream=True)
         for chunk in stream:
             if chunk.choices:
                 seen.append(chunk.choices[0].delta.content or "")

@@ -78,7 +78,10 @@ use pingora_core::server::{RuntimeOpts, ShutdownWatch};
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorSource, ErrorType::*, OrErr, Result};
 
-const TASK_BUFFER_SIZE: usize = 4;
+// aigw: 4 in 0.9.1. The writer to the caller drains every task already queued and writes
+// them in one go, so the queue's size caps how many chunks of one upstream read (the
+// events of a stream) leave together; at 4 a 12-event stream took 5 writes.
+const TASK_BUFFER_SIZE: usize = 16;
 
 /// Caps per-proxy padding and one-time shutdown fan-out on very large hosts.
 const MAX_SHUTDOWN_NOTIFY_SHARDS: usize = 256;

@@ -39,8 +39,11 @@ fn main() {
         Some(0) | None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         Some(n) => n,
     };
+    // Exits at once on SIGTERM, so the load kit's next run finds its port free.
     let conf = ServerConf {
         threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

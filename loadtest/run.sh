@@ -70,11 +70,15 @@ HZ=$(getconf CLK_TCK)
 {
   echo "# aigw load test, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -m), ${DURATION}s per row"
   echo
-  echo "| scenario | conns | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU µs/req | RSS MiB |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| scenario | conns | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU µs/req | RSS MiB | vs direct | vs nginx |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
 } | tee "$OUT"
 
 GW_PEAK=0   # the best req/s of the plain gateway row, for the fixed-rate run
+# Throughput ratios against the rows run first at the same connection count: direct to
+# the mock, and nginx (its streaming row for streaming scenarios).
+declare -A BASE
+ratio() { [ -n "${BASE[$2]:-}" ] && awk -v a="$1" -v b="${BASE[$2]}" 'BEGIN{printf "%.2fx", a/b}' || echo "-"; }
 run() { # name url stream pids...
   local name=$1 url=$2 stream=$3; shift 3
   for c in $CONNS; do
@@ -89,9 +93,15 @@ run() { # name url stream pids...
     cpu=$(awk -v a="$after" -v b="$before" -v hz="$HZ" -v r="$reqs" 'BEGIN{ if (r>0) printf "%.1f", (a-b)/hz*1e6/r; else print "-"}')
     rss=$(awk -v k="$(rss_kib "$@")" 'BEGIN{printf "%.1f", k/1024}')
     [ "$name" = gateway ] && [ "$rps" -gt "$GW_PEAK" ] && GW_PEAK=$rps
-    printf '| %s | %s | %s | %.2f | %.2f | %.2f | %s | %s | %s |\n' "$name" "$c" "$rps" \
+    case $name in
+      "direct to mock") BASE[direct$c]=$rps ;;
+      nginx) BASE[nginx0$c]=$rps ;;
+      "nginx streaming") BASE[nginx1$c]=$rps ;;
+    esac
+    printf '| %s | %s | %s | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s |\n' "$name" "$c" "$rps" \
       "$(awk -v v="$p50" 'BEGIN{print v/1000}')" "$(awk -v v="$p99" 'BEGIN{print v/1000}')" \
-      "$(awk -v v="$p999" 'BEGIN{print v/1000}')" "$errs" "$cpu" "$rss" | tee -a "$OUT"
+      "$(awk -v v="$p999" 'BEGIN{print v/1000}')" "$errs" "$cpu" "$rss" \
+      "$(ratio "$rps" "direct$c")" "$(ratio "$rps" "nginx$stream$c")" | tee -a "$OUT"
   done
 }
 

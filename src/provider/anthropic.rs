@@ -18,11 +18,11 @@ pub const DEFAULT_VERSION: &str = "2023-06-01";
 /// Anthropic requires `max_tokens`; OpenAI callers often leave it out.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
-/// Puts the provider's key and API version on the upstream request. A caller that sent
-/// its own `anthropic-version` (the Anthropic SDKs do) keeps it: it describes the body.
 pub const VERSION_HEADER: http::HeaderName = http::HeaderName::from_static("anthropic-version");
 pub const BETA_HEADER: http::HeaderName = http::HeaderName::from_static("anthropic-beta");
 
+/// Puts the provider's key and API version on the upstream request. A caller that sent
+/// its own `anthropic-version` (the Anthropic SDKs do) keeps it: it describes the body.
 pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Result<()> {
     for (name, value) in &p.headers {
         req.insert_header(name.clone(), value.clone())?;

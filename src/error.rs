@@ -182,7 +182,7 @@ impl GwError {
         resp.insert_header("content-type", "application/json")?;
         resp.insert_header("content-length", body.len().to_string())?;
         if !request_id.is_empty() {
-            resp.insert_header("x-request-id", request_id)?;
+            resp.insert_header(crate::proxy::request::X_REQUEST_ID, request_id)?;
         }
         if let Self::MethodNotAllowed { allow, .. } = self {
             resp.insert_header("allow", *allow)?;

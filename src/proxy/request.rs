@@ -354,7 +354,7 @@ async fn answer(
         let mut resp = ResponseHeader::build(200, Some(6))?;
         resp.insert_header("content-type", content_type)?;
         resp.insert_header("content-length", body.len().to_string())?;
-        resp.insert_header("x-request-id", &ctx.request_id)?;
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         more(&mut resp)?;
         let head_only = session.req_header().method == Method::HEAD;
         session.write_response_header(Box::new(resp), head_only).await?;

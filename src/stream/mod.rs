@@ -24,17 +24,20 @@ static MESSAGE_STOP: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"
 static RESPONSE_COMPLETED: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"response.completed\""));
 static RESPONSE_INCOMPLETE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"response.incomplete\""));
 
+/// The bytes after the colon of a `"usage"` key found at `at`, or None when what was found
+/// is not a key: inside a JSON string the quotes would be escaped, and a `"usage"` string
+/// value has no colon after it.
+fn usage_value(json: &[u8], at: usize) -> Option<&[u8]> {
+    json[at + b"\"usage\"".len()..].trim_ascii_start().strip_prefix(b":")
+}
+
 /// Whether an event has a `"usage"` key holding an object. OpenAI streams that were asked
 /// for usage carry `"usage":null` in every chunk and numbers only in the last; parsing
-/// every chunk was most of what a stream cost the gateway (callgrind). Inside a JSON
-/// string the quotes would be escaped, and a `"usage"` string value has no colon after it.
+/// every chunk was most of what a stream cost the gateway (callgrind).
 fn carries_usage(event: &[u8]) -> bool {
-    USAGE_KEY.find_iter(event).any(|at| {
-        event[at + 7..]
-            .trim_ascii_start()
-            .strip_prefix(b":")
-            .is_some_and(|v| v.trim_ascii_start().first() == Some(&b'{'))
-    })
+    USAGE_KEY
+        .find_iter(event)
+        .any(|at| usage_value(event, at).is_some_and(|v| v.trim_ascii_start().first() == Some(&b'{')))
 }
 
 /// Tokens of one response, in either dialect's terms.
@@ -482,13 +485,12 @@ impl JsonBody {
 }
 
 /// The usage object of a JSON body of which only the end is known: the value of the last
-/// `"usage"` key that holds one. Inside a string the quotes would be escaped
-/// (`\"usage\"`), and a `"usage"` string value is not followed by a colon.
+/// `"usage"` key that holds one (see [`usage_value`]).
 fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
     let mut end = tail.len();
     while let Some(at) = USAGE_KEY_REV.rfind(&tail[..end]) {
         end = at;
-        let Some(rest) = tail[at + 7..].trim_ascii_start().strip_prefix(b":") else {
+        let Some(rest) = usage_value(tail, at) else {
             continue;
         };
         let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<RawUsage>();

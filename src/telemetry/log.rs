@@ -56,11 +56,7 @@ static OUT: OnceLock<Arc<Stdout>> = OnceLock::new();
 
 fn stdout() -> &'static Arc<Stdout> {
     OUT.get_or_init(|| {
-        let out = Arc::new(Stdout {
-            pending: Mutex::new(Pending::default()),
-            ready: Condvar::new(),
-            writer: Mutex::new(None),
-        });
+        let out = Arc::new(Stdout::new());
         let worker = out.clone();
         match std::thread::Builder::new()
             .name("aigw-access-log".into())
@@ -79,6 +75,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Stdout {
+    /// Without its writer thread (started by [`stdout`]).
+    fn new() -> Self {
+        Stdout {
+            pending: Mutex::new(Pending::default()),
+            ready: Condvar::new(),
+            writer: Mutex::new(None),
+        }
+    }
+
     /// Queues one line; false when it was dropped (stdout too far behind, or closed).
     fn push(&self, line: &[u8]) -> bool {
         let mut p = lock(&self.pending);
@@ -263,17 +268,9 @@ fn text(r: &Record<'_>) -> String {
 mod tests {
     use super::*;
 
-    fn unstarted() -> Stdout {
-        Stdout {
-            pending: Mutex::new(Pending::default()),
-            ready: Condvar::new(),
-            writer: Mutex::new(None),
-        }
-    }
-
     #[test]
     fn lines_beyond_the_pending_limit_are_dropped_not_held() {
-        let out = unstarted();
+        let out = Stdout::new();
         let line = vec![b'x'; 1 << 20];
         let kept = (0..10).filter(|_| out.push(&line)).count();
         assert_eq!(kept, MAX_PENDING / line.len());
@@ -286,7 +283,7 @@ mod tests {
 
     #[test]
     fn a_closing_log_takes_no_more_lines() {
-        let out = unstarted();
+        let out = Stdout::new();
         assert!(out.push(b"first\n"));
         lock(&out.pending).closing = true;
         assert!(!out.push(b"second\n"));

@@ -33,15 +33,21 @@ models:
   - {name: teapot, provider_key: mock, model: "tea?status=418"}
   - {name: drops, provider_key: mock, model: "drop?drop_after=3&chunk_delay_ms=30"}
   - name: failover
-    routing: {targets: [{model: down-503}, {model: ok-b, priority: 1}]}
+    routing: {failures_before_cooldown: 1, targets: [{model: down-503}, {model: ok-b, priority: 1}]}
   - name: cool-long
-    routing: {cooldown_s: 300, targets: [{model: down-500}, {model: ok-b, priority: 1}]}
+    routing: {failures_before_cooldown: 1, cooldown_s: 300, targets: [{model: down-500}, {model: ok-b, priority: 1}]}
   - name: retry-after
     routing: {cooldown_s: 300, targets: [{model: busy-429}, {model: ok-b, priority: 1}]}
   - name: capped
     routing: {max_attempts: 2, targets: [{model: down-503}, {model: down-500, priority: 1}, {model: ok-c, priority: 2}]}
   - name: all-429
-    routing: {targets: [{model: down-503}, {model: busy-429-long, priority: 1}]}
+    routing: {failures_before_cooldown: 1, targets: [{model: down-503}, {model: busy-429-long, priority: 1}]}
+  - {name: long-a, provider_key: mock, model: "long-a?delay_ms=3000&slow_from_tokens=1000"}
+  - {name: long-b, provider_key: mock, model: "long-b?delay_ms=3000&slow_from_tokens=1000"}
+  - name: shared
+    routing: {targets: [{model: long-a}, {model: long-b, priority: 1}]}
+  - name: breaker
+    routing: {failures_before_cooldown: 3, targets: [{model: down-503}, {model: ok-b, priority: 1}]}
   - name: connect
     routing: {targets: [{model: refused}, {model: ok-a, priority: 1}]}
   - name: timeout
@@ -259,4 +265,38 @@ async fn a_5xx_outside_retry_on_is_final() {
     let m = per_model(&mock);
     assert_eq!(count(&m, "down5?status=500"), 1, "{m:?}");
     assert_eq!(count(&m, "ok-a"), 0, "{m:?}");
+}
+
+/// One caller's request that times out on every target (a long answer past first_byte_ms)
+/// is replayed to each target, but takes none of them out of rotation for the others.
+#[tokio::test]
+async fn one_slow_request_cools_no_target_for_other_callers() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let mut long = chat_body("shared");
+    long["max_tokens"] = json!(4000);
+    let resp = post(&gw, "/v1/chat/completions", &long).await;
+    assert_eq!(resp.status(), 504, "both targets timed out");
+    let m = per_model(&mock);
+    assert_eq!(count(&m, "long-a?delay_ms=3000&slow_from_tokens=1000"), 1);
+    assert_eq!(count(&m, "long-b?delay_ms=3000&slow_from_tokens=1000"), 1);
+    // Another caller's short request goes to the first target, as before.
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("shared")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-aigw-model"], "long-a");
+}
+
+/// A target cools down only after `failures_before_cooldown` failures in a row.
+#[tokio::test]
+async fn a_target_cools_after_failures_in_a_row() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    for i in 1..=4 {
+        let resp = post(&gw, "/v1/chat/completions", &chat_body("breaker")).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-aigw-model"], "ok-b");
+        let tried = count(&per_model(&mock), "down?status=503");
+        // Three requests each try the failing target; from the fourth on, it cools.
+        assert_eq!(tried, i.min(3), "request {i}");
+    }
 }

@@ -78,7 +78,11 @@ async fn call(gw: &Gateway, path: &str, key: &str, body: &Value, seen: &mut Stri
 async fn no_key_appears_in_any_output() {
     let rx = Receiver::start().await;
     let mock = Mock::start();
-    let gw = Gateway::start_with(&config(&rx.endpoint()), &mock, &[("AIGW_TEST_ENV_CALLER", ENV_CALLER)]);
+    let gw = Gateway::start_with(
+        &config(&rx.endpoint()),
+        &mock,
+        &[("AIGW_TEST_ENV_CALLER", ENV_CALLER), ("RUST_LOG", "trace")],
+    );
     let mut seen = String::new();
     let chat = |model: &str, stream: bool| json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "mail bob@example.com"}]});
     let msg = |model: &str, stream: bool| json!({"model": model, "max_tokens": 30, "stream": stream, "messages": [{"role": "user", "content": "hi"}]});

@@ -201,6 +201,7 @@ pub struct Routing {
     pub retry_on: Vec<u16>,
     pub max_attempts: u32,
     pub cooldown: Duration,
+    pub failures_before_cooldown: u32,
 }
 
 #[derive(Debug)]
@@ -1056,6 +1057,9 @@ fn compile_routing(
     if r.max_attempts == Some(0) {
         errs.push(format!("{path}.routing.max_attempts"), "must be at least 1");
     }
+    if r.failures_before_cooldown == 0 {
+        errs.push(format!("{path}.routing.failures_before_cooldown"), "must be at least 1");
+    }
     if errs.0.len() > before {
         return None;
     }
@@ -1066,6 +1070,7 @@ fn compile_routing(
         targets: out,
         retry_on,
         cooldown: Duration::from_secs(r.cooldown_s),
+        failures_before_cooldown: r.failures_before_cooldown,
     })
 }
 

@@ -365,9 +365,16 @@ pub struct Routing {
     pub max_attempts: Option<u32>,
     #[serde(default = "d_cooldown")]
     pub cooldown_s: u64,
+    /// Failures of a target in a row before it cools down; a 429 or a `Retry-After`
+    /// from the provider cools it at once.
+    #[serde(default = "d_failures_before_cooldown")]
+    pub failures_before_cooldown: u32,
 }
 fn d_cooldown() -> u64 {
     30
+}
+fn d_failures_before_cooldown() -> u32 {
+    5
 }
 
 #[derive(Debug, Deserialize)]

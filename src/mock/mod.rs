@@ -38,6 +38,9 @@ pub struct Script {
     pub retry_after: Option<u64>,
     /// Wait this long before the response header.
     pub delay_ms: u64,
+    /// Only requests asking for at least this many tokens (`max_tokens`) wait `delay_ms`:
+    /// one caller's long answer on a target that answers everyone else at once.
+    pub slow_from_tokens: Option<u64>,
     /// Wait this long between streamed chunks.
     pub chunk_delay_ms: u64,
     /// Cut the connection after this many data events (streams; the first event is the
@@ -60,6 +63,7 @@ impl Script {
             status: None,
             retry_after: None,
             delay_ms: 0,
+            slow_from_tokens: None,
             chunk_delay_ms: 0,
             drop_after: None,
             words: 8,
@@ -77,6 +81,7 @@ impl Script {
                 "status" => s.status = n.map(|n| n as u16),
                 "retry_after" => s.retry_after = n,
                 "delay_ms" => s.delay_ms = n.unwrap_or(0),
+                "slow_from_tokens" => s.slow_from_tokens = n,
                 "chunk_delay_ms" => s.chunk_delay_ms = n.unwrap_or(0),
                 "drop_after" => s.drop_after = n.map(|n| n as usize),
                 "words" => s.words = n.map_or(8, |n| n as usize),
@@ -308,8 +313,27 @@ fn truncated(v: &Value) -> Response<Body> {
     r
 }
 
+/// Headers real providers put on every answer that name the account behind the key
+/// (OpenAI's organization and project, Anthropic's organization) or set state (a load
+/// balancer cookie); a gateway must keep them from its callers.
+pub const ACCOUNT_HEADERS: [(&str, &str); 5] = [
+    ("openai-organization", "org-mock-account"),
+    ("openai-project", "proj_mock_account"),
+    ("anthropic-organization-id", "mock-org-uuid"),
+    ("set-cookie", "__cf_bm=mock-session; path=/; HttpOnly"),
+    ("x-ratelimit-remaining-requests", "4999"),
+];
+
 impl Mock {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let mut r = self.answer(req).await;
+        for (name, value) in ACCOUNT_HEADERS {
+            r.headers_mut().insert(name, http::HeaderValue::from_static(value));
+        }
+        r
+    }
+
+    async fn answer(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_owned();
@@ -374,7 +398,15 @@ impl Mock {
                 Api::OpenAi => bearer == Some(key.as_str()) || header("api-key") == Some(key.as_str()),
             };
             if !ok {
-                return error_in(api, 401, "Incorrect API key provided.", None);
+                // As OpenAI does: the message quotes a fragment of the key presented.
+                let shown = bearer.or(header("api-key")).or(header("x-api-key")).unwrap_or("");
+                let fragment = if shown.len() > 12 {
+                    format!("{}****{}", &shown[..8], &shown[shown.len() - 4..])
+                } else {
+                    String::new()
+                };
+                let message = format!("Incorrect API key provided: {fragment}.");
+                return error_in(api, 401, &message, None);
             }
         }
         if api == Api::Anthropic && !parts.headers.contains_key("anthropic-version") {
@@ -402,7 +434,10 @@ impl Mock {
             .decode_utf8_lossy()
             .into_owned();
         let script = Script::parse(&model);
-        if script.delay_ms > 0 {
+        let long = script
+            .slow_from_tokens
+            .is_none_or(|from| req["max_tokens"].as_u64().is_some_and(|t| t >= from));
+        if script.delay_ms > 0 && long {
             tokio::time::sleep(Duration::from_millis(script.delay_ms)).await;
         }
         if let Some(status) = script.status {

@@ -6,6 +6,10 @@ pub mod body;
 pub mod gemini;
 pub mod openai;
 
+use http::header::{
+    HeaderName, ACCEPT, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, DATE, RETRY_AFTER,
+    TRANSFER_ENCODING,
+};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use pingora::http::RequestHeader;
 
@@ -95,13 +99,48 @@ pub fn upstream_path(p: &Provider, upstream: Endpoint, upstream_model: &str, str
     }
 }
 
+/// `OpenAI-Beta`: opts into beta API behaviour on OpenAI-style providers.
+const OPENAI_BETA: HeaderName = HeaderName::from_static("openai-beta");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// Whether a caller's request header may reach a provider of `kind`: an allowlist of what
+/// each provider API reads, so that nothing else crosses, whatever its name:
+/// `OpenAI-Organization` / `OpenAI-Project` (which would bill or reach another org or
+/// project the gateway's key can use), cookies, `X-Forwarded-*`, SDK telemetry. The
+/// gateway then sets the framing, host, credential and its own headers.
+pub fn forwards_request_header(kind: ProviderKind, name: &HeaderName) -> bool {
+    if name == CONTENT_TYPE || name == ACCEPT || name == TRACEPARENT || name == TRACESTATE {
+        return true;
+    }
+    match kind {
+        // Describe the body the caller wrote in Anthropic's dialect.
+        ProviderKind::Anthropic => name == anthropic::VERSION_HEADER || name == anthropic::BETA_HEADER,
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Azure => name == OPENAI_BETA,
+        ProviderKind::Gemini => false,
+    }
+}
+
+/// Whether a provider's response header may reach the caller: framing and caching of the
+/// body, `Retry-After` of a 429 passed through. Everything else (the provider's account:
+/// `openai-organization`, `openai-project`, `anthropic-organization-id`, its rate limits;
+/// `set-cookie`; the provider's servers and request ids) stays inside; the gateway adds
+/// its own `x-request-id`, `x-aigw-*` and the caller's own rate limit headers.
+pub fn forwards_response_header(name: &HeaderName) -> bool {
+    [
+        CONTENT_TYPE,
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        CONTENT_ENCODING,
+        CACHE_CONTROL,
+        RETRY_AFTER,
+        DATE,
+    ]
+    .contains(name)
+}
+
 /// The provider's credential and extra headers.
 pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Result<()> {
-    // An Anthropic caller's protocol headers mean nothing to any other provider.
-    if p.kind != ProviderKind::Anthropic {
-        crate::proxy::request::remove_present(req, &anthropic::VERSION_HEADER);
-        crate::proxy::request::remove_present(req, &anthropic::BETA_HEADER);
-    }
     match p.kind {
         ProviderKind::Anthropic => anthropic::apply_credentials(p, req),
         ProviderKind::Gemini => gemini::apply_credentials(p, req),
@@ -112,13 +151,6 @@ pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Resu
 /// Whether a provider of `kind` can serve `endpoint` (natively or translated).
 pub fn can_serve(endpoint: Endpoint, kind: ProviderKind) -> bool {
     endpoint.upstream(kind).is_some()
-}
-
-/// Refuses endpoint/provider pairs that cannot work, with a message naming both.
-pub fn check_supported(endpoint: Endpoint, p: &Provider, alias: &str) -> Result<Endpoint, GwError> {
-    endpoint
-        .upstream(p.kind)
-        .ok_or_else(|| GwError::InvalidRequest(format!("The model '{alias}' cannot serve {}.", endpoint.suffix())))
 }
 
 /// A request the gateway cannot translate for the provider: 400 `invalid_request`.

@@ -42,8 +42,6 @@ pub struct Ctx {
     pub pick: Option<Pick>,
     /// The caller's body as received, for building each attempt's upstream body.
     pub request_body: Bytes,
-    /// The last upstream answer was a `retry_on` status and another target will be tried.
-    pub retrying: bool,
     /// The request body to send upstream, already rewritten for `target`.
     pub upstream_body: Bytes,
     pub stream: bool,
@@ -92,7 +90,6 @@ impl Ctx {
             target: None,
             pick: None,
             request_body: Bytes::new(),
-            retrying: false,
             upstream_body: Bytes::new(),
             stream: false,
             caller_include_usage: false,

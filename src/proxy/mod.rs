@@ -18,7 +18,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, RetryType};
 
 use crate::error::GwError;
-use crate::route::plan::Outcome;
+use crate::route::plan::{Failure, Next};
 use crate::state::AppState;
 pub use ctx::Ctx;
 use request::Admission;
@@ -71,7 +71,7 @@ impl ProxyHttp for Gateway {
                 break addr;
             }
             let provider = target.provider.name.clone();
-            if !request::attempt_failed(&self.state, ctx, Outcome::ConnectError) {
+            if request::attempt_failed(&self.state, ctx, Failure::Connect, None) == Next::Stop {
                 // Nothing resolved (yet): the last target left is unhealthy.
                 ctx.error = Some(GwError::NoHealthyTarget {
                     message: format!("The provider '{provider}' has no reachable address (its name does not resolve)."),
@@ -172,14 +172,15 @@ impl ProxyHttp for Gateway {
     /// A connection to the target failed: cool it down and try the next one, if any.
     fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
         let addr = peer._address.as_inet().copied();
-        let retry = request::replica_failed(&self.state, ctx, addr, Outcome::ConnectError);
-        e.set_retry(retry);
+        let next = request::attempt_failed(&self.state, ctx, Failure::Connect, addr);
+        e.set_retry(next != Next::Stop);
         e
     }
 
-    /// Pingora retries no POST by default; aigw decides: a `retry_on` status or a failure
-    /// before the first byte reached the caller moves on to the next target, with the body
-    /// replayed from the context; after the first byte, never.
+    /// Pingora retries no POST by default; aigw decides (`route::plan`): a failure
+    /// before the first byte reached the caller may move on to the same target on another
+    /// replica or to the next target, with the body replayed from the context; after the
+    /// first byte, never.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -188,31 +189,28 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        if e.etype() == &response::FAILOVER_DECIDED {
+            // `upstream_response_filter` took the decision on the provider's status.
+            return e;
+        }
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if std::mem::take(&mut ctx.retrying) {
-            e.set_retry(true);
-        } else if ctx.error.is_some() || session.response_written().is_some() || e.esource() == &ErrorSource::Downstream
-        {
+        if ctx.error.is_some() || session.response_written().is_some() || e.esource() == &ErrorSource::Downstream {
             // A final answer the gateway chose, a stream already under way, or a caller
             // that went away: nothing to retry.
             e.set_retry(false);
-        } else if client_reused && matches!(e.retry, RetryType::ReusedOnly) {
-            // A stale pooled connection says nothing about the target.
-            if let Some(plan) = ctx.plan.as_mut() {
-                plan.retry_same_target(Outcome::Error, std::time::Instant::now());
-            }
-            e.set_retry(true);
-        } else if matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout) {
-            // A slow answer is the model's, not one replica's: the target failed.
-            let retry = request::attempt_failed(&self.state, ctx, Outcome::Timeout);
-            e.set_retry(retry);
-        } else {
-            // The connection broke before an answer (e.g. the replica died): another
-            // replica, or else another target, gets the request.
-            let addr = peer._address.as_inet().copied();
-            let retry = request::replica_failed(&self.state, ctx, addr, Outcome::Error);
-            e.set_retry(retry);
+            return e;
         }
+        let failure = if client_reused && matches!(e.retry, RetryType::ReusedOnly) {
+            Failure::Stale
+        } else if matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout) {
+            // A slow answer is the model's, not one replica's.
+            Failure::Timeout
+        } else {
+            Failure::Broken
+        };
+        let addr = peer._address.as_inet().copied();
+        let next = request::attempt_failed(&self.state, ctx, failure, addr);
+        e.set_retry(next != Next::Stop);
         e
     }
 

@@ -22,7 +22,7 @@ use crate::error::GwError;
 use crate::guard;
 use crate::guard::stream::StreamGuard;
 use crate::provider::{self, body, Endpoint};
-use crate::route::plan::{Outcome, Plan};
+use crate::route::plan::{Failure, Next, Plan};
 use crate::state::AppState;
 use crate::telemetry::trace::RequestTrace;
 
@@ -258,23 +258,6 @@ pub fn begin_attempt(state: &AppState, ctx: &mut Ctx) -> Result<(), GwError> {
     Ok(())
 }
 
-/// One replica of the current target failed before the first byte reached the caller:
-/// it is ejected, and the same target is tried again on another replica when there is
-/// one; otherwise the target itself failed. Returns whether another attempt follows.
-pub fn replica_failed(state: &AppState, ctx: &mut Ctx, addr: Option<std::net::SocketAddr>, outcome: Outcome) -> bool {
-    let other_replica = match (addr, &ctx.target) {
-        (Some(addr), Some(t)) => t.provider.upstream.eject(addr),
-        _ => false,
-    };
-    match ctx.plan.as_mut() {
-        Some(plan) if other_replica => {
-            plan.retry_same_target(outcome, Instant::now());
-            true
-        }
-        _ => attempt_failed(state, ctx, outcome),
-    }
-}
-
 /// The key a `consistent_hash` fleet places this request by.
 pub fn hash_key(ctx: &Ctx, target: &Target) -> [u8; 32] {
     let spec = &target.provider.upstream.spec;
@@ -287,17 +270,24 @@ pub fn hash_key(ctx: &Ctx, target: &Target) -> [u8; 32] {
     }
 }
 
-/// The current attempt failed before the first byte reached the caller; returns whether
-/// another target will be tried.
-pub fn attempt_failed(state: &AppState, ctx: &mut Ctx, outcome: Outcome) -> bool {
-    let (Some(endpoint), Some(plan)) = (ctx.endpoint, ctx.plan.as_mut()) else {
-        return false;
+/// The current attempt failed before the first byte reached the caller. A failed
+/// replica is ejected first; then the route's plan takes the failover decision (the one
+/// place it is taken, `route::plan`).
+pub fn attempt_failed(state: &AppState, ctx: &mut Ctx, failure: Failure, addr: Option<std::net::SocketAddr>) -> Next {
+    let replica_left = match (failure, addr, &ctx.target) {
+        (Failure::Connect | Failure::Broken, Some(addr), Some(t)) => t.provider.upstream.eject(addr),
+        _ => false,
     };
-    let now = Instant::now();
-    plan.finish(outcome, None, None, &state.cooldowns, now);
-    plan.can_retry(&state.cooldowns, now, &|t: &Target| {
-        provider::can_serve(endpoint, t.provider.kind)
-    })
+    let (Some(endpoint), Some(plan)) = (ctx.endpoint, ctx.plan.as_mut()) else {
+        return Next::Stop;
+    };
+    plan.failed(
+        failure,
+        replica_left,
+        &state.cooldowns,
+        Instant::now(),
+        &|t: &Target| provider::can_serve(endpoint, t.provider.kind),
+    )
 }
 
 /// The body the provider gets: the caller's with `model` spliced in when the dialects
@@ -493,12 +483,16 @@ pub fn prepare_upstream(req: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<(
         path.parse()
             .map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "bad upstream path"))?,
     );
-    for h in &auth::CREDENTIAL_HEADERS {
-        remove_present(req, h);
+    // Only what the provider's API reads crosses (the caller's credential never does).
+    let dropped: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| !provider::forwards_request_header(p.kind, k))
+        .cloned()
+        .collect();
+    for h in &dropped {
+        req.remove_header(h);
     }
-    // The body is already read and answered for; the provider gets it in one piece.
-    remove_present(req, &header::EXPECT);
-    remove_present(req, &header::TRANSFER_ENCODING);
     req.insert_header(header::CONTENT_LENGTH, ctx.upstream_body.len().to_string())?;
     req.insert_header(header::HOST, p.base.authority.as_str())?;
     // Usage is read from the body, so the body must arrive uncompressed.

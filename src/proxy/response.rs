@@ -9,87 +9,82 @@ use pingora::{Error, ErrorSource, ErrorType};
 use std::time::Instant;
 
 use super::ctx::Ctx;
-use crate::config::Target;
 use crate::error::{Dialect, GwError};
 use crate::guard::{self, stream::StreamGuard};
 use crate::provider::{self, Endpoint};
 use crate::route::cooldown::parse_retry_after;
-use crate::route::plan::Outcome;
+use crate::route::plan::{target_failed, Failure, Next};
 use crate::state::AppState;
 use crate::stream::translate::{AnthropicToChat, ChatToAnthropic, GeminiToAnthropic, GeminiToChat};
 use crate::stream::{JsonBody, JsonTranslate, Mode, SseState};
 
-/// The provider's status line arrived, before anything reached the caller. A `retry_on`
-/// status of a multi-target alias cools the target and, when another target is left,
-/// fails this attempt as retryable. A provider 5xx that stays becomes the gateway's own
-/// 502 (the caller gets `upstream_error`, not the provider's internals); 4xx, including a
-/// last 429 with its `Retry-After`, pass through.
+/// The error `upstream_response_filter` returns when the failover decision was taken on
+/// the provider's status line; `error_while_proxy` passes it on as decided.
+pub const FAILOVER_DECIDED: ErrorType = ErrorType::Custom("aigw: failover decided");
+
+/// The provider's status line arrived, before anything reached the caller. A status that
+/// means the target failed (see `route::plan::target_failed`) or a 2xx of the wrong
+/// Content-Type goes to the failover decision; when no other attempt follows, a provider
+/// 5xx, a bad answer and a refused gateway credential (401/403: the caller's SDK would
+/// report the caller's own key as invalid) become the gateway's own 502; other 4xx,
+/// including a last 429 with its `Retry-After`, pass through as the answer.
 pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
     let status = resp.status.as_u16();
     ctx.upstream_status = Some(status);
-    if resp.status.is_success() {
-        if let Some(got) = unexpected_content_type(resp, ctx.stream) {
+    let bad_type = if resp.status.is_success() {
+        unexpected_content_type(resp, ctx.stream)
+    } else {
+        None
+    };
+    let retry_on = ctx.plan.as_ref().map_or(&[][..], |p| p.retry_on.as_slice());
+    let failure = if bad_type.is_some() {
+        Failure::BadAnswer { status }
+    } else if !resp.status.is_success() && target_failed(status, retry_on) {
+        let retry_after = resp
+            .headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        Failure::Status { status, retry_after }
+    } else {
+        if let Some(plan) = ctx.plan.as_mut() {
+            plan.answered(status, &state.cooldowns, Instant::now());
+        }
+        return Ok(());
+    };
+    if super::request::attempt_failed(state, ctx, failure, None) != Next::Stop {
+        let mut e = Error::explain(FAILOVER_DECIDED, format!("provider answered {status}, trying again"));
+        e.set_retry(true);
+        return Err(e);
+    }
+    let provider = ctx.target.as_ref().map_or("", |t| t.provider.name.as_str());
+    let err = match (bad_type, status) {
+        (Some(got), _) => {
             // An HTML page with 200 (a captive portal, a proxy's login page, a wrong
             // base_url) is a broken provider, not an answer to forward.
-            if let Some(plan) = ctx.plan.as_mut() {
-                plan.finish(Outcome::Error, Some(status), None, &state.cooldowns, Instant::now());
-            }
             let expected = if ctx.stream {
                 "text/event-stream"
             } else {
                 "application/json"
             };
-            ctx.error = Some(GwError::UpstreamError(format!(
+            GwError::UpstreamError(format!(
                 "The provider answered with Content-Type {got}, not {expected}."
-            )));
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(502),
-                "unexpected provider content type",
-            ));
+            ))
         }
-    }
-    if let (Some(plan), Some(endpoint)) = (ctx.plan.as_mut(), ctx.endpoint) {
-        let now = Instant::now();
-        if plan.is_retryable_status(status) {
-            let retry_after = resp
-                .headers
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
-            plan.finish(
-                Outcome::RetryableStatus,
-                Some(status),
-                retry_after,
-                &state.cooldowns,
-                now,
-            );
-            if plan.can_retry(&state.cooldowns, now, &|t: &Target| {
-                provider::can_serve(endpoint, t.provider.kind)
-            }) {
-                ctx.retrying = true;
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(status),
-                    "retrying on the next target",
-                ));
-            }
-        } else {
-            let outcome = if status >= 500 {
-                Outcome::Error
-            } else {
-                Outcome::Answered
-            };
-            plan.finish(outcome, Some(status), None, &state.cooldowns, now);
+        (None, 401 | 403) => {
+            // For the operator, not the caller: the provider's body may quote the key.
+            tracing::warn!(provider, status, request_id = %ctx.request_id, "the provider refused the gateway's credential");
+            GwError::UpstreamError(format!(
+                "The provider refused the gateway's credential (status {status})."
+            ))
         }
-    }
-    if status >= 500 {
-        let err = GwError::UpstreamError(format!("The provider answered with status {status}."));
-        ctx.error = Some(err);
-        return Err(Error::explain(
-            ErrorType::HTTPStatus(502),
-            format!("provider answered {status}"),
-        ));
-    }
-    Ok(())
+        (None, s) if s >= 500 => GwError::UpstreamError(format!("The provider answered with status {s}.")),
+        _ => return Ok(()),
+    };
+    ctx.error = Some(err);
+    let mut e = Error::explain(ErrorType::HTTPStatus(502), format!("provider answered {status}"));
+    e.set_retry(false);
+    Err(e)
 }
 
 /// The Content-Type of a successful answer when it is not what was asked for: SSE for a
@@ -125,20 +120,21 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
         }
         Ok(())
     };
+    // The provider's headers describe the gateway's provider account, not the caller's
+    // answer: only an allowlist reaches the caller (its rate limits are replaced by the
+    // caller's own, when a policy applies).
+    let dropped: Vec<http::HeaderName> = resp
+        .headers
+        .keys()
+        .filter(|k| !provider::forwards_response_header(k))
+        .cloned()
+        .collect();
+    for k in &dropped {
+        resp.remove_header(k);
+    }
     resp.insert_header(super::request::X_REQUEST_ID, ctx.request_id.as_str())?;
     if let Some(c) = ctx.cache {
         resp.insert_header("x-aigw-cache", c.as_str())?;
-    }
-    // The provider's rate limit headers describe the gateway's provider account, not the
-    // caller: they are replaced by the caller's own limits, when a policy applies.
-    let provider_limits: Vec<http::HeaderName> = resp
-        .headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-ratelimit-") || k.as_str().starts_with("anthropic-ratelimit-"))
-        .cloned()
-        .collect();
-    for k in provider_limits {
-        resp.remove_header(&k);
     }
     if let Some(limits) = &ctx.limits {
         limits.headers().apply(resp);

@@ -1,5 +1,11 @@
-//! Cooldowns: a target that failed is skipped by multi-target routes for a while. Kept in
-//! the process state, keyed by the concrete model's name, so they survive config reloads.
+//! Cooldowns: a target that keeps failing is skipped by multi-target routes for a while.
+//! Kept in the process state, keyed by the concrete model's name, so they survive config
+//! reloads.
+//!
+//! One request's failure never takes a target out of rotation for everyone: a target
+//! cools down after `failures_before_cooldown` failures in a row (any success resets the
+//! count, as Envoy's `consecutive_5xx` outlier detection does), or at once when the
+//! provider itself says so (a 429, or any `Retry-After`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,10 +16,19 @@ use std::time::{Duration, Instant, SystemTime};
 /// a target out of rotation for days.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
+#[derive(Debug, Default, Clone, Copy)]
+struct Health {
+    /// Failures since the last success.
+    failures: u32,
+    /// Cooling down until then.
+    until: Option<Instant>,
+}
+
 #[derive(Default)]
 pub struct Cooldowns {
-    until: RwLock<HashMap<String, Instant>>,
-    /// Entries in `until`, read without the lock on the hot path (usually zero).
+    map: RwLock<HashMap<String, Health>>,
+    /// Entries in `map`, read without the lock on the hot path (usually zero): a success
+    /// takes the write lock only when some target has a failure on record.
     len: AtomicUsize,
 }
 
@@ -23,17 +38,63 @@ impl Cooldowns {
         if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let map = self.until.read().unwrap_or_else(|p| p.into_inner());
-        map.get(target).copied().filter(|t| *t > now)
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(target).and_then(|h| h.until).filter(|t| *t > now)
     }
 
-    pub fn cool(&self, target: &str, for_: Duration, now: Instant) {
-        let mut map = self.until.write().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, t| *t > now);
-        let until = now + for_;
-        let e = map.entry(target.to_owned()).or_insert(until);
-        *e = (*e).max(until);
+    /// A failure of `target`. `said`: the provider asked for a pause (429 or Retry-After),
+    /// which cools at once for that long; otherwise the target cools for `cooldown` once
+    /// `threshold` failures came in a row. Returns whether the target is cooling now.
+    pub fn failed(
+        &self,
+        target: &str,
+        threshold: u32,
+        cooldown: Duration,
+        said: Option<Duration>,
+        now: Instant,
+    ) -> bool {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        // Expired cooldowns of targets with no failure since are dropped on the way.
+        map.retain(|_, h| h.failures > 0 || h.until.is_some_and(|t| t > now));
+        let h = map.entry(target.to_owned()).or_default();
+        h.failures = h.failures.saturating_add(1);
+        let pause = match said {
+            Some(d) => Some(d),
+            None if h.failures >= threshold.max(1) => Some(cooldown),
+            None => None,
+        };
+        if let Some(d) = pause {
+            let until = now + d;
+            h.until = Some(h.until.filter(|t| *t > now).map_or(until, |t| t.max(until)));
+            // Cooling restarts the count: the next failure after it counts from one.
+            h.failures = 0;
+        }
+        let cooling = h.until.is_some_and(|t| t > now);
         self.len.store(map.len(), Ordering::Relaxed);
+        cooling
+    }
+
+    /// A success of `target`: its failure count starts again from zero.
+    pub fn succeeded(&self, target: &str) {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let has_failures = {
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            map.get(target).is_some_and(|h| h.failures > 0)
+        };
+        if has_failures {
+            let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = map.get_mut(target) {
+                h.failures = 0;
+            }
+        }
+    }
+
+    /// Failures of `target` since its last success (for tests and the status view).
+    pub fn failures(&self, target: &str) -> u32 {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(target).map_or(0, |h| h.failures)
     }
 }
 
@@ -54,21 +115,47 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 mod tests {
     use super::*;
 
+    const S30: Duration = Duration::from_secs(30);
+
     #[test]
     fn cooldown_expires_with_an_injected_clock() {
         let c = Cooldowns::default();
         let t0 = Instant::now();
         assert!(c.until("a", t0).is_none());
-        c.cool("a", Duration::from_secs(30), t0);
+        assert!(c.failed("a", 1, S30, None, t0));
         assert_eq!(
             c.until("a", t0 + Duration::from_secs(10)),
             Some(t0 + Duration::from_secs(30))
         );
         assert!(c.until("a", t0 + Duration::from_secs(31)).is_none());
         assert!(c.until("b", t0).is_none());
-        // A shorter cooldown never shortens a longer one.
-        c.cool("a", Duration::from_secs(5), t0);
+        // A shorter pause never shortens a longer one.
+        c.failed("a", 1, S30, Some(Duration::from_secs(5)), t0);
         assert_eq!(c.until("a", t0), Some(t0 + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn only_failures_in_a_row_cool_and_a_success_resets_them() {
+        let c = Cooldowns::default();
+        let t0 = Instant::now();
+        assert!(!c.failed("a", 3, S30, None, t0));
+        assert!(!c.failed("a", 3, S30, None, t0));
+        c.succeeded("a");
+        assert_eq!(c.failures("a"), 0);
+        assert!(!c.failed("a", 3, S30, None, t0));
+        assert!(!c.failed("a", 3, S30, None, t0));
+        assert!(c.until("a", t0).is_none(), "two failures in a row stay in rotation");
+        assert!(c.failed("a", 3, S30, None, t0), "the third in a row cools");
+        assert_eq!(c.until("a", t0), Some(t0 + S30));
+    }
+
+    #[test]
+    fn the_provider_saying_so_cools_at_once() {
+        let c = Cooldowns::default();
+        let t0 = Instant::now();
+        assert!(c.failed("a", 5, S30, Some(Duration::from_secs(2)), t0));
+        assert_eq!(c.until("a", t0), Some(t0 + Duration::from_secs(2)));
+        assert!(c.until("a", t0 + Duration::from_secs(3)).is_none());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! One request's route: the candidate order (computed once), the attempts made, and the
-//! decisions between them. Pure logic with an injected clock; the proxy phases call it.
+//! failover decision: after each failed attempt, [`Plan::failed`] says whether the same
+//! target, the next one, or nobody is tried. Pure logic with an injected clock; the proxy
+//! phases only report what happened.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,8 @@ pub enum Outcome {
     Answered,
     /// A status in `retry_on`.
     RetryableStatus,
+    /// The provider refused the gateway's own credential (401, 403).
+    CredentialRejected,
     ConnectError,
     Timeout,
     /// Any other failure before the first byte reached the caller.
@@ -27,11 +31,47 @@ impl Outcome {
             Self::Pending => "pending",
             Self::Answered => "answered",
             Self::RetryableStatus => "retryable_status",
+            Self::CredentialRejected => "credential_rejected",
             Self::ConnectError => "connect_error",
             Self::Timeout => "timeout",
             Self::Error => "error",
         }
     }
+}
+
+/// How an upstream attempt failed, before anything reached the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The provider answered with an error status (and maybe a `Retry-After`).
+    Status { status: u16, retry_after: Option<Duration> },
+    /// A 2xx the gateway cannot use (an HTML page, JSON to a stream request).
+    BadAnswer { status: u16 },
+    /// No connection: refused, unreachable, TLS failed, or no address resolved.
+    Connect,
+    /// The connection broke before an answer (the replica died).
+    Broken,
+    /// A pooled keep-alive connection turned out closed: nothing about the target.
+    Stale,
+    /// No answer within `first_byte_ms`.
+    Timeout,
+}
+
+/// What follows a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// The same target again, on another replica or a fresh connection.
+    SameTarget,
+    /// The next candidate of the route.
+    NextTarget,
+    /// No more attempts: the caller gets this failure.
+    Stop,
+}
+
+/// Whether an error status means the target failed (as opposed to the provider's answer
+/// to this caller's request, such as a 400): server errors, 429, and 401/403, which
+/// refuse the gateway's credential, not the caller's.
+pub fn target_failed(status: u16, retry_on: &[u16]) -> bool {
+    status >= 500 || matches!(status, 401 | 403 | 429) || retry_on.contains(&status)
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +92,9 @@ pub struct Plan {
     pub retry_on: Vec<u16>,
     pub max_attempts: usize,
     pub cooldown: Duration,
+    /// Failures in a row before a target cools down (the provider's own 429 or
+    /// `Retry-After` cools at once).
+    pub failures_before_cooldown: u32,
     /// Next position in `candidates` to consider.
     next: usize,
     current: Option<usize>,
@@ -68,10 +111,17 @@ impl Plan {
     pub fn new(model: &Model) -> Self {
         let candidates: Vec<Target> = super::candidates(&model.route).into_iter().cloned().collect();
         match &model.route {
-            ModelRoute::Single(_) => Self::with(candidates, false, Vec::new(), 1, Duration::ZERO),
+            ModelRoute::Single(_) => Self::with(candidates, false, Vec::new(), 1, Duration::ZERO, 1),
             ModelRoute::Multi(r) => {
                 let max = r.max_attempts as usize;
-                Self::with(candidates, true, r.retry_on.clone(), max, r.cooldown)
+                Self::with(
+                    candidates,
+                    true,
+                    r.retry_on.clone(),
+                    max,
+                    r.cooldown,
+                    r.failures_before_cooldown,
+                )
             }
         }
     }
@@ -82,6 +132,7 @@ impl Plan {
         retry_on: Vec<u16>,
         max_attempts: usize,
         cooldown: Duration,
+        failures_before_cooldown: u32,
     ) -> Self {
         Self {
             candidates,
@@ -89,6 +140,7 @@ impl Plan {
             retry_on,
             max_attempts: max_attempts.max(1),
             cooldown,
+            failures_before_cooldown,
             next: 0,
             current: None,
             retry_same: false,
@@ -151,46 +203,87 @@ impl Plan {
         Ok(&self.candidates[i])
     }
 
-    /// Whether another attempt may follow the current one.
-    pub fn can_retry(&self, cooldowns: &Cooldowns, now: Instant, usable: &dyn Fn(&Target) -> bool) -> bool {
+    /// Whether another target may be tried after the current one.
+    fn can_retry(&self, cooldowns: &Cooldowns, now: Instant, usable: &dyn Fn(&Target) -> bool) -> bool {
         self.multi && self.targets_tried < self.max_attempts && self.find(self.next, cooldowns, now, usable).is_ok()
     }
 
-    pub fn is_retryable_status(&self, status: u16) -> bool {
-        self.multi && self.retry_on.contains(&status)
-    }
-
-    /// Records how the current attempt ended; a failed target of a multi-target alias
-    /// cools down for `retry_after` (the provider's) or the route's `cooldown_s`.
-    pub fn finish(
-        &mut self,
-        outcome: Outcome,
-        status: Option<u16>,
-        retry_after: Option<Duration>,
-        cooldowns: &Cooldowns,
-        now: Instant,
-    ) {
+    fn record(&mut self, outcome: Outcome, status: Option<u16>, now: Instant) {
         if let Some(a) = self.attempts.last_mut() {
             a.outcome = outcome;
             a.status = status;
             a.finished = Some(now);
         }
-        let failed = !matches!(outcome, Outcome::Answered | Outcome::Pending);
-        if failed && self.multi {
-            if let Some(t) = self.current.map(|i| &self.candidates[i]) {
-                cooldowns.cool(&t.alias, retry_after.unwrap_or(self.cooldown), now);
-            }
+    }
+
+    /// The provider answered and the answer goes to the caller (a success, or an error
+    /// that answers the caller's request): the target's failures in a row end.
+    pub fn answered(&mut self, status: u16, cooldowns: &Cooldowns, now: Instant) {
+        self.record(Outcome::Answered, Some(status), now);
+        if let (true, Some(t)) = (self.multi, self.current.map(|i| &self.candidates[i])) {
+            cooldowns.succeeded(&t.alias);
         }
     }
 
-    /// One replica failed (or a pooled connection was stale) and the target has others:
-    /// the attempt is recorded, and the same target is tried again without a cooldown.
-    pub fn retry_same_target(&mut self, outcome: Outcome, now: Instant) {
-        if let Some(a) = self.attempts.last_mut() {
-            a.outcome = outcome;
-            a.finished = Some(now);
+    /// The failover decision, in one place. `replica_left`: the target has another
+    /// healthy replica (the failed one was ejected). A failed target of a multi-target
+    /// alias counts towards its cooldown; the next target is tried while `max_attempts`
+    /// and the route allow and the failure is one to retry: a `retry_on` status, a
+    /// refused gateway credential, a connection failure, a timeout or a bad answer.
+    pub fn failed(
+        &mut self,
+        f: Failure,
+        replica_left: bool,
+        cooldowns: &Cooldowns,
+        now: Instant,
+        usable: &dyn Fn(&Target) -> bool,
+    ) -> Next {
+        let (outcome, status) = match f {
+            Failure::Status { status, .. } if matches!(status, 401 | 403) => {
+                (Outcome::CredentialRejected, Some(status))
+            }
+            Failure::Status { status, .. } if self.multi && self.retry_on.contains(&status) => {
+                (Outcome::RetryableStatus, Some(status))
+            }
+            Failure::Status { status, .. } | Failure::BadAnswer { status } => (Outcome::Error, Some(status)),
+            Failure::Connect => (Outcome::ConnectError, None),
+            Failure::Timeout => (Outcome::Timeout, None),
+            Failure::Broken | Failure::Stale => (Outcome::Error, None),
+        };
+        if let Failure::Status { status, .. } = f {
+            if !target_failed(status, &self.retry_on) {
+                self.answered(status, cooldowns, now);
+                return Next::Stop;
+            }
         }
-        self.retry_same = true;
+        self.record(outcome, status, now);
+        if f == Failure::Stale || (replica_left && matches!(f, Failure::Connect | Failure::Broken)) {
+            self.retry_same = true;
+            return Next::SameTarget;
+        }
+        if self.multi {
+            if let Some(t) = self.current.map(|i| &self.candidates[i]) {
+                // The provider's own word cools at once: a 429, or any Retry-After.
+                let said = match f {
+                    Failure::Status {
+                        status: 429,
+                        retry_after,
+                    } => Some(retry_after.unwrap_or(self.cooldown)),
+                    Failure::Status { retry_after, .. } => retry_after,
+                    _ => None,
+                };
+                cooldowns.failed(&t.alias, self.failures_before_cooldown, self.cooldown, said, now);
+            }
+        }
+        let retryable = match f {
+            Failure::Status { status, .. } => matches!(status, 401 | 403) || self.retry_on.contains(&status),
+            _ => true,
+        };
+        if retryable && self.can_retry(cooldowns, now, usable) {
+            Next::NextTarget
+        } else {
+            Next::Stop
+        }
     }
 }
 
@@ -227,23 +320,36 @@ models:
                 ModelRoute::Multi(_) => unreachable!(),
             })
             .collect();
-        (Plan::with(targets, true, retry_on, max, Duration::from_secs(30)), snap)
+        (
+            Plan::with(targets, true, retry_on, max, Duration::from_secs(30), 3),
+            snap,
+        )
     }
 
     const ALL: &dyn Fn(&Target) -> bool = &|_| true;
 
+    fn status(status: u16) -> Failure {
+        Failure::Status {
+            status,
+            retry_after: None,
+        }
+    }
+
     #[test]
-    fn fails_over_in_order_and_cools_failed_targets() {
-        let (mut p, _s) = plan(vec![503], 3);
+    fn fails_over_in_order_and_cools_only_after_failures_in_a_row() {
         let cd = Cooldowns::default();
         let t0 = Instant::now();
-        assert_eq!(p.begin(&cd, t0, ALL).unwrap().alias, "a");
-        p.finish(Outcome::RetryableStatus, Some(503), None, &cd, t0);
-        assert!(p.can_retry(&cd, t0, ALL));
-        assert_eq!(p.begin(&cd, t0, ALL).unwrap().alias, "b");
-        p.finish(Outcome::Answered, Some(200), None, &cd, t0);
-        assert_eq!(p.attempts.len(), 2);
-        // The next request skips the cooling target...
+        for i in 0..3 {
+            let (mut p, _s) = plan(vec![503], 3);
+            assert_eq!(p.begin(&cd, t0, ALL).unwrap().alias, "a", "request {i}");
+            assert_eq!(p.failed(status(503), false, &cd, t0, ALL), Next::NextTarget);
+            assert_eq!(p.begin(&cd, t0, ALL).unwrap().alias, "b");
+            p.answered(200, &cd, t0);
+            assert_eq!(p.attempts.len(), 2);
+            assert_eq!(p.attempts[0].outcome, Outcome::RetryableStatus);
+        }
+        // The third failure in a row (the threshold here) cools `a`: the next request
+        // skips it...
         let (mut p2, _s2) = plan(vec![503], 3);
         assert_eq!(p2.begin(&cd, t0 + Duration::from_secs(1), ALL).unwrap().alias, "b");
         // ...until its cooldown is over.
@@ -252,26 +358,68 @@ models:
     }
 
     #[test]
-    fn retry_after_sets_the_cooldown_and_all_cooling_reports_the_soonest() {
-        let (mut p, _s) = plan(vec![429], 3);
+    fn one_slow_request_replayed_to_every_target_cools_none() {
         let cd = Cooldowns::default();
         let t0 = Instant::now();
-        for (secs, name) in [(5, "a"), (2, "b"), (9, "c")] {
+        let (mut p, _s) = plan(vec![503], 3);
+        for name in ["a", "b", "c"] {
             assert_eq!(p.begin(&cd, t0, ALL).unwrap().alias, name);
-            p.finish(
-                Outcome::RetryableStatus,
-                Some(429),
-                Some(Duration::from_secs(secs)),
-                &cd,
-                t0,
-            );
+            let next = p.failed(Failure::Timeout, false, &cd, t0, ALL);
+            assert_eq!(next, if name == "c" { Next::Stop } else { Next::NextTarget });
         }
-        assert!(!p.can_retry(&cd, t0, ALL));
+        let (mut fresh, _s2) = plan(vec![503], 3);
+        assert_eq!(fresh.begin(&cd, t0, ALL).unwrap().alias, "a", "nothing cooled");
+        // A success in between resets the count: failures must come in a row.
+        fresh.answered(200, &cd, t0);
+        assert_eq!(cd.failures("a"), 0);
+    }
+
+    #[test]
+    fn retry_after_and_429_cool_at_once_and_all_cooling_reports_the_soonest() {
+        let (mut p, _s) = plan(vec![429, 503], 3);
+        let cd = Cooldowns::default();
+        let t0 = Instant::now();
+        for (secs, name, code) in [(5, "a", 429), (2, "b", 503), (9, "c", 429)] {
+            assert_eq!(p.begin(&cd, t0, ALL).unwrap().alias, name);
+            let f = Failure::Status {
+                status: code,
+                retry_after: Some(Duration::from_secs(secs)),
+            };
+            p.failed(f, false, &cd, t0, ALL);
+        }
         let (mut fresh, _s2) = plan(vec![429], 3);
         assert_eq!(
             fresh.begin(&cd, t0, ALL).unwrap_err(),
             Some(t0 + Duration::from_secs(2))
         );
+        // A 429 without Retry-After cools for cooldown_s at once.
+        let cd = Cooldowns::default();
+        let (mut p, _s3) = plan(vec![429], 3);
+        p.begin(&cd, t0, ALL).unwrap();
+        p.failed(status(429), false, &cd, t0, ALL);
+        assert_eq!(cd.until("a", t0), Some(t0 + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn statuses_decide_retry_answer_or_stop() {
+        let cd = Cooldowns::default();
+        let t0 = Instant::now();
+        // A 4xx that answers the caller's request: no retry, no failure counted.
+        let (mut p, _s) = plan(vec![503], 3);
+        p.begin(&cd, t0, ALL).unwrap();
+        assert_eq!(p.failed(status(400), false, &cd, t0, ALL), Next::Stop);
+        assert_eq!(p.attempts[0].outcome, Outcome::Answered);
+        assert_eq!(cd.failures("a"), 0);
+        // A 5xx outside retry_on fails the target but is final.
+        p = plan(vec![503], 3).0;
+        p.begin(&cd, t0, ALL).unwrap();
+        assert_eq!(p.failed(status(500), false, &cd, t0, ALL), Next::Stop);
+        assert_eq!(cd.failures("a"), 1);
+        // The gateway's credential refused: another target may hold a good one.
+        p = plan(vec![], 3).0;
+        p.begin(&cd, t0, ALL).unwrap();
+        assert_eq!(p.failed(status(401), false, &cd, t0, ALL), Next::NextTarget);
+        assert_eq!(p.attempts[0].outcome, Outcome::CredentialRejected);
     }
 
     #[test]
@@ -280,26 +428,28 @@ models:
         let cd = Cooldowns::default();
         let t0 = Instant::now();
         p.begin(&cd, t0, ALL).unwrap();
-        p.finish(Outcome::ConnectError, None, None, &cd, t0);
+        assert_eq!(p.failed(Failure::Connect, false, &cd, t0, ALL), Next::NextTarget);
         p.begin(&cd, t0, ALL).unwrap();
-        p.finish(Outcome::Timeout, None, None, &cd, t0);
-        assert!(
-            !p.can_retry(&cd, t0, ALL),
+        assert_eq!(
+            p.failed(Failure::Timeout, false, &cd, t0, ALL),
+            Next::Stop,
             "two attempts allowed, a third target exists"
         );
     }
 
     #[test]
-    fn unusable_targets_are_skipped_and_stale_connections_retry_the_same_target() {
+    fn unusable_targets_are_skipped_and_replicas_and_stale_connections_retry_the_same_target() {
         let (mut p, _s) = plan(vec![], 3);
         let cd = Cooldowns::default();
         let t0 = Instant::now();
         let not_a: &dyn Fn(&Target) -> bool = &|t| t.alias != "a";
         assert_eq!(p.begin(&cd, t0, not_a).unwrap().alias, "b");
-        p.retry_same_target(Outcome::ConnectError, t0);
+        assert_eq!(p.failed(Failure::Connect, true, &cd, t0, not_a), Next::SameTarget);
         assert_eq!(p.begin(&cd, t0, not_a).unwrap().alias, "b");
-        assert_eq!(p.attempts.len(), 2, "both attempts recorded");
+        assert_eq!(p.failed(Failure::Stale, false, &cd, t0, not_a), Next::SameTarget);
+        assert_eq!(p.begin(&cd, t0, not_a).unwrap().alias, "b");
+        assert_eq!(p.attempts.len(), 3, "every attempt recorded");
         assert_eq!(p.targets_tried, 1, "one target tried");
-        assert!(cd.until("b", t0).is_none());
+        assert_eq!(cd.failures("b"), 0, "a replica's failure is not the target's");
     }
 }

@@ -41,6 +41,15 @@ fn secret_fields(kind: &str) -> &'static [&'static str] {
     }
 }
 
+/// Fields of a resource kind whose every value may be a secret: a provider's extra
+/// `headers` often carry the credential of an OpenAI-compatible server.
+fn secret_maps(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "provider_keys" => &["headers"],
+        _ => &[],
+    }
+}
+
 pub fn is_kind(kind: &str) -> bool {
     KINDS.contains(&kind)
 }
@@ -190,17 +199,31 @@ impl Resources {
 /// A resource as the admin API shows it: literal secrets replaced by [`REDACTED`].
 pub fn redact(kind: &str, v: &mut Value) {
     let Some(obj) = v.as_object_mut() else { return };
+    let hide = |s: &mut String| {
+        if !is_env_reference(s) {
+            *s = REDACTED.to_owned();
+        }
+    };
     for field in secret_fields(kind) {
         if let Some(Value::String(s)) = obj.get_mut(*field) {
-            if !is_env_reference(s) {
-                *s = REDACTED.to_owned();
+            hide(s);
+        }
+    }
+    for field in secret_maps(kind) {
+        if let Some(Value::Object(m)) = obj.get_mut(*field) {
+            for value in m.values_mut() {
+                if let Value::String(s) = value {
+                    hide(s);
+                }
             }
         }
     }
 }
 
+/// A bare `${VAR}`: names where the secret is, and is no secret itself. `${VAR:-default}`
+/// is not one: its default is a literal, often a development key.
 fn is_env_reference(s: &str) -> bool {
-    s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1
+    s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1 && !s.contains(":-")
 }
 
 /// Makes a resource ready to store, from what a caller sent: the name from the path, a
@@ -231,6 +254,25 @@ pub fn prepare(kind: &str, name: &str, mut v: Value, stored: Option<&Value>) -> 
                 None => {
                     return Err(ConfigError::new(
                         format!("{kind}/{name}.{field}"),
+                        "is redacted, and no stored value to keep",
+                    ))
+                }
+            }
+        }
+    }
+    for field in secret_maps(kind) {
+        let Some(Value::Object(m)) = obj.get_mut(*field) else {
+            continue;
+        };
+        for (header, value) in m.iter_mut() {
+            if value.as_str() != Some(REDACTED) {
+                continue;
+            }
+            match stored.and_then(|s| s.get(*field)).and_then(|f| f.get(header)) {
+                Some(old) => *value = old.clone(),
+                None => {
+                    return Err(ConfigError::new(
+                        format!("{kind}/{name}.{field}.{header}"),
                         "is redacted, and no stored value to keep",
                     ))
                 }
@@ -319,6 +361,21 @@ mod tests {
         let mut env = json!({"name": "p", "api_key": "${OPENAI_API_KEY}"});
         redact("provider_keys", &mut env);
         assert_eq!(env["api_key"], "${OPENAI_API_KEY}");
+        // A default is a literal; extra headers may be credentials.
+        let mut v = json!({"name": "p", "api_key": "${KEY:-sk-dev-literal}",
+            "headers": {"x-server-key": "sk-hdr-literal", "x-env": "${HDR}", "x-def": "${H:-lit}"}});
+        redact("provider_keys", &mut v);
+        assert_eq!(v["api_key"], REDACTED);
+        assert_eq!(v["headers"]["x-server-key"], REDACTED);
+        assert_eq!(v["headers"]["x-def"], REDACTED);
+        assert_eq!(v["headers"]["x-env"], "${HDR}");
+        let stored = json!({"name": "p", "api_key": "k", "headers": {"x-server-key": "sk-hdr-literal"}});
+        let kept = prepare("provider_keys", "p", v.clone(), Some(&stored));
+        assert!(kept.is_err(), "x-def has no stored value to keep");
+        v["headers"]["x-def"] = json!("new");
+        v["api_key"] = json!("k2");
+        let kept = prepare("provider_keys", "p", v, Some(&stored)).unwrap();
+        assert_eq!(kept["headers"]["x-server-key"], "sk-hdr-literal");
 
         let stored = json!({"name": "p", "provider": "openai", "api_key": "sk-live-123"});
         let sent = json!({"provider": "openai", "api_key": REDACTED, "headers": {"x": "1"}});

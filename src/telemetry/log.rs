@@ -15,16 +15,32 @@ use crate::proxy::Ctx;
 use crate::route::plan::Outcome;
 use crate::state::AppState;
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default `info` level.
+/// Installs the global subscriber. `RUST_LOG` overrides the default `info` level for
+/// aigw's own lines; every other crate's are capped at `info`, whatever `RUST_LOG` says
+/// (see [`own_or_at_most_info`]).
 pub fn init() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // A second init (tests, embedded use) keeps the first subscriber.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+            own_or_at_most_info(m.target(), *m.level())
+        }));
+    // A second init (tests, embedded use) keeps the first subscriber.
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
+}
+
+/// Whether a log line may be printed. Pingora's debug and trace lines dump whole request
+/// and response headers (`Sending header to upstream`, `Writing request header`), with the
+/// provider's key and the caller's in them, and HTTP and TLS libraries below it do much
+/// the same; no log level may print a credential, so only aigw's own lines, which never
+/// hold one, go below `info`.
+fn own_or_at_most_info(target: &str, level: tracing::Level) -> bool {
+    level <= tracing::Level::INFO || target == "aigw" || target.starts_with("aigw::")
 }
 
 /// Access lines are batched: appended to a shared buffer and written to stdout by one
@@ -266,6 +282,19 @@ fn text(r: &Record<'_>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn other_crates_are_capped_at_info() {
+        use tracing::Level;
+        assert!(super::own_or_at_most_info("aigw::proxy::request", Level::TRACE));
+        assert!(super::own_or_at_most_info("pingora_proxy::proxy_h1", Level::INFO));
+        assert!(!super::own_or_at_most_info("pingora_proxy::proxy_h1", Level::DEBUG));
+        assert!(!super::own_or_at_most_info(
+            "pingora_core::protocols::http::v1::client",
+            Level::TRACE
+        ));
+        assert!(!super::own_or_at_most_info("aigwx", Level::DEBUG));
+    }
+
     use super::*;
 
     #[test]

@@ -23,6 +23,10 @@ guardrails:
     rules: [{kind: keyword, words: [falcon], whole_word: true}]
     stage: response
     action: block
+  - name: spaced-out
+    rules: [{kind: regex, pattern: "(?i)project\\s+falcon"}]
+    stage: response
+    action: block
 models:
   - {name: echo, provider_key: mock, model: "x?echo", guardrails: [pii-mask]}
   - {name: echo-out, provider_key: mock, model: "x?echo", guardrails: [pii-out]}
@@ -30,6 +34,8 @@ models:
   - {name: plain, provider_key: mock, model: "x?echo"}
   - {name: falcon, provider_key: mock, model: "x?echo&chunk_delay_ms=5", guardrails: [falcon-out]}
   - {name: claude-falcon, provider_key: an, model: "c?echo", guardrails: [falcon-out]}
+  - {name: spaced, provider_key: mock, model: "x?echo", guardrails: [spaced-out]}
+  - {name: claude-plain, provider_key: an, model: "c?echo"}
 api_keys:
   - {name: main, key: "{CALLER_KEY}", owner: team-a, guardrails: [no-secrets, injection-watch]}
   - {name: free, key: sk-free, owner: team-free}
@@ -297,20 +303,34 @@ async fn block_wins_and_key_and_model_guardrails_both_apply() {
 async fn malformed_content_fails_closed_for_block_and_open_without_one() {
     let mock = Mock::start();
     let gw = Gateway::start(CONFIG, &mock);
-    let odd = [
-        json!({"model": "plain", "messages": [{"role": "user", "content": 5}]}),
+    // Every string of a request is text, whatever shape holds it: a secret in an odd
+    // place is found where a walk of known fields would not look.
+    let hidden = [
         json!({"model": "plain", "messages": [{"role": "user", "content": [{"type": "text", "text": {"nested": SECRET}}]}]}),
-        json!({"model": "plain", "messages": "not a list"}),
-        json!({"model": "plain", "messages": [["a list", "not a message"]]}),
+        json!({"model": "plain", "messages": [["a list", SECRET]]}),
+        json!({"model": "plain", "messages": [{"role": "user", "content": "hi"}], "x-unknown": {"deep": [SECRET]}}),
     ];
-    for body in &odd {
+    for body in &hidden {
         let r = post(&gw, "/v1/chat/completions", body).await;
         assert_eq!(r.status(), 400, "{body}");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["code"], "content_filter", "{body}");
     }
-    // Without a guardrail that blocks or masks, the provider judges the request.
-    let r = post_as(&gw, "sk-free", "/v1/chat/completions", &odd[0]).await;
+    // Text the gateway cannot read (base64 of a text type) fails closed for a guardrail
+    // that blocks or masks...
+    let b64 = json!({"model": "plain", "max_tokens": 10, "messages": [{"role": "user", "content": [
+        {"type": "document", "source": {"type": "base64", "media_type": "text/plain", "data": "aGVsbG8="}}]}]});
+    let r = post_messages_as(&gw, CALLER_KEY, &b64).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["type"],
+        "invalid_request_error"
+    );
+    // ...and a request with no text at all in an odd shape is the provider's to judge.
+    let odd = json!({"model": "plain", "messages": [{"role": "user", "content": 5}]});
+    let r = post(&gw, "/v1/chat/completions", &odd).await;
+    assert_ne!(r.json::<Value>().await.unwrap()["error"]["code"], "content_filter");
+    let r = post_as(&gw, "sk-free", "/v1/chat/completions", &hidden[0]).await;
     assert_ne!(r.json::<Value>().await.unwrap()["error"]["code"], "content_filter");
 }
 
@@ -355,4 +375,79 @@ async fn a_reload_picks_up_an_edited_pack() {
         gw.log_text()
     );
     assert_eq!(ask("a crane").await, 400);
+}
+
+/// Text the walk of known fields missed reaches no provider unscanned, whichever
+/// translation carries it: unknown part types, documents, tool descriptions, predictions,
+/// refusals, and duplicate keys that parsers read differently.
+#[tokio::test]
+async fn every_text_a_provider_reads_is_scanned_through_every_translation() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let before = mock.requests().len();
+    let secret = format!("use {SECRET}");
+    let chat_cases = [
+        json!({"model": "claude-plain", "messages": [{"role": "system", "content": [{"type": "x-note", "text": secret}]}, {"role": "user", "content": "hi"}]}),
+        json!({"model": "plain", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f", "description": secret}}]}),
+        json!({"model": "plain", "messages": [{"role": "user", "content": "hi"}], "prediction": {"type": "content", "content": secret}}),
+        json!({"model": "plain", "messages": [{"role": "assistant", "content": [{"type": "refusal", "refusal": secret}]}, {"role": "user", "content": "hi"}]}),
+        json!({"model": "claude-plain", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"q": {"type": "string", "description": secret}}}}}]}),
+    ];
+    for body in &chat_cases {
+        let r = post(&gw, "/v1/chat/completions", body).await;
+        assert_eq!(r.status(), 400, "{body}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            "content_filter",
+            "{body}"
+        );
+    }
+    let messages_cases = [
+        json!({"model": "plain", "max_tokens": 10, "system": [{"type": "x-note", "text": secret}], "messages": [{"role": "user", "content": "hi"}]}),
+        json!({"model": "claude-plain", "max_tokens": 10, "messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": secret}}]}]}),
+        json!({"model": "plain", "max_tokens": 10, "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "x-other", "text": secret}]}]}]}),
+    ];
+    for body in &messages_cases {
+        let r = post_messages_as(&gw, CALLER_KEY, body).await;
+        assert_eq!(r.status(), 400, "{body}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["type"],
+            "invalid_request_error",
+            "{body}"
+        );
+    }
+    // The same key twice: one parser would see the secret, another the harmless text.
+    let dup = format!(r#"{{"model":"plain","messages":[{{"role":"user","content":"{secret}","content":"hi"}}]}}"#);
+    let r = client()
+        .post(format!("{}/v1/chat/completions", gw.url()))
+        .bearer_auth(CALLER_KEY)
+        .header("content-type", "application/json")
+        .body(dup)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_json");
+    assert_eq!(mock.requests().len(), before, "nothing reached the provider");
+}
+
+/// A match longer than any fixed window, streamed in one-word deltas, is decided as the
+/// same answer as JSON is: blocked.
+#[tokio::test]
+async fn a_long_match_in_small_stream_deltas_is_blocked_like_json() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let text = format!("the plan is project{}falcon now", " ".repeat(300));
+    let r = post_as(&gw, "sk-free", "/v1/chat/completions", &chat("spaced", &text, false)).await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "content_filter", "{v}");
+    let r = post_as(&gw, "sk-free", "/v1/chat/completions", &chat("spaced", &text, true)).await;
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert!(!body.to_lowercase().contains("falcon"), "{body}");
+    if status == StatusCode::OK {
+        assert!(body.contains("content_filter") && !body.contains("[DONE]"), "{body}");
+    } else {
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
 }

@@ -7,12 +7,9 @@ use std::sync::Arc;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Input, MatchKind};
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
+use super::live::Liveness;
 use super::pii::{self, Check};
 use crate::config::raw::Rule;
-
-/// Patterns without a finite longest match (`\s+`, `.*`) count as this long for the
-/// streaming hold-back window, so a stream is never held back further than this.
-pub const UNBOUNDED_LEN: usize = 256;
 
 /// Compiled regexes may use this much memory each (the default 10 MiB is too tight for a
 /// set of the PII detectors with their bounded repetitions).
@@ -49,8 +46,8 @@ pub struct Matcher {
     words: Vec<Keyword>,
     set: Option<RegexSet>,
     patterns: Vec<Pattern>,
-    /// The longest possible match in bytes (patterns without one count `UNBOUNDED_LEN`).
-    pub max_len: usize,
+    /// Every rule in one automaton that streams step through (see `live.rs`).
+    pub live: Option<Liveness>,
 }
 
 impl Matcher {
@@ -93,19 +90,12 @@ impl Matcher {
                 }
             }
         }
-        let mut max_len = words.iter().map(|w| w.word.len()).max().unwrap_or(0);
         let mut patterns = Vec::with_capacity(sources.len());
         for (src, check, label) in &sources {
             let regex = RegexBuilder::new(src)
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
                 .map_err(|e| (rule_of(rules, patterns.len()), format!("invalid regex: {e}")))?;
-            let longest = regex_syntax::Parser::new()
-                .parse(src)
-                .ok()
-                .and_then(|h| h.properties().maximum_len())
-                .map_or(UNBOUNDED_LEN, |n| n.min(UNBOUNDED_LEN));
-            max_len = max_len.max(longest);
             patterns.push(Pattern {
                 regex,
                 check: *check,
@@ -133,12 +123,16 @@ impl Matcher {
                     .map_err(|e| (0, format!("the keywords do not compile: {e}")))?,
             )
         };
+        let sources_only: Vec<String> = sources.iter().map(|(s, _, _)| s.clone()).collect();
+        let word_bytes: Vec<&[u8]> = words.iter().map(|w| &*w.word).collect();
+        let live = Liveness::build(&sources_only, &word_bytes)
+            .map_err(|e| (0, format!("the rules do not compile for streams: {e}")))?;
         Ok(Self {
             keywords,
             words,
             set,
             patterns,
-            max_len,
+            live,
         })
     }
 
@@ -256,7 +250,6 @@ mod tests {
         assert!(found(&m, "project falcon").is_empty());
         assert_eq!(found(&m, "a CAT sat").len(), 1);
         assert!(found(&m, "concatenate").is_empty());
-        assert_eq!(m.max_len, 6);
     }
 
     #[test]
@@ -275,8 +268,6 @@ mod tests {
         assert_eq!(found(&m, "card 4111 1111 1111 1111 ok")[0].2, "credit_card");
         assert!(found(&m, "card 4111 1111 1111 1112 ok").is_empty());
         assert_eq!(found(&m, "mail bob@example.com now")[0], (5, 20, "email".into()));
-        // `\s+` has no longest match: the window is capped.
-        assert_eq!(m.max_len, UNBOUNDED_LEN);
     }
 
     #[test]

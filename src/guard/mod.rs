@@ -7,6 +7,7 @@
 //! that cannot scan something (content of an unknown shape) fails closed when it blocks
 //! or masks, and open when it monitors.
 
+pub mod live;
 pub mod matcher;
 pub mod pii;
 pub mod stream;
@@ -268,8 +269,7 @@ pub fn check_request(
     if guards.is_empty() {
         return Ok(None);
     }
-    let mut v: Value =
-        serde_json::from_slice(body).map_err(|e| GwError::InvalidJson(format!("Invalid JSON body: {e}")))?;
+    let mut v = text::parse_unique(body).map_err(|e| GwError::InvalidJson(format!("Invalid JSON body: {e}")))?;
     let mut blocked: Option<Arc<str>> = None;
     let mut changed = false;
     let shape = text::request_texts(

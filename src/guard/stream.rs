@@ -1,34 +1,48 @@
 //! Response guardrails on a streamed completion, in the caller's shape (chat chunks,
-//! Anthropic events, Responses events).
+//! Anthropic events, Responses events). The promise: a streaming caller receives exactly
+//! the text the same answer gets as JSON (same masks, same block decision), at a cost
+//! linear in the stream.
 //!
-//! The text of each choice (OpenAI) or content block (Anthropic) is scanned as one string
-//! across events. When a guardrail may block or mask, the last `window` bytes of that text
-//! (the longest possible match, plus one character for word boundaries) are held back, so
-//! a match split across events is caught before any of it reaches the caller; the held
-//! text rides on the next event, or on the event that ends the choice. A match that may
-//! still grow (it reaches into the window) is held from its start. Monitor-only streams
-//! are scanned the same way but forwarded untouched.
+//! Every text of the stream is scanned, read as JSON completions are (`text.rs`): each
+//! string an event's delta carries (content, reasoning, refusals, tool call arguments;
+//! Anthropic text, thinking and tool input JSON; Responses deltas) is one growing text
+//! per choice or block and field, across events. Nothing of a text is released while a
+//! match may still start before it: each guardrail's liveness automaton (`live.rs`) says
+//! where the earliest match in progress starts, however long the match, and the text
+//! before it is final: it is scanned once, masked and released; the held rest rides on
+//! the next event of that text, or on an event of its own when the text ends. A text
+//! held past [`MAX_HOLD`] ends the stream with the guardrail's error (a match that long
+//! cannot be decided without holding the stream). Monitor-only streams are scanned the
+//! same way but forwarded untouched. Events whose text arrives whole (`.done` events,
+//! the final response) are checked whole.
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
+use super::live::Tracker;
+use super::text::PROTOCOL_KEYS;
 use super::{apply_masks, intervenes, record, scan_text, Found, Guardrail, Hit, Shape, TextVerdict};
 use crate::config::raw::Action;
 use crate::stream::{event_data, event_end};
 
-/// Room for one character after a match, so a trailing word boundary sees it.
-const MARGIN: usize = 4;
+/// The most text one choice or block may hold back while a match is in progress.
+pub const MAX_HOLD: usize = 64 * 1024;
 
-#[derive(Debug, Default)]
-struct Pending {
-    /// The last emitted character (context for boundaries), then the held text.
+/// One growing text: a choice's field (chat), a block's (Anthropic), an item's
+/// (Responses).
+#[derive(Debug)]
+struct Held {
+    idx: u64,
+    field: String,
+    /// The last released character (context for word boundaries), then the held text.
     text: String,
-    /// Bytes at the front of `text` that were already emitted.
+    /// Bytes at the front of `text` that were already released.
     ctx: usize,
-    /// Responses: the item and part the text belongs to, for an event carrying held text.
-    meta: Option<Value>,
+    trackers: Vec<Option<Tracker>>,
+    /// An event that carries this text, its text at `field` replaced on release.
+    event: Value,
 }
 
 #[derive(Debug)]
@@ -36,32 +50,27 @@ pub struct StreamGuard {
     guards: Vec<Arc<Guardrail>>,
     shape: Shape,
     holds: bool,
-    window: usize,
     carry: BytesMut,
-    texts: Vec<(u64, Pending)>,
-    /// OpenAI: the first chunk's envelope (id, model, created), for a chunk that carries
-    /// held text when the stream ends without a finish_reason.
-    template: Option<Value>,
+    texts: Vec<Held>,
 }
+
+/// Why a guarded stream must end.
+type Stop = Arc<str>;
 
 impl StreamGuard {
     pub fn new(guards: Vec<Arc<Guardrail>>, shape: impl Into<Shape>) -> Self {
-        let shape = shape.into();
-        let longest = guards.iter().map(|g| g.matcher.max_len).max().unwrap_or(0);
         Self {
             holds: intervenes(&guards),
             guards,
-            shape,
-            window: longest + MARGIN,
+            shape: shape.into(),
             carry: BytesMut::new(),
             texts: Vec::new(),
-            template: None,
         }
     }
 
     /// Events in, events out. `Err` names the guardrail that blocked: the stream must end
     /// with an error event, and nothing held is sent.
-    pub fn feed(&mut self, chunk: &[u8], end: bool, hits: &mut Vec<Hit>) -> Result<Bytes, Arc<str>> {
+    pub fn feed(&mut self, chunk: &[u8], end: bool, hits: &mut Vec<Hit>) -> Result<Bytes, Stop> {
         self.carry.extend_from_slice(chunk);
         let data = self.carry.split().freeze();
         let mut out = Vec::with_capacity(data.len() + 64);
@@ -74,21 +83,21 @@ impl StreamGuard {
             if pos < data.len() {
                 self.event(&data[pos..], &mut out, hits)?;
             }
-            self.flush_all(&mut out, hits)?;
+            self.flush(None, &mut out, hits)?;
         } else {
             self.carry.extend_from_slice(&data[pos..]);
         }
         Ok(Bytes::from(out))
     }
 
-    fn event(&mut self, event: &[u8], out: &mut Vec<u8>, hits: &mut Vec<Hit>) -> Result<(), Arc<str>> {
+    fn event(&mut self, event: &[u8], out: &mut Vec<u8>, hits: &mut Vec<Hit>) -> Result<(), Stop> {
         let data = event_data(event);
         if data.is_empty() {
             out.extend_from_slice(event);
             return Ok(());
         }
         if data == b"[DONE]" {
-            self.flush_all(out, hits)?;
+            self.flush(None, out, hits)?;
             out.extend_from_slice(event);
             return Ok(());
         }
@@ -102,7 +111,7 @@ impl StreamGuard {
             };
         };
         let changed = match self.shape {
-            Shape::Chat => self.chat_chunk(&mut v, hits)?,
+            Shape::Chat => self.chat_chunk(&mut v, out, hits)?,
             Shape::Messages => self.anthropic_event(&mut v, out, hits)?,
             Shape::Responses => self.responses_event(&mut v, out, hits)?,
         };
@@ -114,204 +123,282 @@ impl StreamGuard {
         Ok(())
     }
 
-    fn chat_chunk(&mut self, v: &mut Value, hits: &mut Vec<Hit>) -> Result<bool, Arc<str>> {
-        if self.holds && self.template.is_none() {
-            let mut t = v.clone();
-            t["choices"] = json!([]);
-            if let Value::Object(o) = &mut t {
-                o.remove("usage");
-            }
-            self.template = Some(t);
-        }
+    fn chat_chunk(&mut self, v: &mut Value, out: &mut Vec<u8>, hits: &mut Vec<Hit>) -> Result<bool, Stop> {
+        // The chunk's envelope (id, model, created...), for events that carry held text.
+        let mut envelope: Map<String, Value> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| *k != "choices" && *k != "usage")
+            .map(|(k, x)| (k.clone(), x.clone()))
+            .collect();
+        envelope.insert("choices".into(), json!([]));
+        let envelope = Value::Object(envelope);
         let Some(Value::Array(choices)) = v.get_mut("choices") else {
             return Ok(false);
         };
         let mut changed = false;
         for choice in choices {
             let idx = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let finishing = choice.get("finish_reason").is_some_and(|f| !f.is_null());
-            match choice.pointer_mut("/delta/content") {
-                Some(Value::String(s)) => {
-                    let emit = self.push(idx, s, finishing, hits)?;
-                    if emit != *s {
-                        *s = emit;
-                        changed = true;
-                    }
-                }
-                _ if finishing => {
-                    let rest = self.push(idx, "", true, hits)?;
-                    if !rest.is_empty() {
-                        if let Some(Value::Object(delta)) = choice.get_mut("delta") {
-                            delta.insert("content".into(), Value::String(rest));
-                            changed = true;
-                        }
-                    }
-                }
-                _ => {}
+            if let Some(delta) = choice.get_mut("delta") {
+                let carrier = |field: &str| {
+                    let mut e = envelope.clone();
+                    e["choices"] = json!([{"index": idx, "delta": at_path(field, Value::Null), "finish_reason": null}]);
+                    e
+                };
+                changed |= self.texts_of(delta, idx, "", &carrier, hits)?;
+            }
+            if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
+                // The choice ends with this chunk: what it holds goes out just before.
+                self.flush(Some(idx), out, hits)?;
             }
         }
         Ok(changed)
     }
 
-    fn anthropic_event(&mut self, v: &mut Value, out: &mut Vec<u8>, hits: &mut Vec<Hit>) -> Result<bool, Arc<str>> {
+    fn anthropic_event(&mut self, v: &mut Value, out: &mut Vec<u8>, hits: &mut Vec<Hit>) -> Result<bool, Stop> {
         let idx = v.get("index").and_then(Value::as_u64).unwrap_or(0);
         match v.get("type").and_then(Value::as_str) {
             Some("content_block_delta") => {
-                if let Some(Value::String(s)) = v.pointer_mut("/delta/text") {
-                    let emit = self.push(idx, s, false, hits)?;
-                    if emit != *s {
-                        *s = emit;
-                        return Ok(true);
-                    }
+                let kind = v.pointer("/delta/type").cloned().unwrap_or(Value::Null);
+                let carrier = |field: &str| {
+                    let mut delta = at_path(field, Value::Null);
+                    delta["type"] = kind.clone();
+                    json!({"type": "content_block_delta", "index": idx, "delta": delta})
+                };
+                match v.get_mut("delta") {
+                    Some(delta) => self.texts_of(delta, idx, "", &carrier, hits),
+                    None => Ok(false),
                 }
-                Ok(false)
+            }
+            // A block may start with text of its own (usually empty).
+            Some("content_block_start") => {
+                let kind = match v.pointer("/content_block/type").and_then(Value::as_str) {
+                    Some("thinking") => "thinking_delta",
+                    Some("tool_use") => "input_json_delta",
+                    _ => "text_delta",
+                };
+                let carrier = |field: &str| {
+                    let mut delta = at_path(field, Value::Null);
+                    delta["type"] = json!(kind);
+                    json!({"type": "content_block_delta", "index": idx, "delta": delta})
+                };
+                match v.get_mut("content_block") {
+                    // A tool_use block's `input` is `{}` here; its JSON arrives as deltas.
+                    Some(Value::Object(b)) => {
+                        let mut changed = false;
+                        for field in ["text", "thinking"] {
+                            if let Some(Value::String(s)) = b.get_mut(field) {
+                                let emit = self.push(idx, field, s, &carrier, hits)?;
+                                changed |= replace(s, emit);
+                            }
+                        }
+                        Ok(changed)
+                    }
+                    _ => Ok(false),
+                }
             }
             Some("content_block_stop") => {
-                self.flush(idx, out, hits)?;
+                self.flush(Some(idx), out, hits)?;
                 Ok(false)
             }
             Some("message_delta" | "message_stop") => {
-                self.flush_all(out, hits)?;
+                self.flush(None, out, hits)?;
                 Ok(false)
             }
             _ => Ok(false),
         }
     }
 
-    /// Responses events: text deltas are held back like chat content; the events that
-    /// repeat a finished text whole (`.done` events, the final response) are checked whole.
-    fn responses_event(&mut self, v: &mut Value, out: &mut Vec<u8>, hits: &mut Vec<Hit>) -> Result<bool, Arc<str>> {
-        let idx = v["output_index"].as_u64().unwrap_or(0) * 1024 + v["content_index"].as_u64().unwrap_or(0);
-        match v.get("type").and_then(Value::as_str) {
-            Some("response.output_text.delta") => {
-                let meta = json!({"item_id": v["item_id"], "output_index": v["output_index"],
-                    "content_index": v["content_index"], "sequence_number": v["sequence_number"]});
-                if let Some(Value::String(s)) = v.get_mut("delta") {
-                    let emit = self.push(idx, s, false, hits)?;
-                    if let Some((_, p)) = self.texts.iter_mut().find(|(k, _)| *k == idx) {
-                        p.meta = Some(meta);
-                    }
-                    if emit != *s {
-                        *s = emit;
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
+    /// Responses events: every `*.delta` event's text is held back like chat content; the
+    /// events that repeat a finished text whole (`*.done`, the finished part and item, the
+    /// final response's output) are checked whole.
+    fn responses_event(&mut self, v: &mut Value, out: &mut Vec<u8>, hits: &mut Vec<Hit>) -> Result<bool, Stop> {
+        let kind = v.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
+        let idx = v["output_index"].as_u64().unwrap_or(0) * 1024
+            + v["content_index"].as_u64().or(v["summary_index"].as_u64()).unwrap_or(0);
+        if let Some(stem) = kind.strip_suffix(".delta") {
+            let mut meta = v.clone();
+            if let Value::Object(m) = &mut meta {
+                m.remove("delta");
             }
-            Some("response.output_text.done") => {
-                self.flush(idx, out, hits)?;
-                Ok(self.whole(v.get_mut("text"), hits)?)
+            let carrier = |_: &str| meta.clone();
+            if let Some(Value::String(s)) = v.get_mut("delta") {
+                let emit = self.push(idx, stem, s, &carrier, hits)?;
+                return Ok(replace(s, emit));
             }
-            Some("response.content_part.done") => Ok(self.whole(v.pointer_mut("/part/text"), hits)?),
-            Some("response.output_item.done") => {
-                let mut changed = false;
-                for part in v
-                    .pointer_mut("/item/content")
-                    .and_then(Value::as_array_mut)
-                    .into_iter()
-                    .flatten()
-                {
-                    changed |= self.whole(part.get_mut("text"), hits)?;
-                }
-                Ok(changed)
-            }
-            Some("response.completed" | "response.incomplete" | "response.failed") => {
-                self.flush_all(out, hits)?;
-                let mut changed = false;
-                let items = v.pointer_mut("/response/output").and_then(Value::as_array_mut);
-                for item in items.into_iter().flatten() {
-                    for part in item["content"].as_array_mut().into_iter().flatten() {
-                        changed |= self.whole(part.get_mut("text"), hits)?;
-                    }
-                }
-                Ok(changed)
-            }
-            _ => Ok(false),
+            return Ok(false);
         }
+        if let Some(stem) = kind.strip_suffix(".done") {
+            if self.texts.iter().any(|h| h.idx == idx && h.field == stem) {
+                self.flush_one(idx, stem, out, hits)?;
+            }
+        }
+        let whole = match kind.as_str() {
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                self.flush(None, out, hits)?;
+                v.pointer_mut("/response/output")
+            }
+            "response.content_part.done" => v.get_mut("part"),
+            "response.output_item.done" => v.get_mut("item"),
+            k if k.ends_with(".done") => Some(&mut *v),
+            _ => None,
+        };
+        match whole {
+            Some(x) => self.whole(x, hits),
+            None => Ok(false),
+        }
+    }
+
+    /// Every text string in `x` (a delta), each held back as a growing text of its own.
+    fn texts_of(
+        &mut self,
+        x: &mut Value,
+        idx: u64,
+        path: &str,
+        carrier: &dyn Fn(&str) -> Value,
+        hits: &mut Vec<Hit>,
+    ) -> Result<bool, Stop> {
+        let mut changed = false;
+        match x {
+            Value::String(s) => {
+                let emit = self.push(idx, path, s, carrier, hits)?;
+                changed |= replace(s, emit);
+            }
+            Value::Object(o) => {
+                for (k, child) in o.iter_mut() {
+                    if matches!(child, Value::String(_)) && PROTOCOL_KEYS.contains(&k.as_str()) {
+                        continue;
+                    }
+                    let sub = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    changed |= self.texts_of(child, idx, &sub, carrier, hits)?;
+                }
+            }
+            // Tool calls are addressed by their own `index`, as chat deltas do.
+            Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    let n = item.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
+                    changed |= self.texts_of(item, idx, &format!("{path}.{n}"), carrier, hits)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(changed)
     }
 
     /// A finished text repeated whole: masked (or blocked) as a whole text is.
-    fn whole(&mut self, text: Option<&mut Value>, hits: &mut Vec<Hit>) -> Result<bool, Arc<str>> {
-        let Some(Value::String(s)) = text else { return Ok(false) };
-        match scan_text(&self.guards, s, hits) {
-            TextVerdict::Clean => Ok(false),
-            TextVerdict::Blocked(name) => Err(name),
-            TextVerdict::Masked(m) => {
-                *s = m;
-                Ok(true)
-            }
+    fn whole(&mut self, x: &mut Value, hits: &mut Vec<Hit>) -> Result<bool, Stop> {
+        let mut blocked = None;
+        let mut changed = false;
+        let guards = &self.guards;
+        let _ =
+            super::text::request_texts(
+                x,
+                crate::provider::Endpoint::Responses,
+                &mut |s: &mut String| match scan_text(guards, s, hits) {
+                    TextVerdict::Clean => {}
+                    TextVerdict::Blocked(name) => {
+                        blocked.get_or_insert(name);
+                    }
+                    TextVerdict::Masked(m) => {
+                        *s = m;
+                        changed = true;
+                    }
+                },
+            );
+        match blocked {
+            Some(name) => Err(name),
+            None => Ok(changed),
         }
     }
 
-    fn texts_meta(&self, idx: u64) -> Value {
-        self.texts
-            .iter()
-            .find(|(k, _)| *k == idx)
-            .and_then(|(_, p)| p.meta.clone())
-            .unwrap_or_else(|| json!({}))
-    }
-
-    /// Appends streamed text of one choice; returns the text that may go out now.
-    fn push(&mut self, idx: u64, text: &str, last: bool, hits: &mut Vec<Hit>) -> Result<String, Arc<str>> {
-        let i = match self.texts.iter().position(|(k, _)| *k == idx) {
+    /// Appends streamed text to its growing text; returns what may go out now.
+    fn push(
+        &mut self,
+        idx: u64,
+        field: &str,
+        text: &str,
+        carrier: &dyn Fn(&str) -> Value,
+        hits: &mut Vec<Hit>,
+    ) -> Result<String, Stop> {
+        let i = match self.texts.iter().position(|h| h.idx == idx && h.field == field) {
             Some(i) => i,
             None => {
-                self.texts.push((idx, Pending::default()));
+                let trackers = self
+                    .guards
+                    .iter()
+                    .map(|g| g.matcher.live.as_ref().map(|l| l.tracker()))
+                    .collect();
+                self.texts.push(Held {
+                    idx,
+                    field: field.to_owned(),
+                    text: String::new(),
+                    ctx: 0,
+                    trackers,
+                    event: Value::Null,
+                });
                 self.texts.len() - 1
             }
         };
-        let p = &mut self.texts[i].1;
-        p.text.push_str(text);
-        let emit = settle(&self.guards, self.window, p, last, hits)?;
-        if last {
-            self.texts.swap_remove(i);
-        }
-        Ok(emit)
+        let held = &mut self.texts[i];
+        held.event = carrier(field);
+        settle(&self.guards, held, text, false, hits)
     }
 
-    /// Sends what is held for one choice / block, as an event of its own.
-    fn flush(&mut self, idx: u64, out: &mut Vec<u8>, hits: &mut Vec<Hit>) -> Result<(), Arc<str>> {
-        if !self.texts.iter().any(|(k, _)| *k == idx) {
-            return Ok(());
+    /// Releases what is held for one choice or block (`None`: every one), as events of
+    /// their own.
+    fn flush(&mut self, idx: Option<u64>, out: &mut Vec<u8>, hits: &mut Vec<Hit>) -> Result<(), Stop> {
+        let mut keys: Vec<(u64, String)> = self
+            .texts
+            .iter()
+            .filter(|h| idx.is_none_or(|i| h.idx == i))
+            .map(|h| (h.idx, h.field.clone()))
+            .collect();
+        keys.sort();
+        for (i, field) in keys {
+            self.flush_one(i, &field, out, hits)?;
         }
-        let meta = self.texts_meta(idx);
-        let rest = self.push(idx, "", true, hits)?;
-        if rest.is_empty() || !self.holds {
-            return Ok(());
-        }
-        let v = match self.shape {
-            Shape::Messages => json!({"type": "content_block_delta", "index": idx,
-                "delta": {"type": "text_delta", "text": rest}}),
-            Shape::Responses => {
-                let mut m = meta;
-                m["type"] = json!("response.output_text.delta");
-                m["delta"] = json!(rest);
-                m
-            }
-            Shape::Chat => {
-                let mut t = self
-                    .template
-                    .clone()
-                    .unwrap_or_else(|| json!({"object": "chat.completion.chunk"}));
-                t["choices"] = json!([{"index": idx, "delta": {"content": rest}, "finish_reason": null}]);
-                t
-            }
-        };
-        write_event(out, &v, self.shape);
         Ok(())
     }
 
-    fn flush_all(&mut self, out: &mut Vec<u8>, hits: &mut Vec<Hit>) -> Result<(), Arc<str>> {
-        let mut idxs: Vec<u64> = self.texts.iter().map(|(k, _)| *k).collect();
-        idxs.sort_unstable();
-        for idx in idxs {
-            self.flush(idx, out, hits)?;
+    fn flush_one(&mut self, idx: u64, field: &str, out: &mut Vec<u8>, hits: &mut Vec<Hit>) -> Result<(), Stop> {
+        let Some(i) = self.texts.iter().position(|h| h.idx == idx && h.field == field) else {
+            return Ok(());
+        };
+        let mut held = self.texts.swap_remove(i);
+        let rest = settle(&self.guards, &mut held, "", true, hits)?;
+        if rest.is_empty() || !self.holds {
+            return Ok(());
         }
+        let mut event = held.event;
+        let slot = match self.shape {
+            Shape::Chat => event.pointer_mut("/choices/0/delta"),
+            Shape::Messages => event.get_mut("delta"),
+            Shape::Responses => {
+                event["delta"] = Value::Null;
+                Some(&mut event)
+            }
+        };
+        if let Some(slot) = slot {
+            let target = if self.shape == Shape::Responses {
+                slot.get_mut("delta")
+            } else {
+                slot.pointer_mut(&pointer(field))
+            };
+            if let Some(t) = target {
+                *t = Value::String(rest);
+            }
+        }
+        write_event(out, &event, self.shape);
         Ok(())
     }
 
     /// An event that cannot be read: a guardrail that blocks or masks fails closed.
-    fn fail_closed(&self) -> Option<Arc<str>> {
+    fn fail_closed(&self) -> Option<Stop> {
         self.guards
             .iter()
             .find(|g| g.action != Action::Monitor)
@@ -319,17 +406,79 @@ impl StreamGuard {
     }
 }
 
-/// Scans the held text and decides how much of it may go out: everything but the last
-/// `window` bytes, and never part of a match that may still grow. `last` releases all.
-fn settle(
-    guards: &[Arc<Guardrail>],
-    window: usize,
-    p: &mut Pending,
-    last: bool,
-    hits: &mut Vec<Hit>,
-) -> Result<String, Arc<str>> {
+fn replace(s: &mut String, emit: String) -> bool {
+    if emit != *s {
+        *s = emit;
+        true
+    } else {
+        false
+    }
+}
+
+/// A JSON pointer for a dotted field path (`tool_calls.0.function.arguments`).
+fn pointer(field: &str) -> String {
+    field.split('.').fold(String::new(), |mut p, seg| {
+        p.push('/');
+        p.push_str(seg);
+        p
+    })
+}
+
+/// A delta holding `leaf` at the dotted `field` path; numeric segments are list items
+/// addressed by their `index` (chat tool calls), placed at position 0.
+fn at_path(field: &str, leaf: Value) -> Value {
+    let segs: Vec<&str> = field.split('.').filter(|s| !s.is_empty()).collect();
+    let mut v = leaf;
+    for (i, seg) in segs.iter().enumerate().rev() {
+        v = match seg.parse::<u64>() {
+            Ok(n) if i > 0 => {
+                let mut item = match v {
+                    Value::Object(o) => o,
+                    _ => Map::new(),
+                };
+                item.insert("index".into(), json!(n));
+                json!([Value::Object(item)])
+            }
+            _ => json!({ *seg: v }),
+        };
+    }
+    v
+}
+
+/// Takes new text of one growing text and decides how much of it may go out: everything
+/// before the earliest match still in progress, masked; `last` releases all.
+fn settle(guards: &[Arc<Guardrail>], p: &mut Held, new: &str, last: bool, hits: &mut Vec<Hit>) -> Result<String, Stop> {
+    let from = p.text.len();
+    p.text.push_str(new);
+    let len = p.text.len();
+    let mut cut = len;
+    if !last {
+        for (g, t) in guards.iter().zip(p.trackers.iter_mut()) {
+            if let (Some(live), Some(t)) = (&g.matcher.live, t.as_mut()) {
+                t.advance(live, p.text.as_bytes(), p.ctx, from);
+                if let Some(e) = t.earliest() {
+                    cut = cut.min(e);
+                }
+            }
+        }
+        cut = floor_boundary(&p.text, cut).max(p.ctx);
+        if len - cut > MAX_HOLD {
+            // A guardrail that may block or mask and holds this text ends the stream; one
+            // that only monitors lets it go.
+            let holder = guards.iter().zip(p.trackers.iter()).find(|(g, t)| {
+                g.action != Action::Monitor && t.as_ref().and_then(Tracker::earliest).is_some_and(|e| e <= cut)
+            });
+            match holder {
+                Some((g, _)) => return Err(g.name.clone()),
+                None => cut = len,
+            }
+        }
+        if cut == p.ctx {
+            // Nothing is final yet: nothing to scan or release.
+            return Ok(String::new());
+        }
+    }
     let text = &p.text;
-    let len = text.len();
     let mut found: Vec<(usize, Found)> = Vec::new();
     let mut scratch = Vec::new();
     for (gi, g) in guards.iter().enumerate() {
@@ -337,13 +486,9 @@ fn settle(
         g.matcher.find(text, p.ctx, &mut scratch);
         found.extend(scratch.drain(..).map(|f| (gi, f)));
     }
-    let mut cut = if last {
-        len
-    } else {
-        floor_boundary(text, len.saturating_sub(window)).max(p.ctx)
-    };
     if !last {
-        // Overlapping matches form clusters; a cluster reaching past the cut may grow.
+        // A match that started before the cut but reaches past it (it completed, but
+        // text after the cut belongs to it) is held from its start.
         found.sort_by_key(|(_, f)| f.start);
         let mut cluster: Option<(usize, usize)> = None;
         for (_, f) in &found {
@@ -356,7 +501,7 @@ fn settle(
             };
             if let Some((s, e)) = cluster {
                 if e > cut {
-                    cut = s;
+                    cut = s.max(p.ctx);
                     break;
                 }
             }
@@ -364,7 +509,7 @@ fn settle(
     }
     let mut masks = Vec::new();
     for (gi, f) in found {
-        if f.end > cut {
+        if f.end > cut || f.start >= cut {
             continue;
         }
         let g = &guards[gi];
@@ -376,10 +521,13 @@ fn settle(
         }
     }
     let emit = apply_masks(text, p.ctx, cut, masks);
-    // Keep the last emitted character as context for the next scan.
+    // Keep the last released character as context for the next scan.
     let keep_from = if cut == 0 { 0 } else { floor_boundary(text, cut - 1) };
     p.text.drain(..keep_from);
     p.ctx = cut - keep_from;
+    for t in p.trackers.iter_mut().flatten() {
+        t.shift(keep_from);
+    }
     Ok(emit)
 }
 

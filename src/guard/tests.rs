@@ -196,7 +196,7 @@ fn unreadable_events_fail_closed_for_block_and_open_for_monitor() {
 }
 
 #[test]
-fn window_is_the_longest_match_not_more() {
+fn only_a_match_in_progress_is_held() {
     let kw = raw::Guardrail {
         name: "kw".into(),
         pack: None,
@@ -210,15 +210,21 @@ fn window_is_the_longest_match_not_more() {
         action: Action::Mask,
     };
     let g = Arc::new(Guardrail::compile("g", &kw).unwrap());
-    // A 6-byte keyword holds back 6 bytes plus one character's room (4): the rest of the
-    // delta goes out at once.
-    let mut sg = StreamGuard::new(vec![g], Dialect::OpenAi);
+    // Only a match in progress is held: text that cannot start one goes out at once.
+    let mut sg = StreamGuard::new(vec![g.clone()], Dialect::OpenAi);
     let mut hits = Vec::new();
     let stream = chat_stream(&["a long sentence without it"]);
     let first = crate::stream::event_end(&stream).unwrap();
     let out = sg.feed(&stream[..first], false, &mut hits).unwrap();
     let text = String::from_utf8(out.to_vec()).unwrap();
-    assert!(text.contains(r#""content":"a long sentence ""#), "{text}");
+    assert!(text.contains(r#""content":"a long sentence without it""#), "{text}");
+    let mut sg = StreamGuard::new(vec![g], Dialect::OpenAi);
+    let stream = chat_stream(&["a word about Fal"]);
+    let out = sg
+        .feed(&stream[..crate::stream::event_end(&stream).unwrap()], false, &mut hits)
+        .unwrap();
+    let text = String::from_utf8(out.to_vec()).unwrap();
+    assert!(text.contains(r#""content":"a word about ""#), "{text}");
 }
 
 #[test]
@@ -257,4 +263,214 @@ fn choices_are_scanned_separately_and_interleaved() {
     }
     assert_eq!(texts, ["mail [REDACTED:email] ok", "call [REDACTED:phone] ok"]);
     assert!(out.ends_with(b"data: [DONE]\n\n"));
+}
+
+fn rules(name: &str, rules: Vec<raw::Rule>, pack: Option<&str>, action: Action) -> Arc<Guardrail> {
+    let g = raw::Guardrail {
+        name: name.into(),
+        pack: pack.map(|p| pack_path(p).to_string_lossy().into_owned()),
+        rules,
+        stage: Stage::Response,
+        action,
+    };
+    Arc::new(Guardrail::compile("g", &g).unwrap())
+}
+
+/// Splits `text` into pieces of about `n` bytes on character boundaries.
+fn pieces(text: &str, n: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < text.len() {
+        let mut end = (at + n).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        out.push(&text[at..end]);
+        at = end;
+    }
+    out
+}
+
+/// What the caller gets for `text` in the chat field at `pointer` of a message: as a
+/// JSON completion, and as a stream of `n`-byte deltas. `None`: blocked.
+fn json_and_stream(g: &Arc<Guardrail>, field: &str, text: &str, n: usize) -> (Option<String>, Option<String>) {
+    let mut msg = json!({"role": "assistant"});
+    let delta_of = |piece: &str| match field {
+        "arguments" => json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+        f => json!({ f: piece }),
+    };
+    match field {
+        "arguments" => {
+            msg["tool_calls"] = json!([{"id": "t", "type": "function", "function": {"name": "f", "arguments": text}}])
+        }
+        f => msg[f] = json!(text),
+    }
+    let read = |m: &Value| match field {
+        "arguments" => m
+            .pointer("/tool_calls/0/function/arguments")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        f => m[f].as_str().map(str::to_owned),
+    };
+    let body = json!({"choices": [{"index": 0, "message": msg, "finish_reason": "stop"}]});
+    let mut hits = Vec::new();
+    let mut by = None;
+    let checked = check_response(
+        std::slice::from_ref(g),
+        Shape::Chat,
+        body.to_string().as_bytes(),
+        &mut hits,
+        &mut by,
+    );
+    let whole = match by {
+        Some(_) => None,
+        None => {
+            let v: Value = checked.map_or(body.clone(), |b| serde_json::from_slice(&b).unwrap());
+            read(&v["choices"][0]["message"])
+        }
+    };
+    let mut stream = Vec::new();
+    for p in pieces(text, n) {
+        let c = json!({"id": "c", "choices": [{"index": 0, "delta": delta_of(p), "finish_reason": null}]});
+        stream.extend_from_slice(format!("data: {c}\n\n").as_bytes());
+    }
+    stream.extend_from_slice(
+        b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+    );
+    let mut sg = StreamGuard::new(vec![g.clone()], Dialect::OpenAi);
+    let mut streamed = Some(String::new());
+    // Fed event by event, as a provider's reads would arrive.
+    let mut pos = 0;
+    while let Some(len) = crate::stream::event_end(&stream[pos..]) {
+        match sg.feed(&stream[pos..pos + len], false, &mut hits) {
+            Ok(out) => {
+                for d in events(&out) {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&d) {
+                        if let (Some(s), Some(t)) = (streamed.as_mut(), v["choices"][0].get("delta").and_then(read)) {
+                            s.push_str(&t);
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                streamed = None;
+                break;
+            }
+        }
+        pos += len;
+    }
+    (whole, streamed)
+}
+
+/// The promise: for any rule set, what a streaming caller receives equals what the same
+/// answer gets as JSON, however long the match and however small the deltas, in every
+/// text field of a delta.
+#[test]
+fn streams_equal_json_for_long_matches_in_small_deltas_in_every_field() {
+    let jwt = format!("eyJhbGciOiJIUzI1NiJ9.eyJ{}.{}", "a".repeat(420), "S".repeat(43));
+    assert!(jwt.len() > 480);
+    let secrets = rules("secrets", vec![], Some("secrets.yaml"), Action::Mask);
+    let falcon = rules(
+        "falcon",
+        vec![raw::Rule::Regex {
+            pattern: r"(?i)project\s+falcon".into(),
+            label: None,
+        }],
+        None,
+        Action::Block,
+    );
+    let pii = rules("pii", vec![], Some("pii.yaml"), Action::Mask);
+    let spaced = format!("the plan: project{}FALCON starts", " ".repeat(300));
+    let cases: Vec<(&Arc<Guardrail>, String)> = vec![
+        (&secrets, format!("your token is {jwt} keep it safe")),
+        (&falcon, spaced.clone()),
+        (&falcon, format!("project{}falconry", " ".repeat(40))),
+        (&pii, "write to bob.smith@example.com or call 415-555-0132 today".into()),
+    ];
+    for (g, text) in &cases {
+        for field in ["content", "reasoning_content", "refusal", "arguments"] {
+            for n in [1, 3, 8, 16, 64] {
+                let (whole, streamed) = json_and_stream(g, field, text, n);
+                assert_eq!(whole, streamed, "{} in {field}, {n}-byte deltas: {text:.60}", g.name);
+            }
+        }
+    }
+    // And the cases were real: masked or blocked as JSON.
+    let (whole, _) = json_and_stream(&secrets, "content", &cases[0].1, 8);
+    assert!(whole.unwrap().contains("[REDACTED:jwt]"));
+    assert_eq!(json_and_stream(&falcon, "content", &spaced, 8), (None, None));
+}
+
+fn anthropic_deltas(kind: &str, field: &str, text: &str, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let start =
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}});
+    out.extend_from_slice(format!("event: content_block_start\ndata: {start}\n\n").as_bytes());
+    for p in pieces(text, n) {
+        let e = json!({"type": "content_block_delta", "index": 0, "delta": {"type": kind, field: p}});
+        out.extend_from_slice(format!("event: content_block_delta\ndata: {e}\n\n").as_bytes());
+    }
+    out.extend_from_slice(b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
+    out
+}
+
+#[test]
+fn anthropic_thinking_and_tool_input_deltas_are_scanned() {
+    let pii = rules("pii", vec![], Some("pii.yaml"), Action::Mask);
+    for (kind, field) in [
+        ("thinking_delta", "thinking"),
+        ("input_json_delta", "partial_json"),
+        ("text_delta", "text"),
+    ] {
+        let stream = anthropic_deltas(kind, field, "{\"to\": \"bob.smith@example.com\"}", 4);
+        let mut sg = StreamGuard::new(vec![pii.clone()], Dialect::Anthropic);
+        let mut hits = Vec::new();
+        let out = sg.feed(&stream, true, &mut hits).unwrap();
+        let mut text = String::new();
+        for d in events(&out) {
+            let v: Value = serde_json::from_slice(&d).unwrap();
+            if v["type"] == "content_block_delta" {
+                assert_eq!(v["delta"]["type"], kind);
+                text.push_str(v["delta"][field].as_str().unwrap());
+            }
+        }
+        assert_eq!(text, "{\"to\": \"[REDACTED:email]\"}", "{kind}");
+    }
+}
+
+/// A match that would need more than `MAX_HOLD` held back (a key header followed by
+/// endless base64) ends the stream with the guardrail's error instead of letting the
+/// key through or holding without bound; each byte is stepped once, not rescanned.
+#[test]
+fn a_hold_past_the_bound_fails_closed() {
+    let secrets = rules("secrets", vec![], Some("secrets.yaml"), Action::Mask);
+    let body = format!("-----BEGIN PRIVATE KEY-----\n{}", "QUJD".repeat(50_000));
+    let mut stream = Vec::new();
+    for p in pieces(&body, 16) {
+        let c = json!({"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]});
+        stream.extend_from_slice(format!("data: {c}\n\n").as_bytes());
+    }
+    let mut sg = StreamGuard::new(vec![secrets], Dialect::OpenAi);
+    let mut hits = Vec::new();
+    let mut sent = Vec::new();
+    let mut pos = 0;
+    let mut stopped = None;
+    while let Some(len) = crate::stream::event_end(&stream[pos..]) {
+        match sg.feed(&stream[pos..pos + len], false, &mut hits) {
+            Ok(out) => sent.extend_from_slice(&out),
+            Err(name) => {
+                stopped = Some(name);
+                break;
+            }
+        }
+        pos += len;
+    }
+    assert_eq!(stopped.as_deref(), Some("secrets"));
+    // Nothing of the key went out: only empty-content events were forwarded.
+    let sent = String::from_utf8(sent).unwrap();
+    assert!(!sent.contains("PRIVATE") && !sent.contains("QUJD"));
+    assert!(
+        pos > crate::guard::stream::MAX_HOLD,
+        "stopped once the hold passed its bound"
+    );
 }

@@ -1,197 +1,215 @@
-//! Where the text is in requests and completions of both dialects. The walkers hand every
-//! text to a callback that may rewrite it in place (masking).
+//! Where the text is in requests and completions of every dialect: one definition, used
+//! by the guardrails and trusted by the translators.
+//!
+//! A request's text is *every string in it* except the values of a short list of
+//! protocol keys (ids, roles, types, enumerations) and binary payloads (base64 images,
+//! audio, files). A walk of known text fields would miss whatever a translator forwards
+//! that the walk does not know (a part of an unknown type, a `document` block, a tool
+//! description); a walk of everything cannot: whatever a provider can read was scanned,
+//! whichever translation carries it there. Inside free-form values (tool inputs and
+//! arguments, JSON schemas, metadata) keys are text too, and nothing is skipped.
+//! Completions are read the same way (see [`response_texts`]).
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::Shape;
 use crate::provider::Endpoint;
 
+/// Parses a request body for scanning, refusing an object with a key twice: parsers
+/// disagree on which one counts (serde_json keeps the last, others the first), so a
+/// duplicate could show the scanner one text and the provider another.
+pub fn parse_unique(body: &[u8]) -> Result<Value, serde_json::Error> {
+    serde_json::from_slice::<Unique>(body).map(|u| u.0)
+}
+
+struct Unique(Value);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Unique(x)) = seq.next_element()? {
+            out.push(x);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let Unique(x) = map.next_value()?;
+            if out.contains_key(&k) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "the key `{k}` appears twice in one object"
+                )));
+            }
+            out.insert(k, x);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 /// Why a request's content could not be read as text.
 pub type Unscannable = &'static str;
 
-/// Calls `f` on every text the caller sends: chat messages (string or text parts, tool
-/// results, earlier tool call arguments), Anthropic system prompts and content blocks
-/// (text, tool results, tool inputs), embedding inputs. Non-text parts (images, audio,
-/// files) are skipped; content of a shape neither API defines is `Err`.
+/// String values under these keys are protocol, not text a model reads.
+pub(crate) const PROTOCOL_KEYS: &[&str] = &[
+    "model",
+    "role",
+    "type",
+    "id",
+    "tool_call_id",
+    "tool_use_id",
+    "call_id",
+    "item_id",
+    "previous_response_id",
+    "media_type",
+    "mime_type",
+    "detail",
+    "format",
+    "encoding_format",
+    "service_tier",
+    "reasoning_effort",
+    "object",
+    "status",
+    "finish_reason",
+    "stop_reason",
+    "truncation",
+    "modalities",
+    "voice",
+    // Opaque values the provider itself produced and checks: a thinking block's
+    // signature, encrypted reasoning.
+    "signature",
+    "encrypted_content",
+];
+
+/// Keys whose values are free-form: every key and string inside is text.
+/// (Objects only: a Responses `input` or a chat call's `arguments` string is walked as
+/// usual.)
+const FREE_FORM_KEYS: &[&str] = &["parameters", "input_schema", "schema", "input", "arguments", "metadata"];
+
+/// Calls `f` on every text of a caller's request to `endpoint` (see the module docs).
+/// `Err` when text is there that cannot be read: a base64 payload of a text type.
 pub fn request_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> {
-    match endpoint {
-        Endpoint::ChatCompletions => {
-            for m in messages(v)? {
-                let Value::Object(m) = m else {
-                    return Err("a message is not an object");
-                };
-                if let Some(c) = m.get_mut("content") {
-                    chat_content(c, f)?;
-                }
-                if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
-                    for call in calls {
-                        if let Some(Value::String(args)) = call.pointer_mut("/function/arguments") {
-                            f(args);
-                        }
-                    }
-                }
-            }
-            Ok(())
-        }
-        Endpoint::Messages => {
-            if let Some(system) = v.get_mut("system") {
-                blocks(system, f)?;
-            }
-            for m in messages(v)? {
-                let Value::Object(m) = m else {
-                    return Err("a message is not an object");
-                };
-                if let Some(c) = m.get_mut("content") {
-                    blocks(c, f)?;
-                }
-            }
-            Ok(())
-        }
-        Endpoint::Responses => {
-            if let Some(Value::String(s)) = v.get_mut("instructions") {
-                f(s);
-            }
-            input(v, f, &mut |item, f| {
-                let Value::Object(item) = item else {
-                    return Err("an input item is not an object");
-                };
-                match item.get("type").and_then(Value::as_str) {
-                    // A message (the type may be left out): text or text parts.
-                    None | Some("message") => match item.get_mut("content") {
-                        Some(c @ Value::String(_)) | Some(c @ Value::Array(_)) => {
-                            text_parts(c, &["input_text", "output_text"], f)
-                        }
-                        _ => Err("a message has no content"),
-                    },
-                    Some(kind @ ("function_call_output" | "function_call")) => {
-                        let field = if kind == "function_call" { "arguments" } else { "output" };
-                        if let Some(Value::String(s)) = item.get_mut(field) {
-                            f(s);
-                        }
-                        Ok(())
-                    }
-                    Some(_) => Ok(()),
-                }
-            })
-        }
+    if endpoint == Endpoint::GenerateContent {
         // Never a caller's endpoint: requests are scanned before translation.
-        Endpoint::GenerateContent => Err("not a caller endpoint"),
-        Endpoint::Embeddings => input(v, f, &mut |item, f| {
-            match item {
-                Value::String(s) => f(s),
-                // Token ids (numbers, or lists of them) carry no text to scan.
-                Value::Number(_) => {}
-                Value::Array(ids) if ids.iter().all(Value::is_number) => {}
-                _ => return Err("an input item is neither text nor token ids"),
-            }
-            Ok(())
-        }),
+        return Err("not a caller endpoint");
     }
+    walk(v, false, f)
 }
 
-type ItemReader<'a> = dyn FnMut(&mut Value, &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> + 'a;
-
-/// The `input` field of embeddings and responses: absent, a string, or a list of items
-/// that `item` reads.
-fn input(v: &mut Value, f: &mut dyn FnMut(&mut String), item: &mut ItemReader<'_>) -> Result<(), Unscannable> {
-    match v.get_mut("input") {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::String(s)) => {
-            f(s);
-            Ok(())
-        }
-        Some(Value::Array(items)) => items.iter_mut().try_for_each(|i| item(i, f)),
-        Some(_) => Err("input is neither text nor a list"),
-    }
-}
-
-fn messages(v: &mut Value) -> Result<&mut [Value], Unscannable> {
-    match v.get_mut("messages") {
-        None | Some(Value::Null) => Ok(&mut []),
-        Some(Value::Array(a)) => Ok(a.as_mut_slice()),
-        Some(_) => Err("messages is not a list"),
-    }
-}
-
-/// OpenAI chat content: a string, or a list of parts of which `text` parts carry text.
-fn chat_content(c: &mut Value, f: &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> {
-    text_parts(c, &["text"], f)
-}
-
-/// Content as a string, or as typed parts of which the `kinds` carry a `text`.
-fn text_parts(c: &mut Value, kinds: &[&str], f: &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> {
-    match c {
-        Value::Null => Ok(()),
-        Value::String(s) => {
-            f(s);
-            Ok(())
-        }
-        Value::Array(parts) => {
-            for p in parts {
-                let Value::Object(p) = p else {
-                    return Err("a content part is not an object");
-                };
-                match p.get("type").and_then(Value::as_str) {
-                    Some(k) if kinds.contains(&k) => match p.get_mut("text") {
-                        Some(Value::String(s)) => f(s),
-                        _ => return Err("a text part has no text"),
-                    },
-                    Some(_) => {}
-                    None => return Err("a content part has no type"),
-                }
-            }
-            Ok(())
-        }
-        _ => Err("content is neither text nor a list of parts"),
-    }
-}
-
-/// Anthropic content: a string, or blocks: `text`, `tool_result` (string or blocks) and
-/// `tool_use` input (every string in it).
-fn blocks(c: &mut Value, f: &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> {
-    match c {
-        Value::Null => Ok(()),
-        Value::String(s) => {
-            f(s);
-            Ok(())
-        }
-        Value::Array(items) => {
-            for b in items {
-                let Value::Object(b) = b else {
-                    return Err("a content block is not an object");
-                };
-                match b.get("type").and_then(Value::as_str) {
-                    Some("text") => match b.get_mut("text") {
-                        Some(Value::String(s)) => f(s),
-                        _ => return Err("a text block has no text"),
-                    },
-                    Some("tool_result") => {
-                        if let Some(inner) = b.get_mut("content") {
-                            blocks(inner, f)?;
-                        }
-                    }
-                    Some("tool_use") => {
-                        if let Some(input) = b.get_mut("input") {
-                            every_string(input, f);
-                        }
-                    }
-                    Some(_) => {}
-                    None => return Err("a content block has no type"),
-                }
-            }
-            Ok(())
-        }
-        _ => Err("content is neither text nor a list of blocks"),
-    }
-}
-
-fn every_string(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
+fn walk(v: &mut Value, free: bool, f: &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> {
     match v {
-        Value::String(s) => f(s),
-        Value::Array(a) => a.iter_mut().for_each(|x| every_string(x, f)),
-        Value::Object(o) => o.values_mut().for_each(|x| every_string(x, f)),
-        _ => {}
+        Value::String(s) => {
+            if !free && is_base64_data_url(s) {
+                return binary(data_url_media(s));
+            }
+            f(s);
+            Ok(())
+        }
+        Value::Array(items) => items.iter_mut().try_for_each(|x| walk(x, free, f)),
+        Value::Object(o) => walk_object(o, free, f),
+        _ => Ok(()),
     }
+}
+
+fn walk_object(o: &mut Map<String, Value>, free: bool, f: &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> {
+    if free {
+        rename_keys(o, f);
+        return o.values_mut().try_for_each(|x| walk(x, true, f));
+    }
+    // A base64 source (Anthropic images and documents), audio, a redacted thinking
+    // block: the payload is binary or opaque.
+    let kind = o.get("type").and_then(Value::as_str);
+    let base64 = kind == Some("base64") || kind == Some("redacted_thinking");
+    let media = o.get("media_type").and_then(Value::as_str).map(str::to_owned);
+    for (k, x) in o.iter_mut() {
+        let key = k.as_str();
+        match x {
+            Value::String(_) if PROTOCOL_KEYS.contains(&key) => {}
+            Value::Array(a) if PROTOCOL_KEYS.contains(&key) && a.iter().all(Value::is_string) => {}
+            Value::String(_) if base64 && key == "data" => binary(media.as_deref())?,
+            // A file as a data URL, or bare base64 of no stated type.
+            Value::String(data) if key == "file_data" => binary(data_url_media(data))?,
+            // Base64 audio and its format.
+            Value::Object(_) if key == "input_audio" => {}
+            Value::Object(_) if FREE_FORM_KEYS.contains(&key) => walk(x, true, f)?,
+            _ => walk(x, false, f)?,
+        }
+    }
+    Ok(())
+}
+
+/// Keys of a free-form object are text the model reads (a tool input's, a schema's
+/// property names): scanned, and renamed when masked.
+fn rename_keys(o: &mut Map<String, Value>, f: &mut dyn FnMut(&mut String)) {
+    let mut renamed = Vec::new();
+    for k in o.keys() {
+        let mut scanned = k.clone();
+        f(&mut scanned);
+        if scanned != *k {
+            renamed.push((k.clone(), scanned));
+        }
+    }
+    for (old, new) in renamed {
+        if let Some(x) = o.remove(&old) {
+            o.insert(new, x);
+        }
+    }
+}
+
+/// A binary payload is not text and is not scanned, unless its media type says text:
+/// base64 text cannot be read here, so it is refused when a guardrail must see it.
+fn binary(media_type: Option<&str>) -> Result<(), Unscannable> {
+    match media_type {
+        Some(m) if m.trim().to_ascii_lowercase().starts_with("text/") => Err("base64 content of a text type"),
+        _ => Ok(()),
+    }
+}
+
+/// The media type of a data URL.
+fn data_url_media(s: &str) -> Option<&str> {
+    s.get(..5)
+        .filter(|p| p.eq_ignore_ascii_case("data:"))
+        .and_then(|_| s[5..].split([';', ',']).next())
+}
+
+fn is_base64_data_url(s: &str) -> bool {
+    s.len() > 5
+        && s.as_bytes()[..5].eq_ignore_ascii_case(b"data:")
+        && s.split(',').next().is_some_and(|meta| meta.contains(";base64"))
 }
 
 /// What the response-stage callback did with one text.
@@ -203,32 +221,21 @@ pub enum Edit {
     Block,
 }
 
-/// Calls `f` on every text of a completion of this shape (message content and tool call
-/// arguments; Anthropic text blocks and tool inputs; Responses output text and function
-/// call arguments) and applies blocks. Returns whether the completion changed.
+/// Calls `f` on every text of a completion of this shape, read as requests are (every
+/// string but protocol values: message content, refusals, reasoning, tool call arguments;
+/// Anthropic text, thinking and tool input; Responses output, reasoning summaries and
+/// function call arguments) and applies blocks. Returns whether the completion changed.
 pub fn response_texts(v: &mut Value, shape: Shape, f: &mut dyn FnMut(&mut String) -> Edit) -> bool {
     let mut changed = false;
+    // Completions carry no base64 text; a walk never fails on them.
+    let mut scan = |x: &mut Value, block: &mut bool| {
+        let _ = walk(x, false, &mut |s: &mut String| apply(f(s), &mut changed, block));
+    };
     match shape {
         Shape::Responses => {
             let mut block = false;
             if let Some(Value::Array(output)) = v.get_mut("output") {
-                for item in output.iter_mut() {
-                    match item.get("type").and_then(Value::as_str) {
-                        Some("message") => {
-                            for part in item["content"].as_array_mut().into_iter().flatten() {
-                                if let Some(Value::String(s)) = part.get_mut("text") {
-                                    apply(f(s), &mut changed, &mut block);
-                                }
-                            }
-                        }
-                        Some("function_call") => {
-                            if let Some(Value::String(s)) = item.get_mut("arguments") {
-                                apply(f(s), &mut changed, &mut block);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
+                output.iter_mut().for_each(|item| scan(item, &mut block));
                 if block {
                     output.clear();
                 }
@@ -246,21 +253,11 @@ pub fn response_texts(v: &mut Value, shape: Shape, f: &mut dyn FnMut(&mut String
             for choice in choices {
                 let mut block = false;
                 if let Some(msg) = choice.get_mut("message") {
-                    if let Some(Value::String(s)) = msg.get_mut("content") {
-                        apply(f(s), &mut changed, &mut block);
-                    }
-                    if let Some(Value::Array(calls)) = msg.get_mut("tool_calls") {
-                        for call in calls {
-                            if let Some(Value::String(args)) = call.pointer_mut("/function/arguments") {
-                                apply(f(args), &mut changed, &mut block);
-                            }
-                        }
-                    }
+                    scan(msg, &mut block);
                     if block {
-                        if let Value::Object(m) = msg {
-                            m.insert("content".into(), Value::Null);
-                            m.remove("tool_calls");
-                        }
+                        // Nothing of a withheld message stays: content, tool calls,
+                        // reasoning, refusal.
+                        *msg = serde_json::json!({"role": "assistant", "content": null});
                     }
                 }
                 if block {
@@ -271,21 +268,7 @@ pub fn response_texts(v: &mut Value, shape: Shape, f: &mut dyn FnMut(&mut String
         Shape::Messages => {
             let mut block = false;
             if let Some(Value::Array(content)) = v.get_mut("content") {
-                for b in content.iter_mut() {
-                    match b.get("type").and_then(Value::as_str) {
-                        Some("text") => {
-                            if let Some(Value::String(s)) = b.get_mut("text") {
-                                apply(f(s), &mut changed, &mut block);
-                            }
-                        }
-                        Some("tool_use") => {
-                            if let Some(input) = b.get_mut("input") {
-                                every_string(input, &mut |s: &mut String| apply(f(s), &mut changed, &mut block));
-                            }
-                        }
-                        _ => {}
-                    }
-                }
+                content.iter_mut().for_each(|b| scan(b, &mut block));
                 if block {
                     content.clear();
                 }
@@ -324,14 +307,13 @@ mod tests {
     fn chat_texts_include_parts_tools_and_results() {
         let v = json!({"model": "m", "messages": [
             {"role": "system", "content": "sys"},
-            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}]},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
             {"role": "assistant", "content": null, "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{\"q\":\"b\"}"}}]},
             {"role": "tool", "tool_call_id": "1", "content": "c"},
         ]});
-        assert_eq!(
-            collect(v, Endpoint::ChatCompletions).unwrap(),
-            ["sys", "a", "{\"q\":\"b\"}", "c"]
-        );
+        let mut got = collect(v, Endpoint::ChatCompletions).unwrap();
+        got.sort();
+        assert_eq!(got, ["a", "c", "f", "sys", "{\"q\":\"b\"}"]);
     }
 
     #[test]
@@ -341,31 +323,107 @@ mod tests {
             {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"q": ["b"]}}]},
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": "c"}]}]},
         ]});
-        assert_eq!(collect(v, Endpoint::Messages).unwrap(), ["sys", "a", "b", "c"]);
+        let mut got = collect(v, Endpoint::Messages).unwrap();
+        got.sort();
+        assert_eq!(got, ["a", "b", "c", "f", "q", "sys"]);
+    }
+
+    /// What the walk of known fields missed: each is text a provider reads.
+    #[test]
+    fn unknown_and_rare_parts_are_text_too() {
+        let cases = [
+            (
+                json!({"messages": [{"role": "system", "content": [{"type": "x-note", "text": "T1"}]}]}),
+                Endpoint::ChatCompletions,
+            ),
+            (
+                json!({"system": [{"type": "x-note", "text": "T1"}], "messages": []}),
+                Endpoint::Messages,
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "T1"}}]}]}),
+                Endpoint::Messages,
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "search_result", "title": "T1", "content": []}]}]}]}),
+                Endpoint::Messages,
+            ),
+            (
+                json!({"input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": "T1"}]}]}),
+                Endpoint::Responses,
+            ),
+            (
+                json!({"input": [{"type": "custom_tool_call_output", "call_id": "c", "output": "T1"}]}),
+                Endpoint::Responses,
+            ),
+            (
+                json!({"messages": [], "tools": [{"type": "function", "function": {"name": "f", "description": "T1"}}]}),
+                Endpoint::ChatCompletions,
+            ),
+            (
+                json!({"messages": [], "prediction": {"type": "content", "content": "T1"}}),
+                Endpoint::ChatCompletions,
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "content": [{"type": "refusal", "refusal": "T1"}]}]}),
+                Endpoint::ChatCompletions,
+            ),
+            (
+                json!({"messages": [], "tools": [{"name": "f", "input_schema": {"type": "object", "properties": {"T1": {"type": "string"}}}}]}),
+                Endpoint::Messages,
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "i", "name": "f", "input": {"id": "T1"}}]}]}),
+                Endpoint::Messages,
+            ),
+        ];
+        for (v, e) in cases {
+            let got = collect(v.clone(), e).unwrap();
+            assert!(got.iter().any(|s| s == "T1"), "{v}: {got:?}");
+        }
     }
 
     #[test]
-    fn unknown_shapes_are_reported() {
-        assert!(collect(json!({"messages": "hi"}), Endpoint::ChatCompletions).is_err());
-        assert!(collect(
-            json!({"messages": [{"role": "user", "content": 5}]}),
-            Endpoint::ChatCompletions
-        )
-        .is_err());
-        assert!(collect(
-            json!({"messages": [{"role": "user", "content": [{"type": "text"}]}]}),
-            Endpoint::ChatCompletions
-        )
-        .is_err());
-        assert!(collect(
-            json!({"messages": [{"role": "user", "content": [{"text": "x"}]}]}),
-            Endpoint::Messages
-        )
-        .is_err());
-        assert!(collect(json!({"input": {"a": 1}}), Endpoint::Embeddings).is_err());
+    fn protocol_values_and_binary_payloads_are_not_text_and_base64_text_is_unscannable() {
+        let v = json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo"}},
+            {"type": "input_audio", "input_audio": {"data": "UklGRg", "format": "wav"}},
+            {"type": "thinking", "thinking": "hmm", "signature": "EqQBCkgIARABGAIi"},
+            {"type": "redacted_thinking", "data": "EmwKAhgBEgy"},
+        ]}]});
+        assert_eq!(collect(v, Endpoint::Messages).unwrap(), ["hmm"]);
+        let text64 = json!({"messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "base64", "media_type": "text/plain", "data": "VDE="}}]}]});
+        assert!(collect(text64, Endpoint::Messages).is_err());
+        let url64 = json!({"messages": [{"role": "user", "content": [
+            {"type": "file", "file": {"file_data": "data:text/plain;base64,VDE="}}]}]});
+        assert!(collect(url64, Endpoint::ChatCompletions).is_err());
         assert_eq!(
             collect(json!({"input": [[1, 2], "x"]}), Endpoint::Embeddings).unwrap(),
             ["x"]
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        assert!(parse_unique(br#"{"a": 1, "a": 2}"#).is_err());
+        assert!(parse_unique(br#"{"m": [{"content": "x", "content": "y"}]}"#).is_err());
+        let v = parse_unique(br#"{"a": [1, 2.5, "s", null, true, {"b": {}}]}"#).unwrap();
+        assert_eq!(v, json!({"a": [1, 2.5, "s", null, true, {"b": {}}]}));
+    }
+
+    #[test]
+    fn keys_of_free_form_values_are_masked_by_renaming() {
+        let mut v = json!({"tools": [{"name": "f", "input_schema": {"properties": {"secret": {"type": "string"}}}}]});
+        request_texts(&mut v, Endpoint::Messages, &mut |s: &mut String| {
+            if s == "secret" {
+                *s = "[REDACTED]".into();
+            }
+        })
+        .unwrap();
+        assert!(
+            v["tools"][0]["input_schema"]["properties"]["[REDACTED]"].is_object(),
+            "{v}"
         );
     }
 

@@ -94,8 +94,15 @@ pub struct Spend {
     pub resets_at: Option<String>,
 }
 
+/// One (budget, owner, period) spend kept in this process.
+struct Local {
+    spent: AtomicU64,
+    /// When it may go (a day past its period's end, as in Redis); `None`: `total`.
+    expires: Option<std::time::Instant>,
+}
+
 pub struct Budgets {
-    local: DashMap<String, AtomicU64>,
+    local: DashMap<String, Local>,
     redis: Option<Arc<RedisPool>>,
     metrics: Arc<Metrics>,
 }
@@ -122,7 +129,7 @@ impl Budgets {
                     .await?;
                 Ok(v.unwrap_or(0))
             }
-            None => Ok(self.local.get(key).map_or(0, |v| v.load(Ordering::Relaxed))),
+            None => Ok(self.local.get(key).map_or(0, |v| v.spent.load(Ordering::Relaxed))),
         }
     }
 
@@ -179,9 +186,22 @@ impl Budgets {
                 }
             }
             None => {
+                if let Some(l) = self.local.get(&a.key) {
+                    l.spent.fetch_add(micro, Ordering::Relaxed);
+                    return;
+                }
+                // A new period for this owner (rare): the spends of periods that ended more
+                // than a day ago go, so the map holds what is current, not every period ever.
+                let now = std::time::Instant::now();
+                self.local.retain(|_, l| l.expires.is_none_or(|e| e > now));
+                let expires = a.ttl_s.map(|t| now + std::time::Duration::from_secs(t + 86_400));
                 self.local
                     .entry(a.key.clone())
-                    .or_insert_with(|| AtomicU64::new(0))
+                    .or_insert_with(|| Local {
+                        spent: AtomicU64::new(0),
+                        expires,
+                    })
+                    .spent
                     .fetch_add(micro, Ordering::Relaxed);
             }
         }
@@ -264,5 +284,28 @@ mod tests {
         }
         assert!(budgets.admit(&b, "other-team", day1).await.is_ok());
         assert!(budgets.admit(&b, "team", at("2026-11-26T00:00:01Z")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn spends_of_ended_periods_are_pruned() {
+        let budgets = Budgets::new(None, Arc::new(Metrics::new()));
+        let b = Budget {
+            name: "b".into(),
+            usd: 1.0,
+            period: Period::Day,
+        };
+        // A spend whose period (and the day after it) is over.
+        let old = budgets.admit(&b, "team", at("2026-11-25T10:00:00Z")).await.unwrap();
+        budgets.local.insert(
+            old.key.clone(),
+            Local {
+                spent: AtomicU64::new(5),
+                expires: Some(std::time::Instant::now()),
+            },
+        );
+        let now = budgets.admit(&b, "team", Utc::now()).await.unwrap();
+        budgets.charge(&now, 0.1).await;
+        assert!(!budgets.local.contains_key(&old.key));
+        assert_eq!(budgets.local.len(), 1);
     }
 }

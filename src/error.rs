@@ -60,8 +60,6 @@ pub enum GwError {
     },
     #[error("The provider did not answer in time.")]
     UpstreamTimeout,
-    #[error("The gateway is shutting down.")]
-    ShuttingDown,
     #[error("Internal gateway error.")]
     Internal,
 }
@@ -77,7 +75,7 @@ impl GwError {
             Self::RequestTooLarge { .. } => 413,
             Self::RateLimited(_) | Self::BudgetExceeded { .. } => 429,
             Self::UpstreamError(_) => 502,
-            Self::NoHealthyTarget { .. } | Self::ShuttingDown => 503,
+            Self::NoHealthyTarget { .. } => 503,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
         }
@@ -100,7 +98,6 @@ impl GwError {
             Self::UpstreamError(_) => "upstream_error",
             Self::NoHealthyTarget { .. } => "no_healthy_target",
             Self::UpstreamTimeout => "upstream_timeout",
-            Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal_error",
         }
     }

@@ -330,3 +330,45 @@ async fn gigantic_answers_stream_through_in_bounded_memory() {
     assert_eq!(logged("huge"), json_tokens);
     assert_eq!(logged("huge-stream"), stream_tokens);
 }
+
+/// One SSE event that never ends (64 MiB without a blank line) is not buffered without
+/// bound: past the event size limit the stream ends with an error event, and the
+/// gateway's memory grows by a fraction of it.
+#[tokio::test]
+async fn an_endless_stream_event_is_cut_at_the_event_limit() {
+    let mock = Mock::start();
+    let config = with_models(concat!(
+        "  - {name: endless, provider_key: mock, model: \"x?endless_event=67108864\"}\n",
+        "  - {name: endless-warm, provider_key: mock, model: \"x?endless_event=16777216\"}\n",
+    ))
+    .replace("  grace_period_s: 10\n", "  grace_period_s: 10\n  threads: 1\n");
+    let gw = Gateway::start(&config, &mock);
+    let endless = |model: &str| {
+        let mut body = chat_body(model);
+        body["stream"] = json!(true);
+        reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", gw.url()))
+            .bearer_auth("sk-all")
+            .json(&body)
+            .timeout(std::time::Duration::from_secs(60))
+            .send()
+    };
+    // Warm-up: an event twice the limit grows the allocator's heap to what the limit
+    // costs; a four times larger one must add nothing to that.
+    endless("endless-warm").await.unwrap().bytes().await.unwrap();
+    let before = peak_rss_kib(gw.child.id());
+    let resp = endless("endless").await.unwrap();
+    let status = resp.status();
+    let text = String::from_utf8_lossy(&resp.bytes().await.unwrap_or_default()).into_owned();
+    assert!(text.len() < 1 << 20, "{} bytes reached the caller", text.len());
+    if status == 200 {
+        assert!(
+            text.contains("upstream_error") && text.contains("over 8388608 bytes"),
+            "{text:.300}"
+        );
+    } else {
+        assert_eq!(status, 502, "{text}");
+    }
+    let grown_kib = peak_rss_kib(gw.child.id()).saturating_sub(before);
+    assert!(grown_kib < 8 * 1024, "peak memory grew by {grown_kib} KiB");
+}

@@ -36,6 +36,7 @@ models:
   - {name: claude-falcon, provider_key: an, model: "c?echo", guardrails: [falcon-out]}
   - {name: spaced, provider_key: mock, model: "x?echo", guardrails: [spaced-out]}
   - {name: claude-plain, provider_key: an, model: "c?echo"}
+  - {name: echo-odd-type, provider_key: mock, model: "x?echo&sse_type=Text/Event-Stream;%20charset=UTF-8", guardrails: [pii-out]}
 api_keys:
   - {name: main, key: "{CALLER_KEY}", owner: team-a, guardrails: [no-secrets, injection-watch]}
   - {name: free, key: sk-free, owner: team-free}
@@ -450,4 +451,30 @@ async fn a_long_match_in_small_stream_deltas_is_blocked_like_json() {
     } else {
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
+}
+
+/// Media types are case-insensitive: a stream labelled `Text/Event-Stream` is a stream,
+/// guarded and counted like any other.
+#[tokio::test]
+async fn a_stream_in_an_odd_case_content_type_is_still_a_stream() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let r = post_as(
+        &gw,
+        "sk-free",
+        "/v1/chat/completions",
+        &chat("echo-odd-type", "mail bob@example.com now", true),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("[REDACTED:email]") && !body.contains("bob@example.com"),
+        "{body}"
+    );
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    let lines = gw.access_lines_until(1, |l| l.contains("echo-odd-type"));
+    let line: Value = serde_json::from_str(lines.iter().find(|l| l.contains("echo-odd-type")).unwrap()).unwrap();
+    assert!(line["output_tokens"].as_u64().unwrap() > 0, "{line}");
+    assert_eq!(line["usage_estimated"], false);
 }

@@ -89,15 +89,30 @@ pub struct Fill {
     dialect: Dialect,
     /// Set for a streamed answer.
     assembler: Option<Assembler>,
+    /// Bytes of a streamed answer so far, and whether they passed `max_entry_bytes`.
+    streamed: u64,
+    too_large: bool,
 }
 
 impl Fill {
+    /// The largest answer this fill may store.
+    pub fn max_entry_bytes(&self) -> u64 {
+        self.store.policy.max_entry_bytes
+    }
+
     pub fn start_stream(&mut self) {
         self.assembler = Some(Assembler::new(self.dialect));
     }
 
-    /// What a streamed answer sent to the caller.
+    /// What a streamed answer sent to the caller. A stream longer than the policy's
+    /// `max_entry_bytes` will not be stored: it stops being assembled (memory is bounded
+    /// by bytes, not by how long a provider streams).
     pub fn feed(&mut self, sent: &[u8]) {
+        self.streamed += sent.len() as u64;
+        if self.streamed > self.store.policy.max_entry_bytes {
+            self.assembler = None;
+            self.too_large = true;
+        }
         if let Some(a) = self.assembler.as_mut() {
             a.feed(sent);
         }
@@ -109,6 +124,9 @@ impl Fill {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if self.too_large {
+            return;
+        }
         rt.spawn(async move {
             let body = match (self.assembler, json) {
                 (Some(a), _) => a.finish(usage).map(|v| Bytes::from(v.to_string())),
@@ -180,6 +198,8 @@ pub async fn lookup(
         key,
         dialect,
         assembler: None,
+        streamed: 0,
+        too_large: false,
     });
     if has_directive(headers, "no-cache") {
         return Some(Lookup::Go(Outcome::Bypass, Some(fill)));

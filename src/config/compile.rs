@@ -667,6 +667,15 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
         if c.ttl_s == 0 {
             errs.push(format!("{path}.ttl_s"), "must be at least 1");
         }
+        if c.max_bytes == 0 {
+            errs.push(format!("{path}.max_bytes"), "must be at least 1");
+        }
+        if c.max_entry_bytes == 0 || c.max_entry_bytes > c.max_bytes {
+            errs.push(
+                format!("{path}.max_entry_bytes"),
+                "must be at least 1 and at most max_bytes",
+            );
+        }
         if c.max_entries == 0 {
             errs.push(format!("{path}.max_entries"), "must be at least 1");
         }

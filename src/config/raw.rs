@@ -553,6 +553,12 @@ pub struct Cache {
     pub ttl_s: u64,
     #[serde(default = "d_entries")]
     pub max_entries: u64,
+    /// Memory backend: the bytes all entries may hold together.
+    #[serde(default = "d_cache_bytes")]
+    pub max_bytes: u64,
+    /// An answer larger than this is not stored (either backend).
+    #[serde(default = "d_entry_bytes")]
+    pub max_entry_bytes: u64,
     #[serde(default)]
     pub backend: CacheBackend,
     #[serde(default)]
@@ -563,6 +569,12 @@ fn d_ttl() -> u64 {
 }
 fn d_entries() -> u64 {
     10_000
+}
+fn d_cache_bytes() -> u64 {
+    64 << 20
+}
+fn d_entry_bytes() -> u64 {
+    1 << 20
 }
 
 #[derive(Debug, Deserialize)]

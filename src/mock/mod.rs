@@ -52,6 +52,13 @@ pub struct Script {
     pub echo: bool,
     /// Answer 200 with a truncated JSON body.
     pub bad_json: bool,
+    /// End a stream cleanly but without its end marker (`[DONE]`, `message_stop`).
+    pub no_done: bool,
+    /// The Content-Type of a stream, as written (media types are case-insensitive).
+    pub sse_type: Option<String>,
+    /// Stream one event of this many bytes that never ends (no blank line), in 64 KiB
+    /// writes: a broken or hostile provider.
+    pub endless_event: Option<usize>,
     /// Answer 200 with a small body of this Content-Type (`html`: an HTML error page, as a
     /// captive portal or a misrouted proxy would send).
     pub content_type: Option<String>,
@@ -69,6 +76,9 @@ impl Script {
             words: 8,
             echo: false,
             bad_json: false,
+            no_done: false,
+            endless_event: None,
+            sse_type: None,
             content_type: None,
         };
         let Some((_, query)) = model.split_once('?') else {
@@ -87,6 +97,9 @@ impl Script {
                 "words" => s.words = n.map_or(8, |n| n as usize),
                 "echo" => s.echo = true,
                 "bad_json" => s.bad_json = true,
+                "no_done" => s.no_done = true,
+                "sse_type" => s.sse_type = Some(v.replace("%20", " ")),
+                "endless_event" => s.endless_event = n.map(|n| n as usize),
                 "content_type" => s.content_type = Some(v.to_owned()),
                 _ => {}
             }
@@ -540,6 +553,14 @@ impl Mock {
             }
             return full(StatusCode::OK, &v);
         }
+        if let Some(total) = script.endless_event {
+            let piece = Bytes::from(vec![b'a'; 64 * 1024]);
+            let mut events = vec![Bytes::from_static(
+                b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"",
+            )];
+            events.extend(std::iter::repeat_n(piece, total.div_ceil(64 * 1024)));
+            return self.stream_events(events, script);
+        }
         let include_usage = req["stream_options"]["include_usage"] == Value::Bool(true);
         let chunk = |delta: Value, finish: Value| {
             let mut c = json!({
@@ -780,7 +801,14 @@ data: {v}
         self.stream_events(events, script)
     }
 
-    fn stream_events(&self, events: Vec<Bytes>, script: &Script) -> Response<Body> {
+    fn stream_events(&self, mut events: Vec<Bytes>, script: &Script) -> Response<Body> {
+        if script.no_done
+            && (events
+                .last()
+                .is_some_and(|e| e.starts_with(b"data: [DONE]") || e.windows(12).any(|w| w == b"message_stop")))
+        {
+            events.pop();
+        }
         let delay = Duration::from_millis(script.chunk_delay_ms);
         let cut = script.drop_after;
         let total = events.len();
@@ -808,10 +836,12 @@ data: {v}
         .boxed();
         let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(s)));
         let h = r.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/event-stream"),
-        );
+        let sse_type = script
+            .sse_type
+            .as_deref()
+            .and_then(|t| http::HeaderValue::from_str(t).ok())
+            .unwrap_or(http::HeaderValue::from_static("text/event-stream"));
+        h.insert(http::header::CONTENT_TYPE, sse_type);
         h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
         r
     }

@@ -92,8 +92,7 @@ pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx
 /// Content-Type is let through: some OpenAI-compatible servers omit it.
 fn unexpected_content_type(resp: &ResponseHeader, stream: bool) -> Option<String> {
     let value = resp.headers.get(http::header::CONTENT_TYPE)?.as_bytes();
-    // Compared in place: this runs on every successful answer.
-    let media = value.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+    let media = media_type(value);
     let fits = if stream {
         media.eq_ignore_ascii_case(b"text/event-stream")
     } else {
@@ -102,6 +101,12 @@ fn unexpected_content_type(resp: &ResponseHeader, stream: bool) -> Option<String
     };
     // Bounded: the value is quoted in the caller's error message.
     (!fits).then(|| String::from_utf8_lossy(value).chars().take(100).collect())
+}
+
+/// The media type of a Content-Type value, without parameters. Compared in place (this
+/// runs on every answer) and, as media types are, case-insensitively.
+fn media_type(value: &[u8]) -> &[u8] {
+    value.split(|&b| b == b';').next().unwrap_or_default().trim_ascii()
 }
 
 const X_AIGW_MODEL: http::HeaderName = http::HeaderName::from_static("x-aigw-model");
@@ -153,7 +158,7 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
     let is_sse = resp
         .headers
         .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        .is_some_and(|v| media_type(v.as_bytes()).eq_ignore_ascii_case(b"text/event-stream"));
     if !resp.status.is_success() {
         // Errors are never cached.
         ctx.cache_fill = None;
@@ -212,9 +217,11 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
         if guard::intervenes(&ctx.response_guards) {
             json.hold = Some(ctx.dialect);
         }
-        // Only the cache and a trace's content want a passed-through body whole at the end.
-        if ctx.cache_fill.is_none() && !ctx.trace.as_ref().is_some_and(|t| t.capturing()) {
-            json.keep = JsonBody::SCAN;
+        // Only the cache and a trace's content want a passed-through body whole at the end;
+        // the cache no more than it may store.
+        if !ctx.trace.as_ref().is_some_and(|t| t.capturing()) {
+            let for_cache = ctx.cache_fill.as_ref().map_or(0, |f| f.max_entry_bytes() as usize);
+            json.keep = for_cache.clamp(JsonBody::SCAN, JsonBody::LIMIT);
         }
         if json.holds() {
             length_unknown(resp)?;
@@ -230,8 +237,20 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
 /// cost goes to the owner's budget.
 pub async fn settle(state: &AppState, session: &Session, ctx: &mut Ctx) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
-    state.metrics.record(ctx, status);
     let succeeded = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
+    // A stream cut before the provider's final count (the caller hung up after the last
+    // content event, the provider broke off) is charged an estimate, never nothing.
+    if let (true, Some(sse)) = (succeeded, &ctx.sse) {
+        if !sse.complete() {
+            ctx.usage = Some(crate::stream::estimate(
+                ctx.usage,
+                ctx.request_body.len(),
+                ctx.streamed_text,
+            ));
+            ctx.usage_estimated = true;
+        }
+    }
+    state.metrics.record(ctx, status);
     let tokens = match (succeeded, ctx.usage) {
         (true, Some(u)) => u.input_tokens.saturating_add(u.output_tokens),
         _ => 0,
@@ -266,6 +285,14 @@ pub fn on_body(state: &AppState, body: &mut Option<Bytes>, end_of_stream: bool, 
             }
         }
         ctx.usage = sse.usage;
+        if sse.overflowed() {
+            let e = GwError::UpstreamError(format!(
+                "The provider sent a stream event over {} bytes.",
+                crate::stream::MAX_EVENT_BYTES
+            ));
+            ctx.error = Some(e.clone());
+            return Err(e);
+        }
         if let Some(g) = ctx.stream_guard.as_mut() {
             out = g.feed(&out, end_of_stream, &mut ctx.guard_hits).map_err(|name| {
                 let e = GwError::ContentFilter {
@@ -276,6 +303,14 @@ pub fn on_body(state: &AppState, body: &mut Option<Bytes>, end_of_stream: bool, 
                 e
             })?;
         }
+        if end_of_stream && sse.passthrough() && !sse.complete() && ctx.error.is_none() {
+            // The provider's stream ended (a clean close) before its end marker: broken,
+            // and it must not pass for a clean finish.
+            let e = GwError::UpstreamError("The provider's stream ended before its end marker.".into());
+            out = [out, e.sse_event(ctx.dialect)].concat().into();
+            ctx.error = Some(e);
+        }
+        ctx.streamed_text += crate::stream::text_bytes(&out);
         if ctx.first_event.is_none() && !out.is_empty() {
             ctx.first_event = Some(Instant::now());
         }
@@ -375,11 +410,12 @@ pub async fn on_failure(session: &mut Session, e: &Error, ctx: &mut Ctx) -> (u16
         // The header is out, so the status cannot change. A stream is ended with an error
         // event and no [DONE], so the failure cannot pass for a clean finish.
         if ctx.sse.is_some() {
-            // A guardrail that stopped the stream says so; anything else is the provider's.
-            let err = match &ctx.error {
-                Some(e @ GwError::ContentFilter { .. }) => e.clone(),
-                _ => GwError::UpstreamError("The provider's stream ended unexpectedly.".into()),
-            };
+            // A guardrail that stopped the stream, or a broken stream the gateway caught,
+            // says so; anything else is the provider's.
+            let err = ctx
+                .error
+                .clone()
+                .unwrap_or_else(|| GwError::UpstreamError("The provider's stream ended unexpectedly.".into()));
             let _ = session
                 .write_response_body(Some(err.sse_event(ctx.dialect)), true)
                 .await;

@@ -268,14 +268,6 @@ impl Upstream {
             with_lb!(&self.lb, lb => lb.backends().run_health_check(true).await);
         }
     }
-
-    /// Replicas and whether each is healthy (for tests and diagnostics).
-    pub fn replicas(&self) -> Vec<(SocketAddr, bool)> {
-        let set = with_lb!(&self.lb, lb => lb.backends().get_backend());
-        set.iter()
-            .filter_map(|b| Some((*b.addr.as_inet()?, with_lb!(&self.lb, lb => lb.backends().ready(b)))))
-            .collect()
-    }
 }
 
 /// Resolves every `host:port` with tokio's resolver (a blocking-pool thread, never a

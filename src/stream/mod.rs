@@ -40,6 +40,54 @@ fn carries_usage(event: &[u8]) -> bool {
         .any(|at| usage_value(event, at).is_some_and(|v| v.trim_ascii_start().first() == Some(&b'{')))
 }
 
+/// The keys that carry generated text in the events a caller receives, in every dialect.
+static TEXT_KEYS: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
+    aho_corasick::AhoCorasick::new([
+        "\"content\":\"",
+        "\"reasoning_content\":\"",
+        "\"arguments\":\"",
+        "\"text\":\"",
+        "\"thinking\":\"",
+        "\"partial_json\":\"",
+        "\"delta\":\"",
+    ])
+    .expect("static patterns")
+});
+
+/// Bytes of generated text in caller-bound events: the JSON string values of the text
+/// keys, escapes counted as written. One pass over the bytes, no parsing: it runs on
+/// every streamed event, to estimate what a stream cut before its usage cost.
+pub fn text_bytes(events: &[u8]) -> u64 {
+    let mut total = 0u64;
+    let mut from = 0;
+    while let Some(m) = TEXT_KEYS.find(&events[from..]) {
+        let start = from + m.end();
+        let mut i = start;
+        let end = loop {
+            match memchr::memchr2(b'"', b'\\', events.get(i..).unwrap_or_default()) {
+                Some(q) if events[i + q] == b'\\' => i += q + 2,
+                Some(q) => break i + q,
+                None => break events.len(),
+            }
+        };
+        total += (end - start) as u64;
+        from = (end + 1).min(events.len());
+    }
+    total
+}
+
+/// What a stream cut before its usage arrived is charged: the tokens reported so far,
+/// but at least a token per four bytes of the text the caller received (output) and of
+/// the request body (input). Providers bill what they generated; a caller that hangs up
+/// after the last content event must not get it for free.
+pub fn estimate(reported: Option<Usage>, request_bytes: usize, text_bytes: u64) -> Usage {
+    let r = reported.unwrap_or_default();
+    Usage {
+        input_tokens: r.input_tokens.max((request_bytes as u64).div_ceil(4)),
+        output_tokens: r.output_tokens.max(text_bytes.div_ceil(4)),
+    }
+}
+
 /// Tokens of one response, in either dialect's terms.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -128,6 +176,8 @@ pub trait Translate: std::fmt::Debug + Send + Sync {
     fn finish(&mut self, out: &mut Vec<u8>);
     /// Tokens reported so far.
     fn usage(&self) -> Usage;
+    /// The provider's own end marker arrived: [`Self::usage`] is its final count.
+    fn complete(&self) -> bool;
 }
 
 /// How the events of one response are handled.
@@ -150,8 +200,15 @@ pub struct SseState {
     carry: BytesMut,
     mode: Mode,
     pub usage: Option<Usage>,
-    pub saw_done: bool,
+    /// The provider's end marker arrived (`[DONE]`, `message_stop`, `response.completed`).
+    saw_done: bool,
+    /// An event passed [`MAX_EVENT_BYTES`].
+    overflow: bool,
 }
+
+/// The largest SSE event a stream may carry (a Gemini image inline is a few MiB); beyond
+/// it the stream ends with an error event.
+pub const MAX_EVENT_BYTES: usize = 8 << 20;
 
 impl SseState {
     pub fn new(strip_usage: bool) -> Self {
@@ -164,14 +221,35 @@ impl SseState {
             mode,
             usage: None,
             saw_done: false,
+            overflow: false,
         }
     }
 
     /// Takes the next chunk from upstream; returns what to send to the caller now.
     pub fn feed(&mut self, chunk: Bytes) -> Bytes {
+        if self.overflow {
+            return Bytes::new();
+        }
         let data = if self.carry.is_empty() {
             chunk
         } else {
+            // An event still incomplete stays in `carry` (appended to, never copied back and
+            // forth): only the bytes that just arrived, and the two before them, can hold
+            // its end.
+            let from = self.carry.len().saturating_sub(2);
+            let mut seam = self.carry[from..].to_vec();
+            seam.extend_from_slice(&chunk[..chunk.len().min(2)]);
+            let ends = event_end(&seam).is_some() || event_end(&chunk).is_some();
+            if !ends {
+                // Checked before the bytes are kept: the limit bounds what is allocated.
+                if self.carry.len() + chunk.len() > MAX_EVENT_BYTES {
+                    self.overflow = true;
+                    self.carry = BytesMut::new();
+                } else {
+                    self.carry.extend_from_slice(&chunk);
+                }
+                return Bytes::new();
+            }
             self.carry.extend_from_slice(&chunk);
             self.carry.split().freeze()
         };
@@ -201,11 +279,42 @@ impl SseState {
         }
         if pos < data.len() {
             self.carry.extend_from_slice(&data[pos..]);
+            self.check_size();
         }
         match rebuilt {
             Some(out) => out.freeze(),
             None => data.slice(..pos),
         }
+    }
+
+    /// An event that grows past [`MAX_EVENT_BYTES`] without its end: the stream is broken
+    /// (or hostile). Nothing more is read or buffered; the response ends with an error.
+    fn check_size(&mut self) {
+        if self.carry.len() > MAX_EVENT_BYTES {
+            self.overflow = true;
+            self.carry = BytesMut::new();
+        }
+    }
+
+    /// Whether an event went past [`MAX_EVENT_BYTES`].
+    pub fn overflowed(&self) -> bool {
+        self.overflow
+    }
+
+    /// Whether the provider's stream reached its own end marker, after which its usage
+    /// is final. A stream cut before (the caller hung up, the provider broke off) has at
+    /// most part of its usage.
+    pub fn complete(&self) -> bool {
+        match &self.mode {
+            Mode::Translate(t) => t.complete(),
+            _ => self.saw_done,
+        }
+    }
+
+    /// Whether the events pass through untranslated (a translator ends a broken stream
+    /// with its own error event).
+    pub fn passthrough(&self) -> bool {
+        !matches!(self.mode, Mode::Translate(_))
     }
 
     /// At the end of the stream: a passthrough stream's incomplete last event is passed on
@@ -502,6 +611,42 @@ fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
 }
 
 #[cfg(test)]
+mod estimate_tests {
+    use super::*;
+
+    #[test]
+    fn text_bytes_counts_text_values_only() {
+        let chat = br#"data: {"id":"c","obfuscation":"xxxxxxxx","choices":[{"delta":{"content":"Hel\"lo"}}]}
+
+data: {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"a\":1}"}}]}}]}
+
+"#;
+        assert_eq!(text_bytes(chat), 16);
+        let anthropic = br#"event: content_block_delta
+data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"abcd"}}
+
+"#;
+        assert_eq!(text_bytes(anthropic), 4);
+        assert_eq!(text_bytes(b"data: {\"content\":\"unterminated"), 12);
+        let u = estimate(
+            Some(Usage {
+                input_tokens: 100,
+                output_tokens: 0,
+            }),
+            40,
+            41,
+        );
+        assert_eq!(
+            u,
+            Usage {
+                input_tokens: 100,
+                output_tokens: 11
+            }
+        );
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -533,7 +678,7 @@ mod tests {
                 output_tokens: 2
             })
         );
-        assert!(s.saw_done);
+        assert!(s.complete());
     }
 
     #[test]
@@ -547,7 +692,7 @@ mod tests {
             let (out, s) = run(&[&bytes[..split], &bytes[split..]], true);
             assert_eq!(String::from_utf8(out).unwrap(), expected, "split at {split}");
             assert_eq!(s.usage.unwrap().output_tokens, 2);
-            assert!(s.saw_done);
+            assert!(s.complete());
         }
     }
 
@@ -583,7 +728,7 @@ mod tests {
         let (out, s) = run(&[b"data: {\"usage\": nope\n\n", b"data: partial"], true);
         assert_eq!(out, b"data: {\"usage\": nope\n\ndata: partial");
         assert!(s.usage.is_none());
-        assert!(!s.saw_done);
+        assert!(!s.complete());
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub struct AnthropicToChat {
     pub usage: Usage,
     finish: Option<&'static str>,
     ended: bool,
+    /// `message_stop` arrived: the usage is the provider's final count.
+    complete: bool,
 }
 
 impl AnthropicToChat {
@@ -175,6 +177,7 @@ impl Translate for AnthropicToChat {
             }
             Some("message_stop") => {
                 self.ended = true;
+                self.complete = true;
                 self.chunks.end(out, self.finish.unwrap_or("stop"), self.usage);
             }
             Some("error") => {
@@ -200,6 +203,10 @@ impl Translate for AnthropicToChat {
     fn usage(&self) -> Usage {
         self.usage
     }
+
+    fn complete(&self) -> bool {
+        self.complete
+    }
 }
 
 /// OpenAI `chat.completion.chunk`s -> Anthropic Messages events.
@@ -214,6 +221,8 @@ pub struct ChatToAnthropic {
     stop: Option<&'static str>,
     pub usage: Usage,
     ended: bool,
+    /// `[DONE]` arrived (the usage chunk comes before it).
+    complete: bool,
 }
 
 impl ChatToAnthropic {
@@ -247,6 +256,7 @@ impl Translate for ChatToAnthropic {
         }
         if data == b"[DONE]" {
             self.ended = true;
+            self.complete = true;
             self.close_block(out);
             anthropic_event(
                 out,
@@ -327,6 +337,10 @@ impl Translate for ChatToAnthropic {
 
     fn usage(&self) -> Usage {
         self.usage
+    }
+
+    fn complete(&self) -> bool {
+        self.complete
     }
 }
 
@@ -430,6 +444,11 @@ impl Translate for GeminiToChat {
     fn usage(&self) -> Usage {
         self.usage
     }
+
+    /// Gemini has no end marker: its last chunk carries the finish reason.
+    fn complete(&self) -> bool {
+        self.reason.is_some()
+    }
 }
 
 /// Gemini events -> Anthropic Messages events, through the chat shape: Gemini -> chunks
@@ -478,5 +497,9 @@ impl Translate for GeminiToAnthropic {
 
     fn usage(&self) -> Usage {
         self.chat.usage
+    }
+
+    fn complete(&self) -> bool {
+        self.chat.complete()
     }
 }

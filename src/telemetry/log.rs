@@ -179,6 +179,8 @@ struct Record<'a> {
     stream: bool,
     input_tokens: u64,
     output_tokens: u64,
+    /// The tokens are an estimate: the stream was cut before the provider's final count.
+    usage_estimated: bool,
     /// Tokens priced with the answering model's `pricing`; null without pricing.
     cost_usd: Option<f64>,
     error: &'a str,
@@ -234,6 +236,7 @@ pub fn access(session: &Session, ctx: &Ctx, state: &AppState) {
         stream: ctx.stream,
         input_tokens: ctx.usage.map_or(0, |u| u.input_tokens),
         output_tokens: ctx.usage.map_or(0, |u| u.output_tokens),
+        usage_estimated: ctx.usage_estimated,
         cost_usd: ctx.cost_usd(),
         error: ctx.error.as_ref().map_or("", |e| e.code()),
         guardrails: ctx

@@ -72,6 +72,9 @@ pub struct Metrics {
     /// `aigw_access_log_lines_dropped_total`: access lines not written because stdout fell
     /// too far behind.
     pub access_log_dropped: IntCounter,
+    /// `aigw_usage_estimated_total{model}`: streams charged an estimate, cut before the
+    /// provider's final usage (the caller hung up, the provider broke off).
+    pub usage_estimated: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -188,6 +191,11 @@ impl Metrics {
                 "Access log lines dropped because stdout fell too far behind",
             )
             .expect("valid metric"),
+            usage_estimated: counter(
+                "aigw_usage_estimated_total",
+                "Streams charged an estimated usage, cut before the provider's final count",
+                &["model"],
+            ),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -211,6 +219,7 @@ impl Metrics {
             Box::new(m.trace_spans_dropped.clone()),
             Box::new(m.budget_store_errors.clone()),
             Box::new(m.access_log_dropped.clone()),
+            Box::new(m.usage_estimated.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -263,6 +272,9 @@ impl Metrics {
         }
         if let (Some(u), Some(target)) = (ctx.usage, &ctx.target) {
             let answered = target.alias.as_str();
+            if ctx.usage_estimated {
+                self.usage_estimated.with_label_values(&[answered]).inc();
+            }
             self.tokens
                 .with_label_values(&[answered, owner, "input"])
                 .inc_by(u.input_tokens);

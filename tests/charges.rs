@@ -1,0 +1,141 @@
+//! Charges cannot be dodged: a streaming caller that hangs up after the last content
+//! event, before the usage the gateway asked for arrives, is still charged (an estimate,
+//! marked as such); a stream that ends without its end marker is not a clean finish.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+const CONFIG: &str = r#"
+{SERVER}
+  admin_keys: [{key: adm-charges}]
+provider_keys:
+  - {name: mock, provider: openai_compatible, base_url: "{MOCK}/v1", api_key: "{PROVIDER_KEY}"}
+  - {name: an, provider: anthropic, base_url: "{MOCK}", api_key: "{PROVIDER_KEY}"}
+budgets:
+  - {name: team, usd: 100, period: day}
+models:
+  - name: paced
+    provider_key: mock
+    model: "x?words=12&chunk_delay_ms=60"
+    pricing: {input_per_mtok: 1000, output_per_mtok: 1000}
+  - name: claude-paced
+    provider_key: an
+    model: "c?words=12&chunk_delay_ms=60"
+    pricing: {input_per_mtok: 1000, output_per_mtok: 1000}
+  - {name: no-done, provider_key: mock, model: "x?no_done"}
+  - {name: claude-no-done, provider_key: an, model: "c?no_done"}
+api_keys:
+  - {name: main, key: "{CALLER_KEY}", owner: team-a, budget: team}
+"#;
+
+/// Streams `body` and hangs up as soon as an event satisfying `last` arrives.
+async fn hang_up_after(gw: &Gateway, path: &str, body: &Value, last: impl Fn(&str) -> bool) -> usize {
+    let mut req = client().post(format!("{}{path}", gw.url())).json(body);
+    req = if path == "/v1/messages" {
+        req.header("x-api-key", CALLER_KEY)
+    } else {
+        req.bearer_auth(CALLER_KEY)
+    };
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut seen = String::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        if sse_data(&seen).iter().any(|d| last(d)) {
+            break;
+        }
+    }
+    // Dropping the stream closes the connection before the usage arrives.
+    seen.len()
+}
+
+async fn spend(gw: &Gateway) -> f64 {
+    let v: Value = client()
+        .get(format!("{}/admin/v1/spend", gw.admin_url()))
+        .bearer_auth("adm-charges")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["owner"] == "team-a")
+        .map(|e| e["spent_usd"].as_f64().unwrap_or(0.0))
+        .sum()
+}
+
+#[tokio::test]
+async fn a_caller_who_hangs_up_before_the_usage_is_charged_an_estimate() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let chat = json!({"model": "paced", "stream": true, "messages": [{"role": "user", "content": "hello"}]});
+    hang_up_after(&gw, "/v1/chat/completions", &chat, |d| {
+        serde_json::from_str::<Value>(d).is_ok_and(|v| v["choices"][0]["finish_reason"] == "stop")
+    })
+    .await;
+    let msgs = json!({"model": "claude-paced", "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": "hello"}]});
+    hang_up_after(&gw, "/v1/messages", &msgs, |d| d.contains("content_block_stop")).await;
+
+    let series = |model: &str| format!("aigw_usage_estimated_total{{model=\"{model}\"}}");
+    assert!(
+        wait_until_async(|| async {
+            metric(&gw, &series("paced")).await == 1.0 && metric(&gw, &series("claude-paced")).await == 1.0
+        })
+        .await,
+        "{}",
+        metrics_text(&gw).await
+    );
+    for model in ["paced", "claude-paced"] {
+        let out = metric(
+            &gw,
+            &format!("aigw_tokens_total{{model=\"{model}\",owner=\"team-a\",type=\"output\"}}"),
+        )
+        .await;
+        assert!(out >= 12.0, "{model}: 12 words streamed, {out} output tokens charged");
+    }
+    // Anthropic reported the input in message_start: that count is kept.
+    assert!(spend(&gw).await > 0.0, "the budget was charged");
+    let lines = gw.access_lines_until(2, |l| l.contains("\"usage_estimated\":true"));
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("\"usage_estimated\":true")).count(),
+        2,
+        "{lines:?}"
+    );
+    // The upstream was cancelled: nothing keeps running for the caller who left.
+    assert!(wait_until(5, || mock.stats()["cancelled_streams"].as_u64() >= Some(2)));
+}
+
+#[tokio::test]
+async fn a_stream_without_its_end_marker_ends_with_an_error_event() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let chat = json!({"model": "no-done", "stream": true, "messages": [{"role": "user", "content": "hello"}]});
+    let r = post(&gw, "/v1/chat/completions", &chat).await;
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    let data = sse_data(&body);
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{body}");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_error", "{body}");
+    let msgs = json!({"model": "claude-no-done", "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": "hello"}]});
+    let r = post_messages_as(&gw, CALLER_KEY, &msgs).await;
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("event: error") && !body.contains("message_stop"),
+        "{body}"
+    );
+    // Never stored as a good answer, and charged as a cut stream.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(metric(&gw, "aigw_usage_estimated_total{model=\"no-done\"}").await >= 1.0);
+}

@@ -238,6 +238,39 @@ fn guardrail_scan(c: &mut Criterion) {
             black_box(sg.feed(stream.as_bytes(), true, &mut hits).unwrap())
         })
     });
+
+    // Event by event, 16-byte deltas: 200 KB of prose, and a private key header followed
+    // by 60 KB of base64 (a match in progress the whole way: held, never rescanned).
+    let events = |text: &str| -> Vec<String> {
+        text.as_bytes()
+            .chunks(16)
+            .map(|p| {
+                let c = serde_json::json!({"choices": [{"index": 0, "delta": {"content": String::from_utf8_lossy(p)}, "finish_reason": null}]});
+                format!("data: {c}\n\n")
+            })
+            .collect()
+    };
+    let prose_events = events(&prose(200 * 1024));
+    let key_events = events(&format!("-----BEGIN PRIVATE KEY-----\n{}", "QUJD".repeat(15_000)));
+    let secrets: Vec<_> = masks.iter().filter(|g| g.name.contains("secrets")).cloned().collect();
+    let mut g = c.benchmark_group("guardrails: stream in 16-byte deltas");
+    g.sample_size(10);
+    for (name, evs, guards) in [
+        ("200 KB prose, all packs", &prose_events, &masks),
+        ("key + 60 KB base64, secrets", &key_events, &secrets),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut sg = aigw::guard::stream::StreamGuard::new(guards.clone(), aigw::error::Dialect::OpenAi);
+                let mut hits = Vec::new();
+                for e in evs.iter() {
+                    black_box(sg.feed(e.as_bytes(), false, &mut hits).unwrap());
+                }
+                black_box(sg.feed(b"data: [DONE]\n\n", true, &mut hits).unwrap())
+            })
+        });
+    }
+    g.finish();
 }
 
 /// The cache key of a chat request: parse, canonicalise, BLAKE3.

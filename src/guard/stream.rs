@@ -52,6 +52,8 @@ pub struct StreamGuard {
     holds: bool,
     carry: BytesMut,
     texts: Vec<Held>,
+    /// The chat choice whose finishing chunk is being read.
+    finishing: Option<u64>,
 }
 
 /// Why a guarded stream must end.
@@ -65,6 +67,7 @@ impl StreamGuard {
             shape: shape.into(),
             carry: BytesMut::new(),
             texts: Vec::new(),
+            finishing: None,
         }
     }
 
@@ -140,16 +143,23 @@ impl StreamGuard {
         let mut changed = false;
         for choice in choices {
             let idx = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let finishing = choice.get("finish_reason").is_some_and(|f| !f.is_null());
+            // A text of a choice that ends with this chunk is released whole in it, in
+            // order after what it held.
+            self.finishing = finishing.then_some(idx);
             if let Some(delta) = choice.get_mut("delta") {
                 let carrier = |field: &str| {
                     let mut e = envelope.clone();
                     e["choices"] = json!([{"index": idx, "delta": at_path(field, Value::Null), "finish_reason": null}]);
                     e
                 };
-                changed |= self.texts_of(delta, idx, "", &carrier, hits)?;
+                let done = self.texts_of(delta, idx, "", &carrier, hits);
+                self.finishing = None;
+                changed |= done?;
             }
-            if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
-                // The choice ends with this chunk: what it holds goes out just before.
+            self.finishing = None;
+            if finishing {
+                // Its texts this chunk does not carry go out just before it.
                 self.flush(Some(idx), out, hits)?;
             }
         }
@@ -270,6 +280,10 @@ impl StreamGuard {
                     if matches!(child, Value::String(_)) && PROTOCOL_KEYS.contains(&k.as_str()) {
                         continue;
                     }
+                    // Streamed audio: base64 `data`; its `transcript` is text.
+                    if k == "data" && path.ends_with("audio") {
+                        continue;
+                    }
                     let sub = if path.is_empty() {
                         k.clone()
                     } else {
@@ -344,9 +358,14 @@ impl StreamGuard {
                 self.texts.len() - 1
             }
         };
+        let last = self.finishing == Some(idx);
         let held = &mut self.texts[i];
         held.event = carrier(field);
-        settle(&self.guards, held, text, false, hits)
+        let emit = settle(&self.guards, held, text, last, hits)?;
+        if last {
+            self.texts.swap_remove(i);
+        }
+        Ok(emit)
     }
 
     /// Releases what is held for one choice or block (`None`: every one), as events of

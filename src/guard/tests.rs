@@ -294,6 +294,23 @@ fn pieces(text: &str, n: usize) -> Vec<&str> {
 /// What the caller gets for `text` in the chat field at `pointer` of a message: as a
 /// JSON completion, and as a stream of `n`-byte deltas. `None`: blocked.
 fn json_and_stream(g: &Arc<Guardrail>, field: &str, text: &str, n: usize) -> (Option<String>, Option<String>) {
+    let (whole, streamed) = json_and_stream_ending(g, field, text, n, false);
+    let (_, ending_in_last) = json_and_stream_ending(g, field, text, n, true);
+    assert_eq!(
+        streamed, ending_in_last,
+        "the finish reason in the last delta's chunk changes nothing"
+    );
+    (whole, streamed)
+}
+
+/// `fin_in_last`: the last delta's chunk carries the finish reason (no chunk of its own).
+fn json_and_stream_ending(
+    g: &Arc<Guardrail>,
+    field: &str,
+    text: &str,
+    n: usize,
+    fin_in_last: bool,
+) -> (Option<String>, Option<String>) {
     let mut msg = json!({"role": "assistant"});
     let delta_of = |piece: &str| match field {
         "arguments" => json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
@@ -330,13 +347,22 @@ fn json_and_stream(g: &Arc<Guardrail>, field: &str, text: &str, n: usize) -> (Op
         }
     };
     let mut stream = Vec::new();
-    for p in pieces(text, n) {
-        let c = json!({"id": "c", "choices": [{"index": 0, "delta": delta_of(p), "finish_reason": null}]});
+    let parts = pieces(text, n);
+    for (i, p) in parts.iter().enumerate() {
+        let fin = if fin_in_last && i + 1 == parts.len() {
+            json!("stop")
+        } else {
+            Value::Null
+        };
+        let c = json!({"id": "c", "choices": [{"index": 0, "delta": delta_of(p), "finish_reason": fin}]});
         stream.extend_from_slice(format!("data: {c}\n\n").as_bytes());
     }
-    stream.extend_from_slice(
-        b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
-    );
+    if !fin_in_last {
+        stream.extend_from_slice(
+            b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        );
+    }
+    stream.extend_from_slice(b"data: [DONE]\n\n");
     let mut sg = StreamGuard::new(vec![g.clone()], Dialect::OpenAi);
     let mut streamed = Some(String::new());
     // Fed event by event, as a provider's reads would arrive.

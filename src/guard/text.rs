@@ -165,6 +165,12 @@ fn walk_object(o: &mut Map<String, Value>, free: bool, f: &mut dyn FnMut(&mut St
             Value::String(data) if key == "file_data" => binary(data_url_media(data))?,
             // Base64 audio and its format.
             Value::Object(_) if key == "input_audio" => {}
+            // An assistant's audio: its transcript is text, its `data` base64.
+            Value::Object(audio) if key == "audio" => {
+                if let Some(t) = audio.get_mut("transcript") {
+                    walk(t, false, f)?;
+                }
+            }
             Value::Object(_) if FREE_FORM_KEYS.contains(&key) => walk(x, true, f)?,
             _ => walk(x, false, f)?,
         }
@@ -390,8 +396,8 @@ mod tests {
             {"type": "input_audio", "input_audio": {"data": "UklGRg", "format": "wav"}},
             {"type": "thinking", "thinking": "hmm", "signature": "EqQBCkgIARABGAIi"},
             {"type": "redacted_thinking", "data": "EmwKAhgBEgy"},
-        ]}]});
-        assert_eq!(collect(v, Endpoint::Messages).unwrap(), ["hmm"]);
+        ]}, {"role": "assistant", "audio": {"id": "a1", "data": "UklGRg", "transcript": "said"}}]});
+        assert_eq!(collect(v, Endpoint::Messages).unwrap(), ["hmm", "said"]);
         let text64 = json!({"messages": [{"role": "user", "content": [
             {"type": "document", "source": {"type": "base64", "media_type": "text/plain", "data": "VDE="}}]}]});
         assert!(collect(text64, Endpoint::Messages).is_err());

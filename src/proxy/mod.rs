@@ -169,7 +169,8 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// A connection to the target failed: cool it down and try the next one, if any.
+    /// A connection to the target failed: another replica or target follows when the
+    /// failover decision says so.
     fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
         let addr = peer._address.as_inet().copied();
         let next = request::attempt_failed(&self.state, ctx, Failure::Connect, addr);

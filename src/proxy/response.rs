@@ -241,7 +241,7 @@ pub async fn settle(state: &AppState, session: &Session, ctx: &mut Ctx) {
     // A stream cut before the provider's final count (the caller hung up after the last
     // content event, the provider broke off) is charged an estimate, never nothing.
     if let (true, Some(sse)) = (succeeded, &ctx.sse) {
-        if !sse.complete() {
+        if !sse.usage_final() {
             ctx.usage = Some(crate::stream::estimate(
                 ctx.usage,
                 ctx.request_body.len(),

@@ -204,6 +204,8 @@ pub struct SseState {
     saw_done: bool,
     /// An event passed [`MAX_EVENT_BYTES`].
     overflow: bool,
+    /// The provider's final usage arrived (it may come before the end marker).
+    usage_final: bool,
 }
 
 /// The largest SSE event a stream may carry (a Gemini image inline is a few MiB); beyond
@@ -222,6 +224,7 @@ impl SseState {
             usage: None,
             saw_done: false,
             overflow: false,
+            usage_final: false,
         }
     }
 
@@ -301,14 +304,19 @@ impl SseState {
         self.overflow
     }
 
-    /// Whether the provider's stream reached its own end marker, after which its usage
-    /// is final. A stream cut before (the caller hung up, the provider broke off) has at
-    /// most part of its usage.
+    /// Whether the provider's stream reached its own end marker. A stream that ends
+    /// before it is broken (and must not pass for a clean finish).
     pub fn complete(&self) -> bool {
         match &self.mode {
             Mode::Translate(t) => t.complete(),
             _ => self.saw_done,
         }
+    }
+
+    /// Whether the provider's final usage arrived. A stream cut before it (the caller
+    /// hung up, the provider broke off) has at most part of its usage.
+    pub fn usage_final(&self) -> bool {
+        self.usage_final || self.complete()
     }
 
     /// Whether the events pass through untranslated (a translator ends a broken stream
@@ -354,6 +362,8 @@ impl SseState {
                 if carries_usage(event) {
                     if let Ok(ev) = serde_json::from_slice::<AnthropicUsageEvent>(&event_data(event)) {
                         let u = self.usage.get_or_insert_with(Usage::default);
+                        // `message_delta` carries the final output count.
+                        self.usage_final |= ev.usage.is_some();
                         let raw = ev.message.map(|m| m.usage).or(ev.usage);
                         if let Some(raw) = raw {
                             let input = raw.input_tokens.unwrap_or(0)
@@ -383,7 +393,9 @@ impl SseState {
                     return true;
                 };
                 let Some(u) = chunk.usage else { return true };
+                // The usage chunk comes last, with the final counts.
                 self.usage = Some(u.into());
+                self.usage_final = true;
                 let usage_only = chunk.choices.is_none_or(|c| c.is_empty());
                 !(strip_usage && usage_only)
             }

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# A/B of two gateway builds, in one run on this machine: `loadtest/ab.sh BIN_A BIN_B`
+# (release binaries, e.g. the last commit's in a worktree and this tree's). One mock (B's)
+# serves both; both gateways run loadtest/aigw.yaml on their own ports; wrk rounds
+# alternate A and B so that the machine's drift falls on both. Prints req/s and CPU µs
+# per request of every round and the median ratio B/A per scenario. Bounded: ROUNDS x 2 x
+# DURATION seconds per scenario.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+A=${1:?usage: loadtest/ab.sh BIN_A BIN_B}
+B=${2:?usage: loadtest/ab.sh BIN_A BIN_B}
+DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-5}
+CONNS=${CONNS:-64}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null; }
+for port in 18000 18080 18090 19090 19091; do
+  if (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; then
+    echo "port $port is already in use: stop what listens there first" >&2; exit 1
+  fi
+done
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
+
+"$B" mock-upstream --listen 127.0.0.1:18000 >/dev/null 2>&1 & PIDS+=($!)
+wait_port 18000
+RUST_LOG=warn "$A" serve --config loadtest/aigw.yaml >/dev/null 2>"$WORK/a.log" & GA=$!; PIDS+=($GA)
+sed -e 's/127.0.0.1:18080/127.0.0.1:18090/; s/127.0.0.1:19090/127.0.0.1:19091/' loadtest/aigw.yaml >"$WORK/b.yaml"
+RUST_LOG=warn "$B" serve --config "$WORK/b.yaml" >/dev/null 2>"$WORK/b.log" & GB=$!; PIDS+=($GB)
+wait_port 18080
+wait_port 18090
+
+HZ=$(getconf CLK_TCK)
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+one() { # port pid stream [VAR=value...] -> "rps cpu_us"
+  local before after line
+  before=$(ticks "$2")
+  line=$(env BODY_STREAM="$3" "${@:4}" wrk -t2 -c"$CONNS" -d"${DURATION}s" -s loadtest/post.lua "http://127.0.0.1:$1/v1/chat/completions" | grep '^RESULT')
+  after=$(ticks "$2")
+  read -r _ reqs dur _ _ _ errs <<<"$line"
+  [ "$errs" = 0 ] || echo "warning: $errs errors on port $1" >&2
+  awk -v r="$reqs" -v d="$dur" -v a="$after" -v b="$before" -v hz="$HZ" \
+    'BEGIN{printf "%.0f %.1f\n", r/(d/1e6), (a-b)/hz*1e6/r}'
+}
+median() { sort -g | awk '{v[NR]=$1} END{print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+
+echo "# A/B, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $CONNS connections, $ROUNDS rounds of ${DURATION}s"
+echo "A: $A"
+echo "B: $B"
+echo
+echo "| scenario | A req/s | B req/s | B/A req/s (median) | A µs/req | B µs/req | B/A CPU (median) |"
+echo "|---|---|---|---|---|---|---|"
+scenario() { # name stream [env...]
+  local name=$1 stream=$2; shift 2
+  local ar=() br=() ac=() bc=() rr=() cr=()
+  for _ in $(seq "$ROUNDS"); do
+    read -r r1 c1 <<<"$(one 18080 "$GA" "$stream" "$@")"
+    read -r r2 c2 <<<"$(one 18090 "$GB" "$stream" "$@")"
+    ar+=("$r1"); br+=("$r2"); ac+=("$c1"); bc+=("$c2")
+    rr+=("$(awk -v a="$r1" -v b="$r2" 'BEGIN{printf "%.3f", b/a}')")
+    cr+=("$(awk -v a="$c1" -v b="$c2" 'BEGIN{printf "%.3f", b/a}')")
+  done
+  echo "| $name | ${ar[*]} | ${br[*]} | $(printf '%s\n' "${rr[@]}" | median) | ${ac[*]} | ${bc[*]} | $(printf '%s\n' "${cr[@]}" | median) |"
+}
+scenario "JSON" 0 LOAD_MODEL=load-model
+scenario "stream" 1 LOAD_MODEL=load-model
+scenario "limits + guardrails, JSON" 0 LOAD_MODEL=limited-model LOAD_KEY=sk-load-limited
+scenario "limits + guardrails, stream" 1 LOAD_MODEL=limited-model LOAD_KEY=sk-load-limited

@@ -12,20 +12,9 @@ B=${2:?usage: loadtest/ab.sh BIN_A BIN_B}
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-64}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null; }
-for port in 18000 18080 18090 19090 19091; do
-  if (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; then
-    echo "port $port is already in use: stop what listens there first" >&2; exit 1
-  fi
-done
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
+# shellcheck source=loadtest/common.sh
+. loadtest/common.sh
+ports_free 18000 18080 18090 19090 19091
 
 "$B" mock-upstream --listen 127.0.0.1:18000 >/dev/null 2>&1 & PIDS+=($!)
 wait_port 18000

@@ -12,27 +12,13 @@ THREADS=${WRK_THREADS:-2}
 OUT=loadtest/results/$(date -u +%Y-%m-%d)-$(hostname -s).md
 n=2; base=${OUT%.md}
 while [ -e "$OUT" ]; do OUT=$base-$n.md; n=$((n + 1)); done   # never overwrite a result
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null; }
+# shellcheck source=loadtest/common.sh
+. loadtest/common.sh
 # oha offers a fixed request rate (wrk cannot), for the latency run at the end.
 command -v oha >/dev/null || { echo "installing oha (cargo, a few minutes once)"; cargo install --locked -q oha; }
 command -v nginx >/dev/null || { echo "installing nginx"; apt-get install -y -qq nginx-light >/dev/null; }
 
-# A process left over from an earlier run would answer in place of the one started here.
-for port in 18000 18080 18081 18082 18083 18084 19090 19092 19093; do
-  if (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; then
-    echo "port $port is already in use: stop what listens there first" >&2; exit 1
-  fi
-done
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
+ports_free 18000 18080 18081 18082 18083 18084 19090 19092 19093
 
 "$BIN" mock-upstream --listen 127.0.0.1:18000 >/dev/null 2>&1 & PIDS+=($!)
 wait_port 18000

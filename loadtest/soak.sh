@@ -16,16 +16,8 @@ IDLE=${SOAK_IDLE_CONNS:-2000}
 OUT=loadtest/results/$(date -u +%Y-%m-%d)-soak-$(hostname -s).md
 n=2; base=${OUT%.md}
 while [ -e "$OUT" ]; do OUT=$base-$n.md; n=$((n + 1)); done
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
+# shellcheck source=loadtest/common.sh
+. loadtest/common.sh
 rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 metric() { curl -s http://127.0.0.1:19190/metrics | awk -v m="$1" 'index($0, m) == 1 {s += $NF} END {print s + 0}'; }
 

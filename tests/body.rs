@@ -262,13 +262,6 @@ async fn untrusted_upstream_certificate_is_refused() {
     let _ = server.wait();
 }
 
-/// The gateway's resident memory now, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Memory follows the bytes that arrived, not the length a caller declared: 100
 /// connections that each declare 10 MB and send 3 KB (in two writes) hold a few MB, not
 /// a gigabyte.
@@ -277,7 +270,7 @@ async fn declared_lengths_reserve_nothing() {
     let mock = Mock::start();
     let config = BASE_CONFIG.replace("max_request_body_bytes: 2097152", "max_request_body_bytes: 10485760");
     let gw = Gateway::start(&config, &mock);
-    let before = rss_kib(gw.child.id());
+    let before = proc_kib(gw.child.id(), "VmRSS:");
     let mut conns = Vec::new();
     for _ in 0..100 {
         let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
@@ -293,7 +286,7 @@ async fn declared_lengths_reserve_nothing() {
     }
     // Every connection's bytes have been read (the gateway waits for more).
     std::thread::sleep(Duration::from_millis(500));
-    let grown = rss_kib(gw.child.id()).saturating_sub(before);
+    let grown = proc_kib(gw.child.id(), "VmRSS:").saturating_sub(before);
     assert!(grown < 32 * 1024, "100 half-sent bodies hold {grown} KiB");
     drop(conns);
 }

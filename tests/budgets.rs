@@ -40,22 +40,7 @@ api_keys:
 }
 
 async fn spend(gw: &Gateway, owner: &str) -> Value {
-    let v: Value = client()
-        .get(format!("{}/admin/v1/spend", gw.admin_url()))
-        .bearer_auth("adm-budgets")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["owner"] == owner)
-        .cloned()
-        .unwrap_or(Value::Null)
+    spend_of(gw, "adm-budgets", owner).await
 }
 
 /// Waits until the owner's spend reached `usd` (it is charged after the response).

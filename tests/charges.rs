@@ -54,25 +54,6 @@ async fn hang_up_after(gw: &Gateway, path: &str, body: &Value, last: impl Fn(&st
     seen.len()
 }
 
-async fn spend(gw: &Gateway) -> f64 {
-    let v: Value = client()
-        .get(format!("{}/admin/v1/spend", gw.admin_url()))
-        .bearer_auth("adm-charges")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["owner"] == "team-a")
-        .map(|e| e["spent_usd"].as_f64().unwrap_or(0.0))
-        .sum()
-}
-
 #[tokio::test]
 async fn a_caller_who_hangs_up_before_the_usage_is_charged_an_estimate() {
     let mock = Mock::start();
@@ -103,7 +84,11 @@ async fn a_caller_who_hangs_up_before_the_usage_is_charged_an_estimate() {
         assert!(out >= 12.0, "{model}: 12 words streamed, {out} output tokens charged");
     }
     // Anthropic reported the input in message_start: that count is kept.
-    assert!(spend(&gw).await > 0.0, "the budget was charged");
+    let spent = spend_of(&gw, "adm-charges", "team-a").await;
+    assert!(
+        spent["spent_usd"].as_f64().unwrap() > 0.0,
+        "the budget was charged: {spent}"
+    );
     let lines = gw.access_lines_until(2, |l| l.contains("\"usage_estimated\":true"));
     assert_eq!(
         lines.iter().filter(|l| l.contains("\"usage_estimated\":true")).count(),

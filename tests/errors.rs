@@ -247,9 +247,7 @@ async fn a_success_in_the_wrong_content_type_is_502() {
 
 /// The gateway's peak resident memory, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    proc_kib(pid, "VmHWM:")
 }
 
 /// Answers far larger than anything the gateway keeps pass through whole: a ~35 MB JSON

@@ -258,6 +258,38 @@ fn blocked_error(name: &str, response: bool) -> GwError {
     }
 }
 
+/// What scanning every text of a JSON value decided.
+pub(crate) struct Scanned {
+    /// The first guardrail that blocked.
+    pub blocked: Option<Arc<str>>,
+    /// Something was masked in place.
+    pub changed: bool,
+    /// `Err`: text was there that could not be read.
+    pub readable: Result<(), text::Unscannable>,
+}
+
+/// Scans every text of `v` (read as a request to `endpoint`, see `text.rs`) with every
+/// guardrail, masking in place; hits are recorded.
+pub(crate) fn scan_value(guards: &[Arc<Guardrail>], v: &mut Value, endpoint: Endpoint, hits: &mut Vec<Hit>) -> Scanned {
+    let mut blocked: Option<Arc<str>> = None;
+    let mut changed = false;
+    let readable = text::request_texts(v, endpoint, &mut |s: &mut String| match scan_text(guards, s, hits) {
+        TextVerdict::Clean => {}
+        TextVerdict::Blocked(name) => {
+            blocked.get_or_insert(name);
+        }
+        TextVerdict::Masked(m) => {
+            *s = m;
+            changed = true;
+        }
+    });
+    Scanned {
+        blocked,
+        changed,
+        readable,
+    }
+}
+
 /// Request stage: scans every text part of the caller's body. Returns the masked body
 /// when something was masked, `None` when the body goes on unchanged.
 pub fn check_request(
@@ -270,32 +302,17 @@ pub fn check_request(
         return Ok(None);
     }
     let mut v = text::parse_unique(body).map_err(|e| GwError::InvalidJson(format!("Invalid JSON body: {e}")))?;
-    let mut blocked: Option<Arc<str>> = None;
-    let mut changed = false;
-    let shape = text::request_texts(
-        &mut v,
-        endpoint,
-        &mut |s: &mut String| match scan_text(guards, s, hits) {
-            TextVerdict::Clean => {}
-            TextVerdict::Blocked(name) => {
-                blocked.get_or_insert(name);
-            }
-            TextVerdict::Masked(m) => {
-                *s = m;
-                changed = true;
-            }
-        },
-    );
-    if let Some(name) = blocked {
+    let scanned = scan_value(guards, &mut v, endpoint, hits);
+    if let Some(name) = scanned.blocked {
         return Err(blocked_error(&name, false));
     }
-    if let Err(what) = shape {
+    if let Err(what) = scanned.readable {
         if let Some(g) = guards.iter().find(|g| g.action != Action::Monitor) {
             tracing::debug!(guardrail = %g.name, problem = what, "request content could not be scanned");
             return Err(blocked_error(&g.name, false));
         }
     }
-    if changed {
+    if scanned.changed {
         let out = serde_json::to_vec(&v).map_err(|_| GwError::Internal)?;
         Ok(Some(Bytes::from(out)))
     } else {

@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 
 use super::live::Tracker;
 use super::text::PROTOCOL_KEYS;
-use super::{apply_masks, intervenes, record, scan_text, Found, Guardrail, Hit, Shape, TextVerdict};
+use super::{apply_masks, intervenes, record, Found, Guardrail, Hit, Shape};
 use crate::config::raw::Action;
 use crate::stream::{event_data, event_end};
 
@@ -306,27 +306,10 @@ impl StreamGuard {
 
     /// A finished text repeated whole: masked (or blocked) as a whole text is.
     fn whole(&mut self, x: &mut Value, hits: &mut Vec<Hit>) -> Result<bool, Stop> {
-        let mut blocked = None;
-        let mut changed = false;
-        let guards = &self.guards;
-        let _ =
-            super::text::request_texts(
-                x,
-                crate::provider::Endpoint::Responses,
-                &mut |s: &mut String| match scan_text(guards, s, hits) {
-                    TextVerdict::Clean => {}
-                    TextVerdict::Blocked(name) => {
-                        blocked.get_or_insert(name);
-                    }
-                    TextVerdict::Masked(m) => {
-                        *s = m;
-                        changed = true;
-                    }
-                },
-            );
-        match blocked {
+        let scanned = super::scan_value(&self.guards, x, crate::provider::Endpoint::Responses, hits);
+        match scanned.blocked {
             Some(name) => Err(name),
-            None => Ok(changed),
+            None => Ok(scanned.changed),
         }
     }
 

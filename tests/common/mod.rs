@@ -281,6 +281,33 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A process's memory figure from `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in KiB.
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// One owner's entry of `GET /admin/v1/spend` (Null when it has none).
+pub async fn spend_of(gw: &Gateway, admin_key: &str, owner: &str) -> Value {
+    let v: Value = client()
+        .get(format!("{}/admin/v1/spend", gw.admin_url()))
+        .bearer_auth(admin_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["owner"] == owner)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 /// POSTs JSON with the test caller key.
 pub async fn post(gw: &Gateway, path: &str, body: &Value) -> reqwest::Response {
     post_as(gw, CALLER_KEY, path, body).await

@@ -11,6 +11,8 @@
 //! scanned and released. Cost: one DFA step per byte and live thread, never a rescan of
 //! held text, so a stream costs time linear in its length.
 
+use std::sync::{Arc, Mutex};
+
 use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::hybrid::LazyStateID;
 use regex_automata::nfa::thompson;
@@ -21,13 +23,18 @@ use regex_syntax::hir::{Capture, Hir, HirKind, Repetition};
 /// More live threads than this (a rule set with many overlapping bounded repetitions)
 /// and the earliest dropped one holds the text from then on (the safe side).
 const MAX_THREADS: usize = 64;
-/// Lazy DFA cache per stream and guardrail; it grows to this at most, then is cleared
-/// and the held text replayed.
+/// Lazy DFA cache per stream text and guardrail; it grows to this at most, then is
+/// cleared and the held text replayed.
 const CACHE_BYTES: usize = 512 * 1024;
+/// Caches kept warm per guardrail for the streams to come.
+const MAX_SPARE: usize = 64;
 
 #[derive(Debug)]
 pub struct Liveness {
-    dfa: DFA,
+    dfa: Arc<DFA>,
+    /// Caches of finished trackers, warm with the states they built: a new stream starts
+    /// with one instead of determinizing the same states again.
+    spare: Arc<Mutex<Vec<Cache>>>,
 }
 
 impl Liveness {
@@ -68,15 +75,25 @@ impl Liveness {
             )
             .build_from_nfa(nfa)
             .map_err(|e| e.to_string())?;
-        Ok(Some(Self { dfa }))
+        Ok(Some(Self {
+            dfa: Arc::new(dfa),
+            spare: Arc::default(),
+        }))
     }
 
     pub fn tracker(&self) -> Tracker {
+        let cache = self
+            .spare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_else(|| self.dfa.create_cache());
         Tracker {
-            cache: self.dfa.create_cache(),
+            clears: cache.clear_count(),
+            cache: Some(cache),
             threads: Vec::new(),
             floor: None,
-            clears: 0,
+            spare: self.spare.clone(),
         }
     }
 }
@@ -84,12 +101,24 @@ impl Liveness {
 /// The live threads of one growing text, for one guardrail.
 #[derive(Debug)]
 pub struct Tracker {
-    cache: Cache,
+    /// Always `Some` until the tracker is dropped.
+    cache: Option<Cache>,
     /// (state, start offset in the text), earliest start first.
     threads: Vec<(LazyStateID, usize)>,
     /// A start held for good: a dropped thread (too many) or a run the DFA gave up on.
     floor: Option<usize>,
     clears: usize,
+    spare: Arc<Mutex<Vec<Cache>>>,
+}
+
+impl Drop for Tracker {
+    /// The cache goes back for the next stream (its state ids die with this tracker).
+    fn drop(&mut self) {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if let (true, Some(cache)) = (spare.len() < MAX_SPARE, self.cache.take()) {
+            spare.push(cache);
+        }
+    }
 }
 
 impl Tracker {
@@ -97,30 +126,36 @@ impl Tracker {
     /// thread at each of them. `text[held..from]` is what is still held from before, for
     /// a replay when the cache was cleared under the threads' feet.
     pub fn advance(&mut self, live: &Liveness, text: &[u8], held: usize, from: usize) {
-        if self.step(live, text, from).is_err() || self.cache.clear_count() != self.clears {
+        let Some(mut cache) = self.cache.take() else { return };
+        self.advance_with(live, &mut cache, text, held, from);
+        self.cache = Some(cache);
+    }
+
+    fn advance_with(&mut self, live: &Liveness, cache: &mut Cache, text: &[u8], held: usize, from: usize) {
+        if self.step(live, cache, text, from).is_err() || cache.clear_count() != self.clears {
             // State ids are indexes into the cache: after a clear they mean nothing.
             // Replay what is held, from scratch.
             self.threads.clear();
-            if self.step(live, text, held).is_err() {
+            if self.step(live, cache, text, held).is_err() {
                 self.floor = Some(self.floor.map_or(held, |f| f.min(held)));
                 self.threads.clear();
             }
         }
-        self.clears = self.cache.clear_count();
+        self.clears = cache.clear_count();
     }
 
-    fn step(&mut self, live: &Liveness, text: &[u8], from: usize) -> Result<(), ()> {
+    fn step(&mut self, live: &Liveness, cache: &mut Cache, text: &[u8], from: usize) -> Result<(), ()> {
         let dfa = &live.dfa;
         let start = dfa
-            .start_state(&mut self.cache, &start::Config::new().anchored(Anchored::Yes))
+            .start_state(cache, &start::Config::new().anchored(Anchored::Yes))
             .map_err(|_| ())?;
-        let clears = self.cache.clear_count();
+        let clears = cache.clear_count();
         for (pos, &b) in text.iter().enumerate().skip(from) {
             for t in self.threads.iter_mut() {
-                t.0 = dfa.next_state(&mut self.cache, t.0, b).map_err(|_| ())?;
+                t.0 = dfa.next_state(cache, t.0, b).map_err(|_| ())?;
             }
-            let s = dfa.next_state(&mut self.cache, start, b).map_err(|_| ())?;
-            if self.cache.clear_count() != clears {
+            let s = dfa.next_state(cache, start, b).map_err(|_| ())?;
+            if cache.clear_count() != clears {
                 return Err(());
             }
             self.threads.retain(|t| !t.0.is_dead());

@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
 use super::live::Tracker;
-use super::text::PROTOCOL_KEYS;
+use super::text::is_protocol_key;
 use super::{apply_masks, intervenes, record, Found, Guardrail, Hit, Shape};
 use crate::config::raw::Action;
 use crate::stream::{event_data, event_end};
@@ -41,8 +41,20 @@ struct Held {
     /// Bytes at the front of `text` that were already released.
     ctx: usize,
     trackers: Vec<Option<Tracker>>,
-    /// An event that carries this text, its text at `field` replaced on release.
-    event: Value,
+    /// What an event carrying this text on its own looks like.
+    carrier: Carrier,
+}
+
+/// What an event that carries a held text on its own looks like, kept as little as it
+/// takes: the event is built only if the text is released on its own.
+#[derive(Debug, Clone)]
+enum Carrier {
+    /// A chat chunk of the text's choice, in the stream's envelope.
+    Chat,
+    /// An Anthropic `content_block_delta` of this delta type.
+    Anthropic(&'static str),
+    /// A Responses delta event like the last one (its `delta` replaced).
+    Responses(Value),
 }
 
 #[derive(Debug)]
@@ -54,6 +66,9 @@ pub struct StreamGuard {
     texts: Vec<Held>,
     /// The chat choice whose finishing chunk is being read.
     finishing: Option<u64>,
+    /// Chat: the first chunk's envelope (id, model, created...), for chunks that carry
+    /// held text on their own.
+    template: Option<Value>,
 }
 
 /// Why a guarded stream must end.
@@ -68,6 +83,7 @@ impl StreamGuard {
             carry: BytesMut::new(),
             texts: Vec::new(),
             finishing: None,
+            template: None,
         }
     }
 
@@ -127,16 +143,16 @@ impl StreamGuard {
     }
 
     fn chat_chunk(&mut self, v: &mut Value, out: &mut Vec<u8>, hits: &mut Vec<Hit>) -> Result<bool, Stop> {
-        // The chunk's envelope (id, model, created...), for events that carry held text.
-        let mut envelope: Map<String, Value> = v
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(k, _)| *k != "choices" && *k != "usage")
-            .map(|(k, x)| (k.clone(), x.clone()))
-            .collect();
-        envelope.insert("choices".into(), json!([]));
-        let envelope = Value::Object(envelope);
+        if self.template.is_none() {
+            let envelope: Map<String, Value> = v
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| *k != "choices" && *k != "usage")
+                .map(|(k, x)| (k.clone(), x.clone()))
+                .collect();
+            self.template = Some(Value::Object(envelope));
+        }
         let Some(Value::Array(choices)) = v.get_mut("choices") else {
             return Ok(false);
         };
@@ -148,12 +164,7 @@ impl StreamGuard {
             // order after what it held.
             self.finishing = finishing.then_some(idx);
             if let Some(delta) = choice.get_mut("delta") {
-                let carrier = |field: &str| {
-                    let mut e = envelope.clone();
-                    e["choices"] = json!([{"index": idx, "delta": at_path(field, Value::Null), "finish_reason": null}]);
-                    e
-                };
-                let done = self.texts_of(delta, idx, "", &carrier, hits);
+                let done = self.texts_of(delta, idx, "", &Carrier::Chat, hits);
                 self.finishing = None;
                 changed |= done?;
             }
@@ -170,12 +181,11 @@ impl StreamGuard {
         let idx = v.get("index").and_then(Value::as_u64).unwrap_or(0);
         match v.get("type").and_then(Value::as_str) {
             Some("content_block_delta") => {
-                let kind = v.pointer("/delta/type").cloned().unwrap_or(Value::Null);
-                let carrier = |field: &str| {
-                    let mut delta = at_path(field, Value::Null);
-                    delta["type"] = kind.clone();
-                    json!({"type": "content_block_delta", "index": idx, "delta": delta})
-                };
+                let carrier = Carrier::Anthropic(match v.pointer("/delta/type").and_then(Value::as_str) {
+                    Some("thinking_delta") => "thinking_delta",
+                    Some("input_json_delta") => "input_json_delta",
+                    _ => "text_delta",
+                });
                 match v.get_mut("delta") {
                     Some(delta) => self.texts_of(delta, idx, "", &carrier, hits),
                     None => Ok(false),
@@ -188,11 +198,7 @@ impl StreamGuard {
                     Some("tool_use") => "input_json_delta",
                     _ => "text_delta",
                 };
-                let carrier = |field: &str| {
-                    let mut delta = at_path(field, Value::Null);
-                    delta["type"] = json!(kind);
-                    json!({"type": "content_block_delta", "index": idx, "delta": delta})
-                };
+                let carrier = Carrier::Anthropic(kind);
                 match v.get_mut("content_block") {
                     // A tool_use block's `input` is `{}` here; its JSON arrives as deltas.
                     Some(Value::Object(b)) => {
@@ -232,7 +238,7 @@ impl StreamGuard {
             if let Value::Object(m) = &mut meta {
                 m.remove("delta");
             }
-            let carrier = |_: &str| meta.clone();
+            let carrier = Carrier::Responses(meta);
             if let Some(Value::String(s)) = v.get_mut("delta") {
                 let emit = self.push(idx, stem, s, &carrier, hits)?;
                 return Ok(replace(s, emit));
@@ -266,7 +272,7 @@ impl StreamGuard {
         x: &mut Value,
         idx: u64,
         path: &str,
-        carrier: &dyn Fn(&str) -> Value,
+        carrier: &Carrier,
         hits: &mut Vec<Hit>,
     ) -> Result<bool, Stop> {
         let mut changed = false;
@@ -277,7 +283,7 @@ impl StreamGuard {
             }
             Value::Object(o) => {
                 for (k, child) in o.iter_mut() {
-                    if matches!(child, Value::String(_)) && PROTOCOL_KEYS.contains(&k.as_str()) {
+                    if matches!(child, Value::String(_)) && is_protocol_key(k) {
                         continue;
                     }
                     // Streamed audio: base64 `data`; its `transcript` is text.
@@ -319,7 +325,7 @@ impl StreamGuard {
         idx: u64,
         field: &str,
         text: &str,
-        carrier: &dyn Fn(&str) -> Value,
+        carrier: &Carrier,
         hits: &mut Vec<Hit>,
     ) -> Result<String, Stop> {
         let i = match self.texts.iter().position(|h| h.idx == idx && h.field == field) {
@@ -336,14 +342,17 @@ impl StreamGuard {
                     text: String::new(),
                     ctx: 0,
                     trackers,
-                    event: Value::Null,
+                    carrier: carrier.clone(),
                 });
                 self.texts.len() - 1
             }
         };
         let last = self.finishing == Some(idx);
         let held = &mut self.texts[i];
-        held.event = carrier(field);
+        if let Carrier::Responses(_) = carrier {
+            // Its sequence number and ids follow the latest event.
+            held.carrier = carrier.clone();
+        }
         let emit = settle(&self.guards, held, text, last, hits)?;
         if last {
             self.texts.swap_remove(i);
@@ -376,25 +385,25 @@ impl StreamGuard {
         if rest.is_empty() || !self.holds {
             return Ok(());
         }
-        let mut event = held.event;
-        let slot = match self.shape {
-            Shape::Chat => event.pointer_mut("/choices/0/delta"),
-            Shape::Messages => event.get_mut("delta"),
-            Shape::Responses => {
-                event["delta"] = Value::Null;
-                Some(&mut event)
+        let event = match held.carrier {
+            Carrier::Chat => {
+                let mut e = self
+                    .template
+                    .clone()
+                    .unwrap_or_else(|| json!({"object": "chat.completion.chunk"}));
+                e["choices"] = json!([{"index": idx, "delta": at_path(field, json!(rest)), "finish_reason": null}]);
+                e
+            }
+            Carrier::Anthropic(kind) => {
+                let mut delta = at_path(field, json!(rest));
+                delta["type"] = json!(kind);
+                json!({"type": "content_block_delta", "index": idx, "delta": delta})
+            }
+            Carrier::Responses(mut meta) => {
+                meta["delta"] = json!(rest);
+                meta
             }
         };
-        if let Some(slot) = slot {
-            let target = if self.shape == Shape::Responses {
-                slot.get_mut("delta")
-            } else {
-                slot.pointer_mut(&pointer(field))
-            };
-            if let Some(t) = target {
-                *t = Value::String(rest);
-            }
-        }
         write_event(out, &event, self.shape);
         Ok(())
     }
@@ -415,15 +424,6 @@ fn replace(s: &mut String, emit: String) -> bool {
     } else {
         false
     }
-}
-
-/// A JSON pointer for a dotted field path (`tool_calls.0.function.arguments`).
-fn pointer(field: &str) -> String {
-    field.split('.').fold(String::new(), |mut p, seg| {
-        p.push('/');
-        p.push_str(seg);
-        p
-    })
 }
 
 /// A delta holding `leaf` at the dotted `field` path; numeric segments are list items

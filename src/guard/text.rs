@@ -84,41 +84,50 @@ impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
 /// Why a request's content could not be read as text.
 pub type Unscannable = &'static str;
 
-/// String values under these keys are protocol, not text a model reads.
-pub(crate) const PROTOCOL_KEYS: &[&str] = &[
-    "model",
-    "role",
-    "type",
-    "id",
-    "tool_call_id",
-    "tool_use_id",
-    "call_id",
-    "item_id",
-    "previous_response_id",
-    "media_type",
-    "mime_type",
-    "detail",
-    "format",
-    "encoding_format",
-    "service_tier",
-    "reasoning_effort",
-    "object",
-    "status",
-    "finish_reason",
-    "stop_reason",
-    "truncation",
-    "modalities",
-    "voice",
-    // Opaque values the provider itself produced and checks: a thinking block's
-    // signature, encrypted reasoning.
-    "signature",
-    "encrypted_content",
-];
+/// Whether string values under this key are protocol, not text a model reads. A `match`
+/// rather than a list: it runs for every key of every object scanned.
+pub(crate) fn is_protocol_key(key: &str) -> bool {
+    matches!(
+        key,
+        "model"
+            | "role"
+            | "type"
+            | "id"
+            | "tool_call_id"
+            | "tool_use_id"
+            | "call_id"
+            | "item_id"
+            | "previous_response_id"
+            | "media_type"
+            | "mime_type"
+            | "detail"
+            | "format"
+            | "encoding_format"
+            | "service_tier"
+            | "reasoning_effort"
+            | "object"
+            | "status"
+            | "finish_reason"
+            | "stop_reason"
+            | "truncation"
+            | "modalities"
+            | "voice"
+            // Opaque values the provider itself produced and checks: a thinking block's
+            // signature, encrypted reasoning.
+            | "signature"
+            | "encrypted_content"
+    )
+}
 
 /// Keys whose values are free-form: every key and string inside is text.
 /// (Objects only: a Responses `input` or a chat call's `arguments` string is walked as
 /// usual.)
-const FREE_FORM_KEYS: &[&str] = &["parameters", "input_schema", "schema", "input", "arguments", "metadata"];
+fn is_free_form_key(key: &str) -> bool {
+    matches!(
+        key,
+        "parameters" | "input_schema" | "schema" | "input" | "arguments" | "metadata"
+    )
+}
 
 /// Calls `f` on every text of a caller's request to `endpoint` (see the module docs).
 /// `Err` when text is there that cannot be read: a base64 payload of a text type.
@@ -158,8 +167,8 @@ fn walk_object(o: &mut Map<String, Value>, free: bool, f: &mut dyn FnMut(&mut St
     for (k, x) in o.iter_mut() {
         let key = k.as_str();
         match x {
-            Value::String(_) if PROTOCOL_KEYS.contains(&key) => {}
-            Value::Array(a) if PROTOCOL_KEYS.contains(&key) && a.iter().all(Value::is_string) => {}
+            Value::String(_) if is_protocol_key(key) => {}
+            Value::Array(a) if is_protocol_key(key) && a.iter().all(Value::is_string) => {}
             Value::String(_) if base64 && key == "data" => binary(media.as_deref())?,
             // A file as a data URL, or bare base64 of no stated type.
             Value::String(data) if key == "file_data" => binary(data_url_media(data))?,
@@ -171,7 +180,7 @@ fn walk_object(o: &mut Map<String, Value>, free: bool, f: &mut dyn FnMut(&mut St
                     walk(t, false, f)?;
                 }
             }
-            Value::Object(_) if FREE_FORM_KEYS.contains(&key) => walk(x, true, f)?,
+            Value::Object(_) if is_free_form_key(key) => walk(x, true, f)?,
             _ => walk(x, false, f)?,
         }
     }

@@ -54,8 +54,6 @@ pub struct Ctx {
     pub usage: Option<Usage>,
     /// The usage was estimated: the stream was cut before the provider's final count.
     pub usage_estimated: bool,
-    /// Bytes of generated text streamed to the caller, for that estimate.
-    pub streamed_text: u64,
     pub upstream_status: Option<u16>,
     /// Response-stage guardrails of this request (caller key's, then the model's).
     pub response_guards: Vec<Arc<Guardrail>>,
@@ -102,7 +100,6 @@ impl Ctx {
             json: None,
             usage: None,
             usage_estimated: false,
-            streamed_text: 0,
             upstream_status: None,
             response_guards: Vec::new(),
             stream_guard: None,

@@ -245,7 +245,7 @@ pub async fn settle(state: &AppState, session: &Session, ctx: &mut Ctx) {
             ctx.usage = Some(crate::stream::estimate(
                 ctx.usage,
                 ctx.request_body.len(),
-                ctx.streamed_text,
+                sse.output_estimate(),
             ));
             ctx.usage_estimated = true;
         }
@@ -310,7 +310,6 @@ pub fn on_body(state: &AppState, body: &mut Option<Bytes>, end_of_stream: bool, 
             out = [out, e.sse_event(ctx.dialect)].concat().into();
             ctx.error = Some(e);
         }
-        ctx.streamed_text += crate::stream::text_bytes(&out);
         if ctx.first_event.is_none() && !out.is_empty() {
             ctx.first_event = Some(Instant::now());
         }

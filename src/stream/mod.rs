@@ -40,51 +40,15 @@ fn carries_usage(event: &[u8]) -> bool {
         .any(|at| usage_value(event, at).is_some_and(|v| v.trim_ascii_start().first() == Some(&b'{')))
 }
 
-/// The keys that carry generated text in the events a caller receives, in every dialect.
-static TEXT_KEYS: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
-    aho_corasick::AhoCorasick::new([
-        "\"content\":\"",
-        "\"reasoning_content\":\"",
-        "\"arguments\":\"",
-        "\"text\":\"",
-        "\"thinking\":\"",
-        "\"partial_json\":\"",
-        "\"delta\":\"",
-    ])
-    .expect("static patterns")
-});
-
-/// Bytes of generated text in caller-bound events: the JSON string values of the text
-/// keys, escapes counted as written. One pass over the bytes, no parsing: it runs on
-/// every streamed event, to estimate what a stream cut before its usage cost.
-pub fn text_bytes(events: &[u8]) -> u64 {
-    let mut total = 0u64;
-    let mut from = 0;
-    while let Some(m) = TEXT_KEYS.find(&events[from..]) {
-        let start = from + m.end();
-        let mut i = start;
-        let end = loop {
-            match memchr::memchr2(b'"', b'\\', events.get(i..).unwrap_or_default()) {
-                Some(q) if events[i + q] == b'\\' => i += q + 2,
-                Some(q) => break i + q,
-                None => break events.len(),
-            }
-        };
-        total += (end - start) as u64;
-        from = (end + 1).min(events.len());
-    }
-    total
-}
-
 /// What a stream cut before its usage arrived is charged: the tokens reported so far,
-/// but at least a token per four bytes of the text the caller received (output) and of
-/// the request body (input). Providers bill what they generated; a caller that hangs up
-/// after the last content event must not get it for free.
-pub fn estimate(reported: Option<Usage>, request_bytes: usize, text_bytes: u64) -> Usage {
+/// but at least the estimate of what was streamed (see [`SseState::output_estimate`])
+/// and a token per four bytes of the request body. Providers bill what they generated; a
+/// caller that hangs up after the last content event must not get it for free.
+pub fn estimate(reported: Option<Usage>, request_bytes: usize, output_estimate: u64) -> Usage {
     let r = reported.unwrap_or_default();
     Usage {
         input_tokens: r.input_tokens.max((request_bytes as u64).div_ceil(4)),
-        output_tokens: r.output_tokens.max(text_bytes.div_ceil(4)),
+        output_tokens: r.output_tokens.max(output_estimate),
     }
 }
 
@@ -206,6 +170,11 @@ pub struct SseState {
     overflow: bool,
     /// The provider's final usage arrived (it may come before the end marker).
     usage_final: bool,
+    /// Events seen, their bytes, and the smallest (what an event costs without text):
+    /// the estimate of a stream cut before its usage.
+    events: u64,
+    event_bytes: u64,
+    smallest_event: u64,
 }
 
 /// The largest SSE event a stream may carry (a Gemini image inline is a few MiB); beyond
@@ -225,6 +194,9 @@ impl SseState {
             saw_done: false,
             overflow: false,
             usage_final: false,
+            events: 0,
+            event_bytes: 0,
+            smallest_event: u64::MAX,
         }
     }
 
@@ -264,6 +236,9 @@ impl SseState {
         let mut scratch = Vec::new();
         while let Some(len) = event_end(&data[pos..]) {
             let event = &data[pos..pos + len];
+            self.events += 1;
+            self.event_bytes += len as u64;
+            self.smallest_event = self.smallest_event.min(len as u64);
             if translating {
                 scratch.clear();
                 self.translate(event, &mut scratch);
@@ -311,6 +286,18 @@ impl SseState {
             Mode::Translate(t) => t.complete(),
             _ => self.saw_done,
         }
+    }
+
+    /// The output tokens of what was streamed so far, without parsing it (a stream is cut
+    /// rarely, its events counted always): a token per event (OpenAI sends one per chunk,
+    /// whatever padding it adds), or a token per four bytes of what the events carry beyond
+    /// the smallest one's size (Anthropic and Gemini send several tokens per event),
+    /// whichever is more.
+    pub fn output_estimate(&self) -> u64 {
+        let beyond = self
+            .event_bytes
+            .saturating_sub(self.events.saturating_mul(self.smallest_event.min(self.event_bytes)));
+        self.events.max(beyond.div_ceil(4))
     }
 
     /// Whether the provider's final usage arrived. A stream cut before it (the caller
@@ -627,26 +614,31 @@ mod estimate_tests {
     use super::*;
 
     #[test]
-    fn text_bytes_counts_text_values_only() {
-        let chat = br#"data: {"id":"c","obfuscation":"xxxxxxxx","choices":[{"delta":{"content":"Hel\"lo"}}]}
-
-data: {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"a\":1}"}}]}}]}
-
-"#;
-        assert_eq!(text_bytes(chat), 16);
-        let anthropic = br#"event: content_block_delta
-data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"abcd"}}
-
-"#;
-        assert_eq!(text_bytes(anthropic), 4);
-        assert_eq!(text_bytes(b"data: {\"content\":\"unterminated"), 12);
+    fn streamed_output_is_estimated_from_events_and_their_bytes() {
+        // OpenAI: a token per chunk, however padded (`obfuscation`) the chunks are.
+        let mut s = SseState::new(false);
+        for i in 0..30 {
+            let pad = "x".repeat(i % 7 * 10);
+            s.feed(Bytes::from(format!(
+                "data: {{\"obfuscation\":\"{pad}\",\"choices\":[{{\"delta\":{{\"content\":\"ab\"}}}}]}}\n\n"
+            )));
+        }
+        assert!(s.output_estimate() >= 30, "{}", s.output_estimate());
+        // Anthropic: a few large deltas carry many tokens; their bytes count.
+        let mut s = SseState::with_mode(Mode::Anthropic);
+        s.feed(Bytes::from_static(b"event: ping\ndata: {\"type\":\"ping\"}\n\n"));
+        for _ in 0..3 {
+            let text = "word ".repeat(80);
+            s.feed(Bytes::from(format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n")));
+        }
+        assert!(s.output_estimate() >= 200, "{}", s.output_estimate());
         let u = estimate(
             Some(Usage {
                 input_tokens: 100,
                 output_tokens: 0,
             }),
             40,
-            41,
+            11,
         );
         assert_eq!(
             u,

@@ -29,6 +29,8 @@ use crate::stream::{event_data, event_end};
 
 /// The most text one choice or block may hold back while a match is in progress.
 pub const MAX_HOLD: usize = 64 * 1024;
+/// The most texts (choices x fields, blocks, items) one stream may have open at once.
+const MAX_TEXTS: usize = 256;
 
 /// One growing text: a choice's field (chat), a block's (Anthropic), an item's
 /// (Responses).
@@ -330,6 +332,14 @@ impl StreamGuard {
     ) -> Result<String, Stop> {
         let i = match self.texts.iter().position(|h| h.idx == idx && h.field == field) {
             Some(i) => i,
+            // Texts open at once are bounded (each holds automaton caches): a provider
+            // that opens more is not one a guardrail can vouch for.
+            None if self.texts.len() >= MAX_TEXTS => {
+                return match self.fail_closed() {
+                    Some(name) => Err(name),
+                    None => Ok(text.to_owned()),
+                }
+            }
             None => {
                 let trackers = self
                     .guards

@@ -500,3 +500,21 @@ fn a_hold_past_the_bound_fails_closed() {
         "stopped once the hold passed its bound"
     );
 }
+
+/// A provider that opens more texts at once than a stream may hold (one per tool call
+/// index here) ends the stream under a guardrail that blocks or masks.
+#[test]
+fn texts_open_at_once_are_bounded() {
+    let pii = rules("pii", vec![], Some("pii.yaml"), Action::Mask);
+    let mut stream = String::new();
+    for i in 0..300 {
+        let c = json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": i, "function": {"arguments": "{\"a"}}]}, "finish_reason": null}]});
+        stream.push_str(&format!("data: {c}\n\n"));
+    }
+    let mut sg = StreamGuard::new(vec![pii], Dialect::OpenAi);
+    let mut hits = Vec::new();
+    assert_eq!(
+        sg.feed(stream.as_bytes(), false, &mut hits).unwrap_err().as_ref(),
+        "pii"
+    );
+}

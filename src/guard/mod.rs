@@ -3,9 +3,10 @@
 //!
 //! Every guardrail that applies scans the same original text. Then, in order: a `block`
 //! hit fails the request (or ends the stream); otherwise `mask` hits are replaced by
-//! `[REDACTED:<label>]`; `monitor` hits are only counted and logged by name. A guardrail
-//! that cannot scan something (content of an unknown shape) fails closed when it blocks
-//! or masks, and open when it monitors.
+//! `[REDACTED:<label>]`; `monitor` hits are only counted and logged by name. What counts
+//! as text is one definition for every dialect (`text.rs`); text a guardrail cannot read
+//! (base64 of a text type, an unreadable stream event) fails closed when it blocks or
+//! masks, and open when it monitors.
 
 pub mod live;
 pub mod matcher;

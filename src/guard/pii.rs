@@ -2,8 +2,8 @@
 //! check a regex cannot express (a Luhn or mod-97 checksum, a valid IPv6 address).
 //!
 //! Patterns use ASCII classes and ASCII word boundaries (`(?-u:\b)`) so the regex crate
-//! can run them on its lazy DFA, and bounded repetitions where the format allows, so the
-//! longest possible match (the streaming hold-back window) stays small.
+//! can run them on its lazy DFA, and bounded repetitions where the format allows, so a
+//! stream holds back as little as a match in progress needs (see `live.rs`).
 
 use crate::config::raw::PiiType;
 

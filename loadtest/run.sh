@@ -18,7 +18,7 @@ while [ -e "$OUT" ]; do OUT=$base-$n.md; n=$((n + 1)); done   # never overwrite 
 command -v oha >/dev/null || { echo "installing oha (cargo, a few minutes once)"; cargo install --locked -q oha; }
 command -v nginx >/dev/null || { echo "installing nginx"; apt-get install -y -qq nginx-light >/dev/null; }
 
-ports_free 18000 18080 18081 18082 18083 18084 19090 19092 19093
+ports_free 18000 18080 18081 18082 18083 18084 18085 19090 19092 19093 19095
 
 "$BIN" mock-upstream --listen 127.0.0.1:18000 >/dev/null 2>&1 & PIDS+=($!)
 wait_port 18000
@@ -47,6 +47,16 @@ sed -e 's/127.0.0.1:18080/127.0.0.1:18083/; s/127.0.0.1:19090/127.0.0.1:19093/' 
 printf 'observability:\n  otlp: {endpoint: "http://127.0.0.1:18000/v1/traces", sample_ratio: 1.0}\n' >>"$WORK/aigw-traces.yaml"
 RUST_LOG=warn "$BIN" serve --config "$WORK/aigw-traces.yaml" >/dev/null 2>"$WORK/gw-traces.log" & GWT=$!; PIDS+=($GWT)
 wait_port 18083
+
+# The production profile (loadtest/production.yaml): limits in Redis when one answers,
+# three guardrail packs, every request traced, access log, pricing and a budget.
+if [ -n "$GWR" ]; then
+  sed -e "/^  admin_listen:/a\\  redis: {url: \"$REDIS_URL\"}" loadtest/production.yaml >"$WORK/production.yaml"
+else
+  cp loadtest/production.yaml "$WORK/production.yaml"
+fi
+RUST_LOG=warn "$BIN" serve --config "$WORK/production.yaml" >/dev/null 2>"$WORK/gw-production.log" & GWP=$!; PIDS+=($GWP)
+wait_port 18085
 
 nginx_pids() { pgrep -f "nginx: worker process" | tr '\n' ' '; }
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
@@ -80,9 +90,13 @@ run() { # name url stream pids...
     rss=$(awk -v k="$(rss_kib "$@")" 'BEGIN{printf "%.1f", k/1024}')
     [ "$name" = gateway ] && [ "$rps" -gt "$GW_PEAK" ] && GW_PEAK=$rps
     case $name in
+      gateway) BASE[gw0$c]=$rps ;;
+      "gateway streaming") BASE[gw1$c]=$rps ;;
       "direct to mock") BASE[direct$c]=$rps ;;
       nginx) BASE[nginx0$c]=$rps ;;
       "nginx streaming") BASE[nginx1$c]=$rps ;;
+      "production profile") BASE[prod0$c]=$rps ;;
+      "production profile streaming") BASE[prod1$c]=$rps ;;
     esac
     printf '| %s | %s | %s | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s |\n' "$name" "$c" "$rps" \
       "$(awk -v v="$p50" 'BEGIN{print v/1000}')" "$(awk -v v="$p99" 'BEGIN{print v/1000}')" \
@@ -110,10 +124,21 @@ fi
 run "gateway + traces (100% sampled)" http://127.0.0.1:18083/v1/chat/completions 0 "$GWT"
 LOAD_MODEL=cached-model run "gateway, cache hit" http://127.0.0.1:18080/v1/chat/completions 0 "$GW"
 # shellcheck disable=SC2046
+run "production profile" http://127.0.0.1:18085/v1/chat/completions 0 "$GWP" $([ -n "$GWR" ] && pgrep -x redis-server | head -1)
+# shellcheck disable=SC2046
 run "nginx streaming" http://127.0.0.1:18081/v1/chat/completions 1 $(nginx_pids)
 run "bare Pingora streaming" http://127.0.0.1:18084/v1/chat/completions 1 "$BARE_PID"
 run "gateway streaming" http://127.0.0.1:18080/v1/chat/completions 1 "$GW"
 LOAD_MODEL=cached-model run "gateway streaming, cache hit" http://127.0.0.1:18080/v1/chat/completions 1 "$GW"
+# shellcheck disable=SC2046
+run "production profile streaming" http://127.0.0.1:18085/v1/chat/completions 1 "$GWP" $([ -n "$GWR" ] && pgrep -x redis-server | head -1)
+{
+  echo
+  echo "The production profile against the plain gateway at the same connections (JSON, streaming):"
+  for c in $CONNS; do
+    echo "- $c connections: $(ratio "${BASE[prod0$c]:-0}" "gw0$c") JSON, $(ratio "${BASE[prod1$c]:-0}" "gw1$c") streaming"
+  done
+} | tee -a "$OUT"
 
 # Latency at a fixed rate, half the gateway's peak: open-loop (oha, corrected for
 # coordinated omission), straight to the mock and through the gateway; the difference is
@@ -146,4 +171,4 @@ echo
 [ -n "${REDIS_RTT:-}" ] && echo "$REDIS_RTT" | tee -a "$OUT" && echo
 DROPPED=$(curl -s http://127.0.0.1:19093/metrics | awk '/^aigw_trace_spans_dropped_total/{s+=$2} END{print s+0}')
 echo "Spans dropped by the traced gateway: $DROPPED" | tee -a "$OUT"
-echo "CPU and RSS are of the proxy under test (the mock for the direct row; gateway + Redis for the Redis row). Saved to $OUT"
+echo "CPU and RSS are of the proxy under test (the mock for the direct row; gateway + Redis for the Redis row, and for the production rows when Redis runs). Saved to $OUT"

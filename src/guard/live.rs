@@ -31,7 +31,7 @@ const MAX_SPARE: usize = 64;
 
 #[derive(Debug)]
 pub struct Liveness {
-    dfa: Arc<DFA>,
+    dfa: DFA,
     /// Caches of finished trackers, warm with the states they built: a new stream starts
     /// with one instead of determinizing the same states again.
     spare: Arc<Mutex<Vec<Cache>>>,
@@ -41,6 +41,10 @@ impl Liveness {
     /// One automaton for every pattern (regex sources) and keyword; `None` when there are
     /// none. `Err` with a message when the patterns do not compile.
     pub fn build(patterns: &[String], keywords: &[&[u8]]) -> Result<Option<Self>, String> {
+        Self::build_with_cache(patterns, keywords, CACHE_BYTES)
+    }
+
+    fn build_with_cache(patterns: &[String], keywords: &[&[u8]], cache_bytes: usize) -> Result<Option<Self>, String> {
         let mut hirs = Vec::with_capacity(patterns.len() + keywords.len());
         for p in patterns {
             let hir = regex_syntax::Parser::new().parse(p).map_err(|e| e.to_string())?;
@@ -70,13 +74,13 @@ impl Liveness {
             .configure(
                 DFA::config()
                     .match_kind(MatchKind::All)
-                    .cache_capacity(CACHE_BYTES)
+                    .cache_capacity(cache_bytes)
                     .skip_cache_capacity_check(true),
             )
             .build_from_nfa(nfa)
             .map_err(|e| e.to_string())?;
         Ok(Some(Self {
-            dfa: Arc::new(dfa),
+            dfa,
             spare: Arc::default(),
         }))
     }
@@ -256,6 +260,32 @@ mod tests {
         assert_eq!(earliest_after(&[r"\bcat\b"], &[], &["the cat"]), Some(4));
         // (A match is reported one byte late by the lazy DFA: held one byte longer.)
         assert_eq!(earliest_after(&[r"\bcat\b"], &[], &["the cat", "s."]), None);
+    }
+
+    /// A cache far too small clears all the time; threads are replayed from the held
+    /// text and the answer stays what a roomy cache gives.
+    #[test]
+    fn a_cleared_cache_is_replayed_and_changes_nothing() {
+        let pats = vec![
+            r"\w{3,40}@\w{2,20}\.\w{2,6}".to_owned(),
+            r"(?i)project\s+falcon".to_owned(),
+        ];
+        let roomy = Liveness::build(&pats, &["naïve".as_bytes()]).unwrap().unwrap();
+        let tiny = Liveness::build_with_cache(&pats, &["naïve".as_bytes()], 1)
+            .unwrap()
+            .unwrap();
+        let text = "Ünïcödé wörds, then mail jöhn.döe@exämple.org and project   falc".repeat(3);
+        let (mut a, mut b) = (roomy.tracker(), tiny.tracker());
+        let mut at = 0;
+        for piece in text.as_bytes().chunks(5) {
+            let from = at;
+            at += piece.len();
+            a.advance(&roomy, &text.as_bytes()[..at], 0, from);
+            b.advance(&tiny, &text.as_bytes()[..at], 0, from);
+            // Conservative: never later than the roomy answer.
+            assert!(b.earliest().unwrap_or(at) <= a.earliest().unwrap_or(at), "at {at}");
+        }
+        assert_eq!(a.earliest(), Some(text.len() - "project   falc".len()));
     }
 
     #[test]

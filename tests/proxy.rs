@@ -149,15 +149,7 @@ async fn embeddings_and_models() {
     assert_eq!(v["data"].as_array().unwrap().len(), 2);
     assert_eq!(mock.last_request()["path"], "/v1/embeddings");
 
-    let list: Value = client()
-        .get(format!("{}/v1/models", gw.url()))
-        .bearer_auth(CALLER_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = get_json(&format!("{}/v1/models", gw.url()), CALLER_KEY).await;
     let ids: Vec<&str> = list["data"]
         .as_array()
         .unwrap()

@@ -288,17 +288,22 @@ pub fn proc_kib(pid: u32, field: &str) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// One owner's entry of `GET /admin/v1/spend` (Null when it has none).
-pub async fn spend_of(gw: &Gateway, admin_key: &str, owner: &str) -> Value {
-    let v: Value = client()
-        .get(format!("{}/admin/v1/spend", gw.admin_url()))
-        .bearer_auth(admin_key)
+/// GETs `url` with a bearer key and reads the JSON answer.
+pub async fn get_json(url: &str, key: &str) -> Value {
+    client()
+        .get(url)
+        .bearer_auth(key)
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// One owner's entry of `GET /admin/v1/spend` (Null when it has none).
+pub async fn spend_of(gw: &Gateway, admin_key: &str, owner: &str) -> Value {
+    let v = get_json(&format!("{}/admin/v1/spend", gw.admin_url()), admin_key).await;
     v["data"]
         .as_array()
         .unwrap()

@@ -13,10 +13,6 @@ use crate::error::GwError;
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub const API_KEY: HeaderName = HeaderName::from_static("api-key");
 
-/// Request headers that may carry the caller's credential; all are removed before a
-/// request goes upstream.
-pub const CREDENTIAL_HEADERS: [HeaderName; 3] = [AUTHORIZATION, X_API_KEY, API_KEY];
-
 /// The key the caller presented: `Authorization: Bearer KEY` (OpenAI SDKs),
 /// `x-api-key: KEY` (Anthropic SDKs) or `api-key: KEY` (Azure SDKs), in that order.
 pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {

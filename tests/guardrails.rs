@@ -35,6 +35,7 @@ models:
   - {name: falcon, provider_key: mock, model: "x?echo&chunk_delay_ms=5", guardrails: [falcon-out]}
   - {name: claude-falcon, provider_key: an, model: "c?echo", guardrails: [falcon-out]}
   - {name: spaced, provider_key: mock, model: "x?echo", guardrails: [spaced-out]}
+  - {name: claude-spaced, provider_key: an, model: "c?echo", guardrails: [spaced-out]}
   - {name: claude-plain, provider_key: an, model: "c?echo"}
   - {name: echo-odd-type, provider_key: mock, model: "x?echo&sse_type=Text/Event-Stream;%20charset=UTF-8", guardrails: [pii-out]}
 api_keys:
@@ -450,6 +451,25 @@ async fn a_long_match_in_small_stream_deltas_is_blocked_like_json() {
         assert!(body.contains("content_filter") && !body.contains("[DONE]"), "{body}");
     } else {
         assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    // The same through both translations: an Anthropic stream to a chat caller, a chat
+    // stream to an Anthropic caller.
+    for (path, body) in [
+        ("/v1/chat/completions", chat("claude-spaced", &text, true)),
+        ("/v1/messages", messages("spaced", &text, true)),
+    ] {
+        let r = if path == "/v1/messages" {
+            post_messages_as(&gw, "sk-free", &body).await
+        } else {
+            post_as(&gw, "sk-free", path, &body).await
+        };
+        let status = r.status();
+        let out = r.text().await.unwrap();
+        assert!(!out.to_lowercase().contains("falcon"), "{path}: {out}");
+        assert!(
+            status == StatusCode::BAD_REQUEST || (out.contains("content_filter") || out.contains("spaced-out")),
+            "{path}: {status} {out}"
+        );
     }
 }
 

@@ -89,9 +89,8 @@ pub struct Fill {
     dialect: Dialect,
     /// Set for a streamed answer.
     assembler: Option<Assembler>,
-    /// Bytes of a streamed answer so far, and whether they passed `max_entry_bytes`.
+    /// Bytes of a streamed answer so far.
     streamed: u64,
-    too_large: bool,
 }
 
 impl Fill {
@@ -109,9 +108,8 @@ impl Fill {
     /// by bytes, not by how long a provider streams).
     pub fn feed(&mut self, sent: &[u8]) {
         self.streamed += sent.len() as u64;
-        if self.streamed > self.store.policy.max_entry_bytes {
+        if self.streamed > self.max_entry_bytes() {
             self.assembler = None;
-            self.too_large = true;
         }
         if let Some(a) = self.assembler.as_mut() {
             a.feed(sent);
@@ -124,7 +122,7 @@ impl Fill {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if self.too_large {
+        if self.streamed > self.max_entry_bytes() {
             return;
         }
         rt.spawn(async move {
@@ -199,7 +197,6 @@ pub async fn lookup(
         dialect,
         assembler: None,
         streamed: 0,
-        too_large: false,
     });
     if has_directive(headers, "no-cache") {
         return Some(Lookup::Go(Outcome::Bypass, Some(fill)));

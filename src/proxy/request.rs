@@ -502,15 +502,6 @@ pub fn prepare_upstream(req: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<(
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Removes a header the request carries. Header edits run on every request: a static
-/// `HeaderName` is not parsed again (a `&str` name is, on each call), and a header that is
-/// absent, the usual case, costs one lookup.
-pub fn remove_present(req: &mut RequestHeader, name: &HeaderName) {
-    if req.headers.contains_key(name) {
-        req.remove_header(name);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

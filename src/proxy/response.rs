@@ -13,7 +13,7 @@ use crate::error::{Dialect, GwError};
 use crate::guard::{self, stream::StreamGuard};
 use crate::provider::{self, Endpoint};
 use crate::route::cooldown::parse_retry_after;
-use crate::route::plan::{target_failed, Failure, Next};
+use crate::route::plan::{Failure, Next};
 use crate::state::AppState;
 use crate::stream::translate::{AnthropicToChat, ChatToAnthropic, GeminiToAnthropic, GeminiToChat};
 use crate::stream::{JsonBody, JsonTranslate, Mode, SseState};
@@ -22,9 +22,10 @@ use crate::stream::{JsonBody, JsonTranslate, Mode, SseState};
 /// the provider's status line; `error_while_proxy` passes it on as decided.
 pub const FAILOVER_DECIDED: ErrorType = ErrorType::Custom("aigw: failover decided");
 
-/// The provider's status line arrived, before anything reached the caller. A status that
-/// means the target failed (see `route::plan::target_failed`) or a 2xx of the wrong
-/// Content-Type goes to the failover decision; when no other attempt follows, a provider
+/// The provider's status line arrived, before anything reached the caller. An error
+/// status or a 2xx of the wrong Content-Type goes to the failover decision
+/// (`Plan::failed`, which also tells the caller's own 4xx from a failed target); when no
+/// other attempt follows, a provider
 /// 5xx, a bad answer and a refused gateway credential (401/403: the caller's SDK would
 /// report the caller's own key as invalid) become the gateway's own 502; other 4xx,
 /// including a last 429 with its `Retry-After`, pass through as the answer.
@@ -36,10 +37,9 @@ pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx
     } else {
         None
     };
-    let retry_on = ctx.plan.as_ref().map_or(&[][..], |p| p.retry_on.as_slice());
     let failure = if bad_type.is_some() {
         Failure::BadAnswer { status }
-    } else if !resp.status.is_success() && target_failed(status, retry_on) {
+    } else if !resp.status.is_success() {
         let retry_after = resp
             .headers
             .get(http::header::RETRY_AFTER)

@@ -70,7 +70,7 @@ pub enum Next {
 /// Whether an error status means the target failed (as opposed to the provider's answer
 /// to this caller's request, such as a 400): server errors, 429, and 401/403, which
 /// refuse the gateway's credential, not the caller's.
-pub fn target_failed(status: u16, retry_on: &[u16]) -> bool {
+fn target_failed(status: u16, retry_on: &[u16]) -> bool {
     status >= 500 || matches!(status, 401 | 403 | 429) || retry_on.contains(&status)
 }
 

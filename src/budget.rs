@@ -8,10 +8,15 @@
 //! key naming the budget, the owner and the period (`aigw:budget:team-monthly:team-a:
 //! 2026-11`), so a new period starts from zero by itself and a reload keeps the count.
 //! With `server.redis` the count is shared (INCRBY, expiring after the period); a Redis
-//! that fails admits the request, like rate limits.
+//! that fails admits the request, like rate limits. So that a request does not wait on
+//! Redis twice, each instance keeps a mirror of every shared spend it uses: it reads
+//! Redis's count again once the mirror is older than [`SYNC`], and writes its own charges
+//! in one INCRBY per [`SYNC`]. A budget can so be overspent by what the instances spend
+//! in one [`SYNC`] (besides the requests in flight when it is crossed, which complete).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use dashmap::DashMap;
@@ -94,6 +99,44 @@ pub struct Spend {
     pub resets_at: Option<String>,
 }
 
+async fn read(pool: &RedisPool, key: &str) -> Result<u64, Unavailable> {
+    let k = key.to_owned();
+    let v: Option<u64> = pool
+        .call(|mut c| async move { redis::cmd("GET").arg(&k).query_async(&mut c).await })
+        .await?;
+    Ok(v.unwrap_or(0))
+}
+
+/// Adds `m`'s unwritten charges to Redis's count and mirrors the new count; on a failure
+/// they stay unwritten, for the next write.
+async fn write(pool: &RedisPool, metrics: &Metrics, key: &str, m: &Mirror) {
+    let n = m.pending.swap(0, Ordering::AcqRel);
+    if n == 0 {
+        return;
+    }
+    let ttl_s = Some(m.ttl_s.load(Ordering::Acquire)).filter(|t| *t > 0);
+    let k = key.to_owned();
+    let r: Result<(u64,), _> = pool
+        .call(|mut c| async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("INCRBY").arg(&k).arg(n);
+            // Kept a day past the period's end, for `GET /admin/v1/spend`.
+            if let Some(t) = ttl_s {
+                pipe.cmd("EXPIRE").arg(&k).arg(t + 86_400).ignore();
+            }
+            pipe.query_async(&mut c).await
+        })
+        .await;
+    match r {
+        Ok((count,)) => m.saw(count),
+        Err(e) => {
+            m.pending.fetch_add(n, Ordering::AcqRel);
+            metrics.budget_store_errors.inc();
+            tracing::debug!(error = %e, "could not charge a budget; retrying");
+        }
+    }
+}
+
 /// One (budget, owner, period) spend kept in this process.
 struct Local {
     spent: AtomicU64,
@@ -101,9 +144,38 @@ struct Local {
     expires: Option<std::time::Instant>,
 }
 
+/// How stale an instance's view of a shared spend may be (see the module's comment).
+pub const SYNC: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A shared spend as this instance sees it.
+#[derive(Default)]
+struct Mirror {
+    /// Redis's count when last read or written, and when that was.
+    seen: Mutex<Option<(u64, Instant)>>,
+    /// A read is under way: others use the count they have meanwhile.
+    reading: AtomicBool,
+    /// Charged here and not written yet.
+    pending: AtomicU64,
+    /// A write is scheduled.
+    writing: AtomicBool,
+    /// Seconds until the period ends, as of the last charge (0: `total`).
+    ttl_s: AtomicU64,
+}
+
+impl Mirror {
+    fn seen(&self) -> Option<(u64, Instant)> {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn saw(&self, count: u64) {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((count, Instant::now()));
+    }
+}
+
 pub struct Budgets {
     local: DashMap<String, Local>,
     redis: Option<Arc<RedisPool>>,
+    mirrors: DashMap<String, Arc<Mirror>>,
     metrics: Arc<Metrics>,
 }
 
@@ -112,7 +184,69 @@ impl Budgets {
         Self {
             local: DashMap::new(),
             redis,
+            mirrors: DashMap::new(),
             metrics,
+        }
+    }
+
+    fn mirror(&self, key: &str) -> Arc<Mirror> {
+        if let Some(m) = self.mirrors.get(key) {
+            return m.clone();
+        }
+        // A new period or owner (rare): mirrors unused for an hour go, so the map holds
+        // what is current. One still in use is only read again.
+        self.mirrors.retain(|_, m| {
+            m.pending.load(Ordering::Acquire) > 0 || m.seen().is_some_and(|(_, at)| at.elapsed().as_secs() < 3600)
+        });
+        self.mirrors.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// The spend as this instance sees it: the mirror while fresh (or while another
+    /// request reads Redis), else Redis's count; plus this instance's unwritten charges.
+    async fn spent_shared(&self, pool: &RedisPool, key: &str) -> Result<u64, Unavailable> {
+        let m = self.mirror(key);
+        let count = match m.seen() {
+            Some((count, at)) if at.elapsed() < SYNC || m.reading.swap(true, Ordering::AcqRel) => count,
+            _ => {
+                let r = read(pool, key).await;
+                m.reading.store(false, Ordering::Release);
+                let count = r?;
+                m.saw(count);
+                count
+            }
+        };
+        Ok(count + m.pending.load(Ordering::Acquire))
+    }
+
+    /// Writes `m`'s charges [`SYNC`] from now, and again while more arrive.
+    fn schedule_write(&self, pool: &Arc<RedisPool>, key: &str, m: Arc<Mirror>) {
+        if m.writing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (pool, metrics, key) = (pool.clone(), self.metrics.clone(), key.to_owned());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SYNC).await;
+                write(&pool, &metrics, &key, &m).await;
+                m.writing.store(false, Ordering::Release);
+                if m.pending.load(Ordering::Acquire) == 0 || m.writing.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Writes every unwritten charge now (at shutdown).
+    pub async fn flush(&self) {
+        let Some(pool) = &self.redis else { return };
+        let mirrors: Vec<(String, Arc<Mirror>)> = self
+            .mirrors
+            .iter()
+            .filter(|e| e.value().pending.load(Ordering::Acquire) > 0)
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        for (key, m) in mirrors {
+            write(pool, &self.metrics, &key, &m).await;
         }
     }
 
@@ -122,13 +256,7 @@ impl Budgets {
 
     async fn spent(&self, key: &str) -> Result<u64, Unavailable> {
         match &self.redis {
-            Some(pool) => {
-                let k = key.to_owned();
-                let v: Option<u64> = pool
-                    .call(|mut c| async move { redis::cmd("GET").arg(&k).query_async(&mut c).await })
-                    .await?;
-                Ok(v.unwrap_or(0))
-            }
+            Some(pool) => self.spent_shared(pool, key).await,
             None => Ok(self.local.get(key).map_or(0, |v| v.spent.load(Ordering::Relaxed))),
         }
     }
@@ -168,22 +296,10 @@ impl Budgets {
         }
         match &self.redis {
             Some(pool) => {
-                let (k, ttl) = (a.key.clone(), a.ttl_s);
-                let r = pool
-                    .call(|mut c| async move {
-                        let mut pipe = redis::pipe();
-                        pipe.cmd("INCRBY").arg(&k).arg(micro).ignore();
-                        // Kept a day past the period's end, for `GET /admin/v1/spend`.
-                        if let Some(t) = ttl {
-                            pipe.cmd("EXPIRE").arg(&k).arg(t + 86_400).ignore();
-                        }
-                        pipe.exec_async(&mut c).await
-                    })
-                    .await;
-                if let Err(e) = r {
-                    self.metrics.budget_store_errors.inc();
-                    tracing::debug!(error = %e, "could not charge a budget");
-                }
+                let m = self.mirror(&a.key);
+                m.ttl_s.store(a.ttl_s.unwrap_or(0), Ordering::Release);
+                m.pending.fetch_add(micro, Ordering::AcqRel);
+                self.schedule_write(pool, &a.key, m);
             }
             None => {
                 if let Some(l) = self.local.get(&a.key) {

@@ -118,13 +118,25 @@ pub fn serve(config: PathBuf) -> Result<(), String> {
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals { state: state.clone() }),
     });
-    flush_telemetry(&state);
+    before_exit(&state);
     std::process::exit(0)
 }
 
-/// Before exiting: spans still queued go to the collector (for at most 2 s), and the
-/// access log's last lines reach stdout.
-fn flush_telemetry(state: &AppState) {
+/// Before exiting: budget charges not yet written and limit capacity leased from Redis go
+/// back to Redis (for at most 2 s), spans still queued go to the collector (for at most
+/// 2 s), and the access log's last lines reach stdout.
+fn before_exit(state: &AppState) {
+    // Called from a plain thread: the Redis connections live on the server's runtimes,
+    // which still run; this one only drives the calls.
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        rt.block_on(async {
+            let give_back = async {
+                state.budgets.flush().await;
+                state.limiter.close().await;
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), give_back).await;
+        });
+    }
     if let Some(t) = &state.traces {
         t.flush(Duration::from_secs(2));
     }
@@ -241,7 +253,7 @@ impl Signals {
                 std::thread::sleep(Duration::from_millis(100));
                 if state.inflight() == 0 {
                     tracing::info!("drained; exiting");
-                    flush_telemetry(&state);
+                    before_exit(&state);
                     std::process::exit(0);
                 }
             }

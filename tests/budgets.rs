@@ -136,3 +136,36 @@ async fn two_gateways_share_a_budget_through_redis() {
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(metric(&a, "aigw_budget_store_errors_total").await, 0.0);
 }
+
+/// With Redis, an instance writes its charges in one INCRBY per 100 ms (src/budget.rs),
+/// and what it has not written yet when told to stop is written before it exits.
+#[tokio::test]
+async fn shared_charges_are_written_in_batches_and_before_a_stop() {
+    let port = free_port();
+    let _redis = PrivateRedis::start(port);
+    let mock = Mock::start();
+    let config = config("batched", true)
+        .replace("127.0.0.1:6379", &format!("127.0.0.1:{port}"))
+        .replace("usd: 10,", "usd: 1000,");
+    let mut gw = Gateway::start(&config, &mock);
+    let in_redis = || {
+        let keys = redis_cli(port, &["KEYS", "aigw:budget:batched:team-a:*"]);
+        let key = keys.trim();
+        redis_cli(port, &["GET", key]).trim().parse::<u64>().unwrap_or(0)
+    };
+    for _ in 0..20 {
+        let r = post_as(&gw, "sk-a1", "/v1/chat/completions", &chat_body("chat")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert!(wait_until(5, || in_redis() == 160_000_000), "{}", in_redis());
+    let writes = redis_calls(port, &["incrby"]);
+    assert!((1..20).contains(&writes), "20 charges in {writes} writes");
+
+    // One more, and a stop right after: the charge is in Redis when the process ends.
+    let r = post_as(&gw, "sk-a1", "/v1/chat/completions", &chat_body("chat")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let _ = r.bytes().await;
+    gw.signal("TERM");
+    assert!(wait_until(10, || gw.child.try_wait().unwrap().is_some()));
+    assert_eq!(in_redis(), 168_000_000);
+}

@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -440,45 +437,6 @@ async fn two_gateways_share_one_limit_through_redis() {
     assert!(refused);
 }
 
-struct PrivateRedis {
-    child: Child,
-    port: u16,
-}
-
-impl PrivateRedis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (.ci/run installs it)");
-        assert!(wait_until(10, || TcpStream::connect(("127.0.0.1", port)).is_ok()));
-        Self { child, port }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        assert!(wait_until(10, || TcpStream::connect(("127.0.0.1", self.port)).is_err()));
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test]
 async fn a_redis_outage_admits_requests_and_recovers() {
     let port = free_port();
@@ -520,4 +478,133 @@ async fn a_redis_outage_admits_requests_and_recovers() {
         metric(&gw, "aigw_ratelimit_concurrency_in_use{policy=\"outage-conc\"}").await,
         0.0
     );
+}
+
+/// A shared limit of 400 or more is leased in blocks of 1% (see src/limit/redis.rs).
+fn leased_config(port: u16) -> String {
+    format!(
+        r#"
+{{SERVER}}
+  redis: {{url: "redis://127.0.0.1:{port}/0", timeout_ms: 500}}
+provider_keys:
+  - {{name: mock, provider: openai_compatible, base_url: "{{MOCK}}/v1", api_key: "{{PROVIDER_KEY}}"}}
+rate_limits:
+  - {{name: daily, requests_per_day: 400}}
+  - {{name: wide, concurrency: 400}}
+  - {{name: tokens, tokens_per_day: 20000}}
+models:
+  - {{name: chat, provider_key: mock, model: upstream-chat}}
+api_keys:
+  - {{name: k, key: sk-k, owner: team, rate_limit: daily}}
+  - {{name: w, key: sk-w, owner: team, rate_limit: wide}}
+  - {{name: t, key: sk-t, owner: team, rate_limit: tokens}}
+"#
+    )
+}
+
+/// Script calls Redis has run so far.
+fn script_calls(port: u16) -> u64 {
+    redis_calls(port, &["evalsha", "eval"])
+}
+
+#[tokio::test]
+async fn leased_capacity_never_exceeds_the_shared_limit_and_goes_back_when_idle() {
+    let port = free_port();
+    let _redis = PrivateRedis::start(port);
+    let mock = Mock::start();
+    let config = leased_config(port);
+    let (a, b) = (Gateway::start(&config, &mock), Gateway::start(&config, &mock));
+
+    // `a` leases a block of 4 of the 400 and spends one.
+    assert_eq!(call(&a, "sk-k", &chat_body("chat")).await.status(), StatusCode::OK);
+    let before = script_calls(port);
+    let mut admitted = 0;
+    while call(&b, "sk-k", &chat_body("chat")).await.status() == StatusCode::OK {
+        admitted += 1;
+        assert!(admitted <= 400, "never past the limit");
+    }
+    assert_eq!(admitted, 396, "`a` holds 3 unspent that `b` cannot take");
+    let calls = script_calls(port) - before;
+    assert!(
+        (99..=101).contains(&calls),
+        "one Redis call per block of 4, and the refused one: {calls}"
+    );
+    // Idle for a second, `a` gives its 3 back: `b` gets them and not one more.
+    assert!(wait_until_async(|| async { call(&b, "sk-k", &chat_body("chat")).await.status() == StatusCode::OK }).await);
+    for _ in 0..2 {
+        assert_eq!(call(&b, "sk-k", &chat_body("chat")).await.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        call(&b, "sk-k", &chat_body("chat")).await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "400 in all"
+    );
+
+    // Concurrency slots: the instance keeps what a fresh lease leaves idle, and gives it
+    // back after a second without use.
+    assert_eq!(call(&a, "sk-w", &chat_body("chat")).await.status(), StatusCode::OK);
+    let key = "aigw:rl:wide:slots:owner=team";
+    assert_eq!(redis_cli(port, &["HVALS", key]).split(':').next().unwrap().trim(), "3");
+    assert!(wait_until(5, || redis_cli(port, &["HLEN", key]).trim() == "0"));
+}
+
+#[tokio::test]
+async fn leased_tokens_charge_exactly_what_was_used() {
+    let port = free_port();
+    let _redis = PrivateRedis::start(port);
+    let mock = Mock::start();
+    let config = leased_config(port);
+    let gws = [Gateway::start(&config, &mock), Gateway::start(&config, &mock)];
+    let mut used = 0.0;
+    for i in 0..30 {
+        let body = json!({"model": "chat", "stream": i % 3 == 0, "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "hello there"}]});
+        let r = call(&gws[i % 2], "sk-t", &body).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let text = r.text().await.unwrap();
+        let usage = if i % 3 == 0 {
+            sse_data(&text)
+                .iter()
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .filter_map(|v| v["usage"]["total_tokens"].as_f64())
+                .sum::<f64>()
+        } else {
+            serde_json::from_str::<Value>(&text).unwrap()["usage"]["total_tokens"]
+                .as_f64()
+                .unwrap_or(0.0)
+        };
+        assert!(usage > 0.0, "{text}");
+        used += usage;
+    }
+    // Tokens taken ahead and not used go back after a second idle; then Redis's state
+    // is what the 30 requests used (20,000 a day refill 0.23 a second).
+    let key = "aigw:rl:tokens:tpd:owner=team";
+    let in_redis = || {
+        let tat: f64 = redis_cli(port, &["GET", key]).trim().parse().unwrap_or(0.0);
+        let time = redis_cli(port, &["TIME"]);
+        let mut t = time.lines().map(|l| l.trim().parse::<f64>().unwrap());
+        let now = (t.next().unwrap() - 1.7e9) * 1e6 + t.next().unwrap();
+        (tat - now) / (86_400e6 / 20_000.0)
+    };
+    let settled = wait_until(5, || (in_redis() - used).abs() < 3.0);
+    assert!(settled, "Redis holds {} tokens for {used} used", in_redis());
+}
+
+#[tokio::test]
+async fn a_stopping_instance_gives_its_leased_capacity_back() {
+    let port = free_port();
+    let _redis = PrivateRedis::start(port);
+    let mock = Mock::start();
+    let config = leased_config(port);
+    let (mut a, b) = (Gateway::start(&config, &mock), Gateway::start(&config, &mock));
+    // `a` holds 3 of the 400 when it is told to stop: they go back before it exits.
+    assert_eq!(call(&a, "sk-k", &chat_body("chat")).await.status(), StatusCode::OK);
+    a.signal("TERM");
+    assert!(wait_until(10, || a.child.try_wait().unwrap().is_some()));
+    let mut admitted = 0;
+    while call(&b, "sk-k", &chat_body("chat")).await.status() == StatusCode::OK {
+        admitted += 1;
+        assert!(admitted <= 400, "never past the limit");
+    }
+    assert_eq!(admitted, 399);
 }

@@ -7,7 +7,7 @@
 //!
 //! The state lives in a [`LimitStore`]: in process ([`local::LocalStore`], atomics, no
 //! lock on the hot path) or shared by every instance in Redis ([`redis::RedisStore`],
-//! one Lua script per check). The arithmetic is GCRA ([`gcra`]).
+//! capacity leased in blocks, one Lua script per lease). The arithmetic is GCRA ([`gcra`]).
 
 pub mod gcra;
 pub mod local;
@@ -77,7 +77,7 @@ impl Cells {
             (Requests, "rpd", policy.requests_per_day, 86_400 * SECOND),
             (Tokens, "tpm", policy.tokens_per_minute, 60 * SECOND),
             (Tokens, "tpd", policy.tokens_per_day, 86_400 * SECOND),
-            (Concurrency, "conc", policy.concurrency, 0),
+            (Concurrency, "slots", policy.concurrency, 0),
         ];
         let mut cells = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let rules = specs
@@ -132,6 +132,9 @@ pub trait LimitStore: Send + Sync {
 
     /// Periodic upkeep, about once a second.
     async fn maintain(&self) {}
+
+    /// The process stops: give back what it holds of shared state.
+    async fn close(&self) {}
 }
 
 /// Applies the caller's and the model's policies with one store.
@@ -240,6 +243,10 @@ impl Limiter {
 
     pub async fn maintain(&self) {
         self.store.maintain().await;
+    }
+
+    pub async fn close(&self) {
+        self.store.close().await;
     }
 
     fn store_failed(&self, e: &StoreError) {

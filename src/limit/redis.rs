@@ -1,55 +1,90 @@
 //! The shared store: limit state in Redis, so every aigw instance pointed at the same
 //! Redis enforces one combined limit.
 //!
-//! Each check is one Lua script that reads Redis's own clock (`TIME`), so instances with
-//! skewed clocks agree, and that checks every rule before it writes any, so a request is
-//! counted everywhere or nowhere. Request and token rules keep a GCRA TAT in a string key
-//! that expires when it no longer matters; concurrency slots are members of a sorted set
-//! scored by their lease's expiry, refreshed while the request runs, so the slots of an
-//! instance that dies come back within [`LEASE_TTL`].
+//! **Capacity is leased.** An instance takes a block of each rule's capacity from Redis
+//! at once ([`block`]: 1% of the limit, at least one unit) and spends it locally, so most
+//! requests never wait on Redis. Every unit an instance spends was taken from Redis
+//! first, so the instances together never admit more than the limit. The price is the
+//! other way: capacity one instance holds unspent (at most a block per rule: one request
+//! at a time refills a rule) is not available to the others until it is spent or given
+//! back, which happens after [`IDLE`] without use and when the process stops. A limit under 200 per
+//! window has a block of one unit: every request asks Redis, exactly as without leases.
+//!
+//! - Request rules lease units; a request spends one.
+//! - Token rules lease tokens ahead; a request is admitted while the instance holds
+//!   some, and its real usage is paid from them when it ends. Usage beyond what is held
+//!   is charged to Redis then, in one call.
+//! - Concurrency rules lease slots: each instance's count is a field of a hash, with the
+//!   lease's expiry, refreshed while held, so the slots of an instance that dies come
+//!   back within [`LEASE_TTL`]. A request takes a held slot; when it ends, the instance
+//!   keeps what a fresh block leaves idle for the next requests and gives the rest back.
+//!
+//! Each Redis call is one Lua script that reads Redis's own clock (`TIME`), so instances
+//! with skewed clocks agree, and that checks every rule before it writes any, so a lease
+//! is taken everywhere or nowhere. Request and token rules keep a GCRA TAT in a string
+//! key that expires when it no longer matters.
 //!
 //! Connections, deadlines and the back-off after a failure are the shared
 //! [`RedisPool`]'s.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::gcra::Verdict;
-use super::{Kind, LimitStore, Rule, StoreError};
+use super::{Kind, LimitStore, Rate, Rule, StoreError};
 use crate::redis_pool::RedisPool;
 
-/// How long a concurrency slot outlives the last sign of life of its holder.
+/// How long a concurrency lease outlives the last sign of life of its holder.
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
-/// How often held slots are refreshed.
+/// How often held concurrency leases are refreshed.
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// Capacity held unused this long goes back to Redis.
+pub const IDLE: Duration = Duration::from_secs(1);
+/// A rule's state is forgotten this long after its last use, once it holds nothing.
+const FORGET: Duration = Duration::from_secs(300);
+
+/// The capacity an instance takes from Redis at once: 1% of the limit, at least one unit.
+pub fn block(limit: u64) -> u64 {
+    (limit / 100).max(1)
+}
 
 // Times in the scripts are microseconds since 2023-11-14 (1.7e9 s) on Redis's clock:
 // small enough that Lua's doubles keep a fraction of a microsecond, so an interval of
 // `window / limit` stays exact enough even for very large limits.
-const ACQUIRE: &str = r#"
+
+/// Leases up to `want` units of every rule (`ARGV[4i-1..4i+2]`: kind, limit, window,
+/// want) when each has at least one to give; otherwise changes nothing. Returns six
+/// numbers per rule: allowed, limit, remaining, reset, retry, granted.
+const LEASE: &str = r#"
 local t = redis.call('TIME')
 local now = (tonumber(t[1]) - 1700000000) * 1000000 + tonumber(t[2])
 local member, ttl_ms = ARGV[1], tonumber(ARGV[2])
 local out, writes, ok = {}, {}, true
 for i, key in ipairs(KEYS) do
-  local kind = ARGV[3 * i]
-  local limit = tonumber(ARGV[3 * i + 1])
-  local window = tonumber(ARGV[3 * i + 2])
-  local allowed, remaining, reset, retry = 1, 0, 0, 0
+  local b = 4 * i - 1
+  local kind, limit, window, want = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local grant, remaining, reset, retry = 0, 0, 0, 0
   if kind == 'c' then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    local used = redis.call('ZCARD', key)
-    if used < limit then
-      remaining = limit - used - 1
-      writes[i] = true
+    local used, own = 0, 0
+    local fields = redis.call('HGETALL', key)
+    for j = 1, #fields, 2 do
+      local n, exp = string.match(fields[j + 1], '^(%d+):(%d+)$')
+      if n == nil or tonumber(exp) < now then
+        redis.call('HDEL', key, fields[j])
+      else
+        used = used + tonumber(n)
+        if fields[j] == member then own = tonumber(n) end
+      end
+    end
+    grant = math.max(math.min(want, limit - used), 0)
+    if grant > 0 then
+      writes[i] = own + grant
+      remaining = limit - used - grant
     else
-      allowed = 0
       retry = 1000000
     end
   else
@@ -58,31 +93,30 @@ for i, key in ipairs(KEYS) do
     local tat = math.max(tonumber(redis.call('GET', key) or '0'), now)
     local used = tat - now
     if used > tau then
-      allowed, reset, retry = 0, used, used - tau
-    elseif kind == 'r' then
-      writes[i] = tat + interval
-      reset = tat + interval - now
-      remaining = math.floor((window - reset) / interval + 1e-9)
+      reset, retry = used, used - tau
     else
-      reset = used
-      remaining = math.floor((window - used) / interval + 1e-9)
+      grant = math.min(want, math.floor((tau - used) / interval + 1e-9) + 1)
+      local next = tat + grant * interval
+      writes[i] = next
+      reset = next - now
+      remaining = math.min(math.floor((window - reset) / interval + 1e-9), limit)
     end
-    remaining = math.min(remaining, limit)
   end
-  if allowed == 0 then ok = false end
-  out[#out + 1] = allowed
+  if grant == 0 then ok = false end
+  out[#out + 1] = grant > 0 and 1 or 0
   out[#out + 1] = limit
-  out[#out + 1] = remaining
+  out[#out + 1] = math.max(remaining, 0)
   out[#out + 1] = math.ceil(reset)
   out[#out + 1] = math.ceil(retry)
+  out[#out + 1] = grant
 end
 if ok then
   for i, key in ipairs(KEYS) do
     local w = writes[i]
-    if w == true then
-      redis.call('ZADD', key, string.format('%.0f', now + ttl_ms * 1000), member)
+    if ARGV[4 * i - 1] == 'c' then
+      redis.call('HSET', key, member, string.format('%.0f:%.0f', w, now + ttl_ms * 1000))
       redis.call('PEXPIRE', key, ttl_ms)
-    elseif w then
+    else
       redis.call('SET', key, string.format('%.3f', w), 'PX', string.format('%.0f', math.ceil((w - now) / 1000) + 1000))
     end
   end
@@ -90,217 +124,419 @@ end
 return out
 "#;
 
-/// The request is over: charge tokens to the first `ARGV[3]` keys, free this request's
-/// slot (`ARGV[2]`) in the others.
-const FINISH: &str = r#"
+/// Adds `delta` units (`ARGV[4i-1..4i+2]`: kind, limit, window, delta) to every rule:
+/// tokens charged (positive) or unspent capacity given back (negative). For a
+/// concurrency rule, this instance's count changes and its lease is refreshed; a lease
+/// that already expired is not brought back.
+const ADJUST: &str = r#"
 local t = redis.call('TIME')
 local now = (tonumber(t[1]) - 1700000000) * 1000000 + tonumber(t[2])
-local units, member, charged = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local member, ttl_ms = ARGV[1], tonumber(ARGV[2])
 for i, key in ipairs(KEYS) do
-  if i <= charged then
-    local limit, window = tonumber(ARGV[2 * i + 2]), tonumber(ARGV[2 * i + 3])
-    local tat = math.max(tonumber(redis.call('GET', key) or '0'), now) + units * window / limit
-    redis.call('SET', key, string.format('%.3f', tat), 'PX', string.format('%.0f', math.ceil((tat - now) / 1000) + 1000))
+  local b = 4 * i - 1
+  local kind, limit, window, delta = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  if kind == 'c' then
+    local v = redis.call('HGET', key, member)
+    if v then
+      local n = math.max(tonumber(string.match(v, '^(%d+):') or '0') + delta, 0)
+      if n > 0 then
+        redis.call('HSET', key, member, string.format('%.0f:%.0f', n, now + ttl_ms * 1000))
+        redis.call('PEXPIRE', key, ttl_ms)
+      else
+        redis.call('HDEL', key, member)
+      end
+    end
   else
-    redis.call('ZREM', key, member)
+    local tat = math.max(tonumber(redis.call('GET', key) or '0'), now) + delta * window / limit
+    if tat > now then
+      redis.call('SET', key, string.format('%.3f', tat), 'PX', string.format('%.0f', math.ceil((tat - now) / 1000) + 1000))
+    else
+      redis.call('DEL', key)
+    end
   end
 end
 return 0
 "#;
 
-/// Pushes the expiry of held slots forward; never re-adds a released one (`XX`).
-const REFRESH: &str = r#"
-local t = redis.call('TIME')
-local now = (tonumber(t[1]) - 1700000000) * 1000000 + tonumber(t[2])
-local ttl_ms = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', string.format('%.0f', now + ttl_ms * 1000), ARGV[i + 1])
-  redis.call('PEXPIRE', key, ttl_ms)
-end
-return 0
-"#;
-
-pub struct RedisStore {
-    redis: Arc<RedisPool>,
-    acquire: Script,
-    finish: Script,
-    refresh: Script,
-    /// Tells this instance's slots apart from every other instance's.
-    instance: u64,
-    /// Slots held by this instance: lease -> concurrency keys, for the refresh.
-    leases: DashMap<u64, Vec<String>>,
-    epoch: Instant,
-    last_refresh_ms: AtomicU64,
+/// One rule's capacity held by this instance.
+#[derive(Debug)]
+struct Held {
+    kind: Kind,
+    rate: Rate,
+    /// Units leased and not spent; tokens paid ahead; slots leased (in use or not).
+    units: u64,
+    /// Concurrency: the leased slots in use.
+    in_use: u64,
+    /// What Redis said at the last lease, for the headers of requests served locally.
+    seen: Option<Verdict>,
+    last_used: Instant,
 }
 
-impl RedisStore {
-    pub fn new(redis: Arc<RedisPool>) -> Self {
-        Self {
-            redis,
-            acquire: Script::new(ACQUIRE),
-            finish: Script::new(FINISH),
-            refresh: Script::new(REFRESH),
-            instance: fastrand::u64(..),
-            leases: DashMap::new(),
-            epoch: Instant::now(),
-            last_refresh_ms: AtomicU64::new(0),
+impl Held {
+    /// Spends from what is held when it covers one more request.
+    fn take(&mut self) -> bool {
+        let ok = match self.kind {
+            Kind::Requests => self.units > 0,
+            Kind::Tokens => self.units > 0,
+            Kind::Concurrency => self.in_use < self.units,
+        };
+        if ok {
+            self.spend_one();
+        }
+        ok
+    }
+
+    fn spend_one(&mut self) {
+        match self.kind {
+            Kind::Requests => self.units -= 1,
+            Kind::Tokens => {}
+            Kind::Concurrency => self.in_use += 1,
+        }
+        self.last_used = Instant::now();
+    }
+
+    fn untake(&mut self) {
+        match self.kind {
+            Kind::Requests => self.units += 1,
+            Kind::Tokens => {}
+            Kind::Concurrency => self.in_use = self.in_use.saturating_sub(1),
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    /// Capacity held and not in use.
+    fn idle(&self) -> u64 {
+        match self.kind {
+            Kind::Concurrency => self.units - self.in_use,
+            _ => self.units,
+        }
     }
 
-    async fn call<T, F>(&self, f: impl FnOnce(ConnectionManager) -> F) -> Result<T, StoreError>
-    where
-        F: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        self.redis.call(f).await.map_err(|e| StoreError(e.0))
+    /// The verdict for a request served from what is held: what Redis said, plus what
+    /// this instance still holds.
+    fn verdict(&self) -> Verdict {
+        let seen = self.seen.unwrap_or(Verdict {
+            allowed: true,
+            limit: self.rate.limit,
+            remaining: 0,
+            reset_us: 0,
+            retry_after_us: 0,
+        });
+        Verdict {
+            allowed: true,
+            remaining: seen.remaining.saturating_add(self.idle()).min(self.rate.limit),
+            ..seen
+        }
+    }
+}
+
+struct Share {
+    held: Mutex<Held>,
+    /// Taken by the request that refills this rule, so requests that find it empty
+    /// together ask Redis once.
+    refill: tokio::sync::Mutex<()>,
+}
+
+impl Share {
+    fn lock(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `(key, kind, rate, delta)`: one rule's change in an ADJUST call.
+type Change = (String, Kind, Rate, i64);
+
+/// What an ADJUST call needs; cloned into the tasks of destructors.
+#[derive(Clone)]
+struct Adjuster {
+    redis: Arc<RedisPool>,
+    script: Script,
+    /// This instance's field in concurrency hashes.
+    member: Arc<str>,
+}
+
+impl Adjuster {
+    async fn run(&self, changes: &[Change]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.script.prepare_invoke();
+        inv.arg(&*self.member).arg(LEASE_TTL.as_millis() as u64);
+        for (key, kind, rate, delta) in changes {
+            inv.key(key)
+                .arg(kind_arg(*kind))
+                .arg(rate.limit)
+                .arg(rate.window_us)
+                .arg(*delta);
+        }
+        self.redis
+            .call(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError(e.0))
     }
 
-    fn member(&self, lease: u64) -> String {
-        format!("{:016x}{lease:016x}", self.instance)
-    }
-
-    /// Removes this instance's slots for `lease`, in a task (called from destructors).
-    fn spawn_release(&self, keys: Vec<String>, lease: u64) {
-        let member = self.member(lease);
-        let Ok(mut conn) = self.redis.conn() else { return };
-        let timeout = self.redis.timeout;
+    /// Runs in a task (called from destructors).
+    fn spawn(&self, changes: Vec<Change>) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            // No runtime (shutting down): the lease expires on its own.
+            // No runtime (shutting down): leases expire on their own.
             return;
         };
+        let me = self.clone();
         rt.spawn(async move {
-            let mut pipe = redis::pipe();
-            for k in &keys {
-                pipe.zrem(k, &member).ignore();
-            }
-            if let Ok(Err(e)) = tokio::time::timeout(timeout, pipe.exec_async(&mut conn)).await {
-                tracing::debug!(error = %e, "could not release a concurrency slot; its lease expires");
+            if let Err(e) = me.run(&changes).await {
+                tracing::debug!(error = %e, "could not give capacity back to the shared store; its lease expires");
             }
         });
     }
 }
 
-fn conc_keys(rules: &[&Rule]) -> Vec<String> {
-    rules
-        .iter()
-        .filter(|r| r.kind == Kind::Concurrency)
-        .map(|r| r.key.clone())
-        .collect()
+pub struct RedisStore {
+    lease: Script,
+    adjust: Adjuster,
+    shares: DashMap<String, Arc<Share>>,
+    last_refresh: Mutex<Instant>,
 }
 
-#[async_trait]
-impl LimitStore for RedisStore {
-    async fn acquire(&self, rules: &[&Rule], lease: u64) -> Result<Vec<Verdict>, StoreError> {
-        let mut inv = self.acquire.prepare_invoke();
-        inv.arg(self.member(lease)).arg(LEASE_TTL.as_millis() as u64);
-        for r in rules {
-            let kind = match r.kind {
-                Kind::Requests => "r",
-                Kind::Tokens => "t",
-                Kind::Concurrency => "c",
-            };
-            inv.key(&r.key).arg(kind).arg(r.rate.limit).arg(r.rate.window_us);
+fn kind_arg(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Requests => "r",
+        Kind::Tokens => "t",
+        Kind::Concurrency => "c",
+    }
+}
+
+impl RedisStore {
+    pub fn new(redis: Arc<RedisPool>) -> Self {
+        Self {
+            lease: Script::new(LEASE),
+            adjust: Adjuster {
+                redis,
+                script: Script::new(ADJUST),
+                member: format!("{:016x}", fastrand::u64(..)).into(),
+            },
+            shares: DashMap::new(),
+            last_refresh: Mutex::new(Instant::now()),
         }
-        let flat: Result<Vec<i64>, _> = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await;
-        let keys = conc_keys(rules);
-        let flat = match flat {
-            Ok(f) => f,
-            Err(e) => {
-                // The script may have run before the deadline hit: give back what it
-                // may have taken rather than leak it until the lease expires.
-                if !keys.is_empty() {
-                    self.spawn_release(keys, lease);
-                }
-                return Err(e);
-            }
-        };
-        if flat.len() != rules.len() * 5 {
+    }
+
+    fn share(&self, rule: &Rule) -> Arc<Share> {
+        if let Some(s) = self.shares.get(&rule.key) {
+            let s = s.clone();
+            s.lock().rate = rule.rate;
+            return s;
+        }
+        self.shares
+            .entry(rule.key.clone())
+            .or_insert_with(|| {
+                Arc::new(Share {
+                    held: Mutex::new(Held {
+                        kind: rule.kind,
+                        rate: rule.rate,
+                        units: 0,
+                        in_use: 0,
+                        seen: None,
+                        last_used: Instant::now(),
+                    }),
+                    refill: tokio::sync::Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
+    /// Gives back what `held` holds beyond what it keeps for the next request.
+    fn surplus(key: &str, held: &mut Held, keep: u64) -> Option<Change> {
+        let extra = held.idle().saturating_sub(keep);
+        if extra == 0 {
+            return None;
+        }
+        held.units -= extra;
+        Some((key.to_owned(), held.kind, held.rate, -(extra as i64)))
+    }
+
+    /// Asks Redis for a block of every rule in `need` (indexes into `rules`). On a
+    /// refusal nothing is leased; on success each rule keeps its block, less the unit
+    /// this request takes.
+    async fn refill(
+        &self,
+        rules: &[&Rule],
+        shares: &[Arc<Share>],
+        need: &[usize],
+        verdicts: &mut [Option<Verdict>],
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.lease.prepare_invoke();
+        inv.arg(&*self.adjust.member).arg(LEASE_TTL.as_millis() as u64);
+        for &i in need {
+            let r = rules[i];
+            inv.key(&r.key)
+                .arg(kind_arg(r.kind))
+                .arg(r.rate.limit)
+                .arg(r.rate.window_us)
+                .arg(block(r.rate.limit));
+        }
+        let flat: Vec<i64> = self
+            .adjust
+            .redis
+            .call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await
+            .map_err(|e| StoreError(e.0))?;
+        if flat.len() != need.len() * 6 {
             return Err(StoreError(format!("unexpected script answer of {} values", flat.len())));
         }
         let u = |v: i64| v.max(0) as u64;
-        let verdicts: Vec<Verdict> = flat
-            .chunks_exact(5)
-            .map(|c| Verdict {
+        let mut ok = true;
+        for (c, &i) in flat.chunks_exact(6).zip(need) {
+            let v = Verdict {
                 allowed: c[0] == 1,
                 limit: u(c[1]),
                 remaining: u(c[2]),
                 reset_us: u(c[3]),
                 retry_after_us: u(c[4]),
-            })
-            .collect();
-        if !keys.is_empty() && verdicts.iter().all(|v| v.allowed) {
-            self.leases.insert(lease, keys);
+            };
+            ok &= v.allowed;
+            verdicts[i] = Some(v);
         }
-        Ok(verdicts)
+        if ok {
+            for (c, &i) in flat.chunks_exact(6).zip(need) {
+                let mut h = shares[i].lock();
+                h.units += u(c[5]);
+                h.seen = verdicts[i];
+                h.spend_one();
+            }
+        }
+        Ok(ok)
+    }
+}
+
+/// Gives back the units `taken` marks, after a refusal or a failure.
+fn untake(shares: &[Arc<Share>], taken: &[bool]) {
+    for (s, t) in shares.iter().zip(taken) {
+        if *t {
+            s.lock().untake();
+        }
+    }
+}
+
+#[async_trait]
+impl LimitStore for RedisStore {
+    async fn acquire(&self, rules: &[&Rule], _lease: u64) -> Result<Vec<Verdict>, StoreError> {
+        let shares: Vec<Arc<Share>> = rules.iter().map(|r| self.share(r)).collect();
+        let mut taken: Vec<bool> = shares.iter().map(|s| s.lock().take()).collect();
+        let mut verdicts: Vec<Option<Verdict>> = vec![None; rules.len()];
+        if taken.iter().any(|t| !t) {
+            // Refill the empty rules one request at a time, in the rules' order (the
+            // caller's binding, then the model's), so refills never wait on each other
+            // in a cycle; a request that waited may find the rule refilled.
+            let mut gates = Vec::new();
+            for (i, s) in shares.iter().enumerate() {
+                if !taken[i] {
+                    gates.push(s.refill.lock().await);
+                    taken[i] = s.lock().take();
+                }
+            }
+            let need: Vec<usize> = (0..rules.len()).filter(|i| !taken[*i]).collect();
+            if !need.is_empty() {
+                match self.refill(rules, &shares, &need, &mut verdicts).await {
+                    Ok(true) => need.iter().for_each(|i| taken[*i] = true),
+                    Ok(false) => untake(&shares, &taken),
+                    Err(e) => {
+                        untake(&shares, &taken);
+                        return Err(e);
+                    }
+                }
+            }
+            drop(gates);
+        }
+        Ok(verdicts
+            .into_iter()
+            .zip(&shares)
+            .zip(&taken)
+            .map(|((v, s), t)| match v {
+                Some(v) => v,
+                // Taken locally, or not asked because another rule refused.
+                None if *t => s.lock().verdict(),
+                None => Verdict {
+                    allowed: true,
+                    ..s.lock().verdict()
+                },
+            })
+            .collect())
     }
 
     async fn finish(&self, rules: &[&Rule], units: u64, lease: Option<u64>) -> Result<(), StoreError> {
-        let slots = lease.and_then(|l| self.leases.remove(&l)).map(|(_, keys)| keys);
-        let charge: Vec<&Rule> = rules
-            .iter()
-            .copied()
-            .filter(|r| units > 0 && r.kind == Kind::Tokens)
-            .collect();
-        if charge.is_empty() && slots.is_none() {
-            return Ok(());
+        let mut entries = Vec::new();
+        for r in rules {
+            let share = self.share(r);
+            let mut h = share.lock();
+            match r.kind {
+                Kind::Tokens if units > 0 => {
+                    let paid = h.units.min(units);
+                    h.units -= paid;
+                    if units > paid {
+                        entries.push((r.key.clone(), r.kind, r.rate, (units - paid) as i64));
+                    }
+                }
+                Kind::Concurrency if lease.is_some() => {
+                    h.in_use = h.in_use.saturating_sub(1);
+                    // Keep what a fresh lease leaves idle; a block of one keeps nothing,
+                    // so small limits stay exact across instances.
+                    entries.extend(Self::surplus(&r.key, &mut h, block(r.rate.limit) - 1));
+                }
+                _ => {}
+            }
         }
-        let mut inv = self.finish.prepare_invoke();
-        inv.arg(units).arg(self.member(lease.unwrap_or(0))).arg(charge.len());
-        for r in &charge {
-            inv.key(&r.key).arg(r.rate.limit).arg(r.rate.window_us);
-        }
-        for k in slots.iter().flatten() {
-            inv.key(k);
-        }
-        let result = self
-            .call(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
-            .await
-            .map(|_| ());
-        if let (Err(_), Some(keys), Some(lease)) = (&result, slots, lease) {
-            // The slots must come back even though this call failed.
-            self.spawn_release(keys, lease);
-        }
-        result
+        self.adjust.run(&entries).await
     }
 
-    fn release(&self, _rules: &[&Rule], lease: u64) {
-        if let Some((_, keys)) = self.leases.remove(&lease) {
-            self.spawn_release(keys, lease);
+    fn release(&self, rules: &[&Rule], _lease: u64) {
+        let mut entries = Vec::new();
+        for r in rules.iter().filter(|r| r.kind == Kind::Concurrency) {
+            let share = self.share(r);
+            let mut h = share.lock();
+            h.in_use = h.in_use.saturating_sub(1);
+            entries.extend(RedisStore::surplus(&r.key, &mut h, block(r.rate.limit) - 1));
+        }
+        if !entries.is_empty() {
+            self.adjust.spawn(entries);
         }
     }
 
     async fn maintain(&self) {
-        let now = self.now_ms();
-        let last = self.last_refresh_ms.load(Ordering::Relaxed);
-        if now < last + REFRESH_EVERY.as_millis() as u64 || self.leases.is_empty() {
-            return;
-        }
-        self.last_refresh_ms.store(now, Ordering::Relaxed);
-        let held: Vec<(String, String)> = self
-            .leases
-            .iter()
-            .flat_map(|e| {
-                let member = self.member(*e.key());
-                e.value()
-                    .iter()
-                    .map(move |k| (k.clone(), member.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        for chunk in held.chunks(500) {
-            let mut inv = self.refresh.prepare_invoke();
-            inv.arg(LEASE_TTL.as_millis() as u64);
-            for (key, member) in chunk {
-                inv.key(key).arg(member);
+        self.give_back(IDLE).await;
+    }
+
+    async fn close(&self) {
+        self.give_back(Duration::ZERO).await;
+    }
+}
+
+impl RedisStore {
+    /// Gives back what was held unused for `idle`, refreshes concurrency leases, and
+    /// forgets rules long unused.
+    async fn give_back(&self, idle: Duration) {
+        let now = Instant::now();
+        let refresh = {
+            let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
+            let due = now.duration_since(*last) >= REFRESH_EVERY;
+            if due {
+                *last = now;
             }
-            let r = self
-                .call(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
-                .await;
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "could not refresh concurrency leases");
+            due
+        };
+        let mut entries = Vec::new();
+        self.shares.retain(|key, share| {
+            let mut h = share.lock();
+            let quiet = now.duration_since(h.last_used);
+            if quiet >= idle {
+                entries.extend(RedisStore::surplus(key, &mut h, 0));
+            }
+            if refresh && h.kind == Kind::Concurrency && h.units > 0 {
+                entries.push((key.clone(), h.kind, h.rate, 0));
+            }
+            h.units > 0 || quiet < FORGET || Arc::strong_count(share) > 1
+        });
+        for chunk in entries.chunks(500) {
+            if let Err(e) = self.adjust.run(chunk).await {
+                tracing::debug!(error = %e, "could not return or refresh leased capacity");
                 return;
             }
         }

@@ -436,3 +436,61 @@ pub fn unique(prefix: &str) -> String {
 pub fn asset(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
+
+/// A Redis of a test's own, on `port`, for tests that count its calls or stop it.
+pub struct PrivateRedis {
+    child: Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    pub fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)");
+        assert!(wait_until(10, || TcpStream::connect(("127.0.0.1", port)).is_ok()));
+        Self { child, port }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        assert!(wait_until(10, || TcpStream::connect(("127.0.0.1", self.port)).is_err()));
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli is installed with redis-server");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// How many times Redis ran these commands (lower case, as INFO names them).
+pub fn redis_calls(port: u16, commands: &[&str]) -> u64 {
+    redis_cli(port, &["INFO", "commandstats"])
+        .lines()
+        .filter(|l| commands.iter().any(|c| l.starts_with(&format!("cmdstat_{c}:"))))
+        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}

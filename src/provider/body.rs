@@ -24,6 +24,8 @@ pub struct BodyView<'a> {
     stream_options: Option<(Range<usize>, &'a RawValue)>,
     /// The caller asked for `stream_options.include_usage: true` itself.
     pub include_usage: bool,
+    /// `max_completion_tokens`, else `max_tokens`, when a whole number (for traces).
+    pub max_tokens: Option<u64>,
     /// Offset of the closing `}` of the top-level object.
     close: usize,
 }
@@ -34,6 +36,8 @@ struct Fields<'a> {
     model_dup: bool,
     stream: Option<&'a RawValue>,
     stream_options: Option<&'a RawValue>,
+    max_tokens: Option<&'a RawValue>,
+    max_completion_tokens: Option<&'a RawValue>,
 }
 
 struct TopLevel;
@@ -56,6 +60,8 @@ impl<'de> Visitor<'de> for TopLevel {
                 }
                 "stream" => out.stream = Some(value),
                 "stream_options" => out.stream_options = Some(value),
+                "max_tokens" => out.max_tokens = Some(value),
+                "max_completion_tokens" => out.max_completion_tokens = Some(value),
                 _ => {}
             }
         }
@@ -110,7 +116,9 @@ pub fn parse(body: &[u8]) -> Result<BodyView<'_>, GwError> {
             .unwrap_or(false)
     });
     let close = body.iter().rposition(|b| !b.is_ascii_whitespace()).unwrap_or(0);
+    let whole = |v: Option<&RawValue>| v.and_then(|v| v.get().parse::<u64>().ok());
     Ok(BodyView {
+        max_tokens: whole(fields.max_completion_tokens).or(whole(fields.max_tokens)),
         model_span: span(body, model_raw),
         model,
         stream,

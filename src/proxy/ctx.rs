@@ -47,6 +47,8 @@ pub struct Ctx {
     pub stream: bool,
     /// The caller asked for `stream_options.include_usage` itself.
     pub caller_include_usage: bool,
+    /// The output cap the caller asked for, if any (for traces).
+    pub max_tokens: Option<u64>,
     /// The gateway added `stream_options.include_usage`; strip the usage chunk.
     pub strip_usage: bool,
     pub sse: Option<SseState>,
@@ -95,6 +97,7 @@ impl Ctx {
             upstream_body: Bytes::new(),
             stream: false,
             caller_include_usage: false,
+            max_tokens: None,
             strip_usage: false,
             sse: None,
             json: None,

@@ -185,6 +185,7 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     }
     ctx.stream = view.stream;
     ctx.caller_include_usage = view.include_usage;
+    ctx.max_tokens = view.max_tokens;
     let on_request = guard::applicable(&caller.guardrails, &model.guardrails, false);
     let masked = guard::check_request(&on_request, endpoint, &body, &mut ctx.guard_hits)?;
     let body = masked.unwrap_or(body);

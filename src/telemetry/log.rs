@@ -2,7 +2,7 @@
 //! request, JSON or text). Neither ever contains a key, a prompt or a completion.
 
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use pingora::proxy::Session;
 use serde::Serialize;
 use tracing_subscriber::EnvFilter;
 
+use super::handoff::Handoff;
 use crate::config::raw::LogFormat;
 use crate::proxy::Ctx;
 use crate::route::plan::Outcome;
@@ -43,24 +44,14 @@ fn own_or_at_most_info(target: &str, level: tracing::Level) -> bool {
     level <= tracing::Level::INFO || target == "aigw" || target.starts_with("aigw::")
 }
 
-/// Access lines are batched: appended to a shared buffer and written to stdout by one
-/// writer thread, at most every [`BATCH_WINDOW`], in one `write` per batch. A request
-/// never waits for stdout (a full pipe stalls only the writer thread), and under load
-/// the writer wakes a few dozen times a second instead of once per line: measured on the
-/// 2-core machine, a line per request written by a per-line channel worker
-/// (tracing-appender) cost a `write`, a wake-up and about one `sched_yield` per request.
-/// When stdout falls [`MAX_PENDING`] bytes behind, new lines are dropped and counted
+/// Access lines are batched ([`Handoff`]): written to stdout by one writer thread, at
+/// most every [`BATCH_WINDOW`], in one `write` per batch. A request never waits for
+/// stdout (a full pipe stalls only the writer thread). When stdout falls [`MAX_PENDING`]
+/// bytes behind, new lines are dropped and counted
 /// (`aigw_access_log_lines_dropped_total`) rather than held in memory.
 struct Stdout {
-    pending: Mutex<Pending>,
-    ready: Condvar,
+    lines: Handoff<u8>,
     writer: Mutex<Option<JoinHandle<()>>>,
-}
-
-#[derive(Default)]
-struct Pending {
-    buf: Vec<u8>,
-    closing: bool,
 }
 
 /// How long the writer collects lines before it writes them: the most a line waits.
@@ -72,7 +63,10 @@ static OUT: OnceLock<Arc<Stdout>> = OnceLock::new();
 
 fn stdout() -> &'static Arc<Stdout> {
     OUT.get_or_init(|| {
-        let out = Arc::new(Stdout::new());
+        let out = Arc::new(Stdout {
+            lines: Handoff::new(MAX_PENDING),
+            writer: Mutex::new(None),
+        });
         let worker = out.clone();
         match std::thread::Builder::new()
             .name("aigw-access-log".into())
@@ -85,60 +79,21 @@ fn stdout() -> &'static Arc<Stdout> {
     })
 }
 
-/// The buffer stays usable even if a thread panicked while holding it.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Stdout {
-    /// Without its writer thread (started by [`stdout`]).
-    fn new() -> Self {
-        Stdout {
-            pending: Mutex::new(Pending::default()),
-            ready: Condvar::new(),
-            writer: Mutex::new(None),
-        }
-    }
-
-    /// Queues one line; false when it was dropped (stdout too far behind, or closed).
-    fn push(&self, line: &[u8]) -> bool {
-        let mut p = lock(&self.pending);
-        if p.closing || p.buf.len() + line.len() > MAX_PENDING {
-            return false;
-        }
-        let was_empty = p.buf.is_empty();
-        p.buf.extend_from_slice(line);
-        drop(p);
-        // The writer sleeps only while the buffer is empty: one wake-up per batch.
-        if was_empty {
-            self.ready.notify_one();
-        }
-        true
-    }
-
     fn write_batches(&self) {
         let out = std::io::stdout();
         let mut batch = Vec::new();
         loop {
-            let mut p = lock(&self.pending);
-            while p.buf.is_empty() && !p.closing {
-                p = self.ready.wait(p).unwrap_or_else(|e| e.into_inner());
-            }
-            if !p.closing {
-                // Let the batch fill; lines keep arriving meanwhile.
-                drop(p);
-                std::thread::sleep(BATCH_WINDOW);
-                p = lock(&self.pending);
-            }
-            std::mem::swap(&mut batch, &mut p.buf);
-            let closing = p.closing;
-            drop(p);
+            let open = self.lines.take(BATCH_WINDOW, &mut batch);
             // Write errors (a closed stdout) lose these lines, as they would any.
             let mut w = out.lock();
             let _ = w.write_all(&batch).and_then(|_| w.flush());
             drop(w);
-            batch.clear();
-            if closing {
+            if !open {
                 return;
             }
         }
@@ -148,8 +103,7 @@ impl Stdout {
 /// Writes out every queued access line; call before the process exits.
 pub fn flush() {
     if let Some(out) = OUT.get() {
-        lock(&out.pending).closing = true;
-        out.ready.notify_one();
+        out.lines.close();
         if let Some(handle) = lock(&out.writer).take() {
             let _ = handle.join();
         }
@@ -254,7 +208,10 @@ pub fn access(session: &Session, ctx: &Ctx, state: &AppState) {
         _ => text(&r),
     };
     line.push('\n');
-    if !stdout().push(line.as_bytes()) {
+    if !stdout()
+        .lines
+        .push(line.len(), |b| b.extend_from_slice(line.as_bytes()))
+    {
         state.metrics.access_log_dropped.inc();
     }
 }
@@ -296,29 +253,5 @@ mod tests {
             Level::TRACE
         ));
         assert!(!super::own_or_at_most_info("aigwx", Level::DEBUG));
-    }
-
-    use super::*;
-
-    #[test]
-    fn lines_beyond_the_pending_limit_are_dropped_not_held() {
-        let out = Stdout::new();
-        let line = vec![b'x'; 1 << 20];
-        let kept = (0..10).filter(|_| out.push(&line)).count();
-        assert_eq!(kept, MAX_PENDING / line.len());
-        assert!(!out.push(&line));
-        // Exactly full: not even a short line fits until the writer takes the batch.
-        assert!(!out.push(b"ok\n"));
-        std::mem::take(&mut lock(&out.pending).buf);
-        assert!(out.push(b"ok\n"));
-    }
-
-    #[test]
-    fn a_closing_log_takes_no_more_lines() {
-        let out = Stdout::new();
-        assert!(out.push(b"first\n"));
-        lock(&out.pending).closing = true;
-        assert!(!out.push(b"second\n"));
-        assert_eq!(lock(&out.pending).buf, b"first\n");
     }
 }

@@ -4,14 +4,15 @@
 //! The gateway knows every span's times and ids before it builds them (ids are chosen when
 //! the request arrives and when each attempt starts, so the upstream `traceparent` names
 //! the attempt's span), so spans are built whole in the `logging` phase as `SpanData` and
-//! handed to a bounded queue. One thread drains it in batches into the opentelemetry-otlp
-//! exporter. A full queue drops the span and counts it; a collector that is down or slow
-//! only ever costs that thread, never a request. Sampling (parent-based, trace-id ratio)
+//! handed to a bounded queue ([`Handoff`]). One thread takes it every [`WINDOW`] and
+//! exports it in batches with the opentelemetry-otlp exporter. A full queue drops the
+//! span and counts it; a collector that is down or slow only ever costs that thread,
+//! never a request. Sampling (parent-based, trace-id ratio)
 //! and `traceparent`/`tracestate` parsing and formatting are the SDK's.
 
 use std::borrow::Cow;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -26,26 +27,24 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 use pingora::http::RequestHeader;
 
+use super::handoff::Handoff;
 use super::metrics::Metrics;
 
 /// Spans waiting for export; beyond this they are dropped (and counted).
 const QUEUE: usize = 4096;
 /// Spans per export call.
 const BATCH: usize = 512;
-/// How long a span may wait for its batch to fill.
-const LINGER: Duration = Duration::from_secs(1);
+/// How long the export thread lets the queue fill before it takes it: the most a span
+/// waits before its export starts, under load.
+const WINDOW: Duration = Duration::from_millis(100);
 /// One export call's deadline (the exporter's HTTP timeout).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
-enum Msg {
-    Span(Box<SpanData>),
-    /// Export what is queued, then answer.
-    Flush(mpsc::Sender<()>),
-}
-
 /// The process's span export: the queue and the thread behind it.
 pub struct Traces {
-    tx: SyncSender<Msg>,
+    queue: Arc<Handoff<SpanData>>,
+    /// Told when the export thread has exported its last batch.
+    done: Mutex<mpsc::Receiver<()>>,
     scope: InstrumentationScope,
     metrics: Arc<Metrics>,
     pub endpoint: String,
@@ -67,14 +66,19 @@ impl Traces {
                 .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
                 .build(),
         );
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let m = metrics.clone();
+        let queue = Arc::new(Handoff::new(QUEUE));
+        let (done_tx, done) = mpsc::channel();
+        let (q, m) = (queue.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("aigw-otlp".into())
-            .spawn(move || export_loop(exporter, rx, m))
+            .spawn(move || {
+                export_loop(exporter, &q, &m);
+                let _ = done_tx.send(());
+            })
             .map_err(|e| format!("cannot start the OTLP export thread: {e}"))?;
         Ok(Self {
-            tx,
+            queue,
+            done: Mutex::new(done),
             scope: InstrumentationScope::builder("aigw")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
@@ -84,78 +88,39 @@ impl Traces {
     }
 
     fn send(&self, span: SpanData) {
-        match self.tx.try_send(Msg::Span(Box::new(span))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.metrics
-                    .trace_spans_dropped
-                    .with_label_values(&["queue_full"])
-                    .inc();
-            }
+        if !self.queue.push(1, |q| q.push(span)) {
+            self.metrics
+                .trace_spans_dropped
+                .with_label_values(&["queue_full"])
+                .inc();
         }
     }
 
-    /// Exports what is queued, waiting at most `timeout` (on shutdown).
+    /// Exports what is queued, waiting at most `timeout` (on shutdown); takes no more.
     pub fn flush(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let (reply, done) = mpsc::channel();
-        let mut msg = Msg::Flush(reply);
-        // The queue may be full: retry until the deadline.
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(_) => return,
-            }
-        }
-        let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        self.queue.close();
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = done.recv_timeout(timeout);
     }
 }
 
-fn export_loop(exporter: opentelemetry_otlp::SpanExporter, rx: Receiver<Msg>, metrics: Arc<Metrics>) {
-    let mut batch: Vec<SpanData> = Vec::with_capacity(BATCH);
-    let mut first_at = Instant::now();
-    let export = |batch: &mut Vec<SpanData>| {
-        if batch.is_empty() {
-            return;
-        }
-        let n = batch.len() as u64;
-        if let Err(e) = futures_executor::block_on(exporter.export(std::mem::take(batch))) {
-            metrics
-                .trace_spans_dropped
-                .with_label_values(&["export_failed"])
-                .inc_by(n);
-            tracing::debug!(error = %e, spans = n, "OTLP export failed");
-        }
-    };
+fn export_loop(exporter: opentelemetry_otlp::SpanExporter, queue: &Handoff<SpanData>, metrics: &Metrics) {
+    let mut taken = Vec::new();
     loop {
-        let wait = if batch.is_empty() {
-            Duration::from_secs(3600)
-        } else {
-            LINGER.saturating_sub(first_at.elapsed())
-        };
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Span(s)) => {
-                if batch.is_empty() {
-                    first_at = Instant::now();
-                }
-                batch.push(*s);
-                if batch.len() >= BATCH {
-                    export(&mut batch);
-                }
+        let open = queue.take(WINDOW, &mut taken);
+        while !taken.is_empty() {
+            let batch: Vec<SpanData> = taken.drain(..taken.len().min(BATCH)).collect();
+            let n = batch.len() as u64;
+            if let Err(e) = futures_executor::block_on(exporter.export(batch)) {
+                metrics
+                    .trace_spans_dropped
+                    .with_label_values(&["export_failed"])
+                    .inc_by(n);
+                tracing::debug!(error = %e, spans = n, "OTLP export failed");
             }
-            Ok(Msg::Flush(done)) => {
-                export(&mut batch);
-                let _ = done.send(());
-            }
-            Err(RecvTimeoutError::Timeout) => export(&mut batch),
-            Err(RecvTimeoutError::Disconnected) => {
-                export(&mut batch);
-                return;
-            }
+        }
+        if !open {
+            return;
         }
     }
 }
@@ -518,14 +483,7 @@ pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crat
     if !t.sampled {
         return;
     }
-    #[derive(serde::Deserialize)]
-    struct Limits {
-        max_tokens: Option<u64>,
-        max_completion_tokens: Option<u64>,
-    }
-    let max_tokens = serde_json::from_slice::<Limits>(&ctx.request_body)
-        .ok()
-        .and_then(|l| l.max_completion_tokens.or(l.max_tokens));
+    let max_tokens = ctx.max_tokens;
     let input_messages = t.capture_content.then(|| {
         let v: serde_json::Value = serde_json::from_slice(&ctx.request_body).unwrap_or_default();
         let mut m = serde_json::Map::new();

@@ -4,7 +4,9 @@
 # serves both; both gateways run loadtest/aigw.yaml on their own ports; wrk rounds
 # alternate A and B so that the machine's drift falls on both. Prints req/s and CPU µs
 # per request of every round and the median ratio B/A per scenario. Bounded: ROUNDS x 2 x
-# DURATION seconds per scenario.
+# DURATION seconds per scenario. CONFIG=loadtest/production.yaml compares the two under
+# the production profile instead (with its limits and budget in the local Redis when one
+# answers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${1:?usage: loadtest/ab.sh BIN_A BIN_B}
@@ -14,15 +16,24 @@ ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-64}
 # shellcheck source=loadtest/common.sh
 . loadtest/common.sh
-ports_free 18000 18080 18090 19090 19091
+CONFIG=${CONFIG:-loadtest/aigw.yaml}
+# A listens where the config says; B ten ports above (admin: one above).
+PA=$(sed -n 's/.*listen: \["127.0.0.1:\([0-9]*\)"\].*/\1/p' "$CONFIG" | head -1)
+AA=$(sed -n 's/.*admin_listen: "127.0.0.1:\([0-9]*\)".*/\1/p' "$CONFIG" | head -1)
+PB=$((PA + 10)); AB=$((AA + 1))
+ports_free 18000 "$PA" "$PB" "$AA" "$AB"
 
+cp "$CONFIG" "$WORK/a.yaml"
+if [ "$CONFIG" != loadtest/aigw.yaml ] && redis-cli ping >/dev/null 2>&1; then
+  sed -i -e '/^  admin_listen:/a\  redis: {url: "redis://127.0.0.1:6379/0"}' "$WORK/a.yaml"
+fi
+sed -e "s/127.0.0.1:$PA/127.0.0.1:$PB/; s/127.0.0.1:$AA/127.0.0.1:$AB/" "$WORK/a.yaml" >"$WORK/b.yaml"
 "$B" mock-upstream --listen 127.0.0.1:18000 >/dev/null 2>&1 & PIDS+=($!)
 wait_port 18000
-RUST_LOG=warn "$A" serve --config loadtest/aigw.yaml >/dev/null 2>"$WORK/a.log" & GA=$!; PIDS+=($GA)
-sed -e 's/127.0.0.1:18080/127.0.0.1:18090/; s/127.0.0.1:19090/127.0.0.1:19091/' loadtest/aigw.yaml >"$WORK/b.yaml"
+RUST_LOG=warn "$A" serve --config "$WORK/a.yaml" >/dev/null 2>"$WORK/a.log" & GA=$!; PIDS+=($GA)
 RUST_LOG=warn "$B" serve --config "$WORK/b.yaml" >/dev/null 2>"$WORK/b.log" & GB=$!; PIDS+=($GB)
-wait_port 18080
-wait_port 18090
+wait_port "$PA"
+wait_port "$PB"
 
 HZ=$(getconf CLK_TCK)
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
@@ -38,7 +49,7 @@ one() { # port pid stream [VAR=value...] -> "rps cpu_us"
 }
 median() { sort -g | awk '{v[NR]=$1} END{print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 
-echo "# A/B, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $CONNS connections, $ROUNDS rounds of ${DURATION}s"
+echo "# A/B, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $CONNS connections, $ROUNDS rounds of ${DURATION}s, $CONFIG"
 echo "A: $A"
 echo "B: $B"
 echo
@@ -48,8 +59,8 @@ scenario() { # name stream [env...]
   local name=$1 stream=$2; shift 2
   local ar=() br=() ac=() bc=() rr=() cr=()
   for _ in $(seq "$ROUNDS"); do
-    read -r r1 c1 <<<"$(one 18080 "$GA" "$stream" "$@")"
-    read -r r2 c2 <<<"$(one 18090 "$GB" "$stream" "$@")"
+    read -r r1 c1 <<<"$(one "$PA" "$GA" "$stream" "$@")"
+    read -r r2 c2 <<<"$(one "$PB" "$GB" "$stream" "$@")"
     ar+=("$r1"); br+=("$r2"); ac+=("$c1"); bc+=("$c2")
     rr+=("$(awk -v a="$r1" -v b="$r2" 'BEGIN{printf "%.3f", b/a}')")
     cr+=("$(awk -v a="$c1" -v b="$c2" 'BEGIN{printf "%.3f", b/a}')")
@@ -58,5 +69,7 @@ scenario() { # name stream [env...]
 }
 scenario "JSON" 0 LOAD_MODEL=load-model
 scenario "stream" 1 LOAD_MODEL=load-model
-scenario "limits + guardrails, JSON" 0 LOAD_MODEL=limited-model LOAD_KEY=sk-load-limited
-scenario "limits + guardrails, stream" 1 LOAD_MODEL=limited-model LOAD_KEY=sk-load-limited
+if grep -q limited-model "$CONFIG"; then
+  scenario "limits + guardrails, JSON" 0 LOAD_MODEL=limited-model LOAD_KEY=sk-load-limited
+  scenario "limits + guardrails, stream" 1 LOAD_MODEL=limited-model LOAD_KEY=sk-load-limited
+fi

@@ -1426,6 +1426,36 @@ impl BodyWriter {
         }
     }
 
+    /// aigw: whether the body is chunked, so its last chunk can leave with its last data.
+    pub fn is_chunked(&self) -> bool {
+        matches!(self.body_mode, BM::ChunkedEncoding(_))
+    }
+
+    /// aigw: a chunked body's last data and its last chunk in one write and one flush
+    /// (stock writes and flushes each, so every chunked response ended in a 5-byte
+    /// segment of its own). Other modes write, then finish.
+    pub async fn write_last<S>(&mut self, stream: &mut S, buf: &[u8]) -> Result<Option<usize>>
+    where
+        S: AsyncWrite + Unpin + Send,
+    {
+        let BM::ChunkedEncoding(written) = self.body_mode else {
+            let n = self.write_body(stream, buf).await?;
+            self.finish(stream).await?;
+            return Ok(n);
+        };
+        let mut out = Bytes::from(format!("{:X}\r\n", buf.len()))
+            .chain(buf)
+            .chain(&b"\r\n"[..])
+            .chain(&LAST_CHUNK[..]);
+        stream
+            .write_all_buf(&mut out)
+            .await
+            .or_err(WriteError, "while writing body")?;
+        stream.flush().await.or_err(WriteError, "flushing body")?;
+        self.body_mode = BM::Complete(written + buf.len());
+        Ok(Some(buf.len()))
+    }
+
     pub async fn finish<S>(&mut self, stream: &mut S) -> Result<Option<usize>>
     where
         S: AsyncWrite + Unpin + Send,

@@ -654,7 +654,17 @@ impl HttpSession {
 
     /// Write the response header to the client.
     /// This function can be called more than once to send 1xx informational headers excluding 101.
-    pub async fn write_response_header(&mut self, mut header: Box<ResponseHeader>) -> Result<()> {
+    pub async fn write_response_header(&mut self, header: Box<ResponseHeader>) -> Result<()> {
+        self.write_response_header_then(header, true).await
+    }
+
+    /// aigw: `may_flush: false` leaves the header in the write buffer for what follows it
+    /// to flush (see `response_duplex_vec`).
+    async fn write_response_header_then(
+        &mut self,
+        mut header: Box<ResponseHeader>,
+        may_flush: bool,
+    ) -> Result<()> {
         // Prepare header (handle upgrades, set headers, initialize body writer, serialize to bytes)
         let Some((write_buf, flush)) = self.prepare_response_header(&mut header)? else {
             // Header already sent or should be ignored
@@ -664,7 +674,7 @@ impl HttpSession {
         match self.underlying_stream.write_all(&write_buf).await {
             Ok(()) => {
                 // flush the stream if 1xx header or there is no response body
-                if flush || self.body_writer.finished() {
+                if may_flush && (flush || self.body_writer.finished()) {
                     self.underlying_stream
                         .flush()
                         .await
@@ -1513,6 +1523,16 @@ impl HttpSession {
                     .map_err(|e| e.into_down())?;
                 end_stream
             }
+            // aigw: the last data of a chunked body leaves with its last chunk.
+            HttpTask::Body(data, true)
+                if !self.upgraded
+                    && self.body_writer.is_chunked()
+                    && data.as_ref().is_some_and(|d| !d.is_empty()) =>
+            {
+                self.buffer_body_data(data, false);
+                self.write_last_body_buf().await.map_err(|e| e.into_down())?;
+                return Ok(true);
+            }
             HttpTask::Body(data, end_stream) => {
                 self.write_non_empty_body(data, false).await?;
                 end_stream
@@ -1558,10 +1578,16 @@ impl HttpSession {
         }
 
         let mut end_stream = false;
+        // aigw: a final header with more tasks behind it in this batch is not flushed on
+        // its own: the body write flushes it, or, when a filter held the body back, it
+        // leaves with the first bytes released (and with the body's end at the latest).
+        // Stock flushed every header without Content-Length at once, so each response a
+        // filter holds whole (or re-frames as chunked) cost one more segment.
         for task in tasks.into_iter() {
             end_stream = match task {
                 HttpTask::Header(header, end_stream) => {
-                    self.write_response_header(header)
+                    let defer = n_tasks > 1 && !header.status.is_informational() && !end_stream;
+                    self.write_response_header_then(header, !defer)
                         .await
                         .map_err(|e| e.into_down())?;
                     end_stream
@@ -1587,12 +1613,37 @@ impl HttpSession {
                 }
             }
         }
+        // aigw: the last data of a chunked body leaves with its last chunk.
+        if end_stream && !self.upgraded && self.body_writer.is_chunked() && !self.body_write_buf.is_empty() {
+            self.write_last_body_buf().await.map_err(|e| e.into_down())?;
+            return Ok(true);
+        }
         self.write_body_buf().await.map_err(|e| e.into_down())?;
         if end_stream {
             // no-op if body wasn't initialized or is finished already
             self.finish_body().await.map_err(|e| e.into_down())?;
         }
         Ok(end_stream || self.body_writer.finished())
+    }
+
+    /// aigw: writes the buffered body as the last data of a chunked body, with the last
+    /// chunk, in one flush; then the body is finished, as after [`Self::finish_body`].
+    async fn write_last_body_buf(&mut self) -> Result<()> {
+        let buf = std::mem::take(&mut self.body_write_buf);
+        let limit = self.write_timeout(buf.len());
+        let write = self.body_writer.write_last(&mut self.underlying_stream, &buf);
+        let written = match limit {
+            Some(t) => match timeout(t, write).await {
+                Ok(res) => res,
+                Err(_) => Error::e_explain(WriteTimedout, format!("writing body, timeout: {t:?}")),
+            },
+            None => write.await,
+        }?;
+        self.body_bytes_sent += written.unwrap_or(0);
+        self.body_write_buf = buf;
+        self.body_write_buf.clear();
+        self.maybe_force_close_body_reader();
+        Ok(())
     }
 
     /// Queue a proxy task for cancel-safe writing with the current write_timeout.

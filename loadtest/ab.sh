@@ -69,7 +69,7 @@ scenario() { # name stream [env...]
 }
 scenario "JSON" 0 LOAD_MODEL=load-model
 scenario "stream" 1 LOAD_MODEL=load-model
-if grep -q limited-model "$CONFIG"; then
+if grep -q limited-model "$CONFIG" && [ -z "${PLAIN_ONLY:-}" ]; then
   scenario "limits + guardrails, JSON" 0 LOAD_MODEL=limited-model LOAD_KEY=sk-load-limited
   scenario "limits + guardrails, stream" 1 LOAD_MODEL=limited-model LOAD_KEY=sk-load-limited
 fi

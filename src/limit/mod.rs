@@ -396,12 +396,24 @@ impl RateHeaders {
     }
 
     pub fn apply(&self, resp: &mut ResponseHeader) {
-        for (what, v) in [("requests", self.requests), ("tokens", self.tokens)] {
+        const NAMES: [[&str; 3]; 2] = [
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        ];
+        for (names, v) in NAMES.iter().zip([self.requests, self.tokens]) {
             let Some(v) = v else { continue };
             // Header names and values are ASCII built here; inserting cannot fail.
-            let _ = resp.insert_header(format!("x-ratelimit-limit-{what}"), v.limit.to_string());
-            let _ = resp.insert_header(format!("x-ratelimit-remaining-{what}"), v.remaining.to_string());
-            let _ = resp.insert_header(format!("x-ratelimit-reset-{what}"), duration(v.reset_us));
+            let _ = resp.insert_header(names[0], v.limit.to_string());
+            let _ = resp.insert_header(names[1], v.remaining.to_string());
+            let _ = resp.insert_header(names[2], duration(v.reset_us));
         }
     }
 }

@@ -36,7 +36,7 @@ const QUEUE: usize = 4096;
 const BATCH: usize = 512;
 /// How long the export thread lets the queue fill before it takes it: the most a span
 /// waits before its export starts, under load.
-const WINDOW: Duration = Duration::from_millis(100);
+const WINDOW: Duration = Duration::from_millis(20);
 /// One export call's deadline (the exporter's HTTP timeout).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 

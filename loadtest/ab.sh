@@ -47,7 +47,6 @@ one() { # port pid stream [VAR=value...] -> "rps cpu_us"
   awk -v r="$reqs" -v d="$dur" -v a="$after" -v b="$before" -v hz="$HZ" \
     'BEGIN{printf "%.0f %.1f\n", r/(d/1e6), (a-b)/hz*1e6/r}'
 }
-median() { sort -g | awk '{v[NR]=$1} END{print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 
 echo "# A/B, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $CONNS connections, $ROUNDS rounds of ${DURATION}s, $CONFIG"
 echo "A: $A"

@@ -269,9 +269,16 @@ impl RequestTrace {
 
     /// Reads finish reasons out of what went to the caller (JSON or SSE, either dialect).
     pub fn note_finish_reasons(&mut self, sent: &[u8]) {
-        for needle in [&b"\"finish_reason\":\""[..], b"\"stop_reason\":\""] {
-            for at in memchr::memmem::find_iter(sent, needle) {
-                let rest = &sent[at + needle.len()..];
+        // Built once: a searcher per call showed in the profile of traced streams.
+        static NEEDLES: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> = std::sync::LazyLock::new(|| {
+            [
+                memchr::memmem::Finder::new(b"\"finish_reason\":\""),
+                memchr::memmem::Finder::new(b"\"stop_reason\":\""),
+            ]
+        });
+        for needle in NEEDLES.iter() {
+            for at in needle.find_iter(sent) {
+                let rest = &sent[at + needle.needle().len()..];
                 if let Some(end) = memchr::memchr(b'"', rest) {
                     if let Ok(r) = std::str::from_utf8(&rest[..end]) {
                         if r.len() <= 64 && !self.finish_reasons.iter().any(|x| x == r) {

@@ -206,7 +206,7 @@ impl Held {
     /// Capacity held and not in use.
     fn idle(&self) -> u64 {
         match self.kind {
-            Kind::Concurrency => self.units - self.in_use,
+            Kind::Concurrency => self.units.saturating_sub(self.in_use),
             _ => self.units,
         }
     }
@@ -446,19 +446,12 @@ impl LimitStore for RedisStore {
             }
             drop(gates);
         }
+        // Rules Redis was not asked about were taken locally (or given back because
+        // another rule refused): their verdict is what the instance holds.
         Ok(verdicts
             .into_iter()
             .zip(&shares)
-            .zip(&taken)
-            .map(|((v, s), t)| match v {
-                Some(v) => v,
-                // Taken locally, or not asked because another rule refused.
-                None if *t => s.lock().verdict(),
-                None => Verdict {
-                    allowed: true,
-                    ..s.lock().verdict()
-                },
-            })
+            .map(|(v, s)| v.unwrap_or_else(|| s.lock().verdict()))
             .collect())
     }
 

@@ -113,6 +113,53 @@ async fn models_403_and_404() {
     expect_error(resp, 405, "method_not_allowed").await;
 }
 
+/// An answer written before the body was read (here a 413 for the declared length and a
+/// 401) does not cut off a client that is still uploading: the gateway reads and discards
+/// the rest before it closes, as nginx's lingering close does. Closed at once, the
+/// connection is reset under the client, whose next writes fail, and a client that checks
+/// its upload before it reads the answer (as reqwest sometimes does) loses the answer.
+#[tokio::test]
+async fn an_early_answer_lets_the_client_finish_its_upload() {
+    use std::io::{Read, Write};
+    let mock = Mock::start();
+    let gw = Gateway::start(BASE_CONFIG, &mock);
+    for (key, status) in [(CALLER_KEY, "413"), ("sk-wrong", "401")] {
+        let port = gw.port;
+        let key = key.to_owned();
+        let (answer, upload) = tokio::task::spawn_blocking(move || {
+            let total = 24_000_000usize;
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(
+                s,
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {total}\r\n\r\n"
+            )
+            .unwrap();
+            let chunk = vec![b' '; 1 << 20];
+            s.write_all(&chunk).unwrap();
+            // The answer comes before the body is read.
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).unwrap();
+            // The rest of the upload still goes through.
+            let mut sent = chunk.len();
+            let upload = loop {
+                if sent >= total {
+                    break Ok(());
+                }
+                match s.write_all(&chunk[..chunk.len().min(total - sent)]) {
+                    Ok(()) => sent += chunk.len(),
+                    Err(e) => break Err(format!("after {sent} bytes: {e}")),
+                }
+            };
+            (String::from_utf8_lossy(&head).into_owned(), upload)
+        })
+        .await
+        .unwrap();
+        assert_eq!(answer, format!("HTTP/1.1 {status}"));
+        assert_eq!(upload, Ok(()), "{status}: the upload was cut off");
+    }
+    assert!(mock.requests().is_empty());
+}
+
 #[tokio::test]
 async fn body_over_the_limit_is_413() {
     let mock = Mock::start();

@@ -46,6 +46,10 @@ impl ProxyHttp for Gateway {
                 if let Err(we) = e.respond(session, ctx.dialect, &ctx.request_id).await {
                     tracing::debug!(error = %we, "could not write the error response");
                 }
+                // Not after a body that failed to arrive: that caller is not uploading.
+                if !matches!(e, GwError::InvalidRequest(_)) {
+                    request::linger(session).await;
+                }
                 ctx.error = Some(e);
                 Ok(true)
             }

@@ -466,6 +466,24 @@ async fn read_body(session: &mut Session, limit: u64, gap: std::time::Duration) 
     Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
+/// How long a connection answered before its body arrived keeps reading (and discarding)
+/// that body before it closes.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// After an answer written before the request body was read whole (a 413 for a declared
+/// length, a 401, a refused route): reads and discards what the caller is still sending,
+/// for at most [`LINGER`], so the close that follows does not reset the connection under
+/// the caller's feet. Closing a socket with unread data sends a reset, and a client still
+/// uploading then sees a broken pipe instead of the answer (nginx's lingering close does
+/// the same). A caller that asked `Expect: 100-continue` was never told to send its body,
+/// so there is nothing to wait for.
+pub async fn linger(session: &mut Session) {
+    if session.is_body_done() || session.req_header().headers.contains_key(http::header::EXPECT) {
+        return;
+    }
+    let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
+}
+
 /// Turns the caller's request header into the provider's: path, host, credential.
 pub fn prepare_upstream(req: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<()> {
     let (Some(target), Some(upstream)) = (&ctx.target, ctx.upstream_endpoint) else {

@@ -208,9 +208,16 @@ impl Budgets {
         let count = match m.seen() {
             Some((count, at)) if at.elapsed() < SYNC || m.reading.swap(true, Ordering::AcqRel) => count,
             _ => {
-                let r = read(pool, key).await;
-                m.reading.store(false, Ordering::Release);
-                let count = r?;
+                // Cleared however the read ends, a cancelled request included: a flag
+                // left set would keep the mirror from ever being read again.
+                struct Reading<'a>(&'a AtomicBool);
+                impl Drop for Reading<'_> {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::Release);
+                    }
+                }
+                let _reading = Reading(&m.reading);
+                let count = read(pool, key).await?;
                 m.saw(count);
                 count
             }

@@ -507,6 +507,16 @@ fn script_calls(port: u16) -> u64 {
     redis_calls(port, &["evalsha", "eval"])
 }
 
+/// Requests `gw` admits with key sk-k until the first refusal.
+async fn admit_all(gw: &Gateway) -> usize {
+    let mut admitted = 0;
+    while call(gw, "sk-k", &chat_body("chat")).await.status() == StatusCode::OK {
+        admitted += 1;
+        assert!(admitted <= 400, "never past the limit");
+    }
+    admitted
+}
+
 #[tokio::test]
 async fn leased_capacity_never_exceeds_the_shared_limit_and_goes_back_when_idle() {
     let port = free_port();
@@ -518,33 +528,31 @@ async fn leased_capacity_never_exceeds_the_shared_limit_and_goes_back_when_idle(
     // `a` leases a block of 4 of the 400 and spends one.
     assert_eq!(call(&a, "sk-k", &chat_body("chat")).await.status(), StatusCode::OK);
     let before = script_calls(port);
-    let mut admitted = 0;
-    while call(&b, "sk-k", &chat_body("chat")).await.status() == StatusCode::OK {
-        admitted += 1;
-        assert!(admitted <= 400, "never past the limit");
-    }
-    assert_eq!(admitted, 396, "`a` holds 3 unspent that `b` cannot take");
+    let admitted = admit_all(&b).await;
+    // `a` holds 3 unspent that `b` cannot take, unless `b` took over a second and `a`
+    // gave them back meanwhile.
+    assert!(admitted == 396 || admitted == 399, "{admitted}");
     let calls = script_calls(port) - before;
-    assert!(
-        (99..=101).contains(&calls),
-        "one Redis call per block of 4, and the refused one: {calls}"
-    );
+    // One call per block of 4 (99) and the refusal; when `a` gave back meanwhile, its
+    // call, one more lease and one more refusal. Without leases: one per request.
+    assert!((99..=104).contains(&calls), "one Redis call per block of 4: {calls}");
     // Idle for a second, `a` gives its 3 back: `b` gets them and not one more.
-    assert!(wait_until_async(|| async { call(&b, "sk-k", &chat_body("chat")).await.status() == StatusCode::OK }).await);
-    for _ in 0..2 {
-        assert_eq!(call(&b, "sk-k", &chat_body("chat")).await.status(), StatusCode::OK);
-    }
-    assert_eq!(
-        call(&b, "sk-k", &chat_body("chat")).await.status(),
-        StatusCode::TOO_MANY_REQUESTS,
-        "400 in all"
-    );
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(1 + admitted + admit_all(&b).await, 400, "400 in all");
 
     // Concurrency slots: the instance keeps what a fresh lease leaves idle, and gives it
     // back after a second without use.
     assert_eq!(call(&a, "sk-w", &chat_body("chat")).await.status(), StatusCode::OK);
     let key = "aigw:rl:wide:slots:owner=team";
-    assert_eq!(redis_cli(port, &["HVALS", key]).split(':').next().unwrap().trim(), "3");
+    let held = || {
+        redis_cli(port, &["HVALS", key])
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    };
+    assert!(wait_until(5, || held() == "3"), "{}", held());
     assert!(wait_until(5, || redis_cli(port, &["HLEN", key]).trim() == "0"));
 }
 
@@ -601,10 +609,5 @@ async fn a_stopping_instance_gives_its_leased_capacity_back() {
     assert_eq!(call(&a, "sk-k", &chat_body("chat")).await.status(), StatusCode::OK);
     a.signal("TERM");
     assert!(wait_until(10, || a.child.try_wait().unwrap().is_some()));
-    let mut admitted = 0;
-    while call(&b, "sk-k", &chat_body("chat")).await.status() == StatusCode::OK {
-        admitted += 1;
-        assert!(admitted <= 400, "never past the limit");
-    }
-    assert_eq!(admitted, 399);
+    assert_eq!(admit_all(&b).await, 399);
 }

@@ -355,7 +355,10 @@ impl RedisStore {
 
     /// Asks Redis for a block of every rule in `need` (indexes into `rules`). On a
     /// refusal nothing is leased; on success each rule keeps its block, less the unit
-    /// this request takes.
+    /// this request takes. The call and the bookkeeping run in a task: a request dropped
+    /// while it waits (a cancelled HTTP/2 stream) loses no capacity, because the task
+    /// keeps the whole block for the instance and hands a unit over only to a request
+    /// that is still there.
     async fn refill(
         &self,
         rules: &[&Rule],
@@ -363,96 +366,144 @@ impl RedisStore {
         need: &[usize],
         verdicts: &mut [Option<Verdict>],
     ) -> Result<bool, StoreError> {
-        let mut inv = self.lease.prepare_invoke();
-        inv.arg(&*self.adjust.member).arg(LEASE_TTL.as_millis() as u64);
-        for &i in need {
-            let r = rules[i];
-            inv.key(&r.key)
-                .arg(kind_arg(r.kind))
-                .arg(r.rate.limit)
-                .arg(r.rate.window_us)
-                .arg(block(r.rate.limit));
-        }
-        let flat: Vec<i64> = self
-            .adjust
-            .redis
-            .call(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await
-            .map_err(|e| StoreError(e.0))?;
-        if flat.len() != need.len() * 6 {
-            return Err(StoreError(format!("unexpected script answer of {} values", flat.len())));
-        }
-        let u = |v: i64| v.max(0) as u64;
-        let mut ok = true;
-        for (c, &i) in flat.chunks_exact(6).zip(need) {
-            let v = Verdict {
-                allowed: c[0] == 1,
-                limit: u(c[1]),
-                remaining: u(c[2]),
-                reset_us: u(c[3]),
-                retry_after_us: u(c[4]),
-            };
-            ok &= v.allowed;
-            verdicts[i] = Some(v);
-        }
-        if ok {
-            for (c, &i) in flat.chunks_exact(6).zip(need) {
-                let mut h = shares[i].lock();
-                h.units += u(c[5]);
-                h.seen = verdicts[i];
-                h.spend_one();
+        let asks: Vec<(String, Kind, Rate)> = need
+            .iter()
+            .map(|&i| (rules[i].key.clone(), rules[i].kind, rules[i].rate))
+            .collect();
+        let (script, member, redis) = (
+            self.lease.clone(),
+            self.adjust.member.clone(),
+            self.adjust.redis.clone(),
+        );
+        let held: Vec<Arc<Share>> = need.iter().map(|&i| shares[i].clone()).collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut inv = script.prepare_invoke();
+            inv.arg(&*member).arg(LEASE_TTL.as_millis() as u64);
+            for (key, kind, rate) in &asks {
+                inv.key(key)
+                    .arg(kind_arg(*kind))
+                    .arg(rate.limit)
+                    .arg(rate.window_us)
+                    .arg(block(rate.limit));
             }
+            let answer = lease(&redis, inv, &held).await;
+            if let Err(Ok((true, _))) = tx.send(answer) {
+                // The request is gone: the units taken for it stay with the instance.
+                held.iter().for_each(|s| s.lock().untake());
+            }
+        });
+        let (ok, got) = rx
+            .await
+            .map_err(|_| StoreError("the lease task ended without an answer".into()))??;
+        for (v, &i) in got.into_iter().zip(need) {
+            verdicts[i] = Some(v);
         }
         Ok(ok)
     }
 }
 
-/// Gives back the units `taken` marks, after a refusal or a failure.
-fn untake(shares: &[Arc<Share>], taken: &[bool]) {
-    for (s, t) in shares.iter().zip(taken) {
-        if *t {
-            s.lock().untake();
+/// Runs one LEASE call; when every rule granted, adds each block to what the instance
+/// holds and takes this request's unit from it.
+async fn lease(
+    redis: &RedisPool,
+    inv: redis::ScriptInvocation<'_>,
+    held: &[Arc<Share>],
+) -> Result<(bool, Vec<Verdict>), StoreError> {
+    let flat: Vec<i64> = redis
+        .call(|mut c| async move { inv.invoke_async(&mut c).await })
+        .await
+        .map_err(|e| StoreError(e.0))?;
+    if flat.len() != held.len() * 6 {
+        return Err(StoreError(format!("unexpected script answer of {} values", flat.len())));
+    }
+    let u = |v: i64| v.max(0) as u64;
+    let verdicts: Vec<Verdict> = flat
+        .chunks_exact(6)
+        .map(|c| Verdict {
+            allowed: c[0] == 1,
+            limit: u(c[1]),
+            remaining: u(c[2]),
+            reset_us: u(c[3]),
+            retry_after_us: u(c[4]),
+        })
+        .collect();
+    let ok = verdicts.iter().all(|v| v.allowed);
+    if ok {
+        for ((c, v), share) in flat.chunks_exact(6).zip(&verdicts).zip(held) {
+            let mut h = share.lock();
+            h.units += u(c[5]);
+            h.seen = Some(*v);
+            h.spend_one();
         }
     }
+    Ok((ok, verdicts))
+}
+
+/// The units a request took locally; given back when it drops unless kept, so a refusal,
+/// a failure or a request dropped mid-acquire returns them.
+struct Taken<'a> {
+    taken: Vec<bool>,
+    shares: &'a [Arc<Share>],
+    keep: bool,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        for (s, t) in self.shares.iter().zip(&self.taken) {
+            if *t {
+                s.lock().untake();
+            }
+        }
+    }
+}
+
+/// Rules Redis was not asked about were taken locally (or given back because another
+/// rule refused): their verdict is what the instance holds.
+fn all_verdicts(verdicts: Vec<Option<Verdict>>, shares: &[Arc<Share>]) -> Vec<Verdict> {
+    verdicts
+        .into_iter()
+        .zip(shares)
+        .map(|(v, s)| v.unwrap_or_else(|| s.lock().verdict()))
+        .collect()
 }
 
 #[async_trait]
 impl LimitStore for RedisStore {
     async fn acquire(&self, rules: &[&Rule], _lease: u64) -> Result<Vec<Verdict>, StoreError> {
         let shares: Vec<Arc<Share>> = rules.iter().map(|r| self.share(r)).collect();
-        let mut taken: Vec<bool> = shares.iter().map(|s| s.lock().take()).collect();
+        let mut taken = Taken {
+            taken: shares.iter().map(|s| s.lock().take()).collect(),
+            shares: &shares,
+            keep: false,
+        };
         let mut verdicts: Vec<Option<Verdict>> = vec![None; rules.len()];
-        if taken.iter().any(|t| !t) {
+        if taken.taken.iter().any(|t| !t) {
             // Refill the empty rules one request at a time, in the rules' order (the
             // caller's binding, then the model's), so refills never wait on each other
             // in a cycle; a request that waited may find the rule refilled.
             let mut gates = Vec::new();
             for (i, s) in shares.iter().enumerate() {
-                if !taken[i] {
+                if !taken.taken[i] {
                     gates.push(s.refill.lock().await);
-                    taken[i] = s.lock().take();
+                    taken.taken[i] = s.lock().take();
                 }
             }
-            let need: Vec<usize> = (0..rules.len()).filter(|i| !taken[*i]).collect();
+            let need: Vec<usize> = (0..rules.len()).filter(|i| !taken.taken[*i]).collect();
             if !need.is_empty() {
-                match self.refill(rules, &shares, &need, &mut verdicts).await {
-                    Ok(true) => need.iter().for_each(|i| taken[*i] = true),
-                    Ok(false) => untake(&shares, &taken),
-                    Err(e) => {
-                        untake(&shares, &taken);
-                        return Err(e);
-                    }
+                // Refused or failed: what was taken goes back when `taken` drops.
+                if !self.refill(rules, &shares, &need, &mut verdicts).await? {
+                    return Ok(all_verdicts(verdicts, &shares));
                 }
+                need.iter().for_each(|i| taken.taken[*i] = true);
             }
             drop(gates);
         }
-        // Rules Redis was not asked about were taken locally (or given back because
-        // another rule refused): their verdict is what the instance holds.
-        Ok(verdicts
-            .into_iter()
-            .zip(&shares)
-            .map(|(v, s)| v.unwrap_or_else(|| s.lock().verdict()))
-            .collect())
+        taken.keep = true;
+        Ok(all_verdicts(verdicts, &shares))
     }
 
     async fn finish(&self, rules: &[&Rule], units: u64, lease: Option<u64>) -> Result<(), StoreError> {

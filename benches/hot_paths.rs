@@ -169,7 +169,7 @@ fn local_limiter(c: &mut Criterion) {
             let now = start.elapsed().as_micros() as u64;
             let v = local::acquire_at(black_box(&rules), now);
             assert!(v.iter().all(|v| v.allowed));
-            aigw::limit::LimitStore::release(&store, &rules, 0);
+            aigw::limit::LimitStore::release(&store, &rules);
         })
     });
 }

@@ -136,21 +136,21 @@ pub fn charge_at(rules: &[&Rule], units: u64, now: u64) {
 
 #[async_trait]
 impl LimitStore for LocalStore {
-    async fn acquire(&self, rules: &[&Rule], _lease: u64) -> Result<Vec<Verdict>, StoreError> {
+    async fn acquire(&self, rules: &[&Rule]) -> Result<Vec<Verdict>, StoreError> {
         Ok(acquire_at(rules, self.now()))
     }
 
-    async fn finish(&self, rules: &[&Rule], units: u64, lease: Option<u64>) -> Result<(), StoreError> {
+    async fn finish(&self, rules: &[&Rule], units: u64, slots: bool) -> Result<(), StoreError> {
         if units > 0 {
             charge_at(rules, units, self.now());
         }
-        if let Some(lease) = lease {
-            self.release(rules, lease);
+        if slots {
+            self.release(rules);
         }
         Ok(())
     }
 
-    fn release(&self, rules: &[&Rule], _lease: u64) {
+    fn release(&self, rules: &[&Rule]) {
         for r in rules.iter().filter(|r| r.kind == Kind::Concurrency) {
             release_slot(r);
         }
@@ -216,10 +216,10 @@ mod tests {
         assert!(acquire_at(&rules, 0)[0].allowed);
         let full = acquire_at(&rules, 0)[0];
         assert!(!full.allowed && full.retry_after_us > 0);
-        store.release(&rules, 0);
+        store.release(&rules);
         assert!(acquire_at(&rules, 0)[0].allowed);
         for _ in 0..5 {
-            store.release(&rules, 0);
+            store.release(&rules);
         }
         assert_eq!(b.rules[0].cell.load(Ordering::Relaxed), 0, "never below zero");
     }

@@ -116,19 +116,19 @@ pub struct StoreError(pub String);
 pub trait LimitStore: Send + Sync {
     /// All or nothing: when every rule allows the request (request rules have room for
     /// one more, token rules have tokens left, concurrency rules a free slot), counts it
-    /// on the request rules and takes a slot, held as `lease`, on the concurrency rules;
+    /// on the request rules and takes a slot on the concurrency rules;
     /// otherwise changes nothing. One verdict per rule, in order.
-    async fn acquire(&self, rules: &[&Rule], lease: u64) -> Result<Vec<Verdict>, StoreError>;
+    async fn acquire(&self, rules: &[&Rule]) -> Result<Vec<Verdict>, StoreError>;
 
     /// The request is over: charges `units` tokens (0: none) to the token rules among
-    /// `rules` and, with `lease`, frees its slots on the concurrency rules among them. One
+    /// `rules` and, with `slots`, frees its slots on the concurrency rules among them. One
     /// round trip for a shared store.
-    async fn finish(&self, rules: &[&Rule], units: u64, lease: Option<u64>) -> Result<(), StoreError>;
+    async fn finish(&self, rules: &[&Rule], units: u64, slots: bool) -> Result<(), StoreError>;
 
-    /// Frees the slots `lease` holds on the concurrency rules among `rules` when the
+    /// Frees the request's slots on the concurrency rules among `rules` when the
     /// request ended without [`LimitStore::finish`]. Runs from a destructor, so it must
     /// not block: remote work goes to a task.
-    fn release(&self, rules: &[&Rule], lease: u64);
+    fn release(&self, rules: &[&Rule]);
 
     /// Periodic upkeep, about once a second.
     async fn maintain(&self) {}
@@ -141,7 +141,6 @@ pub trait LimitStore: Send + Sync {
 pub struct Limiter {
     store: Arc<dyn LimitStore>,
     metrics: Arc<Metrics>,
-    next_lease: AtomicU64,
     /// When the next store error may be logged (ms since `started`): once per interval.
     next_warn_ms: AtomicU64,
     started: Instant,
@@ -155,7 +154,6 @@ impl Limiter {
         Self {
             store,
             metrics,
-            next_lease: AtomicU64::new(1),
             next_warn_ms: AtomicU64::new(0),
             started: Instant::now(),
         }
@@ -168,8 +166,7 @@ impl Limiter {
             return Ok(None);
         }
         let rules: Vec<&Rule> = bindings.iter().flat_map(|b| b.rules.iter()).collect();
-        let lease = self.next_lease.fetch_add(1, Ordering::Relaxed);
-        let verdicts = match self.store.acquire(&rules, lease).await {
+        let verdicts = match self.store.acquire(&rules).await {
             Ok(v) => v,
             Err(e) => {
                 // Availability over enforcement: an unreachable store never takes the
@@ -207,7 +204,6 @@ impl Limiter {
                     .inc();
             }
             Lease {
-                id: lease,
                 released: false,
                 bindings: holds,
                 store: self.store.clone(),
@@ -230,13 +226,13 @@ impl Limiter {
             return;
         }
         let rules: Vec<&Rule> = admitted.bindings.iter().flat_map(|b| b.rules.iter()).collect();
-        let id = lease.as_ref().map(|l| l.id);
+        let slots = lease.is_some();
         let units = if charges { tokens } else { 0 };
         // Released even when the store fails: the shared store then frees them in a task.
         if let Some(l) = lease {
             l.released = true;
         }
-        if let Err(e) = self.store.finish(&rules, units, id).await {
+        if let Err(e) = self.store.finish(&rules, units, slots).await {
             self.store_failed(&e);
         }
     }
@@ -343,7 +339,6 @@ impl Admitted {
 /// drop, so every exit path (success, error, a caller that hangs up mid-stream, a
 /// timeout, failover) gives them back exactly once.
 struct Lease {
-    id: u64,
     /// Given back by [`Limiter::finish`] already; the drop only updates the gauge.
     released: bool,
     bindings: Vec<Arc<Binding>>,
@@ -360,7 +355,7 @@ impl Drop for Lease {
                 .flat_map(|b| b.rules.iter())
                 .filter(|r| r.kind == Kind::Concurrency)
                 .collect();
-            self.store.release(&rules, self.id);
+            self.store.release(&rules);
         }
         for b in &self.bindings {
             self.metrics

@@ -473,7 +473,7 @@ fn all_verdicts(verdicts: Vec<Option<Verdict>>, shares: &[Arc<Share>]) -> Vec<Ve
 
 #[async_trait]
 impl LimitStore for RedisStore {
-    async fn acquire(&self, rules: &[&Rule], _lease: u64) -> Result<Vec<Verdict>, StoreError> {
+    async fn acquire(&self, rules: &[&Rule]) -> Result<Vec<Verdict>, StoreError> {
         let shares: Vec<Arc<Share>> = rules.iter().map(|r| self.share(r)).collect();
         let mut taken = Taken {
             taken: shares.iter().map(|s| s.lock().take()).collect(),
@@ -506,32 +506,34 @@ impl LimitStore for RedisStore {
         Ok(all_verdicts(verdicts, &shares))
     }
 
-    async fn finish(&self, rules: &[&Rule], units: u64, lease: Option<u64>) -> Result<(), StoreError> {
+    async fn finish(&self, rules: &[&Rule], units: u64, slots: bool) -> Result<(), StoreError> {
         let mut entries = Vec::new();
-        for r in rules {
+        // Only token rules (with usage) and concurrency rules (with slots) change here.
+        let changes = |r: &&&Rule| match r.kind {
+            Kind::Tokens => units > 0,
+            Kind::Concurrency => slots,
+            Kind::Requests => false,
+        };
+        for r in rules.iter().filter(changes) {
             let share = self.share(r);
             let mut h = share.lock();
-            match r.kind {
-                Kind::Tokens if units > 0 => {
-                    let paid = h.units.min(units);
-                    h.units -= paid;
-                    if units > paid {
-                        entries.push((r.key.clone(), r.kind, r.rate, (units - paid) as i64));
-                    }
+            if r.kind == Kind::Tokens {
+                let paid = h.units.min(units);
+                h.units -= paid;
+                if units > paid {
+                    entries.push((r.key.clone(), r.kind, r.rate, (units - paid) as i64));
                 }
-                Kind::Concurrency if lease.is_some() => {
-                    h.in_use = h.in_use.saturating_sub(1);
-                    // Keep what a fresh lease leaves idle; a block of one keeps nothing,
-                    // so small limits stay exact across instances.
-                    entries.extend(Self::surplus(&r.key, &mut h, block(r.rate.limit) - 1));
-                }
-                _ => {}
+            } else {
+                h.in_use = h.in_use.saturating_sub(1);
+                // Keep what a fresh lease leaves idle; a block of one keeps nothing,
+                // so small limits stay exact across instances.
+                entries.extend(Self::surplus(&r.key, &mut h, block(r.rate.limit) - 1));
             }
         }
         self.adjust.run(&entries).await
     }
 
-    fn release(&self, rules: &[&Rule], _lease: u64) {
+    fn release(&self, rules: &[&Rule]) {
         let mut entries = Vec::new();
         for r in rules.iter().filter(|r| r.kind == Kind::Concurrency) {
             let share = self.share(r);

@@ -57,6 +57,7 @@ pub fn serve(config: PathBuf) -> Result<(), String> {
         threads,
         grace_period_seconds: Some(snap.server.grace_period_s),
         graceful_shutdown_timeout_seconds: Some(1),
+        work_stealing: snap.server.work_stealing,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

@@ -241,6 +241,9 @@ impl AppState {
         {
             tracing::warn!("listener changes take effect only after a restart");
         }
+        if snap.server.threads != old.server.threads || snap.server.work_stealing != old.server.work_stealing {
+            tracing::warn!("server.threads and server.work_stealing changes take effect only after a restart");
+        }
         if snap.server.redis != old.server.redis {
             tracing::warn!("server.redis changes take effect only after a restart");
         }

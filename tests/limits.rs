@@ -611,3 +611,40 @@ async fn a_stopping_instance_gives_its_leased_capacity_back() {
     assert!(wait_until(10, || a.child.try_wait().unwrap().is_some()));
     assert_eq!(admit_all(&b).await, 399);
 }
+
+/// `server.work_stealing: false` pins each connection to one thread's runtime (Pingora's
+/// no-steal flavour): shared limits, whose Redis connections and lease tasks live on
+/// whichever thread made them, still admit, count and give back across threads.
+#[tokio::test]
+async fn pinned_worker_threads_share_limits_across_threads() {
+    let port = free_port();
+    let _redis = PrivateRedis::start(port);
+    let mock = Mock::start();
+    let config = leased_config(port).replace("{SERVER}", "{SERVER}\n  threads: 2\n  work_stealing: false");
+    let gw = Gateway::start(&config, &mock);
+    // Many connections at once, so both threads serve some: every one admitted.
+    let gw = std::sync::Arc::new(gw);
+    let mut calls = JoinSet::new();
+    for i in 0..40 {
+        let gw = gw.clone();
+        calls.spawn(async move {
+            let mut body = chat_body("chat");
+            body["stream"] = json!(i % 2 == 0);
+            let key = if i % 4 < 2 { "sk-w" } else { "sk-t" };
+            let r = call(&gw, key, &body).await;
+            (r.status(), r.text().await.unwrap())
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        let (status, text) = done.unwrap();
+        assert_eq!(status, StatusCode::OK, "{text}");
+    }
+    // Every concurrency slot went back to Redis; the daily limit still holds exactly.
+    let key = "aigw:rl:wide:slots:owner=team";
+    assert!(
+        wait_until(5, || redis_cli(port, &["HLEN", key]).trim() == "0"),
+        "{}",
+        redis_cli(port, &["HGETALL", key])
+    );
+    assert_eq!(admit_all(&gw).await, 400);
+}

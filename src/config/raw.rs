@@ -84,6 +84,9 @@ pub struct Server {
     pub admin_listen: Option<String>,
     #[serde(default)]
     pub threads: usize,
+    /// Tokio work stealing between the worker threads (Pingora's `work_stealing`).
+    #[serde(default = "default_true")]
+    pub work_stealing: bool,
     #[serde(default = "default_grace")]
     pub grace_period_s: u64,
     #[serde(default = "default_max_body")]
@@ -116,6 +119,7 @@ impl Default for Server {
             tls: Vec::new(),
             admin_listen: default_admin_listen(),
             threads: 0,
+            work_stealing: true,
             grace_period_s: default_grace(),
             max_request_body_bytes: default_max_body(),
             client_body_timeout_ms: default_client_body_timeout(),

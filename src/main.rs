@@ -65,6 +65,10 @@ enum Command {
         /// Keep the last requests for `GET /_mock/requests` (tests only).
         #[arg(long)]
         record: bool,
+        /// Serve Vertex AI: a Google token endpoint at `/token` that verifies assertions
+        /// with this RSA public key (PEM), and the Vertex AI paths behind its tokens.
+        #[arg(long)]
+        google_public_key: Option<PathBuf>,
         /// Worker threads [default: one per CPU]
         #[arg(long)]
         threads: Option<usize>,
@@ -140,8 +144,16 @@ fn main() -> ExitCode {
             listen,
             api_key,
             record,
+            google_public_key,
             threads,
         } => {
+            let google = match google_public_key.map(std::fs::read).transpose() {
+                Ok(pem) => pem,
+                Err(e) => {
+                    eprintln!("aigw mock-upstream: --google-public-key: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = threads {
                 rt.worker_threads(n.max(1));
@@ -153,7 +165,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(aigw::mock::run(listen, api_key, record)) {
+            match rt.block_on(aigw::mock::run(listen, api_key, record, google)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("aigw mock-upstream: {e}");

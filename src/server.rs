@@ -144,8 +144,8 @@ fn before_exit(state: &AppState) {
     crate::telemetry::log::flush();
 }
 
-/// Re-resolves provider addresses, runs fleet health checks and keeps shared rate limit
-/// leases alive, in the background.
+/// Re-resolves provider addresses, runs fleet health checks, keeps shared rate limit
+/// leases alive and renews Vertex AI access tokens, in the background.
 struct Refresher {
     state: Arc<AppState>,
 }
@@ -158,6 +158,8 @@ impl BackgroundService for Refresher {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    // Its own task: a slow token endpoint must not hold up the rest.
+                    tokio::spawn(crate::provider::vertex::refresh_due());
                     self.state.upstreams.tick().await;
                     self.state.limiter.maintain().await;
                 }

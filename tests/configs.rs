@@ -14,6 +14,7 @@ fn validate(path: &str) -> (bool, String) {
         .current_dir(asset(""))
         .env("CI_BOT_KEY", "sk-ci-bot")
         .env("AIGW_CALLER_KEY", "sk-app")
+        .env("GOOGLE_APPLICATION_CREDENTIALS", asset("tests/assets/vertex-sa.json"))
         .output()
         .unwrap();
     (

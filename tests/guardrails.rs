@@ -263,14 +263,10 @@ async fn monitor_counts_and_logs_the_name_only() {
         assert_eq!(r.status(), 200);
         assert_eq!(completion_text(&r.text().await.unwrap()), text);
     }
-    assert_eq!(
-        metric(
-            &gw,
-            r#"aigw_guardrail_hits_total{action="monitor",guardrail="injection-watch"}"#
-        )
-        .await,
-        2.0
-    );
+    // Counted when each request is logged, which may follow the stream's last byte.
+    let series = r#"aigw_guardrail_hits_total{action="monitor",guardrail="injection-watch"}"#;
+    assert!(wait_until_async(|| async { metric(&gw, series).await == 2.0 }).await);
+    assert_eq!(metric(&gw, series).await, 2.0);
     let lines = gw.access_lines_until(2, |l| l.contains("\"guardrails\":\"injection-watch:monitor\""));
     assert_eq!(
         lines

@@ -160,6 +160,8 @@ pub struct Provider {
     pub anthropic_version: Option<String>,
     pub http2: raw::Http2,
     pub upstream: Arc<Upstream>,
+    /// `provider: vertex` only.
+    pub vertex: Option<crate::provider::vertex::Vertex>,
 }
 
 /// A credential whose `Debug` output is redacted, so it cannot reach a log by accident.
@@ -883,7 +885,8 @@ fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
         ProviderKind::Openai => Some("https://api.openai.com/v1"),
         ProviderKind::Anthropic => Some("https://api.anthropic.com"),
         ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
-        ProviderKind::Azure | ProviderKind::OpenaiCompatible => None,
+        // From the location: see `compile_provider`.
+        ProviderKind::Azure | ProviderKind::OpenaiCompatible | ProviderKind::Vertex => None,
     }
 }
 
@@ -895,14 +898,29 @@ fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: 
             errs.push(format!("{path}.api_key"), "must not be empty");
             None
         }
+        (Some(_), ProviderKind::Vertex) => {
+            errs.push(
+                format!("{path}.api_key"),
+                "vertex providers authenticate with vertex.credentials_file, not an api_key",
+            );
+            None
+        }
         (Some(k), _) => Some(Secret(k.clone())),
-        (None, ProviderKind::OpenaiCompatible) => None,
+        (None, ProviderKind::OpenaiCompatible | ProviderKind::Vertex) => None,
         (None, _) => {
             errs.push(format!("{path}.api_key"), "required for this provider");
             None
         }
     };
-    let base_src = p.base_url.as_deref().or(default_base_url(p.provider));
+    let vertex = compile_vertex(&path, p, errs);
+    let vertex_base = vertex
+        .as_ref()
+        .map(|v| crate::provider::vertex::default_base_url(&v.location));
+    let base_src = p
+        .base_url
+        .as_deref()
+        .or(default_base_url(p.provider))
+        .or(vertex_base.as_deref());
     let base = match base_src {
         Some(u) => match BaseUrl::parse(u) {
             Ok(b) => Some(b),
@@ -998,6 +1016,52 @@ fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: 
         http2: p.http2,
         base,
         upstream,
+        vertex,
+    })
+}
+
+/// A `vertex` provider's section: required there, refused elsewhere; the key file is read
+/// and checked now.
+fn compile_vertex(path: &str, p: &raw::ProviderKey, errs: &mut Errors) -> Option<crate::provider::vertex::Vertex> {
+    let v = match (&p.vertex, p.provider) {
+        (Some(v), ProviderKind::Vertex) => v,
+        (None, ProviderKind::Vertex) => {
+            errs.push(
+                format!("{path}.vertex"),
+                "required for vertex providers: {project, location, credentials_file}",
+            );
+            return None;
+        }
+        (Some(_), _) => {
+            errs.push(format!("{path}.vertex"), "only vertex providers take a vertex section");
+            return None;
+        }
+        (None, _) => return None,
+    };
+    let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let before = errs.0.len();
+    if !valid(&v.project) {
+        errs.push(
+            format!("{path}.vertex.project"),
+            "must be a project id (letters, digits, -)",
+        );
+    }
+    if !valid(&v.location) {
+        errs.push(
+            format!("{path}.vertex.location"),
+            "must be a location such as us-east5 or global",
+        );
+    }
+    let tokens = crate::provider::vertex::tokens_for(&v.credentials_file)
+        .map_err(|e| errs.push(format!("{path}.vertex.credentials_file"), e))
+        .ok();
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(crate::provider::vertex::Vertex {
+        project: v.project.clone(),
+        location: v.location.clone(),
+        tokens: tokens?,
     })
 }
 

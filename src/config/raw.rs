@@ -212,6 +212,7 @@ pub enum ProviderKind {
     Azure,
     Anthropic,
     Gemini,
+    Vertex,
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +232,20 @@ pub struct ProviderKey {
     pub anthropic_version: Option<String>,
     #[serde(default)]
     pub http2: Http2,
+    /// Google Vertex AI's project, location and service account (`provider: vertex`).
+    pub vertex: Option<VertexSettings>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VertexSettings {
+    #[serde(deserialize_with = "de_text")]
+    pub project: String,
+    #[serde(deserialize_with = "de_text")]
+    pub location: String,
+    /// A service account key file (JSON), as `gcloud iam service-accounts keys create` writes.
+    #[serde(deserialize_with = "de_text")]
+    pub credentials_file: String,
 }
 
 /// HTTP/2 to the provider.

@@ -10,6 +10,8 @@
 //! `GET /_mock/stats` counts requests and streams the client abandoned. `POST /v1/traces`
 //! accepts OTLP/HTTP spans and discards them (a collector stand-in).
 
+mod google;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -119,6 +121,8 @@ struct Mock {
     ids: AtomicU64,
     /// OTLP bytes received on /v1/traces.
     spans_bytes: AtomicU64,
+    /// Vertex AI, when the mock has a Google public key.
+    google: Option<google::Google>,
 }
 
 const WORDS: [&str; 8] = ["Hello", "from", "the", "aigw", "mock", "upstream", "model", "today."];
@@ -126,12 +130,22 @@ const RECORD_MAX: usize = 256;
 const RECORD_BODY_MAX: usize = 64 * 1024;
 
 /// Runs the mock until the process ends.
-pub async fn run(listen: SocketAddr, api_key: Option<String>, record: bool) -> std::io::Result<()> {
+pub async fn run(
+    listen: SocketAddr,
+    api_key: Option<String>,
+    record: bool,
+    google_public_key: Option<Vec<u8>>,
+) -> std::io::Result<()> {
+    let google = google_public_key
+        .map(|pem| google::Google::new(&pem))
+        .transpose()
+        .map_err(std::io::Error::other)?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     eprintln!("aigw mock-upstream listening on http://{}", listener.local_addr()?);
     let mock = Arc::new(Mock {
         api_key,
         record,
+        google,
         ..Mock::default()
     });
     loop {
@@ -378,13 +392,30 @@ impl Mock {
                         "connections": self.connections.load(Ordering::Relaxed),
                         "cancelled_streams": self.cancelled_streams.load(Ordering::Relaxed),
                         "span_bytes": self.spans_bytes.load(Ordering::Relaxed),
+                        "tokens_issued": self.google.as_ref().map_or(0, |g| g.issued()),
                     }),
                 )
+            }
+            ("POST", "/token") if self.google.is_some() => {
+                if let Some(g) = &self.google {
+                    return g.token(parts.uri.query(), &body);
+                }
             }
             _ => {}
         }
         if self.record {
             self.remember(&parts, &body);
+        }
+        // Vertex AI: the caller's access token instead of an API key; Claude models in
+        // Anthropic's Messages, with the version in the body and the model in the path.
+        let vertex = path.contains("/publishers/");
+        if vertex {
+            let Some(g) = &self.google else {
+                return error_in(Api::Gemini, 404, "Vertex AI is not served by this mock", None);
+            };
+            if let Some(r) = g.refusal(&parts.headers) {
+                return r;
+            }
         }
         // Anthropic's and Gemini's APIs answer in their own error envelopes and take the
         // key in their own headers.
@@ -398,7 +429,7 @@ impl Mock {
         } else {
             Api::OpenAi
         };
-        if let Some(key) = &self.api_key {
+        if let (Some(key), false) = (&self.api_key, vertex) {
             let bearer = parts
                 .headers
                 .get("authorization")
@@ -472,6 +503,22 @@ impl Mock {
         if let Some((_, method)) = &gemini {
             match method.as_str() {
                 "generateContent" => self.gemini(&req, &model, &script, false),
+                "rawPredict" | "streamRawPredict" if vertex => {
+                    if req["anthropic_version"] != crate::provider::vertex::ANTHROPIC_VERSION
+                        || req.get("model").is_some()
+                    {
+                        return error_in(
+                            Api::Anthropic,
+                            400,
+                            "anthropic_version: vertex-2023-10-16 is required in the body, and model is not allowed",
+                            None,
+                        );
+                    }
+                    if (method == "streamRawPredict") != (req["stream"] == true) {
+                        return error_in(Api::Anthropic, 400, "streamRawPredict is for stream: true", None);
+                    }
+                    self.messages(&req, &model, &script)
+                }
                 "streamGenerateContent" if parts.uri.query() == Some("alt=sse") => {
                     self.gemini(&req, &model, &script, true)
                 }

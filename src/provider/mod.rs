@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod body;
 pub mod gemini;
 pub mod openai;
+pub mod vertex;
 
 use http::header::{
     HeaderName, ACCEPT, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, DATE, RETRY_AFTER,
@@ -14,7 +15,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use pingora::http::RequestHeader;
 
 use crate::config::raw::ProviderKind;
-use crate::config::Provider;
+use crate::config::{Provider, Target};
 use crate::error::{Dialect, GwError};
 use serde_json::{json, Value};
 
@@ -63,39 +64,66 @@ impl Endpoint {
         }
     }
 
-    /// The endpoint a provider of `kind` is called on for this one; `None` when it cannot
-    /// serve it at all.
-    pub fn upstream(self, kind: ProviderKind) -> Option<Endpoint> {
-        match (self, kind) {
-            (Self::ChatCompletions | Self::Messages, ProviderKind::Gemini) => Some(Self::GenerateContent),
-            (_, ProviderKind::Gemini) => None,
+    /// The endpoint a provider speaking `wire` is called on for this one; `None` when it
+    /// cannot serve it at all.
+    pub fn upstream(self, wire: Wire) -> Option<Endpoint> {
+        match (self, wire) {
+            (Self::ChatCompletions | Self::Messages, Wire::Gemini) => Some(Self::GenerateContent),
+            (_, Wire::Gemini) => None,
             (Self::GenerateContent, _) => None,
-            (Self::Embeddings | Self::Responses, ProviderKind::Anthropic) => None,
-            (Self::ChatCompletions | Self::Messages, ProviderKind::Anthropic) => Some(Self::Messages),
+            (Self::Embeddings | Self::Responses, Wire::Anthropic) => None,
+            (Self::ChatCompletions | Self::Messages, Wire::Anthropic) => Some(Self::Messages),
             (Self::Messages, _) => Some(Self::ChatCompletions),
             (e, _) => Some(e),
         }
     }
 }
 
-/// The provider's dialect, when callers of that dialect reach it untranslated; `None`
-/// for Gemini, which every caller reaches through translation.
-pub fn dialect(kind: ProviderKind) -> Option<Dialect> {
-    match kind {
-        ProviderKind::Anthropic => Some(Dialect::Anthropic),
-        ProviderKind::Gemini => None,
-        ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Azure => Some(Dialect::OpenAi),
+/// The wire format a provider's API speaks for one model: what the request is translated
+/// to and the answer from. The provider kind decides the rest (URL, credentials); one
+/// kind may speak several formats (Vertex AI: Gemini's, and Anthropic's for Claude).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// OpenAI's chat completions, embeddings and responses.
+    OpenAi,
+    /// Anthropic's Messages.
+    Anthropic,
+    /// Gemini's generateContent.
+    Gemini,
+}
+
+impl Target {
+    /// The wire format this target's provider speaks for its model.
+    pub fn wire(&self) -> Wire {
+        match self.provider.kind {
+            ProviderKind::Anthropic => Wire::Anthropic,
+            ProviderKind::Gemini => Wire::Gemini,
+            ProviderKind::Vertex => vertex::wire(&self.upstream_model),
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Azure => Wire::OpenAi,
+        }
+    }
+}
+
+/// The dialect of a provider speaking `wire`, when callers of that dialect reach it
+/// untranslated; `None` for Gemini, which every caller reaches through translation.
+pub fn dialect(wire: Wire) -> Option<Dialect> {
+    match wire {
+        Wire::Anthropic => Some(Dialect::Anthropic),
+        Wire::Gemini => None,
+        Wire::OpenAi => Some(Dialect::OpenAi),
     }
 }
 
 /// Path and query of the upstream request for `upstream` (see [`Endpoint::upstream`]);
-/// `stream` matters where the method names it (Gemini).
-pub fn upstream_path(p: &Provider, upstream: Endpoint, upstream_model: &str, stream: bool) -> String {
+/// `stream` matters where the method names it (Gemini, Vertex AI).
+pub fn upstream_path(t: &Target, upstream: Endpoint, stream: bool) -> String {
+    let p = &t.provider;
     match p.kind {
         // Anthropic's base URL is the host; the API version is part of the path.
         ProviderKind::Anthropic => format!("{}/v1{}", p.base.path, upstream.suffix()),
-        ProviderKind::Gemini => gemini::upstream_path(p, upstream_model, stream),
-        _ => openai::upstream_path(p, upstream, upstream_model),
+        ProviderKind::Gemini => gemini::upstream_path(p, &t.upstream_model, stream),
+        ProviderKind::Vertex => vertex::upstream_path(t, stream),
+        _ => openai::upstream_path(p, upstream, &t.upstream_model),
     }
 }
 
@@ -117,7 +145,8 @@ pub fn forwards_request_header(kind: ProviderKind, name: &HeaderName) -> bool {
         // Describe the body the caller wrote in Anthropic's dialect.
         ProviderKind::Anthropic => name == anthropic::VERSION_HEADER || name == anthropic::BETA_HEADER,
         ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Azure => name == OPENAI_BETA,
-        ProviderKind::Gemini => false,
+        // Vertex takes Anthropic's version in the body, and no beta header.
+        ProviderKind::Gemini | ProviderKind::Vertex => false,
     }
 }
 
@@ -139,18 +168,20 @@ pub fn forwards_response_header(name: &HeaderName) -> bool {
     .contains(name)
 }
 
-/// The provider's credential and extra headers.
-pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Result<()> {
+/// The provider's credential and extra headers. `token` is the access token a Vertex AI
+/// target obtained for this attempt ([`vertex::Tokens`]).
+pub fn apply_credentials(p: &Provider, token: Option<&str>, req: &mut RequestHeader) -> pingora::Result<()> {
     match p.kind {
         ProviderKind::Anthropic => anthropic::apply_credentials(p, req),
         ProviderKind::Gemini => gemini::apply_credentials(p, req),
+        ProviderKind::Vertex => vertex::apply_credentials(p, token, req),
         _ => openai::apply_credentials(p, req),
     }
 }
 
-/// Whether a provider of `kind` can serve `endpoint` (natively or translated).
-pub fn can_serve(endpoint: Endpoint, kind: ProviderKind) -> bool {
-    endpoint.upstream(kind).is_some()
+/// Whether `target` can serve `endpoint` (natively or translated).
+pub fn can_serve(endpoint: Endpoint, target: &Target) -> bool {
+    endpoint.upstream(target.wire()).is_some()
 }
 
 /// A request the gateway cannot translate for the provider: 400 `invalid_request`.

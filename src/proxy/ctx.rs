@@ -40,6 +40,8 @@ pub struct Ctx {
     pub target: Option<Target>,
     /// The replica of this attempt (for `least_busy`, counted busy while held).
     pub pick: Option<Pick>,
+    /// The provider's access token for this attempt (Vertex AI). Never logged.
+    pub access_token: Option<std::sync::Arc<str>>,
     /// The caller's body as received, for building each attempt's upstream body.
     pub request_body: Bytes,
     /// The request body to send upstream, already rewritten for `target`.
@@ -93,6 +95,7 @@ impl Ctx {
             limits: None,
             target: None,
             pick: None,
+            access_token: None,
             request_body: Bytes::new(),
             upstream_body: Bytes::new(),
             stream: false,

@@ -69,12 +69,23 @@ impl ProxyHttp for Gateway {
                 return Err(Error::explain(ErrorType::InternalError, "no target chosen"));
             };
             let key = request::hash_key(ctx, target);
+            let provider = target.provider.name.clone();
             if let Some(pick) = target.provider.upstream.select(&key) {
                 let addr = pick.addr;
                 ctx.pick = Some(pick);
-                break addr;
+                match request::obtain_token(ctx).await {
+                    Ok(()) => break addr,
+                    // Like a refused connection: the next target, or this error.
+                    Err(e) => {
+                        ctx.pick = None;
+                        if request::attempt_failed(&self.state, ctx, Failure::Connect, None) == Next::Stop {
+                            ctx.error = Some(e);
+                            return Err(Error::explain(ErrorType::ConnectNoRoute, "no provider credential"));
+                        }
+                        continue;
+                    }
+                }
             }
-            let provider = target.provider.name.clone();
             if request::attempt_failed(&self.state, ctx, Failure::Connect, None) == Next::Stop {
                 // Nothing resolved (yet): the last target left is unhealthy.
                 ctx.error = Some(GwError::NoHealthyTarget {

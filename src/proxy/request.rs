@@ -16,7 +16,7 @@ use serde_json::json;
 use super::ctx::Ctx;
 use crate::auth;
 use crate::cache::{self, Lookup};
-use crate::config::raw::{Balance, HashOn};
+use crate::config::raw::{Balance, HashOn, ProviderKind};
 use crate::config::{Snapshot, Target};
 use crate::error::GwError;
 use crate::guard;
@@ -166,11 +166,7 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         return Err(GwError::ModelNotAllowed(model.name.clone()));
     }
     let plan = Plan::new(model);
-    if !plan
-        .candidates
-        .iter()
-        .any(|t| provider::can_serve(endpoint, t.provider.kind))
-    {
+    if !plan.candidates.iter().any(|t| provider::can_serve(endpoint, t)) {
         return Err(GwError::InvalidRequest(format!(
             "The model '{}' cannot serve {}.",
             model.name,
@@ -227,7 +223,7 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
 /// skipped) and builds its upstream body.
 pub fn begin_attempt(state: &AppState, ctx: &mut Ctx) -> Result<(), GwError> {
     let endpoint = ctx.endpoint.ok_or(GwError::Internal)?;
-    let usable = |t: &Target| provider::can_serve(endpoint, t.provider.kind);
+    let usable = |t: &Target| provider::can_serve(endpoint, t);
     let plan = ctx.plan.as_mut().ok_or(GwError::Internal)?;
     let now = Instant::now();
     let first = plan.attempts.is_empty();
@@ -247,16 +243,42 @@ pub fn begin_attempt(state: &AppState, ctx: &mut Ctx) -> Result<(), GwError> {
     if let Some(t) = ctx.trace.as_mut() {
         t.new_attempt();
     }
-    let upstream = endpoint.upstream(target.provider.kind).ok_or(GwError::Internal)?;
+    let upstream = endpoint.upstream(target.wire()).ok_or(GwError::Internal)?;
     let body = ctx.request_body.clone();
     let view = body::parse(&body)?;
-    let (upstream_body, injected) = upstream_body(endpoint, upstream, &body, &view, &target.upstream_model)?;
+    let (mut upstream_body, injected) = upstream_body(endpoint, upstream, &body, &view, &target.upstream_model)?;
+    if target.provider.kind == ProviderKind::Vertex && upstream == Endpoint::Messages {
+        upstream_body = provider::vertex::anthropic_body(&upstream_body)?;
+    }
     ctx.upstream_body = upstream_body;
     ctx.strip_usage = injected;
     ctx.upstream_endpoint = Some(upstream);
     ctx.upstream_status = None;
     ctx.target = Some(target);
     Ok(())
+}
+
+/// The access token of the chosen target's provider, when it needs one (Vertex AI):
+/// usually ready; otherwise this waits for the one fetch in flight.
+pub async fn obtain_token(ctx: &mut Ctx) -> Result<(), GwError> {
+    ctx.access_token = None;
+    let Some(v) = ctx.target.as_ref().and_then(|t| t.provider.vertex.as_ref()) else {
+        return Ok(());
+    };
+    match v.tokens.get().await {
+        Ok(token) => {
+            ctx.access_token = Some(token);
+            Ok(())
+        }
+        Err(why) => {
+            let name = ctx.target.as_ref().map_or("", |t| t.provider.name.as_str());
+            // The fetch that failed logged it once (`Tokens::renew`).
+            tracing::debug!(provider = name, request_id = %ctx.request_id, "no Vertex AI access token: {why}");
+            Err(GwError::UpstreamError(format!(
+                "The gateway could not authenticate to the provider '{name}'."
+            )))
+        }
+    }
 }
 
 /// The key a `consistent_hash` fleet places this request by.
@@ -287,7 +309,7 @@ pub fn attempt_failed(state: &AppState, ctx: &mut Ctx, failure: Failure, addr: O
         replica_left,
         &state.cooldowns,
         Instant::now(),
-        &|t: &Target| provider::can_serve(endpoint, t.provider.kind),
+        &|t: &Target| provider::can_serve(endpoint, t),
     )
 }
 
@@ -493,7 +515,7 @@ pub fn prepare_upstream(req: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<(
         ));
     };
     let p = &target.provider;
-    let path = provider::upstream_path(p, upstream, &target.upstream_model, ctx.stream);
+    let path = provider::upstream_path(target, upstream, ctx.stream);
     req.set_uri(
         path.parse()
             .map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "bad upstream path"))?,
@@ -516,7 +538,7 @@ pub fn prepare_upstream(req: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<(
     if let Some(t) = &ctx.trace {
         t.inject(req);
     }
-    provider::apply_credentials(p, req)
+    provider::apply_credentials(p, ctx.access_token.as_deref(), req)
 }
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -150,7 +150,7 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
     let Some(t) = &ctx.target else { return Ok(()) };
     resp.insert_header(X_AIGW_MODEL, t.alias.as_str())?;
     // `None`: Gemini, reached only through translation.
-    let provider_dialect = provider::dialect(t.provider.kind);
+    let provider_dialect = provider::dialect(t.wire());
     let translating = provider_dialect != Some(ctx.dialect);
     let to_anthropic = ctx.dialect == Dialect::Anthropic;
     let upstream_model = t.upstream_model.as_str();

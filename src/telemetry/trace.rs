@@ -528,6 +528,7 @@ pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crat
                     ProviderKind::Anthropic => "anthropic",
                     ProviderKind::OpenaiCompatible => "openai_compatible",
                     ProviderKind::Gemini => "gcp.gemini",
+                    ProviderKind::Vertex => "gcp.vertex_ai",
                 },
                 provider_key: &p.name,
                 request_model: &target.upstream_model,

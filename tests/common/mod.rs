@@ -73,6 +73,8 @@ impl Mock {
                 "1",
             ])
             .args(["--api-key", PROVIDER_KEY])
+            .arg("--google-public-key")
+            .arg(asset("tests/assets/vertex-test-key.pub.pem"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -435,6 +437,23 @@ pub fn unique(prefix: &str) -> String {
 
 pub fn asset(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Writes a Vertex AI service account key file (the test key pair of tests/assets) whose
+/// token URI is the mock's `/token`, with `query` (`expires_in=N`, `fail=1`) to script it.
+pub fn vertex_key_file(dir: &Path, mock: &Mock, query: &str) -> PathBuf {
+    let pem = std::fs::read_to_string(asset("tests/assets/vertex-test-key.pem")).unwrap();
+    let file = serde_json::json!({
+        "type": "service_account",
+        "project_id": "aigw-test",
+        "private_key_id": "0123456789abcdef",
+        "private_key": pem,
+        "client_email": "gateway@aigw-test.iam.gserviceaccount.com",
+        "token_uri": format!("{}/token?{query}", mock.url()),
+    });
+    let path = dir.join(format!("sa-{}.json", unique("k")));
+    std::fs::write(&path, file.to_string()).unwrap();
+    path
 }
 
 /// A Redis of a test's own, on `port`, for tests that count its calls or stop it.

@@ -1,5 +1,6 @@
 """Fixtures: the real aigw binary as mock upstream and as gateway, on ephemeral ports."""
 
+import json
 import os
 import socket
 import subprocess
@@ -52,9 +53,15 @@ provider_keys:
     provider: gemini
     base_url: "http://127.0.0.1:{mock}"
     api_key: "{provider_key}"
+  - name: mock-vertex
+    provider: vertex
+    base_url: "http://127.0.0.1:{mock}"
+    vertex: {{project: aigw-py, location: us-east5, credentials_file: "{vertex_key}"}}
 models:
   - {{name: claude-mock, provider_key: mock-anthropic, model: mock-claude}}
   - {{name: gemini-mock, provider_key: mock-gemini, model: gemini-2.5-flash}}
+  - {{name: vertex-gemini, provider_key: mock-vertex, model: gemini-2.5-flash}}
+  - {{name: vertex-claude, provider_key: mock-vertex, model: "claude-sonnet-4@20250514"}}
   - {{name: gpt-4o-mini, provider_key: mock, model: mock-gpt}}
   - {{name: text-embedding-3-small, provider_key: mock}}
   - {{name: rate-limited, provider_key: mock, model: "x?status=429&retry_after=1"}}
@@ -71,7 +78,7 @@ guardrails:
   - {{name: py-codenames, rules: [{{kind: keyword, words: [falcon], whole_word: true}}], stage: response, action: block}}
   - {{name: py-secrets, pack: "{root}/filters/secrets.yaml", stage: request, action: block}}
 api_keys:
-  - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited, claude-mock, gemini-mock]}}
+  - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited, claude-mock, gemini-mock, vertex-gemini, vertex-claude]}}
   - {{name: py-openai-limited, key: sk-py-openai-limited, rate_limit: one-per-minute}}
   - {{name: py-anthropic-limited, key: sk-py-anthropic-limited, rate_limit: one-per-minute}}
   - {{name: py-guarded, key: sk-py-guarded, guardrails: [py-secrets]}}
@@ -87,16 +94,38 @@ def gateway():
     procs = []
     with tempfile.TemporaryDirectory() as tmp:
         mock = subprocess.Popen(
-            [BIN, "mock-upstream", "--listen", f"127.0.0.1:{mock_port}", "--api-key", PROVIDER_KEY, "--threads", "1"],
+            [
+                BIN, "mock-upstream", "--listen", f"127.0.0.1:{mock_port}", "--api-key", PROVIDER_KEY, "--threads", "1",
+                "--google-public-key", str(ROOT / "tests" / "assets" / "vertex-test-key.pub.pem"),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         procs.append(mock)
         wait_port(mock_port, mock, "mock upstream")
+        # A service account key file whose token endpoint is the mock's.
+        vertex_key = Path(tmp) / "vertex-sa.json"
+        vertex_key.write_text(
+            json.dumps(
+                {
+                    "type": "service_account",
+                    "private_key_id": "py",
+                    "private_key": (ROOT / "tests" / "assets" / "vertex-test-key.pem").read_text(),
+                    "client_email": "gateway@aigw-py.iam.gserviceaccount.com",
+                    "token_uri": f"http://127.0.0.1:{mock_port}/token",
+                }
+            )
+        )
         cfg = Path(tmp) / "aigw.yaml"
         cfg.write_text(
             CONFIG.format(
-                port=port, admin=admin, mock=mock_port, provider_key=PROVIDER_KEY, caller_key=CALLER_KEY, root=ROOT
+                port=port,
+                admin=admin,
+                mock=mock_port,
+                provider_key=PROVIDER_KEY,
+                caller_key=CALLER_KEY,
+                root=ROOT,
+                vertex_key=vertex_key,
             )
         )
         gw = subprocess.Popen([BIN, "serve", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -10,9 +10,10 @@ from anthropic import Anthropic
 
 from conftest import CALLER_KEY
 
-MODELS = ["claude-mock", "gpt-4o-mini", "gemini-mock"]
+# Vertex AI's Gemini and Claude models included: the same answers through Google's paths.
+MODELS = ["claude-mock", "gpt-4o-mini", "gemini-mock", "vertex-gemini", "vertex-claude"]
 # Output tokens of the mock's 8-word answer; Gemini bills its 2 thinking tokens as output.
-OUTPUT_TOKENS = {"gemini-mock": 10}
+OUTPUT_TOKENS = {"gemini-mock": 10, "vertex-gemini": 10}
 TOOL = {
     "name": "get_weather",
     "description": "Weather for a city",

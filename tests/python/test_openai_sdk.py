@@ -67,7 +67,15 @@ def test_embeddings(client):
 
 def test_models_list_and_retrieve(client):
     ids = [m.id for m in client.models.list()]
-    assert ids == ["claude-mock", "gemini-mock", "gpt-4o-mini", "text-embedding-3-small", "rate-limited"]
+    assert ids == [
+        "claude-mock",
+        "gemini-mock",
+        "vertex-gemini",
+        "vertex-claude",
+        "gpt-4o-mini",
+        "text-embedding-3-small",
+        "rate-limited",
+    ]
     assert client.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("forbidden-model")
@@ -143,9 +151,10 @@ def test_stream_against_anthropic_provider(client):
     assert chunks[-1].usage.completion_tokens == 8
 
 
-def test_chat_and_stream_against_gemini_provider(client):
+@pytest.mark.parametrize("model", ["gemini-mock", "vertex-gemini"])
+def test_chat_and_stream_against_gemini_provider(client, model):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
-    r = client.chat.completions.create(model="gemini-mock", messages=msgs, max_tokens=50)
+    r = client.chat.completions.create(model=model, messages=msgs, max_tokens=50)
     assert r.object == "chat.completion"
     assert r.model == "gemini-2.5-flash"
     assert r.choices[0].message.content == "Hello from the aigw mock upstream model today."
@@ -154,7 +163,7 @@ def test_chat_and_stream_against_gemini_provider(client):
     assert r.usage.completion_tokens == 10
     chunks = list(
         client.chat.completions.create(
-            model="gemini-mock", messages=msgs, stream=True, stream_options={"include_usage": True}
+            model=model, messages=msgs, stream=True, stream_options={"include_usage": True}
         )
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -173,7 +182,7 @@ WEATHER = {
 }
 
 
-@pytest.mark.parametrize("model", ["claude-mock", "gpt-4o-mini", "gemini-mock"])
+@pytest.mark.parametrize("model", ["claude-mock", "gpt-4o-mini", "gemini-mock", "vertex-gemini", "vertex-claude"])
 def test_tool_round_trip(client, model):
     messages = [{"role": "user", "content": "Weather in Paris?"}]
     r = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER])
@@ -186,7 +195,7 @@ def test_tool_round_trip(client, model):
     assert r.choices[0].message.content == "The tool said: 18C"
 
 
-@pytest.mark.parametrize("model", ["claude-mock", "gpt-4o-mini", "gemini-mock"])
+@pytest.mark.parametrize("model", ["claude-mock", "gpt-4o-mini", "gemini-mock", "vertex-gemini", "vertex-claude"])
 def test_streamed_tool_call(client, model):
     chunks = list(
         client.chat.completions.create(

@@ -11,7 +11,8 @@
 use std::sync::{Arc, OnceLock};
 
 #[allow(unused_imports)]
-use aigw::stream::translate::{AnthropicToChat, ChatToAnthropic, GeminiToAnthropic, GeminiToChat};
+use aigw::provider::Wire;
+use aigw::stream::translate::{AnthropicToChat, BedrockToChat, ChatToAnthropic, GeminiToChat, ViaChat};
 #[allow(unused_imports)]
 use aigw::stream::{JsonBody, JsonTranslate, Mode, SseState};
 
@@ -74,7 +75,7 @@ pub fn sse(data: &[u8]) {
     let Some((&seed, body)) = data.split_first() else { return };
     let input = pieces(body, seed);
     let usage = seed & 1 == 1;
-    for m in 0..8 {
+    for m in 0..10 {
         let (mode, passthrough, translated) = match m {
             0 => (Mode::OpenAi { strip_usage: false }, true, false),
             1 => (Mode::OpenAi { strip_usage: true }, false, false),
@@ -83,9 +84,23 @@ pub fn sse(data: &[u8]) {
             4 => (Mode::Translate(Box::new(AnthropicToChat::new(usage, 0))), false, true),
             5 => (Mode::Translate(Box::new(ChatToAnthropic::new())), false, true),
             6 => (Mode::Translate(Box::new(GeminiToChat::new(usage, 0, "m"))), false, true),
-            _ => (Mode::Translate(Box::new(GeminiToAnthropic::new(0, "m"))), false, true),
+            7 => (
+                Mode::Translate(Box::new(ViaChat::new(Box::new(GeminiToChat::new(true, 0, "m"))))),
+                false,
+                true,
+            ),
+            // Bedrock: the same bytes read as AWS event-stream frames.
+            8 => (Mode::Translate(Box::new(BedrockToChat::new(usage, 0, "m"))), false, true),
+            _ => (
+                Mode::Translate(Box::new(ViaChat::new(Box::new(BedrockToChat::new(true, 0, "m"))))),
+                false,
+                true,
+            ),
         };
         let mut s = SseState::with_mode(mode);
+        if m >= 8 {
+            s.decode_event_stream();
+        }
         let mut out = Vec::new();
         for p in &input {
             out.extend_from_slice(&s.feed(p.clone()));
@@ -103,7 +118,14 @@ pub fn sse(data: &[u8]) {
         JsonTranslate::None,
         JsonTranslate::AnthropicToChat { created: 0 },
         JsonTranslate::ChatToAnthropic,
-        JsonTranslate::Gemini {
+        JsonTranslate::ToChat {
+            from: Wire::Gemini,
+            created: 0,
+            to_anthropic: usage,
+            model: "m".into(),
+        },
+        JsonTranslate::ToChat {
+            from: Wire::Converse,
             created: 0,
             to_anthropic: usage,
             model: "m".into(),

@@ -15,6 +15,9 @@ fn validate(path: &str) -> (bool, String) {
         .env("CI_BOT_KEY", "sk-ci-bot")
         .env("AIGW_CALLER_KEY", "sk-app")
         .env("GOOGLE_APPLICATION_CREDENTIALS", asset("tests/assets/vertex-sa.json"))
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "example-secret")
         .output()
         .unwrap();
     (

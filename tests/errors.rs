@@ -399,8 +399,17 @@ async fn an_endless_stream_event_is_cut_at_the_event_limit() {
             .send()
     };
     // Warm-up: an event twice the limit grows the allocator's heap to what the limit
-    // costs; a four times larger one must add nothing to that.
-    endless("endless-warm").await.unwrap().bytes().await.unwrap();
+    // costs; a four times larger one must add nothing to that. The warm-up must itself
+    // reach the limit (on a loaded machine an attempt can time out first, warming nothing).
+    let mut warmed = false;
+    for _ in 0..3 {
+        let text = endless("endless-warm").await.unwrap().text().await.unwrap_or_default();
+        if text.contains("over 8388608 bytes") {
+            warmed = true;
+            break;
+        }
+    }
+    assert!(warmed, "the warm-up never reached the event limit");
     let before = peak_rss_kib(gw.child.id());
     let resp = endless("endless").await.unwrap();
     let status = resp.status();

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use aigw::provider::{anthropic, gemini};
-use aigw::stream::translate::{AnthropicToChat, ChatToAnthropic, GeminiToAnthropic, GeminiToChat};
+use aigw::stream::translate::{AnthropicToChat, ChatToAnthropic, GeminiToChat, ViaChat};
 use aigw::stream::{Mode, SseState};
 use bytes::Bytes;
 use serde_json::Value;
@@ -23,7 +23,11 @@ fn mode(kind: &str, options: &Value) -> Mode {
             CREATED,
             "upstream-model",
         ))),
-        "gemini_stream_to_anthropic" => Mode::Translate(Box::new(GeminiToAnthropic::new(CREATED, "upstream-model"))),
+        "gemini_stream_to_anthropic" => Mode::Translate(Box::new(ViaChat::new(Box::new(GeminiToChat::new(
+            true,
+            CREATED,
+            "upstream-model",
+        ))))),
         other => panic!("unknown stream kind {other}"),
     }
 }

@@ -162,6 +162,8 @@ pub struct Provider {
     pub upstream: Arc<Upstream>,
     /// `provider: vertex` only.
     pub vertex: Option<crate::provider::vertex::Vertex>,
+    /// `provider: bedrock` only.
+    pub aws: Option<crate::provider::bedrock::Aws>,
 }
 
 /// A credential whose `Debug` output is redacted, so it cannot reach a log by accident.
@@ -886,7 +888,7 @@ fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
         ProviderKind::Anthropic => Some("https://api.anthropic.com"),
         ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
         // From the location: see `compile_provider`.
-        ProviderKind::Azure | ProviderKind::OpenaiCompatible | ProviderKind::Vertex => None,
+        ProviderKind::Azure | ProviderKind::OpenaiCompatible | ProviderKind::Vertex | ProviderKind::Bedrock => None,
     }
 }
 
@@ -905,22 +907,32 @@ fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: 
             );
             None
         }
+        (Some(_), ProviderKind::Bedrock) => {
+            errs.push(
+                format!("{path}.api_key"),
+                "bedrock providers sign with aws credentials, not an api_key",
+            );
+            None
+        }
         (Some(k), _) => Some(Secret(k.clone())),
-        (None, ProviderKind::OpenaiCompatible | ProviderKind::Vertex) => None,
+        (None, ProviderKind::OpenaiCompatible | ProviderKind::Vertex | ProviderKind::Bedrock) => None,
         (None, _) => {
             errs.push(format!("{path}.api_key"), "required for this provider");
             None
         }
     };
     let vertex = compile_vertex(&path, p, errs);
-    let vertex_base = vertex
-        .as_ref()
-        .map(|v| crate::provider::vertex::default_base_url(&v.location));
+    let aws = compile_aws(&path, p, ctx, errs);
+    let cloud_base = match (&vertex, &aws) {
+        (Some(v), _) => Some(crate::provider::vertex::default_base_url(&v.location)),
+        (_, Some(a)) => Some(crate::provider::bedrock::default_base_url(&a.region)),
+        _ => None,
+    };
     let base_src = p
         .base_url
         .as_deref()
         .or(default_base_url(p.provider))
-        .or(vertex_base.as_deref());
+        .or(cloud_base.as_deref());
     let base = match base_src {
         Some(u) => match BaseUrl::parse(u) {
             Ok(b) => Some(b),
@@ -1017,6 +1029,60 @@ fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: 
         base,
         upstream,
         vertex,
+        aws,
+    })
+}
+
+/// A `bedrock` provider's region and credentials: each field from the `aws` section, else
+/// from the standard variable (`AWS_REGION` or `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+fn compile_aws(
+    path: &str,
+    p: &raw::ProviderKey,
+    ctx: &CompileCtx<'_>,
+    errs: &mut Errors,
+) -> Option<crate::provider::bedrock::Aws> {
+    match (&p.aws, p.provider) {
+        (Some(_), ProviderKind::Bedrock) | (None, ProviderKind::Bedrock) => {}
+        (Some(_), _) => {
+            errs.push(format!("{path}.aws"), "only bedrock providers take an aws section");
+            return None;
+        }
+        (None, _) => return None,
+    }
+    let empty = raw::AwsSettings::default();
+    let a = p.aws.as_ref().unwrap_or(&empty);
+    let pick = |given: &Option<String>, vars: &[&str]| {
+        given
+            .clone()
+            .or_else(|| vars.iter().find_map(|v| (ctx.env)(v)))
+            .filter(|s| !s.is_empty())
+    };
+    let region = pick(&a.region, &["AWS_REGION", "AWS_DEFAULT_REGION"]);
+    let key_id = pick(&a.access_key_id, &["AWS_ACCESS_KEY_ID"]);
+    let secret = pick(&a.secret_access_key, &["AWS_SECRET_ACCESS_KEY"]);
+    let token = pick(&a.session_token, &["AWS_SESSION_TOKEN"]);
+    let before = errs.0.len();
+    match &region {
+        Some(r) if r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {}
+        Some(_) => errs.push(format!("{path}.aws.region"), "must be a region such as us-east-1"),
+        None => errs.push(format!("{path}.aws.region"), "required (or AWS_REGION)"),
+    }
+    if key_id.is_none() {
+        errs.push(format!("{path}.aws.access_key_id"), "required (or AWS_ACCESS_KEY_ID)");
+    }
+    if secret.is_none() {
+        errs.push(
+            format!("{path}.aws.secret_access_key"),
+            "required (or AWS_SECRET_ACCESS_KEY)",
+        );
+    }
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(crate::provider::bedrock::Aws {
+        region: region?,
+        credentials: aws_credential_types::Credentials::new(key_id?, secret?, token, None, "aigw-config"),
     })
 }
 

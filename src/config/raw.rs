@@ -213,6 +213,7 @@ pub enum ProviderKind {
     Anthropic,
     Gemini,
     Vertex,
+    Bedrock,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +235,22 @@ pub struct ProviderKey {
     pub http2: Http2,
     /// Google Vertex AI's project, location and service account (`provider: vertex`).
     pub vertex: Option<VertexSettings>,
+    /// AWS Bedrock's region and credentials (`provider: bedrock`); each from the standard
+    /// `AWS_*` variables when left out.
+    pub aws: Option<AwsSettings>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub region: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub access_key_id: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub secret_access_key: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub session_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

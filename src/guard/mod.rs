@@ -43,7 +43,9 @@ impl Shape {
         match endpoint {
             Endpoint::Messages => Self::Messages,
             Endpoint::Responses => Self::Responses,
-            Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::GenerateContent => Self::Chat,
+            Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::GenerateContent | Endpoint::Converse => {
+                Self::Chat
+            }
         }
     }
 

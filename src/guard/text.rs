@@ -132,7 +132,7 @@ fn is_free_form_key(key: &str) -> bool {
 /// Calls `f` on every text of a caller's request to `endpoint` (see the module docs).
 /// `Err` when text is there that cannot be read: a base64 payload of a text type.
 pub fn request_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> {
-    if endpoint == Endpoint::GenerateContent {
+    if matches!(endpoint, Endpoint::GenerateContent | Endpoint::Converse) {
         // Never a caller's endpoint: requests are scanned before translation.
         return Err("not a caller endpoint");
     }

@@ -10,6 +10,7 @@
 //! `GET /_mock/stats` counts requests and streams the client abandoned. `POST /v1/traces`
 //! accepts OTLP/HTTP spans and discards them (a collector stand-in).
 
+mod bedrock;
 mod google;
 
 use std::collections::VecDeque;
@@ -184,6 +185,7 @@ enum Api {
     OpenAi,
     Anthropic,
     Gemini,
+    Bedrock,
 }
 
 fn error(status: u16, message: &str, retry_after: Option<u64>) -> Response<Body> {
@@ -199,8 +201,21 @@ fn error_in(api: Api, status: u16, message: &str, retry_after: Option<u64>) -> R
             json!({"error": {"message": message, "type": "mock_error", "code": "mock_error", "param": null}})
         }
         Api::Gemini => json!({"error": {"code": status, "message": message, "status": "MOCK_ERROR"}}),
+        Api::Bedrock => json!({"message": message}),
     };
     let mut r = full(code, &body);
+    if api == Api::Bedrock {
+        let kind = match status {
+            400 => "ValidationException",
+            403 => "AccessDeniedException",
+            404 => "ResourceNotFoundException",
+            429 => "ThrottlingException",
+            503 => "ServiceUnavailableException",
+            _ => "InternalServerException",
+        };
+        r.headers_mut()
+            .insert("x-amzn-errortype", http::HeaderValue::from_static(kind));
+    }
     if let Some(s) = retry_after.and_then(|s| s.to_string().parse().ok()) {
         r.headers_mut().insert(http::header::RETRY_AFTER, s);
     }
@@ -319,6 +334,38 @@ impl Reply {
         Reply::Text(if script.echo { user_text } else { filler(script.words) })
     }
 
+    /// The same choice for a Bedrock Converse request.
+    fn for_converse(req: &Value, script: &Script) -> Self {
+        let msgs = req["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
+        fn blocks(m: Option<&Value>) -> &[Value] {
+            m.and_then(|m| m["content"].as_array())
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+        }
+        if let Some(r) = blocks(msgs.last()).iter().find_map(|b| b.get("toolResult")) {
+            let said: Vec<&str> = r["content"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| c["text"].as_str())
+                .collect();
+            return Reply::Text(format!("The tool said: {}", said.join(" ")));
+        }
+        let user_text = blocks(msgs.iter().rev().find(|m| m["role"] == "user"))
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if let Some(name) = req["toolConfig"]["tools"][0]["toolSpec"]["name"].as_str() {
+            return Reply::Tool {
+                name: name.to_owned(),
+                args: json!({"query": user_text}).to_string(),
+            };
+        }
+        Reply::Text(if script.echo { user_text } else { filler(script.words) })
+    }
+
     fn tokens(&self) -> u64 {
         match self {
             Reply::Text(t) => t.split_inclusive(' ').count().max(1) as u64,
@@ -408,6 +455,17 @@ impl Mock {
         }
         // Vertex AI: the caller's access token instead of an API key; Claude models in
         // Anthropic's Messages, with the version in the body and the model in the path.
+        // Bedrock: `/model/{id}/converse[-stream]`, signed with SigV4 (the mock's key is
+        // the secret access key).
+        let bedrock =
+            path.starts_with("/model/") && (path.ends_with("/converse") || path.ends_with("/converse-stream"));
+        if bedrock {
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            if let Err(why) = bedrock::verify(&parts.headers, pq, &body, self.api_key.as_deref().unwrap_or("")) {
+                return error_in(Api::Bedrock, 403, &why, None);
+            }
+            return self.converse(&path, &body).await;
+        }
         let vertex = path.contains("/publishers/");
         if vertex {
             let Some(g) = &self.google else {
@@ -440,6 +498,8 @@ impl Mock {
                 Api::Anthropic => header("x-api-key") == Some(key.as_str()),
                 Api::Gemini => header("x-goog-api-key") == Some(key.as_str()),
                 Api::OpenAi => bearer == Some(key.as_str()) || header("api-key") == Some(key.as_str()),
+                // Checked by its signature, above.
+                Api::Bedrock => true,
             };
             if !ok {
                 // As OpenAI does: the message quotes a fragment of the key presented.
@@ -606,7 +666,7 @@ impl Mock {
                 b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"",
             )];
             events.extend(std::iter::repeat_n(piece, total.div_ceil(64 * 1024)));
-            return self.stream_events(events, script);
+            return self.stream_events(events, script, "text/event-stream");
         }
         let include_usage = req["stream_options"]["include_usage"] == Value::Bool(true);
         let chunk = |delta: Value, finish: Value| {
@@ -639,7 +699,7 @@ impl Mock {
             events.push(Bytes::from(format!("data: {u}\n\n")));
         }
         events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-        self.stream_events(events, script)
+        self.stream_events(events, script, "text/event-stream")
     }
 
     /// OpenAI Responses API, JSON and SSE (`response.*` events), text replies.
@@ -728,7 +788,7 @@ data: {v}
             "item": item("completed", json!([part(&text)]))})));
         events.push(ev(json!({"type": "response.completed",
             "response": response("completed", json!([item("completed", json!([part(&text)]))]), usage)})));
-        self.stream_events(events, script)
+        self.stream_events(events, script, "text/event-stream")
     }
 
     /// Anthropic Messages, JSON and SSE.
@@ -788,7 +848,7 @@ data: {v}
         events.push(ev(json!({"type": "content_block_stop", "index": 0})));
         events.push(ev(json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": output}})));
         events.push(ev(json!({"type": "message_stop"})));
-        self.stream_events(events, script)
+        self.stream_events(events, script, "text/event-stream")
     }
 
     /// Gemini `generateContent`, and `streamGenerateContent?alt=sse` (CRLF-framed events,
@@ -845,10 +905,118 @@ data: {v}
             }
             Reply::Tool { .. } => events.push(ev(response(json!([answer]), Some("STOP"), output))),
         }
-        self.stream_events(events, script)
+        self.stream_events(events, script, "text/event-stream")
     }
 
-    fn stream_events(&self, mut events: Vec<Bytes>, script: &Script) -> Response<Body> {
+    /// Bedrock Converse, JSON, and ConverseStream in AWS's event stream (the model id,
+    /// percent-decoded from the path, carries the script as elsewhere).
+    async fn converse(&self, path: &str, body: &Bytes) -> Response<Body> {
+        let stream = path.ends_with("/converse-stream");
+        let segment = path
+            .strip_prefix("/model/")
+            .and_then(|rest| rest.rsplit_once('/'))
+            .map_or("", |(m, _)| m);
+        let model = percent_encoding::percent_decode_str(segment)
+            .decode_utf8_lossy()
+            .into_owned();
+        let Ok(req) = serde_json::from_slice::<Value>(body) else {
+            return error_in(
+                Api::Bedrock,
+                400,
+                "Malformed input request, please reformat your input and try again.",
+                None,
+            );
+        };
+        if req.get("model").is_some() || !req["messages"].is_array() {
+            return error_in(
+                Api::Bedrock,
+                400,
+                "Malformed input request: extraneous key [model] is not permitted",
+                None,
+            );
+        }
+        let script = Script::parse(&model);
+        if script.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(script.delay_ms)).await;
+        }
+        if let Some(status) = script.status {
+            return error_in(
+                Api::Bedrock,
+                status,
+                &format!("mock failure {status} for model {model}"),
+                script.retry_after,
+            );
+        }
+        let reply = Reply::for_converse(&req, &script);
+        let input = tokens_of(text_len(&req["messages"]) + text_len(&req["system"]));
+        let output = reply.tokens();
+        let usage = json!({"inputTokens": input, "outputTokens": output, "totalTokens": input + output});
+        let (block, stop) = match &reply {
+            Reply::Text(t) => (json!({"text": t}), "end_turn"),
+            Reply::Tool { name, args } => (
+                json!({"toolUse": {"toolUseId": format!("tooluse_mock{}", self.ids.fetch_add(1, Ordering::Relaxed)),
+                    "name": name, "input": serde_json::from_str::<Value>(args).unwrap_or_default()}}),
+                "tool_use",
+            ),
+        };
+        if !stream {
+            if script.bad_json {
+                return bytes_response(
+                    StatusCode::OK,
+                    "application/json",
+                    Bytes::from_static(b"{\"output\":{\"mess"),
+                );
+            }
+            let v = json!({"output": {"message": {"role": "assistant", "content": [block]}},
+                "stopReason": stop, "usage": usage, "metrics": {"latencyMs": 1}});
+            return full(StatusCode::OK, &v);
+        }
+        let mut events = vec![bedrock::event_frame("messageStart", &json!({"role": "assistant"}))];
+        match &reply {
+            Reply::Text(t) => {
+                for w in t.split_inclusive(' ') {
+                    events.push(bedrock::event_frame(
+                        "contentBlockDelta",
+                        &json!({"delta": {"text": w}, "contentBlockIndex": 0}),
+                    ));
+                }
+            }
+            Reply::Tool { args, .. } => {
+                let u = &block["toolUse"];
+                events.push(bedrock::event_frame(
+                    "contentBlockStart",
+                    &json!({"start": {"toolUse": {"toolUseId": u["toolUseId"], "name": u["name"]}}, "contentBlockIndex": 0}),
+                ));
+                // The arguments in two pieces, as JSON text.
+                let (a, b) = args.split_at(args.len() / 2);
+                for piece in [a, b] {
+                    events.push(bedrock::event_frame(
+                        "contentBlockDelta",
+                        &json!({"delta": {"toolUse": {"input": piece}}, "contentBlockIndex": 0}),
+                    ));
+                }
+            }
+        }
+        events.push(bedrock::event_frame(
+            "contentBlockStop",
+            &json!({"contentBlockIndex": 0}),
+        ));
+        if script.bad_json {
+            events.push(bedrock::exception_frame(
+                "modelStreamErrorException",
+                "mock model stream error",
+            ));
+        } else {
+            events.push(bedrock::event_frame("messageStop", &json!({"stopReason": stop})));
+            events.push(bedrock::event_frame(
+                "metadata",
+                &json!({"usage": usage, "metrics": {"latencyMs": 1}}),
+            ));
+        }
+        self.stream_events(events, &script, "application/vnd.amazon.eventstream")
+    }
+
+    fn stream_events(&self, mut events: Vec<Bytes>, script: &Script, content_type: &'static str) -> Response<Body> {
         if script.no_done
             && (events
                 .last()
@@ -887,7 +1055,7 @@ data: {v}
             .sse_type
             .as_deref()
             .and_then(|t| http::HeaderValue::from_str(t).ok())
-            .unwrap_or(http::HeaderValue::from_static("text/event-stream"));
+            .unwrap_or(http::HeaderValue::from_static(content_type));
         h.insert(http::header::CONTENT_TYPE, sse_type);
         h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
         r

@@ -9,7 +9,7 @@
 use pingora::http::RequestHeader;
 use serde_json::{json, Map, Value};
 
-use super::{bad, push_turn};
+use super::{bad, content_text, image_of, push_turn, Image};
 use crate::config::Provider;
 use crate::error::GwError;
 
@@ -69,34 +69,14 @@ pub fn openai_usage(u: &Value) -> Value {
     json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output})
 }
 
-/// Text of OpenAI message content (a string, or parts with `text`).
-pub(crate) fn openai_text(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .collect::<Vec<_>>()
-            .join(""),
-        _ => String::new(),
-    }
-}
-
 /// An OpenAI `image_url` part -> an Anthropic image block.
 fn image_block(part: &Value) -> Result<Value, GwError> {
-    let url = part["image_url"]["url"]
-        .as_str()
-        .or_else(|| part["image_url"].as_str())
-        .ok_or_else(|| bad("image_url needs a url"))?;
-    if let Some(rest) = url.strip_prefix("data:") {
-        let (meta, data) = rest.split_once(',').ok_or_else(|| bad("image data URL without data"))?;
-        let media_type = meta
-            .strip_suffix(";base64")
-            .ok_or_else(|| bad("image data URLs must be base64"))?;
-        Ok(json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}))
-    } else {
-        Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
-    }
+    Ok(match image_of(part).map_err(bad)? {
+        Image::Base64 { media_type, data } => {
+            json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
+        }
+        Image::Url(url) => json!({"type": "image", "source": {"type": "url", "url": url}}),
+    })
 }
 
 /// OpenAI message content -> Anthropic content blocks.
@@ -131,7 +111,7 @@ pub fn chat_request_to_messages(req: &Value, model: &str) -> Result<Value, GwErr
     let mut out: Vec<Value> = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
         match m["role"].as_str() {
-            Some("system" | "developer") => system.push(openai_text(&m["content"])),
+            Some("system" | "developer") => system.push(content_text(&m["content"])),
             Some("user") => push_turn(&mut out, "user", "content", blocks_from_openai(&m["content"])?),
             Some("assistant") => {
                 let mut blocks = blocks_from_openai(&m["content"])?;
@@ -152,7 +132,7 @@ pub fn chat_request_to_messages(req: &Value, model: &str) -> Result<Value, GwErr
                 let result = json!({
                     "type": "tool_result",
                     "tool_use_id": m["tool_call_id"],
-                    "content": openai_text(&m["content"]),
+                    "content": content_text(&m["content"]),
                 });
                 push_turn(&mut out, "user", "content", vec![result]);
             }
@@ -252,26 +232,13 @@ pub fn messages_response_to_chat(resp: &Value, created: i64) -> Value {
     })
 }
 
-/// Text of Anthropic content (a string, or blocks with `text`).
-fn anthropic_text(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(blocks) => blocks
-            .iter()
-            .filter_map(|b| b["text"].as_str())
-            .collect::<Vec<_>>()
-            .join(""),
-        _ => String::new(),
-    }
-}
-
 /// Anthropic messages request -> OpenAI chat request, for model `model`.
 pub fn messages_request_to_chat(req: &Value, model: &str) -> Result<Value, GwError> {
     let msgs = req["messages"]
         .as_array()
         .ok_or_else(|| bad("`messages` must be a list"))?;
     let mut out = Vec::new();
-    let system = anthropic_text(&req["system"]);
+    let system = content_text(&req["system"]);
     if !system.is_empty() {
         out.push(json!({"role": "system", "content": system}));
     }
@@ -320,7 +287,7 @@ pub fn messages_request_to_chat(req: &Value, model: &str) -> Result<Value, GwErr
                 Some("tool_result") => out.push(json!({
                     "role": "tool",
                     "tool_call_id": b["tool_use_id"],
-                    "content": anthropic_text(&b["content"]),
+                    "content": content_text(&b["content"]),
                 })),
                 // Thinking and other blocks have no OpenAI counterpart.
                 _ => {}
@@ -412,7 +379,7 @@ pub fn chat_response_to_messages(resp: &Value) -> Value {
     let choice = &resp["choices"][0];
     let msg = &choice["message"];
     let mut content = Vec::new();
-    let text = openai_text(&msg["content"]);
+    let text = content_text(&msg["content"]);
     if !text.is_empty() {
         content.push(json!({"type": "text", "text": text}));
     }
@@ -457,8 +424,11 @@ pub fn error_type(status: u16) -> &'static str {
 /// their text as the message.
 pub fn translate_error(body: &[u8], status: u16, to_anthropic: bool) -> Value {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    // AWS services (Bedrock) answer `{"message": ...}`.
     let message = v["error"]["message"]
         .as_str()
+        .or(v["message"].as_str())
+        .or(v["Message"].as_str())
         .map(str::to_owned)
         .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(500).collect());
     if to_anthropic {

@@ -14,7 +14,7 @@ use percent_encoding::utf8_percent_encode;
 use pingora::http::RequestHeader;
 use serde_json::{json, Map, Value};
 
-use super::{bad, push_turn, UNRESERVED};
+use super::{bad, image_of, push_turn, Image, UNRESERVED};
 use crate::config::Provider;
 use crate::error::GwError;
 use crate::stream::Usage;
@@ -63,24 +63,10 @@ pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Resu
 fn part_from_openai(p: &Value, i: usize) -> Result<Value, GwError> {
     match p["type"].as_str() {
         Some("text") => Ok(json!({"text": p["text"].as_str().unwrap_or_default()})),
-        Some("image_url") => {
-            let url = p["image_url"]["url"]
-                .as_str()
-                .or_else(|| p["image_url"].as_str())
-                .ok_or_else(|| bad(format!("messages[{i}]: image_url needs a url")))?;
-            match url.strip_prefix("data:") {
-                Some(rest) => {
-                    let (meta, data) = rest
-                        .split_once(',')
-                        .ok_or_else(|| bad(format!("messages[{i}]: image data URL without data")))?;
-                    let mime = meta
-                        .strip_suffix(";base64")
-                        .ok_or_else(|| bad(format!("messages[{i}]: image data URLs must be base64")))?;
-                    Ok(json!({"inlineData": {"mimeType": mime, "data": data}}))
-                }
-                None => Ok(json!({"fileData": {"fileUri": url}})),
-            }
-        }
+        Some("image_url") => match image_of(p).map_err(|e| bad(format!("messages[{i}]: {e}")))? {
+            Image::Base64 { media_type, data } => Ok(json!({"inlineData": {"mimeType": media_type, "data": data}})),
+            Image::Url(url) => Ok(json!({"fileData": {"fileUri": url}})),
+        },
         Some("input_audio") => {
             let a = &p["input_audio"];
             let format = a["format"].as_str().unwrap_or("wav");
@@ -154,7 +140,7 @@ pub fn chat_request_to_gemini(req: &Value, _model: &str) -> Result<Value, GwErro
                         "messages[{i}]: tool_call_id {id:?} matches no earlier assistant tool call"
                     ))
                 })?;
-                let text = super::anthropic::openai_text(&m["content"]);
+                let text = super::content_text(&m["content"]);
                 // Gemini wants an object; a tool that answered with one keeps its fields.
                 let response = match serde_json::from_str::<Value>(&text) {
                     Ok(v @ Value::Object(_)) => v,

@@ -2,6 +2,7 @@
 //! whether the dialects differ on the way (then `anthropic.rs` translates).
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod body;
 pub mod gemini;
 pub mod openai;
@@ -34,6 +35,8 @@ pub enum Endpoint {
     /// Gemini's `generateContent` / `streamGenerateContent`. Upstream only: callers reach
     /// it through chat completions or messages, translated.
     GenerateContent,
+    /// Bedrock's `converse` / `converse-stream`. Upstream only, like `GenerateContent`.
+    Converse,
 }
 
 impl Endpoint {
@@ -45,6 +48,7 @@ impl Endpoint {
             Self::Messages => "/messages",
             Self::Responses => "/responses",
             Self::GenerateContent => ":generateContent",
+            Self::Converse => "/converse",
         }
     }
 
@@ -52,14 +56,16 @@ impl Endpoint {
     pub fn dialect(self) -> Dialect {
         match self {
             Self::Messages => Dialect::Anthropic,
-            Self::ChatCompletions | Self::Embeddings | Self::Responses | Self::GenerateContent => Dialect::OpenAi,
+            Self::ChatCompletions | Self::Embeddings | Self::Responses | Self::GenerateContent | Self::Converse => {
+                Dialect::OpenAi
+            }
         }
     }
 
     /// `gen_ai.operation.name` of the OpenTelemetry GenAI conventions.
     pub fn operation(self) -> &'static str {
         match self {
-            Self::ChatCompletions | Self::Messages | Self::Responses | Self::GenerateContent => "chat",
+            Self::ChatCompletions | Self::Messages | Self::Responses | Self::GenerateContent | Self::Converse => "chat",
             Self::Embeddings => "embeddings",
         }
     }
@@ -69,8 +75,9 @@ impl Endpoint {
     pub fn upstream(self, wire: Wire) -> Option<Endpoint> {
         match (self, wire) {
             (Self::ChatCompletions | Self::Messages, Wire::Gemini) => Some(Self::GenerateContent),
-            (_, Wire::Gemini) => None,
-            (Self::GenerateContent, _) => None,
+            (Self::ChatCompletions | Self::Messages, Wire::Converse) => Some(Self::Converse),
+            (_, Wire::Gemini | Wire::Converse) => None,
+            (Self::GenerateContent | Self::Converse, _) => None,
             (Self::Embeddings | Self::Responses, Wire::Anthropic) => None,
             (Self::ChatCompletions | Self::Messages, Wire::Anthropic) => Some(Self::Messages),
             (Self::Messages, _) => Some(Self::ChatCompletions),
@@ -90,6 +97,18 @@ pub enum Wire {
     Anthropic,
     /// Gemini's generateContent.
     Gemini,
+    /// Bedrock's Converse (streams in AWS's binary event stream).
+    Converse,
+}
+
+impl Wire {
+    /// The Content-Type of this format's streamed answers.
+    pub fn stream_media(self) -> &'static str {
+        match self {
+            Wire::Converse => "application/vnd.amazon.eventstream",
+            Wire::OpenAi | Wire::Anthropic | Wire::Gemini => "text/event-stream",
+        }
+    }
 }
 
 impl Target {
@@ -99,17 +118,19 @@ impl Target {
             ProviderKind::Anthropic => Wire::Anthropic,
             ProviderKind::Gemini => Wire::Gemini,
             ProviderKind::Vertex => vertex::wire(&self.upstream_model),
+            ProviderKind::Bedrock => Wire::Converse,
             ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Azure => Wire::OpenAi,
         }
     }
 }
 
 /// The dialect of a provider speaking `wire`, when callers of that dialect reach it
-/// untranslated; `None` for Gemini, which every caller reaches through translation.
+/// untranslated; `None` for Gemini and Converse, which every caller reaches through
+/// translation.
 pub fn dialect(wire: Wire) -> Option<Dialect> {
     match wire {
         Wire::Anthropic => Some(Dialect::Anthropic),
-        Wire::Gemini => None,
+        Wire::Gemini | Wire::Converse => None,
         Wire::OpenAi => Some(Dialect::OpenAi),
     }
 }
@@ -123,6 +144,7 @@ pub fn upstream_path(t: &Target, upstream: Endpoint, stream: bool) -> String {
         ProviderKind::Anthropic => format!("{}/v1{}", p.base.path, upstream.suffix()),
         ProviderKind::Gemini => gemini::upstream_path(p, &t.upstream_model, stream),
         ProviderKind::Vertex => vertex::upstream_path(t, stream),
+        ProviderKind::Bedrock => bedrock::upstream_path(t, stream),
         _ => openai::upstream_path(p, upstream, &t.upstream_model),
     }
 }
@@ -138,15 +160,20 @@ const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// project the gateway's key can use), cookies, `X-Forwarded-*`, SDK telemetry. The
 /// gateway then sets the framing, host, credential and its own headers.
 pub fn forwards_request_header(kind: ProviderKind, name: &HeaderName) -> bool {
-    if name == CONTENT_TYPE || name == ACCEPT || name == TRACEPARENT || name == TRACESTATE {
+    if name == CONTENT_TYPE || name == TRACEPARENT || name == TRACESTATE {
         return true;
+    }
+    // A caller's `text/event-stream` means nothing to Converse, which streams AWS's
+    // event stream.
+    if name == ACCEPT {
+        return kind != ProviderKind::Bedrock;
     }
     match kind {
         // Describe the body the caller wrote in Anthropic's dialect.
         ProviderKind::Anthropic => name == anthropic::VERSION_HEADER || name == anthropic::BETA_HEADER,
         ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Azure => name == OPENAI_BETA,
         // Vertex takes Anthropic's version in the body, and no beta header.
-        ProviderKind::Gemini | ProviderKind::Vertex => false,
+        ProviderKind::Gemini | ProviderKind::Vertex | ProviderKind::Bedrock => false,
     }
 }
 
@@ -169,9 +196,16 @@ pub fn forwards_response_header(name: &HeaderName) -> bool {
 }
 
 /// The provider's credential and extra headers. `token` is the access token a Vertex AI
-/// target obtained for this attempt ([`vertex::Tokens`]).
-pub fn apply_credentials(p: &Provider, token: Option<&str>, req: &mut RequestHeader) -> pingora::Result<()> {
+/// target obtained for this attempt ([`vertex::Tokens`]); `body` is what Bedrock's
+/// signature covers.
+pub fn apply_credentials(
+    p: &Provider,
+    token: Option<&str>,
+    body: &[u8],
+    req: &mut RequestHeader,
+) -> pingora::Result<()> {
     match p.kind {
+        ProviderKind::Bedrock => bedrock::sign_request(p, req, body),
         ProviderKind::Anthropic => anthropic::apply_credentials(p, req),
         ProviderKind::Gemini => gemini::apply_credentials(p, req),
         ProviderKind::Vertex => vertex::apply_credentials(p, token, req),
@@ -203,4 +237,41 @@ fn push_turn(out: &mut Vec<Value>, role: &str, field: &str, mut items: Vec<Value
         }
     }
     out.push(json!({"role": role, field: items}));
+}
+
+/// Text of message content: a string, or the `text` of each part or block, joined.
+pub(crate) fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+/// The image of an OpenAI `image_url` part.
+enum Image<'a> {
+    /// A `data:` URL: media type and base64 data.
+    Base64 {
+        media_type: &'a str,
+        data: &'a str,
+    },
+    Url(&'a str),
+}
+
+/// Reads an OpenAI `image_url` part; the error says what is wrong with it.
+fn image_of(part: &Value) -> Result<Image<'_>, &'static str> {
+    let url = part["image_url"]["url"]
+        .as_str()
+        .or_else(|| part["image_url"].as_str())
+        .ok_or("image_url needs a url")?;
+    let Some(rest) = url.strip_prefix("data:") else {
+        return Ok(Image::Url(url));
+    };
+    let (meta, data) = rest.split_once(',').ok_or("image data URL without data")?;
+    let media_type = meta.strip_suffix(";base64").ok_or("image data URLs must be base64")?;
+    Ok(Image::Base64 { media_type, data })
 }

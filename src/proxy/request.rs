@@ -332,6 +332,13 @@ fn upstream_body(
         (Endpoint::ChatCompletions, Endpoint::Messages) => translate(provider::anthropic::chat_request_to_messages),
         (Endpoint::Messages, Endpoint::ChatCompletions) => translate(provider::anthropic::messages_request_to_chat),
         (Endpoint::ChatCompletions, Endpoint::GenerateContent) => translate(provider::gemini::chat_request_to_gemini),
+        (Endpoint::ChatCompletions, Endpoint::Converse) => translate(provider::bedrock::chat_request_to_converse),
+        (Endpoint::Messages, Endpoint::Converse) => translate(|v, model| {
+            provider::bedrock::chat_request_to_converse(
+                &provider::anthropic::messages_request_to_chat(v, model)?,
+                model,
+            )
+        }),
         // Through the chat shape, the hub both translations share.
         (Endpoint::Messages, Endpoint::GenerateContent) => translate(|v, model| {
             provider::gemini::chat_request_to_gemini(&provider::anthropic::messages_request_to_chat(v, model)?, model)
@@ -538,7 +545,7 @@ pub fn prepare_upstream(req: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<(
     if let Some(t) = &ctx.trace {
         t.inject(req);
     }
-    provider::apply_credentials(p, ctx.access_token.as_deref(), req)
+    provider::apply_credentials(p, ctx.access_token.as_deref(), &ctx.upstream_body, req)
 }
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -9,13 +9,14 @@ use pingora::{Error, ErrorSource, ErrorType};
 use std::time::Instant;
 
 use super::ctx::Ctx;
+use crate::config::Target;
 use crate::error::{Dialect, GwError};
 use crate::guard::{self, stream::StreamGuard};
-use crate::provider::{self, Endpoint};
+use crate::provider::{self, Endpoint, Wire};
 use crate::route::cooldown::parse_retry_after;
 use crate::route::plan::{Failure, Next};
 use crate::state::AppState;
-use crate::stream::translate::{AnthropicToChat, ChatToAnthropic, GeminiToAnthropic, GeminiToChat};
+use crate::stream::translate::{AnthropicToChat, BedrockToChat, ChatToAnthropic, GeminiToChat, ViaChat};
 use crate::stream::{JsonBody, JsonTranslate, Mode, SseState};
 
 /// The error `upstream_response_filter` returns when the failover decision was taken on
@@ -32,8 +33,9 @@ pub const FAILOVER_DECIDED: ErrorType = ErrorType::Custom("aigw: failover decide
 pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
     let status = resp.status.as_u16();
     ctx.upstream_status = Some(status);
+    let wire = ctx.target.as_ref().map_or(provider::Wire::OpenAi, Target::wire);
     let bad_type = if resp.status.is_success() {
-        unexpected_content_type(resp, ctx.stream)
+        unexpected_content_type(resp, ctx.stream.then(|| wire.stream_media()))
     } else {
         None
     };
@@ -63,7 +65,7 @@ pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx
             // An HTML page with 200 (a captive portal, a proxy's login page, a wrong
             // base_url) is a broken provider, not an answer to forward.
             let expected = if ctx.stream {
-                "text/event-stream"
+                wire.stream_media()
             } else {
                 "application/json"
             };
@@ -87,14 +89,15 @@ pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx
     Err(e)
 }
 
-/// The Content-Type of a successful answer when it is not what was asked for: SSE for a
-/// stream, JSON otherwise (`application/json` or a `+json` type, any parameters). A missing
-/// Content-Type is let through: some OpenAI-compatible servers omit it.
-fn unexpected_content_type(resp: &ResponseHeader, stream: bool) -> Option<String> {
+/// The Content-Type of a successful answer when it is not what was asked for: the wire
+/// format's stream type (`stream_media`) for a stream, JSON otherwise (`application/json`
+/// or a `+json` type, any parameters). A missing Content-Type is let through: some
+/// OpenAI-compatible servers omit it.
+fn unexpected_content_type(resp: &ResponseHeader, stream_media: Option<&str>) -> Option<String> {
     let value = resp.headers.get(http::header::CONTENT_TYPE)?.as_bytes();
     let media = media_type(value);
-    let fits = if stream {
-        media.eq_ignore_ascii_case(b"text/event-stream")
+    let fits = if let Some(expected) = stream_media {
+        media.eq_ignore_ascii_case(expected.as_bytes())
     } else {
         let suffix = media.len().checked_sub(5).map(|at| &media[at..]);
         media.eq_ignore_ascii_case(b"application/json") || suffix.is_some_and(|s| s.eq_ignore_ascii_case(b"+json"))
@@ -149,8 +152,9 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
     }
     let Some(t) = &ctx.target else { return Ok(()) };
     resp.insert_header(X_AIGW_MODEL, t.alias.as_str())?;
-    // `None`: Gemini, reached only through translation.
-    let provider_dialect = provider::dialect(t.wire());
+    // `None`: Gemini and Converse, reached only through translation.
+    let wire = t.wire();
+    let provider_dialect = provider::dialect(wire);
     let translating = provider_dialect != Some(ctx.dialect);
     let to_anthropic = ctx.dialect == Dialect::Anthropic;
     let upstream_model = t.upstream_model.as_str();
@@ -158,7 +162,7 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
     let is_sse = resp
         .headers
         .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| media_type(v.as_bytes()).eq_ignore_ascii_case(b"text/event-stream"));
+        .is_some_and(|v| media_type(v.as_bytes()).eq_ignore_ascii_case(wire.stream_media().as_bytes()));
     if !resp.status.is_success() {
         // Errors are never cached.
         ctx.cache_fill = None;
@@ -181,12 +185,9 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
                 Mode::Translate(Box::new(AnthropicToChat::new(ctx.caller_include_usage, now())))
             }
             (Some(Dialect::OpenAi), Dialect::Anthropic) => Mode::Translate(Box::new(ChatToAnthropic::new())),
-            (None, Dialect::OpenAi) => Mode::Translate(Box::new(GeminiToChat::new(
-                ctx.caller_include_usage,
-                now(),
-                upstream_model,
-            ))),
-            (None, Dialect::Anthropic) => Mode::Translate(Box::new(GeminiToAnthropic::new(now(), upstream_model))),
+            (None, Dialect::OpenAi) => Mode::Translate(to_chat(wire, ctx.caller_include_usage, upstream_model)),
+            // The usage chunk becomes the final message_delta's usage.
+            (None, Dialect::Anthropic) => Mode::Translate(Box::new(ViaChat::new(to_chat(wire, true, upstream_model)))),
         };
         let guard = (!ctx.response_guards.is_empty())
             .then(|| Box::new(StreamGuard::new(ctx.response_guards.clone(), ctx.shape())));
@@ -195,7 +196,13 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
             length_unknown(resp)?;
         }
         ctx.stream_guard = guard;
-        ctx.sse = Some(SseState::with_mode(mode));
+        let mut sse = SseState::with_mode(mode);
+        if wire == Wire::Converse {
+            // AWS's binary frames in, SSE out.
+            sse.decode_event_stream();
+            resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
+        }
+        ctx.sse = Some(sse);
         if let Some(fill) = ctx.cache_fill.as_mut() {
             fill.start_stream();
         }
@@ -206,7 +213,8 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
         let translate = match (provider_dialect, ctx.dialect) {
             (Some(Dialect::Anthropic), Dialect::OpenAi) => JsonTranslate::AnthropicToChat { created: now() },
             (Some(Dialect::OpenAi), Dialect::Anthropic) => JsonTranslate::ChatToAnthropic,
-            (None, _) => JsonTranslate::Gemini {
+            (None, _) => JsonTranslate::ToChat {
+                from: wire,
                 created: now(),
                 to_anthropic,
                 model: upstream_model.to_owned(),
@@ -434,4 +442,12 @@ pub async fn on_failure(session: &mut Session, e: &Error, ctx: &mut Ctx) -> (u16
     }
     ctx.error = Some(err);
     (status, written.is_ok())
+}
+
+/// The stream translator from a format reached only through translation to chat chunks.
+fn to_chat(wire: Wire, include_usage: bool, model: &str) -> Box<dyn crate::stream::Translate> {
+    match wire {
+        Wire::Converse => Box::new(BedrockToChat::new(include_usage, now(), model)),
+        _ => Box::new(GeminiToChat::new(include_usage, now(), model)),
+    }
 }

@@ -32,11 +32,12 @@ pub const KINDS: [&str; 7] = [
 /// edited and PUT again, an export imported), it keeps the stored secret.
 pub const REDACTED: &str = "<redacted>";
 
-/// Secret fields per kind: a provider's key, a caller's plaintext key.
+/// Secret fields per kind, as JSON pointers: a provider's key or AWS secret and session
+/// token, a caller's plaintext key.
 fn secret_fields(kind: &str) -> &'static [&'static str] {
     match kind {
-        "provider_keys" => &["api_key"],
-        "api_keys" => &["key"],
+        "provider_keys" => &["/api_key", "/aws/secret_access_key", "/aws/session_token"],
+        "api_keys" => &["/key"],
         _ => &[],
     }
 }
@@ -198,17 +199,17 @@ impl Resources {
 
 /// A resource as the admin API shows it: literal secrets replaced by [`REDACTED`].
 pub fn redact(kind: &str, v: &mut Value) {
-    let Some(obj) = v.as_object_mut() else { return };
     let hide = |s: &mut String| {
         if !is_env_reference(s) {
             *s = REDACTED.to_owned();
         }
     };
     for field in secret_fields(kind) {
-        if let Some(Value::String(s)) = obj.get_mut(*field) {
+        if let Some(Value::String(s)) = v.pointer_mut(field) {
             hide(s);
         }
     }
+    let Some(obj) = v.as_object_mut() else { return };
     for field in secret_maps(kind) {
         if let Some(Value::Object(m)) = obj.get_mut(*field) {
             for value in m.values_mut() {
@@ -246,20 +247,22 @@ pub fn prepare(kind: &str, name: &str, mut v: Value, stored: Option<&Value>) -> 
         }
     }
     for field in secret_fields(kind) {
-        if obj.get(*field).and_then(Value::as_str) == Some(REDACTED) {
-            match stored.and_then(|s| s.get(*field)) {
-                Some(old) => {
-                    obj.insert((*field).to_owned(), old.clone());
-                }
-                None => {
-                    return Err(ConfigError::new(
-                        format!("{kind}/{name}.{field}"),
-                        "is redacted, and no stored value to keep",
-                    ))
-                }
+        let Some(slot) = v.pointer_mut(field).filter(|s| s.as_str() == Some(REDACTED)) else {
+            continue;
+        };
+        match stored.and_then(|s| s.pointer(field)) {
+            Some(old) => *slot = old.clone(),
+            None => {
+                return Err(ConfigError::new(
+                    format!("{kind}/{name}{}", field.replace('/', ".")),
+                    "is redacted, and no stored value to keep",
+                ))
             }
         }
     }
+    let Some(obj) = v.as_object_mut() else {
+        return Err(ConfigError::new(format!("{kind}/{name}"), "must be a JSON object"));
+    };
     for field in secret_maps(kind) {
         let Some(Value::Object(m)) = obj.get_mut(*field) else {
             continue;
@@ -389,5 +392,18 @@ mod tests {
         let key = prepare("api_keys", "k", json!({"key": "sk-caller"}), None).unwrap();
         assert!(key.get("key").is_none());
         assert_eq!(key["key_hash"], crate::config::compile::hash_key("sk-caller"));
+
+        // Bedrock's secret and session token sit in the `aws` section.
+        let stored = json!({"name": "b", "provider": "bedrock",
+            "aws": {"region": "us-east-1", "access_key_id": "AKID", "secret_access_key": "s3cret", "session_token": "tok"}});
+        let mut shown = stored.clone();
+        redact("provider_keys", &mut shown);
+        assert_eq!(shown["aws"]["secret_access_key"], REDACTED);
+        assert_eq!(shown["aws"]["session_token"], REDACTED);
+        assert_eq!(shown["aws"]["access_key_id"], "AKID");
+        let kept = prepare("provider_keys", "b", shown.clone(), Some(&stored)).unwrap();
+        assert_eq!(kept, stored);
+        let e = prepare("provider_keys", "b", shown, None).unwrap_err();
+        assert!(e.to_string().contains("b.aws.secret_access_key"), "{e}");
     }
 }

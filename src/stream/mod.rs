@@ -12,6 +12,7 @@ use memchr::memmem::{Finder, FinderRev};
 use serde::Deserialize;
 
 use crate::error::{Dialect, GwError};
+use crate::provider::Wire;
 
 pub mod translate;
 
@@ -175,6 +176,9 @@ pub struct SseState {
     events: u64,
     event_bytes: u64,
     smallest_event: u64,
+    /// The upstream is AWS's binary event stream (Bedrock), not SSE: frames are decoded
+    /// here and each message reaches the translator as `{"<event type>": payload}`.
+    frames: Option<aws_smithy_eventstream::frame::MessageFrameDecoder>,
 }
 
 /// The largest SSE event a stream may carry (a Gemini image inline is a few MiB); beyond
@@ -197,13 +201,58 @@ impl SseState {
             events: 0,
             event_bytes: 0,
             smallest_event: u64::MAX,
+            frames: None,
         }
+    }
+
+    /// The upstream answers in AWS's event stream (a translating mode only).
+    pub fn decode_event_stream(&mut self) {
+        self.frames = Some(Default::default());
+    }
+
+    /// [`Self::feed`] for AWS's event stream: whole frames are decoded (length-prefixed,
+    /// CRC-checked) and translated; a partial one waits in `carry`, which may grow to
+    /// [`MAX_EVENT_BYTES`] by the bytes that arrived, whatever length a frame declares.
+    fn feed_frames(&mut self, chunk: Bytes) -> Bytes {
+        use aws_smithy_eventstream::frame::DecodedFrame;
+        self.carry.extend_from_slice(&chunk);
+        let mut out = Vec::new();
+        while let Some(decoder) = self.frames.as_mut() {
+            let data = match decoder.decode_frame(&mut self.carry) {
+                Ok(DecodedFrame::Incomplete) => break,
+                Ok(DecodedFrame::Complete(m)) => {
+                    self.events += 1;
+                    self.event_bytes += m.payload().len() as u64;
+                    self.smallest_event = self.smallest_event.min(m.payload().len() as u64);
+                    converse_event(&m)
+                }
+                Err(_) => {
+                    // A frame that fails its checks: nothing after it can be trusted.
+                    self.frames = None;
+                    self.carry = BytesMut::new();
+                    b"{\"exception\":{\"message\":\"The provider sent a malformed stream frame.\"}}".to_vec()
+                }
+            };
+            if let Mode::Translate(t) = &mut self.mode {
+                t.event(&data, &mut out);
+                self.usage = Some(t.usage());
+            }
+        }
+        if self.carry.len() > MAX_EVENT_BYTES {
+            self.overflow = true;
+            self.frames = None;
+            self.carry = BytesMut::new();
+        }
+        Bytes::from(out)
     }
 
     /// Takes the next chunk from upstream; returns what to send to the caller now.
     pub fn feed(&mut self, chunk: Bytes) -> Bytes {
         if self.overflow {
             return Bytes::new();
+        }
+        if self.frames.is_some() {
+            return self.feed_frames(chunk);
         }
         let data = if self.carry.is_empty() {
             chunk
@@ -318,7 +367,8 @@ impl SseState {
         let rest = self.carry.split().freeze();
         if let Mode::Translate(t) = &mut self.mode {
             let mut out = Vec::new();
-            if !rest.is_empty() {
+            // A partial binary frame is no event: the translator ends the stream.
+            if !rest.is_empty() && self.frames.is_none() {
                 t.event(&event_data(&rest), &mut out);
             }
             t.finish(&mut out);
@@ -425,6 +475,36 @@ struct AnthropicUsageEvent {
     usage: Option<AnthropicRawUsage>,
 }
 
+/// One message of AWS's event stream as the JSON a Converse translator reads: an event
+/// as `{"<:event-type>": payload}` (the ConverseStream output union), an exception or
+/// error as `{"exception": {"type", "message"}}`.
+fn converse_event(m: &aws_smithy_types::event_stream::Message) -> Vec<u8> {
+    let header = |name: &str| {
+        m.headers()
+            .iter()
+            .find(|h| h.name().as_str() == name)
+            .and_then(|h| h.value().as_string().ok())
+            .map(|s| s.as_str().to_owned())
+    };
+    let payload: serde_json::Value = serde_json::from_slice(m.payload()).unwrap_or(serde_json::Value::Null);
+    let v = match header(":message-type").as_deref() {
+        Some("event") => match (header(":event-type"), payload.is_object()) {
+            (Some(t), true) => serde_json::json!({ t: payload }),
+            _ => serde_json::json!({"exception": {"message": "The provider sent a malformed stream event."}}),
+        },
+        Some("exception") => serde_json::json!({"exception": {
+            "type": header(":exception-type"),
+            "message": payload["message"].as_str().or(payload["Message"].as_str())
+                .unwrap_or("The provider reported an error mid-stream."),
+        }}),
+        _ => serde_json::json!({"exception": {
+            "type": header(":error-code"),
+            "message": header(":error-message").unwrap_or_else(|| "The provider reported an error mid-stream.".into()),
+        }}),
+    };
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
 /// What to do with a whole (non-streamed) JSON response body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JsonTranslate {
@@ -434,11 +514,13 @@ pub enum JsonTranslate {
         created: i64,
     },
     ChatToAnthropic,
-    /// A Gemini response, to chat (and on to Anthropic's shape for Anthropic callers).
-    Gemini {
+    /// A response in a format reached only through translation (Gemini, Converse), to
+    /// chat (and on to Anthropic's shape for Anthropic callers).
+    ToChat {
+        from: Wire,
         created: i64,
         to_anthropic: bool,
-        /// Names the answer when Gemini does not (`modelVersion`).
+        /// Names the answer when the provider does not.
         model: String,
     },
     /// A provider error body, re-shaped into the caller's envelope (same status).
@@ -488,7 +570,7 @@ impl JsonBody {
     fn caller_dialect(&self) -> Dialect {
         match self.translate {
             JsonTranslate::ChatToAnthropic
-            | JsonTranslate::Gemini { to_anthropic: true, .. }
+            | JsonTranslate::ToChat { to_anthropic: true, .. }
             | JsonTranslate::Error { to_anthropic: true, .. } => Dialect::Anthropic,
             _ => Dialect::OpenAi,
         }
@@ -536,9 +618,9 @@ impl JsonBody {
             [one] => one.clone(),
             many => Bytes::from(many.concat()),
         };
-        // Gemini's usage is read from the same parse as its translation, below.
+        // Read from the same parse as the translation, below.
         let mut usage = match self.translate {
-            JsonTranslate::Gemini { .. } => None,
+            JsonTranslate::ToChat { .. } => None,
             JsonTranslate::None if self.over && self.hold.is_none() => {
                 return (usage_in_tail(&whole), Bytes::new(), None);
             }
@@ -570,14 +652,20 @@ impl JsonBody {
                 Ok(v) => Bytes::from(crate::provider::anthropic::chat_response_to_messages(&v).to_string()),
                 Err(_) => not_json(Dialect::Anthropic),
             },
-            JsonTranslate::Gemini {
+            JsonTranslate::ToChat {
+                from,
                 created,
                 to_anthropic,
                 model,
             } => match serde_json::from_slice::<serde_json::Value>(&whole) {
                 Ok(v) => {
-                    usage = Some(crate::provider::gemini::usage(&v["usageMetadata"]));
-                    let chat = crate::provider::gemini::response_to_chat(&v, *created, model);
+                    let chat = if *from == Wire::Converse {
+                        usage = Some(crate::provider::bedrock::usage(&v["usage"]));
+                        crate::provider::bedrock::response_to_chat(&v, *created, model)
+                    } else {
+                        usage = Some(crate::provider::gemini::usage(&v["usageMetadata"]));
+                        crate::provider::gemini::response_to_chat(&v, *created, model)
+                    };
                     let out = if *to_anthropic {
                         crate::provider::anthropic::chat_response_to_messages(&chat)
                     } else {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::{write_event, Translate, Usage};
 use crate::error::{Dialect, GwError};
 use crate::provider::anthropic::{finish_reason, stop_reason};
-use crate::provider::gemini;
+use crate::provider::{bedrock, gemini};
 
 fn openai_event(out: &mut Vec<u8>, v: &Value) {
     write_event(out, None, v);
@@ -451,22 +451,22 @@ impl Translate for GeminiToChat {
     }
 }
 
-/// Gemini events -> Anthropic Messages events, through the chat shape: Gemini -> chunks
-/// -> Anthropic events, each hop the translator above. Chunks are re-read as JSON on the
-/// way; a translated stream is already off the zero-copy path and this keeps one mapping
-/// per pair of dialects.
+/// Events of a format reached only through translation (Gemini, Converse) -> Anthropic
+/// Messages events, through the chat shape: events -> chunks (`chat`, which must send the
+/// usage chunk) -> Anthropic events, each hop a translator of its own. Chunks are re-read
+/// as JSON on the way; a translated stream is already off the zero-copy path and this
+/// keeps one mapping per pair of formats.
 #[derive(Debug)]
-pub struct GeminiToAnthropic {
-    chat: GeminiToChat,
+pub struct ViaChat {
+    chat: Box<dyn Translate>,
     anthropic: ChatToAnthropic,
     scratch: Vec<u8>,
 }
 
-impl GeminiToAnthropic {
-    pub fn new(created: i64, model: &str) -> Self {
+impl ViaChat {
+    pub fn new(chat: Box<dyn Translate>) -> Self {
         Self {
-            // The usage chunk becomes the final message_delta's usage.
-            chat: GeminiToChat::new(true, created, model),
+            chat,
             anthropic: ChatToAnthropic::new(),
             scratch: Vec::new(),
         }
@@ -483,7 +483,7 @@ impl GeminiToAnthropic {
     }
 }
 
-impl Translate for GeminiToAnthropic {
+impl Translate for ViaChat {
     fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
         self.chat.event(data, &mut self.scratch);
         self.relay(out);
@@ -496,10 +496,188 @@ impl Translate for GeminiToAnthropic {
     }
 
     fn usage(&self) -> Usage {
-        self.chat.usage
+        self.chat.usage()
     }
 
     fn complete(&self) -> bool {
         self.chat.complete()
+    }
+}
+
+/// Bedrock ConverseStream events (each `{"<event type>": payload}`, decoded from AWS's
+/// event stream in `SseState`) -> OpenAI `chat.completion.chunk`s. A stream ends cleanly
+/// after `messageStop`; its usage comes in the `metadata` event that follows, and only
+/// that event makes it [`Translate::complete`]: a caller who hangs up between the two is
+/// charged the estimate, not the zero counted so far. An exception message ends the
+/// stream with an error event.
+#[derive(Debug, Default)]
+pub struct BedrockToChat {
+    chunks: Chunks,
+    started: bool,
+    /// Tool calls so far, and which content block each one is.
+    calls: Vec<u64>,
+    reason: Option<String>,
+    usage: Usage,
+    /// The `metadata` event (the final usage) arrived.
+    metered: bool,
+    ended: bool,
+}
+
+impl BedrockToChat {
+    pub fn new(include_usage: bool, created: i64, model: &str) -> Self {
+        Self {
+            chunks: Chunks {
+                include_usage,
+                created,
+                id: json!(bedrock::completion_id()),
+                model: json!(model),
+            },
+            ..Self::default()
+        }
+    }
+
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if !self.started {
+            self.started = true;
+            self.chunks.send(out, json!({"role": "assistant", "content": ""}), None);
+        }
+    }
+}
+
+impl Translate for BedrockToChat {
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        let Some(ev) = parse_event(data, Dialect::OpenAi, out) else {
+            self.ended = true;
+            return;
+        };
+        if let Some(e) = ev.get("exception") {
+            self.ended = true;
+            let msg = e["message"]
+                .as_str()
+                .unwrap_or("The provider reported an error mid-stream.");
+            return fail(out, Dialect::OpenAi, msg);
+        }
+        if ev.get("messageStart").is_some() {
+            self.start(out);
+        } else if let Some(b) = ev.get("contentBlockStart") {
+            if let Some(u) = b["start"].get("toolUse") {
+                self.start(out);
+                let block = b["contentBlockIndex"].as_u64().unwrap_or(0);
+                let call = json!({"index": self.calls.len(), "id": u["toolUseId"], "type": "function",
+                    "function": {"name": u["name"], "arguments": ""}});
+                self.calls.push(block);
+                self.chunks.send(out, json!({"tool_calls": [call]}), None);
+            }
+        } else if let Some(d) = ev.get("contentBlockDelta") {
+            self.start(out);
+            let block = d["contentBlockIndex"].as_u64().unwrap_or(0);
+            if let Some(t) = d["delta"]["text"].as_str() {
+                if !t.is_empty() {
+                    self.chunks.send(out, json!({"content": t}), None);
+                }
+            } else if let Some(args) = d["delta"]["toolUse"]["input"].as_str() {
+                if let Some(index) = self.calls.iter().position(|&b| b == block) {
+                    self.chunks.send(
+                        out,
+                        json!({"tool_calls": [{"index": index, "function": {"arguments": args}}]}),
+                        None,
+                    );
+                }
+            }
+            // Reasoning deltas are left out, as thinking is for other dialects' callers.
+        } else if let Some(s) = ev.get("messageStop") {
+            self.reason = Some(s["stopReason"].as_str().unwrap_or("end_turn").to_owned());
+        } else if let Some(m) = ev.get("metadata") {
+            self.usage = bedrock::usage(&m["usage"]);
+            self.metered = true;
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let Some(finish) = self.reason.as_deref().map(bedrock::finish_reason) else {
+            return fail(
+                out,
+                Dialect::OpenAi,
+                "The provider's stream ended before a stop reason.",
+            );
+        };
+        self.start(out);
+        self.chunks.end(out, finish, self.usage);
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn complete(&self) -> bool {
+        self.metered
+    }
+}
+
+#[cfg(test)]
+mod bedrock_tests {
+    use super::*;
+
+    fn feed(t: &mut BedrockToChat, events: &[Value]) -> String {
+        let mut out = Vec::new();
+        for e in events {
+            t.event(e.to_string().as_bytes(), &mut out);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn usage_is_final_only_with_the_metadata_event() {
+        let body = [
+            json!({"messageStart": {"role": "assistant"}}),
+            json!({"contentBlockDelta": {"delta": {"text": "Hi"}, "contentBlockIndex": 0}}),
+            json!({"messageStop": {"stopReason": "end_turn"}}),
+        ];
+        let mut t = BedrockToChat::new(true, 0, "m");
+        assert!(feed(&mut t, &body).contains("\"content\":\"Hi\""));
+        // Stopped but not yet metered: not complete, so a cut here is estimated.
+        assert!(!t.complete());
+        feed(
+            &mut t,
+            &[json!({"metadata": {"usage": {"inputTokens": 3, "outputTokens": 1}}})],
+        );
+        assert!(t.complete());
+        assert_eq!(
+            t.usage(),
+            Usage {
+                input_tokens: 3,
+                output_tokens: 1
+            }
+        );
+        let mut out = Vec::new();
+        t.finish(&mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains("\"finish_reason\":\"stop\"") && out.ends_with("data: [DONE]\n\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn an_exception_or_an_end_before_the_stop_reason_is_an_error() {
+        let mut t = BedrockToChat::new(false, 0, "m");
+        let out = feed(
+            &mut t,
+            &[json!({"exception": {"type": "throttlingException", "message": "Too many"}})],
+        );
+        assert!(out.contains("Too many") && !out.contains("[DONE]"), "{out}");
+        let mut t = BedrockToChat::new(false, 0, "m");
+        feed(&mut t, &[json!({"messageStart": {"role": "assistant"}})]);
+        let mut out = Vec::new();
+        t.finish(&mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("before a stop reason") && !out.contains("[DONE]"), "{out}");
     }
 }

@@ -529,6 +529,7 @@ pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crat
                     ProviderKind::OpenaiCompatible => "openai_compatible",
                     ProviderKind::Gemini => "gcp.gemini",
                     ProviderKind::Vertex => "gcp.vertex_ai",
+                    ProviderKind::Bedrock => "aws.bedrock",
                 },
                 provider_key: &p.name,
                 request_model: &target.upstream_model,

@@ -10,8 +10,9 @@ from anthropic import Anthropic
 
 from conftest import CALLER_KEY
 
-# Vertex AI's Gemini and Claude models included: the same answers through Google's paths.
-MODELS = ["claude-mock", "gpt-4o-mini", "gemini-mock", "vertex-gemini", "vertex-claude"]
+# Vertex AI's Gemini and Claude models and a Bedrock model included: the same answers
+# through Google's paths and through Converse (SigV4-signed, AWS's event stream).
+MODELS = ["claude-mock", "gpt-4o-mini", "gemini-mock", "vertex-gemini", "vertex-claude", "bedrock-nova"]
 # Output tokens of the mock's 8-word answer; Gemini bills its 2 thinking tokens as output.
 OUTPUT_TOKENS = {"gemini-mock": 10, "vertex-gemini": 10}
 TOOL = {

@@ -72,6 +72,7 @@ def test_models_list_and_retrieve(client):
         "gemini-mock",
         "vertex-gemini",
         "vertex-claude",
+        "bedrock-nova",
         "gpt-4o-mini",
         "text-embedding-3-small",
         "rate-limited",
@@ -172,6 +173,25 @@ def test_chat_and_stream_against_gemini_provider(client, model):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
 
 
+def test_chat_and_stream_against_bedrock_provider(client):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
+    r = client.chat.completions.create(model="bedrock-nova", messages=msgs, max_tokens=50)
+    assert r.object == "chat.completion"
+    assert r.model == "amazon.nova-lite-v1:0"
+    assert r.choices[0].message.content == "Hello from the aigw mock upstream model today."
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens == 8
+    chunks = list(
+        client.chat.completions.create(
+            model="bedrock-nova", messages=msgs, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from the aigw mock upstream model today."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
+
+
 WEATHER = {
     "type": "function",
     "function": {
@@ -182,7 +202,9 @@ WEATHER = {
 }
 
 
-@pytest.mark.parametrize("model", ["claude-mock", "gpt-4o-mini", "gemini-mock", "vertex-gemini", "vertex-claude"])
+@pytest.mark.parametrize(
+    "model", ["claude-mock", "gpt-4o-mini", "gemini-mock", "vertex-gemini", "vertex-claude", "bedrock-nova"]
+)
 def test_tool_round_trip(client, model):
     messages = [{"role": "user", "content": "Weather in Paris?"}]
     r = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER])
@@ -195,7 +217,9 @@ def test_tool_round_trip(client, model):
     assert r.choices[0].message.content == "The tool said: 18C"
 
 
-@pytest.mark.parametrize("model", ["claude-mock", "gpt-4o-mini", "gemini-mock", "vertex-gemini", "vertex-claude"])
+@pytest.mark.parametrize(
+    "model", ["claude-mock", "gpt-4o-mini", "gemini-mock", "vertex-gemini", "vertex-claude", "bedrock-nova"]
+)
 def test_streamed_tool_call(client, model):
     chunks = list(
         client.chat.completions.create(

@@ -1,0 +1,370 @@
+//! AWS Bedrock: the `bedrock` provider, through the Converse API (`POST
+//! /model/{modelId}/converse`, and `/converse-stream`, whose answer is the AWS binary
+//! event stream), signed with SigV4 (service `bedrock`). Converse is one format for every
+//! model family on Bedrock (Claude, Llama, Mistral, Nova, ...).
+//!
+//! OpenAI chat is the hub, as for Gemini: an Anthropic caller's request reaches Bedrock as
+//! Messages -> chat -> Converse and its answer comes back Converse -> chat -> Messages.
+//! Streams are decoded frame by frame (`aws-smithy-eventstream`) in `stream/`, each
+//! message handed to the translator as `{"<event type>": payload}`, the shape of the
+//! ConverseStream output union.
+
+use std::time::SystemTime;
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use percent_encoding::utf8_percent_encode;
+use pingora::http::RequestHeader;
+use serde_json::{json, Map, Value};
+
+use super::{bad, content_text, image_of, push_turn, Image, UNRESERVED};
+use crate::config::{Provider, Target};
+use crate::error::GwError;
+use crate::stream::Usage;
+
+/// The SigV4 service name of Bedrock's runtime API.
+const SERVICE: &str = "bedrock";
+
+/// A `bedrock` provider's region and credentials (never in `Debug` output: the
+/// credential type redacts its secret and token).
+#[derive(Debug)]
+pub struct Aws {
+    pub region: String,
+    pub credentials: Credentials,
+}
+
+/// `https://bedrock-runtime.{region}.amazonaws.com`.
+pub fn default_base_url(region: &str) -> String {
+    format!("https://bedrock-runtime.{region}.amazonaws.com")
+}
+
+/// Path of the upstream request: the model id, inference profile id or ARN as one
+/// percent-encoded segment, as AWS SDKs send it.
+pub fn upstream_path(t: &Target, stream: bool) -> String {
+    let model = utf8_percent_encode(&t.upstream_model, UNRESERVED);
+    let method = if stream { "converse-stream" } else { "converse" };
+    format!("{}/model/{model}/{method}", t.provider.base.path)
+}
+
+/// Signs the upstream request (its path, host, content type and body) with SigV4 and
+/// sets the provider's extra headers. Called last, once the request header is final.
+pub fn sign_request(p: &Provider, req: &mut RequestHeader, body: &[u8]) -> pingora::Result<()> {
+    for (name, value) in &p.headers {
+        req.insert_header(name.clone(), value.clone())?;
+    }
+    let Some(aws) = &p.aws else {
+        return Err(pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            "no AWS credentials",
+        ));
+    };
+    let scheme = if p.base.tls { "https" } else { "http" };
+    let uri = format!(
+        "{scheme}://{}{}",
+        p.base.authority,
+        req.uri.path_and_query().map_or("/", |pq| pq.as_str())
+    );
+    let content_type = req
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    // Signed, so it must be sent as signed, even when the caller sent none.
+    req.insert_header(http::header::CONTENT_TYPE, content_type.as_str())?;
+    let headers = [
+        ("host", p.base.authority.as_str()),
+        ("content-type", content_type.as_str()),
+    ];
+    let identity = aws.credentials.clone().into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(&aws.region)
+        .name(SERVICE)
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, format!("SigV4: {e}")))?
+        .into();
+    let signable = SignableRequest::new("POST", uri, headers.into_iter(), SignableBody::Bytes(body))
+        .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, format!("SigV4: {e}")))?;
+    let (instructions, _) = sign(signable, &params)
+        .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, format!("SigV4: {e}")))?
+        .into_parts();
+    for (name, value) in instructions.headers() {
+        let mut v = http::HeaderValue::from_str(value)
+            .map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "SigV4 header"))?;
+        if name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("x-amz-security-token") {
+            v.set_sensitive(true);
+        }
+        req.insert_header(name.to_owned(), v)?;
+    }
+    Ok(())
+}
+
+/// An OpenAI image part -> a Converse image block. Bedrock does not fetch URLs, so only
+/// base64 data URLs are taken.
+fn image_block(p: &Value, i: usize) -> Result<Value, GwError> {
+    let Image::Base64 { media_type, data } = image_of(p).map_err(|e| bad(format!("messages[{i}]: {e}")))? else {
+        return Err(bad(format!(
+            "messages[{i}]: Bedrock takes images as base64 data URLs only"
+        )));
+    };
+    let format = match media_type {
+        "image/png" => "png",
+        "image/jpeg" | "image/jpg" => "jpeg",
+        "image/gif" => "gif",
+        "image/webp" => "webp",
+        other => return Err(bad(format!("messages[{i}]: Bedrock does not take {other} images"))),
+    };
+    Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
+}
+
+/// The content blocks of a chat message's `content` (a string or a list of parts).
+fn content_blocks(content: &Value, i: usize) -> Result<Vec<Value>, GwError> {
+    match content {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) if s.is_empty() => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![json!({"text": s})]),
+        Value::Array(parts) => parts
+            .iter()
+            .filter(|p| !(p["type"] == "text" && p["text"].as_str() == Some("")))
+            .map(|p| match p["type"].as_str() {
+                Some("text") => Ok(json!({"text": p["text"].as_str().unwrap_or_default()})),
+                Some("image_url") => image_block(p, i),
+                other => Err(bad(format!(
+                    "messages[{i}]: content part type {} is not supported by Bedrock",
+                    other.unwrap_or("(none)")
+                ))),
+            })
+            .collect(),
+        _ => Err(bad(format!(
+            "messages[{i}].content must be a string or a list of parts"
+        ))),
+    }
+}
+
+/// OpenAI chat request -> Converse request (the model is in the path).
+pub fn chat_request_to_converse(req: &Value, _model: &str) -> Result<Value, GwError> {
+    if req["n"].as_u64().is_some_and(|n| n > 1) {
+        return Err(bad("n > 1 is not supported by Bedrock"));
+    }
+    match req["response_format"]["type"].as_str() {
+        None | Some("text") => {}
+        Some(other) => return Err(bad(format!("response_format {other} is not supported by Bedrock"))),
+    }
+    let msgs = req["messages"]
+        .as_array()
+        .ok_or_else(|| bad("messages must be a list"))?;
+    let mut system = Vec::new();
+    let mut turns: Vec<Value> = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        match m["role"].as_str() {
+            Some("system" | "developer") => {
+                let t = content_text(&m["content"]);
+                if !t.is_empty() {
+                    system.push(json!({"text": t}));
+                }
+            }
+            Some("user") => push_turn(&mut turns, "user", "content", content_blocks(&m["content"], i)?),
+            Some("assistant") => {
+                let mut blocks = content_blocks(&m["content"], i)?;
+                for call in m["tool_calls"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                    let args = call["function"]["arguments"].as_str().unwrap_or("{}");
+                    let input: Value = if args.trim().is_empty() {
+                        json!({})
+                    } else {
+                        serde_json::from_str(args)
+                            .map_err(|_| bad(format!("messages[{i}]: tool call arguments must be JSON")))?
+                    };
+                    blocks.push(
+                        json!({"toolUse": {"toolUseId": call["id"], "name": call["function"]["name"], "input": input}}),
+                    );
+                }
+                push_turn(&mut turns, "assistant", "content", blocks);
+            }
+            Some("tool") => {
+                let id = m["tool_call_id"]
+                    .as_str()
+                    .ok_or_else(|| bad(format!("messages[{i}]: a tool message needs tool_call_id")))?;
+                let result =
+                    json!({"toolResult": {"toolUseId": id, "content": [{"text": content_text(&m["content"])}]}});
+                push_turn(&mut turns, "user", "content", vec![result]);
+            }
+            other => {
+                return Err(bad(format!(
+                    "messages[{i}]: role {} is not supported",
+                    other.unwrap_or("(none)")
+                )))
+            }
+        }
+    }
+    let mut out = Map::new();
+    out.insert("messages".into(), Value::Array(turns));
+    if !system.is_empty() {
+        out.insert("system".into(), Value::Array(system));
+    }
+    let mut cfg = Map::new();
+    if let Some(n) = req["max_completion_tokens"].as_u64().or(req["max_tokens"].as_u64()) {
+        cfg.insert("maxTokens".into(), json!(n));
+    }
+    for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
+        if req[from].is_number() {
+            cfg.insert(to.into(), req[from].clone());
+        }
+    }
+    match &req["stop"] {
+        Value::String(s) => {
+            cfg.insert("stopSequences".into(), json!([s]));
+        }
+        Value::Array(a) if !a.is_empty() => {
+            cfg.insert("stopSequences".into(), Value::Array(a.clone()));
+        }
+        _ => {}
+    }
+    if !cfg.is_empty() {
+        out.insert("inferenceConfig".into(), Value::Object(cfg));
+    }
+    if let Some(tools) = req["tools"].as_array().filter(|t| !t.is_empty()) {
+        let choice = match &req["tool_choice"] {
+            Value::Null => Some(json!({"auto": {}})),
+            Value::String(s) if s == "auto" => Some(json!({"auto": {}})),
+            Value::String(s) if s == "required" => Some(json!({"any": {}})),
+            // Converse has no "none": the tools are left out.
+            Value::String(s) if s == "none" => None,
+            v if v["function"]["name"].is_string() => Some(json!({"tool": {"name": v["function"]["name"]}})),
+            _ => return Err(bad("tool_choice must be auto, none, required or a function")),
+        };
+        if let Some(choice) = choice {
+            let specs = tools
+                .iter()
+                .map(|t| {
+                    if t["type"] != "function" {
+                        return Err(bad("only function tools are supported by Bedrock"));
+                    }
+                    let f = &t["function"];
+                    let mut spec = json!({"name": f["name"], "inputSchema": {"json":
+                        if f["parameters"].is_null() { json!({"type": "object"}) } else { f["parameters"].clone() }}});
+                    if let Some(d) = f["description"].as_str() {
+                        spec["description"] = json!(d);
+                    }
+                    Ok(json!({"toolSpec": spec}))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            out.insert("toolConfig".into(), json!({"tools": specs, "toolChoice": choice}));
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// Converse `stopReason` -> chat `finish_reason`.
+pub fn finish_reason(reason: &str) -> &'static str {
+    match reason {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "guardrail_intervened" | "content_filtered" => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// Converse `usage`: prompt tokens include cache reads and writes, as OpenAI counts them.
+pub fn usage(u: &Value) -> Usage {
+    let n = |k: &str| u[k].as_u64().unwrap_or(0);
+    Usage {
+        input_tokens: n("inputTokens") + n("cacheReadInputTokens") + n("cacheWriteInputTokens"),
+        output_tokens: n("outputTokens"),
+    }
+}
+
+/// A chat completion id for an answer that has none (Converse names none).
+pub fn completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Converse response -> OpenAI chat completion.
+pub fn response_to_chat(v: &Value, created: i64, model: &str) -> Value {
+    let blocks = v["output"]["message"]["content"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for b in blocks {
+        if let Some(t) = b["text"].as_str() {
+            text.push_str(t);
+        } else if let Some(u) = b.get("toolUse") {
+            calls.push(json!({"id": u["toolUseId"], "type": "function",
+                "function": {"name": u["name"], "arguments": u["input"].to_string()}}));
+        }
+        // Reasoning blocks are left out, as thinking is for other dialects' callers.
+    }
+    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    let u = usage(&v["usage"]);
+    json!({
+        "id": completion_id(), "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": null,
+            "finish_reason": finish_reason(v["stopReason"].as_str().unwrap_or("end_turn"))}],
+        "usage": {"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
+            "total_tokens": u.input_tokens + u.output_tokens},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_becomes_converse_with_system_tools_and_results() {
+        let req = json!({"model": "m", "max_tokens": 50, "temperature": 0.2, "stop": "END",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Weather?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "t1", "type": "function",
+                    "function": {"name": "w", "arguments": "{\"q\":\"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "t1", "content": "18C"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}]});
+        let c = chat_request_to_converse(&req, "m").unwrap();
+        assert_eq!(c["system"], json!([{"text": "Be brief."}]));
+        assert_eq!(c["messages"][0]["content"][1]["image"]["format"], "png");
+        assert_eq!(c["messages"][1]["content"][0]["toolUse"]["input"], json!({"q": "Oslo"}));
+        assert_eq!(c["messages"][2]["content"][0]["toolResult"]["toolUseId"], "t1");
+        assert_eq!(
+            c["inferenceConfig"],
+            json!({"maxTokens": 50, "temperature": 0.2, "stopSequences": ["END"]})
+        );
+        assert_eq!(c["toolConfig"]["toolChoice"], json!({"auto": {}}));
+        assert!(c.get("model").is_none());
+    }
+
+    #[test]
+    fn what_converse_cannot_take_is_refused_before_the_call() {
+        let msgs =
+            json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/a.png"}}]}]);
+        let e = chat_request_to_converse(&json!({"messages": msgs}), "m").unwrap_err();
+        assert!(e.to_string().contains("base64 data URLs"), "{e}");
+        let e = chat_request_to_converse(&json!({"n": 2, "messages": []}), "m").unwrap_err();
+        assert!(e.to_string().contains("n > 1"));
+    }
+
+    #[test]
+    fn converse_answer_becomes_chat() {
+        let v = json!({"output": {"message": {"role": "assistant", "content": [
+            {"reasoningContent": {"reasoningText": {"text": "hmm"}}}, {"text": "Hi"},
+            {"toolUse": {"toolUseId": "t9", "name": "w", "input": {"q": 1}}}]}},
+            "stopReason": "tool_use", "usage": {"inputTokens": 5, "outputTokens": 3, "cacheReadInputTokens": 2}});
+        let c = response_to_chat(&v, 7, "m");
+        assert_eq!(c["choices"][0]["message"]["content"], "Hi");
+        assert_eq!(
+            c["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"q\":1}"
+        );
+        assert_eq!(c["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(c["usage"]["prompt_tokens"], 7);
+    }
+}

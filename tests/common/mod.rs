@@ -439,6 +439,31 @@ pub fn asset(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// `aigw validate` on `config` (with no `AWS_*` variables) must fail with each of
+/// `expected` among its errors, and never print `secret`.
+pub fn assert_config_errors(config: &str, expected: &[&str], secret: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("aigw.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["validate", "--config"]).arg(&path);
+    for var in [
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for e in expected {
+        assert!(err.contains(e), "missing {e:?} in:\n{err}");
+    }
+    assert!(!err.contains(secret), "{err}");
+}
+
 /// Writes a Vertex AI service account key file (the test key pair of tests/assets) whose
 /// token URI is the mock's `/token`, with `query` (`expires_in=N`, `fail=1`) to script it.
 pub fn vertex_key_file(dir: &Path, mock: &Mock, query: &str) -> PathBuf {

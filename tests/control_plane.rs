@@ -7,6 +7,7 @@ mod common;
 
 use std::process::Command;
 
+use aigw::config::Kind;
 use common::etcd::Etcd;
 use common::*;
 use serde_json::{json, Value};
@@ -388,7 +389,7 @@ cache:
         items.sort_by_key(|i| i["name"].as_str().unwrap().to_owned());
         items
     };
-    for kind in aigw::store::KINDS {
+    for kind in Kind::ALL.map(Kind::name) {
         assert_eq!(sorted(&output, kind), sorted(&input, kind), "{kind}:\n{exported}");
     }
     assert_eq!(output["version"], 1);
@@ -577,16 +578,16 @@ async fn a_write_checked_against_an_outdated_state_is_refused() {
     let model = json!({"name": "m", "provider_key": "p"});
     let seen_by_a = a.load().await.unwrap();
     let seen_by_b = b.load().await.unwrap();
-    assert!(a.put("models", "m", &model, seen_by_a.lock).await.unwrap());
-    assert!(!b.put("models", "other", &model, seen_by_b.lock).await.unwrap());
-    assert!(!b.delete("models", "m", seen_by_b.lock).await.unwrap());
+    assert!(a.put(Kind::Models, "m", &model, seen_by_a.lock).await.unwrap());
+    assert!(!b.put(Kind::Models, "other", &model, seen_by_b.lock).await.unwrap());
+    assert!(!b.delete(Kind::Models, "m", seen_by_b.lock).await.unwrap());
     let fresh = b.load().await.unwrap();
     assert_eq!(
         fresh.resources.len(),
         1,
         "only A's write landed; the lock is no resource"
     );
-    assert!(fresh.resources.get("models", "other").is_none());
-    assert!(b.delete("models", "m", fresh.lock).await.unwrap());
+    assert!(fresh.resources.get(Kind::Models, "other").is_none());
+    assert!(b.delete(Kind::Models, "m", fresh.lock).await.unwrap());
     assert!(b.load().await.unwrap().resources.is_empty());
 }

@@ -11,9 +11,10 @@ use subtle::ConstantTimeEq;
 use tokio::sync::OnceCell;
 
 use crate::config::ConfigError;
+use crate::config::Kind;
 use crate::state::AppState;
 use crate::store::etcd::Etcd;
-use crate::store::{self, is_kind, Resources};
+use crate::store::{self, Resources};
 
 /// Largest resource a PUT takes.
 const MAX_BODY: usize = 1024 * 1024;
@@ -53,8 +54,8 @@ pub struct Api {
 enum Route<'p> {
     Config,
     Spend,
-    List(&'p str),
-    One(&'p str, &'p str),
+    List(Kind),
+    One(Kind, &'p str),
 }
 
 fn route(path: &str) -> Option<Route<'_>> {
@@ -62,8 +63,8 @@ fn route(path: &str) -> Option<Route<'_>> {
     match rest.split('/').collect::<Vec<_>>().as_slice() {
         ["config"] => Some(Route::Config),
         ["spend"] => Some(Route::Spend),
-        [kind] if is_kind(kind) => Some(Route::List(kind)),
-        [kind, name] if is_kind(kind) && !name.is_empty() => Some(Route::One(kind, name)),
+        [kind] => Kind::parse(kind).map(Route::List),
+        [kind, name] if !name.is_empty() => Kind::parse(kind).map(|k| Route::One(k, name)),
         _ => None,
     }
 }
@@ -89,10 +90,10 @@ fn authorized(state: &AppState, session: &ServerSession) -> bool {
     ok
 }
 
-fn redacted_list(kind: &str, resources: &Resources) -> Vec<Value> {
+fn redacted_list(kind: Kind, resources: &Resources) -> Vec<Value> {
     resources
         .0
-        .get(kind)
+        .get(&kind)
         .map(|m| {
             m.values()
                 .map(|v| {
@@ -135,8 +136,8 @@ impl Api {
             (Route::Config, Method::GET) => {
                 let resources = state.resources();
                 let mut sections = serde_json::Map::new();
-                for kind in store::KINDS {
-                    sections.insert(kind.into(), Value::Array(redacted_list(kind, &resources)));
+                for kind in Kind::ALL {
+                    sections.insert(kind.name().into(), Value::Array(redacted_list(kind, &resources)));
                 }
                 let (source, revision) = match &state.store {
                     Some(s) => ("etcd", s.lock().map_or(0, |s| s.1)),
@@ -202,7 +203,7 @@ impl Api {
         Ok(loaded.resources)
     }
 
-    async fn put(&self, state: &AppState, kind: &str, name: &str, body: &[u8]) -> Response<Vec<u8>> {
+    async fn put(&self, state: &AppState, kind: Kind, name: &str, body: &[u8]) -> Response<Vec<u8>> {
         let mut etcd = match self.etcd(state).await {
             Ok(e) => e,
             Err(resp) => return resp,
@@ -234,13 +235,13 @@ impl Api {
             Ok(false) => return changed_meanwhile(),
             Err(e) => return error(503, "config_store_unavailable", e),
         }
-        tracing::info!(kind, name, "admin: resource written");
+        tracing::info!(kind = kind.name(), name, "admin: resource written");
         let mut shown = value;
         store::redact(kind, &mut shown);
         json_response(if existed { 200 } else { 201 }, &shown)
     }
 
-    async fn delete(&self, state: &AppState, kind: &str, name: &str) -> Response<Vec<u8>> {
+    async fn delete(&self, state: &AppState, kind: Kind, name: &str) -> Response<Vec<u8>> {
         let mut etcd = match self.etcd(state).await {
             Ok(e) => e,
             Err(resp) => return resp,
@@ -262,7 +263,7 @@ impl Api {
         }
         match etcd.delete(kind, name, lock).await {
             Ok(true) => {
-                tracing::info!(kind, name, "admin: resource deleted");
+                tracing::info!(kind = kind.name(), name, "admin: resource deleted");
                 Response::builder().status(204).body(Vec::new()).unwrap_or_default()
             }
             Ok(false) => changed_meanwhile(),
@@ -302,11 +303,11 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert!(matches!(route("/admin/v1/models"), Some(Route::List("models"))));
-        assert!(matches!(route("/admin/v1/models/"), Some(Route::List("models"))));
+        assert!(matches!(route("/admin/v1/models"), Some(Route::List(Kind::Models))));
+        assert!(matches!(route("/admin/v1/models/"), Some(Route::List(Kind::Models))));
         assert!(matches!(
             route("/admin/v1/api_keys/k1"),
-            Some(Route::One("api_keys", "k1"))
+            Some(Route::One(Kind::ApiKeys, "k1"))
         ));
         assert!(matches!(route("/admin/v1/config"), Some(Route::Config)));
         assert!(matches!(route("/admin/v1/spend"), Some(Route::Spend)));

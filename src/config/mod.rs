@@ -6,6 +6,7 @@
 
 pub mod compile;
 mod interp;
+mod kind;
 pub mod raw;
 
 use std::fmt;
@@ -19,6 +20,7 @@ pub use compile::{
     Snapshot, Target,
 };
 pub use interp::interpolate;
+pub use kind::Kind;
 
 /// One problem in the config, at a YAML path such as `models[2].provider_key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,18 +65,8 @@ pub struct RawConfig {
     pub broken: Vec<(&'static str, String)>,
 }
 
-const SECTIONS: &[&str] = &[
-    "version",
-    "server",
-    "provider_keys",
-    "models",
-    "api_keys",
-    "budgets",
-    "rate_limits",
-    "guardrails",
-    "cache",
-    "observability",
-];
+/// The sections of a config file: these, and the resource kinds ([`Kind::ALL`]).
+const SETTINGS: [&str; 3] = ["version", "server", "observability"];
 
 /// A config file as a YAML tree, not yet interpolated.
 pub fn read_tree(path: &Path) -> Result<Value, Vec<ConfigError>> {
@@ -156,6 +148,22 @@ fn parse_tree_partial(
             ));
             continue;
         };
+        if let Some(kind) = Kind::parse(key) {
+            // Every kind is a list section; the match names them all, so a new kind cannot
+            // be forgotten here.
+            let (e, b) = (&mut errors, &mut cfg.broken);
+            let name = kind.name();
+            match kind {
+                Kind::ProviderKeys => cfg.provider_keys = list(v, name, e, b),
+                Kind::Models => cfg.models = list(v, name, e, b),
+                Kind::ApiKeys => cfg.api_keys = list(v, name, e, b),
+                Kind::Budgets => cfg.budgets = list(v, name, e, b),
+                Kind::RateLimits => cfg.rate_limits = list(v, name, e, b),
+                Kind::Guardrails => cfg.guardrails = list(v, name, e, b),
+                Kind::Cache => cfg.cache = list(v, name, e, b),
+            }
+            continue;
+        }
         match key {
             "version" => {
                 cfg.version = one(v, "version", &mut errors);
@@ -165,16 +173,17 @@ fn parse_tree_partial(
             }
             "server" => cfg.server = one(v, "server", &mut errors).unwrap_or_default(),
             "observability" => cfg.observability = one(v, "observability", &mut errors).unwrap_or_default(),
-            "provider_keys" => cfg.provider_keys = list(v, "provider_keys", &mut errors, &mut cfg.broken),
-            "models" => cfg.models = list(v, "models", &mut errors, &mut cfg.broken),
-            "api_keys" => cfg.api_keys = list(v, "api_keys", &mut errors, &mut cfg.broken),
-            "budgets" => cfg.budgets = list(v, "budgets", &mut errors, &mut cfg.broken),
-            "rate_limits" => cfg.rate_limits = list(v, "rate_limits", &mut errors, &mut cfg.broken),
-            "guardrails" => cfg.guardrails = list(v, "guardrails", &mut errors, &mut cfg.broken),
-            "cache" => cfg.cache = list(v, "cache", &mut errors, &mut cfg.broken),
             other => errors.push(ConfigError::new(
                 other,
-                format!("unknown section; expected one of: {}", SECTIONS.join(", ")),
+                format!(
+                    "unknown section; expected one of: {}",
+                    SETTINGS
+                        .iter()
+                        .copied()
+                        .chain(Kind::ALL.map(Kind::name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             )),
         }
     }

@@ -7,9 +7,10 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use serde_json::Value;
 
-use super::{is_kind, Resources};
+use super::Resources;
 use crate::config::compile::{EtcdSettings, EtcdTlsFiles};
 use crate::config::ConfigError;
+use crate::config::Kind;
 
 /// etcd's default `--max-txn-ops`: an import larger than this cannot be one transaction.
 const MAX_TXN_OPS: usize = 128;
@@ -39,12 +40,12 @@ pub struct Loaded {
 /// One change the watch reported.
 pub enum Change {
     Put {
-        kind: String,
+        kind: Kind,
         name: String,
         value: Result<Value, String>,
     },
     Delete {
-        kind: String,
+        kind: Kind,
         name: String,
     },
 }
@@ -70,15 +71,15 @@ impl Etcd {
         })
     }
 
-    fn key(&self, kind: &str, name: &str) -> String {
+    fn key(&self, kind: Kind, name: &str) -> String {
         format!("{}/{kind}/{name}", self.prefix)
     }
 
     /// `(kind, name)` of a key under the prefix; `None` for anything else stored there.
-    fn parse_key<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
+    fn parse_key<'k>(&self, key: &'k str) -> Option<(Kind, &'k str)> {
         let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix('/')?;
         let (kind, name) = rest.split_once('/')?;
-        (is_kind(kind) && !name.is_empty()).then_some((kind, name))
+        Kind::parse(kind).filter(|_| !name.is_empty()).map(|k| (k, name))
     }
 
     /// Every resource under the prefix, and the revision of that read.
@@ -138,13 +139,13 @@ impl Etcd {
     }
 
     /// Writes one resource, if the store is still as read at `lock`.
-    pub async fn put(&mut self, kind: &str, name: &str, value: &Value, lock: i64) -> Result<bool, String> {
+    pub async fn put(&mut self, kind: Kind, name: &str, value: &Value, lock: i64) -> Result<bool, String> {
         let op = TxnOp::put(self.key(kind, name), value.to_string(), None);
         self.locked(lock, vec![op]).await
     }
 
     /// Deletes one resource, if the store is still as read at `lock`.
-    pub async fn delete(&mut self, kind: &str, name: &str, lock: i64) -> Result<bool, String> {
+    pub async fn delete(&mut self, kind: Kind, name: &str, lock: i64) -> Result<bool, String> {
         let op = TxnOp::delete(self.key(kind, name), None);
         self.locked(lock, vec![op]).await
     }
@@ -156,7 +157,7 @@ impl Etcd {
         // away is deleted.
         let mut ops: Vec<TxnOp> = stored
             .iter()
-            .filter(|(kind, name, _)| resources.get(kind, name).is_none())
+            .filter(|(kind, name, _)| resources.get(*kind, name).is_none())
             .map(|(kind, name, _)| TxnOp::delete(self.key(kind, name), None))
             .collect();
         ops.extend(
@@ -209,7 +210,7 @@ impl Watch {
                 let Some((kind, name)) = kv.key_str().ok().and_then(|k| self.etcd.parse_key(k)) else {
                     continue;
                 };
-                let (kind, name) = (kind.to_owned(), name.to_owned());
+                let name = name.to_owned();
                 changes.push(match ev.event_type() {
                     EventType::Put => Change::Put {
                         kind,

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::{block_on, etcd, Resources};
 use crate::config::compile::EtcdSettings;
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Kind};
 use crate::state::AppState;
 
 /// At start: the store's resources, their revision and what `compile` made of them; when
@@ -65,7 +65,11 @@ struct CacheFile {
 pub fn write_cache(path: &Path, resources: &Resources, revision: i64) {
     let body = CacheFile {
         revision,
-        resources: resources.0.clone(),
+        resources: resources
+            .0
+            .iter()
+            .map(|(k, m)| (k.name().to_owned(), m.clone()))
+            .collect(),
     };
     let tmp = path.with_extension("tmp");
     let written = serde_json::to_vec(&body)
@@ -89,7 +93,13 @@ pub fn write_cache(path: &Path, resources: &Resources, revision: i64) {
 fn read_cache(path: &Path) -> Option<(Resources, i64)> {
     let bytes = std::fs::read(path).ok()?;
     let c: CacheFile = serde_json::from_slice(&bytes).ok()?;
-    Some((Resources(c.resources), c.revision))
+    // Kinds this build does not know (a newer build wrote the file) are left out.
+    let resources = c
+        .resources
+        .into_iter()
+        .filter_map(|(k, m)| Some((Kind::parse(&k)?, m)))
+        .collect();
+    Some((Resources(resources), c.revision))
 }
 
 /// Keeps the served resources in step with etcd: reads the prefix, applies it, watches
@@ -134,12 +144,12 @@ async fn session(state: &AppState, es: &EtcdSettings, backoff: &mut Duration, re
     let mut mirror = loaded.resources;
     // Values that are not JSON objects, by kind and name: while any is left, the state
     // in etcd is invalid.
-    let mut bad: BTreeMap<(String, String), String> = loaded
+    let mut bad: BTreeMap<(Kind, String), String> = loaded
         .errors
         .into_iter()
         .filter_map(|e| {
             let (kind, name) = e.path.split_once('/')?;
-            Some(((kind.to_owned(), name.to_owned()), e.message))
+            Some(((Kind::parse(kind)?, name.to_owned()), e.message))
         })
         .collect();
     let served = state.resources();
@@ -158,18 +168,18 @@ async fn session(state: &AppState, es: &EtcdSettings, backoff: &mut Duration, re
         for change in changes {
             match change {
                 etcd::Change::Put { kind, name, value } => {
-                    bad.remove(&(kind.clone(), name.clone()));
+                    bad.remove(&(kind, name.clone()));
                     match value {
-                        Ok(v) => mirror.insert(&kind, &name, v),
+                        Ok(v) => mirror.insert(kind, &name, v),
                         Err(e) => {
-                            mirror.remove(&kind, &name);
+                            mirror.remove(kind, &name);
                             bad.insert((kind, name), e);
                         }
                     }
                 }
                 etcd::Change::Delete { kind, name } => {
-                    bad.remove(&(kind.clone(), name.clone()));
-                    mirror.remove(&kind, &name);
+                    bad.remove(&(kind, name.clone()));
+                    mirror.remove(kind, &name);
                 }
             }
         }
@@ -177,7 +187,7 @@ async fn session(state: &AppState, es: &EtcdSettings, backoff: &mut Duration, re
     }
 }
 
-async fn apply(state: &AppState, mirror: &Resources, bad: &BTreeMap<(String, String), String>, revision: i64) {
+async fn apply(state: &AppState, mirror: &Resources, bad: &BTreeMap<(Kind, String), String>, revision: i64) {
     let errors = if bad.is_empty() {
         match state.apply_store(mirror.clone(), revision).await {
             Ok(()) => {

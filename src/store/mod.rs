@@ -15,67 +15,30 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::config::ConfigError;
-
-/// The resource kinds, each a list section of the config and a path of the admin API.
-pub const KINDS: [&str; 7] = [
-    "provider_keys",
-    "models",
-    "api_keys",
-    "rate_limits",
-    "budgets",
-    "guardrails",
-    "cache",
-];
+use crate::config::{ConfigError, Kind};
 
 /// What the admin API and `aigw export` show instead of a secret. Written back (a GET
 /// edited and PUT again, an export imported), it keeps the stored secret.
 pub const REDACTED: &str = "<redacted>";
 
-/// Secret fields per kind, as JSON pointers: a provider's key or AWS secret and session
-/// token, a caller's plaintext key.
-fn secret_fields(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "provider_keys" => &["/api_key", "/aws/secret_access_key", "/aws/session_token"],
-        "api_keys" => &["/key"],
-        _ => &[],
-    }
-}
-
-/// Fields of a resource kind whose every value may be a secret: a provider's extra
-/// `headers` often carry the credential of an OpenAI-compatible server.
-fn secret_maps(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "provider_keys" => &["headers"],
-        _ => &[],
-    }
-}
-
-pub fn is_kind(kind: &str) -> bool {
-    KINDS.contains(&kind)
-}
-
 /// Every resource, by kind then name (names sort, so the compiled order is stable).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Resources(pub BTreeMap<String, BTreeMap<String, Value>>);
+pub struct Resources(pub BTreeMap<Kind, BTreeMap<String, Value>>);
 
 impl Resources {
-    pub fn get(&self, kind: &str, name: &str) -> Option<&Value> {
-        self.0.get(kind).and_then(|m| m.get(name))
+    pub fn get(&self, kind: Kind, name: &str) -> Option<&Value> {
+        self.0.get(&kind).and_then(|m| m.get(name))
     }
 
-    pub fn insert(&mut self, kind: &str, name: &str, value: Value) {
-        self.0
-            .entry(kind.to_owned())
-            .or_default()
-            .insert(name.to_owned(), value);
+    pub fn insert(&mut self, kind: Kind, name: &str, value: Value) {
+        self.0.entry(kind).or_default().insert(name.to_owned(), value);
     }
 
-    pub fn remove(&mut self, kind: &str, name: &str) -> Option<Value> {
-        let m = self.0.get_mut(kind)?;
+    pub fn remove(&mut self, kind: Kind, name: &str) -> Option<Value> {
+        let m = self.0.get_mut(&kind)?;
         let v = m.remove(name);
         if m.is_empty() {
-            self.0.remove(kind);
+            self.0.remove(&kind);
         }
         v
     }
@@ -88,10 +51,10 @@ impl Resources {
         self.len() == 0
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &Value)> {
+    pub fn iter(&self) -> impl Iterator<Item = (Kind, &str, &Value)> {
         self.0
             .iter()
-            .flat_map(|(k, m)| m.iter().map(move |(n, v)| (k.as_str(), n.as_str(), v)))
+            .flat_map(|(k, m)| m.iter().map(move |(n, v)| (*k, n.as_str(), v)))
     }
 
     /// The resource sections of a config file. Items without a string `name` are errors
@@ -99,13 +62,13 @@ impl Resources {
     pub fn from_config(tree: &serde_yaml::Value) -> Result<Self, Vec<ConfigError>> {
         let mut out = Self::default();
         let mut errors = Vec::new();
-        for kind in KINDS {
-            let Some(section) = tree.get(kind) else { continue };
+        for kind in Kind::ALL {
+            let Some(section) = tree.get(kind.name()) else { continue };
             let items = match section {
                 serde_yaml::Value::Sequence(items) => items,
                 serde_yaml::Value::Null => continue,
                 _ => {
-                    errors.push(ConfigError::new(kind, "must be a list"));
+                    errors.push(ConfigError::new(kind.name(), "must be a list"));
                     continue;
                 }
             };
@@ -139,15 +102,15 @@ impl Resources {
         let mut map = serde_yaml::Mapping::new();
         if let serde_yaml::Value::Mapping(m) = base {
             for (k, v) in m {
-                if !k.as_str().is_some_and(is_kind) {
+                if k.as_str().and_then(Kind::parse).is_none() {
                     map.insert(k.clone(), v.clone());
                 }
             }
         }
-        for kind in KINDS {
-            if let Some(items) = self.0.get(kind) {
+        for kind in Kind::ALL {
+            if let Some(items) = self.0.get(&kind) {
                 let seq = items.values().filter_map(|v| serde_yaml::to_value(v).ok()).collect();
-                map.insert(kind.into(), serde_yaml::Value::Sequence(seq));
+                map.insert(kind.name().into(), serde_yaml::Value::Sequence(seq));
             }
         }
         serde_yaml::Value::Mapping(map)
@@ -170,7 +133,7 @@ impl Resources {
     fn named_path(&self, path: &str) -> Option<String> {
         let (kind, rest) = path.split_once('[')?;
         let (index, rest) = rest.split_once(']')?;
-        let name = self.0.get(kind)?.keys().nth(index.parse().ok()?)?;
+        let name = self.0.get(&Kind::parse(kind)?)?.keys().nth(index.parse().ok()?)?;
         Some(format!("{kind}/{name}{rest}"))
     }
 
@@ -191,26 +154,26 @@ impl Resources {
     pub fn redact(&mut self) {
         for (kind, items) in self.0.iter_mut() {
             for v in items.values_mut() {
-                redact(kind, v);
+                redact(*kind, v);
             }
         }
     }
 }
 
 /// A resource as the admin API shows it: literal secrets replaced by [`REDACTED`].
-pub fn redact(kind: &str, v: &mut Value) {
+pub fn redact(kind: Kind, v: &mut Value) {
     let hide = |s: &mut String| {
         if !is_env_reference(s) {
             *s = REDACTED.to_owned();
         }
     };
-    for field in secret_fields(kind) {
+    for field in kind.secret_fields() {
         if let Some(Value::String(s)) = v.pointer_mut(field) {
             hide(s);
         }
     }
     let Some(obj) = v.as_object_mut() else { return };
-    for field in secret_maps(kind) {
+    for field in kind.secret_maps() {
         if let Some(Value::Object(m)) = obj.get_mut(*field) {
             for value in m.values_mut() {
                 if let Value::String(s) = value {
@@ -230,7 +193,7 @@ fn is_env_reference(s: &str) -> bool {
 /// Makes a resource ready to store, from what a caller sent: the name from the path, a
 /// [`REDACTED`] secret replaced by the stored one, a caller's plaintext key replaced by its
 /// hash (the store never holds a caller key).
-pub fn prepare(kind: &str, name: &str, mut v: Value, stored: Option<&Value>) -> Result<Value, ConfigError> {
+pub fn prepare(kind: Kind, name: &str, mut v: Value, stored: Option<&Value>) -> Result<Value, ConfigError> {
     let Some(obj) = v.as_object_mut() else {
         return Err(ConfigError::new(format!("{kind}/{name}"), "must be a JSON object"));
     };
@@ -246,7 +209,7 @@ pub fn prepare(kind: &str, name: &str, mut v: Value, stored: Option<&Value>) -> 
             ))
         }
     }
-    for field in secret_fields(kind) {
+    for field in kind.secret_fields() {
         let Some(slot) = v.pointer_mut(field).filter(|s| s.as_str() == Some(REDACTED)) else {
             continue;
         };
@@ -263,7 +226,7 @@ pub fn prepare(kind: &str, name: &str, mut v: Value, stored: Option<&Value>) -> 
     let Some(obj) = v.as_object_mut() else {
         return Err(ConfigError::new(format!("{kind}/{name}"), "must be a JSON object"));
     };
-    for field in secret_maps(kind) {
+    for field in kind.secret_maps() {
         let Some(Value::Object(m)) = obj.get_mut(*field) else {
             continue;
         };
@@ -282,7 +245,7 @@ pub fn prepare(kind: &str, name: &str, mut v: Value, stored: Option<&Value>) -> 
             }
         }
     }
-    if kind == "api_keys" {
+    if kind == Kind::ApiKeys {
         hash_caller_key(obj);
     }
     Ok(v)
@@ -359,37 +322,37 @@ mod tests {
     #[test]
     fn secrets_are_redacted_kept_and_hashed() {
         let mut v = json!({"name": "p", "provider": "openai", "api_key": "sk-live-123"});
-        redact("provider_keys", &mut v);
+        redact(Kind::ProviderKeys, &mut v);
         assert_eq!(v["api_key"], REDACTED);
         let mut env = json!({"name": "p", "api_key": "${OPENAI_API_KEY}"});
-        redact("provider_keys", &mut env);
+        redact(Kind::ProviderKeys, &mut env);
         assert_eq!(env["api_key"], "${OPENAI_API_KEY}");
         // A default is a literal; extra headers may be credentials.
         let mut v = json!({"name": "p", "api_key": "${KEY:-sk-dev-literal}",
             "headers": {"x-server-key": "sk-hdr-literal", "x-env": "${HDR}", "x-def": "${H:-lit}"}});
-        redact("provider_keys", &mut v);
+        redact(Kind::ProviderKeys, &mut v);
         assert_eq!(v["api_key"], REDACTED);
         assert_eq!(v["headers"]["x-server-key"], REDACTED);
         assert_eq!(v["headers"]["x-def"], REDACTED);
         assert_eq!(v["headers"]["x-env"], "${HDR}");
         let stored = json!({"name": "p", "api_key": "k", "headers": {"x-server-key": "sk-hdr-literal"}});
-        let kept = prepare("provider_keys", "p", v.clone(), Some(&stored));
+        let kept = prepare(Kind::ProviderKeys, "p", v.clone(), Some(&stored));
         assert!(kept.is_err(), "x-def has no stored value to keep");
         v["headers"]["x-def"] = json!("new");
         v["api_key"] = json!("k2");
-        let kept = prepare("provider_keys", "p", v, Some(&stored)).unwrap();
+        let kept = prepare(Kind::ProviderKeys, "p", v, Some(&stored)).unwrap();
         assert_eq!(kept["headers"]["x-server-key"], "sk-hdr-literal");
 
         let stored = json!({"name": "p", "provider": "openai", "api_key": "sk-live-123"});
         let sent = json!({"provider": "openai", "api_key": REDACTED, "headers": {"x": "1"}});
-        let kept = prepare("provider_keys", "p", sent.clone(), Some(&stored)).unwrap();
+        let kept = prepare(Kind::ProviderKeys, "p", sent.clone(), Some(&stored)).unwrap();
         assert_eq!(kept["api_key"], "sk-live-123");
         assert_eq!(kept["name"], "p");
-        assert!(prepare("provider_keys", "p", sent, None).is_err());
-        assert!(prepare("models", "a", json!({"name": "b"}), None).is_err());
-        assert!(prepare("models", "a", json!([1]), None).is_err());
+        assert!(prepare(Kind::ProviderKeys, "p", sent, None).is_err());
+        assert!(prepare(Kind::Models, "a", json!({"name": "b"}), None).is_err());
+        assert!(prepare(Kind::Models, "a", json!([1]), None).is_err());
 
-        let key = prepare("api_keys", "k", json!({"key": "sk-caller"}), None).unwrap();
+        let key = prepare(Kind::ApiKeys, "k", json!({"key": "sk-caller"}), None).unwrap();
         assert!(key.get("key").is_none());
         assert_eq!(key["key_hash"], crate::config::compile::hash_key("sk-caller"));
 
@@ -397,13 +360,13 @@ mod tests {
         let stored = json!({"name": "b", "provider": "bedrock",
             "aws": {"region": "us-east-1", "access_key_id": "AKID", "secret_access_key": "s3cret", "session_token": "tok"}});
         let mut shown = stored.clone();
-        redact("provider_keys", &mut shown);
+        redact(Kind::ProviderKeys, &mut shown);
         assert_eq!(shown["aws"]["secret_access_key"], REDACTED);
         assert_eq!(shown["aws"]["session_token"], REDACTED);
         assert_eq!(shown["aws"]["access_key_id"], "AKID");
-        let kept = prepare("provider_keys", "b", shown.clone(), Some(&stored)).unwrap();
+        let kept = prepare(Kind::ProviderKeys, "b", shown.clone(), Some(&stored)).unwrap();
         assert_eq!(kept, stored);
-        let e = prepare("provider_keys", "b", shown, None).unwrap_err();
+        let e = prepare(Kind::ProviderKeys, "b", shown, None).unwrap_err();
         assert!(e.to_string().contains("b.aws.secret_access_key"), "{e}");
     }
 }

@@ -1,0 +1,84 @@
+//! The resource kinds: each a list section of the config file, a path of the admin API
+//! (`/admin/v1/{kind}`) and a key prefix in the config store (`{prefix}/{kind}/{name}`).
+//! One enum, so that a kind added here is known to all three.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    ProviderKeys,
+    Models,
+    ApiKeys,
+    RateLimits,
+    Budgets,
+    Guardrails,
+    Cache,
+}
+
+impl Kind {
+    /// Every kind, in the order a config file lists them.
+    pub const ALL: [Kind; 7] = [
+        Kind::ProviderKeys,
+        Kind::Models,
+        Kind::ApiKeys,
+        Kind::RateLimits,
+        Kind::Budgets,
+        Kind::Guardrails,
+        Kind::Cache,
+    ];
+
+    /// The section's name in the config file, the admin API and the store.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::ProviderKeys => "provider_keys",
+            Kind::Models => "models",
+            Kind::ApiKeys => "api_keys",
+            Kind::RateLimits => "rate_limits",
+            Kind::Budgets => "budgets",
+            Kind::Guardrails => "guardrails",
+            Kind::Cache => "cache",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Fields that hold a secret, as JSON pointers: a provider's key, AWS secret and
+    /// session token; a caller's plaintext key.
+    pub fn secret_fields(self) -> &'static [&'static str] {
+        match self {
+            Kind::ProviderKeys => &["/api_key", "/aws/secret_access_key", "/aws/session_token"],
+            Kind::ApiKeys => &["/key"],
+            _ => &[],
+        }
+    }
+
+    /// Fields whose every value may be a secret: a provider's extra `headers` often carry
+    /// the credential of an OpenAI-compatible server.
+    pub fn secret_maps(self) -> &'static [&'static str] {
+        match self {
+            Kind::ProviderKeys => &["headers"],
+            _ => &[],
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::parse(k.name()), Some(k));
+        }
+        assert_eq!(Kind::parse("server"), None);
+    }
+}

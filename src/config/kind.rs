@@ -40,6 +40,19 @@ impl Kind {
         }
     }
 
+    /// One item of this kind, as error messages name it.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::ProviderKeys => "provider key",
+            Kind::Models => "model",
+            Kind::ApiKeys => "caller key",
+            Kind::RateLimits => "rate limit",
+            Kind::Budgets => "budget",
+            Kind::Guardrails => "guardrail",
+            Kind::Cache => "cache",
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.name() == name)
     }

@@ -1,0 +1,219 @@
+//! The `models` section: concrete models (a provider and an upstream model id) and
+//! multi-target aliases (routing over concrete models).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{raw, Errors, Provider, Refs};
+use crate::config::Kind;
+use crate::guard::Guardrail;
+use crate::limit::Binding;
+
+/// A concrete model: one provider, one upstream model id.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The alias of the concrete model (its `name`).
+    pub alias: String,
+    pub provider: Arc<Provider>,
+    pub upstream_model: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteTarget {
+    pub target: Target,
+    pub priority: u32,
+    pub weight: u32,
+}
+
+#[derive(Debug)]
+pub struct Routing {
+    /// Next start position for `round_robin`.
+    pub rr_next: std::sync::atomic::AtomicUsize,
+    pub strategy: raw::Strategy,
+    pub targets: Vec<RouteTarget>,
+    pub retry_on: Vec<u16>,
+    pub max_attempts: u32,
+    pub cooldown: Duration,
+    pub failures_before_cooldown: u32,
+}
+
+#[derive(Debug)]
+pub enum ModelRoute {
+    Single(Target),
+    Multi(Routing),
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub name: String,
+    pub route: ModelRoute,
+    /// The model's `rate_limit`, counted across every caller of this alias.
+    pub limits: Option<Arc<Binding>>,
+    /// Applied after the caller key's own guardrails.
+    pub guardrails: Vec<Arc<Guardrail>>,
+    /// The model's response cache policy.
+    pub cache: Option<Arc<raw::Cache>>,
+    pub pricing: Option<raw::Pricing>,
+}
+
+/// Every model by alias, and the aliases in config order. Concrete models first:
+/// multi-target aliases may only point at concrete ones.
+pub(super) fn compile_models(
+    list: &[raw::Model],
+    providers: &HashMap<String, Arc<Provider>>,
+    refs: &Refs<'_, '_>,
+    errs: &mut Errors,
+) -> (HashMap<String, Arc<Model>>, Vec<String>) {
+    let mut targets: HashMap<&str, Target> = HashMap::new();
+    for (i, m) in list.iter().enumerate() {
+        let path = format!("models[{i}]");
+        match (&m.provider_key, &m.routing) {
+            (Some(pk), None) => {
+                if let Some(p) = providers.get(pk) {
+                    let upstream_model = m.model.clone().unwrap_or_else(|| m.name.clone());
+                    if upstream_model.is_empty() {
+                        errs.push(format!("{path}.model"), "must not be empty");
+                    }
+                    targets.insert(
+                        &m.name,
+                        Target {
+                            alias: m.name.clone(),
+                            provider: p.clone(),
+                            upstream_model,
+                        },
+                    );
+                } else {
+                    refs.check(format!("{path}.provider_key"), Kind::ProviderKeys, pk, errs);
+                }
+            }
+            (None, Some(_)) => {
+                if m.model.is_some() {
+                    errs.push(
+                        format!("{path}.model"),
+                        "a multi-target alias takes its models from routing.targets",
+                    );
+                }
+            }
+            (Some(_), Some(_)) => errs.push(
+                &path,
+                "set either provider_key (one model) or routing (several targets), not both",
+            ),
+            (None, None) => errs.push(&path, "needs provider_key (one model) or routing (several targets)"),
+        }
+    }
+
+    let mut models = HashMap::new();
+    let mut model_order = Vec::new();
+    for (i, m) in list.iter().enumerate() {
+        let path = format!("models[{i}]");
+        if let Some(rl) = &m.rate_limit {
+            refs.check(format!("{path}.rate_limit"), Kind::RateLimits, rl, errs);
+        }
+        for (j, g) in m.guardrails.iter().enumerate() {
+            refs.check(format!("{path}.guardrails[{j}]"), Kind::Guardrails, g, errs);
+        }
+        if let Some(c) = &m.cache {
+            refs.check(format!("{path}.cache"), Kind::Cache, c, errs);
+        }
+        if let Some(pr) = &m.pricing {
+            if !(pr.input_per_mtok >= 0.0 && pr.output_per_mtok >= 0.0) {
+                errs.push(format!("{path}.pricing"), "prices must be zero or positive numbers");
+            }
+        }
+        let route = if let Some(r) = &m.routing {
+            compile_routing(&path, r, &targets, refs, errs).map(ModelRoute::Multi)
+        } else {
+            targets.get(m.name.as_str()).cloned().map(ModelRoute::Single)
+        };
+        if let Some(route) = route {
+            if !models.contains_key(&m.name) {
+                model_order.push(m.name.clone());
+                models.insert(
+                    m.name.clone(),
+                    Arc::new(Model {
+                        name: m.name.clone(),
+                        route,
+                        limits: refs.bind(m.rate_limit.as_deref(), &format!("model={}", m.name)),
+                        guardrails: refs.guardrails(&m.guardrails),
+                        cache: m.cache.as_ref().and_then(|c| refs.caches.get(c.as_str()).cloned()),
+                        pricing: m.pricing,
+                    }),
+                );
+            }
+        }
+    }
+    (models, model_order)
+}
+
+fn compile_routing(
+    path: &str,
+    r: &raw::Routing,
+    targets: &HashMap<&str, Target>,
+    refs: &Refs<'_, '_>,
+    errs: &mut Errors,
+) -> Option<Routing> {
+    let before = errs.0.len();
+    if r.targets.is_empty() {
+        errs.push(format!("{path}.routing.targets"), "needs at least one target");
+    }
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (j, t) in r.targets.iter().enumerate() {
+        let tp = format!("{path}.routing.targets[{j}]");
+        if !seen.insert(t.model.as_str()) {
+            errs.push(format!("{tp}.model"), format!("'{}' is listed twice", t.model));
+        }
+        if t.weight == 0 {
+            errs.push(format!("{tp}.weight"), "must be at least 1");
+        }
+        match targets.get(t.model.as_str()) {
+            Some(target) => out.push(RouteTarget {
+                target: target.clone(),
+                priority: t.priority,
+                weight: t.weight,
+            }),
+            None if refs
+                .known
+                .get(&Kind::Models)
+                .is_some_and(|m| m.contains(t.model.as_str())) =>
+            {
+                errs.push(
+                    format!("{tp}.model"),
+                    format!(
+                        "'{}' is itself a multi-target alias; targets must be concrete models",
+                        t.model
+                    ),
+                )
+            }
+            None => refs.check(format!("{tp}.model"), Kind::Models, &t.model, errs),
+        }
+    }
+    let retry_on = r.retry_on.clone().unwrap_or_else(|| vec![429, 500, 502, 503, 504]);
+    for (j, s) in retry_on.iter().enumerate() {
+        if !(400..=599).contains(s) {
+            errs.push(
+                format!("{path}.routing.retry_on[{j}]"),
+                "must be an HTTP error status (400-599)",
+            );
+        }
+    }
+    if r.max_attempts == Some(0) {
+        errs.push(format!("{path}.routing.max_attempts"), "must be at least 1");
+    }
+    if r.failures_before_cooldown == 0 {
+        errs.push(format!("{path}.routing.failures_before_cooldown"), "must be at least 1");
+    }
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(Routing {
+        rr_next: Default::default(),
+        strategy: r.strategy,
+        max_attempts: r.max_attempts.unwrap_or(out.len() as u32),
+        targets: out,
+        retry_on,
+        cooldown: Duration::from_secs(r.cooldown_s),
+        failures_before_cooldown: r.failures_before_cooldown,
+    })
+}

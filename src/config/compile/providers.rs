@@ -1,0 +1,366 @@
+//! The `provider_keys` section: base URLs, credentials (API keys, Vertex AI service
+//! accounts, AWS keys), timeouts and fleets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+
+use super::raw::{self, ProviderKind};
+use super::{CompileCtx, Errors};
+use crate::route::upstream::UpstreamSpec;
+use crate::route::Upstream;
+
+/// A provider's base URL, split the way upstream requests need it.
+#[derive(Debug, Clone)]
+pub struct BaseUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash, e.g. `/v1`.
+    pub path: String,
+    /// `host` or `host:port` when the port is not the scheme's default.
+    pub authority: String,
+}
+
+impl BaseUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let uri: Uri = s.parse().map_err(|e| format!("not a valid URL ({e})"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err("must start with http:// or https://".into()),
+        };
+        let host = uri.host().filter(|h| !h.is_empty()).ok_or("has no host")?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        if uri.query().is_some() {
+            return Err("must not have a query string".into());
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let port = uri.port_u16().unwrap_or(default_port);
+        let authority = match uri.port_u16() {
+            Some(p) if p != default_port => uri
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .unwrap_or_else(|| format!("{host}:{p}")),
+            _ => uri.host().unwrap_or(&host).to_owned(),
+        };
+        Ok(Self {
+            tls,
+            host,
+            port,
+            path: uri.path().trim_end_matches('/').to_owned(),
+            authority,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Never logged, traced, exported or echoed: `Debug` of [`Provider`] redacts it.
+    pub api_key: Option<Secret>,
+    pub base: BaseUrl,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub api_version: Option<String>,
+    pub anthropic_version: Option<String>,
+    pub http2: raw::Http2,
+    pub upstream: Arc<Upstream>,
+    /// `provider: vertex` only.
+    pub vertex: Option<crate::provider::vertex::Vertex>,
+    /// `provider: bedrock` only.
+    pub aws: Option<crate::provider::bedrock::Aws>,
+}
+
+/// A credential whose `Debug` output is redacted, so it cannot reach a log by accident.
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Every provider that compiles, by name (the first of a duplicated name).
+pub(super) fn compile_providers(
+    list: &[raw::ProviderKey],
+    ctx: &CompileCtx<'_>,
+    errs: &mut Errors,
+) -> HashMap<String, Arc<Provider>> {
+    let mut providers = HashMap::new();
+    for (i, p) in list.iter().enumerate() {
+        if let Some(provider) = compile_provider(i, p, ctx, errs) {
+            providers.entry(p.name.clone()).or_insert_with(|| Arc::new(provider));
+        }
+    }
+    providers
+}
+
+fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
+    match kind {
+        ProviderKind::Openai => Some("https://api.openai.com/v1"),
+        ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+        ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
+        // From the location: see `compile_provider`.
+        ProviderKind::Azure | ProviderKind::OpenaiCompatible | ProviderKind::Vertex | ProviderKind::Bedrock => None,
+    }
+}
+
+fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: &mut Errors) -> Option<Provider> {
+    let path = format!("provider_keys[{i}]");
+    let before = errs.0.len();
+    let api_key = match (&p.api_key, p.provider) {
+        (Some(k), _) if k.is_empty() => {
+            errs.push(format!("{path}.api_key"), "must not be empty");
+            None
+        }
+        (Some(_), ProviderKind::Vertex) => {
+            errs.push(
+                format!("{path}.api_key"),
+                "vertex providers authenticate with vertex.credentials_file, not an api_key",
+            );
+            None
+        }
+        (Some(_), ProviderKind::Bedrock) => {
+            errs.push(
+                format!("{path}.api_key"),
+                "bedrock providers sign with aws credentials, not an api_key",
+            );
+            None
+        }
+        (Some(k), _) => Some(Secret(k.clone())),
+        (None, ProviderKind::OpenaiCompatible | ProviderKind::Vertex | ProviderKind::Bedrock) => None,
+        (None, _) => {
+            errs.push(format!("{path}.api_key"), "required for this provider");
+            None
+        }
+    };
+    let vertex = compile_vertex(&path, p, errs);
+    let aws = compile_aws(&path, p, ctx, errs);
+    let cloud_base = match (&vertex, &aws) {
+        (Some(v), _) => Some(crate::provider::vertex::default_base_url(&v.location)),
+        (_, Some(a)) => Some(crate::provider::bedrock::default_base_url(&a.region)),
+        _ => None,
+    };
+    let base_src = p
+        .base_url
+        .as_deref()
+        .or(default_base_url(p.provider))
+        .or(cloud_base.as_deref());
+    let base = match base_src {
+        Some(u) => match BaseUrl::parse(u) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                errs.push(format!("{path}.base_url"), format!("'{u}' {e}"));
+                None
+            }
+        },
+        None => {
+            errs.push(format!("{path}.base_url"), "required for this provider");
+            None
+        }
+    };
+    if p.api_version.is_some() && p.provider != ProviderKind::Azure {
+        errs.push(format!("{path}.api_version"), "only azure providers take api_version");
+    }
+    if p.anthropic_version.is_some() && p.provider != ProviderKind::Anthropic {
+        errs.push(
+            format!("{path}.anthropic_version"),
+            "only anthropic providers take anthropic_version",
+        );
+    }
+    let mut headers = Vec::new();
+    for (k, v) in &p.headers {
+        match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            (Err(_), _) => errs.push(format!("{path}.headers.{k}"), "not a valid header name"),
+            (_, Err(_)) => errs.push(format!("{path}.headers.{k}"), "not a valid header value"),
+        }
+    }
+    let t = p.timeouts;
+    for (field, v) in [
+        ("connect_ms", t.connect_ms),
+        ("first_byte_ms", t.first_byte_ms),
+        ("idle_ms", t.idle_ms),
+    ] {
+        if v == 0 {
+            errs.push(format!("{path}.timeouts.{field}"), "must be at least 1");
+        }
+    }
+    if let Some(f) = &p.fleet {
+        for (j, e) in f.endpoints.iter().enumerate() {
+            if split_host_port(e).is_none() {
+                errs.push(
+                    format!("{path}.fleet.endpoints[{j}]"),
+                    format!("'{e}' is not host:port"),
+                );
+            }
+        }
+        if let Some(hc) = &f.health_check {
+            if !hc.path.starts_with('/') {
+                errs.push(format!("{path}.fleet.health_check.path"), "must start with /");
+            }
+            if hc.interval_s == 0 || hc.unhealthy_after == 0 || hc.healthy_after == 0 {
+                errs.push(
+                    format!("{path}.fleet.health_check"),
+                    "interval_s, unhealthy_after and healthy_after must be at least 1",
+                );
+            }
+        }
+    }
+    if errs.0.len() > before {
+        return None;
+    }
+    let base = base?;
+    // A fleet's endpoints, or every address DNS gives for the base URL's host. Either
+    // way the Host header and TLS name stay the base URL's.
+    let addrs = match p.fleet.as_ref().filter(|f| !f.endpoints.is_empty()) {
+        Some(f) => f.endpoints.iter().filter_map(|e| split_host_port(e)).collect(),
+        None => vec![(base.host.clone(), base.port)],
+    };
+    let mut spec = UpstreamSpec::single(&base.host, base.port, base.tls);
+    spec.addrs = addrs;
+    if let Some(f) = &p.fleet {
+        spec.balance = f.balance;
+        spec.hash_on = f.hash_on;
+        spec.health = f.health_check.clone();
+    }
+    let upstream = ctx.upstreams.get_or_create(spec);
+    Some(Provider {
+        name: p.name.clone(),
+        kind: p.provider,
+        api_key,
+        headers,
+        connect_timeout: Duration::from_millis(t.connect_ms),
+        first_byte_timeout: Duration::from_millis(t.first_byte_ms),
+        idle_timeout: Duration::from_millis(t.idle_ms),
+        api_version: match p.provider {
+            ProviderKind::Azure => Some(p.api_version.clone().unwrap_or_else(|| "2024-10-21".into())),
+            _ => None,
+        },
+        anthropic_version: p.anthropic_version.clone(),
+        http2: p.http2,
+        base,
+        upstream,
+        vertex,
+        aws,
+    })
+}
+
+/// A `bedrock` provider's region and credentials: each field from the `aws` section, else
+/// from the standard variable (`AWS_REGION` or `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+fn compile_aws(
+    path: &str,
+    p: &raw::ProviderKey,
+    ctx: &CompileCtx<'_>,
+    errs: &mut Errors,
+) -> Option<crate::provider::bedrock::Aws> {
+    match (&p.aws, p.provider) {
+        (Some(_), ProviderKind::Bedrock) | (None, ProviderKind::Bedrock) => {}
+        (Some(_), _) => {
+            errs.push(format!("{path}.aws"), "only bedrock providers take an aws section");
+            return None;
+        }
+        (None, _) => return None,
+    }
+    let empty = raw::AwsSettings::default();
+    let a = p.aws.as_ref().unwrap_or(&empty);
+    let pick = |given: &Option<String>, vars: &[&str]| {
+        given
+            .clone()
+            .or_else(|| vars.iter().find_map(|v| (ctx.env)(v)))
+            .filter(|s| !s.is_empty())
+    };
+    let region = pick(&a.region, &["AWS_REGION", "AWS_DEFAULT_REGION"]);
+    let key_id = pick(&a.access_key_id, &["AWS_ACCESS_KEY_ID"]);
+    let secret = pick(&a.secret_access_key, &["AWS_SECRET_ACCESS_KEY"]);
+    let token = pick(&a.session_token, &["AWS_SESSION_TOKEN"]);
+    let before = errs.0.len();
+    match &region {
+        Some(r) if r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {}
+        Some(_) => errs.push(format!("{path}.aws.region"), "must be a region such as us-east-1"),
+        None => errs.push(format!("{path}.aws.region"), "required (or AWS_REGION)"),
+    }
+    if key_id.is_none() {
+        errs.push(format!("{path}.aws.access_key_id"), "required (or AWS_ACCESS_KEY_ID)");
+    }
+    if secret.is_none() {
+        errs.push(
+            format!("{path}.aws.secret_access_key"),
+            "required (or AWS_SECRET_ACCESS_KEY)",
+        );
+    }
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(crate::provider::bedrock::Aws {
+        region: region?,
+        credentials: aws_credential_types::Credentials::new(key_id?, secret?, token, None, "aigw-config"),
+    })
+}
+
+/// A `vertex` provider's section: required there, refused elsewhere; the key file is read
+/// and checked now.
+fn compile_vertex(path: &str, p: &raw::ProviderKey, errs: &mut Errors) -> Option<crate::provider::vertex::Vertex> {
+    let v = match (&p.vertex, p.provider) {
+        (Some(v), ProviderKind::Vertex) => v,
+        (None, ProviderKind::Vertex) => {
+            errs.push(
+                format!("{path}.vertex"),
+                "required for vertex providers: {project, location, credentials_file}",
+            );
+            return None;
+        }
+        (Some(_), _) => {
+            errs.push(format!("{path}.vertex"), "only vertex providers take a vertex section");
+            return None;
+        }
+        (None, _) => return None,
+    };
+    let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let before = errs.0.len();
+    if !valid(&v.project) {
+        errs.push(
+            format!("{path}.vertex.project"),
+            "must be a project id (letters, digits, -)",
+        );
+    }
+    if !valid(&v.location) {
+        errs.push(
+            format!("{path}.vertex.location"),
+            "must be a location such as us-east5 or global",
+        );
+    }
+    let tokens = crate::provider::vertex::tokens_for(&v.credentials_file)
+        .map_err(|e| errs.push(format!("{path}.vertex.credentials_file"), e))
+        .ok();
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(crate::provider::vertex::Vertex {
+        project: v.project.clone(),
+        location: v.location.clone(),
+        tokens: tokens?,
+    })
+}
+
+pub(super) fn split_host_port(s: &str) -> Option<(String, u16)> {
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return Some((a.ip().to_string(), a.port()));
+    }
+    let (h, p) = s.rsplit_once(':')?;
+    let port = p.parse().ok()?;
+    (!h.is_empty() && !h.contains(':')).then(|| (h.to_owned(), port))
+}

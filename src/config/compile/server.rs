@@ -1,0 +1,229 @@
+//! The `server` section: listeners, TLS, Redis, the config store, admin keys; and the
+//! `observability` settings that are checked here too.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{raw, Errors};
+
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub listen: String,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: Vec<String>,
+    pub tls: Vec<TlsListener>,
+    pub admin_listen: Option<String>,
+    pub threads: usize,
+    pub work_stealing: bool,
+    pub grace_period_s: u64,
+    pub max_request_body_bytes: u64,
+    pub client_body_timeout: Duration,
+    pub keepalive_timeout_s: u64,
+    pub keepalive_requests: u32,
+    pub read_buffer_bytes: usize,
+    pub redis: Option<RedisSettings>,
+    /// Resources come from etcd instead of the file.
+    pub config_store: Option<EtcdSettings>,
+    /// BLAKE3 hashes of the admin API's keys.
+    pub admin_keys: Vec<[u8; 32]>,
+}
+
+/// `server.config_store.etcd`. The password is never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub cache_file: Option<std::path::PathBuf>,
+    pub tls: Option<EtcdTlsFiles>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for EtcdSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdSettings")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("cache_file", &self.cache_file)
+            .field("tls", &self.tls)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTlsFiles {
+    pub ca_file: String,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+/// `server.redis`. The URL may hold a password: it is never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub url: String,
+    pub pool_size: usize,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(super) fn check_listen(path: String, addr: &str, errs: &mut Errors) {
+    if addr.parse::<std::net::SocketAddr>().is_err() {
+        errs.push(
+            path,
+            format!("'{addr}' is not an address like 127.0.0.1:8080 or [::]:8080"),
+        );
+    }
+}
+
+pub(super) fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettings {
+    if s.listen.is_empty() && s.tls.is_empty() {
+        errs.push("server.listen", "at least one plaintext or TLS listener is needed");
+    }
+    for (i, l) in s.listen.iter().enumerate() {
+        check_listen(format!("server.listen[{i}]"), l, errs);
+    }
+    for (i, t) in s.tls.iter().enumerate() {
+        check_listen(format!("server.tls[{i}].listen"), &t.listen, errs);
+        for (field, file) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
+            if let Err(e) = std::fs::File::open(Path::new(file)) {
+                errs.push(format!("server.tls[{i}].{field}"), format!("cannot read '{file}': {e}"));
+            }
+        }
+    }
+    if let Some(a) = &s.admin_listen {
+        check_listen("server.admin_listen".into(), a, errs);
+    }
+    if s.max_request_body_bytes == 0 {
+        errs.push("server.max_request_body_bytes", "must be at least 1");
+    }
+    if !(1..=3_600_000).contains(&s.client_body_timeout_ms) {
+        errs.push("server.client_body_timeout_ms", "must be between 1 and 3600000");
+    }
+    if !(1..=3600).contains(&s.keepalive_timeout_s) {
+        errs.push("server.keepalive_timeout_s", "must be between 1 and 3600");
+    }
+    if s.keepalive_requests == 0 {
+        errs.push("server.keepalive_requests", "must be at least 1");
+    }
+    if !(1024..=1024 * 1024).contains(&s.read_buffer_bytes) {
+        errs.push("server.read_buffer_bytes", "must be between 1024 and 1048576");
+    }
+    if let Some(r) = &s.redis {
+        if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://") || r.url.starts_with("unix://")) {
+            errs.push("server.redis.url", "must start with redis://, rediss:// or unix://");
+        } else if let Err(e) = redis::Client::open(r.url.as_str()) {
+            errs.push("server.redis.url", format!("not a valid redis URL ({:?})", e.kind()));
+        }
+        if !(1..=64).contains(&r.pool_size) {
+            errs.push("server.redis.pool_size", "must be between 1 and 64");
+        }
+        if !(1..=10_000).contains(&r.timeout_ms) {
+            errs.push("server.redis.timeout_ms", "must be between 1 and 10000");
+        }
+    }
+    if let Some(cs) = &s.config_store {
+        let e = &cs.etcd;
+        if e.endpoints.is_empty() {
+            errs.push("server.config_store.etcd.endpoints", "needs at least one endpoint");
+        }
+        for (i, ep) in e.endpoints.iter().enumerate() {
+            let tls = e.tls.is_some();
+            let scheme = if tls { "https://" } else { "http://" };
+            if !ep.starts_with(scheme) {
+                errs.push(
+                    format!("server.config_store.etcd.endpoints[{i}]"),
+                    format!(
+                        "must start with {scheme} (tls is {})",
+                        if tls { "set" } else { "not set" }
+                    ),
+                );
+            }
+        }
+        if !e.prefix.starts_with('/') || e.prefix.trim_end_matches('/').is_empty() {
+            errs.push(
+                "server.config_store.etcd.prefix",
+                "must start with / and name a directory, e.g. /aigw",
+            );
+        }
+        if e.user.is_some() != e.password.is_some() {
+            errs.push("server.config_store.etcd", "set user and password together");
+        }
+        if let Some(t) = &e.tls {
+            if t.cert_file.is_some() != t.key_file.is_some() {
+                errs.push("server.config_store.etcd.tls", "set cert_file and key_file together");
+            }
+        }
+    }
+    ServerSettings {
+        listen: s.listen.clone(),
+        tls: s
+            .tls
+            .iter()
+            .map(|t| TlsListener {
+                listen: t.listen.clone(),
+                cert_file: t.cert_file.clone(),
+                key_file: t.key_file.clone(),
+            })
+            .collect(),
+        admin_listen: s.admin_listen.clone(),
+        threads: s.threads,
+        work_stealing: s.work_stealing,
+        grace_period_s: s.grace_period_s,
+        max_request_body_bytes: s.max_request_body_bytes,
+        client_body_timeout: Duration::from_millis(s.client_body_timeout_ms),
+        keepalive_timeout_s: s.keepalive_timeout_s,
+        keepalive_requests: s.keepalive_requests,
+        read_buffer_bytes: s.read_buffer_bytes,
+        redis: s.redis.as_ref().map(|r| RedisSettings {
+            url: r.url.clone(),
+            pool_size: r.pool_size,
+            timeout: Duration::from_millis(r.timeout_ms),
+        }),
+        config_store: s.config_store.as_ref().map(|c| EtcdSettings {
+            endpoints: c.etcd.endpoints.clone(),
+            prefix: c.etcd.prefix.trim_end_matches('/').to_owned(),
+            cache_file: c.etcd.cache_file.as_ref().map(std::path::PathBuf::from),
+            tls: c.etcd.tls.as_ref().map(|t| EtcdTlsFiles {
+                ca_file: t.ca_file.clone(),
+                cert_file: t.cert_file.clone(),
+                key_file: t.key_file.clone(),
+            }),
+            user: c.etcd.user.clone(),
+            password: c.etcd.password.clone(),
+        }),
+        // Resolved in `compile`, which has the environment.
+        admin_keys: Vec::new(),
+    }
+}
+
+/// `observability.otlp`: a plain-HTTP endpoint and a ratio between 0 and 1.
+pub(super) fn check_observability(o: &raw::Observability, errs: &mut Errors) {
+    let Some(o) = &o.otlp else { return };
+    match super::BaseUrl::parse(&o.endpoint) {
+        Err(e) => errs.push("observability.otlp.endpoint", e),
+        // The exporter is built without TLS: spans go to a collector or agent nearby.
+        Ok(b) if b.tls => errs.push(
+            "observability.otlp.endpoint",
+            "must be http:// (a local collector or agent; aigw's exporter has no TLS)",
+        ),
+        Ok(_) => {}
+    }
+    if !(0.0..=1.0).contains(&o.sample_ratio) {
+        errs.push("observability.otlp.sample_ratio", "must be between 0 and 1");
+    }
+}

@@ -1,5 +1,15 @@
-//! Provider adapters: how a request for one endpoint reaches one kind of provider, and
-//! whether the dialects differ on the way (then `anthropic.rs` translates).
+//! Provider adapters. Two things describe a target, kept apart:
+//!
+//! - its provider **kind** (one file each: `openai.rs`, `anthropic.rs`, `gemini.rs`,
+//!   `vertex.rs`, `bedrock.rs`): the URL and path, the credential or signature, the headers
+//!   that may cross, the default base URL, the name telemetry gives it;
+//! - its **wire format** ([`Wire`]: OpenAI, Anthropic, Gemini, Converse), which one kind may
+//!   vary by model (Vertex AI). The tables below are the one place that decides what a
+//!   caller's endpoint becomes upstream ([`Endpoint::upstream`], [`upstream_body`]) and how
+//!   the answer comes back ([`stream_mode`], [`json_translate`]).
+//!
+//! A new provider is its kind's file and a row in these tables; a new wire format adds its
+//! translations (request, JSON answer, stream translator in `stream/translate.rs`).
 
 pub mod anthropic;
 pub mod bedrock;
@@ -8,6 +18,7 @@ pub mod gemini;
 pub mod openai;
 pub mod vertex;
 
+use bytes::Bytes;
 use http::header::{
     HeaderName, ACCEPT, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, DATE, RETRY_AFTER,
     TRANSFER_ENCODING,
@@ -18,6 +29,8 @@ use pingora::http::RequestHeader;
 use crate::config::raw::ProviderKind;
 use crate::config::{Provider, Target};
 use crate::error::{Dialect, GwError};
+use crate::stream::translate::{AnthropicToChat, BedrockToChat, ChatToAnthropic, GeminiToChat, ViaChat};
+use crate::stream::{JsonTranslate, Mode, Translate};
 use serde_json::{json, Value};
 
 /// Characters kept as they are in a path segment or query value (RFC 3986 unreserved).
@@ -135,6 +148,30 @@ pub fn dialect(wire: Wire) -> Option<Dialect> {
     }
 }
 
+/// The base URL of a provider kind when the config names none; Vertex AI's and Bedrock's
+/// come from their location and region, Azure and OpenAI-compatible servers have none.
+pub fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
+    match kind {
+        ProviderKind::Openai => Some("https://api.openai.com/v1"),
+        ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+        ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
+        ProviderKind::Azure | ProviderKind::OpenaiCompatible | ProviderKind::Vertex | ProviderKind::Bedrock => None,
+    }
+}
+
+/// `gen_ai.provider.name` of the OpenTelemetry GenAI conventions.
+pub fn otel_name(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Openai => "openai",
+        ProviderKind::Azure => "azure.ai.openai",
+        ProviderKind::Anthropic => "anthropic",
+        ProviderKind::OpenaiCompatible => "openai_compatible",
+        ProviderKind::Gemini => "gcp.gemini",
+        ProviderKind::Vertex => "gcp.vertex_ai",
+        ProviderKind::Bedrock => "aws.bedrock",
+    }
+}
+
 /// Path and query of the upstream request for `upstream` (see [`Endpoint::upstream`]);
 /// `stream` matters where the method names it (Gemini, Vertex AI).
 pub fn upstream_path(t: &Target, upstream: Endpoint, stream: bool) -> String {
@@ -146,6 +183,93 @@ pub fn upstream_path(t: &Target, upstream: Endpoint, stream: bool) -> String {
         ProviderKind::Vertex => vertex::upstream_path(t, stream),
         ProviderKind::Bedrock => bedrock::upstream_path(t, stream),
         _ => openai::upstream_path(p, upstream, &t.upstream_model),
+    }
+}
+
+/// The body the provider gets from a caller of `endpoint`: the caller's with `model`
+/// spliced in when the formats match, a translation when they differ (Anthropic callers
+/// reach Gemini and Converse through chat, the hub). The flag says the gateway added
+/// `stream_options.include_usage` and must strip the extra chunk.
+pub fn upstream_body(
+    endpoint: Endpoint,
+    upstream: Endpoint,
+    body: &Bytes,
+    view: &body::BodyView<'_>,
+    target: &Target,
+) -> Result<(Bytes, bool), GwError> {
+    let upstream_model = target.upstream_model.as_str();
+    let translate = |f: fn(&Value, &str) -> Result<Value, GwError>| -> Result<(Bytes, bool), GwError> {
+        let v: Value = serde_json::from_slice(body).map_err(|e| GwError::InvalidJson(e.to_string()))?;
+        let out = f(&v, upstream_model)?;
+        Ok((Bytes::from(out.to_string()), false))
+    };
+    let (body, injected) = match (endpoint, upstream) {
+        (Endpoint::ChatCompletions, Endpoint::Messages) => translate(anthropic::chat_request_to_messages),
+        (Endpoint::Messages, Endpoint::ChatCompletions) => translate(anthropic::messages_request_to_chat),
+        (Endpoint::ChatCompletions, Endpoint::GenerateContent) => translate(gemini::chat_request_to_gemini),
+        (Endpoint::ChatCompletions, Endpoint::Converse) => translate(bedrock::chat_request_to_converse),
+        (Endpoint::Messages, Endpoint::Converse) => translate(|v, model| {
+            bedrock::chat_request_to_converse(&anthropic::messages_request_to_chat(v, model)?, model)
+        }),
+        // Through the chat shape, the hub both translations share.
+        (Endpoint::Messages, Endpoint::GenerateContent) => {
+            translate(|v, model| gemini::chat_request_to_gemini(&anthropic::messages_request_to_chat(v, model)?, model))
+        }
+        // Anthropic streams always carry usage; OpenAI-style ones only when asked.
+        (_, up) => Ok(body::rewrite(
+            body,
+            view,
+            upstream_model,
+            up == Endpoint::ChatCompletions,
+        )),
+    }?;
+    // Claude on Vertex AI: no model in the body, the version in it.
+    if target.provider.kind == ProviderKind::Vertex && upstream == Endpoint::Messages {
+        return Ok((vertex::anthropic_body(&body)?, injected));
+    }
+    Ok((body, injected))
+}
+
+/// How a streamed answer in `wire` reaches a caller speaking `caller`: passed through
+/// (usage read on the way) when the formats match, else translated event by event. Gemini
+/// and Converse reach Anthropic callers through chat chunks (`ViaChat`), whose usage
+/// chunk becomes the final `message_delta`'s usage.
+pub fn stream_mode(
+    wire: Wire,
+    caller: Dialect,
+    include_usage: bool,
+    strip_usage: bool,
+    model: &str,
+    created: i64,
+) -> Mode {
+    let to_chat = |include_usage: bool| -> Box<dyn Translate> {
+        match wire {
+            Wire::Converse => Box::new(BedrockToChat::new(include_usage, created, model)),
+            _ => Box::new(GeminiToChat::new(include_usage, created, model)),
+        }
+    };
+    match (wire, caller) {
+        (Wire::OpenAi, Dialect::OpenAi) => Mode::OpenAi { strip_usage },
+        (Wire::Anthropic, Dialect::Anthropic) => Mode::Anthropic,
+        (Wire::Anthropic, Dialect::OpenAi) => Mode::Translate(Box::new(AnthropicToChat::new(include_usage, created))),
+        (Wire::OpenAi, Dialect::Anthropic) => Mode::Translate(Box::new(ChatToAnthropic::new())),
+        (Wire::Gemini | Wire::Converse, Dialect::OpenAi) => Mode::Translate(to_chat(include_usage)),
+        (Wire::Gemini | Wire::Converse, Dialect::Anthropic) => Mode::Translate(Box::new(ViaChat::new(to_chat(true)))),
+    }
+}
+
+/// How a whole JSON answer in `wire` reaches a caller speaking `caller`.
+pub fn json_translate(wire: Wire, caller: Dialect, model: &str, created: i64) -> JsonTranslate {
+    match (wire, caller) {
+        (Wire::OpenAi, Dialect::OpenAi) | (Wire::Anthropic, Dialect::Anthropic) => JsonTranslate::None,
+        (Wire::Anthropic, Dialect::OpenAi) => JsonTranslate::AnthropicToChat { created },
+        (Wire::OpenAi, Dialect::Anthropic) => JsonTranslate::ChatToAnthropic,
+        (Wire::Gemini | Wire::Converse, _) => JsonTranslate::ToChat {
+            from: wire,
+            created,
+            to_anthropic: caller == Dialect::Anthropic,
+            model: model.to_owned(),
+        },
     }
 }
 

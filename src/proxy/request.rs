@@ -16,7 +16,7 @@ use serde_json::json;
 use super::ctx::Ctx;
 use crate::auth;
 use crate::cache::{self, Lookup};
-use crate::config::raw::{Balance, HashOn, ProviderKind};
+use crate::config::raw::{Balance, HashOn};
 use crate::config::{Snapshot, Target};
 use crate::error::GwError;
 use crate::guard;
@@ -246,10 +246,7 @@ pub fn begin_attempt(state: &AppState, ctx: &mut Ctx) -> Result<(), GwError> {
     let upstream = endpoint.upstream(target.wire()).ok_or(GwError::Internal)?;
     let body = ctx.request_body.clone();
     let view = body::parse(&body)?;
-    let (mut upstream_body, injected) = upstream_body(endpoint, upstream, &body, &view, &target.upstream_model)?;
-    if target.provider.kind == ProviderKind::Vertex && upstream == Endpoint::Messages {
-        upstream_body = provider::vertex::anthropic_body(&upstream_body)?;
-    }
+    let (upstream_body, injected) = provider::upstream_body(endpoint, upstream, &body, &view, &target)?;
     ctx.upstream_body = upstream_body;
     ctx.strip_usage = injected;
     ctx.upstream_endpoint = Some(upstream);
@@ -311,46 +308,6 @@ pub fn attempt_failed(state: &AppState, ctx: &mut Ctx, failure: Failure, addr: O
         Instant::now(),
         &|t: &Target| provider::can_serve(endpoint, t),
     )
-}
-
-/// The body the provider gets: the caller's with `model` spliced in when the dialects
-/// match, a translation when they differ. The flag says the gateway added
-/// `stream_options.include_usage` and must strip the extra chunk.
-fn upstream_body(
-    endpoint: Endpoint,
-    upstream: Endpoint,
-    body: &Bytes,
-    view: &body::BodyView<'_>,
-    upstream_model: &str,
-) -> Result<(Bytes, bool), GwError> {
-    let translate = |f: fn(&serde_json::Value, &str) -> Result<serde_json::Value, GwError>| {
-        let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| GwError::InvalidJson(e.to_string()))?;
-        let out = f(&v, upstream_model)?;
-        Ok((Bytes::from(out.to_string()), false))
-    };
-    match (endpoint, upstream) {
-        (Endpoint::ChatCompletions, Endpoint::Messages) => translate(provider::anthropic::chat_request_to_messages),
-        (Endpoint::Messages, Endpoint::ChatCompletions) => translate(provider::anthropic::messages_request_to_chat),
-        (Endpoint::ChatCompletions, Endpoint::GenerateContent) => translate(provider::gemini::chat_request_to_gemini),
-        (Endpoint::ChatCompletions, Endpoint::Converse) => translate(provider::bedrock::chat_request_to_converse),
-        (Endpoint::Messages, Endpoint::Converse) => translate(|v, model| {
-            provider::bedrock::chat_request_to_converse(
-                &provider::anthropic::messages_request_to_chat(v, model)?,
-                model,
-            )
-        }),
-        // Through the chat shape, the hub both translations share.
-        (Endpoint::Messages, Endpoint::GenerateContent) => translate(|v, model| {
-            provider::gemini::chat_request_to_gemini(&provider::anthropic::messages_request_to_chat(v, model)?, model)
-        }),
-        // Anthropic streams always carry usage; OpenAI-style ones only when asked.
-        (_, up) => Ok(body::rewrite(
-            body,
-            view,
-            upstream_model,
-            up == Endpoint::ChatCompletions,
-        )),
-    }
 }
 
 fn model_object(snap: &Snapshot, alias: &str) -> serde_json::Value {

@@ -16,7 +16,6 @@ use crate::provider::{self, Endpoint, Wire};
 use crate::route::cooldown::parse_retry_after;
 use crate::route::plan::{Failure, Next};
 use crate::state::AppState;
-use crate::stream::translate::{AnthropicToChat, BedrockToChat, ChatToAnthropic, GeminiToChat, ViaChat};
 use crate::stream::{JsonBody, JsonTranslate, Mode, SseState};
 
 /// The error `upstream_response_filter` returns when the failover decision was taken on
@@ -175,19 +174,17 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
         return Ok(());
     }
     if is_sse {
-        let mode = match (provider_dialect, ctx.dialect) {
-            _ if ctx.endpoint == Some(Endpoint::Responses) => Mode::Responses,
-            (Some(Dialect::OpenAi), Dialect::OpenAi) => Mode::OpenAi {
-                strip_usage: ctx.strip_usage,
-            },
-            (Some(Dialect::Anthropic), Dialect::Anthropic) => Mode::Anthropic,
-            (Some(Dialect::Anthropic), Dialect::OpenAi) => {
-                Mode::Translate(Box::new(AnthropicToChat::new(ctx.caller_include_usage, now())))
-            }
-            (Some(Dialect::OpenAi), Dialect::Anthropic) => Mode::Translate(Box::new(ChatToAnthropic::new())),
-            (None, Dialect::OpenAi) => Mode::Translate(to_chat(wire, ctx.caller_include_usage, upstream_model)),
-            // The usage chunk becomes the final message_delta's usage.
-            (None, Dialect::Anthropic) => Mode::Translate(Box::new(ViaChat::new(to_chat(wire, true, upstream_model)))),
+        let mode = if ctx.endpoint == Some(Endpoint::Responses) {
+            Mode::Responses
+        } else {
+            provider::stream_mode(
+                wire,
+                ctx.dialect,
+                ctx.caller_include_usage,
+                ctx.strip_usage,
+                upstream_model,
+                now(),
+            )
         };
         let guard = (!ctx.response_guards.is_empty())
             .then(|| Box::new(StreamGuard::new(ctx.response_guards.clone(), ctx.shape())));
@@ -200,6 +197,8 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
         if wire == Wire::Converse {
             // AWS's binary frames in, SSE out.
             sse.decode_event_stream();
+        }
+        if wire.stream_media() != "text/event-stream" {
             resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
         }
         ctx.sse = Some(sse);
@@ -210,18 +209,7 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
             t.start_stream(ctx.dialect);
         }
     } else {
-        let translate = match (provider_dialect, ctx.dialect) {
-            (Some(Dialect::Anthropic), Dialect::OpenAi) => JsonTranslate::AnthropicToChat { created: now() },
-            (Some(Dialect::OpenAi), Dialect::Anthropic) => JsonTranslate::ChatToAnthropic,
-            (None, _) => JsonTranslate::ToChat {
-                from: wire,
-                created: now(),
-                to_anthropic,
-                model: upstream_model.to_owned(),
-            },
-            _ => JsonTranslate::None,
-        };
-        let mut json = JsonBody::new(translate);
+        let mut json = JsonBody::new(provider::json_translate(wire, ctx.dialect, upstream_model, now()));
         if guard::intervenes(&ctx.response_guards) {
             json.hold = Some(ctx.dialect);
         }
@@ -442,12 +430,4 @@ pub async fn on_failure(session: &mut Session, e: &Error, ctx: &mut Ctx) -> (u16
     }
     ctx.error = Some(err);
     (status, written.is_ok())
-}
-
-/// The stream translator from a format reached only through translation to chat chunks.
-fn to_chat(wire: Wire, include_usage: bool, model: &str) -> Box<dyn crate::stream::Translate> {
-    match wire {
-        Wire::Converse => Box::new(BedrockToChat::new(include_usage, now(), model)),
-        _ => Box::new(GeminiToChat::new(include_usage, now(), model)),
-    }
 }

@@ -482,7 +482,6 @@ impl Traces {
 
 /// Builds the spans of a finished request from its context (the `logging` phase).
 pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crate::proxy::Ctx) {
-    use crate::config::raw::ProviderKind;
     use crate::provider::Endpoint;
     use crate::route::plan::Outcome;
     let cost_usd = ctx.cost_usd();
@@ -522,15 +521,7 @@ pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crat
             attempts.push(AttemptSpan {
                 started: a.started,
                 finished: a.finished.or(Some(end)),
-                provider: match p.kind {
-                    ProviderKind::Openai => "openai",
-                    ProviderKind::Azure => "azure.ai.openai",
-                    ProviderKind::Anthropic => "anthropic",
-                    ProviderKind::OpenaiCompatible => "openai_compatible",
-                    ProviderKind::Gemini => "gcp.gemini",
-                    ProviderKind::Vertex => "gcp.vertex_ai",
-                    ProviderKind::Bedrock => "aws.bedrock",
-                },
+                provider: crate::provider::otel_name(p.kind),
                 provider_key: &p.name,
                 request_model: &target.upstream_model,
                 server_address: &p.base.host,

@@ -107,16 +107,6 @@ pub(super) fn compile_providers(
     providers
 }
 
-fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
-    match kind {
-        ProviderKind::Openai => Some("https://api.openai.com/v1"),
-        ProviderKind::Anthropic => Some("https://api.anthropic.com"),
-        ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
-        // From the location: see `compile_provider`.
-        ProviderKind::Azure | ProviderKind::OpenaiCompatible | ProviderKind::Vertex | ProviderKind::Bedrock => None,
-    }
-}
-
 fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: &mut Errors) -> Option<Provider> {
     let path = format!("provider_keys[{i}]");
     let before = errs.0.len();
@@ -156,7 +146,7 @@ fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: 
     let base_src = p
         .base_url
         .as_deref()
-        .or(default_base_url(p.provider))
+        .or(crate::provider::default_base_url(p.provider))
         .or(cloud_base.as_deref());
     let base = match base_src {
         Some(u) => match BaseUrl::parse(u) {

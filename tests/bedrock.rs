@@ -299,3 +299,95 @@ provider_keys:
         "TOPSECRET",
     );
 }
+
+/// Guardrails, the cache, budgets' cost and traces work on a Bedrock (and a Vertex AI)
+/// answer as on any other: they read the caller's dialect, after translation.
+#[tokio::test]
+async fn policies_hold_on_both_clouds() {
+    let rx = common::otlp::Receiver::start().await;
+    let mock = Mock::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = vertex_key_file(dir.path(), &mock, "");
+    let config = format!(
+        r#"
+{{SERVER}}
+provider_keys:
+  - name: br
+    provider: bedrock
+    base_url: "{{MOCK}}"
+    aws: {{region: us-east-1, access_key_id: AKIDAIGWTEST, secret_access_key: "{{PROVIDER_KEY}}"}}
+  - name: vx
+    provider: vertex
+    base_url: "{{MOCK}}"
+    vertex: {{project: aigw-test, location: us-east5, credentials_file: "{}"}}
+models:
+  - {{name: br-echo, provider_key: br, model: "x?echo", guardrails: [pii], cache: c, pricing: {{input_per_mtok: 1000000, output_per_mtok: 1000000}}}}
+  - {{name: vx-echo, provider_key: vx, model: "claude-x?echo", guardrails: [pii]}}
+guardrails:
+  - {{name: pii, pack: filters/pii.yaml, stage: response, action: mask}}
+cache:
+  - {{name: c, ttl_s: 60}}
+api_keys:
+  - {{name: main, key: "{{CALLER_KEY}}", owner: team}}
+observability:
+  otlp: {{endpoint: "{}", sample_ratio: 1.0}}
+"#,
+        key.display(),
+        rx.endpoint()
+    );
+    let gw = Gateway::start(&config, &mock);
+    let said = "write to alice@example.com today";
+    for model in ["br-echo", "vx-echo"] {
+        for stream in [false, true] {
+            let body = json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": said}]});
+            let text = post(&gw, "/v1/chat/completions", &body).await.text().await.unwrap();
+            let answer = if stream {
+                completion_text(&text)
+            } else {
+                serde_json::from_str::<Value>(&text).unwrap()["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            };
+            assert!(
+                !answer.contains("alice@example.com"),
+                "{model} stream={stream}: {answer}"
+            );
+            assert!(answer.starts_with("write to "), "{model} stream={stream}: {answer}");
+        }
+    }
+    // The same request again: a cache hit, the provider not called.
+    let before = mock.requests().len();
+    let body = json!({"model": "br-echo", "messages": [{"role": "user", "content": said}]});
+    let r = post(&gw, "/v1/chat/completions", &body).await;
+    assert_eq!(r.headers()["x-aigw-cache"], "hit");
+    assert_eq!(mock.requests().len(), before);
+    // Cost counted at the model's prices.
+    assert!(metric(&gw, r#"aigw_cost_usd_total{model="br-echo",owner="team"}"#).await > 0.0);
+    // Each cloud's client spans name it, and no span carries a credential.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    for model in ["br-echo", "vx-echo"] {
+        let body = json!({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+        let r = client()
+            .post(format!("{}/v1/chat/completions", gw.url()))
+            .bearer_auth(CALLER_KEY)
+            .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let spans = rx.trace(trace, 4).await;
+    let providers: Vec<String> = spans
+        .iter()
+        .filter_map(|s| common::otlp::attr(s, "gen_ai.provider.name"))
+        .collect();
+    assert!(providers.contains(&"aws.bedrock".to_owned()), "{providers:?}");
+    assert!(providers.contains(&"gcp.vertex_ai".to_owned()), "{providers:?}");
+    let everything = format!("{spans:?}");
+    for secret in [PROVIDER_KEY, "ya29.", "AWS4-HMAC-SHA256", "PRIVATE KEY"] {
+        assert!(!everything.contains(secret), "{secret} in a span");
+    }
+    assert_no_credentials(&gw);
+}

@@ -1,10 +1,12 @@
 //! Golden translation tests: every file in tests/golden/ is one case, so a new case is a
 //! new file. `kind` picks the translation; streams are fed event by event (and again
-//! split at every 7th byte) and compared as parsed events.
+//! split at every 7th byte) and compared as parsed events. A new case may be written with
+//! `"expected": null` and filled once by `GOLDEN_BLESS=1 cargo nextest run --test golden`;
+//! read what it wrote before committing it. Without the variable a null fails.
 #![allow(clippy::unwrap_used)]
 
-use aigw::provider::{anthropic, gemini};
-use aigw::stream::translate::{AnthropicToChat, ChatToAnthropic, GeminiToChat, ViaChat};
+use aigw::provider::{anthropic, bedrock, gemini};
+use aigw::stream::translate::{AnthropicToChat, BedrockToChat, ChatToAnthropic, GeminiToChat, ViaChat};
 use aigw::stream::{Mode, SseState};
 use bytes::Bytes;
 use serde_json::Value;
@@ -28,7 +30,65 @@ fn mode(kind: &str, options: &Value) -> Mode {
             CREATED,
             "upstream-model",
         ))))),
+        "converse_stream_to_chat" => Mode::Translate(Box::new(BedrockToChat::new(
+            options["include_usage"] == Value::Bool(true),
+            CREATED,
+            "upstream-model",
+        ))),
+        "converse_stream_to_anthropic" => Mode::Translate(Box::new(ViaChat::new(Box::new(BedrockToChat::new(
+            true,
+            CREATED,
+            "upstream-model",
+        ))))),
         other => panic!("unknown stream kind {other}"),
+    }
+}
+
+/// A Converse stream case lists its events as `{"<event type>": payload}` (or
+/// `{"exception": {"type", "message"}}`); Bedrock sends each as an AWS event-stream frame.
+fn converse_frames(events: &[Value]) -> Vec<Bytes> {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    events
+        .iter()
+        .map(|e| {
+            let (name, payload) = e.as_object().unwrap().iter().next().unwrap();
+            let headers = if name == "exception" {
+                vec![
+                    Header::new(":message-type", HeaderValue::String("exception".into())),
+                    Header::new(
+                        ":exception-type",
+                        HeaderValue::String(payload["type"].as_str().unwrap().to_owned().into()),
+                    ),
+                ]
+            } else {
+                vec![
+                    Header::new(":message-type", HeaderValue::String("event".into())),
+                    Header::new(":event-type", HeaderValue::String(name.clone().into())),
+                ]
+            };
+            let m = Message::new_from_parts(headers, Bytes::from(payload.to_string()));
+            let mut out = Vec::new();
+            aws_smithy_eventstream::frame::write_message_to(&m, &mut out).unwrap();
+            Bytes::from(out)
+        })
+        .collect()
+}
+
+/// Converse names no completion: the gateway makes an id up, which a case cannot know.
+fn generated_ids(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match x {
+                    Value::String(s) if k == "id" && (s.starts_with("chatcmpl-") || s.starts_with("msg_")) => {
+                        *s = "(generated)".into()
+                    }
+                    _ => generated_ids(x),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(generated_ids),
+        _ => {}
     }
 }
 
@@ -53,6 +113,9 @@ fn parse_events(text: &str) -> Vec<Value> {
 
 fn run_stream(kind: &str, options: &Value, chunks: &[Bytes]) -> (Vec<Value>, Option<aigw::stream::Usage>) {
     let mut s = SseState::with_mode(mode(kind, options));
+    if kind.starts_with("converse_") {
+        s.decode_event_stream();
+    }
     let mut out = Vec::new();
     for c in chunks {
         out.extend_from_slice(&s.feed(c.clone()));
@@ -77,6 +140,42 @@ fn run_case(name: &str, case: &Value) {
         "gemini_response_to_chat" => gemini::response_to_chat(input, CREATED, model),
         "gemini_response_to_messages" => {
             anthropic::chat_response_to_messages(&gemini::response_to_chat(input, CREATED, model))
+        }
+        "chat_request_to_converse" => bedrock::chat_request_to_converse(input, model).unwrap(),
+        "messages_request_to_converse" => {
+            bedrock::chat_request_to_converse(&anthropic::messages_request_to_chat(input, model).unwrap(), model)
+                .unwrap()
+        }
+        "converse_response_to_chat" => {
+            let mut v = bedrock::response_to_chat(input, CREATED, model);
+            generated_ids(&mut v);
+            v
+        }
+        "converse_response_to_messages" => {
+            let mut v = anthropic::chat_response_to_messages(&bedrock::response_to_chat(input, CREATED, model));
+            generated_ids(&mut v);
+            v
+        }
+        "converse_stream_to_chat" | "converse_stream_to_anthropic" => {
+            let frames = converse_frames(input.as_array().unwrap());
+            let (mut got, usage) = run_stream(kind, &case["options"], &frames);
+            let whole: Vec<u8> = frames.concat();
+            let by_bytes: Vec<Bytes> = whole.chunks(7).map(Bytes::copy_from_slice).collect();
+            let (mut again, _) = run_stream(kind, &case["options"], &by_bytes);
+            let mut g = Value::Array(std::mem::take(&mut got));
+            let mut a = Value::Array(std::mem::take(&mut again));
+            generated_ids(&mut g);
+            generated_ids(&mut a);
+            assert_eq!(g, a, "{name}: output depends on how frames are cut");
+            if let Some(u) = case.get("usage") {
+                let usage = usage.unwrap_or_default();
+                assert_eq!(
+                    [usage.input_tokens, usage.output_tokens],
+                    [u[0].as_u64().unwrap(), u[1].as_u64().unwrap()],
+                    "{name}: usage"
+                );
+            }
+            g
         }
         "chat_request_to_gemini_error" => {
             let e = gemini::chat_request_to_gemini(input, model).unwrap_err();
@@ -119,6 +218,13 @@ fn run_case(name: &str, case: &Value) {
         }
         other => panic!("{name}: unknown kind {other}"),
     };
+    if case["expected"].is_null() && std::env::var_os("GOLDEN_BLESS").is_some() {
+        let mut c = case.clone();
+        c["expected"] = got;
+        let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::write(path, serde_json::to_string_pretty(&c).unwrap() + "\n").unwrap();
+        return;
+    }
     assert_eq!(
         got,
         case["expected"],

@@ -189,6 +189,19 @@ async fn a_refused_token_is_a_502_that_fails_over_and_names_no_credential() {
     assert_no_credentials(&gw);
 }
 
+#[tokio::test]
+async fn a_token_answer_is_read_only_up_to_a_bound() {
+    let mock = Mock::start();
+    let (gw, _dir) = start(&mock, "huge=1");
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("gemini")).await;
+    assert_eq!(resp.status(), 502);
+    assert!(
+        wait_until(5, || gw.log_text().contains("answered more than 65536 bytes")),
+        "{}",
+        gw.log_text()
+    );
+}
+
 #[test]
 fn vertex_settings_are_checked_when_the_config_loads() {
     let dir = tempfile::tempdir().unwrap();

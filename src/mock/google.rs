@@ -2,8 +2,9 @@
 //! JWT assertion (RFC 7523) with the account's public key and issues short-lived access
 //! tokens, and the check of those tokens on Vertex AI's paths.
 //!
-//! The token URI may carry `?expires_in=N` (the lifetime issued, default 3600) and
-//! `?fail=1` (answer `invalid_grant`), so a test's key file scripts the endpoint.
+//! The token URI may carry `?expires_in=N` (the lifetime issued, default 3600), `?fail=1`
+//! (answer `invalid_grant`) and `?huge=1` (a 1 MiB answer), so a test's key file scripts
+//! the endpoint.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +59,14 @@ impl Google {
         };
         if param(query, "fail").is_some() {
             return grant_error("invalid_grant", "Invalid JWT Signature.");
+        }
+        // An endpoint that answers without end (a wrong token_uri, a hostile server).
+        if param(query, "huge").is_some() {
+            let padding = " ".repeat(1 << 20);
+            return full(
+                StatusCode::OK,
+                &json!({"padding": padding, "access_token": "never-read"}),
+            );
         }
         let form = std::str::from_utf8(body).ok();
         if param(form, "grant_type").as_deref() != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {

@@ -43,6 +43,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed fetch, requests fail at once for this long instead of each asking a
 /// token endpoint that is down.
 const BACKOFF: Duration = Duration::from_secs(1);
+/// The largest token endpoint answer read.
+const MAX_ANSWER: usize = 64 * 1024;
 /// Longest lifetime asked for and believed (Google's is one hour).
 const LIFETIME: u64 = 3600;
 
@@ -346,10 +348,22 @@ impl Tokens {
             .await
             .map_err(|e| format!("token endpoint {} unreachable: {}", self.token_uri, e.without_url()))?;
         let status = resp.status();
-        let body = resp
-            .bytes()
+        // Read as it arrives, up to a bound: a token answer is a few hundred bytes.
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| format!("token endpoint {}: {}", self.token_uri, e.without_url()))?;
+            .map_err(|e| format!("token endpoint {}: {}", self.token_uri, e.without_url()))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return Err(format!(
+                    "token endpoint {} answered more than {MAX_ANSWER} bytes",
+                    self.token_uri
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
             let e: TokenError = serde_json::from_slice(&body).unwrap_or_default();
             let mut why = format!(

@@ -233,7 +233,8 @@ fn guardrail_scan(c: &mut Criterion) {
     stream.push_str("data: [DONE]\n\n");
     c.bench_function("guardrails: 200-event stream, all packs masking", |b| {
         b.iter(|| {
-            let mut sg = aigw::guard::stream::StreamGuard::new(masks.clone(), aigw::error::Dialect::OpenAi);
+            let mut sg =
+                aigw::guard::stream::StreamGuard::new(masks.clone(), aigw::provider::Endpoint::ChatCompletions);
             let mut hits = Vec::new();
             black_box(sg.feed(stream.as_bytes(), true, &mut hits).unwrap())
         })
@@ -261,7 +262,8 @@ fn guardrail_scan(c: &mut Criterion) {
     ] {
         g.bench_function(name, |b| {
             b.iter(|| {
-                let mut sg = aigw::guard::stream::StreamGuard::new(guards.clone(), aigw::error::Dialect::OpenAi);
+                let mut sg =
+                    aigw::guard::stream::StreamGuard::new(guards.clone(), aigw::provider::Endpoint::ChatCompletions);
                 let mut hits = Vec::new();
                 for e in evs.iter() {
                     black_box(sg.feed(e.as_bytes(), false, &mut hits).unwrap());

@@ -234,7 +234,7 @@ fn guardrails() -> &'static [Arc<aigw::guard::Guardrail>] {
 /// Guardrail scanning of requests, whole responses and streams, in every shape.
 #[allow(dead_code)]
 pub fn guard(data: &[u8]) {
-    use aigw::guard::{self, stream::StreamGuard, Shape};
+    use aigw::guard::{self, stream::StreamGuard};
     use aigw::provider::Endpoint;
     let Some((&seed, body)) = data.split_first() else { return };
     let guards = guardrails();
@@ -257,12 +257,12 @@ pub fn guard(data: &[u8]) {
     if let Ok(Some(masked)) = guard::check_request(guards, endpoint, body, &mut hits) {
         assert!(serde_json::from_slice::<serde_json::Value>(&masked).is_ok(), "a masked request is JSON");
     }
-    let shape = [Shape::Chat, Shape::Messages, Shape::Responses][seed as usize % 3];
+    let shape = [Endpoint::ChatCompletions, Endpoint::Messages, Endpoint::Responses][seed as usize % 3];
     let mut by = None;
     if let Some(b) = guard::check_response(guards, shape, body, &mut hits, &mut by) {
         assert!(serde_json::from_slice::<serde_json::Value>(&b).is_ok(), "a checked response is JSON");
     }
-    let shape = [Shape::Chat, Shape::Messages, Shape::Responses][seed as usize % 3];
+    let shape = [Endpoint::ChatCompletions, Endpoint::Messages, Endpoint::Responses][seed as usize % 3];
     let mut g = StreamGuard::new(guards.to_vec(), shape);
     let input = pieces(body, seed);
     for (i, p) in input.iter().enumerate() {

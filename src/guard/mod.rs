@@ -23,49 +23,9 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::config::raw::{self, Action, Stage};
-use crate::error::{Dialect, GwError};
+use crate::error::GwError;
 use crate::provider::Endpoint;
 pub use matcher::{Found, Matcher};
-
-/// The shape of the completions a caller gets: where their text is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
-    /// Chat completions (JSON and chunks).
-    Chat,
-    /// Anthropic Messages (JSON and events).
-    Messages,
-    /// The Responses API (JSON and `response.*` events).
-    Responses,
-}
-
-impl Shape {
-    pub fn of(endpoint: Endpoint) -> Self {
-        match endpoint {
-            Endpoint::Messages => Self::Messages,
-            Endpoint::Responses => Self::Responses,
-            Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::GenerateContent | Endpoint::Converse => {
-                Self::Chat
-            }
-        }
-    }
-
-    /// The error envelope of this shape's API.
-    pub fn dialect(self) -> Dialect {
-        match self {
-            Self::Messages => Dialect::Anthropic,
-            Self::Chat | Self::Responses => Dialect::OpenAi,
-        }
-    }
-}
-
-impl From<Dialect> for Shape {
-    fn from(d: Dialect) -> Self {
-        match d {
-            Dialect::OpenAi => Self::Chat,
-            Dialect::Anthropic => Self::Messages,
-        }
-    }
-}
 
 #[derive(Debug)]
 pub struct Guardrail {
@@ -330,7 +290,7 @@ pub fn check_request(
 /// way. Returns the new body, or `None` when unchanged.
 pub fn check_response(
     guards: &[Arc<Guardrail>],
-    shape: Shape,
+    endpoint: Endpoint,
     body: &[u8],
     hits: &mut Vec<Hit>,
     blocked_by: &mut Option<Arc<str>>,
@@ -339,20 +299,24 @@ pub fn check_response(
         // Not a completion we can read: only a monitor may let it through.
         return intervenes(guards).then(|| {
             GwError::UpstreamError("The provider's answer could not be checked by the guardrails.".into())
-                .body(shape.dialect())
+                .body(endpoint.dialect())
         });
     };
-    let changed = text::response_texts(&mut v, shape, &mut |s: &mut String| match scan_text(guards, s, hits) {
-        TextVerdict::Clean => text::Edit::Keep,
-        TextVerdict::Blocked(name) => {
-            blocked_by.get_or_insert(name);
-            text::Edit::Block
-        }
-        TextVerdict::Masked(m) => {
-            *s = m;
-            text::Edit::Changed
-        }
-    });
+    let changed = text::response_texts(
+        &mut v,
+        endpoint,
+        &mut |s: &mut String| match scan_text(guards, s, hits) {
+            TextVerdict::Clean => text::Edit::Keep,
+            TextVerdict::Blocked(name) => {
+                blocked_by.get_or_insert(name);
+                text::Edit::Block
+            }
+            TextVerdict::Masked(m) => {
+                *s = m;
+                text::Edit::Changed
+            }
+        },
+    );
     changed.then(|| Bytes::from(v.to_string()))
 }
 

@@ -23,8 +23,9 @@ use serde_json::{json, Map, Value};
 
 use super::live::Tracker;
 use super::text::is_protocol_key;
-use super::{apply_masks, intervenes, record, Found, Guardrail, Hit, Shape};
+use super::{apply_masks, intervenes, record, Found, Guardrail, Hit};
 use crate::config::raw::Action;
+use crate::provider::Endpoint;
 use crate::stream::{event_data, event_end};
 
 /// The most text one choice or block may hold back while a match is in progress.
@@ -62,7 +63,8 @@ enum Carrier {
 #[derive(Debug)]
 pub struct StreamGuard {
     guards: Vec<Arc<Guardrail>>,
-    shape: Shape,
+    /// The caller's endpoint: its events' shape.
+    endpoint: Endpoint,
     holds: bool,
     carry: BytesMut,
     texts: Vec<Held>,
@@ -77,11 +79,11 @@ pub struct StreamGuard {
 type Stop = Arc<str>;
 
 impl StreamGuard {
-    pub fn new(guards: Vec<Arc<Guardrail>>, shape: impl Into<Shape>) -> Self {
+    pub fn new(guards: Vec<Arc<Guardrail>>, endpoint: Endpoint) -> Self {
         Self {
             holds: intervenes(&guards),
             guards,
-            shape: shape.into(),
+            endpoint,
             carry: BytesMut::new(),
             texts: Vec::new(),
             finishing: None,
@@ -131,13 +133,13 @@ impl StreamGuard {
                 }
             };
         };
-        let changed = match self.shape {
-            Shape::Chat => self.chat_chunk(&mut v, out, hits)?,
-            Shape::Messages => self.anthropic_event(&mut v, out, hits)?,
-            Shape::Responses => self.responses_event(&mut v, out, hits)?,
+        let changed = match self.endpoint {
+            Endpoint::Messages => self.anthropic_event(&mut v, out, hits)?,
+            Endpoint::Responses => self.responses_event(&mut v, out, hits)?,
+            _ => self.chat_chunk(&mut v, out, hits)?,
         };
         if changed && self.holds {
-            write_event(out, &v, self.shape);
+            write_event(out, &v, self.endpoint);
         } else {
             out.extend_from_slice(event);
         }
@@ -414,7 +416,7 @@ impl StreamGuard {
                 meta
             }
         };
-        write_event(out, &event, self.shape);
+        write_event(out, &event, self.endpoint);
         Ok(())
     }
 
@@ -552,11 +554,10 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
 }
 
 /// Chat chunks are bare `data:` events; Anthropic and Responses events name their type.
-fn write_event(out: &mut Vec<u8>, v: &Value, shape: Shape) {
-    let name = if shape == Shape::Chat {
-        None
-    } else {
-        v.get("type").and_then(Value::as_str)
+fn write_event(out: &mut Vec<u8>, v: &Value, endpoint: Endpoint) {
+    let name = match endpoint {
+        Endpoint::Messages | Endpoint::Responses => v.get("type").and_then(Value::as_str),
+        _ => None,
     };
     crate::stream::write_event(out, name, v);
 }

@@ -80,7 +80,7 @@ fn messages_stream(pieces: &[&str]) -> Vec<u8> {
 
 /// Feeds `stream` in two network chunks split at `at`; returns the text the caller sees,
 /// or the guardrail that blocked.
-fn run(g: &Arc<Guardrail>, dialect: Dialect, stream: &[u8], at: usize) -> Result<String, Arc<str>> {
+fn run(g: &Arc<Guardrail>, dialect: Endpoint, stream: &[u8], at: usize) -> Result<String, Arc<str>> {
     let mut sg = StreamGuard::new(vec![g.clone()], dialect);
     let mut hits = Vec::new();
     let mut out = sg.feed(&stream[..at], false, &mut hits)?.to_vec();
@@ -91,8 +91,8 @@ fn run(g: &Arc<Guardrail>, dialect: Dialect, stream: &[u8], at: usize) -> Result
             continue;
         };
         let piece = match dialect {
-            Dialect::OpenAi => v.pointer("/choices/0/delta/content"),
-            Dialect::Anthropic => v.pointer("/delta/text"),
+            Endpoint::Messages => v.pointer("/delta/text"),
+            _ => v.pointer("/choices/0/delta/content"),
         };
         text.push_str(piece.and_then(Value::as_str).unwrap_or(""));
     }
@@ -128,10 +128,10 @@ fn streamed_matches_are_caught_at_every_split() {
             let cuts: Vec<usize> = (1..text.len()).filter(|i| text.is_char_boundary(*i)).collect();
             for &i in &cuts {
                 let pieces = [&text[..i], &text[i..]];
-                for dialect in [Dialect::OpenAi, Dialect::Anthropic] {
+                for dialect in [Endpoint::ChatCompletions, Endpoint::Messages] {
                     let stream = match dialect {
-                        Dialect::OpenAi => chat_stream(&pieces),
-                        Dialect::Anthropic => messages_stream(&pieces),
+                        Endpoint::Messages => messages_stream(&pieces),
+                        _ => chat_stream(&pieces),
                     };
                     let mid = stream.len() / 2;
                     assert!(
@@ -161,7 +161,7 @@ fn token_sized_deltas_and_byte_sized_network_chunks() {
     let stream = chat_stream(&pieces);
     for at in 0..=stream.len() {
         assert_eq!(
-            run(&mask, Dialect::OpenAi, &stream, at).unwrap(),
+            run(&mask, Endpoint::ChatCompletions, &stream, at).unwrap(),
             whole,
             "network split at {at}"
         );
@@ -173,11 +173,11 @@ fn clean_streams_pass_unchanged_and_monitor_never_rewrites() {
     let block = guard("pii.yaml", Action::Block);
     let text = "Nothing personal here, just a long enough answer about the weather.";
     let stream = chat_stream(&[&text[..20], &text[20..]]);
-    assert_eq!(run(&block, Dialect::OpenAi, &stream, 7).unwrap(), text);
+    assert_eq!(run(&block, Endpoint::ChatCompletions, &stream, 7).unwrap(), text);
 
     let monitor = guard("pii.yaml", Action::Monitor);
     let stream = chat_stream(&["mail bob@", "example.com now"]);
-    let mut sg = StreamGuard::new(vec![monitor], Dialect::OpenAi);
+    let mut sg = StreamGuard::new(vec![monitor], Endpoint::ChatCompletions);
     let mut hits = Vec::new();
     let out = sg.feed(&stream, true, &mut hits).unwrap();
     assert_eq!(&out[..], &stream[..], "monitor forwards the events untouched");
@@ -189,9 +189,9 @@ fn clean_streams_pass_unchanged_and_monitor_never_rewrites() {
 fn unreadable_events_fail_closed_for_block_and_open_for_monitor() {
     let bad = b"data: {not json\n\ndata: [DONE]\n\n";
     let mut hits = Vec::new();
-    let mut sg = StreamGuard::new(vec![guard("pii.yaml", Action::Block)], Dialect::OpenAi);
+    let mut sg = StreamGuard::new(vec![guard("pii.yaml", Action::Block)], Endpoint::ChatCompletions);
     assert!(sg.feed(bad, true, &mut hits).is_err());
-    let mut sg = StreamGuard::new(vec![guard("pii.yaml", Action::Monitor)], Dialect::OpenAi);
+    let mut sg = StreamGuard::new(vec![guard("pii.yaml", Action::Monitor)], Endpoint::ChatCompletions);
     assert_eq!(&sg.feed(bad, true, &mut hits).unwrap()[..], bad);
 }
 
@@ -211,14 +211,14 @@ fn only_a_match_in_progress_is_held() {
     };
     let g = Arc::new(Guardrail::compile("g", &kw).unwrap());
     // Only a match in progress is held: text that cannot start one goes out at once.
-    let mut sg = StreamGuard::new(vec![g.clone()], Dialect::OpenAi);
+    let mut sg = StreamGuard::new(vec![g.clone()], Endpoint::ChatCompletions);
     let mut hits = Vec::new();
     let stream = chat_stream(&["a long sentence without it"]);
     let first = crate::stream::event_end(&stream).unwrap();
     let out = sg.feed(&stream[..first], false, &mut hits).unwrap();
     let text = String::from_utf8(out.to_vec()).unwrap();
     assert!(text.contains(r#""content":"a long sentence without it""#), "{text}");
-    let mut sg = StreamGuard::new(vec![g], Dialect::OpenAi);
+    let mut sg = StreamGuard::new(vec![g], Endpoint::ChatCompletions);
     let stream = chat_stream(&["a word about Fal"]);
     let out = sg
         .feed(&stream[..crate::stream::event_end(&stream).unwrap()], false, &mut hits)
@@ -248,7 +248,7 @@ fn choices_are_scanned_separately_and_interleaved() {
         "data: [DONE]\n\n".to_owned(),
     ]
     .concat();
-    let mut sg = StreamGuard::new(vec![mask], Dialect::OpenAi);
+    let mut sg = StreamGuard::new(vec![mask], Endpoint::ChatCompletions);
     let mut hits = Vec::new();
     let out = sg.feed(stream.as_bytes(), true, &mut hits).unwrap();
     let mut texts = [String::new(), String::new()];
@@ -334,7 +334,7 @@ fn json_and_stream_ending(
     let mut by = None;
     let checked = check_response(
         std::slice::from_ref(g),
-        Shape::Chat,
+        Endpoint::ChatCompletions,
         body.to_string().as_bytes(),
         &mut hits,
         &mut by,
@@ -363,7 +363,7 @@ fn json_and_stream_ending(
         );
     }
     stream.extend_from_slice(b"data: [DONE]\n\n");
-    let mut sg = StreamGuard::new(vec![g.clone()], Dialect::OpenAi);
+    let mut sg = StreamGuard::new(vec![g.clone()], Endpoint::ChatCompletions);
     let mut streamed = Some(String::new());
     // Fed event by event, as a provider's reads would arrive.
     let mut pos = 0;
@@ -449,7 +449,7 @@ fn anthropic_thinking_and_tool_input_deltas_are_scanned() {
         ("text_delta", "text"),
     ] {
         let stream = anthropic_deltas(kind, field, "{\"to\": \"bob.smith@example.com\"}", 4);
-        let mut sg = StreamGuard::new(vec![pii.clone()], Dialect::Anthropic);
+        let mut sg = StreamGuard::new(vec![pii.clone()], Endpoint::Messages);
         let mut hits = Vec::new();
         let out = sg.feed(&stream, true, &mut hits).unwrap();
         let mut text = String::new();
@@ -476,7 +476,7 @@ fn a_hold_past_the_bound_fails_closed() {
         let c = json!({"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]});
         stream.extend_from_slice(format!("data: {c}\n\n").as_bytes());
     }
-    let mut sg = StreamGuard::new(vec![secrets], Dialect::OpenAi);
+    let mut sg = StreamGuard::new(vec![secrets], Endpoint::ChatCompletions);
     let mut hits = Vec::new();
     let mut sent = Vec::new();
     let mut pos = 0;
@@ -511,7 +511,7 @@ fn texts_open_at_once_are_bounded() {
         let c = json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": i, "function": {"arguments": "{\"a"}}]}, "finish_reason": null}]});
         stream.push_str(&format!("data: {c}\n\n"));
     }
-    let mut sg = StreamGuard::new(vec![pii], Dialect::OpenAi);
+    let mut sg = StreamGuard::new(vec![pii], Endpoint::ChatCompletions);
     let mut hits = Vec::new();
     assert_eq!(
         sg.feed(stream.as_bytes(), false, &mut hits).unwrap_err().as_ref(),

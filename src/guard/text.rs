@@ -12,7 +12,6 @@
 
 use serde_json::{Map, Value};
 
-use super::Shape;
 use crate::provider::Endpoint;
 
 /// Parses a request body for scanning, refusing an object with a key twice: parsers
@@ -240,14 +239,15 @@ pub enum Edit {
 /// string but protocol values: message content, refusals, reasoning, tool call arguments;
 /// Anthropic text, thinking and tool input; Responses output, reasoning summaries and
 /// function call arguments) and applies blocks. Returns whether the completion changed.
-pub fn response_texts(v: &mut Value, shape: Shape, f: &mut dyn FnMut(&mut String) -> Edit) -> bool {
+/// `endpoint` is the caller's: its answer's shape says where the text is.
+pub fn response_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut String) -> Edit) -> bool {
     let mut changed = false;
     // Completions carry no base64 text; a walk never fails on them.
     let mut scan = |x: &mut Value, block: &mut bool| {
         let _ = walk(x, false, &mut |s: &mut String| apply(f(s), &mut changed, block));
     };
-    match shape {
-        Shape::Responses => {
+    match endpoint {
+        Endpoint::Responses => {
             let mut block = false;
             if let Some(Value::Array(output)) = v.get_mut("output") {
                 output.iter_mut().for_each(|item| scan(item, &mut block));
@@ -261,7 +261,8 @@ pub fn response_texts(v: &mut Value, shape: Shape, f: &mut dyn FnMut(&mut String
                 v["incomplete_details"] = serde_json::json!({"reason": "content_filter"});
             }
         }
-        Shape::Chat => {
+        // Chat completions; upstream-only endpoints never reach a caller.
+        Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::GenerateContent | Endpoint::Converse => {
             let Some(Value::Array(choices)) = v.get_mut("choices") else {
                 return false;
             };
@@ -280,7 +281,7 @@ pub fn response_texts(v: &mut Value, shape: Shape, f: &mut dyn FnMut(&mut String
                 }
             }
         }
-        Shape::Messages => {
+        Endpoint::Messages => {
             let mut block = false;
             if let Some(Value::Array(content)) = v.get_mut("content") {
                 content.iter_mut().for_each(|b| scan(b, &mut block));
@@ -448,7 +449,7 @@ mod tests {
             {"index": 0, "message": {"role": "assistant", "content": "bad"}, "finish_reason": "stop"},
             {"index": 1, "message": {"role": "assistant", "content": "good"}, "finish_reason": "stop"},
         ]});
-        let changed = response_texts(&mut v, Shape::Chat, &mut |s: &mut String| {
+        let changed = response_texts(&mut v, Endpoint::ChatCompletions, &mut |s: &mut String| {
             if s == "bad" {
                 Edit::Block
             } else {
@@ -461,7 +462,7 @@ mod tests {
         assert_eq!(v["choices"][1]["message"]["content"], "good");
 
         let mut a = json!({"content": [{"type": "text", "text": "bad"}], "stop_reason": "end_turn"});
-        response_texts(&mut a, Shape::Messages, &mut |_: &mut String| Edit::Block);
+        response_texts(&mut a, Endpoint::Messages, &mut |_: &mut String| Edit::Block);
         assert_eq!(a["content"], json!([]));
         assert_eq!(a["stop_reason"], "refusal");
     }

@@ -121,9 +121,10 @@ impl Ctx {
 }
 
 impl Ctx {
-    /// Where the text is in the completions this caller gets.
-    pub fn shape(&self) -> crate::guard::Shape {
-        self.endpoint.map_or(crate::guard::Shape::Chat, crate::guard::Shape::of)
+    /// The caller's endpoint, whose answers' shape says where their text is (chat when
+    /// none was routed yet).
+    pub fn shape(&self) -> Endpoint {
+        self.endpoint.unwrap_or(Endpoint::ChatCompletions)
     }
 
     /// What this request cost: the tokens the provider reported, priced with the

@@ -8,13 +8,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde_json::json;
 
-/// Which API dialect the caller speaks; decides the error envelope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Dialect {
-    #[default]
-    OpenAi,
-    Anthropic,
-}
+use crate::provider::Dialect;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GwError {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use bytes::BytesMut;
 use serde_json::{json, Map, Value};
 
-use crate::error::Dialect;
+use crate::provider::Dialect;
 use crate::stream::{event_data, event_end, Usage};
 
 /// Why a completion ended, when that makes it worth storing.

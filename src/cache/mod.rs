@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::config::raw::{self, CacheScope};
 use crate::config::{ApiKeyEntry, Model, Snapshot};
-use crate::error::Dialect;
+use crate::provider::Dialect;
 use crate::provider::Endpoint;
 use crate::redis_pool::RedisPool;
 use crate::stream::Usage;

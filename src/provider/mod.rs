@@ -28,13 +28,22 @@ use pingora::http::RequestHeader;
 
 use crate::config::raw::ProviderKind;
 use crate::config::{Provider, Target};
-use crate::error::{Dialect, GwError};
+use crate::error::GwError;
 use crate::stream::translate::{AnthropicToChat, BedrockToChat, ChatToAnthropic, GeminiToChat, ViaChat};
 use crate::stream::{JsonTranslate, Mode, Translate};
 use serde_json::{json, Value};
 
 /// Characters kept as they are in a path segment or query value (RFC 3986 unreserved).
 const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// The API family a caller speaks (OpenAI's or Anthropic's): the shapes of its answers and
+/// its error envelope. Which of its endpoints it called is [`Endpoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    #[default]
+    OpenAi,
+    Anthropic,
+}
 
 /// The data-plane endpoints that go upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,10 +7,11 @@ use bytes::Bytes;
 
 use crate::cache;
 use crate::config::{ApiKeyEntry, Snapshot, Target};
-use crate::error::{Dialect, GwError};
+use crate::error::GwError;
 use crate::guard::stream::StreamGuard;
 use crate::guard::{Guardrail, Hit};
 use crate::limit::Admitted;
+use crate::provider::Dialect;
 use crate::provider::Endpoint;
 use crate::route::plan::Plan;
 use crate::route::upstream::Pick;

@@ -95,7 +95,7 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     let req = session.req_header();
     // Anthropic callers get Anthropic's error envelope from the very first check.
     if req.uri.path() == "/v1/messages" {
-        ctx.dialect = crate::error::Dialect::Anthropic;
+        ctx.dialect = crate::provider::Dialect::Anthropic;
     }
     ctx.snapshot = Some(snap.clone());
     // Traced from the first check on, so refusals show up in traces too.

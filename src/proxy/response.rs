@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use super::ctx::Ctx;
 use crate::config::Target;
-use crate::error::{Dialect, GwError};
+use crate::error::GwError;
 use crate::guard::{self, stream::StreamGuard};
+use crate::provider::Dialect;
 use crate::provider::{self, Endpoint, Wire};
 use crate::route::cooldown::parse_retry_after;
 use crate::route::plan::{Failure, Next};

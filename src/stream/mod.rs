@@ -11,7 +11,8 @@ use bytes::{Bytes, BytesMut};
 use memchr::memmem::{Finder, FinderRev};
 use serde::Deserialize;
 
-use crate::error::{Dialect, GwError};
+use crate::error::GwError;
+use crate::provider::Dialect;
 use crate::provider::Wire;
 
 pub mod translate;

@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::{write_event, Translate, Usage};
-use crate::error::{Dialect, GwError};
+use crate::error::GwError;
 use crate::provider::anthropic::{finish_reason, stop_reason};
+use crate::provider::Dialect;
 use crate::provider::{bedrock, gemini};
 
 fn openai_event(out: &mut Vec<u8>, v: &Value) {

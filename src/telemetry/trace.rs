@@ -209,7 +209,7 @@ impl RequestTrace {
     }
 
     /// A streamed answer starts (its text is assembled only with `capture_content`).
-    pub fn start_stream(&mut self, dialect: crate::error::Dialect) {
+    pub fn start_stream(&mut self, dialect: crate::provider::Dialect) {
         if self.capturing() {
             self.output = Some(Output::Stream(Box::new(crate::cache::assemble::Assembler::new(
                 dialect,

@@ -15,6 +15,10 @@ const CONFIG: &str = r#"
 provider_keys:
   - {name: mock, provider: openai_compatible, base_url: "{MOCK}/v1", api_key: "{PROVIDER_KEY}"}
   - {name: an, provider: anthropic, base_url: "{MOCK}", api_key: "{PROVIDER_KEY}"}
+  - name: br
+    provider: bedrock
+    base_url: "{MOCK}"
+    aws: {region: us-east-1, access_key_id: AKIDAIGWTEST, secret_access_key: "{PROVIDER_KEY}"}
 budgets:
   - {name: team, usd: 100, period: day}
 models:
@@ -25,6 +29,10 @@ models:
   - name: claude-paced
     provider_key: an
     model: "c?words=12&chunk_delay_ms=60"
+    pricing: {input_per_mtok: 1000, output_per_mtok: 1000}
+  - name: bedrock-paced
+    provider_key: br
+    model: "x?words=12&chunk_delay_ms=60"
     pricing: {input_per_mtok: 1000, output_per_mtok: 1000}
   - {name: no-done, provider_key: mock, model: "x?no_done"}
   - {name: claude-no-done, provider_key: an, model: "c?no_done"}
@@ -97,6 +105,34 @@ async fn a_caller_who_hangs_up_before_the_usage_is_charged_an_estimate() {
     );
     // The upstream was cancelled: nothing keeps running for the caller who left.
     assert!(wait_until(5, || mock.stats()["cancelled_streams"].as_u64() >= Some(2)));
+}
+
+/// Bedrock sends the usage in a `metadata` event after `messageStop`: a caller who hangs
+/// up once the text is in (translated from AWS's event stream) is charged the estimate.
+/// (A hang-up between `messageStop` and `metadata` is estimated too: the translator is
+/// complete only with the metadata, `stream::translate` unit tests.)
+#[tokio::test]
+async fn a_bedrock_caller_who_hangs_up_before_the_metadata_is_charged_an_estimate() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let chat = json!({"model": "bedrock-paced", "stream": true, "messages": [{"role": "user", "content": "hello"}]});
+    // The twelfth and last word ("aigw", without the space the others carry).
+    hang_up_after(&gw, "/v1/chat/completions", &chat, |d| {
+        d.contains(r#""content":"aigw""#)
+    })
+    .await;
+    let series = r#"aigw_usage_estimated_total{model="bedrock-paced"}"#;
+    assert!(
+        wait_until_async(|| async { metric(&gw, series).await == 1.0 }).await,
+        "{}",
+        metrics_text(&gw).await
+    );
+    let out = metric(
+        &gw,
+        r#"aigw_tokens_total{model="bedrock-paced",owner="team-a",type="output"}"#,
+    )
+    .await;
+    assert!(out >= 12.0, "12 words streamed, {out} output tokens charged");
 }
 
 #[tokio::test]

@@ -5,43 +5,27 @@
 //! read what it wrote before committing it. Without the variable a null fails.
 #![allow(clippy::unwrap_used)]
 
-use aigw::provider::{anthropic, bedrock, gemini};
-use aigw::stream::translate::{AnthropicToChat, BedrockToChat, ChatToAnthropic, GeminiToChat, ViaChat};
+use aigw::provider::{self, anthropic, bedrock, gemini, Dialect, Wire};
 use aigw::stream::{Mode, SseState};
 use bytes::Bytes;
 use serde_json::Value;
 
 const CREATED: i64 = 1_700_000_000;
 
+/// The stream handling the gateway picks for this pair of formats (`provider::stream_mode`,
+/// the table the proxy uses).
 fn mode(kind: &str, options: &Value) -> Mode {
-    match kind {
-        "anthropic_stream_to_chat" => Mode::Translate(Box::new(AnthropicToChat::new(
-            options["include_usage"] == Value::Bool(true),
-            CREATED,
-        ))),
-        "chat_stream_to_anthropic" => Mode::Translate(Box::new(ChatToAnthropic::new())),
-        "gemini_stream_to_chat" => Mode::Translate(Box::new(GeminiToChat::new(
-            options["include_usage"] == Value::Bool(true),
-            CREATED,
-            "upstream-model",
-        ))),
-        "gemini_stream_to_anthropic" => Mode::Translate(Box::new(ViaChat::new(Box::new(GeminiToChat::new(
-            true,
-            CREATED,
-            "upstream-model",
-        ))))),
-        "converse_stream_to_chat" => Mode::Translate(Box::new(BedrockToChat::new(
-            options["include_usage"] == Value::Bool(true),
-            CREATED,
-            "upstream-model",
-        ))),
-        "converse_stream_to_anthropic" => Mode::Translate(Box::new(ViaChat::new(Box::new(BedrockToChat::new(
-            true,
-            CREATED,
-            "upstream-model",
-        ))))),
+    let (wire, caller) = match kind {
+        "anthropic_stream_to_chat" => (Wire::Anthropic, Dialect::OpenAi),
+        "chat_stream_to_anthropic" => (Wire::OpenAi, Dialect::Anthropic),
+        "gemini_stream_to_chat" => (Wire::Gemini, Dialect::OpenAi),
+        "gemini_stream_to_anthropic" => (Wire::Gemini, Dialect::Anthropic),
+        "converse_stream_to_chat" => (Wire::Converse, Dialect::OpenAi),
+        "converse_stream_to_anthropic" => (Wire::Converse, Dialect::Anthropic),
         other => panic!("unknown stream kind {other}"),
-    }
+    };
+    let include_usage = options["include_usage"] == Value::Bool(true);
+    provider::stream_mode(wire, caller, include_usage, false, "upstream-model", CREATED)
 }
 
 /// A Converse stream case lists its events as `{"<event type>": payload}` (or

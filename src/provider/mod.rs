@@ -267,6 +267,22 @@ pub fn stream_mode(
     }
 }
 
+/// A whole answer of a format reached only through translation, as a chat completion,
+/// with its usage.
+pub fn answer_to_chat(wire: Wire, v: &Value, created: i64, model: &str) -> (crate::stream::Usage, Value) {
+    match wire {
+        Wire::Converse => (
+            bedrock::usage(&v["usage"]),
+            bedrock::response_to_chat(v, created, model),
+        ),
+        // `JsonTranslate::ToChat` is made for these two formats only (`json_translate`).
+        Wire::Gemini | Wire::OpenAi | Wire::Anthropic => (
+            gemini::usage(&v["usageMetadata"]),
+            gemini::response_to_chat(v, created, model),
+        ),
+    }
+}
+
 /// How a whole JSON answer in `wire` reaches a caller speaking `caller`.
 pub fn json_translate(wire: Wire, caller: Dialect, model: &str, created: i64) -> JsonTranslate {
     match (wire, caller) {

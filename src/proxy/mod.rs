@@ -69,7 +69,6 @@ impl ProxyHttp for Gateway {
                 return Err(Error::explain(ErrorType::InternalError, "no target chosen"));
             };
             let key = request::hash_key(ctx, target);
-            let provider = target.provider.name.clone();
             if let Some(pick) = target.provider.upstream.select(&key) {
                 let addr = pick.addr;
                 ctx.pick = Some(pick);
@@ -86,6 +85,7 @@ impl ProxyHttp for Gateway {
                     }
                 }
             }
+            let provider = target.provider.name.clone();
             if request::attempt_failed(&self.state, ctx, Failure::Connect, None) == Next::Stop {
                 // Nothing resolved (yet): the last target left is unhealthy.
                 ctx.error = Some(GwError::NoHealthyTarget {

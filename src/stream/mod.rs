@@ -177,9 +177,8 @@ pub struct SseState {
     events: u64,
     event_bytes: u64,
     smallest_event: u64,
-    /// The upstream is AWS's binary event stream (Bedrock), not SSE: frames are decoded
-    /// here and each message reaches the translator as `{"<event type>": payload}`.
-    frames: Option<aws_smithy_eventstream::frame::MessageFrameDecoder>,
+    /// How the upstream's bytes are cut into events.
+    framing: Framing,
 }
 
 /// The largest SSE event a stream may carry (a Gemini image inline is a few MiB); beyond
@@ -202,13 +201,13 @@ impl SseState {
             events: 0,
             event_bytes: 0,
             smallest_event: u64::MAX,
-            frames: None,
+            framing: Framing::Sse,
         }
     }
 
     /// The upstream answers in AWS's event stream (a translating mode only).
     pub fn decode_event_stream(&mut self) {
-        self.frames = Some(Default::default());
+        self.framing = Framing::AwsEvents(Default::default());
     }
 
     /// [`Self::feed`] for AWS's event stream: whole frames are decoded (length-prefixed,
@@ -216,9 +215,13 @@ impl SseState {
     /// [`MAX_EVENT_BYTES`] by the bytes that arrived, whatever length a frame declares.
     fn feed_frames(&mut self, chunk: Bytes) -> Bytes {
         use aws_smithy_eventstream::frame::DecodedFrame;
+        if !matches!(self.framing, Framing::AwsEvents(_)) {
+            // After a broken frame nothing more is read.
+            return Bytes::new();
+        }
         self.carry.extend_from_slice(&chunk);
         let mut out = Vec::new();
-        while let Some(decoder) = self.frames.as_mut() {
+        while let Framing::AwsEvents(decoder) = &mut self.framing {
             let data = match decoder.decode_frame(&mut self.carry) {
                 Ok(DecodedFrame::Incomplete) => break,
                 Ok(DecodedFrame::Complete(m)) => {
@@ -229,7 +232,7 @@ impl SseState {
                 }
                 Err(_) => {
                     // A frame that fails its checks: nothing after it can be trusted.
-                    self.frames = None;
+                    self.framing = Framing::Broken;
                     self.carry = BytesMut::new();
                     b"{\"exception\":{\"message\":\"The provider sent a malformed stream frame.\"}}".to_vec()
                 }
@@ -241,7 +244,6 @@ impl SseState {
         }
         if self.carry.len() > MAX_EVENT_BYTES {
             self.overflow = true;
-            self.frames = None;
             self.carry = BytesMut::new();
         }
         Bytes::from(out)
@@ -252,7 +254,7 @@ impl SseState {
         if self.overflow {
             return Bytes::new();
         }
-        if self.frames.is_some() {
+        if !matches!(self.framing, Framing::Sse) {
             return self.feed_frames(chunk);
         }
         let data = if self.carry.is_empty() {
@@ -369,7 +371,7 @@ impl SseState {
         if let Mode::Translate(t) = &mut self.mode {
             let mut out = Vec::new();
             // A partial binary frame is no event: the translator ends the stream.
-            if !rest.is_empty() && self.frames.is_none() {
+            if !rest.is_empty() && matches!(self.framing, Framing::Sse) {
                 t.event(&event_data(&rest), &mut out);
             }
             t.finish(&mut out);
@@ -476,9 +478,23 @@ struct AnthropicUsageEvent {
     usage: Option<AnthropicRawUsage>,
 }
 
+/// How an upstream's bytes are cut into events.
+#[derive(Debug, Default)]
+enum Framing {
+    /// Server-sent events (every provider but Bedrock).
+    #[default]
+    Sse,
+    /// AWS's binary event stream (Bedrock): frames are decoded here and each message
+    /// reaches the translator as `{"<event type>": payload}`.
+    AwsEvents(aws_smithy_eventstream::frame::MessageFrameDecoder),
+    /// A frame failed its checks: the rest of the stream is dropped.
+    Broken,
+}
+
 /// One message of AWS's event stream as the JSON a Converse translator reads: an event
 /// as `{"<:event-type>": payload}` (the ConverseStream output union), an exception or
-/// error as `{"exception": {"type", "message"}}`.
+/// error as `{"exception": {"type", "message"}}`. An event's payload is spliced in as it
+/// came: the translator's own parse is the one that checks it.
 fn converse_event(m: &aws_smithy_types::event_stream::Message) -> Vec<u8> {
     let header = |name: &str| {
         m.headers()
@@ -487,17 +503,25 @@ fn converse_event(m: &aws_smithy_types::event_stream::Message) -> Vec<u8> {
             .and_then(|h| h.value().as_string().ok())
             .map(|s| s.as_str().to_owned())
     };
-    let payload: serde_json::Value = serde_json::from_slice(m.payload()).unwrap_or(serde_json::Value::Null);
     let v = match header(":message-type").as_deref() {
-        Some("event") => match (header(":event-type"), payload.is_object()) {
-            (Some(t), true) => serde_json::json!({ t: payload }),
-            _ => serde_json::json!({"exception": {"message": "The provider sent a malformed stream event."}}),
-        },
-        Some("exception") => serde_json::json!({"exception": {
+        Some("event") => {
+            let name = serde_json::to_string(&header(":event-type").unwrap_or_default()).unwrap_or_default();
+            let mut out = Vec::with_capacity(name.len() + m.payload().len() + 3);
+            out.push(b'{');
+            out.extend_from_slice(name.as_bytes());
+            out.push(b':');
+            out.extend_from_slice(m.payload());
+            out.push(b'}');
+            return out;
+        }
+        Some("exception") => {
+            let payload: serde_json::Value = serde_json::from_slice(m.payload()).unwrap_or_default();
+            serde_json::json!({"exception": {
             "type": header(":exception-type"),
-            "message": payload["message"].as_str().or(payload["Message"].as_str())
-                .unwrap_or("The provider reported an error mid-stream."),
-        }}),
+                "message": payload["message"].as_str().or(payload["Message"].as_str())
+                    .unwrap_or("The provider reported an error mid-stream."),
+            }})
+        }
         _ => serde_json::json!({"exception": {
             "type": header(":error-code"),
             "message": header(":error-message").unwrap_or_else(|| "The provider reported an error mid-stream.".into()),
@@ -660,13 +684,8 @@ impl JsonBody {
                 model,
             } => match serde_json::from_slice::<serde_json::Value>(&whole) {
                 Ok(v) => {
-                    let chat = if *from == Wire::Converse {
-                        usage = Some(crate::provider::bedrock::usage(&v["usage"]));
-                        crate::provider::bedrock::response_to_chat(&v, *created, model)
-                    } else {
-                        usage = Some(crate::provider::gemini::usage(&v["usageMetadata"]));
-                        crate::provider::gemini::response_to_chat(&v, *created, model)
-                    };
+                    let (used, chat) = crate::provider::answer_to_chat(*from, &v, *created, model);
+                    usage = Some(used);
                     let out = if *to_anthropic {
                         crate::provider::anthropic::chat_response_to_messages(&chat)
                     } else {
@@ -892,5 +911,66 @@ mod tests {
         let (_, _, held) = j.finish();
         let v: serde_json::Value = serde_json::from_slice(&held.unwrap()).unwrap();
         assert!(v["error"]["message"].as_str().unwrap().contains("too large"), "{v}");
+    }
+}
+
+#[cfg(test)]
+mod event_stream_tests {
+    use super::translate::BedrockToChat;
+    use super::*;
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+
+    fn frame(event_type: &str, payload: &str) -> Vec<u8> {
+        let m = Message::new_from_parts(
+            vec![
+                Header::new(":message-type", HeaderValue::String("event".into())),
+                Header::new(":event-type", HeaderValue::String(event_type.to_owned().into())),
+            ],
+            Bytes::from(payload.to_owned()),
+        );
+        let mut out = Vec::new();
+        aws_smithy_eventstream::frame::write_message_to(&m, &mut out).unwrap();
+        out
+    }
+
+    fn state() -> SseState {
+        let mut s = SseState::with_mode(Mode::Translate(Box::new(BedrockToChat::new(false, 0, "m"))));
+        s.decode_event_stream();
+        s
+    }
+
+    #[test]
+    fn a_broken_frame_ends_the_stream_and_nothing_after_it_is_read() {
+        let mut s = state();
+        let mut good = frame("messageStart", r#"{"role":"assistant"}"#);
+        good.extend(frame(
+            "contentBlockDelta",
+            r#"{"delta":{"text":"Hi"},"contentBlockIndex":0}"#,
+        ));
+        let mut broken = frame(
+            "contentBlockDelta",
+            r#"{"delta":{"text":"there"},"contentBlockIndex":0}"#,
+        );
+        let last = broken.len() - 1;
+        broken[last] ^= 0xff; // the message CRC no longer matches
+        let mut out = s.feed(Bytes::from(good)).to_vec();
+        out.extend_from_slice(&s.feed(Bytes::from(broken)));
+        out.extend_from_slice(&s.feed(Bytes::from(frame("messageStop", r#"{"stopReason":"end_turn"}"#))));
+        out.extend_from_slice(&s.finish());
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\"content\":\"Hi\""), "{text}");
+        assert!(text.contains("malformed stream frame"), "{text}");
+        assert!(!text.contains("there") && !text.contains("[DONE]"), "{text}");
+        assert!(!s.complete());
+    }
+
+    #[test]
+    fn an_event_payload_that_is_not_json_ends_the_stream() {
+        let mut s = state();
+        let mut out = s.feed(Bytes::from(frame("messageStart", "not json"))).to_vec();
+        out.extend_from_slice(&s.finish());
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("malformed stream event"), "{text}");
+        assert!(!text.contains("[DONE]"), "{text}");
     }
 }

@@ -218,6 +218,7 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
     let providers = providers::compile_providers(&raw.provider_keys, ctx, &mut errs);
     let (models, model_order) = models::compile_models(&raw.models, &providers, &refs, &mut errs);
     let keys = keys::compile_keys(&raw.api_keys, &refs, &mut errs);
+    // Its borrows of `raw` end here, before `raw.rate_limits` moves into the snapshot.
     drop(refs);
     policies::check_budgets(&budgets, &mut errs);
     for (i, r) in raw.rate_limits.iter().enumerate() {

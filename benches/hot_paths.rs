@@ -84,7 +84,7 @@ fn sse_usage(c: &mut Criterion) {
 
 fn anthropic_translation(c: &mut Criterion) {
     use aigw::provider::anthropic;
-    use aigw::stream::translate::AnthropicToChat;
+    use aigw::provider::anthropic::AnthropicToChat;
     use aigw::stream::Mode;
     // A 4 KiB conversation: system prompt, several turns, a tool.
     let mut messages =
@@ -131,7 +131,7 @@ fn anthropic_translation(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(gemini.len() as u64));
     g.bench_function("200-event gemini stream -> chat chunks", |b| {
         b.iter(|| {
-            let mut s = SseState::with_mode(Mode::Translate(Box::new(aigw::stream::translate::GeminiToChat::new(
+            let mut s = SseState::with_mode(Mode::Translate(Box::new(aigw::provider::gemini::GeminiToChat::new(
                 true, 0, "g",
             ))));
             for ch in &chunks {

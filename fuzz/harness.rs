@@ -12,7 +12,10 @@ use std::sync::{Arc, OnceLock};
 
 #[allow(unused_imports)]
 use aigw::provider::Wire;
-use aigw::stream::translate::{AnthropicToChat, BedrockToChat, ChatToAnthropic, GeminiToChat, ViaChat};
+use aigw::provider::anthropic::{AnthropicToChat, ChatToAnthropic};
+use aigw::provider::bedrock::BedrockToChat;
+use aigw::provider::gemini::GeminiToChat;
+use aigw::stream::translate::ViaChat;
 #[allow(unused_imports)]
 use aigw::stream::{JsonBody, JsonTranslate, Mode, SseState};
 

@@ -294,7 +294,7 @@ provider_keys:
             "provider_keys[0].aws.secret_access_key: required (or AWS_SECRET_ACCESS_KEY)",
             "provider_keys[1].api_key: bedrock providers sign with aws credentials",
             "provider_keys[1].aws.region: must be a region",
-            "provider_keys[2].aws: only bedrock providers take an aws section",
+            "provider_keys[2].aws: only bedrock providers take the aws section",
         ],
         "TOPSECRET",
     );

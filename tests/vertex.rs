@@ -231,7 +231,7 @@ provider_keys:
             "is not an RSA private key in PEM",
             "provider_keys[2].vertex.project: must be a project id",
             "provider_keys[2].vertex.credentials_file: cannot read '/nonexistent.json'",
-            "provider_keys[3].vertex: only vertex providers take a vertex section",
+            "provider_keys[3].vertex: only vertex providers take the vertex section",
         ],
         "TOPSECRET",
     );

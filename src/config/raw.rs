@@ -43,7 +43,7 @@ fn default_one() -> u32 {
 
 /// A string that may have been written (or interpolated) as a bare number, e.g. a
 /// numeric secret: `api_key: ${KEY}` with `KEY=12345`.
-fn de_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+pub(crate) fn de_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Text {
@@ -62,7 +62,7 @@ fn de_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     })
 }
 
-fn de_opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn de_opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     de_text(d).map(Some)
 }
 
@@ -234,35 +234,10 @@ pub struct ProviderKey {
     #[serde(default)]
     pub http2: Http2,
     /// Google Vertex AI's project, location and service account (`provider: vertex`).
-    pub vertex: Option<VertexSettings>,
+    pub vertex: Option<crate::provider::vertex::Settings>,
     /// AWS Bedrock's region and credentials (`provider: bedrock`); each from the standard
     /// `AWS_*` variables when left out.
-    pub aws: Option<AwsSettings>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AwsSettings {
-    #[serde(default, deserialize_with = "de_opt_text")]
-    pub region: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_text")]
-    pub access_key_id: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_text")]
-    pub secret_access_key: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_text")]
-    pub session_token: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VertexSettings {
-    #[serde(deserialize_with = "de_text")]
-    pub project: String,
-    #[serde(deserialize_with = "de_text")]
-    pub location: String,
-    /// A service account key file (JSON), as `gcloud iam service-accounts keys create` writes.
-    #[serde(deserialize_with = "de_text")]
-    pub credentials_file: String,
+    pub aws: Option<crate::provider::bedrock::Settings>,
 }
 
 /// HTTP/2 to the provider.

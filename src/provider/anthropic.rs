@@ -1,17 +1,20 @@
 //! Anthropic Messages: the `anthropic` provider (native `/v1/messages`) and the two-way
 //! translation between Anthropic's and OpenAI's request and response shapes, used when a
-//! caller's dialect differs from its provider's. Stream events are translated in
-//! `stream/translate.rs`; the mappings below are shared with it.
+//! caller's dialect differs from its provider's, for whole answers and for streams.
 //!
 //! Translation works on `serde_json::Value`: it only runs when dialects differ, and a
 //! readable mapping matters more there than the zero-copy path native requests take.
 
+use std::collections::HashMap;
+
 use pingora::http::RequestHeader;
 use serde_json::{json, Map, Value};
 
-use super::{bad, content_text, image_of, push_turn, Image};
+use super::{bad, content_text, image_of, push_turn, Dialect, Image};
 use crate::config::Provider;
 use crate::error::GwError;
+use crate::stream::translate::{anthropic_event, fail, parse_chunk, parse_event, Chunks};
+use crate::stream::{Translate, Usage};
 
 /// `anthropic-version` when neither the caller nor the provider config sets one.
 pub const DEFAULT_VERSION: &str = "2023-06-01";
@@ -443,5 +446,263 @@ pub fn translate_error(body: &[u8], status: u16, to_anthropic: bool) -> Value {
             _ => "api_error",
         });
         json!({"error": {"message": message, "type": kind, "code": null, "param": null}})
+    }
+}
+
+// ---- Streams ----
+
+/// Anthropic Messages events -> OpenAI `chat.completion.chunk`s.
+#[derive(Debug, Default)]
+pub struct AnthropicToChat {
+    chunks: Chunks,
+    /// Anthropic content block index -> OpenAI tool call index.
+    tools: HashMap<u64, usize>,
+    pub usage: Usage,
+    finish: Option<&'static str>,
+    ended: bool,
+    /// `message_stop` arrived: the usage is the provider's final count.
+    complete: bool,
+}
+
+impl AnthropicToChat {
+    pub fn new(include_usage: bool, created: i64) -> Self {
+        Self {
+            chunks: Chunks {
+                include_usage,
+                created,
+                ..Chunks::default()
+            },
+            ..Self::default()
+        }
+    }
+
+    /// Input tokens come with message_start; output tokens are cumulative in message_delta.
+    fn add_usage(&mut self, u: &Value) {
+        let input: u64 = ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"]
+            .iter()
+            .filter_map(|k| u[*k].as_u64())
+            .sum();
+        if input > 0 {
+            self.usage.input_tokens = input;
+        }
+        if let Some(o) = u["output_tokens"].as_u64() {
+            self.usage.output_tokens = o;
+        }
+    }
+}
+
+impl Translate for AnthropicToChat {
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.ended || data.is_empty() {
+            return;
+        }
+        let Some(ev) = parse_event(data, Dialect::OpenAi, out) else {
+            self.ended = true;
+            return;
+        };
+        match ev["type"].as_str() {
+            Some("message_start") => {
+                let m = &ev["message"];
+                self.chunks.id = m["id"].clone();
+                self.chunks.model = m["model"].clone();
+                self.add_usage(&m["usage"]);
+                self.chunks.send(out, json!({"role": "assistant", "content": ""}), None);
+            }
+            Some("content_block_start") => {
+                let block = &ev["content_block"];
+                if block["type"] == "tool_use" {
+                    let n = self.tools.len();
+                    self.tools.insert(ev["index"].as_u64().unwrap_or(0), n);
+                    let call = json!({"index": n, "id": block["id"], "type": "function", "function": {"name": block["name"], "arguments": ""}});
+                    self.chunks.send(out, json!({"tool_calls": [call]}), None);
+                } else if let Some(t) = block["text"].as_str().filter(|t| !t.is_empty()) {
+                    self.chunks.send(out, json!({"content": t}), None);
+                }
+            }
+            Some("content_block_delta") => {
+                let d = &ev["delta"];
+                match d["type"].as_str() {
+                    Some("text_delta") => self.chunks.send(out, json!({"content": d["text"]}), None),
+                    Some("input_json_delta") => {
+                        let n = self.tools.get(&ev["index"].as_u64().unwrap_or(0)).copied().unwrap_or(0);
+                        let call = json!({"index": n, "function": {"arguments": d["partial_json"]}});
+                        self.chunks.send(out, json!({"tool_calls": [call]}), None);
+                    }
+                    // Thinking and signatures have no OpenAI counterpart.
+                    _ => {}
+                }
+            }
+            Some("message_delta") => {
+                self.add_usage(&ev["usage"]);
+                if let Some(r) = ev["delta"]["stop_reason"].as_str() {
+                    self.finish = Some(finish_reason(r));
+                }
+            }
+            Some("message_stop") => {
+                self.ended = true;
+                self.complete = true;
+                self.chunks.end(out, self.finish.unwrap_or("stop"), self.usage);
+            }
+            Some("error") => {
+                self.ended = true;
+                let msg = ev["error"]["message"]
+                    .as_str()
+                    .unwrap_or("The provider reported an error mid-stream.");
+                fail(out, Dialect::OpenAi, msg);
+            }
+            // ping, content_block_stop, and event types added after this was written.
+            _ => {}
+        }
+    }
+
+    /// A missing `message_stop` is an error.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.ended {
+            self.ended = true;
+            fail(out, Dialect::OpenAi, "The provider's stream ended before message_stop.");
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn complete(&self) -> bool {
+        self.complete
+    }
+}
+
+/// OpenAI `chat.completion.chunk`s -> Anthropic Messages events.
+#[derive(Debug, Default)]
+pub struct ChatToAnthropic {
+    started: bool,
+    /// Index and kind ("text" or "tool_use") of the content block now open.
+    open: Option<(u64, &'static str)>,
+    next_block: u64,
+    /// OpenAI tool call index -> Anthropic content block index.
+    tools: HashMap<u64, u64>,
+    stop: Option<&'static str>,
+    pub usage: Usage,
+    ended: bool,
+    /// `[DONE]` arrived (the usage chunk comes before it).
+    complete: bool,
+}
+
+impl ChatToAnthropic {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn close_block(&mut self, out: &mut Vec<u8>) {
+        if let Some((i, _)) = self.open.take() {
+            anthropic_event(out, &json!({"type": "content_block_stop", "index": i}));
+        }
+    }
+
+    fn open_block(&mut self, out: &mut Vec<u8>, kind: &'static str, block: Value) -> u64 {
+        self.close_block(out);
+        let i = self.next_block;
+        self.next_block += 1;
+        self.open = Some((i, kind));
+        anthropic_event(
+            out,
+            &json!({"type": "content_block_start", "index": i, "content_block": block}),
+        );
+        i
+    }
+}
+
+impl Translate for ChatToAnthropic {
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.ended || data.is_empty() {
+            return;
+        }
+        if data == b"[DONE]" {
+            self.ended = true;
+            self.complete = true;
+            self.close_block(out);
+            anthropic_event(
+                out,
+                &json!({
+                    "type": "message_delta",
+                    "delta": {"stop_reason": self.stop.unwrap_or("end_turn"), "stop_sequence": null},
+                    "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens},
+                }),
+            );
+            anthropic_event(out, &json!({"type": "message_stop"}));
+            return;
+        }
+        let Some(c) = parse_chunk(data, Dialect::Anthropic, out) else {
+            self.ended = true;
+            return;
+        };
+        if !self.started {
+            self.started = true;
+            anthropic_event(
+                out,
+                &json!({"type": "message_start", "message": {
+                    "id": c["id"], "type": "message", "role": "assistant", "model": c["model"], "content": [],
+                    "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0},
+                }}),
+            );
+        }
+        if let Some(u) = c.get("usage").filter(|u| !u.is_null()) {
+            self.usage = Usage {
+                input_tokens: u["prompt_tokens"].as_u64().unwrap_or(0),
+                output_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
+            };
+        }
+        let Some(choice) = c["choices"].get(0) else { return };
+        let delta = &choice["delta"];
+        if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+            let i = match self.open {
+                Some((i, "text")) => i,
+                _ => self.open_block(out, "text", json!({"type": "text", "text": ""})),
+            };
+            anthropic_event(
+                out,
+                &json!({"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": text}}),
+            );
+        }
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            let n = call["index"].as_u64().unwrap_or(0);
+            let block = match self.tools.get(&n) {
+                Some(b) => *b,
+                None => {
+                    let b = self.open_block(
+                        out,
+                        "tool_use",
+                        json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": {}}),
+                    );
+                    self.tools.insert(n, b);
+                    b
+                }
+            };
+            if let Some(args) = call["function"]["arguments"].as_str().filter(|a| !a.is_empty()) {
+                anthropic_event(
+                    out,
+                    &json!({"type": "content_block_delta", "index": block, "delta": {"type": "input_json_delta", "partial_json": args}}),
+                );
+            }
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            self.stop = Some(stop_reason(f));
+        }
+    }
+
+    /// A missing `[DONE]` is an error.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.ended {
+            self.ended = true;
+            fail(out, Dialect::Anthropic, "The provider's stream ended before [DONE].");
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn complete(&self) -> bool {
+        self.complete
     }
 }

@@ -6,7 +6,7 @@
 //! OpenAI chat is the hub, as for Gemini: an Anthropic caller's request reaches Bedrock as
 //! Messages -> chat -> Converse and its answer comes back Converse -> chat -> Messages.
 //! Streams are decoded frame by frame (`aws-smithy-eventstream`) in `stream/`, each
-//! message handed to the translator as `{"<event type>": payload}`, the shape of the
+//! message handed to [`BedrockToChat`] as `{"<event type>": payload}`, the shape of the
 //! ConverseStream output union.
 
 use std::time::SystemTime;
@@ -16,12 +16,15 @@ use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettin
 use aws_sigv4::sign::v4;
 use percent_encoding::utf8_percent_encode;
 use pingora::http::RequestHeader;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{bad, content_text, image_of, push_turn, Image, UNRESERVED};
+use super::{bad, content_text, image_of, push_turn, Dialect, Image, UNRESERVED};
+use crate::config::raw::de_opt_text;
 use crate::config::{Provider, Target};
 use crate::error::GwError;
-use crate::stream::Usage;
+use crate::stream::translate::{fail, parse_event, Chunks};
+use crate::stream::{Translate, Usage};
 
 /// The SigV4 service name of Bedrock's runtime API.
 const SERVICE: &str = "bedrock";
@@ -32,6 +35,64 @@ const SERVICE: &str = "bedrock";
 pub struct Aws {
     pub region: String,
     pub credentials: Credentials,
+}
+
+/// The `aws` section of a `bedrock` provider, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub region: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub access_key_id: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub secret_access_key: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub session_token: Option<String>,
+}
+
+/// Region and credentials: each field from the `aws` section (optional), else from the
+/// standard variable (`AWS_REGION` or `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`). Each problem goes to `error` with the
+/// field it concerns; `None` after any.
+pub fn compile(
+    section: Option<&Settings>,
+    env: &dyn Fn(&str) -> Option<String>,
+    error: &mut dyn FnMut(&str, &str),
+) -> Option<Aws> {
+    let empty = Settings::default();
+    let a = section.unwrap_or(&empty);
+    let pick = |given: &Option<String>, vars: &[&str]| {
+        given
+            .clone()
+            .or_else(|| vars.iter().find_map(|v| env(v)))
+            .filter(|s| !s.is_empty())
+    };
+    let region = pick(&a.region, &["AWS_REGION", "AWS_DEFAULT_REGION"]);
+    let key_id = pick(&a.access_key_id, &["AWS_ACCESS_KEY_ID"]);
+    let secret = pick(&a.secret_access_key, &["AWS_SECRET_ACCESS_KEY"]);
+    let token = pick(&a.session_token, &["AWS_SESSION_TOKEN"]);
+    let region = match region {
+        Some(r) if r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => Some(r),
+        Some(_) => {
+            error("region", "must be a region such as us-east-1");
+            None
+        }
+        None => {
+            error("region", "required (or AWS_REGION)");
+            None
+        }
+    };
+    if key_id.is_none() {
+        error("access_key_id", "required (or AWS_ACCESS_KEY_ID)");
+    }
+    if secret.is_none() {
+        error("secret_access_key", "required (or AWS_SECRET_ACCESS_KEY)");
+    }
+    Some(Aws {
+        region: region?,
+        credentials: Credentials::new(key_id?, secret?, token, None, "aigw-config"),
+    })
 }
 
 /// `https://bedrock-runtime.{region}.amazonaws.com`.
@@ -313,6 +374,125 @@ pub fn response_to_chat(v: &Value, created: i64, model: &str) -> Value {
     })
 }
 
+// ---- Streams ----
+
+/// Bedrock ConverseStream events (each `{"<event type>": payload}`, decoded from AWS's
+/// event stream in `SseState`) -> OpenAI `chat.completion.chunk`s. A stream ends cleanly
+/// after `messageStop`; its usage comes in the `metadata` event that follows, and only
+/// that event makes it [`Translate::complete`]: a caller who hangs up between the two is
+/// charged the estimate, not the zero counted so far. An exception message ends the
+/// stream with an error event.
+#[derive(Debug, Default)]
+pub struct BedrockToChat {
+    chunks: Chunks,
+    started: bool,
+    /// Tool calls so far, and which content block each one is.
+    calls: Vec<u64>,
+    reason: Option<String>,
+    usage: Usage,
+    /// The `metadata` event (the final usage) arrived.
+    metered: bool,
+    ended: bool,
+}
+
+impl BedrockToChat {
+    pub fn new(include_usage: bool, created: i64, model: &str) -> Self {
+        Self {
+            chunks: Chunks {
+                include_usage,
+                created,
+                id: json!(completion_id()),
+                model: json!(model),
+            },
+            ..Self::default()
+        }
+    }
+
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if !self.started {
+            self.started = true;
+            self.chunks.send(out, json!({"role": "assistant", "content": ""}), None);
+        }
+    }
+}
+
+impl Translate for BedrockToChat {
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        let Some(ev) = parse_event(data, Dialect::OpenAi, out) else {
+            self.ended = true;
+            return;
+        };
+        if let Some(e) = ev.get("exception") {
+            self.ended = true;
+            let msg = e["message"]
+                .as_str()
+                .unwrap_or("The provider reported an error mid-stream.");
+            return fail(out, Dialect::OpenAi, msg);
+        }
+        if ev.get("messageStart").is_some() {
+            self.start(out);
+        } else if let Some(b) = ev.get("contentBlockStart") {
+            if let Some(u) = b["start"].get("toolUse") {
+                self.start(out);
+                let block = b["contentBlockIndex"].as_u64().unwrap_or(0);
+                let call = json!({"index": self.calls.len(), "id": u["toolUseId"], "type": "function",
+                    "function": {"name": u["name"], "arguments": ""}});
+                self.calls.push(block);
+                self.chunks.send(out, json!({"tool_calls": [call]}), None);
+            }
+        } else if let Some(d) = ev.get("contentBlockDelta") {
+            self.start(out);
+            let block = d["contentBlockIndex"].as_u64().unwrap_or(0);
+            if let Some(t) = d["delta"]["text"].as_str() {
+                if !t.is_empty() {
+                    self.chunks.send(out, json!({"content": t}), None);
+                }
+            } else if let Some(args) = d["delta"]["toolUse"]["input"].as_str() {
+                if let Some(index) = self.calls.iter().position(|&b| b == block) {
+                    self.chunks.send(
+                        out,
+                        json!({"tool_calls": [{"index": index, "function": {"arguments": args}}]}),
+                        None,
+                    );
+                }
+            }
+            // Reasoning deltas are left out, as thinking is for other dialects' callers.
+        } else if let Some(s) = ev.get("messageStop") {
+            self.reason = Some(s["stopReason"].as_str().unwrap_or("end_turn").to_owned());
+        } else if let Some(m) = ev.get("metadata") {
+            self.usage = usage(&m["usage"]);
+            self.metered = true;
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let Some(finish) = self.reason.as_deref().map(finish_reason) else {
+            return fail(
+                out,
+                Dialect::OpenAi,
+                "The provider's stream ended before a stop reason.",
+            );
+        };
+        self.start(out);
+        self.chunks.end(out, finish, self.usage);
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn complete(&self) -> bool {
+        self.metered
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,5 +546,66 @@ mod tests {
         );
         assert_eq!(c["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(c["usage"]["prompt_tokens"], 7);
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    fn feed(t: &mut BedrockToChat, events: &[Value]) -> String {
+        let mut out = Vec::new();
+        for e in events {
+            t.event(e.to_string().as_bytes(), &mut out);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn usage_is_final_only_with_the_metadata_event() {
+        let body = [
+            json!({"messageStart": {"role": "assistant"}}),
+            json!({"contentBlockDelta": {"delta": {"text": "Hi"}, "contentBlockIndex": 0}}),
+            json!({"messageStop": {"stopReason": "end_turn"}}),
+        ];
+        let mut t = BedrockToChat::new(true, 0, "m");
+        assert!(feed(&mut t, &body).contains("\"content\":\"Hi\""));
+        // Stopped but not yet metered: not complete, so a cut here is estimated.
+        assert!(!t.complete());
+        feed(
+            &mut t,
+            &[json!({"metadata": {"usage": {"inputTokens": 3, "outputTokens": 1}}})],
+        );
+        assert!(t.complete());
+        assert_eq!(
+            t.usage(),
+            Usage {
+                input_tokens: 3,
+                output_tokens: 1
+            }
+        );
+        let mut out = Vec::new();
+        t.finish(&mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains("\"finish_reason\":\"stop\"") && out.ends_with("data: [DONE]\n\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn an_exception_or_an_end_before_the_stop_reason_is_an_error() {
+        let mut t = BedrockToChat::new(false, 0, "m");
+        let out = feed(
+            &mut t,
+            &[json!({"exception": {"type": "throttlingException", "message": "Too many"}})],
+        );
+        assert!(out.contains("Too many") && !out.contains("[DONE]"), "{out}");
+        let mut t = BedrockToChat::new(false, 0, "m");
+        feed(&mut t, &[json!({"messageStart": {"role": "assistant"}})]);
+        let mut out = Vec::new();
+        t.finish(&mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("before a stop reason") && !out.contains("[DONE]"), "{out}");
     }
 }

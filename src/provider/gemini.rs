@@ -1,7 +1,7 @@
 //! Google Gemini: the `gemini` provider (native `models/{model}:generateContent` and
 //! `:streamGenerateContent?alt=sse`, API key in `x-goog-api-key`) and the translation
-//! between OpenAI chat and Gemini's shapes. Streams are translated in
-//! `stream/translate.rs` with the mappings below.
+//! between OpenAI chat and Gemini's shapes, for whole answers and for streams
+//! ([`GeminiToChat`]).
 //!
 //! OpenAI chat is the hub: an Anthropic caller's request reaches Gemini as Messages ->
 //! chat -> Gemini, and its answer comes back Gemini -> chat -> Messages. Each hop is a
@@ -14,10 +14,12 @@ use percent_encoding::utf8_percent_encode;
 use pingora::http::RequestHeader;
 use serde_json::{json, Map, Value};
 
+use super::Dialect;
 use super::{bad, image_of, push_turn, Image, UNRESERVED};
 use crate::config::Provider;
 use crate::error::GwError;
-use crate::stream::Usage;
+use crate::stream::translate::{fail, parse_chunk, Chunks};
+use crate::stream::{Translate, Usage};
 
 /// The API version used when `base_url` does not name one.
 pub const API_VERSION: &str = "v1beta";
@@ -371,4 +373,113 @@ pub fn response_to_chat(resp: &Value, created: i64, model: &str) -> Value {
             "total_tokens": u.input_tokens + u.output_tokens,
         },
     })
+}
+
+// ---- Streams ----
+
+/// Gemini `streamGenerateContent?alt=sse` events -> OpenAI `chat.completion.chunk`s.
+///
+/// Gemini has no end marker: each event is a partial `GenerateContentResponse`, the last
+/// one carries `finishReason`, and the connection then ends. So the finish chunk, the
+/// usage chunk and `[DONE]` are written when the upstream ends, and only if a finish
+/// reason was seen; a stream that ends without one was cut and ends with an error event.
+#[derive(Debug, Default)]
+pub struct GeminiToChat {
+    chunks: Chunks,
+    started: bool,
+    /// Function calls sent so far (each is one whole call in Gemini's stream).
+    calls: usize,
+    /// The finish reason as Gemini said it, and whether the prompt was blocked.
+    reason: Option<String>,
+    blocked: bool,
+    pub usage: Usage,
+    ended: bool,
+}
+
+impl GeminiToChat {
+    /// `model` names the chunks when Gemini does not (`modelVersion`).
+    pub fn new(include_usage: bool, created: i64, model: &str) -> Self {
+        Self {
+            chunks: Chunks {
+                include_usage,
+                created,
+                id: Value::Null,
+                model: json!(model),
+            },
+            ..Self::default()
+        }
+    }
+}
+
+impl Translate for GeminiToChat {
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.ended || data.is_empty() {
+            return;
+        }
+        let Some(ev) = parse_chunk(data, Dialect::OpenAi, out) else {
+            self.ended = true;
+            return;
+        };
+        if !self.started {
+            self.started = true;
+            self.chunks.id = completion_id(&ev);
+            if let Some(m) = ev["modelVersion"].as_str() {
+                self.chunks.model = json!(m);
+            }
+            self.chunks.send(out, json!({"role": "assistant", "content": ""}), None);
+        }
+        if !ev["usageMetadata"].is_null() {
+            // Cumulative: the last report is the total.
+            self.usage = usage(&ev["usageMetadata"]);
+        }
+        if !ev["promptFeedback"]["blockReason"].is_null() {
+            self.blocked = true;
+        }
+        for (part, piece) in pieces(&ev) {
+            match piece {
+                Piece::Text("") => {}
+                Piece::Text(t) => self.chunks.send(out, json!({"content": t}), None),
+                Piece::Call { name, arguments } => {
+                    let call = json!({"index": self.calls, "id": call_id(self.calls, part), "type": "function",
+                        "function": {"name": name, "arguments": arguments}});
+                    self.calls += 1;
+                    self.chunks.send(out, json!({"tool_calls": [call]}), None);
+                }
+            }
+        }
+        if let Some(r) = ev["candidates"][0]["finishReason"].as_str() {
+            self.reason = Some(r.to_owned());
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let finish = match &self.reason {
+            _ if self.blocked => "content_filter",
+            Some(r) => finish_reason(r, self.calls > 0),
+            None => {
+                return fail(
+                    out,
+                    Dialect::OpenAi,
+                    "The provider's stream ended before a finish reason.",
+                )
+            }
+        };
+        if !self.started {
+            self.chunks.send(out, json!({"role": "assistant", "content": ""}), None);
+        }
+        self.chunks.end(out, finish, self.usage);
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// Gemini has no end marker: its last chunk carries the finish reason.
+    fn complete(&self) -> bool {
+        self.reason.is_some()
+    }
 }

@@ -9,7 +9,7 @@
 //!   the answer comes back ([`stream_mode`], [`json_translate`]).
 //!
 //! A new provider is its kind's file and a row in these tables; a new wire format adds its
-//! translations (request, JSON answer, stream translator in `stream/translate.rs`).
+//! translations (request, JSON answer, stream translator) to its file.
 
 pub mod anthropic;
 pub mod bedrock;
@@ -29,7 +29,7 @@ use pingora::http::RequestHeader;
 use crate::config::raw::ProviderKind;
 use crate::config::{Provider, Target};
 use crate::error::GwError;
-use crate::stream::translate::{AnthropicToChat, BedrockToChat, ChatToAnthropic, GeminiToChat, ViaChat};
+use crate::stream::translate::ViaChat;
 use crate::stream::{JsonTranslate, Mode, Translate};
 use serde_json::{json, Value};
 
@@ -168,6 +168,26 @@ pub fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
     }
 }
 
+/// Whether a provider kind takes an `api_key`.
+pub enum ApiKey {
+    Required,
+    /// OpenAI-compatible servers often have none.
+    Optional,
+    /// The kind authenticates otherwise; the reason is the config error.
+    Refused(&'static str),
+}
+
+pub fn api_key(kind: ProviderKind) -> ApiKey {
+    match kind {
+        ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Anthropic | ProviderKind::Gemini => ApiKey::Required,
+        ProviderKind::OpenaiCompatible => ApiKey::Optional,
+        ProviderKind::Vertex => {
+            ApiKey::Refused("vertex providers authenticate with vertex.credentials_file, not an api_key")
+        }
+        ProviderKind::Bedrock => ApiKey::Refused("bedrock providers sign with aws credentials, not an api_key"),
+    }
+}
+
 /// `gen_ai.provider.name` of the OpenTelemetry GenAI conventions.
 pub fn otel_name(kind: ProviderKind) -> &'static str {
     match kind {
@@ -253,15 +273,17 @@ pub fn stream_mode(
 ) -> Mode {
     let to_chat = |include_usage: bool| -> Box<dyn Translate> {
         match wire {
-            Wire::Converse => Box::new(BedrockToChat::new(include_usage, created, model)),
-            _ => Box::new(GeminiToChat::new(include_usage, created, model)),
+            Wire::Converse => Box::new(bedrock::BedrockToChat::new(include_usage, created, model)),
+            _ => Box::new(gemini::GeminiToChat::new(include_usage, created, model)),
         }
     };
     match (wire, caller) {
         (Wire::OpenAi, Dialect::OpenAi) => Mode::OpenAi { strip_usage },
         (Wire::Anthropic, Dialect::Anthropic) => Mode::Anthropic,
-        (Wire::Anthropic, Dialect::OpenAi) => Mode::Translate(Box::new(AnthropicToChat::new(include_usage, created))),
-        (Wire::OpenAi, Dialect::Anthropic) => Mode::Translate(Box::new(ChatToAnthropic::new())),
+        (Wire::Anthropic, Dialect::OpenAi) => {
+            Mode::Translate(Box::new(anthropic::AnthropicToChat::new(include_usage, created)))
+        }
+        (Wire::OpenAi, Dialect::Anthropic) => Mode::Translate(Box::new(anthropic::ChatToAnthropic::new())),
         (Wire::Gemini | Wire::Converse, Dialect::OpenAi) => Mode::Translate(to_chat(include_usage)),
         (Wire::Gemini | Wire::Converse, Dialect::Anthropic) => Mode::Translate(Box::new(ViaChat::new(to_chat(true)))),
     }

@@ -23,6 +23,7 @@ use pingora::http::RequestHeader;
 use serde::{Deserialize, Serialize};
 
 use super::{Wire, UNRESERVED};
+use crate::config::raw::de_text;
 use crate::config::{Provider, Target};
 use crate::error::GwError;
 
@@ -63,6 +64,42 @@ pub struct Vertex {
     pub project: String,
     pub location: String,
     pub tokens: Arc<Tokens>,
+}
+
+/// The `vertex` section of a `vertex` provider, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(deserialize_with = "de_text")]
+    pub project: String,
+    #[serde(deserialize_with = "de_text")]
+    pub location: String,
+    /// A service account key file (JSON), as `gcloud iam service-accounts keys create` writes.
+    #[serde(deserialize_with = "de_text")]
+    pub credentials_file: String,
+}
+
+/// Checks the section and reads the key file now, so a bad file fails the config load,
+/// not the first request. Each problem goes to `error` with its field; `None` after any.
+pub fn compile(v: &Settings, error: &mut dyn FnMut(&str, &str)) -> Option<Vertex> {
+    let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let mut ok = true;
+    if !valid(&v.project) {
+        error("project", "must be a project id (letters, digits, -)");
+        ok = false;
+    }
+    if !valid(&v.location) {
+        error("location", "must be a location such as us-east5 or global");
+        ok = false;
+    }
+    let tokens = tokens_for(&v.credentials_file)
+        .map_err(|e| error("credentials_file", &e))
+        .ok()?;
+    ok.then(|| Vertex {
+        project: v.project.clone(),
+        location: v.location.clone(),
+        tokens,
+    })
 }
 
 /// `https://{location}-aiplatform.googleapis.com`, or the global endpoint.

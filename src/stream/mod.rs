@@ -916,8 +916,8 @@ mod tests {
 
 #[cfg(test)]
 mod event_stream_tests {
-    use super::translate::BedrockToChat;
     use super::*;
+    use crate::provider::bedrock::BedrockToChat;
     use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 
     fn frame(event_type: &str, payload: &str) -> Vec<u8> {

@@ -1,5 +1,5 @@
-//! The `provider_keys` section: base URLs, credentials (API keys, Vertex AI service
-//! accounts, AWS keys), timeouts and fleets.
+//! The `provider_keys` section: base URLs, API keys, headers, timeouts and fleets. A
+//! kind's own section (`vertex`, `aws`) is compiled by its file in `provider/`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use http::{HeaderName, HeaderValue, Uri};
 
 use super::raw::{self, ProviderKind};
 use super::{CompileCtx, Errors};
+use crate::provider::ApiKey;
 use crate::route::upstream::UpstreamSpec;
 use crate::route::Upstream;
 
@@ -110,34 +111,47 @@ pub(super) fn compile_providers(
 fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: &mut Errors) -> Option<Provider> {
     let path = format!("provider_keys[{i}]");
     let before = errs.0.len();
-    let api_key = match (&p.api_key, p.provider) {
-        (Some(k), _) if k.is_empty() => {
+    let api_key = match (p.api_key.as_deref(), crate::provider::api_key(p.provider)) {
+        (Some(""), _) => {
             errs.push(format!("{path}.api_key"), "must not be empty");
             None
         }
-        (Some(_), ProviderKind::Vertex) => {
-            errs.push(
-                format!("{path}.api_key"),
-                "vertex providers authenticate with vertex.credentials_file, not an api_key",
-            );
+        (Some(_), ApiKey::Refused(why)) => {
+            errs.push(format!("{path}.api_key"), why);
             None
         }
-        (Some(_), ProviderKind::Bedrock) => {
-            errs.push(
-                format!("{path}.api_key"),
-                "bedrock providers sign with aws credentials, not an api_key",
-            );
-            None
-        }
-        (Some(k), _) => Some(Secret(k.clone())),
-        (None, ProviderKind::OpenaiCompatible | ProviderKind::Vertex | ProviderKind::Bedrock) => None,
-        (None, _) => {
+        (Some(k), _) => Some(Secret(k.to_owned())),
+        (None, ApiKey::Required) => {
             errs.push(format!("{path}.api_key"), "required for this provider");
             None
         }
+        (None, _) => None,
     };
-    let vertex = compile_vertex(&path, p, errs);
-    let aws = compile_aws(&path, p, ctx, errs);
+    let vertex = compile_section(
+        &path,
+        ("vertex", p.vertex.as_ref()),
+        (ProviderKind::Vertex, "vertex"),
+        p,
+        errs,
+        |v, error| match v {
+            Some(v) => crate::provider::vertex::compile(v, error),
+            None => {
+                error(
+                    "",
+                    "required for vertex providers: {project, location, credentials_file}",
+                );
+                None
+            }
+        },
+    );
+    let aws = compile_section(
+        &path,
+        ("aws", p.aws.as_ref()),
+        (ProviderKind::Bedrock, "bedrock"),
+        p,
+        errs,
+        |a, error| crate::provider::bedrock::compile(a, ctx.env, error),
+    );
     let cloud_base = match (&vertex, &aws) {
         (Some(v), _) => Some(crate::provider::vertex::default_base_url(&v.location)),
         (_, Some(a)) => Some(crate::provider::bedrock::default_base_url(&a.region)),
@@ -248,101 +262,29 @@ fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: 
     })
 }
 
-/// A `bedrock` provider's region and credentials: each field from the `aws` section, else
-/// from the standard variable (`AWS_REGION` or `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`,
-/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
-fn compile_aws(
+/// A kind's own section (`vertex`, `aws`): refused on other kinds, else compiled by its
+/// provider file, each error at `{path}.{section}.{field}` (the section's own path for
+/// an empty field).
+fn compile_section<S, T>(
     path: &str,
+    (name, given): (&str, Option<&S>),
+    (owner, kind): (ProviderKind, &str),
     p: &raw::ProviderKey,
-    ctx: &CompileCtx<'_>,
     errs: &mut Errors,
-) -> Option<crate::provider::bedrock::Aws> {
-    match (&p.aws, p.provider) {
-        (Some(_), ProviderKind::Bedrock) | (None, ProviderKind::Bedrock) => {}
-        (Some(_), _) => {
-            errs.push(format!("{path}.aws"), "only bedrock providers take an aws section");
-            return None;
-        }
-        (None, _) => return None,
-    }
-    let empty = raw::AwsSettings::default();
-    let a = p.aws.as_ref().unwrap_or(&empty);
-    let pick = |given: &Option<String>, vars: &[&str]| {
-        given
-            .clone()
-            .or_else(|| vars.iter().find_map(|v| (ctx.env)(v)))
-            .filter(|s| !s.is_empty())
-    };
-    let region = pick(&a.region, &["AWS_REGION", "AWS_DEFAULT_REGION"]);
-    let key_id = pick(&a.access_key_id, &["AWS_ACCESS_KEY_ID"]);
-    let secret = pick(&a.secret_access_key, &["AWS_SECRET_ACCESS_KEY"]);
-    let token = pick(&a.session_token, &["AWS_SESSION_TOKEN"]);
-    let before = errs.0.len();
-    match &region {
-        Some(r) if r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {}
-        Some(_) => errs.push(format!("{path}.aws.region"), "must be a region such as us-east-1"),
-        None => errs.push(format!("{path}.aws.region"), "required (or AWS_REGION)"),
-    }
-    if key_id.is_none() {
-        errs.push(format!("{path}.aws.access_key_id"), "required (or AWS_ACCESS_KEY_ID)");
-    }
-    if secret.is_none() {
-        errs.push(
-            format!("{path}.aws.secret_access_key"),
-            "required (or AWS_SECRET_ACCESS_KEY)",
-        );
-    }
-    if errs.0.len() > before {
-        return None;
-    }
-    Some(crate::provider::bedrock::Aws {
-        region: region?,
-        credentials: aws_credential_types::Credentials::new(key_id?, secret?, token, None, "aigw-config"),
-    })
-}
-
-/// A `vertex` provider's section: required there, refused elsewhere; the key file is read
-/// and checked now.
-fn compile_vertex(path: &str, p: &raw::ProviderKey, errs: &mut Errors) -> Option<crate::provider::vertex::Vertex> {
-    let v = match (&p.vertex, p.provider) {
-        (Some(v), ProviderKind::Vertex) => v,
-        (None, ProviderKind::Vertex) => {
+    compile: impl FnOnce(Option<&S>, &mut dyn FnMut(&str, &str)) -> Option<T>,
+) -> Option<T> {
+    if p.provider != owner {
+        if given.is_some() {
             errs.push(
-                format!("{path}.vertex"),
-                "required for vertex providers: {project, location, credentials_file}",
+                format!("{path}.{name}"),
+                format!("only {kind} providers take the {name} section"),
             );
-            return None;
         }
-        (Some(_), _) => {
-            errs.push(format!("{path}.vertex"), "only vertex providers take a vertex section");
-            return None;
-        }
-        (None, _) => return None,
-    };
-    let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    let before = errs.0.len();
-    if !valid(&v.project) {
-        errs.push(
-            format!("{path}.vertex.project"),
-            "must be a project id (letters, digits, -)",
-        );
-    }
-    if !valid(&v.location) {
-        errs.push(
-            format!("{path}.vertex.location"),
-            "must be a location such as us-east5 or global",
-        );
-    }
-    let tokens = crate::provider::vertex::tokens_for(&v.credentials_file)
-        .map_err(|e| errs.push(format!("{path}.vertex.credentials_file"), e))
-        .ok();
-    if errs.0.len() > before {
         return None;
     }
-    Some(crate::provider::vertex::Vertex {
-        project: v.project.clone(),
-        location: v.location.clone(),
-        tokens: tokens?,
+    compile(given, &mut |field, msg| match field {
+        "" => errs.push(format!("{path}.{name}"), msg),
+        f => errs.push(format!("{path}.{name}.{f}"), msg),
     })
 }
 

@@ -20,3 +20,4 @@ pub mod state;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod usage;

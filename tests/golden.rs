@@ -95,7 +95,7 @@ fn parse_events(text: &str) -> Vec<Value> {
         .collect()
 }
 
-fn run_stream(kind: &str, options: &Value, chunks: &[Bytes]) -> (Vec<Value>, Option<aigw::stream::Usage>) {
+fn run_stream(kind: &str, options: &Value, chunks: &[Bytes]) -> (Vec<Value>, Option<aigw::usage::Usage>) {
     let mut s = SseState::with_mode(mode(kind, options));
     if kind.starts_with("converse_") {
         s.decode_event_stream();
@@ -119,7 +119,7 @@ fn run_case(name: &str, case: &Value) {
         "chat_response_to_messages" => anthropic::chat_response_to_messages(input),
         "chat_request_to_gemini" => gemini::chat_request_to_gemini(input, model).unwrap(),
         "messages_request_to_gemini" => {
-            gemini::chat_request_to_gemini(&anthropic::messages_request_to_chat(input, model).unwrap(), model).unwrap()
+            gemini::chat_request_to_gemini(&anthropic::messages_request_to_hub(input, model).unwrap(), model).unwrap()
         }
         "gemini_response_to_chat" => gemini::response_to_chat(input, CREATED, model),
         "gemini_response_to_messages" => {
@@ -127,7 +127,7 @@ fn run_case(name: &str, case: &Value) {
         }
         "chat_request_to_converse" => bedrock::chat_request_to_converse(input, model).unwrap(),
         "messages_request_to_converse" => {
-            bedrock::chat_request_to_converse(&anthropic::messages_request_to_chat(input, model).unwrap(), model)
+            bedrock::chat_request_to_converse(&anthropic::messages_request_to_hub(input, model).unwrap(), model)
                 .unwrap()
         }
         "converse_response_to_chat" => {
@@ -152,12 +152,17 @@ fn run_case(name: &str, case: &Value) {
             generated_ids(&mut a);
             assert_eq!(g, a, "{name}: output depends on how frames are cut");
             if let Some(u) = case.get("usage") {
+                // [input, output] or [input, output, cache read, cache write, reasoning].
                 let usage = usage.unwrap_or_default();
-                assert_eq!(
-                    [usage.input_tokens, usage.output_tokens],
-                    [u[0].as_u64().unwrap(), u[1].as_u64().unwrap()],
-                    "{name}: usage"
-                );
+                let got = [
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    usage.cache_read_tokens,
+                    usage.cache_write_tokens,
+                    usage.reasoning_tokens,
+                ];
+                let want: Vec<u64> = u.as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).collect();
+                assert_eq!(&got[..want.len()], &want[..], "{name}: usage");
             }
             g
         }

@@ -9,7 +9,8 @@ use bytes::BytesMut;
 use serde_json::{json, Map, Value};
 
 use crate::provider::Dialect;
-use crate::stream::{event_data, event_end, Usage};
+use crate::stream::{event_data, event_end};
+use crate::usage::Usage;
 
 /// Why a completion ended, when that makes it worth storing.
 fn finished_normally(reason: &str, dialect: Dialect) -> bool {
@@ -248,12 +249,7 @@ impl Assembler {
                 let mut out = std::mem::take(&mut self.head);
                 out.insert("object".into(), json!("chat.completion"));
                 out.insert("choices".into(), Value::Array(choices));
-                let usage = self.usage.take().or_else(|| {
-                    usage.map(|u| {
-                        json!({"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
-                            "total_tokens": u.input_tokens + u.output_tokens})
-                    })
-                });
+                let usage = self.usage.take().or_else(|| usage.map(|u| u.to_chat()));
                 if let Some(u) = usage {
                     out.insert("usage".into(), u);
                 }
@@ -312,6 +308,7 @@ mod tests {
             .finish(Some(Usage {
                 input_tokens: 3,
                 output_tokens: 2,
+                ..Usage::default()
             }))
             .unwrap();
         assert_eq!(v["object"], "chat.completion");

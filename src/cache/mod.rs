@@ -24,8 +24,8 @@ use crate::config::{ApiKeyEntry, Model, Snapshot};
 use crate::provider::Dialect;
 use crate::provider::Endpoint;
 use crate::redis_pool::RedisPool;
-use crate::stream::Usage;
 use crate::telemetry::metrics::Metrics;
+use crate::usage::Usage;
 use assemble::Assembler;
 pub use store::{Entry, Store};
 

@@ -355,6 +355,11 @@ pub struct Pricing {
     pub input_per_mtok: f64,
     #[serde(default)]
     pub output_per_mtok: f64,
+    /// Input read from the provider's prompt cache; the input price when left out.
+    pub cached_input_per_mtok: Option<f64>,
+    /// Input written to the provider's prompt cache (Anthropic, Bedrock); the input price
+    /// when left out.
+    pub cache_write_per_mtok: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -12,6 +12,7 @@
 
 mod bedrock;
 mod google;
+mod prompt_cache;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -65,6 +66,11 @@ pub struct Script {
     /// Answer 200 with a small body of this Content-Type (`html`: an HTML error page, as a
     /// captive portal or a misrouted proxy would send).
     pub content_type: Option<String>,
+    /// Report this many prompt tokens as read from the provider's cache (OpenAI, Gemini:
+    /// their caches are automatic; Anthropic's and Bedrock's follow breakpoints).
+    pub cached: u64,
+    /// Report this many reasoning tokens on top of the answer's (OpenAI).
+    pub reasoning: u64,
 }
 
 impl Script {
@@ -83,6 +89,8 @@ impl Script {
             endless_event: None,
             sse_type: None,
             content_type: None,
+            cached: 0,
+            reasoning: 0,
         };
         let Some((_, query)) = model.split_once('?') else {
             return s;
@@ -104,6 +112,8 @@ impl Script {
                 "sse_type" => s.sse_type = Some(v.replace("%20", " ")),
                 "endless_event" => s.endless_event = n.map(|n| n as usize),
                 "content_type" => s.content_type = Some(v.to_owned()),
+                "cached" => s.cached = n.unwrap_or(0),
+                "reasoning" => s.reasoning = n.unwrap_or(0),
                 _ => {}
             }
         }
@@ -124,6 +134,8 @@ struct Mock {
     spans_bytes: AtomicU64,
     /// Vertex AI, when the mock has a Google public key.
     google: Option<google::Google>,
+    /// Anthropic's and Bedrock's prompt cache.
+    prompt_cache: prompt_cache::PromptCache,
 }
 
 const WORDS: [&str; 8] = ["Hello", "from", "the", "aigw", "mock", "upstream", "model", "today."];
@@ -630,9 +642,10 @@ impl Mock {
         let id = format!("chatcmpl-mock-{}", self.ids.fetch_add(1, Ordering::Relaxed));
         let reply = Reply::for_request(req, script, false);
         let prompt = tokens_of(text_len(&req["messages"]));
-        let completion = reply.tokens();
-        let usage =
-            json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+        let completion = reply.tokens() + script.reasoning;
+        let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": script.cached.min(prompt)},
+            "completion_tokens_details": {"reasoning_tokens": script.reasoning}});
         if script.bad_json {
             return bytes_response(
                 StatusCode::OK,
@@ -795,8 +808,14 @@ data: {v}
     fn messages(&self, req: &Value, model: &str, script: &Script) -> Response<Body> {
         let id = format!("msg_mock_{}", self.ids.fetch_add(1, Ordering::Relaxed));
         let reply = Reply::for_request(req, script, true);
-        let input = tokens_of(text_len(&req["messages"]) + text_len(&req["system"]));
+        let input = tokens_of(text_len(&req["messages"]) + text_len(&req["system"]) + text_len(&req["tools"]));
         let output = reply.tokens();
+        let hit = self.prompt_cache.anthropic(req, input);
+        // Anthropic's input_tokens leaves out what the cache read or wrote.
+        let usage = |output: u64| {
+            json!({"input_tokens": input - hit.read - hit.write, "cache_read_input_tokens": hit.read,
+                "cache_creation_input_tokens": hit.write, "output_tokens": output})
+        };
         if script.bad_json {
             return bytes_response(
                 StatusCode::OK,
@@ -815,7 +834,7 @@ data: {v}
             let v = json!({
                 "id": id, "type": "message", "role": "assistant", "model": model, "content": [block],
                 "stop_reason": stop, "stop_sequence": null,
-                "usage": {"input_tokens": input, "output_tokens": output},
+                "usage": usage(output),
             });
             if script.drop_after.is_some() {
                 return truncated(&v);
@@ -825,7 +844,7 @@ data: {v}
         let ev = |v: Value| Bytes::from(format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap_or("")));
         let mut events = vec![ev(json!({"type": "message_start", "message": {
             "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": input, "output_tokens": 1},
+            "stop_reason": null, "stop_sequence": null, "usage": usage(1),
         }}))];
         match &reply {
             Reply::Text(t) => {
@@ -861,7 +880,7 @@ data: {v}
         let output = reply.tokens();
         let usage = |out: u64| {
             json!({"promptTokenCount": prompt, "candidatesTokenCount": out, "thoughtsTokenCount": 2,
-                "totalTokenCount": prompt + out + 2})
+                "cachedContentTokenCount": script.cached.min(prompt), "totalTokenCount": prompt + out + 2})
         };
         if script.bad_json {
             return bytes_response(
@@ -948,9 +967,12 @@ data: {v}
             );
         }
         let reply = Reply::for_converse(&req, &script);
-        let input = tokens_of(text_len(&req["messages"]) + text_len(&req["system"]));
+        let input = tokens_of(text_len(&req["messages"]) + text_len(&req["system"]) + text_len(&req["toolConfig"]));
         let output = reply.tokens();
-        let usage = json!({"inputTokens": input, "outputTokens": output, "totalTokens": input + output});
+        let hit = self.prompt_cache.converse(&req, input);
+        // Like Anthropic's, Converse's inputTokens leaves out what the cache read or wrote.
+        let usage = json!({"inputTokens": input - hit.read - hit.write, "outputTokens": output,
+            "cacheReadInputTokens": hit.read, "cacheWriteInputTokens": hit.write, "totalTokens": input + output});
         let (block, stop) = match &reply {
             Reply::Text(t) => (json!({"text": t}), "end_turn"),
             Reply::Tool { name, args } => (

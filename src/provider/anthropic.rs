@@ -8,13 +8,15 @@
 use std::collections::HashMap;
 
 use pingora::http::RequestHeader;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{bad, content_text, image_of, push_turn, Dialect, Image};
+use super::{bad, cache_mark, content_text, has_cache_mark, image_of, push_turn, Dialect, Image};
 use crate::config::Provider;
 use crate::error::GwError;
 use crate::stream::translate::{anthropic_event, fail, parse_chunk, parse_event, Chunks};
-use crate::stream::{Translate, Usage};
+use crate::stream::Translate;
+use crate::usage::{RawUsage, Usage};
 
 /// `anthropic-version` when neither the caller nor the provider config sets one.
 pub const DEFAULT_VERSION: &str = "2023-06-01";
@@ -62,16 +64,6 @@ pub fn stop_reason(finish_reason: &str) -> &'static str {
     }
 }
 
-/// Anthropic usage -> OpenAI usage. Cached input tokens count as prompt tokens.
-pub fn openai_usage(u: &Value) -> Value {
-    let input = ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"]
-        .iter()
-        .filter_map(|k| u[*k].as_u64())
-        .sum::<u64>();
-    let output = u["output_tokens"].as_u64().unwrap_or(0);
-    json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output})
-}
-
 /// An OpenAI `image_url` part -> an Anthropic image block.
 fn image_block(part: &Value) -> Result<Value, GwError> {
     Ok(match image_of(part).map_err(bad)? {
@@ -90,12 +82,20 @@ fn blocks_from_openai(content: &Value) -> Result<Vec<Value>, GwError> {
         Value::String(s) => Ok(vec![json!({"type": "text", "text": s})]),
         Value::Array(parts) => parts
             .iter()
-            .map(|p| match p["type"].as_str() {
-                Some("text") => Ok(json!({"type": "text", "text": p["text"].as_str().unwrap_or_default()})),
-                Some("image_url") => image_block(p),
-                other => Err(bad(format!(
-                    "content part type {other:?} cannot be sent to an Anthropic model"
-                ))),
+            .map(|p| {
+                let mut block = match p["type"].as_str() {
+                    Some("text") => json!({"type": "text", "text": p["text"].as_str().unwrap_or_default()}),
+                    Some("image_url") => image_block(p)?,
+                    other => {
+                        return Err(bad(format!(
+                            "content part type {other:?} cannot be sent to an Anthropic model"
+                        )))
+                    }
+                };
+                if let Some(c) = cache_mark(p) {
+                    block["cache_control"] = c.clone();
+                }
+                Ok(block)
             })
             .collect(),
         _ => Err(bad("message content must be a string or a list of parts")),
@@ -111,10 +111,17 @@ pub fn chat_request_to_messages(req: &Value, model: &str) -> Result<Value, GwErr
         return Err(bad("n > 1 is not supported by Anthropic models"));
     }
     let mut system = Vec::new();
+    // System parts as blocks, kept as a list when one carries a cache breakpoint.
+    let mut system_blocks = Vec::new();
+    let mut system_marked = false;
     let mut out: Vec<Value> = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
         match m["role"].as_str() {
-            Some("system" | "developer") => system.push(content_text(&m["content"])),
+            Some("system" | "developer") => {
+                system.push(content_text(&m["content"]));
+                system_marked |= has_cache_mark(&m["content"]);
+                system_blocks.extend(blocks_from_openai(&m["content"])?);
+            }
             Some("user") => push_turn(&mut out, "user", "content", blocks_from_openai(&m["content"])?),
             Some("assistant") => {
                 let mut blocks = blocks_from_openai(&m["content"])?;
@@ -132,11 +139,17 @@ pub fn chat_request_to_messages(req: &Value, model: &str) -> Result<Value, GwErr
                 push_turn(&mut out, "assistant", "content", blocks);
             }
             Some("tool") => {
-                let result = json!({
+                let mut result = json!({
                     "type": "tool_result",
                     "tool_use_id": m["tool_call_id"],
                     "content": content_text(&m["content"]),
                 });
+                if let Some(c) = m["content"]
+                    .as_array()
+                    .and_then(|p| p.iter().rev().find_map(cache_mark))
+                {
+                    result["cache_control"] = c.clone();
+                }
                 push_turn(&mut out, "user", "content", vec![result]);
             }
             other => return Err(bad(format!("messages[{i}]: unknown role {other:?}"))),
@@ -145,7 +158,9 @@ pub fn chat_request_to_messages(req: &Value, model: &str) -> Result<Value, GwErr
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
     body.insert("messages".into(), Value::Array(out));
-    if !system.is_empty() {
+    if system_marked {
+        body.insert("system".into(), Value::Array(system_blocks));
+    } else if !system.is_empty() {
         body.insert("system".into(), json!(system.join("\n\n")));
     }
     let max = req["max_completion_tokens"]
@@ -175,6 +190,9 @@ pub fn chat_request_to_messages(req: &Value, model: &str) -> Result<Value, GwErr
                 let mut tool = json!({"name": f["name"], "input_schema": if f["parameters"].is_null() { json!({"type": "object"}) } else { f["parameters"].clone() }});
                 if let Some(d) = f["description"].as_str() {
                     tool["description"] = json!(d);
+                }
+                if let Some(c) = cache_mark(t) {
+                    tool["cache_control"] = c.clone();
                 }
                 tool
             })
@@ -231,19 +249,51 @@ pub fn messages_response_to_chat(resp: &Value, created: i64) -> Value {
             "logprobs": null,
             "finish_reason": finish_reason(resp["stop_reason"].as_str().unwrap_or("end_turn")),
         }],
-        "usage": openai_usage(&resp["usage"]),
+        "usage": Usage::from_json(&resp["usage"]).to_chat(),
     })
 }
 
-/// Anthropic messages request -> OpenAI chat request, for model `model`.
+/// Anthropic messages request -> OpenAI chat request, for an OpenAI-style model `model`:
+/// what OpenAI's API defines, nothing of Anthropic's own.
 pub fn messages_request_to_chat(req: &Value, model: &str) -> Result<Value, GwError> {
+    messages_to_chat(req, model, false)
+}
+
+/// Anthropic messages request -> the chat shape as the hub to Converse and Gemini: chat
+/// plus what those carry on and OpenAI does not define, Anthropic's cache breakpoints
+/// (`cache_control` on parts and tools, system kept as parts when one is marked).
+pub fn messages_request_to_hub(req: &Value, model: &str) -> Result<Value, GwError> {
+    messages_to_chat(req, model, true)
+}
+
+fn messages_to_chat(req: &Value, model: &str, hub: bool) -> Result<Value, GwError> {
     let msgs = req["messages"]
         .as_array()
         .ok_or_else(|| bad("`messages` must be a list"))?;
     let mut out = Vec::new();
-    let system = content_text(&req["system"]);
-    if !system.is_empty() {
-        out.push(json!({"role": "system", "content": system}));
+    // A block's breakpoint, carried onto its chat part in the hub shape.
+    let mark = |part: &mut Value, block: &Value| {
+        if let (true, Some(c)) = (hub, cache_mark(block)) {
+            part["cache_control"] = c.clone();
+        }
+    };
+    if hub && has_cache_mark(&req["system"]) {
+        let parts: Vec<Value> = req["system"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| {
+                let mut p = json!({"type": "text", "text": b["text"].as_str()?});
+                mark(&mut p, b);
+                Some(p)
+            })
+            .collect();
+        out.push(json!({"role": "system", "content": parts}));
+    } else {
+        let system = content_text(&req["system"]);
+        if !system.is_empty() {
+            out.push(json!({"role": "system", "content": system}));
+        }
     }
     for (i, m) in msgs.iter().enumerate() {
         let role = m["role"]
@@ -268,7 +318,11 @@ pub fn messages_request_to_chat(req: &Value, model: &str) -> Result<Value, GwErr
         let mut calls = Vec::new();
         for b in blocks {
             match b["type"].as_str() {
-                Some("text") => parts.push(json!({"type": "text", "text": b["text"]})),
+                Some("text") => {
+                    let mut p = json!({"type": "text", "text": b["text"]});
+                    mark(&mut p, b);
+                    parts.push(p);
+                }
                 Some("image") => {
                     let src = &b["source"];
                     let url = match src["type"].as_str() {
@@ -279,7 +333,9 @@ pub fn messages_request_to_chat(req: &Value, model: &str) -> Result<Value, GwErr
                         ),
                         _ => src["url"].as_str().unwrap_or_default().to_owned(),
                     };
-                    parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
+                    let mut p = json!({"type": "image_url", "image_url": {"url": url}});
+                    mark(&mut p, b);
+                    parts.push(p);
                 }
                 Some("tool_use") => calls.push(json!({
                     "id": b["id"],
@@ -287,19 +343,23 @@ pub fn messages_request_to_chat(req: &Value, model: &str) -> Result<Value, GwErr
                     "function": {"name": b["name"], "arguments": b["input"].to_string()},
                 })),
                 // Tool results become OpenAI tool messages, ahead of the turn's other parts.
-                Some("tool_result") => out.push(json!({
-                    "role": "tool",
-                    "tool_call_id": b["tool_use_id"],
-                    "content": content_text(&b["content"]),
-                })),
+                Some("tool_result") => {
+                    let text = content_text(&b["content"]);
+                    let content = match (hub, cache_mark(b)) {
+                        (true, Some(c)) => json!([{"type": "text", "text": text, "cache_control": c}]),
+                        _ => json!(text),
+                    };
+                    out.push(json!({"role": "tool", "tool_call_id": b["tool_use_id"], "content": content}));
+                }
                 // Thinking and other blocks have no OpenAI counterpart.
                 _ => {}
             }
         }
         let all_text = parts.iter().all(|p| p["type"] == "text");
+        let marked = parts.iter().any(|p| cache_mark(p).is_some());
         let content = if parts.is_empty() {
             Value::Null
-        } else if role == "assistant" || all_text {
+        } else if (role == "assistant" || all_text) && !marked {
             json!(parts
                 .iter()
                 .filter_map(|p| p["text"].as_str())
@@ -344,7 +404,9 @@ pub fn messages_request_to_chat(req: &Value, model: &str) -> Result<Value, GwErr
                 if let Some(d) = t["description"].as_str() {
                     f["description"] = json!(d);
                 }
-                json!({"type": "function", "function": f})
+                let mut tool = json!({"type": "function", "function": f});
+                mark(&mut tool, t);
+                tool
             })
             .collect();
         body.insert("tools".into(), Value::Array(tools));
@@ -402,10 +464,7 @@ pub fn chat_response_to_messages(resp: &Value) -> Value {
         "content": content,
         "stop_reason": stop_reason(choice["finish_reason"].as_str().unwrap_or("stop")),
         "stop_sequence": null,
-        "usage": {
-            "input_tokens": u["prompt_tokens"].as_u64().unwrap_or(0),
-            "output_tokens": u["completion_tokens"].as_u64().unwrap_or(0),
-        },
+        "usage": Usage::from_json(u).to_messages(),
     })
 }
 
@@ -478,15 +537,8 @@ impl AnthropicToChat {
 
     /// Input tokens come with message_start; output tokens are cumulative in message_delta.
     fn add_usage(&mut self, u: &Value) {
-        let input: u64 = ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"]
-            .iter()
-            .filter_map(|k| u[*k].as_u64())
-            .sum();
-        if input > 0 {
-            self.usage.input_tokens = input;
-        }
-        if let Some(o) = u["output_tokens"].as_u64() {
-            self.usage.output_tokens = o;
+        if let Ok(raw) = RawUsage::deserialize(u) {
+            self.usage.merge(&raw);
         }
     }
 }
@@ -626,7 +678,7 @@ impl Translate for ChatToAnthropic {
                 &json!({
                     "type": "message_delta",
                     "delta": {"stop_reason": self.stop.unwrap_or("end_turn"), "stop_sequence": null},
-                    "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens},
+                    "usage": self.usage.to_messages(),
                 }),
             );
             anthropic_event(out, &json!({"type": "message_stop"}));
@@ -647,10 +699,7 @@ impl Translate for ChatToAnthropic {
             );
         }
         if let Some(u) = c.get("usage").filter(|u| !u.is_null()) {
-            self.usage = Usage {
-                input_tokens: u["prompt_tokens"].as_u64().unwrap_or(0),
-                output_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
-            };
+            self.usage = Usage::from_json(u);
         }
         let Some(choice) = c["choices"].get(0) else { return };
         let delta = &choice["delta"];

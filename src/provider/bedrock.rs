@@ -19,12 +19,13 @@ use pingora::http::RequestHeader;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{bad, content_text, image_of, push_turn, Dialect, Image, UNRESERVED};
+use super::{bad, cache_mark, content_text, has_cache_mark, image_of, push_turn, Dialect, Image, UNRESERVED};
 use crate::config::raw::de_opt_text;
 use crate::config::{Provider, Target};
 use crate::error::GwError;
 use crate::stream::translate::{fail, parse_event, Chunks};
-use crate::stream::{Translate, Usage};
+use crate::stream::Translate;
+use crate::usage::Usage;
 
 /// The SigV4 service name of Bedrock's runtime API.
 const SERVICE: &str = "bedrock";
@@ -182,24 +183,38 @@ fn image_block(p: &Value, i: usize) -> Result<Value, GwError> {
     Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
 }
 
-/// The content blocks of a chat message's `content` (a string or a list of parts).
+/// Converse's prompt-cache breakpoint: caches everything before it.
+fn cache_point() -> Value {
+    json!({"cachePoint": {"type": "default"}})
+}
+
+/// The content blocks of a chat message's `content` (a string or a list of parts), with a
+/// `cachePoint` after each part that carries a `cache_control` breakpoint.
 fn content_blocks(content: &Value, i: usize) -> Result<Vec<Value>, GwError> {
     match content {
         Value::Null => Ok(Vec::new()),
         Value::String(s) if s.is_empty() => Ok(Vec::new()),
         Value::String(s) => Ok(vec![json!({"text": s})]),
-        Value::Array(parts) => parts
-            .iter()
-            .filter(|p| !(p["type"] == "text" && p["text"].as_str() == Some("")))
-            .map(|p| match p["type"].as_str() {
-                Some("text") => Ok(json!({"text": p["text"].as_str().unwrap_or_default()})),
-                Some("image_url") => image_block(p, i),
-                other => Err(bad(format!(
-                    "messages[{i}]: content part type {} is not supported by Bedrock",
-                    other.unwrap_or("(none)")
-                ))),
-            })
-            .collect(),
+        Value::Array(parts) => {
+            let mut blocks = Vec::with_capacity(parts.len());
+            for p in parts {
+                match p["type"].as_str() {
+                    Some("text") if p["text"].as_str() == Some("") => continue,
+                    Some("text") => blocks.push(json!({"text": p["text"].as_str().unwrap_or_default()})),
+                    Some("image_url") => blocks.push(image_block(p, i)?),
+                    other => {
+                        return Err(bad(format!(
+                            "messages[{i}]: content part type {} is not supported by Bedrock",
+                            other.unwrap_or("(none)")
+                        )))
+                    }
+                }
+                if cache_mark(p).is_some() {
+                    blocks.push(cache_point());
+                }
+            }
+            Ok(blocks)
+        }
         _ => Err(bad(format!(
             "messages[{i}].content must be a string or a list of parts"
         ))),
@@ -222,6 +237,9 @@ pub fn chat_request_to_converse(req: &Value, _model: &str) -> Result<Value, GwEr
     let mut turns: Vec<Value> = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
         match m["role"].as_str() {
+            Some("system" | "developer") if has_cache_mark(&m["content"]) => {
+                system.extend(content_blocks(&m["content"], i)?);
+            }
             Some("system" | "developer") => {
                 let t = content_text(&m["content"]);
                 if !t.is_empty() {
@@ -249,9 +267,12 @@ pub fn chat_request_to_converse(req: &Value, _model: &str) -> Result<Value, GwEr
                 let id = m["tool_call_id"]
                     .as_str()
                     .ok_or_else(|| bad(format!("messages[{i}]: a tool message needs tool_call_id")))?;
-                let result =
-                    json!({"toolResult": {"toolUseId": id, "content": [{"text": content_text(&m["content"])}]}});
-                push_turn(&mut turns, "user", "content", vec![result]);
+                let mut blocks =
+                    vec![json!({"toolResult": {"toolUseId": id, "content": [{"text": content_text(&m["content"])}]}})];
+                if has_cache_mark(&m["content"]) {
+                    blocks.push(cache_point());
+                }
+                push_turn(&mut turns, "user", "content", blocks);
             }
             other => {
                 return Err(bad(format!(
@@ -298,21 +319,22 @@ pub fn chat_request_to_converse(req: &Value, _model: &str) -> Result<Value, GwEr
             _ => return Err(bad("tool_choice must be auto, none, required or a function")),
         };
         if let Some(choice) = choice {
-            let specs = tools
-                .iter()
-                .map(|t| {
-                    if t["type"] != "function" {
-                        return Err(bad("only function tools are supported by Bedrock"));
-                    }
-                    let f = &t["function"];
-                    let mut spec = json!({"name": f["name"], "inputSchema": {"json":
-                        if f["parameters"].is_null() { json!({"type": "object"}) } else { f["parameters"].clone() }}});
-                    if let Some(d) = f["description"].as_str() {
-                        spec["description"] = json!(d);
-                    }
-                    Ok(json!({"toolSpec": spec}))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut specs = Vec::with_capacity(tools.len());
+            for t in tools {
+                if t["type"] != "function" {
+                    return Err(bad("only function tools are supported by Bedrock"));
+                }
+                let f = &t["function"];
+                let mut spec = json!({"name": f["name"], "inputSchema": {"json":
+                    if f["parameters"].is_null() { json!({"type": "object"}) } else { f["parameters"].clone() }}});
+                if let Some(d) = f["description"].as_str() {
+                    spec["description"] = json!(d);
+                }
+                specs.push(json!({"toolSpec": spec}));
+                if cache_mark(t).is_some() {
+                    specs.push(cache_point());
+                }
+            }
             out.insert("toolConfig".into(), json!({"tools": specs, "toolChoice": choice}));
         }
     }
@@ -335,6 +357,9 @@ pub fn usage(u: &Value) -> Usage {
     Usage {
         input_tokens: n("inputTokens") + n("cacheReadInputTokens") + n("cacheWriteInputTokens"),
         output_tokens: n("outputTokens"),
+        cache_read_tokens: n("cacheReadInputTokens"),
+        cache_write_tokens: n("cacheWriteInputTokens"),
+        reasoning_tokens: 0,
     }
 }
 
@@ -369,8 +394,7 @@ pub fn response_to_chat(v: &Value, created: i64, model: &str) -> Value {
         "id": completion_id(), "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0, "message": message, "logprobs": null,
             "finish_reason": finish_reason(v["stopReason"].as_str().unwrap_or("end_turn"))}],
-        "usage": {"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
-            "total_tokens": u.input_tokens + u.output_tokens},
+        "usage": u.to_chat(),
     })
 }
 
@@ -581,7 +605,8 @@ mod stream_tests {
             t.usage(),
             Usage {
                 input_tokens: 3,
-                output_tokens: 1
+                output_tokens: 1,
+                ..Usage::default()
             }
         );
         let mut out = Vec::new();

@@ -19,7 +19,8 @@ use super::{bad, image_of, push_turn, Image, UNRESERVED};
 use crate::config::Provider;
 use crate::error::GwError;
 use crate::stream::translate::{fail, parse_chunk, Chunks};
-use crate::stream::{Translate, Usage};
+use crate::stream::Translate;
+use crate::usage::Usage;
 
 /// The API version used when `base_url` does not name one.
 pub const API_VERSION: &str = "v1beta";
@@ -255,14 +256,20 @@ fn generation_config(req: &Value) -> Result<Map<String, Value>, GwError> {
     Ok(c)
 }
 
-/// Gemini `usageMetadata` -> tokens. Thinking tokens are billed as output; cached
-/// prompt tokens are already part of `promptTokenCount`.
+/// Gemini `usageMetadata` -> tokens. Thinking tokens are billed as output (and are not
+/// part of `candidatesTokenCount`); cached prompt tokens are already part of
+/// `promptTokenCount`.
 pub fn usage(meta: &Value) -> Usage {
     let n = |k: &str| meta[k].as_u64().unwrap_or(0);
-    Usage {
+    let mut u = Usage {
         input_tokens: n("promptTokenCount") + n("toolUsePromptTokenCount"),
         output_tokens: n("candidatesTokenCount") + n("thoughtsTokenCount"),
-    }
+        cache_read_tokens: n("cachedContentTokenCount"),
+        cache_write_tokens: 0,
+        reasoning_tokens: n("thoughtsTokenCount"),
+    };
+    u.clamp();
+    u
 }
 
 /// Gemini `finishReason` -> OpenAI `finish_reason`. Gemini says `STOP` after a function
@@ -367,11 +374,7 @@ pub fn response_to_chat(resp: &Value, created: i64, model: &str) -> Value {
         "created": created,
         "model": resp["modelVersion"].as_str().unwrap_or(model),
         "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
-        "usage": {
-            "prompt_tokens": u.input_tokens,
-            "completion_tokens": u.output_tokens,
-            "total_tokens": u.input_tokens + u.output_tokens,
-        },
+        "usage": u.to_chat(),
     })
 }
 

@@ -238,11 +238,11 @@ pub fn upstream_body(
         (Endpoint::ChatCompletions, Endpoint::GenerateContent) => translate(gemini::chat_request_to_gemini),
         (Endpoint::ChatCompletions, Endpoint::Converse) => translate(bedrock::chat_request_to_converse),
         (Endpoint::Messages, Endpoint::Converse) => translate(|v, model| {
-            bedrock::chat_request_to_converse(&anthropic::messages_request_to_chat(v, model)?, model)
+            bedrock::chat_request_to_converse(&anthropic::messages_request_to_hub(v, model)?, model)
         }),
         // Through the chat shape, the hub both translations share.
         (Endpoint::Messages, Endpoint::GenerateContent) => {
-            translate(|v, model| gemini::chat_request_to_gemini(&anthropic::messages_request_to_chat(v, model)?, model))
+            translate(|v, model| gemini::chat_request_to_gemini(&anthropic::messages_request_to_hub(v, model)?, model))
         }
         // Anthropic streams always carry usage; OpenAI-style ones only when asked.
         (_, up) => Ok(body::rewrite(
@@ -291,7 +291,7 @@ pub fn stream_mode(
 
 /// A whole answer of a format reached only through translation, as a chat completion,
 /// with its usage.
-pub fn answer_to_chat(wire: Wire, v: &Value, created: i64, model: &str) -> (crate::stream::Usage, Value) {
+pub fn answer_to_chat(wire: Wire, v: &Value, created: i64, model: &str) -> (crate::usage::Usage, Value) {
     match wire {
         Wire::Converse => (
             bedrock::usage(&v["usage"]),
@@ -408,6 +408,19 @@ fn push_turn(out: &mut Vec<Value>, role: &str, field: &str, mut items: Vec<Value
         }
     }
     out.push(json!({"role": role, field: items}));
+}
+
+/// The prompt-cache breakpoint (`cache_control`, Anthropic's extension that chat callers
+/// put on content parts and tools) a part, block or tool carries.
+pub(crate) fn cache_mark(v: &Value) -> Option<&Value> {
+    v.get("cache_control").filter(|c| c.is_object())
+}
+
+/// Whether any part of message content (a list) carries a breakpoint.
+pub(crate) fn has_cache_mark(content: &Value) -> bool {
+    content
+        .as_array()
+        .is_some_and(|parts| parts.iter().any(|p| cache_mark(p).is_some()))
 }
 
 /// Text of message content: a string, or the `text` of each part or block, joined.

@@ -16,8 +16,9 @@ use crate::provider::Endpoint;
 use crate::route::plan::Plan;
 use crate::route::upstream::Pick;
 use crate::state::InflightGuard;
-use crate::stream::{JsonBody, SseState, Usage};
+use crate::stream::{JsonBody, SseState};
 use crate::telemetry::trace::RequestTrace;
+use crate::usage::Usage;
 
 pub struct Ctx {
     pub request_id: String,
@@ -134,7 +135,7 @@ impl Ctx {
         let u = self.usage?;
         let answered = self.target.as_ref()?.alias.as_str();
         let p = self.snapshot.as_ref()?.models.get(answered)?.pricing?;
-        Some((u.input_tokens as f64 * p.input_per_mtok + u.output_tokens as f64 * p.output_per_mtok) / 1e6)
+        Some(u.cost_usd(&p))
     }
 }
 

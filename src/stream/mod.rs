@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::error::GwError;
 use crate::provider::Dialect;
 use crate::provider::Wire;
+use crate::usage::{RawUsage, Usage};
 
 pub mod translate;
 
@@ -51,30 +52,7 @@ pub fn estimate(reported: Option<Usage>, request_bytes: usize, output_estimate: 
     Usage {
         input_tokens: r.input_tokens.max((request_bytes as u64).div_ceil(4)),
         output_tokens: r.output_tokens.max(output_estimate),
-    }
-}
-
-/// Tokens of one response, in either dialect's terms.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-}
-
-#[derive(Deserialize)]
-struct RawUsage {
-    #[serde(alias = "input_tokens")]
-    prompt_tokens: Option<u64>,
-    #[serde(alias = "output_tokens")]
-    completion_tokens: Option<u64>,
-}
-
-impl From<RawUsage> for Usage {
-    fn from(u: RawUsage) -> Self {
-        Self {
-            input_tokens: u.prompt_tokens.unwrap_or(0),
-            output_tokens: u.completion_tokens.unwrap_or(0),
-        }
+        ..r
     }
 }
 
@@ -404,17 +382,8 @@ impl SseState {
                         let u = self.usage.get_or_insert_with(Usage::default);
                         // `message_delta` carries the final output count.
                         self.usage_final |= ev.usage.is_some();
-                        let raw = ev.message.map(|m| m.usage).or(ev.usage);
-                        if let Some(raw) = raw {
-                            let input = raw.input_tokens.unwrap_or(0)
-                                + raw.cache_creation_input_tokens.unwrap_or(0)
-                                + raw.cache_read_input_tokens.unwrap_or(0);
-                            if input > 0 {
-                                u.input_tokens = input;
-                            }
-                            if let Some(o) = raw.output_tokens {
-                                u.output_tokens = o;
-                            }
+                        if let Some(raw) = ev.message.map(|m| m.usage).or(ev.usage) {
+                            u.merge(&raw);
                         }
                     }
                 }
@@ -460,22 +429,14 @@ struct ResponsesEvent {
 }
 
 #[derive(Deserialize)]
-struct AnthropicRawUsage {
-    input_tokens: Option<u64>,
-    cache_creation_input_tokens: Option<u64>,
-    cache_read_input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-}
-
-#[derive(Deserialize)]
 struct AnthropicMessage {
-    usage: AnthropicRawUsage,
+    usage: RawUsage,
 }
 
 #[derive(Deserialize)]
 struct AnthropicUsageEvent {
     message: Option<AnthropicMessage>,
-    usage: Option<AnthropicRawUsage>,
+    usage: Option<RawUsage>,
 }
 
 /// How an upstream's bytes are cut into events.
@@ -744,6 +705,7 @@ mod estimate_tests {
             Some(Usage {
                 input_tokens: 100,
                 output_tokens: 0,
+                ..Usage::default()
             }),
             40,
             11,
@@ -752,7 +714,8 @@ mod estimate_tests {
             u,
             Usage {
                 input_tokens: 100,
-                output_tokens: 11
+                output_tokens: 11,
+                ..Usage::default()
             }
         );
     }
@@ -787,7 +750,8 @@ mod tests {
             s.usage,
             Some(Usage {
                 input_tokens: 7,
-                output_tokens: 2
+                output_tokens: 2,
+                ..Usage::default()
             })
         );
         assert!(s.complete());
@@ -854,7 +818,8 @@ mod tests {
             usage,
             Some(Usage {
                 input_tokens: 3,
-                output_tokens: 4
+                output_tokens: 4,
+                ..Usage::default()
             })
         );
         assert!(translated.is_none());
@@ -893,7 +858,8 @@ mod tests {
             usage_in_tail(tail),
             Some(Usage {
                 input_tokens: 5,
-                output_tokens: 6
+                output_tokens: 6,
+                ..Usage::default()
             })
         );
         assert_eq!(usage_in_tail(br#"0.5, 0.25], "note": "usage"}"#), None);

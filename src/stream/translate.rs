@@ -76,12 +76,11 @@ impl Chunks {
     pub fn end(&self, out: &mut Vec<u8>, finish: &str, usage: Usage) {
         self.send(out, json!({}), Some(finish));
         if self.include_usage {
-            let (i, o) = (usage.input_tokens, usage.output_tokens);
             openai_event(
                 out,
                 &json!({
                     "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                    "choices": [], "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
+                    "choices": [], "usage": usage.to_chat(),
                 }),
             );
         }

@@ -133,6 +133,11 @@ struct Record<'a> {
     stream: bool,
     input_tokens: u64,
     output_tokens: u64,
+    /// Of `input_tokens`, read from and written to the provider's prompt cache.
+    cache_read_tokens: u64,
+    cache_write_tokens: u64,
+    /// Of `output_tokens`, spent reasoning.
+    reasoning_tokens: u64,
     /// The tokens are an estimate: the stream was cut before the provider's final count.
     usage_estimated: bool,
     /// Tokens priced with the answering model's `pricing`; null without pricing.
@@ -190,6 +195,9 @@ pub fn access(session: &Session, ctx: &Ctx, state: &AppState) {
         stream: ctx.stream,
         input_tokens: ctx.usage.map_or(0, |u| u.input_tokens),
         output_tokens: ctx.usage.map_or(0, |u| u.output_tokens),
+        cache_read_tokens: ctx.usage.map_or(0, |u| u.cache_read_tokens),
+        cache_write_tokens: ctx.usage.map_or(0, |u| u.cache_write_tokens),
+        reasoning_tokens: ctx.usage.map_or(0, |u| u.reasoning_tokens),
         usage_estimated: ctx.usage_estimated,
         cost_usd: ctx.cost_usd(),
         error: ctx.error.as_ref().map_or("", |e| e.code()),

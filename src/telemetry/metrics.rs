@@ -32,6 +32,9 @@ pub struct Metrics {
     pub time_to_first_token: HistogramVec,
     /// `aigw_tokens_total{model,owner,type=input|output}`: by the model that answered.
     pub tokens: IntCounterVec,
+    /// `aigw_tokens_detail_total{model,owner,type=cache_read|cache_write|reasoning}`: parts
+    /// of `aigw_tokens_total`'s input (cache) and output (reasoning), never added to it.
+    pub tokens_detail: IntCounterVec,
     /// `aigw_cost_usd_total{model,owner}`: tokens priced with the model's `pricing`.
     pub cost: CounterVec,
     /// `aigw_upstream_attempts_total{target,provider,outcome}`.
@@ -114,6 +117,11 @@ impl Metrics {
             tokens: counter(
                 "aigw_tokens_total",
                 "Tokens reported by providers",
+                &["model", "owner", "type"],
+            ),
+            tokens_detail: counter(
+                "aigw_tokens_detail_total",
+                "Of the tokens in aigw_tokens_total: cache reads and writes (input), reasoning (output)",
                 &["model", "owner", "type"],
             ),
             cost: CounterVec::new(
@@ -203,6 +211,7 @@ impl Metrics {
             Box::new(m.upstream_duration.clone()),
             Box::new(m.time_to_first_token.clone()),
             Box::new(m.tokens.clone()),
+            Box::new(m.tokens_detail.clone()),
             Box::new(m.cost.clone()),
             Box::new(m.upstream_attempts.clone()),
             Box::new(m.inflight.clone()),
@@ -281,6 +290,15 @@ impl Metrics {
             self.tokens
                 .with_label_values(&[answered, owner, "output"])
                 .inc_by(u.output_tokens);
+            for (kind, n) in [
+                ("cache_read", u.cache_read_tokens),
+                ("cache_write", u.cache_write_tokens),
+                ("reasoning", u.reasoning_tokens),
+            ] {
+                if n > 0 {
+                    self.tokens_detail.with_label_values(&[answered, owner, kind]).inc_by(n);
+                }
+            }
             if let Some(usd) = ctx.cost_usd() {
                 self.cost.with_label_values(&[answered, owner]).inc_by(usd);
             }

@@ -310,8 +310,7 @@ pub struct Finished<'a> {
     pub key: &'a str,
     pub cache: &'a str,
     pub error: Option<&'a str>,
-    pub input_tokens: Option<u64>,
-    pub output_tokens: Option<u64>,
+    pub usage: Option<crate::usage::Usage>,
     pub max_tokens: Option<u64>,
     pub cost_usd: Option<f64>,
     pub response_model: Option<&'a str>,
@@ -367,11 +366,19 @@ impl Traces {
             attrs.push(KeyValue::new("aigw.cost_usd", c));
         }
         let usage = |attrs: &mut Vec<KeyValue>| {
-            if let Some(v) = f.input_tokens {
-                attrs.push(KeyValue::new("gen_ai.usage.input_tokens", v as i64));
-            }
-            if let Some(v) = f.output_tokens {
-                attrs.push(KeyValue::new("gen_ai.usage.output_tokens", v as i64));
+            if let Some(u) = f.usage {
+                attrs.push(KeyValue::new("gen_ai.usage.input_tokens", u.input_tokens as i64));
+                attrs.push(KeyValue::new("gen_ai.usage.output_tokens", u.output_tokens as i64));
+                // Parts, named as the GenAI conventions do; reasoning has no name there yet.
+                for (name, n) in [
+                    ("gen_ai.usage.cache_read.input_tokens", u.cache_read_tokens),
+                    ("gen_ai.usage.cache_creation.input_tokens", u.cache_write_tokens),
+                    ("aigw.usage.reasoning_tokens", u.reasoning_tokens),
+                ] {
+                    if n > 0 {
+                        attrs.push(KeyValue::new(name, n as i64));
+                    }
+                }
             }
             if !t.finish_reasons.is_empty() {
                 let reasons: Vec<opentelemetry::StringValue> =
@@ -544,8 +551,7 @@ pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crat
         key: ctx.caller.as_ref().map_or("", |c| c.name.as_str()),
         cache: ctx.cache.map_or("", |c| c.as_str()),
         error: ctx.error.as_ref().map(|e| e.code()),
-        input_tokens: ctx.usage.filter(|_| answered_ok).map(|u| u.input_tokens),
-        output_tokens: ctx.usage.filter(|_| answered_ok).map(|u| u.output_tokens),
+        usage: ctx.usage.filter(|_| answered_ok),
         max_tokens,
         cost_usd: cost_usd.filter(|_| answered_ok),
         response_model: ctx

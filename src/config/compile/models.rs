@@ -117,7 +117,14 @@ pub(super) fn compile_models(
             refs.check(format!("{path}.cache"), Kind::Cache, c, errs);
         }
         if let Some(pr) = &m.pricing {
-            if !(pr.input_per_mtok >= 0.0 && pr.output_per_mtok >= 0.0) {
+            let prices = [
+                Some(pr.input_per_mtok),
+                Some(pr.output_per_mtok),
+                pr.cached_input_per_mtok,
+                pr.cache_write_per_mtok,
+            ];
+            // `!(p >= 0)` also refuses NaN.
+            if prices.into_iter().flatten().any(|p| !(p >= 0.0 && p.is_finite())) {
                 errs.push(format!("{path}.pricing"), "prices must be zero or positive numbers");
             }
         }

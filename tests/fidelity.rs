@@ -1,6 +1,8 @@
 //! Translation fidelity and honest costs, end to end: prompt-cache breakpoints reach
 //! Anthropic and Bedrock at the positions the caller marked, cached and reasoning tokens
-//! come back in every caller's dialect, and cost prices each kind of token once.
+//! come back in every caller's dialect, cost prices each kind of token once, and
+//! extended thinking crosses dialects with its signatures intact (the mock checks them,
+//! as Claude does, and refuses a tool turn that lost its thinking).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -13,6 +15,7 @@ const CONFIG: &str = r#"
 provider_keys:
   - {name: mock, provider: openai_compatible, base_url: "{MOCK}/v1", api_key: "{PROVIDER_KEY}"}
   - {name: an, provider: anthropic, base_url: "{MOCK}", api_key: "{PROVIDER_KEY}"}
+  - {name: gm, provider: gemini, base_url: "{MOCK}", api_key: "{PROVIDER_KEY}"}
   - name: br
     provider: bedrock
     base_url: "{MOCK}"
@@ -30,6 +33,9 @@ models:
     provider_key: mock
     model: "gpt-x?cached=40&reasoning=7"
     pricing: {input_per_mtok: 2, output_per_mtok: 8, cached_input_per_mtok: 0.5}
+  - {name: claude-br, provider_key: br, model: "anthropic.claude-sonnet-4-5-v1:0"}
+  - {name: gem, provider_key: gm, model: gemini-2.5-flash}
+  - {name: reasoner, provider_key: mock, model: "r1?reasoning=9"}
 api_keys:
   - {name: main, key: "{CALLER_KEY}", owner: team}
 "#;
@@ -205,6 +211,240 @@ async fn openai_cached_and_reasoning_tokens_reach_both_dialects_and_the_bill() {
     assert_eq!(m["usage"]["input_tokens"], input - 40);
     // OpenAI-style providers get no Anthropic field they would refuse.
     assert!(!mock.last_request()["body"].as_str().unwrap().contains("cache_control"));
+}
+
+/// A chat request that offers a tool and asks for thinking.
+fn thinking_chat(model: &str) -> Value {
+    json!({"model": model, "reasoning_effort": "low", "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+        "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]})
+}
+
+/// The next turn: the assistant's message as the caller got it (thinking blocks and
+/// tool calls), then the tool's result.
+fn next_turn(first: &Value, assistant: Value) -> Value {
+    let mut body = first.clone();
+    let call_id = assistant["tool_calls"][0]["id"].clone();
+    let msgs = body["messages"].as_array_mut().unwrap();
+    msgs.push(assistant);
+    msgs.push(json!({"role": "tool", "tool_call_id": call_id, "content": "Sunny, 21 C"}));
+    body
+}
+
+/// The assistant message a streaming chat caller assembles: content, reasoning, tool
+/// calls, and the thinking blocks of every `thinking_blocks` delta.
+fn assemble_stream(text: &str) -> (Value, String) {
+    let mut reasoning = String::new();
+    let mut blocks = Vec::new();
+    let mut call = json!({"type": "function", "function": {"arguments": ""}});
+    for d in sse_data(text).iter().filter(|d| d.as_str() != "[DONE]") {
+        let c: Value = serde_json::from_str(d).unwrap();
+        let delta = &c["choices"][0]["delta"];
+        if let Some(r) = delta["reasoning_content"].as_str() {
+            reasoning.push_str(r);
+        }
+        blocks.extend(delta["thinking_blocks"].as_array().cloned().unwrap_or_default());
+        if let Some(tc) = delta["tool_calls"].get(0) {
+            for k in ["id", "type"] {
+                if !tc[k].is_null() {
+                    call[k] = tc[k].clone();
+                }
+            }
+            if let Some(n) = tc["function"]["name"].as_str() {
+                call["function"]["name"] = json!(n);
+            }
+            let args = call["function"]["arguments"].as_str().unwrap().to_owned()
+                + tc["function"]["arguments"].as_str().unwrap_or("");
+            call["function"]["arguments"] = json!(args);
+        }
+    }
+    let msg = json!({"role": "assistant", "content": null, "tool_calls": [call], "thinking_blocks": blocks});
+    (msg, reasoning)
+}
+
+#[tokio::test]
+async fn openai_callers_think_on_claude_and_send_the_signed_blocks_back() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    for model in ["claude", "claude-br"] {
+        let first = thinking_chat(model);
+        let v = chat(&gw, &first).await;
+        let sent = sent_body(&mock);
+        // low = a 1,024-token budget, with room for it above the default max_tokens.
+        let (thinking, max) = if model == "claude" {
+            (&sent["thinking"], &sent["max_tokens"])
+        } else {
+            (
+                &sent["additionalModelRequestFields"]["thinking"],
+                &sent["inferenceConfig"]["maxTokens"],
+            )
+        };
+        assert_eq!(
+            thinking,
+            &json!({"type": "enabled", "budget_tokens": 1024}),
+            "{model}: {sent}"
+        );
+        assert_eq!(max, 4096 + 1024, "{model}");
+        let msg = v["choices"][0]["message"].clone();
+        let reasoning = msg["reasoning_content"].as_str().unwrap();
+        assert!(reasoning.contains("Weather in Oslo?"), "{model}: {msg}");
+        let block = &msg["thinking_blocks"][0];
+        assert_eq!(block["thinking"], reasoning);
+        assert!(block["signature"].as_str().unwrap().len() > 20, "{model}: {msg}");
+        assert_eq!(msg["tool_calls"][0]["function"]["name"], "weather");
+
+        // Sent back with its signed block, the tool turn goes on.
+        let v = chat(&gw, &next_turn(&first, msg.clone())).await;
+        assert!(
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .contains("Sunny"),
+            "{model}: {v}"
+        );
+        // Without it, or with its text changed, Claude refuses the turn: the blocks are
+        // what it checks, and they arrive unchanged.
+        let mut lost = msg.clone();
+        lost.as_object_mut().unwrap().remove("thinking_blocks");
+        let resp = post(&gw, "/v1/chat/completions", &next_turn(&first, lost)).await;
+        assert_eq!(resp.status(), 400, "{model}");
+        let mut forged = msg.clone();
+        forged["thinking_blocks"][0]["thinking"] = json!("Something else.");
+        let resp = post(&gw, "/v1/chat/completions", &next_turn(&first, forged)).await;
+        assert_eq!(resp.status(), 400, "{model}");
+
+        // Streamed: reasoning deltas, then the signed block in a delta of its own.
+        let mut body = first.clone();
+        body["stream"] = json!(true);
+        let resp = post(&gw, "/v1/chat/completions", &body).await;
+        assert_eq!(resp.status(), 200);
+        let (assistant, streamed) = assemble_stream(&resp.text().await.unwrap());
+        assert_eq!(streamed, reasoning, "{model}");
+        assert_eq!(assistant["thinking_blocks"][0], *block, "{model}");
+        let v = chat(&gw, &next_turn(&first, assistant)).await;
+        assert!(v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Sunny"));
+    }
+}
+
+#[tokio::test]
+async fn anthropic_callers_keep_their_thinking_through_converse_and_see_reasoning_text() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let first = json!({"model": "claude-br", "max_tokens": 4000, "thinking": {"type": "enabled", "budget_tokens": 2000},
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+        "tools": [{"name": "weather", "input_schema": {"type": "object"}}]});
+    for stream in [false, true] {
+        let mut body = first.clone();
+        body["stream"] = json!(stream);
+        let resp = post_messages_as(&gw, CALLER_KEY, &body).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            sent_body(&mock)["additionalModelRequestFields"]["thinking"],
+            first["thinking"]
+        );
+        let content: Value = if stream {
+            assemble_messages(&resp.text().await.unwrap())
+        } else {
+            resp.json::<Value>().await.unwrap()["content"].clone()
+        };
+        assert_eq!(content[0]["type"], "thinking", "{content}");
+        assert!(content[0]["signature"].as_str().unwrap().len() > 20, "{content}");
+        assert_eq!(content[1]["type"], "tool_use");
+        // The whole assistant turn back, with a tool result: Claude takes it.
+        let mut next = first.clone();
+        let msgs = next["messages"].as_array_mut().unwrap();
+        msgs.push(json!({"role": "assistant", "content": content}));
+        msgs.push(json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": content[1]["id"], "content": "Sunny"}]}));
+        let resp = post_messages_as(&gw, CALLER_KEY, &next).await;
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    }
+
+    // An OpenAI-style reasoning model's text reaches Anthropic callers as a thinking block.
+    for stream in [false, true] {
+        let body = json!({"model": "reasoner", "max_tokens": 100, "stream": stream,
+            "messages": [{"role": "user", "content": "Hi"}]});
+        let resp = post_messages_as(&gw, CALLER_KEY, &body).await;
+        assert_eq!(resp.status(), 200);
+        let content: Value = if stream {
+            assemble_messages(&resp.text().await.unwrap())
+        } else {
+            resp.json::<Value>().await.unwrap()["content"].clone()
+        };
+        assert_eq!(content[0]["type"], "thinking", "{content}");
+        assert_eq!(content[0]["thinking"], "Reasoned in 9 tokens.");
+        assert_eq!(content[1]["type"], "text");
+    }
+}
+
+#[tokio::test]
+async fn gemini_thinks_on_a_budget_and_its_thought_summaries_are_reasoning_content() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let body = json!({"model": "gem", "reasoning_effort": "medium", "messages": [{"role": "user", "content": "Hi"}]});
+    let v = chat(&gw, &body).await;
+    assert_eq!(
+        sent_body(&mock)["generationConfig"]["thinkingConfig"],
+        json!({"thinkingBudget": 4096, "includeThoughts": true})
+    );
+    assert_eq!(v["choices"][0]["message"]["reasoning_content"], "Thinking it over.");
+    assert!(!v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("Thinking"));
+    assert_eq!(v["usage"]["completion_tokens_details"]["reasoning_tokens"], 2);
+    // A bad effort, or no room for the budget, is the caller's error.
+    for bad in [
+        json!({"model": "gem", "reasoning_effort": "extreme", "messages": [{"role": "user", "content": "Hi"}]}),
+        json!({"model": "claude", "reasoning_effort": "high", "max_completion_tokens": 500,
+            "messages": [{"role": "user", "content": "Hi"}]}),
+    ] {
+        let resp = post(&gw, "/v1/chat/completions", &bad).await;
+        assert_eq!(resp.status(), 400);
+        let e: Value = resp.json().await.unwrap();
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains("reasoning_effort"),
+            "{e}"
+        );
+    }
+}
+
+/// The content blocks an Anthropic streaming client assembles.
+fn assemble_messages(text: &str) -> Value {
+    let mut blocks: Vec<Value> = Vec::new();
+    let mut json_args: Vec<String> = Vec::new();
+    for d in sse_data(text) {
+        let ev: Value = serde_json::from_str(&d).unwrap();
+        let i = ev["index"].as_u64().unwrap_or(0) as usize;
+        match ev["type"].as_str().unwrap() {
+            "content_block_start" => {
+                blocks.push(ev["content_block"].clone());
+                json_args.push(String::new());
+            }
+            "content_block_delta" => {
+                let delta = &ev["delta"];
+                let b = &mut blocks[i];
+                match delta["type"].as_str().unwrap() {
+                    "text_delta" => {
+                        b["text"] = json!(b["text"].as_str().unwrap().to_owned() + delta["text"].as_str().unwrap())
+                    }
+                    "thinking_delta" => {
+                        b["thinking"] =
+                            json!(b["thinking"].as_str().unwrap().to_owned() + delta["thinking"].as_str().unwrap())
+                    }
+                    "signature_delta" => b["signature"] = delta["signature"].clone(),
+                    "input_json_delta" => json_args[i].push_str(delta["partial_json"].as_str().unwrap()),
+                    other => panic!("{other}"),
+                }
+            }
+            "content_block_stop" if blocks[i]["type"] == "tool_use" => {
+                blocks[i]["input"] = serde_json::from_str(&json_args[i]).unwrap();
+            }
+            _ => {}
+        }
+    }
+    Value::Array(blocks)
 }
 
 #[test]

@@ -42,6 +42,9 @@ struct Choice {
     role: Option<Value>,
     content: Option<String>,
     refusal: Option<String>,
+    /// Reasoning text, and the signed thinking blocks sent back on a next turn.
+    reasoning: Option<String>,
+    thinking: Vec<Value>,
     /// By tool call index: id, name, arguments.
     tools: BTreeMap<u64, (Value, Value, String)>,
     finish: Option<String>,
@@ -138,6 +141,12 @@ impl Assembler {
                     if let Some(t) = d["refusal"].as_str() {
                         slot.refusal.get_or_insert_with(String::new).push_str(t);
                     }
+                    if let Some(t) = d["reasoning_content"].as_str() {
+                        slot.reasoning.get_or_insert_with(String::new).push_str(t);
+                    }
+                    if let Some(blocks) = d["thinking_blocks"].as_array() {
+                        slot.thinking.extend(blocks.iter().cloned());
+                    }
                     for tc in d["tool_calls"].as_array().into_iter().flatten() {
                         let j = tc["index"].as_u64().unwrap_or(0);
                         let t = slot
@@ -232,6 +241,12 @@ impl Assembler {
                         msg.insert("content".into(), c.content.map_or(Value::Null, Value::String));
                         if let Some(r) = c.refusal {
                             msg.insert("refusal".into(), Value::String(r));
+                        }
+                        if let Some(r) = c.reasoning {
+                            msg.insert("reasoning_content".into(), Value::String(r));
+                        }
+                        if !c.thinking.is_empty() {
+                            msg.insert("thinking_blocks".into(), Value::Array(c.thinking));
                         }
                         if !c.tools.is_empty() {
                             let calls: Vec<Value> = c

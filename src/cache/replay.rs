@@ -39,6 +39,21 @@ fn chat(c: &Value, include_usage: bool, out: &mut Vec<u8>) {
             None,
             &chunk(json!([{"index": idx, "delta": {"role": role, "content": ""}, "finish_reason": null}])),
         );
+        // Thinking first, as it was streamed: its text, then the signed blocks.
+        if let Some(text) = msg["reasoning_content"].as_str().filter(|t| !t.is_empty()) {
+            write_event(
+                out,
+                None,
+                &chunk(json!([{"index": idx, "delta": {"reasoning_content": text}, "finish_reason": null}])),
+            );
+        }
+        if let Some(blocks) = msg["thinking_blocks"].as_array().filter(|b| !b.is_empty()) {
+            write_event(
+                out,
+                None,
+                &chunk(json!([{"index": idx, "delta": {"thinking_blocks": blocks}, "finish_reason": null}])),
+            );
+        }
         if let Some(text) = msg["content"].as_str().filter(|t| !t.is_empty()) {
             write_event(
                 out,
@@ -88,27 +103,32 @@ fn messages(m: &Value, out: &mut Vec<u8>) {
     );
     for (i, block) in m["content"].as_array().into_iter().flatten().enumerate() {
         let mut first = block.clone();
-        let delta = match block["type"].as_str() {
+        let deltas = match block["type"].as_str() {
             Some("text") => {
                 first["text"] = json!("");
-                Some(json!({"type": "text_delta", "text": block["text"]}))
+                vec![json!({"type": "text_delta", "text": block["text"]})]
             }
+            // The signature last, as Anthropic streams it.
             Some("thinking") => {
                 first["thinking"] = json!("");
-                Some(json!({"type": "thinking_delta", "thinking": block["thinking"]}))
+                first["signature"] = json!("");
+                vec![
+                    json!({"type": "thinking_delta", "thinking": block["thinking"]}),
+                    json!({"type": "signature_delta", "signature": block["signature"]}),
+                ]
             }
             Some("tool_use") => {
                 first["input"] = json!({});
-                Some(json!({"type": "input_json_delta", "partial_json": block["input"].to_string()}))
+                vec![json!({"type": "input_json_delta", "partial_json": block["input"].to_string()})]
             }
-            _ => None,
+            _ => Vec::new(),
         };
         write_event(
             out,
             Some("content_block_start"),
             &json!({"type": "content_block_start", "index": i, "content_block": first}),
         );
-        if let Some(d) = delta {
+        for d in deltas {
             write_event(
                 out,
                 Some("content_block_delta"),
@@ -141,6 +161,8 @@ mod tests {
     fn replay_round_trips_through_the_assembler() {
         let chat = json!({"id": "c1", "object": "chat.completion", "created": 7, "model": "m",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello",
+                "reasoning_content": "Hmm.", "thinking_blocks": [{"type": "thinking", "thinking": "Hmm.", "signature": "s1"},
+                    {"type": "redacted_thinking", "data": "xyz"}],
                 "tool_calls": [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
                 "finish_reason": "tool_calls", "logprobs": null}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}});
@@ -149,7 +171,9 @@ mod tests {
         assert_eq!(a.finish(None).unwrap(), chat);
 
         let msg = json!({"id": "m1", "type": "message", "role": "assistant", "model": "c",
-            "content": [{"type": "text", "text": "Hi"}, {"type": "tool_use", "id": "t", "name": "f", "input": {"q": 1}}],
+            "content": [{"type": "thinking", "thinking": "Hmm.", "signature": "s1"},
+                {"type": "redacted_thinking", "data": "xyz"},
+                {"type": "text", "text": "Hi"}, {"type": "tool_use", "id": "t", "name": "f", "input": {"q": 1}}],
             "stop_reason": "tool_use", "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 5}});
         let mut a = Assembler::new(Dialect::Anthropic);
         a.feed(&sse(&msg, Dialect::Anthropic, false));

@@ -13,6 +13,7 @@
 mod bedrock;
 mod google;
 mod prompt_cache;
+mod thinking;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -246,6 +247,22 @@ fn text_len(v: &Value) -> usize {
         Value::Object(o) => o.values().map(text_len).sum(),
         _ => 0,
     }
+}
+
+/// The text of a Converse request's last user turn.
+fn last_converse_text(req: &Value) -> String {
+    req["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_array())
+        .map(|blocks| {
+            blocks
+                .iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 fn last_user_text(req: &Value) -> String {
@@ -653,7 +670,7 @@ impl Mock {
                 Bytes::from_static(b"{\"id\":\"chatcmpl-broken\",\"choi"),
             );
         }
-        let (finish, message) = match &reply {
+        let (finish, mut message) = match &reply {
             Reply::Text(t) => ("stop", json!({"role": "assistant", "content": t})),
             Reply::Tool { name, args } => (
                 "tool_calls",
@@ -662,6 +679,11 @@ impl Mock {
                 ]}),
             ),
         };
+        // Reasoning text, as OpenAI-compatible reasoning servers (vLLM, DeepSeek) send it.
+        let reasoning = (script.reasoning > 0).then(|| format!("Reasoned in {} tokens.", script.reasoning));
+        if let Some(r) = &reasoning {
+            message["reasoning_content"] = json!(r);
+        }
         if req["stream"] != Value::Bool(true) {
             let v = json!({
                 "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
@@ -693,6 +715,10 @@ impl Mock {
             Bytes::from(format!("data: {c}\n\n"))
         };
         let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+        if let Some(r) = &reasoning {
+            let (a, b) = r.split_at(r.len() / 2);
+            events.extend([a, b].map(|p| chunk(json!({"reasoning_content": p}), Value::Null)));
+        }
         match &reply {
             Reply::Text(t) => events.extend(
                 t.split_inclusive(' ')
@@ -807,9 +833,17 @@ data: {v}
     /// Anthropic Messages, JSON and SSE.
     fn messages(&self, req: &Value, model: &str, script: &Script) -> Response<Body> {
         let id = format!("msg_mock_{}", self.ids.fetch_add(1, Ordering::Relaxed));
+        let thought = match thinking::budget(&req["thinking"], req["max_tokens"].as_u64())
+            .and_then(|b| thinking::check_messages(req, b.is_some()).map(|()| b))
+        {
+            Ok(b) => b.map(|_| thinking::thought(&last_user_text(req))),
+            Err(e) => return error_in(Api::Anthropic, 400, &e, None),
+        };
         let reply = Reply::for_request(req, script, true);
         let input = tokens_of(text_len(&req["messages"]) + text_len(&req["system"]) + text_len(&req["tools"]));
-        let output = reply.tokens();
+        let output = reply.tokens() + thought.as_ref().map_or(0, |t| tokens_of(t.len()));
+        // The answer's block follows the thinking block when there is one.
+        let at = u64::from(thought.is_some());
         let hit = self.prompt_cache.anthropic(req, input);
         // Anthropic's input_tokens leaves out what the cache read or wrote.
         let usage = |output: u64| {
@@ -831,8 +865,13 @@ data: {v}
             ),
         };
         if req["stream"] != Value::Bool(true) {
+            let mut content = Vec::new();
+            if let Some(t) = &thought {
+                content.push(json!({"type": "thinking", "thinking": t, "signature": thinking::sign(t)}));
+            }
+            content.push(block);
             let v = json!({
-                "id": id, "type": "message", "role": "assistant", "model": model, "content": [block],
+                "id": id, "type": "message", "role": "assistant", "model": model, "content": content,
                 "stop_reason": stop, "stop_sequence": null,
                 "usage": usage(output),
             });
@@ -846,33 +885,48 @@ data: {v}
             "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": null, "stop_sequence": null, "usage": usage(1),
         }}))];
+        if let Some(t) = &thought {
+            events.push(ev(
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+            ));
+            let (a, b) = t.split_at(t.len() / 2);
+            for part in [a, b] {
+                events.push(ev(
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": part}}),
+                ));
+            }
+            events.push(ev(
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": thinking::sign(t)}}),
+            ));
+            events.push(ev(json!({"type": "content_block_stop", "index": 0})));
+        }
         match &reply {
             Reply::Text(t) => {
                 events.push(ev(
-                    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                    json!({"type": "content_block_start", "index": at, "content_block": {"type": "text", "text": ""}}),
                 ));
                 events.push(ev(json!({"type": "ping"})));
                 events.extend(t.split_inclusive(' ').map(|p| {
-                    ev(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}))
+                    ev(json!({"type": "content_block_delta", "index": at, "delta": {"type": "text_delta", "text": p}}))
                 }));
             }
             Reply::Tool { name, args } => {
-                events.push(ev(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {}}})));
+                events.push(ev(json!({"type": "content_block_start", "index": at, "content_block": {"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {}}})));
                 let (a, b) = args.split_at(args.len() / 2);
                 for part in [a, b] {
-                    events.push(ev(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": part}})));
+                    events.push(ev(json!({"type": "content_block_delta", "index": at, "delta": {"type": "input_json_delta", "partial_json": part}})));
                 }
             }
         }
-        events.push(ev(json!({"type": "content_block_stop", "index": 0})));
+        events.push(ev(json!({"type": "content_block_stop", "index": at})));
         events.push(ev(json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": output}})));
         events.push(ev(json!({"type": "message_stop"})));
         self.stream_events(events, script, "text/event-stream")
     }
 
     /// Gemini `generateContent`, and `streamGenerateContent?alt=sse` (CRLF-framed events,
-    /// the last with `finishReason`; no end marker). A `thought` part comes first, as
-    /// thinking models send it, so translators are seen to leave it out.
+    /// the last with `finishReason`; no end marker). With `includeThoughts`, a `thought`
+    /// part comes first, as thinking models send their summaries.
     fn gemini(&self, req: &Value, model: &str, script: &Script, stream: bool) -> Response<Body> {
         let id = format!("mock-{}", self.ids.fetch_add(1, Ordering::Relaxed));
         let reply = Reply::for_gemini(req, script);
@@ -889,6 +943,7 @@ data: {v}
                 Bytes::from_static(b"{\"candidates\":[{\"cont"),
             );
         }
+        let thoughts = req["generationConfig"]["thinkingConfig"]["includeThoughts"] == Value::Bool(true);
         let thought = json!({"text": "Thinking it over.", "thought": true});
         let answer = match &reply {
             Reply::Text(t) => json!({"text": t}),
@@ -903,14 +958,22 @@ data: {v}
             json!({"candidates": [cand], "usageMetadata": usage(out), "modelVersion": model, "responseId": id})
         };
         if !stream {
-            let v = response(json!([thought, answer]), Some("STOP"), output);
+            let parts = if thoughts {
+                json!([thought, answer])
+            } else {
+                json!([answer])
+            };
+            let v = response(parts, Some("STOP"), output);
             if script.drop_after.is_some() {
                 return truncated(&v);
             }
             return full(StatusCode::OK, &v);
         }
         let ev = |v: Value| Bytes::from(format!("data: {v}\r\n\r\n"));
-        let mut events = vec![ev(response(json!([thought]), None, 0))];
+        let mut events = Vec::new();
+        if thoughts {
+            events.push(ev(response(json!([thought]), None, 0)));
+        }
         match &reply {
             Reply::Text(t) => {
                 let mut words: Vec<&str> = t.split_inclusive(' ').collect();
@@ -966,9 +1029,18 @@ data: {v}
                 script.retry_after,
             );
         }
+        // Claude's thinking, passed through Converse's additionalModelRequestFields.
+        let thinking = &req["additionalModelRequestFields"]["thinking"];
+        let thought = match thinking::budget(thinking, req["inferenceConfig"]["maxTokens"].as_u64())
+            .and_then(|b| thinking::check_converse(&req, b.is_some()).map(|()| b))
+        {
+            Ok(b) => b.map(|_| thinking::thought(&last_converse_text(&req))),
+            Err(e) => return error_in(Api::Bedrock, 400, &e, None),
+        };
         let reply = Reply::for_converse(&req, &script);
         let input = tokens_of(text_len(&req["messages"]) + text_len(&req["system"]) + text_len(&req["toolConfig"]));
-        let output = reply.tokens();
+        let output = reply.tokens() + thought.as_ref().map_or(0, |t| tokens_of(t.len()));
+        let at = u64::from(thought.is_some());
         let hit = self.prompt_cache.converse(&req, input);
         // Like Anthropic's, Converse's inputTokens leaves out what the cache read or wrote.
         let usage = json!({"inputTokens": input - hit.read - hit.write, "outputTokens": output,
@@ -989,17 +1061,40 @@ data: {v}
                     Bytes::from_static(b"{\"output\":{\"mess"),
                 );
             }
-            let v = json!({"output": {"message": {"role": "assistant", "content": [block]}},
+            let mut content = Vec::new();
+            if let Some(t) = &thought {
+                content
+                    .push(json!({"reasoningContent": {"reasoningText": {"text": t, "signature": thinking::sign(t)}}}));
+            }
+            content.push(block);
+            let v = json!({"output": {"message": {"role": "assistant", "content": content}},
                 "stopReason": stop, "usage": usage, "metrics": {"latencyMs": 1}});
             return full(StatusCode::OK, &v);
         }
         let mut events = vec![bedrock::event_frame("messageStart", &json!({"role": "assistant"}))];
+        if let Some(t) = &thought {
+            let (a, b) = t.split_at(t.len() / 2);
+            for part in [a, b] {
+                events.push(bedrock::event_frame(
+                    "contentBlockDelta",
+                    &json!({"delta": {"reasoningContent": {"text": part}}, "contentBlockIndex": 0}),
+                ));
+            }
+            events.push(bedrock::event_frame(
+                "contentBlockDelta",
+                &json!({"delta": {"reasoningContent": {"signature": thinking::sign(t)}}, "contentBlockIndex": 0}),
+            ));
+            events.push(bedrock::event_frame(
+                "contentBlockStop",
+                &json!({"contentBlockIndex": 0}),
+            ));
+        }
         match &reply {
             Reply::Text(t) => {
                 for w in t.split_inclusive(' ') {
                     events.push(bedrock::event_frame(
                         "contentBlockDelta",
-                        &json!({"delta": {"text": w}, "contentBlockIndex": 0}),
+                        &json!({"delta": {"text": w}, "contentBlockIndex": at}),
                     ));
                 }
             }
@@ -1007,21 +1102,21 @@ data: {v}
                 let u = &block["toolUse"];
                 events.push(bedrock::event_frame(
                     "contentBlockStart",
-                    &json!({"start": {"toolUse": {"toolUseId": u["toolUseId"], "name": u["name"]}}, "contentBlockIndex": 0}),
+                    &json!({"start": {"toolUse": {"toolUseId": u["toolUseId"], "name": u["name"]}}, "contentBlockIndex": at}),
                 ));
                 // The arguments in two pieces, as JSON text.
                 let (a, b) = args.split_at(args.len() / 2);
                 for piece in [a, b] {
                     events.push(bedrock::event_frame(
                         "contentBlockDelta",
-                        &json!({"delta": {"toolUse": {"input": piece}}, "contentBlockIndex": 0}),
+                        &json!({"delta": {"toolUse": {"input": piece}}, "contentBlockIndex": at}),
                     ));
                 }
             }
         }
         events.push(bedrock::event_frame(
             "contentBlockStop",
-            &json!({"contentBlockIndex": 0}),
+            &json!({"contentBlockIndex": at}),
         ));
         if script.bad_json {
             events.push(bedrock::exception_frame(

@@ -11,10 +11,12 @@ use pingora::http::RequestHeader;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{bad, cache_mark, content_text, has_cache_mark, image_of, push_turn, Dialect, Image};
+use super::{
+    bad, cache_mark, content_text, has_cache_mark, image_of, push_turn, thinking_ask, thinking_blocks, Dialect, Image,
+};
 use crate::config::Provider;
 use crate::error::GwError;
-use crate::stream::translate::{anthropic_event, fail, parse_chunk, parse_event, Chunks};
+use crate::stream::translate::{anthropic_event, fail, parse_chunk, parse_event, Chunks, Thinking};
 use crate::stream::Translate;
 use crate::usage::{RawUsage, Usage};
 
@@ -124,7 +126,10 @@ pub fn chat_request_to_messages(req: &Value, model: &str) -> Result<Value, GwErr
             }
             Some("user") => push_turn(&mut out, "user", "content", blocks_from_openai(&m["content"])?),
             Some("assistant") => {
-                let mut blocks = blocks_from_openai(&m["content"])?;
+                // Signed thinking goes back first, unchanged: Anthropic checks it, and
+                // wants it before the tool use it led to.
+                let mut blocks = thinking_blocks(m, i)?.to_vec();
+                blocks.extend(blocks_from_openai(&m["content"])?);
                 for call in m["tool_calls"].as_array().into_iter().flatten() {
                     let args = call["function"]["arguments"].as_str().unwrap_or("{}");
                     let input: Value = serde_json::from_str(if args.trim().is_empty() { "{}" } else { args })
@@ -163,10 +168,16 @@ pub fn chat_request_to_messages(req: &Value, model: &str) -> Result<Value, GwErr
     } else if !system.is_empty() {
         body.insert("system".into(), json!(system.join("\n\n")));
     }
-    let max = req["max_completion_tokens"]
-        .as_u64()
-        .or(req["max_tokens"].as_u64())
-        .unwrap_or(DEFAULT_MAX_TOKENS);
+    let max = match thinking_ask(req, DEFAULT_MAX_TOKENS)? {
+        Some(ask) => {
+            body.insert("thinking".into(), ask.thinking);
+            ask.max_tokens
+        }
+        None => req["max_completion_tokens"]
+            .as_u64()
+            .or(req["max_tokens"].as_u64())
+            .unwrap_or(DEFAULT_MAX_TOKENS),
+    };
     body.insert("max_tokens".into(), json!(max));
     for k in ["temperature", "top_p", "stream"] {
         if !req[k].is_null() {
@@ -223,9 +234,17 @@ pub fn chat_request_to_messages(req: &Value, model: &str) -> Result<Value, GwErr
 pub fn messages_response_to_chat(resp: &Value, created: i64) -> Value {
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut reasoning = String::new();
+    let mut thinking = Vec::new();
     for block in resp["content"].as_array().into_iter().flatten() {
         match block["type"].as_str() {
             Some("text") => text.push_str(block["text"].as_str().unwrap_or_default()),
+            Some("thinking") => {
+                reasoning.push_str(block["thinking"].as_str().unwrap_or_default());
+                thinking
+                    .push(json!({"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]}));
+            }
+            Some("redacted_thinking") => thinking.push(block.clone()),
             Some("tool_use") => calls.push(json!({
                 "id": block["id"],
                 "type": "function",
@@ -238,6 +257,7 @@ pub fn messages_response_to_chat(resp: &Value, created: i64) -> Value {
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
     }
+    add_thinking(&mut message, reasoning, thinking);
     json!({
         "id": resp["id"],
         "object": "chat.completion",
@@ -253,6 +273,18 @@ pub fn messages_response_to_chat(resp: &Value, created: i64) -> Value {
     })
 }
 
+/// A chat answer's message gains the thinking that led to it: its text as
+/// `reasoning_content`, the blocks as `thinking_blocks` (signed, to be sent back as they
+/// are on the next turn).
+pub(crate) fn add_thinking(message: &mut Value, reasoning: String, blocks: Vec<Value>) {
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = json!(reasoning);
+    }
+    if !blocks.is_empty() {
+        message["thinking_blocks"] = Value::Array(blocks);
+    }
+}
+
 /// Anthropic messages request -> OpenAI chat request, for an OpenAI-style model `model`:
 /// what OpenAI's API defines, nothing of Anthropic's own.
 pub fn messages_request_to_chat(req: &Value, model: &str) -> Result<Value, GwError> {
@@ -260,8 +292,9 @@ pub fn messages_request_to_chat(req: &Value, model: &str) -> Result<Value, GwErr
 }
 
 /// Anthropic messages request -> the chat shape as the hub to Converse and Gemini: chat
-/// plus what those carry on and OpenAI does not define, Anthropic's cache breakpoints
-/// (`cache_control` on parts and tools, system kept as parts when one is marked).
+/// plus what those carry on and OpenAI does not define: Anthropic's cache breakpoints
+/// (`cache_control` on parts and tools, system kept as parts when one is marked), its
+/// `thinking` request, and thinking blocks as assistant `thinking_blocks`.
 pub fn messages_request_to_hub(req: &Value, model: &str) -> Result<Value, GwError> {
     messages_to_chat(req, model, true)
 }
@@ -316,8 +349,10 @@ fn messages_to_chat(req: &Value, model: &str, hub: bool) -> Result<Value, GwErro
         };
         let mut parts = Vec::new();
         let mut calls = Vec::new();
+        let mut thinking = Vec::new();
         for b in blocks {
             match b["type"].as_str() {
+                Some("thinking" | "redacted_thinking") if hub && role == "assistant" => thinking.push(b.clone()),
                 Some("text") => {
                     let mut p = json!({"type": "text", "text": b["text"]});
                     mark(&mut p, b);
@@ -368,12 +403,15 @@ fn messages_to_chat(req: &Value, model: &str, hub: bool) -> Result<Value, GwErro
         } else {
             Value::Array(parts)
         };
-        if content.is_null() && calls.is_empty() {
+        if content.is_null() && calls.is_empty() && thinking.is_empty() {
             continue;
         }
         let mut msg = json!({"role": role, "content": content});
         if !calls.is_empty() {
             msg["tool_calls"] = Value::Array(calls);
+        }
+        if !thinking.is_empty() {
+            msg["thinking_blocks"] = Value::Array(thinking);
         }
         out.push(msg);
     }
@@ -382,6 +420,9 @@ fn messages_to_chat(req: &Value, model: &str, hub: bool) -> Result<Value, GwErro
     body.insert("messages".into(), Value::Array(out));
     if let Some(max) = req["max_tokens"].as_u64() {
         body.insert("max_tokens".into(), json!(max));
+    }
+    if hub && req["thinking"].is_object() {
+        body.insert("thinking".into(), req["thinking"].clone());
     }
     for k in ["temperature", "top_p"] {
         if !req[k].is_null() {
@@ -444,6 +485,15 @@ pub fn chat_response_to_messages(resp: &Value) -> Value {
     let choice = &resp["choices"][0];
     let msg = &choice["message"];
     let mut content = Vec::new();
+    // Signed blocks when the answer came with them (Claude through Bedrock), else the
+    // reasoning text of an OpenAI-style reasoning model, which has no signature.
+    match (msg["thinking_blocks"].as_array(), msg["reasoning_content"].as_str()) {
+        (Some(blocks), _) => content.extend(blocks.iter().cloned()),
+        (None, Some(r)) if !r.is_empty() => {
+            content.push(json!({"type": "thinking", "thinking": r, "signature": ""}));
+        }
+        _ => {}
+    }
     let text = content_text(&msg["content"]);
     if !text.is_empty() {
         content.push(json!({"type": "text", "text": text}));
@@ -516,6 +566,7 @@ pub struct AnthropicToChat {
     chunks: Chunks,
     /// Anthropic content block index -> OpenAI tool call index.
     tools: HashMap<u64, usize>,
+    thinking: Thinking,
     pub usage: Usage,
     finish: Option<&'static str>,
     ended: bool,
@@ -562,7 +613,9 @@ impl Translate for AnthropicToChat {
             }
             Some("content_block_start") => {
                 let block = &ev["content_block"];
-                if block["type"] == "tool_use" {
+                if matches!(block["type"].as_str(), Some("thinking" | "redacted_thinking")) {
+                    self.thinking.start(block);
+                } else if block["type"] == "tool_use" {
                     let n = self.tools.len();
                     self.tools.insert(ev["index"].as_u64().unwrap_or(0), n);
                     let call = json!({"index": n, "id": block["id"], "type": "function", "function": {"name": block["name"], "arguments": ""}});
@@ -580,10 +633,15 @@ impl Translate for AnthropicToChat {
                         let call = json!({"index": n, "function": {"arguments": d["partial_json"]}});
                         self.chunks.send(out, json!({"tool_calls": [call]}), None);
                     }
-                    // Thinking and signatures have no OpenAI counterpart.
+                    Some("thinking_delta") => {
+                        let t = d["thinking"].as_str().unwrap_or_default();
+                        self.thinking.text(&self.chunks, out, t);
+                    }
+                    Some("signature_delta") => self.thinking.signature(d["signature"].as_str().unwrap_or_default()),
                     _ => {}
                 }
             }
+            Some("content_block_stop") => self.thinking.end(&self.chunks, out),
             Some("message_delta") => {
                 self.add_usage(&ev["usage"]);
                 if let Some(r) = ev["delta"]["stop_reason"].as_str() {
@@ -651,6 +709,44 @@ impl ChatToAnthropic {
         }
     }
 
+    /// The open thinking block, opened when another kind is open.
+    fn thinking_block(&mut self, out: &mut Vec<u8>) -> u64 {
+        match self.open {
+            Some((i, "thinking")) => i,
+            _ => self.open_block(
+                out,
+                "thinking",
+                json!({"type": "thinking", "thinking": "", "signature": ""}),
+            ),
+        }
+    }
+
+    /// A whole thinking block arrived (chat's `thinking_blocks`): the open thinking block,
+    /// whose text was streamed, gets its signature and ends; a block not streamed before
+    /// (or a redacted one) is sent whole.
+    fn thinking_done(&mut self, out: &mut Vec<u8>, block: &Value) {
+        let streamed = matches!(self.open, Some((_, "thinking")));
+        let i = match (block["type"].as_str(), streamed) {
+            (Some("thinking"), true) => self.thinking_block(out),
+            (Some("thinking"), false) => {
+                let i = self.thinking_block(out);
+                let d = json!({"type": "thinking_delta", "thinking": block["thinking"]});
+                anthropic_event(out, &json!({"type": "content_block_delta", "index": i, "delta": d}));
+                i
+            }
+            (Some("redacted_thinking"), _) => {
+                self.open_block(out, "redacted_thinking", block.clone());
+                return self.close_block(out);
+            }
+            _ => return,
+        };
+        if let Some(sig) = block["signature"].as_str().filter(|s| !s.is_empty()) {
+            let d = json!({"type": "signature_delta", "signature": sig});
+            anthropic_event(out, &json!({"type": "content_block_delta", "index": i, "delta": d}));
+        }
+        self.close_block(out);
+    }
+
     fn open_block(&mut self, out: &mut Vec<u8>, kind: &'static str, block: Value) -> u64 {
         self.close_block(out);
         let i = self.next_block;
@@ -703,6 +799,14 @@ impl Translate for ChatToAnthropic {
         }
         let Some(choice) = c["choices"].get(0) else { return };
         let delta = &choice["delta"];
+        if let Some(r) = delta["reasoning_content"].as_str().filter(|t| !t.is_empty()) {
+            let i = self.thinking_block(out);
+            let d = json!({"type": "thinking_delta", "thinking": r});
+            anthropic_event(out, &json!({"type": "content_block_delta", "index": i, "delta": d}));
+        }
+        for block in delta["thinking_blocks"].as_array().into_iter().flatten() {
+            self.thinking_done(out, block);
+        }
         if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
             let i = match self.open {
                 Some((i, "text")) => i,

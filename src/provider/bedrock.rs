@@ -19,11 +19,15 @@ use pingora::http::RequestHeader;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{bad, cache_mark, content_text, has_cache_mark, image_of, push_turn, Dialect, Image, UNRESERVED};
+use super::anthropic::add_thinking;
+use super::{
+    bad, cache_mark, content_text, has_cache_mark, image_of, push_turn, thinking_ask, thinking_blocks, Dialect, Image,
+    UNRESERVED,
+};
 use crate::config::raw::de_opt_text;
 use crate::config::{Provider, Target};
 use crate::error::GwError;
-use crate::stream::translate::{fail, parse_event, Chunks};
+use crate::stream::translate::{fail, parse_event, Chunks, Thinking};
 use crate::stream::Translate;
 use crate::usage::Usage;
 
@@ -248,7 +252,9 @@ pub fn chat_request_to_converse(req: &Value, _model: &str) -> Result<Value, GwEr
             }
             Some("user") => push_turn(&mut turns, "user", "content", content_blocks(&m["content"], i)?),
             Some("assistant") => {
-                let mut blocks = content_blocks(&m["content"], i)?;
+                // Signed reasoning goes back first, unchanged, as Claude requires.
+                let mut blocks: Vec<Value> = thinking_blocks(m, i)?.iter().map(reasoning_block).collect();
+                blocks.extend(content_blocks(&m["content"], i)?);
                 for call in m["tool_calls"].as_array().map(Vec::as_slice).unwrap_or_default() {
                     let args = call["function"]["arguments"].as_str().unwrap_or("{}");
                     let input: Value = if args.trim().is_empty() {
@@ -288,7 +294,15 @@ pub fn chat_request_to_converse(req: &Value, _model: &str) -> Result<Value, GwEr
         out.insert("system".into(), Value::Array(system));
     }
     let mut cfg = Map::new();
-    if let Some(n) = req["max_completion_tokens"].as_u64().or(req["max_tokens"].as_u64()) {
+    // Thinking is a Claude field Converse passes on as it is.
+    let max = match thinking_ask(req, super::anthropic::DEFAULT_MAX_TOKENS)? {
+        Some(ask) => {
+            out.insert("additionalModelRequestFields".into(), json!({"thinking": ask.thinking}));
+            Some(ask.max_tokens)
+        }
+        None => req["max_completion_tokens"].as_u64().or(req["max_tokens"].as_u64()),
+    };
+    if let Some(n) = max {
         cfg.insert("maxTokens".into(), json!(n));
     }
     for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
@@ -363,6 +377,25 @@ pub fn usage(u: &Value) -> Usage {
     }
 }
 
+/// A Converse `reasoningContent` as a chat `thinking_blocks` entry (Anthropic's shape).
+fn thinking_block(r: &Value) -> Option<Value> {
+    if let Some(data) = r["redactedContent"].as_str() {
+        return Some(json!({"type": "redacted_thinking", "data": data}));
+    }
+    let t = &r["reasoningText"];
+    Some(
+        json!({"type": "thinking", "thinking": t["text"].as_str()?, "signature": t["signature"].as_str().unwrap_or_default()}),
+    )
+}
+
+/// A chat `thinking_blocks` entry as Converse `reasoningContent`.
+fn reasoning_block(b: &Value) -> Value {
+    match b["type"].as_str() {
+        Some("redacted_thinking") => json!({"reasoningContent": {"redactedContent": b["data"]}}),
+        _ => json!({"reasoningContent": {"reasoningText": {"text": b["thinking"], "signature": b["signature"]}}}),
+    }
+}
+
 /// A chat completion id for an answer that has none (Converse names none).
 pub fn completion_id() -> String {
     format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
@@ -376,19 +409,26 @@ pub fn response_to_chat(v: &Value, created: i64, model: &str) -> Value {
         .unwrap_or_default();
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut reasoning = String::new();
+    let mut thinking = Vec::new();
     for b in blocks {
         if let Some(t) = b["text"].as_str() {
             text.push_str(t);
         } else if let Some(u) = b.get("toolUse") {
             calls.push(json!({"id": u["toolUseId"], "type": "function",
                 "function": {"name": u["name"], "arguments": u["input"].to_string()}}));
+        } else if let Some(r) = b.get("reasoningContent") {
+            if let Some(t) = r["reasoningText"]["text"].as_str() {
+                reasoning.push_str(t);
+            }
+            thinking.extend(thinking_block(r));
         }
-        // Reasoning blocks are left out, as thinking is for other dialects' callers.
     }
     let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
     }
+    add_thinking(&mut message, reasoning, thinking);
     let u = usage(&v["usage"]);
     json!({
         "id": completion_id(), "object": "chat.completion", "created": created, "model": model,
@@ -409,6 +449,7 @@ pub fn response_to_chat(v: &Value, created: i64, model: &str) -> Value {
 #[derive(Debug, Default)]
 pub struct BedrockToChat {
     chunks: Chunks,
+    thinking: Thinking,
     started: bool,
     /// Tool calls so far, and which content block each one is.
     calls: Vec<u64>,
@@ -482,8 +523,17 @@ impl Translate for BedrockToChat {
                         None,
                     );
                 }
+            } else if let Some(r) = d["delta"].get("reasoningContent") {
+                if let Some(t) = r["text"].as_str() {
+                    self.thinking.text(&self.chunks, out, t);
+                } else if let Some(s) = r["signature"].as_str() {
+                    self.thinking.signature(s);
+                } else if let Some(data) = r["redactedContent"].as_str() {
+                    self.thinking.start(&json!({"type": "redacted_thinking", "data": data}));
+                }
             }
-            // Reasoning deltas are left out, as thinking is for other dialects' callers.
+        } else if ev.get("contentBlockStop").is_some() {
+            self.thinking.end(&self.chunks, out);
         } else if let Some(s) = ev.get("messageStop") {
             self.reason = Some(s["stopReason"].as_str().unwrap_or("end_turn").to_owned());
         } else if let Some(m) = ev.get("metadata") {

@@ -14,8 +14,9 @@ use percent_encoding::utf8_percent_encode;
 use pingora::http::RequestHeader;
 use serde_json::{json, Map, Value};
 
+use super::anthropic::add_thinking;
 use super::Dialect;
-use super::{bad, image_of, push_turn, Image, UNRESERVED};
+use super::{bad, image_of, push_turn, thinking_ask, Image, UNRESERVED};
 use crate::config::Provider;
 use crate::error::GwError;
 use crate::stream::translate::{fail, parse_chunk, Chunks};
@@ -234,6 +235,13 @@ fn generation_config(req: &Value) -> Result<Map<String, Value>, GwError> {
         }
         _ => {}
     }
+    // A thinking budget, and thought summaries back (as `reasoning_content`).
+    if let Some(budget) = thinking_ask(req, 0)?.and_then(|ask| ask.budget) {
+        c.insert(
+            "thinkingConfig".into(),
+            json!({"thinkingBudget": budget, "includeThoughts": true}),
+        );
+    }
     let format = &req["response_format"];
     match format["type"].as_str() {
         None | Some("text") => {}
@@ -293,21 +301,24 @@ pub fn call_id(n: usize, part: &Value) -> String {
     }
 }
 
-/// One response part as chat output: visible text, or a function call.
+/// One response part as chat output: a thought summary, visible text, or a function call.
 pub enum Piece<'a> {
+    Thought(&'a str),
     Text(&'a str),
     Call { name: &'a Value, arguments: String },
 }
 
-/// The parts of the first candidate, without thoughts (they have no chat counterpart).
+/// The parts of the first candidate; thought summaries (`thought: true`, sent when
+/// `includeThoughts` asked for them) become `reasoning_content`.
 pub fn pieces(resp: &Value) -> impl Iterator<Item = (&Value, Piece<'_>)> {
     resp["candidates"][0]["content"]["parts"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|p| p["thought"] != Value::Bool(true))
         .filter_map(|p| {
-            if let Some(t) = p["text"].as_str() {
+            if let (Some(t), true) = (p["text"].as_str(), p["thought"] == Value::Bool(true)) {
+                Some((p, Piece::Thought(t)))
+            } else if let Some(t) = p["text"].as_str() {
                 Some((p, Piece::Text(t)))
             } else if let Some(call) = p.get("functionCall") {
                 let args = if call["args"].is_null() {
@@ -341,8 +352,10 @@ pub fn completion_id(resp: &Value) -> Value {
 pub fn response_to_chat(resp: &Value, created: i64, model: &str) -> Value {
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut reasoning = String::new();
     for (part, piece) in pieces(resp) {
         match piece {
+            Piece::Thought(t) => reasoning.push_str(t),
             Piece::Text(t) => text.push_str(t),
             Piece::Call { name, arguments } => calls.push(json!({
                 "id": call_id(calls.len(), part),
@@ -367,6 +380,8 @@ pub fn response_to_chat(resp: &Value, created: i64, model: &str) -> Value {
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
     }
+    // Thought summaries are not signed blocks: no thinking_blocks.
+    add_thinking(&mut message, reasoning, Vec::new());
     let u = usage(&resp["usageMetadata"]);
     json!({
         "id": completion_id(resp),
@@ -440,7 +455,8 @@ impl Translate for GeminiToChat {
         }
         for (part, piece) in pieces(&ev) {
             match piece {
-                Piece::Text("") => {}
+                Piece::Text("") | Piece::Thought("") => {}
+                Piece::Thought(t) => self.chunks.send(out, json!({"reasoning_content": t}), None),
                 Piece::Text(t) => self.chunks.send(out, json!({"content": t}), None),
                 Piece::Call { name, arguments } => {
                     let call = json!({"index": self.calls, "id": call_id(self.calls, part), "type": "function",

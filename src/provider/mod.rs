@@ -410,6 +410,93 @@ fn push_turn(out: &mut Vec<Value>, role: &str, field: &str, mut items: Vec<Value
     out.push(json!({"role": role, field: items}));
 }
 
+/// Thinking budgets for OpenAI's `reasoning_effort` on providers that take a budget
+/// (Anthropic, Claude on Bedrock and Vertex AI, Gemini). 1,024 is Anthropic's smallest.
+pub const THINKING_BUDGETS: [(&str, u64); 4] = [("minimal", 1024), ("low", 1024), ("medium", 4096), ("high", 16384)];
+
+/// The thinking a chat request asks for, in Anthropic's terms, with the `max_tokens` that
+/// leaves room for it. An Anthropic-style `thinking` object in the body wins over
+/// `reasoning_effort`; `reasoning_effort: none` asks for none. Both max token fields count
+/// thinking, as OpenAI's `max_completion_tokens` counts reasoning; the budget must stay
+/// under it (Anthropic refuses otherwise), so it shrinks to fit, or the request is refused
+/// when less than the smallest budget would be left.
+pub(crate) struct ThinkingAsk {
+    /// `{"type": "enabled", "budget_tokens": n}`, or the caller's own object.
+    pub thinking: Value,
+    /// Tokens of thinking asked for, when enabled.
+    pub budget: Option<u64>,
+    pub max_tokens: u64,
+}
+
+pub(crate) fn thinking_ask(req: &Value, default_max: u64) -> Result<Option<ThinkingAsk>, GwError> {
+    let asked_max = req["max_completion_tokens"].as_u64().or(req["max_tokens"].as_u64());
+    if let Some(t) = req.get("thinking").filter(|t| !t.is_null()) {
+        if !t.is_object() {
+            return Err(bad(
+                "`thinking` must be an object such as {\"type\": \"enabled\", \"budget_tokens\": 2048}",
+            ));
+        }
+        let budget = t["budget_tokens"].as_u64().filter(|_| t["type"] == "enabled");
+        return Ok(Some(ThinkingAsk {
+            thinking: t.clone(),
+            budget,
+            max_tokens: asked_max.unwrap_or(default_max + budget.unwrap_or(0)),
+        }));
+    }
+    let effort = match &req["reasoning_effort"] {
+        Value::Null => return Ok(None),
+        Value::String(s) if s == "none" => return Ok(None),
+        Value::String(s) => s.as_str(),
+        _ => return Err(bad("`reasoning_effort` must be a string")),
+    };
+    let Some(&(_, mut budget)) = THINKING_BUDGETS.iter().find(|(name, _)| *name == effort) else {
+        return Err(bad(format!(
+            "reasoning_effort {effort:?} is not one of none, minimal, low, medium, high"
+        )));
+    };
+    let max_tokens = match asked_max {
+        Some(max) => {
+            budget = budget.min(max.saturating_sub(1));
+            if budget < THINKING_BUDGETS[0].1 {
+                return Err(bad(
+                    "max_completion_tokens must be above 1024 to leave room for reasoning_effort's thinking",
+                ));
+            }
+            max
+        }
+        None => default_max + budget,
+    };
+    Ok(Some(ThinkingAsk {
+        thinking: json!({"type": "enabled", "budget_tokens": budget}),
+        budget: Some(budget),
+        max_tokens,
+    }))
+}
+
+/// An assistant message's `thinking_blocks` (as chat answers carry them), checked: each a
+/// `thinking` block with its text and signature, or a `redacted_thinking` block with its
+/// data, to be sent back exactly as received.
+pub(crate) fn thinking_blocks(msg: &Value, i: usize) -> Result<&[Value], GwError> {
+    let blocks = match &msg["thinking_blocks"] {
+        Value::Null => return Ok(&[]),
+        Value::Array(b) => b.as_slice(),
+        _ => return Err(bad(format!("messages[{i}].thinking_blocks must be a list"))),
+    };
+    for b in blocks {
+        let ok = match b["type"].as_str() {
+            Some("thinking") => b["thinking"].is_string() && b["signature"].is_string(),
+            Some("redacted_thinking") => b["data"].is_string(),
+            _ => false,
+        };
+        if !ok {
+            return Err(bad(format!(
+                "messages[{i}].thinking_blocks: each must be {{type: thinking, thinking, signature}} or {{type: redacted_thinking, data}}"
+            )));
+        }
+    }
+    Ok(blocks)
+}
+
 /// The prompt-cache breakpoint (`cache_control`, Anthropic's extension that chat callers
 /// put on content parts and tools) a part, block or tool carries.
 pub(crate) fn cache_mark(v: &Value) -> Option<&Value> {

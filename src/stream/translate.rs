@@ -88,6 +88,71 @@ impl Chunks {
     }
 }
 
+/// The thinking of a streamed answer, for chat callers: its text goes out as
+/// `reasoning_content` deltas as it comes, and each block, whole and signed, as a
+/// `thinking_blocks` delta when it ends, so the caller can send it back on the next turn
+/// (Anthropic checks the signature; a tool call made after thinking needs it). A block is
+/// kept up to [`Thinking::MAX_BYTES`]; a longer one is not sent whole (a cut block could
+/// not be sent back anyway), its text deltas still are.
+#[derive(Debug, Default)]
+pub(crate) struct Thinking {
+    /// The block being streamed: `{type: thinking, thinking, signature}` or
+    /// `{type: redacted_thinking, data}`.
+    open: Option<Value>,
+    text: String,
+    signature: String,
+    over: bool,
+}
+
+impl Thinking {
+    pub const MAX_BYTES: usize = 4 << 20;
+
+    /// A block starts (`redacted_thinking` comes whole, with its data).
+    pub fn start(&mut self, block: &Value) {
+        self.open = Some(block.clone());
+        self.text.clear();
+        self.signature = block["signature"].as_str().unwrap_or_default().to_owned();
+        self.over = false;
+    }
+
+    pub fn text(&mut self, chunks: &Chunks, out: &mut Vec<u8>, t: &str) {
+        if t.is_empty() {
+            return;
+        }
+        if self.open.is_none() {
+            self.start(&json!({"type": "thinking"}));
+        }
+        chunks.send(out, json!({"reasoning_content": t}), None);
+        if self.text.len() + t.len() > Self::MAX_BYTES {
+            self.over = true;
+        } else {
+            self.text.push_str(t);
+        }
+    }
+
+    pub fn signature(&mut self, s: &str) {
+        if self.open.is_none() {
+            self.start(&json!({"type": "thinking"}));
+        }
+        if self.signature.len() + s.len() <= Self::MAX_BYTES {
+            self.signature.push_str(s);
+        }
+    }
+
+    /// The block ends: it goes out whole.
+    pub fn end(&mut self, chunks: &Chunks, out: &mut Vec<u8>) {
+        let Some(block) = self.open.take() else { return };
+        if self.over {
+            return;
+        }
+        let block = match block["type"].as_str() {
+            Some("redacted_thinking") => block,
+            _ => json!({"type": "thinking", "thinking": self.text, "signature": self.signature}),
+        };
+        chunks.send(out, json!({"thinking_blocks": [block]}), None);
+    }
+}
+
 /// Events of a format reached only through translation (Gemini, Converse) -> Anthropic
 /// Messages events, through the chat shape: events -> chunks (`chat`, which must send the
 /// usage chunk) -> Anthropic events, each hop a translator of its own. Chunks are re-read

@@ -168,3 +168,42 @@ def test_cache_hits_replay_as_json_and_streams(gateway, model):
         final = s.get_final_message()
     assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize("model", ["claude-mock", "vertex-claude", "bedrock-claude"])
+def test_extended_thinking_round_trip(client, model):
+    """Thinking blocks come back signed, natively and through Converse, and the whole
+    assistant turn goes back as the SDK returned it."""
+    thinking = {"type": "enabled", "budget_tokens": 2000}
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    r = client.messages.create(model=model, max_tokens=4000, thinking=thinking, tools=[TOOL], messages=messages)
+    assert r.content[0].type == "thinking" and r.content[0].signature
+    assert "Weather in Paris?" in r.content[0].thinking
+    tool = next(b for b in r.content if b.type == "tool_use")
+    messages += [
+        {"role": "assistant", "content": r.content},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool.id, "content": "18C"}]},
+    ]
+    r = client.messages.create(model=model, max_tokens=4000, thinking=thinking, tools=[TOOL], messages=messages)
+    assert r.content[-1].text == "The tool said: 18C"
+    with client.messages.stream(
+        model=model, max_tokens=4000, thinking=thinking, tools=[TOOL], messages=messages[:1]
+    ) as s:
+        final = s.get_final_message()
+    assert final.content[0].type == "thinking" and final.content[0].signature
+
+
+def test_reasoning_text_is_a_thinking_block_and_cache_tokens_are_reported(client):
+    r = client.messages.create(model="reasoner", max_tokens=100, messages=[{"role": "user", "content": "Hi"}])
+    assert r.content[0].type == "thinking" and r.content[0].thinking == "Reasoned in 9 tokens."
+    # A prefix of this test's own: the mock's prompt cache lives as long as the session.
+    system = [{"type": "text", "text": f"Library rules {uuid.uuid4()}. " * 30, "cache_control": {"type": "ephemeral"}}]
+    usages = [
+        client.messages.create(
+            model="bedrock-claude", max_tokens=100, system=system, messages=[{"role": "user", "content": "Hi"}]
+        ).usage
+        for _ in range(2)
+    ]
+    assert usages[0].cache_creation_input_tokens > 200 and usages[0].cache_read_input_tokens == 0
+    assert usages[1].cache_read_input_tokens == usages[0].cache_creation_input_tokens
+

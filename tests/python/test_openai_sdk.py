@@ -73,6 +73,8 @@ def test_models_list_and_retrieve(client):
         "vertex-gemini",
         "vertex-claude",
         "bedrock-nova",
+        "bedrock-claude",
+        "reasoner",
         "gpt-4o-mini",
         "text-embedding-3-small",
         "rate-limited",
@@ -324,3 +326,47 @@ def test_responses_api_json_and_stream(gateway):
     assert final.output_text == "helper"
     with pytest.raises(openai.BadRequestError):
         client.responses.create(model="claude-mock", input="x")
+
+
+@pytest.mark.parametrize("model", ["claude-mock", "vertex-claude", "bedrock-claude"])
+def test_reasoning_effort_thinks_and_the_signed_blocks_go_back(client, model):
+    """Claude's signed thinking reaches OpenAI-SDK callers and survives the SDK's own round
+    trip (`model_dump` of the message): the mock refuses a tool turn without it."""
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    r = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER], reasoning_effort="low")
+    msg = r.choices[0].message
+    assert "Weather in Paris?" in msg.model_extra["reasoning_content"]
+    block = msg.model_extra["thinking_blocks"][0]
+    assert block["type"] == "thinking" and block["signature"]
+    call = msg.tool_calls[0]
+    messages += [msg.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": "18C"}]
+    r = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER], reasoning_effort="low")
+    assert r.choices[0].message.content == "The tool said: 18C"
+
+    # Streamed: reasoning deltas, then the signed block.
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=messages[:1], tools=[WEATHER], reasoning_effort="low", stream=True
+        )
+    )
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    reasoning = "".join((d.model_extra or {}).get("reasoning_content", "") for d in deltas)
+    blocks = [b for d in deltas for b in (d.model_extra or {}).get("thinking_blocks", [])]
+    assert reasoning == block["thinking"]
+    assert blocks == [block]
+
+
+def test_cached_and_reasoning_token_details(client):
+    r = client.chat.completions.create(model="reasoner", messages=[{"role": "user", "content": "Hi"}])
+    assert r.usage.completion_tokens_details.reasoning_tokens == 9
+    assert r.choices[0].message.model_extra["reasoning_content"] == "Reasoned in 9 tokens."
+    # A prefix of this test's own: the mock's prompt cache lives as long as the session.
+    system = [{"type": "text", "text": f"Library rules {uuid.uuid4()}. " * 30, "cache_control": {"type": "ephemeral"}}]
+    for expect_cached in (False, True):
+        r = client.chat.completions.create(
+            model="bedrock-claude",
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": "Hi"}],
+        )
+        cached = r.usage.prompt_tokens_details.cached_tokens
+        assert (cached > 200) == expect_cached, r.usage
+

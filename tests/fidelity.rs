@@ -16,6 +16,7 @@ provider_keys:
   - {name: mock, provider: openai_compatible, base_url: "{MOCK}/v1", api_key: "{PROVIDER_KEY}"}
   - {name: an, provider: anthropic, base_url: "{MOCK}", api_key: "{PROVIDER_KEY}"}
   - {name: gm, provider: gemini, base_url: "{MOCK}", api_key: "{PROVIDER_KEY}"}
+  - {name: h2, provider: openai_compatible, base_url: "{MOCK}/v1", api_key: "{PROVIDER_KEY}", http2: always}
   - name: br
     provider: bedrock
     base_url: "{MOCK}"
@@ -36,6 +37,26 @@ models:
   - {name: claude-br, provider_key: br, model: "anthropic.claude-sonnet-4-5-v1:0"}
   - {name: gem, provider_key: gm, model: gemini-2.5-flash}
   - {name: reasoner, provider_key: mock, model: "r1?reasoning=9"}
+  - {name: small-openai, provider_key: mock, model: "s?error=context_length"}
+  - {name: small-claude, provider_key: an, model: "c?error=context_length"}
+  - {name: small-gemini, provider_key: gm, model: "g?error=context_length"}
+  - {name: small-bedrock, provider_key: br, model: "b?error=context_length"}
+  - {name: azure-filter, provider_key: mock, model: "f?error=content_filter"}
+  - {name: claude-filter, provider_key: an, model: "c?error=content_filter"}
+  - {name: small-h2, provider_key: h2, model: "s?error=context_length"}
+  - {name: big, provider_key: mock, model: big-window}
+  - name: long-context
+    routing:
+      retry_on: [429, 503, context_length_exceeded]
+      failures_before_cooldown: 1   # one failure would cool a target: none is cooled here
+      targets: [{model: small-openai}, {model: small-claude, priority: 1}, {model: small-gemini, priority: 2},
+                {model: small-bedrock, priority: 3}, {model: small-h2, priority: 4}, {model: big, priority: 5}]
+  - name: unlisted
+    routing: {targets: [{model: small-claude}, {model: big, priority: 1}]}
+  - name: filtered
+    routing: {retry_on: [400, 503], targets: [{model: azure-filter}, {model: big, priority: 1}]}
+  - name: filtered-listed
+    routing: {retry_on: [content_filter], targets: [{model: claude-filter}, {model: big, priority: 1}]}
 api_keys:
   - {name: main, key: "{CALLER_KEY}", owner: team}
 "#;
@@ -447,8 +468,65 @@ fn assemble_messages(text: &str) -> Value {
     Value::Array(blocks)
 }
 
+#[tokio::test]
+async fn error_classes_pick_the_fallback_and_a_refusal_stays_final() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    // Each provider's own "too long" error, read from its body: on to the next target,
+    // until the model with the big window answers. Both dialects, JSON and stream.
+    for stream in [false, true] {
+        let mut body = json!({"model": "long-context", "messages": [{"role": "user", "content": "A long prompt"}]});
+        body["stream"] = json!(stream);
+        let resp = post(&gw, "/v1/chat/completions", &body).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-aigw-model"], "big");
+        let text = resp.text().await.unwrap();
+        let answer = if stream { completion_text(&text) } else { text.clone() };
+        assert!(answer.contains("Hello from the aigw mock"), "{text}");
+    }
+    let body =
+        json!({"model": "long-context", "max_tokens": 50, "messages": [{"role": "user", "content": "A long prompt"}]});
+    let resp = post_messages_as(&gw, CALLER_KEY, &body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-aigw-model"], "big");
+    let line = access_line(&gw, 3);
+    // Over HTTP/1.1 and HTTP/2 to the provider alike.
+    assert_eq!(
+        (line["attempts"].as_u64(), line["model"].as_str()),
+        (Some(6), Some("big")),
+        "{line}"
+    );
+    // No target was cooled for it: the next request starts at the first again.
+    let m = metrics_text(&gw).await;
+    assert!(
+        m.contains(
+            r#"aigw_upstream_attempts_total{outcome="retryable_status",provider="mock",target="small-openai"} 3"#
+        ),
+        "{m}"
+    );
+
+    // Not listed: the provider's 400 is the answer, in the caller's envelope.
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("unlisted")).await;
+    assert_eq!(resp.status(), 400);
+    let e: Value = resp.json().await.unwrap();
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("prompt is too long"),
+        "{e}"
+    );
+
+    // A content refusal is final although its status (400) is listed...
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("filtered")).await;
+    assert_eq!(resp.status(), 400);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "content_filter", "{e}");
+    // ...and moves on only where the class is listed.
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("filtered-listed")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-aigw-model"], "big");
+}
+
 #[test]
-fn cache_prices_are_checked_when_the_config_loads() {
+fn prices_and_error_classes_are_checked_when_the_config_loads() {
     let config = r#"
 version: 1
 provider_keys:
@@ -456,12 +534,16 @@ provider_keys:
 models:
   - {name: a, provider_key: mock, pricing: {input_per_mtok: 1, cached_input_per_mtok: -1}}
   - {name: b, provider_key: mock, pricing: {input_per_mtok: 1, cache_write_per_mtok: .nan}}
+  - name: c
+    routing: {retry_on: [context_length, 700, content_filter], targets: [{model: a}, {model: b}]}
 "#;
     assert_config_errors(
         config,
         &[
             "models[0].pricing: prices must be zero or positive numbers",
             "models[1].pricing: prices must be zero or positive numbers",
+            "models[2].routing.retry_on[0]: 'context_length' is neither an HTTP status nor an error class (context_length_exceeded, content_filter)",
+            "models[2].routing.retry_on[1]: must be an HTTP error status (400-599)",
         ],
         "no secret here",
     );

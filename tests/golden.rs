@@ -201,6 +201,25 @@ fn run_case(name: &str, case: &Value) {
             }
             Value::Array(got)
         }
+        // Each input is [wire, status, error body]; the class as `retry_on` names it, or null.
+        "error_classes" => Value::Array(
+            input
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    let wire = match c[0].as_str().unwrap() {
+                        "openai" => Wire::OpenAi,
+                        "anthropic" => Wire::Anthropic,
+                        "gemini" => Wire::Gemini,
+                        _ => Wire::Converse,
+                    };
+                    let body = c[2].to_string();
+                    let class = aigw::provider::error_class(wire, c[1].as_u64().unwrap() as u16, body.as_bytes());
+                    class.map_or(Value::Null, |k| Value::String(k.name().to_owned()))
+                })
+                .collect(),
+        ),
         "chat_request_to_messages_error" => {
             let e = anthropic::chat_request_to_messages(input, model).unwrap_err();
             Value::String(e.code().to_owned())

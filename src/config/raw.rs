@@ -377,7 +377,7 @@ pub struct Routing {
     #[serde(default)]
     pub strategy: Strategy,
     pub targets: Vec<Target>,
-    pub retry_on: Option<Vec<u16>>,
+    pub retry_on: Option<Vec<RetryOn>>,
     pub max_attempts: Option<u32>,
     #[serde(default = "d_cooldown")]
     pub cooldown_s: u64,
@@ -386,6 +386,15 @@ pub struct Routing {
     #[serde(default = "d_failures_before_cooldown")]
     pub failures_before_cooldown: u32,
 }
+/// A `retry_on` entry: an HTTP status, or an error class (`context_length_exceeded`,
+/// `content_filter`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RetryOn {
+    Status(u16),
+    Class(String),
+}
+
 fn d_cooldown() -> u64 {
     30
 }

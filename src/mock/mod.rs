@@ -72,6 +72,9 @@ pub struct Script {
     pub cached: u64,
     /// Report this many reasoning tokens on top of the answer's (OpenAI).
     pub reasoning: u64,
+    /// Answer 400 with this provider's own error for a class of failure:
+    /// `context_length` or `content_filter`, worded as each API words it.
+    pub error: Option<String>,
 }
 
 impl Script {
@@ -92,6 +95,7 @@ impl Script {
             content_type: None,
             cached: 0,
             reasoning: 0,
+            error: None,
         };
         let Some((_, query)) = model.split_once('?') else {
             return s;
@@ -115,6 +119,7 @@ impl Script {
                 "content_type" => s.content_type = Some(v.to_owned()),
                 "cached" => s.cached = n.unwrap_or(0),
                 "reasoning" => s.reasoning = n.unwrap_or(0),
+                "error" => s.error = Some(v.to_owned()),
                 _ => {}
             }
         }
@@ -231,6 +236,40 @@ fn error_in(api: Api, status: u16, message: &str, retry_after: Option<u64>) -> R
     }
     if let Some(s) = retry_after.and_then(|s| s.to_string().parse().ok()) {
         r.headers_mut().insert(http::header::RETRY_AFTER, s);
+    }
+    r
+}
+
+/// A 400 for a class of failure, in the body each API really sends for it: a prompt
+/// over the context window (`context_length`), or a refusal on content policy
+/// (`content_filter`: Azure OpenAI's and Anthropic's; Gemini and Bedrock refuse with
+/// 200 answers, so theirs is a plain 400).
+fn class_error(api: Api, kind: &str) -> Response<Body> {
+    let body = match (api, kind) {
+        (Api::OpenAi, "context_length") => {
+            json!({"error": {"message": "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+            "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
+        }
+        (Api::OpenAi, "content_filter") => {
+            json!({"error": {"message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.",
+            "type": null, "param": "prompt", "code": "content_filter", "status": 400,
+            "innererror": {"code": "ResponsibleAIPolicyViolation"}}})
+        }
+        (Api::Anthropic, "context_length") => json!({"type": "error", "error": {"type": "invalid_request_error",
+            "message": "prompt is too long: 210000 tokens > 200000 maximum"}}),
+        (Api::Anthropic, "content_filter") => json!({"type": "error", "error": {"type": "invalid_request_error",
+            "message": "Output blocked by content filtering policy"}}),
+        (Api::Gemini, "context_length") => json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+            "message": "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."}}),
+        (Api::Bedrock, "context_length") => json!({"message": "Input is too long for requested model."}),
+        _ => json!({"error": {"message": format!("mock error {kind}"), "type": "invalid_request_error"}}),
+    };
+    let mut r = full(StatusCode::BAD_REQUEST, &body);
+    if api == Api::Bedrock {
+        r.headers_mut().insert(
+            "x-amzn-errortype",
+            http::HeaderValue::from_static("ValidationException"),
+        );
     }
     r
 }
@@ -572,6 +611,9 @@ impl Mock {
             .is_none_or(|from| req["max_tokens"].as_u64().is_some_and(|t| t >= from));
         if script.delay_ms > 0 && long {
             tokio::time::sleep(Duration::from_millis(script.delay_ms)).await;
+        }
+        if let Some(kind) = &script.error {
+            return class_error(api, kind);
         }
         if let Some(status) = script.status {
             return error_in(
@@ -1020,6 +1062,9 @@ data: {v}
         let script = Script::parse(&model);
         if script.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(script.delay_ms)).await;
+        }
+        if let Some(kind) = &script.error {
+            return class_error(Api::Bedrock, kind);
         }
         if let Some(status) = script.status {
             return error_in(

@@ -16,6 +16,7 @@ use super::{
 };
 use crate::config::Provider;
 use crate::error::GwError;
+use crate::route::plan::ErrorClass;
 use crate::stream::translate::{anthropic_event, fail, parse_chunk, parse_event, Chunks, Thinking};
 use crate::stream::Translate;
 use crate::usage::{RawUsage, Usage};
@@ -555,6 +556,19 @@ pub fn translate_error(body: &[u8], status: u16, to_anthropic: bool) -> Value {
             _ => "api_error",
         });
         json!({"error": {"message": message, "type": kind, "code": null, "param": null}})
+    }
+}
+
+/// The class of an Anthropic error (its message, lowercased): "prompt is too long: N
+/// tokens > M maximum", "input length and `max_tokens` exceed context limit"; "output
+/// blocked by content filtering policy".
+pub fn error_class(message: &str) -> Option<ErrorClass> {
+    if message.contains("prompt is too long") || message.contains("exceed context limit") {
+        Some(ErrorClass::ContextLengthExceeded)
+    } else if message.contains("content filtering policy") {
+        Some(ErrorClass::ContentFilter)
+    } else {
+        None
     }
 }
 

@@ -27,6 +27,7 @@ use super::{
 use crate::config::raw::de_opt_text;
 use crate::config::{Provider, Target};
 use crate::error::GwError;
+use crate::route::plan::ErrorClass;
 use crate::stream::translate::{fail, parse_event, Chunks, Thinking};
 use crate::stream::Translate;
 use crate::usage::Usage;
@@ -436,6 +437,22 @@ pub fn response_to_chat(v: &Value, created: i64, model: &str) -> Value {
             "finish_reason": finish_reason(v["stopReason"].as_str().unwrap_or("end_turn"))}],
         "usage": u.to_chat(),
     })
+}
+
+/// The class of a Bedrock error (its `message`, lowercased): a `ValidationException`
+/// saying "input is too long for requested model", "too many input tokens" or, from
+/// Claude, "prompt is too long". Guardrails and model refusals come back as 200 answers
+/// (`guardrail_intervened`, `content_filtered`), so no error is `content_filter`.
+pub fn error_class(message: &str) -> Option<ErrorClass> {
+    [
+        "input is too long",
+        "too many input tokens",
+        "prompt is too long",
+        "context window",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+    .then_some(ErrorClass::ContextLengthExceeded)
 }
 
 // ---- Streams ----

@@ -19,6 +19,7 @@ use super::Dialect;
 use super::{bad, image_of, push_turn, thinking_ask, Image, UNRESERVED};
 use crate::config::Provider;
 use crate::error::GwError;
+use crate::route::plan::ErrorClass;
 use crate::stream::translate::{fail, parse_chunk, Chunks};
 use crate::stream::Translate;
 use crate::usage::Usage;
@@ -391,6 +392,15 @@ pub fn response_to_chat(resp: &Value, created: i64, model: &str) -> Value {
         "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
         "usage": u.to_chat(),
     })
+}
+
+/// The class of a Gemini error (its message, lowercased): "the input token count (N)
+/// exceeds the maximum number of tokens allowed (M)". Gemini refuses content with a 200
+/// answer (`promptFeedback.blockReason`, a `SAFETY` finish), never an error, so no error
+/// is `content_filter`.
+pub fn error_class(message: &str) -> Option<ErrorClass> {
+    (message.contains("exceeds the maximum number of tokens") || message.contains("input token count"))
+        .then_some(ErrorClass::ContextLengthExceeded)
 }
 
 // ---- Streams ----

@@ -29,6 +29,7 @@ use pingora::http::RequestHeader;
 use crate::config::raw::ProviderKind;
 use crate::config::{Provider, Target};
 use crate::error::GwError;
+use crate::route::plan::ErrorClass;
 use crate::stream::translate::ViaChat;
 use crate::stream::{JsonTranslate, Mode, Translate};
 use serde_json::{json, Value};
@@ -410,6 +411,29 @@ fn push_turn(out: &mut Vec<Value>, role: &str, field: &str, mut items: Vec<Value
     out.push(json!({"role": role, field: items}));
 }
 
+/// The class of a provider's error answer, read by its wire format's adapter from the
+/// body (the failover decision takes it with the status: `route::plan`). `None` when the
+/// body is not JSON or says nothing a class is made of.
+pub fn error_class(wire: Wire, status: u16, body: &[u8]) -> Option<ErrorClass> {
+    if !(400..500).contains(&status) {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(body).ok()?;
+    // Where each API puts its message: OpenAI, Anthropic and Gemini under `error`, AWS at the top.
+    let message = v["error"]["message"]
+        .as_str()
+        .or(v["message"].as_str())
+        .or(v["Message"].as_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match wire {
+        Wire::OpenAi => openai::error_class(&v, &message),
+        Wire::Anthropic => anthropic::error_class(&message),
+        Wire::Gemini => gemini::error_class(&message),
+        Wire::Converse => bedrock::error_class(&message),
+    }
+}
+
 /// Thinking budgets for OpenAI's `reasoning_effort` on providers that take a budget
 /// (Anthropic, Claude on Bedrock and Vertex AI, Gemini). 1,024 is Anthropic's smallest.
 pub const THINKING_BUDGETS: [(&str, u64); 4] = [("minimal", 1024), ("low", 1024), ("medium", 4096), ("high", 16384)];
@@ -545,4 +569,75 @@ fn image_of(part: &Value) -> Result<Image<'_>, &'static str> {
     let (meta, data) = rest.split_once(',').ok_or("image data URL without data")?;
     let media_type = meta.strip_suffix(";base64").ok_or("image data URLs must be base64")?;
     Ok(Image::Base64 { media_type, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_wire_names_its_own_error_classes() {
+        let cases: [(Wire, u16, Value, Option<ErrorClass>); 9] = [
+            (
+                Wire::OpenAi,
+                400,
+                json!({"error": {"message": "This model's maximum context length is 8192 tokens.", "code": "context_length_exceeded"}}),
+                Some(ErrorClass::ContextLengthExceeded),
+            ),
+            // vLLM says it without OpenAI's code.
+            (
+                Wire::OpenAi,
+                400,
+                json!({"object": "error", "message": "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens"}),
+                Some(ErrorClass::ContextLengthExceeded),
+            ),
+            (
+                Wire::OpenAi,
+                400,
+                json!({"error": {"message": "filtered", "code": "content_filter", "innererror": {"code": "ResponsibleAIPolicyViolation"}}}),
+                Some(ErrorClass::ContentFilter),
+            ),
+            (
+                Wire::Anthropic,
+                400,
+                json!({"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long: 210000 tokens > 200000 maximum"}}),
+                Some(ErrorClass::ContextLengthExceeded),
+            ),
+            (
+                Wire::Anthropic,
+                400,
+                json!({"type": "error", "error": {"type": "invalid_request_error", "message": "Output blocked by content filtering policy"}}),
+                Some(ErrorClass::ContentFilter),
+            ),
+            (
+                Wire::Gemini,
+                400,
+                json!({"error": {"code": 400, "message": "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).", "status": "INVALID_ARGUMENT"}}),
+                Some(ErrorClass::ContextLengthExceeded),
+            ),
+            (
+                Wire::Converse,
+                400,
+                json!({"message": "Input is too long for requested model."}),
+                Some(ErrorClass::ContextLengthExceeded),
+            ),
+            // Other errors, and server errors whatever they say, have no class.
+            (
+                Wire::Anthropic,
+                400,
+                json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: field required"}}),
+                None,
+            ),
+            (
+                Wire::OpenAi,
+                503,
+                json!({"error": {"message": "This model's maximum context length is 8192 tokens.", "code": "context_length_exceeded"}}),
+                None,
+            ),
+        ];
+        for (wire, status, body, want) in cases {
+            assert_eq!(error_class(wire, status, body.to_string().as_bytes()), want, "{body}");
+        }
+        assert_eq!(error_class(Wire::OpenAi, 400, b"<html>Bad Request</html>"), None);
+    }
 }

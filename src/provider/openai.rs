@@ -8,6 +8,8 @@ use pingora::http::RequestHeader;
 use super::{Endpoint, UNRESERVED};
 use crate::config::raw::ProviderKind;
 use crate::config::Provider;
+use crate::route::plan::ErrorClass;
+use serde_json::Value;
 
 /// Path and query of the upstream request.
 pub fn upstream_path(p: &Provider, endpoint: Endpoint, upstream_model: &str) -> String {
@@ -49,4 +51,21 @@ pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Resu
         }
     }
     Ok(())
+}
+
+/// The class of an OpenAI-style error: OpenAI's `code` (`context_length_exceeded`;
+/// `content_filter` and `content_policy_violation`, Azure's content filter with its
+/// `ResponsibleAIPolicyViolation` inner error), or the message OpenAI-compatible servers
+/// write (vLLM: "This model's maximum context length is ...").
+pub fn error_class(v: &Value, message: &str) -> Option<ErrorClass> {
+    let e = &v["error"];
+    let code = e["code"].as_str().unwrap_or_default();
+    let inner = e["innererror"]["code"].as_str().unwrap_or_default();
+    if code == "context_length_exceeded" || message.contains("maximum context length") {
+        Some(ErrorClass::ContextLengthExceeded)
+    } else if matches!(code, "content_filter" | "content_policy_violation") || inner == "ResponsibleAIPolicyViolation" {
+        Some(ErrorClass::ContentFilter)
+    } else {
+        None
+    }
 }

@@ -61,6 +61,9 @@ pub struct Ctx {
     /// The usage was estimated: the stream was cut before the provider's final count.
     pub usage_estimated: bool,
     pub upstream_status: Option<u16>,
+    /// The failover decision on this answer's error status was taken with its body
+    /// (`response::on_held_error`): the status line is not decided again.
+    pub error_decided: bool,
     /// Response-stage guardrails of this request (caller key's, then the model's).
     pub response_guards: Vec<Arc<Guardrail>>,
     /// Scans a streamed completion for `response_guards`.
@@ -109,6 +112,7 @@ impl Ctx {
             usage: None,
             usage_estimated: false,
             upstream_status: None,
+            error_decided: false,
             response_guards: Vec::new(),
             stream_guard: None,
             guard_hits: Vec::new(),

@@ -151,6 +151,19 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    fn hold_upstream_response(&self, _session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Option<usize> {
+        response::hold_error(resp, ctx)
+    }
+
+    fn upstream_response_held(
+        &self,
+        _session: &mut Session,
+        tasks: &[pingora::protocols::http::HttpTask],
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        response::on_held_error(&self.state, tasks, ctx)
+    }
+
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,

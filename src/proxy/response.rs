@@ -41,13 +41,15 @@ pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx
     };
     let failure = if bad_type.is_some() {
         Failure::BadAnswer { status }
+    } else if ctx.error_decided {
+        // Decided with the body (`on_held_error`): this error is the answer.
+        return Ok(());
     } else if !resp.status.is_success() {
-        let retry_after = resp
-            .headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        Failure::Status { status, retry_after }
+        Failure::Status {
+            status,
+            retry_after: retry_after(resp),
+            class: None,
+        }
     } else {
         if let Some(plan) = ctx.plan.as_mut() {
             plan.answered(status, &state.cooldowns, Instant::now());
@@ -87,6 +89,62 @@ pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx
     let mut e = Error::explain(ErrorType::HTTPStatus(502), format!("provider answered {status}"));
     e.set_retry(false);
     Err(e)
+}
+
+fn retry_after(resp: &ResponseHeader) -> Option<std::time::Duration> {
+    resp.headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
+}
+
+/// The most of an error answer read to find its class.
+const ERROR_CLASS_BYTES: usize = 64 * 1024;
+
+/// Whether to hold this answer back, whole, until its error class is known: only an
+/// error whose class can change the route's decision (`Plan::wants_error_class`).
+pub fn hold_error(resp: &ResponseHeader, ctx: &Ctx) -> Option<usize> {
+    let plan = ctx.plan.as_ref()?;
+    plan.wants_error_class(resp.status.as_u16())
+        .then_some(ERROR_CLASS_BYTES)
+}
+
+/// A held error answer, whole: the provider's adapter names its class from the body
+/// (`provider::error_class`), and the failover decision takes it with the status,
+/// before anything reached the caller. Moving on fails this attempt like a status would;
+/// otherwise the answer goes to the caller as it came.
+pub fn on_held_error(
+    state: &AppState,
+    tasks: &[pingora::protocols::http::HttpTask],
+    ctx: &mut Ctx,
+) -> pingora::Result<()> {
+    use pingora::protocols::http::HttpTask;
+    let Some(HttpTask::Header(resp, _)) = tasks.first() else {
+        return Ok(());
+    };
+    let status = resp.status.as_u16();
+    ctx.upstream_status = Some(status);
+    let body: Vec<u8> = tasks
+        .iter()
+        .filter_map(|t| match t {
+            HttpTask::Body(Some(b), _) => Some(&b[..]),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .concat();
+    let wire = ctx.target.as_ref().map_or(Wire::OpenAi, Target::wire);
+    let failure = Failure::Status {
+        status,
+        retry_after: retry_after(resp),
+        class: provider::error_class(wire, status, &body),
+    };
+    if super::request::attempt_failed(state, ctx, failure, None) != Next::Stop {
+        let mut e = Error::explain(FAILOVER_DECIDED, format!("provider answered {status}, trying again"));
+        e.set_retry(true);
+        return Err(e);
+    }
+    ctx.error_decided = true;
+    Ok(())
 }
 
 /// The Content-Type of a successful answer when it is not what was asked for: the wire

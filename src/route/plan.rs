@@ -39,11 +39,49 @@ impl Outcome {
     }
 }
 
+/// What a provider's error says went wrong, beyond its status: read from the error body
+/// by each provider's adapter (`provider::error_class`), so a route can fail over on the
+/// kind of error rather than its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request does not fit the model's context window: another model may take it.
+    /// Moves on to the next target only when listed in `retry_on`.
+    ContextLengthExceeded,
+    /// The provider refused on its content policy. Final unless listed, even when its
+    /// status is: a refusal must not route around a provider's policy unasked.
+    ContentFilter,
+}
+
+impl ErrorClass {
+    pub const NAMES: [&'static str; 2] = ["context_length_exceeded", "content_filter"];
+
+    /// The name `retry_on` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ContextLengthExceeded => Self::NAMES[0],
+            Self::ContentFilter => Self::NAMES[1],
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "context_length_exceeded" => Some(Self::ContextLengthExceeded),
+            "content_filter" => Some(Self::ContentFilter),
+            _ => None,
+        }
+    }
+}
+
 /// How an upstream attempt failed, before anything reached the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// The provider answered with an error status (and maybe a `Retry-After`).
-    Status { status: u16, retry_after: Option<Duration> },
+    /// The provider answered with an error status (and maybe a `Retry-After`), and its
+    /// body said which class of error it is when it was read (see [`ErrorClass`]).
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+        class: Option<ErrorClass>,
+    },
     /// A 2xx the gateway cannot use (an HTML page, JSON to a stream request).
     BadAnswer { status: u16 },
     /// No connection: refused, unreachable, TLS failed, or no address resolved.
@@ -90,6 +128,7 @@ pub struct Plan {
     /// Multi-target aliases skip cooling targets and retry; a single model does neither.
     pub multi: bool,
     pub retry_on: Vec<u16>,
+    pub retry_classes: Vec<ErrorClass>,
     pub max_attempts: usize,
     pub cooldown: Duration,
     /// Failures in a row before a target cools down (the provider's own 429 or
@@ -114,14 +153,16 @@ impl Plan {
             ModelRoute::Single(_) => Self::with(candidates, false, Vec::new(), 1, Duration::ZERO, 1),
             ModelRoute::Multi(r) => {
                 let max = r.max_attempts as usize;
-                Self::with(
+                let mut plan = Self::with(
                     candidates,
                     true,
                     r.retry_on.clone(),
                     max,
                     r.cooldown,
                     r.failures_before_cooldown,
-                )
+                );
+                plan.retry_classes = r.retry_classes.clone();
+                plan
             }
         }
     }
@@ -138,6 +179,7 @@ impl Plan {
             candidates,
             multi,
             retry_on,
+            retry_classes: Vec::new(),
             max_attempts: max_attempts.max(1),
             cooldown,
             failures_before_cooldown,
@@ -203,6 +245,16 @@ impl Plan {
         Ok(&self.candidates[i])
     }
 
+    /// Whether an error status is worth reading the body of before deciding: only a
+    /// multi-target route's 4xx answers (other than refused credentials and 429) can turn
+    /// on their class, when a class is listed or the status itself is.
+    pub fn wants_error_class(&self, status: u16) -> bool {
+        self.multi
+            && (400..500).contains(&status)
+            && !matches!(status, 401 | 403 | 429)
+            && (!self.retry_classes.is_empty() || self.retry_on.contains(&status))
+    }
+
     /// Whether another target may be tried after the current one.
     fn can_retry(&self, cooldowns: &Cooldowns, now: Instant, usable: &dyn Fn(&Target) -> bool) -> bool {
         self.multi && self.targets_tried < self.max_attempts && self.find(self.next, cooldowns, now, usable).is_ok()
@@ -238,6 +290,28 @@ impl Plan {
         now: Instant,
         usable: &dyn Fn(&Target) -> bool,
     ) -> Next {
+        // An error class decides before the status: a listed class moves on (the request
+        // did not suit this target; the target is not cooled for it), an unlisted content
+        // refusal is the answer whatever its status.
+        if let Failure::Status {
+            status,
+            class: Some(class),
+            ..
+        } = f
+        {
+            if self.multi && self.retry_classes.contains(&class) {
+                self.record(Outcome::RetryableStatus, Some(status), now);
+                return if self.can_retry(cooldowns, now, usable) {
+                    Next::NextTarget
+                } else {
+                    Next::Stop
+                };
+            }
+            if class == ErrorClass::ContentFilter {
+                self.answered(status, cooldowns, now);
+                return Next::Stop;
+            }
+        }
         let (outcome, status) = match f {
             Failure::Status { status, .. } if matches!(status, 401 | 403) => {
                 (Outcome::CredentialRejected, Some(status))
@@ -268,6 +342,7 @@ impl Plan {
                     Failure::Status {
                         status: 429,
                         retry_after,
+                        ..
                     } => Some(retry_after.unwrap_or(self.cooldown)),
                     Failure::Status { retry_after, .. } => retry_after,
                     _ => None,
@@ -332,7 +407,55 @@ models:
         Failure::Status {
             status,
             retry_after: None,
+            class: None,
         }
+    }
+
+    fn classed(status: u16, class: ErrorClass) -> Failure {
+        Failure::Status {
+            status,
+            retry_after: None,
+            class: Some(class),
+        }
+    }
+
+    #[test]
+    fn error_classes_decide_before_statuses() {
+        let cd = Cooldowns::default();
+        let t0 = Instant::now();
+        // Not listed: a context-length 400 is the caller's answer, as any 400.
+        let (mut p, _s) = plan(vec![503], 3);
+        assert!(!p.wants_error_class(400), "nothing to decide with the body");
+        p.begin(&cd, t0, ALL).unwrap();
+        let too_long = classed(400, ErrorClass::ContextLengthExceeded);
+        assert_eq!(p.failed(too_long, false, &cd, t0, ALL), Next::Stop);
+        // Listed: the next target is tried, and the first is not cooled for it.
+        let (mut p, _s) = plan(vec![503], 3);
+        p.retry_classes = vec![ErrorClass::ContextLengthExceeded];
+        assert!(p.wants_error_class(400) && !p.wants_error_class(429) && !p.wants_error_class(503));
+        for _ in 0..5 {
+            let (mut p, _s) = plan(vec![503], 3);
+            p.retry_classes = vec![ErrorClass::ContextLengthExceeded];
+            p.begin(&cd, t0, ALL).unwrap();
+            assert_eq!(p.failed(too_long, false, &cd, t0, ALL), Next::NextTarget);
+        }
+        assert_eq!(cd.failures("a"), 0);
+        // A content refusal is final even when its status is listed...
+        let (mut p, _s) = plan(vec![400], 3);
+        assert!(p.wants_error_class(400));
+        p.begin(&cd, t0, ALL).unwrap();
+        let refused = classed(400, ErrorClass::ContentFilter);
+        assert_eq!(p.failed(refused, false, &cd, t0, ALL), Next::Stop);
+        // ...and moves on only when the class itself is listed.
+        let (mut p, _s) = plan(vec![], 3);
+        p.retry_classes = vec![ErrorClass::ContentFilter];
+        p.begin(&cd, t0, ALL).unwrap();
+        assert_eq!(p.failed(refused, false, &cd, t0, ALL), Next::NextTarget);
+        // The same 400 without a class still follows its status.
+        let (mut p, _s) = plan(vec![400], 3);
+        p.begin(&cd, t0, ALL).unwrap();
+        assert_eq!(p.failed(status(400), false, &cd, t0, ALL), Next::NextTarget);
+        let _ = p;
     }
 
     #[test]
@@ -384,6 +507,7 @@ models:
             let f = Failure::Status {
                 status: code,
                 retry_after: Some(Duration::from_secs(secs)),
+                class: None,
             };
             p.failed(f, false, &cd, t0, ALL);
         }

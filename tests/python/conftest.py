@@ -69,6 +69,12 @@ models:
   - {{name: bedrock-nova, provider_key: mock-bedrock, model: "amazon.nova-lite-v1:0"}}
   - {{name: bedrock-claude, provider_key: mock-bedrock, model: "anthropic.claude-sonnet-4-5-v1:0"}}
   - {{name: reasoner, provider_key: mock, model: "r1?reasoning=9"}}
+  - {{name: small-claude, provider_key: mock-anthropic, model: "c?error=context_length"}}
+  - {{name: small-bedrock, provider_key: mock-bedrock, model: "b?error=context_length"}}
+  - name: long-context
+    routing:
+      retry_on: [429, 503, context_length_exceeded]
+      targets: [{{model: small-claude}}, {{model: small-bedrock, priority: 1}}, {{model: gpt-4o-mini, priority: 2}}]
   - {{name: gpt-4o-mini, provider_key: mock, model: mock-gpt}}
   - {{name: text-embedding-3-small, provider_key: mock}}
   - {{name: rate-limited, provider_key: mock, model: "x?status=429&retry_after=1"}}
@@ -85,7 +91,7 @@ guardrails:
   - {{name: py-codenames, rules: [{{kind: keyword, words: [falcon], whole_word: true}}], stage: response, action: block}}
   - {{name: py-secrets, pack: "{root}/filters/secrets.yaml", stage: request, action: block}}
 api_keys:
-  - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited, claude-mock, gemini-mock, vertex-gemini, vertex-claude, bedrock-nova, bedrock-claude, reasoner]}}
+  - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited, claude-mock, gemini-mock, vertex-gemini, vertex-claude, bedrock-nova, bedrock-claude, reasoner, long-context]}}
   - {{name: py-openai-limited, key: sk-py-openai-limited, rate_limit: one-per-minute}}
   - {{name: py-anthropic-limited, key: sk-py-anthropic-limited, rate_limit: one-per-minute}}
   - {{name: py-guarded, key: sk-py-guarded, guardrails: [py-secrets]}}

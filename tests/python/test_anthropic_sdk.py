@@ -207,3 +207,11 @@ def test_reasoning_text_is_a_thinking_block_and_cache_tokens_are_reported(client
     assert usages[0].cache_creation_input_tokens > 200 and usages[0].cache_read_input_tokens == 0
     assert usages[1].cache_read_input_tokens == usages[0].cache_creation_input_tokens
 
+
+def test_a_prompt_too_long_for_one_model_moves_to_the_next(client):
+    raw = client.messages.with_raw_response.create(
+        model="long-context", max_tokens=100, messages=[{"role": "user", "content": "A long prompt"}]
+    )
+    assert raw.headers["x-aigw-model"] == "gpt-4o-mini"
+    assert raw.parse().content[0].text.startswith("Hello")
+

@@ -75,6 +75,7 @@ def test_models_list_and_retrieve(client):
         "bedrock-nova",
         "bedrock-claude",
         "reasoner",
+        "long-context",
         "gpt-4o-mini",
         "text-embedding-3-small",
         "rate-limited",
@@ -369,4 +370,14 @@ def test_cached_and_reasoning_token_details(client):
         )
         cached = r.usage.prompt_tokens_details.cached_tokens
         assert (cached > 200) == expect_cached, r.usage
+
+
+def test_a_prompt_too_long_for_one_model_moves_to_the_next(client):
+    """Claude's and Bedrock's "too long" errors are read from their bodies: the alias
+    lists the class, so the request ends on the model that takes it."""
+    raw = client.chat.completions.with_raw_response.create(
+        model="long-context", messages=[{"role": "user", "content": "A long prompt"}]
+    )
+    assert raw.headers["x-aigw-model"] == "gpt-4o-mini"
+    assert raw.parse().choices[0].message.content.startswith("Hello")
 

@@ -33,6 +33,8 @@ pub struct Routing {
     pub strategy: raw::Strategy,
     pub targets: Vec<RouteTarget>,
     pub retry_on: Vec<u16>,
+    /// Error classes that move on to the next target (`retry_on` entries by name).
+    pub retry_classes: Vec<crate::route::plan::ErrorClass>,
     pub max_attempts: u32,
     pub cooldown: Duration,
     pub failures_before_cooldown: u32,
@@ -196,13 +198,28 @@ fn compile_routing(
             None => refs.check(format!("{tp}.model"), Kind::Models, &t.model, errs),
         }
     }
-    let retry_on = r.retry_on.clone().unwrap_or_else(|| vec![429, 500, 502, 503, 504]);
-    for (j, s) in retry_on.iter().enumerate() {
-        if !(400..=599).contains(s) {
-            errs.push(
+    let (mut retry_on, mut retry_classes) = (Vec::new(), Vec::new());
+    let given = r
+        .retry_on
+        .clone()
+        .unwrap_or_else(|| [429, 500, 502, 503, 504].map(raw::RetryOn::Status).to_vec());
+    for (j, entry) in given.iter().enumerate() {
+        match entry {
+            raw::RetryOn::Status(s) if (400..=599).contains(s) => retry_on.push(*s),
+            raw::RetryOn::Status(_) => errs.push(
                 format!("{path}.routing.retry_on[{j}]"),
                 "must be an HTTP error status (400-599)",
-            );
+            ),
+            raw::RetryOn::Class(name) => match crate::route::plan::ErrorClass::parse(name) {
+                Some(c) => retry_classes.push(c),
+                None => errs.push(
+                    format!("{path}.routing.retry_on[{j}]"),
+                    format!(
+                        "'{name}' is neither an HTTP status nor an error class ({})",
+                        crate::route::plan::ErrorClass::NAMES.join(", ")
+                    ),
+                ),
+            },
         }
     }
     if r.max_attempts == Some(0) {
@@ -220,6 +237,7 @@ fn compile_routing(
         max_attempts: r.max_attempts.unwrap_or(out.len() as u32),
         targets: out,
         retry_on,
+        retry_classes,
         cooldown: Duration::from_secs(r.cooldown_s),
         failures_before_cooldown: r.failures_before_cooldown,
     })

@@ -83,6 +83,46 @@ use pingora_error::{Error, ErrorSource, ErrorType::*, OrErr, Result};
 // events of a stream) leave together; at 4 a 12-event stream took 5 writes.
 const TASK_BUFFER_SIZE: usize = 16;
 
+/// aigw patch: the tasks of a response the proxy holds (`ProxyHttp::hold_upstream_response`):
+/// waits for more until the response ends, its body passes `limit` bytes, or the upstream
+/// side closes.
+async fn hold_upstream_tasks(tasks: &mut Vec<HttpTask>, rx: &mut mpsc::Receiver<HttpTask>, limit: usize) {
+    let body_len = |t: &HttpTask| match t {
+        HttpTask::Body(Some(b), _) => b.len(),
+        _ => 0,
+    };
+    let mut held: usize = tasks.iter().map(body_len).sum();
+    while held <= limit && !tasks.iter().any(HttpTask::is_end) {
+        let Some(t) = rx.recv().await else { break };
+        held += body_len(&t);
+        tasks.push(t);
+    }
+}
+
+/// aigw patch: holds the response that starts this batch when the proxy asks for it, and
+/// hands it over whole before any filter runs.
+async fn hold_if_asked<SV>(
+    inner: &SV,
+    session: &mut Session,
+    ctx: &mut SV::CTX,
+    tasks: &mut Vec<HttpTask>,
+    rx: &mut mpsc::Receiver<HttpTask>,
+) -> Result<()>
+where
+    SV: ProxyHttp + Send + Sync,
+    SV::CTX: Send + Sync,
+{
+    let limit = match tasks.first() {
+        Some(HttpTask::Header(header, false)) => inner.hold_upstream_response(session, header, ctx),
+        _ => None,
+    };
+    if let Some(limit) = limit {
+        hold_upstream_tasks(tasks, rx, limit).await;
+        inner.upstream_response_held(session, tasks, ctx)?;
+    }
+    Ok(())
+}
+
 /// Caps per-proxy padding and one-time shutdown fan-out on very large hosts.
 const MAX_SHUTDOWN_NOTIFY_SHARDS: usize = 256;
 

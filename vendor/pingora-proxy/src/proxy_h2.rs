@@ -432,6 +432,8 @@ where
                 break; // upstream closed
             }
         }
+        // aigw patch: a response the proxy wants whole is held here (`hold_if_asked`).
+        hold_if_asked(&self.inner, session, ctx, &mut tasks, rx).await?;
 
         /* run filters before sending to downstream */
         let mut filtered_tasks = Vec::with_capacity(TASK_BUFFER_SIZE);

@@ -364,6 +364,32 @@ pub trait ProxyHttp {
         Ok(())
     }
 
+    /// aigw patch: how many body bytes of an upstream response to hold back, with its
+    /// header, before any response filter runs or anything reaches the downstream. `None`
+    /// (the default) passes the response on as it arrives. A held response goes to
+    /// [Self::upstream_response_held] first, which may still fail it with a retry: the
+    /// downstream has received nothing.
+    fn hold_upstream_response(
+        &self,
+        _session: &Session,
+        _upstream_response: &ResponseHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Option<usize> {
+        None
+    }
+
+    /// aigw patch: a response held by [Self::hold_upstream_response], whole (its tasks up
+    /// to its end, or up to the byte limit when it is longer). An error here fails the
+    /// attempt like an error from [Self::upstream_response_filter].
+    fn upstream_response_held(
+        &self,
+        _session: &mut Session,
+        _tasks: &[HttpTask],
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// Modify the response header from the upstream
     ///
     /// The modification is before caching, so any change here will be stored in the cache if enabled.

@@ -82,8 +82,19 @@ pub fn serve(config: PathBuf) -> Result<(), String> {
         proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
     }
     for t in &snap.server.tls {
-        let mut tls = TlsSettings::intermediate(&t.cert_file, &t.key_file)
-            .map_err(|e| format!("server.tls {}: cannot load certificate or key: {e}", t.listen))?;
+        // Each handshake's certificate comes from the snapshot of the moment, by SNI: a
+        // reload rotates them without a restart (`tls::CertPicker`).
+        let picker = crate::tls::CertPicker {
+            state: state.clone(),
+            listen: t.listen.clone(),
+            initial: t.certificates.clone(),
+        };
+        let mut tls =
+            TlsSettings::with_callbacks(Box::new(picker)).map_err(|e| format!("server.tls {}: {e}", t.listen))?;
+        if t.tls13_only {
+            tls.set_min_proto_version(Some(pingora::tls::ssl::SslVersion::TLS1_3))
+                .map_err(|e| format!("server.tls {}: {e}", t.listen))?;
+        }
         tls.enable_h2();
         proxy.add_listener(ListenerConfig::tcp(t.listen.as_str()).tls(tls).l4_buffer(buffers));
     }

@@ -113,6 +113,7 @@ impl AppState {
         };
         metrics.config_version.set(version);
         metrics.config_last_reload.set(chrono::Utc::now().timestamp());
+        metrics.set_certificates(&snap.server.tls);
         Ok(Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snap),
             config_path,
@@ -238,7 +239,14 @@ impl AppState {
         if snap.server.listen != old.server.listen
             || snap.server.admin_listen != old.server.admin_listen
             || snap.server.tls.len() != old.server.tls.len()
+            || snap
+                .server
+                .tls
+                .iter()
+                .zip(&old.server.tls)
+                .any(|(a, b)| a.listen != b.listen)
         {
+            // Certificates are re-read on every reload; addresses need a restart.
             tracing::warn!("listener changes take effect only after a restart");
         }
         if snap.server.threads != old.server.threads || snap.server.work_stealing != old.server.work_stealing {
@@ -254,6 +262,7 @@ impl AppState {
         // Resolve new upstreams before any request can pick them.
         self.upstreams.resolve_new().await;
         self.caches.prune(&snap);
+        self.metrics.set_certificates(&snap.server.tls);
         self.snapshot.store(Arc::new(snap));
         drop(old);
         self.limit_cells.prune();

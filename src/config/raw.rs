@@ -137,6 +137,18 @@ impl Default for Server {
 #[serde(deny_unknown_fields)]
 pub struct TlsListener {
     pub listen: String,
+    /// One certificate: `cert_file` and `key_file`; several: `certificates`.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    #[serde(default)]
+    pub certificates: Vec<CertificateFiles>,
+    /// `"1.2"` (the default) or `"1.3"`.
+    pub min_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
     pub cert_file: String,
     pub key_file: String,
 }

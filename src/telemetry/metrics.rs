@@ -49,6 +49,9 @@ pub struct Metrics {
     pub config_version: IntGauge,
     /// `aigw_config_last_reload_timestamp_seconds`: when the served snapshot was swapped in.
     pub config_last_reload: IntGauge,
+    /// `aigw_tls_certificate_expiry_timestamp_seconds{listen,name}`: when each certificate
+    /// of each TLS listener expires (its first name), as served now.
+    pub tls_expiry: IntGaugeVec,
     /// `aigw_config_store_reconnects_total`: times the etcd watch was lost and re-established.
     pub config_store_reconnects: IntCounter,
     /// `aigw_ratelimit_rejections_total{policy}`: 429s, by the policy that refused.
@@ -161,6 +164,14 @@ impl Metrics {
                 "Rate limit checks the store could not answer; the request was admitted",
             )
             .expect("valid metric"),
+            tls_expiry: IntGaugeVec::new(
+                Opts::new(
+                    "aigw_tls_certificate_expiry_timestamp_seconds",
+                    "When each served TLS certificate expires (seconds since the epoch)",
+                ),
+                &["listen", "name"],
+            )
+            .expect("valid metric"),
             concurrency_in_use: IntGaugeVec::new(
                 Opts::new(
                     "aigw_ratelimit_concurrency_in_use",
@@ -217,6 +228,7 @@ impl Metrics {
             Box::new(m.inflight.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.config_version.clone()),
+            Box::new(m.tls_expiry.clone()),
             Box::new(m.config_last_reload.clone()),
             Box::new(m.config_store_reconnects.clone()),
             Box::new(m.ratelimit_rejections.clone()),
@@ -301,6 +313,18 @@ impl Metrics {
             }
             if let Some(usd) = ctx.cost_usd() {
                 self.cost.with_label_values(&[answered, owner]).inc_by(usd);
+            }
+        }
+    }
+
+    /// The served certificates' expiries, replacing those of the previous snapshot.
+    pub fn set_certificates(&self, listeners: &[crate::config::compile::TlsListener]) {
+        self.tls_expiry.reset();
+        for l in listeners {
+            for c in &l.certificates.0 {
+                self.tls_expiry
+                    .with_label_values(&[l.listen.as_str(), c.label()])
+                    .set(c.not_after);
             }
         }
     }

@@ -2,7 +2,6 @@
 //! `observability` settings that are checked here too.
 
 use std::fmt;
-use std::path::Path;
 use std::time::Duration;
 
 use super::{raw, Errors};
@@ -10,8 +9,10 @@ use super::{raw, Errors};
 #[derive(Debug, Clone)]
 pub struct TlsListener {
     pub listen: String,
-    pub cert_file: String,
-    pub key_file: String,
+    /// Loaded with the config: a reload re-reads them.
+    pub certificates: std::sync::Arc<crate::tls::Certificates>,
+    /// TLS 1.3 only (else 1.2 and 1.3). Read at start.
+    pub tls13_only: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +91,56 @@ pub(super) fn check_listen(path: String, addr: &str, errs: &mut Errors) {
     }
 }
 
+/// A TLS listener: its address, and every certificate read and checked now (chain, key
+/// matching it, names, expiry).
+fn compile_tls(i: usize, t: &raw::TlsListener, errs: &mut Errors) -> Option<TlsListener> {
+    let path = format!("server.tls[{i}]");
+    let before = errs.0.len();
+    check_listen(format!("{path}.listen"), &t.listen, errs);
+    let pairs: Vec<(String, &str, &str)> = match (&t.cert_file, &t.key_file, t.certificates.is_empty()) {
+        (Some(c), Some(k), true) => vec![(path.clone(), c.as_str(), k.as_str())],
+        (None, None, false) => t
+            .certificates
+            .iter()
+            .enumerate()
+            .map(|(j, c)| {
+                (
+                    format!("{path}.certificates[{j}]"),
+                    c.cert_file.as_str(),
+                    c.key_file.as_str(),
+                )
+            })
+            .collect(),
+        _ => {
+            errs.push(
+                path,
+                "give either cert_file and key_file, or certificates: [{cert_file, key_file}, ...]",
+            );
+            return None;
+        }
+    };
+    let mut certs = Vec::new();
+    for (at, cert, key) in pairs {
+        match crate::tls::Certificate::load(cert, key) {
+            Ok(c) => certs.push(c),
+            Err((field, msg)) => errs.push(format!("{at}.{field}"), msg),
+        }
+    }
+    let tls13_only = match t.min_version.as_deref() {
+        None | Some("1.2") => false,
+        Some("1.3") => true,
+        Some(_) => {
+            errs.push(format!("{path}.min_version"), "must be \"1.2\" or \"1.3\"");
+            false
+        }
+    };
+    (errs.0.len() == before).then(|| TlsListener {
+        listen: t.listen.clone(),
+        certificates: std::sync::Arc::new(crate::tls::Certificates(certs)),
+        tls13_only,
+    })
+}
+
 pub(super) fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettings {
     if s.listen.is_empty() && s.tls.is_empty() {
         errs.push("server.listen", "at least one plaintext or TLS listener is needed");
@@ -97,14 +148,12 @@ pub(super) fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettin
     for (i, l) in s.listen.iter().enumerate() {
         check_listen(format!("server.listen[{i}]"), l, errs);
     }
-    for (i, t) in s.tls.iter().enumerate() {
-        check_listen(format!("server.tls[{i}].listen"), &t.listen, errs);
-        for (field, file) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
-            if let Err(e) = std::fs::File::open(Path::new(file)) {
-                errs.push(format!("server.tls[{i}].{field}"), format!("cannot read '{file}': {e}"));
-            }
-        }
-    }
+    let tls: Vec<TlsListener> = s
+        .tls
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| compile_tls(i, t, errs))
+        .collect();
     if let Some(a) = &s.admin_listen {
         check_listen("server.admin_listen".into(), a, errs);
     }
@@ -171,15 +220,7 @@ pub(super) fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettin
     }
     ServerSettings {
         listen: s.listen.clone(),
-        tls: s
-            .tls
-            .iter()
-            .map(|t| TlsListener {
-                listen: t.listen.clone(),
-                cert_file: t.cert_file.clone(),
-                key_file: t.key_file.clone(),
-            })
-            .collect(),
+        tls,
         admin_listen: s.admin_listen.clone(),
         threads: s.threads,
         work_stealing: s.work_stealing,

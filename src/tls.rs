@@ -1,0 +1,203 @@
+//! The edge's certificates: every certificate of a TLS listener, loaded with the config
+//! (so a reload re-reads them, and one that fails to load fails the reload and leaves the
+//! old ones serving), and picked per handshake by the client's SNI.
+//!
+//! Pingora's OpenSSL listener asks [`TlsAccept::certificate_callback`] for the certificate
+//! during each handshake; the callback reads the current config snapshot, so a handshake
+//! after a reload gets the new certificate while established connections carry on.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::listeners::TlsAccept;
+use pingora::protocols::tls::TlsRef;
+use pingora::tls::ext;
+use pingora::tls::nid::Nid;
+use pingora::tls::pkey::{PKey, Private};
+use pingora::tls::ssl::NameType;
+use pingora::tls::x509::X509;
+
+use crate::state::AppState;
+
+/// One certificate chain and its key, with the names it serves.
+pub struct Certificate {
+    /// DNS names of the subject alternative names (the common name when there are none),
+    /// lowercased; `*.example.com` serves one label under `example.com`.
+    pub names: Vec<String>,
+    /// Leaf first, then the intermediates.
+    chain: Vec<X509>,
+    key: PKey<Private>,
+    /// When the leaf expires, in seconds since the epoch.
+    pub not_after: i64,
+}
+
+/// The certificates of one listener, in config order: the first serves clients whose SNI
+/// matches none (or that send none).
+pub struct Certificates(pub Vec<Certificate>);
+
+impl fmt::Debug for Certificates {
+    /// Names only: never a key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|c| &c.names)).finish()
+    }
+}
+
+impl Certificate {
+    /// Reads a PEM chain and its PEM key; the error says what is wrong, without content.
+    pub fn load(cert_file: &str, key_file: &str) -> Result<Self, (&'static str, String)> {
+        let pem = std::fs::read(cert_file).map_err(|e| ("cert_file", format!("cannot read '{cert_file}': {e}")))?;
+        let chain = X509::stack_from_pem(&pem)
+            .map_err(|_| ("cert_file", format!("'{cert_file}' is not a PEM certificate chain")))?;
+        let leaf = chain
+            .first()
+            .ok_or(("cert_file", format!("'{cert_file}' holds no certificate")))?;
+        let key_pem = std::fs::read(key_file).map_err(|e| ("key_file", format!("cannot read '{key_file}': {e}")))?;
+        let key = PKey::private_key_from_pem(&key_pem)
+            .map_err(|_| ("key_file", format!("'{key_file}' is not a PEM private key")))?;
+        let matches = leaf.public_key().is_ok_and(|p| p.public_eq(&key));
+        if !matches {
+            return Err(("key_file", format!("'{key_file}' is not the key of '{cert_file}'")));
+        }
+        let mut names: Vec<String> = leaf
+            .subject_alt_names()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.dnsname().map(str::to_ascii_lowercase))
+            .collect();
+        if names.is_empty() {
+            names = leaf
+                .subject_name()
+                .entries_by_nid(Nid::COMMONNAME)
+                .filter_map(|e| e.data().to_string().ok().map(|s| s.to_ascii_lowercase()))
+                .collect();
+        }
+        let not_after = openssl::asn1::Asn1Time::from_unix(0)
+            .and_then(|epoch| epoch.diff(leaf.not_after()))
+            .map(|d| i64::from(d.days) * 86_400 + i64::from(d.secs))
+            .map_err(|_| ("cert_file", format!("'{cert_file}' has no readable expiry")))?;
+        Ok(Self {
+            names,
+            chain,
+            key,
+            not_after,
+        })
+    }
+
+    fn serves(&self, host: &str) -> bool {
+        self.names.iter().any(|n| match n.strip_prefix("*.") {
+            // A wildcard covers exactly one label.
+            Some(parent) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+            None => n == host,
+        })
+    }
+
+    /// The name the expiry metric shows: the first name, or a placeholder.
+    pub fn label(&self) -> &str {
+        self.names.first().map_or("(unnamed)", String::as_str)
+    }
+}
+
+impl Certificates {
+    /// The certificate for a client's SNI: an exact name first, then a wildcard, else the
+    /// first certificate.
+    pub fn pick(&self, sni: Option<&str>) -> Option<&Certificate> {
+        let host = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+        host.as_deref()
+            .and_then(|h| {
+                let exact = self.0.iter().find(|c| c.names.iter().any(|n| n == h));
+                exact.or_else(|| self.0.iter().find(|c| c.serves(h)))
+            })
+            .or(self.0.first())
+    }
+}
+
+/// Picks each handshake's certificate from the current snapshot's listener of this
+/// address; `initial` serves when a reload dropped the listener (listeners change only on
+/// restart).
+pub struct CertPicker {
+    pub state: Arc<AppState>,
+    pub listen: String,
+    pub initial: Arc<Certificates>,
+}
+
+#[async_trait]
+impl TlsAccept for CertPicker {
+    async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        let snap = self.state.snapshot();
+        let certs = snap
+            .server
+            .tls
+            .iter()
+            .find(|t| t.listen == self.listen)
+            .map_or(&self.initial, |t| &t.certificates);
+        let sni = ssl.servername(NameType::HOST_NAME).map(str::to_owned);
+        let Some(cert) = certs.pick(sni.as_deref()) else {
+            return;
+        };
+        // A failure leaves the handshake without a certificate: the client sees it fail.
+        let used = ext::ssl_use_certificate(ssl, &cert.chain[0])
+            .and_then(|()| ext::ssl_use_private_key(ssl, &cert.key))
+            .and_then(|()| cert.chain[1..].iter().try_for_each(|c| ext::ssl_add_chain_cert(ssl, c)));
+        if used.is_err() {
+            tracing::warn!(listen = %self.listen, "could not use the certificate for a handshake");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(names: &[&str]) -> Certificate {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let c = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, kp) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cp, c.pem()).unwrap();
+        std::fs::write(&kp, key.serialize_pem()).unwrap();
+        Certificate::load(cp.to_str().unwrap(), kp.to_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_the_first() {
+        let certs = Certificates(vec![
+            cert(&["default.test"]),
+            cert(&["*.example.test"]),
+            cert(&["api.example.test"]),
+        ]);
+        let pick = |sni: Option<&str>| certs.pick(sni).unwrap().names[0].clone();
+        assert_eq!(pick(Some("api.example.test")), "api.example.test");
+        assert_eq!(pick(Some("API.Example.Test.")), "api.example.test");
+        assert_eq!(pick(Some("www.example.test")), "*.example.test");
+        // One label only, and not the parent itself.
+        assert_eq!(pick(Some("a.b.example.test")), "default.test");
+        assert_eq!(pick(Some("example.test")), "default.test");
+        assert_eq!(pick(None), "default.test");
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused_and_expiry_is_read() {
+        let a = cert(&["a.test"]);
+        assert!(a.not_after > chrono::Utc::now().timestamp());
+        let dir = tempfile::tempdir().unwrap();
+        let (k1, k2) = (rcgen::KeyPair::generate().unwrap(), rcgen::KeyPair::generate().unwrap());
+        let c = rcgen::CertificateParams::new(vec!["a.test".to_owned()])
+            .unwrap()
+            .self_signed(&k1)
+            .unwrap();
+        std::fs::write(dir.path().join("c.pem"), c.pem()).unwrap();
+        std::fs::write(dir.path().join("k.pem"), k2.serialize_pem()).unwrap();
+        let d = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
+        let err = Certificate::load(&d("c.pem"), &d("k.pem")).err().unwrap();
+        assert_eq!(err.0, "key_file");
+        assert!(err.1.contains("is not the key of"), "{}", err.1);
+        let secret = k2.serialize_pem();
+        assert!(!err.1.contains(&secret[30..60]));
+    }
+}

@@ -1,0 +1,197 @@
+//! The TLS edge: several certificates on one listener picked by SNI (wildcards included),
+//! rotated by a reload without dropping established connections, a certificate that
+//! fails to load leaving the old one serving, TLS 1.3-only listeners, and each
+//! certificate's expiry as a metric. Real handshakes, with OpenSSL as the client.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+
+use common::*;
+use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode, SslVersion};
+use rcgen::{CertificateParams, KeyPair};
+
+/// A self-signed certificate for `names`, valid until `year`, written as `{stem}.pem`
+/// and `{stem}.key`.
+fn write_cert(dir: &Path, stem: &str, names: &[&str], year: i32) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.not_after = rcgen::date_time_ymd(year, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+}
+
+/// A TLS connection to the listener with this SNI (none: no SNI sent), verifying nothing:
+/// the test reads which certificate was served.
+fn connect(port: u16, sni: Option<&str>, max: Option<SslVersion>) -> Result<SslStream<TcpStream>, String> {
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_max_proto_version(max).unwrap();
+    let mut cfg = b.build().configure().unwrap();
+    cfg.set_use_server_name_indication(sni.is_some());
+    cfg.set_verify_hostname(false);
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    cfg.connect(sni.unwrap_or("unused"), tcp).map_err(|e| e.to_string())
+}
+
+/// The DNS names and expiry year of the certificate served for this SNI.
+fn served(port: u16, sni: Option<&str>) -> (Vec<String>, String) {
+    let s = connect(port, sni, None).unwrap();
+    let cert = s.ssl().peer_certificate().unwrap();
+    let names = cert
+        .subject_alt_names()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.dnsname().map(str::to_owned))
+        .collect();
+    (names, cert.not_after().to_string())
+}
+
+/// One HTTP/1.1 request on an open TLS connection, its answer read whole (by its
+/// Content-Length) so the connection can carry the next; the status line.
+fn get_models(s: &mut SslStream<TcpStream>) -> String {
+    let req = format!("GET /v1/models HTTP/1.1\r\nHost: a.test\r\nAuthorization: Bearer {CALLER_KEY}\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap();
+            if body.len() >= len {
+                return head.lines().next().unwrap().to_owned();
+            }
+        }
+    }
+}
+
+fn config(port: u16, port13: u16, dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"
+{{SERVER}}
+  tls:
+    - listen: "127.0.0.1:{port}"
+      certificates:
+        - {{cert_file: "{d}/default.pem", key_file: "{d}/default.key"}}
+        - {{cert_file: "{d}/wild.pem", key_file: "{d}/wild.key"}}
+        - {{cert_file: "{d}/api.pem", key_file: "{d}/api.key"}}
+    - {{listen: "127.0.0.1:{port13}", cert_file: "{d}/default.pem", key_file: "{d}/default.key", min_version: "1.3"}}
+provider_keys:
+  - {{name: mock, provider: openai_compatible, base_url: "{{MOCK}}/v1", api_key: "{{PROVIDER_KEY}}"}}
+models:
+  - {{name: chat, provider_key: mock}}
+api_keys:
+  - {{name: main, key: "{{CALLER_KEY}}"}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_and_a_reload_rotates_it_without_dropping_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path(), "default", &["a.test"], 2031);
+    write_cert(dir.path(), "wild", &["*.b.test"], 2032);
+    write_cert(dir.path(), "api", &["api.b.test"], 2033);
+    let mock = Mock::start();
+    let (port, port13) = (free_port(), free_port());
+    let gw = Gateway::start(&config(port, port13, dir.path()), &mock);
+    assert!(wait_until(10, || TcpStream::connect(("127.0.0.1", port)).is_ok()));
+
+    // By SNI: the exact name before the wildcard, the wildcard for one label, and the
+    // first certificate for anything else or no SNI at all.
+    assert_eq!(served(port, Some("api.b.test")).0, ["api.b.test"]);
+    assert_eq!(served(port, Some("www.b.test")).0, ["*.b.test"]);
+    assert_eq!(served(port, Some("a.test")).0, ["a.test"]);
+    assert_eq!(served(port, Some("x.y.b.test")).0, ["a.test"]);
+    assert_eq!(served(port, None).0, ["a.test"]);
+    let m = metrics_text(&gw).await;
+    for name in ["a.test", "*.b.test", "api.b.test"] {
+        let series =
+            format!(r#"aigw_tls_certificate_expiry_timestamp_seconds{{listen="127.0.0.1:{port}",name="{name}"}}"#);
+        assert!(m.contains(&series), "{series} in\n{m}");
+    }
+    // 2033-01-01T00:00:00Z.
+    assert!(
+        m.contains(&format!(r#"listen="127.0.0.1:{port}",name="api.b.test"}} 1988150400"#)),
+        "{m}"
+    );
+
+    // A connection opened before the rotation...
+    let mut kept = connect(port, Some("a.test"), None).unwrap();
+    assert!(get_models(&mut kept).contains("200"));
+    let before = served(port, Some("a.test")).1;
+    // ...the certificate is replaced on disk and the gateway told to reload.
+    write_cert(dir.path(), "default", &["a.test"], 2035);
+    gw.signal("HUP");
+    assert!(
+        wait_until(10, || served(port, Some("a.test")).1 != before),
+        "new handshakes get the new certificate"
+    );
+    assert!(served(port, Some("a.test")).1.contains("2035"));
+    assert!(get_models(&mut kept).contains("200"), "the old connection carries on");
+
+    // A certificate that does not load fails the reload; the last good one keeps serving.
+    std::fs::write(dir.path().join("wild.pem"), "not a certificate").unwrap();
+    let failed = metric(&gw, r#"aigw_config_reloads_total{result="error"}"#).await;
+    gw.signal("HUP");
+    assert!(
+        wait_until_async(|| async { metric(&gw, r#"aigw_config_reloads_total{result="error"}"#).await > failed }).await
+    );
+    assert_eq!(served(port, Some("www.b.test")).0, ["*.b.test"]);
+    assert!(
+        gw.log_text().contains("server.tls[0].certificates[1].cert_file"),
+        "the reload error names the file"
+    );
+
+    // The TLS 1.3-only listener refuses a TLS 1.2 client and serves a 1.3 one.
+    assert!(connect(port13, Some("a.test"), Some(SslVersion::TLS1_2)).is_err());
+    assert!(connect(port13, Some("a.test"), None).is_ok());
+    assert!(connect(port, Some("a.test"), Some(SslVersion::TLS1_2)).is_ok());
+    drop(gw);
+}
+
+#[test]
+fn tls_settings_are_checked_when_the_config_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path(), "one", &["a.test"], 2031);
+    write_cert(dir.path(), "two", &["b.test"], 2031);
+    let d = dir.path().display();
+    let config = format!(
+        r#"
+version: 1
+server:
+  tls:
+    - {{listen: "127.0.0.1:9443"}}
+    - {{listen: "127.0.0.1:9444", cert_file: "{d}/one.pem", key_file: "{d}/two.key"}}
+    - {{listen: "127.0.0.1:9445", cert_file: "{d}/one.pem", key_file: "{d}/one.key", min_version: "1.1"}}
+    - {{listen: "127.0.0.1:9446", certificates: [{{cert_file: "{d}/missing.pem", key_file: "{d}/one.key"}}]}}
+"#
+    );
+    let key = std::fs::read_to_string(dir.path().join("two.key")).unwrap();
+    assert_config_errors(
+        &config,
+        &[
+            "server.tls[0]: give either cert_file and key_file, or certificates",
+            "server.tls[1].key_file: '",
+            "two.key' is not the key of '",
+            "server.tls[2].min_version: must be \"1.2\" or \"1.3\"",
+            "server.tls[3].certificates[0].cert_file: cannot read '",
+        ],
+        &key[30..70],
+    );
+}

@@ -1,5 +1,6 @@
-//! Caller authentication: credential extraction, BLAKE3 lookup, expiry and disabled keys.
-//! Every failure is the same 401, so a caller cannot tell an unknown key from a revoked one.
+//! Caller authentication: credential extraction, BLAKE3 lookup, client certificates,
+//! expiry and disabled keys. Every failure is the same 401, so a caller cannot tell an
+//! unknown key from a revoked one.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use http::HeaderMap;
 
 use crate::config::{ApiKeyEntry, KeyIndex};
 use crate::error::GwError;
+use crate::tls::ClientIdentity;
 
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub const API_KEY: HeaderName = HeaderName::from_static("api-key");
@@ -31,9 +33,20 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
         .find(|k| !k.is_empty())
 }
 
-pub fn authenticate(keys: &KeyIndex, headers: &HeaderMap) -> Result<Arc<ApiKeyEntry>, GwError> {
-    let presented = presented_key(headers).ok_or(GwError::InvalidApiKey)?;
-    let entry = keys.lookup(presented).ok_or(GwError::InvalidApiKey)?;
+/// The caller: by the key it presented, else by the verified client certificate of its
+/// connection (`tls::ClientIdentity`). A presented key decides alone, so a service with a
+/// certificate can still act as another caller by sending that caller's key.
+pub fn authenticate(
+    keys: &KeyIndex,
+    headers: &HeaderMap,
+    client: Option<&ClientIdentity>,
+) -> Result<Arc<ApiKeyEntry>, GwError> {
+    let entry = match (presented_key(headers), client) {
+        (Some(presented), _) => keys.lookup(presented),
+        (None, Some(id)) => keys.lookup_cert(id.0.iter().map(String::as_str)),
+        (None, None) => None,
+    }
+    .ok_or(GwError::InvalidApiKey)?;
     if !entry.is_active(Utc::now()) {
         return Err(GwError::InvalidApiKey);
     }

@@ -114,6 +114,30 @@ impl Certificates {
     }
 }
 
+/// The identities of a client certificate that verified against the listener's
+/// `client_ca_file`: its DNS and URI subject alternative names, then `CN=<common name>`.
+/// Kept with the connection (Pingora's TLS digest) for caller authentication.
+#[derive(Debug)]
+pub struct ClientIdentity(pub Vec<String>);
+
+impl ClientIdentity {
+    fn of(cert: &pingora::tls::x509::X509Ref) -> Self {
+        let mut ids: Vec<String> = cert
+            .subject_alt_names()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.dnsname().or(n.uri()).map(str::to_owned))
+            .collect();
+        ids.extend(
+            cert.subject_name()
+                .entries_by_nid(Nid::COMMONNAME)
+                .filter_map(|e| e.data().to_string().ok())
+                .map(|cn| format!("CN={cn}")),
+        );
+        Self(ids)
+    }
+}
+
 /// Picks each handshake's certificate from the current snapshot's listener of this
 /// address; `initial` serves when a reload dropped the listener (listeners change only on
 /// restart).
@@ -144,6 +168,16 @@ impl TlsAccept for CertPicker {
         if used.is_err() {
             tracing::warn!(listen = %self.listen, "could not use the certificate for a handshake");
         }
+    }
+
+    /// A client certificate that verified (OpenSSL already refused one that did not)
+    /// becomes the connection's [`ClientIdentity`].
+    async fn handshake_complete_callback(&self, ssl: &TlsRef) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        if ssl.verify_result() != pingora::tls::x509::X509VerifyResult::OK {
+            return None;
+        }
+        let cert = ssl.peer_certificate()?;
+        Some(Arc::new(ClientIdentity::of(&cert)))
     }
 }
 

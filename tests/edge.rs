@@ -1,7 +1,8 @@
 //! The TLS edge: several certificates on one listener picked by SNI (wildcards included),
 //! rotated by a reload without dropping established connections, a certificate that
-//! fails to load leaving the old one serving, TLS 1.3-only listeners, and each
-//! certificate's expiry as a metric. Real handshakes, with OpenSSL as the client.
+//! fails to load leaving the old one serving, TLS 1.3-only listeners, each certificate's
+//! expiry as a metric, and callers authenticated by a verified client certificate. Real
+//! handshakes, with OpenSSL as the client.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -165,6 +166,139 @@ async fn sni_picks_the_certificate_and_a_reload_rotates_it_without_dropping_conn
     drop(gw);
 }
 
+/// A CA, and client certificates it signs: PEM certificate and key of each.
+struct ClientPki {
+    ca_pem: String,
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+}
+
+impl ClientPki {
+    fn new() -> Self {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "aigw test client CA");
+        let ca = p.self_signed(&ca_key).unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            ca,
+            ca_key,
+        }
+    }
+
+    /// A client certificate with these SANs (DNS names, or URIs when they contain ":")
+    /// and common name.
+    fn client(&self, sans: &[&str], cn: &str) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        for s in sans {
+            p.subject_alt_names.push(if s.contains(':') {
+                rcgen::SanType::URI(s.to_string().try_into().unwrap())
+            } else {
+                rcgen::SanType::DnsName(s.to_string().try_into().unwrap())
+            });
+        }
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A TLS connection that presents this client certificate (PEM certificate and key).
+fn connect_as(port: u16, client: Option<&(String, String)>) -> Result<SslStream<TcpStream>, String> {
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    if let Some((cert, key)) = client {
+        b.set_certificate(&openssl::x509::X509::from_pem(cert.as_bytes()).unwrap())
+            .unwrap();
+        b.set_private_key(&openssl::pkey::PKey::private_key_from_pem(key.as_bytes()).unwrap())
+            .unwrap();
+    }
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = b.build().configure().unwrap();
+    s.set_verify_hostname(false);
+    let mut stream = s.connect("a.test", tcp).map_err(|e| e.to_string())?;
+    // TLS 1.3 reports a refused client certificate after the handshake, on first use.
+    stream.write_all(b"").map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+/// One request with an optional bearer key on a fresh connection; the status line, or
+/// the error when the connection failed.
+fn status_as(port: u16, client: Option<&(String, String)>, key: Option<&str>) -> String {
+    let mut s = match connect_as(port, client) {
+        Ok(s) => s,
+        Err(e) => return format!("handshake failed: {e}"),
+    };
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    let req = format!("GET /v1/models HTTP/1.1\r\nHost: a.test\r\n{auth}Connection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return "handshake failed: refused on first write".into();
+    }
+    let mut out = String::new();
+    match s.read_to_string(&mut out) {
+        Ok(_) => out.lines().next().unwrap_or("").to_owned(),
+        Err(e) if out.is_empty() => format!("handshake failed: {e}"),
+        Err(_) => out.lines().next().unwrap_or("").to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_verified_client_certificate_authenticates_a_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path(), "default", &["a.test"], 2031);
+    let pki = ClientPki::new();
+    std::fs::write(dir.path().join("clients.pem"), &pki.ca_pem).unwrap();
+    let svc_a = pki.client(&["svc-a.internal"], "ignored-a");
+    let svc_b = pki.client(&[], "svc-b");
+    let spiffe = pki.client(&["spiffe://corp/ns/jobs/sa/batch"], "batch");
+    let stranger = pki.client(&["svc-z.internal"], "svc-z");
+    let other_ca = ClientPki::new().client(&["svc-a.internal"], "svc-a");
+    let mock = Mock::start();
+    let port = free_port();
+    let d = dir.path().display();
+    let config = format!(
+        r#"
+{{SERVER}}
+  tls:
+    - {{listen: "127.0.0.1:{port}", cert_file: "{d}/default.pem", key_file: "{d}/default.key", client_ca_file: "{d}/clients.pem"}}
+provider_keys:
+  - {{name: mock, provider: openai_compatible, base_url: "{{MOCK}}/v1", api_key: "{{PROVIDER_KEY}}"}}
+models:
+  - {{name: chat, provider_key: mock}}
+api_keys:
+  - {{name: main, key: "{{CALLER_KEY}}"}}
+  - {{name: svc-a, client_cert: svc-a.internal, owner: platform}}
+  - {{name: svc-b, client_cert: "CN=svc-b"}}
+  - {{name: batch, client_cert: "spiffe://corp/ns/jobs/sa/batch", models: []}}
+"#
+    );
+    let gw = Gateway::start(&config, &mock);
+    assert!(wait_until(10, || TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    // By a SAN, by the common name, by a URI SAN; the last may use no model.
+    assert!(status_as(port, Some(&svc_a), None).contains("200"));
+    assert!(status_as(port, Some(&svc_b), None).contains("200"));
+    assert!(status_as(port, Some(&spiffe), None).contains("200"));
+    let lines = gw.access_lines_until(3, |_| true);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(r#""key":"svc-a""#) && l.contains(r#""owner":"platform""#)),
+        "{lines:?}"
+    );
+    // A trusted certificate no entry names, or none at all: the one 401.
+    assert!(status_as(port, Some(&stranger), None).contains("401"));
+    assert!(status_as(port, None, None).contains("401"));
+    // A key still works without a certificate, and decides when both are given.
+    assert!(status_as(port, None, Some(CALLER_KEY)).contains("200"));
+    assert!(status_as(port, Some(&svc_a), Some("sk-wrong")).contains("401"));
+    // A certificate from another CA never gets through the handshake.
+    assert!(status_as(port, Some(&other_ca), None).starts_with("handshake failed"));
+    drop(gw);
+}
+
 #[test]
 fn tls_settings_are_checked_when_the_config_loads() {
     let dir = tempfile::tempdir().unwrap();
@@ -180,6 +314,11 @@ server:
     - {{listen: "127.0.0.1:9444", cert_file: "{d}/one.pem", key_file: "{d}/two.key"}}
     - {{listen: "127.0.0.1:9445", cert_file: "{d}/one.pem", key_file: "{d}/one.key", min_version: "1.1"}}
     - {{listen: "127.0.0.1:9446", certificates: [{{cert_file: "{d}/missing.pem", key_file: "{d}/one.key"}}]}}
+    - {{listen: "127.0.0.1:9447", cert_file: "{d}/one.pem", key_file: "{d}/one.key", client_ca_file: "{d}/one.key"}}
+api_keys:
+  - {{name: both, key: sk-both-1234, client_cert: svc.internal}}
+  - {{name: one, client_cert: svc.internal}}
+  - {{name: two, client_cert: svc.internal}}
 "#
     );
     let key = std::fs::read_to_string(dir.path().join("two.key")).unwrap();
@@ -191,6 +330,10 @@ server:
             "two.key' is not the key of '",
             "server.tls[2].min_version: must be \"1.2\" or \"1.3\"",
             "server.tls[3].certificates[0].cert_file: cannot read '",
+            "server.tls[4].client_ca_file: '",
+            "one.key' holds no PEM certificate",
+            "api_keys[0]: set either a key (key, key_env or key_hash) or client_cert, not both",
+            "api_keys[2].client_cert: another api_keys entry has this client_cert",
         ],
         &key[30..70],
     );

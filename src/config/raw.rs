@@ -144,6 +144,9 @@ pub struct TlsListener {
     pub certificates: Vec<CertificateFiles>,
     /// `"1.2"` (the default) or `"1.3"`.
     pub min_version: Option<String>,
+    /// PEM CA certificates: clients may present a certificate signed by one of them
+    /// (optional; a presented certificate that does not verify fails the handshake).
+    pub client_ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -432,6 +435,9 @@ pub struct ApiKey {
     pub key: Option<String>,
     pub key_env: Option<String>,
     pub key_hash: Option<String>,
+    /// Instead of a key: the identity of a verified client certificate (a DNS or URI
+    /// subject alternative name, or `CN=<common name>`).
+    pub client_cert: Option<String>,
     pub owner: Option<String>,
     pub models: Option<Vec<String>>,
     pub expires_at: Option<DateTime<Utc>>,

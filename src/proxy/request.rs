@@ -108,7 +108,11 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         ));
     }
     let route = route(&req.method, req.uri.path())?;
-    let caller = auth::authenticate(&snap.keys, &session.req_header().headers)?;
+    let client = session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .and_then(|s| s.extension.get::<crate::tls::ClientIdentity>());
+    let caller = auth::authenticate(&snap.keys, &session.req_header().headers, client)?;
     ctx.caller = Some(caller.clone());
 
     let endpoint = match route {

@@ -46,6 +46,9 @@ impl ApiKeyEntry {
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     buckets: HashMap<u64, Vec<Arc<ApiKeyEntry>>>,
+    /// Callers that authenticate with a client certificate, by its identity. Apart from
+    /// the hashed keys: no presented key can ever match one of these.
+    by_cert: HashMap<String, Arc<ApiKeyEntry>>,
 }
 
 impl KeyIndex {
@@ -56,21 +59,27 @@ impl KeyIndex {
         bucket.iter().find(|e| bool::from(e.hash.ct_eq(hash)))
     }
 
+    /// The caller a verified client certificate names: the first of its identities (its
+    /// subject alternative names, then `CN=<common name>`) that an `api_keys` entry has.
+    pub fn lookup_cert<'a>(&self, identities: impl IntoIterator<Item = &'a str>) -> Option<&Arc<ApiKeyEntry>> {
+        identities.into_iter().find_map(|id| self.by_cert.get(id))
+    }
+
     fn insert(&mut self, e: ApiKeyEntry) {
         self.buckets.entry(prefix_u64(&e.hash)).or_default().push(Arc::new(e));
     }
 
     pub fn len(&self) -> usize {
-        self.buckets.values().map(Vec::len).sum()
+        self.buckets.values().map(Vec::len).sum::<usize>() + self.by_cert.len()
     }
 
     /// Every key, in no particular order.
     pub fn entries(&self) -> impl Iterator<Item = &Arc<ApiKeyEntry>> {
-        self.buckets.values().flatten()
+        self.buckets.values().flatten().chain(self.by_cert.values())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+        self.buckets.is_empty() && self.by_cert.is_empty()
     }
 }
 
@@ -141,7 +150,23 @@ pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut
             key_env: k.key_env.clone(),
             key_hash: k.key_hash.clone(),
         };
-        let hash = resolve_key_source(&path, &source, refs.ctx, errs);
+        let cert_id = k.client_cert.as_deref();
+        let hash = match cert_id {
+            None => resolve_key_source(&path, &source, refs.ctx, errs),
+            Some(_) if k.key.is_some() || k.key_env.is_some() || k.key_hash.is_some() => {
+                errs.push(
+                    &path,
+                    "set either a key (key, key_env or key_hash) or client_cert, not both",
+                );
+                None
+            }
+            Some("") => {
+                errs.push(format!("{path}.client_cert"), "must not be empty");
+                None
+            }
+            // Never in the hashed index: a presented key cannot reach this entry.
+            Some(id) => Some(*blake3::hash(format!("client_cert:{id}").as_bytes()).as_bytes()),
+        };
         for (j, alias) in k.models.iter().flatten().enumerate() {
             refs.check(format!("{path}.models[{j}]"), Kind::Models, alias, errs);
         }
@@ -163,7 +188,8 @@ pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut
             }
         }
         let Some(hash) = hash else { continue };
-        if let Some(prev) = seen_hashes.insert(hash, i) {
+        // Certificate identities are checked for duplicates where they are indexed.
+        if let Some(prev) = cert_id.is_none().then(|| seen_hashes.insert(hash, i)).flatten() {
             errs.push(
                 &path,
                 format!("the same caller key as api_keys[{prev}]; every key must be distinct"),
@@ -172,7 +198,7 @@ pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut
         }
         let owner = k.owner.clone().unwrap_or_else(|| k.name.clone());
         let limits = refs.bind(k.rate_limit.as_deref(), &format!("owner={owner}"));
-        keys.insert(ApiKeyEntry {
+        let entry = ApiKeyEntry {
             name: k.name.clone(),
             owner,
             hash,
@@ -183,7 +209,18 @@ pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut
             guardrails: refs.guardrails(&k.guardrails),
             budget: k.budget.as_ref().and_then(|b| refs.budgets.get(b.as_str()).cloned()),
             cache: k.cache,
-        });
+        };
+        match cert_id {
+            Some(id) => {
+                if keys.by_cert.insert(id.to_owned(), Arc::new(entry)).is_some() {
+                    errs.push(
+                        format!("{path}.client_cert"),
+                        "another api_keys entry has this client_cert",
+                    );
+                }
+            }
+            None => keys.insert(entry),
+        }
     }
     keys
 }

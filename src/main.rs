@@ -29,6 +29,10 @@ enum Command {
         /// Config file [default: $AIGW_CONFIG, then conf/aigw.yaml]
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Take the listening sockets over from the running process (through
+        /// `server.upgrade_sock`) once it gets SIGQUIT: a binary upgrade without a gap.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check a config file: every error with its YAML path (exit 1), or a summary (exit 0).
     Validate {
@@ -83,9 +87,9 @@ fn config_path(arg: Option<PathBuf>) -> PathBuf {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config, upgrade } => {
             aigw::telemetry::log::init();
-            match aigw::server::serve(config_path(config)) {
+            match aigw::server::serve(config_path(config), upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("aigw: {e}");

@@ -28,7 +28,7 @@ use crate::proxy::Gateway;
 use crate::state::AppState;
 
 /// Starts serving; returns only on a startup error (after a clean shutdown the process exits).
-pub fn serve(config: PathBuf) -> Result<(), String> {
+pub fn serve(config: PathBuf, upgrade: bool) -> Result<(), String> {
     let state = match AppState::load(config.clone()) {
         Ok(s) => s,
         Err(errors) => {
@@ -58,9 +58,16 @@ pub fn serve(config: PathBuf) -> Result<(), String> {
         grace_period_seconds: Some(snap.server.grace_period_s),
         graceful_shutdown_timeout_seconds: Some(1),
         work_stealing: snap.server.work_stealing,
+        upgrade_sock: snap.server.upgrade_sock.clone(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    // With --upgrade, bootstrap waits on upgrade_sock for the running process's listening
+    // sockets (it sends them on SIGQUIT) instead of binding them.
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     let mut proxy =
@@ -238,8 +245,17 @@ impl ShutdownSignalWatch for Signals {
             tokio::select! {
                 _ = hup.recv() => self.reload().await,
                 _ = term.recv() => break,
-                // No binary upgrade in aigw: SIGQUIT drains like SIGTERM.
-                _ = quit.recv() => break,
+                _ = quit.recv() => {
+                    // A binary upgrade: Pingora hands the listening sockets to the new
+                    // process (`aigw serve --upgrade`), keeps accepting for 5 s while it
+                    // starts, then stops; the connections still open here are served to
+                    // the end of the grace period, each closed after its current request.
+                    // No early exit: a kept-alive connection's next request must not meet
+                    // a closed socket.
+                    tracing::info!(inflight = self.state.inflight(), "SIGQUIT: handing the listeners over");
+                    self.state.handing_over.store(true, Ordering::Relaxed);
+                    return ShutdownSignal::GracefulUpgrade;
+                }
                 _ = int.recv() => {
                     tracing::info!("SIGINT: stopping now");
                     return ShutdownSignal::FastShutdown;

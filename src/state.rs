@@ -41,6 +41,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     inflight: AtomicUsize,
     pub draining: AtomicBool,
+    /// SIGQUIT handed the listeners to a new process: every answer from here closes its
+    /// connection, so clients move to the new process without an idle connection being
+    /// closed under them.
+    pub handing_over: AtomicBool,
     /// Every proxy listener accepted a probe connection once (`/readyz`).
     pub listeners_up: AtomicBool,
 }
@@ -129,6 +133,7 @@ impl AppState {
             metrics,
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            handing_over: AtomicBool::new(false),
             listeners_up: AtomicBool::new(false),
         }))
     }

@@ -15,6 +15,9 @@ fn default_admin_listen() -> Option<String> {
 fn default_grace() -> u64 {
     10
 }
+fn default_upgrade_sock() -> String {
+    "/tmp/aigw-upgrade.sock".to_owned()
+}
 fn default_max_body() -> u64 {
     10 * 1024 * 1024
 }
@@ -89,6 +92,10 @@ pub struct Server {
     pub work_stealing: bool,
     #[serde(default = "default_grace")]
     pub grace_period_s: u64,
+    /// The Unix socket a new process (`aigw serve --upgrade`) takes the listening sockets
+    /// over from.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
     #[serde(default = "default_max_body")]
     pub max_request_body_bytes: u64,
     /// Longest wait for the next piece of a request body (nginx's client_body_timeout).
@@ -121,6 +128,7 @@ impl Default for Server {
             threads: 0,
             work_stealing: true,
             grace_period_s: default_grace(),
+            upgrade_sock: default_upgrade_sock(),
             max_request_body_bytes: default_max_body(),
             client_body_timeout_ms: default_client_body_timeout(),
             keepalive_timeout_s: default_keepalive_timeout(),

@@ -91,7 +91,13 @@ pub fn request_id(req: &RequestHeader) -> String {
 
 pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) -> Result<Admission, GwError> {
     let snap = state.snapshot();
-    bound_keepalive(session, snap.server.keepalive_timeout_s);
+    if state.handing_over.load(std::sync::atomic::Ordering::Relaxed) {
+        // `Connection: close` on this answer: the client's next request opens a connection,
+        // which the new process accepts.
+        session.set_keepalive(None);
+    } else {
+        bound_keepalive(session, snap.server.keepalive_timeout_s);
+    }
     let req = session.req_header();
     // Anthropic callers get Anthropic's error envelope from the very first check.
     if req.uri.path() == "/v1/messages" {

@@ -35,7 +35,7 @@ pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 }
 
 /// Collects a child's stderr lines in the background.
-fn capture(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+pub fn capture(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
     capture_from(child.stderr.take().unwrap())
 }
 

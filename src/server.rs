@@ -105,17 +105,18 @@ pub fn serve(config: PathBuf, upgrade: bool) -> Result<(), String> {
         if let Some(ca) = &t.client_ca_file {
             // Asked for, not required: callers without one use keys. One that is
             // presented must verify, or the handshake fails.
+            let fail = |e: &dyn std::fmt::Display| format!("server.tls {}: client_ca_file: {e}", t.listen);
             tls.set_verify(pingora::tls::ssl::SslVerifyMode::PEER);
-            tls.set_ca_file(ca)
-                .map_err(|e| format!("server.tls {}: client_ca_file: {e}", t.listen))?;
-            let names = pingora::tls::x509::X509::stack_from_pem(&std::fs::read(ca).unwrap_or_default())
-                .map_err(|e| format!("server.tls {}: client_ca_file: {e}", t.listen))?;
-            let mut list = openssl::stack::Stack::new().map_err(|e| e.to_string())?;
-            for c in names {
-                list.push(c.subject_name().to_owned().map_err(|e| e.to_string())?)
-                    .map_err(|e| e.to_string())?;
+            tls.set_ca_file(ca).map_err(|e| fail(&e))?;
+            // The CAs' names go in the certificate request, so clients pick the right one.
+            let pem = std::fs::read(ca).map_err(|e| fail(&e))?;
+            let mut names = openssl::stack::Stack::new().map_err(|e| fail(&e))?;
+            for c in pingora::tls::x509::X509::stack_from_pem(&pem).map_err(|e| fail(&e))? {
+                names
+                    .push(c.subject_name().to_owned().map_err(|e| fail(&e))?)
+                    .map_err(|e| fail(&e))?;
             }
-            tls.set_client_ca_list(list);
+            tls.set_client_ca_list(names);
         }
         tls.enable_h2();
         proxy.add_listener(ListenerConfig::tcp(t.listen.as_str()).tls(tls).l4_buffer(buffers));

@@ -80,6 +80,15 @@ fn get_models(s: &mut SslStream<TcpStream>) -> String {
     }
 }
 
+/// What every config here ends with: a model and a caller key.
+const TAIL: &str = r#"provider_keys:
+  - {name: mock, provider: openai_compatible, base_url: "{MOCK}/v1", api_key: "{PROVIDER_KEY}"}
+models:
+  - {name: chat, provider_key: mock}
+api_keys:
+  - {name: main, key: "{CALLER_KEY}"}
+"#;
+
 fn config(port: u16, port13: u16, dir: &Path) -> String {
     let d = dir.display();
     format!(
@@ -92,13 +101,7 @@ fn config(port: u16, port13: u16, dir: &Path) -> String {
         - {{cert_file: "{d}/wild.pem", key_file: "{d}/wild.key"}}
         - {{cert_file: "{d}/api.pem", key_file: "{d}/api.key"}}
     - {{listen: "127.0.0.1:{port13}", cert_file: "{d}/default.pem", key_file: "{d}/default.key", min_version: "1.3"}}
-provider_keys:
-  - {{name: mock, provider: openai_compatible, base_url: "{{MOCK}}/v1", api_key: "{{PROVIDER_KEY}}"}}
-models:
-  - {{name: chat, provider_key: mock}}
-api_keys:
-  - {{name: main, key: "{{CALLER_KEY}}"}}
-"#
+{TAIL}"#
     )
 }
 
@@ -264,13 +267,7 @@ async fn a_verified_client_certificate_authenticates_a_caller() {
 {{SERVER}}
   tls:
     - {{listen: "127.0.0.1:{port}", cert_file: "{d}/default.pem", key_file: "{d}/default.key", client_ca_file: "{d}/clients.pem"}}
-provider_keys:
-  - {{name: mock, provider: openai_compatible, base_url: "{{MOCK}}/v1", api_key: "{{PROVIDER_KEY}}"}}
-models:
-  - {{name: chat, provider_key: mock}}
-api_keys:
-  - {{name: main, key: "{{CALLER_KEY}}"}}
-  - {{name: svc-a, client_cert: svc-a.internal, owner: platform}}
+{TAIL}  - {{name: svc-a, client_cert: svc-a.internal, owner: platform}}
   - {{name: svc-b, client_cert: "CN=svc-b"}}
   - {{name: batch, client_cert: "spiffe://corp/ns/jobs/sa/batch", models: []}}
 "#

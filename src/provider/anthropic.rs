@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    bad, cache_mark, content_text, has_cache_mark, image_of, push_turn, thinking_ask, thinking_blocks, Dialect, Image,
+    bad, cache_mark, content_text, has_cache_mark, image_of, marked_text_parts, push_turn, thinking_ask,
+    thinking_blocks, Dialect, Image,
 };
 use crate::config::Provider;
 use crate::error::GwError;
@@ -123,7 +124,7 @@ pub fn chat_request_to_messages(req: &Value, model: &str) -> Result<Value, GwErr
             Some("system" | "developer") => {
                 system.push(content_text(&m["content"]));
                 system_marked |= has_cache_mark(&m["content"]);
-                system_blocks.extend(blocks_from_openai(&m["content"])?);
+                system_blocks.extend(marked_text_parts(&m["content"]));
             }
             Some("user") => push_turn(&mut out, "user", "content", blocks_from_openai(&m["content"])?),
             Some("assistant") => {
@@ -312,17 +313,7 @@ fn messages_to_chat(req: &Value, model: &str, hub: bool) -> Result<Value, GwErro
         }
     };
     if hub && has_cache_mark(&req["system"]) {
-        let parts: Vec<Value> = req["system"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|b| {
-                let mut p = json!({"type": "text", "text": b["text"].as_str()?});
-                mark(&mut p, b);
-                Some(p)
-            })
-            .collect();
-        out.push(json!({"role": "system", "content": parts}));
+        out.push(json!({"role": "system", "content": marked_text_parts(&req["system"])}));
     } else {
         let system = content_text(&req["system"]);
         if !system.is_empty() {

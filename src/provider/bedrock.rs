@@ -21,8 +21,8 @@ use serde_json::{json, Map, Value};
 
 use super::anthropic::add_thinking;
 use super::{
-    bad, cache_mark, content_text, has_cache_mark, image_of, push_turn, thinking_ask, thinking_blocks, Dialect, Image,
-    UNRESERVED,
+    bad, cache_mark, content_text, has_cache_mark, image_of, marked_text_parts, push_turn, thinking_ask,
+    thinking_blocks, Dialect, Image, UNRESERVED,
 };
 use crate::config::raw::de_opt_text;
 use crate::config::{Provider, Target};
@@ -243,7 +243,12 @@ pub fn chat_request_to_converse(req: &Value, _model: &str) -> Result<Value, GwEr
     for (i, m) in msgs.iter().enumerate() {
         match m["role"].as_str() {
             Some("system" | "developer") if has_cache_mark(&m["content"]) => {
-                system.extend(content_blocks(&m["content"], i)?);
+                for part in marked_text_parts(&m["content"]) {
+                    system.push(json!({"text": part["text"]}));
+                    if cache_mark(&part).is_some() {
+                        system.push(cache_point());
+                    }
+                }
             }
             Some("system" | "developer") => {
                 let t = content_text(&m["content"]);

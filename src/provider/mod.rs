@@ -527,6 +527,29 @@ pub(crate) fn cache_mark(v: &Value) -> Option<&Value> {
     v.get("cache_control").filter(|c| c.is_object())
 }
 
+/// The text parts of system content as `{type: text, text}` items, each keeping its
+/// breakpoint: the same shape in chat and Anthropic, and what a system prompt that
+/// carries breakpoints stays as. Other parts are left out, as `content_text` leaves them
+/// out of an unmarked system prompt.
+pub(crate) fn marked_text_parts(content: &Value) -> Vec<Value> {
+    match content {
+        // Empty text: both Anthropic and Converse refuse an empty text block.
+        Value::String(s) if !s.is_empty() => vec![json!({"type": "text", "text": s})],
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| {
+                let text = p["text"].as_str().filter(|t| !t.is_empty())?;
+                let mut t = json!({"type": "text", "text": text});
+                if let Some(c) = cache_mark(p) {
+                    t["cache_control"] = c.clone();
+                }
+                Some(t)
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Whether any part of message content (a list) carries a breakpoint.
 pub(crate) fn has_cache_mark(content: &Value) -> bool {
     content
@@ -639,5 +662,29 @@ mod tests {
             assert_eq!(error_class(wire, status, body.to_string().as_bytes()), want, "{body}");
         }
         assert_eq!(error_class(Wire::OpenAi, 400, b"<html>Bad Request</html>"), None);
+    }
+
+    #[test]
+    fn a_marked_system_prompt_keeps_its_text_parts_only() {
+        let eph = json!({"type": "ephemeral"});
+        let content = json!([{"type": "text", "text": "Rules.", "cache_control": eph}, {"type": "text", "text": ""},
+            {"type": "input_audio", "input_audio": {"data": "UklGRg", "format": "wav"}}, {"type": "text", "text": "Today."}]);
+        assert_eq!(
+            marked_text_parts(&content),
+            [
+                json!({"type": "text", "text": "Rules.", "cache_control": eph}),
+                json!({"type": "text", "text": "Today."})
+            ]
+        );
+        // A part a chat system prompt may carry does not fail the translation when a
+        // breakpoint keeps the prompt a list, as it does not when the prompt is joined.
+        let req = json!({"messages": [{"role": "system", "content": content}, {"role": "user", "content": "Hi"}]});
+        let out = anthropic::chat_request_to_messages(&req, "m").unwrap();
+        assert_eq!(out["system"].as_array().unwrap().len(), 2);
+        let out = bedrock::chat_request_to_converse(&req, "m").unwrap();
+        assert_eq!(
+            out["system"],
+            json!([{"text": "Rules."}, {"cachePoint": {"type": "default"}}, {"text": "Today."}])
+        );
     }
 }

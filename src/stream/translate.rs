@@ -205,3 +205,37 @@ impl Translate for ViaChat {
         self.chat.complete()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thinking_block_is_sent_whole_only_within_its_bound() {
+        let chunks = Chunks::default();
+        let mut out = Vec::new();
+        let mut t = Thinking::default();
+        t.start(&json!({"type": "thinking", "thinking": "", "signature": ""}));
+        t.text(&chunks, &mut out, "short");
+        t.signature("sig");
+        t.end(&chunks, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(r#""thinking_blocks":[{"signature":"sig","thinking":"short","type":"thinking"}]"#),
+            "{text}"
+        );
+
+        // A provider that thinks past the bound: the text still streams, the block is
+        // not kept (memory stays bounded) and not sent cut.
+        let mut out = Vec::new();
+        let piece = "x".repeat(1 << 20);
+        for _ in 0..5 {
+            t.text(&chunks, &mut out, &piece);
+        }
+        assert!(t.text.len() <= Thinking::MAX_BYTES);
+        t.end(&chunks, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("reasoning_content").count(), 5);
+        assert!(!text.contains("thinking_blocks"));
+    }
+}

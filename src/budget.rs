@@ -330,13 +330,34 @@ impl Budgets {
         }
     }
 
-    /// The current spend of every budget for every owner whose keys use it.
+    /// The current spend of every budget for every owner whose keys use it, and for
+    /// every JWT issuer's owner this instance charged in the current period.
     pub async fn report(&self, snap: &crate::config::Snapshot, now: DateTime<Utc>) -> Vec<Spend> {
         let mut pairs: Vec<(Arc<Budget>, String)> = Vec::new();
+        let mut add = |b: &Arc<Budget>, owner: &str| {
+            if !pairs.iter().any(|(pb, o)| pb.name == b.name && o == owner) {
+                pairs.push((b.clone(), owner.to_owned()));
+            }
+        };
         for k in snap.keys.entries() {
             if let Some(b) = &k.budget {
-                if !pairs.iter().any(|(pb, o)| pb.name == b.name && *o == k.owner) {
-                    pairs.push((b.clone(), k.owner.clone()));
+                add(b, &k.owner);
+            }
+        }
+        for b in snap.jwt.0.iter().filter_map(|i| i.budget()) {
+            // Keys are `aigw:budget:{budget}:{owner}:{period}`; owners may hold colons.
+            let (head, tail) = (
+                format!("aigw:budget:{}:", b.name),
+                format!(":{}", window(b.period, now).id),
+            );
+            let keys = self
+                .local
+                .iter()
+                .map(|e| e.key().clone())
+                .chain(self.mirrors.iter().map(|e| e.key().clone()));
+            for key in keys.collect::<Vec<_>>() {
+                if let Some(owner) = key.strip_prefix(&head).and_then(|k| k.strip_suffix(&tail)) {
+                    add(b, owner);
                 }
             }
         }

@@ -73,6 +73,10 @@ enum Command {
         /// with this RSA public key (PEM), and the Vertex AI paths behind its tokens.
         #[arg(long)]
         google_public_key: Option<PathBuf>,
+        /// Serve an OpenID provider at `/idp/` (discovery and `/idp/jwks`) whose key set is
+        /// this file, read on every fetch.
+        #[arg(long)]
+        jwks_file: Option<PathBuf>,
         /// Worker threads [default: one per CPU]
         #[arg(long)]
         threads: Option<usize>,
@@ -149,6 +153,7 @@ fn main() -> ExitCode {
             api_key,
             record,
             google_public_key,
+            jwks_file,
             threads,
         } => {
             let google = match google_public_key.map(std::fs::read).transpose() {
@@ -169,7 +174,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(aigw::mock::run(listen, api_key, record, google)) {
+            match rt.block_on(aigw::mock::run(listen, api_key, record, google, jwks_file)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("aigw mock-upstream: {e}");

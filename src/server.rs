@@ -179,7 +179,7 @@ fn before_exit(state: &AppState) {
 }
 
 /// Re-resolves provider addresses, runs fleet health checks, keeps shared rate limit
-/// leases alive and renews Vertex AI access tokens, in the background.
+/// leases alive, renews Vertex AI access tokens and JWT key sets, in the background.
 struct Refresher {
     state: Arc<AppState>,
 }
@@ -194,6 +194,7 @@ impl BackgroundService for Refresher {
                 _ = tick.tick() => {
                     // Its own task: a slow token endpoint must not hold up the rest.
                     tokio::spawn(crate::provider::vertex::refresh_due());
+                    tokio::spawn(crate::auth::jwks::refresh_due(self.state.metrics.clone()));
                     self.state.upstreams.tick().await;
                     self.state.limiter.maintain().await;
                 }

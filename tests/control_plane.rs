@@ -171,6 +171,25 @@ async fn two_instances_are_managed_through_the_admin_api() {
         "{text}"
     );
     assert_eq!(admin(&a, reqwest::Method::GET, "models/broken", None).await.0, 404);
+    // JWT issuers are resources too, checked the same way.
+    let (status, text) = admin(
+        &a,
+        reqwest::Method::PUT,
+        "jwt/sso",
+        Some(json!({"issuer": "https://sso.example.test", "jwks_url": "https://sso.example.test/jwks"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("jwt/sso.audience"), "{text}");
+    let (status, text) = admin(
+        &a,
+        reqwest::Method::PUT,
+        "jwt/sso",
+        Some(json!({"issuer": "https://sso.example.test", "audience": "aigw", "jwks_url": "https://sso.example.test/jwks"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{text}");
+    assert_eq!(admin(&b, reqwest::Method::GET, "jwt/sso", None).await.0, 200);
     let (status, text) = admin(&a, reqwest::Method::PUT, "models/other", Some(json!({"name": "else"}))).await;
     assert_eq!(status, 400, "{text}");
     assert_eq!(admin(&a, reqwest::Method::PUT, "models/x", None).await.0, 400);

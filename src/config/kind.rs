@@ -9,6 +9,7 @@ pub enum Kind {
     ProviderKeys,
     Models,
     ApiKeys,
+    Jwt,
     RateLimits,
     Budgets,
     Guardrails,
@@ -17,10 +18,11 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order a config file lists them.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::ProviderKeys,
         Kind::Models,
         Kind::ApiKeys,
+        Kind::Jwt,
         Kind::RateLimits,
         Kind::Budgets,
         Kind::Guardrails,
@@ -33,6 +35,7 @@ impl Kind {
             Kind::ProviderKeys => "provider_keys",
             Kind::Models => "models",
             Kind::ApiKeys => "api_keys",
+            Kind::Jwt => "jwt",
             Kind::RateLimits => "rate_limits",
             Kind::Budgets => "budgets",
             Kind::Guardrails => "guardrails",
@@ -46,6 +49,7 @@ impl Kind {
             Kind::ProviderKeys => "provider key",
             Kind::Models => "model",
             Kind::ApiKeys => "caller key",
+            Kind::Jwt => "JWT issuer",
             Kind::RateLimits => "rate limit",
             Kind::Budgets => "budget",
             Kind::Guardrails => "guardrail",

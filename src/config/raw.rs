@@ -460,6 +460,65 @@ pub struct ApiKey {
     pub cache: bool,
 }
 
+/// One string or a list of them (`audience: aigw` or `audience: [aigw, aigw-batch]`).
+fn de_one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+fn default_owner_claim() -> String {
+    "sub".to_owned()
+}
+fn default_jwt_leeway() -> u64 {
+    30
+}
+fn default_jwks_refresh() -> u64 {
+    300
+}
+
+/// A JWT issuer whose tokens authenticate callers (`jwt` section).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuer {
+    pub name: String,
+    /// The `iss` every token must carry; with neither `jwks_file` nor `jwks_url`, also
+    /// where OIDC discovery starts (`{issuer}/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name one of them.
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub audience: Vec<String>,
+    pub jwks_file: Option<String>,
+    pub jwks_url: Option<String>,
+    /// The claim naming the caller's owner (limits, budgets, metrics, the access log).
+    #[serde(default = "default_owner_claim")]
+    pub owner_claim: String,
+    /// The claim listing the model aliases the caller may use (a list, or one string of
+    /// space-separated aliases). Without it, `models` alone decides.
+    pub models_claim: Option<String>,
+    /// The aliases any token of this issuer may reach at most; `None`: every model.
+    pub models: Option<Vec<String>>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_jwt_leeway")]
+    pub leeway_s: u64,
+    /// How often a remote key set is fetched again, in seconds.
+    #[serde(default = "default_jwks_refresh")]
+    pub refresh_s: u64,
+    pub rate_limit: Option<String>,
+    #[serde(default)]
+    pub guardrails: Vec<String>,
+    pub budget: Option<String>,
+    #[serde(default = "default_true")]
+    pub cache: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Period {
@@ -477,7 +536,7 @@ pub struct Budget {
     pub period: Period,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     pub name: String,

@@ -59,28 +59,55 @@ impl Binding {
     }
 }
 
-/// The local state of every bound rule, by key. Only config compilation takes the lock;
-/// requests reach their cells through the compiled snapshot.
-#[derive(Debug, Default)]
-pub struct Cells(Mutex<HashMap<String, Arc<AtomicU64>>>);
+/// The local state of every bound rule, by key. Only config compilation and the first
+/// request of a JWT owner take the lock; requests reach their cells through the compiled
+/// snapshot or [`Cells::bind_owner`]'s cache.
+#[derive(Debug)]
+pub struct Cells {
+    cells: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Bindings made per request (JWT owners, known only from their tokens), by policy
+    /// and scope. They outlive a reload, and keep their cells from [`Cells::prune`], while
+    /// the owner was seen within the longest window a rule counts (a day), up to
+    /// [`MAX_OWNERS`] owners.
+    owners: moka::sync::Cache<(String, String), Arc<Binding>>,
+}
+
+/// JWT owners whose bindings (and so their local counters) are kept at once.
+pub const MAX_OWNERS: u64 = 50_000;
 
 const SECOND: u64 = 1_000_000;
+
+impl Default for Cells {
+    fn default() -> Self {
+        Self {
+            cells: Mutex::default(),
+            owners: moka::sync::Cache::builder()
+                .max_capacity(MAX_OWNERS)
+                .time_to_idle(Duration::from_secs(86_400 + 3600))
+                .build(),
+        }
+    }
+}
+
+/// A policy's rules: what each counts, its name in a key, its limit and its window.
+fn specs(policy: &raw::RateLimit) -> [(Kind, &'static str, Option<u64>, u64); 7] {
+    use Kind::*;
+    [
+        (Requests, "rps", policy.requests_per_second, SECOND),
+        (Requests, "rpm", policy.requests_per_minute, 60 * SECOND),
+        (Requests, "rph", policy.requests_per_hour, 3600 * SECOND),
+        (Requests, "rpd", policy.requests_per_day, 86_400 * SECOND),
+        (Tokens, "tpm", policy.tokens_per_minute, 60 * SECOND),
+        (Tokens, "tpd", policy.tokens_per_day, 86_400 * SECOND),
+        (Concurrency, "slots", policy.concurrency, 0),
+    ]
+}
 
 impl Cells {
     /// Binds `policy` to `scope` (like `owner=team-a` or `model=gpt-4o`).
     pub fn bind(&self, policy: &raw::RateLimit, scope: &str) -> Arc<Binding> {
-        use Kind::*;
-        let specs = [
-            (Requests, "rps", policy.requests_per_second, SECOND),
-            (Requests, "rpm", policy.requests_per_minute, 60 * SECOND),
-            (Requests, "rph", policy.requests_per_hour, 3600 * SECOND),
-            (Requests, "rpd", policy.requests_per_day, 86_400 * SECOND),
-            (Tokens, "tpm", policy.tokens_per_minute, 60 * SECOND),
-            (Tokens, "tpd", policy.tokens_per_day, 86_400 * SECOND),
-            (Concurrency, "slots", policy.concurrency, 0),
-        ];
-        let mut cells = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let rules = specs
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        let rules = specs(policy)
             .into_iter()
             .filter_map(|(kind, suffix, limit, window_us)| {
                 let limit = limit.filter(|l| *l > 0)?;
@@ -100,10 +127,38 @@ impl Cells {
         })
     }
 
+    /// [`Cells::bind`] for an owner known only at request time, made once and kept while
+    /// the owner is active; rebound when a reload changed the policy's limits.
+    pub fn bind_owner(&self, policy: &raw::RateLimit, owner: &str) -> Arc<Binding> {
+        let id = (policy.name.clone(), owner.to_owned());
+        if let Some(b) = self.owners.get(&id).filter(|b| b.counts_as(policy)) {
+            return b;
+        }
+        let b = self.bind(policy, &format!("owner={owner}"));
+        self.owners.insert(id, b.clone());
+        b
+    }
+
     /// Forgets the state no snapshot refers to any more (a policy removed or renamed).
     pub fn prune(&self) {
-        let mut cells = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
         cells.retain(|_, c| Arc::strong_count(c) > 1);
+    }
+}
+
+impl Binding {
+    /// Whether this binding counts what `policy` says, limit for limit.
+    fn counts_as(&self, policy: &raw::RateLimit) -> bool {
+        let mut rules = self.rules.iter();
+        specs(policy)
+            .into_iter()
+            .filter_map(|(kind, _, limit, window_us)| Some((kind, limit.filter(|l| *l > 0)?, window_us)))
+            .all(|(kind, limit, window_us)| {
+                rules
+                    .next()
+                    .is_some_and(|r| r.kind == kind && r.rate.limit == limit && r.rate.window_us == window_us)
+            })
+            && rules.next().is_none()
     }
 }
 
@@ -473,6 +528,32 @@ mod tests {
         assert_eq!(other_scope.rules[0].cell.load(Ordering::Relaxed), 0);
         drop((a, other_scope));
         cells.prune();
-        assert_eq!(cells.0.lock().unwrap().len(), 3, "only the bound cells stay");
+        assert_eq!(cells.cells.lock().unwrap().len(), 3, "only the bound cells stay");
+    }
+
+    #[test]
+    fn an_owner_bound_per_request_keeps_its_cells_through_a_reload_until_its_limits_change() {
+        let cells = Cells::default();
+        let a = cells.bind_owner(&policy("p"), "alice");
+        assert!(Arc::ptr_eq(&a, &cells.bind_owner(&policy("p"), "alice")), "made once");
+        a.rules[0].cell.store(42, Ordering::Relaxed);
+        drop(a);
+        // A reload prunes what no snapshot holds; the owner's cells are still held.
+        cells.prune();
+        let b = cells.bind_owner(&policy("p"), "alice");
+        assert_eq!(b.rules[0].cell.load(Ordering::Relaxed), 42);
+        // The policy's limit changed: a new binding, on the same counters.
+        let mut tighter = policy("p");
+        tighter.requests_per_minute = Some(5);
+        let c = cells.bind_owner(&tighter, "alice");
+        assert!(!Arc::ptr_eq(&b, &c));
+        assert_eq!(c.rules[0].rate.limit, 5);
+        assert_eq!(c.rules[0].cell.load(Ordering::Relaxed), 42);
+        assert_eq!(
+            cells.bind_owner(&policy("p"), "bob").rules[0]
+                .cell
+                .load(Ordering::Relaxed),
+            0
+        );
     }
 }

@@ -8,10 +8,12 @@
 //!
 //! Test helpers: `GET /_mock/requests` returns the requests seen (with `--record`), and
 //! `GET /_mock/stats` counts requests and streams the client abandoned. `POST /v1/traces`
-//! accepts OTLP/HTTP spans and discards them (a collector stand-in).
+//! accepts OTLP/HTTP spans and discards them (a collector stand-in). With `--jwks-file`,
+//! `/idp/...` is an OpenID provider's discovery and key set (see `idp`).
 
 mod bedrock;
 mod google;
+mod idp;
 mod prompt_cache;
 mod thinking;
 
@@ -140,6 +142,8 @@ struct Mock {
     spans_bytes: AtomicU64,
     /// Vertex AI, when the mock has a Google public key.
     google: Option<google::Google>,
+    /// An OpenID provider's key set, when the mock has a JWKS file.
+    idp: Option<idp::Idp>,
     /// Anthropic's and Bedrock's prompt cache.
     prompt_cache: prompt_cache::PromptCache,
 }
@@ -154,6 +158,7 @@ pub async fn run(
     api_key: Option<String>,
     record: bool,
     google_public_key: Option<Vec<u8>>,
+    jwks_file: Option<std::path::PathBuf>,
 ) -> std::io::Result<()> {
     let google = google_public_key
         .map(|pem| google::Google::new(&pem))
@@ -165,6 +170,7 @@ pub async fn run(
         api_key,
         record,
         google,
+        idp: jwks_file.map(idp::Idp::new),
         ..Mock::default()
     });
     loop {
@@ -508,8 +514,14 @@ impl Mock {
                         "cancelled_streams": self.cancelled_streams.load(Ordering::Relaxed),
                         "span_bytes": self.spans_bytes.load(Ordering::Relaxed),
                         "tokens_issued": self.google.as_ref().map_or(0, |g| g.issued()),
+                        "jwks_fetches": self.idp.as_ref().map_or(0, |i| i.fetches()),
                     }),
                 )
+            }
+            ("GET", p) if p.starts_with("/idp/") => {
+                if let Some(r) = self.idp.as_ref().and_then(|i| i.answer(p, &parts.headers)) {
+                    return r;
+                }
             }
             ("POST", "/token") if self.google.is_some() => {
                 if let Some(g) = &self.google {

@@ -257,10 +257,7 @@ pub fn tokens_for(file: &str) -> Result<Arc<Tokens>, String> {
     }
     let key = EncodingKey::from_rsa_pem(k.private_key.as_bytes())
         .map_err(|_| format!("'{file}': private_key is not an RSA private key in PEM"))?;
-    let http = reqwest::Client::builder()
-        .timeout(FETCH_TIMEOUT)
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let http = crate::outbound::client(FETCH_TIMEOUT)?;
     let t = Arc::new(Tokens {
         email: k.client_email,
         key_id: k.private_key_id,
@@ -384,23 +381,9 @@ impl Tokens {
             .send()
             .await
             .map_err(|e| format!("token endpoint {} unreachable: {}", self.token_uri, e.without_url()))?;
-        let status = resp.status();
         // Read as it arrives, up to a bound: a token answer is a few hundred bytes.
-        let mut resp = resp;
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("token endpoint {}: {}", self.token_uri, e.without_url()))?
-        {
-            if body.len() + chunk.len() > MAX_ANSWER {
-                return Err(format!(
-                    "token endpoint {} answered more than {MAX_ANSWER} bytes",
-                    self.token_uri
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let what = format!("token endpoint {}", self.token_uri);
+        let (status, body) = crate::outbound::read_capped(resp, MAX_ANSWER, &what).await?;
         if !status.is_success() {
             let e: TokenError = serde_json::from_slice(&body).unwrap_or_default();
             let mut why = format!(

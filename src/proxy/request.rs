@@ -118,7 +118,14 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         .digest()
         .and_then(|d| d.ssl_digest.as_ref())
         .and_then(|s| s.extension.get::<crate::tls::ClientIdentity>());
-    let caller = auth::authenticate(&snap.keys, &session.req_header().headers, client)?;
+    let caller = auth::authenticate(
+        &snap,
+        &state.limit_cells,
+        &state.metrics,
+        &session.req_header().headers,
+        client,
+    )
+    .await?;
     ctx.caller = Some(caller.clone());
 
     let endpoint = match route {

@@ -1,8 +1,9 @@
 //! Every Prometheus metric aigw exports, declared once, and the one place a finished
 //! request is recorded (from Pingora's `logging` phase, which runs on every exit path, so
 //! each request is counted exactly once). Labels only ever carry names from the config
-//! (models, owners, providers, policies) and status codes, so their number is bounded by
-//! the config, never by what callers send.
+//! (models, owners, providers, policies), owners from verified tokens of the configured
+//! JWT issuers, and status codes, so their number is bounded by the config and the
+//! issuers' users, never by what callers send.
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -81,6 +82,11 @@ pub struct Metrics {
     /// `aigw_usage_estimated_total{model}`: streams charged an estimate, cut before the
     /// provider's final usage (the caller hung up, the provider broke off).
     pub usage_estimated: IntCounterVec,
+    /// `aigw_jwt_rejections_total{issuer,reason}`: bearer tokens refused (`issuer` empty
+    /// when no configured issuer claims the token).
+    pub jwt_rejections: IntCounterVec,
+    /// `aigw_jwks_fetches_total{issuer,outcome=ok|error}`: remote key set fetches.
+    pub jwks_fetches: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -215,6 +221,16 @@ impl Metrics {
                 "Streams charged an estimated usage, cut before the provider's final count",
                 &["model"],
             ),
+            jwt_rejections: counter(
+                "aigw_jwt_rejections_total",
+                "Bearer JWTs refused, by issuer and reason",
+                &["issuer", "reason"],
+            ),
+            jwks_fetches: counter(
+                "aigw_jwks_fetches_total",
+                "Fetches of remote JWT key sets, by issuer and outcome",
+                &["issuer", "outcome"],
+            ),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -241,6 +257,8 @@ impl Metrics {
             Box::new(m.budget_store_errors.clone()),
             Box::new(m.access_log_dropped.clone()),
             Box::new(m.usage_estimated.clone()),
+            Box::new(m.jwt_rejections.clone()),
+            Box::new(m.jwks_fetches.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

@@ -63,6 +63,18 @@ impl Mock {
 
     /// A mock on a given port (to bring a stopped replica back at the same address).
     pub fn start_on(port: u16) -> Self {
+        Self::spawn(port, &[])
+    }
+
+    /// A mock that is also an OpenID provider serving `jwks_file` at `/idp/jwks`.
+    pub fn with_jwks(jwks_file: &Path) -> Self {
+        Self::spawn(
+            free_port(),
+            &[std::ffi::OsStr::new("--jwks-file"), jwks_file.as_os_str()],
+        )
+    }
+
+    fn spawn(port: u16, extra: &[&std::ffi::OsStr]) -> Self {
         let mut child = Command::new(BIN)
             .args([
                 "mock-upstream",
@@ -75,6 +87,7 @@ impl Mock {
             .args(["--api-key", PROVIDER_KEY])
             .arg("--google-public-key")
             .arg(asset("tests/assets/vertex-test-key.pub.pem"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

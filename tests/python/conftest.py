@@ -8,12 +8,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("AIGW_BIN", str(ROOT / "target" / "debug" / "aigw"))
 PROVIDER_KEY = "sk-py-provider-key"
 CALLER_KEY = "sk-py-caller-key"
+# The identity provider whose tokens the gateway takes (the `jwt` section below).
+JWT_ISSUER = "https://sso.py.test"
+JWT_KEY = Ed25519PrivateKey.generate()
+
+
+def jwt_token(owner: str, models: list, **claims) -> str:
+    """A token of the configured issuer for `owner`, allowed `models`."""
+    body = {"iss": JWT_ISSUER, "aud": "aigw", "sub": owner, "models": models, "exp": int(time.time()) + 300}
+    body.update(claims)
+    return jwt.encode(body, JWT_KEY, algorithm="EdDSA", headers={"kid": "py-1"})
 
 
 def free_port() -> int:
@@ -98,6 +110,8 @@ api_keys:
   - {{name: py-free, key: sk-py-free}}
 rate_limits:
   - {{name: one-per-minute, requests_per_minute: 1}}
+jwt:
+  - {{name: py-sso, issuer: "{jwt_issuer}", audience: aigw, jwks_file: "{jwks}", models_claim: models}}
 """
 
 
@@ -129,6 +143,9 @@ def gateway():
                 }
             )
         )
+        jwks = Path(tmp) / "jwks.json"
+        public = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(JWT_KEY.public_key()))
+        jwks.write_text(json.dumps({"keys": [dict(public, kid="py-1", use="sig")]}))
         cfg = Path(tmp) / "aigw.yaml"
         cfg.write_text(
             CONFIG.format(
@@ -139,6 +156,8 @@ def gateway():
                 caller_key=CALLER_KEY,
                 root=ROOT,
                 vertex_key=vertex_key,
+                jwt_issuer=JWT_ISSUER,
+                jwks=jwks,
             )
         )
         gw = subprocess.Popen([BIN, "serve", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -8,7 +8,7 @@ import anthropic
 import pytest
 from anthropic import Anthropic
 
-from conftest import CALLER_KEY
+from conftest import CALLER_KEY, jwt_token
 
 # Vertex AI's Gemini and Claude models and a Bedrock model included: the same answers
 # through Google's paths and through Converse (SigV4-signed, AWS's event stream).
@@ -214,4 +214,16 @@ def test_a_prompt_too_long_for_one_model_moves_to_the_next(client):
     )
     assert raw.headers["x-aigw-model"] == "gpt-4o-mini"
     assert raw.parse().content[0].text.startswith("Hello")
+
+
+def test_a_jwt_in_x_api_key(gateway):
+    """Anthropic's SDK sends its key as x-api-key: a token works there too."""
+    client = Anthropic(base_url=gateway, api_key=jwt_token("py-team", ["claude-mock"]), max_retries=0)
+    r = client.messages.create(model="claude-mock", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+    assert r.content[0].text == "Hello from the aigw mock upstream model today."
+    forged = jwt_token("py-team", ["claude-mock"])[:-4] + "AAAA"
+    with pytest.raises(anthropic.AuthenticationError):
+        Anthropic(base_url=gateway, api_key=forged, max_retries=0).messages.create(
+            model="claude-mock", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+        )
 

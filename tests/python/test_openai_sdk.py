@@ -8,7 +8,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import CALLER_KEY
+from conftest import CALLER_KEY, jwt_token
 
 
 @pytest.fixture()
@@ -380,4 +380,20 @@ def test_a_prompt_too_long_for_one_model_moves_to_the_next(client):
     )
     assert raw.headers["x-aigw-model"] == "gpt-4o-mini"
     assert raw.parse().choices[0].message.content.startswith("Hello")
+
+
+def test_a_jwt_is_a_caller_key(gateway):
+    """An identity provider's token works wherever a key does, within the models it grants."""
+    client = OpenAI(base_url=f"{gateway}/v1", api_key=jwt_token("py-team", ["gpt-4o-mini"]), max_retries=0)
+    r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content == "Hello from the aigw mock upstream model today."
+    assert [m.id for m in client.models.list()] == ["gpt-4o-mini"]
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="reasoner", messages=[{"role": "user", "content": "hi"}])
+    expired = OpenAI(
+        base_url=f"{gateway}/v1", api_key=jwt_token("py-team", ["gpt-4o-mini"], exp=int(time.time()) - 600), max_retries=0
+    )
+    with pytest.raises(openai.AuthenticationError) as e:
+        expired.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.code == "invalid_api_key"
 

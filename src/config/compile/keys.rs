@@ -16,7 +16,6 @@ use crate::limit::Binding;
 pub struct ApiKeyEntry {
     pub name: String,
     pub owner: String,
-    hash: [u8; 32],
     /// `None`: every model.
     pub models: Option<HashSet<String>>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -41,11 +40,13 @@ impl ApiKeyEntry {
     }
 }
 
+type KeyHash = [u8; 32];
+
 /// Caller keys by BLAKE3 hash. Buckets are found by the hash's first 8 bytes; the full
 /// 32 bytes are compared in constant time, so timing reveals nothing about stored hashes.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
-    buckets: HashMap<u64, Vec<Arc<ApiKeyEntry>>>,
+    buckets: HashMap<u64, Vec<(KeyHash, Arc<ApiKeyEntry>)>>,
     /// Callers that authenticate with a client certificate, by its identity. Apart from
     /// the hashed keys: no presented key can ever match one of these.
     by_cert: HashMap<String, Arc<ApiKeyEntry>>,
@@ -56,7 +57,7 @@ impl KeyIndex {
         let hash = blake3::hash(presented);
         let hash = hash.as_bytes();
         let bucket = self.buckets.get(&prefix_u64(hash))?;
-        bucket.iter().find(|e| bool::from(e.hash.ct_eq(hash)))
+        bucket.iter().find(|(h, _)| bool::from(h.ct_eq(hash))).map(|(_, e)| e)
     }
 
     /// The caller a verified client certificate names: the first of its identities (its
@@ -65,8 +66,11 @@ impl KeyIndex {
         identities.into_iter().find_map(|id| self.by_cert.get(id))
     }
 
-    fn insert(&mut self, e: ApiKeyEntry) {
-        self.buckets.entry(prefix_u64(&e.hash)).or_default().push(Arc::new(e));
+    fn insert(&mut self, hash: [u8; 32], e: ApiKeyEntry) {
+        self.buckets
+            .entry(prefix_u64(&hash))
+            .or_default()
+            .push((hash, Arc::new(e)));
     }
 
     pub fn len(&self) -> usize {
@@ -75,7 +79,11 @@ impl KeyIndex {
 
     /// Every key, in no particular order.
     pub fn entries(&self) -> impl Iterator<Item = &Arc<ApiKeyEntry>> {
-        self.buckets.values().flatten().chain(self.by_cert.values())
+        self.buckets
+            .values()
+            .flatten()
+            .map(|(_, e)| e)
+            .chain(self.by_cert.values())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -170,15 +178,7 @@ pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut
         for (j, alias) in k.models.iter().flatten().enumerate() {
             refs.check(format!("{path}.models[{j}]"), Kind::Models, alias, errs);
         }
-        if let Some(rl) = &k.rate_limit {
-            refs.check(format!("{path}.rate_limit"), Kind::RateLimits, rl, errs);
-        }
-        for (j, g) in k.guardrails.iter().enumerate() {
-            refs.check(format!("{path}.guardrails[{j}]"), Kind::Guardrails, g, errs);
-        }
-        if let Some(b) = &k.budget {
-            refs.check(format!("{path}.budget"), Kind::Budgets, b, errs);
-        }
+        refs.check_policies(&path, k.rate_limit.as_deref(), &k.guardrails, k.budget.as_deref(), errs);
         if let Some(owner) = &k.owner {
             if owner.trim().is_empty() {
                 errs.push(
@@ -201,7 +201,6 @@ pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut
         let entry = ApiKeyEntry {
             name: k.name.clone(),
             owner,
-            hash,
             models: k.models.as_ref().map(|m| m.iter().cloned().collect()),
             expires_at: k.expires_at,
             disabled: k.disabled,
@@ -219,7 +218,7 @@ pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut
                     );
                 }
             }
-            None => keys.insert(entry),
+            None => keys.insert(hash, entry),
         }
     }
     keys

@@ -3,6 +3,7 @@
 //! One file per section; [`compile`] names every section first, then compiles them in
 //! the order their references need.
 
+mod jwt;
 mod keys;
 mod models;
 mod policies;
@@ -43,6 +44,8 @@ pub struct Snapshot {
     /// Model aliases in config order, for `GET /v1/models`.
     pub model_order: Vec<String>,
     pub keys: KeyIndex,
+    /// Issuers whose JWTs authenticate callers.
+    pub jwt: crate::auth::jwt::Issuers,
     pub rate_limits: Vec<raw::RateLimit>,
     pub guardrails: Vec<Arc<Guardrail>>,
     pub caches: Vec<Arc<raw::Cache>>,
@@ -55,10 +58,11 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn summary(&self) -> String {
         format!(
-            "{} provider keys, {} models, {} api keys, {} rate limits, {} guardrails, {} caches, {} budgets",
+            "{} provider keys, {} models, {} api keys, {} JWT issuers, {} rate limits, {} guardrails, {} caches, {} budgets",
             self.providers.len(),
             self.models.len(),
             self.keys.len(),
+            self.jwt.0.len(),
             self.rate_limits.len(),
             self.guardrails.len(),
             self.caches.len(),
@@ -117,6 +121,26 @@ impl Refs<'_, '_> {
         let known = self.known.get(&kind).is_some_and(|k| k.contains(name));
         if !known && !self.names.is_broken(kind.name(), name) {
             errs.push(path, format!("no {} named '{name}' in {kind}", kind.noun()));
+        }
+    }
+
+    /// The policies an entry names (a model, a caller key, a JWT issuer) must exist.
+    fn check_policies(
+        &self,
+        path: &str,
+        rate_limit: Option<&str>,
+        guardrails: &[String],
+        budget: Option<&str>,
+        errs: &mut Errors,
+    ) {
+        if let Some(rl) = rate_limit {
+            self.check(format!("{path}.rate_limit"), Kind::RateLimits, rl, errs);
+        }
+        for (j, g) in guardrails.iter().enumerate() {
+            self.check(format!("{path}.guardrails[{j}]"), Kind::Guardrails, g, errs);
+        }
+        if let Some(b) = budget {
+            self.check(format!("{path}.budget"), Kind::Budgets, b, errs);
         }
     }
 
@@ -180,6 +204,10 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
             check_unique(Kind::ApiKeys, raw.api_keys.iter().map(|k| k.name.as_str()), &mut errs),
         ),
         (
+            Kind::Jwt,
+            check_unique(Kind::Jwt, raw.jwt.iter().map(|j| j.name.as_str()), &mut errs),
+        ),
+        (
             Kind::Budgets,
             check_unique(Kind::Budgets, budgets.iter().map(|b| b.name.as_str()), &mut errs),
         ),
@@ -218,6 +246,7 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
     let providers = providers::compile_providers(&raw.provider_keys, ctx, &mut errs);
     let (models, model_order) = models::compile_models(&raw.models, &providers, &refs, &mut errs);
     let keys = keys::compile_keys(&raw.api_keys, &refs, &mut errs);
+    let jwt = jwt::compile_jwt(&raw.jwt, &refs, &mut errs);
     // Its borrows of `raw` end here, before `raw.rate_limits` moves into the snapshot.
     drop(refs);
     policies::check_budgets(&budgets, &mut errs);
@@ -236,6 +265,7 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
         models,
         model_order,
         keys,
+        jwt,
         rate_limits: raw.rate_limits,
         guardrails: guard_order,
         caches,

@@ -109,12 +109,7 @@ pub(super) fn compile_models(
     let mut model_order = Vec::new();
     for (i, m) in list.iter().enumerate() {
         let path = format!("models[{i}]");
-        if let Some(rl) = &m.rate_limit {
-            refs.check(format!("{path}.rate_limit"), Kind::RateLimits, rl, errs);
-        }
-        for (j, g) in m.guardrails.iter().enumerate() {
-            refs.check(format!("{path}.guardrails[{j}]"), Kind::Guardrails, g, errs);
-        }
+        refs.check_policies(&path, m.rate_limit.as_deref(), &m.guardrails, None, errs);
         if let Some(c) = &m.cache {
             refs.check(format!("{path}.cache"), Kind::Cache, c, errs);
         }

@@ -1,6 +1,9 @@
-//! Caller authentication: credential extraction, BLAKE3 lookup, client certificates,
-//! expiry and disabled keys. Every failure is the same 401, so a caller cannot tell an
-//! unknown key from a revoked one.
+//! Caller authentication: credential extraction, BLAKE3 lookup, JWTs of configured
+//! issuers ([`jwt`]), client certificates, expiry and disabled keys. Every failure is the
+//! same 401, so a caller cannot tell an unknown key from a revoked one or a forged token.
+
+pub mod jwks;
+pub mod jwt;
 
 use std::sync::Arc;
 
@@ -8,8 +11,10 @@ use chrono::Utc;
 use http::header::{HeaderName, AUTHORIZATION};
 use http::HeaderMap;
 
-use crate::config::{ApiKeyEntry, KeyIndex};
+use crate::config::{ApiKeyEntry, Snapshot};
 use crate::error::GwError;
+use crate::limit::Cells;
+use crate::telemetry::metrics::Metrics;
 use crate::tls::ClientIdentity;
 
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -33,24 +38,42 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
         .find(|k| !k.is_empty())
 }
 
-/// The caller: by the key it presented, else by the verified client certificate of its
-/// connection (`tls::ClientIdentity`). A presented key decides alone, so a service with a
+/// The caller: by the key it presented (a static key, else a JWT of a configured
+/// issuer), else by the verified client certificate of its connection
+/// (`tls::ClientIdentity`). A presented credential decides alone, so a service with a
 /// certificate can still act as another caller by sending that caller's key.
-pub fn authenticate(
-    keys: &KeyIndex,
+pub async fn authenticate(
+    snap: &Snapshot,
+    cells: &Cells,
+    metrics: &Arc<Metrics>,
     headers: &HeaderMap,
     client: Option<&ClientIdentity>,
 ) -> Result<Arc<ApiKeyEntry>, GwError> {
     let entry = match (presented_key(headers), client) {
-        (Some(presented), _) => keys.lookup(presented),
-        (None, Some(id)) => keys.lookup_cert(id.0.iter().map(String::as_str)),
-        (None, None) => None,
-    }
-    .ok_or(GwError::InvalidApiKey)?;
+        (Some(presented), _) => match snap.keys.lookup(presented) {
+            Some(e) => e.clone(),
+            None if !snap.jwt.is_empty() && jwt::looks_like_jwt(presented) => {
+                // `looks_like_jwt` admits ASCII only.
+                let token = std::str::from_utf8(presented).map_err(|_| GwError::InvalidApiKey)?;
+                return snap
+                    .jwt
+                    .authenticate(token, cells, metrics)
+                    .await
+                    .map_err(|_| GwError::InvalidApiKey);
+            }
+            None => return Err(GwError::InvalidApiKey),
+        },
+        (None, Some(id)) => snap
+            .keys
+            .lookup_cert(id.0.iter().map(String::as_str))
+            .ok_or(GwError::InvalidApiKey)?
+            .clone(),
+        (None, None) => return Err(GwError::InvalidApiKey),
+    };
     if !entry.is_active(Utc::now()) {
         return Err(GwError::InvalidApiKey);
     }
-    Ok(entry.clone())
+    Ok(entry)
 }
 
 #[cfg(test)]

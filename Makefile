@@ -4,9 +4,17 @@ VENV  := target/py-venv
 PY    := $(VENV)/bin/python
 BIN   := target/debug/aigw
 
-.PHONY: build run test test-rust test-python lint fmt bench fuzz loadtest soak release clean
+.PHONY: build run test test-rust test-python lint fmt bench fuzz loadtest soak release clean setup-run setup-test
 
-build:
+# What the build and the tests need besides Rust, installed when missing (scripts/setup.sh:
+# apt, with sudo when not root; elsewhere it names the packages). A no-op in milliseconds
+# once everything is there.
+setup-run:
+	scripts/setup.sh run
+setup-test:
+	scripts/setup.sh test
+
+build: setup-run
 	$(CARGO) build --bins
 
 ## Start the mock upstream and the gateway with conf/aigw.yaml; prints what to try.
@@ -16,22 +24,22 @@ run: build
 ## The whole test suite: Rust unit and end-to-end tests, then the Python SDK tests.
 test: test-rust test-python
 
-test-rust:
+test-rust: setup-test
 	$(CARGO) nextest run --no-fail-fast
 
 # One venv, cached under target/ and rebuilt when the pinned SDKs change.
-$(VENV)/.installed: tests/python/requirements.txt
+$(VENV)/.installed: tests/python/requirements.txt | setup-test
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 	touch $@
 
 # Built as the Rust tests build it (dev-dependencies in the feature set), so after
 # test-rust nothing is compiled again.
-test-python: $(VENV)/.installed
+test-python: setup-test $(VENV)/.installed
 	$(CARGO) build --bins --tests
 	AIGW_BIN=$(BIN) $(PY) -m pytest -q tests/python
 
-lint:
+lint: setup-test
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
@@ -52,7 +60,7 @@ fuzz:
 	  $(CARGO) +nightly fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 || exit 1; \
 	done
 
-release:
+release: setup-run
 	$(CARGO) build --release --bins
 
 # The load kit also measures a bare Pingora proxy (examples/bare_proxy.rs): the floor

@@ -11,11 +11,10 @@ use serde_json::{json, Value};
 
 /// Each answer of the mock has 8 output tokens; at $1 per output token a request costs $8,
 /// so a $10 budget admits two requests (the second crosses the line) and refuses the third.
-fn config(budget: &str, redis: bool) -> String {
-    let redis = if redis {
-        "\n  redis: {url: \"redis://127.0.0.1:6379/0\", timeout_ms: 200}"
-    } else {
-        ""
+fn config(budget: &str, redis: Option<&PrivateRedis>) -> String {
+    let redis = match redis {
+        Some(r) => format!("\n  redis: {{url: \"{}\", timeout_ms: 200}}", r.url()),
+        None => String::new(),
     };
     format!(
         r#"
@@ -52,7 +51,7 @@ async fn spent(gw: &Gateway, owner: &str, usd: f64) {
 #[tokio::test]
 async fn an_owner_is_refused_once_its_budget_is_spent() {
     let mock = Mock::start();
-    let gw = Gateway::start(&config("daily", false), &mock);
+    let gw = Gateway::start(&config("daily", None), &mock);
 
     let r = post_as(&gw, "sk-a1", "/v1/chat/completions", &chat_body("chat")).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -119,7 +118,8 @@ async fn an_owner_is_refused_once_its_budget_is_spent() {
 #[tokio::test]
 async fn two_gateways_share_a_budget_through_redis() {
     let mock = Mock::start();
-    let config = config(&unique("shared"), true);
+    let redis = PrivateRedis::start_any();
+    let config = config(&unique("shared"), Some(&redis));
     let a = Gateway::start(&config, &mock);
     let b = Gateway::start(&config, &mock);
     assert_eq!(
@@ -141,12 +141,10 @@ async fn two_gateways_share_a_budget_through_redis() {
 /// and what it has not written yet when told to stop is written before it exits.
 #[tokio::test]
 async fn shared_charges_are_written_in_batches_and_before_a_stop() {
-    let port = free_port();
-    let _redis = PrivateRedis::start(port);
+    let redis = PrivateRedis::start_any();
+    let port = redis.port;
     let mock = Mock::start();
-    let config = config("batched", true)
-        .replace("127.0.0.1:6379", &format!("127.0.0.1:{port}"))
-        .replace("usd: 10,", "usd: 1000,");
+    let config = config("batched", Some(&redis)).replace("usd: 10,", "usd: 1000,");
     let mut gw = Gateway::start(&config, &mock);
     let in_redis = || {
         let keys = redis_cli(port, &["KEYS", "aigw:budget:batched:team-a:*"]);

@@ -305,7 +305,8 @@ fn redis_config(url: &str) -> String {
 #[tokio::test]
 async fn a_redis_backend_is_shared_by_two_gateways() {
     let mock = Mock::start();
-    let config = redis_config("redis://127.0.0.1:6379/0");
+    let redis = PrivateRedis::start_any();
+    let config = redis_config(&redis.url());
     let a = Gateway::start(&config, &mock);
     let b = Gateway::start(&config, &mock);
     // Large enough to be stored compressed.

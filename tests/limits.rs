@@ -324,8 +324,12 @@ async fn no_slot_leaks_after_hundreds_of_mixed_requests() {
 #[tokio::test]
 async fn no_slot_leaks_in_redis_either() {
     let policy = unique("mixed");
+    let redis = PrivateRedis::start_any();
     let config = CONFIG
-        .replace("{SERVER}\n", "{SERVER}\n  redis: {url: \"redis://127.0.0.1:6379/0\"}\n")
+        .replace(
+            "{SERVER}\n",
+            &format!("{{SERVER}}\n  redis: {{url: \"{}\"}}\n", redis.url()),
+        )
         .replace("name: mixed,", &format!("name: {policy},"))
         .replace("rate_limit: mixed}", &format!("rate_limit: {policy}}}"));
     assert!(config.contains("redis:") && config.contains(&policy));
@@ -386,7 +390,8 @@ api_keys:
 #[tokio::test]
 async fn two_gateways_share_one_limit_through_redis() {
     let mock = Mock::start();
-    let config = shared_config("redis://127.0.0.1:6379/0", &unique("shared"));
+    let redis = PrivateRedis::start_any();
+    let config = shared_config(&redis.url(), &unique("shared"));
     let gws = [
         std::sync::Arc::new(Gateway::start(&config, &mock)),
         std::sync::Arc::new(Gateway::start(&config, &mock)),

@@ -494,10 +494,11 @@ pub fn vertex_key_file(dir: &Path, mock: &Mock, query: &str) -> PathBuf {
     path
 }
 
-/// A Redis of a test's own, on `port`, for tests that count its calls or stop it.
+/// A Redis of a test's own, on `port`: no test needs a Redis running beforehand, and
+/// tests that count its calls or stop it see only their own traffic.
 pub struct PrivateRedis {
     child: Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl PrivateRedis {
@@ -519,6 +520,15 @@ impl PrivateRedis {
             .expect("redis-server is installed (.ci/run installs it)");
         assert!(wait_until(10, || TcpStream::connect(("127.0.0.1", port)).is_ok()));
         Self { child, port }
+    }
+
+    /// One on a free port.
+    pub fn start_any() -> Self {
+        Self::start(free_port())
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
     }
 
     pub fn stop(&mut self) {

@@ -38,6 +38,9 @@ if [ "$want" = test ]; then
   need openssl has openssl
   need curl has curl
   need python3-venv python3 -c 'import ensurepip, venv'
+  # The console's test drives a headless chromium through its matching chromedriver.
+  need chromium has chromium
+  need chromium-driver has chromedriver
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -282,6 +282,11 @@ impl Budgets {
             }
         };
         let ttl_s = w.ends.map(|e| (e - now).num_seconds().max(1) as u64);
+        let used = if limit == 0 { 1.0 } else { spent as f64 / limit as f64 };
+        self.metrics
+            .budget_used
+            .with_label_values(&[b.name.as_str(), owner])
+            .set(used);
         if spent >= limit {
             return Err(GwError::BudgetExceeded {
                 budget: b.name.clone(),

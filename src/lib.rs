@@ -11,6 +11,7 @@ pub mod error;
 pub mod guard;
 pub mod limit;
 pub mod mock;
+pub mod ops;
 pub mod outbound;
 pub mod provider;
 pub mod proxy;

@@ -54,6 +54,23 @@ enum Command {
         #[arg(long)]
         include_secrets: bool,
     },
+    /// Print the running gateway's status (`GET /admin/v1/status`) as tables.
+    Status {
+        /// Config file, to find the admin listener [default: $AIGW_CONFIG, then conf/aigw.yaml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin listener's URL [default: from the config's server.admin_listen]
+        #[arg(long)]
+        admin: Option<String>,
+        /// An admin key (`server.admin_keys`)
+        #[arg(long, env = "AIGW_ADMIN_KEY", hide_env_values = true)]
+        admin_key: String,
+    },
+    /// Caller keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Print `blake3:<hex>` for a caller key, for `key_hash` in the config.
     HashKey {
         /// The key; read from standard input when absent (keeps it out of shell history).
@@ -81,6 +98,38 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new caller key and print it once. Only its hash is kept: written to the
+    /// config store through the admin API with --apply, else printed as an `api_keys`
+    /// entry for the config file.
+    Create {
+        #[command(flatten)]
+        key: aigw::ops::NewKey,
+        /// Write it to the config store through the running gateway's admin API.
+        #[arg(long)]
+        apply: bool,
+        /// Config file, to find the admin listener [default: $AIGW_CONFIG, then conf/aigw.yaml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin listener's URL [default: from the config's server.admin_listen]
+        #[arg(long)]
+        admin: Option<String>,
+        /// An admin key, for --apply
+        #[arg(long, env = "AIGW_ADMIN_KEY", hide_env_values = true)]
+        admin_key: Option<String>,
+    },
+}
+
+/// Runs an operator command's future to its end, on a small runtime of its own.
+fn block_on<T>(f: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?
+        .block_on(f)
 }
 
 fn config_path(arg: Option<PathBuf>) -> PathBuf {
@@ -123,6 +172,62 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Status {
+            config,
+            admin,
+            admin_key,
+        } => {
+            let admin = admin.unwrap_or_else(|| aigw::ops::admin_url(&config_path(config)));
+            match block_on(aigw::ops::status(&admin, &admin_key)) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("aigw status: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Create {
+                    key: spec,
+                    apply,
+                    config,
+                    admin,
+                    admin_key,
+                },
+        } => {
+            let key = match aigw::ops::generate_key() {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("aigw keys create: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let entry = aigw::ops::entry(&key, &spec);
+            if apply {
+                let Some(admin_key) = admin_key else {
+                    eprintln!("aigw keys create: --apply needs an admin key (--admin-key or AIGW_ADMIN_KEY)");
+                    return ExitCode::FAILURE;
+                };
+                let admin = admin.unwrap_or_else(|| aigw::ops::admin_url(&config_path(config)));
+                if let Err(e) = block_on(aigw::ops::store_entry(&admin, &admin_key, &entry)) {
+                    eprintln!("aigw keys create: {e}");
+                    return ExitCode::FAILURE;
+                }
+                eprintln!(
+                    "stored api_keys/{} (its hash only)",
+                    entry["name"].as_str().unwrap_or("")
+                );
+            } else {
+                eprint!("{}", aigw::ops::yaml_snippet(&entry));
+            }
+            eprintln!("the new key, shown this once:");
+            println!("{key}");
+            ExitCode::SUCCESS
         }
         Command::Import { config } => report(aigw::store::import(&config_path(config))),
         Command::Export {

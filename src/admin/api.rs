@@ -54,6 +54,7 @@ pub struct Api {
 enum Route<'p> {
     Config,
     Spend,
+    Status,
     List(Kind),
     One(Kind, &'p str),
 }
@@ -63,6 +64,7 @@ fn route(path: &str) -> Option<Route<'_>> {
     match rest.split('/').collect::<Vec<_>>().as_slice() {
         ["config"] => Some(Route::Config),
         ["spend"] => Some(Route::Spend),
+        ["status"] => Some(Route::Status),
         [kind] => Kind::parse(kind).map(Route::List),
         [kind, name] if !name.is_empty() => Kind::parse(kind).map(|k| Route::One(k, name)),
         _ => None,
@@ -128,6 +130,7 @@ impl Api {
         }
         let method = session.req_header().method.clone();
         match (route, method) {
+            (Route::Status, Method::GET) => json_response(200, &super::status::status(state).await),
             (Route::Spend, Method::GET) => {
                 let snap = state.snapshot();
                 let spend = state.budgets.report(&snap, chrono::Utc::now()).await;

@@ -1,7 +1,9 @@
 //! The admin listener: liveness and readiness for load balancers and orchestrators,
-//! Prometheus metrics, and the admin API.
+//! Prometheus metrics, the admin API, and the console (`/ui/`).
 
 pub mod api;
+pub mod status;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +80,8 @@ impl ServeHttp for Admin {
                 Err(addr) => text(503, &format!("starting: {addr} is not accepting connections yet\n")),
             },
             "/metrics" if self.state.snapshot().observability.prometheus => {
+                let routes = status::routes(&self.state.snapshot(), &self.state.cooldowns, std::time::Instant::now());
+                self.state.metrics.set_routes(&routes);
                 let body = self.state.metrics.render();
                 Response::builder()
                     .status(200)
@@ -87,6 +91,7 @@ impl ServeHttp for Admin {
                     .unwrap_or_default()
             }
             p if p.starts_with("/admin/v1/") => self.api.handle(&self.state, session).await,
+            p if p == "/ui" || p.starts_with("/ui/") => ui::asset(p).unwrap_or_else(|| text(404, "not found\n")),
             _ => text(404, "not found\n"),
         }
     }

@@ -61,6 +61,29 @@ pub struct Policies {
 }
 
 impl Issuer {
+    /// What the status view shows of the issuer: never a key.
+    pub fn status(&self) -> serde_json::Value {
+        let (keys, loaded) = match &self.keys {
+            Keys::File(set) => ("file", Some(set.len())),
+            Keys::Remote(r) => ("remote", r.current().map(|s| s.len())),
+        };
+        let mut models: Option<Vec<&String>> = self.models.as_ref().map(|m| m.iter().collect());
+        if let Some(m) = models.as_mut() {
+            m.sort();
+        }
+        serde_json::json!({
+            "name": self.name,
+            "issuer": self.iss,
+            "keys": keys,
+            "keys_loaded": loaded,
+            "owner_claim": self.owner_claim,
+            "models_claim": self.models_claim,
+            "models": models,
+            "rate_limit": self.policy.as_ref().map(|p| p.name.clone()),
+            "budget": self.budget.as_ref().map(|b| b.name.clone()),
+        })
+    }
+
     /// The spend limit of this issuer's callers, counted per owner.
     pub fn budget(&self) -> Option<&Arc<raw::Budget>> {
         self.budget.as_ref()

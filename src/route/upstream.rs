@@ -154,6 +154,23 @@ impl Upstream {
         }
     }
 
+    /// Every resolved replica: whether health checks call it healthy, and until when it
+    /// is ejected after failures (for the status view).
+    pub fn replicas(&self, now: Instant) -> Vec<(SocketAddr, bool, Option<Instant>)> {
+        let ejected = self.ejected.read().unwrap_or_else(|p| p.into_inner()).clone();
+        with_lb!(&self.lb, lb => {
+            let b = lb.backends();
+            b.get_backend()
+                .iter()
+                .filter_map(|be| {
+                    let addr = be.addr.as_inet().copied()?;
+                    let until = ejected.get(&addr).copied().filter(|t| *t > now);
+                    Some((addr, b.ready(be), until))
+                })
+                .collect()
+        })
+    }
+
     fn is_ejected(&self, addr: &SocketAddr, now: Instant) -> bool {
         if self.ejected_len.load(Ordering::Relaxed) == 0 {
             return false;

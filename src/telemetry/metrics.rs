@@ -7,8 +7,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::proxy::Ctx;
@@ -87,6 +87,13 @@ pub struct Metrics {
     pub jwt_rejections: IntCounterVec,
     /// `aigw_jwks_fetches_total{issuer,outcome=ok|error}`: remote key set fetches.
     pub jwks_fetches: IntCounterVec,
+    /// `aigw_route_targets{model}`: targets of each multi-target alias, and
+    /// `aigw_route_targets_cooling{model}` those cooling down, as of the scrape.
+    pub route_targets: IntGaugeVec,
+    pub route_targets_cooling: IntGaugeVec,
+    /// `aigw_budget_used_ratio{budget,owner}`: spend over limit in the current period, as
+    /// of the owner's last request.
+    pub budget_used: GaugeVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -231,6 +238,27 @@ impl Metrics {
                 "Fetches of remote JWT key sets, by issuer and outcome",
                 &["issuer", "outcome"],
             ),
+            route_targets: IntGaugeVec::new(
+                Opts::new("aigw_route_targets", "Targets of each multi-target alias"),
+                &["model"],
+            )
+            .expect("valid metric"),
+            route_targets_cooling: IntGaugeVec::new(
+                Opts::new(
+                    "aigw_route_targets_cooling",
+                    "Targets of each multi-target alias cooling down at the scrape",
+                ),
+                &["model"],
+            )
+            .expect("valid metric"),
+            budget_used: GaugeVec::new(
+                Opts::new(
+                    "aigw_budget_used_ratio",
+                    "Spend over limit of each budget and owner in the current period, as of the owner's last request",
+                ),
+                &["budget", "owner"],
+            )
+            .expect("valid metric"),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -259,6 +287,9 @@ impl Metrics {
             Box::new(m.usage_estimated.clone()),
             Box::new(m.jwt_rejections.clone()),
             Box::new(m.jwks_fetches.clone()),
+            Box::new(m.route_targets.clone()),
+            Box::new(m.route_targets_cooling.clone()),
+            Box::new(m.budget_used.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -344,6 +375,22 @@ impl Metrics {
                     .with_label_values(&[l.listen.as_str(), c.label()])
                     .set(c.not_after);
             }
+        }
+    }
+
+    /// Each multi-target alias's targets and how many cool down, replacing the last
+    /// scrape's (an alias removed by a reload goes).
+    pub fn set_routes(&self, routes: &[crate::admin::status::Route]) {
+        self.route_targets.reset();
+        self.route_targets_cooling.reset();
+        for r in routes.iter().filter(|r| r.multi) {
+            self.route_targets
+                .with_label_values(&[r.model.as_str()])
+                .set(r.targets.len() as i64);
+            let cooling = r.targets.iter().filter(|t| t.cooldown_s.is_some()).count();
+            self.route_targets_cooling
+                .with_label_values(&[r.model.as_str()])
+                .set(cooling as i64);
         }
     }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod guard;
 pub mod limit;
+pub mod mcp;
 pub mod mock;
 pub mod ops;
 pub mod outbound;

@@ -36,6 +36,8 @@ pub struct AppState {
     pub caches: Caches,
     /// Spend per owner and budget period.
     pub budgets: Budgets,
+    /// Callers' MCP sessions, and through them their sessions with each MCP server.
+    pub mcp_sessions: crate::mcp::Sessions,
     /// The OTLP span export, when `observability.otlp` was set at start.
     pub traces: Option<Traces>,
     pub metrics: Arc<Metrics>,
@@ -129,6 +131,7 @@ impl AppState {
             limiter: Limiter::new(limit_store, metrics.clone()),
             caches: Caches::new(redis.clone()),
             budgets: Budgets::new(redis, metrics.clone()),
+            mcp_sessions: crate::mcp::Sessions::default(),
             traces,
             metrics,
             inflight: AtomicUsize::new(0),

@@ -48,21 +48,36 @@ fn every_shipped_config_validates() {
 #[test]
 fn reference_config_names_every_section() {
     let text = std::fs::read_to_string(asset("conf/aigw.reference.yaml")).unwrap();
-    for section in [
-        "version:",
-        "server:",
-        "provider_keys:",
-        "models:",
-        "api_keys:",
-        "budgets:",
-        "rate_limits:",
-        "guardrails:",
-        "cache:",
-        "observability:",
-    ] {
+    let sections = ["version", "server", "observability"]
+        .into_iter()
+        .chain(aigw::config::Kind::ALL.map(aigw::config::Kind::name))
+        .map(|s| format!("{s}:"));
+    for section in sections {
         assert!(
-            text.lines().any(|l| l.starts_with(section)),
+            text.lines().any(|l| l.starts_with(&section)),
             "{section} is not documented"
         );
     }
+}
+
+#[test]
+fn bad_mcp_sections_are_config_errors() {
+    common::assert_config_errors(
+        r#"version: 1
+mcp_servers:
+  - {name: "a__b", url: "ftp://tools", headers: {authorization: "Bearer mcp-secret-value"}}
+  - {name: ok, url: "https://tools.example/mcp", headers: {"bad header": "mcp-secret-value"}}
+api_keys:
+  - {name: k, key: sk-k, mcp: {servers: [ok, missing], tools: ["ok__*"]}}
+  - {name: j, key: sk-j, mcp: {servers: [ok], extra: 1}}
+"#,
+        &[
+            "mcp_servers[0].name: must not contain '__'",
+            "mcp_servers[0].url: must be an http or https URL",
+            "mcp_servers[1].headers.bad header: is not a valid HTTP header",
+            "api_keys[0].mcp.servers[1]: no MCP server named 'missing' in mcp_servers",
+            "api_keys[1].mcp.extra",
+        ],
+        "mcp-secret-value",
+    );
 }

@@ -51,6 +51,7 @@ pub struct Issuer {
     guardrails: Vec<Arc<Guardrail>>,
     budget: Option<Arc<raw::Budget>>,
     cache: bool,
+    mcp: Option<Arc<crate::mcp::Access>>,
 }
 
 /// What the issuer's entry sets besides the keys, checked by the config compiler.
@@ -58,6 +59,7 @@ pub struct Policies {
     pub policy: Option<Arc<raw::RateLimit>>,
     pub guardrails: Vec<Arc<Guardrail>>,
     pub budget: Option<Arc<raw::Budget>>,
+    pub mcp: Option<Arc<crate::mcp::Access>>,
 }
 
 impl Issuer {
@@ -108,6 +110,7 @@ impl Issuer {
             guardrails: p.guardrails,
             budget: p.budget,
             cache: raw.cache,
+            mcp: p.mcp,
         }
     }
 }
@@ -278,6 +281,7 @@ impl Issuer {
             guardrails: self.guardrails.clone(),
             budget: self.budget.clone(),
             cache: self.cache,
+            mcp: self.mcp.clone(),
         }
     }
 }
@@ -355,6 +359,7 @@ mod tests {
                 policy: None,
                 guardrails: Vec::new(),
                 budget: None,
+                mcp: None,
             },
         )
     }

@@ -14,11 +14,12 @@ pub enum Kind {
     Budgets,
     Guardrails,
     Cache,
+    McpServers,
 }
 
 impl Kind {
     /// Every kind, in the order a config file lists them.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::ProviderKeys,
         Kind::Models,
         Kind::ApiKeys,
@@ -27,6 +28,7 @@ impl Kind {
         Kind::Budgets,
         Kind::Guardrails,
         Kind::Cache,
+        Kind::McpServers,
     ];
 
     /// The section's name in the config file, the admin API and the store.
@@ -40,6 +42,7 @@ impl Kind {
             Kind::Budgets => "budgets",
             Kind::Guardrails => "guardrails",
             Kind::Cache => "cache",
+            Kind::McpServers => "mcp_servers",
         }
     }
 
@@ -54,6 +57,7 @@ impl Kind {
             Kind::Budgets => "budget",
             Kind::Guardrails => "guardrail",
             Kind::Cache => "cache",
+            Kind::McpServers => "MCP server",
         }
     }
 
@@ -75,7 +79,7 @@ impl Kind {
     /// the credential of an OpenAI-compatible server.
     pub fn secret_maps(self) -> &'static [&'static str] {
         match self {
-            Kind::ProviderKeys => &["headers"],
+            Kind::ProviderKeys | Kind::McpServers => &["headers"],
             _ => &[],
         }
     }

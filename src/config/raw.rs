@@ -458,6 +458,42 @@ pub struct ApiKey {
     /// `false`: this key's requests never read or fill a response cache.
     #[serde(default = "default_true")]
     pub cache: bool,
+    /// The MCP servers and tools this key may use; absent: none.
+    pub mcp: Option<McpAccess>,
+}
+
+fn default_mcp_timeout() -> u64 {
+    30_000
+}
+
+/// An upstream MCP server (Streamable HTTP transport), `mcp_servers` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServer {
+    pub name: String,
+    /// The server's MCP endpoint, e.g. `https://tools.internal/mcp`.
+    pub url: String,
+    /// Sent on every call: the server's credential stays here, never the caller's.
+    #[serde(default, deserialize_with = "de_text_map")]
+    pub headers: BTreeMap<String, String>,
+    /// The longest a call to this server may take, in milliseconds.
+    #[serde(default = "default_mcp_timeout")]
+    pub timeout_ms: u64,
+    /// The server's tools callers may see at most; `None`: all of them.
+    pub tools: Option<Vec<String>>,
+}
+
+/// What MCP a caller may reach (`api_keys[].mcp`, `jwt[].mcp`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpAccess {
+    /// Server names; `"*"`: every server.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Tools as callers see them (`{server}__{tool}`), `*` matching any run of characters;
+    /// empty: every tool of the allowed servers.
+    #[serde(default)]
+    pub tools: Vec<String>,
 }
 
 /// One string or a list of them (`audience: aigw` or `audience: [aigw, aigw-batch]`).
@@ -517,6 +553,8 @@ pub struct JwtIssuer {
     pub budget: Option<String>,
     #[serde(default = "default_true")]
     pub cache: bool,
+    /// The MCP servers and tools this issuer's callers may use; absent: none.
+    pub mcp: Option<McpAccess>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

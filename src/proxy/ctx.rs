@@ -70,6 +70,8 @@ pub struct Ctx {
     pub stream_guard: Option<Box<StreamGuard>>,
     /// Guardrails that hit, once each, for metrics and the access log.
     pub guard_hits: Vec<Hit>,
+    /// The MCP tool call this request made, if any.
+    pub mcp: Option<crate::mcp::ToolCall>,
     /// What the response cache did, when the model has a cache policy.
     pub cache: Option<cache::Outcome>,
     /// A miss whose answer may be stored once complete.
@@ -116,6 +118,7 @@ impl Ctx {
             response_guards: Vec::new(),
             stream_guard: None,
             guard_hits: Vec::new(),
+            mcp: None,
             cache: None,
             cache_fill: None,
             budget: None,

@@ -38,6 +38,8 @@ enum Route {
     Upstream(Endpoint),
     ListModels,
     GetModel(String),
+    /// The MCP gateway: every server (`/mcp`) or one (`/mcp/{server}`).
+    Mcp(Option<String>),
 }
 
 fn route(method: &Method, path: &str) -> Result<Route, GwError> {
@@ -52,14 +54,19 @@ fn route(method: &Method, path: &str) -> Result<Route, GwError> {
         "/v1/messages" => (Route::Upstream(Endpoint::Messages), "POST"),
         "/v1/responses" => (Route::Upstream(Endpoint::Responses), "POST"),
         "/v1/models" => (Route::ListModels, "GET"),
-        p => match p.strip_prefix("/v1/models/") {
-            Some(id) if !id.is_empty() => (Route::GetModel(id.to_owned()), "GET"),
+        "/mcp" => (Route::Mcp(None), "POST, GET, DELETE"),
+        p => match (p.strip_prefix("/v1/models/"), p.strip_prefix("/mcp/")) {
+            (Some(id), _) if !id.is_empty() => (Route::GetModel(id.to_owned()), "GET"),
+            (_, Some(server)) if !server.is_empty() && !server.contains('/') => {
+                (Route::Mcp(Some(server.to_owned())), "POST, GET, DELETE")
+            }
             _ => return Err(GwError::NotFound(path.to_owned())),
         },
     };
     let ok = match allow {
         "GET" => method == Method::GET || method == Method::HEAD,
-        _ => method == Method::POST,
+        "POST" => method == Method::POST,
+        _ => [Method::POST, Method::GET, Method::DELETE].contains(method),
     };
     if ok {
         Ok(r)
@@ -138,6 +145,37 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
                 .map(|m| model_object(&snap, m))
                 .collect();
             answer_json(session, ctx, json!({"object": "list", "data": data})).await?;
+            return Ok(Admission::Answered);
+        }
+        Route::Mcp(scope) => {
+            let method = session.req_header().method.clone();
+            let body = match method {
+                Method::POST => {
+                    read_body(
+                        session,
+                        snap.server.max_request_body_bytes,
+                        snap.server.client_body_timeout,
+                    )
+                    .await?
+                }
+                _ => Bytes::new(),
+            };
+            let headers = session.req_header().headers.clone();
+            let h = crate::mcp::handle(state, &snap, &caller, scope.as_deref(), &method, &headers, &body).await;
+            ctx.guard_hits = h.hits;
+            ctx.mcp = h.call;
+            let r = h.reply;
+            let body = r.body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+            answer(session, ctx, r.status, "application/json", body, |resp| {
+                if let Some(id) = &r.session {
+                    resp.insert_header("mcp-session-id", id.as_str())?;
+                }
+                if r.status == 405 {
+                    resp.insert_header("allow", "POST, DELETE")?;
+                }
+                Ok(())
+            })
+            .await;
             return Ok(Admission::Answered);
         }
         Route::GetModel(id) => {
@@ -332,20 +370,29 @@ fn model_object(snap: &Snapshot, alias: &str) -> serde_json::Value {
 }
 
 async fn answer_json(session: &mut Session, ctx: &Ctx, v: serde_json::Value) -> Result<(), GwError> {
-    answer(session, ctx, "application/json", Bytes::from(v.to_string()), |_| Ok(())).await;
+    answer(
+        session,
+        ctx,
+        200,
+        "application/json",
+        Bytes::from(v.to_string()),
+        |_| Ok(()),
+    )
+    .await;
     Ok(())
 }
 
-/// Writes a whole 200 answer the gateway made itself; `more` adds headers.
+/// Writes a whole answer the gateway made itself; `more` adds headers.
 async fn answer(
     session: &mut Session,
     ctx: &Ctx,
+    status: u16,
     content_type: &str,
     body: Bytes,
     more: impl FnOnce(&mut ResponseHeader) -> pingora::Result<()>,
 ) {
     let write = async {
-        let mut resp = ResponseHeader::build(200, Some(6))?;
+        let mut resp = ResponseHeader::build(status, Some(6))?;
         resp.insert_header("content-type", content_type)?;
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
@@ -411,7 +458,7 @@ async fn answer_from_cache(session: &mut Session, ctx: &mut Ctx, entry: &cache::
     }
     let limits = ctx.limits.as_ref().map(|l| l.headers());
     let budget = ctx.budget.as_ref().map(|b| b.remaining_usd);
-    answer(session, ctx, content_type, body, |resp| {
+    answer(session, ctx, 200, content_type, body, |resp| {
         resp.insert_header("x-aigw-model", entry.model.as_str())?;
         resp.insert_header("x-aigw-cache", "hit")?;
         if let Some(h) = &limits {

@@ -149,6 +149,15 @@ struct Record<'a> {
     cache: &'a str,
     duration_ms: f64,
     ttft_ms: Option<f64>,
+    /// An MCP tool call: the server, the tool (its own name), and how it went (`ok`,
+    /// `tool_error`, `error`, `unavailable`, `blocked`, `rate_limited`, `unknown_tool`);
+    /// never its arguments or result. Absent on other requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mcp_server: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mcp_tool: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mcp_outcome: Option<&'a str>,
 }
 
 /// One line per request, written in Pingora's `logging` phase, which runs on every exit
@@ -210,6 +219,9 @@ pub fn access(session: &Session, ctx: &Ctx, state: &AppState) {
         cache: ctx.cache.map_or("", |c| c.as_str()),
         duration_ms: ms(ctx.started.elapsed()),
         ttft_ms: ctx.first_event.map(|t| ms(t.duration_since(ctx.started))),
+        mcp_server: ctx.mcp.as_ref().map(|c| c.server.as_str()),
+        mcp_tool: ctx.mcp.as_ref().map(|c| c.tool.as_str()),
+        mcp_outcome: ctx.mcp.as_ref().map(|c| c.outcome),
     };
     let mut line = match format {
         LogFormat::Json => serde_json::to_string(&r).unwrap_or_default(),

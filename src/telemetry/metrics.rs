@@ -94,6 +94,12 @@ pub struct Metrics {
     /// `aigw_budget_used_ratio{budget,owner}`: spend over limit in the current period, as
     /// of the owner's last request.
     pub budget_used: GaugeVec,
+    /// `aigw_mcp_tool_calls_total{server,tool,outcome}`: MCP tool calls; an unknown or
+    /// forbidden tool counts with empty server and tool (`unknown_tool`), so callers cannot
+    /// add series.
+    pub mcp_tool_calls: IntCounterVec,
+    /// `aigw_mcp_tool_call_duration_seconds{server}`.
+    pub mcp_tool_duration: HistogramVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -259,6 +265,16 @@ impl Metrics {
                 &["budget", "owner"],
             )
             .expect("valid metric"),
+            mcp_tool_calls: counter(
+                "aigw_mcp_tool_calls_total",
+                "MCP tool calls by server, tool and outcome",
+                &["server", "tool", "outcome"],
+            ),
+            mcp_tool_duration: histogram(
+                "aigw_mcp_tool_call_duration_seconds",
+                "MCP tool call duration, through the gateway",
+                &["server"],
+            ),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -290,6 +306,8 @@ impl Metrics {
             Box::new(m.route_targets.clone()),
             Box::new(m.route_targets_cooling.clone()),
             Box::new(m.budget_used.clone()),
+            Box::new(m.mcp_tool_calls.clone()),
+            Box::new(m.mcp_tool_duration.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

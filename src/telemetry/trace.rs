@@ -302,6 +302,8 @@ impl RequestTrace {
 /// What one finished request's spans say; gathered by the proxy from its context.
 pub struct Finished<'a> {
     pub operation: &'static str,
+    /// An MCP tool call's server, tool and outcome (`execute_tool` spans).
+    pub tool: Option<(&'a str, &'a str, &'static str)>,
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
@@ -351,7 +353,10 @@ impl Traces {
         };
         let mut attrs = vec![
             KeyValue::new("gen_ai.operation.name", f.operation),
-            KeyValue::new("gen_ai.request.model", f.alias.to_owned()),
+            match f.tool {
+                Some((_, tool, _)) => KeyValue::new("gen_ai.tool.name", tool.to_owned()),
+                None => KeyValue::new("gen_ai.request.model", f.alias.to_owned()),
+            },
             KeyValue::new("http.request.method", f.method.to_owned()),
             KeyValue::new("url.path", f.path.to_owned()),
             KeyValue::new("http.response.status_code", i64::from(f.status)),
@@ -362,6 +367,10 @@ impl Traces {
             }
         };
         opt(&mut attrs, "gen_ai.request.max_tokens", f.max_tokens.map(|v| v as i64));
+        if let Some((server, _, outcome)) = f.tool {
+            attrs.push(KeyValue::new("aigw.mcp.server", server.to_owned()));
+            attrs.push(KeyValue::new("aigw.mcp.outcome", outcome));
+        }
         if let Some(c) = f.cost_usd {
             attrs.push(KeyValue::new("aigw.cost_usd", c));
         }
@@ -431,6 +440,10 @@ impl Traces {
                 KeyValue::new("aigw.provider_key", a.provider_key.to_owned()),
             ];
             opt(&mut attrs, "gen_ai.request.max_tokens", f.max_tokens.map(|v| v as i64));
+            if let Some((server, _, outcome)) = f.tool {
+                attrs.push(KeyValue::new("aigw.mcp.server", server.to_owned()));
+                attrs.push(KeyValue::new("aigw.mcp.outcome", outcome));
+            }
             opt(&mut attrs, "http.response.status_code", a.status.map(i64::from));
             if a.answered {
                 attrs.push(KeyValue::new("gen_ai.response.model", a.request_model.to_owned()));
@@ -542,11 +555,21 @@ pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crat
     let answered_ok = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
     let req = session.req_header();
     let f = Finished {
-        operation: ctx.endpoint.map_or("chat", Endpoint::operation),
+        operation: match &ctx.mcp {
+            Some(_) => "execute_tool",
+            None => ctx.endpoint.map_or("chat", Endpoint::operation),
+        },
+        tool: ctx
+            .mcp
+            .as_ref()
+            .map(|c| (c.server.as_str(), c.tool.as_str(), c.outcome)),
         method: req.method.as_str(),
         path: req.uri.path(),
         status: session.response_written().map_or(0, |r| r.status.as_u16()),
-        alias: ctx.alias.as_deref().unwrap_or(""),
+        alias: match &ctx.mcp {
+            Some(c) => c.tool.as_str(),
+            None => ctx.alias.as_deref().unwrap_or(""),
+        },
         owner: ctx.caller.as_ref().map_or("", |c| c.owner.as_str()),
         key: ctx.caller.as_ref().map_or("", |c| c.name.as_str()),
         cache: ctx.cache.map_or("", |c| c.as_str()),

@@ -32,6 +32,7 @@ pub(super) fn compile_jwt(list: &[raw::JwtIssuer], refs: &Refs<'_, '_>, errs: &m
             refs.check(format!("{path}.models[{k}]"), Kind::Models, alias, errs);
         }
         refs.check_policies(&path, j.rate_limit.as_deref(), &j.guardrails, j.budget.as_deref(), errs);
+        let mcp = refs.mcp_access(&path, j.mcp.as_ref(), errs);
         let Some(keys) = keys(&path, j, errs) else { continue };
         if !ok {
             continue;
@@ -44,6 +45,7 @@ pub(super) fn compile_jwt(list: &[raw::JwtIssuer], refs: &Refs<'_, '_>, errs: &m
                 .map(|p| Arc::new((*p).clone())),
             guardrails: refs.guardrails(&j.guardrails),
             budget: j.budget.as_ref().and_then(|b| refs.budgets.get(b.as_str()).cloned()),
+            mcp,
         };
         out.push(Arc::new(Issuer::new(j, keys, policies)));
     }

@@ -27,6 +27,8 @@ pub struct ApiKeyEntry {
     pub budget: Option<Arc<raw::Budget>>,
     /// Whether this key's requests may use response caches.
     pub cache: bool,
+    /// The MCP servers and tools it may use; `None`: none.
+    pub mcp: Option<Arc<crate::mcp::Access>>,
 }
 
 impl ApiKeyEntry {
@@ -179,6 +181,7 @@ pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut
             refs.check(format!("{path}.models[{j}]"), Kind::Models, alias, errs);
         }
         refs.check_policies(&path, k.rate_limit.as_deref(), &k.guardrails, k.budget.as_deref(), errs);
+        let mcp = refs.mcp_access(&path, k.mcp.as_ref(), errs);
         if let Some(owner) = &k.owner {
             if owner.trim().is_empty() {
                 errs.push(
@@ -208,6 +211,7 @@ pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut
             guardrails: refs.guardrails(&k.guardrails),
             budget: k.budget.as_ref().and_then(|b| refs.budgets.get(b.as_str()).cloned()),
             cache: k.cache,
+            mcp,
         };
         match cert_id {
             Some(id) => {

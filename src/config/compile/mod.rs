@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub keys: KeyIndex,
     /// Issuers whose JWTs authenticate callers.
     pub jwt: crate::auth::jwt::Issuers,
+    /// Upstream MCP servers, in config order.
+    pub mcp_servers: Vec<Arc<crate::mcp::upstream::Server>>,
     pub rate_limits: Vec<raw::RateLimit>,
     pub guardrails: Vec<Arc<Guardrail>>,
     pub caches: Vec<Arc<raw::Cache>>,
@@ -144,6 +146,23 @@ impl Refs<'_, '_> {
         }
     }
 
+    /// A caller's `mcp` access, its servers checked; `None` when absent or broken.
+    fn mcp_access(
+        &self,
+        path: &str,
+        access: Option<&raw::McpAccess>,
+        errs: &mut Errors,
+    ) -> Option<Arc<crate::mcp::Access>> {
+        let a = access?;
+        for (j, s) in a.servers.iter().enumerate().filter(|(_, s)| *s != "*") {
+            self.check(format!("{path}.mcp.servers[{j}]"), Kind::McpServers, s, errs);
+        }
+        crate::mcp::Access::compile(a)
+            .map_err(|e| errs.push(format!("{path}.mcp"), e))
+            .ok()
+            .map(Arc::new)
+    }
+
     /// The rate limit policy `name` bound to `scope`.
     fn bind(&self, name: Option<&str>, scope: &str) -> Option<Arc<Binding>> {
         name.and_then(|n| self.policies.get(n))
@@ -231,6 +250,14 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
             Kind::Cache,
             check_unique(Kind::Cache, caches.iter().map(|c| c.name.as_str()), &mut errs),
         ),
+        (
+            Kind::McpServers,
+            check_unique(
+                Kind::McpServers,
+                raw.mcp_servers.iter().map(|m| m.name.as_str()),
+                &mut errs,
+            ),
+        ),
     ]);
     let (guards, guard_order) = policies::compile_guardrails(&raw.guardrails, &mut errs);
     let refs = Refs {
@@ -247,6 +274,9 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
     let (models, model_order) = models::compile_models(&raw.models, &providers, &refs, &mut errs);
     let keys = keys::compile_keys(&raw.api_keys, &refs, &mut errs);
     let jwt = jwt::compile_jwt(&raw.jwt, &refs, &mut errs);
+    let mut mcp_errs = Vec::new();
+    let mcp_servers = crate::mcp::compile_servers(&raw.mcp_servers, &mut mcp_errs);
+    mcp_errs.into_iter().for_each(|(path, msg)| errs.push(path, msg));
     // Its borrows of `raw` end here, before `raw.rate_limits` moves into the snapshot.
     drop(refs);
     policies::check_budgets(&budgets, &mut errs);
@@ -266,6 +296,7 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
         model_order,
         keys,
         jwt,
+        mcp_servers,
         rate_limits: raw.rate_limits,
         guardrails: guard_order,
         caches,

@@ -212,6 +212,15 @@ pub fn render(v: &Value) -> String {
         "budget",
     ];
     table(&mut out, "JWT issuers", &jwt_cols, rows("jwt", &jwt_cols));
+    let mcp_cols = ["name", "url", "timeout_ms", "tools"];
+    table(&mut out, "MCP servers", &mcp_cols, rows("mcp_servers", &mcp_cols));
+    let call_cols = ["server", "tool", "outcome", "value"];
+    table(
+        &mut out,
+        "MCP tool calls",
+        &call_cols,
+        rows("mcp_tool_calls", &call_cols),
+    );
     table(
         &mut out,
         "guardrail hits",

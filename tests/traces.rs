@@ -217,3 +217,52 @@ async fn a_dead_collector_costs_requests_nothing() {
     .await;
     assert!(dropped, "{}", metrics_text(&gw).await);
 }
+
+/// An MCP tool call is an `execute_tool` span; other MCP requests are named by method.
+#[tokio::test]
+async fn mcp_tool_calls_are_execute_tool_spans() {
+    let rx = Receiver::start().await;
+    let mock = Mock::start();
+    let closed = free_port();
+    let config = config(&rx.endpoint(), 1.0, false)
+        .replace(
+            "api_keys:",
+            &format!("mcp_servers:\n  - {{name: tools, url: \"http://127.0.0.1:{closed}/mcp\", timeout_ms: 2000}}\napi_keys:"),
+        )
+        .replace("owner: team-a}", "owner: team-a, mcp: {servers: [tools]}}");
+    let gw = Gateway::start(&config, &mock);
+    let rpc = |trace: &str, session: Option<&str>, body: Value| {
+        let mut req = client()
+            .post(format!("{}/mcp", gw.url()))
+            .bearer_auth(CALLER_KEY)
+            .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
+            .json(&body);
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s);
+        }
+        req.send()
+    };
+    let init = "1af7651916cd43dd8448eb211c80319c";
+    let r = rpc(
+        init,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}),
+    )
+    .await
+    .unwrap();
+    let session = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let spans = rx.trace(init, 1).await;
+    assert_eq!(spans[0].name, "initialize");
+    assert_eq!(attr(&spans[0], "mcp.method.name").as_deref(), Some("initialize"));
+
+    let call = "2af7651916cd43dd8448eb211c80319c";
+    let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "tools__lookup", "arguments": {}}});
+    let answer: Value = rpc(call, Some(&session), body).await.unwrap().json().await.unwrap();
+    assert_eq!(answer["error"]["code"], -32603, "{answer}");
+    let spans = rx.trace(call, 1).await;
+    assert_eq!(spans[0].name, "execute_tool lookup");
+    assert_eq!(attr(&spans[0], "gen_ai.tool.name").as_deref(), Some("lookup"));
+    assert_eq!(attr(&spans[0], "aigw.mcp.server").as_deref(), Some("tools"));
+    assert_eq!(attr(&spans[0], "aigw.mcp.outcome").as_deref(), Some("unavailable"));
+    assert_eq!(attr(&spans[0], "gen_ai.request.model"), None);
+}

@@ -240,5 +240,13 @@ pub async fn status(state: &AppState) -> Value {
         "cache": rows(&m.cache),
         "ratelimit_rejections": rows(&m.ratelimit_rejections),
         "upstream_attempts": rows(&m.upstream_attempts),
+        "mcp_servers": snap.mcp_servers.iter().map(|s| json!({
+            "name": s.name,
+            // Without a query, which could carry a credential.
+            "url": s.url.split(['?', '#']).next().unwrap_or(""),
+            "timeout_ms": s.timeout.as_millis() as u64,
+            "tools": s.tools.as_ref().map(|t| { let mut v: Vec<_> = t.iter().collect(); v.sort(); v }),
+        })).collect::<Vec<_>>(),
+        "mcp_tool_calls": rows(&m.mcp_tool_calls),
     })
 }

@@ -112,11 +112,36 @@ pub struct ToolCall {
     pub outcome: &'static str,
 }
 
-/// The reply, the tool call it made if any, and the guardrails that matched.
+/// The reply, the JSON-RPC method (one of [`METHODS`], or `other`), the tool call it
+/// made if any, and the guardrails that matched.
 pub struct Handled {
     pub reply: Reply,
+    pub method: &'static str,
     pub call: Option<ToolCall>,
     pub hits: Vec<Hit>,
+}
+
+/// The methods aigw serves; spans and logs name no other (callers choose the string).
+const METHODS: [&str; 10] = [
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "notifications",
+];
+
+fn known(method: &str) -> &'static str {
+    let method = if method.starts_with("notifications/") {
+        "notifications"
+    } else {
+        method
+    };
+    METHODS.iter().find(|m| **m == method).copied().unwrap_or("other")
 }
 
 fn rpc_error(id: &Value, code: i64, message: impl Into<String>) -> Value {
@@ -134,6 +159,7 @@ fn reply(status: u16, body: Option<Value>) -> Reply {
 fn handled(reply: Reply) -> Handled {
     Handled {
         reply,
+        method: "other",
         call: None,
         hits: Vec::new(),
     }
@@ -215,62 +241,75 @@ pub async fn handle(
             )),
         ));
     };
-    let id = obj.get("id").cloned().unwrap_or(Value::Null);
     let Some(name) = obj.get("method").and_then(Value::as_str) else {
         // A response to a server request aigw never sent, or garbage: accepted, ignored.
         return handled(reply(202, None));
     };
-    if obj.get("id").is_none() {
-        // Notifications (`initialized`, `cancelled`) need no answer.
-        return handled(reply(202, None));
-    }
-    let params = obj.get("params").cloned().unwrap_or(Value::Null);
-    if name == "initialize" {
-        return handled(me.initialize(&id, &params));
-    }
-    let Some(sid) = session_id else {
-        return handled(reply(
-            400,
-            Some(rpc_error(
-                &id,
-                INVALID_REQUEST,
-                "Mcp-Session-Id is required: send initialize first.",
-            )),
-        ));
-    };
-    let Some(session) = me.session(&sid) else {
-        return handled(reply(
-            404,
-            Some(rpc_error(&id, INVALID_REQUEST, "Session not found: initialize again.")),
-        ));
-    };
-    let ok = |result: Value| handled(reply(200, Some(json!({"jsonrpc": "2.0", "id": id, "result": result}))));
-    match name {
-        "ping" => ok(json!({})),
-        "tools/list" => ok(json!({"tools": me.list(&session, "tools/list", "tools").await})),
-        "prompts/list" => ok(json!({"prompts": me.list(&session, "prompts/list", "prompts").await})),
-        "resources/list" => ok(json!({"resources": me.list(&session, "resources/list", "resources").await})),
-        "tools/call" => me.call_tool(&session, &id, params).await,
-        "prompts/get" => match me.route(params.get("name").and_then(Value::as_str).unwrap_or("")) {
-            Some((server, prompt)) => {
-                let mut params = params.clone();
-                params["name"] = json!(prompt);
-                me.forward(&session, &server, &id, "prompts/get", params).await.0
-            }
-            None => handled(reply(200, Some(rpc_error(&id, INVALID_PARAMS, "Unknown prompt.")))),
-        },
-        "resources/read" => {
-            let uri = params.get("uri").and_then(Value::as_str).unwrap_or("");
-            let server = lock(&session.resources).get(uri).cloned();
-            match server.and_then(|s| me.server(&s)) {
-                Some(server) => me.forward(&session, &server, &id, "resources/read", params).await.0,
-                None => handled(reply(200, Some(rpc_error(&id, -32002, "Resource not found.")))),
-            }
+    let mut h = me.request(obj, name, session_id).await;
+    h.method = known(name);
+    h
+}
+
+impl Gate<'_> {
+    /// One JSON-RPC message with a method: a notification, or a request to answer.
+    async fn request(&self, obj: &serde_json::Map<String, Value>, name: &str, session_id: Option<String>) -> Handled {
+        let me = self;
+        let id = obj.get("id").cloned().unwrap_or(Value::Null);
+        if obj.get("id").is_none() {
+            // Notifications (`initialized`, `cancelled`) need no answer.
+            return handled(reply(202, None));
         }
-        _ => handled(reply(
-            200,
-            Some(rpc_error(&id, METHOD_NOT_FOUND, format!("Method not found: {name}"))),
-        )),
+        let params = obj.get("params").cloned().unwrap_or(Value::Null);
+        if name == "initialize" {
+            return handled(me.initialize(&id, &params));
+        }
+        let Some(sid) = session_id else {
+            return handled(reply(
+                400,
+                Some(rpc_error(
+                    &id,
+                    INVALID_REQUEST,
+                    "Mcp-Session-Id is required: send initialize first.",
+                )),
+            ));
+        };
+        let Some(session) = me.session(&sid) else {
+            return handled(reply(
+                404,
+                Some(rpc_error(&id, INVALID_REQUEST, "Session not found: initialize again.")),
+            ));
+        };
+        let ok = |result: Value| handled(reply(200, Some(json!({"jsonrpc": "2.0", "id": id, "result": result}))));
+        match name {
+            "ping" => ok(json!({})),
+            "tools/list" => ok(json!({"tools": me.list(&session, "tools/list", "tools").await})),
+            "prompts/list" => ok(json!({"prompts": me.list(&session, "prompts/list", "prompts").await})),
+            "resources/list" => ok(json!({"resources": me.list(&session, "resources/list", "resources").await})),
+            "resources/templates/list" => ok(json!({
+                "resourceTemplates": me.list(&session, "resources/templates/list", "resourceTemplates").await
+            })),
+            "tools/call" => me.call_tool(&session, &id, params).await,
+            "prompts/get" => match me.route(params.get("name").and_then(Value::as_str).unwrap_or("")) {
+                Some((server, prompt)) => {
+                    let mut params = params.clone();
+                    params["name"] = json!(prompt);
+                    me.forward(&session, &server, &id, "prompts/get", params).await.0
+                }
+                None => handled(reply(200, Some(rpc_error(&id, INVALID_PARAMS, "Unknown prompt.")))),
+            },
+            "resources/read" => {
+                let uri = params.get("uri").and_then(Value::as_str).unwrap_or("");
+                let server = lock(&session.resources).get(uri).cloned();
+                match server.and_then(|s| me.server(&s)) {
+                    Some(server) => me.forward(&session, &server, &id, "resources/read", params).await.0,
+                    None => handled(reply(200, Some(rpc_error(&id, -32002, "Resource not found.")))),
+                }
+            }
+            _ => handled(reply(
+                200,
+                Some(rpc_error(&id, METHOD_NOT_FOUND, format!("Method not found: {name}"))),
+            )),
+        }
     }
 }
 

@@ -70,7 +70,8 @@ pub struct Ctx {
     pub stream_guard: Option<Box<StreamGuard>>,
     /// Guardrails that hit, once each, for metrics and the access log.
     pub guard_hits: Vec<Hit>,
-    /// The MCP tool call this request made, if any.
+    /// The MCP method this request was (`/mcp`), and the tool call it made, if any.
+    pub mcp_method: Option<&'static str>,
     pub mcp: Option<crate::mcp::ToolCall>,
     /// What the response cache did, when the model has a cache policy.
     pub cache: Option<cache::Outcome>,
@@ -118,6 +119,7 @@ impl Ctx {
             response_guards: Vec::new(),
             stream_guard: None,
             guard_hits: Vec::new(),
+            mcp_method: None,
             mcp: None,
             cache: None,
             cache_fill: None,

@@ -163,6 +163,7 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
             let headers = session.req_header().headers.clone();
             let h = crate::mcp::handle(state, &snap, &caller, scope.as_deref(), &method, &headers, &body).await;
             ctx.guard_hits = h.hits;
+            ctx.mcp_method = Some(h.method);
             ctx.mcp = h.call;
             let r = h.reply;
             let body = r.body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));

@@ -302,6 +302,8 @@ impl RequestTrace {
 /// What one finished request's spans say; gathered by the proxy from its context.
 pub struct Finished<'a> {
     pub operation: &'static str,
+    /// An MCP request's method (`mcp.method.name`).
+    pub mcp_method: Option<&'static str>,
     /// An MCP tool call's server, tool and outcome (`execute_tool` spans).
     pub tool: Option<(&'a str, &'a str, &'static str)>,
     pub method: &'a str,
@@ -367,6 +369,9 @@ impl Traces {
             }
         };
         opt(&mut attrs, "gen_ai.request.max_tokens", f.max_tokens.map(|v| v as i64));
+        if let Some(m) = f.mcp_method {
+            attrs.push(KeyValue::new("mcp.method.name", m));
+        }
         if let Some((server, _, outcome)) = f.tool {
             attrs.push(KeyValue::new("aigw.mcp.server", server.to_owned()));
             attrs.push(KeyValue::new("aigw.mcp.outcome", outcome));
@@ -440,6 +445,9 @@ impl Traces {
                 KeyValue::new("aigw.provider_key", a.provider_key.to_owned()),
             ];
             opt(&mut attrs, "gen_ai.request.max_tokens", f.max_tokens.map(|v| v as i64));
+            if let Some(m) = f.mcp_method {
+                attrs.push(KeyValue::new("mcp.method.name", m));
+            }
             if let Some((server, _, outcome)) = f.tool {
                 attrs.push(KeyValue::new("aigw.mcp.server", server.to_owned()));
                 attrs.push(KeyValue::new("aigw.mcp.outcome", outcome));
@@ -555,10 +563,13 @@ pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crat
     let answered_ok = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
     let req = session.req_header();
     let f = Finished {
-        operation: match &ctx.mcp {
-            Some(_) => "execute_tool",
-            None => ctx.endpoint.map_or("chat", Endpoint::operation),
+        // MCP: GenAI's `execute_tool` for a tool call, else the MCP method.
+        operation: match (&ctx.mcp, ctx.mcp_method) {
+            (Some(_), _) => "execute_tool",
+            (None, Some(m)) => m,
+            (None, None) => ctx.endpoint.map_or("chat", Endpoint::operation),
         },
+        mcp_method: ctx.mcp_method,
         tool: ctx
             .mcp
             .as_ref()

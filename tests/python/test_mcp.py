@@ -27,6 +27,7 @@ version: 1
 server:
   listen: ["127.0.0.1:{port}"]
   admin_listen: "127.0.0.1:{admin}"
+  admin_keys: [{{key: adm-mcp}}]
 mcp_servers:
   - {{name: math, url: "http://127.0.0.1:{math}/mcp", headers: {{authorization: "{math_token}"}}}}
   - {{name: notes, url: "http://127.0.0.1:{notes}/mcp", tools: [echo, fail], timeout_ms: 5000}}
@@ -190,6 +191,12 @@ def test_tool_calls_are_metrics_and_access_lines_without_their_content(mcp_gatew
         metrics = r.read().decode()
     assert 'aigw_mcp_tool_calls_total{outcome="ok",server="math",tool="multiply"}' in metrics, metrics
     assert 'aigw_mcp_tool_calls_total{outcome="unknown_tool",server="",tool=""}' in metrics
+    req = urllib.request.Request(mcp_gateway["admin"] + "/admin/v1/status", headers={"Authorization": "Bearer adm-mcp"})
+    with urllib.request.urlopen(req) as r:
+        status = json.loads(r.read())
+    assert [m["name"] for m in status["mcp_servers"]] == ["math", "notes", "down"]
+    assert MATH_TOKEN not in json.dumps(status)
+    assert any(c["tool"] == "multiply" and c["outcome"] == "ok" for c in status["mcp_tool_calls"])
     time.sleep(0.3)
     lines = [json.loads(l) for l in mcp_gateway["access"].read_text().splitlines()]
     calls = [l for l in lines if l.get("mcp_tool") == "multiply"]

@@ -179,6 +179,13 @@ function renderCallers(s) {
       j.models ? j.models.join(", ") : "all", j.rate_limit, j.budget]));
 }
 
+function renderMcp(s) {
+  fill($("mcp-servers"), ["MCP server", "url", "timeout ms", "tools allowed"],
+    (s.mcp_servers || []).map((m) => [m.name, m.url, m.timeout_ms, m.tools ? m.tools.join(", ") : "all"]));
+  fill($("mcp-calls"), ["server", "tool", "outcome", "calls"],
+    (s.mcp_tool_calls || []).map((c) => [c.server || "(unknown tool)", c.tool, c.outcome, c.value]));
+}
+
 function renderPolicies(s) {
   fill($("guardrails"), ["guardrail", "action", "hits"], s.guardrail_hits.map((g) => [g.guardrail, g.action, g.value]));
   const byModel = {};
@@ -199,6 +206,7 @@ function render(s) {
   renderRoutes(s);
   renderSpend(s);
   renderCallers(s);
+  renderMcp(s);
   renderPolicies(s);
   $("edit-readonly").hidden = c.editable;
   $("edit-form").hidden = !c.editable;

@@ -1,5 +1,5 @@
-"""Two MCP servers built with the official SDK's FastMCP, for tests/python/test_mcp.py:
-`python mcp_servers.py math|notes PORT`, Streamable HTTP at /mcp."""
+"""MCP servers built with the official SDK's FastMCP, for tests/python/test_mcp.py:
+`python mcp_servers.py math|notes|slow PORT`, Streamable HTTP at /mcp."""
 
 import sys
 
@@ -34,6 +34,16 @@ if which == "math":
     def explain(topic: str) -> str:
         """Asks for a simple explanation."""
         return f"Explain {topic} simply."
+
+elif which == "slow":
+
+    @server.tool()
+    def sleep(seconds: float) -> str:
+        """Answers after a while."""
+        import time
+
+        time.sleep(seconds)
+        return "awake"
 
 else:
 

@@ -1,5 +1,5 @@
-"""The MCP gateway with the official MCP Python SDK on both sides: two FastMCP servers
-behind aigw, and the SDK's Streamable HTTP client as the caller."""
+"""The MCP gateway with the official MCP Python SDK on both sides: FastMCP servers behind
+aigw, and the SDK's Streamable HTTP client as the caller."""
 
 import asyncio
 import json
@@ -32,15 +32,17 @@ mcp_servers:
   - {{name: math, url: "http://127.0.0.1:{math}/mcp", headers: {{authorization: "{math_token}"}}}}
   - {{name: notes, url: "http://127.0.0.1:{notes}/mcp", tools: [echo, fail], timeout_ms: 5000}}
   - {{name: down, url: "http://127.0.0.1:{down}/mcp", timeout_ms: 2000}}
+  - {{name: slow, url: "http://127.0.0.1:{slow}/mcp", timeout_ms: 1000}}
 guardrails:
   - {{name: mcp-secrets, pack: "{root}/filters/secrets.yaml", stage: request, action: block}}
+  - {{name: mcp-pii, pack: "{root}/filters/pii.yaml", stage: response, action: mask}}
 rate_limits:
   - {{name: two-a-minute, requests_per_minute: 2}}
 api_keys:
   - {{name: all, key: sk-mcp-all, owner: agents, mcp: {{servers: ["*"]}}}}
   - {{name: adder, key: sk-mcp-adder, owner: adders, mcp: {{servers: [math], tools: ["math__add*"]}}}}
   - {{name: none, key: sk-mcp-none}}
-  - {{name: guarded, key: sk-mcp-guarded, guardrails: [mcp-secrets], mcp: {{servers: [notes]}}}}
+  - {{name: guarded, key: sk-mcp-guarded, guardrails: [mcp-secrets, mcp-pii], mcp: {{servers: [notes]}}}}
   - {{name: limited, key: sk-mcp-limited, rate_limit: two-a-minute, mcp: {{servers: [math]}}}}
 """
 
@@ -53,11 +55,13 @@ def start_server(which, port):
 
 @pytest.fixture(scope="module")
 def mcp_gateway():
-    math, notes, down, port, admin = (free_port() for _ in range(5))
-    procs = {"math": start_server("math", math), "notes": start_server("notes", notes)}
+    math, notes, slow, down, port, admin = (free_port() for _ in range(6))
+    procs = {"math": start_server("math", math), "notes": start_server("notes", notes), "slow": start_server("slow", slow)}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "aigw.yaml"
-        cfg.write_text(CONFIG.format(port=port, admin=admin, math=math, notes=notes, down=down, root=ROOT, math_token=MATH_TOKEN))
+        cfg.write_text(
+            CONFIG.format(port=port, admin=admin, math=math, notes=notes, slow=slow, down=down, root=ROOT, math_token=MATH_TOKEN)
+        )
         access = open(Path(tmp) / "access.log", "w")
         gw = subprocess.Popen([BIN, "serve", "--config", str(cfg)], stdout=access, stderr=subprocess.DEVNULL)
         procs["gateway"] = gw
@@ -94,7 +98,9 @@ def test_tools_are_aggregated_and_called_with_the_servers_credentials(mcp_gatewa
     async def go():
         async with connect(mcp_gateway["url"] + "/mcp", "sk-mcp-all") as s:
             names = sorted(t.name for t in (await s.list_tools()).tools)
-            assert names == ["math__add", "math__add_many", "math__multiply", "math__whoami", "notes__echo", "notes__fail"]
+            assert names == [
+                "math__add", "math__add_many", "math__multiply", "math__whoami", "notes__echo", "notes__fail", "slow__sleep"
+            ]
             assert text_of(await s.call_tool("math__add", {"a": 2, "b": 3})) == "5"
             # The server's credential from the config, never the caller's key.
             assert text_of(await s.call_tool("math__whoami", {})) == MATH_TOKEN
@@ -151,6 +157,9 @@ def test_guardrails_rate_limits_and_a_down_server(mcp_gateway):
             with pytest.raises(McpError) as e:
                 await s.call_tool("notes__echo", {"text": "my key is AKIAIOSFODNN7EXAMPLE"})
             assert "mcp-secrets" in e.value.error.message
+            # The response stage masks what the tool answered.
+            masked = await s.call_tool("notes__echo", {"text": "write to alice@example.com"})
+            assert text_of(masked) == "write to [REDACTED:email]"
         async with connect(mcp_gateway["url"] + "/mcp", "sk-mcp-limited") as s:
             for _ in range(2):
                 assert text_of(await s.call_tool("math__add", {"a": 1, "b": 1})) == "2"
@@ -163,6 +172,12 @@ def test_guardrails_rate_limits_and_a_down_server(mcp_gateway):
                 await s.call_tool("down__anything", {})
             assert "'down' is unavailable" in e.value.error.message
             assert time.time() - started < 5
+            # A server that does not answer in its timeout_ms: an error, not a hung call.
+            started = time.time()
+            with pytest.raises(McpError) as e:
+                await s.call_tool("slow__sleep", {"seconds": 10})
+            assert "'slow' is unavailable" in e.value.error.message
+            assert time.time() - started < 4
 
     run(go())
 
@@ -194,7 +209,7 @@ def test_tool_calls_are_metrics_and_access_lines_without_their_content(mcp_gatew
     req = urllib.request.Request(mcp_gateway["admin"] + "/admin/v1/status", headers={"Authorization": "Bearer adm-mcp"})
     with urllib.request.urlopen(req) as r:
         status = json.loads(r.read())
-    assert [m["name"] for m in status["mcp_servers"]] == ["math", "notes", "down"]
+    assert [m["name"] for m in status["mcp_servers"]] == ["math", "notes", "down", "slow"]
     assert MATH_TOKEN not in json.dumps(status)
     assert any(c["tool"] == "multiply" and c["outcome"] == "ok" for c in status["mcp_tool_calls"])
     time.sleep(0.3)

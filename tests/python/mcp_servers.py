@@ -6,7 +6,8 @@ import sys
 from mcp.server.fastmcp import Context, FastMCP
 
 which, port = sys.argv[1], int(sys.argv[2])
-server = FastMCP(which, host="127.0.0.1", port=port)
+# notes answers plain JSON, the others SSE streams: aigw must read both.
+server = FastMCP(which, host="127.0.0.1", port=port, json_response=which == "notes")
 
 if which == "math":
 
@@ -24,6 +25,11 @@ if which == "math":
     def multiply(a: int, b: int) -> int:
         """Multiplies two integers."""
         return a * b
+
+    @server.tool()
+    def session_id(ctx: Context) -> str:
+        """The Mcp-Session-Id this server gave the caller (aigw)."""
+        return ctx.request_context.request.headers.get("mcp-session-id", "")
 
     @server.tool()
     def whoami(ctx: Context) -> str:

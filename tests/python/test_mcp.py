@@ -99,7 +99,8 @@ def test_tools_are_aggregated_and_called_with_the_servers_credentials(mcp_gatewa
         async with connect(mcp_gateway["url"] + "/mcp", "sk-mcp-all") as s:
             names = sorted(t.name for t in (await s.list_tools()).tools)
             assert names == [
-                "math__add", "math__add_many", "math__multiply", "math__whoami", "notes__echo", "notes__fail", "slow__sleep"
+                "math__add", "math__add_many", "math__multiply", "math__session_id", "math__whoami",
+                "notes__echo", "notes__fail", "slow__sleep",
             ]
             assert text_of(await s.call_tool("math__add", {"a": 2, "b": 3})) == "5"
             # The server's credential from the config, never the caller's key.
@@ -180,6 +181,26 @@ def test_guardrails_rate_limits_and_a_down_server(mcp_gateway):
             assert time.time() - started < 4
 
     run(go())
+
+
+def test_closing_the_callers_session_closes_the_servers(mcp_gateway):
+    async def go():
+        async with connect(mcp_gateway["url"] + "/mcp", "sk-mcp-all") as s:
+            upstream = text_of(await s.call_tool("math__session_id", {}))
+            assert upstream
+        return upstream
+
+    upstream = run(go())  # leaving the client sends DELETE /mcp
+    # The math server no longer knows the session aigw had with it.
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{mcp_gateway['math_port']}/mcp", method="POST",
+        data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode(),
+        headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                 "Mcp-Session-Id": upstream, "MCP-Protocol-Version": "2025-06-18"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req)
+    assert e.value.code == 404
 
 
 def test_an_upstream_session_that_expires_is_made_again(mcp_gateway):

@@ -212,8 +212,9 @@ pub async fn handle(
             };
             state.mcp_sessions.0.invalidate(session_id.as_deref().unwrap_or(""));
             let open: Vec<(String, upstream::Session)> = lock(&session.upstream).drain().collect();
+            // Each server the session used, even one the caller may no longer reach.
             for (name, s) in open {
-                if let Some(server) = me.server(&name) {
+                if let Some(server) = snap.mcp_servers.iter().find(|m| m.name == name) {
                     server.close(&s).await;
                 }
             }
@@ -253,7 +254,6 @@ pub async fn handle(
 impl Gate<'_> {
     /// One JSON-RPC message with a method: a notification, or a request to answer.
     async fn request(&self, obj: &serde_json::Map<String, Value>, name: &str, session_id: Option<String>) -> Handled {
-        let me = self;
         let id = obj.get("id").cloned().unwrap_or(Value::Null);
         if obj.get("id").is_none() {
             // Notifications (`initialized`, `cancelled`) need no answer.
@@ -261,7 +261,7 @@ impl Gate<'_> {
         }
         let params = obj.get("params").cloned().unwrap_or(Value::Null);
         if name == "initialize" {
-            return handled(me.initialize(&id, &params));
+            return handled(self.initialize(&id, &params));
         }
         let Some(sid) = session_id else {
             return handled(reply(
@@ -273,7 +273,7 @@ impl Gate<'_> {
                 )),
             ));
         };
-        let Some(session) = me.session(&sid) else {
+        let Some(session) = self.session(&sid) else {
             return handled(reply(
                 404,
                 Some(rpc_error(&id, INVALID_REQUEST, "Session not found: initialize again.")),
@@ -282,26 +282,26 @@ impl Gate<'_> {
         let ok = |result: Value| handled(reply(200, Some(json!({"jsonrpc": "2.0", "id": id, "result": result}))));
         match name {
             "ping" => ok(json!({})),
-            "tools/list" => ok(json!({"tools": me.list(&session, "tools/list", "tools").await})),
-            "prompts/list" => ok(json!({"prompts": me.list(&session, "prompts/list", "prompts").await})),
-            "resources/list" => ok(json!({"resources": me.list(&session, "resources/list", "resources").await})),
+            "tools/list" => ok(json!({"tools": self.list(&session, "tools/list", "tools").await})),
+            "prompts/list" => ok(json!({"prompts": self.list(&session, "prompts/list", "prompts").await})),
+            "resources/list" => ok(json!({"resources": self.list(&session, "resources/list", "resources").await})),
             "resources/templates/list" => ok(json!({
-                "resourceTemplates": me.list(&session, "resources/templates/list", "resourceTemplates").await
+                "resourceTemplates": self.list(&session, "resources/templates/list", "resourceTemplates").await
             })),
-            "tools/call" => me.call_tool(&session, &id, params).await,
-            "prompts/get" => match me.route(params.get("name").and_then(Value::as_str).unwrap_or("")) {
+            "tools/call" => self.call_tool(&session, &id, params).await,
+            "prompts/get" => match self.route(params.get("name").and_then(Value::as_str).unwrap_or("")) {
                 Some((server, prompt)) => {
                     let mut params = params.clone();
                     params["name"] = json!(prompt);
-                    me.forward(&session, &server, &id, "prompts/get", params).await.0
+                    self.forward(&session, &server, &id, "prompts/get", params).await.0
                 }
                 None => handled(reply(200, Some(rpc_error(&id, INVALID_PARAMS, "Unknown prompt.")))),
             },
             "resources/read" => {
                 let uri = params.get("uri").and_then(Value::as_str).unwrap_or("");
                 let server = lock(&session.resources).get(uri).cloned();
-                match server.and_then(|s| me.server(&s)) {
-                    Some(server) => me.forward(&session, &server, &id, "resources/read", params).await.0,
+                match server.and_then(|s| self.server(&s)) {
+                    Some(server) => self.forward(&session, &server, &id, "resources/read", params).await.0,
                     None => handled(reply(200, Some(rpc_error(&id, -32002, "Resource not found.")))),
                 }
             }

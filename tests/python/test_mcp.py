@@ -239,3 +239,46 @@ def test_tool_calls_are_metrics_and_access_lines_without_their_content(mcp_gatew
     assert calls and calls[0]["mcp_server"] == "math" and calls[0]["mcp_outcome"] == "ok"
     assert calls[0]["owner"] == "agents"
     assert "42" not in json.dumps(calls) and '"a"' not in json.dumps(calls)
+
+
+def post_raw(url, key, body, session=None):
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream"}
+    if session:
+        headers["Mcp-Session-Id"] = session
+    req = urllib.request.Request(url, method="POST", data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(req) as r:
+            raw = r.read()
+            return r.status, r.headers.get("mcp-session-id"), json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, None, json.loads(raw) if raw else None
+
+
+def test_sessions_belong_to_their_caller_and_bad_messages_get_jsonrpc_errors(mcp_gateway):
+    url = mcp_gateway["url"] + "/mcp"
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}
+    status, session, answer = post_raw(url, "sk-mcp-all", init)
+    assert status == 200 and session and answer["result"]["protocolVersion"] == "2025-06-18"
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    assert post_raw(url, "sk-mcp-all", listing, session)[0] == 200
+    # Another caller presenting the id finds nothing.
+    status, _, answer = post_raw(url, "sk-mcp-adder", listing, session)
+    assert status == 404 and answer["error"]["code"] == -32600
+    # No session, a batch, garbage, an unknown method, a stream request.
+    status, _, answer = post_raw(url, "sk-mcp-all", listing)
+    assert status == 400 and "Mcp-Session-Id" in answer["error"]["message"]
+    status, _, answer = post_raw(url, "sk-mcp-all", [listing, listing], session)
+    assert status == 400 and answer["error"]["code"] == -32600
+    status, _, answer = post_raw(url, "sk-mcp-all", {"jsonrpc": "2.0", "id": 3, "method": "tools/destroy"}, session)
+    assert status == 200 and answer["error"]["code"] == -32601
+    assert post_raw(url, "sk-mcp-all", {"jsonrpc": "2.0", "method": "notifications/initialized"}, session)[0] == 202
+    req = urllib.request.Request(url, headers={"Authorization": "Bearer sk-mcp-all", "Mcp-Session-Id": session})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req)
+    assert e.value.code == 405
+    # An unknown protocol revision gets aigw's own; no key at all is a 401.
+    status, _, answer = post_raw(url, "sk-mcp-all", dict(init, params={"protocolVersion": "1999-01-01"}))
+    assert answer["result"]["protocolVersion"] == "2025-06-18"
+    assert post_raw(url, "sk-wrong", init)[0] == 401

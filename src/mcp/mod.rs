@@ -12,7 +12,7 @@
 //! caller's rate limits, and its guardrails scan their arguments (request stage) and
 //! results (response stage). Sessions: the caller's `Mcp-Session-Id` maps to one session
 //! per upstream server, made on first use and remade when the server lets it expire;
-//! `DELETE` ends them all.
+//! `DELETE` ends them all. Each caller holds at most [`MAX_PER_CALLER`] sessions.
 
 pub mod upstream;
 
@@ -79,19 +79,59 @@ struct Session {
     resources: Mutex<HashMap<String, String>>,
 }
 
-/// Live caller sessions: idle ones go after an hour, and at most [`MAX_SESSIONS`] are kept.
-pub struct Sessions(moka::sync::Cache<String, Arc<Session>>);
+/// Live caller sessions: idle ones go after an hour, at most [`MAX_SESSIONS`] in all and
+/// [`MAX_PER_CALLER`] per caller, so no caller can push the others' sessions out.
+pub struct Sessions {
+    cache: moka::sync::Cache<String, Arc<Session>>,
+    /// Open sessions by caller, kept by the cache's eviction listener.
+    per_caller: Arc<Mutex<HashMap<(String, String), usize>>>,
+}
 
 const MAX_SESSIONS: u64 = 10_000;
+pub const MAX_PER_CALLER: usize = 256;
 
 impl Default for Sessions {
     fn default() -> Self {
-        Self(
-            moka::sync::Cache::builder()
-                .max_capacity(MAX_SESSIONS)
-                .time_to_idle(Duration::from_secs(3600))
-                .build(),
-        )
+        let per_caller: Arc<Mutex<HashMap<(String, String), usize>>> = Arc::default();
+        let counts = per_caller.clone();
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(MAX_SESSIONS)
+            .time_to_idle(Duration::from_secs(3600))
+            .eviction_listener(move |_id, s: Arc<Session>, _why| {
+                let mut counts = lock(&counts);
+                if let Some(n) = counts.get_mut(&s.caller) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        counts.remove(&s.caller);
+                    }
+                }
+            })
+            .build();
+        Self { cache, per_caller }
+    }
+}
+
+impl Sessions {
+    /// Keeps a new session, unless its caller has [`MAX_PER_CALLER`] open.
+    fn open(&self, id: String, s: Session) -> bool {
+        {
+            let mut counts = lock(&self.per_caller);
+            let n = counts.entry(s.caller.clone()).or_default();
+            if *n >= MAX_PER_CALLER {
+                return false;
+            }
+            *n += 1;
+        }
+        self.cache.insert(id, Arc::new(s));
+        true
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.cache.get(id)
+    }
+
+    fn close(&self, id: &str) {
+        self.cache.invalidate(id);
     }
 }
 
@@ -210,7 +250,7 @@ pub async fn handle(
             let Some(session) = session_id.as_deref().and_then(|id| me.session(id)) else {
                 return handled(reply(404, None));
             };
-            state.mcp_sessions.0.invalidate(session_id.as_deref().unwrap_or(""));
+            state.mcp_sessions.close(session_id.as_deref().unwrap_or(""));
             let open: Vec<(String, upstream::Session)> = lock(&session.upstream).drain().collect();
             // Each server the session used, even one the caller may no longer reach.
             for (name, s) in open {
@@ -373,7 +413,7 @@ impl Gate<'_> {
     }
 
     fn session(&self, id: &str) -> Option<Arc<Session>> {
-        let s = self.state.mcp_sessions.0.get(id)?;
+        let s = self.state.mcp_sessions.get(id)?;
         (s.caller == (self.caller.name.clone(), self.caller.owner.clone())).then_some(s)
     }
 
@@ -381,14 +421,15 @@ impl Gate<'_> {
         let asked = params.get("protocolVersion").and_then(Value::as_str).unwrap_or("");
         let version = VERSIONS.iter().find(|v| **v == asked).copied().unwrap_or(VERSIONS[0]);
         let sid = uuid::Uuid::new_v4().simple().to_string();
-        self.state.mcp_sessions.0.insert(
-            sid.clone(),
-            Arc::new(Session {
-                caller: (self.caller.name.clone(), self.caller.owner.clone()),
-                upstream: Mutex::default(),
-                resources: Mutex::default(),
-            }),
-        );
+        let session = Session {
+            caller: (self.caller.name.clone(), self.caller.owner.clone()),
+            upstream: Mutex::default(),
+            resources: Mutex::default(),
+        };
+        if !self.state.mcp_sessions.open(sid.clone(), session) {
+            let why = format!("Too many open sessions ({MAX_PER_CALLER}): end one (DELETE) or let one idle out.");
+            return reply(200, Some(rpc_error(id, REFUSED, why)));
+        }
         Reply {
             status: 200,
             body: Some(json!({"jsonrpc": "2.0", "id": id, "result": {
@@ -675,6 +716,27 @@ mod tests {
         })
         .unwrap();
         assert!(literal.tool("a.b__(x)") && !literal.tool("aXb__(x)"));
+    }
+
+    #[test]
+    fn one_caller_cannot_hold_more_than_its_share_of_sessions() {
+        let sessions = Sessions::default();
+        let new = |caller: &str| Session {
+            caller: (caller.into(), "owner".into()),
+            upstream: Mutex::default(),
+            resources: Mutex::default(),
+        };
+        for i in 0..MAX_PER_CALLER {
+            assert!(sessions.open(format!("a{i}"), new("a")));
+        }
+        assert!(!sessions.open("a-extra".into(), new("a")), "over the cap");
+        assert!(sessions.open("b0".into(), new("b")), "another caller is not affected");
+        sessions.close("a0");
+        assert!(sessions.get("a0").is_none());
+        assert!(
+            sessions.open("a-again".into(), new("a")),
+            "a closed session frees its place"
+        );
     }
 
     #[test]

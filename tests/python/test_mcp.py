@@ -285,3 +285,22 @@ def test_sessions_belong_to_their_caller_and_bad_messages_get_jsonrpc_errors(mcp
     status, _, answer = post_raw(url, "sk-mcp-all", dict(init, params={"protocolVersion": "1999-01-01"}))
     assert answer["result"]["protocolVersion"] == "2025-06-18"
     assert post_raw(url, "sk-wrong", init)[0] == 401
+
+
+def test_one_caller_cannot_push_out_the_sessions_of_others(mcp_gateway):
+    url = mcp_gateway["url"] + "/mcp"
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}
+    opened = []
+    for _ in range(256):
+        status, session, _ = post_raw(url, "sk-mcp-none", init)
+        assert status == 200 and session
+        opened.append(session)
+    status, session, answer = post_raw(url, "sk-mcp-none", init)
+    assert session is None and "Too many open sessions" in answer["error"]["message"]
+    # Others are not affected, and ending one session frees its place.
+    assert post_raw(url, "sk-mcp-adder", init)[1]
+    req = urllib.request.Request(url, method="DELETE",
+                                 headers={"Authorization": "Bearer sk-mcp-none", "Mcp-Session-Id": opened[0]})
+    with urllib.request.urlopen(req) as r:
+        assert r.status == 204
+    assert post_raw(url, "sk-mcp-none", init)[1]

@@ -10,19 +10,15 @@ use serde_json::{json, Value};
 
 use crate::config::compile::hash_key;
 
-/// Where the admin API of the gateway a config file describes listens.
+/// Where the admin API of the gateway a config file describes listens (a wildcard
+/// address reached on loopback, as the readiness probe does).
 pub fn admin_url(config: &std::path::Path) -> String {
     let listen = crate::config::read_tree(config)
         .ok()
         .and_then(|t| t.get("server")?.get("admin_listen")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "127.0.0.1:9090".to_owned());
-    let (host, port) = listen.rsplit_once(':').unwrap_or((&listen, "9090"));
-    let host = match host {
-        "0.0.0.0" | "" => "127.0.0.1",
-        "[::]" => "[::1]",
-        h => h,
-    };
-    format!("http://{host}:{port}")
+        .or_else(|| crate::config::raw::Server::default().admin_listen)
+        .unwrap_or_default();
+    format!("http://{}", crate::admin::local_probe(&listen))
 }
 
 async fn admin_call(method: reqwest::Method, url: &str, key: &str, body: Option<&Value>) -> Result<Value, String> {

@@ -29,3 +29,9 @@ pub async fn read_capped(
     }
     Ok((status, body))
 }
+
+/// A URL as logs and status views may show it: without its query or fragment, which may
+/// carry a credential.
+pub fn shown(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}

@@ -57,7 +57,7 @@ impl Admin {
 }
 
 /// Where to reach a listener from this host: a wildcard address is probed on loopback.
-fn local_probe(addr: &str) -> String {
+pub fn local_probe(addr: &str) -> String {
     match addr.rsplit_once(':') {
         Some(("0.0.0.0", port)) => format!("127.0.0.1:{port}"),
         Some(("[::]", port)) => format!("[::1]:{port}"),

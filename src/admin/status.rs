@@ -242,8 +242,7 @@ pub async fn status(state: &AppState) -> Value {
         "upstream_attempts": rows(&m.upstream_attempts),
         "mcp_servers": snap.mcp_servers.iter().map(|s| json!({
             "name": s.name,
-            // Without a query, which could carry a credential.
-            "url": s.url.split(['?', '#']).next().unwrap_or(""),
+            "url": crate::outbound::shown(&s.url),
             "timeout_ms": s.timeout.as_millis() as u64,
             "tools": s.tools.as_ref().map(|t| { let mut v: Vec<_> = t.iter().collect(); v.sort(); v }),
         })).collect::<Vec<_>>(),

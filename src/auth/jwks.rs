@@ -19,6 +19,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
+use crate::outbound::shown;
 use crate::telemetry::metrics::Metrics;
 
 /// Fetches of one remote set are at least this far apart: the back-off after a failure,
@@ -356,11 +357,6 @@ impl RemoteKeys {
 
 pub fn discovery_url(issuer: &str) -> String {
     format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'))
-}
-
-/// A URL as logs may show it: without its query, which may carry a credential.
-fn shown(url: &str) -> &str {
-    url.split(['?', '#']).next().unwrap_or(url)
 }
 
 /// Fetches every live remote set that is due (called every second; also the first fetch

@@ -160,8 +160,8 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
                 }
                 _ => Bytes::new(),
             };
-            let headers = session.req_header().headers.clone();
-            let h = crate::mcp::handle(state, &snap, &caller, scope.as_deref(), &method, &headers, &body).await;
+            let headers = &session.req_header().headers;
+            let h = crate::mcp::handle(state, &snap, &caller, scope.as_deref(), &method, headers, &body).await;
             ctx.guard_hits = h.hits;
             ctx.mcp_method = Some(h.method);
             ctx.mcp = h.call;

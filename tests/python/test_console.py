@@ -40,6 +40,8 @@ budgets:
   - {{name: console-daily, usd: 5, period: day}}
 api_keys:
   - {{name: console, key: "{caller}", owner: team-console, budget: console-daily}}
+  # A name an attacker with config access might choose: shown as text, never run.
+  - {{name: "<img id=xss src=x onerror=document.title='owned'>", key: sk-console-xss, owner: "<b id=xss2>x</b>"}}
 """
 
 
@@ -112,6 +114,10 @@ def test_console_shows_traffic_cooldowns_and_validation_errors(console, browser)
     browser.find_element(By.ID, "login-button").click()
     wait_for(browser, lambda d: d.find_element(By.ID, "console").is_displayed(), "the console")
     assert "etcd" in browser.find_element(By.ID, "config-line").text
+    wait_for(browser, lambda d: "<img id=xss" in text(d, "table#keys"), "the hostile key name, as text")
+    assert "<b id=xss2>x</b>" in text(browser, "table#keys")
+    assert browser.find_elements(By.ID, "xss") == [] and browser.find_elements(By.ID, "xss2") == []
+    assert browser.title != "owned"
 
     # A request just sent shows up in the traffic table, by alias and by owner, and its
     # cost in the spend table.

@@ -5,6 +5,7 @@
 
 mod jwt;
 mod keys;
+mod mcp;
 mod models;
 mod policies;
 mod providers;
@@ -274,9 +275,7 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
     let (models, model_order) = models::compile_models(&raw.models, &providers, &refs, &mut errs);
     let keys = keys::compile_keys(&raw.api_keys, &refs, &mut errs);
     let jwt = jwt::compile_jwt(&raw.jwt, &refs, &mut errs);
-    let mut mcp_errs = Vec::new();
-    let mcp_servers = crate::mcp::compile_servers(&raw.mcp_servers, &mut mcp_errs);
-    mcp_errs.into_iter().for_each(|(path, msg)| errs.push(path, msg));
+    let mcp_servers = mcp::compile_servers(&raw.mcp_servers, &mut errs);
     // Its borrows of `raw` end here, before `raw.rate_limits` moves into the snapshot.
     drop(refs);
     policies::check_budgets(&budgets, &mut errs);

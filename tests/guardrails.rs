@@ -128,6 +128,23 @@ async fn request_mask_sends_redacted_text_upstream() {
     let body = r.text().await.unwrap();
     assert_eq!(completion_text(&body), sent);
 
+    // Masking moves every byte after the match: the model written last and the usage
+    // option added at the end land where the masked body has them, not the caller's.
+    let raw = format!(r#"{{"messages":[{{"role":"user","content":"{text}"}}],"stream":true,"model":"echo"}}"#);
+    let r = client()
+        .post(format!("{}/v1/chat/completions", gw.url()))
+        .bearer_auth("sk-free")
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen: Value = serde_json::from_str(mock.last_request()["body"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["messages"][0]["content"], json!(sent));
+    assert_eq!(seen["model"], json!("x?echo"));
+    assert_eq!(seen["stream_options"]["include_usage"], json!(true));
+
     // Text parts of an Anthropic request are masked in place, other fields untouched.
     let mut m = messages("echo", "x", false);
     m["messages"][0]["content"] = json!([{"type": "text", "text": "IBAN DE89 3704 0044 0532 0130 00"}]);

@@ -15,13 +15,16 @@ use serde_json::value::RawValue;
 
 use crate::error::GwError;
 
-/// The fields of a request body the gateway acts on, with their byte spans.
+/// The fields of a request body the gateway acts on, with their byte spans. It owns what
+/// it holds, so admission's parse is kept with the request and each upstream attempt
+/// rewrites from it: the body is parsed once, not again per attempt.
 #[derive(Debug)]
-pub struct BodyView<'a> {
-    pub model: Cow<'a, str>,
+pub struct BodyView {
+    pub model: String,
     model_span: Range<usize>,
     pub stream: bool,
-    stream_options: Option<(Range<usize>, &'a RawValue)>,
+    /// The span of `stream_options`' value.
+    stream_options: Option<Range<usize>>,
     /// The caller asked for `stream_options.include_usage: true` itself.
     pub include_usage: bool,
     /// `max_completion_tokens`, else `max_tokens`, when a whole number (for traces).
@@ -77,7 +80,7 @@ fn span(body: &[u8], raw: &RawValue) -> Range<usize> {
 
 /// Parses the top level of a request body. Errors map to SPEC §3: not JSON ->
 /// `invalid_json`; not an object, or no string `model` -> `invalid_request`.
-pub fn parse(body: &[u8]) -> Result<BodyView<'_>, GwError> {
+pub fn parse(body: &[u8]) -> Result<BodyView, GwError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let fields = match de.deserialize_map(TopLevel) {
         Ok(f) => f,
@@ -120,9 +123,9 @@ pub fn parse(body: &[u8]) -> Result<BodyView<'_>, GwError> {
     Ok(BodyView {
         max_tokens: whole(fields.max_completion_tokens).or(whole(fields.max_tokens)),
         model_span: span(body, model_raw),
-        model,
+        model: model.into_owned(),
         stream,
-        stream_options: fields.stream_options.map(|so| (span(body, so), so)),
+        stream_options: fields.stream_options.map(|so| span(body, so)),
         include_usage,
         close,
     })
@@ -132,7 +135,7 @@ pub fn parse(body: &[u8]) -> Result<BodyView<'_>, GwError> {
 /// `add_usage` is set on a streaming request, `stream_options.include_usage: true`
 /// added. Returns the body and whether usage was added (so the gateway strips the extra
 /// usage chunk before the caller sees it).
-pub fn rewrite(body: &Bytes, view: &BodyView<'_>, upstream_model: &str, add_usage: bool) -> (Bytes, bool) {
+pub fn rewrite(body: &Bytes, view: &BodyView, upstream_model: &str, add_usage: bool) -> (Bytes, bool) {
     let mut edits: Vec<(Range<usize>, Cow<'static, [u8]>)> = Vec::with_capacity(2);
     if view.model != upstream_model {
         let quoted = serde_json::to_vec(upstream_model).unwrap_or_default();
@@ -148,8 +151,8 @@ pub fn rewrite(body: &Bytes, view: &BodyView<'_>, upstream_model: &str, add_usag
                 ));
                 injected = true;
             }
-            Some((span, raw)) => {
-                let replacement = match serde_json::from_str::<serde_json::Value>(raw.get()) {
+            Some(span) => {
+                let replacement = match serde_json::from_slice::<serde_json::Value>(&body[span.clone()]) {
                     Ok(serde_json::Value::Null) => Some(br#"{"include_usage":true}"#.to_vec()),
                     Ok(serde_json::Value::Object(mut m)) => {
                         m.insert("include_usage".into(), serde_json::Value::Bool(true));

@@ -224,7 +224,7 @@ pub fn upstream_body(
     endpoint: Endpoint,
     upstream: Endpoint,
     body: &Bytes,
-    view: &body::BodyView<'_>,
+    view: &body::BodyView,
     target: &Target,
 ) -> Result<(Bytes, bool), GwError> {
     let upstream_model = target.upstream_model.as_str();

@@ -44,8 +44,11 @@ pub struct Ctx {
     pub pick: Option<Pick>,
     /// The provider's access token for this attempt (Vertex AI). Never logged.
     pub access_token: Option<std::sync::Arc<str>>,
-    /// The caller's body as received, for building each attempt's upstream body.
+    /// The caller's body as received (after masking guardrails), for building each
+    /// attempt's upstream body.
     pub request_body: Bytes,
+    /// `request_body`'s parse, made at admission.
+    pub request_view: Option<crate::provider::body::BodyView>,
     /// The request body to send upstream, already rewritten for `target`.
     pub upstream_body: Bytes,
     pub stream: bool,
@@ -105,6 +108,7 @@ impl Ctx {
             pick: None,
             access_token: None,
             request_body: Bytes::new(),
+            request_view: None,
             upstream_body: Bytes::new(),
             stream: false,
             caller_include_usage: false,

@@ -216,8 +216,8 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     let view = body::parse(&body)?;
     let model = snap
         .models
-        .get(view.model.as_ref())
-        .ok_or_else(|| GwError::ModelNotFound(view.model.to_string()))?;
+        .get(view.model.as_str())
+        .ok_or_else(|| GwError::ModelNotFound(view.model.clone()))?;
     if !caller.allows(&model.name) {
         return Err(GwError::ModelNotAllowed(model.name.clone()));
     }
@@ -240,8 +240,16 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     ctx.max_tokens = view.max_tokens;
     let on_request = guard::applicable(&caller.guardrails, &model.guardrails, false);
     let masked = guard::check_request(&on_request, endpoint, &body, &mut ctx.guard_hits)?;
-    let body = masked.unwrap_or(body);
+    let (body, view) = match masked {
+        // A masked body has other spans: its own parse is the one kept.
+        Some(masked) => {
+            let view = body::parse(&masked)?;
+            (masked, view)
+        }
+        None => (body, view),
+    };
     ctx.request_body = body.clone();
+    ctx.request_view = Some(view);
     ctx.response_guards = match endpoint {
         // Embeddings answer with vectors: there is no text to check.
         Endpoint::Embeddings => Vec::new(),
@@ -300,9 +308,8 @@ pub fn begin_attempt(state: &AppState, ctx: &mut Ctx) -> Result<(), GwError> {
         t.new_attempt();
     }
     let upstream = endpoint.upstream(target.wire()).ok_or(GwError::Internal)?;
-    let body = ctx.request_body.clone();
-    let view = body::parse(&body)?;
-    let (upstream_body, injected) = provider::upstream_body(endpoint, upstream, &body, &view, &target)?;
+    let view = ctx.request_view.as_ref().ok_or(GwError::Internal)?;
+    let (upstream_body, injected) = provider::upstream_body(endpoint, upstream, &ctx.request_body, view, &target)?;
     ctx.upstream_body = upstream_body;
     ctx.strip_usage = injected;
     ctx.upstream_endpoint = Some(upstream);

@@ -47,15 +47,11 @@ pub struct Ctx {
     /// The caller's body as received (after masking guardrails), for building each
     /// attempt's upstream body.
     pub request_body: Bytes,
-    /// `request_body`'s parse, made at admission.
+    /// `request_body`'s parse, made at admission once the caller and the model are
+    /// admitted; `stream` and the other request facts are read from it.
     pub request_view: Option<crate::provider::body::BodyView>,
     /// The request body to send upstream, already rewritten for `target`.
     pub upstream_body: Bytes,
-    pub stream: bool,
-    /// The caller asked for `stream_options.include_usage` itself.
-    pub caller_include_usage: bool,
-    /// The output cap the caller asked for, if any (for traces).
-    pub max_tokens: Option<u64>,
     /// The gateway added `stream_options.include_usage`; strip the usage chunk.
     pub strip_usage: bool,
     pub sse: Option<SseState>,
@@ -110,9 +106,6 @@ impl Ctx {
             request_body: Bytes::new(),
             request_view: None,
             upstream_body: Bytes::new(),
-            stream: false,
-            caller_include_usage: false,
-            max_tokens: None,
             strip_usage: false,
             sse: None,
             json: None,
@@ -138,6 +131,21 @@ impl Ctx {
 impl Ctx {
     /// The caller's endpoint, whose answers' shape says where their text is (chat when
     /// none was routed yet).
+    /// The caller asked for a streamed answer.
+    pub fn stream(&self) -> bool {
+        self.request_view.as_ref().is_some_and(|v| v.stream)
+    }
+
+    /// The caller asked for `stream_options.include_usage` itself.
+    pub fn caller_include_usage(&self) -> bool {
+        self.request_view.as_ref().is_some_and(|v| v.include_usage)
+    }
+
+    /// The output cap the caller asked for, if any (for traces).
+    pub fn max_tokens(&self) -> Option<u64> {
+        self.request_view.as_ref().and_then(|v| v.max_tokens)
+    }
+
     pub fn shape(&self) -> Endpoint {
         self.endpoint.unwrap_or(Endpoint::ChatCompletions)
     }

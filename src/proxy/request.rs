@@ -235,21 +235,18 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     if let Some(b) = &caller.budget {
         ctx.budget = Some(state.budgets.admit(b, &caller.owner, chrono::Utc::now()).await?);
     }
-    ctx.stream = view.stream;
-    ctx.caller_include_usage = view.include_usage;
-    ctx.max_tokens = view.max_tokens;
+    ctx.request_view = Some(view);
     let on_request = guard::applicable(&caller.guardrails, &model.guardrails, false);
     let masked = guard::check_request(&on_request, endpoint, &body, &mut ctx.guard_hits)?;
-    let (body, view) = match masked {
+    let body = match masked {
         // A masked body has other spans: its own parse is the one kept.
         Some(masked) => {
-            let view = body::parse(&masked)?;
-            (masked, view)
+            ctx.request_view = Some(body::parse(&masked)?);
+            masked
         }
-        None => (body, view),
+        None => body,
     };
     ctx.request_body = body.clone();
-    ctx.request_view = Some(view);
     ctx.response_guards = match endpoint {
         // Embeddings answer with vectors: there is no text to check.
         Endpoint::Embeddings => Vec::new(),
@@ -426,9 +423,9 @@ async fn answer_from_cache(session: &mut Session, ctx: &mut Ctx, entry: &cache::
         guardrail: name.to_owned(),
         response: true,
     };
-    let (content_type, body) = if ctx.stream {
+    let (content_type, body) = if ctx.stream() {
         let completion: serde_json::Value = serde_json::from_slice(&entry.body).unwrap_or_default();
-        let sse = Bytes::from(cache::replay::sse(&completion, ctx.dialect, ctx.caller_include_usage));
+        let sse = Bytes::from(cache::replay::sse(&completion, ctx.dialect, ctx.caller_include_usage()));
         let body = if ctx.response_guards.is_empty() {
             sse
         } else {
@@ -458,11 +455,12 @@ async fn answer_from_cache(session: &mut Session, ctx: &mut Ctx, entry: &cache::
         }
         ("application/json", checked.unwrap_or_else(|| entry.body.clone()))
     };
+    let stream = ctx.stream();
     if let Some(t) = ctx.trace.as_mut() {
-        if ctx.stream {
+        if stream {
             t.start_stream(ctx.dialect);
         }
-        t.sent(&body, !ctx.stream);
+        t.sent(&body, !stream);
     }
     let limits = ctx.limits.as_ref().map(|l| l.headers());
     let budget = ctx.budget.as_ref().map(|b| b.remaining_usd);
@@ -551,7 +549,7 @@ pub fn prepare_upstream(req: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<(
         ));
     };
     let p = &target.provider;
-    let path = provider::upstream_path(target, upstream, ctx.stream);
+    let path = provider::upstream_path(target, upstream, ctx.stream());
     req.set_uri(
         path.parse()
             .map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "bad upstream path"))?,

@@ -35,7 +35,7 @@ pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx
     ctx.upstream_status = Some(status);
     let wire = ctx.target.as_ref().map_or(provider::Wire::OpenAi, Target::wire);
     let bad_type = if resp.status.is_success() {
-        unexpected_content_type(resp, ctx.stream.then(|| wire.stream_media()))
+        unexpected_content_type(resp, ctx.stream().then(|| wire.stream_media()))
     } else {
         None
     };
@@ -66,7 +66,7 @@ pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx
         (Some(got), _) => {
             // An HTML page with 200 (a captive portal, a proxy's login page, a wrong
             // base_url) is a broken provider, not an answer to forward.
-            let expected = if ctx.stream {
+            let expected = if ctx.stream() {
                 wire.stream_media()
             } else {
                 "application/json"
@@ -239,7 +239,7 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
             provider::stream_mode(
                 wire,
                 ctx.dialect,
-                ctx.caller_include_usage,
+                ctx.caller_include_usage(),
                 ctx.strip_usage,
                 upstream_model,
                 now(),

@@ -201,7 +201,7 @@ pub fn access(session: &Session, ctx: &Ctx, state: &AppState) {
         upstream_status: ctx.upstream_status.unwrap_or(0),
         attempts,
         failovers,
-        stream: ctx.stream,
+        stream: ctx.stream(),
         input_tokens: ctx.usage.map_or(0, |u| u.input_tokens),
         output_tokens: ctx.usage.map_or(0, |u| u.output_tokens),
         cache_read_tokens: ctx.usage.map_or(0, |u| u.cache_read_tokens),

@@ -513,11 +513,11 @@ pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crat
     use crate::provider::Endpoint;
     use crate::route::plan::Outcome;
     let cost_usd = ctx.cost_usd();
+    let max_tokens = ctx.max_tokens();
     let Some(t) = ctx.trace.as_mut() else { return };
     if !t.sampled {
         return;
     }
-    let max_tokens = ctx.max_tokens;
     let input_messages = t.capture_content.then(|| {
         let v: serde_json::Value = serde_json::from_slice(&ctx.request_body).unwrap_or_default();
         let mut m = serde_json::Map::new();

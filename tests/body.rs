@@ -34,14 +34,7 @@ async fn one_mib_over_http1() {
     let mock = Mock::start();
     let gw = Gateway::start(BASE_CONFIG, &mock);
     let body = big_body();
-    let resp = client()
-        .post(format!("{}/v1/chat/completions", gw.url()))
-        .bearer_auth(CALLER_KEY)
-        .header("content-type", "application/json")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_raw_as(&gw, CALLER_KEY, "/v1/chat/completions", body.clone()).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_11);
     assert_forwarded_whole(&mock, &body);

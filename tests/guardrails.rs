@@ -131,14 +131,7 @@ async fn request_mask_sends_redacted_text_upstream() {
     // Masking moves every byte after the match: the model written last and the usage
     // option added at the end land where the masked body has them, not the caller's.
     let raw = format!(r#"{{"messages":[{{"role":"user","content":"{text}"}}],"stream":true,"model":"echo"}}"#);
-    let r = client()
-        .post(format!("{}/v1/chat/completions", gw.url()))
-        .bearer_auth("sk-free")
-        .header("content-type", "application/json")
-        .body(raw)
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw_as(&gw, "sk-free", "/v1/chat/completions", raw).await;
     assert_eq!(r.status(), 200);
     let seen: Value = serde_json::from_str(mock.last_request()["body"].as_str().unwrap()).unwrap();
     assert_eq!(seen["messages"][0]["content"], json!(sent));
@@ -433,14 +426,7 @@ async fn every_text_a_provider_reads_is_scanned_through_every_translation() {
     }
     // The same key twice: one parser would see the secret, another the harmless text.
     let dup = format!(r#"{{"model":"plain","messages":[{{"role":"user","content":"{secret}","content":"hi"}}]}}"#);
-    let r = client()
-        .post(format!("{}/v1/chat/completions", gw.url()))
-        .bearer_auth(CALLER_KEY)
-        .header("content-type", "application/json")
-        .body(dup)
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw_as(&gw, CALLER_KEY, "/v1/chat/completions", dup).await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_json");
     assert_eq!(mock.requests().len(), before, "nothing reached the provider");

@@ -344,6 +344,19 @@ pub async fn post_as(gw: &Gateway, key: &str, path: &str, body: &Value) -> reqwe
         .unwrap()
 }
 
+/// POSTs `body` as it is, labelled JSON, with the caller key `key`: for bodies `json!`
+/// cannot write (a field order, a duplicate key, an exact byte layout).
+pub async fn post_raw_as(gw: &Gateway, key: &str, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    client()
+        .post(format!("{}{path}", gw.url()))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// POSTs an Anthropic Messages request with the caller key `key` in `x-api-key`.
 pub async fn post_messages_as(gw: &Gateway, key: &str, body: &Value) -> reqwest::Response {
     client()

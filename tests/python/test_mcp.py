@@ -141,13 +141,7 @@ def test_a_caller_sees_and_calls_only_its_tools(mcp_gateway):
 
     run(go())
     # A server this caller may not use is not there at all.
-    req = urllib.request.Request(
-        mcp_gateway["url"] + "/mcp/notes", method="POST", data=b"{}",
-        headers={"Authorization": "Bearer sk-mcp-adder", "Content-Type": "application/json"},
-    )
-    with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(req)
-    assert e.value.code == 404
+    assert post_raw(mcp_gateway["url"] + "/mcp/notes", "sk-mcp-adder", {})[0] == 404
 
 
 def test_guardrails_rate_limits_and_a_down_server(mcp_gateway):

@@ -4,7 +4,7 @@ VENV  := target/py-venv
 PY    := $(VENV)/bin/python
 BIN   := target/debug/aigw
 
-.PHONY: build run test test-rust test-python lint fmt bench fuzz loadtest soak release clean setup-run setup-test
+.PHONY: build run test test-rust test-python lint fmt docs bench fuzz loadtest soak release clean setup-run setup-test
 
 # What the build and the tests need besides Rust, installed when missing (scripts/setup.sh:
 # apt, with sudo when not root; elsewhere it names the packages). A no-op in milliseconds
@@ -45,6 +45,12 @@ lint: setup-test
 
 fmt:
 	$(CARGO) fmt
+
+## The book (docs/, mdBook) into target/book, then a check of every internal link and anchor.
+docs:
+	scripts/setup.sh docs
+	mdbook build docs
+	python3 scripts/check-book.py target/book docs
 
 bench:
 	$(CARGO) bench --bench hot_paths

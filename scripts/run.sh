@@ -31,6 +31,6 @@ Try it from another terminal:
   PY
 
 Ask the same question twice: the second answer comes from the cache (curl -i shows
-x-aigw-cache: hit). Guardrails: AIGW_CONFIG=conf/guardrails.yaml make run (README).
+x-aigw-cache: hit). Guardrails: AIGW_CONFIG=conf/guardrails.yaml make run (docs/guardrails.md).
 TRY
 "$BIN" serve --config "$CONFIG"

@@ -5,8 +5,8 @@
 # `.ci/run` goes through here too, so CI and a newcomer's machine take the same path.
 set -euo pipefail
 want=${1:-test}
-case "$want" in run | test) ;; *)
-  echo "usage: $0 run|test" >&2
+case "$want" in run | test | docs) ;; *)
+  echo "usage: $0 run|test|docs" >&2
   exit 2
   ;;
 esac
@@ -67,6 +67,14 @@ Prometheus, openssl, curl, python3 with venv):
 EOF
     exit 1
   fi
+fi
+
+# The book (make docs): mdBook, from crates.io (no distribution packages it), without its
+# serve and watch features, which the build does not use.
+MDBOOK_VERSION=0.5.4
+if [ "$want" = docs ] && [ "$(mdbook --version 2>/dev/null)" != "mdbook v$MDBOOK_VERSION" ]; then
+  echo "setup: installing mdbook $MDBOOK_VERSION" >&2
+  cargo install --locked mdbook --version "$MDBOOK_VERSION" --no-default-features --features search
 fi
 
 if [ "$want" = test ] && ! cargo nextest --version >/dev/null 2>&1; then

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// mimalloc instead of the system allocator: a proxied request allocates a few dozen
-/// small objects; see the README's benchmark section for what it saved. Built with
+/// small objects; see docs/benchmarks.md for what it saved. Built with
 /// `no_thp`: mimalloc otherwise asks for transparent huge pages on its arenas, which on a
 /// host with THP in `madvise` mode (Debian's default) backs them in 2 MiB pages and
 /// nearly doubled the RSS (production profile: 84 -> 43 MiB, same throughput).

@@ -31,15 +31,17 @@ server:
 provider_keys:
   - {{name: mock, provider: openai_compatible, base_url: "http://127.0.0.1:{mock}/v1", api_key: "{provider_key}"}}
 models:
-  - {{name: chat, provider_key: mock, model: mock-gpt}}
+  - {{name: chat, provider_key: mock, model: mock-gpt, pricing: {{input_per_mtok: 1, output_per_mtok: 1}}}}
   - {{name: down, provider_key: mock, model: "x?status=503"}}
   - {{name: spare, provider_key: mock, model: "y?status=503"}}
   - name: flaky
     routing: {{targets: [{{model: down}}, {{model: spare, priority: 1}}], failures_before_cooldown: 1, cooldown_s: 120}}
 budgets:
   - {{name: console-daily, usd: 5, period: day}}
+  - {{name: console-cents, usd: 0.000005, period: day}}
 api_keys:
   - {{name: console, key: "{caller}", owner: team-console, budget: console-daily}}
+  - {{name: cents, key: sk-console-cents, owner: team-cents, budget: console-cents}}
   # A name an attacker with config access might choose: shown as text, never run.
   - {{name: "<img id=xss src=x onerror=document.title='owned'>", key: sk-console-xss, owner: "<b id=xss2>x</b>"}}
 """
@@ -129,6 +131,20 @@ def test_console_shows_traffic_cooldowns_and_validation_errors(console, browser)
     assert cells[0].text == "chat" and cells[6].text == "1", [c.text for c in cells]
     assert "team-console" in text(browser, "table#owners")
     wait_for(browser, lambda d: "console-daily" in text(d, "table#spend"), "the spend row")
+    # A budget under a cent: the millionths of a dollar spent show as such, not as 0 beside
+    # "used 100%".
+    OpenAI(base_url=f"{gateway}/v1", api_key="sk-console-cents", max_retries=0).chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}])
+    cents = [None]
+
+    def cents_row(d):
+        rows = [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in d.find_elements(By.CSS_SELECTOR, "table#spend tr")]
+        cents[0] = next((r for r in rows if r and r[0] == "console-cents"), None)
+        return cents[0] is not None and cents[0][4] not in ("", "0")
+
+    wait_for(browser, cents_row, "the spend under a cent")
+    assert cents[0][3].strip().endswith("100%") and cents[0][4].startswith("0.0000"), cents[0]
+    assert cents[0][5] == "0.000005", cents[0]
 
     # A scripted failure: the target cools down, and the console says for how long.
     target = 'table#routes tr[data-model="flaky"][data-target="down"]'

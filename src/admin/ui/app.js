@@ -60,6 +60,13 @@ async function api(method, path, body) {
 }
 
 const round = (x, d = 2) => (Number.isFinite(x) ? Number(x.toFixed(d)) : null);
+// Dollars with enough digits to see a budget under a cent: four decimals from a cent up,
+// three significant digits below (0.0000150, not 0 beside "used 100%").
+const usd = (x) => {
+  if (!Number.isFinite(x)) return null;
+  if (x === 0 || Math.abs(x) >= 0.01) return round(x, 4);
+  return x.toLocaleString("en-US", { maximumSignificantDigits: 3, maximumFractionDigits: 20 });
+};
 
 // The q-quantile of the requests between two reads of a cumulative histogram.
 function quantile(now, before, q) {
@@ -99,13 +106,13 @@ function renderTraffic(s, dt) {
       const p50 = quantile(lat[m], latBefore[m], 0.5), p99 = quantile(lat[m], latBefore[m], 0.99);
       const tok = b ? round((t.input_tokens + t.output_tokens - b.input_tokens - b.output_tokens) / dt) : null;
       return [m, rate(t, b, "requests", dt), rate(t, b, "errors", dt), p50 === null ? null : round(p50 * 1000, 1),
-        p99 === null ? null : round(p99 * 1000, 1), tok, t.requests, t.errors, t.refused, round(t.cost_usd, 4)];
+        p99 === null ? null : round(p99 * 1000, 1), tok, t.requests, t.errors, t.refused, usd(t.cost_usd)];
     }), (i) => ({ "data-model": names[i] }));
   const owners = s.traffic.owners || {};
   const ownersBefore = prev ? prev.traffic.owners || {} : {};
   fill($("owners"), ["owner", "req/s", "errors/s", "requests", "errors", "refused", "input tokens", "output tokens", "cost USD"],
     Object.entries(owners).map(([o, t]) => [o, rate(t, ownersBefore[o], "requests", dt), rate(t, ownersBefore[o], "errors", dt),
-      t.requests, t.errors, t.refused, t.input_tokens, t.output_tokens, round(t.cost_usd, 4)]));
+      t.requests, t.errors, t.refused, t.input_tokens, t.output_tokens, usd(t.cost_usd)]));
   names.forEach((m) => {
     const r = rate(models[m], before[m], "requests", dt);
     if (!series.has(m)) series.set(m, []);
@@ -165,7 +172,7 @@ function renderSpend(s) {
       fillBar.style.width = Math.round(used * 100) + "px";
       bar.appendChild(fillBar);
       bar.appendChild(el("span", " " + Math.round(used * 100) + "%"));
-      return [b.budget, b.owner, b.period, bar, round(b.spent_usd, 4), b.limit_usd, round(b.remaining_usd, 4), b.resets_at || "never"];
+      return [b.budget, b.owner, b.period, bar, usd(b.spent_usd), usd(b.limit_usd), usd(b.remaining_usd), b.resets_at || "never"];
     }));
 }
 

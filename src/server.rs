@@ -213,7 +213,7 @@ struct StoreFollower {
 #[async_trait]
 impl BackgroundService for StoreFollower {
     async fn start(&self, shutdown: ShutdownWatch) {
-        crate::store::follow(self.state.clone(), self.settings.clone(), shutdown).await;
+        crate::state::follow(self.state.clone(), self.settings.clone(), shutdown).await;
     }
 }
 

@@ -5,10 +5,10 @@
 //! would be valid in the file.
 
 pub mod etcd;
-mod follow;
+mod cache_file;
 mod transfer;
 
-pub use follow::{follow, initial, write_cache};
+pub use cache_file::{initial, write_cache};
 pub use transfer::{export, import};
 
 use std::collections::BTreeMap;

@@ -1,6 +1,11 @@
 //! Process-wide state: the current config snapshot (swapped atomically on reload) and the
 //! registries that outlive a reload (upstreams and their resolved addresses, cooldowns,
-//! rate limit state, metrics, in-flight requests).
+//! rate limit state, metrics, in-flight requests); [`follow`] keeps it in step with the
+//! config store.
+
+mod follow;
+
+pub use follow::follow;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

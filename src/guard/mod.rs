@@ -208,19 +208,6 @@ pub fn apply_masks(text: &str, from: usize, to: usize, mut masks: Vec<Found>) ->
     out
 }
 
-/// Scans one string with every guardrail, masking it in place; the guardrail that blocks
-/// it, if one does. Hits are recorded.
-pub fn scan_string(guards: &[Arc<Guardrail>], s: &mut String, hits: &mut Vec<Hit>) -> Option<Arc<str>> {
-    match scan_text(guards, s, hits) {
-        TextVerdict::Clean => None,
-        TextVerdict::Blocked(name) => Some(name),
-        TextVerdict::Masked(m) => {
-            *s = m;
-            None
-        }
-    }
-}
-
 /// Whether any of these guardrails must see the text before the caller (or the provider)
 /// does; monitor-only sets never change or stop anything.
 pub fn intervenes(guards: &[Arc<Guardrail>]) -> bool {

@@ -7,7 +7,8 @@
 //!   one 64-byte line per write: a server that drips its answer.
 //! - `pages=N`, `page_bytes=B`: `tools/list` in N pages, each padded with small tools to
 //!   about B bytes.
-//! - `long_name=B`: `tools/list` also lists a tool with a B-byte name.
+//! - `long_name=B`: each page of `tools/list` also lists a tool with a name of B bytes
+//!   (after the page's number).
 //!
 //! Tools: `echo` answers its arguments (as text and as `structuredContent`), `say`
 //! answers `arguments.text` as text, `fail_with` answers a JSON-RPC error whose message
@@ -62,8 +63,11 @@ impl Knobs {
 pub fn answer(query: Option<&str>, body: &Bytes) -> Response<Body> {
     let knobs = Knobs::parse(query);
     let Ok(msg) = serde_json::from_slice::<Value>(body) else {
-        return full(StatusCode::BAD_REQUEST, &json!({"jsonrpc": "2.0", "id": null,
-            "error": {"code": -32700, "message": "parse error"}}));
+        return full(
+            StatusCode::BAD_REQUEST,
+            &json!({"jsonrpc": "2.0", "id": null,
+            "error": {"code": -32700, "message": "parse error"}}),
+        );
     };
     let Some(id) = msg.get("id").cloned() else {
         // Notifications.
@@ -71,8 +75,10 @@ pub fn answer(query: Option<&str>, body: &Bytes) -> Response<Body> {
     };
     let params = msg.get("params").cloned().unwrap_or(Value::Null);
     let outcome = match msg["method"].as_str().unwrap_or("") {
-        "initialize" => Ok(json!({"protocolVersion": "2025-06-18", "capabilities": {"tools": {}, "prompts": {}, "resources": {}},
-            "serverInfo": {"name": "aigw-mock", "version": "1"}})),
+        "initialize" => Ok(
+            json!({"protocolVersion": "2025-06-18", "capabilities": {"tools": {}, "prompts": {}, "resources": {}},
+            "serverInfo": {"name": "aigw-mock", "version": "1"}}),
+        ),
         "ping" => Ok(json!({})),
         "tools/list" => Ok(tools_page(&knobs, &params)),
         "tools/call" => call(&params),
@@ -103,17 +109,20 @@ pub fn answer(query: Option<&str>, body: &Bytes) -> Response<Body> {
 }
 
 fn tools_page(k: &Knobs, params: &Value) -> Value {
-    let page = params["cursor"].as_str().and_then(|c| c.parse::<usize>().ok()).unwrap_or(0);
+    let page = params["cursor"]
+        .as_str()
+        .and_then(|c| c.parse::<usize>().ok())
+        .unwrap_or(0);
     let schema = json!({"type": "object", "properties": {"text": {"type": "string"}}});
-    let mut tools: Vec<Value> = ["echo", "say", "fail_with", "blob"]
-        .iter()
-        .map(|n| json!({"name": n, "description": format!("The mock's {n}."), "inputSchema": schema}))
-        .collect();
+    let mut tools: Vec<Value> = match page {
+        0 => ["echo", "say", "fail_with", "blob"]
+            .iter()
+            .map(|n| json!({"name": n, "description": format!("The mock's {n}."), "inputSchema": schema}))
+            .collect(),
+        _ => Vec::new(),
+    };
     if k.long_name > 0 {
-        tools.push(json!({"name": "n".repeat(k.long_name), "inputSchema": schema}));
-    }
-    if page > 0 {
-        tools.clear();
+        tools.push(json!({"name": format!("{page}{}", "n".repeat(k.long_name)), "inputSchema": schema}));
     }
     // Small tools, each about 60 bytes of JSON, up to the page's size.
     let mut i = 0;
@@ -166,7 +175,9 @@ fn sse(answer: &Value, drip: usize) -> Response<Body> {
         .map(move |_| Ok(Frame::data(line.clone())))
         .chain(stream::iter([Ok(Frame::data(data))]));
     let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(frames)));
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
     r
 }

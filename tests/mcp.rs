@@ -461,3 +461,32 @@ async fn a_tool_glob_bounds_prompts_and_resources_too() {
         .await;
     assert_eq!(a["error"]["code"], -32602, "{a}");
 }
+
+/// A caller's message is held within the memory its bytes buy: a megabyte of small
+/// objects (a hundred times that once parsed) is refused before it is taken; the same
+/// bytes of text are not.
+#[tokio::test]
+async fn a_callers_message_is_bounded_by_the_memory_it_takes() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let s = Session::open(&gw, "/mcp", "sk-all").await;
+    let post = |params: String| {
+        client()
+            .post(format!("{}/mcp", gw.url()))
+            .bearer_auth("sk-all")
+            .header("mcp-session-id", &s.id)
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{params}}}"#
+            ))
+            .send()
+    };
+    let objects = format!("{{\"x\":[{}{{}}]}}", "{\"a\":0},".repeat(125_000));
+    let r = post(objects).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let a: Value = r.json().await.unwrap();
+    assert_eq!(a["error"]["code"], -32600, "{a}");
+    let text = format!("{{\"x\":\"{}\"}}", "a".repeat(1_000_000));
+    let r = post(text).await.unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -22,6 +22,7 @@ mcp_servers:
   - {name: many, url: "{MOCK}/mcp?page_bytes=90000"}
   - {name: long, url: "{MOCK}/mcp?long_name=300"}
   - {name: huge, url: "{MOCK}/mcp?pages=2&long_name=3000000", timeout_ms: 120000}
+  - {name: rotate, url: "{MOCK}/mcp?rotate=1"}
 guardrails:
   - {name: pii-in, pack: filters/pii.yaml, stage: request, action: mask}
   - {name: secrets-in, pack: filters/secrets.yaml, stage: request, action: block}
@@ -489,4 +490,22 @@ async fn a_callers_message_is_bounded_by_the_memory_it_takes() {
     let text = format!("{{\"x\":\"{}\"}}", "a".repeat(1_000_000));
     let r = post(text).await.unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// The resources a session may read are each server's last list: a server that lists
+/// new URIs on every call cannot grow a session without bound.
+#[tokio::test]
+async fn a_session_keeps_only_each_servers_last_resource_list() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let s = Session::open(&gw, "/mcp/rotate", "sk-all").await;
+    let mut uris = Vec::new();
+    for _ in 0..5 {
+        let a = s.rpc("resources/list", json!({})).await;
+        uris.push(a["result"]["resources"][0]["uri"].as_str().unwrap().to_owned());
+    }
+    let last = s.rpc("resources/read", json!({"uri": uris[4]})).await;
+    assert_eq!(last["result"]["contents"][0]["text"], "rotated", "{last}");
+    let first = s.rpc("resources/read", json!({"uri": uris[0]})).await;
+    assert_eq!(first["error"]["message"], "Resource not found.", "{first}");
 }

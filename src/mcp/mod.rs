@@ -98,7 +98,8 @@ struct Session {
     /// the id finds nothing.
     caller: (String, String),
     upstream: Mutex<HashMap<String, upstream::Session>>,
-    /// Which server listed each resource URI, for `resources/read`.
+    /// Which server listed each resource URI, for `resources/read`: each server's last
+    /// list, so at most `max_list_items` per server.
     resources: Mutex<HashMap<String, String>>,
 }
 
@@ -596,6 +597,11 @@ impl Gate<'_> {
             };
             if items == Items::Tools {
                 server.remember_tools(listed.iter().filter_map(|t| t.get("name")?.as_str()));
+            }
+            if items == Items::Resources {
+                // The server's latest list replaces its last: a server that lists new
+                // URIs every time cannot grow the session.
+                lock(&session.resources).retain(|_, s| *s != server.name);
             }
             for mut item in listed {
                 let Some(name) = item.get("name").and_then(Value::as_str) else {

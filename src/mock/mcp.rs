@@ -9,6 +9,8 @@
 //!   about B bytes.
 //! - `long_name=B`: each page of `tools/list` also lists a tool with a name of B bytes
 //!   (after the page's number).
+//! - `rotate=1`: `resources/list` lists a resource of a new URI each time
+//!   (`mock://r{n}`), which `resources/read` reads.
 //!
 //! Tools: `echo` answers its arguments (as text and as `structuredContent`), `say`
 //! answers `arguments.text` as text, `fail_with` answers a JSON-RPC error whose message
@@ -38,7 +40,11 @@ struct Knobs {
     pages: usize,
     page_bytes: usize,
     long_name: usize,
+    rotate: bool,
 }
+
+/// The next `rotate` resource.
+static ROTATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Knobs {
     fn parse(query: Option<&str>) -> Self {
@@ -52,6 +58,7 @@ impl Knobs {
                 "pages" => k.pages = n,
                 "page_bytes" => k.page_bytes = n,
                 "long_name" => k.long_name = n,
+                "rotate" => k.rotate = n == 1,
                 _ => {}
             }
         }
@@ -85,6 +92,10 @@ pub fn answer(query: Option<&str>, body: &Bytes) -> Response<Body> {
         "prompts/list" => Ok(json!({"prompts": [{"name": "greet", "arguments": [{"name": "who", "required": true}]}]})),
         "prompts/get" => Ok(json!({"messages": [{"role": "user", "content": {"type": "text",
             "text": format!("Hello {}", params.pointer("/arguments/who").and_then(Value::as_str).unwrap_or("you"))}}]})),
+        "resources/list" if knobs.rotate => {
+            let n = ROTATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(json!({"resources": [{"uri": format!("mock://r{n}"), "name": format!("r{n}")}]}))
+        }
         "resources/list" => Ok(json!({"resources": [
             {"uri": "mock://note", "name": "note", "mimeType": "text/plain"},
             {"uri": "mock://blob", "name": "blob", "mimeType": "text/plain"},
@@ -161,6 +172,7 @@ fn read(uri: &str) -> Result<Value, Value> {
         "mock://blob" => json!({"uri": uri, "mimeType": "text/plain", "blob": CARD_BASE64}),
         "mock://untyped" => json!({"uri": uri, "blob": CARD_BASE64}),
         "mock://image" => json!({"uri": uri, "mimeType": "image/png", "blob": PNG_BASE64}),
+        u if u.starts_with("mock://r") => json!({"uri": uri, "mimeType": "text/plain", "text": "rotated"}),
         _ => return Err(json!({"code": -32002, "message": "Resource not found"})),
     };
     Ok(json!({"contents": [content]}))

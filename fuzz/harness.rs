@@ -260,6 +260,10 @@ pub fn guard(data: &[u8]) {
     if let Ok(Some(masked)) = guard::check_request(guards, endpoint, body, &mut hits) {
         assert!(serde_json::from_slice::<serde_json::Value>(&masked).is_ok(), "a masked request is JSON");
     }
+    // The same bytes as an MCP message part, either direction.
+    if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let _ = guard::check_mcp(guards, &mut v, &mut hits);
+    }
     let shape = [Endpoint::ChatCompletions, Endpoint::Messages, Endpoint::Responses][seed as usize % 3];
     let mut by = None;
     if let Some(b) = guard::check_response(guards, shape, body, &mut hits, &mut by) {

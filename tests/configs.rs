@@ -60,6 +60,28 @@ fn reference_config_names_every_section() {
     }
 }
 
+/// `{server}__{tool}` must name one server and tool: with servers `math` and `math_`,
+/// `math___secret` would be both `math`'s `_secret` and `math_`'s `secret`, and a glob
+/// written for one would reach the other.
+#[test]
+fn mcp_server_names_that_make_tool_names_ambiguous_are_refused() {
+    common::assert_config_errors(
+        r#"version: 1
+mcp_servers:
+  - {name: math, url: "https://tools.example/math"}
+  - {name: math_, url: "https://tools.example/math2"}
+  - {name: "", url: "https://tools.example/none"}
+  - {name: "x_", url: "https://tools.example/x"}
+"#,
+        &[
+            "mcp_servers[1].name: must not end with '_'",
+            "mcp_servers[2].name: must not be empty",
+            "mcp_servers[3].name: must not end with '_'",
+        ],
+        "no-secret-here",
+    );
+}
+
 #[test]
 fn bad_mcp_sections_are_config_errors() {
     common::assert_config_errors(

@@ -497,3 +497,88 @@ async fn a_stream_in_an_odd_case_content_type_is_still_a_stream() {
     assert!(line["output_tokens"].as_u64().unwrap() > 0, "{line}");
     assert_eq!(line["usage_estimated"], false);
 }
+
+/// A JSON number is text to the rules where keys are (tool inputs and arguments, schemas,
+/// metadata): a card number written as a number is masked or blocked as the same digits
+/// in a string are, in any JSON spelling of it.
+#[tokio::test]
+async fn numbers_in_tool_inputs_are_text_to_the_rules() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    for n in [
+        "4111111111111111",
+        "4.111111111111111e15",
+        "-4111111111111111",
+        "4111111111111111.5",
+    ] {
+        let raw = format!(
+            r#"{{"model":"echo","max_tokens":10,"messages":[{{"role":"user","content":"hi"}},{{"role":"assistant","content":[{{"type":"tool_use","id":"t1","name":"pay","input":{{"card":{n},"qty":3}}}}]}},{{"role":"user","content":[{{"type":"tool_result","tool_use_id":"t1","content":"ok"}}]}}]}}"#
+        );
+        let r = client()
+            .post(format!("{}/v1/messages", gw.url()))
+            .header("x-api-key", "sk-free")
+            .header("anthropic-version", "2023-06-01")
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{n}");
+        let sent = mock.last_request()["body"].as_str().unwrap().to_owned();
+        assert!(!sent.contains("4111111111111111"), "{n} reached the provider: {sent}");
+        assert!(sent.contains("[REDACTED:credit_card]"), "{n}: {sent}");
+    }
+    // A number outside free-form values (a parameter) is not text: a 10-digit seed is
+    // not a phone number.
+    let mut b = chat("echo", "hi", false);
+    b["seed"] = json!(4155550132u64);
+    assert_eq!(post_as(&gw, "sk-free", "/v1/chat/completions", &b).await.status(), 200);
+    let sent: Value = serde_json::from_str(mock.last_request()["body"].as_str().unwrap()).unwrap();
+    assert_eq!(sent["seed"], json!(4155550132u64));
+}
+
+/// Base64 a guardrail cannot read fails closed when a guardrail blocks or masks: a data
+/// URL of no media type is text/plain (RFC 2397), raw base64 in `file_data` has no type
+/// to say it is not text, and media types and the base64 marker are case-insensitive.
+#[tokio::test]
+async fn data_urls_of_no_type_and_raw_base64_files_fail_closed() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let b64 = "bXkga2V5IGlzIHNrLXByb2otRVhBTVBMRV9ub3RfYV9yZWFsX2tleV8wMDAw";
+    let image = |url: String| {
+        json!({"model": "plain", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "read this"}, {"type": "image_url", "image_url": {"url": url}}]}]})
+    };
+    let file = |data: String| {
+        json!({"model": "plain", "messages": [{"role": "user", "content": [
+            {"type": "file", "file": {"filename": "a.txt", "file_data": data}}]}]})
+    };
+    let unreadable = [
+        image(format!("data:;base64,{b64}")),
+        image(format!("data:TEXT/PLAIN;BASE64,{b64}")),
+        image(format!("data:;charset=utf-8;base64,{b64}")),
+        image("data:text/plain,my%20key%20is%20sk-proj-EXAMPLE".to_owned()),
+        file(b64.to_owned()),
+        file(format!("data:application/json;base64,{b64}")),
+    ];
+    let before = mock.requests().len();
+    for body in &unreadable {
+        let r = post(&gw, "/v1/chat/completions", body).await;
+        assert_eq!(r.status(), 400, "{body}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            "content_filter",
+            "{body}"
+        );
+    }
+    assert_eq!(mock.requests().len(), before, "nothing reached the provider");
+    // Binary stays binary; without a guardrail that blocks or masks, nothing is refused.
+    let png = image("data:image/png;base64,iVBORw0KGgo=".to_owned());
+    assert_eq!(post(&gw, "/v1/chat/completions", &png).await.status(), 200);
+    let pdf = file("data:application/pdf;base64,JVBERi0xLjQ=".to_owned());
+    assert_eq!(post(&gw, "/v1/chat/completions", &pdf).await.status(), 200);
+    for body in &unreadable {
+        let r = post_as(&gw, "sk-free", "/v1/chat/completions", body).await;
+        assert_eq!(r.status(), 200, "{body}");
+    }
+}

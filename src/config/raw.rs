@@ -481,6 +481,20 @@ pub struct McpServer {
     pub timeout_ms: u64,
     /// The server's tools callers may see at most; `None`: all of them.
     pub tools: Option<Vec<String>>,
+    /// The most bytes of one answer, and of all pages of one list together.
+    #[serde(default = "default_mcp_answer_bytes")]
+    pub max_answer_bytes: u64,
+    /// The most items (tools, prompts, resources) of one list, over all its pages.
+    #[serde(default = "default_mcp_list_items")]
+    pub max_list_items: u64,
+}
+
+fn default_mcp_answer_bytes() -> u64 {
+    4 << 20
+}
+
+fn default_mcp_list_items() -> u64 {
+    1000
 }
 
 /// What MCP a caller may reach (`api_keys[].mcp`, `jwt[].mcp`).

@@ -4,9 +4,9 @@
 //! Every guardrail that applies scans the same original text. Then, in order: a `block`
 //! hit fails the request (or ends the stream); otherwise `mask` hits are replaced by
 //! `[REDACTED:<label>]`; `monitor` hits are only counted and logged by name. What counts
-//! as text is one definition for every dialect (`text.rs`); text a guardrail cannot read
-//! (base64 of a text type, an unreadable stream event) fails closed when it blocks or
-//! masks, and open when it monitors.
+//! as text is one definition for every dialect and for MCP messages (`text.rs`); text a
+//! guardrail cannot read (base64 of a text type, an unreadable stream event) fails closed
+//! when it blocks or masks, and open when it monitors.
 
 pub mod live;
 pub mod matcher;
@@ -210,21 +210,14 @@ pub fn apply_masks(text: &str, from: usize, to: usize, mut masks: Vec<Found>) ->
 
 /// Whether any of these guardrails must see the text before the caller (or the provider)
 /// does; monitor-only sets never change or stop anything.
-/// Scans one string with every guardrail, masking it in place; the guardrail that blocks
-/// it, if one does. Hits are recorded.
-pub fn scan_string(guards: &[Arc<Guardrail>], s: &mut String, hits: &mut Vec<Hit>) -> Option<Arc<str>> {
-    match scan_text(guards, s, hits) {
-        TextVerdict::Clean => None,
-        TextVerdict::Blocked(name) => Some(name),
-        TextVerdict::Masked(m) => {
-            *s = m;
-            None
-        }
-    }
+pub fn intervenes(guards: &[Arc<Guardrail>]) -> bool {
+    fails_closed(guards).is_some()
 }
 
-pub fn intervenes(guards: &[Arc<Guardrail>]) -> bool {
-    guards.iter().any(|g| g.action != Action::Monitor)
+/// The guardrail that refuses text it cannot read: the first that blocks or masks (it
+/// must see text before anyone does). Monitors let such text pass.
+pub(crate) fn fails_closed(guards: &[Arc<Guardrail>]) -> Option<&Arc<Guardrail>> {
+    guards.iter().find(|g| g.action != Action::Monitor)
 }
 
 fn blocked_error(name: &str, response: bool) -> GwError {
@@ -247,9 +240,18 @@ pub(crate) struct Scanned {
 /// Scans every text of `v` (read as a request to `endpoint`, see `text.rs`) with every
 /// guardrail, masking in place; hits are recorded.
 pub(crate) fn scan_value(guards: &[Arc<Guardrail>], v: &mut Value, endpoint: Endpoint, hits: &mut Vec<Hit>) -> Scanned {
+    scan_with(guards, hits, |f| text::request_texts(v, endpoint, f))
+}
+
+/// Scans every text a walk of the text model (`text.rs`) gives it.
+fn scan_with(
+    guards: &[Arc<Guardrail>],
+    hits: &mut Vec<Hit>,
+    walk: impl FnOnce(&mut dyn FnMut(&mut String)) -> Result<(), text::Unscannable>,
+) -> Scanned {
     let mut blocked: Option<Arc<str>> = None;
     let mut changed = false;
-    let readable = text::request_texts(v, endpoint, &mut |s: &mut String| match scan_text(guards, s, hits) {
+    let readable = walk(&mut |s: &mut String| match scan_text(guards, s, hits) {
         TextVerdict::Clean => {}
         TextVerdict::Blocked(name) => {
             blocked.get_or_insert(name);
@@ -263,6 +265,27 @@ pub(crate) fn scan_value(guards: &[Arc<Guardrail>], v: &mut Value, endpoint: End
         blocked,
         changed,
         readable,
+    }
+}
+
+/// One part of an MCP message (a request's params, a server's result or error), either
+/// direction: every text of it (`text::mcp_texts`) scanned and masked in place. `Err`
+/// names the guardrail that refuses it: one that blocks a text, or the first that blocks
+/// or masks when text is there that cannot be read.
+pub fn check_mcp(guards: &[Arc<Guardrail>], v: &mut Value, hits: &mut Vec<Hit>) -> Result<(), Arc<str>> {
+    if guards.is_empty() {
+        return Ok(());
+    }
+    let scanned = scan_with(guards, hits, |f| text::mcp_texts(v, f));
+    if let Some(name) = scanned.blocked {
+        return Err(name);
+    }
+    match (scanned.readable, fails_closed(guards)) {
+        (Err(what), Some(g)) => {
+            tracing::debug!(guardrail = %g.name, problem = what, "MCP content could not be scanned");
+            Err(g.name.clone())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -283,7 +306,7 @@ pub fn check_request(
         return Err(blocked_error(&name, false));
     }
     if let Err(what) = scanned.readable {
-        if let Some(g) = guards.iter().find(|g| g.action != Action::Monitor) {
+        if let Some(g) = fails_closed(guards) {
             tracing::debug!(guardrail = %g.name, problem = what, "request content could not be scanned");
             return Err(blocked_error(&g.name, false));
         }

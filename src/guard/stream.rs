@@ -422,10 +422,7 @@ impl StreamGuard {
 
     /// An event that cannot be read: a guardrail that blocks or masks fails closed.
     fn fail_closed(&self) -> Option<Stop> {
-        self.guards
-            .iter()
-            .find(|g| g.action != Action::Monitor)
-            .map(|g| g.name.clone())
+        super::fails_closed(&self.guards).map(|g| g.name.clone())
     }
 }
 

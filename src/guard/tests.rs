@@ -464,6 +464,49 @@ fn anthropic_thinking_and_tool_input_deltas_are_scanned() {
     }
 }
 
+/// A card number a model writes as a JSON number in a tool's input is decided alike as
+/// JSON (a number in `input`) and streamed (digits in `partial_json`): masked or blocked.
+/// (A stream's `partial_json` is the text the model wrote: `4.111111111111111e15` there
+/// is not read as the number it denotes, a documented limit.)
+#[test]
+fn a_number_in_a_tool_input_is_decided_alike_in_json_and_streams() {
+    for action in [Action::Mask, Action::Block] {
+        let pii = rules("pii", vec![], Some("pii.yaml"), action);
+        for n in ["4111111111111111", "-4111111111111111", "4111111111111111.25"] {
+            let body = format!(
+                r#"{{"content": [{{"type": "tool_use", "id": "t", "name": "pay", "input": {{"card": {n}}}}}], "stop_reason": "tool_use"}}"#
+            );
+            let (mut hits, mut by) = (Vec::new(), None);
+            let json = check_response(
+                std::slice::from_ref(&pii),
+                Endpoint::Messages,
+                body.as_bytes(),
+                &mut hits,
+                &mut by,
+            )
+            .map(|b| String::from_utf8(b.to_vec()).unwrap());
+            let stream = anthropic_deltas("input_json_delta", "partial_json", &format!("{{\"card\": {n}}}"), 3);
+            let streamed = StreamGuard::new(vec![pii.clone()], Endpoint::Messages).feed(&stream, true, &mut hits);
+            match action {
+                Action::Block => {
+                    assert!(by.is_some(), "{n}: JSON not blocked");
+                    assert!(streamed.is_err(), "{n}: stream not blocked");
+                }
+                _ => {
+                    let json = json.unwrap();
+                    let streamed = String::from_utf8(streamed.unwrap().to_vec()).unwrap();
+                    for out in [&json, &streamed] {
+                        assert!(
+                            out.contains("[REDACTED:credit_card]") && !out.contains("111111111"),
+                            "{n}: {out}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A match that would need more than `MAX_HOLD` held back (a key header followed by
 /// endless base64) ends the stream with the guardrail's error instead of letting the
 /// key through or holding without bound; each byte is stepped once, not rescanned.

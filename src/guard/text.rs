@@ -7,8 +7,15 @@
 //! that the walk does not know (a part of an unknown type, a `document` block, a tool
 //! description); a walk of everything cannot: whatever a provider can read was scanned,
 //! whichever translation carries it there. Inside free-form values (tool inputs and
-//! arguments, JSON schemas, metadata) keys are text too, and nothing is skipped.
-//! Completions are read the same way (see [`response_texts`]).
+//! arguments, JSON schemas, metadata) keys and numbers are text too, and nothing is
+//! skipped. Completions are read the same way (see [`response_texts`]), and so is every
+//! MCP message, both ways (see [`mcp_texts`]).
+//!
+//! A number is text in the form whoever receives it reads it (`4.111111111111111e15` is
+//! the card number `4111111111111111`); masked, it becomes the masked string. Base64 is
+//! text the guardrails cannot read: a payload whose media type says text, or says nothing
+//! (a `data:` URL without one is `text/plain` by RFC 2397; bare base64 has none), is
+//! unreadable, and the guardrails fail closed on it when they block or mask.
 
 use serde_json::{Map, Value};
 
@@ -118,112 +125,275 @@ pub(crate) fn is_protocol_key(key: &str) -> bool {
     )
 }
 
-/// Keys whose values are free-form: every key and string inside is text.
+/// Keys whose values are free-form: every key, string and number inside is text.
 /// (Objects only: a Responses `input` or a chat call's `arguments` string is walked as
-/// usual.)
+/// usual.) The last four are MCP's: tool arguments and results, schemas, `_meta`.
 fn is_free_form_key(key: &str) -> bool {
     matches!(
         key,
-        "parameters" | "input_schema" | "schema" | "input" | "arguments" | "metadata"
+        "parameters"
+            | "input_schema"
+            | "schema"
+            | "input"
+            | "arguments"
+            | "metadata"
+            | "structuredContent"
+            | "inputSchema"
+            | "outputSchema"
+            | "_meta"
     )
 }
 
+/// MCP's numbers about the message itself (an error's code, a resource's size, a
+/// priority, progress): not text, and a caller's SDK expects them to stay numbers.
+fn is_mcp_number_key(key: &str) -> bool {
+    matches!(key, "code" | "size" | "priority" | "progress" | "total")
+}
+
 /// Calls `f` on every text of a caller's request to `endpoint` (see the module docs).
-/// `Err` when text is there that cannot be read: a base64 payload of a text type.
+/// `Err` when text is there that cannot be read (base64 of a text type); every other text
+/// was still given to `f`.
 pub fn request_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> {
     if matches!(endpoint, Endpoint::GenerateContent | Endpoint::Converse) {
         // Never a caller's endpoint: requests are scanned before translation.
         return Err("not a caller endpoint");
     }
-    walk(v, false, f)
+    Walker::new(f, false, true).run(v)
 }
 
-fn walk(v: &mut Value, free: bool, f: &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> {
-    match v {
-        Value::String(s) => {
-            if !free && is_base64_data_url(s) {
-                return binary(data_url_media(s));
-            }
-            f(s);
-            Ok(())
+/// Calls `f` on every text of one MCP message part (a request's `params`, an answer's
+/// `result` or `error`), in either direction. A server (or a caller) reads every key and
+/// number of it, not only the fields MCP defines, so all of them are text here: strings,
+/// keys (renamed when masked) and numbers, but for [`is_mcp_number_key`]. Binary payloads
+/// (image and audio `data`, resource `blob`s) are not text unless their `mimeType` says
+/// text or says nothing; then `Err`, as for model traffic.
+pub fn mcp_texts(v: &mut Value, f: &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> {
+    Walker::new(f, true, true).run(v)
+}
+
+/// One walk of a value: where it is decides what is text (see the module docs).
+struct Walker<'f> {
+    f: &'f mut dyn FnMut(&mut String),
+    mcp: bool,
+    /// Whether a data URL is read as one (requests, MCP). A completion's strings are text
+    /// as they are: a stream delivers them as deltas, and JSON must read as streams do.
+    urls: bool,
+    /// The first text that could not be read. The walk goes on past it, so every other
+    /// text is still scanned (and masked) whatever the caller decides about this one.
+    unreadable: Option<Unscannable>,
+}
+
+impl<'f> Walker<'f> {
+    fn new(f: &'f mut dyn FnMut(&mut String), mcp: bool, urls: bool) -> Self {
+        Self {
+            f,
+            mcp,
+            urls,
+            unreadable: None,
         }
-        Value::Array(items) => items.iter_mut().try_for_each(|x| walk(x, free, f)),
-        Value::Object(o) => walk_object(o, free, f),
-        _ => Ok(()),
     }
-}
 
-fn walk_object(o: &mut Map<String, Value>, free: bool, f: &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> {
-    if free {
-        rename_keys(o, f);
-        return o.values_mut().try_for_each(|x| walk(x, true, f));
+    fn run(mut self, v: &mut Value) -> Result<(), Unscannable> {
+        self.value(v, false);
+        self.unreadable.map_or(Ok(()), Err)
     }
-    // A base64 source (Anthropic images and documents), audio, a redacted thinking
-    // block: the payload is binary or opaque.
-    let kind = o.get("type").and_then(Value::as_str);
-    let base64 = kind == Some("base64") || kind == Some("redacted_thinking");
-    let media = o.get("media_type").and_then(Value::as_str).map(str::to_owned);
-    for (k, x) in o.iter_mut() {
-        let key = k.as_str();
-        match x {
-            Value::String(_) if is_protocol_key(key) => {}
-            Value::Array(a) if is_protocol_key(key) && a.iter().all(Value::is_string) => {}
-            Value::String(_) if base64 && key == "data" => binary(media.as_deref())?,
-            // A file as a data URL, or bare base64 of no stated type.
-            Value::String(data) if key == "file_data" => binary(data_url_media(data))?,
-            // Base64 audio and its format.
-            Value::Object(_) if key == "input_audio" => {}
-            // An assistant's audio: its transcript is text, its `data` base64.
-            Value::Object(audio) if key == "audio" => {
-                if let Some(t) = audio.get_mut("transcript") {
-                    walk(t, false, f)?;
+
+    fn refuse(&mut self, why: Unscannable) {
+        self.unreadable.get_or_insert(why);
+    }
+
+    /// `free`: inside a free-form value, where keys and numbers are text too.
+    fn value(&mut self, v: &mut Value, free: bool) {
+        match v {
+            Value::String(s) => self.string(s),
+            Value::Number(_) if free || self.mcp => self.number(v),
+            Value::Array(items) => items.iter_mut().for_each(|x| self.value(x, free)),
+            Value::Object(o) => self.object(o, free),
+            _ => {}
+        }
+    }
+
+    /// A string is text, unless it is a data URL whose payload cannot be read as it is.
+    fn string(&mut self, s: &mut String) {
+        match data_url(s).filter(|_| self.urls) {
+            Some(url) if url.base64 => {
+                if let Err(why) = binary(Some(url.media)) {
+                    self.refuse(why);
                 }
             }
-            Value::Object(_) if is_free_form_key(key) => walk(x, true, f)?,
-            _ => walk(x, false, f)?,
+            // Percent-escaped text reads differently once unescaped.
+            Some(url) if is_text_media(url.media) && url.data.contains('%') => {
+                self.refuse("percent-encoded text in a data URL");
+            }
+            _ => (self.f)(s),
         }
     }
-    Ok(())
+
+    /// A number is text in the form a receiver reads it; masked, it becomes the masked
+    /// string (a number cannot hold `[REDACTED:...]`).
+    fn number(&mut self, v: &mut Value) {
+        let Value::Number(n) = v else { return };
+        let text = number_text(n);
+        let mut scanned = text.clone();
+        (self.f)(&mut scanned);
+        if scanned != text {
+            *v = Value::String(scanned);
+        }
+    }
+
+    fn object(&mut self, o: &mut Map<String, Value>, free: bool) {
+        if free || self.mcp {
+            self.rename_keys(o);
+        }
+        if free {
+            o.values_mut().for_each(|x| self.value(x, true));
+            return;
+        }
+        let kind = o.get("type").and_then(Value::as_str);
+        // What carries a base64 payload: an Anthropic source (images, documents); MCP
+        // image and audio content. A redacted thinking block's `data` is opaque.
+        let base64 = if self.mcp {
+            matches!(kind, Some("image" | "audio"))
+        } else {
+            kind == Some("base64")
+        };
+        let opaque = !self.mcp && kind == Some("redacted_thinking");
+        let media = o
+            .get(if self.mcp { "mimeType" } else { "media_type" })
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        for (k, x) in o.iter_mut() {
+            let key = k.as_str();
+            if self.mcp {
+                match x {
+                    Value::Number(_) if is_mcp_number_key(key) => {}
+                    Value::String(_) if (base64 && key == "data") || key == "blob" => self.payload(media.as_deref()),
+                    Value::Object(_) if is_free_form_key(key) => self.value(x, true),
+                    _ => self.value(x, false),
+                }
+                continue;
+            }
+            match x {
+                Value::String(_) if is_protocol_key(key) => {}
+                Value::Array(a) if is_protocol_key(key) && a.iter().all(Value::is_string) => {}
+                Value::String(_) if opaque && key == "data" => {}
+                Value::String(_) if base64 && key == "data" => self.payload(media.as_deref()),
+                // A file as a data URL, or bare base64 of no stated type.
+                Value::String(data) if key == "file_data" => match data_url(data) {
+                    Some(_) => self.string(data),
+                    None => self.payload(None),
+                },
+                // Base64 audio and its format.
+                Value::Object(_) if key == "input_audio" => {}
+                // An assistant's audio: its transcript is text, its `data` base64.
+                Value::Object(audio) if key == "audio" => {
+                    if let Some(t) = audio.get_mut("transcript") {
+                        self.value(t, false);
+                    }
+                }
+                Value::Object(_) if is_free_form_key(key) => self.value(x, true),
+                _ => self.value(x, false),
+            }
+        }
+    }
+
+    fn payload(&mut self, media: Option<&str>) {
+        if let Err(why) = binary(media) {
+            self.refuse(why);
+        }
+    }
+
+    /// Keys a model, a tool or a server reads (a tool input's, a schema's property names,
+    /// any key of an MCP message) are text: scanned, and renamed when masked.
+    fn rename_keys(&mut self, o: &mut Map<String, Value>) {
+        let mut renamed = Vec::new();
+        for k in o.keys() {
+            let mut scanned = k.clone();
+            (self.f)(&mut scanned);
+            if scanned != *k {
+                renamed.push((k.clone(), scanned));
+            }
+        }
+        for (old, new) in renamed {
+            if let Some(x) = o.remove(&old) {
+                o.insert(new, x);
+            }
+        }
+    }
 }
 
-/// Keys of a free-form object are text the model reads (a tool input's, a schema's
-/// property names): scanned, and renamed when masked.
-fn rename_keys(o: &mut Map<String, Value>, f: &mut dyn FnMut(&mut String)) {
-    let mut renamed = Vec::new();
-    for k in o.keys() {
-        let mut scanned = k.clone();
-        f(&mut scanned);
-        if scanned != *k {
-            renamed.push((k.clone(), scanned));
-        }
-    }
-    for (old, new) in renamed {
-        if let Some(x) = o.remove(&old) {
-            o.insert(new, x);
-        }
+/// A number as text: integers in their digits, others in plain decimal notation (no
+/// exponent), which is how `4.111111111111111e15` reads to whoever receives it.
+fn number_text(n: &serde_json::Number) -> String {
+    if let Some(i) = n.as_i64() {
+        i.to_string()
+    } else if let Some(u) = n.as_u64() {
+        u.to_string()
+    } else {
+        // Rust's `Display` for floats never uses an exponent.
+        n.as_f64().map(|f| f.to_string()).unwrap_or_default()
     }
 }
 
-/// A binary payload is not text and is not scanned, unless its media type says text:
-/// base64 text cannot be read here, so it is refused when a guardrail must see it.
+/// A binary payload is not text and is not scanned, unless its media type says text, or
+/// says nothing (then it cannot be known not to be text): base64 text cannot be read
+/// here, so it is refused when a guardrail must see it.
 fn binary(media_type: Option<&str>) -> Result<(), Unscannable> {
     match media_type {
-        Some(m) if m.trim().to_ascii_lowercase().starts_with("text/") => Err("base64 content of a text type"),
-        _ => Ok(()),
+        None => Err("base64 content of no stated type"),
+        Some(m) if is_text_media(m) => Err("base64 content of a text type"),
+        Some(_) => Ok(()),
     }
 }
 
-/// The media type of a data URL.
-fn data_url_media(s: &str) -> Option<&str> {
-    s.get(..5)
-        .filter(|p| p.eq_ignore_ascii_case("data:"))
-        .and_then(|_| s[5..].split([';', ',']).next())
+/// Whether a media type is text: `text/*`, JSON, XML, YAML and the other structured text
+/// types (`+json`, `+xml`), JavaScript, forms. Parameters and case do not matter.
+fn is_text_media(m: &str) -> bool {
+    let m = m.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    m.starts_with("text/")
+        || m.ends_with("+json")
+        || m.ends_with("+xml")
+        || m.ends_with("+yaml")
+        || matches!(
+            m.as_str(),
+            "application/json"
+                | "application/xml"
+                | "application/yaml"
+                | "application/x-yaml"
+                | "application/javascript"
+                | "application/ecmascript"
+                | "application/x-ndjson"
+                | "application/jsonl"
+                | "application/x-www-form-urlencoded"
+                | "application/sql"
+                | "application/graphql"
+                | "application/x-sh"
+                | "application/toml"
+        )
 }
 
-fn is_base64_data_url(s: &str) -> bool {
-    s.len() > 5
-        && s.as_bytes()[..5].eq_ignore_ascii_case(b"data:")
-        && s.split(',').next().is_some_and(|meta| meta.contains(";base64"))
+/// A `data:` URL, read as RFC 2397 does: `data:[<media type>][;base64],<data>`, the
+/// media type `text/plain` when empty, `data:` and `;base64` in any case.
+struct DataUrl<'a> {
+    media: &'a str,
+    base64: bool,
+    data: &'a str,
+}
+
+fn data_url(s: &str) -> Option<DataUrl<'_>> {
+    let rest = s
+        .get(..5)
+        .filter(|p| p.eq_ignore_ascii_case("data:"))
+        .map(|_| &s[5..])?;
+    let (meta, data) = rest.split_once(',')?;
+    let mut params = meta.split(';');
+    let media = params.next().unwrap_or("").trim();
+    let base64 = params.any(|p| p.trim().eq_ignore_ascii_case("base64"));
+    Some(DataUrl {
+        media: if media.is_empty() { "text/plain" } else { media },
+        base64,
+        data,
+    })
 }
 
 /// What the response-stage callback did with one text.
@@ -242,9 +412,9 @@ pub enum Edit {
 /// `endpoint` is the caller's: its answer's shape says where the text is.
 pub fn response_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut String) -> Edit) -> bool {
     let mut changed = false;
-    // Completions carry no base64 text; a walk never fails on them.
+    // A completion carries no base64 text: nothing in it is unreadable.
     let mut scan = |x: &mut Value, block: &mut bool| {
-        let _ = walk(x, false, &mut |s: &mut String| apply(f(s), &mut changed, block));
+        let _ = Walker::new(&mut |s: &mut String| apply(f(s), &mut changed, block), false, false).run(x);
     };
     match endpoint {
         Endpoint::Responses => {
@@ -426,6 +596,186 @@ mod tests {
         assert!(parse_unique(br#"{"m": [{"content": "x", "content": "y"}]}"#).is_err());
         let v = parse_unique(br#"{"a": [1, 2.5, "s", null, true, {"b": {}}]}"#).unwrap();
         assert_eq!(v, json!({"a": [1, 2.5, "s", null, true, {"b": {}}]}));
+    }
+
+    /// Masks every text holding `4111`, as a card rule would.
+    fn mask_4111(s: &mut String) {
+        if s.contains("4111") {
+            *s = "[REDACTED:credit_card]".into();
+        }
+    }
+
+    /// A number is text where keys are: in a tool's input, in any spelling of it; a
+    /// request's parameters stay numbers.
+    #[test]
+    fn numbers_are_text_where_keys_are_in_the_form_a_receiver_reads() {
+        let body = r#"{"model": "m", "max_tokens": 4111111111111111, "messages": [{"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t", "name": "f", "input": {"a": 4111111111111111, "b": 4.111111111111111e15,
+             "c": -4111111111111111, "d": 4111111111111111.5, "e": [12, 0.25], "f": 1e300}}]}]}"#;
+        let v: Value = serde_json::from_str(body).unwrap();
+        let got = collect(v.clone(), Endpoint::Messages).unwrap();
+        // (`d`: serde_json reads 4111111111111111.5 as the nearest double it finds.)
+        assert!(
+            got.iter().filter(|s| s.starts_with("4111111111111111")).count() >= 3,
+            "{got:?}"
+        );
+        for n in ["-4111111111111111", "12", "0.25"] {
+            assert!(got.iter().any(|s| s == n), "{n}: {got:?}");
+        }
+        assert!(
+            got.iter().any(|s| s.len() == 301 && s.starts_with("1000")),
+            "1e300 in plain digits"
+        );
+        let mut masked = v;
+        request_texts(&mut masked, Endpoint::Messages, &mut mask_4111).unwrap();
+        let input = &masked["messages"][0]["content"][0]["input"];
+        for k in ["a", "b", "c", "d"] {
+            assert_eq!(input[k], "[REDACTED:credit_card]", "{k}");
+        }
+        assert_eq!(input["e"], json!([12, 0.25]), "numbers that match nothing stay numbers");
+        assert_eq!(
+            masked["max_tokens"],
+            json!(4111111111111111u64),
+            "a parameter is not text"
+        );
+        // A completion's tool input reads the same.
+        let mut c =
+            json!({"content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"card": 4111111111111111u64}}]});
+        let changed = response_texts(&mut c, Endpoint::Messages, &mut |s: &mut String| {
+            let before = s.clone();
+            mask_4111(s);
+            if *s == before {
+                Edit::Keep
+            } else {
+                Edit::Changed
+            }
+        });
+        assert!(changed);
+        assert_eq!(c["content"][0]["input"]["card"], "[REDACTED:credit_card]");
+    }
+
+    /// Every key, string and number of an MCP message is text, at any depth and in any
+    /// param; binary payloads are not, unless their type says text or says nothing.
+    #[test]
+    fn mcp_texts_are_every_key_string_and_number() {
+        let mut v = json!({
+            "name": "t", "arguments": {"K1": "V1", "type": "V2", "id": 41},
+            "_meta": {"K3": "V3"}, "x-param": {"id": "V4", "role": "V5", "deep": [{"K6": 42}]},
+            "content": [
+                {"type": "image", "mimeType": "image/png", "data": "iVBORw0KGgo="},
+                {"type": "text", "text": "V7"},
+                {"type": "resource", "resource": {"uri": "u://V8", "mimeType": "image/png", "blob": "AAAA"}},
+            ],
+            "size": 4111111111111111u64, "code": 43,
+        });
+        let mut got = Vec::new();
+        mcp_texts(&mut v, &mut |s: &mut String| got.push(s.clone())).unwrap();
+        for t in [
+            "t",
+            "K1",
+            "V1",
+            "type",
+            "V2",
+            "41",
+            "K3",
+            "V3",
+            "V4",
+            "V5",
+            "K6",
+            "42",
+            "V7",
+            "u://V8",
+            "image/png",
+        ] {
+            assert!(got.iter().any(|s| s == t), "{t} not scanned: {got:?}");
+        }
+        for not in ["iVBORw0KGgo=", "AAAA", "4111111111111111", "43"] {
+            assert!(!got.iter().any(|s| s == not), "{not} scanned as text");
+        }
+        // A masked key is renamed, a masked number becomes the masked string.
+        let mut m = json!({"arguments": {"4111111111111111": 1}, "x": {"n": 4111111111111111u64}});
+        mcp_texts(&mut m, &mut mask_4111).unwrap();
+        assert_eq!(
+            m,
+            json!({"arguments": {"[REDACTED:credit_card]": 1}, "x": {"n": "[REDACTED:credit_card]"}})
+        );
+        // Base64 of a text type, or of no type: unreadable; the walk still reads the rest.
+        for blob in [
+            json!({"uri": "u", "mimeType": "text/plain", "blob": "QQ=="}),
+            json!({"uri": "u", "blob": "QQ=="}),
+            json!({"uri": "u", "mimeType": "application/json", "blob": "QQ=="}),
+            json!({"type": "image", "data": "QQ=="}),
+            json!({"type": "audio", "mimeType": "text/csv", "data": "QQ=="}),
+        ] {
+            let mut v = json!({"contents": [blob.clone(), {"text": "after"}]});
+            let mut seen = Vec::new();
+            assert!(
+                mcp_texts(&mut v, &mut |s: &mut String| seen.push(s.clone())).is_err(),
+                "{blob}"
+            );
+            assert!(seen.iter().any(|s| s == "after"), "{blob}: the walk stopped");
+        }
+    }
+
+    /// Unreadable text stops nothing: every other text of the request is still scanned
+    /// (and masked), whatever the guardrails then decide about the request.
+    #[test]
+    fn an_unreadable_text_does_not_stop_the_walk() {
+        let mut v = json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "base64", "media_type": "text/plain", "data": "QQ=="}},
+            {"type": "text", "text": "card 4111"}]}]});
+        assert!(request_texts(&mut v, Endpoint::Messages, &mut mask_4111).is_err());
+        assert_eq!(v["messages"][0]["content"][1]["text"], "[REDACTED:credit_card]");
+    }
+
+    /// Data URLs as RFC 2397 reads them: no media type is `text/plain`, `data:` and
+    /// `;base64` in any case; percent-escaped text cannot be read as it is; bare base64
+    /// `file_data` has no type to say it is not text. A completion's strings are text.
+    #[test]
+    fn data_urls_are_read_as_rfc_2397_reads_them() {
+        let part = |url: &str| json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]});
+        let file = |data: &str| json!({"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_data": data}}]}]});
+        for unreadable in [
+            part("data:;base64,QQ=="),
+            part("data:;charset=utf-8;base64,QQ=="),
+            part("DATA:TEXT/PLAIN;BASE64,QQ=="),
+            part("data:application/ld+json;base64,QQ=="),
+            part("data:text/plain,4111%201111"),
+            part("data:,%41"),
+            file("QQ=="),
+            file("data:;base64,QQ=="),
+        ] {
+            assert!(
+                collect(unreadable.clone(), Endpoint::ChatCompletions).is_err(),
+                "{unreadable}"
+            );
+        }
+        assert_eq!(
+            collect(part("data:image/png;base64,iVBORw0KGgo="), Endpoint::ChatCompletions).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            collect(file("data:application/pdf;base64,JVBERi0="), Endpoint::ChatCompletions).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            collect(part("data:text/plain,plain words"), Endpoint::ChatCompletions).unwrap(),
+            ["data:text/plain,plain words"]
+        );
+        // In a tool's arguments too: free-form values are not a way around it.
+        let args = json!({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"file": "data:;base64,QQ=="}}]}]});
+        assert!(collect(args, Endpoint::Messages).is_err());
+        let mut c = json!({"choices": [{"message": {"role": "assistant", "content": "data:;base64,QQ=="}}]});
+        let mut seen = Vec::new();
+        response_texts(&mut c, Endpoint::ChatCompletions, &mut |s: &mut String| {
+            seen.push(s.clone());
+            Edit::Keep
+        });
+        assert_eq!(
+            seen,
+            ["data:;base64,QQ=="],
+            "a completion's text is scanned as a stream's is"
+        );
     }
 
     #[test]

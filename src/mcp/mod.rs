@@ -7,13 +7,17 @@
 //! servers the caller may use, and routes `tools/call`, `prompts/get` and
 //! `resources/read` to the right one with that server's credentials.
 //!
-//! A caller's `mcp` access (on its key or JWT issuer) allowlists servers and tools; a tool
-//! it may not call is as absent as one that does not exist. Tool calls count against the
-//! caller's rate limits, and its guardrails scan their arguments (request stage) and
-//! results (response stage). Sessions: the caller's `Mcp-Session-Id` maps to one session
-//! per upstream server, made on first use and remade when the server lets it expire;
-//! `DELETE` ends them all. Each caller holds at most [`MAX_PER_CALLER`] sessions.
+//! A caller's `mcp` access (on its key or JWT issuer) allowlists servers, and its `tools`
+//! globs the tools, prompts and resources it may reach; one it may not reach is as absent
+//! as one that does not exist. Every request that reaches a server counts against the
+//! caller's rate limits. Its guardrails read every MCP message both ways with the one text
+//! model (`guard::text::mcp_texts`): every key, string and number of a request's params
+//! (request stage) and of a server's result or error (response stage). What a server
+//! sends is bounded ([`upstream`]). Sessions: the caller's `Mcp-Session-Id` maps to one
+//! session per upstream server, made on first use and remade when the server lets it
+//! expire; `DELETE` ends them all. Each caller holds at most [`MAX_PER_CALLER`] sessions.
 
+mod bounded;
 pub mod upstream;
 
 use std::collections::{HashMap, HashSet};
@@ -25,7 +29,8 @@ use serde_json::{json, Value};
 
 use crate::config::raw;
 use crate::config::{ApiKeyEntry, Snapshot};
-use crate::guard::{self, Guardrail, Hit};
+use crate::guard::{self, Hit};
+use crate::limit::Admitted;
 use crate::state::AppState;
 use upstream::{CallError, Server};
 
@@ -34,7 +39,7 @@ use upstream::{CallError, Server};
 pub struct Access {
     every_server: bool,
     servers: HashSet<String>,
-    /// `None`: every tool of the allowed servers.
+    /// `None`: every tool, prompt and resource of the allowed servers.
     tools: Option<regex::RegexSet>,
 }
 
@@ -60,14 +65,32 @@ impl Access {
         self.every_server || self.servers.contains(name)
     }
 
-    /// `exposed` is the tool as the aggregate endpoint names it (`{server}__{tool}`).
-    fn tool(&self, exposed: &str) -> bool {
+    /// `exposed` is a tool, prompt or resource as the aggregate endpoint names it
+    /// (`{server}__{name}`).
+    fn item(&self, exposed: &str) -> bool {
         self.tools.as_ref().is_none_or(|t| t.is_match(exposed))
     }
 }
 
-/// The separator of `{server}__{tool}`; server names may not contain it.
+/// The separator of `{server}__{tool}`. Server names may not contain it nor end with `_`,
+/// so the first `__` of an exposed name is always the separator (see `config::compile`).
 pub const SEPARATOR: &str = "__";
+
+/// Whether `name` can name a server: `{name}__{item}` then splits back into `name` and
+/// `item` for every item. `Err` says why not.
+pub fn check_server_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        Err("must not be empty".into())
+    } else if name.contains(SEPARATOR) {
+        Err(format!("must not contain '{SEPARATOR}' (it separates server and tool)"))
+    } else if name.ends_with('_') {
+        Err(format!(
+            "must not end with '_' ('{name}_x' would read as another server's tool)"
+        ))
+    } else {
+        Ok(())
+    }
+}
 
 /// A caller's session with the gateway, and through it with each upstream server.
 struct Session {
@@ -75,7 +98,8 @@ struct Session {
     /// the id finds nothing.
     caller: (String, String),
     upstream: Mutex<HashMap<String, upstream::Session>>,
-    /// Which server listed each resource URI, for `resources/read`.
+    /// Which server listed each resource URI, for `resources/read`: each server's last
+    /// list, so at most `max_list_items` per server.
     resources: Mutex<HashMap<String, String>>,
 }
 
@@ -144,12 +168,26 @@ pub struct Reply {
     pub session: Option<String>,
 }
 
-/// A tool call, for the access log, the metrics and the span.
+/// A tool call, for the access log and the span. `tool` is the name as called, cut to
+/// [`MAX_NAME_BYTES`] (a caller chooses it, and may make it megabytes long); metrics
+/// label it by [`Server::tool_label`] instead.
 #[derive(Debug, Clone)]
 pub struct ToolCall {
     pub server: String,
     pub tool: String,
     pub outcome: &'static str,
+}
+
+/// The most of a tool's name kept for the access log and spans.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// `name` cut to [`MAX_NAME_BYTES`] on a character boundary.
+fn cut(name: &str) -> String {
+    let mut end = name.len().min(MAX_NAME_BYTES);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
 }
 
 /// The reply, the JSON-RPC method (one of [`METHODS`], or `other`), the tool call it
@@ -184,6 +222,46 @@ fn known(method: &str) -> &'static str {
     METHODS.iter().find(|m| **m == method).copied().unwrap_or("other")
 }
 
+/// What a list method lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Items {
+    Tools,
+    Prompts,
+    Resources,
+    Templates,
+}
+
+impl Items {
+    fn of(method: &str) -> Option<Self> {
+        Some(match method {
+            "tools/list" => Self::Tools,
+            "prompts/list" => Self::Prompts,
+            "resources/list" => Self::Resources,
+            "resources/templates/list" => Self::Templates,
+            _ => return None,
+        })
+    }
+
+    fn method(self) -> &'static str {
+        match self {
+            Self::Tools => "tools/list",
+            Self::Prompts => "prompts/list",
+            Self::Resources => "resources/list",
+            Self::Templates => "resources/templates/list",
+        }
+    }
+
+    /// The result's key holding the items.
+    fn key(self) -> &'static str {
+        match self {
+            Self::Tools => "tools",
+            Self::Prompts => "prompts",
+            Self::Resources => "resources",
+            Self::Templates => "resourceTemplates",
+        }
+    }
+}
+
 fn rpc_error(id: &Value, code: i64, message: impl Into<String>) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message.into()}})
 }
@@ -205,6 +283,14 @@ fn handled(reply: Reply) -> Handled {
     }
 }
 
+/// A JSON-RPC answer (200) with the guardrails that matched on the way.
+fn answered(body: Value, hits: Vec<Hit>) -> Handled {
+    Handled {
+        hits,
+        ..handled(reply(200, Some(body)))
+    }
+}
+
 /// The protocol revisions aigw answers in; a caller asking for another gets the first.
 const VERSIONS: [&str; 3] = [upstream::PROTOCOL_VERSION, "2025-11-25", "2025-03-26"];
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -214,6 +300,8 @@ const INVALID_REQUEST: i64 = -32600;
 const INTERNAL: i64 = -32603;
 /// aigw's own refusals (rate limits, guardrails), in JSON-RPC's server-error range.
 const REFUSED: i64 = -32000;
+/// MCP's code for an unknown resource.
+const RESOURCE_NOT_FOUND: i64 = -32002;
 
 /// One request to `/mcp` (`scope` `None`) or `/mcp/{scope}`.
 pub async fn handle(
@@ -263,16 +351,27 @@ pub async fn handle(
         // No stream of server-initiated messages: the transport lets a server say so.
         _ => return handled(reply(405, None)),
     }
-    let msg: Value = match serde_json::from_slice(body) {
+    let mut budget = bounded::budget(body.len());
+    let msg = match bounded::parse(body, &mut budget) {
         Ok(v) => v,
-        Err(_) => {
+        Err(bounded::Refused::Invalid) => {
             return handled(reply(
                 400,
                 Some(rpc_error(&Value::Null, -32700, "Parse error: the body is not JSON.")),
             ))
         }
+        Err(bounded::Refused::TooLarge) => {
+            return handled(reply(
+                400,
+                Some(rpc_error(
+                    &Value::Null,
+                    INVALID_REQUEST,
+                    "The message holds more values than the gateway takes.",
+                )),
+            ))
+        }
     };
-    let Some(obj) = msg.as_object() else {
+    let Value::Object(mut obj) = msg else {
         return handled(reply(
             400,
             Some(rpc_error(
@@ -282,24 +381,28 @@ pub async fn handle(
             )),
         ));
     };
-    let Some(name) = obj.get("method").and_then(Value::as_str) else {
+    let Some(name) = obj.get("method").and_then(Value::as_str).map(str::to_owned) else {
         // A response to a server request aigw never sent, or garbage: accepted, ignored.
         return handled(reply(202, None));
     };
-    let mut h = me.request(obj, name, session_id).await;
-    h.method = known(name);
+    let mut h = me.request(&mut obj, &name, session_id).await;
+    h.method = known(&name);
     h
 }
 
 impl Gate<'_> {
     /// One JSON-RPC message with a method: a notification, or a request to answer.
-    async fn request(&self, obj: &serde_json::Map<String, Value>, name: &str, session_id: Option<String>) -> Handled {
-        let id = obj.get("id").cloned().unwrap_or(Value::Null);
-        if obj.get("id").is_none() {
+    async fn request(
+        &self,
+        obj: &mut serde_json::Map<String, Value>,
+        name: &str,
+        session_id: Option<String>,
+    ) -> Handled {
+        let Some(id) = obj.get("id").cloned() else {
             // Notifications (`initialized`, `cancelled`) need no answer.
             return handled(reply(202, None));
-        }
-        let params = obj.get("params").cloned().unwrap_or(Value::Null);
+        };
+        let params = obj.remove("params").unwrap_or(Value::Null);
         if name == "initialize" {
             return handled(self.initialize(&id, &params));
         }
@@ -319,32 +422,14 @@ impl Gate<'_> {
                 Some(rpc_error(&id, INVALID_REQUEST, "Session not found: initialize again.")),
             ));
         };
-        let ok = |result: Value| handled(reply(200, Some(json!({"jsonrpc": "2.0", "id": id, "result": result}))));
+        if let Some(items) = Items::of(name) {
+            return self.list(&session, &id, items).await;
+        }
         match name {
-            "ping" => ok(json!({})),
-            "tools/list" => ok(json!({"tools": self.list(&session, "tools/list", "tools").await})),
-            "prompts/list" => ok(json!({"prompts": self.list(&session, "prompts/list", "prompts").await})),
-            "resources/list" => ok(json!({"resources": self.list(&session, "resources/list", "resources").await})),
-            "resources/templates/list" => ok(json!({
-                "resourceTemplates": self.list(&session, "resources/templates/list", "resourceTemplates").await
-            })),
+            "ping" => answered(json!({"jsonrpc": "2.0", "id": id, "result": {}}), Vec::new()),
             "tools/call" => self.call_tool(&session, &id, params).await,
-            "prompts/get" => match self.route(params.get("name").and_then(Value::as_str).unwrap_or("")) {
-                Some((server, prompt)) => {
-                    let mut params = params.clone();
-                    params["name"] = json!(prompt);
-                    self.forward(&session, &server, &id, "prompts/get", params).await.0
-                }
-                None => handled(reply(200, Some(rpc_error(&id, INVALID_PARAMS, "Unknown prompt.")))),
-            },
-            "resources/read" => {
-                let uri = params.get("uri").and_then(Value::as_str).unwrap_or("");
-                let server = lock(&session.resources).get(uri).cloned();
-                match server.and_then(|s| self.server(&s)) {
-                    Some(server) => self.forward(&session, &server, &id, "resources/read", params).await.0,
-                    None => handled(reply(200, Some(rpc_error(&id, -32002, "Resource not found.")))),
-                }
-            }
+            "prompts/get" => self.get_prompt(&session, &id, params).await,
+            "resources/read" => self.read_resource(&session, &id, params).await,
             _ => handled(reply(
                 200,
                 Some(rpc_error(&id, METHOD_NOT_FOUND, format!("Method not found: {name}"))),
@@ -395,21 +480,25 @@ impl Gate<'_> {
         }
     }
 
-    /// The server and its own name for what the caller called `name`.
-    fn route(&self, name: &str) -> Option<(Arc<Server>, String)> {
+    /// The server and its own name for what the caller called `name`, if the caller may
+    /// reach it. Server names never end with `_` nor hold `__`, so the first `__` is the
+    /// separator: one exposed name, one server and item.
+    fn route(&self, items: Items, name: &str) -> Option<(Arc<Server>, String)> {
         let (server, item) = match self.scope {
             Some(s) => (s, name),
             None => name.split_once(SEPARATOR)?,
         };
-        Some((self.server(server)?, item.to_owned()))
+        let server = self.server(server)?;
+        self.allowed(&server, items, item).then(|| (server, item.to_owned()))
     }
 
-    /// Whether the caller may see and call `tool` of `server`.
-    fn tool_allowed(&self, server: &Server, tool: &str) -> bool {
-        server.tools.as_ref().is_none_or(|t| t.contains(tool))
+    /// Whether the caller may see and use `item` of `server`: the caller's globs name
+    /// every kind of item, and a server's `tools` list bounds its tools.
+    fn allowed(&self, server: &Server, items: Items, item: &str) -> bool {
+        (items != Items::Tools || server.tools.as_ref().is_none_or(|t| t.contains(item)))
             && self
                 .access()
-                .is_some_and(|a| a.tool(&format!("{}{SEPARATOR}{tool}", server.name)))
+                .is_some_and(|a| a.item(&format!("{}{SEPARATOR}{item}", server.name)))
     }
 
     fn session(&self, id: &str) -> Option<Arc<Session>> {
@@ -441,30 +530,95 @@ impl Gate<'_> {
         }
     }
 
-    /// `method` on `server` within the caller's session with it.
-    async fn call(&self, session: &Session, server: &Server, method: &str, params: Value) -> Result<Value, CallError> {
+    /// A request that reaches a server counts against the caller's rate limits, as a
+    /// model call does; the concurrency slot is held while the returned value lives.
+    /// `Err`: the refusal to answer.
+    async fn admit(&self, id: &Value) -> Result<Option<Admitted>, Value> {
+        match self.caller.limits.as_ref() {
+            Some(b) => self
+                .state
+                .limiter
+                .admit(&[b])
+                .await
+                .map_err(|e| rpc_error(id, REFUSED, e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// The request stage: every text of `params` scanned by the caller's guardrails, in
+    /// place. `Err`: the refusal to answer.
+    fn guard_request(&self, id: &Value, params: &mut Value, hits: &mut Vec<Hit>) -> Result<(), Value> {
+        let guards = guard::applicable(&self.caller.guardrails, &[], false);
+        guard::check_mcp(&guards, params, hits).map_err(|g| {
+            let why = format!("The request was blocked by the guardrail '{g}'.");
+            rpc_error(id, REFUSED, why)
+        })
+    }
+
+    /// `method` on `server` within the caller's session with it, within `allowance`.
+    async fn call(
+        &self,
+        session: &Session,
+        server: &Server,
+        method: &str,
+        params: Value,
+        allowance: &mut upstream::Allowance,
+    ) -> Result<Value, CallError> {
         let mut s = lock(&session.upstream).get(&server.name).cloned().unwrap_or_default();
-        let r = server.call(&mut s, method, params).await;
+        let r = server.call(&mut s, method, params, allowance).await;
         lock(&session.upstream).insert(server.name.clone(), s);
         r
     }
 
-    /// Every allowed server's `key` items (following pagination), renamed for this
-    /// endpoint; a server that fails is left out of the list and logged.
-    async fn list(&self, session: &Session, method: &str, key: &str) -> Vec<Value> {
+    /// Every allowed server's items (following pagination), each scanned by the
+    /// caller's response-stage guardrails and renamed for this endpoint. A server that
+    /// fails or breaks a bound is left out and logged; at `/mcp/{server}`, where it is the
+    /// only one, the caller gets the error.
+    async fn list(&self, session: &Session, id: &Value, items: Items) -> Handled {
+        let _admitted = match self.admit(id).await {
+            Ok(a) => a,
+            Err(refused) => return answered(refused, Vec::new()),
+        };
         let servers = self.servers();
-        let lists =
-            futures_util::future::join_all(servers.iter().map(|s| self.list_one(session, s, method, key))).await;
+        let lists = futures_util::future::join_all(servers.iter().map(|s| self.list_one(session, s, items))).await;
+        let guards = guard::applicable(&self.caller.guardrails, &[], true);
+        let mut hits = Vec::new();
         let mut out = Vec::new();
-        for (server, items) in servers.iter().zip(lists) {
-            for mut item in items {
+        for (server, listed) in servers.iter().zip(lists) {
+            let listed = match listed {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(server = %server.name, method = items.method(), "MCP server left out of the list: {}", describe(&e));
+                    if self.scope.is_some() {
+                        return handled(reply(200, Some(self.failure(id, server, &e))));
+                    }
+                    continue;
+                }
+            };
+            if items == Items::Tools {
+                server.remember_tools(listed.iter().filter_map(|t| t.get("name")?.as_str()));
+            }
+            if items == Items::Resources {
+                // The server's latest list replaces its last: a server that lists new
+                // URIs every time cannot grow the session.
+                lock(&session.resources).retain(|_, s| *s != server.name);
+            }
+            for mut item in listed {
+                let Some(name) = item.get("name").and_then(Value::as_str) else {
+                    continue;
+                };
+                if !self.allowed(server, items, name) {
+                    continue;
+                }
+                // An item a guardrail refuses is left out, as a withheld choice is.
+                if let Err(g) = guard::check_mcp(&guards, &mut item, &mut hits) {
+                    tracing::debug!(server = %server.name, guardrail = %g, "an MCP list item was withheld");
+                    continue;
+                }
                 let Some(name) = item.get("name").and_then(Value::as_str).map(str::to_owned) else {
                     continue;
                 };
-                if key == "tools" && !self.tool_allowed(server, &name) {
-                    continue;
-                }
-                if key == "resources" {
+                if items == Items::Resources {
                     if let Some(uri) = item.get("uri").and_then(Value::as_str) {
                         lock(&session.resources).insert(uri.to_owned(), server.name.clone());
                     }
@@ -473,37 +627,63 @@ impl Gate<'_> {
                 out.push(item);
             }
         }
-        out
+        answered(json!({"jsonrpc": "2.0", "id": id, "result": {items.key(): out}}), hits)
     }
 
-    async fn list_one(&self, session: &Session, server: &Server, method: &str, key: &str) -> Vec<Value> {
-        let mut items = Vec::new();
+    /// One server's whole list, within its bounds: at most [`upstream::MAX_PAGES`] pages,
+    /// `max_list_items` items, and `max_answer_bytes` (and the memory that buys) for all
+    /// pages together.
+    async fn list_one(&self, session: &Session, server: &Server, items: Items) -> Result<Vec<Value>, CallError> {
+        let mut out = Vec::new();
+        let mut allowance = server.allowance();
         let mut cursor: Option<Value> = None;
-        // A bound on pages, so a server cannot keep a list going forever.
-        for _ in 0..20 {
-            let params = match &cursor {
+        for _ in 0..upstream::MAX_PAGES {
+            let params = match cursor.take() {
                 Some(c) => json!({"cursor": c}),
                 None => json!({}),
             };
-            match self.call(session, server, method, params).await {
-                Ok(r) => {
-                    items.extend(r.get(key).and_then(Value::as_array).cloned().unwrap_or_default());
-                    cursor = r.get("nextCursor").filter(|c| !c.is_null()).cloned();
+            match self.call(session, server, items.method(), params, &mut allowance).await {
+                Ok(mut r) => {
+                    if let Some(Value::Array(page)) = r.get_mut(items.key()).map(Value::take) {
+                        if out.len() + page.len() > server.max_list_items {
+                            return Err(CallError::TooLarge(format!(
+                                "listed more than {} items (max_list_items)",
+                                server.max_list_items
+                            )));
+                        }
+                        out.extend(page);
+                    }
+                    cursor = r.get_mut("nextCursor").map(Value::take).filter(|c| !c.is_null());
                     if cursor.is_none() {
-                        break;
+                        return Ok(out);
                     }
                 }
-                Err(CallError::Rpc(e)) if e.get("code").and_then(Value::as_i64) == Some(METHOD_NOT_FOUND) => break,
-                Err(e) => {
-                    tracing::warn!(server = %server.name, method, "MCP server left out of the list: {}", describe(&e));
-                    break;
+                Err(CallError::Rpc(e)) if e.get("code").and_then(Value::as_i64) == Some(METHOD_NOT_FOUND) => {
+                    return Ok(out)
                 }
+                Err(e) => return Err(e),
             }
         }
-        items
+        Err(CallError::TooLarge(format!(
+            "listed more than {} pages",
+            upstream::MAX_PAGES
+        )))
     }
 
-    /// Forwards one request and relays the server's result or error.
+    /// The JSON-RPC error a caller gets for a server that failed.
+    fn failure(&self, id: &Value, server: &Server, e: &CallError) -> Value {
+        let msg = match e {
+            CallError::TooLarge(why) => format!(
+                "The MCP server '{}' answered more than the gateway takes: it {why}.",
+                server.name
+            ),
+            _ => format!("The MCP server '{}' is unavailable.", server.name),
+        };
+        rpc_error(id, INTERNAL, msg)
+    }
+
+    /// Forwards one request and relays the server's result or error, each scanned by the
+    /// caller's response-stage guardrails first.
     async fn forward(
         &self,
         session: &Session,
@@ -511,134 +691,151 @@ impl Gate<'_> {
         id: &Value,
         method: &str,
         params: Value,
+        mut hits: Vec<Hit>,
     ) -> (Handled, &'static str) {
-        match self.call(session, server, method, params).await {
-            Ok(result) => (
-                handled(reply(200, Some(json!({"jsonrpc": "2.0", "id": id, "result": result})))),
-                "ok",
-            ),
-            Err(CallError::Rpc(e)) => (
-                handled(reply(200, Some(json!({"jsonrpc": "2.0", "id": id, "error": e})))),
-                "error",
-            ),
+        let answer = self
+            .call(session, server, method, params, &mut server.allowance())
+            .await;
+        let guards = guard::applicable(&self.caller.guardrails, &[], true);
+        let blocked = |g: Arc<str>| {
+            let why = format!("The MCP server's answer was blocked by the guardrail '{g}'.");
+            rpc_error(id, REFUSED, why)
+        };
+        let (body, outcome) = match answer {
+            Ok(mut result) => match guard::check_mcp(&guards, &mut result, &mut hits) {
+                Ok(()) => (json!({"jsonrpc": "2.0", "id": id, "result": result}), "ok"),
+                Err(g) => (blocked(g), "blocked"),
+            },
+            Err(CallError::Rpc(mut e)) => match guard::check_mcp(&guards, &mut e, &mut hits) {
+                Ok(()) => (json!({"jsonrpc": "2.0", "id": id, "error": e}), "error"),
+                Err(g) => (blocked(g), "blocked"),
+            },
             Err(e) => {
-                tracing::warn!(server = %server.name, method, "MCP server unavailable: {}", describe(&e));
-                let msg = format!("The MCP server '{}' is unavailable.", server.name);
-                (handled(reply(200, Some(rpc_error(id, INTERNAL, msg)))), "unavailable")
+                tracing::warn!(server = %server.name, method, "MCP server failed: {}", describe(&e));
+                (self.failure(id, server, &e), "unavailable")
             }
-        }
+        };
+        (answered(body, hits), outcome)
     }
 
     async fn call_tool(&self, session: &Session, id: &Value, mut params: Value) -> Handled {
         let started = Instant::now();
-        let name = params.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
-        let Some((server, tool)) = self.route(&name).filter(|(s, t)| self.tool_allowed(s, t)) else {
+        let unknown = |name: &str| {
             self.state
                 .metrics
                 .mcp_tool_calls
                 .with_label_values(&["", "", "unknown_tool"])
                 .inc();
-            return handled(reply(
+            handled(reply(
                 200,
                 Some(rpc_error(id, INVALID_PARAMS, format!("Unknown tool: {name}"))),
-            ));
+            ))
         };
-        let done = |outcome: &'static str, mut h: Handled| {
+        let name = params.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
+        let Some((server, tool)) = self.route(Items::Tools, &name) else {
+            return unknown(&name);
+        };
+        let done = |server: &Server, tool: &str, outcome: &'static str, mut h: Handled| {
             let m = &self.state.metrics;
             m.mcp_tool_calls
-                .with_label_values(&[server.name.as_str(), tool.as_str(), outcome])
+                .with_label_values(&[server.name.as_str(), server.tool_label(tool).as_str(), outcome])
                 .inc();
             m.mcp_tool_duration
                 .with_label_values(&[server.name.as_str()])
                 .observe(started.elapsed().as_secs_f64());
             h.call = Some(ToolCall {
                 server: server.name.clone(),
-                tool: tool.clone(),
+                tool: cut(tool),
                 outcome,
             });
             h
         };
         // Held until the call ends: a concurrency slot is released with it.
-        let _admitted = match self.caller.limits.as_ref() {
-            Some(b) => match self.state.limiter.admit(&[b]).await {
-                Ok(a) => a,
-                Err(e) => {
-                    let refused = rpc_error(id, REFUSED, e.to_string());
-                    return done("rate_limited", handled(reply(200, Some(refused))));
-                }
-            },
-            None => None,
+        let _admitted = match self.admit(id).await {
+            Ok(a) => a,
+            Err(refused) => return done(&server, &tool, "rate_limited", answered(refused, Vec::new())),
         };
         let mut hits = Vec::new();
-        let on_request = guard::applicable(&self.caller.guardrails, &[], false);
-        if let Some(args) = params.get_mut("arguments") {
-            if let Err(g) = scan(&on_request, args, &mut hits) {
-                let refused = rpc_error(
-                    id,
-                    REFUSED,
-                    format!("The tool call was blocked by the guardrail '{g}'."),
-                );
-                let mut h = handled(reply(200, Some(refused)));
-                h.hits = hits;
-                return done("blocked", h);
-            }
+        if let Err(refused) = self.guard_request(id, &mut params, &mut hits) {
+            return done(&server, &tool, "blocked", answered(refused, hits));
         }
+        // What goes on is the scanned request: a masked name routes as it now reads.
+        let scanned = params.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
+        let Some((server, tool)) = self.route(Items::Tools, &scanned) else {
+            let mut h = unknown(&scanned);
+            h.hits = hits;
+            return h;
+        };
         params["name"] = json!(tool);
-        let (mut h, outcome) = self.forward(session, &server, id, "tools/call", params).await;
-        let mut outcome = outcome;
-        if outcome == "ok" {
-            let on_response = guard::applicable(&self.caller.guardrails, &[], true);
-            let body = h.reply.body.as_mut().and_then(|b| b.get_mut("result"));
-            if let Some(result) = body {
-                if result.get("isError").and_then(Value::as_bool) == Some(true) {
-                    outcome = "tool_error";
-                }
-                if let Err(g) = scan(&on_response, result, &mut hits) {
-                    let refused = rpc_error(
-                        id,
-                        REFUSED,
-                        format!("The tool's result was blocked by the guardrail '{g}'."),
-                    );
-                    h.reply.body = Some(refused);
-                    outcome = "blocked";
-                }
-            }
+        let (h, mut outcome) = self.forward(session, &server, id, "tools/call", params, hits).await;
+        let is_error = h.reply.body.as_ref().and_then(|b| b.pointer("/result/isError"));
+        if outcome == "ok" && is_error.and_then(Value::as_bool) == Some(true) {
+            outcome = "tool_error";
         }
-        h.hits = hits;
-        done(outcome, h)
+        done(&server, &tool, outcome, h)
+    }
+
+    async fn get_prompt(&self, session: &Session, id: &Value, mut params: Value) -> Handled {
+        let unknown = || handled(reply(200, Some(rpc_error(id, INVALID_PARAMS, "Unknown prompt."))));
+        let name = params.get("name").and_then(Value::as_str).unwrap_or("");
+        if self.route(Items::Prompts, name).is_none() {
+            return unknown();
+        }
+        let _admitted = match self.admit(id).await {
+            Ok(a) => a,
+            Err(refused) => return answered(refused, Vec::new()),
+        };
+        let mut hits = Vec::new();
+        if let Err(refused) = self.guard_request(id, &mut params, &mut hits) {
+            return answered(refused, hits);
+        }
+        let scanned = params.get("name").and_then(Value::as_str).unwrap_or("");
+        let Some((server, prompt)) = self.route(Items::Prompts, scanned) else {
+            return Handled { hits, ..unknown() };
+        };
+        params["name"] = json!(prompt);
+        self.forward(session, &server, id, "prompts/get", params, hits).await.0
+    }
+
+    async fn read_resource(&self, session: &Session, id: &Value, mut params: Value) -> Handled {
+        let not_found = || {
+            handled(reply(
+                200,
+                Some(rpc_error(id, RESOURCE_NOT_FOUND, "Resource not found.")),
+            ))
+        };
+        // Only a resource one of the session's lists showed, of a server still reachable.
+        let owner = |params: &Value| {
+            let uri = params.get("uri").and_then(Value::as_str).unwrap_or("");
+            let server = lock(&session.resources).get(uri).cloned();
+            server.and_then(|s| self.server(&s))
+        };
+        if owner(&params).is_none() {
+            return not_found();
+        }
+        let _admitted = match self.admit(id).await {
+            Ok(a) => a,
+            Err(refused) => return answered(refused, Vec::new()),
+        };
+        let mut hits = Vec::new();
+        if let Err(refused) = self.guard_request(id, &mut params, &mut hits) {
+            return answered(refused, hits);
+        }
+        let Some(server) = owner(&params) else {
+            return Handled { hits, ..not_found() };
+        };
+        self.forward(session, &server, id, "resources/read", params, hits)
+            .await
+            .0
     }
 }
 
+/// A failure as a log line may show it: a server's JSON-RPC error by its code only, as
+/// its message is the server's text (it may carry what the guardrails withhold).
 fn describe(e: &CallError) -> String {
     match e {
-        CallError::Unavailable(why) => why.clone(),
-        CallError::Rpc(e) => format!("JSON-RPC error {e}"),
-    }
-}
-
-/// Every string of `v` is text to the guardrails: masked in place, or `Err` with the
-/// guardrail that blocks.
-fn scan(guards: &[Arc<Guardrail>], v: &mut Value, hits: &mut Vec<Hit>) -> Result<(), Arc<str>> {
-    if guards.is_empty() {
-        return Ok(());
-    }
-    let mut blocked = None;
-    walk(v, &mut |s| {
-        if let Some(g) = guard::scan_string(guards, s, hits) {
-            blocked.get_or_insert(g);
-        }
-    });
-    blocked.map_or(Ok(()), Err)
-}
-
-/// Visits every string of a JSON value, keys left alone. serde_json's parser bounds the
-/// nesting (128 levels), so the recursion is bounded too.
-fn walk(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
-    match v {
-        Value::String(s) => f(s),
-        Value::Array(items) => items.iter_mut().for_each(|i| walk(i, f)),
-        Value::Object(m) => m.values_mut().for_each(|i| walk(i, f)),
-        _ => {}
+        CallError::Unavailable(why) | CallError::TooLarge(why) => why.clone(),
+        CallError::Rpc(e) => format!("JSON-RPC error {}", e.get("code").unwrap_or(&Value::Null)),
     }
 }
 
@@ -654,21 +851,47 @@ mod tests {
         })
         .unwrap();
         assert!(a.server("math") && !a.server("files"));
-        assert!(a.tool("math__add") && a.tool("math__add_many") && a.tool("math__pi"));
-        assert!(!a.tool("math__pie") && !a.tool("xmath__add") && !a.tool("math__sub"));
+        assert!(a.item("math__add") && a.item("math__add_many") && a.item("math__pi"));
+        assert!(!a.item("math__pie") && !a.item("xmath__add") && !a.item("math__sub"));
         let every = Access::compile(&raw::McpAccess {
             servers: vec!["*".into()],
             tools: vec![],
         })
         .unwrap();
-        assert!(every.server("anything") && every.tool("anything__at_all"));
+        assert!(every.server("anything") && every.item("anything__at_all"));
         // Regex syntax in a glob is literal.
         let literal = Access::compile(&raw::McpAccess {
             servers: vec![],
             tools: vec!["a.b__(x)".into()],
         })
         .unwrap();
-        assert!(literal.tool("a.b__(x)") && !literal.tool("aXb__(x)"));
+        assert!(literal.item("a.b__(x)") && !literal.item("aXb__(x)"));
+    }
+
+    /// Every server name the config takes splits back out of every exposed name it makes,
+    /// whatever the item's name (underscores at either end included); the names it
+    /// refuses are the ones that would not.
+    #[test]
+    fn an_exposed_name_splits_into_one_server_and_item() {
+        let servers = ["math", "m", "_m", "a_b", "a-b", "a.b", "_"];
+        let items = ["x", "_x", "__x", "x__y", "x_", "_", "__", ""];
+        for s in servers {
+            let ok = check_server_name(s);
+            if s == "_" {
+                assert!(ok.is_err());
+                continue;
+            }
+            assert!(ok.is_ok(), "{s}");
+            for i in items {
+                let exposed = format!("{s}{SEPARATOR}{i}");
+                assert_eq!(exposed.split_once(SEPARATOR), Some((s, i)), "{exposed}");
+            }
+        }
+        for bad in ["", "math_", "a__b", "__"] {
+            assert!(check_server_name(bad).is_err(), "{bad:?}");
+        }
+        // The case of the issue: `math_`'s `secret` and `math`'s `_secret` read alike.
+        assert_eq!(format!("math_{SEPARATOR}secret"), format!("math{SEPARATOR}_secret"));
     }
 
     #[test]
@@ -693,11 +916,16 @@ mod tests {
     }
 
     #[test]
-    fn every_string_is_visited_and_keys_are_not() {
-        let mut v = json!({"key": "a", "list": ["b", {"deep": "c"}], "n": 1});
-        let mut seen = Vec::new();
-        walk(&mut v, &mut |s| seen.push(s.clone()));
-        seen.sort();
-        assert_eq!(seen, ["a", "b", "c"]);
+    fn kept_names_are_cut_on_a_character_boundary() {
+        assert_eq!(cut("add"), "add");
+        assert_eq!(cut(&"a".repeat(1000)).len(), MAX_NAME_BYTES);
+        let wide = "é".repeat(100);
+        assert_eq!(cut(&wide), "é".repeat(64));
+    }
+
+    #[test]
+    fn a_servers_error_is_logged_by_its_code_only() {
+        let e = CallError::Rpc(json!({"code": -32000, "message": "ask alice@example.com", "data": "x"}));
+        assert_eq!(describe(&e), "JSON-RPC error -32000");
     }
 }

@@ -9,11 +9,13 @@
 //! Test helpers: `GET /_mock/requests` returns the requests seen (with `--record`), and
 //! `GET /_mock/stats` counts requests and streams the client abandoned. `POST /v1/traces`
 //! accepts OTLP/HTTP spans and discards them (a collector stand-in). With `--jwks-file`,
-//! `/idp/...` is an OpenID provider's discovery and key set (see `idp`).
+//! `/idp/...` is an OpenID provider's discovery and key set (see `idp`). `POST /mcp` is an
+//! MCP server, honest or hostile as its URL asks (see `mcp`).
 
 mod bedrock;
 mod google;
 mod idp;
+mod mcp;
 mod prompt_cache;
 mod thinking;
 
@@ -532,6 +534,9 @@ impl Mock {
         }
         if self.record {
             self.remember(&parts, &body);
+        }
+        if parts.method == http::Method::POST && path == "/mcp" {
+            return mcp::answer(parts.uri.query(), &body);
         }
         // Vertex AI: the caller's access token instead of an API key; Claude models in
         // Anthropic's Messages, with the version in the body and the model in the path.

@@ -94,9 +94,10 @@ pub struct Metrics {
     /// `aigw_budget_used_ratio{budget,owner}`: spend over limit in the current period, as
     /// of the owner's last request.
     pub budget_used: GaugeVec,
-    /// `aigw_mcp_tool_calls_total{server,tool,outcome}`: MCP tool calls; an unknown or
-    /// forbidden tool counts with empty server and tool (`unknown_tool`), so callers cannot
-    /// add series.
+    /// `aigw_mcp_tool_calls_total{server,tool,outcome}`: MCP tool calls. `tool` is a name
+    /// the server listed (at most 1,000 per server, none over 128 bytes) or `other`; an
+    /// unknown or forbidden tool counts with empty server and tool (`unknown_tool`). So
+    /// callers cannot add series (`mcp::upstream::Server::tool_label`).
     pub mcp_tool_calls: IntCounterVec,
     /// `aigw_mcp_tool_call_duration_seconds{server}`.
     pub mcp_tool_duration: HistogramVec,

@@ -132,6 +132,10 @@ def test_a_caller_sees_and_calls_only_its_tools(mcp_gateway):
                 errors.append(e.value.error.message.replace(forbidden, "NAME"))
             # A forbidden tool reads exactly like one that does not exist.
             assert len(set(errors)) == 1, errors
+            # The tool globs name prompts too: math__explain is not math__add*.
+            assert (await s.list_prompts()).prompts == []
+            with pytest.raises(McpError):
+                await s.get_prompt("math__explain", {"topic": "globs"})
         async with connect(mcp_gateway["url"] + "/mcp", "sk-mcp-none") as s:
             assert (await s.list_tools()).tools == []
         # One server, names as the server gives them.
@@ -156,10 +160,15 @@ def test_guardrails_rate_limits_and_a_down_server(mcp_gateway):
             masked = await s.call_tool("notes__echo", {"text": "write to alice@example.com"})
             assert text_of(masked) == "write to [REDACTED:email]"
         async with connect(mcp_gateway["url"] + "/mcp", "sk-mcp-limited") as s:
-            for _ in range(2):
-                assert text_of(await s.call_tool("math__add", {"a": 1, "b": 1})) == "2"
+            # Every request that reaches a server counts, a list too: after its first call
+            # the SDK lists the tools (to check results against their schemas), so two
+            # requests a minute are one call and that list.
+            assert text_of(await s.call_tool("math__add", {"a": 1, "b": 1})) == "2"
             with pytest.raises(McpError) as e:
                 await s.call_tool("math__add", {"a": 1, "b": 1})
+            assert "limit" in e.value.error.message.lower()
+            with pytest.raises(McpError) as e:
+                await s.get_prompt("math__explain", {"topic": "limits"})
             assert "limit" in e.value.error.message.lower()
         async with connect(mcp_gateway["url"] + "/mcp", "sk-mcp-all") as s:
             started = time.time()
@@ -214,6 +223,8 @@ def test_an_upstream_session_that_expires_is_made_again(mcp_gateway):
 def test_tool_calls_are_metrics_and_access_lines_without_their_content(mcp_gateway):
     async def go():
         async with connect(mcp_gateway["url"] + "/mcp", "sk-mcp-all") as s:
+            # Only tools a server listed become metric labels.
+            await s.list_tools()
             await s.call_tool("math__multiply", {"a": 6, "b": 7})
             # Letters no id or number in a log line can hold: found only if content leaked.
             assert text_of(await s.call_tool("notes__echo", {"text": "zebra-quokka-canary"})) == "zebra-quokka-canary"

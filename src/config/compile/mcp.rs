@@ -1,12 +1,15 @@
 //! The `mcp_servers` section: each upstream MCP server's endpoint, credential headers,
-//! timeout and tool allowlist, checked and compiled for the MCP gateway (`crate::mcp`).
+//! timeout, tool allowlist and bounds, checked and compiled for the MCP gateway
+//! (`crate::mcp`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{raw, Errors};
 use crate::mcp::upstream::Server;
-use crate::mcp::SEPARATOR;
+
+/// The largest `max_answer_bytes`: an answer is held whole, and parsed (16 times that).
+const MAX_ANSWER_BYTES: u64 = 64 << 20;
 
 /// Compiles `mcp_servers`; `errs` gets each problem with its path.
 pub(super) fn compile_servers(list: &[raw::McpServer], errs: &mut Errors) -> Vec<Arc<Server>> {
@@ -14,11 +17,11 @@ pub(super) fn compile_servers(list: &[raw::McpServer], errs: &mut Errors) -> Vec
     for (i, s) in list.iter().enumerate() {
         let path = format!("mcp_servers[{i}]");
         let before = errs.0.len();
-        if s.name.contains(SEPARATOR) {
-            errs.push(
-                format!("{path}.name"),
-                format!("must not contain '{SEPARATOR}' (it separates server and tool)"),
-            );
+        // (An empty name is refused with every section's names.)
+        if let Err(why) = crate::mcp::check_server_name(&s.name) {
+            if !s.name.is_empty() {
+                errs.push(format!("{path}.name"), why);
+            }
         }
         match reqwest::Url::parse(&s.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -26,6 +29,15 @@ pub(super) fn compile_servers(list: &[raw::McpServer], errs: &mut Errors) -> Vec
         }
         if s.timeout_ms == 0 {
             errs.push(format!("{path}.timeout_ms"), "must be at least 1");
+        }
+        if !(1024..=MAX_ANSWER_BYTES).contains(&s.max_answer_bytes) {
+            errs.push(
+                format!("{path}.max_answer_bytes"),
+                format!("must be from 1024 to {MAX_ANSWER_BYTES}"),
+            );
+        }
+        if s.max_list_items == 0 {
+            errs.push(format!("{path}.max_list_items"), "must be at least 1");
         }
         let mut headers = Vec::new();
         for (k, v) in &s.headers {
@@ -50,6 +62,9 @@ pub(super) fn compile_servers(list: &[raw::McpServer], errs: &mut Errors) -> Vec
             headers,
             timeout: Duration::from_millis(s.timeout_ms),
             tools: s.tools.as_ref().map(|t| t.iter().cloned().collect()),
+            max_answer_bytes: usize::try_from(s.max_answer_bytes).unwrap_or(usize::MAX),
+            max_list_items: usize::try_from(s.max_list_items).unwrap_or(usize::MAX),
+            listed: std::sync::Mutex::default(),
         }));
     }
     out

@@ -28,10 +28,10 @@ use http::{HeaderMap, Method};
 use serde_json::{json, Value};
 
 use crate::config::raw;
-use crate::config::{ApiKeyEntry, Snapshot};
+use crate::config::ApiKeyEntry;
 use crate::guard::{self, Hit};
-use crate::limit::Admitted;
-use crate::state::AppState;
+use crate::limit::{Admitted, Limiter};
+use crate::telemetry::metrics::Metrics;
 use upstream::{CallError, Server};
 
 /// What a caller may reach, compiled from its `mcp` entry.
@@ -303,10 +303,18 @@ const REFUSED: i64 = -32000;
 /// MCP's code for an unknown resource.
 const RESOURCE_NOT_FOUND: i64 = -32002;
 
+/// What the MCP gateway works with, from the process and the request's snapshot: the
+/// configured servers, the sessions, the limiter its calls count against, the metrics.
+pub struct Env<'a> {
+    pub servers: &'a [Arc<Server>],
+    pub sessions: &'a Sessions,
+    pub limiter: &'a Limiter,
+    pub metrics: &'a Metrics,
+}
+
 /// One request to `/mcp` (`scope` `None`) or `/mcp/{scope}`.
 pub async fn handle(
-    state: &AppState,
-    snap: &Snapshot,
+    env: &Env<'_>,
     caller: &Arc<ApiKeyEntry>,
     scope: Option<&str>,
     method: &Method,
@@ -314,8 +322,7 @@ pub async fn handle(
     body: &[u8],
 ) -> Handled {
     let me = Gate {
-        state,
-        snap,
+        env,
         caller,
         scope,
     };
@@ -338,11 +345,11 @@ pub async fn handle(
             let Some(session) = session_id.as_deref().and_then(|id| me.session(id)) else {
                 return handled(reply(404, None));
             };
-            state.mcp_sessions.close(session_id.as_deref().unwrap_or(""));
+            env.sessions.close(session_id.as_deref().unwrap_or(""));
             let open: Vec<(String, upstream::Session)> = lock(&session.upstream).drain().collect();
             // Each server the session used, even one the caller may no longer reach.
             for (name, s) in open {
-                if let Some(server) = snap.mcp_servers.iter().find(|m| m.name == name) {
+                if let Some(server) = env.servers.iter().find(|m| m.name == name) {
                     server.close(&s).await;
                 }
             }
@@ -444,8 +451,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One request's view: the caller, its access, and the scope of the endpoint.
 struct Gate<'a> {
-    state: &'a AppState,
-    snap: &'a Snapshot,
+    env: &'a Env<'a>,
     caller: &'a Arc<ApiKeyEntry>,
     scope: Option<&'a str>,
 }
@@ -460,12 +466,12 @@ impl Gate<'_> {
         if self.scope.is_some_and(|s| s != name) || !self.access()?.server(name) {
             return None;
         }
-        self.snap.mcp_servers.iter().find(|s| s.name == name).cloned()
+        self.env.servers.iter().find(|s| s.name == name).cloned()
     }
 
     fn servers(&self) -> Vec<Arc<Server>> {
-        self.snap
-            .mcp_servers
+        self.env
+            .servers
             .iter()
             .filter(|s| self.server(&s.name).is_some())
             .cloned()
@@ -502,7 +508,7 @@ impl Gate<'_> {
     }
 
     fn session(&self, id: &str) -> Option<Arc<Session>> {
-        let s = self.state.mcp_sessions.get(id)?;
+        let s = self.env.sessions.get(id)?;
         (s.caller == (self.caller.name.clone(), self.caller.owner.clone())).then_some(s)
     }
 
@@ -515,7 +521,7 @@ impl Gate<'_> {
             upstream: Mutex::default(),
             resources: Mutex::default(),
         };
-        if !self.state.mcp_sessions.open(sid.clone(), session) {
+        if !self.env.sessions.open(sid.clone(), session) {
             let why = format!("Too many open sessions ({MAX_PER_CALLER}): end one (DELETE) or let one idle out.");
             return reply(200, Some(rpc_error(id, REFUSED, why)));
         }
@@ -536,7 +542,7 @@ impl Gate<'_> {
     async fn admit(&self, id: &Value) -> Result<Option<Admitted>, Value> {
         match self.caller.limits.as_ref() {
             Some(b) => self
-                .state
+                .env
                 .limiter
                 .admit(&[b])
                 .await
@@ -721,7 +727,7 @@ impl Gate<'_> {
     async fn call_tool(&self, session: &Session, id: &Value, mut params: Value) -> Handled {
         let started = Instant::now();
         let unknown = |name: &str| {
-            self.state
+            self.env
                 .metrics
                 .mcp_tool_calls
                 .with_label_values(&["", "", "unknown_tool"])
@@ -736,7 +742,7 @@ impl Gate<'_> {
             return unknown(&name);
         };
         let done = |server: &Server, tool: &str, outcome: &'static str, mut h: Handled| {
-            let m = &self.state.metrics;
+            let m = self.env.metrics;
             m.mcp_tool_calls
                 .with_label_values(&[server.name.as_str(), server.tool_label(tool).as_str(), outcome])
                 .inc();

@@ -161,7 +161,13 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
                 _ => Bytes::new(),
             };
             let headers = &session.req_header().headers;
-            let h = crate::mcp::handle(state, &snap, &caller, scope.as_deref(), &method, headers, &body).await;
+            let env = crate::mcp::Env {
+                servers: &snap.mcp_servers,
+                sessions: &state.mcp_sessions,
+                limiter: &state.limiter,
+                metrics: &state.metrics,
+            };
+            let h = crate::mcp::handle(&env, &caller, scope.as_deref(), &method, headers, &body).await;
             ctx.guard_hits = h.hits;
             ctx.mcp_method = Some(h.method);
             ctx.mcp = h.call;

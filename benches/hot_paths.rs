@@ -203,7 +203,7 @@ fn prose(size: usize) -> String {
 /// the response-stage hold-back with all packs masking.
 fn guardrail_scan(c: &mut Criterion) {
     use aigw::config::raw::Action;
-    use aigw::provider::Endpoint;
+    use aigw::api::Endpoint;
     let guards = shipped_guards(Action::Block);
     let mut g = c.benchmark_group("guardrails: request, all packs");
     for size in [4 * 1024usize, 64 * 1024] {
@@ -234,7 +234,7 @@ fn guardrail_scan(c: &mut Criterion) {
     c.bench_function("guardrails: 200-event stream, all packs masking", |b| {
         b.iter(|| {
             let mut sg =
-                aigw::guard::stream::StreamGuard::new(masks.clone(), aigw::provider::Endpoint::ChatCompletions);
+                aigw::guard::stream::StreamGuard::new(masks.clone(), aigw::api::Endpoint::ChatCompletions);
             let mut hits = Vec::new();
             black_box(sg.feed(stream.as_bytes(), true, &mut hits).unwrap())
         })
@@ -263,7 +263,7 @@ fn guardrail_scan(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 let mut sg =
-                    aigw::guard::stream::StreamGuard::new(guards.clone(), aigw::provider::Endpoint::ChatCompletions);
+                    aigw::guard::stream::StreamGuard::new(guards.clone(), aigw::api::Endpoint::ChatCompletions);
                 let mut hits = Vec::new();
                 for e in evs.iter() {
                     black_box(sg.feed(e.as_bytes(), false, &mut hits).unwrap());
@@ -277,7 +277,7 @@ fn guardrail_scan(c: &mut Criterion) {
 
 /// The cache key of a chat request: parse, canonicalise, BLAKE3.
 fn cache_key(c: &mut Criterion) {
-    use aigw::provider::Endpoint;
+    use aigw::api::Endpoint;
     let mut g = c.benchmark_group("cache key");
     for size in [1024usize, 16 * 1024] {
         let body = serde_json::json!({"model": "gpt-4o-mini", "temperature": 0.2, "stream": true,

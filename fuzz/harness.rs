@@ -11,7 +11,7 @@
 use std::sync::{Arc, OnceLock};
 
 #[allow(unused_imports)]
-use aigw::provider::Wire;
+use aigw::api::Wire;
 use aigw::provider::anthropic::{AnthropicToChat, ChatToAnthropic};
 use aigw::provider::bedrock::BedrockToChat;
 use aigw::provider::gemini::GeminiToChat;
@@ -238,7 +238,7 @@ fn guardrails() -> &'static [Arc<aigw::guard::Guardrail>] {
 #[allow(dead_code)]
 pub fn guard(data: &[u8]) {
     use aigw::guard::{self, stream::StreamGuard};
-    use aigw::provider::Endpoint;
+    use aigw::api::Endpoint;
     let Some((&seed, body)) = data.split_first() else { return };
     let guards = guardrails();
     let mut hits = Vec::new();

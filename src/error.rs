@@ -8,7 +8,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde_json::json;
 
-use crate::provider::Dialect;
+use crate::api::Dialect;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GwError {
@@ -173,7 +173,7 @@ impl GwError {
         resp.insert_header("content-type", "application/json")?;
         resp.insert_header("content-length", body.len().to_string())?;
         if !request_id.is_empty() {
-            resp.insert_header(crate::proxy::request::X_REQUEST_ID, request_id)?;
+            resp.insert_header(crate::api::X_REQUEST_ID, request_id)?;
         }
         if let Self::MethodNotAllowed { allow, .. } = self {
             resp.insert_header("allow", *allow)?;

@@ -3,6 +3,7 @@
 //! The life of a request is in `proxy/mod.rs`; each concern lives in its own module.
 
 pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod budget;
 pub mod cache;

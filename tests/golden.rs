@@ -5,7 +5,8 @@
 //! read what it wrote before committing it. Without the variable a null fails.
 #![allow(clippy::unwrap_used)]
 
-use aigw::provider::{self, anthropic, bedrock, gemini, Dialect, Wire};
+use aigw::api::{Dialect, Wire};
+use aigw::provider::{self, anthropic, bedrock, gemini};
 use aigw::stream::{Mode, SseState};
 use bytes::Bytes;
 use serde_json::Value;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use bytes::BytesMut;
 use serde_json::{json, Map, Value};
 
-use crate::provider::Dialect;
+use crate::api::Dialect;
 use crate::stream::{event_data, event_end};
 use crate::usage::Usage;
 

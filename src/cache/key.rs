@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::provider::Endpoint;
+use crate::api::Endpoint;
 
 /// Top-level request fields that do not change what the model answers.
 const IGNORED: &[&str] = &["stream", "stream_options", "user"];

@@ -19,10 +19,10 @@ use dashmap::DashMap;
 use http::HeaderMap;
 use serde_json::Value;
 
+use crate::api::Dialect;
+use crate::api::Endpoint;
 use crate::config::raw::{self, CacheScope};
 use crate::config::{ApiKeyEntry, Model, Snapshot};
-use crate::provider::Dialect;
-use crate::provider::Endpoint;
 use crate::redis_pool::RedisPool;
 use crate::telemetry::metrics::Metrics;
 use crate::usage::Usage;

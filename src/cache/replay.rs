@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::provider::Dialect;
+use crate::api::Dialect;
 use crate::stream::write_event;
 
 /// The stream for `completion`. OpenAI: a usage chunk when `include_usage` (the caller's

@@ -22,9 +22,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::api::Endpoint;
 use crate::config::raw::{self, Action, Stage};
 use crate::error::GwError;
-use crate::provider::Endpoint;
 pub use matcher::{Found, Matcher};
 
 #[derive(Debug)]

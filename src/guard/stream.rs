@@ -24,8 +24,8 @@ use serde_json::{json, Map, Value};
 use super::live::Tracker;
 use super::text::is_protocol_key;
 use super::{apply_masks, intervenes, record, Found, Guardrail, Hit};
+use crate::api::Endpoint;
 use crate::config::raw::Action;
-use crate::provider::Endpoint;
 use crate::stream::{event_data, event_end};
 
 /// The most text one choice or block may hold back while a match is in progress.
@@ -316,7 +316,7 @@ impl StreamGuard {
 
     /// A finished text repeated whole: masked (or blocked) as a whole text is.
     fn whole(&mut self, x: &mut Value, hits: &mut Vec<Hit>) -> Result<bool, Stop> {
-        let scanned = super::scan_value(&self.guards, x, crate::provider::Endpoint::Responses, hits);
+        let scanned = super::scan_value(&self.guards, x, crate::api::Endpoint::Responses, hits);
         match scanned.blocked {
             Some(name) => Err(name),
             None => Ok(scanned.changed),

@@ -19,7 +19,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::provider::Endpoint;
+use crate::api::Endpoint;
 
 /// Parses a request body for scanning, refusing an object with a key twice: parsers
 /// disagree on which one counts (serde_json keeps the last, others the first), so a

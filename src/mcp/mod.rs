@@ -321,11 +321,7 @@ pub async fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Handled {
-    let me = Gate {
-        env,
-        caller,
-        scope,
-    };
+    let me = Gate { env, caller, scope };
     // An unknown server and one the caller may not use look alike.
     if let Some(s) = scope {
         if me.server(s).is_none() {

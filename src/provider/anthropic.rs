@@ -13,8 +13,9 @@ use serde_json::{json, Map, Value};
 
 use super::{
     bad, cache_mark, content_text, has_cache_mark, image_of, marked_text_parts, push_turn, thinking_ask,
-    thinking_blocks, Dialect, Image,
+    thinking_blocks, Image,
 };
+use crate::api::Dialect;
 use crate::config::Provider;
 use crate::error::GwError;
 use crate::route::plan::ErrorClass;

@@ -22,8 +22,9 @@ use serde_json::{json, Map, Value};
 use super::anthropic::add_thinking;
 use super::{
     bad, cache_mark, content_text, has_cache_mark, image_of, marked_text_parts, push_turn, thinking_ask,
-    thinking_blocks, Dialect, Image, UNRESERVED,
+    thinking_blocks, Image, UNRESERVED,
 };
+use crate::api::Dialect;
 use crate::config::raw::de_opt_text;
 use crate::config::{Provider, Target};
 use crate::error::GwError;

@@ -15,8 +15,8 @@ use pingora::http::RequestHeader;
 use serde_json::{json, Map, Value};
 
 use super::anthropic::add_thinking;
-use super::Dialect;
 use super::{bad, image_of, push_turn, thinking_ask, Image, UNRESERVED};
+use crate::api::Dialect;
 use crate::config::Provider;
 use crate::error::GwError;
 use crate::route::plan::ErrorClass;

@@ -5,7 +5,8 @@
 use percent_encoding::utf8_percent_encode;
 use pingora::http::RequestHeader;
 
-use super::{Endpoint, UNRESERVED};
+use super::UNRESERVED;
+use crate::api::Endpoint;
 use crate::config::raw::ProviderKind;
 use crate::config::Provider;
 use crate::route::plan::ErrorClass;

@@ -22,7 +22,8 @@ use percent_encoding::utf8_percent_encode;
 use pingora::http::RequestHeader;
 use serde::{Deserialize, Serialize};
 
-use super::{Wire, UNRESERVED};
+use super::UNRESERVED;
+use crate::api::Wire;
 use crate::config::raw::de_text;
 use crate::config::{Provider, Target};
 use crate::error::GwError;

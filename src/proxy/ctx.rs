@@ -5,14 +5,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::api::Dialect;
+use crate::api::Endpoint;
 use crate::cache;
 use crate::config::{ApiKeyEntry, Snapshot, Target};
 use crate::error::GwError;
 use crate::guard::stream::StreamGuard;
 use crate::guard::{Guardrail, Hit};
 use crate::limit::Admitted;
-use crate::provider::Dialect;
-use crate::provider::Endpoint;
 use crate::route::plan::Plan;
 use crate::route::upstream::Pick;
 use crate::state::InflightGuard;

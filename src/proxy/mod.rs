@@ -38,7 +38,7 @@ impl ProxyHttp for Gateway {
     /// Auth, body, model resolution, allowlist: answers locally or picks the target.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         ctx.inflight = Some(self.state.enter());
-        ctx.request_id = request::request_id(session.req_header());
+        ctx.request_id = crate::api::request_id(session.req_header());
         match request::admit(&self.state, session, ctx).await {
             Ok(Admission::Proxy) => Ok(false),
             Ok(Admission::Answered) => Ok(true),

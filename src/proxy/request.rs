@@ -14,6 +14,7 @@ use pingora::proxy::Session;
 use serde_json::json;
 
 use super::ctx::Ctx;
+use crate::api::{Endpoint, X_REQUEST_ID};
 use crate::auth;
 use crate::cache::{self, Lookup};
 use crate::config::raw::{Balance, HashOn};
@@ -21,7 +22,7 @@ use crate::config::{Snapshot, Target};
 use crate::error::GwError;
 use crate::guard;
 use crate::guard::stream::StreamGuard;
-use crate::provider::{self, body, Endpoint};
+use crate::provider::{self, body};
 use crate::route::plan::{Failure, Next, Plan};
 use crate::state::AppState;
 use crate::telemetry::trace::RequestTrace;
@@ -86,16 +87,6 @@ fn bound_keepalive(session: &mut Session, timeout_s: u64) {
     }
 }
 
-/// The caller's `x-request-id` when it is sane, else a new one.
-pub fn request_id(req: &RequestHeader) -> String {
-    req.headers
-        .get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
-
 pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) -> Result<Admission, GwError> {
     let snap = state.snapshot();
     if state.handing_over.load(std::sync::atomic::Ordering::Relaxed) {
@@ -108,7 +99,7 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     let req = session.req_header();
     // Anthropic callers get Anthropic's error envelope from the very first check.
     if req.uri.path() == "/v1/messages" {
-        ctx.dialect = crate::provider::Dialect::Anthropic;
+        ctx.dialect = crate::api::Dialect::Anthropic;
     }
     ctx.snapshot = Some(snap.clone());
     // Traced from the first check on, so refusals show up in traces too.
@@ -580,8 +571,6 @@ pub fn prepare_upstream(req: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<(
     }
     provider::apply_credentials(p, ctx.access_token.as_deref(), &ctx.upstream_body, req)
 }
-
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 #[cfg(test)]
 mod tests {

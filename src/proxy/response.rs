@@ -9,11 +9,11 @@ use pingora::{Error, ErrorSource, ErrorType};
 use std::time::Instant;
 
 use super::ctx::Ctx;
+use crate::api::{Dialect, Endpoint, Wire};
 use crate::config::Target;
 use crate::error::GwError;
 use crate::guard::{self, stream::StreamGuard};
-use crate::provider::Dialect;
-use crate::provider::{self, Endpoint, Wire};
+use crate::provider::{self};
 use crate::route::cooldown::parse_retry_after;
 use crate::route::plan::{Failure, Next};
 use crate::state::AppState;
@@ -33,7 +33,7 @@ pub const FAILOVER_DECIDED: ErrorType = ErrorType::Custom("aigw: failover decide
 pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
     let status = resp.status.as_u16();
     ctx.upstream_status = Some(status);
-    let wire = ctx.target.as_ref().map_or(provider::Wire::OpenAi, Target::wire);
+    let wire = ctx.target.as_ref().map_or(Wire::OpenAi, Target::wire);
     let bad_type = if resp.status.is_success() {
         unexpected_content_type(resp, ctx.stream().then(|| wire.stream_media()))
     } else {
@@ -198,7 +198,7 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
     for k in &dropped {
         resp.remove_header(k);
     }
-    resp.insert_header(super::request::X_REQUEST_ID, ctx.request_id.as_str())?;
+    resp.insert_header(crate::api::X_REQUEST_ID, ctx.request_id.as_str())?;
     if let Some(c) = ctx.cache {
         resp.insert_header("x-aigw-cache", c.as_str())?;
     }
@@ -212,7 +212,7 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
     resp.insert_header(X_AIGW_MODEL, t.alias.as_str())?;
     // `None`: Gemini and Converse, reached only through translation.
     let wire = t.wire();
-    let provider_dialect = provider::dialect(wire);
+    let provider_dialect = wire.dialect();
     let translating = provider_dialect != Some(ctx.dialect);
     let to_anthropic = ctx.dialect == Dialect::Anthropic;
     let upstream_model = t.upstream_model.as_str();

@@ -4,8 +4,8 @@
 //! tree and compiled exactly like a file, so a resource is valid in etcd exactly when it
 //! would be valid in the file.
 
-pub mod etcd;
 mod cache_file;
+pub mod etcd;
 mod transfer;
 
 pub use cache_file::{initial, write_cache};

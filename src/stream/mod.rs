@@ -11,9 +11,9 @@ use bytes::{Bytes, BytesMut};
 use memchr::memmem::{Finder, FinderRev};
 use serde::Deserialize;
 
+use crate::api::Dialect;
+use crate::api::Wire;
 use crate::error::GwError;
-use crate::provider::Dialect;
-use crate::provider::Wire;
 use crate::usage::{RawUsage, Usage};
 
 pub mod translate;

@@ -10,9 +10,9 @@
 use serde_json::{json, Value};
 
 use super::{write_event, Translate, Usage};
+use crate::api::Dialect;
 use crate::error::GwError;
 use crate::provider::anthropic::ChatToAnthropic;
-use crate::provider::Dialect;
 
 pub(crate) fn openai_event(out: &mut Vec<u8>, v: &Value) {
     write_event(out, None, v);

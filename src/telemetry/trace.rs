@@ -209,7 +209,7 @@ impl RequestTrace {
     }
 
     /// A streamed answer starts (its text is assembled only with `capture_content`).
-    pub fn start_stream(&mut self, dialect: crate::provider::Dialect) {
+    pub fn start_stream(&mut self, dialect: crate::api::Dialect) {
         if self.capturing() {
             self.output = Some(Output::Stream(Box::new(crate::cache::assemble::Assembler::new(
                 dialect,
@@ -510,7 +510,7 @@ impl Traces {
 
 /// Builds the spans of a finished request from its context (the `logging` phase).
 pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crate::proxy::Ctx) {
-    use crate::provider::Endpoint;
+    use crate::api::Endpoint;
     use crate::route::plan::Outcome;
     let cost_usd = ctx.cost_usd();
     let max_tokens = ctx.max_tokens();

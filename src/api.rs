@@ -1,0 +1,128 @@
+//! The API formats aigw speaks, with no behaviour of their own: the caller's dialect and
+//! endpoint, a provider's wire format, and the request id both sides carry. Every layer
+//! names them; they import nothing of the crate.
+
+use http::HeaderName;
+use pingora::http::RequestHeader;
+
+/// The API family a caller speaks (OpenAI's or Anthropic's): the shapes of its answers and
+/// its error envelope. Which of its endpoints it called is [`Endpoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    #[default]
+    OpenAi,
+    Anthropic,
+}
+
+/// The data-plane endpoints that go upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Embeddings,
+    /// Anthropic Messages.
+    Messages,
+    /// OpenAI's Responses API: passed through to OpenAI-style providers only.
+    Responses,
+    /// Gemini's `generateContent` / `streamGenerateContent`. Upstream only: callers reach
+    /// it through chat completions or messages, translated.
+    GenerateContent,
+    /// Bedrock's `converse` / `converse-stream`. Upstream only, like `GenerateContent`.
+    Converse,
+}
+
+impl Endpoint {
+    /// The path after the API version prefix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "/chat/completions",
+            Self::Embeddings => "/embeddings",
+            Self::Messages => "/messages",
+            Self::Responses => "/responses",
+            Self::GenerateContent => ":generateContent",
+            Self::Converse => "/converse",
+        }
+    }
+
+    /// The dialect a caller of this endpoint speaks (and gets its errors in).
+    pub fn dialect(self) -> Dialect {
+        match self {
+            Self::Messages => Dialect::Anthropic,
+            Self::ChatCompletions | Self::Embeddings | Self::Responses | Self::GenerateContent | Self::Converse => {
+                Dialect::OpenAi
+            }
+        }
+    }
+
+    /// `gen_ai.operation.name` of the OpenTelemetry GenAI conventions.
+    pub fn operation(self) -> &'static str {
+        match self {
+            Self::ChatCompletions | Self::Messages | Self::Responses | Self::GenerateContent | Self::Converse => "chat",
+            Self::Embeddings => "embeddings",
+        }
+    }
+
+    /// The endpoint a provider speaking `wire` is called on for this one; `None` when it
+    /// cannot serve it at all.
+    pub fn upstream(self, wire: Wire) -> Option<Endpoint> {
+        match (self, wire) {
+            (Self::ChatCompletions | Self::Messages, Wire::Gemini) => Some(Self::GenerateContent),
+            (Self::ChatCompletions | Self::Messages, Wire::Converse) => Some(Self::Converse),
+            (_, Wire::Gemini | Wire::Converse) => None,
+            (Self::GenerateContent | Self::Converse, _) => None,
+            (Self::Embeddings | Self::Responses, Wire::Anthropic) => None,
+            (Self::ChatCompletions | Self::Messages, Wire::Anthropic) => Some(Self::Messages),
+            (Self::Messages, _) => Some(Self::ChatCompletions),
+            (e, _) => Some(e),
+        }
+    }
+}
+
+/// The wire format a provider's API speaks for one model: what the request is translated
+/// to and the answer from. The provider kind decides the rest (URL, credentials); one
+/// kind may speak several formats (Vertex AI: Gemini's, and Anthropic's for Claude).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// OpenAI's chat completions, embeddings and responses.
+    OpenAi,
+    /// Anthropic's Messages.
+    Anthropic,
+    /// Gemini's generateContent.
+    Gemini,
+    /// Bedrock's Converse (streams in AWS's binary event stream).
+    Converse,
+}
+
+impl Wire {
+    /// The Content-Type of this format's streamed answers.
+    pub fn stream_media(self) -> &'static str {
+        match self {
+            Wire::Converse => "application/vnd.amazon.eventstream",
+            Wire::OpenAi | Wire::Anthropic | Wire::Gemini => "text/event-stream",
+        }
+    }
+}
+
+impl Wire {
+    /// The dialect of a provider speaking this format, when callers of that dialect reach
+    /// it untranslated; `None` for Gemini and Converse, which every caller reaches through
+    /// translation.
+    pub fn dialect(self) -> Option<Dialect> {
+        match self {
+            Wire::Anthropic => Some(Dialect::Anthropic),
+            Wire::Gemini | Wire::Converse => None,
+            Wire::OpenAi => Some(Dialect::OpenAi),
+        }
+    }
+}
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The caller's `x-request-id` when it is sane, else a new one.
+pub fn request_id(req: &RequestHeader) -> String {
+    req.headers
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}

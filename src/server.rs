@@ -53,12 +53,14 @@ pub fn serve(config: PathBuf, upgrade: bool) -> Result<(), String> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let upgrade_sock = upgrade_socket(snap.server.upgrade_sock.as_deref(), upgrade)?;
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(snap.server.grace_period_s),
         graceful_shutdown_timeout_seconds: Some(1),
         work_stealing: snap.server.work_stealing,
-        upgrade_sock: snap.server.upgrade_sock.clone(),
+        // Without one, SIGQUIT never reaches Pingora's handover (`Signals`).
+        upgrade_sock: upgrade_sock.clone().unwrap_or_default(),
         ..ServerConf::default()
     };
     // With --upgrade, bootstrap waits on upgrade_sock for the running process's listening
@@ -151,10 +153,50 @@ pub fn serve(config: PathBuf, upgrade: bool) -> Result<(), String> {
 
     tracing::info!("aigw serving");
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals { state: state.clone() }),
+        shutdown_signal: Box::new(Signals {
+            state: state.clone(),
+            can_hand_over: upgrade_sock.is_some(),
+        }),
     });
     before_exit(&state);
     std::process::exit(0)
+}
+
+/// The upgrade socket, ready for a handover: its directory made (0700) when missing, and
+/// checked private to this user (`pingora::server::private_socket_path`, which checks it
+/// again at the handover itself). A directory others can write is refused now rather than
+/// at SIGQUIT, when the old process would stop with no successor. `--upgrade` needs one.
+fn upgrade_socket(configured: Option<&str>, upgrade: bool) -> Result<Option<String>, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(path) = configured else {
+        if upgrade {
+            return Err(concat!(
+                "--upgrade needs server.upgrade_sock: set it, or start aigw with $RUNTIME_DIRECTORY ",
+                "(systemd's RuntimeDirectory=) or $XDG_RUNTIME_DIR set"
+            )
+            .to_owned());
+        }
+        tracing::info!(
+            "no upgrade socket (server.upgrade_sock unset, and neither RUNTIME_DIRECTORY nor XDG_RUNTIME_DIR set): \
+             SIGQUIT drains and stops as SIGTERM does"
+        );
+        return Ok(None);
+    };
+    let fail = |e: &dyn std::fmt::Display| format!("server.upgrade_sock {path}: {e}");
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(fail(&format!("cannot create {}: {e}", dir.display())))
+            }
+            _ => {}
+        }
+    }
+    pingora::server::private_socket_path(std::path::Path::new(path)).map_err(|e| fail(&e))?;
+    tracing::info!(
+        upgrade_sock = path,
+        "listeners are handed over through this socket on SIGQUIT"
+    );
+    Ok(Some(path.to_owned()))
 }
 
 /// Before exiting: budget charges not yet written and limit capacity leased from Redis go
@@ -219,6 +261,8 @@ impl BackgroundService for StoreFollower {
 
 struct Signals {
     state: Arc<AppState>,
+    /// An upgrade socket is set: SIGQUIT hands the listeners over.
+    can_hand_over: bool,
 }
 
 #[async_trait]
@@ -248,6 +292,10 @@ impl ShutdownSignalWatch for Signals {
                 _ = hup.recv() => self.reload().await,
                 _ = term.recv() => break,
                 _ = quit.recv() => {
+                    if !self.can_hand_over {
+                        tracing::error!("SIGQUIT: no upgrade socket to hand the listeners over through (server.upgrade_sock); draining as for SIGTERM");
+                        break;
+                    }
                     // A binary upgrade: Pingora hands the listening sockets to the new
                     // process (`aigw serve --upgrade`), keeps accepting for 5 s while it
                     // starts, then stops; the connections still open here are served to

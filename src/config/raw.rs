@@ -15,9 +15,6 @@ fn default_admin_listen() -> Option<String> {
 fn default_grace() -> u64 {
     10
 }
-fn default_upgrade_sock() -> String {
-    "/tmp/aigw-upgrade.sock".to_owned()
-}
 fn default_max_body() -> u64 {
     10 * 1024 * 1024
 }
@@ -93,9 +90,9 @@ pub struct Server {
     #[serde(default = "default_grace")]
     pub grace_period_s: u64,
     /// The Unix socket a new process (`aigw serve --upgrade`) takes the listening sockets
-    /// over from.
-    #[serde(default = "default_upgrade_sock")]
-    pub upgrade_sock: String,
+    /// over from. Unset: a default in the runtime directory, or none (`compile`).
+    #[serde(default)]
+    pub upgrade_sock: Option<String>,
     #[serde(default = "default_max_body")]
     pub max_request_body_bytes: u64,
     /// Longest wait for the next piece of a request body (nginx's client_body_timeout).
@@ -128,7 +125,7 @@ impl Default for Server {
             threads: 0,
             work_stealing: true,
             grace_period_s: default_grace(),
-            upgrade_sock: default_upgrade_sock(),
+            upgrade_sock: None,
             max_request_body_bytes: default_max_body(),
             client_body_timeout_ms: default_client_body_timeout(),
             keepalive_timeout_s: default_keepalive_timeout(),

@@ -194,7 +194,7 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
         None if names.is_broken("version", "") => {}
         None => errs.push("version", "missing; write `version: 1`"),
     }
-    let mut server = server::compile_server(&raw.server, &mut errs);
+    let mut server = server::compile_server(&raw.server, ctx.env, &mut errs);
     server.admin_keys = raw
         .server
         .admin_keys

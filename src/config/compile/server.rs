@@ -26,7 +26,8 @@ pub struct ServerSettings {
     pub threads: usize,
     pub work_stealing: bool,
     pub grace_period_s: u64,
-    pub upgrade_sock: String,
+    /// Where listeners are handed over on SIGQUIT; `None`: nowhere (`upgrade_sock`).
+    pub upgrade_sock: Option<String>,
     pub max_request_body_bytes: u64,
     pub client_body_timeout: Duration,
     pub keepalive_timeout_s: u64,
@@ -158,7 +159,56 @@ fn compile_tls(i: usize, t: &raw::TlsListener, errs: &mut Errors) -> Option<TlsL
     })
 }
 
-pub(super) fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettings {
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `server.upgrade_sock`, or its default: `$RUNTIME_DIRECTORY/upgrade.sock` (systemd's
+/// `RuntimeDirectory=`, the first when it lists several), else
+/// `$XDG_RUNTIME_DIR/aigw/upgrade.sock`, else none. Never a fixed path in a shared
+/// directory such as /tmp, where another user can be listening first. Whether the
+/// directory is private is checked when aigw starts and at each handover (`server`).
+fn upgrade_sock(configured: Option<&str>, env: &dyn Fn(&str) -> Option<String>, errs: &mut Errors) -> Option<String> {
+    let absolute = |v: String| v.starts_with('/').then(|| v.trim_end_matches('/').to_owned());
+    let (path, from) = match configured {
+        Some(p) => (p.to_owned(), None),
+        None => env("RUNTIME_DIRECTORY")
+            .and_then(|v| v.split(':').next().map(str::to_owned))
+            .and_then(absolute)
+            .map(|d| (format!("{d}/upgrade.sock"), "$RUNTIME_DIRECTORY"))
+            .or_else(|| {
+                env("XDG_RUNTIME_DIR")
+                    .and_then(absolute)
+                    .map(|d| (format!("{d}/aigw/upgrade.sock"), "$XDG_RUNTIME_DIR"))
+            })
+            .map(|(p, var)| (p, Some(var)))?,
+    };
+    let problem = if !path.starts_with('/') {
+        "must be an absolute path".to_owned()
+    } else if path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..") {
+        "must name the socket file, not a directory".to_owned()
+    } else if path.contains('\0') {
+        "must not contain a NUL byte".to_owned()
+    } else if path.len() > MAX_SOCKET_PATH {
+        format!(
+            "is {} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+            path.len()
+        )
+    } else {
+        return Some(path);
+    };
+    let msg = match from {
+        None => problem,
+        Some(var) => format!("the default from {var}, {path}, {problem}; set server.upgrade_sock"),
+    };
+    errs.push("server.upgrade_sock", msg);
+    None
+}
+
+pub(super) fn compile_server(
+    s: &raw::Server,
+    env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Errors,
+) -> ServerSettings {
     if s.listen.is_empty() && s.tls.is_empty() {
         errs.push("server.listen", "at least one plaintext or TLS listener is needed");
     }
@@ -242,7 +292,7 @@ pub(super) fn compile_server(s: &raw::Server, errs: &mut Errors) -> ServerSettin
         threads: s.threads,
         work_stealing: s.work_stealing,
         grace_period_s: s.grace_period_s,
-        upgrade_sock: s.upgrade_sock.clone(),
+        upgrade_sock: upgrade_sock(s.upgrade_sock.as_deref(), env, errs),
         max_request_body_bytes: s.max_request_body_bytes,
         client_body_timeout: Duration::from_millis(s.client_body_timeout_ms),
         keepalive_timeout_s: s.keepalive_timeout_s,
@@ -284,5 +334,73 @@ pub(super) fn check_observability(o: &raw::Observability, errs: &mut Errors) {
     }
     if !(0.0..=1.0).contains(&o.sample_ratio) {
         errs.push("observability.otlp.sample_ratio", "must be between 0 and 1");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `upgrade_sock` with `configured` in an environment of `vars`: the path, or errors.
+    fn resolve(configured: Option<&str>, vars: &[(&str, &str)]) -> Result<Option<String>, Vec<String>> {
+        let env = |n: &str| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| (*v).to_owned());
+        let mut errs = Errors(Vec::new());
+        let path = upgrade_sock(configured, &env, &mut errs);
+        match errs.0.is_empty() {
+            true => Ok(path),
+            false => Err(errs.0.iter().map(ToString::to_string).collect()),
+        }
+    }
+
+    #[test]
+    fn the_default_upgrade_socket_is_in_the_runtime_directory_or_nowhere() {
+        let both = [
+            ("RUNTIME_DIRECTORY", "/run/aigw:/run/other"),
+            ("XDG_RUNTIME_DIR", "/run/user/1000/"),
+        ];
+        assert_eq!(resolve(None, &both), Ok(Some("/run/aigw/upgrade.sock".into())));
+        assert_eq!(
+            resolve(None, &both[1..]),
+            Ok(Some("/run/user/1000/aigw/upgrade.sock".into()))
+        );
+        // set but not absolute (or empty): as if unset, never relative to the working directory
+        assert_eq!(
+            resolve(None, &[("RUNTIME_DIRECTORY", "run"), ("XDG_RUNTIME_DIR", "")]),
+            Ok(None)
+        );
+        // never a fixed path in /tmp
+        assert_eq!(resolve(None, &[]), Ok(None));
+        // the configured path wins
+        assert_eq!(resolve(Some("/srv/a.sock"), &both), Ok(Some("/srv/a.sock".into())));
+    }
+
+    #[test]
+    fn an_upgrade_socket_path_the_kernel_cannot_take_is_a_config_error() {
+        let long = format!("/{}", "d".repeat(120));
+        for (path, expected) in [
+            ("upgrade.sock", "must be an absolute path"),
+            ("", "must be an absolute path"),
+            ("/run/aigw/", "must name the socket file"),
+            ("/run/aigw/..", "must name the socket file"),
+            ("/run/\0x", "NUL"),
+        ] {
+            let errs = resolve(Some(path), &[]).unwrap_err();
+            assert!(
+                errs[0].contains("server.upgrade_sock") && errs[0].contains(expected),
+                "{path:?}: {errs:?}"
+            );
+        }
+        let errs = resolve(Some(&format!("{long}.sock")), &[]).unwrap_err();
+        assert!(errs[0].contains("at most 107"), "{errs:?}");
+        assert_eq!(
+            resolve(Some(&format!("/{}", "d".repeat(106))), &[]).map(|p| p.map(|p| p.len())),
+            Ok(Some(107))
+        );
+        // a default too long names the variable it came from
+        let errs = resolve(None, &[("XDG_RUNTIME_DIR", &long)]).unwrap_err();
+        assert!(
+            errs[0].contains("$XDG_RUNTIME_DIR") && errs[0].contains("set server.upgrade_sock"),
+            "{errs:?}"
+        );
     }
 }

@@ -53,6 +53,10 @@ use crate::services::{
 };
 use configuration::{Opt, ServerConf};
 use std::collections::HashMap;
+/// aigw: lets the application check the upgrade socket's directory when it starts,
+/// rather than learn at the handover that it is refused.
+#[cfg(unix)]
+pub use transfer_fd::private_socket_path;
 #[cfg(unix)]
 pub use transfer_fd::Fds;
 

@@ -33,7 +33,7 @@ pub enum GwError {
     #[error("Request body is larger than the limit of {limit} bytes.")]
     RequestTooLarge { limit: u64 },
     #[error("{}", .0.message)]
-    RateLimited(Box<crate::limit::Rejection>),
+    RateLimited(Box<RateLimited>),
     /// The owner's budget for the period is spent.
     #[error("The budget '{budget}' of this key's owner is spent for the current period.")]
     BudgetExceeded {
@@ -56,6 +56,17 @@ pub enum GwError {
     UpstreamTimeout,
     #[error("Internal gateway error.")]
     Internal,
+}
+
+/// A 429 from a rate limit policy, as `limit` words it: what the caller is told.
+#[derive(Debug, Clone)]
+pub struct RateLimited {
+    pub message: String,
+    /// The OpenAI envelope's `type`: `requests` or `tokens`, as OpenAI's own 429s.
+    pub openai_type: &'static str,
+    pub retry_after_s: u64,
+    /// The `x-ratelimit-*` headers of the tightest rules, names and values.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl GwError {
@@ -192,7 +203,9 @@ impl GwError {
         }
         if let Self::RateLimited(r) = self {
             resp.insert_header("retry-after", r.retry_after_s.to_string())?;
-            r.headers.apply(&mut resp);
+            for (name, value) in &r.headers {
+                resp.insert_header(*name, value.as_str())?;
+            }
         }
         if self.status() == 401 {
             resp.insert_header("www-authenticate", "Bearer")?;

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use pingora::http::ResponseHeader;
 
 use crate::config::raw;
-use crate::error::GwError;
+use crate::error::{GwError, RateLimited};
 use crate::telemetry::metrics::Metrics;
 pub use gcra::{Rate, Verdict};
 
@@ -346,11 +346,11 @@ fn rejection(b: &Binding, rules: &[&Rule], verdicts: &[Verdict], failed: usize) 
         .map(|(_, v)| v.retry_after_us)
         .max()
         .unwrap_or(SECOND);
-    GwError::RateLimited(Box::new(Rejection {
+    GwError::RateLimited(Box::new(RateLimited {
         message,
         openai_type: if kind == Kind::Tokens { "tokens" } else { "requests" },
         retry_after_s: wait_us.div_ceil(SECOND).max(1),
-        headers: RateHeaders::tightest(rules, verdicts),
+        headers: RateHeaders::tightest(rules, verdicts).pairs(),
     }))
 }
 
@@ -363,15 +363,6 @@ fn per(window_us: u64) -> &'static str {
     }
 }
 
-/// A 429 from a policy: what the caller is told.
-#[derive(Debug, Clone)]
-pub struct Rejection {
-    pub message: String,
-    /// The OpenAI envelope's `type`: `requests` or `tokens`, as OpenAI's own 429s.
-    pub openai_type: &'static str,
-    pub retry_after_s: u64,
-    pub headers: RateHeaders,
-}
 
 /// A request that passed its limits: verdicts for the response headers, the bindings to
 /// charge tokens to, and the concurrency slots it holds until dropped.
@@ -446,6 +437,15 @@ impl RateHeaders {
     }
 
     pub fn apply(&self, resp: &mut ResponseHeader) {
+        for (name, value) in self.pairs() {
+            // Header names and values are ASCII built here; inserting cannot fail.
+            let _ = resp.insert_header(name, value);
+        }
+    }
+
+    /// The headers, names and values.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
         const NAMES: [[&str; 3]; 2] = [
             [
                 "x-ratelimit-limit-requests",
@@ -460,11 +460,11 @@ impl RateHeaders {
         ];
         for (names, v) in NAMES.iter().zip([self.requests, self.tokens]) {
             let Some(v) = v else { continue };
-            // Header names and values are ASCII built here; inserting cannot fail.
-            let _ = resp.insert_header(names[0], v.limit.to_string());
-            let _ = resp.insert_header(names[1], v.remaining.to_string());
-            let _ = resp.insert_header(names[2], duration(v.reset_us));
+            out.push((names[0], v.limit.to_string()));
+            out.push((names[1], v.remaining.to_string()));
+            out.push((names[2], duration(v.reset_us)));
         }
+        out
     }
 }
 

@@ -16,15 +16,13 @@ use serde_json::{Map, Value};
 
 use super::jwks::{KeySet, RemoteKeys};
 use crate::config::raw;
-use crate::config::ApiKeyEntry;
+use crate::config::{ApiKeyEntry, OwnerNamespace};
 use crate::guard::Guardrail;
 use crate::limit::Cells;
 use crate::telemetry::metrics::Metrics;
 
 /// Longer bearer credentials are not taken for tokens: real ones are 1-4 KiB.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// The longest owner a claim may name (it becomes a metric label and a limit key).
-const MAX_OWNER_BYTES: usize = 256;
 
 /// Where an issuer's verification keys are.
 #[derive(Debug)]
@@ -45,6 +43,9 @@ pub struct Issuer {
     validation: Validation,
     pub keys: Keys,
     owner_claim: String,
+    /// Where its owners live: a claim's owner `carol` is `jwt:<name>/carol` unless the
+    /// config put this issuer's owners elsewhere.
+    namespace: OwnerNamespace,
     models_claim: Option<String>,
     models: Option<HashSet<String>>,
     policy: Option<Arc<raw::RateLimit>>,
@@ -60,6 +61,7 @@ pub struct Policies {
     pub guardrails: Vec<Arc<Guardrail>>,
     pub budget: Option<Arc<raw::Budget>>,
     pub mcp: Option<Arc<crate::mcp::Access>>,
+    pub namespace: OwnerNamespace,
 }
 
 impl Issuer {
@@ -79,6 +81,7 @@ impl Issuer {
             "keys": keys,
             "keys_loaded": loaded,
             "owner_claim": self.owner_claim,
+            "owner_namespace": self.namespace.to_string(),
             "models_claim": self.models_claim,
             "models": models,
             "rate_limit": self.policy.as_ref().map(|p| p.name.clone()),
@@ -104,6 +107,7 @@ impl Issuer {
             validation,
             keys,
             owner_claim: raw.owner_claim.clone(),
+            namespace: p.namespace,
             models_claim: raw.models_claim.clone(),
             models: raw.models.as_ref().map(|m| m.iter().cloned().collect()),
             policy: p.policy,
@@ -249,7 +253,9 @@ impl Issuer {
                 decode(token, key, &validation)?
             }
         };
-        let owner = owner(claims.get(&self.owner_claim)).ok_or(Rejection::Owner)?;
+        let owner = owner_claim(claims.get(&self.owner_claim))
+            .and_then(|name| self.namespace.owner(&name).ok())
+            .ok_or(Rejection::Owner)?;
         Ok(Arc::new(self.caller(owner, self.allowed(&claims), cells)))
     }
 
@@ -292,15 +298,14 @@ fn decode(token: &str, key: &DecodingKey, v: &Validation) -> Result<Map<String, 
         .map_err(|e| rejection(&e))
 }
 
-/// The owner a claim names: a non-empty string (or an integer) of printable characters,
-/// short enough for a metric label and a limit key.
-fn owner(claim: Option<&Value>) -> Option<String> {
-    let s = match claim? {
-        Value::String(s) => s.clone(),
-        Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
-        _ => return None,
-    };
-    (!s.trim().is_empty() && s.len() <= MAX_OWNER_BYTES && !s.chars().any(char::is_control)).then_some(s)
+/// The owner's name a claim gives: a string or an integer. Whether it may be an owner is
+/// [`OwnerNamespace::owner`]'s to say.
+fn owner_claim(claim: Option<&Value>) -> Option<String> {
+    match claim? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -319,10 +324,15 @@ mod tests {
         assert!(!looks_like_jwt(huge.as_bytes()));
     }
 
+    /// The owner a claim gives in issuer `sso`'s own namespace.
+    fn owner(claim: Option<&Value>) -> Option<String> {
+        owner_claim(claim).and_then(|name| OwnerNamespace::Issuer("sso".into()).owner(&name).ok())
+    }
+
     #[test]
-    fn an_owner_is_a_short_printable_string_or_an_integer() {
-        assert_eq!(owner(Some(&json!("team-a"))).as_deref(), Some("team-a"));
-        assert_eq!(owner(Some(&json!(42))).as_deref(), Some("42"));
+    fn an_owner_is_a_short_printable_string_or_an_integer_of_its_issuer() {
+        assert_eq!(owner(Some(&json!("team-a"))).as_deref(), Some("jwt:sso/team-a"));
+        assert_eq!(owner(Some(&json!(42))).as_deref(), Some("jwt:sso/42"));
         for bad in [
             json!(""),
             json!("  "),
@@ -333,7 +343,10 @@ mod tests {
         ] {
             assert_eq!(owner(Some(&bad)), None, "{bad}");
         }
-        assert_eq!(owner(Some(&json!("x".repeat(MAX_OWNER_BYTES + 1)))), None);
+        assert_eq!(
+            owner(Some(&json!("x".repeat(crate::config::MAX_OWNER_BYTES + 1)))),
+            None
+        );
         assert_eq!(owner(None), None);
     }
 
@@ -360,6 +373,7 @@ mod tests {
                 guardrails: Vec::new(),
                 budget: None,
                 mcp: None,
+                namespace: OwnerNamespace::Issuer("sso".into()),
             },
         )
     }

@@ -536,6 +536,10 @@ pub struct JwtIssuer {
     /// The claim naming the caller's owner (limits, budgets, metrics, the access log).
     #[serde(default = "default_owner_claim")]
     pub owner_claim: String,
+    /// Where this issuer's owners live: `jwt:<name>` (the default, its own), `keys` (the
+    /// owners of `api_keys`), or `jwt:<another issuer's name>`. Owners of one namespace
+    /// share limits, budgets, caches and metrics; of two, never.
+    pub owner_namespace: Option<String>,
     /// The claim listing the model aliases the caller may use (a list, or one string of
     /// space-separated aliases). Without it, `models` alone decides.
     pub models_claim: Option<String>,

@@ -2,7 +2,8 @@
 //! owners, model allowlists and policies.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
 use subtle::ConstantTimeEq;
@@ -12,9 +13,103 @@ use crate::config::Kind;
 use crate::guard::Guardrail;
 use crate::limit::Binding;
 
+/// The longest owner (from config or a claim): it becomes a metric label and a limit key.
+pub const MAX_OWNER_BYTES: usize = 256;
+
+/// Marks the owners of JWT issuers; reserved, so no owner of `keys` can read like one.
+const JWT_PREFIX: &str = "jwt:";
+
+/// Where an owner comes from. An owner is the pair (namespace, name): `carol` of one
+/// issuer and `carol` of another, or of a static key, are different owners with their own
+/// limits, budgets, cache entries and MCP sessions, unless the config puts both issuers in
+/// one namespace (`jwt[].owner_namespace`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerNamespace {
+    /// The owners of `api_keys` (an entry's `owner`, else its name).
+    Keys,
+    /// The owners of the JWT issuer of this name.
+    Issuer(String),
+}
+
+impl OwnerNamespace {
+    /// `keys` or `jwt:<issuer name>`, as `owner_namespace` names it.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.strip_prefix(JWT_PREFIX) {
+            Some(issuer) if !issuer.is_empty() => Some(Self::Issuer(issuer.to_owned())),
+            Some(_) => None,
+            None => (s == "keys").then_some(Self::Keys),
+        }
+    }
+
+    /// The owner `name` of this namespace, as every consumer keys and shows it: `name`
+    /// for `keys` (so static keys keep their limit, budget and metric names), and
+    /// `jwt:<issuer>/name` for an issuer. No two owners read alike: issuer names hold no
+    /// `/`, and no owner of `keys` starts with `jwt:`. `name` must pass
+    /// [`check_owner_text`].
+    pub fn owner(&self, name: &str) -> Result<String, String> {
+        check_owner_text(name)?;
+        match self {
+            Self::Keys
+                if name
+                    .get(..JWT_PREFIX.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(JWT_PREFIX)) =>
+            {
+                Err(format!(
+                    "must not start with '{JWT_PREFIX}' (it marks the owners of JWT issuers)"
+                ))
+            }
+            Self::Keys => Ok(name.to_owned()),
+            Self::Issuer(issuer) => Ok(format!("{JWT_PREFIX}{issuer}/{name}")),
+        }
+    }
+}
+
+impl fmt::Display for OwnerNamespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Keys => f.write_str("keys"),
+            Self::Issuer(i) => write!(f, "{JWT_PREFIX}{i}"),
+        }
+    }
+}
+
+/// Characters no owner or caller name may hold: controls (Cc), format characters (Cf:
+/// the bidirectional overrides and isolates U+202A-U+202E and U+2066-U+2069, the marks
+/// U+200E, U+200F and U+061C, zero-width characters, the byte order mark) and the line
+/// and paragraph separators (Zl, Zp). Each can make a name in a log, a metric or the
+/// console read as another, or break the line it is written on.
+static HIDDEN: LazyLock<regex::Regex> = LazyLock::new(|| {
+    #[allow(clippy::expect_used)]
+    regex::Regex::new(r"[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]").expect("a valid character class")
+});
+
+/// Whether `s` may be an owner (from the config or a token's claim) or an issuer's name:
+/// not empty, at most [`MAX_OWNER_BYTES`], no white space at either end and none of the
+/// [`HIDDEN`] characters, so what a log or a metric shows is the whole name.
+pub fn check_owner_text(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > MAX_OWNER_BYTES {
+        return Err(format!("must be at most {MAX_OWNER_BYTES} bytes"));
+    }
+    if s.trim() != s {
+        return Err("must not begin or end with white space".into());
+    }
+    if let Some(c) = HIDDEN.find(s).and_then(|m| m.as_str().chars().next()) {
+        return Err(format!(
+            "must not hold U+{:04X} (control, format and separator characters can disguise a name)",
+            u32::from(c)
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub struct ApiKeyEntry {
     pub name: String,
+    /// The namespaced owner ([`OwnerNamespace::owner`]): what limits, budgets, caches, MCP
+    /// sessions, the access log and metrics know the caller by.
     pub owner: String,
     /// `None`: every model.
     pub models: Option<HashSet<String>>,
@@ -182,14 +277,26 @@ pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut
         }
         refs.check_policies(&path, k.rate_limit.as_deref(), &k.guardrails, k.budget.as_deref(), errs);
         let mcp = refs.mcp_access(&path, k.mcp.as_ref(), errs);
-        if let Some(owner) = &k.owner {
-            if owner.trim().is_empty() {
-                errs.push(
-                    format!("{path}.owner"),
-                    "must not be empty (omit it to use the key's name)",
-                );
+        let owner = match &k.owner {
+            Some(o) if o.trim().is_empty() => {
+                Err(("owner", "must not be empty (omit it to use the key's name)".into()))
             }
-        }
+            Some(o) => OwnerNamespace::Keys.owner(o).map_err(|e| ("owner", e)),
+            // The key's name is its owner; an empty name is reported with the names.
+            None if k.name.trim().is_empty() => Err(("name", String::new())),
+            None => OwnerNamespace::Keys
+                .owner(&k.name)
+                .map_err(|e| ("name", format!("{e}; as the owner (no owner is set)"))),
+        };
+        let owner = match owner {
+            Ok(o) => o,
+            Err((field, e)) => {
+                if !e.is_empty() {
+                    errs.push(format!("{path}.{field}"), e);
+                }
+                continue;
+            }
+        };
         let Some(hash) = hash else { continue };
         // Certificate identities are checked for duplicates where they are indexed.
         if let Some(prev) = cert_id.is_none().then(|| seen_hashes.insert(hash, i)).flatten() {
@@ -199,7 +306,6 @@ pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut
             );
             continue;
         }
-        let owner = k.owner.clone().unwrap_or_else(|| k.name.clone());
         let limits = refs.bind(k.rate_limit.as_deref(), &format!("owner={owner}"));
         let entry = ApiKeyEntry {
             name: k.name.clone(),
@@ -226,4 +332,31 @@ pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut
         }
     }
     keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_of_different_namespaces_never_read_alike() {
+        let keys = OwnerNamespace::Keys;
+        let corp = OwnerNamespace::Issuer("corp".into());
+        let partner = OwnerNamespace::Issuer("partner".into());
+        assert_eq!(keys.owner("carol").unwrap(), "carol");
+        assert_eq!(corp.owner("carol").unwrap(), "jwt:corp/carol");
+        assert_ne!(corp.owner("carol").unwrap(), partner.owner("carol").unwrap());
+        // An owner of `keys` cannot pose as an issuer's, in any case of the marker.
+        for posing in ["jwt:corp/carol", "JWT:corp/carol", "Jwt:x"] {
+            assert!(keys.owner(posing).is_err(), "{posing}");
+        }
+        // A slash in an owner's name stays inside the name: issuer names hold none.
+        assert_eq!(corp.owner("a/b").unwrap(), "jwt:corp/a/b");
+        assert_eq!(OwnerNamespace::parse("keys"), Some(OwnerNamespace::Keys));
+        assert_eq!(OwnerNamespace::parse("jwt:corp"), Some(corp.clone()));
+        assert_eq!(corp.to_string(), "jwt:corp");
+        for bad in ["jwt:", "Keys", "tenant", ""] {
+            assert_eq!(OwnerNamespace::parse(bad), None, "{bad}");
+        }
+    }
 }

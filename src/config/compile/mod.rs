@@ -22,7 +22,7 @@ use crate::guard::Guardrail;
 use crate::limit::{Binding, Cells};
 use crate::route::upstream::UpstreamRegistry;
 
-pub use keys::{hash_key, ApiKeyEntry, KeyIndex};
+pub use keys::{check_owner_text, hash_key, ApiKeyEntry, KeyIndex, OwnerNamespace, MAX_OWNER_BYTES};
 pub use models::{Model, ModelRoute, RouteTarget, Routing, Target};
 pub use providers::{BaseUrl, Provider, Secret};
 pub use server::{EtcdSettings, EtcdTlsFiles, RedisSettings, ServerSettings, TlsListener};
@@ -260,6 +260,19 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
             ),
         ),
     ]);
+    // Key and issuer names both name callers (the access log's `key`, MCP sessions, the
+    // status): one name, one caller.
+    for (i, j) in raw.jwt.iter().enumerate() {
+        if known[&Kind::ApiKeys].contains(j.name.as_str()) {
+            errs.push(
+                format!("jwt[{i}].name"),
+                format!(
+                    "an api_keys entry is named '{}' too; key and issuer names both name callers, so they must differ",
+                    j.name
+                ),
+            );
+        }
+    }
     let (guards, guard_order) = policies::compile_guardrails(&raw.guardrails, &mut errs);
     let refs = Refs {
         ctx,

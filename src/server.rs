@@ -95,6 +95,7 @@ pub fn serve(config: PathBuf, upgrade: bool) -> Result<(), String> {
             state: state.clone(),
             listen: t.listen.clone(),
             initial: t.certificates.clone(),
+            client_ca: t.client_ca.as_ref().map(|c| c.id),
         };
         let mut tls =
             TlsSettings::with_callbacks(Box::new(picker)).map_err(|e| format!("server.tls {}: {e}", t.listen))?;
@@ -102,16 +103,16 @@ pub fn serve(config: PathBuf, upgrade: bool) -> Result<(), String> {
             tls.set_min_proto_version(Some(pingora::tls::ssl::SslVersion::TLS1_3))
                 .map_err(|e| format!("server.tls {}: {e}", t.listen))?;
         }
-        if let Some(ca) = &t.client_ca_file {
+        if let Some(cas) = &t.client_ca {
             // Asked for, not required: callers without one use keys. One that is
-            // presented must verify, or the handshake fails.
+            // presented must verify, or the handshake fails. The CAs are the ones the
+            // config compiled (and `CertPicker::client_ca` names), read once.
             let fail = |e: &dyn std::fmt::Display| format!("server.tls {}: client_ca_file: {e}", t.listen);
             tls.set_verify(pingora::tls::ssl::SslVerifyMode::PEER);
-            tls.set_ca_file(ca).map_err(|e| fail(&e))?;
             // The CAs' names go in the certificate request, so clients pick the right one.
-            let pem = std::fs::read(ca).map_err(|e| fail(&e))?;
             let mut names = openssl::stack::Stack::new().map_err(|e| fail(&e))?;
-            for c in pingora::tls::x509::X509::stack_from_pem(&pem).map_err(|e| fail(&e))? {
+            for c in &cas.certs {
+                tls.cert_store_mut().add_cert(c.clone()).map_err(|e| fail(&e))?;
                 names
                     .push(c.subject_name().to_owned().map_err(|e| fail(&e))?)
                     .map_err(|e| fail(&e))?;

@@ -443,9 +443,12 @@ pub struct ApiKey {
     pub key: Option<String>,
     pub key_env: Option<String>,
     pub key_hash: Option<String>,
-    /// Instead of a key: the identity of a verified client certificate (a DNS or URI
-    /// subject alternative name, or `CN=<common name>`).
+    /// Instead of a key: the identity of a verified client certificate, typed
+    /// (`DNS:<name>`, `URI:<uri>` or `CN=<common name>`).
     pub client_cert: Option<String>,
+    /// The CA bundle that must have verified that certificate: a listener's
+    /// `client_ca_file` (the same CAs). Required once listeners trust different CAs.
+    pub client_ca_file: Option<String>,
     pub owner: Option<String>,
     pub models: Option<Vec<String>>,
     pub expires_at: Option<DateTime<Utc>>,

@@ -12,6 +12,7 @@ use super::{raw, CompileCtx, Errors, Refs};
 use crate::config::Kind;
 use crate::guard::Guardrail;
 use crate::limit::Binding;
+use crate::tls::{CaBundleId, CertName, ClientCas, ClientIdentity};
 
 /// The longest owner (from config or a claim): it becomes a metric label and a limit key.
 pub const MAX_OWNER_BYTES: usize = 256;
@@ -144,9 +145,11 @@ type KeyHash = [u8; 32];
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     buckets: HashMap<u64, Vec<(KeyHash, Arc<ApiKeyEntry>)>>,
-    /// Callers that authenticate with a client certificate, by its identity. Apart from
-    /// the hashed keys: no presented key can ever match one of these.
-    by_cert: HashMap<String, Arc<ApiKeyEntry>>,
+    /// Callers that authenticate with a client certificate, by the CA bundle that must
+    /// have verified it and its typed identity. Apart from the hashed keys: no presented
+    /// key can ever match one of these. Under `None`, those no listener can verify yet
+    /// (no TLS listener has a `client_ca_file`): listed, never matched.
+    by_cert: HashMap<Option<CaBundleId>, HashMap<CertName, Arc<ApiKeyEntry>>>,
 }
 
 impl KeyIndex {
@@ -157,21 +160,16 @@ impl KeyIndex {
         bucket.iter().find(|(h, _)| bool::from(h.ct_eq(hash))).map(|(_, e)| e)
     }
 
-    /// The caller a verified client certificate names: the first of its identities (its
-    /// subject alternative names, then `CN=<common name>`) that an `api_keys` entry has.
-    pub fn lookup_cert<'a>(&self, identities: impl IntoIterator<Item = &'a str>) -> Option<&Arc<ApiKeyEntry>> {
-        identities.into_iter().find_map(|id| self.by_cert.get(id))
-    }
-
-    fn insert(&mut self, hash: [u8; 32], e: ApiKeyEntry) {
-        self.buckets
-            .entry(prefix_u64(&hash))
-            .or_default()
-            .push((hash, Arc::new(e)));
+    /// The caller a verified client certificate names: among the entries bound to the CA
+    /// bundle that verified it, the first of its identities (subject alternative names,
+    /// then common names) that one has, compared by type.
+    pub fn lookup_cert(&self, id: &ClientIdentity) -> Option<&Arc<ApiKeyEntry>> {
+        let bound = self.by_cert.get(&Some(id.ca))?;
+        id.names.iter().find_map(|n| bound.get(n))
     }
 
     pub fn len(&self) -> usize {
-        self.buckets.values().map(Vec::len).sum::<usize>() + self.by_cert.len()
+        self.entries().count()
     }
 
     /// Every key, in no particular order.
@@ -180,11 +178,11 @@ impl KeyIndex {
             .values()
             .flatten()
             .map(|(_, e)| e)
-            .chain(self.by_cert.values())
+            .chain(self.by_cert.values().flat_map(HashMap::values))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty() && self.by_cert.is_empty()
+        self.entries().next().is_none()
     }
 }
 
@@ -244,10 +242,68 @@ pub(super) fn resolve_key_source(
     }
 }
 
-/// Every caller key, indexed; each reference checked.
-pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut Errors) -> KeyIndex {
+/// How an entry authenticates.
+enum Credential {
+    /// A key, by its BLAKE3 hash.
+    Key([u8; 32]),
+    /// A client certificate with this identity, verified by this CA bundle (`None`: no
+    /// listener verifies client certificates).
+    Cert(Option<CaBundleId>, CertName),
+}
+
+/// The CA bundle a certificate entry is bound to: its own `client_ca_file`, which must be
+/// a listener's (the same CAs); else the one bundle every listener with a
+/// `client_ca_file` shares. When listeners trust different CAs, each entry must say
+/// which, or a certificate from a partner's CA could name an internal caller.
+fn cert_bundle(
+    path: &str,
+    k: &raw::ApiKey,
+    listeners: &[Arc<ClientCas>],
+    read: &mut HashMap<String, Result<CaBundleId, String>>,
+    errs: &mut Errors,
+) -> Result<Option<CaBundleId>, ()> {
+    let mut ids: Vec<CaBundleId> = listeners.iter().map(|c| c.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let Some(file) = &k.client_ca_file else {
+        return match ids[..] {
+            [] => Ok(None),
+            [one] => Ok(Some(one)),
+            _ => {
+                errs.push(
+                    format!("{path}.client_ca_file"),
+                    "required: the TLS listeners trust different CAs, so name the client_ca_file of those whose certificates may be this caller",
+                );
+                Err(())
+            }
+        };
+    };
+    let id = read
+        .entry(file.clone())
+        .or_insert_with(|| ClientCas::load(file).map(|c| c.id))
+        .clone()
+        .map_err(|e| errs.push(format!("{path}.client_ca_file"), e))?;
+    if !ids.contains(&id) {
+        errs.push(
+            format!("{path}.client_ca_file"),
+            format!("no server.tls listener has a client_ca_file with the same CAs as '{file}'"),
+        );
+        return Err(());
+    }
+    Ok(Some(id))
+}
+
+/// Every caller key, indexed; each reference checked. `listeners` are the CA bundles of
+/// the TLS listeners that verify client certificates.
+pub(super) fn compile_keys(
+    list: &[raw::ApiKey],
+    listeners: &[Arc<ClientCas>],
+    refs: &Refs<'_, '_>,
+    errs: &mut Errors,
+) -> KeyIndex {
     let mut keys = KeyIndex::default();
     let mut seen_hashes: HashMap<[u8; 32], usize> = HashMap::new();
+    let mut read = HashMap::new();
     for (i, k) in list.iter().enumerate() {
         let path = format!("api_keys[{i}]");
         let source = raw::KeySource {
@@ -255,22 +311,29 @@ pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut
             key_env: k.key_env.clone(),
             key_hash: k.key_hash.clone(),
         };
-        let cert_id = k.client_cert.as_deref();
-        let hash = match cert_id {
-            None => resolve_key_source(&path, &source, refs.ctx, errs),
-            Some(_) if k.key.is_some() || k.key_env.is_some() || k.key_hash.is_some() => {
+        let has_key = k.key.is_some() || k.key_env.is_some() || k.key_hash.is_some();
+        let credential = match &k.client_cert {
+            None if k.client_ca_file.is_some() => {
+                errs.push(format!("{path}.client_ca_file"), "belongs with client_cert");
+                None
+            }
+            None => resolve_key_source(&path, &source, refs.ctx, errs).map(Credential::Key),
+            Some(_) if has_key => {
                 errs.push(
                     &path,
                     "set either a key (key, key_env or key_hash) or client_cert, not both",
                 );
                 None
             }
-            Some("") => {
-                errs.push(format!("{path}.client_cert"), "must not be empty");
-                None
+            Some(text) => {
+                let name = CertName::parse(text).map_err(|e| errs.push(format!("{path}.client_cert"), e));
+                let ca = cert_bundle(&path, k, listeners, &mut read, errs);
+                // Never in the hashed index: a presented key cannot reach this entry.
+                match (name, ca) {
+                    (Ok(name), Ok(ca)) => Some(Credential::Cert(ca, name)),
+                    _ => None,
+                }
             }
-            // Never in the hashed index: a presented key cannot reach this entry.
-            Some(id) => Some(*blake3::hash(format!("client_cert:{id}").as_bytes()).as_bytes()),
         };
         for (j, alias) in k.models.iter().flatten().enumerate() {
             refs.check(format!("{path}.models[{j}]"), Kind::Models, alias, errs);
@@ -297,17 +360,18 @@ pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut
                 continue;
             }
         };
-        let Some(hash) = hash else { continue };
-        // Certificate identities are checked for duplicates where they are indexed.
-        if let Some(prev) = cert_id.is_none().then(|| seen_hashes.insert(hash, i)).flatten() {
-            errs.push(
-                &path,
-                format!("the same caller key as api_keys[{prev}]; every key must be distinct"),
-            );
-            continue;
+        let Some(credential) = credential else { continue };
+        if let Credential::Key(hash) = credential {
+            if let Some(prev) = seen_hashes.insert(hash, i) {
+                errs.push(
+                    &path,
+                    format!("the same caller key as api_keys[{prev}]; every key must be distinct"),
+                );
+                continue;
+            }
         }
         let limits = refs.bind(k.rate_limit.as_deref(), &format!("owner={owner}"));
-        let entry = ApiKeyEntry {
+        let entry = Arc::new(ApiKeyEntry {
             name: k.name.clone(),
             owner,
             models: k.models.as_ref().map(|m| m.iter().cloned().collect()),
@@ -318,17 +382,17 @@ pub(super) fn compile_keys(list: &[raw::ApiKey], refs: &Refs<'_, '_>, errs: &mut
             budget: k.budget.as_ref().and_then(|b| refs.budgets.get(b.as_str()).cloned()),
             cache: k.cache,
             mcp,
-        };
-        match cert_id {
-            Some(id) => {
-                if keys.by_cert.insert(id.to_owned(), Arc::new(entry)).is_some() {
+        });
+        match credential {
+            Credential::Key(hash) => keys.buckets.entry(prefix_u64(&hash)).or_default().push((hash, entry)),
+            Credential::Cert(ca, name) => {
+                if keys.by_cert.entry(ca).or_default().insert(name, entry).is_some() {
                     errs.push(
                         format!("{path}.client_cert"),
-                        "another api_keys entry has this client_cert",
+                        "another api_keys entry bound to the same CAs has this client_cert",
                     );
                 }
             }
-            None => keys.insert(hash, entry),
         }
     }
     keys

@@ -286,7 +286,8 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
 
     let providers = providers::compile_providers(&raw.provider_keys, ctx, &mut errs);
     let (models, model_order) = models::compile_models(&raw.models, &providers, &refs, &mut errs);
-    let keys = keys::compile_keys(&raw.api_keys, &refs, &mut errs);
+    let listener_cas: Vec<_> = server.tls.iter().filter_map(|t| t.client_ca.clone()).collect();
+    let keys = keys::compile_keys(&raw.api_keys, &listener_cas, &refs, &mut errs);
     let jwt = jwt::compile_jwt(&raw.jwt, &refs, &mut errs);
     let mcp_servers = mcp::compile_servers(&raw.mcp_servers, &mut errs);
     // Its borrows of `raw` end here, before `raw.rate_limits` moves into the snapshot.

@@ -119,6 +119,18 @@ pub fn serve(config: PathBuf, upgrade: bool) -> Result<(), String> {
             }
             tls.set_client_ca_list(names);
         }
+        // OpenSSL refuses to resume a session on a context that verifies clients but has
+        // no session id context (a fatal alert on every resumed handshake). Each listener
+        // has its own, naming its address and CA bundle: a session resumes only where it
+        // was made, and brings back the client certificate it verified, which
+        // `CertPicker` reads again as the identity.
+        let mut sid = blake3::Hasher::new();
+        sid.update(t.listen.as_bytes());
+        if let Some(cas) = &t.client_ca {
+            sid.update(&cas.id.digest());
+        }
+        tls.set_session_id_context(sid.finalize().as_bytes())
+            .map_err(|e| format!("server.tls {}: {e}", t.listen))?;
         tls.enable_h2();
         proxy.add_listener(ListenerConfig::tcp(t.listen.as_str()).tls(tls).l4_buffer(buffers));
     }

@@ -157,6 +157,12 @@ impl CertName {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CaBundleId([u8; 32]);
 
+impl CaBundleId {
+    pub fn digest(&self) -> [u8; 32] {
+        self.0
+    }
+}
+
 /// The CAs of a `client_ca_file`, read when the config loads.
 pub struct ClientCas {
     pub file: String,

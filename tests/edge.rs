@@ -445,3 +445,115 @@ api_keys:
         "sk-key-abcdef",
     );
 }
+
+/// One request through `openssl s_client` (`-tls1_2` or `-tls1_3`): with this client
+/// certificate (PEM files), saving the session to `sess_out` or resuming `sess_in`. Whether
+/// the session was resumed, and the answer's status line.
+fn s_client(
+    port: u16,
+    version: &str,
+    cert: Option<(&Path, &Path)>,
+    sess_out: Option<&Path>,
+    sess_in: Option<&Path>,
+) -> (bool, String) {
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+        "-servername",
+        "a.test",
+        version,
+        "-ign_eof",
+    ]);
+    if let Some((c, k)) = cert {
+        cmd.arg("-cert").arg(c).arg("-key").arg(k);
+    }
+    if let Some(p) = sess_out {
+        cmd.arg("-sess_out").arg(p);
+    }
+    if let Some(p) = sess_in {
+        cmd.arg("-sess_in").arg(p);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the openssl command-line tool is installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /v1/models HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // s_client may print a session ticket's dump around the answer: the status line is
+    // found wherever it starts.
+    let status = text
+        .find("HTTP/1.1 ")
+        .and_then(|at| text[at..].split("\r\n").next())
+        .map_or_else(
+            || format!("no answer: {}", String::from_utf8_lossy(&out.stderr)),
+            str::to_owned,
+        );
+    (text.contains("\nReused, "), status)
+}
+
+#[tokio::test]
+async fn a_resumed_tls_session_keeps_its_client_identity_and_gives_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path(), "default", &["a.test"], 2031);
+    let (internal, partner) = (ClientPki::new(), ClientPki::new());
+    std::fs::write(dir.path().join("internal.pem"), &internal.ca_pem).unwrap();
+    std::fs::write(dir.path().join("internal-copy.pem"), &internal.ca_pem).unwrap();
+    std::fs::write(dir.path().join("partner.pem"), &partner.ca_pem).unwrap();
+    let (cert, key) = internal.client(&["billing.internal"], "svc");
+    let (cert_path, key_path) = (dir.path().join("billing.pem"), dir.path().join("billing.key"));
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let mock = Mock::start();
+    let (int_port, partner_port) = (free_port(), free_port());
+    let gw = Gateway::start(
+        &two_ca_config(&dir.path().display().to_string(), int_port, partner_port),
+        &mock,
+    );
+    assert!(wait_until(10, || TcpStream::connect(("127.0.0.1", partner_port)).is_ok()));
+    let client = Some((cert_path.as_path(), key_path.as_path()));
+    for version in ["-tls1_3", "-tls1_2"] {
+        let sess = dir.path().join(format!("sess{version}.pem"));
+        assert_eq!(
+            s_client(int_port, version, client, Some(&sess), None),
+            (false, "HTTP/1.1 200 OK".into()),
+            "{version}: the first handshake"
+        );
+        // Resumed without presenting the certificate again: the session brings it back.
+        assert_eq!(
+            s_client(int_port, version, None, None, Some(&sess)),
+            (true, "HTTP/1.1 200 OK".into()),
+            "{version}: the resumed handshake"
+        );
+        // The session does not resume on the partner's listener: a new handshake without
+        // a certificate, and no caller.
+        assert_eq!(
+            s_client(partner_port, version, None, None, Some(&sess)),
+            (false, "HTTP/1.1 401 Unauthorized".into()),
+            "{version}: another listener"
+        );
+        // A session made without a certificate resumes as no one.
+        let anonymous = dir.path().join(format!("anon{version}.pem"));
+        assert_eq!(
+            s_client(int_port, version, None, Some(&anonymous), None).1,
+            "HTTP/1.1 401 Unauthorized"
+        );
+        assert_eq!(
+            s_client(int_port, version, None, None, Some(&anonymous)),
+            (true, "HTTP/1.1 401 Unauthorized".into()),
+            "{version}: an anonymous session"
+        );
+    }
+    let lines = gw.access_lines_until(10, |_| true);
+    let billing = lines.iter().filter(|l| l.contains(r#""key":"billing""#)).count();
+    assert_eq!(billing, 4, "{lines:?}");
+}

@@ -449,6 +449,90 @@ api_keys:
     );
 }
 
+impl Signer {
+    /// Signed with this header, written as JSON text (jsonwebtoken's `Header` cannot carry
+    /// `crit`).
+    fn sign_with_header(&self, header: &str, claims: &Value) -> String {
+        let message = format!("{}.{}", b64(header.as_bytes()), b64(claims.to_string().as_bytes()));
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &self.key, self.alg).unwrap();
+        format!("{message}.{sig}")
+    }
+}
+
+#[tokio::test]
+async fn tokens_with_critical_extensions_or_disguised_owners_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let signer = Signer::ed25519("k");
+    write_set(&jwks, &[&signer]);
+    let mock = Mock::start();
+    let config = format!(
+        r#"{{SERVER}}
+provider_keys:
+  - {{name: mock, provider: openai_compatible, base_url: "{{MOCK}}/v1", api_key: "{{PROVIDER_KEY}}"}}
+models:
+  - {{name: chat, provider_key: mock, model: upstream-chat}}
+jwt:
+  - {{name: corp, issuer: "{ISS}", audience: aigw, jwks_file: "{}", owner_claim: team}}
+"#,
+        jwks.display()
+    );
+    let gw = Gateway::start(&config, &mock);
+    let claims = claims("carol", &[]);
+    let header = |extra: &str| format!(r#"{{"alg":"EdDSA","typ":"JWT","kid":"k"{extra}}}"#);
+    // The same header without `crit`, and with a parameter nobody must understand: taken.
+    for extra in ["", r#","x-note":"crit""#] {
+        let token = signer.sign_with_header(&header(extra), &claims);
+        assert_eq!(chat_as(&gw, &token, "chat").await.0, 200, "{extra}");
+    }
+    let (_, reference) = chat_as(&gw, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln", "chat").await;
+    for extra in [
+        r#","crit":["exp"]"#,
+        r#","crit":["x-aigw-ignored"],"x-aigw-ignored":true"#,
+        r#","b64":false,"crit":["b64"]"#,
+        r#","crit":[]"#,
+        r#","cr\u0069t":["exp"]"#,
+    ] {
+        let token = signer.sign_with_header(&header(extra), &claims);
+        let (status, body) = chat_as(&gw, &token, "chat").await;
+        assert_eq!((status, body.as_str()), (401, reference.as_str()), "{extra}");
+    }
+    // Owners that would read as someone else, or break the log line they are written on.
+    for owner in [
+        "carol\u{202e}nimda",
+        "\u{2066}carol\u{2069}",
+        "carol\u{200f}",
+        "carol\u{2028}admin",
+        "car\u{200b}ol",
+        "carol\u{1b}[2K",
+        "carol ",
+    ] {
+        let token = signer.sign(&json!({"iss": ISS, "aud": "aigw", "team": owner, "exp": now() + 600}));
+        let (status, body) = chat_as(&gw, &token, "chat").await;
+        assert_eq!((status, body.as_str()), (401, reference.as_str()), "{owner:?}");
+    }
+    let m = metrics_text(&gw).await;
+    assert!(
+        m.contains(r#"aigw_jwt_rejections_total{issuer="corp",reason="critical_extension"} 5"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"aigw_jwt_rejections_total{issuer="corp",reason="owner"} 7"#),
+        "{m}"
+    );
+
+    // Owners in the config follow the same rule.
+    assert_config_errors(
+        "version: 1\napi_keys:\n  - {name: a, key: sk-owner-a1, owner: \"team\\u202Ea\"}\n  - {name: \"b\\u2028c\", key: sk-owner-b1}\n  - {name: d, key: sk-owner-d1, owner: \"d\\u200D\"}\n",
+        &[
+            "api_keys[0].owner: must not hold U+202E",
+            "api_keys[1].name: must not hold U+2028",
+            "api_keys[2].owner: must not hold U+200D",
+        ],
+        "sk-owner-a1",
+    );
+}
+
 const URL_CONFIG: &str = r#"{SERVER}
 provider_keys:
   - {name: mock, provider: openai_compatible, base_url: "{MOCK}/v1", api_key: "{PROVIDER_KEY}"}

@@ -10,6 +10,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -136,6 +138,8 @@ pub enum Rejection {
     Audience,
     Issuer,
     Owner,
+    /// The header names critical extensions (`crit`), and aigw understands none.
+    Critical,
 }
 
 impl Rejection {
@@ -151,6 +155,7 @@ impl Rejection {
             Rejection::Audience => "audience",
             Rejection::Issuer => "issuer",
             Rejection::Owner => "owner",
+            Rejection::Critical => "critical_extension",
         }
     }
 }
@@ -229,6 +234,7 @@ fn rejection(e: &jsonwebtoken::errors::Error) -> Rejection {
 
 impl Issuer {
     async fn verify(&self, token: &str, cells: &Cells, metrics: &Arc<Metrics>) -> Result<Arc<ApiKeyEntry>, Rejection> {
+        refuse_critical(token)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
         if !super::jwks::accepted(header.alg) {
             return Err(Rejection::Algorithm);
@@ -292,6 +298,22 @@ impl Issuer {
     }
 }
 
+/// A header that names `crit` is refused, whatever it lists (RFC 7515, 4.1.11: a
+/// recipient must refuse critical extensions it does not understand, and aigw understands
+/// none; an empty or malformed `crit` is invalid anyway). jsonwebtoken's `Header` drops the
+/// parameter, so the header is read here as well, decoded as jsonwebtoken decodes it
+/// (URL-safe base64 without padding, then JSON): a header only one of the two could read
+/// is refused, never verified.
+fn refuse_critical(token: &str) -> Result<(), Rejection> {
+    let head = token.split('.').next().unwrap_or_default();
+    let json = URL_SAFE_NO_PAD.decode(head).map_err(|_| Rejection::Malformed)?;
+    let header: Map<String, Value> = serde_json::from_slice(&json).map_err(|_| Rejection::Malformed)?;
+    if header.contains_key("crit") {
+        return Err(Rejection::Critical);
+    }
+    Ok(())
+}
+
 fn decode(token: &str, key: &DecodingKey, v: &Validation) -> Result<Map<String, Value>, Rejection> {
     jsonwebtoken::decode::<Map<String, Value>>(token, key, v)
         .map(|d| d.claims)
@@ -312,6 +334,58 @@ fn owner_claim(claim: Option<&Value>) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_header_naming_critical_extensions_is_refused() {
+        let token = |header: &str| format!("{}.e30.c2ln", URL_SAFE_NO_PAD.encode(header));
+        for crit in [
+            r#"{"alg":"EdDSA","crit":["exp"],"exp":1}"#,
+            r#"{"alg":"EdDSA","crit":[]}"#,
+            r#"{"alg":"EdDSA","crit":null}"#,
+            r#"{"alg":"EdDSA","b64":false,"crit":["b64"]}"#,
+            // An escape spells the same name.
+            r#"{"alg":"EdDSA","cr\u0069t":["x"]}"#,
+            r#"{"crit":["x"],"alg":"EdDSA","crit":["x"]}"#,
+        ] {
+            assert_eq!(refuse_critical(&token(crit)), Err(Rejection::Critical), "{crit}");
+        }
+        // Other unknown parameters are no extension anyone must understand.
+        assert_eq!(refuse_critical(&token(r#"{"alg":"EdDSA","x-note":"crit"}"#)), Ok(()));
+        // A header this check cannot read is not verified either.
+        for bad in ["e30=.e30.c2ln", "bm90IGpzb24.e30.c2ln", "W10.e30.c2ln"] {
+            assert_eq!(refuse_critical(bad), Err(Rejection::Malformed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_owner_cannot_hide_characters_that_disguise_it() {
+        for (bad, what) in [
+            ("carol\u{202e}lanigiro", "right-to-left override"),
+            ("\u{2066}carol\u{2069}", "isolate"),
+            ("carol\u{200e}", "left-to-right mark"),
+            ("carol\u{061c}", "Arabic letter mark"),
+            ("ca\u{200b}rol", "zero-width space"),
+            ("\u{feff}carol", "byte order mark"),
+            ("carol\u{2028}admin", "line separator"),
+            ("carol\u{2029}", "paragraph separator"),
+            ("carol\u{85}", "next line (C1 control)"),
+            ("carol\u{1b}[31m", "escape"),
+            (" carol", "leading space"),
+            ("carol\u{3000}", "trailing ideographic space"),
+        ] {
+            assert_eq!(owner(Some(&json!(bad))), None, "{what}");
+        }
+        // Letters and marks of every script are owners.
+        for good in [
+            "carol",
+            "Zoë",
+            "\u{05e9}\u{05dc}\u{05d5}\u{05dd}",
+            "team a/b",
+            "\u{0915}\u{094d}\u{0937}",
+        ] {
+            assert!(owner(Some(&json!(good))).is_some(), "{good}");
+        }
+    }
 
     #[test]
     fn takes_only_credentials_shaped_like_a_jwt() {

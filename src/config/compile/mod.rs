@@ -22,7 +22,7 @@ use crate::guard::Guardrail;
 use crate::limit::{Binding, Cells};
 use crate::route::upstream::UpstreamRegistry;
 
-pub use keys::{check_owner_text, hash_key, ApiKeyEntry, KeyIndex, OwnerNamespace, MAX_OWNER_BYTES};
+pub use keys::{hash_key, ApiKeyEntry, KeyIndex, OwnerNamespace, MAX_OWNER_BYTES};
 pub use models::{Model, ModelRoute, RouteTarget, Routing, Target};
 pub use providers::{BaseUrl, Provider, Secret};
 pub use server::{EtcdSettings, EtcdTlsFiles, RedisSettings, ServerSettings, TlsListener};

@@ -97,6 +97,7 @@ pub fn serve(config: PathBuf, upgrade: bool) -> Result<(), String> {
             state: state.clone(),
             listen: t.listen.clone(),
             initial: t.certificates.clone(),
+            client_ca: t.client_ca.as_ref().map(|c| c.id),
         };
         let mut tls =
             TlsSettings::with_callbacks(Box::new(picker)).map_err(|e| format!("server.tls {}: {e}", t.listen))?;
@@ -104,22 +105,34 @@ pub fn serve(config: PathBuf, upgrade: bool) -> Result<(), String> {
             tls.set_min_proto_version(Some(pingora::tls::ssl::SslVersion::TLS1_3))
                 .map_err(|e| format!("server.tls {}: {e}", t.listen))?;
         }
-        if let Some(ca) = &t.client_ca_file {
+        if let Some(cas) = &t.client_ca {
             // Asked for, not required: callers without one use keys. One that is
-            // presented must verify, or the handshake fails.
+            // presented must verify, or the handshake fails. The CAs are the ones the
+            // config compiled (and `CertPicker::client_ca` names), read once.
             let fail = |e: &dyn std::fmt::Display| format!("server.tls {}: client_ca_file: {e}", t.listen);
             tls.set_verify(pingora::tls::ssl::SslVerifyMode::PEER);
-            tls.set_ca_file(ca).map_err(|e| fail(&e))?;
             // The CAs' names go in the certificate request, so clients pick the right one.
-            let pem = std::fs::read(ca).map_err(|e| fail(&e))?;
             let mut names = openssl::stack::Stack::new().map_err(|e| fail(&e))?;
-            for c in pingora::tls::x509::X509::stack_from_pem(&pem).map_err(|e| fail(&e))? {
+            for c in &cas.certs {
+                tls.cert_store_mut().add_cert(c.clone()).map_err(|e| fail(&e))?;
                 names
                     .push(c.subject_name().to_owned().map_err(|e| fail(&e))?)
                     .map_err(|e| fail(&e))?;
             }
             tls.set_client_ca_list(names);
         }
+        // OpenSSL refuses to resume a session on a context that verifies clients but has
+        // no session id context (a fatal alert on every resumed handshake). Each listener
+        // has its own, naming its address and CA bundle: a session resumes only where it
+        // was made, and brings back the client certificate it verified, which
+        // `CertPicker` reads again as the identity.
+        let mut sid = blake3::Hasher::new();
+        sid.update(t.listen.as_bytes());
+        if let Some(cas) = &t.client_ca {
+            sid.update(&cas.id.digest());
+        }
+        tls.set_session_id_context(sid.finalize().as_bytes())
+            .map_err(|e| format!("server.tls {}: {e}", t.listen))?;
         tls.enable_h2();
         proxy.add_listener(ListenerConfig::tcp(t.listen.as_str()).tls(tls).l4_buffer(buffers));
     }

@@ -114,27 +114,128 @@ impl Certificates {
     }
 }
 
-/// The identities of a client certificate that verified against the listener's
-/// `client_ca_file`: its DNS and URI subject alternative names, then `CN=<common name>`.
-/// Kept with the connection (Pingora's TLS digest) for caller authentication.
+/// One identity of a client certificate, by type: what `api_keys[].client_cert` names
+/// (`DNS:<name>`, `URI:<uri>`, `CN=<common name>`) and a verified certificate carries.
+/// Types never match each other, so a DNS name whose text is `CN=billing` is not the
+/// common name `billing`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CertName {
+    /// A DNS subject alternative name, lowercased (DNS names are case-insensitive).
+    Dns(String),
+    /// A URI subject alternative name (`spiffe://...`), exactly.
+    Uri(String),
+    /// A common name of the subject, exactly.
+    Cn(String),
+}
+
+impl CertName {
+    /// `DNS:<name>`, `URI:<uri>` or `CN=<common name>` (the type in any case).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let typed = |tag: &str| {
+            s.get(..tag.len())
+                .filter(|t| t.eq_ignore_ascii_case(tag))
+                .map(|_| &s[tag.len()..])
+        };
+        let name = match (typed("DNS:"), typed("URI:"), typed("CN=")) {
+            (Some(n), _, _) => CertName::Dns(n.to_ascii_lowercase()),
+            (_, Some(n), _) => CertName::Uri(n.to_owned()),
+            (_, _, Some(n)) => CertName::Cn(n.to_owned()),
+            _ => return Err("must name the identity with its type: DNS:<name>, URI:<uri> or CN=<common name>".into()),
+        };
+        match &name {
+            CertName::Dns(n) | CertName::Uri(n) | CertName::Cn(n) if n.is_empty() => {
+                Err("names the type but no identity".into())
+            }
+            _ => Ok(name),
+        }
+    }
+}
+
+/// Which CA bundle verified a client certificate: a digest of the set of its CA
+/// certificates, so two files with the same CAs are one bundle whatever their names, and
+/// a bundle with one CA more or less is another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CaBundleId([u8; 32]);
+
+impl CaBundleId {
+    pub fn digest(&self) -> [u8; 32] {
+        self.0
+    }
+}
+
+/// The CAs of a `client_ca_file`, read when the config loads.
+pub struct ClientCas {
+    pub file: String,
+    pub id: CaBundleId,
+    pub certs: Vec<X509>,
+}
+
+impl fmt::Debug for ClientCas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCas")
+            .field("file", &self.file)
+            .field("certs", &self.certs.len())
+            .finish()
+    }
+}
+
+impl ClientCas {
+    /// The PEM certificates of `file`; the error says what is wrong, without content.
+    pub fn load(file: &str) -> Result<Self, String> {
+        let pem = std::fs::read(file).map_err(|e| format!("cannot read '{file}': {e}"))?;
+        let certs = X509::stack_from_pem(&pem)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .ok_or(format!("'{file}' holds no PEM certificate"))?;
+        let mut digests = certs
+            .iter()
+            .map(|c| c.to_der().map(|der| *blake3::hash(&der).as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| format!("'{file}' holds a certificate that cannot be encoded"))?;
+        digests.sort_unstable();
+        digests.dedup();
+        let mut h = blake3::Hasher::new();
+        for d in &digests {
+            h.update(d);
+        }
+        Ok(Self {
+            file: file.to_owned(),
+            id: CaBundleId(*h.finalize().as_bytes()),
+            certs,
+        })
+    }
+}
+
+/// A client certificate that verified against a listener's `client_ca_file`: its typed
+/// identities (DNS and URI subject alternative names in their order, then common names)
+/// and the bundle that verified it. Kept with the connection (Pingora's TLS digest) for
+/// caller authentication; a resumed session gives the same, from the certificate the
+/// session keeps.
 #[derive(Debug)]
-pub struct ClientIdentity(pub Vec<String>);
+pub struct ClientIdentity {
+    pub names: Vec<CertName>,
+    pub ca: CaBundleId,
+}
 
 impl ClientIdentity {
-    fn of(cert: &pingora::tls::x509::X509Ref) -> Self {
-        let mut ids: Vec<String> = cert
+    fn of(cert: &pingora::tls::x509::X509Ref, ca: CaBundleId) -> Self {
+        let mut names: Vec<CertName> = cert
             .subject_alt_names()
             .into_iter()
             .flatten()
-            .filter_map(|n| n.dnsname().or(n.uri()).map(str::to_owned))
+            .filter_map(|n| match (n.dnsname(), n.uri()) {
+                (Some(dns), _) => Some(CertName::Dns(dns.to_ascii_lowercase())),
+                (_, Some(uri)) => Some(CertName::Uri(uri.to_owned())),
+                _ => None,
+            })
             .collect();
-        ids.extend(
+        names.extend(
             cert.subject_name()
                 .entries_by_nid(Nid::COMMONNAME)
                 .filter_map(|e| e.data().to_string().ok())
-                .map(|cn| format!("CN={cn}")),
+                .map(CertName::Cn),
         );
-        Self(ids)
+        Self { names, ca }
     }
 }
 
@@ -145,6 +246,9 @@ pub struct CertPicker {
     pub state: Arc<AppState>,
     pub listen: String,
     pub initial: Arc<Certificates>,
+    /// The bundle this listener verifies client certificates with, as read at start (the
+    /// one OpenSSL holds); `None`: it asks for none.
+    pub client_ca: Option<CaBundleId>,
 }
 
 #[async_trait]
@@ -173,11 +277,12 @@ impl TlsAccept for CertPicker {
     /// A client certificate that verified (OpenSSL already refused one that did not)
     /// becomes the connection's [`ClientIdentity`].
     async fn handshake_complete_callback(&self, ssl: &TlsRef) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let ca = self.client_ca?;
         if ssl.verify_result() != pingora::tls::x509::X509VerifyResult::OK {
             return None;
         }
         let cert = ssl.peer_certificate()?;
-        Some(Arc::new(ClientIdentity::of(&cert)))
+        Some(Arc::new(ClientIdentity::of(&cert, ca)))
     }
 }
 
@@ -213,6 +318,29 @@ mod tests {
         assert_eq!(pick(Some("a.b.example.test")), "default.test");
         assert_eq!(pick(Some("example.test")), "default.test");
         assert_eq!(pick(None), "default.test");
+    }
+
+    #[test]
+    fn client_certificate_identities_are_typed() {
+        assert_eq!(
+            CertName::parse("DNS:Billing.Internal"),
+            Ok(CertName::Dns("billing.internal".into()))
+        );
+        assert_eq!(CertName::parse("dns:a"), Ok(CertName::Dns("a".into())));
+        assert_eq!(
+            CertName::parse("URI:spiffe://corp/sa/Batch"),
+            Ok(CertName::Uri("spiffe://corp/sa/Batch".into()))
+        );
+        assert_eq!(CertName::parse("CN=billing"), Ok(CertName::Cn("billing".into())));
+        // A DNS name whose text looks like a common name is still a DNS name.
+        assert_eq!(
+            CertName::parse("DNS:CN=billing"),
+            Ok(CertName::Dns("cn=billing".into()))
+        );
+        assert_ne!(CertName::parse("DNS:CN=billing"), CertName::parse("CN=billing"));
+        for bad in ["billing.internal", "spiffe://x", "CN:billing", "DNS:", "CN=", "", "é"] {
+            assert!(CertName::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -267,9 +267,9 @@ async fn a_verified_client_certificate_authenticates_a_caller() {
 {{SERVER}}
   tls:
     - {{listen: "127.0.0.1:{port}", cert_file: "{d}/default.pem", key_file: "{d}/default.key", client_ca_file: "{d}/clients.pem"}}
-{TAIL}  - {{name: svc-a, client_cert: svc-a.internal, owner: platform}}
+{TAIL}  - {{name: svc-a, client_cert: "DNS:svc-a.internal", owner: platform}}
   - {{name: svc-b, client_cert: "CN=svc-b"}}
-  - {{name: batch, client_cert: "spiffe://corp/ns/jobs/sa/batch", models: []}}
+  - {{name: batch, client_cert: "URI:spiffe://corp/ns/jobs/sa/batch", models: []}}
 "#
     );
     let gw = Gateway::start(&config, &mock);
@@ -313,9 +313,9 @@ server:
     - {{listen: "127.0.0.1:9446", certificates: [{{cert_file: "{d}/missing.pem", key_file: "{d}/one.key"}}]}}
     - {{listen: "127.0.0.1:9447", cert_file: "{d}/one.pem", key_file: "{d}/one.key", client_ca_file: "{d}/one.key"}}
 api_keys:
-  - {{name: both, key: sk-both-1234, client_cert: svc.internal}}
-  - {{name: one, client_cert: svc.internal}}
-  - {{name: two, client_cert: svc.internal}}
+  - {{name: both, key: sk-both-1234, client_cert: "DNS:svc.internal"}}
+  - {{name: one, client_cert: "DNS:svc.internal"}}
+  - {{name: two, client_cert: "DNS:svc.internal"}}
 "#
     );
     let key = std::fs::read_to_string(dir.path().join("two.key")).unwrap();
@@ -330,8 +330,230 @@ api_keys:
             "server.tls[4].client_ca_file: '",
             "one.key' holds no PEM certificate",
             "api_keys[0]: set either a key (key, key_env or key_hash) or client_cert, not both",
-            "api_keys[2].client_cert: another api_keys entry has this client_cert",
+            "api_keys[2].client_cert: another api_keys entry bound to the same CAs has this client_cert",
         ],
         &key[30..70],
     );
+}
+
+/// Two listeners, each trusting its own CA: the internal one and a partner's. `{d}` holds
+/// `default.pem`/`.key`, `internal.pem`, `internal-copy.pem` (the same CA under another
+/// name) and `partner.pem`.
+fn two_ca_config(d: &str, internal_port: u16, partner_port: u16) -> String {
+    format!(
+        r#"
+{{SERVER}}
+  tls:
+    - {{listen: "127.0.0.1:{internal_port}", cert_file: "{d}/default.pem", key_file: "{d}/default.key", client_ca_file: "{d}/internal.pem"}}
+    - {{listen: "127.0.0.1:{partner_port}", cert_file: "{d}/default.pem", key_file: "{d}/default.key", client_ca_file: "{d}/partner.pem"}}
+{TAIL}  - {{name: billing, client_cert: "DNS:billing.internal", client_ca_file: "{d}/internal-copy.pem"}}
+  - {{name: cn-billing, client_cert: "CN=billing", client_ca_file: "{d}/internal.pem"}}
+  - {{name: partner-acme, client_cert: "DNS:acme.partner.example", client_ca_file: "{d}/partner.pem"}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_client_certificate_names_a_caller_only_through_its_ca_and_by_type() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path(), "default", &["a.test"], 2031);
+    let (internal, partner) = (ClientPki::new(), ClientPki::new());
+    std::fs::write(dir.path().join("internal.pem"), &internal.ca_pem).unwrap();
+    std::fs::write(dir.path().join("internal-copy.pem"), &internal.ca_pem).unwrap();
+    std::fs::write(dir.path().join("partner.pem"), &partner.ca_pem).unwrap();
+    let billing = internal.client(&["billing.internal"], "svc-billing");
+    let billing_upper = internal.client(&["Billing.INTERNAL"], "svc-billing-2");
+    let cn_billing = internal.client(&[], "billing");
+    // The partner's CA signs what it likes: the internal name, in a SAN and as the CN.
+    let forged = partner.client(&["billing.internal"], "billing");
+    let acme = partner.client(&["acme.partner.example"], "acme");
+    // A DNS name whose text is "CN=billing", from the internal CA, is no common name.
+    let dns_cn = internal.client(&["CN=billing"], "svc-other");
+    let mock = Mock::start();
+    let (int_port, partner_port) = (free_port(), free_port());
+    let d = dir.path().display().to_string();
+    let gw = Gateway::start(&two_ca_config(&d, int_port, partner_port), &mock);
+    assert!(wait_until(10, || TcpStream::connect(("127.0.0.1", partner_port)).is_ok()));
+
+    // The partner listener verifies the partner's certificate, but no entry bound to the
+    // partner's CA is billing: the one 401, whether it names billing by SAN or by CN.
+    assert!(status_as(partner_port, Some(&forged), None).contains("401"));
+    assert!(status_as(partner_port, Some(&acme), None).contains("200"));
+    // The internal listener refuses the partner's CA at the handshake, and takes its own.
+    assert!(status_as(int_port, Some(&forged), None).starts_with("handshake failed"));
+    assert!(status_as(int_port, Some(&billing), None).contains("200"));
+    assert!(
+        status_as(int_port, Some(&billing_upper), None).contains("200"),
+        "DNS names ignore case"
+    );
+    assert!(status_as(int_port, Some(&cn_billing), None).contains("200"));
+    assert!(status_as(int_port, Some(&dns_cn), None).contains("401"));
+    let lines = gw.access_lines_until(7, |_| true);
+    let keys: Vec<String> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| format!("{} {}", v["status"], v["key"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "401 ",
+            "200 partner-acme",
+            "200 billing",
+            "200 billing",
+            "200 cn-billing",
+            "401 "
+        ],
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn client_certificate_bindings_are_checked_when_the_config_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path(), "default", &["a.test"], 2031);
+    let (internal, partner, third) = (ClientPki::new(), ClientPki::new(), ClientPki::new());
+    std::fs::write(dir.path().join("internal.pem"), &internal.ca_pem).unwrap();
+    std::fs::write(dir.path().join("partner.pem"), &partner.ca_pem).unwrap();
+    std::fs::write(dir.path().join("third.pem"), &third.ca_pem).unwrap();
+    let d = dir.path().display();
+    let config = format!(
+        r#"
+version: 1
+server:
+  tls:
+    - {{listen: "127.0.0.1:9443", cert_file: "{d}/default.pem", key_file: "{d}/default.key", client_ca_file: "{d}/internal.pem"}}
+    - {{listen: "127.0.0.1:9444", cert_file: "{d}/default.pem", key_file: "{d}/default.key", client_ca_file: "{d}/partner.pem"}}
+api_keys:
+  - {{name: unbound, client_cert: "DNS:billing.internal"}}
+  - {{name: untyped, client_cert: billing.internal, client_ca_file: "{d}/internal.pem"}}
+  - {{name: stranger, client_cert: "URI:spiffe://x/y", client_ca_file: "{d}/third.pem"}}
+  - {{name: empty, client_cert: "CN=", client_ca_file: "{d}/missing.pem"}}
+  - {{name: key, key: sk-key-abcdef, client_ca_file: "{d}/internal.pem"}}
+"#
+    );
+    assert_config_errors(
+        &config,
+        &[
+            "api_keys[0].client_ca_file: required: the TLS listeners trust different CAs",
+            "api_keys[1].client_cert: must name the identity with its type: DNS:<name>, URI:<uri> or CN=<common name>",
+            "api_keys[2].client_ca_file: no server.tls listener has a client_ca_file with the same CAs as '",
+            "api_keys[3].client_cert: names the type but no identity",
+            "api_keys[3].client_ca_file: cannot read '",
+            "api_keys[4].client_ca_file: belongs with client_cert",
+        ],
+        "sk-key-abcdef",
+    );
+}
+
+/// One request through `openssl s_client` (`-tls1_2` or `-tls1_3`): with this client
+/// certificate (PEM files), saving the session to `sess_out` or resuming `sess_in`. Whether
+/// the session was resumed, and the answer's status line.
+fn s_client(
+    port: u16,
+    version: &str,
+    cert: Option<(&Path, &Path)>,
+    sess_out: Option<&Path>,
+    sess_in: Option<&Path>,
+) -> (bool, String) {
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+        "-servername",
+        "a.test",
+        version,
+        "-ign_eof",
+    ]);
+    if let Some((c, k)) = cert {
+        cmd.arg("-cert").arg(c).arg("-key").arg(k);
+    }
+    if let Some(p) = sess_out {
+        cmd.arg("-sess_out").arg(p);
+    }
+    if let Some(p) = sess_in {
+        cmd.arg("-sess_in").arg(p);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the openssl command-line tool is installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /v1/models HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // s_client may print a session ticket's dump around the answer: the status line is
+    // found wherever it starts.
+    let status = text
+        .find("HTTP/1.1 ")
+        .and_then(|at| text[at..].split("\r\n").next())
+        .map_or_else(
+            || format!("no answer: {}", String::from_utf8_lossy(&out.stderr)),
+            str::to_owned,
+        );
+    (text.contains("\nReused, "), status)
+}
+
+#[tokio::test]
+async fn a_resumed_tls_session_keeps_its_client_identity_and_gives_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path(), "default", &["a.test"], 2031);
+    let (internal, partner) = (ClientPki::new(), ClientPki::new());
+    std::fs::write(dir.path().join("internal.pem"), &internal.ca_pem).unwrap();
+    std::fs::write(dir.path().join("internal-copy.pem"), &internal.ca_pem).unwrap();
+    std::fs::write(dir.path().join("partner.pem"), &partner.ca_pem).unwrap();
+    let (cert, key) = internal.client(&["billing.internal"], "svc");
+    let (cert_path, key_path) = (dir.path().join("billing.pem"), dir.path().join("billing.key"));
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let mock = Mock::start();
+    let (int_port, partner_port) = (free_port(), free_port());
+    let gw = Gateway::start(
+        &two_ca_config(&dir.path().display().to_string(), int_port, partner_port),
+        &mock,
+    );
+    assert!(wait_until(10, || TcpStream::connect(("127.0.0.1", partner_port)).is_ok()));
+    let client = Some((cert_path.as_path(), key_path.as_path()));
+    for version in ["-tls1_3", "-tls1_2"] {
+        let sess = dir.path().join(format!("sess{version}.pem"));
+        assert_eq!(
+            s_client(int_port, version, client, Some(&sess), None),
+            (false, "HTTP/1.1 200 OK".into()),
+            "{version}: the first handshake"
+        );
+        // Resumed without presenting the certificate again: the session brings it back.
+        assert_eq!(
+            s_client(int_port, version, None, None, Some(&sess)),
+            (true, "HTTP/1.1 200 OK".into()),
+            "{version}: the resumed handshake"
+        );
+        // The session does not resume on the partner's listener: a new handshake without
+        // a certificate, and no caller.
+        assert_eq!(
+            s_client(partner_port, version, None, None, Some(&sess)),
+            (false, "HTTP/1.1 401 Unauthorized".into()),
+            "{version}: another listener"
+        );
+        // A session made without a certificate resumes as no one.
+        let anonymous = dir.path().join(format!("anon{version}.pem"));
+        assert_eq!(
+            s_client(int_port, version, None, Some(&anonymous), None).1,
+            "HTTP/1.1 401 Unauthorized"
+        );
+        assert_eq!(
+            s_client(int_port, version, None, None, Some(&anonymous)),
+            (true, "HTTP/1.1 401 Unauthorized".into()),
+            "{version}: an anonymous session"
+        );
+    }
+    let lines = gw.access_lines_until(10, |_| true);
+    let billing = lines.iter().filter(|l| l.contains(r#""key":"billing""#)).count();
+    assert_eq!(billing, 4, "{lines:?}");
 }

@@ -187,15 +187,15 @@ async fn tokens_from_a_key_file_are_callers_with_their_owner_models_and_limits()
     // The access log and the metrics know the caller by its owner and the issuer's name.
     let lines = gw.access_lines_until(1, |l| l.contains("owner-ed"));
     let line: Value = serde_json::from_str(lines.iter().find(|l| l.contains("owner-ed")).unwrap()).unwrap();
-    assert_eq!(line["owner"], "owner-ed");
+    assert_eq!(line["owner"], "jwt:corp/owner-ed");
     assert_eq!(line["key"], "corp");
     let m = metrics_text(&gw).await;
     assert!(
-        m.contains(r#"aigw_requests_total{model="chat",owner="owner-rsa",status="200"} 1"#),
+        m.contains(r#"aigw_requests_total{model="chat",owner="jwt:corp/owner-rsa",status="200"} 1"#),
         "{m}"
     );
     // The issuer's budget, counted per owner: 8 output tokens at $1,000 per million.
-    let spend = spend_of(&gw, "adm-jwt", "owner-ec").await;
+    let spend = spend_of(&gw, "adm-jwt", "jwt:corp/owner-ec").await;
     assert_eq!(spend["budget"], "jwt-daily", "{spend}");
     assert!((spend["spent_usd"].as_f64().unwrap() - 0.016).abs() < 1e-9, "{spend}");
 
@@ -308,6 +308,228 @@ async fn tokens_from_a_key_file_are_callers_with_their_owner_models_and_limits()
         chat_as(&gw, &rsa.sign(&claims("owner-rsa", &["chat"])), "chat").await.0,
         401,
         "the retired key"
+    );
+}
+
+/// Two issuers and a static key, each with an owner `carol`, and an issuer mapped onto the
+/// static keys' owners: `{JWKS}` is one key set for all.
+const OWNERS_CONFIG: &str = r#"{SERVER}
+  admin_keys: [{key: adm-owners}]
+provider_keys:
+  - {name: mock, provider: openai_compatible, base_url: "{MOCK}/v1", api_key: "{PROVIDER_KEY}"}
+models:
+  - {name: chat, provider_key: mock, model: "x?echo", cache: per-owner, pricing: {input_per_mtok: 0, output_per_mtok: 1000}}
+rate_limits:
+  - {name: two, requests_per_minute: 2}
+budgets:
+  - {name: daily, usd: 100, period: day}
+cache:
+  - {name: per-owner, ttl_s: 300}
+jwt:
+  - {name: corp, issuer: "https://corp.test", audience: aigw, jwks_file: "{JWKS}", rate_limit: two, budget: daily}
+  - {name: partner, issuer: "https://partner.test", audience: aigw, jwks_file: "{JWKS}", rate_limit: two, budget: daily}
+{MAPPED}api_keys:
+  - {name: carol-key, key: sk-carol-static, owner: carol, rate_limit: two, budget: daily}
+"#;
+
+async fn chat_cached(gw: &Gateway, credential: &str, prompt: &str) -> (u16, String) {
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": prompt}]});
+    let r = post_as(gw, credential, "/v1/chat/completions", &body).await;
+    let cache = r
+        .headers()
+        .get("x-aigw-cache")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (r.status().as_u16(), cache)
+}
+
+#[tokio::test]
+async fn owners_of_different_issuers_and_keys_share_nothing_unless_the_config_maps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let signer = Signer::ed25519("k");
+    write_set(&jwks, &[&signer]);
+    let carol_of = |iss: &str| signer.sign(&json!({"iss": iss, "aud": "aigw", "sub": "carol", "exp": now() + 600}));
+    let (corp, partner, mapped) = (
+        carol_of("https://corp.test"),
+        carol_of("https://partner.test"),
+        carol_of("https://mapped.test"),
+    );
+    let prompt = unique("owners");
+    let mock = Mock::start();
+    let config = OWNERS_CONFIG
+        .replace("{JWKS}", jwks.to_str().unwrap())
+        .replace("{MAPPED}", "");
+    let gw = Gateway::start(&config, &mock);
+
+    // corp's carol spends her two requests a minute, the second from the cache.
+    assert_eq!(chat_cached(&gw, &corp, &prompt).await, (200, "miss".into()));
+    assert_eq!(chat_cached(&gw, &corp, &prompt).await, (200, "hit".into()));
+    assert_eq!(chat_cached(&gw, &corp, &prompt).await.0, 429);
+    // partner's carol and the static key's carol are other owners: their own limit, their
+    // own cache entries.
+    assert_eq!(chat_cached(&gw, &partner, &prompt).await, (200, "miss".into()));
+    assert_eq!(chat_cached(&gw, "sk-carol-static", &prompt).await, (200, "miss".into()));
+    assert_eq!(chat_cached(&gw, &partner, &prompt).await, (200, "hit".into()));
+    assert_eq!(chat_cached(&gw, &partner, &prompt).await.0, 429);
+
+    // Spend, the access log and the metrics name each owner with its source.
+    for owner in ["jwt:corp/carol", "jwt:partner/carol", "carol"] {
+        let spend = spend_of(&gw, "adm-owners", owner).await;
+        assert_eq!(spend["budget"], "daily", "{owner}: {spend}");
+    }
+    let lines = gw.access_lines_until(7, |l| l.contains("carol"));
+    for owner in ["jwt:corp/carol", "jwt:partner/carol", "carol"] {
+        assert!(
+            lines.iter().any(|l| l.contains(&format!(r#""owner":"{owner}""#))),
+            "{owner}: {lines:?}"
+        );
+    }
+    let m = metrics_text(&gw).await;
+    assert!(
+        m.contains(r#"aigw_requests_total{model="chat",owner="jwt:corp/carol",status="429"} 1"#),
+        "{m}"
+    );
+    drop(gw);
+
+    // An issuer the config maps onto the static keys' owners shares carol's limit and
+    // cache with the static key; the other issuers still do not.
+    let config = OWNERS_CONFIG.replace("{JWKS}", jwks.to_str().unwrap()).replace(
+        "{MAPPED}",
+        &format!(
+            "  - {{name: mapped, issuer: \"https://mapped.test\", audience: aigw, jwks_file: \"{}\", rate_limit: two, owner_namespace: keys}}\n",
+            jwks.display()
+        ),
+    );
+    let gw = Gateway::start(&config, &mock);
+    let prompt = unique("mapped");
+    assert_eq!(chat_cached(&gw, "sk-carol-static", &prompt).await, (200, "miss".into()));
+    assert_eq!(chat_cached(&gw, &mapped, &prompt).await, (200, "hit".into()));
+    assert_eq!(chat_cached(&gw, &mapped, &prompt).await.0, 429);
+    assert_eq!(chat_cached(&gw, "sk-carol-static", &prompt).await.0, 429);
+    assert_eq!(chat_cached(&gw, &corp, &prompt).await, (200, "miss".into()));
+    let status = get_json(&format!("{}/admin/v1/status", gw.admin_url()), "adm-owners").await;
+    let namespaces: Vec<&str> = status["jwt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["owner_namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(namespaces, ["jwt:corp", "jwt:partner", "keys"]);
+}
+
+#[test]
+fn owner_namespaces_and_caller_names_are_checked_when_the_config_loads() {
+    let config = r#"version: 1
+jwt:
+  - {name: billing, issuer: "https://a.test", audience: x, jwks_url: "https://a.test/jwks"}
+  - {name: "team/x", issuer: "https://b.test", audience: x, jwks_url: "https://b.test/jwks"}
+  - {name: c, issuer: "https://c.test", audience: x, jwks_url: "https://c.test/jwks", owner_namespace: tenant-acme}
+  - {name: d, issuer: "https://d.test", audience: x, jwks_url: "https://d.test/jwks", owner_namespace: "jwt:ghost"}
+  - {name: e, issuer: "https://e.test", audience: x, jwks_url: "https://e.test/jwks", owner_namespace: "jwt:f"}
+  - {name: f, issuer: "https://f.test", audience: x, jwks_url: "https://f.test/jwks", owner_namespace: keys}
+  - {name: g, issuer: "https://g.test", audience: x, jwks_url: "https://g.test/jwks", owner_namespace: "jwt:billing"}
+api_keys:
+  - {name: billing, key: sk-billing-1}
+  - {name: k2, key: sk-k2-1, owner: "jwt:corp/carol"}
+  - {name: "JWT:corp/dave", key: sk-k3-1}
+"#;
+    assert_config_errors(
+        config,
+        &[
+            "jwt[0].name: an api_keys entry is named 'billing' too",
+            "jwt[1].name: must not contain '/'",
+            "jwt[2].owner_namespace: must be keys or jwt:<an issuer's name>",
+            "jwt[3].owner_namespace: no JWT issuer named 'ghost' in jwt",
+            "jwt[4].owner_namespace: jwt:f keeps its owners in another namespace",
+            "api_keys[1].owner: must not start with 'jwt:'",
+            "api_keys[2].name: must not start with 'jwt:' (it marks the owners of JWT issuers); as the owner",
+        ],
+        "sk-billing-1",
+    );
+}
+
+impl Signer {
+    /// Signed with this header, written as JSON text (jsonwebtoken's `Header` cannot carry
+    /// `crit`).
+    fn sign_with_header(&self, header: &str, claims: &Value) -> String {
+        let message = format!("{}.{}", b64(header.as_bytes()), b64(claims.to_string().as_bytes()));
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &self.key, self.alg).unwrap();
+        format!("{message}.{sig}")
+    }
+}
+
+#[tokio::test]
+async fn tokens_with_critical_extensions_or_disguised_owners_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let signer = Signer::ed25519("k");
+    write_set(&jwks, &[&signer]);
+    let mock = Mock::start();
+    let config = format!(
+        r#"{{SERVER}}
+provider_keys:
+  - {{name: mock, provider: openai_compatible, base_url: "{{MOCK}}/v1", api_key: "{{PROVIDER_KEY}}"}}
+models:
+  - {{name: chat, provider_key: mock, model: upstream-chat}}
+jwt:
+  - {{name: corp, issuer: "{ISS}", audience: aigw, jwks_file: "{}", owner_claim: team}}
+"#,
+        jwks.display()
+    );
+    let gw = Gateway::start(&config, &mock);
+    let claims = claims("carol", &[]);
+    let header = |extra: &str| format!(r#"{{"alg":"EdDSA","typ":"JWT","kid":"k"{extra}}}"#);
+    // The same header without `crit`, and with a parameter nobody must understand: taken.
+    for extra in ["", r#","x-note":"crit""#] {
+        let token = signer.sign_with_header(&header(extra), &claims);
+        assert_eq!(chat_as(&gw, &token, "chat").await.0, 200, "{extra}");
+    }
+    let (_, reference) = chat_as(&gw, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln", "chat").await;
+    for extra in [
+        r#","crit":["exp"]"#,
+        r#","crit":["x-aigw-ignored"],"x-aigw-ignored":true"#,
+        r#","b64":false,"crit":["b64"]"#,
+        r#","crit":[]"#,
+        r#","cr\u0069t":["exp"]"#,
+    ] {
+        let token = signer.sign_with_header(&header(extra), &claims);
+        let (status, body) = chat_as(&gw, &token, "chat").await;
+        assert_eq!((status, body.as_str()), (401, reference.as_str()), "{extra}");
+    }
+    // Owners that would read as someone else, or break the log line they are written on.
+    for owner in [
+        "carol\u{202e}nimda",
+        "\u{2066}carol\u{2069}",
+        "carol\u{200f}",
+        "carol\u{2028}admin",
+        "car\u{200b}ol",
+        "carol\u{1b}[2K",
+        "carol ",
+    ] {
+        let token = signer.sign(&json!({"iss": ISS, "aud": "aigw", "team": owner, "exp": now() + 600}));
+        let (status, body) = chat_as(&gw, &token, "chat").await;
+        assert_eq!((status, body.as_str()), (401, reference.as_str()), "{owner:?}");
+    }
+    let m = metrics_text(&gw).await;
+    assert!(
+        m.contains(r#"aigw_jwt_rejections_total{issuer="corp",reason="critical_extension"} 5"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"aigw_jwt_rejections_total{issuer="corp",reason="owner"} 7"#),
+        "{m}"
+    );
+
+    // Owners in the config follow the same rule.
+    assert_config_errors(
+        "version: 1\napi_keys:\n  - {name: a, key: sk-owner-a1, owner: \"team\\u202Ea\"}\n  - {name: \"b\\u2028c\", key: sk-owner-b1}\n  - {name: d, key: sk-owner-d1, owner: \"d\\u200D\"}\n",
+        &[
+            "api_keys[0].owner: must not hold U+202E",
+            "api_keys[1].name: must not hold U+2028",
+            "api_keys[2].owner: must not hold U+200D",
+        ],
+        "sk-owner-a1",
     );
 }
 
@@ -427,7 +649,10 @@ jwt:
         1
     );
     let lines = gw.access_lines_until(1, |l| l.contains("svc-1"));
-    assert!(lines.iter().any(|l| l.contains(r#""owner":"svc-1""#)), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains(r#""owner":"jwt:idp/svc-1""#)),
+        "{lines:?}"
+    );
 }
 
 #[test]

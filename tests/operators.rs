@@ -200,3 +200,100 @@ async fn a_created_key_goes_to_the_config_store_and_works_at_once() {
     assert!(stored["key_hash"].as_str().unwrap().starts_with("blake3:"));
     assert!(!stored.to_string().contains(&key));
 }
+
+/// Every credential a URL of the config can carry: a password, a token as the user, the
+/// same percent-encoded, a query and a fragment.
+const URL_SECRETS: [&str; 5] = ["pw-s3cret", "tok-s3cret", "enc-s3cret", "q-s3cret", "frag-s3cret"];
+
+#[tokio::test]
+async fn credentials_in_urls_show_nowhere() {
+    let mock = Mock::start();
+    let jwks_url = format!(
+        "http://tok-s3cret@127.0.0.1:{}/idp/missing?token=q-s3cret",
+        mock.addr.port()
+    );
+    let config = format!(
+        r#"{{SERVER}}
+  admin_keys: [{{key: {ADMIN_KEY}}}]
+provider_keys:
+  - {{name: mock, provider: openai_compatible, base_url: "{{MOCK}}/v1", api_key: "{{PROVIDER_KEY}}"}}
+models:
+  - {{name: chat, provider_key: mock}}
+jwt:
+  - {{name: corp, issuer: "https://sso.test", audience: aigw, jwks_url: "{jwks_url}"}}
+mcp_servers:
+  - {{name: tools, url: "https://ops:pw-s3cret@tools.test/mcp?api_key=q-s3cret#frag-s3cret"}}
+  - {{name: encoded, url: "https://us%40er:enc-s3cret%2F%3A@tools.test/mcp"}}
+api_keys:
+  - {{name: main, key: "{{CALLER_KEY}}", mcp: {{servers: ["*"]}}}}
+"#
+    );
+    let gw = Gateway::start_with(&config, &mock, &[("RUST_LOG", "debug")]);
+    // The key set's fetch fails (404), and the warning names where it went.
+    assert!(
+        wait_until(10, || gw.log_text().contains("JWT key set not fetched")),
+        "{}",
+        gw.log_text()
+    );
+    let status = get_json(&format!("{}/admin/v1/status", gw.admin_url()), ADMIN_KEY).await;
+    let urls: Vec<&str> = status["mcp_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(urls, ["https://tools.test/mcp", "https://tools.test/mcp"]);
+    let servers = get_json(&format!("{}/admin/v1/mcp_servers", gw.admin_url()), ADMIN_KEY).await;
+    let shown: Vec<&str> = servers["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["url"].as_str().unwrap())
+        .collect();
+    assert!(
+        shown.contains(&"https://<redacted>@tools.test/mcp?<redacted>#<redacted>")
+            && shown.contains(&"https://<redacted>@tools.test/mcp"),
+        "{shown:?}"
+    );
+    let issuers = get_json(&format!("{}/admin/v1/jwt", gw.admin_url()), ADMIN_KEY).await;
+    let config = get_json(&format!("{}/admin/v1/config", gw.admin_url()), ADMIN_KEY).await;
+    let everything = format!(
+        "{}\n{}\n{status}\n{servers}\n{issuers}\n{config}",
+        gw.log_text(),
+        gw.access_lines().join("\n")
+    );
+    assert!(everything.contains("/idp/missing"), "the fetch is named");
+    for secret in URL_SECRETS {
+        assert!(!everything.contains(secret), "{secret} shows:\n{everything}");
+    }
+
+    // Config errors name a bad URL without its credential, parsed or not.
+    let dir = tempfile::tempdir().unwrap();
+    for base_url in [
+        "https://ops:pw-s3cret@api.test/v1",
+        "https://tok-s3cret@api.test:notaport/v1?k=q-s3cret",
+        "https://ops:pw-s3cret?q-s3cret@api test/v1",
+    ] {
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "version: 1\nprovider_keys:\n  - {{name: p, provider: openai_compatible, base_url: \"{base_url}\"}}\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["validate", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("provider_keys[0].base_url"),
+            "{err}"
+        );
+        for secret in URL_SECRETS {
+            assert!(!err.contains(secret), "{base_url}: {err}");
+        }
+    }
+}

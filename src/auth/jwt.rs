@@ -10,21 +10,21 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::jwks::{KeySet, RemoteKeys};
 use crate::config::raw;
-use crate::config::ApiKeyEntry;
+use crate::config::{ApiKeyEntry, OwnerNamespace};
 use crate::guard::Guardrail;
 use crate::limit::Cells;
 use crate::telemetry::metrics::Metrics;
 
 /// Longer bearer credentials are not taken for tokens: real ones are 1-4 KiB.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// The longest owner a claim may name (it becomes a metric label and a limit key).
-const MAX_OWNER_BYTES: usize = 256;
 
 /// Where an issuer's verification keys are.
 #[derive(Debug)]
@@ -45,6 +45,9 @@ pub struct Issuer {
     validation: Validation,
     pub keys: Keys,
     owner_claim: String,
+    /// Where its owners live: a claim's owner `carol` is `jwt:<name>/carol` unless the
+    /// config put this issuer's owners elsewhere.
+    namespace: OwnerNamespace,
     models_claim: Option<String>,
     models: Option<HashSet<String>>,
     policy: Option<Arc<raw::RateLimit>>,
@@ -60,6 +63,7 @@ pub struct Policies {
     pub guardrails: Vec<Arc<Guardrail>>,
     pub budget: Option<Arc<raw::Budget>>,
     pub mcp: Option<Arc<crate::mcp::Access>>,
+    pub namespace: OwnerNamespace,
 }
 
 impl Issuer {
@@ -79,6 +83,7 @@ impl Issuer {
             "keys": keys,
             "keys_loaded": loaded,
             "owner_claim": self.owner_claim,
+            "owner_namespace": self.namespace.to_string(),
             "models_claim": self.models_claim,
             "models": models,
             "rate_limit": self.policy.as_ref().map(|p| p.name.clone()),
@@ -104,6 +109,7 @@ impl Issuer {
             validation,
             keys,
             owner_claim: raw.owner_claim.clone(),
+            namespace: p.namespace,
             models_claim: raw.models_claim.clone(),
             models: raw.models.as_ref().map(|m| m.iter().cloned().collect()),
             policy: p.policy,
@@ -132,6 +138,8 @@ pub enum Rejection {
     Audience,
     Issuer,
     Owner,
+    /// The header names critical extensions (`crit`), and aigw understands none.
+    Critical,
 }
 
 impl Rejection {
@@ -147,6 +155,7 @@ impl Rejection {
             Rejection::Audience => "audience",
             Rejection::Issuer => "issuer",
             Rejection::Owner => "owner",
+            Rejection::Critical => "critical_extension",
         }
     }
 }
@@ -225,6 +234,7 @@ fn rejection(e: &jsonwebtoken::errors::Error) -> Rejection {
 
 impl Issuer {
     async fn verify(&self, token: &str, cells: &Cells, metrics: &Arc<Metrics>) -> Result<Arc<ApiKeyEntry>, Rejection> {
+        refuse_critical(token)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
         if !super::jwks::accepted(header.alg) {
             return Err(Rejection::Algorithm);
@@ -249,7 +259,9 @@ impl Issuer {
                 decode(token, key, &validation)?
             }
         };
-        let owner = owner(claims.get(&self.owner_claim)).ok_or(Rejection::Owner)?;
+        let owner = owner_claim(claims.get(&self.owner_claim))
+            .and_then(|name| self.namespace.owner(&name).ok())
+            .ok_or(Rejection::Owner)?;
         Ok(Arc::new(self.caller(owner, self.allowed(&claims), cells)))
     }
 
@@ -286,27 +298,94 @@ impl Issuer {
     }
 }
 
+/// A header that names `crit` is refused, whatever it lists (RFC 7515, 4.1.11: a
+/// recipient must refuse critical extensions it does not understand, and aigw understands
+/// none; an empty or malformed `crit` is invalid anyway). jsonwebtoken's `Header` drops the
+/// parameter, so the header is read here as well, decoded as jsonwebtoken decodes it
+/// (URL-safe base64 without padding, then JSON): a header only one of the two could read
+/// is refused, never verified.
+fn refuse_critical(token: &str) -> Result<(), Rejection> {
+    let head = token.split('.').next().unwrap_or_default();
+    let json = URL_SAFE_NO_PAD.decode(head).map_err(|_| Rejection::Malformed)?;
+    let header: Map<String, Value> = serde_json::from_slice(&json).map_err(|_| Rejection::Malformed)?;
+    if header.contains_key("crit") {
+        return Err(Rejection::Critical);
+    }
+    Ok(())
+}
+
 fn decode(token: &str, key: &DecodingKey, v: &Validation) -> Result<Map<String, Value>, Rejection> {
     jsonwebtoken::decode::<Map<String, Value>>(token, key, v)
         .map(|d| d.claims)
         .map_err(|e| rejection(&e))
 }
 
-/// The owner a claim names: a non-empty string (or an integer) of printable characters,
-/// short enough for a metric label and a limit key.
-fn owner(claim: Option<&Value>) -> Option<String> {
-    let s = match claim? {
-        Value::String(s) => s.clone(),
-        Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
-        _ => return None,
-    };
-    (!s.trim().is_empty() && s.len() <= MAX_OWNER_BYTES && !s.chars().any(char::is_control)).then_some(s)
+/// The owner's name a claim gives: a string or an integer. Whether it may be an owner is
+/// [`OwnerNamespace::owner`]'s to say.
+fn owner_claim(claim: Option<&Value>) -> Option<String> {
+    match claim? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_header_naming_critical_extensions_is_refused() {
+        let token = |header: &str| format!("{}.e30.c2ln", URL_SAFE_NO_PAD.encode(header));
+        for crit in [
+            r#"{"alg":"EdDSA","crit":["exp"],"exp":1}"#,
+            r#"{"alg":"EdDSA","crit":[]}"#,
+            r#"{"alg":"EdDSA","crit":null}"#,
+            r#"{"alg":"EdDSA","b64":false,"crit":["b64"]}"#,
+            // An escape spells the same name.
+            r#"{"alg":"EdDSA","cr\u0069t":["x"]}"#,
+            r#"{"crit":["x"],"alg":"EdDSA","crit":["x"]}"#,
+        ] {
+            assert_eq!(refuse_critical(&token(crit)), Err(Rejection::Critical), "{crit}");
+        }
+        // Other unknown parameters are no extension anyone must understand.
+        assert_eq!(refuse_critical(&token(r#"{"alg":"EdDSA","x-note":"crit"}"#)), Ok(()));
+        // A header this check cannot read is not verified either.
+        for bad in ["e30=.e30.c2ln", "bm90IGpzb24.e30.c2ln", "W10.e30.c2ln"] {
+            assert_eq!(refuse_critical(bad), Err(Rejection::Malformed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_owner_cannot_hide_characters_that_disguise_it() {
+        for (bad, what) in [
+            ("carol\u{202e}lanigiro", "right-to-left override"),
+            ("\u{2066}carol\u{2069}", "isolate"),
+            ("carol\u{200e}", "left-to-right mark"),
+            ("carol\u{061c}", "Arabic letter mark"),
+            ("ca\u{200b}rol", "zero-width space"),
+            ("\u{feff}carol", "byte order mark"),
+            ("carol\u{2028}admin", "line separator"),
+            ("carol\u{2029}", "paragraph separator"),
+            ("carol\u{85}", "next line (C1 control)"),
+            ("carol\u{1b}[31m", "escape"),
+            (" carol", "leading space"),
+            ("carol\u{3000}", "trailing ideographic space"),
+        ] {
+            assert_eq!(owner(Some(&json!(bad))), None, "{what}");
+        }
+        // Letters and marks of every script are owners.
+        for good in [
+            "carol",
+            "Zoë",
+            "\u{05e9}\u{05dc}\u{05d5}\u{05dd}",
+            "team a/b",
+            "\u{0915}\u{094d}\u{0937}",
+        ] {
+            assert!(owner(Some(&json!(good))).is_some(), "{good}");
+        }
+    }
 
     #[test]
     fn takes_only_credentials_shaped_like_a_jwt() {
@@ -319,10 +398,15 @@ mod tests {
         assert!(!looks_like_jwt(huge.as_bytes()));
     }
 
+    /// The owner a claim gives in issuer `sso`'s own namespace.
+    fn owner(claim: Option<&Value>) -> Option<String> {
+        owner_claim(claim).and_then(|name| OwnerNamespace::Issuer("sso".into()).owner(&name).ok())
+    }
+
     #[test]
-    fn an_owner_is_a_short_printable_string_or_an_integer() {
-        assert_eq!(owner(Some(&json!("team-a"))).as_deref(), Some("team-a"));
-        assert_eq!(owner(Some(&json!(42))).as_deref(), Some("42"));
+    fn an_owner_is_a_short_printable_string_or_an_integer_of_its_issuer() {
+        assert_eq!(owner(Some(&json!("team-a"))).as_deref(), Some("jwt:sso/team-a"));
+        assert_eq!(owner(Some(&json!(42))).as_deref(), Some("jwt:sso/42"));
         for bad in [
             json!(""),
             json!("  "),
@@ -333,7 +417,10 @@ mod tests {
         ] {
             assert_eq!(owner(Some(&bad)), None, "{bad}");
         }
-        assert_eq!(owner(Some(&json!("x".repeat(MAX_OWNER_BYTES + 1)))), None);
+        assert_eq!(
+            owner(Some(&json!("x".repeat(crate::config::MAX_OWNER_BYTES + 1)))),
+            None
+        );
         assert_eq!(owner(None), None);
     }
 
@@ -360,6 +447,7 @@ mod tests {
                 guardrails: Vec::new(),
                 budget: None,
                 mcp: None,
+                namespace: OwnerNamespace::Issuer("sso".into()),
             },
         )
     }

@@ -63,11 +63,7 @@ pub async fn authenticate(
             }
             None => return Err(GwError::InvalidApiKey),
         },
-        (None, Some(id)) => snap
-            .keys
-            .lookup_cert(id.0.iter().map(String::as_str))
-            .ok_or(GwError::InvalidApiKey)?
-            .clone(),
+        (None, Some(id)) => snap.keys.lookup_cert(id).ok_or(GwError::InvalidApiKey)?.clone(),
         (None, None) => return Err(GwError::InvalidApiKey),
     };
     if !entry.is_active(Utc::now()) {

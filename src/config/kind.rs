@@ -75,6 +75,16 @@ impl Kind {
         }
     }
 
+    /// URL fields: their userinfo, query and fragment may carry a credential, shown
+    /// marked ([`crate::outbound::marked`]).
+    pub fn url_fields(self) -> &'static [&'static str] {
+        match self {
+            Kind::McpServers => &["/url"],
+            Kind::Jwt => &["/jwks_url"],
+            _ => &[],
+        }
+    }
+
     /// Fields whose every value may be a secret: a provider's extra `headers` often carry
     /// the credential of an OpenAI-compatible server.
     pub fn secret_maps(self) -> &'static [&'static str] {

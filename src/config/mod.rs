@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 pub use compile::{
-    ApiKeyEntry, BaseUrl, CompileCtx, KeyIndex, Model, ModelRoute, Provider, RouteTarget, Routing, ServerSettings,
-    Snapshot, Target,
+    ApiKeyEntry, BaseUrl, CompileCtx, KeyIndex, Model, ModelRoute, OwnerNamespace, Provider, RouteTarget, Routing,
+    ServerSettings, Snapshot, Target, MAX_OWNER_BYTES,
 };
 pub use interp::interpolate;
 pub use kind::Kind;

@@ -440,9 +440,12 @@ pub struct ApiKey {
     pub key: Option<String>,
     pub key_env: Option<String>,
     pub key_hash: Option<String>,
-    /// Instead of a key: the identity of a verified client certificate (a DNS or URI
-    /// subject alternative name, or `CN=<common name>`).
+    /// Instead of a key: the identity of a verified client certificate, typed
+    /// (`DNS:<name>`, `URI:<uri>` or `CN=<common name>`).
     pub client_cert: Option<String>,
+    /// The CA bundle that must have verified that certificate: a listener's
+    /// `client_ca_file` (the same CAs). Required once listeners trust different CAs.
+    pub client_ca_file: Option<String>,
     pub owner: Option<String>,
     pub models: Option<Vec<String>>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -547,6 +550,10 @@ pub struct JwtIssuer {
     /// The claim naming the caller's owner (limits, budgets, metrics, the access log).
     #[serde(default = "default_owner_claim")]
     pub owner_claim: String,
+    /// Where this issuer's owners live: `jwt:<name>` (the default, its own), `keys` (the
+    /// owners of `api_keys`), or `jwt:<another issuer's name>`. Owners of one namespace
+    /// share limits, budgets, caches and metrics; of two, never.
+    pub owner_namespace: Option<String>,
     /// The claim listing the model aliases the caller may use (a list, or one string of
     /// space-separated aliases). Without it, `models` alone decides.
     pub models_claim: Option<String>,

@@ -62,9 +62,10 @@ impl Etcd {
         if let Some(tls) = &s.tls {
             opts = opts.with_tls(tls_options(tls)?);
         }
-        let client = Client::connect(&s.endpoints, Some(opts))
-            .await
-            .map_err(|e| format!("cannot connect to etcd at {}: {e}", s.endpoints.join(", ")))?;
+        let client = Client::connect(&s.endpoints, Some(opts)).await.map_err(|e| {
+            let at: Vec<String> = s.endpoints.iter().map(|u| crate::outbound::shown(u)).collect();
+            format!("cannot connect to etcd at {}: {e}", at.join(", "))
+        })?;
         Ok(Self {
             client,
             prefix: s.prefix.trim_end_matches('/').to_owned(),

@@ -172,6 +172,13 @@ pub fn redact(kind: Kind, v: &mut Value) {
             hide(s);
         }
     }
+    for field in kind.url_fields() {
+        if let Some(Value::String(s)) = v.pointer_mut(field) {
+            if !is_env_reference(s) {
+                *s = crate::outbound::marked(s, REDACTED);
+            }
+        }
+    }
     let Some(obj) = v.as_object_mut() else { return };
     for field in kind.secret_maps() {
         if let Some(Value::Object(m)) = obj.get_mut(*field) {
@@ -219,6 +226,27 @@ pub fn prepare(kind: Kind, name: &str, mut v: Value, stored: Option<&Value>) -> 
                 return Err(ConfigError::new(
                     format!("{kind}/{name}{}", field.replace('/', ".")),
                     "is redacted, and no stored value to keep",
+                ))
+            }
+        }
+    }
+    // A URL shown with its credential parts marked: the stored URL, when it is the one
+    // shown; anything else with a mark in it would store the mark.
+    for field in kind.url_fields() {
+        let Some(slot) = v
+            .pointer_mut(field)
+            .filter(|s| s.as_str().is_some_and(|s| s.contains(REDACTED)))
+        else {
+            continue;
+        };
+        match stored.and_then(|s| s.pointer(field)).and_then(Value::as_str) {
+            Some(old) if slot.as_str() == Some(&crate::outbound::marked(old, REDACTED)) => {
+                *slot = Value::String(old.to_owned());
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{kind}/{name}{}", field.replace('/', ".")),
+                    "has redacted parts that are not those of the stored URL: write the whole URL",
                 ))
             }
         }
@@ -368,5 +396,36 @@ mod tests {
         assert_eq!(kept, stored);
         let e = prepare(Kind::ProviderKeys, "b", shown, None).unwrap_err();
         assert!(e.to_string().contains("b.aws.secret_access_key"), "{e}");
+    }
+
+    #[test]
+    fn urls_show_their_credential_parts_marked_and_keep_them_when_written_back() {
+        let stored = json!({"name": "t", "url": "https://ops:pw@tools.test/mcp?key=q#f"});
+        let mut shown = stored.clone();
+        redact(Kind::McpServers, &mut shown);
+        assert_eq!(shown["url"], "https://<redacted>@tools.test/mcp?<redacted>#<redacted>");
+        assert_eq!(
+            prepare(Kind::McpServers, "t", shown.clone(), Some(&stored)).unwrap(),
+            stored
+        );
+        // Marks that are not the stored URL's would be stored as text: refused.
+        let mut moved = shown.clone();
+        moved["url"] = json!("https://<redacted>@other.test/mcp");
+        let e = prepare(Kind::McpServers, "t", moved, Some(&stored)).unwrap_err();
+        assert!(e.to_string().contains("t.url"), "{e}");
+        assert!(prepare(Kind::McpServers, "t", shown, None).is_err());
+        // A new URL is taken as written; a JWT issuer's jwks_url is marked the same way.
+        let fresh = json!({"name": "t", "url": "https://tools.test/v2"});
+        assert_eq!(
+            prepare(Kind::McpServers, "t", fresh.clone(), Some(&stored)).unwrap(),
+            fresh
+        );
+        let mut issuer =
+            json!({"name": "i", "jwks_url": "https://idp.test/jwks?token=t0k", "issuer": "https://idp.test"});
+        redact(Kind::Jwt, &mut issuer);
+        assert_eq!(issuer["jwks_url"], "https://idp.test/jwks?<redacted>");
+        let mut env = json!({"name": "t", "url": "${MCP_URL}"});
+        redact(Kind::McpServers, &mut env);
+        assert_eq!(env["url"], "${MCP_URL}");
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::keys::{check_owner_text, OwnerNamespace};
 use super::{raw, Errors, Refs};
 use crate::auth::jwks::{self, KeySet, RemoteKeys, Source};
 use crate::auth::jwt::{Issuer, Issuers, Keys, Policies};
@@ -33,10 +34,11 @@ pub(super) fn compile_jwt(list: &[raw::JwtIssuer], refs: &Refs<'_, '_>, errs: &m
         }
         refs.check_policies(&path, j.rate_limit.as_deref(), &j.guardrails, j.budget.as_deref(), errs);
         let mcp = refs.mcp_access(&path, j.mcp.as_ref(), errs);
+        let namespace = namespace(&path, j, list, errs);
         let Some(keys) = keys(&path, j, errs) else { continue };
-        if !ok {
+        let Some(namespace) = namespace.filter(|_| ok) else {
             continue;
-        }
+        };
         let policies = Policies {
             policy: j
                 .rate_limit
@@ -46,6 +48,7 @@ pub(super) fn compile_jwt(list: &[raw::JwtIssuer], refs: &Refs<'_, '_>, errs: &m
             guardrails: refs.guardrails(&j.guardrails),
             budget: j.budget.as_ref().and_then(|b| refs.budgets.get(b.as_str()).cloned()),
             mcp,
+            namespace,
         };
         out.push(Arc::new(Issuer::new(j, keys, policies)));
     }
@@ -83,6 +86,57 @@ fn check_fields(path: &str, j: &raw::JwtIssuer, errs: &mut Errors) -> bool {
         );
     }
     errs.0.len() == before
+}
+
+/// Where the issuer's owners live: its own namespace, unless `owner_namespace` puts them
+/// with the owners of `keys` or of another issuer (one that keeps its own). The name is
+/// part of every owner it gives (`jwt:<name>/<owner>`), so it holds no `/` and nothing
+/// an owner may not hold.
+fn namespace(path: &str, j: &raw::JwtIssuer, all: &[raw::JwtIssuer], errs: &mut Errors) -> Option<OwnerNamespace> {
+    let mut ok = true;
+    if let Err(e) = check_owner_text(&j.name) {
+        // An empty name is reported with the other names.
+        if !j.name.is_empty() {
+            errs.push(format!("{path}.name"), e);
+        }
+        ok = false;
+    } else if j.name.contains('/') {
+        errs.push(
+            format!("{path}.name"),
+            "must not contain '/' (it separates the issuer from the owner in jwt:<issuer>/<owner>)",
+        );
+        ok = false;
+    }
+    let Some(text) = &j.owner_namespace else {
+        return ok.then(|| OwnerNamespace::Issuer(j.name.clone()));
+    };
+    let at = format!("{path}.owner_namespace");
+    let ns = match OwnerNamespace::parse(text) {
+        None => {
+            errs.push(at, "must be keys or jwt:<an issuer's name>");
+            return None;
+        }
+        Some(OwnerNamespace::Issuer(other)) if other != j.name => match all.iter().find(|o| o.name == other) {
+            None => {
+                errs.push(at, format!("no JWT issuer named '{other}' in jwt"));
+                return None;
+            }
+            Some(o)
+                if o.owner_namespace
+                    .as_deref()
+                    .is_some_and(|n| n != format!("jwt:{other}")) =>
+            {
+                errs.push(
+                    at,
+                    format!("jwt:{other} keeps its owners in another namespace; name that one"),
+                );
+                return None;
+            }
+            Some(_) => OwnerNamespace::Issuer(other),
+        },
+        Some(ns) => ns,
+    };
+    ok.then_some(ns)
 }
 
 /// The issuer's keys: the file's, read now; or a remote set, fetched in the background.

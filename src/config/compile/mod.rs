@@ -22,7 +22,7 @@ use crate::guard::Guardrail;
 use crate::limit::{Binding, Cells};
 use crate::route::upstream::UpstreamRegistry;
 
-pub use keys::{hash_key, ApiKeyEntry, KeyIndex};
+pub use keys::{hash_key, ApiKeyEntry, KeyIndex, OwnerNamespace, MAX_OWNER_BYTES};
 pub use models::{Model, ModelRoute, RouteTarget, Routing, Target};
 pub use providers::{BaseUrl, Provider, Secret};
 pub use server::{EtcdSettings, EtcdTlsFiles, RedisSettings, ServerSettings, TlsListener};
@@ -260,6 +260,19 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
             ),
         ),
     ]);
+    // Key and issuer names both name callers (the access log's `key`, MCP sessions, the
+    // status): one name, one caller.
+    for (i, j) in raw.jwt.iter().enumerate() {
+        if known[&Kind::ApiKeys].contains(j.name.as_str()) {
+            errs.push(
+                format!("jwt[{i}].name"),
+                format!(
+                    "an api_keys entry is named '{}' too; key and issuer names both name callers, so they must differ",
+                    j.name
+                ),
+            );
+        }
+    }
     let (guards, guard_order) = policies::compile_guardrails(&raw.guardrails, &mut errs);
     let refs = Refs {
         ctx,
@@ -273,7 +286,8 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
 
     let providers = providers::compile_providers(&raw.provider_keys, ctx, &mut errs);
     let (models, model_order) = models::compile_models(&raw.models, &providers, &refs, &mut errs);
-    let keys = keys::compile_keys(&raw.api_keys, &refs, &mut errs);
+    let listener_cas: Vec<_> = server.tls.iter().filter_map(|t| t.client_ca.clone()).collect();
+    let keys = keys::compile_keys(&raw.api_keys, &listener_cas, &refs, &mut errs);
     let jwt = jwt::compile_jwt(&raw.jwt, &refs, &mut errs);
     let mcp_servers = mcp::compile_servers(&raw.mcp_servers, &mut errs);
     // Its borrows of `raw` end here, before `raw.rate_limits` moves into the snapshot.

@@ -33,6 +33,10 @@ impl BaseUrl {
             Some("http") => false,
             _ => return Err("must start with http:// or https://".into()),
         };
+        // It would ride in the Host header of every request (and in errors).
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err("must not hold user:password@ (the provider's credential goes in api_key or headers)".into());
+        }
         let host = uri.host().filter(|h| !h.is_empty()).ok_or("has no host")?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         if uri.query().is_some() {
@@ -166,7 +170,10 @@ fn compile_provider(i: usize, p: &raw::ProviderKey, ctx: &CompileCtx<'_>, errs: 
         Some(u) => match BaseUrl::parse(u) {
             Ok(b) => Some(b),
             Err(e) => {
-                errs.push(format!("{path}.base_url"), format!("'{u}' {e}"));
+                errs.push(
+                    format!("{path}.base_url"),
+                    format!("'{}' {e}", crate::outbound::shown(u)),
+                );
                 None
             }
         },

@@ -13,9 +13,9 @@ pub struct TlsListener {
     pub certificates: std::sync::Arc<crate::tls::Certificates>,
     /// TLS 1.3 only (else 1.2 and 1.3). Read at start.
     pub tls13_only: bool,
-    /// CAs whose client certificates are verified and may authenticate callers. Read at
-    /// start.
-    pub client_ca_file: Option<String>,
+    /// CAs whose client certificates are verified and may authenticate callers (the
+    /// `api_keys` entries bound to this bundle). The listener keeps those read at start.
+    pub client_ca: Option<std::sync::Arc<crate::tls::ClientCas>>,
 }
 
 #[derive(Debug, Clone)]
@@ -139,23 +139,16 @@ fn compile_tls(i: usize, t: &raw::TlsListener, errs: &mut Errors) -> Option<TlsL
             false
         }
     };
-    if let Some(ca) = &t.client_ca_file {
-        let read = std::fs::read(ca).map_err(|e| format!("cannot read '{ca}': {e}"));
-        let parsed = read.and_then(|pem| {
-            openssl::x509::X509::stack_from_pem(&pem)
-                .ok()
-                .filter(|c| !c.is_empty())
-                .ok_or(format!("'{ca}' holds no PEM certificate"))
-        });
-        if let Err(e) = parsed {
-            errs.push(format!("{path}.client_ca_file"), e);
-        }
-    }
+    let client_ca = t.client_ca_file.as_deref().and_then(|ca| {
+        crate::tls::ClientCas::load(ca)
+            .map_err(|e| errs.push(format!("{path}.client_ca_file"), e))
+            .ok()
+    });
     (errs.0.len() == before).then(|| TlsListener {
         listen: t.listen.clone(),
         certificates: std::sync::Arc::new(crate::tls::Certificates(certs)),
         tls13_only,
-        client_ca_file: t.client_ca_file.clone(),
+        client_ca: client_ca.map(std::sync::Arc::new),
     })
 }
 

@@ -24,7 +24,7 @@ use dashmap::DashMap;
 use crate::config::raw::{Budget, Period};
 use crate::error::GwError;
 use crate::redis_pool::{RedisPool, Unavailable};
-use crate::telemetry::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// The current period of a budget: its id (part of the key) and when it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,7 @@ pub mod error;
 pub mod guard;
 pub mod limit;
 pub mod mcp;
+pub mod metrics;
 pub mod mock;
 pub mod ops;
 pub mod outbound;

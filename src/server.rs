@@ -93,8 +93,13 @@ pub fn serve(config: PathBuf, upgrade: bool) -> Result<(), String> {
     for t in &snap.server.tls {
         // Each handshake's certificate comes from the snapshot of the moment, by SNI: a
         // reload rotates them without a restart (`tls::CertPicker`).
+        let (state_now, listen) = (state.clone(), t.listen.clone());
         let picker = crate::tls::CertPicker {
-            state: state.clone(),
+            current: Box::new(move || {
+                let snap = state_now.snapshot();
+                let t = snap.server.tls.iter().find(|t| t.listen == listen)?;
+                Some(t.certificates.clone())
+            }),
             listen: t.listen.clone(),
             initial: t.certificates.clone(),
             client_ca: t.client_ca.as_ref().map(|c| c.id),

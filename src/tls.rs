@@ -18,7 +18,6 @@ use pingora::tls::pkey::{PKey, Private};
 use pingora::tls::ssl::NameType;
 use pingora::tls::x509::X509;
 
-use crate::state::AppState;
 
 /// One certificate chain and its key, with the names it serves.
 pub struct Certificate {
@@ -239,11 +238,15 @@ impl ClientIdentity {
     }
 }
 
-/// Picks each handshake's certificate from the current snapshot's listener of this
-/// address; `initial` serves when a reload dropped the listener (listeners change only on
-/// restart).
+/// The certificates a listener serves now: read at each handshake, so a reload rotates
+/// them; `None` when the current config no longer has the listener.
+pub type CurrentCertificates = Box<dyn Fn() -> Option<Arc<Certificates>> + Send + Sync>;
+
+/// Picks each handshake's certificate from what [`CurrentCertificates`] gives (the current
+/// snapshot's listener of this address); `initial` serves when a reload dropped the
+/// listener (listeners change only on restart).
 pub struct CertPicker {
-    pub state: Arc<AppState>,
+    pub current: CurrentCertificates,
     pub listen: String,
     pub initial: Arc<Certificates>,
     /// The bundle this listener verifies client certificates with, as read at start (the
@@ -254,13 +257,8 @@ pub struct CertPicker {
 #[async_trait]
 impl TlsAccept for CertPicker {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
-        let snap = self.state.snapshot();
-        let certs = snap
-            .server
-            .tls
-            .iter()
-            .find(|t| t.listen == self.listen)
-            .map_or(&self.initial, |t| &t.certificates);
+        let current = (self.current)();
+        let certs = current.as_ref().unwrap_or(&self.initial);
         let sni = ssl.servername(NameType::HOST_NAME).map(str::to_owned);
         let Some(cert) = certs.pick(sni.as_deref()) else {
             return;

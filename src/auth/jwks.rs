@@ -20,7 +20,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
 use crate::outbound::shown;
-use crate::telemetry::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Fetches of one remote set are at least this far apart: the back-off after a failure,
 /// and the bound on fetches an unknown `kid` triggers.

@@ -21,7 +21,7 @@ use crate::config::raw;
 use crate::config::{ApiKeyEntry, OwnerNamespace};
 use crate::guard::Guardrail;
 use crate::limit::Cells;
-use crate::telemetry::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Longer bearer credentials are not taken for tokens: real ones are 1-4 KiB.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;

@@ -14,7 +14,7 @@ use http::HeaderMap;
 use crate::config::{ApiKeyEntry, Snapshot};
 use crate::error::GwError;
 use crate::limit::Cells;
-use crate::telemetry::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::tls::ClientIdentity;
 
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");

@@ -24,7 +24,7 @@ use crate::api::Endpoint;
 use crate::config::raw::{self, CacheScope};
 use crate::config::{ApiKeyEntry, Model, Snapshot};
 use crate::redis_pool::RedisPool;
-use crate::telemetry::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::usage::Usage;
 use assemble::Assembler;
 pub use store::{Entry, Store};

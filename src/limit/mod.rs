@@ -23,7 +23,7 @@ use pingora::http::ResponseHeader;
 
 use crate::config::raw;
 use crate::error::{GwError, RateLimited};
-use crate::telemetry::metrics::Metrics;
+use crate::metrics::Metrics;
 pub use gcra::{Rate, Verdict};
 
 /// What a rule counts.

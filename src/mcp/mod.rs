@@ -31,7 +31,7 @@ use crate::config::raw;
 use crate::config::ApiKeyEntry;
 use crate::guard::{self, Hit};
 use crate::limit::{Admitted, Limiter};
-use crate::telemetry::metrics::Metrics;
+use crate::metrics::Metrics;
 use upstream::{CallError, Server};
 
 /// What a caller may reach, compiled from its `mcp` entry.

@@ -6,6 +6,8 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::api::Dialect;
+use crate::route::plan::Outcome;
+use crate::metrics::Metrics;
 use crate::api::Endpoint;
 use crate::cache;
 use crate::config::{ApiKeyEntry, Snapshot, Target};
@@ -163,5 +165,77 @@ impl Ctx {
 impl Default for Ctx {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl Ctx {
+    /// Records this finished request in the metrics. `status` is what the caller got (0: nothing).
+    pub fn record_metrics(&self, m: &Metrics, status: u16) {
+        let ctx = self;
+        let model = ctx.alias.as_deref().unwrap_or("");
+        let owner = ctx.caller.as_ref().map_or("", |c| c.owner.as_str());
+        let status = status.to_string();
+        m.requests.with_label_values(&[model, owner, status.as_str()]).inc();
+        if let Some(c) = ctx.cache {
+            m.cache.with_label_values(&[model, c.as_str()]).inc();
+        }
+        for h in &ctx.guard_hits {
+            m.guardrail_hits
+                .with_label_values(&[&h.guardrail, crate::guard::action_name(h.action)])
+                .inc();
+        }
+        m.request_duration
+            .with_label_values(&[model])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(t) = ctx.first_event {
+            m.time_to_first_token
+                .with_label_values(&[model])
+                .observe(t.duration_since(ctx.started).as_secs_f64());
+        }
+        if let Some(plan) = &ctx.plan {
+            let end = std::time::Instant::now();
+            for a in &plan.attempts {
+                let provider = plan
+                    .candidates
+                    .iter()
+                    .find(|t| t.alias == a.target)
+                    .map_or("", |t| t.provider.name.as_str());
+                // An attempt still pending at the end broke after its header.
+                let outcome = match a.outcome {
+                    Outcome::Pending => Outcome::Error,
+                    o => o,
+                };
+                m.upstream_attempts
+                    .with_label_values(&[a.target.as_str(), provider, outcome.as_str()])
+                    .inc();
+                m.upstream_duration
+                    .with_label_values(&[a.target.as_str(), provider])
+                    .observe(a.finished.unwrap_or(end).duration_since(a.started).as_secs_f64());
+            }
+        }
+        if let (Some(u), Some(target)) = (ctx.usage, &ctx.target) {
+            let answered = target.alias.as_str();
+            if ctx.usage_estimated {
+                m.usage_estimated.with_label_values(&[answered]).inc();
+            }
+            m.tokens
+                .with_label_values(&[answered, owner, "input"])
+                .inc_by(u.input_tokens);
+            m.tokens
+                .with_label_values(&[answered, owner, "output"])
+                .inc_by(u.output_tokens);
+            for (kind, n) in [
+                ("cache_read", u.cache_read_tokens),
+                ("cache_write", u.cache_write_tokens),
+                ("reasoning", u.reasoning_tokens),
+            ] {
+                if n > 0 {
+                    m.tokens_detail.with_label_values(&[answered, owner, kind]).inc_by(n);
+                }
+            }
+            if let Some(usd) = ctx.cost_usd() {
+                m.cost.with_label_values(&[answered, owner]).inc_by(usd);
+            }
+        }
     }
 }

@@ -305,7 +305,7 @@ pub async fn settle(state: &AppState, session: &Session, ctx: &mut Ctx) {
             ctx.usage_estimated = true;
         }
     }
-    state.metrics.record(ctx, status);
+    ctx.record_metrics(&state.metrics, status);
     let tokens = match (succeeded, ctx.usage) {
         (true, Some(u)) => u.input_tokens.saturating_add(u.output_tokens),
         _ => 0,

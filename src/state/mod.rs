@@ -22,7 +22,7 @@ use crate::limit::{Cells, LimitStore, Limiter};
 use crate::redis_pool::RedisPool;
 use crate::route::{Cooldowns, UpstreamRegistry};
 use crate::store::{self, Resources};
-use crate::telemetry::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::telemetry::trace::Traces;
 
 pub struct AppState {
@@ -124,7 +124,7 @@ impl AppState {
         };
         metrics.config_version.set(version);
         metrics.config_last_reload.set(chrono::Utc::now().timestamp());
-        metrics.set_certificates(&snap.server.tls);
+        metrics.set_certificates(certificates(&snap));
         Ok(Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snap),
             config_path,
@@ -275,7 +275,7 @@ impl AppState {
         // Resolve new upstreams before any request can pick them.
         self.upstreams.resolve_new().await;
         self.caches.prune(&snap);
-        self.metrics.set_certificates(&snap.server.tls);
+        self.metrics.set_certificates(certificates(&snap));
         self.snapshot.store(Arc::new(snap));
         drop(old);
         self.limit_cells.prune();
@@ -303,3 +303,11 @@ impl Drop for InflightGuard {
         self.0.metrics.inflight.dec();
     }
 }
+/// `(listen, name, not after)` of every served certificate, for the expiry metric.
+fn certificates(snap: &Snapshot) -> impl Iterator<Item = (&str, &str, i64)> {
+    snap.server
+        .tls
+        .iter()
+        .flat_map(|l| l.certificates.0.iter().map(|c| (l.listen.as_str(), c.label(), c.not_after)))
+}
+

@@ -28,7 +28,7 @@ use opentelemetry_sdk::Resource;
 use pingora::http::RequestHeader;
 
 use super::handoff::Handoff;
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Spans waiting for export; beyond this they are dropped (and counted).
 const QUEUE: usize = 4096;

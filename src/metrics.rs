@@ -1,6 +1,6 @@
-//! Every Prometheus metric aigw exports, declared once, and the one place a finished
-//! request is recorded (from Pingora's `logging` phase, which runs on every exit path, so
-//! each request is counted exactly once). Labels only ever carry names from the config
+//! Every Prometheus metric aigw exports, declared once, below every layer that counts
+//! (a finished request is recorded by `proxy::Ctx::record_metrics`, from Pingora's
+//! `logging` phase, which runs on every exit path, so each request is counted once). Labels only ever carry names from the config
 //! (models, owners, providers, policies), owners from verified tokens of the configured
 //! JWT issuers, and status codes, so their number is bounded by the config and the
 //! issuers' users, never by what callers send.
@@ -11,8 +11,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::proxy::Ctx;
-use crate::route::plan::Outcome;
 
 /// Seconds, from a cache hit to a long generation: LLM latencies span five decades.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -316,100 +314,23 @@ impl Metrics {
         m
     }
 
-    /// Records one finished request. `status` is what the caller got (0: nothing).
-    pub fn record(&self, ctx: &Ctx, status: u16) {
-        let model = ctx.alias.as_deref().unwrap_or("");
-        let owner = ctx.caller.as_ref().map_or("", |c| c.owner.as_str());
-        let status = status.to_string();
-        self.requests.with_label_values(&[model, owner, status.as_str()]).inc();
-        if let Some(c) = ctx.cache {
-            self.cache.with_label_values(&[model, c.as_str()]).inc();
-        }
-        for h in &ctx.guard_hits {
-            self.guardrail_hits
-                .with_label_values(&[&h.guardrail, crate::guard::action_name(h.action)])
-                .inc();
-        }
-        self.request_duration
-            .with_label_values(&[model])
-            .observe(ctx.started.elapsed().as_secs_f64());
-        if let Some(t) = ctx.first_event {
-            self.time_to_first_token
-                .with_label_values(&[model])
-                .observe(t.duration_since(ctx.started).as_secs_f64());
-        }
-        if let Some(plan) = &ctx.plan {
-            let end = std::time::Instant::now();
-            for a in &plan.attempts {
-                let provider = plan
-                    .candidates
-                    .iter()
-                    .find(|t| t.alias == a.target)
-                    .map_or("", |t| t.provider.name.as_str());
-                // An attempt still pending at the end broke after its header.
-                let outcome = match a.outcome {
-                    Outcome::Pending => Outcome::Error,
-                    o => o,
-                };
-                self.upstream_attempts
-                    .with_label_values(&[a.target.as_str(), provider, outcome.as_str()])
-                    .inc();
-                self.upstream_duration
-                    .with_label_values(&[a.target.as_str(), provider])
-                    .observe(a.finished.unwrap_or(end).duration_since(a.started).as_secs_f64());
-            }
-        }
-        if let (Some(u), Some(target)) = (ctx.usage, &ctx.target) {
-            let answered = target.alias.as_str();
-            if ctx.usage_estimated {
-                self.usage_estimated.with_label_values(&[answered]).inc();
-            }
-            self.tokens
-                .with_label_values(&[answered, owner, "input"])
-                .inc_by(u.input_tokens);
-            self.tokens
-                .with_label_values(&[answered, owner, "output"])
-                .inc_by(u.output_tokens);
-            for (kind, n) in [
-                ("cache_read", u.cache_read_tokens),
-                ("cache_write", u.cache_write_tokens),
-                ("reasoning", u.reasoning_tokens),
-            ] {
-                if n > 0 {
-                    self.tokens_detail.with_label_values(&[answered, owner, kind]).inc_by(n);
-                }
-            }
-            if let Some(usd) = ctx.cost_usd() {
-                self.cost.with_label_values(&[answered, owner]).inc_by(usd);
-            }
-        }
-    }
-
     /// The served certificates' expiries, replacing those of the previous snapshot.
-    pub fn set_certificates(&self, listeners: &[crate::config::compile::TlsListener]) {
+    /// `(listen, certificate name, not after)` of each.
+    pub fn set_certificates<'a>(&self, certificates: impl IntoIterator<Item = (&'a str, &'a str, i64)>) {
         self.tls_expiry.reset();
-        for l in listeners {
-            for c in &l.certificates.0 {
-                self.tls_expiry
-                    .with_label_values(&[l.listen.as_str(), c.label()])
-                    .set(c.not_after);
-            }
+        for (listen, name, not_after) in certificates {
+            self.tls_expiry.with_label_values(&[listen, name]).set(not_after);
         }
     }
 
-    /// Each multi-target alias's targets and how many cool down, replacing the last
-    /// scrape's (an alias removed by a reload goes).
-    pub fn set_routes(&self, routes: &[crate::admin::status::Route]) {
+    /// Each multi-target alias's targets and how many cool down, as `(alias, targets,
+    /// cooling)`, replacing the last scrape's (an alias removed by a reload goes).
+    pub fn set_routes<'a>(&self, routes: impl IntoIterator<Item = (&'a str, usize, usize)>) {
         self.route_targets.reset();
         self.route_targets_cooling.reset();
-        for r in routes.iter().filter(|r| r.multi) {
-            self.route_targets
-                .with_label_values(&[r.model.as_str()])
-                .set(r.targets.len() as i64);
-            let cooling = r.targets.iter().filter(|t| t.cooldown_s.is_some()).count();
-            self.route_targets_cooling
-                .with_label_values(&[r.model.as_str()])
-                .set(cooling as i64);
+        for (alias, targets, cooling) in routes {
+            self.route_targets.with_label_values(&[alias]).set(targets as i64);
+            self.route_targets_cooling.with_label_values(&[alias]).set(cooling as i64);
         }
     }
 

@@ -146,8 +146,8 @@ fn anthropic_translation(c: &mut Criterion) {
 /// The in-process limiter: a caller policy (requests per second and minute, tokens per
 /// minute, concurrency) and a model policy checked together, then the slot released.
 fn local_limiter(c: &mut Criterion) {
-    use aigw::config::raw::RateLimit;
     use aigw::limit::{local, Cells, Rule};
+    use aigw::raw::RateLimit;
     let cells = Cells::default();
     let policy = |name: &str, conc| RateLimit {
         name: name.into(),
@@ -175,8 +175,8 @@ fn local_limiter(c: &mut Criterion) {
 }
 
 /// Guardrails from every shipped pack, as a request would carry them.
-fn shipped_guards(action: aigw::config::raw::Action) -> Vec<std::sync::Arc<aigw::guard::Guardrail>> {
-    use aigw::config::raw::{Guardrail as Raw, Stage};
+fn shipped_guards(action: aigw::raw::Action) -> Vec<std::sync::Arc<aigw::guard::Guardrail>> {
+    use aigw::raw::{Guardrail as Raw, Stage};
     ["pii", "secrets", "prompt-injection"]
         .iter()
         .map(|p| {
@@ -202,8 +202,8 @@ fn prose(size: usize) -> String {
 /// packs (JSON parse, text walk, automaton and regex set); and a 200-event stream through
 /// the response-stage hold-back with all packs masking.
 fn guardrail_scan(c: &mut Criterion) {
-    use aigw::config::raw::Action;
     use aigw::api::Endpoint;
+    use aigw::raw::Action;
     let guards = shipped_guards(Action::Block);
     let mut g = c.benchmark_group("guardrails: request, all packs");
     for size in [4 * 1024usize, 64 * 1024] {
@@ -233,8 +233,7 @@ fn guardrail_scan(c: &mut Criterion) {
     stream.push_str("data: [DONE]\n\n");
     c.bench_function("guardrails: 200-event stream, all packs masking", |b| {
         b.iter(|| {
-            let mut sg =
-                aigw::guard::stream::StreamGuard::new(masks.clone(), aigw::api::Endpoint::ChatCompletions);
+            let mut sg = aigw::guard::stream::StreamGuard::new(masks.clone(), aigw::api::Endpoint::ChatCompletions);
             let mut hits = Vec::new();
             black_box(sg.feed(stream.as_bytes(), true, &mut hits).unwrap())
         })

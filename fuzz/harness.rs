@@ -207,7 +207,7 @@ pub fn body(data: &[u8]) {
 fn guardrails() -> &'static [Arc<aigw::guard::Guardrail>] {
     static GUARDS: OnceLock<Vec<Arc<aigw::guard::Guardrail>>> = OnceLock::new();
     GUARDS.get_or_init(|| {
-        use aigw::config::raw::{Action, Guardrail, Stage};
+        use aigw::raw::{Action, Guardrail, Stage};
         // This file is built from fuzz/ and from the crate root.
         let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let filters = [here.join("filters"), here.join("../filters")]

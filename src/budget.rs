@@ -21,10 +21,10 @@ use std::time::Instant;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use dashmap::DashMap;
 
-use crate::config::raw::{Budget, Period};
 use crate::error::GwError;
-use crate::redis_pool::{RedisPool, Unavailable};
 use crate::metrics::Metrics;
+use crate::raw::{Budget, Period};
+use crate::redis_pool::{RedisPool, Unavailable};
 
 /// The current period of a budget: its id (part of the key) and when it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,6 +18,7 @@ pub mod ops;
 pub mod outbound;
 pub mod provider;
 pub mod proxy;
+pub mod raw;
 pub mod redis_pool;
 pub mod route;
 pub mod server;

@@ -11,7 +11,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-
 /// Seconds, from a cache hit to a long generation: LLM latencies span five decades.
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -330,7 +329,9 @@ impl Metrics {
         self.route_targets_cooling.reset();
         for (alias, targets, cooling) in routes {
             self.route_targets.with_label_values(&[alias]).set(targets as i64);
-            self.route_targets_cooling.with_label_values(&[alias]).set(cooling as i64);
+            self.route_targets_cooling
+                .with_label_values(&[alias])
+                .set(cooling as i64);
         }
     }
 

@@ -16,7 +16,7 @@ pub fn admin_url(config: &std::path::Path) -> String {
     let listen = crate::config::read_tree(config)
         .ok()
         .and_then(|t| t.get("server")?.get("admin_listen")?.as_str().map(str::to_owned))
-        .or_else(|| crate::config::raw::Server::default().admin_listen)
+        .or_else(|| crate::raw::Server::default().admin_listen)
         .unwrap_or_default();
     format!("http://{}", crate::admin::local_probe(&listen))
 }

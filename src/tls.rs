@@ -18,7 +18,6 @@ use pingora::tls::pkey::{PKey, Private};
 use pingora::tls::ssl::NameType;
 use pingora::tls::x509::X509;
 
-
 /// One certificate chain and its key, with the names it serves.
 pub struct Certificate {
     /// DNS names of the subject alternative names (the common name when there are none),

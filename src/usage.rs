@@ -11,7 +11,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::config::raw::Pricing;
+use crate::raw::Pricing;
 
 /// Tokens of one response.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -81,10 +81,12 @@ impl ServeHttp for Admin {
             },
             "/metrics" if self.state.snapshot().observability.prometheus => {
                 let routes = status::routes(&self.state.snapshot(), &self.state.cooldowns, std::time::Instant::now());
-                self.state.metrics.set_routes(routes.iter().filter(|r| r.multi).map(|r| {
-                    let cooling = r.targets.iter().filter(|t| t.cooldown_s.is_some()).count();
-                    (r.model.as_str(), r.targets.len(), cooling)
-                }));
+                self.state
+                    .metrics
+                    .set_routes(routes.iter().filter(|r| r.multi).map(|r| {
+                        let cooling = r.targets.iter().filter(|t| t.cooldown_s.is_some()).count();
+                        (r.model.as_str(), r.targets.len(), cooling)
+                    }));
                 let body = self.state.metrics.render();
                 Response::builder()
                     .status(200)

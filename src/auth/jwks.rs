@@ -19,8 +19,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
-use crate::outbound::shown;
 use crate::metrics::Metrics;
+use crate::outbound::shown;
 
 /// Fetches of one remote set are at least this far apart: the back-off after a failure,
 /// and the bound on fetches an unknown `kid` triggers.

@@ -17,11 +17,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::jwks::{KeySet, RemoteKeys};
-use crate::config::raw;
 use crate::config::{ApiKeyEntry, OwnerNamespace};
 use crate::guard::Guardrail;
 use crate::limit::Cells;
 use crate::metrics::Metrics;
+use crate::raw;
 
 /// Longer bearer credentials are not taken for tokens: real ones are 1-4 KiB.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;

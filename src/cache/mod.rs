@@ -21,10 +21,10 @@ use serde_json::Value;
 
 use crate::api::Dialect;
 use crate::api::Endpoint;
-use crate::config::raw::{self, CacheScope};
 use crate::config::{ApiKeyEntry, Model, Snapshot};
-use crate::redis_pool::RedisPool;
 use crate::metrics::Metrics;
+use crate::raw::{self, CacheScope};
+use crate::redis_pool::RedisPool;
 use crate::usage::Usage;
 use assemble::Assembler;
 pub use store::{Entry, Store};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::config::raw::{self, CacheBackend};
+use crate::raw::{self, CacheBackend};
 use crate::redis_pool::{RedisPool, Unavailable};
 
 /// A stored completion: the concrete model that answered, and the JSON completion in the

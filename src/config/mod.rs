@@ -7,13 +7,14 @@
 pub mod compile;
 mod interp;
 mod kind;
-pub mod raw;
 
 use std::fmt;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
+
+use crate::raw;
 
 pub use compile::{
     ApiKeyEntry, BaseUrl, CompileCtx, KeyIndex, Model, ModelRoute, OwnerNamespace, Provider, RouteTarget, Routing,

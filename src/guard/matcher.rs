@@ -9,7 +9,7 @@ use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
 use super::live::Liveness;
 use super::pii::{self, Check};
-use crate::config::raw::Rule;
+use crate::raw::Rule;
 
 /// Compiled regexes may use this much memory each (the default 10 MiB is too tight for a
 /// set of the PII detectors with their bounded repetitions).
@@ -226,7 +226,7 @@ fn next_char(hay: &str, i: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::raw::PiiType;
+    use crate::raw::PiiType;
 
     fn kw(words: &[&str], case_sensitive: bool, whole_word: bool) -> Rule {
         Rule::Keyword {

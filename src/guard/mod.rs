@@ -23,8 +23,8 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::api::Endpoint;
-use crate::config::raw::{self, Action, Stage};
 use crate::error::GwError;
+use crate::raw::{self, Action, Stage};
 pub use matcher::{Found, Matcher};
 
 #[derive(Debug)]

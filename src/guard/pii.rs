@@ -5,7 +5,7 @@
 //! can run them on its lazy DFA, and bounded repetitions where the format allows, so a
 //! stream holds back as little as a match in progress needs (see `live.rs`).
 
-use crate::config::raw::PiiType;
+use crate::raw::PiiType;
 
 /// A check on a regex match, applied before it counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use super::live::Tracker;
 use super::text::is_protocol_key;
 use super::{apply_masks, intervenes, record, Found, Guardrail, Hit};
 use crate::api::Endpoint;
-use crate::config::raw::Action;
+use crate::raw::Action;
 use crate::stream::{event_data, event_end};
 
 /// The most text one choice or block may hold back while a match is in progress.

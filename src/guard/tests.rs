@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::stream::StreamGuard;
 use super::*;
-use crate::config::raw::{self, Action, Stage};
+use crate::raw::{self, Action, Stage};
 
 const PACKS: &[&str] = &["pii.yaml", "secrets.yaml", "prompt-injection.yaml"];
 

@@ -160,8 +160,8 @@ impl LimitStore for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::raw;
     use crate::limit::Cells;
+    use crate::raw;
 
     /// A second on the store's nanosecond clock.
     const S: u64 = 1_000_000_000;

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::http::ResponseHeader;
 
-use crate::config::raw;
 use crate::error::{GwError, RateLimited};
 use crate::metrics::Metrics;
+use crate::raw;
 pub use gcra::{Rate, Verdict};
 
 /// What a rule counts.
@@ -362,7 +362,6 @@ fn per(window_us: u64) -> &'static str {
         _ => "day",
     }
 }
-
 
 /// A request that passed its limits: verdicts for the response headers, the bindings to
 /// charge tokens to, and the concurrency slots it holds until dropped.

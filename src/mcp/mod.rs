@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, Method};
 use serde_json::{json, Value};
 
-use crate::config::raw;
 use crate::config::ApiKeyEntry;
 use crate::guard::{self, Hit};
 use crate::limit::{Admitted, Limiter};
 use crate::metrics::Metrics;
+use crate::raw;
 use upstream::{CallError, Server};
 
 /// What a caller may reach, compiled from its `mcp` entry.

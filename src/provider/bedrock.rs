@@ -16,7 +16,6 @@ use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettin
 use aws_sigv4::sign::v4;
 use percent_encoding::utf8_percent_encode;
 use pingora::http::RequestHeader;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::anthropic::add_thinking;
@@ -25,9 +24,9 @@ use super::{
     thinking_blocks, Image, UNRESERVED,
 };
 use crate::api::Dialect;
-use crate::config::raw::de_opt_text;
 use crate::config::{Provider, Target};
 use crate::error::GwError;
+use crate::raw::AwsSettings;
 use crate::route::plan::ErrorClass;
 use crate::stream::translate::{fail, parse_event, Chunks, Thinking};
 use crate::stream::Translate;
@@ -44,30 +43,16 @@ pub struct Aws {
     pub credentials: Credentials,
 }
 
-/// The `aws` section of a `bedrock` provider, as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    #[serde(default, deserialize_with = "de_opt_text")]
-    pub region: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_text")]
-    pub access_key_id: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_text")]
-    pub secret_access_key: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_text")]
-    pub session_token: Option<String>,
-}
-
 /// Region and credentials: each field from the `aws` section (optional), else from the
 /// standard variable (`AWS_REGION` or `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`,
 /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`). Each problem goes to `error` with the
 /// field it concerns; `None` after any.
 pub fn compile(
-    section: Option<&Settings>,
+    section: Option<&AwsSettings>,
     env: &dyn Fn(&str) -> Option<String>,
     error: &mut dyn FnMut(&str, &str),
 ) -> Option<Aws> {
-    let empty = Settings::default();
+    let empty = AwsSettings::default();
     let a = section.unwrap_or(&empty);
     let pick = |given: &Option<String>, vars: &[&str]| {
         given

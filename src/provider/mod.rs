@@ -27,9 +27,9 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use pingora::http::RequestHeader;
 
 use crate::api::{Dialect, Endpoint, Wire};
-use crate::config::raw::ProviderKind;
 use crate::config::{Provider, Target};
 use crate::error::GwError;
+use crate::raw::ProviderKind;
 use crate::route::plan::ErrorClass;
 use crate::stream::translate::ViaChat;
 use crate::stream::{JsonTranslate, Mode, Translate};

@@ -7,8 +7,8 @@ use pingora::http::RequestHeader;
 
 use super::UNRESERVED;
 use crate::api::Endpoint;
-use crate::config::raw::ProviderKind;
 use crate::config::Provider;
+use crate::raw::ProviderKind;
 use crate::route::plan::ErrorClass;
 use serde_json::Value;
 

@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use super::UNRESERVED;
 use crate::api::Wire;
-use crate::config::raw::de_text;
 use crate::config::{Provider, Target};
 use crate::error::GwError;
+use crate::raw::VertexSettings;
 
 /// `anthropic_version` of a Claude request on Vertex AI (in the body, not a header).
 pub const ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
@@ -67,22 +67,9 @@ pub struct Vertex {
     pub tokens: Arc<Tokens>,
 }
 
-/// The `vertex` section of a `vertex` provider, as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    #[serde(deserialize_with = "de_text")]
-    pub project: String,
-    #[serde(deserialize_with = "de_text")]
-    pub location: String,
-    /// A service account key file (JSON), as `gcloud iam service-accounts keys create` writes.
-    #[serde(deserialize_with = "de_text")]
-    pub credentials_file: String,
-}
-
 /// Checks the section and reads the key file now, so a bad file fails the config load,
 /// not the first request. Each problem goes to `error` with its field; `None` after any.
-pub fn compile(v: &Settings, error: &mut dyn FnMut(&str, &str)) -> Option<Vertex> {
+pub fn compile(v: &VertexSettings, error: &mut dyn FnMut(&str, &str)) -> Option<Vertex> {
     let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     let mut ok = true;
     if !valid(&v.project) {

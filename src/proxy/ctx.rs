@@ -6,8 +6,6 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::api::Dialect;
-use crate::route::plan::Outcome;
-use crate::metrics::Metrics;
 use crate::api::Endpoint;
 use crate::cache;
 use crate::config::{ApiKeyEntry, Snapshot, Target};
@@ -15,6 +13,8 @@ use crate::error::GwError;
 use crate::guard::stream::StreamGuard;
 use crate::guard::{Guardrail, Hit};
 use crate::limit::Admitted;
+use crate::metrics::Metrics;
+use crate::route::plan::Outcome;
 use crate::route::plan::Plan;
 use crate::route::upstream::Pick;
 use crate::state::InflightGuard;

@@ -13,7 +13,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::ALPN;
 
-use crate::config::raw::Http2;
+use crate::raw::Http2;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, RetryType};
 

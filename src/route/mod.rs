@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 pub use cooldown::Cooldowns;
 pub use upstream::{Upstream, UpstreamRegistry};
 
-use crate::config::raw::Strategy;
 use crate::config::{ModelRoute, Routing, Target};
+use crate::raw::Strategy;
 
 /// The targets of a model in the order they should be tried, computed once per request.
 pub fn candidates(route: &ModelRoute) -> Vec<&Target> {

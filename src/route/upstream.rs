@@ -23,7 +23,7 @@ use pingora::lb::selection::consistent::KetamaHashing;
 use pingora::lb::selection::{Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 
-use crate::config::raw::{Balance, HashOn, HealthCheck};
+use crate::raw::{Balance, HashOn, HealthCheck};
 
 /// How often DNS names behind upstreams are resolved again.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);

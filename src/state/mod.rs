@@ -19,10 +19,10 @@ use crate::config::{self, CompileCtx, ConfigError, Snapshot};
 use crate::limit::local::LocalStore;
 use crate::limit::redis::RedisStore;
 use crate::limit::{Cells, LimitStore, Limiter};
+use crate::metrics::Metrics;
 use crate::redis_pool::RedisPool;
 use crate::route::{Cooldowns, UpstreamRegistry};
 use crate::store::{self, Resources};
-use crate::metrics::Metrics;
 use crate::telemetry::trace::Traces;
 
 pub struct AppState {
@@ -305,9 +305,10 @@ impl Drop for InflightGuard {
 }
 /// `(listen, name, not after)` of every served certificate, for the expiry metric.
 fn certificates(snap: &Snapshot) -> impl Iterator<Item = (&str, &str, i64)> {
-    snap.server
-        .tls
-        .iter()
-        .flat_map(|l| l.certificates.0.iter().map(|c| (l.listen.as_str(), c.label(), c.not_after)))
+    snap.server.tls.iter().flat_map(|l| {
+        l.certificates
+            .0
+            .iter()
+            .map(|c| (l.listen.as_str(), c.label(), c.not_after))
+    })
 }
-

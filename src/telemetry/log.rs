@@ -11,8 +11,8 @@ use serde::Serialize;
 use tracing_subscriber::EnvFilter;
 
 use super::handoff::Handoff;
-use crate::config::raw::LogFormat;
 use crate::proxy::Ctx;
+use crate::raw::LogFormat;
 use crate::route::plan::Outcome;
 use crate::state::AppState;
 

@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
-use super::raw;
 use super::{ConfigError, Kind, RawConfig};
 use crate::guard::Guardrail;
 use crate::limit::{Binding, Cells};
+use crate::raw;
 use crate::route::upstream::UpstreamRegistry;
 
 pub use keys::{hash_key, ApiKeyEntry, KeyIndex, OwnerNamespace, MAX_OWNER_BYTES};

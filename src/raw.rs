@@ -1,5 +1,6 @@
 //! Serde types that mirror the YAML file one to one (SPEC §2). Unknown fields are errors.
-//! Nothing here is validated beyond its type; `compile.rs` does the rest.
+//! Nothing here is validated beyond its type: each section is compiled by the module that
+//! owns it, and `config::compile` assembles the snapshot. Imports nothing of the crate.
 
 use std::collections::BTreeMap;
 
@@ -254,10 +255,10 @@ pub struct ProviderKey {
     #[serde(default)]
     pub http2: Http2,
     /// Google Vertex AI's project, location and service account (`provider: vertex`).
-    pub vertex: Option<crate::provider::vertex::Settings>,
+    pub vertex: Option<VertexSettings>,
     /// AWS Bedrock's region and credentials (`provider: bedrock`); each from the standard
     /// `AWS_*` variables when left out.
-    pub aws: Option<crate::provider::bedrock::Settings>,
+    pub aws: Option<AwsSettings>,
 }
 
 /// HTTP/2 to the provider.
@@ -790,4 +791,31 @@ pub struct Otlp {
 }
 fn d_ratio() -> f64 {
     1.0
+}
+
+/// The `vertex` section of a `vertex` provider, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VertexSettings {
+    #[serde(deserialize_with = "de_text")]
+    pub project: String,
+    #[serde(deserialize_with = "de_text")]
+    pub location: String,
+    /// A service account key file (JSON), as `gcloud iam service-accounts keys create` writes.
+    #[serde(deserialize_with = "de_text")]
+    pub credentials_file: String,
+}
+
+/// The `aws` section of a `bedrock` provider, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub region: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub access_key_id: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub secret_access_key: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub session_token: Option<String>,
 }

@@ -542,7 +542,7 @@ models:
         &[
             "models[0].pricing: prices must be zero or positive numbers",
             "models[1].pricing: prices must be zero or positive numbers",
-            "models[2].routing.retry_on[0]: 'context_length' is neither an HTTP status nor an error class (context_length_exceeded, content_filter)",
+            "models[2].routing.retry_on[0]: 'context_length' is neither an HTTP status nor an error class (context_length_exceeded, content_filter, request_too_large)",
             "models[2].routing.retry_on[1]: must be an HTTP error status (400-599)",
         ],
         "no secret here",

@@ -74,9 +74,15 @@ pub struct Script {
     pub cached: u64,
     /// Report this many reasoning tokens on top of the answer's (OpenAI).
     pub reasoning: u64,
-    /// Answer 400 with this provider's own error for a class of failure:
-    /// `context_length` or `content_filter`, worded as each API words it.
+    /// Answer with this provider's own error for a class of failure, worded as each API
+    /// words it: `context_length` or `content_filter` (400s), `request_too_large` (one
+    /// request over the account's size or token limit: OpenAI's 429, Anthropic's 413,
+    /// Gemini's 400).
     pub error: Option<String>,
+    /// `status` and `error` answer only requests asking for at least this many tokens
+    /// (`max_tokens`); others are served: one caller's request a target refuses while it
+    /// serves everyone else.
+    pub fail_from_tokens: Option<u64>,
 }
 
 impl Script {
@@ -98,6 +104,7 @@ impl Script {
             cached: 0,
             reasoning: 0,
             error: None,
+            fail_from_tokens: None,
         };
         let Some((_, query)) = model.split_once('?') else {
             return s;
@@ -122,6 +129,7 @@ impl Script {
                 "cached" => s.cached = n.unwrap_or(0),
                 "reasoning" => s.reasoning = n.unwrap_or(0),
                 "error" => s.error = Some(v.to_owned()),
+                "fail_from_tokens" => s.fail_from_tokens = n,
                 _ => {}
             }
         }
@@ -246,12 +254,26 @@ fn error_in(api: Api, status: u16, message: &str, retry_after: Option<u64>) -> R
     r
 }
 
-/// A 400 for a class of failure, in the body each API really sends for it: a prompt
-/// over the context window (`context_length`), or a refusal on content policy
+/// An error for a class of failure, in the body each API really sends for it: a prompt
+/// over the context window (`context_length`), a refusal on content policy
 /// (`content_filter`: Azure OpenAI's and Anthropic's; Gemini and Bedrock refuse with
-/// 200 answers, so theirs is a plain 400).
+/// 200 answers, so theirs is a plain 400), or one request over the account's limits
+/// (`request_too_large`).
 fn class_error(api: Api, kind: &str) -> Response<Body> {
+    let status = match (api, kind) {
+        (Api::OpenAi, "request_too_large") => StatusCode::TOO_MANY_REQUESTS,
+        (Api::Anthropic | Api::Bedrock, "request_too_large") => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
     let body = match (api, kind) {
+        (Api::OpenAi, "request_too_large") => {
+            json!({"error": {"message": "Request too large for gpt-4o in organization org-mock on tokens per min (TPM): Limit 30000, Requested 36278. The input or output tokens must be reduced in order to run successfully.",
+            "type": "tokens", "param": null, "code": "rate_limit_exceeded"}})
+        }
+        (Api::Anthropic, "request_too_large") => json!({"type": "error", "error": {"type": "request_too_large",
+            "message": "Request exceeds the maximum allowed number of bytes."}}),
+        (Api::Gemini, "request_too_large") => json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+            "message": "Request payload size exceeds the limit: 20971520 bytes."}}),
         (Api::OpenAi, "context_length") => {
             json!({"error": {"message": "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
             "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
@@ -270,7 +292,7 @@ fn class_error(api: Api, kind: &str) -> Response<Body> {
         (Api::Bedrock, "context_length") => json!({"message": "Input is too long for requested model."}),
         _ => json!({"error": {"message": format!("mock error {kind}"), "type": "invalid_request_error"}}),
     };
-    let mut r = full(StatusCode::BAD_REQUEST, &body);
+    let mut r = full(status, &body);
     if api == Api::Bedrock {
         r.headers_mut().insert(
             "x-amzn-errortype",
@@ -624,10 +646,13 @@ impl Mock {
         if script.delay_ms > 0 && long {
             tokio::time::sleep(Duration::from_millis(script.delay_ms)).await;
         }
-        if let Some(kind) = &script.error {
+        let failing = script
+            .fail_from_tokens
+            .is_none_or(|from| req["max_tokens"].as_u64().is_some_and(|t| t >= from));
+        if let (Some(kind), true) = (&script.error, failing) {
             return class_error(api, kind);
         }
-        if let Some(status) = script.status {
+        if let (Some(status), true) = (script.status, failing) {
             return error_in(
                 api,
                 status,

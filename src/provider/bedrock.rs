@@ -447,7 +447,9 @@ pub fn response_to_chat(v: &Value, created: i64, model: &str) -> Value {
 /// The class of a Bedrock error (its `message`, lowercased): a `ValidationException`
 /// saying "input is too long for requested model", "too many input tokens" or, from
 /// Claude, "prompt is too long". Guardrails and model refusals come back as 200 answers
-/// (`guardrail_intervened`, `content_filtered`), so no error is `content_filter`.
+/// (`guardrail_intervened`, `content_filtered`), so no error is `content_filter`. Its 429
+/// `ThrottlingException` ("Too many tokens, please wait before trying again") does not
+/// say whose request used the tokens up, so it has no class.
 pub fn error_class(message: &str) -> Option<ErrorClass> {
     [
         "input is too long",

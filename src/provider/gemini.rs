@@ -395,12 +395,19 @@ pub fn response_to_chat(resp: &Value, created: i64, model: &str) -> Value {
 }
 
 /// The class of a Gemini error (its message, lowercased): "the input token count (N)
-/// exceeds the maximum number of tokens allowed (M)". Gemini refuses content with a 200
-/// answer (`promptFeedback.blockReason`, a `SAFETY` finish), never an error, so no error
-/// is `content_filter`.
+/// exceeds the maximum number of tokens allowed (M)"; "request payload size exceeds the
+/// limit: N bytes". Gemini refuses content with a 200 answer (`promptFeedback.blockReason`,
+/// a `SAFETY` finish), never an error, so no error is `content_filter`; its 429
+/// (`RESOURCE_EXHAUSTED`, "Resource has been exhausted") does not say whose request
+/// exhausted it, so it has no class.
 pub fn error_class(message: &str) -> Option<ErrorClass> {
-    (message.contains("exceeds the maximum number of tokens") || message.contains("input token count"))
-        .then_some(ErrorClass::ContextLengthExceeded)
+    if message.contains("exceeds the maximum number of tokens") || message.contains("input token count") {
+        Some(ErrorClass::ContextLengthExceeded)
+    } else if message.contains("payload size exceeds the limit") {
+        Some(ErrorClass::RequestTooLarge)
+    } else {
+        None
+    }
 }
 
 // ---- Streams ----

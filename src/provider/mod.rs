@@ -428,7 +428,7 @@ pub fn error_class(wire: Wire, status: u16, body: &[u8]) -> Option<ErrorClass> {
         .to_ascii_lowercase();
     match wire {
         Wire::OpenAi => openai::error_class(&v, &message),
-        Wire::Anthropic => anthropic::error_class(&message),
+        Wire::Anthropic => anthropic::error_class(&v, &message),
         Wire::Gemini => gemini::error_class(&message),
         Wire::Converse => bedrock::error_class(&message),
     }
@@ -600,7 +600,7 @@ mod tests {
 
     #[test]
     fn each_wire_names_its_own_error_classes() {
-        let cases: [(Wire, u16, Value, Option<ErrorClass>); 9] = [
+        let cases: [(Wire, u16, Value, Option<ErrorClass>); 14] = [
             (
                 Wire::OpenAi,
                 400,
@@ -643,6 +643,39 @@ mod tests {
                 400,
                 json!({"message": "Input is too long for requested model."}),
                 Some(ErrorClass::ContextLengthExceeded),
+            ),
+            // One request over the account's tokens per minute: the request's own size.
+            (
+                Wire::OpenAi,
+                429,
+                json!({"error": {"message": "Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Requested 36278. The input or output tokens must be reduced in order to run successfully.", "type": "tokens", "param": null, "code": "rate_limit_exceeded"}}),
+                Some(ErrorClass::RequestTooLarge),
+            ),
+            (
+                Wire::Anthropic,
+                413,
+                json!({"type": "error", "error": {"type": "request_too_large", "message": "Request exceeds the maximum allowed number of bytes."}}),
+                Some(ErrorClass::RequestTooLarge),
+            ),
+            (
+                Wire::Gemini,
+                400,
+                json!({"error": {"code": 400, "message": "Request payload size exceeds the limit: 20971520 bytes.", "status": "INVALID_ARGUMENT"}}),
+                Some(ErrorClass::RequestTooLarge),
+            ),
+            // A rate limit that does not say whose traffic reached it has no class: the
+            // same words come for one large request and for everyone's.
+            (
+                Wire::OpenAi,
+                429,
+                json!({"error": {"message": "Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Used 29000, Requested 2000. Please try again in 2s.", "type": "tokens", "param": null, "code": "rate_limit_exceeded"}}),
+                None,
+            ),
+            (
+                Wire::Anthropic,
+                429,
+                json!({"type": "error", "error": {"type": "rate_limit_error", "message": "This request would exceed the rate limit for your organization of 20,000 input tokens per minute."}}),
+                None,
             ),
             // Other errors, and server errors whatever they say, have no class.
             (

@@ -83,6 +83,10 @@ pub struct Script {
     /// (`max_tokens`); others are served: one caller's request a target refuses while it
     /// serves everyone else.
     pub fail_from_tokens: Option<u64>,
+    /// `usage=PATH:JSON`, repeatable: sets PATH (dot-separated) to the JSON value in every
+    /// usage report of the answer (`usage=prompt_tokens_details.cached_tokens:-1`), to
+    /// stage odd reports.
+    pub usage: Vec<(String, Value)>,
 }
 
 impl Script {
@@ -105,6 +109,7 @@ impl Script {
             reasoning: 0,
             error: None,
             fail_from_tokens: None,
+            usage: Vec::new(),
         };
         let Some((_, query)) = model.split_once('?') else {
             return s;
@@ -130,10 +135,37 @@ impl Script {
                 "reasoning" => s.reasoning = n.unwrap_or(0),
                 "error" => s.error = Some(v.to_owned()),
                 "fail_from_tokens" => s.fail_from_tokens = n,
+                "usage" => {
+                    if let Some((path, json)) = v.split_once(':') {
+                        if let Ok(value) = serde_json::from_str(json) {
+                            s.usage.push((path.to_owned(), value));
+                        }
+                    }
+                }
                 _ => {}
             }
         }
         s
+    }
+
+    /// A usage report as the script wants it: each `usage` path set, objects on the way
+    /// made as needed.
+    fn patch_usage(&self, mut u: Value) -> Value {
+        for (path, value) in &self.usage {
+            let mut at = &mut u;
+            let mut keys = path.split('.').peekable();
+            while let Some(k) = keys.next() {
+                if !at.is_object() {
+                    *at = json!({});
+                }
+                if keys.peek().is_none() {
+                    at[k] = value.clone();
+                } else {
+                    at = &mut at[k];
+                }
+            }
+        }
+        u
     }
 }
 
@@ -739,9 +771,11 @@ impl Mock {
         let reply = Reply::for_request(req, script, false);
         let prompt = tokens_of(text_len(&req["messages"]));
         let completion = reply.tokens() + script.reasoning;
-        let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+        let usage = script.patch_usage(
+            json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": script.cached.min(prompt)},
-            "completion_tokens_details": {"reasoning_tokens": script.reasoning}});
+            "completion_tokens_details": {"reasoning_tokens": script.reasoning}}),
+        );
         if script.bad_json {
             return bytes_response(
                 StatusCode::OK,
@@ -850,9 +884,9 @@ impl Mock {
                 .join(" ")
         };
         let (input_tokens, output_tokens) = (tokens_of(input.len()), text.split_inclusive(' ').count().max(1) as u64);
-        let usage = json!({"input_tokens": input_tokens, "output_tokens": output_tokens,
+        let usage = script.patch_usage(json!({"input_tokens": input_tokens, "output_tokens": output_tokens,
             "total_tokens": input_tokens + output_tokens,
-            "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}});
+            "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}));
         let part = |t: &str| json!({"type": "output_text", "text": t, "annotations": []});
         let item = |status: &str, content: Value| {
             json!({"id": item_id, "type": "message", "status": status,
@@ -926,8 +960,10 @@ data: {v}
         let hit = self.prompt_cache.anthropic(req, input);
         // Anthropic's input_tokens leaves out what the cache read or wrote.
         let usage = |output: u64| {
-            json!({"input_tokens": input - hit.read - hit.write, "cache_read_input_tokens": hit.read,
-                "cache_creation_input_tokens": hit.write, "output_tokens": output})
+            script.patch_usage(
+                json!({"input_tokens": input - hit.read - hit.write, "cache_read_input_tokens": hit.read,
+                "cache_creation_input_tokens": hit.write, "output_tokens": output}),
+            )
         };
         if script.bad_json {
             return bytes_response(
@@ -998,7 +1034,7 @@ data: {v}
             }
         }
         events.push(ev(json!({"type": "content_block_stop", "index": at})));
-        events.push(ev(json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": output}})));
+        events.push(ev(json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": script.patch_usage(json!({"output_tokens": output}))})));
         events.push(ev(json!({"type": "message_stop"})));
         self.stream_events(events, script, "text/event-stream")
     }
@@ -1012,8 +1048,10 @@ data: {v}
         let prompt = tokens_of(text_len(&req["contents"]) + text_len(&req["systemInstruction"]));
         let output = reply.tokens();
         let usage = |out: u64| {
-            json!({"promptTokenCount": prompt, "candidatesTokenCount": out, "thoughtsTokenCount": 2,
-                "cachedContentTokenCount": script.cached.min(prompt), "totalTokenCount": prompt + out + 2})
+            script.patch_usage(
+                json!({"promptTokenCount": prompt, "candidatesTokenCount": out, "thoughtsTokenCount": 2,
+                "cachedContentTokenCount": script.cached.min(prompt), "totalTokenCount": prompt + out + 2}),
+            )
         };
         if script.bad_json {
             return bytes_response(
@@ -1125,8 +1163,10 @@ data: {v}
         let at = u64::from(thought.is_some());
         let hit = self.prompt_cache.converse(&req, input);
         // Like Anthropic's, Converse's inputTokens leaves out what the cache read or wrote.
-        let usage = json!({"inputTokens": input - hit.read - hit.write, "outputTokens": output,
-            "cacheReadInputTokens": hit.read, "cacheWriteInputTokens": hit.write, "totalTokens": input + output});
+        let usage = script.patch_usage(
+            json!({"inputTokens": input - hit.read - hit.write, "outputTokens": output,
+            "cacheReadInputTokens": hit.read, "cacheWriteInputTokens": hit.write, "totalTokens": input + output}),
+        );
         let (block, stop) = match &reply {
             Reply::Text(t) => (json!({"text": t}), "end_turn"),
             Reply::Tool { name, args } => (

@@ -30,7 +30,7 @@ use crate::error::GwError;
 use crate::route::plan::ErrorClass;
 use crate::stream::translate::{fail, parse_event, Chunks, Thinking};
 use crate::stream::Translate;
-use crate::usage::Usage;
+use crate::usage::{Count, Usage, Whole};
 
 /// The SigV4 service name of Bedrock's runtime API.
 const SERVICE: &str = "bedrock";
@@ -373,14 +373,18 @@ pub fn finish_reason(reason: &str) -> &'static str {
 
 /// Converse `usage`: prompt tokens include cache reads and writes, as OpenAI counts them.
 pub fn usage(u: &Value) -> Usage {
-    let n = |k: &str| u[k].as_u64().unwrap_or(0);
-    Usage {
-        input_tokens: n("inputTokens") + n("cacheReadInputTokens") + n("cacheWriteInputTokens"),
-        output_tokens: n("outputTokens"),
-        cache_read_tokens: n("cacheReadInputTokens"),
-        cache_write_tokens: n("cacheWriteInputTokens"),
-        reasoning_tokens: 0,
+    if !u.is_object() && !u.is_null() {
+        return Usage::unreadable();
     }
+    let n = |k: &str| Count::of(u, k);
+    let (read, write) = (n("cacheReadInputTokens"), n("cacheWriteInputTokens"));
+    Usage::from_parts(
+        Whole::of(&[n("inputTokens"), read, write]),
+        Whole::of(&[n("outputTokens")]),
+        read,
+        write,
+        Count::Absent,
+    )
 }
 
 /// A Converse `reasoningContent` as a chat `thinking_blocks` entry (Anthropic's shape).

@@ -22,7 +22,7 @@ use crate::error::GwError;
 use crate::route::plan::ErrorClass;
 use crate::stream::translate::{fail, parse_chunk, Chunks};
 use crate::stream::Translate;
-use crate::usage::Usage;
+use crate::usage::{Count, Usage, Whole};
 
 /// The API version used when `base_url` does not name one.
 pub const API_VERSION: &str = "v1beta";
@@ -269,16 +269,17 @@ fn generation_config(req: &Value) -> Result<Map<String, Value>, GwError> {
 /// part of `candidatesTokenCount`); cached prompt tokens are already part of
 /// `promptTokenCount`.
 pub fn usage(meta: &Value) -> Usage {
-    let n = |k: &str| meta[k].as_u64().unwrap_or(0);
-    let mut u = Usage {
-        input_tokens: n("promptTokenCount") + n("toolUsePromptTokenCount"),
-        output_tokens: n("candidatesTokenCount") + n("thoughtsTokenCount"),
-        cache_read_tokens: n("cachedContentTokenCount"),
-        cache_write_tokens: 0,
-        reasoning_tokens: n("thoughtsTokenCount"),
-    };
-    u.clamp();
-    u
+    if !meta.is_object() && !meta.is_null() {
+        return Usage::unreadable();
+    }
+    let n = |k: &str| Count::of(meta, k);
+    Usage::from_parts(
+        Whole::of(&[n("promptTokenCount"), n("toolUsePromptTokenCount")]),
+        Whole::of(&[n("candidatesTokenCount"), n("thoughtsTokenCount")]),
+        n("cachedContentTokenCount"),
+        Count::Absent,
+        n("thoughtsTokenCount"),
+    )
 }
 
 /// Gemini `finishReason` -> OpenAI `finish_reason`. Gemini says `STOP` after a function

@@ -294,16 +294,18 @@ pub async fn settle(state: &AppState, session: &Session, ctx: &mut Ctx) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let succeeded = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
     // A stream cut before the provider's final count (the caller hung up after the last
-    // content event, the provider broke off) is charged an estimate, never nothing.
-    if let (true, Some(sse)) = (succeeded, &ctx.sse) {
-        if !sse.usage_final() {
-            ctx.usage = Some(crate::stream::estimate(
-                ctx.usage,
-                ctx.request_body.len(),
-                sse.output_estimate(),
-            ));
-            ctx.usage_estimated = true;
-        }
+    // content event, the provider broke off), and a count the provider wrote so that it
+    // cannot be read, are charged an estimate, never nothing.
+    let cut = ctx.sse.as_ref().is_some_and(|sse| !sse.usage_final());
+    if succeeded && (cut || ctx.usage.is_some_and(|u| u.unread())) {
+        let output = match (&ctx.sse, &ctx.json) {
+            (Some(sse), _) => sse.output_estimate(),
+            (None, Some(json)) => json.output_estimate(),
+            (None, None) => 0,
+        };
+        let reported = ctx.usage.unwrap_or_default();
+        ctx.usage = Some(reported.estimated(ctx.request_body.len(), output, cut));
+        ctx.usage_estimated = true;
     }
     state.metrics.record(ctx, status);
     let tokens = match (succeeded, ctx.usage) {

@@ -138,7 +138,8 @@ struct Record<'a> {
     cache_write_tokens: u64,
     /// Of `output_tokens`, spent reasoning.
     reasoning_tokens: u64,
-    /// The tokens are an estimate: the stream was cut before the provider's final count.
+    /// The tokens are an estimate: the stream was cut before the provider's final count,
+    /// or the provider wrote a count that cannot be read.
     usage_estimated: bool,
     /// Tokens priced with the answering model's `pricing`; null without pricing.
     cost_usd: Option<f64>,

@@ -79,6 +79,12 @@ pub struct Script {
     /// request over the account's size or token limit: OpenAI's 429, Anthropic's 413,
     /// Gemini's 400).
     pub error: Option<String>,
+    /// Pads the message of `error` with this many bytes, as a provider quoting the
+    /// flagged prompt back would.
+    pub error_pad: usize,
+    /// Writes the body of `error` in pieces of this many bytes, `chunk_delay_ms` apart,
+    /// as a provider writing its answer as it goes (each piece its own read upstream).
+    pub error_piece: usize,
     /// `status` and `error` answer only requests asking for at least this many tokens
     /// (`max_tokens`); others are served: one caller's request a target refuses while it
     /// serves everyone else.
@@ -108,6 +114,8 @@ impl Script {
             cached: 0,
             reasoning: 0,
             error: None,
+            error_pad: 0,
+            error_piece: 0,
             fail_from_tokens: None,
             usage: Vec::new(),
         };
@@ -135,6 +143,8 @@ impl Script {
                 "reasoning" => s.reasoning = n.unwrap_or(0),
                 "error" => s.error = Some(v.to_owned()),
                 "fail_from_tokens" => s.fail_from_tokens = n,
+                "error_pad" => s.error_pad = n.unwrap_or(0) as usize,
+                "error_piece" => s.error_piece = n.unwrap_or(0) as usize,
                 "usage" => {
                     if let Some((path, json)) = v.split_once(':') {
                         if let Ok(value) = serde_json::from_str(json) {
@@ -290,14 +300,16 @@ fn error_in(api: Api, status: u16, message: &str, retry_after: Option<u64>) -> R
 /// over the context window (`context_length`), a refusal on content policy
 /// (`content_filter`: Azure OpenAI's and Anthropic's; Gemini and Bedrock refuse with
 /// 200 answers, so theirs is a plain 400), or one request over the account's limits
-/// (`request_too_large`).
-fn class_error(api: Api, kind: &str) -> Response<Body> {
+/// (`request_too_large`). The script's `error_pad` lengthens the message, `error_piece`
+/// paces the body.
+fn class_error(api: Api, kind: &str, script: &Script) -> Response<Body> {
+    let pad = script.error_pad;
     let status = match (api, kind) {
         (Api::OpenAi, "request_too_large") => StatusCode::TOO_MANY_REQUESTS,
         (Api::Anthropic | Api::Bedrock, "request_too_large") => StatusCode::PAYLOAD_TOO_LARGE,
         _ => StatusCode::BAD_REQUEST,
     };
-    let body = match (api, kind) {
+    let mut body = match (api, kind) {
         (Api::OpenAi, "request_too_large") => {
             json!({"error": {"message": "Request too large for gpt-4o in organization org-mock on tokens per min (TPM): Limit 30000, Requested 36278. The input or output tokens must be reduced in order to run successfully.",
             "type": "tokens", "param": null, "code": "rate_limit_exceeded"}})
@@ -324,13 +336,48 @@ fn class_error(api: Api, kind: &str) -> Response<Body> {
         (Api::Bedrock, "context_length") => json!({"message": "Input is too long for requested model."}),
         _ => json!({"error": {"message": format!("mock error {kind}"), "type": "invalid_request_error"}}),
     };
-    let mut r = full(status, &body);
+    if pad > 0 {
+        let message = if body["error"]["message"].is_string() {
+            &mut body["error"]["message"]
+        } else {
+            &mut body["message"]
+        };
+        let padded = format!("{} Flagged: {}", message.as_str().unwrap_or_default(), "x".repeat(pad));
+        *message = json!(padded);
+    }
+    let mut r = if script.error_piece > 0 {
+        in_pieces(status, Bytes::from(body.to_string()), script)
+    } else {
+        full(status, &body)
+    };
     if api == Api::Bedrock {
         r.headers_mut().insert(
             "x-amzn-errortype",
             http::HeaderValue::from_static("ValidationException"),
         );
     }
+    r
+}
+
+/// A JSON answer written in `error_piece`-byte pieces, `chunk_delay_ms` apart.
+fn in_pieces(status: StatusCode, body: Bytes, script: &Script) -> Response<Body> {
+    let delay = Duration::from_millis(script.chunk_delay_ms);
+    let pieces: Vec<Bytes> = (0..body.len())
+        .step_by(script.error_piece.max(1))
+        .map(|at| body.slice(at..(at + script.error_piece).min(body.len())))
+        .collect();
+    let s = stream::iter(pieces).then(move |piece| async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok::<_, std::io::Error>(Frame::data(piece))
+    });
+    let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(s)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -682,7 +729,7 @@ impl Mock {
             .fail_from_tokens
             .is_none_or(|from| req["max_tokens"].as_u64().is_some_and(|t| t >= from));
         if let (Some(kind), true) = (&script.error, failing) {
-            return class_error(api, kind);
+            return class_error(api, kind, &script);
         }
         if let (Some(status), true) = (script.status, failing) {
             return error_in(
@@ -1139,7 +1186,7 @@ data: {v}
             tokio::time::sleep(Duration::from_millis(script.delay_ms)).await;
         }
         if let Some(kind) = &script.error {
-            return class_error(Api::Bedrock, kind);
+            return class_error(Api::Bedrock, kind, &script);
         }
         if let Some(status) = script.status {
             return error_in(

@@ -412,13 +412,16 @@ fn push_turn(out: &mut Vec<Value>, role: &str, field: &str, mut items: Vec<Value
 }
 
 /// The class of a provider's error answer, read by its wire format's adapter from the
-/// body (the failover decision takes it with the status: `route::plan`). `None` when the
-/// body is not JSON or says nothing a class is made of.
+/// whole body (the failover decision takes it with the status: `route::plan`).
+/// [`ErrorClass::Unreadable`] when the body is not JSON (every provider's errors are), so
+/// nothing can be said of it; `None` when it says nothing a class is made of.
 pub fn error_class(wire: Wire, status: u16, body: &[u8]) -> Option<ErrorClass> {
     if !(400..500).contains(&status) {
         return None;
     }
-    let v: Value = serde_json::from_slice(body).ok()?;
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Some(ErrorClass::Unreadable);
+    };
     // Where each API puts its message: OpenAI, Anthropic and Gemini under `error`, AWS at the top.
     let message = v["error"]["message"]
         .as_str()
@@ -694,7 +697,15 @@ mod tests {
         for (wire, status, body, want) in cases {
             assert_eq!(error_class(wire, status, body.to_string().as_bytes()), want, "{body}");
         }
-        assert_eq!(error_class(Wire::OpenAi, 400, b"<html>Bad Request</html>"), None);
+        // A body that is not JSON cannot say it is not a refusal.
+        assert_eq!(
+            error_class(Wire::OpenAi, 400, b"<html>Bad Request</html>"),
+            Some(ErrorClass::Unreadable)
+        );
+        assert_eq!(
+            error_class(Wire::Anthropic, 400, br#"{"type": "error", "error": {"type": "#),
+            Some(ErrorClass::Unreadable)
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::guard::{self, stream::StreamGuard};
 use crate::provider::Dialect;
 use crate::provider::{self, Endpoint, Wire};
 use crate::route::cooldown::parse_retry_after;
-use crate::route::plan::{Failure, Next};
+use crate::route::plan::{ErrorClass, Failure, Next};
 use crate::state::AppState;
 use crate::stream::{JsonBody, JsonTranslate, Mode, SseState};
 
@@ -98,7 +98,9 @@ fn retry_after(resp: &ResponseHeader) -> Option<std::time::Duration> {
         .and_then(parse_retry_after)
 }
 
-/// The most of an error answer read to find its class.
+/// The most of an error answer read to find its class. A longer one is
+/// [`ErrorClass::Unreadable`]: a refusal padded past it (a provider quoting the flagged
+/// prompt back) stays final.
 const ERROR_CLASS_BYTES: usize = 64 * 1024;
 
 /// Whether to hold this answer back, whole, until its error class is known: only an
@@ -111,7 +113,9 @@ pub fn hold_error(resp: &ResponseHeader, ctx: &Ctx) -> Option<usize> {
 
 /// A held error answer, whole: the provider's adapter names its class from the body
 /// (`provider::error_class`), and the failover decision takes it with the status,
-/// before anything reached the caller. Moving on fails this attempt like a status would;
+/// before anything reached the caller. A body that did not end within
+/// [`ERROR_CLASS_BYTES`] (or whose provider hung up first) is unreadable: it is never
+/// classified from its beginning. Moving on fails this attempt like a status would;
 /// otherwise the answer goes to the caller as it came.
 pub fn on_held_error(
     state: &AppState,
@@ -133,10 +137,16 @@ pub fn on_held_error(
         .collect::<Vec<_>>()
         .concat();
     let wire = ctx.target.as_ref().map_or(Wire::OpenAi, Target::wire);
+    let whole = tasks.iter().any(HttpTask::is_end);
+    let class = if whole {
+        provider::error_class(wire, status, &body)
+    } else {
+        Some(ErrorClass::Unreadable)
+    };
     let failure = Failure::Status {
         status,
         retry_after: retry_after(resp),
-        class: provider::error_class(wire, status, &body),
+        class,
     };
     if super::request::attempt_failed(state, ctx, failure, None) != Next::Stop {
         let mut e = Error::explain(FAILOVER_DECIDED, format!("provider answered {status}, trying again"));

@@ -55,6 +55,10 @@ pub enum ErrorClass {
     /// never the target's, so it never counts towards a cooldown. It moves on when its
     /// status or the class is listed.
     RequestTooLarge,
+    /// The body was held to find its class and could not be read: longer than the bytes
+    /// held, or not JSON. It may be a refusal, so it is final unless `content_filter` is
+    /// listed; a 429 is never a refusal and follows its status. Not a name for `retry_on`.
+    Unreadable,
 }
 
 impl ErrorClass {
@@ -67,6 +71,7 @@ impl ErrorClass {
             Self::ContextLengthExceeded => Self::NAMES[0],
             Self::ContentFilter => Self::NAMES[1],
             Self::RequestTooLarge => Self::NAMES[2],
+            Self::Unreadable => "unreadable",
         }
     }
 
@@ -316,12 +321,15 @@ impl Plan {
         };
         // An error class decides before the status: a listed class moves on (the request
         // did not suit this target), an unlisted content refusal is the answer whatever
-        // its status.
+        // its status, and so is an error that might be one.
         if let Some(class) = class {
             if self.multi && self.retry_classes.contains(&class) {
                 return self.request_failure(status, cooldowns, now, usable);
             }
-            if class == ErrorClass::ContentFilter {
+            let maybe_refusal = class == ErrorClass::Unreadable
+                && status != 429
+                && !self.retry_classes.contains(&ErrorClass::ContentFilter);
+            if class == ErrorClass::ContentFilter || maybe_refusal {
                 self.answered(status, cooldowns, now);
                 return Next::Stop;
             }
@@ -612,6 +620,33 @@ models:
             p.failed(f, false, &cd, t0, ALL);
         }
         assert_eq!(cd.until("a", t0), Some(t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_error_whose_class_cannot_be_read_may_be_a_refusal_and_is_final() {
+        let cd = Cooldowns::default();
+        let t0 = Instant::now();
+        let unread = |status| Failure::Status {
+            status,
+            retry_after: None,
+            class: Some(ErrorClass::Unreadable),
+        };
+        // Its status listed or not, a 400 that could not be read is the answer...
+        let (mut p, _s) = plan(vec![400], 3);
+        p.retry_classes = vec![ErrorClass::ContextLengthExceeded];
+        p.begin(&cd, t0, ALL).unwrap();
+        assert_eq!(p.failed(unread(400), false, &cd, t0, ALL), Next::Stop);
+        assert_eq!(p.attempts[0].outcome, Outcome::Answered);
+        // ...unless refusals may move on anyway: then its status decides.
+        let (mut p, _s) = plan(vec![400], 3);
+        p.retry_classes = vec![ErrorClass::ContentFilter];
+        p.begin(&cd, t0, ALL).unwrap();
+        assert_eq!(p.failed(unread(400), false, &cd, t0, ALL), Next::NextTarget);
+        // A 429 is never a refusal: unreadable, it is a 429 like any.
+        let (mut p, _s) = plan(vec![429], 3);
+        p.begin(&cd, t0, ALL).unwrap();
+        assert_eq!(p.failed(unread(429), false, &cd, t0, ALL), Next::NextTarget);
+        assert_eq!(cd.failures("a"), 1);
     }
 
     #[test]

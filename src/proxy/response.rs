@@ -219,7 +219,13 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
         resp.insert_header("x-aigw-budget-remaining", format!("{:.6}", b.remaining_usd))?;
     }
     let Some(t) = &ctx.target else { return Ok(()) };
-    resp.insert_header(X_AIGW_MODEL, t.alias.as_str())?;
+    // A name past ASCII goes as the bytes it is (a `&str` header must be ASCII, and
+    // every answer of such a model would fail); config names hold no control characters.
+    resp.insert_header(
+        X_AIGW_MODEL,
+        http::HeaderValue::from_bytes(t.alias.as_bytes())
+            .map_err(|_| Error::explain(ErrorType::InternalError, "a model name that no header can carry"))?,
+    )?;
     // `None`: Gemini and Converse, reached only through translation.
     let wire = t.wire();
     let provider_dialect = provider::dialect(wire);

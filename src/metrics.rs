@@ -76,8 +76,9 @@ pub struct Metrics {
     /// `aigw_access_log_lines_dropped_total`: access lines not written because stdout fell
     /// too far behind.
     pub access_log_dropped: IntCounter,
-    /// `aigw_usage_estimated_total{model}`: streams charged an estimate, cut before the
-    /// provider's final usage (the caller hung up, the provider broke off).
+    /// `aigw_usage_estimated_total{model}`: answers charged an estimate: streams cut
+    /// before the provider's final usage (the caller hung up, the provider broke off), and
+    /// reports with a count that cannot be read (`usage::Count`).
     pub usage_estimated: IntCounterVec,
     /// `aigw_jwt_rejections_total{issuer,reason}`: bearer tokens refused (`issuer` empty
     /// when no configured issuer claims the token).
@@ -229,7 +230,7 @@ impl Metrics {
             .expect("valid metric"),
             usage_estimated: counter(
                 "aigw_usage_estimated_total",
-                "Streams charged an estimated usage, cut before the provider's final count",
+                "Answers charged an estimated usage: cut before the provider's final count, or with a count that cannot be read",
                 &["model"],
             ),
             jwt_rejections: counter(

@@ -8,7 +8,7 @@
 //! metrics, logs and spans all see the same figures, and each caller gets them back in
 //! its own dialect's fields.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
 use crate::raw::Pricing;
@@ -27,6 +27,91 @@ pub struct Usage {
     pub cache_write_tokens: u64,
     /// Of `output_tokens`, those spent reasoning.
     pub reasoning_tokens: u64,
+    /// The provider reported an input count that cannot be read (see [`Count`]):
+    /// `input_tokens` holds only what could be, and the charge raises it to the estimate
+    /// ([`Usage::estimated`]).
+    pub input_unread: bool,
+    /// The same for the output count.
+    pub output_unread: bool,
+}
+
+/// One token count of a provider's report, read defensively: a report is the provider's
+/// (or a self-hosted server's) JSON, and one odd field must cost neither the rest of the
+/// report nor the charge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Count {
+    /// Not reported: absent, or `null`.
+    #[default]
+    Absent,
+    /// Reported, but not a count: negative, fractional, past what a JSON number holds
+    /// exactly, a string (`"12"` included), a bool, an array or an object.
+    Unreadable,
+    Tokens(u64),
+}
+
+/// Floats count up to here, where every integer is still exact (2^53).
+const MAX_EXACT_FLOAT: f64 = 9_007_199_254_740_992.0;
+
+impl Count {
+    /// A non-negative integer, or a float with no fraction (`12.0`: some OpenAI-compatible
+    /// servers write their counts from Python floats) up to 2^53.
+    pub fn read(v: Option<&Value>) -> Self {
+        match v {
+            None | Some(Value::Null) => Self::Absent,
+            Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+                (Some(t), _) => Self::Tokens(t),
+                (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f <= MAX_EXACT_FLOAT => Self::Tokens(f as u64),
+                _ => Self::Unreadable,
+            },
+            Some(_) => Self::Unreadable,
+        }
+    }
+
+    /// The count of `key` in `obj` (anything but an object has none).
+    pub fn of(obj: &Value, key: &str) -> Self {
+        Self::read(obj.get(key))
+    }
+
+    fn reported(self) -> bool {
+        self != Self::Absent
+    }
+
+    /// As a part of a whole: an unreadable part is dropped (counted as none).
+    fn or_zero(self) -> u64 {
+        match self {
+            Self::Tokens(t) => t,
+            _ => 0,
+        }
+    }
+
+    /// The first of two names for one figure that was reported.
+    fn or(self, other: Self) -> Self {
+        if self.reported() {
+            self
+        } else {
+            other
+        }
+    }
+}
+
+/// A whole count (all input, all output) from the parts a report makes it of: their sum,
+/// saturating (one huge part cannot wrap it to a small number), and whether any part
+/// was unreadable, in which case the sum is what is known of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Whole {
+    pub tokens: u64,
+    pub reported: bool,
+    pub unreadable: bool,
+}
+
+impl Whole {
+    pub fn of(parts: &[Count]) -> Self {
+        parts.iter().fold(Self::default(), |w, p| Self {
+            tokens: w.tokens.saturating_add(p.or_zero()),
+            reported: w.reported || p.reported(),
+            unreadable: w.unreadable || *p == Count::Unreadable,
+        })
+    }
 }
 
 /// A usage object in any of the shapes callers and providers use: OpenAI chat
@@ -34,38 +119,81 @@ pub struct Usage {
 /// `completion_tokens_details.reasoning_tokens`), OpenAI Responses (`input_tokens`,
 /// `input_tokens_details`, `output_tokens_details`) and Anthropic (`input_tokens`
 /// without the `cache_read_input_tokens` and `cache_creation_input_tokens` beside it).
-#[derive(Debug, Default, Deserialize)]
+/// Every field is read on its own ([`Count`]), so an odd one costs only itself.
+#[derive(Debug, Default)]
 pub struct RawUsage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    cache_creation_input_tokens: Option<u64>,
-    cache_read_input_tokens: Option<u64>,
-    #[serde(alias = "input_tokens_details")]
-    prompt_tokens_details: Option<Details>,
-    #[serde(alias = "output_tokens_details")]
-    completion_tokens_details: Option<Details>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Details {
-    cached_tokens: Option<u64>,
-    /// The gateway's own, in chat answers translated from providers that bill cache
-    /// writes (OpenAI has none): so they survive the chat hub on the way to Anthropic's
-    /// shape, and chat callers can see them.
-    cache_write_tokens: Option<u64>,
-    reasoning_tokens: Option<u64>,
+    prompt_tokens: Count,
+    completion_tokens: Count,
+    input_tokens: Count,
+    output_tokens: Count,
+    cache_creation_input_tokens: Count,
+    cache_read_input_tokens: Count,
+    /// `prompt_tokens_details` (or `input_tokens_details`) `.cached_tokens`.
+    cached_tokens: Count,
+    /// `prompt_tokens_details.cache_write_tokens`: the gateway's own, in chat answers
+    /// translated from providers that bill cache writes (OpenAI has none), so they
+    /// survive the chat hub on the way to Anthropic's shape, and chat callers see them.
+    cache_write_tokens: Count,
+    /// `completion_tokens_details` (or `output_tokens_details`) `.reasoning_tokens`.
+    reasoning_tokens: Count,
+    /// The report is there but is no object at all.
+    unreadable: bool,
 }
 
 impl RawUsage {
-    /// Whether this report says anything about input (Anthropic's `message_delta` may
-    /// carry only the output count).
-    fn has_input(&self) -> bool {
-        self.prompt_tokens.is_some()
-            || self.input_tokens.is_some()
-            || self.cache_creation_input_tokens.is_some()
-            || self.cache_read_input_tokens.is_some()
+    /// Reads a usage report; `null` reports nothing.
+    pub fn read(v: &Value) -> Self {
+        let Some(o) = v.as_object() else {
+            return Self {
+                unreadable: !v.is_null(),
+                ..Self::default()
+            };
+        };
+        let n = |k: &str| Count::read(o.get(k));
+        let details = |a: &str, b: &str| o.get(a).filter(|d| !d.is_null()).or(o.get(b));
+        let prompt = details("prompt_tokens_details", "input_tokens_details");
+        let completion = details("completion_tokens_details", "output_tokens_details");
+        let sub = |d: Option<&Value>, k: &str| Count::read(d.and_then(|d| d.get(k)));
+        Self {
+            prompt_tokens: n("prompt_tokens"),
+            completion_tokens: n("completion_tokens"),
+            input_tokens: n("input_tokens"),
+            output_tokens: n("output_tokens"),
+            cache_creation_input_tokens: n("cache_creation_input_tokens"),
+            cache_read_input_tokens: n("cache_read_input_tokens"),
+            cached_tokens: sub(prompt, "cached_tokens"),
+            cache_write_tokens: sub(prompt, "cache_write_tokens"),
+            reasoning_tokens: sub(completion, "reasoning_tokens"),
+            unreadable: false,
+        }
+    }
+
+    /// All input: OpenAI's `prompt_tokens` (or Responses' `input_tokens`) counts it; beside
+    /// Anthropic's cache counts, `input_tokens` is the uncached part and the three add up.
+    fn input(&self) -> Whole {
+        if self.prompt_tokens.reported() {
+            Whole::of(&[self.prompt_tokens])
+        } else if self.cache_read_input_tokens.reported() || self.cache_creation_input_tokens.reported() {
+            Whole::of(&[
+                self.input_tokens,
+                self.cache_read_input_tokens,
+                self.cache_creation_input_tokens,
+            ])
+        } else {
+            Whole::of(&[self.input_tokens])
+        }
+    }
+
+    fn output(&self) -> Whole {
+        Whole::of(&[self.completion_tokens.or(self.output_tokens)])
+    }
+}
+
+/// Reads the report whatever JSON it holds: a usage object is never the reason a whole
+/// answer or event fails to parse.
+impl<'de> Deserialize<'de> for RawUsage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(|v| Self::read(&v))
     }
 }
 
@@ -78,46 +206,103 @@ impl From<RawUsage> for Usage {
 }
 
 impl Usage {
-    /// Reads a usage object (see [`RawUsage`]); unknown shapes count as zero.
+    /// Reads a usage object (see [`RawUsage`]).
     pub fn from_json(v: &Value) -> Self {
-        RawUsage::deserialize(v).map(Usage::from).unwrap_or_default()
+        RawUsage::read(v).into()
+    }
+
+    /// A usage from its wholes and parts, as Gemini and Converse report them: an
+    /// unreadable part of a whole makes the whole unread (estimated when charged); an
+    /// unreadable detail (cache reads and writes, reasoning) counts as none.
+    pub fn from_parts(input: Whole, output: Whole, cache_read: Count, cache_write: Count, reasoning: Count) -> Self {
+        let mut u = Usage {
+            input_tokens: input.tokens,
+            output_tokens: output.tokens,
+            cache_read_tokens: cache_read.or_zero(),
+            cache_write_tokens: cache_write.or_zero(),
+            reasoning_tokens: reasoning.or_zero(),
+            input_unread: input.unreadable,
+            output_unread: output.unreadable,
+        };
+        u.clamp();
+        u
+    }
+
+    /// A report that is there but is no usage object: nothing of it can be read.
+    pub fn unreadable() -> Self {
+        Usage {
+            input_unread: true,
+            output_unread: true,
+            ..Usage::default()
+        }
     }
 
     /// Takes in one report of a stream that reports in parts (Anthropic: input with
     /// `message_start`, cumulative output with each `message_delta`): what it names
-    /// replaces what was known, what it leaves out stays.
+    /// replaces what was known, what it leaves out stays. A count it names but that
+    /// cannot be read replaces nothing: it marks the count unread, with what was known
+    /// as its floor.
     pub fn merge(&mut self, u: &RawUsage) {
-        let cache_read = u
-            .prompt_tokens_details
-            .as_ref()
-            .and_then(|d| d.cached_tokens)
-            .or(u.cache_read_input_tokens);
-        let cache_write = u
-            .cache_creation_input_tokens
-            .or(u.prompt_tokens_details.as_ref().and_then(|d| d.cache_write_tokens));
-        let input = match u.prompt_tokens {
-            Some(p) => Some(p),
-            // Anthropic's `input_tokens` is the uncached part.
-            None if u.cache_read_input_tokens.is_some() || u.cache_creation_input_tokens.is_some() => Some(
-                u.input_tokens.unwrap_or(0)
-                    + u.cache_read_input_tokens.unwrap_or(0)
-                    + u.cache_creation_input_tokens.unwrap_or(0),
-            ),
-            None => u.input_tokens,
-        };
-        // A zero input after a non-zero one is a later event's placeholder, not a count.
-        if u.has_input() && input.unwrap_or(0) > 0 {
-            self.input_tokens = input.unwrap_or(0);
-            self.cache_read_tokens = cache_read.unwrap_or(0);
-            self.cache_write_tokens = cache_write.unwrap_or(0);
+        if u.unreadable {
+            self.input_unread = true;
+            self.output_unread = true;
+            return;
         }
-        if let Some(o) = u.completion_tokens.or(u.output_tokens) {
-            self.output_tokens = o;
+        let input = u.input();
+        if input.unreadable {
+            self.input_unread = true;
+            self.input_tokens = self.input_tokens.max(input.tokens);
+        } else if input.reported && input.tokens > 0 {
+            // (A zero input after a non-zero one is a later event's placeholder, not a
+            // count.)
+            self.input_tokens = input.tokens;
+            self.input_unread = false;
+            self.cache_read_tokens = u.cached_tokens.or(u.cache_read_input_tokens).or_zero();
+            self.cache_write_tokens = u.cache_creation_input_tokens.or(u.cache_write_tokens).or_zero();
         }
-        if let Some(r) = u.completion_tokens_details.as_ref().and_then(|d| d.reasoning_tokens) {
+        let output = u.output();
+        if output.unreadable {
+            self.output_unread = true;
+        } else if output.reported {
+            self.output_tokens = output.tokens;
+            self.output_unread = false;
+        }
+        if let Count::Tokens(r) = u.reasoning_tokens {
             self.reasoning_tokens = r;
         }
         self.clamp();
+    }
+
+    /// The usage to charge when the provider's count is not all known: with `cut` (a
+    /// stream that ended before the provider's final count), both counts are raised to at
+    /// least their estimates; else only the counts that could not be read are. The input
+    /// estimate is a token per four bytes of the request, the output one the caller's
+    /// (see `SseState::output_estimate`, `JsonBody::output_estimate`). Providers bill what
+    /// they read and generated: an odd or missing figure must not make a request free.
+    pub fn estimated(self, request_bytes: usize, output_estimate: u64, cut: bool) -> Usage {
+        let input_estimate = (request_bytes as u64).div_ceil(4);
+        let mut u = Usage {
+            input_tokens: if cut || self.input_unread {
+                self.input_tokens.max(input_estimate)
+            } else {
+                self.input_tokens
+            },
+            output_tokens: if cut || self.output_unread {
+                self.output_tokens.max(output_estimate)
+            } else {
+                self.output_tokens
+            },
+            input_unread: false,
+            output_unread: false,
+            ..self
+        };
+        u.clamp();
+        u
+    }
+
+    /// Whether a count could not be read and is to be estimated.
+    pub fn unread(&self) -> bool {
+        self.input_unread || self.output_unread
     }
 
     /// Parts never exceed their wholes, whatever a provider reports: a cache count larger
@@ -197,7 +382,8 @@ mod tests {
                 output_tokens: 30,
                 cache_read_tokens: 60,
                 cache_write_tokens: 0,
-                reasoning_tokens: 20
+                reasoning_tokens: 20,
+                ..Usage::default()
             }
         );
         // Responses: the same, with other names.
@@ -257,6 +443,7 @@ mod tests {
             cache_read_tokens: 600_000,
             cache_write_tokens: 300_000,
             reasoning_tokens: 50_000,
+            ..Usage::default()
         };
         // 100k uncached x 3 + 600k x 0.3 + 300k x 3.75 + 100k x 15 (reasoning inside).
         let want = 0.3 + 0.18 + 1.125 + 1.5;
@@ -268,5 +455,138 @@ mod tests {
             ..p
         };
         assert!((u.cost_usd(&plain) - (3.0 + 1.5)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn counts_are_read_one_by_one() {
+        let c = |v: Value| Count::read(Some(&v));
+        assert_eq!(c(json!(12)), Count::Tokens(12));
+        assert_eq!(c(json!(u64::MAX)), Count::Tokens(u64::MAX));
+        // A float with no fraction is a count (servers that count in Python floats)...
+        assert_eq!(c(json!(12.0)), Count::Tokens(12));
+        assert_eq!(c(json!(0.0)), Count::Tokens(0));
+        // ...nothing else is.
+        for odd in [
+            json!(-1),
+            json!(0.5),
+            json!(1e30),
+            json!("0"),
+            json!("12"),
+            json!(true),
+            json!([1]),
+            json!({}),
+        ] {
+            assert_eq!(c(odd.clone()), Count::Unreadable, "{odd}");
+        }
+        assert_eq!(Count::read(None), Count::Absent);
+        assert_eq!(c(Value::Null), Count::Absent);
+    }
+
+    #[test]
+    fn an_odd_detail_costs_only_itself() {
+        // OpenAI chat and Responses: the cache and reasoning details are parts of their
+        // wholes; an odd one counts as none and the rest of the report stands.
+        for odd in [json!(-1), json!(0.5), json!("0"), json!(null), json!({"n": 1})] {
+            let u = usage(json!({"prompt_tokens": 100, "completion_tokens": 30,
+                "prompt_tokens_details": {"cached_tokens": odd, "cache_write_tokens": odd},
+                "completion_tokens_details": {"reasoning_tokens": odd}}));
+            assert_eq!(
+                (
+                    u.input_tokens,
+                    u.output_tokens,
+                    u.cache_read_tokens,
+                    u.reasoning_tokens,
+                    u.unread()
+                ),
+                (100, 30, 0, 0, false),
+                "{odd}"
+            );
+            let r = usage(json!({"input_tokens": 100, "output_tokens": 30,
+                "input_tokens_details": odd, "output_tokens_details": {"reasoning_tokens": odd}}));
+            assert_eq!((r.input_tokens, r.output_tokens, r.unread()), (100, 30, false), "{odd}");
+        }
+        // `reasoning_tokens: 0.0` is a zero, `"0"` is not a count: neither zeroes the rest.
+        let u = usage(json!({"prompt_tokens": 7, "completion_tokens": 3,
+            "completion_tokens_details": {"reasoning_tokens": 0.0}}));
+        assert_eq!((u.input_tokens, u.output_tokens, u.reasoning_tokens), (7, 3, 0));
+    }
+
+    #[test]
+    fn an_odd_whole_is_estimated_and_never_zero() {
+        // A top-level count that cannot be read marks that count unread, with what is
+        // known as its floor; the charge raises it to the estimate.
+        let u = usage(json!({"prompt_tokens": "120", "completion_tokens": 30}));
+        assert!(u.input_unread && !u.output_unread);
+        let charged = u.estimated(4000, 999, false);
+        assert_eq!((charged.input_tokens, charged.output_tokens), (1000, 30));
+        assert!(!charged.unread());
+        let u = usage(json!({"prompt_tokens": 12, "completion_tokens": -1}));
+        assert_eq!(u.estimated(4000, 50, false).output_tokens, 50);
+        // Anthropic's input is the sum of three counts: one odd count makes it unread,
+        // the others its floor.
+        let a = usage(json!({"input_tokens": 10, "cache_read_input_tokens": -1,
+            "cache_creation_input_tokens": 30, "output_tokens": 5}));
+        assert!(a.input_unread);
+        assert_eq!(a.input_tokens, 40);
+        assert_eq!(
+            a.estimated(40, 0, false).input_tokens,
+            40,
+            "the floor wins over a smaller estimate"
+        );
+        // A report that is no object at all: both counts are estimated.
+        for odd in [json!("lots"), json!(12), json!([])] {
+            let u = Usage::from_json(&odd);
+            assert!(u.input_unread && u.output_unread, "{odd}");
+            let charged = u.estimated(400, 20, false);
+            assert_eq!((charged.input_tokens, charged.output_tokens), (100, 20));
+        }
+        // Deserialized inside an event or an answer, an odd report reads the same.
+        #[derive(Deserialize)]
+        struct Answer {
+            usage: Option<RawUsage>,
+        }
+        let a: Answer = serde_json::from_str(r#"{"usage": {"prompt_tokens": 9, "completion_tokens": "2"}}"#).unwrap();
+        let u = Usage::from(a.usage.unwrap());
+        assert_eq!((u.input_tokens, u.output_unread), (9, true));
+    }
+
+    #[test]
+    fn huge_counts_saturate_instead_of_wrapping() {
+        let a = usage(json!({"input_tokens": u64::MAX, "cache_read_input_tokens": 5,
+            "cache_creation_input_tokens": u64::MAX, "output_tokens": u64::MAX}));
+        assert_eq!((a.input_tokens, a.total()), (u64::MAX, u64::MAX));
+        assert!(a.uncached_input() <= a.input_tokens);
+        assert!(a
+            .cost_usd(&Pricing {
+                input_per_mtok: 1.0,
+                output_per_mtok: 1.0,
+                cached_input_per_mtok: None,
+                cache_write_per_mtok: None,
+            })
+            .is_finite());
+        let p = Usage::from_parts(
+            Whole::of(&[Count::Tokens(u64::MAX), Count::Tokens(2)]),
+            Whole::of(&[Count::Tokens(u64::MAX), Count::Tokens(u64::MAX)]),
+            Count::Tokens(u64::MAX),
+            Count::Absent,
+            Count::Tokens(3),
+        );
+        assert_eq!(
+            (p.input_tokens, p.output_tokens, p.cache_read_tokens),
+            (u64::MAX, u64::MAX, u64::MAX)
+        );
+        assert_eq!(p.estimated(usize::MAX, u64::MAX, true).total(), u64::MAX);
+    }
+
+    #[test]
+    fn a_stream_report_that_cannot_be_read_replaces_nothing() {
+        let mut u = Usage::default();
+        u.merge(&RawUsage::read(&json!({"input_tokens": 40, "output_tokens": 1})));
+        u.merge(&RawUsage::read(&json!({"input_tokens": -3, "output_tokens": "12"})));
+        assert_eq!((u.input_tokens, u.output_tokens), (40, 1));
+        assert!(u.input_unread && u.output_unread);
+        // A later readable report clears it.
+        u.merge(&RawUsage::read(&json!({"output_tokens": 12})));
+        assert_eq!((u.output_tokens, u.output_unread), (12, false));
     }
 }

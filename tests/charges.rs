@@ -163,3 +163,94 @@ async fn a_stream_without_its_end_marker_ends_with_an_error_event() {
     assert_eq!(line["usage_estimated"], false, "{line}");
     assert!(line["output_tokens"].as_u64().unwrap() > 0, "{line}");
 }
+
+/// Models whose provider writes one odd field into its usage report, each provider's
+/// shape in turn (`usage=PATH:JSON` in the mock's script), priced so a charge shows.
+const ODD_USAGE: &str = r#"
+  - {name: odd-detail, provider_key: mock, model: 'x?usage=prompt_tokens_details.cached_tokens:-1&usage=completion_tokens_details.reasoning_tokens:"0"', pricing: {input_per_mtok: 1, output_per_mtok: 1}}
+  - {name: odd-float, provider_key: mock, model: 'x?usage=completion_tokens_details.reasoning_tokens:0.0&usage=prompt_tokens_details.cached_tokens:1.5', pricing: {input_per_mtok: 1, output_per_mtok: 1}}
+  - {name: odd-prompt, provider_key: mock, model: 'x?usage=prompt_tokens:"12"', pricing: {input_per_mtok: 1, output_per_mtok: 1}}
+  - {name: odd-responses, provider_key: mock, model: 'x?usage=input_tokens_details.cached_tokens:-1&usage=output_tokens:"3"', pricing: {input_per_mtok: 1, output_per_mtok: 1}}
+  - {name: claude-odd, provider_key: an, model: 'c?usage=cache_read_input_tokens:-1', pricing: {input_per_mtok: 1, output_per_mtok: 1}}
+  - {name: claude-odd-out, provider_key: an, model: 'c?usage=output_tokens:0.5', pricing: {input_per_mtok: 1, output_per_mtok: 1}}
+  - {name: claude-huge, provider_key: an, model: 'c?usage=input_tokens:18446744073709551615&usage=cache_creation_input_tokens:18446744073709551615'}
+  - {name: gemini-odd, provider_key: gm, model: 'g?usage=cachedContentTokenCount:"0"&usage=candidatesTokenCount:-1', pricing: {input_per_mtok: 1, output_per_mtok: 1}}
+  - {name: bedrock-odd, provider_key: br, model: 'x?usage=cacheReadInputTokens:-1', pricing: {input_per_mtok: 1, output_per_mtok: 1}}
+api_keys:"#;
+
+/// One odd field in a provider's usage report (`cached_tokens: -1`, `reasoning_tokens:
+/// "0"`, a count as a string or a fraction) costs only itself: a detail counts as none,
+/// a whole count that cannot be read is charged its estimate (and the line says so), and
+/// the request is never free. Huge counts saturate instead of wrapping (or panicking).
+/// Every provider's shape, JSON and streamed, passed through and translated.
+#[tokio::test]
+async fn odd_usage_fields_never_make_a_request_free() {
+    let mock = Mock::start();
+    let config = CONFIG.replace("api_keys:", ODD_USAGE).replace(
+        "budgets:",
+        "  - {name: gm, provider: gemini, base_url: \"{MOCK}\", api_key: \"{PROVIDER_KEY}\"}\nbudgets:",
+    );
+    let gw = Gateway::start(&config, &mock);
+    let (chat, messages, responses) = ("/v1/chat/completions", "/v1/messages", "/v1/responses");
+    // (alias, endpoint, stream, charged an estimate)
+    let cases = [
+        ("odd-detail", chat, false, false),
+        ("odd-detail", chat, true, false),
+        ("odd-detail", messages, false, false),
+        ("odd-float", chat, false, false),
+        ("odd-prompt", chat, false, true),
+        ("odd-prompt", chat, true, true),
+        ("odd-responses", responses, false, true),
+        ("odd-responses", responses, true, true),
+        ("claude-odd", messages, false, true),
+        ("claude-odd", messages, true, true),
+        ("claude-odd", chat, false, true),
+        ("claude-odd", chat, true, true),
+        ("claude-odd-out", messages, true, true),
+        ("claude-odd-out", chat, false, true),
+        ("gemini-odd", chat, false, true),
+        ("gemini-odd", chat, true, true),
+        ("bedrock-odd", chat, false, true),
+        ("bedrock-odd", messages, true, true),
+        ("claude-huge", messages, false, false),
+    ];
+    for (i, (alias, path, stream, _)) in cases.iter().enumerate() {
+        let body = if *path == responses {
+            json!({"model": alias, "input": "hello there", "stream": stream})
+        } else {
+            json!({"model": alias, "max_tokens": 50, "stream": stream,
+                "messages": [{"role": "user", "content": "hello there"}]})
+        };
+        let resp = client()
+            .post(format!("{}{path}", gw.url()))
+            .bearer_auth(CALLER_KEY)
+            .header("x-request-id", format!("odd-{i}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{alias} {path} stream={stream}");
+        let text = resp.text().await.unwrap();
+        assert!(!text.contains("\"error\""), "{alias} {path} stream={stream}: {text}");
+    }
+    let lines = gw.access_lines_until(cases.len(), |_| true);
+    for (i, (alias, path, stream, estimated)) in cases.iter().enumerate() {
+        let line: Value = lines
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|l| l["request_id"] == format!("odd-{i}"))
+            .unwrap_or_else(|| panic!("no line for {alias} {path} stream={stream}: {lines:#?}"));
+        let case = format!("{alias} {path} stream={stream}: {line}");
+        let (input, output) = (
+            line["input_tokens"].as_u64().unwrap(),
+            line["output_tokens"].as_u64().unwrap(),
+        );
+        assert!(input > 0 && output > 0, "{case}");
+        assert_eq!(line["usage_estimated"], *estimated, "{case}");
+        if *alias == "claude-huge" {
+            assert_eq!(input, u64::MAX, "{case}");
+        } else {
+            assert!(line["cost_usd"].as_f64().unwrap() > 0.0, "{case}");
+        }
+    }
+}

@@ -57,6 +57,20 @@ models:
     routing: {retry_on: [400, 503], targets: [{model: azure-filter}, {model: big, priority: 1}]}
   - name: filtered-listed
     routing: {retry_on: [content_filter], targets: [{model: claude-filter}, {model: big, priority: 1}]}
+  - {name: azure-filter-70k, provider_key: mock, model: "f?error=content_filter&error_pad=71680&error_piece=1024&chunk_delay_ms=1"}
+  - {name: azure-filter-70k-h2, provider_key: h2, model: "f?error=content_filter&error_pad=71680&error_piece=1024&chunk_delay_ms=1"}
+  - {name: azure-filter-70k-whole, provider_key: mock, model: "f?error=content_filter&error_pad=71680"}
+  - {name: claude-filter-70k, provider_key: an, model: "c?error=content_filter&error_pad=71680&error_piece=1024&chunk_delay_ms=1"}
+  - name: filtered-70k
+    routing: {retry_on: [400, 503, context_length_exceeded], targets: [{model: azure-filter-70k}, {model: big, priority: 1}]}
+  - name: filtered-70k-h2
+    routing: {retry_on: [400, 503], targets: [{model: azure-filter-70k-h2}, {model: big, priority: 1}]}
+  - name: filtered-70k-whole
+    routing: {retry_on: [400, 503], targets: [{model: azure-filter-70k-whole}, {model: big, priority: 1}]}
+  - name: claude-filtered-70k
+    routing: {retry_on: [400], targets: [{model: claude-filter-70k}, {model: big, priority: 1}]}
+  - name: filtered-70k-listed
+    routing: {retry_on: [400, content_filter], targets: [{model: azure-filter-70k}, {model: big, priority: 1}]}
 api_keys:
   - {name: main, key: "{CALLER_KEY}", owner: team}
 "#;
@@ -525,6 +539,43 @@ async fn error_classes_pick_the_fallback_and_a_refusal_stays_final() {
     assert_eq!(resp.headers()["x-aigw-model"], "big");
 }
 
+/// A refusal longer than the 64 KiB the gateway reads to find an error's class (a
+/// provider quoting a long flagged prompt back, written as it goes in 1 KiB pieces) cannot
+/// be classified, and may be a refusal: it stays final although its status is listed,
+/// over HTTP/1.1 and HTTP/2 to the provider, in both callers' dialects, and reaches the
+/// caller whole. (The same refusal in one write arrives whole within the read that
+/// passes 64 KiB, and is read as the refusal it is.)
+#[tokio::test]
+async fn a_refusal_too_long_to_read_stays_final() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    for alias in [
+        "filtered-70k",
+        "filtered-70k-h2",
+        "claude-filtered-70k",
+        "filtered-70k-whole",
+    ] {
+        let resp = post(&gw, "/v1/chat/completions", &chat_body(alias)).await;
+        assert_eq!(resp.status(), 400, "{alias}");
+        let e: Value = resp.json().await.unwrap();
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.len() > 70 * 1024, "{alias}: the refusal arrived whole");
+        assert!(message.contains("content") && message.ends_with("xxx"), "{alias}");
+    }
+    let body =
+        json!({"model": "claude-filtered-70k", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]});
+    let resp = post_messages_as(&gw, CALLER_KEY, &body).await;
+    assert_eq!(resp.status(), 400);
+    let e: Value = resp.json().await.unwrap();
+    assert!(e["error"]["message"].as_str().unwrap().len() > 70 * 1024, "whole");
+    let m = metrics_text(&gw).await;
+    assert!(!m.contains(r#"target="big""#), "no refusal moved on: {m}");
+    // Where refusals may move on, so may one that cannot be read: its status decides.
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("filtered-70k-listed")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-aigw-model"], "big");
+}
+
 #[test]
 fn prices_and_error_classes_are_checked_when_the_config_loads() {
     let config = r#"
@@ -542,7 +593,7 @@ models:
         &[
             "models[0].pricing: prices must be zero or positive numbers",
             "models[1].pricing: prices must be zero or positive numbers",
-            "models[2].routing.retry_on[0]: 'context_length' is neither an HTTP status nor an error class (context_length_exceeded, content_filter)",
+            "models[2].routing.retry_on[0]: 'context_length' is neither an HTTP status nor an error class (context_length_exceeded, content_filter, request_too_large)",
             "models[2].routing.retry_on[1]: must be an HTTP error status (400-599)",
         ],
         "no secret here",

@@ -11,22 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Sends raw bytes on a fresh connection; returns the status line of the answer.
-fn raw(gw: &Gateway, data: &[u8]) -> String {
-    let mut s = TcpStream::connect(gw.url().trim_start_matches("http://")).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s.write_all(data).unwrap();
-    let mut buf = [0u8; 4096];
-    let mut out = Vec::new();
-    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).lines().next().unwrap_or("").to_owned()
-}
-
 fn post_raw(gw: &Gateway, body: &[u8]) -> String {
     let mut req = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CALLER_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",

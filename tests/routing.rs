@@ -37,7 +37,7 @@ models:
   - name: cool-long
     routing: {failures_before_cooldown: 1, cooldown_s: 300, targets: [{model: down-500}, {model: ok-b, priority: 1}]}
   - name: retry-after
-    routing: {cooldown_s: 300, targets: [{model: busy-429}, {model: ok-b, priority: 1}]}
+    routing: {failures_before_cooldown: 2, cooldown_s: 300, targets: [{model: busy-429}, {model: ok-b, priority: 1}]}
   - name: capped
     routing: {max_attempts: 2, targets: [{model: down-503}, {model: down-500, priority: 1}, {model: ok-c, priority: 2}]}
   - name: all-429
@@ -56,13 +56,25 @@ models:
     routing: {targets: [{model: teapot}, {model: ok-a, priority: 1}]}
   - name: midstream
     routing: {targets: [{model: drops}, {model: ok-a, priority: 1}]}
+  - {name: tpm, provider_key: mock, model: "tpm?error=request_too_large&fail_from_tokens=1000"}
+  - {name: itpm, provider_key: mock, model: "itpm?status=429&retry_after=60&fail_from_tokens=1000"}
+  - {name: bytes, provider_key: mock, model: "bytes?status=413&fail_from_tokens=1000"}
+  - name: too-large
+    routing: {failures_before_cooldown: 1, targets: [{model: tpm}, {model: ok-b, priority: 1}]}
+  - name: token-bucket
+    routing: {failures_before_cooldown: 2, targets: [{model: itpm}, {model: ok-b, priority: 1}]}
+  - name: listed-413
+    routing: {failures_before_cooldown: 1, retry_on: [413, 429, 503], targets: [{model: bytes}, {model: ok-b, priority: 1}]}
   - name: rr
     routing: {strategy: round_robin, targets: [{model: ok-a}, {model: ok-b}, {model: ok-c}]}
   - name: weighted
     routing: {strategy: weighted, targets: [{model: ok-a, weight: 3}, {model: ok-b, weight: 1}]}
 api_keys:
   - {name: main, key: "{CALLER_KEY}"}
+  - {name: other, key: sk-other-caller}
 "#;
+
+const OTHER_KEY: &str = "sk-other-caller";
 
 /// How many requests the mock saw per upstream model id.
 fn per_model(mock: &Mock) -> HashMap<String, usize> {
@@ -104,23 +116,25 @@ async fn fails_over_in_priority_order_then_skips_the_cooling_target() {
     assert_eq!(count(&m, "ok-b"), 4, "{m:?}");
 }
 
+/// A target cools after `failures_before_cooldown` 429s in a row, for the provider's
+/// Retry-After rather than cooldown_s.
 #[tokio::test]
 async fn retry_after_sets_the_cooldown() {
     let mock = Mock::start();
     let gw = Gateway::start(CONFIG, &mock);
-    assert_eq!(
-        post(&gw, "/v1/chat/completions", &chat_body("retry-after"))
-            .await
-            .status(),
-        200
-    );
-    assert_eq!(count(&per_model(&mock), "busy?status=429&retry_after=1"), 1);
+    let busy = "busy?status=429&retry_after=1";
+    for _ in 0..3 {
+        let resp = post(&gw, "/v1/chat/completions", &chat_body("retry-after")).await;
+        assert_eq!(resp.status(), 200);
+    }
+    // Two 429s in a row cool it; the third request skips it.
+    assert_eq!(count(&per_model(&mock), busy), 2);
     // cooldown_s is 300, Retry-After is 1: the target comes back after about a second.
     let mut back = false;
     for _ in 0..100 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         post(&gw, "/v1/chat/completions", &chat_body("retry-after")).await;
-        if count(&per_model(&mock), "busy?status=429&retry_after=1") == 2 {
+        if count(&per_model(&mock), busy) == 3 {
             back = true;
             break;
         }
@@ -299,4 +313,59 @@ async fn a_target_cools_after_failures_in_a_row() {
         // Three requests each try the failing target; from the fourth on, it cools.
         assert_eq!(tried, i.min(3), "request {i}");
     }
+}
+
+/// What one caller's request gets from a target, `n` times in a row: the answering model.
+async fn oversized(gw: &Gateway, alias: &str, n: usize) {
+    let mut big = chat_body(alias);
+    big["max_tokens"] = json!(4000);
+    for i in 0..n {
+        let resp = post(gw, "/v1/chat/completions", &big).await;
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(resp.headers()["x-aigw-model"], "ok-b", "request {i} moved on");
+    }
+}
+
+/// The model that answers the other caller's ordinary request.
+async fn other_callers_model(gw: &Gateway, alias: &str) -> String {
+    let resp = post_as(gw, OTHER_KEY, "/v1/chat/completions", &chat_body(alias)).await;
+    assert_eq!(resp.status(), 200);
+    resp.headers()["x-aigw-model"].to_str().unwrap().to_owned()
+}
+
+/// One caller's requests that are too large for the primary (OpenAI's 429 "Request too
+/// large ... tokens per min", without Retry-After) move on to the next target, however
+/// many come in a row, and never divert another caller's request from the primary: not
+/// even at a threshold of one failure.
+#[tokio::test]
+async fn one_callers_oversized_requests_cool_no_target_for_the_others() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    oversized(&gw, "too-large", 4).await;
+    assert_eq!(other_callers_model(&gw, "too-large").await, "tpm");
+    let m = metrics_text(&gw).await;
+    assert!(
+        m.contains(r#"aigw_upstream_attempts_total{outcome="retryable_status",provider="mock",target="tpm"} 4"#),
+        "{m}"
+    );
+    // A listed 4xx (413, the request's size) moves on the same way, and counts nothing.
+    oversized(&gw, "listed-413", 3).await;
+    assert_eq!(other_callers_model(&gw, "listed-413").await, "bytes");
+}
+
+/// A 429 with Retry-After that cannot say whose traffic caused it (Anthropic's "This
+/// request would exceed the rate limit ... input tokens per minute" reads the same for one
+/// large request) is one failure, not a cooldown: another caller's success in between
+/// resets the count, and only failures in a row cool the target, for the Retry-After.
+#[tokio::test]
+async fn a_429_with_retry_after_cools_only_after_failures_in_a_row() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    for _ in 0..3 {
+        oversized(&gw, "token-bucket", 1).await;
+        assert_eq!(other_callers_model(&gw, "token-bucket").await, "itpm");
+    }
+    // Two in a row (the threshold here) cool it, for the provider's 60 s.
+    oversized(&gw, "token-bucket", 2).await;
+    assert_eq!(other_callers_model(&gw, "token-bucket").await, "ok-b");
 }

@@ -189,6 +189,31 @@ async fn a_refused_token_is_a_502_that_fails_over_and_names_no_credential() {
     assert_no_credentials(&gw);
 }
 
+/// A token endpoint's error description is the provider's text in a process log line:
+/// its newline cannot start a forged line, its ESC cannot drive the operator's terminal.
+#[tokio::test]
+async fn a_token_error_cannot_forge_or_colour_a_log_line() {
+    let mock = Mock::start();
+    // "\nERROR forged: all keys leaked\u{2028}\x1b[2J", form-encoded.
+    let (gw, _dir) = start(&mock, "fail=%0AERROR+forged:+all+keys+leaked%E2%80%A8%1B%5B2J");
+    let resp = post(&gw, "/v1/chat/completions", &chat_body("gemini")).await;
+    assert_eq!(resp.status(), 502);
+    assert!(
+        wait_until(5, || gw.log_text().contains("forged: all keys leaked")),
+        "{}",
+        gw.log_text()
+    );
+    let log = gw.log_text();
+    assert!(
+        log.contains(r"invalid_grant \nERROR forged: all keys leaked\u2028\u001b[2J"),
+        "{log}"
+    );
+    for l in log.lines() {
+        assert!(!l.starts_with("ERROR forged"), "a forged line: {log}");
+        assert!(!l.contains(['\u{1b}', '\u{2028}']), "raw in {l:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_token_answer_is_read_only_up_to_a_bound() {
     let mock = Mock::start();

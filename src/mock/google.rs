@@ -3,8 +3,8 @@
 //! tokens, and the check of those tokens on Vertex AI's paths.
 //!
 //! The token URI may carry `?expires_in=N` (the lifetime issued, default 3600), `?fail=1`
-//! (answer `invalid_grant`) and `?huge=1` (a 1 MiB answer), so a test's key file scripts
-//! the endpoint.
+//! (answer `invalid_grant`; `?fail=TEXT`: with TEXT as its description) and `?huge=1` (a
+//! 1 MiB answer), so a test's key file scripts the endpoint.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,8 +57,14 @@ impl Google {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v)
         };
-        if param(query, "fail").is_some() {
-            return grant_error("invalid_grant", "Invalid JWT Signature.");
+        if let Some(why) = param(query, "fail") {
+            // `fail=1`, or the description to answer with (a hostile endpoint's words).
+            let why = if why == "1" {
+                "Invalid JWT Signature."
+            } else {
+                why.as_str()
+            };
+            return grant_error("invalid_grant", why);
         }
         // An endpoint that answers without end (a wrong token_uri, a hostile server).
         if param(query, "huge").is_some() {

@@ -76,9 +76,25 @@ pub struct Script {
     pub cached: u64,
     /// Report this many reasoning tokens on top of the answer's (OpenAI).
     pub reasoning: u64,
-    /// Answer 400 with this provider's own error for a class of failure:
-    /// `context_length` or `content_filter`, worded as each API words it.
+    /// Answer with this provider's own error for a class of failure, worded as each API
+    /// words it: `context_length` or `content_filter` (400s), `request_too_large` (one
+    /// request over the account's size or token limit: OpenAI's 429, Anthropic's 413,
+    /// Gemini's 400).
     pub error: Option<String>,
+    /// Pads the message of `error` with this many bytes, as a provider quoting the
+    /// flagged prompt back would.
+    pub error_pad: usize,
+    /// Writes the body of `error` in pieces of this many bytes, `chunk_delay_ms` apart,
+    /// as a provider writing its answer as it goes (each piece its own read upstream).
+    pub error_piece: usize,
+    /// `status` and `error` answer only requests asking for at least this many tokens
+    /// (`max_tokens`); others are served: one caller's request a target refuses while it
+    /// serves everyone else.
+    pub fail_from_tokens: Option<u64>,
+    /// `usage=PATH:JSON`, repeatable: sets PATH (dot-separated) to the JSON value in every
+    /// usage report of the answer (`usage=prompt_tokens_details.cached_tokens:-1`), to
+    /// stage odd reports.
+    pub usage: Vec<(String, Value)>,
 }
 
 impl Script {
@@ -100,6 +116,10 @@ impl Script {
             cached: 0,
             reasoning: 0,
             error: None,
+            error_pad: 0,
+            error_piece: 0,
+            fail_from_tokens: None,
+            usage: Vec::new(),
         };
         let Some((_, query)) = model.split_once('?') else {
             return s;
@@ -124,10 +144,40 @@ impl Script {
                 "cached" => s.cached = n.unwrap_or(0),
                 "reasoning" => s.reasoning = n.unwrap_or(0),
                 "error" => s.error = Some(v.to_owned()),
+                "fail_from_tokens" => s.fail_from_tokens = n,
+                "error_pad" => s.error_pad = n.unwrap_or(0) as usize,
+                "error_piece" => s.error_piece = n.unwrap_or(0) as usize,
+                "usage" => {
+                    if let Some((path, json)) = v.split_once(':') {
+                        if let Ok(value) = serde_json::from_str(json) {
+                            s.usage.push((path.to_owned(), value));
+                        }
+                    }
+                }
                 _ => {}
             }
         }
         s
+    }
+
+    /// A usage report as the script wants it: each `usage` path set, objects on the way
+    /// made as needed.
+    fn patch_usage(&self, mut u: Value) -> Value {
+        for (path, value) in &self.usage {
+            let mut at = &mut u;
+            let mut keys = path.split('.').peekable();
+            while let Some(k) = keys.next() {
+                if !at.is_object() {
+                    *at = json!({});
+                }
+                if keys.peek().is_none() {
+                    at[k] = value.clone();
+                } else {
+                    at = &mut at[k];
+                }
+            }
+        }
+        u
     }
 }
 
@@ -248,12 +298,28 @@ fn error_in(api: Api, status: u16, message: &str, retry_after: Option<u64>) -> R
     r
 }
 
-/// A 400 for a class of failure, in the body each API really sends for it: a prompt
-/// over the context window (`context_length`), or a refusal on content policy
+/// An error for a class of failure, in the body each API really sends for it: a prompt
+/// over the context window (`context_length`), a refusal on content policy
 /// (`content_filter`: Azure OpenAI's and Anthropic's; Gemini and Bedrock refuse with
-/// 200 answers, so theirs is a plain 400).
-fn class_error(api: Api, kind: &str) -> Response<Body> {
-    let body = match (api, kind) {
+/// 200 answers, so theirs is a plain 400), or one request over the account's limits
+/// (`request_too_large`). The script's `error_pad` lengthens the message, `error_piece`
+/// paces the body.
+fn class_error(api: Api, kind: &str, script: &Script) -> Response<Body> {
+    let pad = script.error_pad;
+    let status = match (api, kind) {
+        (Api::OpenAi, "request_too_large") => StatusCode::TOO_MANY_REQUESTS,
+        (Api::Anthropic | Api::Bedrock, "request_too_large") => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut body = match (api, kind) {
+        (Api::OpenAi, "request_too_large") => {
+            json!({"error": {"message": "Request too large for gpt-4o in organization org-mock on tokens per min (TPM): Limit 30000, Requested 36278. The input or output tokens must be reduced in order to run successfully.",
+            "type": "tokens", "param": null, "code": "rate_limit_exceeded"}})
+        }
+        (Api::Anthropic, "request_too_large") => json!({"type": "error", "error": {"type": "request_too_large",
+            "message": "Request exceeds the maximum allowed number of bytes."}}),
+        (Api::Gemini, "request_too_large") => json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+            "message": "Request payload size exceeds the limit: 20971520 bytes."}}),
         (Api::OpenAi, "context_length") => {
             json!({"error": {"message": "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
             "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
@@ -272,13 +338,48 @@ fn class_error(api: Api, kind: &str) -> Response<Body> {
         (Api::Bedrock, "context_length") => json!({"message": "Input is too long for requested model."}),
         _ => json!({"error": {"message": format!("mock error {kind}"), "type": "invalid_request_error"}}),
     };
-    let mut r = full(StatusCode::BAD_REQUEST, &body);
+    if pad > 0 {
+        let message = if body["error"]["message"].is_string() {
+            &mut body["error"]["message"]
+        } else {
+            &mut body["message"]
+        };
+        let padded = format!("{} Flagged: {}", message.as_str().unwrap_or_default(), "x".repeat(pad));
+        *message = json!(padded);
+    }
+    let mut r = if script.error_piece > 0 {
+        in_pieces(status, Bytes::from(body.to_string()), script)
+    } else {
+        full(status, &body)
+    };
     if api == Api::Bedrock {
         r.headers_mut().insert(
             "x-amzn-errortype",
             http::HeaderValue::from_static("ValidationException"),
         );
     }
+    r
+}
+
+/// A JSON answer written in `error_piece`-byte pieces, `chunk_delay_ms` apart.
+fn in_pieces(status: StatusCode, body: Bytes, script: &Script) -> Response<Body> {
+    let delay = Duration::from_millis(script.chunk_delay_ms);
+    let pieces: Vec<Bytes> = (0..body.len())
+        .step_by(script.error_piece.max(1))
+        .map(|at| body.slice(at..(at + script.error_piece).min(body.len())))
+        .collect();
+    let s = stream::iter(pieces).then(move |piece| async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok::<_, std::io::Error>(Frame::data(piece))
+    });
+    let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(s)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -629,10 +730,13 @@ impl Mock {
         if script.delay_ms > 0 && long {
             tokio::time::sleep(Duration::from_millis(script.delay_ms)).await;
         }
-        if let Some(kind) = &script.error {
-            return class_error(api, kind);
+        let failing = script
+            .fail_from_tokens
+            .is_none_or(|from| req["max_tokens"].as_u64().is_some_and(|t| t >= from));
+        if let (Some(kind), true) = (&script.error, failing) {
+            return class_error(api, kind, &script);
         }
-        if let Some(status) = script.status {
+        if let (Some(status), true) = (script.status, failing) {
             return error_in(
                 api,
                 status,
@@ -719,9 +823,11 @@ impl Mock {
         let reply = Reply::for_request(req, script, false);
         let prompt = tokens_of(text_len(&req["messages"]));
         let completion = reply.tokens() + script.reasoning;
-        let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+        let usage = script.patch_usage(
+            json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": script.cached.min(prompt)},
-            "completion_tokens_details": {"reasoning_tokens": script.reasoning}});
+            "completion_tokens_details": {"reasoning_tokens": script.reasoning}}),
+        );
         if script.bad_json {
             return bytes_response(
                 StatusCode::OK,
@@ -830,9 +936,9 @@ impl Mock {
                 .join(" ")
         };
         let (input_tokens, output_tokens) = (tokens_of(input.len()), text.split_inclusive(' ').count().max(1) as u64);
-        let usage = json!({"input_tokens": input_tokens, "output_tokens": output_tokens,
+        let usage = script.patch_usage(json!({"input_tokens": input_tokens, "output_tokens": output_tokens,
             "total_tokens": input_tokens + output_tokens,
-            "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}});
+            "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}));
         let part = |t: &str| json!({"type": "output_text", "text": t, "annotations": []});
         let item = |status: &str, content: Value| {
             json!({"id": item_id, "type": "message", "status": status,
@@ -906,8 +1012,10 @@ data: {v}
         let hit = self.prompt_cache.anthropic(req, input);
         // Anthropic's input_tokens leaves out what the cache read or wrote.
         let usage = |output: u64| {
-            json!({"input_tokens": input - hit.read - hit.write, "cache_read_input_tokens": hit.read,
-                "cache_creation_input_tokens": hit.write, "output_tokens": output})
+            script.patch_usage(
+                json!({"input_tokens": input - hit.read - hit.write, "cache_read_input_tokens": hit.read,
+                "cache_creation_input_tokens": hit.write, "output_tokens": output}),
+            )
         };
         if script.bad_json {
             return bytes_response(
@@ -978,7 +1086,7 @@ data: {v}
             }
         }
         events.push(ev(json!({"type": "content_block_stop", "index": at})));
-        events.push(ev(json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": output}})));
+        events.push(ev(json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": script.patch_usage(json!({"output_tokens": output}))})));
         events.push(ev(json!({"type": "message_stop"})));
         self.stream_events(events, script, "text/event-stream")
     }
@@ -992,8 +1100,10 @@ data: {v}
         let prompt = tokens_of(text_len(&req["contents"]) + text_len(&req["systemInstruction"]));
         let output = reply.tokens();
         let usage = |out: u64| {
-            json!({"promptTokenCount": prompt, "candidatesTokenCount": out, "thoughtsTokenCount": 2,
-                "cachedContentTokenCount": script.cached.min(prompt), "totalTokenCount": prompt + out + 2})
+            script.patch_usage(
+                json!({"promptTokenCount": prompt, "candidatesTokenCount": out, "thoughtsTokenCount": 2,
+                "cachedContentTokenCount": script.cached.min(prompt), "totalTokenCount": prompt + out + 2}),
+            )
         };
         if script.bad_json {
             return bytes_response(
@@ -1081,7 +1191,7 @@ data: {v}
             tokio::time::sleep(Duration::from_millis(script.delay_ms)).await;
         }
         if let Some(kind) = &script.error {
-            return class_error(Api::Bedrock, kind);
+            return class_error(Api::Bedrock, kind, &script);
         }
         if let Some(status) = script.status {
             return error_in(
@@ -1105,8 +1215,10 @@ data: {v}
         let at = u64::from(thought.is_some());
         let hit = self.prompt_cache.converse(&req, input);
         // Like Anthropic's, Converse's inputTokens leaves out what the cache read or wrote.
-        let usage = json!({"inputTokens": input - hit.read - hit.write, "outputTokens": output,
-            "cacheReadInputTokens": hit.read, "cacheWriteInputTokens": hit.write, "totalTokens": input + output});
+        let usage = script.patch_usage(
+            json!({"inputTokens": input - hit.read - hit.write, "outputTokens": output,
+            "cacheReadInputTokens": hit.read, "cacheWriteInputTokens": hit.write, "totalTokens": input + output}),
+        );
         let (block, stop) = match &reply {
             Reply::Text(t) => (json!({"text": t}), "end_turn"),
             Reply::Tool { name, args } => (

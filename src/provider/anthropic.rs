@@ -553,12 +553,17 @@ pub fn translate_error(body: &[u8], status: u16, to_anthropic: bool) -> Value {
 
 /// The class of an Anthropic error (its message, lowercased): "prompt is too long: N
 /// tokens > M maximum", "input length and `max_tokens` exceed context limit"; "output
-/// blocked by content filtering policy".
-pub fn error_class(message: &str) -> Option<ErrorClass> {
+/// blocked by content filtering policy"; the 413 `request_too_large` of a body over the
+/// API's size limit. Its 429 ("This request would exceed the rate limit for your
+/// organization of N input tokens per minute") reads the same for one large request and
+/// for everyone's traffic, so it has no class: it counts as the target's (`route::plan`).
+pub fn error_class(v: &Value, message: &str) -> Option<ErrorClass> {
     if message.contains("prompt is too long") || message.contains("exceed context limit") {
         Some(ErrorClass::ContextLengthExceeded)
     } else if message.contains("content filtering policy") {
         Some(ErrorClass::ContentFilter)
+    } else if v["error"]["type"] == "request_too_large" {
+        Some(ErrorClass::RequestTooLarge)
     } else {
         None
     }

@@ -30,7 +30,7 @@ use crate::raw::AwsSettings;
 use crate::route::plan::ErrorClass;
 use crate::stream::translate::{fail, parse_event, Chunks, Thinking};
 use crate::stream::Translate;
-use crate::usage::Usage;
+use crate::usage::{Count, Usage, Whole};
 
 /// The SigV4 service name of Bedrock's runtime API.
 const SERVICE: &str = "bedrock";
@@ -359,14 +359,18 @@ pub fn finish_reason(reason: &str) -> &'static str {
 
 /// Converse `usage`: prompt tokens include cache reads and writes, as OpenAI counts them.
 pub fn usage(u: &Value) -> Usage {
-    let n = |k: &str| u[k].as_u64().unwrap_or(0);
-    Usage {
-        input_tokens: n("inputTokens") + n("cacheReadInputTokens") + n("cacheWriteInputTokens"),
-        output_tokens: n("outputTokens"),
-        cache_read_tokens: n("cacheReadInputTokens"),
-        cache_write_tokens: n("cacheWriteInputTokens"),
-        reasoning_tokens: 0,
+    if !u.is_object() && !u.is_null() {
+        return Usage::unreadable();
     }
+    let n = |k: &str| Count::of(u, k);
+    let (read, write) = (n("cacheReadInputTokens"), n("cacheWriteInputTokens"));
+    Usage::from_parts(
+        Whole::of(&[n("inputTokens"), read, write]),
+        Whole::of(&[n("outputTokens")]),
+        read,
+        write,
+        Count::Absent,
+    )
 }
 
 /// A Converse `reasoningContent` as a chat `thinking_blocks` entry (Anthropic's shape).
@@ -433,7 +437,9 @@ pub fn response_to_chat(v: &Value, created: i64, model: &str) -> Value {
 /// The class of a Bedrock error (its `message`, lowercased): a `ValidationException`
 /// saying "input is too long for requested model", "too many input tokens" or, from
 /// Claude, "prompt is too long". Guardrails and model refusals come back as 200 answers
-/// (`guardrail_intervened`, `content_filtered`), so no error is `content_filter`.
+/// (`guardrail_intervened`, `content_filtered`), so no error is `content_filter`. Its 429
+/// `ThrottlingException` ("Too many tokens, please wait before trying again") does not
+/// say whose request used the tokens up, so it has no class.
 pub fn error_class(message: &str) -> Option<ErrorClass> {
     [
         "input is too long",

@@ -22,7 +22,7 @@ use crate::error::GwError;
 use crate::route::plan::ErrorClass;
 use crate::stream::translate::{fail, parse_chunk, Chunks};
 use crate::stream::Translate;
-use crate::usage::Usage;
+use crate::usage::{Count, Usage, Whole};
 
 /// The API version used when `base_url` does not name one.
 pub const API_VERSION: &str = "v1beta";
@@ -269,16 +269,17 @@ fn generation_config(req: &Value) -> Result<Map<String, Value>, GwError> {
 /// part of `candidatesTokenCount`); cached prompt tokens are already part of
 /// `promptTokenCount`.
 pub fn usage(meta: &Value) -> Usage {
-    let n = |k: &str| meta[k].as_u64().unwrap_or(0);
-    let mut u = Usage {
-        input_tokens: n("promptTokenCount") + n("toolUsePromptTokenCount"),
-        output_tokens: n("candidatesTokenCount") + n("thoughtsTokenCount"),
-        cache_read_tokens: n("cachedContentTokenCount"),
-        cache_write_tokens: 0,
-        reasoning_tokens: n("thoughtsTokenCount"),
-    };
-    u.clamp();
-    u
+    if !meta.is_object() && !meta.is_null() {
+        return Usage::unreadable();
+    }
+    let n = |k: &str| Count::of(meta, k);
+    Usage::from_parts(
+        Whole::of(&[n("promptTokenCount"), n("toolUsePromptTokenCount")]),
+        Whole::of(&[n("candidatesTokenCount"), n("thoughtsTokenCount")]),
+        n("cachedContentTokenCount"),
+        Count::Absent,
+        n("thoughtsTokenCount"),
+    )
 }
 
 /// Gemini `finishReason` -> OpenAI `finish_reason`. Gemini says `STOP` after a function
@@ -395,12 +396,19 @@ pub fn response_to_chat(resp: &Value, created: i64, model: &str) -> Value {
 }
 
 /// The class of a Gemini error (its message, lowercased): "the input token count (N)
-/// exceeds the maximum number of tokens allowed (M)". Gemini refuses content with a 200
-/// answer (`promptFeedback.blockReason`, a `SAFETY` finish), never an error, so no error
-/// is `content_filter`.
+/// exceeds the maximum number of tokens allowed (M)"; "request payload size exceeds the
+/// limit: N bytes". Gemini refuses content with a 200 answer (`promptFeedback.blockReason`,
+/// a `SAFETY` finish), never an error, so no error is `content_filter`; its 429
+/// (`RESOURCE_EXHAUSTED`, "Resource has been exhausted") does not say whose request
+/// exhausted it, so it has no class.
 pub fn error_class(message: &str) -> Option<ErrorClass> {
-    (message.contains("exceeds the maximum number of tokens") || message.contains("input token count"))
-        .then_some(ErrorClass::ContextLengthExceeded)
+    if message.contains("exceeds the maximum number of tokens") || message.contains("input token count") {
+        Some(ErrorClass::ContextLengthExceeded)
+    } else if message.contains("payload size exceeds the limit") {
+        Some(ErrorClass::RequestTooLarge)
+    } else {
+        None
+    }
 }
 
 // ---- Streams ----

@@ -305,13 +305,16 @@ fn push_turn(out: &mut Vec<Value>, role: &str, field: &str, mut items: Vec<Value
 }
 
 /// The class of a provider's error answer, read by its wire format's adapter from the
-/// body (the failover decision takes it with the status: `route::plan`). `None` when the
-/// body is not JSON or says nothing a class is made of.
+/// whole body (the failover decision takes it with the status: `route::plan`).
+/// [`ErrorClass::Unreadable`] when the body is not JSON (every provider's errors are), so
+/// nothing can be said of it; `None` when it says nothing a class is made of.
 pub fn error_class(wire: Wire, status: u16, body: &[u8]) -> Option<ErrorClass> {
     if !(400..500).contains(&status) {
         return None;
     }
-    let v: Value = serde_json::from_slice(body).ok()?;
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Some(ErrorClass::Unreadable);
+    };
     // Where each API puts its message: OpenAI, Anthropic and Gemini under `error`, AWS at the top.
     let message = v["error"]["message"]
         .as_str()
@@ -321,7 +324,7 @@ pub fn error_class(wire: Wire, status: u16, body: &[u8]) -> Option<ErrorClass> {
         .to_ascii_lowercase();
     match wire {
         Wire::OpenAi => openai::error_class(&v, &message),
-        Wire::Anthropic => anthropic::error_class(&message),
+        Wire::Anthropic => anthropic::error_class(&v, &message),
         Wire::Gemini => gemini::error_class(&message),
         Wire::Converse => bedrock::error_class(&message),
     }
@@ -493,7 +496,7 @@ mod tests {
 
     #[test]
     fn each_wire_names_its_own_error_classes() {
-        let cases: [(Wire, u16, Value, Option<ErrorClass>); 9] = [
+        let cases: [(Wire, u16, Value, Option<ErrorClass>); 14] = [
             (
                 Wire::OpenAi,
                 400,
@@ -537,6 +540,39 @@ mod tests {
                 json!({"message": "Input is too long for requested model."}),
                 Some(ErrorClass::ContextLengthExceeded),
             ),
+            // One request over the account's tokens per minute: the request's own size.
+            (
+                Wire::OpenAi,
+                429,
+                json!({"error": {"message": "Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Requested 36278. The input or output tokens must be reduced in order to run successfully.", "type": "tokens", "param": null, "code": "rate_limit_exceeded"}}),
+                Some(ErrorClass::RequestTooLarge),
+            ),
+            (
+                Wire::Anthropic,
+                413,
+                json!({"type": "error", "error": {"type": "request_too_large", "message": "Request exceeds the maximum allowed number of bytes."}}),
+                Some(ErrorClass::RequestTooLarge),
+            ),
+            (
+                Wire::Gemini,
+                400,
+                json!({"error": {"code": 400, "message": "Request payload size exceeds the limit: 20971520 bytes.", "status": "INVALID_ARGUMENT"}}),
+                Some(ErrorClass::RequestTooLarge),
+            ),
+            // A rate limit that does not say whose traffic reached it has no class: the
+            // same words come for one large request and for everyone's.
+            (
+                Wire::OpenAi,
+                429,
+                json!({"error": {"message": "Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Used 29000, Requested 2000. Please try again in 2s.", "type": "tokens", "param": null, "code": "rate_limit_exceeded"}}),
+                None,
+            ),
+            (
+                Wire::Anthropic,
+                429,
+                json!({"type": "error", "error": {"type": "rate_limit_error", "message": "This request would exceed the rate limit for your organization of 20,000 input tokens per minute."}}),
+                None,
+            ),
             // Other errors, and server errors whatever they say, have no class.
             (
                 Wire::Anthropic,
@@ -554,7 +590,15 @@ mod tests {
         for (wire, status, body, want) in cases {
             assert_eq!(error_class(wire, status, body.to_string().as_bytes()), want, "{body}");
         }
-        assert_eq!(error_class(Wire::OpenAi, 400, b"<html>Bad Request</html>"), None);
+        // A body that is not JSON cannot say it is not a refusal.
+        assert_eq!(
+            error_class(Wire::OpenAi, 400, b"<html>Bad Request</html>"),
+            Some(ErrorClass::Unreadable)
+        );
+        assert_eq!(
+            error_class(Wire::Anthropic, 400, br#"{"type": "error", "error": {"type": "#),
+            Some(ErrorClass::Unreadable)
+        );
     }
 
     #[test]

@@ -57,7 +57,10 @@ pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Resu
 /// The class of an OpenAI-style error: OpenAI's `code` (`context_length_exceeded`;
 /// `content_filter` and `content_policy_violation`, Azure's content filter with its
 /// `ResponsibleAIPolicyViolation` inner error), or the message OpenAI-compatible servers
-/// write (vLLM: "This model's maximum context length is ...").
+/// write (vLLM: "This model's maximum context length is ..."). OpenAI's 429 for one
+/// request larger than the account's tokens per minute says "Request too large for
+/// gpt-4o ... on tokens per min (TPM): Limit 30000, Requested 36278" (its `code` is the
+/// `rate_limit_exceeded` of every 429, so the message tells it apart).
 pub fn error_class(v: &Value, message: &str) -> Option<ErrorClass> {
     let e = &v["error"];
     let code = e["code"].as_str().unwrap_or_default();
@@ -66,6 +69,8 @@ pub fn error_class(v: &Value, message: &str) -> Option<ErrorClass> {
         Some(ErrorClass::ContextLengthExceeded)
     } else if matches!(code, "content_filter" | "content_policy_violation") || inner == "ResponsibleAIPolicyViolation" {
         Some(ErrorClass::ContentFilter)
+    } else if message.starts_with("request too large") {
+        Some(ErrorClass::RequestTooLarge)
     } else {
         None
     }

@@ -15,7 +15,7 @@ use crate::error::GwError;
 use crate::guard::{self, stream::StreamGuard};
 use crate::provider::{self};
 use crate::route::cooldown::parse_retry_after;
-use crate::route::plan::{Failure, Next};
+use crate::route::plan::{ErrorClass, Failure, Next};
 use crate::state::AppState;
 use crate::stream::{JsonBody, JsonTranslate, Mode, SseState};
 
@@ -98,7 +98,9 @@ fn retry_after(resp: &ResponseHeader) -> Option<std::time::Duration> {
         .and_then(parse_retry_after)
 }
 
-/// The most of an error answer read to find its class.
+/// The most of an error answer read to find its class. A longer one is
+/// [`ErrorClass::Unreadable`]: a refusal padded past it (a provider quoting the flagged
+/// prompt back) stays final.
 const ERROR_CLASS_BYTES: usize = 64 * 1024;
 
 /// Whether to hold this answer back, whole, until its error class is known: only an
@@ -111,7 +113,9 @@ pub fn hold_error(resp: &ResponseHeader, ctx: &Ctx) -> Option<usize> {
 
 /// A held error answer, whole: the provider's adapter names its class from the body
 /// (`provider::error_class`), and the failover decision takes it with the status,
-/// before anything reached the caller. Moving on fails this attempt like a status would;
+/// before anything reached the caller. A body that did not end within
+/// [`ERROR_CLASS_BYTES`] (or whose provider hung up first) is unreadable: it is never
+/// classified from its beginning. Moving on fails this attempt like a status would;
 /// otherwise the answer goes to the caller as it came.
 pub fn on_held_error(
     state: &AppState,
@@ -133,10 +137,16 @@ pub fn on_held_error(
         .collect::<Vec<_>>()
         .concat();
     let wire = ctx.target.as_ref().map_or(Wire::OpenAi, Target::wire);
+    let whole = tasks.iter().any(HttpTask::is_end);
+    let class = if whole {
+        provider::error_class(wire, status, &body)
+    } else {
+        Some(ErrorClass::Unreadable)
+    };
     let failure = Failure::Status {
         status,
         retry_after: retry_after(resp),
-        class: provider::error_class(wire, status, &body),
+        class,
     };
     if super::request::attempt_failed(state, ctx, failure, None) != Next::Stop {
         let mut e = Error::explain(FAILOVER_DECIDED, format!("provider answered {status}, trying again"));
@@ -209,7 +219,13 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
         resp.insert_header("x-aigw-budget-remaining", format!("{:.6}", b.remaining_usd))?;
     }
     let Some(t) = &ctx.target else { return Ok(()) };
-    resp.insert_header(X_AIGW_MODEL, t.alias.as_str())?;
+    // A name past ASCII goes as the bytes it is (a `&str` header must be ASCII, and
+    // every answer of such a model would fail); config names hold no control characters.
+    resp.insert_header(
+        X_AIGW_MODEL,
+        http::HeaderValue::from_bytes(t.alias.as_bytes())
+            .map_err(|_| Error::explain(ErrorType::InternalError, "a model name that no header can carry"))?,
+    )?;
     // `None`: Gemini and Converse, reached only through translation.
     let wire = t.wire();
     let provider_dialect = wire.dialect();
@@ -294,16 +310,18 @@ pub async fn settle(state: &AppState, session: &Session, ctx: &mut Ctx) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let succeeded = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
     // A stream cut before the provider's final count (the caller hung up after the last
-    // content event, the provider broke off) is charged an estimate, never nothing.
-    if let (true, Some(sse)) = (succeeded, &ctx.sse) {
-        if !sse.usage_final() {
-            ctx.usage = Some(crate::stream::estimate(
-                ctx.usage,
-                ctx.request_body.len(),
-                sse.output_estimate(),
-            ));
-            ctx.usage_estimated = true;
-        }
+    // content event, the provider broke off), and a count the provider wrote so that it
+    // cannot be read, are charged an estimate, never nothing.
+    let cut = ctx.sse.as_ref().is_some_and(|sse| !sse.usage_final());
+    if succeeded && (cut || ctx.usage.is_some_and(|u| u.unread())) {
+        let output = match (&ctx.sse, &ctx.json) {
+            (Some(sse), _) => sse.output_estimate(),
+            (None, Some(json)) => json.output_estimate(),
+            (None, None) => 0,
+        };
+        let reported = ctx.usage.unwrap_or_default();
+        ctx.usage = Some(reported.estimated(ctx.request_body.len(), output, cut));
+        ctx.usage_estimated = true;
     }
     ctx.record_metrics(&state.metrics, status);
     let tokens = match (succeeded, ctx.usage) {

@@ -3,9 +3,14 @@
 //! reloads.
 //!
 //! One request's failure never takes a target out of rotation for everyone: a target
-//! cools down after `failures_before_cooldown` failures in a row (any success resets the
-//! count, as Envoy's `consecutive_5xx` outlier detection does), or at once when the
-//! provider itself says so (a 429, or any `Retry-After`).
+//! cools down only after `failures_before_cooldown` failures in a row (any answer resets
+//! the count, as Envoy's `consecutive_5xx` outlier detection does). Not even a 429 with a
+//! `Retry-After` cools at once: providers with token-bucket limits (Anthropic's tokens per
+//! minute, Bedrock's "Too many tokens") answer one request larger than what is left of the
+//! bucket with exactly that, while smaller requests still pass, so one answer cannot tell
+//! a target that is down for everyone from one caller's large request. The provider's
+//! `Retry-After` decides how long a target cools once the count is reached. Which
+//! failures count at all is the failover decision's (`route::plan`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +25,9 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 struct Health {
     /// Failures since the last success.
     failures: u32,
+    /// The longest `Retry-After` among those failures: how long the target cools when
+    /// they reach the threshold.
+    said: Option<Duration>,
     /// Cooling down until then.
     until: Option<Instant>,
 }
@@ -42,15 +50,15 @@ impl Cooldowns {
         map.get(target).and_then(|h| h.until).filter(|t| *t > now)
     }
 
-    /// A failure of `target`. `said`: the provider asked for a pause (429 or Retry-After),
-    /// which cools at once for that long; otherwise the target cools for `cooldown` once
-    /// `threshold` failures came in a row. Returns whether the target is cooling now.
+    /// A failure of `target`, with the provider's `Retry-After` when it sent one. The
+    /// target cools once `threshold` failures came in a row: for the longest
+    /// `Retry-After` among them, else for `cooldown`. Returns whether it is cooling now.
     pub fn failed(
         &self,
         target: &str,
         threshold: u32,
         cooldown: Duration,
-        said: Option<Duration>,
+        retry_after: Option<Duration>,
         now: Instant,
     ) -> bool {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
@@ -58,16 +66,13 @@ impl Cooldowns {
         map.retain(|_, h| h.failures > 0 || h.until.is_some_and(|t| t > now));
         let h = map.entry(target.to_owned()).or_default();
         h.failures = h.failures.saturating_add(1);
-        let pause = match said {
-            Some(d) => Some(d),
-            None if h.failures >= threshold.max(1) => Some(cooldown),
-            None => None,
-        };
-        if let Some(d) = pause {
-            let until = now + d;
+        h.said = h.said.max(retry_after);
+        if h.failures >= threshold.max(1) {
+            let until = now + h.said.unwrap_or(cooldown);
             h.until = Some(h.until.filter(|t| *t > now).map_or(until, |t| t.max(until)));
             // Cooling restarts the count: the next failure after it counts from one.
             h.failures = 0;
+            h.said = None;
         }
         let cooling = h.until.is_some_and(|t| t > now);
         self.len.store(map.len(), Ordering::Relaxed);
@@ -87,6 +92,7 @@ impl Cooldowns {
             let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
             if let Some(h) = map.get_mut(target) {
                 h.failures = 0;
+                h.said = None;
             }
         }
     }
@@ -150,12 +156,26 @@ mod tests {
     }
 
     #[test]
-    fn the_provider_saying_so_cools_at_once() {
+    fn a_retry_after_sets_how_long_but_never_cools_at_once() {
         let c = Cooldowns::default();
         let t0 = Instant::now();
-        assert!(c.failed("a", 5, S30, Some(Duration::from_secs(2)), t0));
-        assert_eq!(c.until("a", t0), Some(t0 + Duration::from_secs(2)));
-        assert!(c.until("a", t0 + Duration::from_secs(3)).is_none());
+        let secs = Duration::from_secs;
+        // One answer with a Retry-After is one failure, however long it asks for.
+        assert!(!c.failed("a", 3, S30, Some(secs(600)), t0));
+        assert!(c.until("a", t0).is_none());
+        assert!(!c.failed("a", 3, S30, None, t0));
+        // The third in a row cools for the longest Retry-After of the run, not cooldown_s.
+        assert!(c.failed("a", 3, S30, Some(secs(2)), t0));
+        assert_eq!(c.until("a", t0), Some(t0 + secs(600)));
+        // A success forgets what the last run said: the next run without one cools for
+        // cooldown_s.
+        c.succeeded("a");
+        let t1 = t0 + secs(601);
+        assert!(!c.failed("b", 2, S30, Some(secs(5)), t1));
+        c.succeeded("b");
+        assert!(!c.failed("b", 2, S30, None, t1));
+        assert!(c.failed("b", 2, S30, None, t1));
+        assert_eq!(c.until("b", t1), Some(t1 + S30));
     }
 
     #[test]

@@ -50,16 +50,28 @@ pub enum ErrorClass {
     /// The provider refused on its content policy. Final unless listed, even when its
     /// status is: a refusal must not route around a provider's policy unasked.
     ContentFilter,
+    /// The request alone is larger than the provider allows (OpenAI's 429 "Request too
+    /// large ... tokens per min", a payload over the size limit): the caller's problem,
+    /// never the target's, so it never counts towards a cooldown. It moves on when its
+    /// status or the class is listed.
+    RequestTooLarge,
+    /// The body was held to find its class and could not be read: longer than the bytes
+    /// held, or not JSON. It may be a refusal, so it is final unless `content_filter` is
+    /// listed; a 429 is never a refusal and follows its status. Not a name for `retry_on`.
+    Unreadable,
 }
 
 impl ErrorClass {
-    pub const NAMES: [&'static str; 2] = ["context_length_exceeded", "content_filter"];
+    /// The classes `retry_on` takes.
+    pub const NAMES: [&'static str; 3] = ["context_length_exceeded", "content_filter", "request_too_large"];
 
-    /// The name `retry_on` takes.
+    /// The name `retry_on` takes (and logs show).
     pub fn name(self) -> &'static str {
         match self {
             Self::ContextLengthExceeded => Self::NAMES[0],
             Self::ContentFilter => Self::NAMES[1],
+            Self::RequestTooLarge => Self::NAMES[2],
+            Self::Unreadable => "unreadable",
         }
     }
 
@@ -67,6 +79,7 @@ impl ErrorClass {
         match name {
             "context_length_exceeded" => Some(Self::ContextLengthExceeded),
             "content_filter" => Some(Self::ContentFilter),
+            "request_too_large" => Some(Self::RequestTooLarge),
             _ => None,
         }
     }
@@ -105,11 +118,13 @@ pub enum Next {
     Stop,
 }
 
-/// Whether an error status means the target failed (as opposed to the provider's answer
-/// to this caller's request, such as a 400): server errors, 429, and 401/403, which
-/// refuse the gateway's credential, not the caller's.
-fn target_failed(status: u16, retry_on: &[u16]) -> bool {
-    status >= 500 || matches!(status, 401 | 403 | 429) || retry_on.contains(&status)
+/// Whether an error status speaks of the target (its health, or the gateway's account
+/// with the provider) rather than of the caller's request: server errors, 429, and
+/// 401/403, which refuse the gateway's credential, not the caller's. Every other 4xx
+/// answers the request (a 400, a 404 for a `previous_response_id`, a 413), so no caller
+/// can cool a target by sending what it refuses, whatever `retry_on` lists.
+fn target_failed(status: u16) -> bool {
+    status >= 500 || matches!(status, 401 | 403 | 429)
 }
 
 #[derive(Debug, Clone)]
@@ -131,8 +146,8 @@ pub struct Plan {
     pub retry_classes: Vec<ErrorClass>,
     pub max_attempts: usize,
     pub cooldown: Duration,
-    /// Failures in a row before a target cools down (the provider's own 429 or
-    /// `Retry-After` cools at once).
+    /// Failures in a row before a target cools down (for the provider's `Retry-After`
+    /// when it sent one, else `cooldown`).
     pub failures_before_cooldown: u32,
     /// Next position in `candidates` to consider.
     next: usize,
@@ -245,14 +260,15 @@ impl Plan {
         Ok(&self.candidates[i])
     }
 
-    /// Whether an error status is worth reading the body of before deciding: only a
-    /// multi-target route's 4xx answers (other than refused credentials and 429) can turn
-    /// on their class, when a class is listed or the status itself is.
+    /// Whether an error status is worth reading the body of before deciding: on a
+    /// multi-target route, a 429 (is it the request's own size, or the target's limit?),
+    /// and the other 4xx answers (but refused credentials) when a class or the status
+    /// itself is listed (is it a refusal?).
     pub fn wants_error_class(&self, status: u16) -> bool {
         self.multi
             && (400..500).contains(&status)
-            && !matches!(status, 401 | 403 | 429)
-            && (!self.retry_classes.is_empty() || self.retry_on.contains(&status))
+            && !matches!(status, 401 | 403)
+            && (status == 429 || !self.retry_classes.is_empty() || self.retry_on.contains(&status))
     }
 
     /// Whether another target may be tried after the current one.
@@ -278,10 +294,15 @@ impl Plan {
     }
 
     /// The failover decision, in one place. `replica_left`: the target has another
-    /// healthy replica (the failed one was ejected). A failed target of a multi-target
-    /// alias counts towards its cooldown; the next target is tried while `max_attempts`
-    /// and the route allow and the failure is one to retry: a `retry_on` status, a
-    /// refused gateway credential, a connection failure, a timeout or a bad answer.
+    /// healthy replica (the failed one was ejected).
+    ///
+    /// A failure of the target (a 5xx, a 429 that is not the request's own size, a
+    /// refused gateway credential, a connection failure, a timeout, a bad answer) counts
+    /// towards its cooldown on a multi-target alias. A failure caused by the request (any
+    /// other 4xx, a class in `retry_on`, a request too large) never counts: it may move
+    /// this request on, and nothing else. The next target is tried while `max_attempts`
+    /// and the route allow and the failure is one to retry: a `retry_on` status or class,
+    /// a refused gateway credential, a connection failure, a timeout or a bad answer.
     pub fn failed(
         &mut self,
         f: Failure,
@@ -290,28 +311,66 @@ impl Plan {
         now: Instant,
         usable: &dyn Fn(&Target) -> bool,
     ) -> Next {
-        // An error class decides before the status: a listed class moves on (the request
-        // did not suit this target; the target is not cooled for it), an unlisted content
-        // refusal is the answer whatever its status.
-        if let Failure::Status {
+        let Failure::Status {
             status,
-            class: Some(class),
-            ..
+            retry_after,
+            class,
         } = f
-        {
+        else {
+            return self.target_failure(f, None, replica_left, cooldowns, now, usable);
+        };
+        // An error class decides before the status: a listed class moves on (the request
+        // did not suit this target), an unlisted content refusal is the answer whatever
+        // its status, and so is an error that might be one.
+        if let Some(class) = class {
             if self.multi && self.retry_classes.contains(&class) {
-                self.record(Outcome::RetryableStatus, Some(status), now);
-                return if self.can_retry(cooldowns, now, usable) {
-                    Next::NextTarget
-                } else {
-                    Next::Stop
-                };
+                return self.request_failure(status, cooldowns, now, usable);
             }
-            if class == ErrorClass::ContentFilter {
+            let maybe_refusal = class == ErrorClass::Unreadable
+                && status != 429
+                && !self.retry_classes.contains(&ErrorClass::ContentFilter);
+            if class == ErrorClass::ContentFilter || maybe_refusal {
                 self.answered(status, cooldowns, now);
                 return Next::Stop;
             }
         }
+        if class == Some(ErrorClass::RequestTooLarge) || !target_failed(status) {
+            if self.multi && self.retry_on.contains(&status) {
+                return self.request_failure(status, cooldowns, now, usable);
+            }
+            self.answered(status, cooldowns, now);
+            return Next::Stop;
+        }
+        self.target_failure(f, retry_after, replica_left, cooldowns, now, usable)
+    }
+
+    /// This request did not suit the target: the next one is tried when there is one,
+    /// and the target's record is left as it was.
+    fn request_failure(
+        &mut self,
+        status: u16,
+        cooldowns: &Cooldowns,
+        now: Instant,
+        usable: &dyn Fn(&Target) -> bool,
+    ) -> Next {
+        self.record(Outcome::RetryableStatus, Some(status), now);
+        if self.can_retry(cooldowns, now, usable) {
+            Next::NextTarget
+        } else {
+            Next::Stop
+        }
+    }
+
+    /// The target failed: counted towards its cooldown, and retried where that helps.
+    fn target_failure(
+        &mut self,
+        f: Failure,
+        retry_after: Option<Duration>,
+        replica_left: bool,
+        cooldowns: &Cooldowns,
+        now: Instant,
+        usable: &dyn Fn(&Target) -> bool,
+    ) -> Next {
         let (outcome, status) = match f {
             Failure::Status { status, .. } if matches!(status, 401 | 403) => {
                 (Outcome::CredentialRejected, Some(status))
@@ -324,31 +383,13 @@ impl Plan {
             Failure::Timeout => (Outcome::Timeout, None),
             Failure::Broken | Failure::Stale => (Outcome::Error, None),
         };
-        if let Failure::Status { status, .. } = f {
-            if !target_failed(status, &self.retry_on) {
-                self.answered(status, cooldowns, now);
-                return Next::Stop;
-            }
-        }
         self.record(outcome, status, now);
         if f == Failure::Stale || (replica_left && matches!(f, Failure::Connect | Failure::Broken)) {
             self.retry_same = true;
             return Next::SameTarget;
         }
-        if self.multi {
-            if let Some(t) = self.current.map(|i| &self.candidates[i]) {
-                // The provider's own word cools at once: a 429, or any Retry-After.
-                let said = match f {
-                    Failure::Status {
-                        status: 429,
-                        retry_after,
-                        ..
-                    } => Some(retry_after.unwrap_or(self.cooldown)),
-                    Failure::Status { retry_after, .. } => retry_after,
-                    _ => None,
-                };
-                cooldowns.failed(&t.alias, self.failures_before_cooldown, self.cooldown, said, now);
-            }
+        if let (true, Some(t)) = (self.multi, self.current.map(|i| &self.candidates[i])) {
+            cooldowns.failed(&t.alias, self.failures_before_cooldown, self.cooldown, retry_after, now);
         }
         let retryable = match f {
             Failure::Status { status, .. } => matches!(status, 401 | 403) || self.retry_on.contains(&status),
@@ -432,7 +473,8 @@ models:
         // Listed: the next target is tried, and the first is not cooled for it.
         let (mut p, _s) = plan(vec![503], 3);
         p.retry_classes = vec![ErrorClass::ContextLengthExceeded];
-        assert!(p.wants_error_class(400) && !p.wants_error_class(429) && !p.wants_error_class(503));
+        assert!(p.wants_error_class(400) && p.wants_error_class(429) && !p.wants_error_class(503));
+        assert!(!p.wants_error_class(401) && !p.wants_error_class(403));
         for _ in 0..5 {
             let (mut p, _s) = plan(vec![503], 3);
             p.retry_classes = vec![ErrorClass::ContextLengthExceeded];
@@ -455,7 +497,7 @@ models:
         let (mut p, _s) = plan(vec![400], 3);
         p.begin(&cd, t0, ALL).unwrap();
         assert_eq!(p.failed(status(400), false, &cd, t0, ALL), Next::NextTarget);
-        let _ = p;
+        assert_eq!(cd.failures("a"), 0, "a listed 4xx moves on without counting");
     }
 
     #[test]
@@ -497,31 +539,114 @@ models:
         assert_eq!(cd.failures("a"), 0);
     }
 
+    fn said(status: u16, secs: u64) -> Failure {
+        Failure::Status {
+            status,
+            retry_after: Some(Duration::from_secs(secs)),
+            class: None,
+        }
+    }
+
     #[test]
-    fn retry_after_and_429_cool_at_once_and_all_cooling_reports_the_soonest() {
+    fn a_429_is_one_failure_and_its_retry_after_sets_how_long_the_target_cools() {
+        let cd = Cooldowns::default();
+        let t0 = Instant::now();
+        // One 429, even with a Retry-After, leaves the target in rotation (threshold 3).
+        let (mut p, _s) = plan(vec![429], 3);
+        p.begin(&cd, t0, ALL).unwrap();
+        assert_eq!(p.failed(said(429, 60), false, &cd, t0, ALL), Next::NextTarget);
+        assert_eq!(cd.failures("a"), 1);
+        let (mut fresh, _s) = plan(vec![429], 3);
+        assert_eq!(fresh.begin(&cd, t0, ALL).unwrap().alias, "a");
+        // Without one, a 429 counts the same.
+        fresh.failed(status(429), false, &cd, t0, ALL);
+        assert!(cd.until("a", t0).is_none());
+        // The third in a row cools, for the longest Retry-After of the run.
+        let (mut p, _s) = plan(vec![429], 3);
+        p.begin(&cd, t0, ALL).unwrap();
+        p.failed(said(429, 5), false, &cd, t0, ALL);
+        assert_eq!(cd.until("a", t0), Some(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn all_cooling_reports_the_soonest() {
         let (mut p, _s) = plan(vec![429, 503], 3);
+        p.failures_before_cooldown = 1;
         let cd = Cooldowns::default();
         let t0 = Instant::now();
         for (secs, name, code) in [(5, "a", 429), (2, "b", 503), (9, "c", 429)] {
             assert_eq!(p.begin(&cd, t0, ALL).unwrap().alias, name);
-            let f = Failure::Status {
-                status: code,
-                retry_after: Some(Duration::from_secs(secs)),
-                class: None,
-            };
-            p.failed(f, false, &cd, t0, ALL);
+            p.failed(said(code, secs), false, &cd, t0, ALL);
         }
         let (mut fresh, _s2) = plan(vec![429], 3);
         assert_eq!(
             fresh.begin(&cd, t0, ALL).unwrap_err(),
             Some(t0 + Duration::from_secs(2))
         );
-        // A 429 without Retry-After cools for cooldown_s at once.
+    }
+
+    #[test]
+    fn what_the_request_caused_never_counts_against_the_target() {
         let cd = Cooldowns::default();
-        let (mut p, _s3) = plan(vec![429], 3);
+        let t0 = Instant::now();
+        let too_large = Failure::Status {
+            status: 429,
+            retry_after: Some(Duration::from_secs(60)),
+            class: Some(ErrorClass::RequestTooLarge),
+        };
+        // One caller's oversized requests, any number in a row, and 4xx answers whose
+        // status is listed (a 413, a 404 for a response id, a 400): each moves its own
+        // request on, and none counts, even at a threshold of one.
+        for f in [too_large, status(413), status(404), status(400)] {
+            for _ in 0..5 {
+                let (mut p, _s) = plan(vec![400, 404, 413, 429], 3);
+                p.failures_before_cooldown = 1;
+                assert!(p.wants_error_class(429));
+                assert_eq!(p.begin(&cd, t0, ALL).unwrap().alias, "a");
+                assert_eq!(p.failed(f, false, &cd, t0, ALL), Next::NextTarget, "{f:?}");
+                assert_eq!(p.attempts[0].outcome, Outcome::RetryableStatus);
+            }
+        }
+        assert_eq!((cd.failures("a"), cd.until("a", t0)), (0, None));
+        // Unlisted, the request's own error is its answer.
+        let (mut p, _s) = plan(vec![503], 3);
         p.begin(&cd, t0, ALL).unwrap();
-        p.failed(status(429), false, &cd, t0, ALL);
-        assert_eq!(cd.until("a", t0), Some(t0 + Duration::from_secs(30)));
+        assert_eq!(p.failed(too_large, false, &cd, t0, ALL), Next::Stop);
+        assert_eq!(p.attempts[0].outcome, Outcome::Answered);
+        // Nor does it hide the target's own failures: they still add up around it.
+        for f in [status(429), too_large, status(503), too_large, said(429, 1)] {
+            let (mut p, _s) = plan(vec![429, 503], 3);
+            p.begin(&cd, t0, ALL).unwrap();
+            p.failed(f, false, &cd, t0, ALL);
+        }
+        assert_eq!(cd.until("a", t0), Some(t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_error_whose_class_cannot_be_read_may_be_a_refusal_and_is_final() {
+        let cd = Cooldowns::default();
+        let t0 = Instant::now();
+        let unread = |status| Failure::Status {
+            status,
+            retry_after: None,
+            class: Some(ErrorClass::Unreadable),
+        };
+        // Its status listed or not, a 400 that could not be read is the answer...
+        let (mut p, _s) = plan(vec![400], 3);
+        p.retry_classes = vec![ErrorClass::ContextLengthExceeded];
+        p.begin(&cd, t0, ALL).unwrap();
+        assert_eq!(p.failed(unread(400), false, &cd, t0, ALL), Next::Stop);
+        assert_eq!(p.attempts[0].outcome, Outcome::Answered);
+        // ...unless refusals may move on anyway: then its status decides.
+        let (mut p, _s) = plan(vec![400], 3);
+        p.retry_classes = vec![ErrorClass::ContentFilter];
+        p.begin(&cd, t0, ALL).unwrap();
+        assert_eq!(p.failed(unread(400), false, &cd, t0, ALL), Next::NextTarget);
+        // A 429 is never a refusal: unreadable, it is a 429 like any.
+        let (mut p, _s) = plan(vec![429], 3);
+        p.begin(&cd, t0, ALL).unwrap();
+        assert_eq!(p.failed(unread(429), false, &cd, t0, ALL), Next::NextTarget);
+        assert_eq!(cd.failures("a"), 1);
     }
 
     #[test]

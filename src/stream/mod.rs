@@ -43,19 +43,6 @@ fn carries_usage(event: &[u8]) -> bool {
         .any(|at| usage_value(event, at).is_some_and(|v| v.trim_ascii_start().first() == Some(&b'{')))
 }
 
-/// What a stream cut before its usage arrived is charged: the tokens reported so far,
-/// but at least the estimate of what was streamed (see [`SseState::output_estimate`])
-/// and a token per four bytes of the request body. Providers bill what they generated; a
-/// caller that hangs up after the last content event must not get it for free.
-pub fn estimate(reported: Option<Usage>, request_bytes: usize, output_estimate: u64) -> Usage {
-    let r = reported.unwrap_or_default();
-    Usage {
-        input_tokens: r.input_tokens.max((request_bytes as u64).div_ceil(4)),
-        output_tokens: r.output_tokens.max(output_estimate),
-        ..r
-    }
-}
-
 #[derive(Deserialize)]
 struct UsageOnly {
     usage: Option<RawUsage>,
@@ -562,6 +549,12 @@ impl JsonBody {
         }
     }
 
+    /// The output tokens of an answer whose provider's count could not be read: a token
+    /// per four bytes of it (its JSON around the text makes that more, never less).
+    pub fn output_estimate(&self) -> u64 {
+        (self.len as u64).div_ceil(4)
+    }
+
     /// Whether the body is held back until its end (translation) or forwarded as it comes.
     pub fn holds(&self) -> bool {
         self.hold.is_some() || self.translate != JsonTranslate::None
@@ -701,15 +694,12 @@ mod estimate_tests {
             s.feed(Bytes::from(format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n")));
         }
         assert!(s.output_estimate() >= 200, "{}", s.output_estimate());
-        let u = estimate(
-            Some(Usage {
-                input_tokens: 100,
-                output_tokens: 0,
-                ..Usage::default()
-            }),
-            40,
-            11,
-        );
+        let u = Usage {
+            input_tokens: 100,
+            output_tokens: 0,
+            ..Usage::default()
+        }
+        .estimated(40, 11, true);
         assert_eq!(
             u,
             Usage {

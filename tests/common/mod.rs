@@ -329,6 +329,23 @@ pub async fn spend_of(gw: &Gateway, admin_key: &str, owner: &str) -> Value {
 }
 
 /// POSTs JSON with the test caller key.
+/// Sends raw bytes on a fresh connection; returns the status line of the answer.
+pub fn raw(gw: &Gateway, data: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(gw.url().trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(data).unwrap();
+    let mut buf = [0u8; 4096];
+    let mut out = Vec::new();
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).lines().next().unwrap_or("").to_owned()
+}
+
 pub async fn post(gw: &Gateway, path: &str, body: &Value) -> reqwest::Response {
     post_as(gw, CALLER_KEY, path, body).await
 }

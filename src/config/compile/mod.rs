@@ -98,6 +98,9 @@ fn check_unique<'a>(kind: Kind, names: impl Iterator<Item = &'a str>, errs: &mut
     for (i, n) in names.enumerate() {
         if n.trim().is_empty() {
             errs.push(format!("{kind}[{i}].name"), "must not be empty");
+        } else if n.chars().any(char::is_control) {
+            // Names go into headers (x-aigw-model), metric labels and log lines.
+            errs.push(format!("{kind}[{i}].name"), "must not contain control characters");
         } else if !seen.insert(n) {
             errs.push(format!("{kind}[{i}].name"), format!("duplicate name '{n}'"));
         }

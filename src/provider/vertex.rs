@@ -381,8 +381,7 @@ impl Tokens {
                 e.error.unwrap_or_default(),
                 e.error_description.unwrap_or_default()
             );
-            why.truncate(why.trim_end().len().min(300));
-            return Err(why);
+            return Err(shorten(why, 300));
         }
         let a: TokenAnswer = serde_json::from_slice(&body)
             .map_err(|_| format!("token endpoint {} answered without an access_token", self.token_uri))?;
@@ -397,9 +396,29 @@ impl Tokens {
     }
 }
 
+/// `s` cut to at most `max` bytes at a character boundary, without trailing space: the
+/// token endpoint's text is the provider's, and may be anything.
+fn shorten(mut s: String, max: usize) -> String {
+    let mut end = s.trim_end().len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_error_is_shortened_at_a_character_boundary() {
+        // Byte 300 falls inside a two-byte character: String::truncate would panic there.
+        let why = format!("{}{}", "a".repeat(299), "é".repeat(10));
+        let short = shorten(why, 300);
+        assert_eq!(short.len(), 299);
+        assert_eq!(shorten("ok   ".to_owned(), 300), "ok");
+    }
 
     #[test]
     fn claude_models_speak_anthropic_others_gemini() {

@@ -374,7 +374,7 @@ impl Tokens {
         let (status, body) = crate::outbound::read_capped(resp, MAX_ANSWER, &what).await?;
         if !status.is_success() {
             let e: TokenError = serde_json::from_slice(&body).unwrap_or_default();
-            let mut why = format!(
+            let why = format!(
                 "token endpoint {} answered {}: {} {}",
                 self.token_uri,
                 status.as_u16(),

@@ -31,7 +31,7 @@ fn the_rules_are_valid_and_their_unit_tests_pass() {
 #[test]
 fn every_metric_the_rules_read_is_one_aigw_declares() {
     let rules = std::fs::read_to_string(asset("conf/prometheus/aigw.rules.yaml")).unwrap();
-    let declared = std::fs::read_to_string(asset("src/telemetry/metrics.rs")).unwrap();
+    let declared = std::fs::read_to_string(asset("src/metrics.rs")).unwrap();
     let names: std::collections::BTreeSet<&str> = rules
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| w.starts_with("aigw_"))

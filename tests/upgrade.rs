@@ -466,7 +466,7 @@ fn the_default_socket_is_in_the_runtime_directory_and_private() {
     assert!(logs.contains("--upgrade needs server.upgrade_sock"), "{logs}");
 }
 
-/// With no upgrade socket, SIGQUIT (the README's systemd recipe sends it on every stop)
+/// With no upgrade socket, SIGQUIT (the systemd recipe in docs/edge.md sends it on every stop)
 /// drains and stops as SIGTERM does, instead of trying a handover.
 #[test]
 fn sigquit_without_an_upgrade_socket_drains_and_stops() {

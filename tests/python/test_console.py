@@ -138,12 +138,16 @@ def test_console_shows_traffic_cooldowns_and_validation_errors(console, browser)
     cents = [None]
 
     def cents_row(d):
-        rows = [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in d.find_elements(By.CSS_SELECTOR, "table#spend tr")]
+        # Read in one script: the table is rebuilt every second, so elements found one by
+        # one can go stale between two reads.
+        rows = d.execute_script(
+            "return [...document.querySelectorAll('table#spend tr')]"
+            ".map(r => [...r.querySelectorAll('td')].map(c => c.textContent.trim()))")
         cents[0] = next((r for r in rows if r and r[0] == "console-cents"), None)
         return cents[0] is not None and cents[0][4] not in ("", "0")
 
     wait_for(browser, cents_row, "the spend under a cent")
-    assert cents[0][3].strip().endswith("100%") and cents[0][4].startswith("0.0000"), cents[0]
+    assert cents[0][3].endswith("100%") and cents[0][4].startswith("0.0000"), cents[0]
     assert cents[0][5] == "0.000005", cents[0]
 
     # A scripted failure: the target cools down, and the console says for how long.

@@ -54,7 +54,7 @@ pub struct Issuer {
     guardrails: Vec<Arc<Guardrail>>,
     budget: Option<Arc<raw::Budget>>,
     cache: bool,
-    mcp: Option<Arc<crate::mcp::Access>>,
+    mcp: Option<Arc<crate::auth::McpAccess>>,
 }
 
 /// What the issuer's entry sets besides the keys, checked by the config compiler.
@@ -62,7 +62,7 @@ pub struct Policies {
     pub policy: Option<Arc<raw::RateLimit>>,
     pub guardrails: Vec<Arc<Guardrail>>,
     pub budget: Option<Arc<raw::Budget>>,
-    pub mcp: Option<Arc<crate::mcp::Access>>,
+    pub mcp: Option<Arc<crate::auth::McpAccess>>,
     pub namespace: OwnerNamespace,
 }
 

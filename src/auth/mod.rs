@@ -4,6 +4,9 @@
 
 pub mod jwks;
 pub mod jwt;
+mod mcp_access;
+
+pub use mcp_access::McpAccess;
 
 use std::sync::Arc;
 

@@ -20,57 +20,19 @@
 mod bounded;
 pub mod upstream;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Method};
 use serde_json::{json, Value};
 
+use crate::auth::McpAccess;
 use crate::config::ApiKeyEntry;
 use crate::guard::{self, Hit};
 use crate::limit::{Admitted, Limiter};
 use crate::metrics::Metrics;
-use crate::raw;
 use upstream::{CallError, Server};
-
-/// What a caller may reach, compiled from its `mcp` entry.
-#[derive(Debug)]
-pub struct Access {
-    every_server: bool,
-    servers: HashSet<String>,
-    /// `None`: every tool, prompt and resource of the allowed servers.
-    tools: Option<regex::RegexSet>,
-}
-
-impl Access {
-    pub fn compile(raw: &raw::McpAccess) -> Result<Self, String> {
-        let tools = if raw.tools.is_empty() {
-            None
-        } else {
-            let patterns = raw.tools.iter().map(|g| {
-                let parts: Vec<String> = g.split('*').map(regex::escape).collect();
-                format!("^{}$", parts.join(".*"))
-            });
-            Some(regex::RegexSet::new(patterns).map_err(|e| format!("tools: {e}"))?)
-        };
-        Ok(Self {
-            every_server: raw.servers.iter().any(|s| s == "*"),
-            servers: raw.servers.iter().cloned().collect(),
-            tools,
-        })
-    }
-
-    fn server(&self, name: &str) -> bool {
-        self.every_server || self.servers.contains(name)
-    }
-
-    /// `exposed` is a tool, prompt or resource as the aggregate endpoint names it
-    /// (`{server}__{name}`).
-    fn item(&self, exposed: &str) -> bool {
-        self.tools.as_ref().is_none_or(|t| t.is_match(exposed))
-    }
-}
 
 /// The separator of `{server}__{tool}`. Server names may not contain it nor end with `_`,
 /// so the first `__` of an exposed name is always the separator (see `config::compile`).
@@ -453,7 +415,7 @@ struct Gate<'a> {
 }
 
 impl Gate<'_> {
-    fn access(&self) -> Option<&Access> {
+    fn access(&self) -> Option<&McpAccess> {
         self.caller.mcp.as_deref()
     }
 
@@ -844,31 +806,6 @@ fn describe(e: &CallError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tool_globs_match_whole_names() {
-        let a = Access::compile(&raw::McpAccess {
-            servers: vec!["math".into()],
-            tools: vec!["math__add*".into(), "math__pi".into()],
-        })
-        .unwrap();
-        assert!(a.server("math") && !a.server("files"));
-        assert!(a.item("math__add") && a.item("math__add_many") && a.item("math__pi"));
-        assert!(!a.item("math__pie") && !a.item("xmath__add") && !a.item("math__sub"));
-        let every = Access::compile(&raw::McpAccess {
-            servers: vec!["*".into()],
-            tools: vec![],
-        })
-        .unwrap();
-        assert!(every.server("anything") && every.item("anything__at_all"));
-        // Regex syntax in a glob is literal.
-        let literal = Access::compile(&raw::McpAccess {
-            servers: vec![],
-            tools: vec!["a.b__(x)".into()],
-        })
-        .unwrap();
-        assert!(literal.item("a.b__(x)") && !literal.item("aXb__(x)"));
-    }
 
     /// Every server name the config takes splits back out of every exposed name it makes,
     /// whatever the item's name (underscores at either end included); the names it

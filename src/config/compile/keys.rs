@@ -124,7 +124,7 @@ pub struct ApiKeyEntry {
     /// Whether this key's requests may use response caches.
     pub cache: bool,
     /// The MCP servers and tools it may use; `None`: none.
-    pub mcp: Option<Arc<crate::mcp::Access>>,
+    pub mcp: Option<Arc<crate::auth::McpAccess>>,
 }
 
 impl ApiKeyEntry {

@@ -156,12 +156,12 @@ impl Refs<'_, '_> {
         path: &str,
         access: Option<&raw::McpAccess>,
         errs: &mut Errors,
-    ) -> Option<Arc<crate::mcp::Access>> {
+    ) -> Option<Arc<crate::auth::McpAccess>> {
         let a = access?;
         for (j, s) in a.servers.iter().enumerate().filter(|(_, s)| *s != "*") {
             self.check(format!("{path}.mcp.servers[{j}]"), Kind::McpServers, s, errs);
         }
-        crate::mcp::Access::compile(a)
+        crate::auth::McpAccess::compile(a)
             .map_err(|e| errs.push(format!("{path}.mcp"), e))
             .ok()
             .map(Arc::new)

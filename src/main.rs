@@ -250,7 +250,7 @@ fn main() -> ExitCode {
                 eprintln!("aigw: the key is empty");
                 return ExitCode::FAILURE;
             }
-            println!("{}", aigw::config::compile::hash_key(&key));
+            println!("{}", aigw::auth::hash_key(&key));
             ExitCode::SUCCESS
         }
         Command::MockUpstream {

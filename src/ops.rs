@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::config::compile::hash_key;
+use crate::auth::hash_key;
 
 /// Where the admin API of the gateway a config file describes listens (a wildcard
 /// address reached on loopback, as the readiness probe does).

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::jwks::{KeySet, RemoteKeys};
-use crate::config::{ApiKeyEntry, OwnerNamespace};
+use crate::auth::{ApiKeyEntry, OwnerNamespace};
 use crate::guard::Guardrail;
 use crate::limit::Cells;
 use crate::metrics::Metrics;
@@ -418,7 +418,7 @@ mod tests {
             assert_eq!(owner(Some(&bad)), None, "{bad}");
         }
         assert_eq!(
-            owner(Some(&json!("x".repeat(crate::config::MAX_OWNER_BYTES + 1)))),
+            owner(Some(&json!("x".repeat(crate::auth::keys::MAX_OWNER_BYTES + 1)))),
             None
         );
         assert_eq!(owner(None), None);

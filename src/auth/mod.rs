@@ -4,8 +4,10 @@
 
 pub mod jwks;
 pub mod jwt;
+pub mod keys;
 mod mcp_access;
 
+pub use keys::{hash_key, ApiKeyEntry, KeyIndex, OwnerNamespace};
 pub use mcp_access::McpAccess;
 
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use chrono::Utc;
 use http::header::{HeaderName, AUTHORIZATION};
 use http::HeaderMap;
 
-use crate::config::{ApiKeyEntry, Snapshot};
+use crate::config::Snapshot;
 use crate::error::GwError;
 use crate::limit::Cells;
 use crate::metrics::Metrics;

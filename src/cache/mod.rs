@@ -21,7 +21,8 @@ use serde_json::Value;
 
 use crate::api::Dialect;
 use crate::api::Endpoint;
-use crate::config::{ApiKeyEntry, Model, Snapshot};
+use crate::auth::ApiKeyEntry;
+use crate::config::{Model, Snapshot};
 use crate::metrics::Metrics;
 use crate::raw::{self, CacheScope};
 use crate::redis_pool::RedisPool;

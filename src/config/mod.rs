@@ -17,8 +17,7 @@ use serde_yaml::Value;
 use crate::raw;
 
 pub use compile::{
-    ApiKeyEntry, BaseUrl, CompileCtx, KeyIndex, Model, ModelRoute, OwnerNamespace, Provider, RouteTarget, Routing,
-    ServerSettings, Snapshot, Target, MAX_OWNER_BYTES,
+    BaseUrl, CompileCtx, Model, ModelRoute, Provider, RouteTarget, Routing, ServerSettings, Snapshot, Target,
 };
 pub use interp::interpolate;
 pub use kind::Kind;

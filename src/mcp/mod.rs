@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, Method};
 use serde_json::{json, Value};
 
+use crate::auth::ApiKeyEntry;
 use crate::auth::McpAccess;
-use crate::config::ApiKeyEntry;
 use crate::guard::{self, Hit};
 use crate::limit::{Admitted, Limiter};
 use crate::metrics::Metrics;

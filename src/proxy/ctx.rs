@@ -7,8 +7,9 @@ use bytes::Bytes;
 
 use crate::api::Dialect;
 use crate::api::Endpoint;
+use crate::auth::ApiKeyEntry;
 use crate::cache;
-use crate::config::{ApiKeyEntry, Snapshot, Target};
+use crate::config::{Snapshot, Target};
 use crate::error::GwError;
 use crate::guard::stream::StreamGuard;
 use crate::guard::{Guardrail, Hit};

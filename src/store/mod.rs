@@ -283,7 +283,7 @@ pub fn prepare(kind: Kind, name: &str, mut v: Value, stored: Option<&Value>) -> 
 fn hash_caller_key(obj: &mut Map<String, Value>) {
     if let Some(Value::String(key)) = obj.get("key") {
         if !is_env_reference(key) {
-            let hash = crate::config::compile::hash_key(key);
+            let hash = crate::auth::hash_key(key);
             obj.remove("key");
             obj.insert("key_hash".into(), Value::String(hash));
         }
@@ -382,7 +382,7 @@ mod tests {
 
         let key = prepare(Kind::ApiKeys, "k", json!({"key": "sk-caller"}), None).unwrap();
         assert!(key.get("key").is_none());
-        assert_eq!(key["key_hash"], crate::config::compile::hash_key("sk-caller"));
+        assert_eq!(key["key_hash"], crate::auth::hash_key("sk-caller"));
 
         // Bedrock's secret and session token sit in the `aws` section.
         let stored = json!({"name": "b", "provider": "bedrock",

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::keys::{check_owner_text, OwnerNamespace};
 use super::{raw, Errors, Refs};
 use crate::auth::jwks::{self, KeySet, RemoteKeys, Source};
 use crate::auth::jwt::{Issuer, Issuers, Keys, Policies};
+use crate::auth::keys::{check_owner_text, OwnerNamespace};
 use crate::config::Kind;
 
 /// The longest clock skew allowed on `exp` and `nbf`.

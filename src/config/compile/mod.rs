@@ -17,12 +17,12 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use super::{ConfigError, Kind, RawConfig};
+use crate::auth::KeyIndex;
 use crate::guard::Guardrail;
 use crate::limit::{Binding, Cells};
 use crate::raw;
 use crate::route::upstream::UpstreamRegistry;
 
-pub use keys::{hash_key, ApiKeyEntry, KeyIndex, OwnerNamespace, MAX_OWNER_BYTES};
 pub use models::{Model, ModelRoute, RouteTarget, Routing, Target};
 pub use providers::{BaseUrl, Provider, Secret};
 pub use server::{EtcdSettings, EtcdTlsFiles, RedisSettings, ServerSettings, TlsListener};
@@ -325,6 +325,7 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::hash_key;
     use crate::config::parse;
 
     fn compile_text(text: &str) -> Result<Snapshot, Vec<ConfigError>> {

@@ -16,7 +16,6 @@ use chrono::Utc;
 use http::header::{HeaderName, AUTHORIZATION};
 use http::HeaderMap;
 
-use crate::config::Snapshot;
 use crate::error::GwError;
 use crate::limit::Cells;
 use crate::metrics::Metrics;
@@ -48,27 +47,27 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
 /// (`tls::ClientIdentity`). A presented credential decides alone, so a service with a
 /// certificate can still act as another caller by sending that caller's key.
 pub async fn authenticate(
-    snap: &Snapshot,
+    keys: &KeyIndex,
+    issuers: &jwt::Issuers,
     cells: &Cells,
     metrics: &Arc<Metrics>,
     headers: &HeaderMap,
     client: Option<&ClientIdentity>,
 ) -> Result<Arc<ApiKeyEntry>, GwError> {
     let entry = match (presented_key(headers), client) {
-        (Some(presented), _) => match snap.keys.lookup(presented) {
+        (Some(presented), _) => match keys.lookup(presented) {
             Some(e) => e.clone(),
-            None if !snap.jwt.is_empty() && jwt::looks_like_jwt(presented) => {
+            None if !issuers.is_empty() && jwt::looks_like_jwt(presented) => {
                 // `looks_like_jwt` admits ASCII only.
                 let token = std::str::from_utf8(presented).map_err(|_| GwError::InvalidApiKey)?;
-                return snap
-                    .jwt
+                return issuers
                     .authenticate(token, cells, metrics)
                     .await
                     .map_err(|_| GwError::InvalidApiKey);
             }
             None => return Err(GwError::InvalidApiKey),
         },
-        (None, Some(id)) => snap.keys.lookup_cert(id).ok_or(GwError::InvalidApiKey)?.clone(),
+        (None, Some(id)) => keys.lookup_cert(id).ok_or(GwError::InvalidApiKey)?.clone(),
         (None, None) => return Err(GwError::InvalidApiKey),
     };
     if !entry.is_active(Utc::now()) {

@@ -117,7 +117,8 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         .and_then(|d| d.ssl_digest.as_ref())
         .and_then(|s| s.extension.get::<crate::tls::ClientIdentity>());
     let caller = auth::authenticate(
-        &snap,
+        &snap.keys,
+        &snap.jwt,
         &state.limit_cells,
         &state.metrics,
         &session.req_header().headers,

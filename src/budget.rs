@@ -335,21 +335,26 @@ impl Budgets {
         }
     }
 
-    /// The current spend of every budget for every owner whose keys use it, and for
-    /// every JWT issuer's owner this instance charged in the current period.
-    pub async fn report(&self, snap: &crate::config::Snapshot, now: DateTime<Utc>) -> Vec<Spend> {
+    /// The current spend of every budget for every owner whose keys use it (`keyed`:
+    /// budget and owner), and for every owner of a JWT issuer's budget (`issued`) this
+    /// instance charged in the current period.
+    pub async fn report(
+        &self,
+        keyed: impl IntoIterator<Item = (Arc<Budget>, String)>,
+        issued: impl IntoIterator<Item = Arc<Budget>>,
+        now: DateTime<Utc>,
+    ) -> Vec<Spend> {
         let mut pairs: Vec<(Arc<Budget>, String)> = Vec::new();
         let mut add = |b: &Arc<Budget>, owner: &str| {
             if !pairs.iter().any(|(pb, o)| pb.name == b.name && o == owner) {
                 pairs.push((b.clone(), owner.to_owned()));
             }
         };
-        for k in snap.keys.entries() {
-            if let Some(b) = &k.budget {
-                add(b, &k.owner);
-            }
+        for (b, owner) in keyed {
+            add(&b, &owner);
         }
-        for b in snap.jwt.0.iter().filter_map(|i| i.budget()) {
+        for b in issued {
+            let b = &b;
             // Keys are `aigw:budget:{budget}:{owner}:{period}`; owners may hold colons.
             let (head, tail) = (
                 format!("aigw:budget:{}:", b.name),

@@ -133,7 +133,8 @@ impl Api {
             (Route::Status, Method::GET) => json_response(200, &super::status::status(state).await),
             (Route::Spend, Method::GET) => {
                 let snap = state.snapshot();
-                let spend = state.budgets.report(&snap, chrono::Utc::now()).await;
+                let (keyed, issued) = snap.budget_owners();
+                let spend = state.budgets.report(keyed, issued, chrono::Utc::now()).await;
                 json_response(200, &json!({"object": "list", "data": spend}))
             }
             (Route::Config, Method::GET) => {

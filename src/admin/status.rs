@@ -216,6 +216,8 @@ pub async fn status(state: &AppState) -> Value {
         .collect();
     keys.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     let m = &state.metrics;
+    let (keyed, issued) = snap.budget_owners();
+    let spend = state.budgets.report(keyed, issued, wall).await;
     json!({
         "time_ms": wall.timestamp_millis(),
         "config": {
@@ -233,7 +235,7 @@ pub async fn status(state: &AppState) -> Value {
             "latency": latency(state),
         },
         "routes": routes,
-        "spend": state.budgets.report(&snap, wall).await,
+        "spend": spend,
         "keys": keys,
         "jwt": snap.jwt.0.iter().map(|i| i.status()).collect::<Vec<_>>(),
         "guardrail_hits": rows(&m.guardrail_hits),

@@ -59,6 +59,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// What the spend report covers: each budget with the owner of every key that uses it,
+    /// and the budgets of JWT issuers (whose owners the budget's own records name).
+    pub fn budget_owners(&self) -> (Vec<(Arc<raw::Budget>, String)>, Vec<Arc<raw::Budget>>) {
+        let keyed = self
+            .keys
+            .entries()
+            .filter_map(|k| Some((k.budget.clone()?, k.owner.clone())))
+            .collect();
+        let issued = self.jwt.0.iter().filter_map(|i| i.budget().cloned()).collect();
+        (keyed, issued)
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "{} provider keys, {} models, {} api keys, {} JWT issuers, {} rate limits, {} guardrails, {} caches, {} budgets",

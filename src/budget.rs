@@ -179,6 +179,14 @@ pub struct Budgets {
     metrics: Arc<Metrics>,
 }
 
+/// What a spend report covers: each budget with the owner of every key that uses it
+/// (`keyed`), and the budgets of JWT issuers (`issued`), whose owners the budget's own
+/// records name.
+pub struct Covered {
+    pub keyed: Vec<(Arc<Budget>, String)>,
+    pub issued: Vec<Arc<Budget>>,
+}
+
 impl Budgets {
     pub fn new(redis: Option<Arc<RedisPool>>, metrics: Arc<Metrics>) -> Self {
         Self {
@@ -335,15 +343,10 @@ impl Budgets {
         }
     }
 
-    /// The current spend of every budget for every owner whose keys use it (`keyed`:
-    /// budget and owner), and for every owner of a JWT issuer's budget (`issued`) this
-    /// instance charged in the current period.
-    pub async fn report(
-        &self,
-        keyed: impl IntoIterator<Item = (Arc<Budget>, String)>,
-        issued: impl IntoIterator<Item = Arc<Budget>>,
-        now: DateTime<Utc>,
-    ) -> Vec<Spend> {
+    /// The current spend of every budget for every owner whose keys use it, and for
+    /// every owner of a JWT issuer's budget this instance charged in the current period.
+    pub async fn report(&self, covered: Covered, now: DateTime<Utc>) -> Vec<Spend> {
+        let Covered { keyed, issued } = covered;
         let mut pairs: Vec<(Arc<Budget>, String)> = Vec::new();
         let mut add = |b: &Arc<Budget>, owner: &str| {
             if !pairs.iter().any(|(pb, o)| pb.name == b.name && o == owner) {

@@ -133,8 +133,7 @@ impl Api {
             (Route::Status, Method::GET) => json_response(200, &super::status::status(state).await),
             (Route::Spend, Method::GET) => {
                 let snap = state.snapshot();
-                let (keyed, issued) = snap.budget_owners();
-                let spend = state.budgets.report(keyed, issued, chrono::Utc::now()).await;
+                let spend = state.budgets.report(snap.budget_owners(), chrono::Utc::now()).await;
                 json_response(200, &json!({"object": "list", "data": spend}))
             }
             (Route::Config, Method::GET) => {

@@ -216,8 +216,7 @@ pub async fn status(state: &AppState) -> Value {
         .collect();
     keys.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     let m = &state.metrics;
-    let (keyed, issued) = snap.budget_owners();
-    let spend = state.budgets.report(keyed, issued, wall).await;
+    let spend = state.budgets.report(snap.budget_owners(), wall).await;
     json!({
         "time_ms": wall.timestamp_millis(),
         "config": {

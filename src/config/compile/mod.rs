@@ -59,16 +59,17 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// What the spend report covers: each budget with the owner of every key that uses it,
-    /// and the budgets of JWT issuers (whose owners the budget's own records name).
-    pub fn budget_owners(&self) -> (Vec<(Arc<raw::Budget>, String)>, Vec<Arc<raw::Budget>>) {
-        let keyed = self
-            .keys
-            .entries()
-            .filter_map(|k| Some((k.budget.clone()?, k.owner.clone())))
-            .collect();
-        let issued = self.jwt.0.iter().filter_map(|i| i.budget().cloned()).collect();
-        (keyed, issued)
+    /// What the spend report covers: the budgets of keys with their owners, and those of
+    /// JWT issuers.
+    pub fn budget_owners(&self) -> crate::budget::Covered {
+        crate::budget::Covered {
+            keyed: self
+                .keys
+                .entries()
+                .filter_map(|k| Some((k.budget.clone()?, k.owner.clone())))
+                .collect(),
+            issued: self.jwt.0.iter().filter_map(|i| i.budget().cloned()).collect(),
+        }
     }
 
     pub fn summary(&self) -> String {

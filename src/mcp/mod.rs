@@ -509,6 +509,25 @@ impl Gate<'_> {
         }
     }
 
+    /// A request that goes to a server: counted against the caller's rate limits, then
+    /// its `params` scanned by its guardrails. `Err`: the answer, and the outcome a tool
+    /// call is counted as (`rate_limited` or `blocked`).
+    async fn admit_and_guard(
+        &self,
+        id: &Value,
+        params: &mut Value,
+    ) -> Result<(Option<Admitted>, Vec<Hit>), (Handled, &'static str)> {
+        let admitted = self
+            .admit(id)
+            .await
+            .map_err(|refused| (answered(refused, Vec::new()), "rate_limited"))?;
+        let mut hits = Vec::new();
+        match self.guard_request(id, params, &mut hits) {
+            Ok(()) => Ok((admitted, hits)),
+            Err(refused) => Err((answered(refused, hits), "blocked")),
+        }
+    }
+
     /// The request stage: every text of `params` scanned by the caller's guardrails, in
     /// place. `Err`: the refusal to answer.
     fn guard_request(&self, id: &Value, params: &mut Value, hits: &mut Vec<Hit>) -> Result<(), Value> {
@@ -715,14 +734,10 @@ impl Gate<'_> {
             h
         };
         // Held until the call ends: a concurrency slot is released with it.
-        let _admitted = match self.admit(id).await {
-            Ok(a) => a,
-            Err(refused) => return done(&server, &tool, "rate_limited", answered(refused, Vec::new())),
+        let (_admitted, hits) = match self.admit_and_guard(id, &mut params).await {
+            Ok(admitted) => admitted,
+            Err((refused, outcome)) => return done(&server, &tool, outcome, refused),
         };
-        let mut hits = Vec::new();
-        if let Err(refused) = self.guard_request(id, &mut params, &mut hits) {
-            return done(&server, &tool, "blocked", answered(refused, hits));
-        }
         // What goes on is the scanned request: a masked name routes as it now reads.
         let scanned = params.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
         let Some((server, tool)) = self.route(Items::Tools, &scanned) else {
@@ -745,14 +760,10 @@ impl Gate<'_> {
         if self.route(Items::Prompts, name).is_none() {
             return unknown();
         }
-        let _admitted = match self.admit(id).await {
-            Ok(a) => a,
-            Err(refused) => return answered(refused, Vec::new()),
+        let (_admitted, hits) = match self.admit_and_guard(id, &mut params).await {
+            Ok(admitted) => admitted,
+            Err((refused, _)) => return refused,
         };
-        let mut hits = Vec::new();
-        if let Err(refused) = self.guard_request(id, &mut params, &mut hits) {
-            return answered(refused, hits);
-        }
         let scanned = params.get("name").and_then(Value::as_str).unwrap_or("");
         let Some((server, prompt)) = self.route(Items::Prompts, scanned) else {
             return Handled { hits, ..unknown() };
@@ -777,14 +788,10 @@ impl Gate<'_> {
         if owner(&params).is_none() {
             return not_found();
         }
-        let _admitted = match self.admit(id).await {
-            Ok(a) => a,
-            Err(refused) => return answered(refused, Vec::new()),
+        let (_admitted, hits) = match self.admit_and_guard(id, &mut params).await {
+            Ok(admitted) => admitted,
+            Err((refused, _)) => return refused,
         };
-        let mut hits = Vec::new();
-        if let Err(refused) = self.guard_request(id, &mut params, &mut hits) {
-            return answered(refused, hits);
-        }
         let Some(server) = owner(&params) else {
             return Handled { hits, ..not_found() };
         };

@@ -353,14 +353,21 @@ fn two_ca_config(d: &str, internal_port: u16, partner_port: u16) -> String {
     )
 }
 
-#[tokio::test]
-async fn a_client_certificate_names_a_caller_only_through_its_ca_and_by_type() {
+/// A server certificate and two client CAs, an internal one (also copied under another
+/// file name: the same bundle by content) and a partner's, written in a fresh directory.
+fn two_client_cas() -> (tempfile::TempDir, ClientPki, ClientPki) {
     let dir = tempfile::tempdir().unwrap();
     write_cert(dir.path(), "default", &["a.test"], 2031);
     let (internal, partner) = (ClientPki::new(), ClientPki::new());
     std::fs::write(dir.path().join("internal.pem"), &internal.ca_pem).unwrap();
     std::fs::write(dir.path().join("internal-copy.pem"), &internal.ca_pem).unwrap();
     std::fs::write(dir.path().join("partner.pem"), &partner.ca_pem).unwrap();
+    (dir, internal, partner)
+}
+
+#[tokio::test]
+async fn a_client_certificate_names_a_caller_only_through_its_ca_and_by_type() {
+    let (dir, internal, partner) = two_client_cas();
     let billing = internal.client(&["billing.internal"], "svc-billing");
     let billing_upper = internal.client(&["Billing.INTERNAL"], "svc-billing-2");
     let cn_billing = internal.client(&[], "billing");
@@ -503,12 +510,7 @@ fn s_client(
 
 #[tokio::test]
 async fn a_resumed_tls_session_keeps_its_client_identity_and_gives_no_other() {
-    let dir = tempfile::tempdir().unwrap();
-    write_cert(dir.path(), "default", &["a.test"], 2031);
-    let (internal, partner) = (ClientPki::new(), ClientPki::new());
-    std::fs::write(dir.path().join("internal.pem"), &internal.ca_pem).unwrap();
-    std::fs::write(dir.path().join("internal-copy.pem"), &internal.ca_pem).unwrap();
-    std::fs::write(dir.path().join("partner.pem"), &partner.ca_pem).unwrap();
+    let (dir, internal, _partner) = two_client_cas();
     let (cert, key) = internal.client(&["billing.internal"], "svc");
     let (cert_path, key_path) = (dir.path().join("billing.pem"), dir.path().join("billing.key"));
     std::fs::write(&cert_path, cert).unwrap();

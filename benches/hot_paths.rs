@@ -8,8 +8,8 @@ use std::hint::black_box;
 
 use aigw::config::{self, CompileCtx};
 use aigw::provider::body;
-use aigw::route::UpstreamRegistry;
 use aigw::stream::SseState;
+use aigw::upstream::UpstreamRegistry;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 

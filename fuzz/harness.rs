@@ -15,9 +15,10 @@ use aigw::api::Wire;
 use aigw::provider::anthropic::{AnthropicToChat, ChatToAnthropic};
 use aigw::provider::bedrock::BedrockToChat;
 use aigw::provider::gemini::GeminiToChat;
-use aigw::stream::translate::ViaChat;
+use aigw::provider::anthropic::ViaChat;
 #[allow(unused_imports)]
-use aigw::stream::{JsonBody, JsonTranslate, Mode, SseState};
+use aigw::provider::{JsonBody, JsonTranslate};
+use aigw::stream::{Mode, SseState};
 
 /// Splits `data` into pieces whose sizes follow `seed` (1 to 16 bytes, then the rest in
 /// 64-byte pieces), so one input explores many ways a network may cut it.
@@ -60,7 +61,7 @@ pub fn config(data: &[u8]) {
     if ["/dev/", "/proc/", "/sys/"].iter().any(|p| text.contains(p)) {
         return;
     }
-    let upstreams = aigw::route::UpstreamRegistry::default();
+    let upstreams = aigw::upstream::UpstreamRegistry::default();
     let env = |_: &str| None;
     let ctx = aigw::config::CompileCtx {
         env: &env,

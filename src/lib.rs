@@ -27,4 +27,5 @@ pub mod store;
 pub mod stream;
 pub mod telemetry;
 pub mod tls;
+pub mod upstream;
 pub mod usage;

@@ -152,7 +152,7 @@ fn main() -> ExitCode {
         }
         Command::Validate { config } => {
             let path = config_path(config);
-            let upstreams = aigw::route::UpstreamRegistry::default();
+            let upstreams = aigw::upstream::UpstreamRegistry::default();
             let env = |n: &str| std::env::var(n).ok();
             let ctx = aigw::config::CompileCtx {
                 env: &env,

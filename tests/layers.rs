@@ -1,12 +1,10 @@
-//! The crate's top-level modules import one way, down the layers docs/layout.md names.
+//! The crate's top-level modules import one way, down the layers the README names.
 //!
-//! docs/layout.md's "Layers" section is the one statement of the order: this test reads
-//! its table and its list of upward imports still to remove, then every `crate::<module>`
-//! path in src/ (outside `#[cfg(test)]` code). It fails on an upward import not in that
-//! list, on a listed one the code no longer has (so the list only shrinks), on any import
-//! cycle that does not run through a listed import, and on a module the table does not
-//! place. So the layering cannot rot silently, and the documented order cannot drift
-//! from the code.
+//! The README's Layout table is the one statement of the order (docs/layout.md includes
+//! it): this test reads it, then every `crate::<module>` path in src/ (outside
+//! `#[cfg(test)]` code). It fails on an import that reaches up a layer, on any import
+//! cycle, and on a module the table does not place or places but src/ does not have. So
+//! the layering cannot rot silently, and the documented order cannot drift from the code.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,85 +13,170 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// docs/layout.md's Layers section: `module -> layer` from its table's rows
-/// (`| 3 | `guard` | ... |`), and the upward imports still to remove, from its list
-/// (`- `stream` -> `provider`: why`).
-fn layers() -> (BTreeMap<String, u32>, BTreeSet<(String, String)>) {
-    let text = std::fs::read_to_string(root().join("docs/layout.md")).expect("docs/layout.md");
-    let section = text
-        .split("\n## Layers")
+/// `module -> layer`, from the rows (`| 3 | `stream` | ... |`) of the README's table
+/// between its `ANCHOR: layers` and `ANCHOR_END: layers` markers.
+fn layers() -> BTreeMap<String, u32> {
+    let text = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let table = text
+        .split("ANCHOR: layers")
         .nth(1)
-        .expect("docs/layout.md has a '## Layers' section");
-    let section = section.split("\n## ").next().unwrap_or(section);
+        .and_then(|rest| rest.split("ANCHOR_END: layers").next())
+        .expect("README.md has the layers table between ANCHOR: layers and ANCHOR_END: layers");
     let mut out = BTreeMap::new();
-    let mut upward = BTreeSet::new();
-    for line in section.lines() {
-        if let Some(item) = line.strip_prefix("- `") {
-            if let Some((from, rest)) = item.split_once("` -> `") {
-                let to = rest.split('`').next().unwrap_or("");
-                upward.insert((from.to_owned(), to.to_owned()));
-            }
-            continue;
-        }
+    for line in table.lines() {
         let cells: Vec<&str> = line.trim().trim_matches('|').split('|').map(str::trim).collect();
         let (Some(layer), Some(module)) = (cells.first(), cells.get(1)) else {
             continue;
         };
         let Ok(layer) = layer.parse::<u32>() else { continue };
-        let module = module.trim_matches('`').trim_end_matches('/').trim_end_matches(".rs");
-        let module = module.strip_prefix("src/").unwrap_or(module);
+        let module = module.trim_matches('`');
         assert!(
             out.insert(module.to_owned(), layer).is_none(),
-            "{module} is in the Layers table twice"
+            "{module} is in the layers table twice"
         );
     }
-    assert!(!out.is_empty(), "docs/layout.md's Layers table has no rows");
-    (out, upward)
+    assert!(!out.is_empty(), "the README's layers table has no rows");
+    out
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("read src") {
-        let path = entry.expect("dir entry").path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
-/// The top-level modules each top-level module names through `crate::`.
+/// The top-level modules each top-level module names through `crate::`, read by parsing
+/// src/ with syn: `use` trees, paths in types and expressions, and `crate::` inside macro
+/// calls. Items under `#[cfg(test)]` are skipped, and so are the files of
+/// `#[cfg(test)] mod name;`: tests may reach anywhere.
 fn imports() -> BTreeMap<String, BTreeSet<String>> {
     let src = root().join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for file in files {
-        let rel = file.strip_prefix(&src).expect("under src");
-        let top = rel
-            .components()
-            .next()
-            .expect("a component")
-            .as_os_str()
-            .to_string_lossy();
-        let top = top.trim_end_matches(".rs").to_owned();
-        if top == "main" || top == "lib" {
+    for entry in std::fs::read_dir(&src).expect("read src") {
+        let path = entry.expect("dir entry").path();
+        let name = path.file_stem().expect("a name").to_string_lossy().into_owned();
+        if name == "main" || name == "lib" {
             continue;
         }
-        let text = std::fs::read_to_string(&file).expect("read a source file");
-        // Tests may reach anywhere; comments name modules freely.
-        let code = text.split("#[cfg(test)]").next().unwrap_or("");
-        let code: String = code
-            .lines()
-            .map(|l| l.split("//").next().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let targets = edges.entry(top.clone()).or_default();
-        targets.extend(segments(&code));
-        targets.remove(&top);
-        targets.remove("");
+        let file = if path.is_dir() {
+            path.join("mod.rs")
+        } else {
+            path.clone()
+        };
+        let mut seen = BTreeSet::new();
+        module_file(&file, &path, &mut seen);
+        seen.remove(&name);
+        edges.insert(name, seen);
     }
     edges
+}
+
+/// Reads one module file, and the files of the modules it declares (`mod x;`, in `dir`).
+fn module_file(file: &Path, dir: &Path, seen: &mut BTreeSet<String>) {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let ast = syn::parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let mut v = Crate {
+        seen: BTreeSet::new(),
+        children: Vec::new(),
+    };
+    syn::visit::Visit::visit_file(&mut v, &ast);
+    seen.extend(v.seen);
+    for child in v.children {
+        let (as_file, as_dir) = (dir.join(format!("{child}.rs")), dir.join(&child));
+        if as_file.exists() {
+            module_file(&as_file, &as_dir, seen);
+        } else {
+            module_file(&as_dir.join("mod.rs"), &as_dir, seen);
+        }
+    }
+}
+
+struct Crate {
+    seen: BTreeSet<String>,
+    /// `mod x;` declared outside test code.
+    children: Vec<String>,
+}
+
+fn is_test(attrs: &[syn::Attribute]) -> bool {
+    attrs
+        .iter()
+        .any(|a| a.path().is_ident("cfg") && a.meta.require_list().is_ok_and(|l| l.tokens.to_string() == "test"))
+}
+
+impl<'ast> syn::visit::Visit<'ast> for Crate {
+    fn visit_item(&mut self, item: &'ast syn::Item) {
+        let attrs: &[syn::Attribute] = match item {
+            syn::Item::Mod(m) => &m.attrs,
+            syn::Item::Fn(f) => &f.attrs,
+            syn::Item::Use(u) => &u.attrs,
+            syn::Item::Impl(i) => &i.attrs,
+            syn::Item::Struct(s) => &s.attrs,
+            syn::Item::Enum(e) => &e.attrs,
+            syn::Item::Const(c) => &c.attrs,
+            syn::Item::Static(s) => &s.attrs,
+            syn::Item::Trait(t) => &t.attrs,
+            syn::Item::Type(t) => &t.attrs,
+            syn::Item::Macro(m) => &m.attrs,
+            _ => &[],
+        };
+        if is_test(attrs) {
+            return;
+        }
+        if let syn::Item::Mod(m) = item {
+            if m.content.is_none() {
+                self.children.push(m.ident.to_string());
+            }
+        }
+        syn::visit::visit_item(self, item);
+    }
+
+    fn visit_impl_item(&mut self, item: &'ast syn::ImplItem) {
+        if let syn::ImplItem::Fn(f) = item {
+            if is_test(&f.attrs) {
+                return;
+            }
+        }
+        syn::visit::visit_impl_item(self, item);
+    }
+
+    fn visit_use_tree(&mut self, tree: &'ast syn::UseTree) {
+        if let syn::UseTree::Path(p) = tree {
+            if p.ident == "crate" {
+                collect_use(&p.tree, &mut self.seen);
+                return;
+            }
+        }
+        syn::visit::visit_use_tree(self, tree);
+    }
+
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        let mut segments = path.segments.iter();
+        if let (Some(first), Some(second)) = (segments.next(), segments.next()) {
+            if first.ident == "crate" {
+                self.seen.insert(second.ident.to_string());
+            }
+        }
+        syn::visit::visit_path(self, path);
+    }
+
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        // Macro arguments are tokens, not paths: `crate :: x` in them names `x`.
+        let tokens = mac.tokens.to_string();
+        self.seen
+            .extend(segments(&tokens.replace(" :: ", "::").replace(":: ", "::")));
+        syn::visit::visit_macro(self, mac);
+    }
+}
+
+/// The modules a `use crate::...` tree names at its first level.
+fn collect_use(tree: &syn::UseTree, out: &mut BTreeSet<String>) {
+    match tree {
+        syn::UseTree::Path(p) => {
+            out.insert(p.ident.to_string());
+        }
+        syn::UseTree::Name(n) => {
+            out.insert(n.ident.to_string());
+        }
+        syn::UseTree::Rename(r) => {
+            out.insert(r.ident.to_string());
+        }
+        syn::UseTree::Group(g) => g.items.iter().for_each(|t| collect_use(t, out)),
+        syn::UseTree::Glob(_) => {}
+    }
 }
 
 /// The first path segment after each `crate::` in `code`; each item of a `crate::{..}` group.
@@ -200,36 +283,23 @@ fn cycles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
 
 #[test]
 fn top_level_modules_import_only_down_the_layers_and_never_in_a_cycle() {
-    let (layers, upward) = layers();
-    let mut edges = imports();
+    let layers = layers();
+    let edges = imports();
     let mut problems = Vec::new();
-    for (from, to) in &upward {
-        if !edges.get(from).is_some_and(|t| t.contains(to)) {
-            problems.push(format!(
-                "docs/layout.md lists {from} -> {to}, which the code no longer has: strike it"
-            ));
-        }
-    }
     for (module, targets) in &edges {
         let Some(&from) = layers.get(module) else {
-            problems.push(format!("src/{module} is in no layer of docs/layout.md's Layers table"));
+            problems.push(format!("src/{module} is in no layer of the README's layers table"));
             continue;
         };
         for target in targets {
             match layers.get(target) {
-                Some(&to) if to > from && !upward.contains(&(module.clone(), target.clone())) => problems.push(
-                    format!("{module} (layer {from}) imports {target} (layer {to}): up a layer"),
-                ),
+                Some(&to) if to > from => problems.push(format!(
+                    "{module} (layer {from}) imports {target} (layer {to}): up a layer"
+                )),
                 Some(_) => {}
                 None if edges.contains_key(target) => problems.push(format!("{target} is in no layer")),
                 None => {} // not a module of this crate (a macro's `crate::` path, say)
             }
-        }
-    }
-    // A cycle through a listed upward import is that import's; any other is new.
-    for (from, to) in &upward {
-        if let Some(targets) = edges.get_mut(from) {
-            targets.remove(to);
         }
     }
     for group in cycles(&edges) {
@@ -238,7 +308,7 @@ fn top_level_modules_import_only_down_the_layers_and_never_in_a_cycle() {
     for module in layers.keys() {
         if !edges.contains_key(module) {
             problems.push(format!(
-                "docs/layout.md places {module}, which is not a top-level module of src/"
+                "the README's layers table places {module}, which is not a top-level module of src/"
             ));
         }
     }
@@ -247,10 +317,21 @@ fn top_level_modules_import_only_down_the_layers_and_never_in_a_cycle() {
 
 #[test]
 fn the_reader_finds_grouped_and_nested_imports_and_cycles() {
-    // The reader this test relies on, on the forms the crate uses.
-    let seen = segments("use crate::{a::{X, Y}, b, c::Z};\nfn f() { crate::d::g(); }");
-    let want: BTreeSet<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
-    assert_eq!(seen, want);
+    // The reader this test relies on, on the forms the crate uses; test code is skipped
+    // wherever it stands in the file.
+    let ast = syn::parse_file(
+        "use crate::{a::{X, Y}, b};\n#[cfg(test)]\nmod tests { use crate::t; }\n\
+         fn f() -> crate::c::Z { crate::d::g(); tracing::info!(x = ?crate::e::H); }\n\
+         #[cfg(test)]\nfn helper() { crate::u::v(); }",
+    )
+    .expect("parses");
+    let mut v = Crate {
+        seen: BTreeSet::new(),
+        children: Vec::new(),
+    };
+    syn::visit::Visit::visit_file(&mut v, &ast);
+    let want: BTreeSet<String> = ["a", "b", "c", "d", "e"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(v.seen, want);
     let edges = BTreeMap::from([
         ("x".to_owned(), BTreeSet::from(["y".to_owned()])),
         ("y".to_owned(), BTreeSet::from(["x".to_owned()])),

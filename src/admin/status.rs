@@ -11,8 +11,9 @@ use prometheus::core::Collector;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config::{ModelRoute, Snapshot};
+use crate::config::Snapshot;
 use crate::route::Cooldowns;
+use crate::route::ModelRoute;
 use crate::state::AppState;
 
 /// One alias and where it goes.
@@ -54,7 +55,7 @@ fn left(until: Option<Instant>, now: Instant) -> Option<f64> {
 
 /// Every alias in config order with its targets, their cooldowns and replicas.
 pub fn routes(snap: &Snapshot, cooldowns: &Cooldowns, now: Instant) -> Vec<Route> {
-    let target = |t: &crate::config::Target, priority: u32, weight: u32| RouteTarget {
+    let target = |t: &crate::provider::Target, priority: u32, weight: u32| RouteTarget {
         target: t.alias.clone(),
         provider: t.provider.name.clone(),
         upstream_model: t.upstream_model.clone(),

@@ -22,10 +22,10 @@ use serde_json::Value;
 use crate::api::Dialect;
 use crate::api::Endpoint;
 use crate::auth::ApiKeyEntry;
-use crate::config::{Model, Snapshot};
 use crate::metrics::Metrics;
 use crate::raw::{self, CacheScope};
 use crate::redis_pool::RedisPool;
+use crate::route::Model;
 use crate::usage::Usage;
 use assemble::Assembler;
 pub use store::{Entry, Store};
@@ -76,10 +76,10 @@ impl Caches {
         Some(s)
     }
 
-    /// Drops the stores of policies the new snapshot no longer has.
-    pub fn prune(&self, snap: &Snapshot) {
-        self.stores
-            .retain(|name, _| snap.caches.iter().any(|c| &c.name == name));
+    /// Drops the stores of policies the new snapshot no longer has (`policies` is its
+    /// `caches` section).
+    pub fn prune(&self, policies: &[Arc<raw::Cache>]) {
+        self.stores.retain(|name, _| policies.iter().any(|c| &c.name == name));
     }
 }
 

@@ -16,9 +16,7 @@ use serde_yaml::Value;
 
 use crate::raw;
 
-pub use compile::{
-    BaseUrl, CompileCtx, Model, ModelRoute, Provider, RouteTarget, Routing, ServerSettings, Snapshot, Target,
-};
+pub use compile::{CompileCtx, ServerSettings, Snapshot};
 pub use interp::interpolate;
 pub use kind::Kind;
 

@@ -11,14 +11,14 @@ use pingora::http::RequestHeader;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::Provider;
 use super::{
     bad, cache_mark, content_text, has_cache_mark, image_of, marked_text_parts, push_turn, thinking_ask,
     thinking_blocks, Image,
 };
 use crate::api::Dialect;
-use crate::config::Provider;
 use crate::error::GwError;
-use crate::route::plan::ErrorClass;
+use crate::provider::ErrorClass;
 use crate::stream::translate::{anthropic_event, fail, parse_chunk, parse_event, Chunks, Thinking};
 use crate::stream::Translate;
 use crate::usage::{RawUsage, Usage};
@@ -868,5 +868,58 @@ impl Translate for ChatToAnthropic {
 
     fn complete(&self) -> bool {
         self.complete
+    }
+}
+
+/// Events of a format reached only through translation (Gemini, Converse) -> Anthropic
+/// Messages events, through the chat shape: events -> chunks (`chat`, which must send the
+/// usage chunk) -> Anthropic events, each hop a translator of its own. Chunks are re-read
+/// as JSON on the way; a translated stream is already off the zero-copy path and this
+/// keeps one mapping per pair of formats.
+#[derive(Debug)]
+pub struct ViaChat {
+    chat: Box<dyn Translate>,
+    anthropic: ChatToAnthropic,
+    scratch: Vec<u8>,
+}
+
+impl ViaChat {
+    pub fn new(chat: Box<dyn Translate>) -> Self {
+        Self {
+            chat,
+            anthropic: ChatToAnthropic::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Passes the chunks in `scratch` on to the Anthropic translator.
+    fn relay(&mut self, out: &mut Vec<u8>) {
+        let mut rest = &self.scratch[..];
+        while let Some(end) = crate::stream::event_end(rest) {
+            self.anthropic.event(&crate::stream::event_data(&rest[..end]), out);
+            rest = &rest[end..];
+        }
+        self.scratch.clear();
+    }
+}
+
+impl Translate for ViaChat {
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        self.chat.event(data, &mut self.scratch);
+        self.relay(out);
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        self.chat.finish(&mut self.scratch);
+        self.relay(out);
+        self.anthropic.finish(out);
+    }
+
+    fn usage(&self) -> Usage {
+        self.chat.usage()
+    }
+
+    fn complete(&self) -> bool {
+        self.chat.complete()
     }
 }

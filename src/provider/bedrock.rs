@@ -23,11 +23,11 @@ use super::{
     bad, cache_mark, content_text, has_cache_mark, image_of, marked_text_parts, push_turn, thinking_ask,
     thinking_blocks, Image, UNRESERVED,
 };
+use super::{Provider, Target};
 use crate::api::Dialect;
-use crate::config::{Provider, Target};
 use crate::error::GwError;
+use crate::provider::ErrorClass;
 use crate::raw::AwsSettings;
-use crate::route::plan::ErrorClass;
 use crate::stream::translate::{fail, parse_event, Chunks, Thinking};
 use crate::stream::Translate;
 use crate::usage::{Count, Usage, Whole};

@@ -15,11 +15,11 @@ use pingora::http::RequestHeader;
 use serde_json::{json, Map, Value};
 
 use super::anthropic::add_thinking;
+use super::Provider;
 use super::{bad, image_of, push_turn, thinking_ask, Image, UNRESERVED};
 use crate::api::Dialect;
-use crate::config::Provider;
 use crate::error::GwError;
-use crate::route::plan::ErrorClass;
+use crate::provider::ErrorClass;
 use crate::stream::translate::{fail, parse_chunk, Chunks};
 use crate::stream::Translate;
 use crate::usage::{Count, Usage, Whole};

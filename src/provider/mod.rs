@@ -11,12 +11,19 @@
 //! A new provider is its kind's file and a row in these tables; a new wire format adds its
 //! translations (request, JSON answer, stream translator) to its file.
 
+mod answer;
 pub mod anthropic;
 pub mod bedrock;
 pub mod body;
+mod class;
 pub mod gemini;
 pub mod openai;
+mod target;
 pub mod vertex;
+
+pub use answer::{JsonBody, JsonTranslate};
+pub use class::ErrorClass;
+pub use target::{BaseUrl, Provider, Secret, Target};
 
 use bytes::Bytes;
 use http::header::{
@@ -27,12 +34,9 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use pingora::http::RequestHeader;
 
 use crate::api::{Dialect, Endpoint, Wire};
-use crate::config::{Provider, Target};
 use crate::error::GwError;
 use crate::raw::ProviderKind;
-use crate::route::plan::ErrorClass;
-use crate::stream::translate::ViaChat;
-use crate::stream::{JsonTranslate, Mode, Translate};
+use crate::stream::{Mode, Translate};
 use serde_json::{json, Value};
 
 /// Characters kept as they are in a path segment or query value (RFC 3986 unreserved).
@@ -179,7 +183,9 @@ pub fn stream_mode(
         }
         (Wire::OpenAi, Dialect::Anthropic) => Mode::Translate(Box::new(anthropic::ChatToAnthropic::new())),
         (Wire::Gemini | Wire::Converse, Dialect::OpenAi) => Mode::Translate(to_chat(include_usage)),
-        (Wire::Gemini | Wire::Converse, Dialect::Anthropic) => Mode::Translate(Box::new(ViaChat::new(to_chat(true)))),
+        (Wire::Gemini | Wire::Converse, Dialect::Anthropic) => {
+            Mode::Translate(Box::new(anthropic::ViaChat::new(to_chat(true))))
+        }
     }
 }
 

@@ -5,11 +5,11 @@
 use percent_encoding::utf8_percent_encode;
 use pingora::http::RequestHeader;
 
+use super::Provider;
 use super::UNRESERVED;
 use crate::api::Endpoint;
-use crate::config::Provider;
+use crate::provider::ErrorClass;
 use crate::raw::ProviderKind;
-use crate::route::plan::ErrorClass;
 use serde_json::Value;
 
 /// Path and query of the upstream request.

@@ -23,8 +23,8 @@ use pingora::http::RequestHeader;
 use serde::{Deserialize, Serialize};
 
 use super::UNRESERVED;
+use super::{Provider, Target};
 use crate::api::Wire;
-use crate::config::{Provider, Target};
 use crate::error::GwError;
 use crate::raw::VertexSettings;
 

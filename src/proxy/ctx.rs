@@ -9,18 +9,21 @@ use crate::api::Dialect;
 use crate::api::Endpoint;
 use crate::auth::ApiKeyEntry;
 use crate::cache;
-use crate::config::{Snapshot, Target};
+use crate::config::Snapshot;
 use crate::error::GwError;
 use crate::guard::stream::StreamGuard;
 use crate::guard::{Guardrail, Hit};
 use crate::limit::Admitted;
 use crate::metrics::Metrics;
+use crate::provider::JsonBody;
+use crate::provider::Target;
 use crate::route::plan::Outcome;
 use crate::route::plan::Plan;
-use crate::route::upstream::Pick;
 use crate::state::InflightGuard;
-use crate::stream::{JsonBody, SseState};
+use crate::stream::SseState;
 use crate::telemetry::trace::RequestTrace;
+use crate::telemetry::Summary;
+use crate::upstream::Pick;
 use crate::usage::Usage;
 
 pub struct Ctx {
@@ -151,6 +154,38 @@ impl Ctx {
 
     pub fn shape(&self) -> Endpoint {
         self.endpoint.unwrap_or(Endpoint::ChatCompletions)
+    }
+
+    /// The request as the access log and the spans read it, once it is over. `trace` is
+    /// the request's trace, taken out of the context to be finished beside the summary.
+    pub fn summary<'a>(&'a self, session: &'a pingora::proxy::Session, trace: Option<&RequestTrace>) -> Summary<'a> {
+        let req = session.req_header();
+        Summary {
+            request_id: &self.request_id,
+            trace_id: trace.map(RequestTrace::trace_id_hex).unwrap_or_default(),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            caller: self.caller.as_deref(),
+            endpoint: self.endpoint,
+            alias: self.alias.as_deref(),
+            target: self.target.as_ref(),
+            plan: self.plan.as_ref(),
+            upstream_status: self.upstream_status,
+            stream: self.stream(),
+            usage: self.usage,
+            usage_estimated: self.usage_estimated,
+            cost_usd: self.cost_usd(),
+            max_tokens: self.max_tokens(),
+            error: self.error.as_ref().map(GwError::code),
+            guard_hits: &self.guard_hits,
+            cache: self.cache,
+            started: self.started,
+            first_event: self.first_event,
+            mcp_method: self.mcp_method,
+            mcp: self.mcp.as_ref(),
+            request_body: &self.request_body,
+        }
     }
 
     /// What this request cost: the tokens the provider reported, priced with the

@@ -259,9 +259,16 @@ impl ProxyHttp for Gateway {
     /// The request is over, however it ended: count it, charge its real usage, log it.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         response::settle(&self.state, session, ctx).await;
-        if let Some(traces) = &self.state.traces {
-            crate::telemetry::trace::record(traces, session, ctx);
+        let mut trace = ctx.trace.take();
+        let summary = ctx.summary(session, trace.as_ref());
+        if let (Some(traces), Some(t)) = (&self.state.traces, trace.as_mut()) {
+            crate::telemetry::trace::record(traces, t, &summary);
         }
-        crate::telemetry::log::access(session, ctx, &self.state);
+        // A request refused before it took a snapshot logs in the current config's format.
+        let format = match &ctx.snapshot {
+            Some(s) => s.access_log_format(),
+            None => self.state.snapshot().access_log_format(),
+        };
+        crate::telemetry::log::access(&summary, format, &self.state.metrics);
     }
 }

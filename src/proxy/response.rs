@@ -10,14 +10,16 @@ use std::time::Instant;
 
 use super::ctx::Ctx;
 use crate::api::{Dialect, Endpoint, Wire};
-use crate::config::Target;
 use crate::error::GwError;
 use crate::guard::{self, stream::StreamGuard};
+use crate::provider::ErrorClass;
+use crate::provider::Target;
 use crate::provider::{self};
+use crate::provider::{JsonBody, JsonTranslate};
 use crate::route::cooldown::parse_retry_after;
-use crate::route::plan::{ErrorClass, Failure, Next};
+use crate::route::plan::{Failure, Next};
 use crate::state::AppState;
-use crate::stream::{JsonBody, JsonTranslate, Mode, SseState};
+use crate::stream::{Mode, SseState};
 
 /// The error `upstream_response_filter` returns when the failover decision was taken on
 /// the provider's status line; `error_while_proxy` passes it on as decided.

@@ -1,15 +1,15 @@
 //! Routing: alias -> model, and the order in which a model's targets are tried.
 
 pub mod cooldown;
+mod model;
 pub mod plan;
-pub mod upstream;
 
 use std::sync::atomic::Ordering;
 
 pub use cooldown::Cooldowns;
-pub use upstream::{Upstream, UpstreamRegistry};
+pub use model::{Model, ModelRoute, RouteTarget, Routing};
 
-use crate::config::{ModelRoute, Routing, Target};
+use crate::provider::Target;
 use crate::raw::Strategy;
 
 /// The targets of a model in the order they should be tried, computed once per request.
@@ -67,6 +67,7 @@ fn order(r: &Routing, roll: u64) -> Vec<usize> {
 mod tests {
     use super::*;
     use crate::config::{compile::compile, parse, CompileCtx, Snapshot};
+    use crate::upstream::UpstreamRegistry;
 
     fn snap(strategy: &str) -> Snapshot {
         let text = format!(

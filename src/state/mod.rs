@@ -21,9 +21,10 @@ use crate::limit::redis::RedisStore;
 use crate::limit::{Cells, LimitStore, Limiter};
 use crate::metrics::Metrics;
 use crate::redis_pool::RedisPool;
-use crate::route::{Cooldowns, UpstreamRegistry};
+use crate::route::Cooldowns;
 use crate::store::{self, Resources};
 use crate::telemetry::trace::Traces;
+use crate::upstream::UpstreamRegistry;
 
 pub struct AppState {
     snapshot: ArcSwap<Snapshot>,
@@ -274,7 +275,7 @@ impl AppState {
         }
         // Resolve new upstreams before any request can pick them.
         self.upstreams.resolve_new().await;
-        self.caches.prune(&snap);
+        self.caches.prune(&snap.caches);
         self.metrics.set_certificates(certificates(&snap));
         self.snapshot.store(Arc::new(snap));
         drop(old);

@@ -1,7 +1,7 @@
 //! What every streamed translation shares: the chunk writer, event parsing and the error
-//! that ends a broken stream, and [`ViaChat`], which chains two translators. Each wire
-//! format's own translators live in its provider file (`provider/anthropic.rs`,
-//! `provider/gemini.rs`, `provider/bedrock.rs`), one upstream event at a time.
+//! that ends a broken stream. Each wire format's own translators live in its provider
+//! file (`provider/anthropic.rs`, `provider/gemini.rs`, `provider/bedrock.rs`), one
+//! upstream event at a time; so does the choice of translator (`provider::stream_mode`).
 //!
 //! Every translator ends a stream that breaks its own protocol (an event that is not JSON,
 //! an `error` event, or an end without `message_stop` / `[DONE]`) with one error event in
@@ -9,10 +9,9 @@
 
 use serde_json::{json, Value};
 
-use super::{write_event, Translate, Usage};
+use super::{write_event, Usage};
 use crate::api::Dialect;
 use crate::error::GwError;
-use crate::provider::anthropic::ChatToAnthropic;
 
 pub(crate) fn openai_event(out: &mut Vec<u8>, v: &Value) {
     write_event(out, None, v);
@@ -150,59 +149,6 @@ impl Thinking {
             _ => json!({"type": "thinking", "thinking": self.text, "signature": self.signature}),
         };
         chunks.send(out, json!({"thinking_blocks": [block]}), None);
-    }
-}
-
-/// Events of a format reached only through translation (Gemini, Converse) -> Anthropic
-/// Messages events, through the chat shape: events -> chunks (`chat`, which must send the
-/// usage chunk) -> Anthropic events, each hop a translator of its own. Chunks are re-read
-/// as JSON on the way; a translated stream is already off the zero-copy path and this
-/// keeps one mapping per pair of formats.
-#[derive(Debug)]
-pub struct ViaChat {
-    chat: Box<dyn Translate>,
-    anthropic: ChatToAnthropic,
-    scratch: Vec<u8>,
-}
-
-impl ViaChat {
-    pub fn new(chat: Box<dyn Translate>) -> Self {
-        Self {
-            chat,
-            anthropic: ChatToAnthropic::new(),
-            scratch: Vec::new(),
-        }
-    }
-
-    /// Passes the chunks in `scratch` on to the Anthropic translator.
-    fn relay(&mut self, out: &mut Vec<u8>) {
-        let mut rest = &self.scratch[..];
-        while let Some(end) = super::event_end(rest) {
-            self.anthropic.event(&super::event_data(&rest[..end]), out);
-            rest = &rest[end..];
-        }
-        self.scratch.clear();
-    }
-}
-
-impl Translate for ViaChat {
-    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        self.chat.event(data, &mut self.scratch);
-        self.relay(out);
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>) {
-        self.chat.finish(&mut self.scratch);
-        self.relay(out);
-        self.anthropic.finish(out);
-    }
-
-    fn usage(&self) -> Usage {
-        self.chat.usage()
-    }
-
-    fn complete(&self) -> bool {
-        self.chat.complete()
     }
 }
 

@@ -9,15 +9,13 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use pingora::proxy::Session;
 use serde::Serialize;
 use tracing_subscriber::EnvFilter;
 
 use super::handoff::Handoff;
-use crate::proxy::Ctx;
+use super::Summary;
+use crate::metrics::Metrics;
 use crate::raw::LogFormat;
-use crate::route::plan::Outcome;
-use crate::state::AppState;
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default `info` level for
 /// aigw's own lines; every other crate's are capped at `info`, whatever `RUST_LOG` says
@@ -239,7 +237,7 @@ struct Record<'a> {
     time: String,
     request_id: &'a str,
     /// The W3C trace id, when traces are on (the caller's, or a new one).
-    trace_id: String,
+    trace_id: &'a str,
     method: &'a str,
     path: &'a str,
     status: u16,
@@ -285,67 +283,50 @@ struct Record<'a> {
 }
 
 /// One line per request, written in Pingora's `logging` phase, which runs on every exit
-/// path, in the format of the request's config (the current one for a request refused
-/// before it took a snapshot).
-pub fn access(session: &Session, ctx: &Ctx, state: &AppState) {
-    let format_of = |s: &crate::config::Snapshot| {
-        s.observability
-            .access_log
-            .as_ref()
-            .map_or(LogFormat::Json, |a| a.format)
-    };
-    let format = match &ctx.snapshot {
-        Some(s) => format_of(s),
-        None => format_of(&state.snapshot()),
-    };
+/// path, in `format` (the request's config's, or the current one for a request refused
+/// before it took a snapshot). A line the writer cannot take is dropped and counted.
+pub fn access(s: &Summary<'_>, format: LogFormat, metrics: &Metrics) {
     if format == LogFormat::Off {
         return;
     }
-    let req = session.req_header();
-    let attempts = ctx.plan.as_ref().map_or(0, |p| p.attempts.len());
-    let failovers = ctx.plan.as_ref().map_or(0, |p| {
-        p.attempts
-            .iter()
-            .filter(|a| !matches!(a.outcome, Outcome::Answered | Outcome::Pending))
-            .count()
-    });
     let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    let usage = s.usage.unwrap_or_default();
     let r = Record {
         time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        request_id: &ctx.request_id,
-        trace_id: ctx.trace.as_ref().map(|t| t.trace_id_hex()).unwrap_or_default(),
-        method: req.method.as_str(),
-        path: req.uri.path(),
-        status: session.response_written().map_or(0, |r| r.status.as_u16()),
-        owner: ctx.caller.as_ref().map_or("", |c| c.owner.as_str()),
-        key: ctx.caller.as_ref().map_or("", |c| c.name.as_str()),
-        alias: ctx.alias.as_deref().unwrap_or(""),
-        model: ctx.target.as_ref().map_or("", |t| t.alias.as_str()),
-        provider: ctx.target.as_ref().map_or("", |t| t.provider.name.as_str()),
-        upstream_status: ctx.upstream_status.unwrap_or(0),
-        attempts,
-        failovers,
-        stream: ctx.stream(),
-        input_tokens: ctx.usage.map_or(0, |u| u.input_tokens),
-        output_tokens: ctx.usage.map_or(0, |u| u.output_tokens),
-        cache_read_tokens: ctx.usage.map_or(0, |u| u.cache_read_tokens),
-        cache_write_tokens: ctx.usage.map_or(0, |u| u.cache_write_tokens),
-        reasoning_tokens: ctx.usage.map_or(0, |u| u.reasoning_tokens),
-        usage_estimated: ctx.usage_estimated,
-        cost_usd: ctx.cost_usd(),
-        error: ctx.error.as_ref().map_or("", |e| e.code()),
-        guardrails: ctx
+        request_id: s.request_id,
+        trace_id: &s.trace_id,
+        method: s.method,
+        path: s.path,
+        status: s.status,
+        owner: s.owner(),
+        key: s.key(),
+        alias: s.alias.unwrap_or(""),
+        model: s.target.map_or("", |t| t.alias.as_str()),
+        provider: s.target.map_or("", |t| t.provider.name.as_str()),
+        upstream_status: s.upstream_status.unwrap_or(0),
+        attempts: s.attempts(),
+        failovers: s.failovers(),
+        stream: s.stream,
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cache_read_tokens: usage.cache_read_tokens,
+        cache_write_tokens: usage.cache_write_tokens,
+        reasoning_tokens: usage.reasoning_tokens,
+        usage_estimated: s.usage_estimated,
+        cost_usd: s.cost_usd,
+        error: s.error.unwrap_or(""),
+        guardrails: s
             .guard_hits
             .iter()
             .map(|h| format!("{}:{}", h.guardrail, crate::guard::action_name(h.action)))
             .collect::<Vec<_>>()
             .join(","),
-        cache: ctx.cache.map_or("", |c| c.as_str()),
-        duration_ms: ms(ctx.started.elapsed()),
-        ttft_ms: ctx.first_event.map(|t| ms(t.duration_since(ctx.started))),
-        mcp_server: ctx.mcp.as_ref().map(|c| c.server.as_str()),
-        mcp_tool: ctx.mcp.as_ref().map(|c| c.tool.as_str()),
-        mcp_outcome: ctx.mcp.as_ref().map(|c| c.outcome),
+        cache: s.cache.map_or("", |c| c.as_str()),
+        duration_ms: ms(s.started.elapsed()),
+        ttft_ms: s.first_event.map(|t| ms(t.duration_since(s.started))),
+        mcp_server: s.mcp.map(|c| c.server.as_str()),
+        mcp_tool: s.mcp.map(|c| c.tool.as_str()),
+        mcp_outcome: s.mcp.map(|c| c.outcome),
     };
     let mut line = match format {
         LogFormat::Json => json(&r),
@@ -356,7 +337,7 @@ pub fn access(session: &Session, ctx: &Ctx, state: &AppState) {
         .lines
         .push(line.len(), |b| b.extend_from_slice(line.as_bytes()))
     {
-        state.metrics.access_log_dropped.inc();
+        metrics.access_log_dropped.inc();
     }
 }
 

@@ -508,18 +508,15 @@ impl Traces {
     }
 }
 
-/// Builds the spans of a finished request from its context (the `logging` phase).
-pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crate::proxy::Ctx) {
-    use crate::api::Endpoint;
+/// Builds the spans of a finished request (the `logging` phase) and queues them, when
+/// the request is sampled.
+pub fn record(traces: &Traces, t: &mut RequestTrace, s: &super::Summary<'_>) {
     use crate::route::plan::Outcome;
-    let cost_usd = ctx.cost_usd();
-    let max_tokens = ctx.max_tokens();
-    let Some(t) = ctx.trace.as_mut() else { return };
     if !t.sampled {
         return;
     }
     let input_messages = t.capture_content.then(|| {
-        let v: serde_json::Value = serde_json::from_slice(&ctx.request_body).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_slice(s.request_body).unwrap_or_default();
         let mut m = serde_json::Map::new();
         for k in ["system", "messages", "input"] {
             if let Some(x) = v.get(k) {
@@ -531,7 +528,7 @@ pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crat
     let output_messages = t.output_messages();
     let end = Instant::now();
     let mut attempts = Vec::new();
-    if let Some(plan) = &ctx.plan {
+    if let Some(plan) = s.plan {
         let last = plan.attempts.len().saturating_sub(1);
         for (i, a) in plan.attempts.iter().enumerate() {
             let Some(target) = plan.candidates.iter().find(|c| c.alias == a.target) else {
@@ -541,7 +538,7 @@ pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crat
             let answered = i == last && matches!(a.outcome, Outcome::Answered | Outcome::Pending);
             let error = match a.outcome {
                 Outcome::Answered => None,
-                Outcome::Pending if ctx.error.is_none() => None,
+                Outcome::Pending if s.error.is_none() => None,
                 Outcome::RetryableStatus => a.status.map(|s| s.to_string()),
                 Outcome::Pending => Some("error".to_owned()),
                 o => Some(o.as_str().to_owned()),
@@ -560,39 +557,31 @@ pub fn record(traces: &Traces, session: &pingora::proxy::Session, ctx: &mut crat
             });
         }
     }
-    let answered_ok = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
-    let req = session.req_header();
+    let answered_ok = s.answered_ok();
     let f = Finished {
         // MCP: GenAI's `execute_tool` for a tool call, else the MCP method.
-        operation: match (&ctx.mcp, ctx.mcp_method) {
+        operation: match (s.mcp, s.mcp_method) {
             (Some(_), _) => "execute_tool",
             (None, Some(m)) => m,
-            (None, None) => ctx.endpoint.map_or("chat", Endpoint::operation),
+            (None, None) => s.endpoint.map_or("chat", crate::api::Endpoint::operation),
         },
-        mcp_method: ctx.mcp_method,
-        tool: ctx
-            .mcp
-            .as_ref()
-            .map(|c| (c.server.as_str(), c.tool.as_str(), c.outcome)),
-        method: req.method.as_str(),
-        path: req.uri.path(),
-        status: session.response_written().map_or(0, |r| r.status.as_u16()),
-        alias: match &ctx.mcp {
+        mcp_method: s.mcp_method,
+        tool: s.mcp.map(|c| (c.server.as_str(), c.tool.as_str(), c.outcome)),
+        method: s.method,
+        path: s.path,
+        status: s.status,
+        alias: match s.mcp {
             Some(c) => c.tool.as_str(),
-            None => ctx.alias.as_deref().unwrap_or(""),
+            None => s.alias.unwrap_or(""),
         },
-        owner: ctx.caller.as_ref().map_or("", |c| c.owner.as_str()),
-        key: ctx.caller.as_ref().map_or("", |c| c.name.as_str()),
-        cache: ctx.cache.map_or("", |c| c.as_str()),
-        error: ctx.error.as_ref().map(|e| e.code()),
-        usage: ctx.usage.filter(|_| answered_ok),
-        max_tokens,
-        cost_usd: cost_usd.filter(|_| answered_ok),
-        response_model: ctx
-            .target
-            .as_ref()
-            .filter(|_| answered_ok)
-            .map(|t| t.upstream_model.as_str()),
+        owner: s.owner(),
+        key: s.key(),
+        cache: s.cache.map_or("", |c| c.as_str()),
+        error: s.error,
+        usage: s.usage.filter(|_| answered_ok),
+        max_tokens: s.max_tokens,
+        cost_usd: s.cost_usd.filter(|_| answered_ok),
+        response_model: s.target.filter(|_| answered_ok).map(|t| t.upstream_model.as_str()),
         attempts,
         input_messages,
         output_messages,

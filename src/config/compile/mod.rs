@@ -20,11 +20,11 @@ use super::{ConfigError, Kind, RawConfig};
 use crate::auth::KeyIndex;
 use crate::guard::Guardrail;
 use crate::limit::{Binding, Cells};
+use crate::provider::Provider;
 use crate::raw;
-use crate::route::upstream::UpstreamRegistry;
+use crate::route::Model;
+use crate::upstream::UpstreamRegistry;
 
-pub use models::{Model, ModelRoute, RouteTarget, Routing, Target};
-pub use providers::{BaseUrl, Provider, Secret};
 pub use server::{EtcdSettings, EtcdTlsFiles, RedisSettings, ServerSettings, TlsListener};
 
 /// What compiling needs from the outside world: the environment (for `key_env`) and the
@@ -59,6 +59,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The access log's format (JSON when `observability.access_log` is not set).
+    pub fn access_log_format(&self) -> raw::LogFormat {
+        self.observability
+            .access_log
+            .as_ref()
+            .map_or(raw::LogFormat::Json, |a| a.format)
+    }
+
     /// What the spend report covers: the budgets of keys with their owners, and those of
     /// JWT issuers.
     pub fn budget_owners(&self) -> crate::budget::Covered {
@@ -340,6 +348,8 @@ mod tests {
     use super::*;
     use crate::auth::hash_key;
     use crate::config::parse;
+    use crate::provider::BaseUrl;
+    use crate::route::ModelRoute;
 
     fn compile_text(text: &str) -> Result<Snapshot, Vec<ConfigError>> {
         let env = |n: &str| (n == "CALLER").then(|| "sk-from-env".to_owned());

@@ -5,59 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{raw, Errors, Provider, Refs};
+use super::{raw, Errors, Refs};
 use crate::config::Kind;
-use crate::guard::Guardrail;
-use crate::limit::Binding;
-
-/// A concrete model: one provider, one upstream model id.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// The alias of the concrete model (its `name`).
-    pub alias: String,
-    pub provider: Arc<Provider>,
-    pub upstream_model: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct RouteTarget {
-    pub target: Target,
-    pub priority: u32,
-    pub weight: u32,
-}
-
-#[derive(Debug)]
-pub struct Routing {
-    /// Next start position for `round_robin`.
-    pub rr_next: std::sync::atomic::AtomicUsize,
-    pub strategy: raw::Strategy,
-    pub targets: Vec<RouteTarget>,
-    pub retry_on: Vec<u16>,
-    /// Error classes that move on to the next target (`retry_on` entries by name).
-    pub retry_classes: Vec<crate::route::plan::ErrorClass>,
-    pub max_attempts: u32,
-    pub cooldown: Duration,
-    pub failures_before_cooldown: u32,
-}
-
-#[derive(Debug)]
-pub enum ModelRoute {
-    Single(Target),
-    Multi(Routing),
-}
-
-#[derive(Debug)]
-pub struct Model {
-    pub name: String,
-    pub route: ModelRoute,
-    /// The model's `rate_limit`, counted across every caller of this alias.
-    pub limits: Option<Arc<Binding>>,
-    /// Applied after the caller key's own guardrails.
-    pub guardrails: Vec<Arc<Guardrail>>,
-    /// The model's response cache policy.
-    pub cache: Option<Arc<raw::Cache>>,
-    pub pricing: Option<raw::Pricing>,
-}
+use crate::provider::{Provider, Target};
+use crate::route::{Model, ModelRoute, RouteTarget, Routing};
 
 /// Every model by alias, and the aliases in config order. Concrete models first:
 /// multi-target aliases may only point at concrete ones.
@@ -205,13 +156,13 @@ fn compile_routing(
                 format!("{path}.routing.retry_on[{j}]"),
                 "must be an HTTP error status (400-599)",
             ),
-            raw::RetryOn::Class(name) => match crate::route::plan::ErrorClass::parse(name) {
+            raw::RetryOn::Class(name) => match crate::provider::ErrorClass::parse(name) {
                 Some(c) => retry_classes.push(c),
                 None => errs.push(
                     format!("{path}.routing.retry_on[{j}]"),
                     format!(
                         "'{name}' is neither an HTTP status nor an error class ({})",
-                        crate::route::plan::ErrorClass::NAMES.join(", ")
+                        crate::provider::ErrorClass::NAMES.join(", ")
                     ),
                 ),
             },

@@ -316,7 +316,7 @@ pub(super) fn compile_server(
 /// `observability.otlp`: a plain-HTTP endpoint and a ratio between 0 and 1.
 pub(super) fn check_observability(o: &raw::Observability, errs: &mut Errors) {
     let Some(o) = &o.otlp else { return };
-    match super::BaseUrl::parse(&o.endpoint) {
+    match crate::provider::BaseUrl::parse(&o.endpoint) {
         Err(e) => errs.push("observability.otlp.endpoint", e),
         // The exporter is built without TLS: spans go to a collector or agent nearby.
         Ok(b) if b.tls => errs.push(

@@ -18,8 +18,38 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_aigw");
 pub const PROVIDER_KEY: &str = "sk-test-provider-0123456789";
 pub const CALLER_KEY: &str = "sk-test-caller-abcdef";
 
+/// A port no other test process of this run holds. Ports handed out by `bind(0)` and then
+/// released went to two tests at once under a full parallel run: a mock that lost the race
+/// never started, its readiness check found the other test's gateway on the port, and that
+/// gateway answered in its place. So ports come from 20000-31999, below the kernel's
+/// ephemeral range (no outgoing connection takes one), each claimed with an flock on
+/// `$TMPDIR/aigw-test-ports/<port>` that this process holds until it exits, and checked
+/// free with a bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use nix::fcntl::{Flock, FlockArg};
+    static HELD: Mutex<Vec<Flock<std::fs::File>>> = Mutex::new(Vec::new());
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    let dir = std::env::temp_dir().join("aigw-test-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    let start = fastrand::u32(0..COUNT);
+    for i in 0..COUNT {
+        let port = (FIRST + (start + i) % COUNT) as u16;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+            .unwrap();
+        let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            continue; // another test process holds it
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().unwrap().push(lock);
+            return port;
+        }
+    }
+    panic!("no free test port in {FIRST}..{}", FIRST + COUNT);
 }
 
 /// Polls `f` until it is true, for at most `secs` seconds. Waits on behaviour, not time.

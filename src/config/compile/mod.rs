@@ -402,6 +402,31 @@ api_keys:
     }
 
     #[test]
+    fn more_listeners_than_an_upgrade_hands_over_are_refused() {
+        let listen = |n: u16| {
+            (0..n)
+                .map(|i| format!("\"127.0.0.1:{}\"", 20_000 + i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // 31 plaintext listeners and the admin listener: 32 sockets, the most one upgrade takes.
+        let ok = format!(
+            "version: 1\nserver: {{listen: [{}], admin_listen: \"127.0.0.1:1\"}}\n",
+            listen(31)
+        );
+        compile_text(&ok).unwrap();
+        let over = format!(
+            "version: 1\nserver: {{listen: [{}], admin_listen: \"127.0.0.1:1\"}}\n",
+            listen(32)
+        );
+        let errs = compile_text(&over).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.to_string().contains("33 listening sockets")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn provider_debug_never_shows_the_key() {
         let s = compile_text(GOOD).unwrap();
         let dbg = format!("{:?}", s.providers["oa"]);

@@ -197,6 +197,10 @@ fn upgrade_sock(configured: Option<&str>, env: &dyn Fn(&str) -> Option<String>, 
     None
 }
 
+/// The most listening sockets one upgrade hands over (the vendored Pingora's
+/// `transfer_fd::MAX_FDS`).
+const MAX_HANDOVER: usize = 32;
+
 pub(super) fn compile_server(
     s: &raw::Server,
     env: &dyn Fn(&str) -> Option<String>,
@@ -216,6 +220,17 @@ pub(super) fn compile_server(
         .collect();
     if let Some(a) = &s.admin_listen {
         check_listen("server.admin_listen".into(), a, errs);
+    }
+    // An upgrade hands every listening socket to the new process in one message, which
+    // carries at most MAX_HANDOVER descriptors: more would start, then fail to upgrade.
+    let sockets = s.listen.len() + s.tls.len() + usize::from(s.admin_listen.is_some());
+    if sockets > MAX_HANDOVER {
+        errs.push(
+            "server.listen",
+            format!(
+                "{sockets} listening sockets (listen, tls and admin_listen together): an upgrade hands over at most {MAX_HANDOVER}"
+            ),
+        );
     }
     if s.max_request_body_bytes == 0 {
         errs.push("server.max_request_body_bytes", "must be at least 1");

@@ -273,11 +273,11 @@ impl Usage {
         self.clamp();
     }
 
-    /// The usage to charge when the provider's count is not all known: with `cut` (a
-    /// stream that ended before the provider's final count), both counts are raised to at
-    /// least their estimates; else only the counts that could not be read are. The input
-    /// estimate is a token per four bytes of the request, the output one the caller's
-    /// (see `SseState::output_estimate`, `JsonBody::output_estimate`). Providers bill what
+    /// The usage to charge when the provider's count is not all known: with `cut` (no
+    /// final count at all: a stream that ended before it, or a JSON answer without one),
+    /// both counts are raised to at least their estimates; else only the counts that could
+    /// not be read are. The input estimate is a token per four bytes of the request, the
+    /// output one the caller's (see `SseState::output_estimate`, `JsonBody::output_estimate`). Providers bill what
     /// they read and generated: an odd or missing figure must not make a request free.
     pub fn estimated(self, request_bytes: usize, output_estimate: u64, cut: bool) -> Usage {
         let input_estimate = (request_bytes as u64).div_ceil(4);

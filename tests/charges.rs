@@ -35,6 +35,8 @@ models:
     model: "x?words=12&chunk_delay_ms=60"
     pricing: {input_per_mtok: 1000, output_per_mtok: 1000}
   - {name: no-done, provider_key: mock, model: "x?no_done"}
+  - {name: uncounted, provider_key: mock, model: "x?no_usage", pricing: {input_per_mtok: 1000, output_per_mtok: 1000}}
+  - {name: claude-uncounted, provider_key: an, model: "c?no_usage", pricing: {input_per_mtok: 1000, output_per_mtok: 1000}}
   - {name: claude-no-done, provider_key: an, model: "c?no_done"}
 api_keys:
   - {name: main, key: "{CALLER_KEY}", owner: team-a, budget: team}
@@ -252,5 +254,44 @@ async fn odd_usage_fields_never_make_a_request_free() {
         } else {
             assert!(line["cost_usd"].as_f64().unwrap() > 0.0, "{case}");
         }
+    }
+}
+
+/// A JSON answer with no usage at all (some OpenAI-compatible servers never send one) is
+/// charged an estimate, marked as such, passed through or translated: a provider that
+/// reports nothing cannot make its callers' requests free of their budget.
+#[tokio::test]
+async fn a_json_answer_without_usage_is_charged_an_estimate() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    for (i, (alias, path)) in [
+        ("uncounted", "/v1/chat/completions"),
+        ("uncounted", "/v1/messages"),
+        ("claude-uncounted", "/v1/messages"),
+        ("claude-uncounted", "/v1/chat/completions"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let resp = client()
+            .post(format!("{}{path}", gw.url()))
+            .bearer_auth(CALLER_KEY)
+            .header("x-request-id", format!("uncounted-{i}"))
+            .json(&json!({"model": alias, "max_tokens": 50,
+                "messages": [{"role": "user", "content": "hello there"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{alias} {path}");
+        let lines = gw.access_lines_until(1, |l| l.contains(&format!("\"uncounted-{i}\"")));
+        let line: Value = lines
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|l| l["request_id"] == format!("uncounted-{i}"))
+            .unwrap();
+        assert_eq!(line["usage_estimated"], true, "{alias} {path}: {line}");
+        assert!(line["input_tokens"].as_u64().unwrap() > 0, "{line}");
+        assert!(line["output_tokens"].as_u64().unwrap() > 0, "{line}");
+        assert!(line["cost_usd"].as_f64().unwrap() > 0.0, "{line}");
     }
 }

@@ -63,6 +63,8 @@ pub struct Script {
     pub bad_json: bool,
     /// End a stream cleanly but without its end marker (`[DONE]`, `message_stop`).
     pub no_done: bool,
+    /// A JSON answer with no `usage` at all (servers that never report it).
+    pub no_usage: bool,
     /// The Content-Type of a stream, as written (media types are case-insensitive).
     pub sse_type: Option<String>,
     /// Stream one event of this many bytes that never ends (no blank line), in 64 KiB
@@ -110,6 +112,7 @@ impl Script {
             echo: false,
             bad_json: false,
             no_done: false,
+            no_usage: false,
             endless_event: None,
             sse_type: None,
             content_type: None,
@@ -138,6 +141,7 @@ impl Script {
                 "echo" => s.echo = true,
                 "bad_json" => s.bad_json = true,
                 "no_done" => s.no_done = true,
+                "no_usage" => s.no_usage = true,
                 "sse_type" => s.sse_type = Some(v.replace("%20", " ")),
                 "endless_event" => s.endless_event = n.map(|n| n as usize),
                 "content_type" => s.content_type = Some(v.to_owned()),
@@ -850,11 +854,14 @@ impl Mock {
             message["reasoning_content"] = json!(r);
         }
         if req["stream"] != Value::Bool(true) {
-            let v = json!({
+            let mut v = json!({
                 "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
                 "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
                 "usage": usage, "system_fingerprint": null,
             });
+            if script.no_usage {
+                v.as_object_mut().map(|o| o.remove("usage"));
+            }
             if script.drop_after.is_some() {
                 return truncated(&v);
             }
@@ -1037,11 +1044,14 @@ data: {v}
                 content.push(json!({"type": "thinking", "thinking": t, "signature": thinking::sign(t)}));
             }
             content.push(block);
-            let v = json!({
+            let mut v = json!({
                 "id": id, "type": "message", "role": "assistant", "model": model, "content": content,
                 "stop_reason": stop, "stop_sequence": null,
                 "usage": usage(output),
             });
+            if script.no_usage {
+                v.as_object_mut().map(|o| o.remove("usage"));
+            }
             if script.drop_after.is_some() {
                 return truncated(&v);
             }

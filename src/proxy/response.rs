@@ -312,17 +312,19 @@ pub async fn settle(state: &AppState, session: &Session, ctx: &mut Ctx) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let succeeded = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
     // A stream cut before the provider's final count (the caller hung up after the last
-    // content event, the provider broke off), and a count the provider wrote so that it
-    // cannot be read, are charged an estimate, never nothing.
+    // content event, the provider broke off), a JSON answer with no count at all (some
+    // OpenAI-compatible servers never send one), and a count the provider wrote so that
+    // it cannot be read, are charged an estimate, never nothing.
     let cut = ctx.sse.as_ref().is_some_and(|sse| !sse.usage_final());
-    if succeeded && (cut || ctx.usage.is_some_and(|u| u.unread())) {
+    let uncounted = ctx.sse.is_none() && ctx.json.is_some() && ctx.usage.is_none();
+    if succeeded && (cut || uncounted || ctx.usage.is_some_and(|u| u.unread())) {
         let output = match (&ctx.sse, &ctx.json) {
             (Some(sse), _) => sse.output_estimate(),
             (None, Some(json)) => json.output_estimate(),
             (None, None) => 0,
         };
         let reported = ctx.usage.unwrap_or_default();
-        ctx.usage = Some(reported.estimated(ctx.request_body.len(), output, cut));
+        ctx.usage = Some(reported.estimated(ctx.request_body.len(), output, cut || uncounted));
         ctx.usage_estimated = true;
     }
     ctx.record_metrics(&state.metrics, status);

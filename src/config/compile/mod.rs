@@ -122,6 +122,13 @@ fn check_unique<'a>(kind: Kind, names: impl Iterator<Item = &'a str>, errs: &mut
         } else if n.chars().any(char::is_control) {
             // Names go into headers (x-aigw-model), metric labels and log lines.
             errs.push(format!("{kind}[{i}].name"), "must not contain control characters");
+        } else if matches!(kind, Kind::RateLimits | Kind::Budgets | Kind::Cache) && n.contains(':') {
+            // Their Redis keys are `aigw:<section>:<name>:...:<owner or scope>`: with a colon
+            // in a name, one policy's key for one owner could be another's for another.
+            errs.push(
+                format!("{kind}[{i}].name"),
+                "must not contain ':' (it separates the parts of the shared Redis keys)",
+            );
         } else if !seen.insert(n) {
             errs.push(format!("{kind}[{i}].name"), format!("duplicate name '{n}'"));
         }
@@ -424,6 +431,24 @@ api_keys:
             errs.iter().any(|e| e.to_string().contains("33 listening sockets")),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn names_in_shared_redis_keys_hold_no_colon() {
+        let text = r#"
+version: 1
+rate_limits: [{name: "a:rpm", requests_per_minute: 1}]
+budgets: [{name: "b:x", usd: 1, period: day}]
+cache: [{name: "c:y"}]
+"#;
+        let errs = compile_text(text).unwrap_err();
+        for path in ["rate_limits[0].name", "budgets[0].name", "cache[0].name"] {
+            assert!(
+                errs.iter()
+                    .any(|e| e.to_string().starts_with(path) && e.to_string().contains("':'")),
+                "{path}: {errs:?}"
+            );
+        }
     }
 
     #[test]

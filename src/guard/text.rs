@@ -451,6 +451,29 @@ pub fn response_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut 
                 }
             }
         }
+        // Legacy completions: each choice's `text`.
+        Endpoint::Completions => {
+            let Some(Value::Array(choices)) = v.get_mut("choices") else {
+                return false;
+            };
+            for choice in choices {
+                let mut block = false;
+                if let Some(text) = choice.get_mut("text") {
+                    scan(text, &mut block);
+                    if block {
+                        *text = Value::from("");
+                        choice["finish_reason"] = Value::from("content_filter");
+                    }
+                }
+            }
+        }
+        // No completion text: scores, images, audio (never given response guardrails).
+        Endpoint::Moderations
+        | Endpoint::ImageGenerations
+        | Endpoint::ImageEdits
+        | Endpoint::AudioTranscriptions
+        | Endpoint::AudioTranslations
+        | Endpoint::AudioSpeech => {}
         Endpoint::Messages => {
             let mut block = false;
             if let Some(Value::Array(content)) = v.get_mut("content") {

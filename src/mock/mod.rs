@@ -17,6 +17,7 @@ mod google;
 mod idp;
 mod mcp;
 mod prompt_cache;
+mod surface;
 mod thinking;
 
 use std::collections::VecDeque;
@@ -711,6 +712,39 @@ impl Mock {
         if parts.method != http::Method::POST {
             return error(404, "unknown route", None);
         }
+        let uploads = ["/audio/transcriptions", "/audio/translations", "/images/edits"];
+        if let Some(kind) = uploads.iter().find(|u| path.ends_with(*u)) {
+            let ct = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let form = match surface::read_form(ct, body).await {
+                Ok(f) => f,
+                Err(why) => return error(400, &format!("Could not parse multipart form: {why}"), None),
+            };
+            let model = match path.split_once("/deployments/") {
+                Some((_, rest)) => rest.split('/').next().unwrap_or("").to_owned(),
+                None => form.text("model").unwrap_or_default().to_owned(),
+            };
+            let script = Script::parse(&model);
+            if let Some(status) = script.status {
+                return error(
+                    status,
+                    &format!("mock failure {status} for model {model}"),
+                    script.retry_after,
+                );
+            }
+            return match *kind {
+                "/images/edits" => {
+                    if !form.files.iter().any(|(n, _, _)| n == "image" || n == "image[]") {
+                        return error(400, "'image' is required", None);
+                    }
+                    let n = form.text("n").and_then(|n| n.parse().ok()).unwrap_or(1);
+                    self.images(form.text("prompt").unwrap_or_default(), n, &model)
+                }
+                k => self.transcribe(&form, &model, k == "/audio/translations"),
+            };
+        }
         let Ok(req) = serde_json::from_slice::<Value>(&body) else {
             return error(400, "We could not parse the JSON body of your request.", None);
         };
@@ -782,6 +816,15 @@ impl Mock {
             self.chat(&req, &model, &script)
         } else if path.ends_with("/embeddings") {
             self.embeddings(&req, &model)
+        } else if path.ends_with("/completions") {
+            self.completions(&req, &model, &script)
+        } else if path.ends_with("/moderations") {
+            self.moderations(&req, &model)
+        } else if path.ends_with("/images/generations") {
+            let n = req["n"].as_u64().unwrap_or(1);
+            self.images(req["prompt"].as_str().unwrap_or_default(), n, &model)
+        } else if path.ends_with("/audio/speech") {
+            self.speech(&req, &script)
         } else if path.ends_with("/responses") {
             self.responses(&req, &model, &script)
         } else {

@@ -175,10 +175,12 @@ pub fn parse(body: &Bytes, boundary: &str, files: &[&str]) -> Result<FormView, G
 
 async fn read_parts(body: Bytes, boundary: &str, files: &[&str]) -> Result<Vec<Part>, GwError> {
     let len = body.len() as u64;
+    // The first piece comes at once: multer 3.1 gives up on a stream that has nothing
+    // for it on its very first poll (it looks for the first boundary only once more).
     let pieces = Pieces {
         body,
         at: 0,
-        paused: false,
+        paused: true,
     };
     let limits = multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(len));
     let mut form = multer::Multipart::with_constraints(pieces, boundary, limits);
@@ -350,7 +352,7 @@ mod tests {
     fn hostile_forms_are_refused() {
         // Two models: which one a provider reads is its parser's choice.
         let two = form(&[("model", None, b"a"), ("model", None, b"b")]);
-        assert!(err(&two).contains("more than one `model`"));
+        assert!(err(&two).contains("more than one `model`"), "{}", err(&two));
         // A model that is a file, and a file where text belongs.
         assert!(err(&form(&[("model", Some("m"), b"a")])).contains("must be text"));
         assert!(err(&form(&[("model", None, b"a"), ("prompt", Some("p.txt"), b"x")])).contains("must be text"));
@@ -374,7 +376,12 @@ mod tests {
             format!("--{B}\r\nContent-Disposition: form-data; name=\"prompt\"; name=\"model\"\r\n\r\na\r\n--{B}--\r\n");
         assert!(parse(&Bytes::from(twice), B, &["file"]).is_err());
         let two_cd = format!("--{B}\r\nContent-Disposition: form-data; name=\"prompt\"\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\na\r\n--{B}--\r\n");
-        assert!(err(two_cd.as_bytes()).contains("one Content-Disposition"));
+        // (multer keeps one of the two; the header block still names two fields.)
+        let e = err(two_cd.as_bytes());
+        assert!(
+            e.contains("one Content-Disposition") || e.contains("more than once"),
+            "{e}"
+        );
         // A preamble is legal but read differently by parsers: refused.
         let mut pre = b"hello\r\n".to_vec();
         pre.extend_from_slice(&form(&[("model", None, b"a")]));

@@ -1,6 +1,7 @@
 //! `aigw mock-upstream`: a deterministic fake provider for the quickstart, the tests and
-//! the load tests. It speaks OpenAI's chat, embeddings and Responses APIs, Anthropic's
-//! Messages and Gemini's generateContent, each with its own auth header and error shape.
+//! the load tests. It speaks OpenAI's chat, embeddings and Responses APIs (and the rest of
+//! OpenAI's surface: `surface`), Anthropic's Messages and Gemini's generateContent, each
+//! with its own auth header and error shape.
 //!
 //! Its behaviour is scripted by the model id it receives, so a gateway config alone can
 //! stage failures. Directives follow a `?` in the id, URL-query style:

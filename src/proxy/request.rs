@@ -217,7 +217,9 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
             .await
             .map_err(|_| GwError::InvalidRequest("The connection failed.".into()))?;
     }
-    // A multipart endpoint refuses any other upload before reading it.
+    let body = read_body(session, limit, snap.server.client_body_timeout).await?;
+    // An upload endpoint takes a form and nothing else (checked once the body is read, so
+    // the refusal is not a reset under a caller still uploading).
     let boundary = match endpoint.multipart() {
         true => {
             let ct = session.req_header().headers.get(header::CONTENT_TYPE);
@@ -225,7 +227,6 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         }
         false => None,
     };
-    let body = read_body(session, limit, snap.server.client_body_timeout).await?;
 
     let (view, form) = match &boundary {
         Some(b) => {

@@ -59,6 +59,7 @@ def test_audio_transcriptions_and_translations(client):
     # The provider saw the upstream model in the form and the whole file.
     assert t.text.startswith("transcribed 48000 bytes ")
     assert t.text.endswith(" by whisper-1; prompt: names")
+    # (The SDK marks translations deprecated; the endpoint is still served.)
     t = client.audio.translations.create(model="whisper", file=("talk.wav", AUDIO, "audio/wav"))
     assert t.text.startswith("translated 48000 bytes ")
     text = client.audio.transcriptions.create(

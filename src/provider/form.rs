@@ -225,10 +225,13 @@ async fn read_parts(body: Bytes, boundary: &str, files: &[&str]) -> Result<Vec<P
     Ok(parts)
 }
 
+/// A part's header block and its value, as byte ranges of the body.
+type PartSpan = (Range<usize>, Range<usize>);
+
 /// Each part's header block and value, as the delimiters place them. The body must start
 /// with the first delimiter (no preamble) and end with the closing one (an epilogue
 /// after it is allowed, as RFC 2046 says, and ignored by both readings).
-fn part_spans(body: &[u8], boundary: &str) -> Result<Vec<(Range<usize>, Range<usize>)>, GwError> {
+fn part_spans(body: &[u8], boundary: &str) -> Result<Vec<PartSpan>, GwError> {
     let unclear = || bad("The form's parts could not be told apart unambiguously.");
     let first = format!("--{boundary}");
     if !body.starts_with(first.as_bytes()) {

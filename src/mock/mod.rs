@@ -1397,13 +1397,8 @@ data: {v}
     }
 
     fn embeddings(&self, req: &Value, model: &str) -> Response<Body> {
-        let inputs: Vec<String> = match &req["input"] {
-            Value::String(s) => vec![s.clone()],
-            Value::Array(a) => a
-                .iter()
-                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-                .collect(),
-            _ => return error(400, "'input' is required", None),
+        let Some(inputs) = inputs(req) else {
+            return error(400, "'input' is required", None);
         };
         let data: Vec<Value> = inputs
             .iter()
@@ -1419,6 +1414,19 @@ data: {v}
             StatusCode::OK,
             &json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
         )
+    }
+}
+
+/// The texts of an embeddings or moderations `input`: one string or a list.
+fn inputs(req: &Value) -> Option<Vec<String>> {
+    match &req["input"] {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(a) => Some(
+            a.iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .collect(),
+        ),
+        _ => None,
     }
 }
 

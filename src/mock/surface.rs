@@ -98,13 +98,8 @@ impl Mock {
 
     /// `/moderations`: an input is flagged for violence when it says "kill".
     pub(super) fn moderations(&self, req: &Value, model: &str) -> Response {
-        let inputs: Vec<String> = match &req["input"] {
-            Value::String(s) => vec![s.clone()],
-            Value::Array(a) => a
-                .iter()
-                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-                .collect(),
-            _ => return error(400, "'input' is required", None),
+        let Some(inputs) = super::inputs(req) else {
+            return error(400, "'input' is required", None);
         };
         let results: Vec<Value> = inputs
             .iter()

@@ -175,7 +175,7 @@ impl BodyView {
 /// added. Returns the body and whether usage was added (so the gateway strips the extra
 /// usage chunk before the caller sees it).
 pub fn rewrite(body: &Bytes, view: &BodyView, upstream_model: &str, add_usage: bool) -> (Bytes, bool) {
-    let mut edits: Vec<(Range<usize>, Cow<'static, [u8]>)> = Vec::with_capacity(2);
+    let mut edits: Vec<(Range<usize>, Cow<'_, [u8]>)> = Vec::with_capacity(2);
     if view.model != upstream_model {
         let value = if view.raw {
             upstream_model.as_bytes().to_vec()
@@ -211,8 +211,14 @@ pub fn rewrite(body: &Bytes, view: &BodyView, upstream_model: &str, add_usage: b
             }
         }
     }
+    (splice(body, edits), injected)
+}
+
+/// The body with each span replaced by its bytes (spans in any order, not overlapping);
+/// the body itself, uncopied, when there is nothing to replace.
+pub fn splice(body: &Bytes, mut edits: Vec<(Range<usize>, Cow<'_, [u8]>)>) -> Bytes {
     if edits.is_empty() {
-        return (body.clone(), false);
+        return body.clone();
     }
     edits.sort_by_key(|(r, _)| r.start);
     let extra: usize = edits.iter().map(|(_, b)| b.len()).sum();
@@ -224,7 +230,7 @@ pub fn rewrite(body: &Bytes, view: &BodyView, upstream_model: &str, add_usage: b
         at = range.end;
     }
     out.extend_from_slice(&body[at..]);
-    (Bytes::from(out), injected)
+    Bytes::from(out)
 }
 
 /// The key `consistent_hash` with `hash_on: prefix` uses: a hash of the conversation's

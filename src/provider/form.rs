@@ -280,24 +280,6 @@ fn count_names_once(headers: &[u8]) -> bool {
     names.count() == 1
 }
 
-/// The body with each span replaced by its bytes (spans in any order, not overlapping).
-pub fn splice(body: &Bytes, mut edits: Vec<(Range<usize>, Vec<u8>)>) -> Bytes {
-    if edits.is_empty() {
-        return body.clone();
-    }
-    edits.sort_by_key(|(r, _)| r.start);
-    let extra: usize = edits.iter().map(|(_, b)| b.len()).sum();
-    let mut out = Vec::with_capacity(body.len() + extra);
-    let mut at = 0;
-    for (range, bytes) in &edits {
-        out.extend_from_slice(&body[at..range.start]);
-        out.extend_from_slice(bytes);
-        at = range.end;
-    }
-    out.extend_from_slice(&body[at..]);
-    Bytes::from(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,7 +322,7 @@ mod tests {
         assert_eq!(&body[v.model_span.clone()], b"alias");
         assert_eq!(v.texts.len(), 1);
         assert_eq!((v.texts[0].name.as_str(), v.texts[0].value.as_str()), ("prompt", "hi"));
-        let out = splice(&body, vec![(v.model_span.clone(), b"whisper-1".to_vec())]);
+        let out = super::super::body::splice(&body, vec![(v.model_span.clone(), b"whisper-1"[..].into())]);
         let want = form(&[
             ("file", Some("a.wav"), &audio),
             ("model", None, b"whisper-1"),

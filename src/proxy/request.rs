@@ -346,9 +346,9 @@ fn guard_form(
         .iter()
         .zip(masked)
         .filter(|(t, m)| t.value != *m)
-        .map(|(t, m)| (t.span.clone(), m.into_bytes()))
+        .map(|(t, m)| (t.span.clone(), std::borrow::Cow::Owned(m.into_bytes())))
         .collect();
-    Ok(Some(provider::form::splice(body, edits)))
+    Ok(Some(body::splice(body, edits)))
 }
 
 /// Starts the next upstream attempt: picks the target (failover order, cooling targets

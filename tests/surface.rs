@@ -573,3 +573,24 @@ async fn speech_streams_audio_to_the_caller_as_it_arrives() {
     .await;
     assert_eq!(error_code(r).await, (StatusCode::BAD_REQUEST, "content_filter".into()));
 }
+
+#[test]
+fn media_prices_are_checked_when_the_config_loads() {
+    let config = r#"
+version: 1
+provider_keys:
+  - {name: mock, provider: openai_compatible, base_url: "http://127.0.0.1:9/v1"}
+models:
+  - {name: a, provider_key: mock, pricing: {per_image: -0.04}}
+  - {name: b, provider_key: mock, pricing: {per_audio_minute: .inf}}
+  - {name: c, provider_key: mock, pricing: {per_image: 0.04, per_audio_minute: 0.006}}
+"#;
+    assert_config_errors(
+        config,
+        &[
+            "models[0].pricing: prices must be zero or positive numbers",
+            "models[1].pricing: prices must be zero or positive numbers",
+        ],
+        "no secret here",
+    );
+}

@@ -251,11 +251,13 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
         }
         return Ok(());
     }
-    let is_json = resp.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
-        let media = media_type(v.as_bytes());
-        media.eq_ignore_ascii_case(b"application/json")
-    });
-    if ctx.shape().media_answer() && !is_json {
+    let is_json = |resp: &ResponseHeader| {
+        resp.headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| media_type(v.as_bytes()).eq_ignore_ascii_case(b"application/json"))
+    };
+    // (Asked of audio endpoints only: chat and the rest pay nothing for it.)
+    if ctx.shape().media_answer() && !is_json(resp) {
         // Audio bytes (speech), or a transcript as text, SRT, VTT or its own event stream:
         // passed through untouched, each chunk as it arrives.
         return Ok(());

@@ -40,9 +40,13 @@ models:
   - {name: az-mod, provider_key: az, model: m}
   - {name: claude, provider_key: an, model: c}
   - {name: forbidden, provider_key: oa, model: whisper-1}
+  - {name: whisper-down, provider_key: oa, model: "whisper-1?status=503"}
+  - {name: whisper-az, provider_key: az, model: "whisper-deploy-2"}
+  - name: whisper-routed
+    routing: {targets: [{model: whisper-down}, {model: whisper-az, priority: 1}]}
 api_keys:
   - {name: main, key: "{CALLER_KEY}", owner: team-a,
-     models: [legacy, mod, img, dalle, whisper, tts, tts-cut, az-whisper, az-legacy, az-mod, claude]}
+     models: [legacy, mod, img, dalle, whisper, tts, tts-cut, az-whisper, az-legacy, az-mod, claude, whisper-routed]}
 "#;
 
 const BOUNDARY: &str = "aigw-test-boundary-7e3f";
@@ -349,6 +353,38 @@ async fn transcriptions_rewrite_the_alias_in_the_form_and_keep_the_file() {
     );
     assert!(seen["body"].as_str().unwrap().contains("\r\n\r\nwhisper-deploy\r\n"));
     assert_eq!(seen["headers"]["api-key"], PROVIDER_KEY);
+}
+
+#[tokio::test]
+async fn a_form_fails_over_with_its_model_rewritten_for_each_target() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let file = audio(20_000);
+    let body = form(&[("model", None, b"whisper-routed"), ("file", Some("a.wav"), &file)]);
+    let r = upload(&gw, "/v1/audio/transcriptions", body).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-aigw-model"], "whisper-az");
+    let v: Value = r.json().await.unwrap();
+    // The second target got its own model in the form (rewritten again from the first
+    // attempt's), and the same file.
+    assert_eq!(
+        v["text"],
+        format!("transcribed 20000 bytes {} by whisper-deploy-2; prompt: ", hash(&file))
+    );
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0]["body"]
+        .as_str()
+        .unwrap()
+        .contains("\r\n\r\nwhisper-1?status=503\r\n"));
+    assert!(seen[1]["body"]
+        .as_str()
+        .unwrap()
+        .contains("\r\n\r\nwhisper-deploy-2\r\n"));
+    assert_eq!(
+        seen[0]["body_len"].as_u64().unwrap() - seen[1]["body_len"].as_u64().unwrap(),
+        4
+    );
 }
 
 #[tokio::test]

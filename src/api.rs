@@ -28,6 +28,18 @@ pub enum Endpoint {
     GenerateContent,
     /// Bedrock's `converse` / `converse-stream`. Upstream only, like `GenerateContent`.
     Converse,
+    /// OpenAI's legacy completions (`prompt` in, `choices[].text` out).
+    Completions,
+    Moderations,
+    ImageGenerations,
+    /// `multipart/form-data`: the image and mask are files, the alias a form field.
+    ImageEdits,
+    /// `multipart/form-data`, like `ImageEdits`.
+    AudioTranscriptions,
+    /// `multipart/form-data`, like `ImageEdits`.
+    AudioTranslations,
+    /// JSON in, audio bytes out (passed through as they arrive).
+    AudioSpeech,
 }
 
 impl Endpoint {
@@ -40,16 +52,43 @@ impl Endpoint {
             Self::Responses => "/responses",
             Self::GenerateContent => ":generateContent",
             Self::Converse => "/converse",
+            Self::Completions => "/completions",
+            Self::Moderations => "/moderations",
+            Self::ImageGenerations => "/images/generations",
+            Self::ImageEdits => "/images/edits",
+            Self::AudioTranscriptions => "/audio/transcriptions",
+            Self::AudioTranslations => "/audio/translations",
+            Self::AudioSpeech => "/audio/speech",
         }
+    }
+
+    /// Whether callers send this endpoint a `multipart/form-data` upload, not JSON.
+    pub fn multipart(self) -> bool {
+        matches!(
+            self,
+            Self::ImageEdits | Self::AudioTranscriptions | Self::AudioTranslations
+        )
+    }
+
+    /// Whether a successful answer of this endpoint may be other than JSON or SSE (audio
+    /// bytes; a transcript as plain text, SRT or VTT): passed through as it comes.
+    pub fn media_answer(self) -> bool {
+        matches!(
+            self,
+            Self::AudioSpeech | Self::AudioTranscriptions | Self::AudioTranslations
+        )
+    }
+
+    /// Whether this endpoint answers with images, counted for `pricing.per_image`.
+    pub fn images(self) -> bool {
+        matches!(self, Self::ImageGenerations | Self::ImageEdits)
     }
 
     /// The dialect a caller of this endpoint speaks (and gets its errors in).
     pub fn dialect(self) -> Dialect {
         match self {
             Self::Messages => Dialect::Anthropic,
-            Self::ChatCompletions | Self::Embeddings | Self::Responses | Self::GenerateContent | Self::Converse => {
-                Dialect::OpenAi
-            }
+            _ => Dialect::OpenAi,
         }
     }
 
@@ -58,6 +97,12 @@ impl Endpoint {
         match self {
             Self::ChatCompletions | Self::Messages | Self::Responses | Self::GenerateContent | Self::Converse => "chat",
             Self::Embeddings => "embeddings",
+            Self::Completions => "text_completion",
+            Self::Moderations => "moderation",
+            Self::ImageGenerations | Self::ImageEdits => "image_generation",
+            Self::AudioTranscriptions => "transcription",
+            Self::AudioTranslations => "translation",
+            Self::AudioSpeech => "speech",
         }
     }
 
@@ -69,7 +114,8 @@ impl Endpoint {
             (Self::ChatCompletions | Self::Messages, Wire::Converse) => Some(Self::Converse),
             (_, Wire::Gemini | Wire::Converse) => None,
             (Self::GenerateContent | Self::Converse, _) => None,
-            (Self::Embeddings | Self::Responses, Wire::Anthropic) => None,
+            // Embeddings, Responses and the rest of OpenAI's surface: OpenAI-style only.
+            (_, Wire::Anthropic) if !matches!(self, Self::ChatCompletions | Self::Messages) => None,
             (Self::ChatCompletions | Self::Messages, Wire::Anthropic) => Some(Self::Messages),
             (Self::Messages, _) => Some(Self::ChatCompletions),
             (e, _) => Some(e),

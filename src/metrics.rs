@@ -33,6 +33,10 @@ pub struct Metrics {
     /// `aigw_tokens_detail_total{model,owner,type=cache_read|cache_write|reasoning}`: parts
     /// of `aigw_tokens_total`'s input (cache) and output (reasoning), never added to it.
     pub tokens_detail: IntCounterVec,
+    /// `aigw_media_total{model,owner,unit=image|audio_second}`: what image and audio
+    /// endpoints produced or read, as the provider reported it (priced by `per_image`,
+    /// `per_audio_minute`).
+    pub media: CounterVec,
     /// `aigw_cost_usd_total{model,owner}`: tokens priced with the model's `pricing`.
     pub cost: CounterVec,
     /// `aigw_upstream_attempts_total{target,provider,outcome}`.
@@ -145,6 +149,14 @@ impl Metrics {
                 "Of the tokens in aigw_tokens_total: cache reads and writes (input), reasoning (output)",
                 &["model", "owner", "type"],
             ),
+            media: CounterVec::new(
+                Opts::new(
+                    "aigw_media_total",
+                    "Images generated and audio seconds read, as providers reported them",
+                ),
+                &["model", "owner", "unit"],
+            )
+            .expect("valid metric"),
             cost: CounterVec::new(
                 Opts::new("aigw_cost_usd_total", "Cost in USD from model pricing"),
                 &["model", "owner"],
@@ -282,6 +294,7 @@ impl Metrics {
             Box::new(m.time_to_first_token.clone()),
             Box::new(m.tokens.clone()),
             Box::new(m.tokens_detail.clone()),
+            Box::new(m.media.clone()),
             Box::new(m.cost.clone()),
             Box::new(m.upstream_attempts.clone()),
             Box::new(m.inflight.clone()),

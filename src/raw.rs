@@ -381,6 +381,13 @@ pub struct Pricing {
     /// Input written to the provider's prompt cache (Anthropic, Bedrock); the input price
     /// when left out.
     pub cache_write_per_mtok: Option<f64>,
+    /// USD per image an image endpoint answered with (`/v1/images/...`).
+    #[serde(default)]
+    pub per_image: f64,
+    /// USD per minute of audio a transcription or translation read, as the provider
+    /// reported it (`usage.seconds`).
+    #[serde(default)]
+    pub per_audio_minute: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

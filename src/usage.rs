@@ -33,6 +33,11 @@ pub struct Usage {
     pub input_unread: bool,
     /// The same for the output count.
     pub output_unread: bool,
+    /// Images an image endpoint answered with.
+    pub images: u64,
+    /// Milliseconds of audio a transcription or translation read (OpenAI's
+    /// `usage: {"type": "duration", "seconds": ...}`).
+    pub audio_ms: u64,
 }
 
 /// One token count of a provider's report, read defensively: a report is the provider's
@@ -138,6 +143,8 @@ pub struct RawUsage {
     reasoning_tokens: Count,
     /// The report is there but is no object at all.
     unreadable: bool,
+    /// `seconds` of a duration report (audio), in milliseconds.
+    audio_ms: Option<u64>,
 }
 
 impl RawUsage {
@@ -165,6 +172,12 @@ impl RawUsage {
             cache_write_tokens: sub(prompt, "cache_write_tokens"),
             reasoning_tokens: sub(completion, "reasoning_tokens"),
             unreadable: false,
+            audio_ms: o
+                .get("seconds")
+                .and_then(Value::as_f64)
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                // Saturates: a day of audio is 8.64e7 ms; a bigger report is the provider's.
+                .map(|s| (s * 1000.0).round().min(u64::MAX as f64) as u64),
         }
     }
 
@@ -223,6 +236,7 @@ impl Usage {
             reasoning_tokens: reasoning.or_zero(),
             input_unread: input.unreadable,
             output_unread: output.unreadable,
+            ..Usage::default()
         };
         u.clamp();
         u
@@ -269,6 +283,9 @@ impl Usage {
         }
         if let Count::Tokens(r) = u.reasoning_tokens {
             self.reasoning_tokens = r;
+        }
+        if let Some(ms) = u.audio_ms {
+            self.audio_ms = ms;
         }
         self.clamp();
     }
@@ -350,7 +367,7 @@ impl Usage {
 
     /// What these tokens cost in USD: uncached input at the input price, cache reads and
     /// writes at theirs (the input price when the model's pricing names none), output
-    /// (reasoning included, once) at the output price.
+    /// (reasoning included, once) at the output price; images and audio minutes at theirs.
     pub fn cost_usd(&self, p: &Pricing) -> f64 {
         let cached = p.cached_input_per_mtok.unwrap_or(p.input_per_mtok);
         let write = p.cache_write_per_mtok.unwrap_or(p.input_per_mtok);
@@ -359,6 +376,8 @@ impl Usage {
             + self.cache_write_tokens as f64 * write
             + self.output_tokens as f64 * p.output_per_mtok)
             / 1e6
+            + self.images as f64 * p.per_image
+            + self.audio_ms as f64 / 60_000.0 * p.per_audio_minute
     }
 }
 
@@ -436,6 +455,8 @@ mod tests {
             output_per_mtok: 15.0,
             cached_input_per_mtok: Some(0.3),
             cache_write_per_mtok: Some(3.75),
+            per_image: 0.04,
+            per_audio_minute: 0.006,
         };
         let u = Usage {
             input_tokens: 1_000_000,
@@ -455,6 +476,30 @@ mod tests {
             ..p
         };
         assert!((u.cost_usd(&plain) - (3.0 + 1.5)).abs() < 1e-9);
+        // Images and audio minutes at their own prices, beside any tokens.
+        let media = Usage {
+            images: 3,
+            audio_ms: 90_000,
+            ..Usage::default()
+        };
+        assert!((media.cost_usd(&p) - (3.0 * 0.04 + 1.5 * 0.006)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn audio_seconds_are_read_from_a_duration_report() {
+        let u = usage(json!({"type": "duration", "seconds": 7.25}));
+        assert_eq!((u.audio_ms, u.input_tokens), (7250, 0));
+        let t = usage(json!({"type": "tokens", "input_tokens": 14, "output_tokens": 45, "total_tokens": 59}));
+        assert_eq!((t.input_tokens, t.output_tokens, t.audio_ms), (14, 45, 0));
+        // What is not a duration counts none; a huge one saturates, never wraps.
+        for (odd, ms) in [
+            (json!(-1), 0),
+            (json!("7"), 0),
+            (json!(null), 0),
+            (json!(1e300), u64::MAX),
+        ] {
+            assert_eq!(usage(json!({"type": "duration", "seconds": odd})).audio_ms, ms, "{odd}");
+        }
     }
 
     #[test]
@@ -562,6 +607,8 @@ mod tests {
                 output_per_mtok: 1.0,
                 cached_input_per_mtok: None,
                 cache_write_per_mtok: None,
+                per_image: 1.0,
+                per_audio_minute: 1.0,
             })
             .is_finite());
         let p = Usage::from_parts(

@@ -54,6 +54,8 @@ struct Held {
 enum Carrier {
     /// A chat chunk of the text's choice, in the stream's envelope.
     Chat,
+    /// A legacy completions chunk: the choice's `text`, in the stream's envelope.
+    Completion,
     /// An Anthropic `content_block_delta` of this delta type.
     Anthropic(&'static str),
     /// A Responses delta event like the last one (its `delta` replaced).
@@ -167,8 +169,13 @@ impl StreamGuard {
             // A text of a choice that ends with this chunk is released whole in it, in
             // order after what it held.
             self.finishing = finishing.then_some(idx);
-            if let Some(delta) = choice.get_mut("delta") {
-                let done = self.texts_of(delta, idx, "", &Carrier::Chat, hits);
+            // Chat puts a choice's text in its `delta`, legacy completions in its `text`.
+            let (text, carrier) = match self.endpoint {
+                Endpoint::Completions => (choice.get_mut("text"), Carrier::Completion),
+                _ => (choice.get_mut("delta"), Carrier::Chat),
+            };
+            if let Some(x) = text {
+                let done = self.texts_of(x, idx, "", &carrier, hits);
                 self.finishing = None;
                 changed |= done?;
             }
@@ -404,6 +411,14 @@ impl StreamGuard {
                     .clone()
                     .unwrap_or_else(|| json!({"object": "chat.completion.chunk"}));
                 e["choices"] = json!([{"index": idx, "delta": at_path(field, json!(rest)), "finish_reason": null}]);
+                e
+            }
+            Carrier::Completion => {
+                let mut e = self
+                    .template
+                    .clone()
+                    .unwrap_or_else(|| json!({"object": "text_completion"}));
+                e["choices"] = json!([{"index": idx, "text": rest, "logprobs": null, "finish_reason": null}]);
                 e
             }
             Carrier::Anthropic(kind) => {

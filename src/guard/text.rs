@@ -451,6 +451,29 @@ pub fn response_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut 
                 }
             }
         }
+        // Legacy completions: each choice's `text`.
+        Endpoint::Completions => {
+            let Some(Value::Array(choices)) = v.get_mut("choices") else {
+                return false;
+            };
+            for choice in choices {
+                let mut block = false;
+                if let Some(text) = choice.get_mut("text") {
+                    scan(text, &mut block);
+                    if block {
+                        *text = Value::from("");
+                        choice["finish_reason"] = Value::from("content_filter");
+                    }
+                }
+            }
+        }
+        // No completion text: scores, images, audio (never given response guardrails).
+        Endpoint::Moderations
+        | Endpoint::ImageGenerations
+        | Endpoint::ImageEdits
+        | Endpoint::AudioTranscriptions
+        | Endpoint::AudioTranslations
+        | Endpoint::AudioSpeech => {}
         Endpoint::Messages => {
             let mut block = false;
             if let Some(Value::Array(content)) = v.get_mut("content") {
@@ -815,5 +838,31 @@ mod tests {
         response_texts(&mut a, Endpoint::Messages, &mut |_: &mut String| Edit::Block);
         assert_eq!(a["content"], json!([]));
         assert_eq!(a["stop_reason"], "refusal");
+    }
+
+    #[test]
+    fn a_completion_choice_is_read_in_its_text_and_withheld_there() {
+        let mut v = json!({"object": "text_completion", "choices": [
+            {"index": 0, "text": "keep this", "finish_reason": "stop"},
+            {"index": 1, "text": "drop that", "finish_reason": "stop"}]});
+        let changed = response_texts(&mut v, Endpoint::Completions, &mut |s: &mut String| {
+            if s.contains("drop") {
+                Edit::Block
+            } else {
+                Edit::Keep
+            }
+        });
+        assert!(changed);
+        assert_eq!(
+            v["choices"][0],
+            json!({"index": 0, "text": "keep this", "finish_reason": "stop"})
+        );
+        assert_eq!(v["choices"][1]["text"], "");
+        assert_eq!(v["choices"][1]["finish_reason"], "content_filter");
+        // Scores, images and audio carry no completion text.
+        let mut m = json!({"results": [{"flagged": false}], "text": "a transcript"});
+        assert!(!response_texts(&mut m, Endpoint::Moderations, &mut |_: &mut String| {
+            Edit::Block
+        }));
     }
 }

@@ -1,6 +1,7 @@
 //! `aigw mock-upstream`: a deterministic fake provider for the quickstart, the tests and
-//! the load tests. It speaks OpenAI's chat, embeddings and Responses APIs, Anthropic's
-//! Messages and Gemini's generateContent, each with its own auth header and error shape.
+//! the load tests. It speaks OpenAI's chat, embeddings and Responses APIs (and the rest of
+//! OpenAI's surface: `surface`), Anthropic's Messages and Gemini's generateContent, each
+//! with its own auth header and error shape.
 //!
 //! Its behaviour is scripted by the model id it receives, so a gateway config alone can
 //! stage failures. Directives follow a `?` in the id, URL-query style:
@@ -17,6 +18,7 @@ mod google;
 mod idp;
 mod mcp;
 mod prompt_cache;
+mod surface;
 mod thinking;
 
 use std::collections::VecDeque;
@@ -715,6 +717,39 @@ impl Mock {
         if parts.method != http::Method::POST {
             return error(404, "unknown route", None);
         }
+        let uploads = ["/audio/transcriptions", "/audio/translations", "/images/edits"];
+        if let Some(kind) = uploads.iter().find(|u| path.ends_with(*u)) {
+            let ct = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let form = match surface::read_form(ct, body).await {
+                Ok(f) => f,
+                Err(why) => return error(400, &format!("Could not parse multipart form: {why}"), None),
+            };
+            let model = match path.split_once("/deployments/") {
+                Some((_, rest)) => rest.split('/').next().unwrap_or("").to_owned(),
+                None => form.text("model").unwrap_or_default().to_owned(),
+            };
+            let script = Script::parse(&model);
+            if let Some(status) = script.status {
+                return error(
+                    status,
+                    &format!("mock failure {status} for model {model}"),
+                    script.retry_after,
+                );
+            }
+            return match *kind {
+                "/images/edits" => {
+                    if !form.files.iter().any(|(n, _, _)| n == "image" || n == "image[]") {
+                        return error(400, "'image' is required", None);
+                    }
+                    let n = form.text("n").and_then(|n| n.parse().ok()).unwrap_or(1);
+                    self.images(form.text("prompt").unwrap_or_default(), n, &model)
+                }
+                k => self.transcribe(&form, &model, k == "/audio/translations"),
+            };
+        }
         let Ok(req) = serde_json::from_slice::<Value>(&body) else {
             return error(400, "We could not parse the JSON body of your request.", None);
         };
@@ -786,6 +821,15 @@ impl Mock {
             self.chat(&req, &model, &script)
         } else if path.ends_with("/embeddings") {
             self.embeddings(&req, &model)
+        } else if path.ends_with("/completions") {
+            self.completions(&req, &model, &script)
+        } else if path.ends_with("/moderations") {
+            self.moderations(&req, &model)
+        } else if path.ends_with("/images/generations") {
+            let n = req["n"].as_u64().unwrap_or(1);
+            self.images(req["prompt"].as_str().unwrap_or_default(), n, &model)
+        } else if path.ends_with("/audio/speech") {
+            self.speech(&req, &script)
         } else if path.ends_with("/responses") {
             self.responses(&req, &model, &script)
         } else {
@@ -1363,13 +1407,8 @@ data: {v}
     }
 
     fn embeddings(&self, req: &Value, model: &str) -> Response<Body> {
-        let inputs: Vec<String> = match &req["input"] {
-            Value::String(s) => vec![s.clone()],
-            Value::Array(a) => a
-                .iter()
-                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-                .collect(),
-            _ => return error(400, "'input' is required", None),
+        let Some(inputs) = inputs(req) else {
+            return error(400, "'input' is required", None);
         };
         let data: Vec<Value> = inputs
             .iter()
@@ -1385,6 +1424,19 @@ data: {v}
             StatusCode::OK,
             &json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
         )
+    }
+}
+
+/// The texts of an embeddings or moderations `input`: one string or a list.
+fn inputs(req: &Value) -> Option<Vec<String>> {
+    match &req["input"] {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(a) => Some(
+            a.iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .collect(),
+        ),
+        _ => None,
     }
 }
 

@@ -29,8 +29,14 @@ pub struct BodyView {
     pub include_usage: bool,
     /// `max_completion_tokens`, else `max_tokens`, when a whole number (for traces).
     pub max_tokens: Option<u64>,
+    /// `n`, when a whole number: the images an image request asked for (counted when the
+    /// answer is too large to count them in).
+    pub n: Option<u64>,
     /// Offset of the closing `}` of the top-level object.
     close: usize,
+    /// `model` is a multipart form's value (`form.rs`): spliced as bytes, not as a JSON
+    /// string.
+    raw: bool,
 }
 
 #[derive(Default)]
@@ -41,6 +47,7 @@ struct Fields<'a> {
     stream_options: Option<&'a RawValue>,
     max_tokens: Option<&'a RawValue>,
     max_completion_tokens: Option<&'a RawValue>,
+    n: Option<&'a RawValue>,
 }
 
 struct TopLevel;
@@ -65,6 +72,7 @@ impl<'de> Visitor<'de> for TopLevel {
                 "stream_options" => out.stream_options = Some(value),
                 "max_tokens" => out.max_tokens = Some(value),
                 "max_completion_tokens" => out.max_completion_tokens = Some(value),
+                "n" => out.n = Some(value),
                 _ => {}
             }
         }
@@ -122,13 +130,44 @@ pub fn parse(body: &[u8]) -> Result<BodyView, GwError> {
     let whole = |v: Option<&RawValue>| v.and_then(|v| v.get().parse::<u64>().ok());
     Ok(BodyView {
         max_tokens: whole(fields.max_completion_tokens).or(whole(fields.max_tokens)),
+        n: whole(fields.n),
         model_span: span(body, model_raw),
         model: model.into_owned(),
         stream,
         stream_options: fields.stream_options.map(|so| span(body, so)),
         include_usage,
         close,
+        raw: false,
     })
+}
+
+impl BodyView {
+    /// The view of a multipart form (`form.rs`): its model and the model value's span; no
+    /// streaming options (a streamed transcript passes through untouched).
+    pub fn form(model: String, model_span: Range<usize>, n: Option<u64>) -> Self {
+        BodyView {
+            model,
+            model_span,
+            stream: false,
+            stream_options: None,
+            include_usage: false,
+            max_tokens: None,
+            n,
+            close: 0,
+            raw: true,
+        }
+    }
+
+    /// This form's view once `rewrite` put `model` in place of its model (the spans after
+    /// it moved; a form view has none).
+    pub fn form_rewritten(&self, model: &str) -> Self {
+        let start = self.model_span.start;
+        Self::form(model.to_owned(), start..start + model.len(), self.n)
+    }
+
+    pub fn is_form(&self) -> bool {
+        self.raw
+    }
 }
 
 /// The body to send upstream: `model` replaced by `upstream_model`, and, when
@@ -136,10 +175,14 @@ pub fn parse(body: &[u8]) -> Result<BodyView, GwError> {
 /// added. Returns the body and whether usage was added (so the gateway strips the extra
 /// usage chunk before the caller sees it).
 pub fn rewrite(body: &Bytes, view: &BodyView, upstream_model: &str, add_usage: bool) -> (Bytes, bool) {
-    let mut edits: Vec<(Range<usize>, Cow<'static, [u8]>)> = Vec::with_capacity(2);
+    let mut edits: Vec<(Range<usize>, Cow<'_, [u8]>)> = Vec::with_capacity(2);
     if view.model != upstream_model {
-        let quoted = serde_json::to_vec(upstream_model).unwrap_or_default();
-        edits.push((view.model_span.clone(), Cow::Owned(quoted)));
+        let value = if view.raw {
+            upstream_model.as_bytes().to_vec()
+        } else {
+            serde_json::to_vec(upstream_model).unwrap_or_default()
+        };
+        edits.push((view.model_span.clone(), Cow::Owned(value)));
     }
     let mut injected = false;
     if add_usage && view.stream && !view.include_usage {
@@ -168,8 +211,14 @@ pub fn rewrite(body: &Bytes, view: &BodyView, upstream_model: &str, add_usage: b
             }
         }
     }
+    (splice(body, edits), injected)
+}
+
+/// The body with each span replaced by its bytes (spans in any order, not overlapping);
+/// the body itself, uncopied, when there is nothing to replace.
+pub fn splice(body: &Bytes, mut edits: Vec<(Range<usize>, Cow<'_, [u8]>)>) -> Bytes {
     if edits.is_empty() {
-        return (body.clone(), false);
+        return body.clone();
     }
     edits.sort_by_key(|(r, _)| r.start);
     let extra: usize = edits.iter().map(|(_, b)| b.len()).sum();
@@ -181,7 +230,7 @@ pub fn rewrite(body: &Bytes, view: &BodyView, upstream_model: &str, add_usage: b
         at = range.end;
     }
     out.extend_from_slice(&body[at..]);
-    (Bytes::from(out), injected)
+    Bytes::from(out)
 }
 
 /// The key `consistent_hash` with `hash_on: prefix` uses: a hash of the conversation's

@@ -16,6 +16,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod body;
 mod class;
+pub mod form;
 pub mod gemini;
 pub mod openai;
 mod target;
@@ -142,12 +143,16 @@ pub fn upstream_body(
         (Endpoint::Messages, Endpoint::GenerateContent) => {
             translate(|v, model| gemini::chat_request_to_gemini(&anthropic::messages_request_to_hub(v, model)?, model))
         }
+        // A form's model is a line of its own: a line break in it would be a new part.
+        _ if view.is_form() && upstream_model.contains(['\r', '\n']) => {
+            Err(bad("The upstream model name cannot go in a form field."))
+        }
         // Anthropic streams always carry usage; OpenAI-style ones only when asked.
         (_, up) => Ok(body::rewrite(
             body,
             view,
             upstream_model,
-            up == Endpoint::ChatCompletions,
+            matches!(up, Endpoint::ChatCompletions | Endpoint::Completions),
         )),
     }?;
     // Claude on Vertex AI: no model in the body, the version in it.
@@ -286,6 +291,10 @@ pub fn apply_credentials(
 
 /// Whether `target` can serve `endpoint` (natively or translated).
 pub fn can_serve(endpoint: Endpoint, target: &Target) -> bool {
+    // Azure OpenAI has no moderations endpoint (its content filters are built in).
+    if endpoint == Endpoint::Moderations && target.provider.kind == ProviderKind::Azure {
+        return false;
+    }
     endpoint.upstream(target.wire()).is_some()
 }
 

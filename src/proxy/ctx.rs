@@ -269,6 +269,11 @@ impl Ctx {
                     m.tokens_detail.with_label_values(&[answered, owner, kind]).inc_by(n);
                 }
             }
+            for (unit, n) in [("image", u.images as f64), ("audio_second", u.audio_ms as f64 / 1000.0)] {
+                if n > 0.0 {
+                    m.media.with_label_values(&[answered, owner, unit]).inc_by(n);
+                }
+            }
             if let Some(usd) = ctx.cost_usd() {
                 m.cost.with_label_values(&[answered, owner]).inc_by(usd);
             }

@@ -55,6 +55,13 @@ fn route(method: &Method, path: &str) -> Result<Route, GwError> {
         "/v1/embeddings" => (Route::Upstream(Endpoint::Embeddings), "POST"),
         "/v1/messages" => (Route::Upstream(Endpoint::Messages), "POST"),
         "/v1/responses" => (Route::Upstream(Endpoint::Responses), "POST"),
+        "/v1/completions" => (Route::Upstream(Endpoint::Completions), "POST"),
+        "/v1/moderations" => (Route::Upstream(Endpoint::Moderations), "POST"),
+        "/v1/images/generations" => (Route::Upstream(Endpoint::ImageGenerations), "POST"),
+        "/v1/images/edits" => (Route::Upstream(Endpoint::ImageEdits), "POST"),
+        "/v1/audio/transcriptions" => (Route::Upstream(Endpoint::AudioTranscriptions), "POST"),
+        "/v1/audio/translations" => (Route::Upstream(Endpoint::AudioTranslations), "POST"),
+        "/v1/audio/speech" => (Route::Upstream(Endpoint::AudioSpeech), "POST"),
         "/v1/models" => (Route::ListModels, "GET"),
         "/mcp" => (Route::Mcp(None), "POST, GET, DELETE"),
         p => match (p.strip_prefix("/v1/models/"), p.strip_prefix("/mcp/")) {
@@ -211,8 +218,23 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
             .map_err(|_| GwError::InvalidRequest("The connection failed.".into()))?;
     }
     let body = read_body(session, limit, snap.server.client_body_timeout).await?;
+    // An upload endpoint takes a form and nothing else (checked once the body is read, so
+    // the refusal is not a reset under a caller still uploading).
+    let boundary = match endpoint.multipart() {
+        true => {
+            let ct = session.req_header().headers.get(header::CONTENT_TYPE);
+            Some(provider::form::boundary(ct.map(|v| v.as_bytes()))?)
+        }
+        false => None,
+    };
 
-    let view = body::parse(&body)?;
+    let (view, form) = match &boundary {
+        Some(b) => {
+            let f = provider::form::parse(&body, b, form_files(endpoint))?;
+            (f.view(), Some(f))
+        }
+        None => (body::parse(&body)?, None),
+    };
     let model = snap
         .models
         .get(view.model.as_str())
@@ -236,19 +258,32 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     }
     ctx.request_view = Some(view);
     let on_request = guard::applicable(&caller.guardrails, &model.guardrails, false);
-    let masked = guard::check_request(&on_request, endpoint, &body, &mut ctx.guard_hits)?;
+    let masked = match &form {
+        Some(f) => guard_form(&on_request, endpoint, &body, f, &mut ctx.guard_hits)?,
+        None => guard::check_request(&on_request, endpoint, &body, &mut ctx.guard_hits)?,
+    };
     let body = match masked {
         // A masked body has other spans: its own parse is the one kept.
         Some(masked) => {
-            ctx.request_view = Some(body::parse(&masked)?);
+            ctx.request_view = Some(match &boundary {
+                Some(b) => provider::form::parse(&masked, b, form_files(endpoint))?.view(),
+                None => body::parse(&masked)?,
+            });
             masked
         }
         None => body,
     };
     ctx.request_body = body.clone();
     ctx.response_guards = match endpoint {
-        // Embeddings answer with vectors: there is no text to check.
-        Endpoint::Embeddings => Vec::new(),
+        // Vectors, moderation scores, images and audio: no completion text to check
+        // (docs/guardrails.md says where a guardrail cannot apply).
+        Endpoint::Embeddings
+        | Endpoint::Moderations
+        | Endpoint::ImageGenerations
+        | Endpoint::ImageEdits
+        | Endpoint::AudioTranscriptions
+        | Endpoint::AudioTranslations
+        | Endpoint::AudioSpeech => Vec::new(),
         _ => guard::applicable(&caller.guardrails, &model.guardrails, true),
     };
     let headers = &session.req_header().headers;
@@ -279,6 +314,43 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     Ok(Admission::Proxy)
 }
 
+/// The fields of a multipart endpoint's form that carry files; every other part is text.
+fn form_files(endpoint: Endpoint) -> &'static [&'static str] {
+    match endpoint {
+        Endpoint::ImageEdits => &["image", "image[]", "mask"],
+        _ => &["file"],
+    }
+}
+
+/// Request guardrails on a form: its text fields (the prompt, the language, ...) are
+/// scanned as a request's texts are; files (audio, images) are bytes no guardrail reads.
+/// Returns the form with masked values spliced in when something was masked.
+fn guard_form(
+    guards: &[Arc<guard::Guardrail>],
+    endpoint: Endpoint,
+    body: &Bytes,
+    form: &provider::form::FormView,
+    hits: &mut Vec<guard::Hit>,
+) -> Result<Option<Bytes>, GwError> {
+    if guards.is_empty() || form.texts.is_empty() {
+        return Ok(None);
+    }
+    let texts: Vec<&str> = form.texts.iter().map(|t| t.value.as_str()).collect();
+    let json = serde_json::to_vec(&texts).map_err(|_| GwError::Internal)?;
+    let Some(masked) = guard::check_request(guards, endpoint, &json, hits)? else {
+        return Ok(None);
+    };
+    let masked: Vec<String> = serde_json::from_slice(&masked).map_err(|_| GwError::Internal)?;
+    let edits = form
+        .texts
+        .iter()
+        .zip(masked)
+        .filter(|(t, m)| t.value != *m)
+        .map(|(t, m)| (t.span.clone(), std::borrow::Cow::Owned(m.into_bytes())))
+        .collect();
+    Ok(Some(body::splice(body, edits)))
+}
+
 /// Starts the next upstream attempt: picks the target (failover order, cooling targets
 /// skipped) and builds its upstream body.
 pub fn begin_attempt(state: &AppState, ctx: &mut Ctx) -> Result<(), GwError> {
@@ -306,6 +378,12 @@ pub fn begin_attempt(state: &AppState, ctx: &mut Ctx) -> Result<(), GwError> {
     let upstream = endpoint.upstream(target.wire()).ok_or(GwError::Internal)?;
     let view = ctx.request_view.as_ref().ok_or(GwError::Internal)?;
     let (upstream_body, injected) = provider::upstream_body(endpoint, upstream, &ctx.request_body, view, &target)?;
+    if view.is_form() {
+        // An upload is held once: the rewritten form replaces the caller's (the next
+        // attempt rewrites it again), rather than a second copy of the file beside it.
+        ctx.request_view = Some(view.form_rewritten(&target.upstream_model));
+        ctx.request_body = upstream_body.clone();
+    }
     ctx.upstream_body = upstream_body;
     ctx.strip_usage = injected;
     ctx.upstream_endpoint = Some(upstream);

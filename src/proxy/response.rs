@@ -36,7 +36,8 @@ pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx
     let status = resp.status.as_u16();
     ctx.upstream_status = Some(status);
     let wire = ctx.target.as_ref().map_or(Wire::OpenAi, Target::wire);
-    let bad_type = if resp.status.is_success() {
+    // Audio endpoints answer in audio or plain text as the caller asked: any type goes.
+    let bad_type = if resp.status.is_success() && !ctx.shape().media_answer() {
         unexpected_content_type(resp, ctx.stream().then(|| wire.stream_media()))
     } else {
         None
@@ -250,6 +251,17 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
         }
         return Ok(());
     }
+    let is_json = |resp: &ResponseHeader| {
+        resp.headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| media_type(v.as_bytes()).eq_ignore_ascii_case(b"application/json"))
+    };
+    // (Asked of audio endpoints only: chat and the rest pay nothing for it.)
+    if ctx.shape().media_answer() && !is_json(resp) {
+        // Audio bytes (speech), or a transcript as text, SRT, VTT or its own event stream:
+        // passed through untouched, each chunk as it arrives.
+        return Ok(());
+    }
     if is_sse {
         let mode = if ctx.endpoint == Some(Endpoint::Responses) {
             Mode::Responses
@@ -410,7 +422,11 @@ pub fn on_body(state: &AppState, body: &mut Option<Bytes>, end_of_stream: bool, 
             *body = None;
         }
         if end_of_stream {
-            let (usage, whole, held) = j.finish();
+            let (mut usage, whole, held) = j.finish();
+            if ctx.shape().images() {
+                let asked = ctx.request_view.as_ref().and_then(|v| v.n);
+                usage.get_or_insert_with(Default::default).images = image_count(&whole).or(asked).unwrap_or(1);
+            }
             ctx.usage = usage;
             let completed = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
             let checked = match (&held, completed && !ctx.response_guards.is_empty()) {
@@ -449,6 +465,18 @@ pub fn on_body(state: &AppState, body: &mut Option<Bytes>, end_of_stream: bool, 
         }
     }
     Ok(())
+}
+
+/// The images an image endpoint's answer holds (its `data`), when the body could be read
+/// whole; a larger one (base64 images past what is kept) is counted by the request's `n`.
+fn image_count(whole: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Images {
+        data: Vec<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Images>(whole)
+        .ok()
+        .map(|i| i.data.len() as u64)
 }
 
 /// The answer is complete: a cache miss stores it (in a task), unless something went

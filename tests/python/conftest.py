@@ -96,6 +96,11 @@ models:
   - {{name: cached-echo, provider_key: mock, model: "x?echo", cache: py-cache}}
   - {{name: plain-echo, provider_key: mock, model: "x?echo"}}
   - {{name: cached-claude, provider_key: mock-anthropic, model: "c?echo", cache: py-cache}}
+  - {{name: instruct, provider_key: mock, model: "gpt-3.5-turbo-instruct?echo"}}
+  - {{name: moderation, provider_key: mock, model: omni-moderation-latest}}
+  - {{name: image-model, provider_key: mock, model: gpt-image-1}}
+  - {{name: whisper, provider_key: mock, model: whisper-1}}
+  - {{name: tts, provider_key: mock, model: tts-1}}
 cache:
   - {{name: py-cache, ttl_s: 300}}
 guardrails:
@@ -103,7 +108,7 @@ guardrails:
   - {{name: py-codenames, rules: [{{kind: keyword, words: [falcon], whole_word: true}}], stage: response, action: block}}
   - {{name: py-secrets, pack: "{root}/filters/secrets.yaml", stage: request, action: block}}
 api_keys:
-  - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited, claude-mock, gemini-mock, vertex-gemini, vertex-claude, bedrock-nova, bedrock-claude, reasoner, long-context]}}
+  - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited, claude-mock, gemini-mock, vertex-gemini, vertex-claude, bedrock-nova, bedrock-claude, reasoner, long-context, instruct, moderation, image-model, whisper, tts]}}
   - {{name: py-openai-limited, key: sk-py-openai-limited, rate_limit: one-per-minute}}
   - {{name: py-anthropic-limited, key: sk-py-anthropic-limited, rate_limit: one-per-minute}}
   - {{name: py-guarded, key: sk-py-guarded, guardrails: [py-secrets]}}

@@ -79,6 +79,11 @@ def test_models_list_and_retrieve(client):
         "gpt-4o-mini",
         "text-embedding-3-small",
         "rate-limited",
+        "instruct",
+        "moderation",
+        "image-model",
+        "whisper",
+        "tts",
     ]
     assert client.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
     with pytest.raises(openai.NotFoundError):

@@ -70,6 +70,8 @@ pub(super) fn compile_models(
                 Some(pr.output_per_mtok),
                 pr.cached_input_per_mtok,
                 pr.cache_write_per_mtok,
+                Some(pr.per_image),
+                Some(pr.per_audio_minute),
             ];
             // `!(p >= 0)` also refuses NaN.
             if prices.into_iter().flatten().any(|p| !(p >= 0.0 && p.is_finite())) {

@@ -246,7 +246,11 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
         if translating {
             length_unknown(resp)?;
             resp.insert_header("content-type", "application/json")?;
-            ctx.json = Some(JsonBody::new(JsonTranslate::Error { status, to_anthropic }));
+            ctx.json = Some(JsonBody::new(if ctx.dialect == Dialect::Gemini {
+                JsonTranslate::ErrorToGemini { status }
+            } else {
+                JsonTranslate::Error { status, to_anthropic }
+            }));
         }
         return Ok(());
     }
@@ -286,7 +290,13 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
             t.start_stream(ctx.dialect);
         }
     } else {
-        let mut json = JsonBody::new(provider::json_translate(wire, ctx.dialect, upstream_model, now()));
+        let mut json = JsonBody::new(provider::json_translate(
+            ctx.shape(),
+            wire,
+            ctx.dialect,
+            upstream_model,
+            now(),
+        ));
         if guard::intervenes(&ctx.response_guards) {
             json.hold = Some(ctx.dialect);
         }

@@ -17,7 +17,7 @@ pub fn sse(completion: &Value, dialect: Dialect, include_usage: bool) -> Vec<u8>
         Dialect::Gemini => {
             out.extend_from_slice(b"data: ");
             out.extend_from_slice(completion.to_string().as_bytes());
-            out.extend_from_slice(b"\r\n\r\n");
+            out.extend_from_slice(b"\n\n");
         }
     }
     out

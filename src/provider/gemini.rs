@@ -997,7 +997,7 @@ impl Translate for GeminiPassthrough {
         }
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(data);
-        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(b"\n\n");
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) {
@@ -1052,7 +1052,7 @@ impl ChatToGemini {
         }
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(ev.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(b"\n\n");
     }
 }
 

@@ -95,9 +95,10 @@ impl Endpoint {
         match (self, wire) {
             // Gemini-format callers: native on Gemini, else through the chat hub (content)
             // or OpenAI's embeddings; `countTokens` elsewhere is the gateway's estimate.
-            (Self::GenerateContent | Self::CountTokens | Self::EmbedContent | Self::BatchEmbedContents, Wire::Gemini) => {
-                Some(self)
-            }
+            (
+                Self::GenerateContent | Self::CountTokens | Self::EmbedContent | Self::BatchEmbedContents,
+                Wire::Gemini,
+            ) => Some(self),
             (Self::GenerateContent, Wire::OpenAi) => Some(Self::ChatCompletions),
             (Self::GenerateContent, Wire::Anthropic) => Some(Self::Messages),
             (Self::GenerateContent, Wire::Converse) => Some(Self::Converse),

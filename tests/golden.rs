@@ -182,10 +182,15 @@ fn run_case(name: &str, case: &Value) {
                 })
                 .collect(),
         ),
-        "embeddings_to_gemini" => serde_json::json!([
-            gemini::embeddings_to_gemini(input, false),
-            gemini::embeddings_to_gemini(input, true)
-        ]),
+        "embeddings_to_gemini" => {
+            let body = input.to_string();
+            let one = gemini::embeddings_to_gemini(body.as_bytes(), false).unwrap();
+            let batch = gemini::embeddings_to_gemini(body.as_bytes(), true).unwrap();
+            serde_json::json!([
+                serde_json::from_str::<Value>(&one).unwrap(),
+                serde_json::from_str::<Value>(&batch).unwrap()
+            ])
+        }
         "error_to_gemini" => {
             let status = case["status"].as_u64().unwrap() as u16;
             gemini::translate_error(input.to_string().as_bytes(), status)

@@ -384,7 +384,9 @@ mod tests {
         assert_eq!(v["responseId"], "r1");
         assert_eq!(v["usageMetadata"]["promptTokenCount"], 3);
         let mut cut = Assembler::new(Dialect::Gemini);
-        cut.feed(b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"x\"}]},\"finishReason\":\"SAFETY\"}]}\n\n");
+        cut.feed(
+            b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"x\"}]},\"finishReason\":\"SAFETY\"}]}\n\n",
+        );
         assert!(cut.finish(None).is_none(), "a filtered answer is not stored");
     }
 

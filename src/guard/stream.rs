@@ -202,7 +202,12 @@ impl StreamGuard {
             let idx = c.get("index").and_then(Value::as_u64).unwrap_or(0);
             let finishing = c.get("finishReason").is_some_and(|f| !f.is_null());
             self.finishing = finishing.then_some(idx);
-            for p in c.pointer_mut("/content/parts").and_then(Value::as_array_mut).into_iter().flatten() {
+            for p in c
+                .pointer_mut("/content/parts")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
                 let field = if p.get("thought") == Some(&Value::Bool(true)) {
                     "thought"
                 } else {

@@ -632,7 +632,11 @@ mod tests {
         assert!(collect(text64, Endpoint::GenerateContent).is_err());
         // A blocked candidate keeps its place, empty, with Gemini's own filter reason.
         let mut answer = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "secret"}]}, "finishReason": "STOP"}]});
-        assert!(response_texts(&mut answer, Endpoint::GenerateContent, &mut |_: &mut String| Edit::Block));
+        assert!(response_texts(
+            &mut answer,
+            Endpoint::GenerateContent,
+            &mut |_: &mut String| Edit::Block
+        ));
         assert_eq!(answer["candidates"][0]["content"]["parts"], json!([]));
         assert_eq!(answer["candidates"][0]["finishReason"], "SAFETY");
     }

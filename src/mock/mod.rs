@@ -712,7 +712,7 @@ impl Mock {
             return error(404, "unknown route", None);
         }
         let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-            return error(400, "We could not parse the JSON body of your request.", None);
+            return error_in(api, 400, "We could not parse the JSON body of your request.", None);
         };
         // Azure and Gemini name the model in the path; the body's is ignored there.
         let model = match (path.split_once("/deployments/"), &gemini) {
@@ -761,7 +761,9 @@ impl Mock {
                     let n = text_len(&req["contents"]) + text_len(&g["contents"]) + text_len(&g["systemInstruction"]);
                     full(StatusCode::OK, &json!({"totalTokens": tokens_of(n)}))
                 }
-                "embedContent" | "batchEmbedContents" if !vertex => self.embed_content(&req, &model, method == "batchEmbedContents"),
+                "embedContent" | "batchEmbedContents" if !vertex => {
+                    self.embed_content(&req, &model, method == "batchEmbedContents")
+                }
                 "rawPredict" | "streamRawPredict" if vertex => {
                     if req["anthropic_version"] != crate::provider::vertex::ANTHROPIC_VERSION
                         || req.get("model").is_some()

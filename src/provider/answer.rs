@@ -184,28 +184,30 @@ impl JsonBody {
             JsonTranslate::ErrorToGemini { status } => {
                 Bytes::from(super::gemini::translate_error(&whole, *status).to_string())
             }
-            JsonTranslate::EmbeddingsToGemini { batch } => match serde_json::from_slice(&whole) {
-                Ok(v) => Bytes::from(super::gemini::embeddings_to_gemini(&v, *batch).to_string()),
-                Err(_) => not_json(Dialect::Gemini),
+            JsonTranslate::EmbeddingsToGemini { batch } => match super::gemini::embeddings_to_gemini(&whole, *batch) {
+                Some(out) => Bytes::from(out),
+                None => not_json(Dialect::Gemini),
             },
-            JsonTranslate::ToGemini { from, created, model } => match serde_json::from_slice::<serde_json::Value>(&whole) {
-                Ok(v) => {
-                    let chat = match from {
-                        Wire::OpenAi => v,
-                        Wire::Anthropic => super::anthropic::messages_response_to_chat(&v, *created),
-                        Wire::Gemini | Wire::Converse => {
-                            let (used, chat) = super::answer_to_chat(*from, &v, *created, model);
-                            usage = Some(used);
-                            chat
+            JsonTranslate::ToGemini { from, created, model } => {
+                match serde_json::from_slice::<serde_json::Value>(&whole) {
+                    Ok(v) => {
+                        let chat = match from {
+                            Wire::OpenAi => v,
+                            Wire::Anthropic => super::anthropic::messages_response_to_chat(&v, *created),
+                            Wire::Gemini | Wire::Converse => {
+                                let (used, chat) = super::answer_to_chat(*from, &v, *created, model);
+                                usage = Some(used);
+                                chat
+                            }
+                        };
+                        if usage.is_none() {
+                            usage = Some(crate::usage::Usage::from_json(&chat["usage"]));
                         }
-                    };
-                    if usage.is_none() {
-                        usage = Some(crate::usage::Usage::from_json(&chat["usage"]));
+                        Bytes::from(super::gemini::chat_response_to_gemini(&chat).to_string())
                     }
-                    Bytes::from(super::gemini::chat_response_to_gemini(&chat).to_string())
+                    Err(_) => not_json(Dialect::Gemini),
                 }
-                Err(_) => not_json(Dialect::Gemini),
-            },
+            }
             JsonTranslate::AnthropicToChat { created } => match serde_json::from_slice(&whole) {
                 Ok(v) => Bytes::from(super::anthropic::messages_response_to_chat(&v, *created).to_string()),
                 Err(_) => not_json(Dialect::OpenAi),

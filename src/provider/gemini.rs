@@ -550,7 +550,9 @@ fn part_to_openai(p: &Value, at: &str) -> Result<Option<Value>, GwError> {
     if let Some(d) = p.get("inlineData") {
         let (mime, data) = (media(d), d["data"].as_str().unwrap_or_default());
         if let Some(format) = mime.strip_prefix("audio/") {
-            return Ok(Some(json!({"type": "input_audio", "input_audio": {"data": data, "format": format}})));
+            return Ok(Some(
+                json!({"type": "input_audio", "input_audio": {"data": data, "format": format}}),
+            ));
         }
         if mime.starts_with("image/") {
             return Ok(Some(
@@ -640,7 +642,11 @@ pub fn gemini_request_to_chat(req: &Value, model: &str, stream: bool) -> Result<
                     .ok_or_else(|| bad(format!("{at}: functionCall needs a name")))?;
                 let id = call_id(calls, p);
                 calls += 1;
-                let args = if call["args"].is_null() { json!({}) } else { call["args"].clone() };
+                let args = if call["args"].is_null() {
+                    json!({})
+                } else {
+                    call["args"].clone()
+                };
                 open.push((name.to_owned(), id.clone()));
                 tool_calls.push(json!({"id": id, "type": "function",
                     "function": {"name": name, "arguments": args.to_string()}}));
@@ -694,7 +700,10 @@ pub fn gemini_request_to_chat(req: &Value, model: &str, stream: bool) -> Result<
             out.insert(to.into(), g[from].clone());
         }
     }
-    let schema = g.get("responseJsonSchema").or(g.get("responseSchema")).filter(|s| !s.is_null());
+    let schema = g
+        .get("responseJsonSchema")
+        .or(g.get("responseSchema"))
+        .filter(|s| !s.is_null());
     match (g["responseMimeType"].as_str(), schema) {
         (_, Some(schema)) => {
             out.insert(
@@ -724,7 +733,11 @@ pub fn gemini_request_to_chat(req: &Value, model: &str, stream: bool) -> Result<
             if let Some(desc) = d["description"].as_str() {
                 f["description"] = json!(desc);
             }
-            if let Some(p) = d.get("parametersJsonSchema").or(d.get("parameters")).filter(|p| !p.is_null()) {
+            if let Some(p) = d
+                .get("parametersJsonSchema")
+                .or(d.get("parameters"))
+                .filter(|p| !p.is_null())
+            {
                 f["parameters"] = p.clone();
             }
             tools.push(json!({"type": "function", "function": f}));
@@ -875,7 +888,11 @@ fn content_text_of(content: &Value, at: &str) -> Result<String, GwError> {
     for p in parts {
         match p["text"].as_str() {
             Some(t) => text.push_str(t),
-            None => return Err(bad(format!("{at}: only text parts can be embedded by a non-Gemini model"))),
+            None => {
+                return Err(bad(format!(
+                    "{at}: only text parts can be embedded by a non-Gemini model"
+                )))
+            }
         }
     }
     Ok(text)
@@ -902,12 +919,19 @@ pub fn embed_request_to_openai(req: &Value, model: &str, alias: &str, batch: boo
         let mut dims = None;
         for (i, r) in requests.iter().enumerate() {
             if !batch_model_ok(r, alias) {
-                return Err(bad(format!("requests[{i}].model must be models/{alias}, the model of the path")));
+                return Err(bad(format!(
+                    "requests[{i}].model must be models/{alias}, the model of the path"
+                )));
             }
-            input.push(json!(content_text_of(&r["content"], &format!("requests[{i}].content"))?));
+            input.push(json!(content_text_of(
+                &r["content"],
+                &format!("requests[{i}].content")
+            )?));
             let d = r["outputDimensionality"].as_u64();
             if i > 0 && d != dims {
-                return Err(bad("every request of the batch must ask for the same outputDimensionality"));
+                return Err(bad(
+                    "every request of the batch must ask for the same outputDimensionality",
+                ));
             }
             dims = d;
         }
@@ -930,10 +954,15 @@ pub fn batch_embed_upstream(req: &Value, upstream_model: &str, alias: &str) -> R
     let requests = out["requests"]
         .as_array_mut()
         .ok_or_else(|| bad("`requests` must be a list"))?;
-    let name = format!("models/{}", upstream_model.strip_prefix("models/").unwrap_or(upstream_model));
+    let name = format!(
+        "models/{}",
+        upstream_model.strip_prefix("models/").unwrap_or(upstream_model)
+    );
     for (i, r) in requests.iter_mut().enumerate() {
         if !batch_model_ok(r, alias) {
-            return Err(bad(format!("requests[{i}].model must be models/{alias}, the model of the path")));
+            return Err(bad(format!(
+                "requests[{i}].model must be models/{alias}, the model of the path"
+            )));
         }
         if let Some(o) = r.as_object_mut() {
             o.insert("model".into(), json!(name));
@@ -943,16 +972,34 @@ pub fn batch_embed_upstream(req: &Value, upstream_model: &str, alias: &str) -> R
 }
 
 /// OpenAI embeddings answer -> `embedContent` (`{embedding: {values}}`) or
-/// `batchEmbedContents` (`{embeddings: [{values}]}`).
-pub fn embeddings_to_gemini(resp: &Value, batch: bool) -> Value {
-    let mut rows: Vec<&Value> = resp["data"].as_array().into_iter().flatten().collect();
-    rows.sort_by_key(|d| d["index"].as_u64().unwrap_or(0));
-    let values = |d: &Value| json!({"values": d["embedding"]});
-    if batch {
-        json!({"embeddings": rows.into_iter().map(values).collect::<Vec<_>>()})
-    } else {
-        json!({"embedding": rows.first().map_or(json!({"values": []}), |d| values(d))})
+/// `batchEmbedContents` (`{embeddings: [{values}]}`). The vectors are copied as the
+/// provider wrote them (never parsed into floats and printed again, which may move the
+/// last digit). `None`: not an embeddings answer.
+pub fn embeddings_to_gemini(body: &[u8], batch: bool) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Row<'a> {
+        #[serde(default)]
+        index: u64,
+        #[serde(borrow)]
+        embedding: &'a serde_json::value::RawValue,
     }
+    #[derive(serde::Deserialize)]
+    struct Answer<'a> {
+        #[serde(borrow)]
+        data: Vec<Row<'a>>,
+    }
+    let mut a: Answer = serde_json::from_slice(body).ok()?;
+    a.data.sort_by_key(|r| r.index);
+    let values = |r: &Row| format!("{{\"values\":{}}}", r.embedding.get());
+    Some(if batch {
+        let rows: Vec<String> = a.data.iter().map(values).collect();
+        format!("{{\"embeddings\":[{}]}}", rows.join(","))
+    } else {
+        format!(
+            "{{\"embedding\":{}}}",
+            a.data.first().map_or_else(|| "{\"values\":[]}".to_owned(), values)
+        )
+    })
 }
 
 /// Reads a Gemini answer's `usageMetadata` for the gateway's accounting (the answer
@@ -990,7 +1037,11 @@ impl Translate for GeminiPassthrough {
         if !ev["usageMetadata"].is_null() {
             self.usage = usage(&ev["usageMetadata"]);
         }
-        if ev["candidates"].as_array().into_iter().flatten().any(|c| c["finishReason"].is_string())
+        if ev["candidates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["finishReason"].is_string())
             || !ev["promptFeedback"]["blockReason"].is_null()
         {
             self.finished = true;
@@ -1002,7 +1053,11 @@ impl Translate for GeminiPassthrough {
 
     fn finish(&mut self, out: &mut Vec<u8>) {
         if !self.ended && !self.finished {
-            fail(out, Dialect::Gemini, "The provider's stream ended before a finish reason.");
+            fail(
+                out,
+                Dialect::Gemini,
+                "The provider's stream ended before a finish reason.",
+            );
         }
         self.ended = true;
     }
@@ -1196,5 +1251,43 @@ impl Translate for ViaChatToGemini {
             Some(chat) => chat.complete(),
             None => self.gemini.complete(),
         }
+    }
+}
+
+#[cfg(test)]
+mod caller_tests {
+    use super::*;
+
+    #[test]
+    fn embedding_vectors_are_copied_digit_for_digit() {
+        let body = br#"{"data":[{"index":1,"embedding":[0.23921568627450981,1e-7]},{"index":0,"embedding":[-0.5]}],"usage":{"prompt_tokens":2}}"#;
+        assert_eq!(
+            embeddings_to_gemini(body, true).unwrap(),
+            r#"{"embeddings":[{"values":[-0.5]},{"values":[0.23921568627450981,1e-7]}]}"#
+        );
+        assert_eq!(
+            embeddings_to_gemini(body, false).unwrap(),
+            r#"{"embedding":{"values":[-0.5]}}"#
+        );
+        assert!(embeddings_to_gemini(b"{\"error\": 1}", false).is_none());
+    }
+
+    #[test]
+    fn a_gemini_caller_request_needs_contents_and_known_roles() {
+        assert!(gemini_request_to_chat(&json!({}), "m", false).is_err());
+        let system = json!({"contents": [{"role": "system", "parts": [{"text": "x"}]}]});
+        assert!(gemini_request_to_chat(&system, "m", false).is_err());
+        let two = json!({"contents": [], "generationConfig": {"candidateCount": 2}});
+        assert!(gemini_request_to_chat(&two, "m", false).is_err());
+        let search = json!({"contents": [], "tools": [{"googleSearch": {}}]});
+        assert!(gemini_request_to_chat(&search, "m", false).is_err());
+    }
+
+    #[test]
+    fn the_estimate_counts_text_and_never_binary() {
+        let req = json!({"contents": [{"role": "user", "parts": [{"text": "abcdefgh"},
+            {"inlineData": {"mimeType": "image/png", "data": "A".repeat(4000)}}]}],
+            "systemInstruction": {"parts": [{"text": "abcd"}]}});
+        assert_eq!(estimate_count(&req)["totalTokens"], 3);
     }
 }

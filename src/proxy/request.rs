@@ -230,7 +230,11 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
 
     let (endpoint, gemini_call) = match route {
         Route::Upstream(e) => (e, None),
-        Route::Gemini { endpoint, alias, stream } => (endpoint, Some((alias, stream))),
+        Route::Gemini {
+            endpoint,
+            alias,
+            stream,
+        } => (endpoint, Some((alias, stream))),
         Route::ListModels => {
             let data: Vec<_> = snap
                 .model_order
@@ -701,16 +705,29 @@ mod tests {
             Ok(Route::Upstream(Endpoint::ChatCompletions))
         ));
         assert!(matches!(route(&Method::GET, "/v1/models/abc", None), Ok(Route::GetModel(id)) if id == "abc"));
-        assert_eq!(route(&Method::GET, "/v1/chat/completions", None).err().unwrap().status(), 405);
+        assert_eq!(
+            route(&Method::GET, "/v1/chat/completions", None)
+                .err()
+                .unwrap()
+                .status(),
+            405
+        );
         assert_eq!(route(&Method::POST, "/v1/models", None).err().unwrap().status(), 405);
         assert_eq!(route(&Method::POST, "/v2/x", None).err().unwrap().code(), "not_found");
-        assert_eq!(route(&Method::GET, "/v1/models/", None).err().unwrap().code(), "not_found");
+        assert_eq!(
+            route(&Method::GET, "/v1/models/", None).err().unwrap().code(),
+            "not_found"
+        );
     }
 
     #[test]
     fn gemini_routes_take_the_alias_verbatim_up_to_the_last_colon() {
         let gemini = |path: &str, query: Option<&str>| match route(&Method::POST, path, query) {
-            Ok(Route::Gemini { endpoint, alias, stream }) => Ok((endpoint, alias, stream)),
+            Ok(Route::Gemini {
+                endpoint,
+                alias,
+                stream,
+            }) => Ok((endpoint, alias, stream)),
             Ok(_) => panic!("{path} is not a Gemini route"),
             Err(e) => Err(e.status()),
         };
@@ -740,20 +757,37 @@ mod tests {
             "/v1beta/models/fast%3AgenerateContent",
             "/v1beta/chat/completions",
         ] {
-            assert_eq!(route(&Method::POST, path, None).err().map(|e| e.status()), Some(404), "{path}");
+            assert_eq!(
+                route(&Method::POST, path, None).err().map(|e| e.status()),
+                Some(404),
+                "{path}"
+            );
         }
         assert_eq!(
-            route(&Method::GET, "/v1beta/models/fast:generateContent", None).err().unwrap().status(),
+            route(&Method::GET, "/v1beta/models/fast:generateContent", None)
+                .err()
+                .unwrap()
+                .status(),
             405
         );
         // `/v1/models/{id}` without a method is still the gateway's model object.
-        assert!(matches!(route(&Method::GET, "/v1/models/fast", None), Ok(Route::GetModel(_))));
-        assert!(matches!(route(&Method::GET, "/v1/models/llama3:8b", None), Ok(Route::GetModel(id)) if id == "llama3:8b"));
+        assert!(matches!(
+            route(&Method::GET, "/v1/models/fast", None),
+            Ok(Route::GetModel(_))
+        ));
+        assert!(
+            matches!(route(&Method::GET, "/v1/models/llama3:8b", None), Ok(Route::GetModel(id)) if id == "llama3:8b")
+        );
     }
 
     #[test]
     fn a_query_key_leaves_the_request_line() {
-        let mut req = RequestHeader::build("POST", b"/v1beta/models/m:streamGenerateContent?alt=sse&key=sk%2Bsecret", None).unwrap();
+        let mut req = RequestHeader::build(
+            "POST",
+            b"/v1beta/models/m:streamGenerateContent?alt=sse&key=sk%2Bsecret",
+            None,
+        )
+        .unwrap();
         assert_eq!(take_query_key(&mut req).as_deref(), Some("sk+secret"));
         assert_eq!(req.uri.to_string(), "/v1beta/models/m:streamGenerateContent?alt=sse");
         let mut req = RequestHeader::build("POST", b"/v1beta/models/m:generateContent?key=abc", None).unwrap();

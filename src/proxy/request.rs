@@ -84,7 +84,7 @@ fn gemini_route(path: &str, query: Option<&str>) -> Option<Result<Route, GwError
     if alias.is_empty() || alias.contains('/') {
         return not_found();
     }
-    if stream && !query_param(query, "alt").is_some_and(|a| a == "sse") {
+    if stream && query_param(query, "alt").is_none_or(|a| a != "sse") {
         // Without `alt=sse` Google streams one JSON array; its SDKs always ask for SSE.
         return Some(Err(GwError::InvalidRequest(
             "streamGenerateContent is served as server-sent events: add ?alt=sse (Google's SDKs do).".into(),

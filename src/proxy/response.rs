@@ -269,8 +269,9 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
         };
         let guard = (!ctx.response_guards.is_empty())
             .then(|| Box::new(StreamGuard::new(ctx.response_guards.clone(), ctx.shape())));
-        // Dropping, translating or rewriting events changes the length.
-        if translating || ctx.strip_usage || guard.is_some() {
+        // Dropping, translating or rewriting events changes the length (a Gemini stream
+        // passed through is re-framed, event by event).
+        if translating || ctx.strip_usage || guard.is_some() || matches!(mode, Mode::Translate(_)) {
             length_unknown(resp)?;
         }
         ctx.stream_guard = guard;

@@ -47,6 +47,8 @@ models:
   - {name: gemini-drop, provider_key: gm, model: "g?drop_after=3&chunk_delay_ms=20"}
   - {name: gemini-400, provider_key: gm, model: "g?status=400"}
   - {name: gemini-cached, provider_key: gm, model: gemini-2.5-flash, cache: mem}
+  - {name: gemini-odd, provider_key: gm, model: "g?usage=candidatesTokenCount:-5"}
+  - {name: gpt-odd, provider_key: oa, model: 'x?usage=completion_tokens:"7"'}
   - {name: gpt, provider_key: oa, model: up-gpt, pricing: {input_per_mtok: 1000000, output_per_mtok: 2000000}}
   - {name: gpt-echo, provider_key: oa, model: "x?echo", guardrails: [mask-out]}
   - {name: gpt-429, provider_key: oa, model: "x?status=429&retry_after=3"}
@@ -656,4 +658,53 @@ async fn the_cache_answers_gemini_requests_json_and_streamed() {
     // Another request is another entry.
     let other = goog(&gw, path, &ask("cache me not")).await;
     assert_eq!(other.headers()["x-aigw-cache"], "miss");
+}
+
+#[tokio::test]
+async fn usage_reported_wrong_is_charged_an_estimate_never_nothing() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    for alias in ["gemini-odd", "gpt-odd"] {
+        let resp = goog(
+            &gw,
+            &format!("/v1beta/models/{alias}:generateContent"),
+            &ask("Say hello"),
+        )
+        .await;
+        assert_eq!(resp.status(), 200, "{alias}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(
+            text_of(std::slice::from_ref(&v)),
+            "Hello from the aigw mock upstream model today."
+        );
+        let resp = goog(
+            &gw,
+            &format!("/v1beta/models/{alias}:streamGenerateContent?alt=sse"),
+            &ask("Say hello"),
+        )
+        .await;
+        let ev = events(&resp.text().await.unwrap());
+        assert_eq!(
+            ev.last().unwrap()["candidates"][0]["finishReason"],
+            "STOP",
+            "{alias}: {ev:?}"
+        );
+    }
+    let m = metrics(&gw).await;
+    for alias in ["gemini-odd", "gpt-odd"] {
+        let estimated = m
+            .iter()
+            .filter(|(k, _)| k.starts_with("aigw_usage_estimated_total{") && k.contains(&format!("\"{alias}\"")))
+            .map(|(_, v)| *v)
+            .sum::<f64>();
+        assert_eq!(estimated, 2.0, "{alias}: {m:?}");
+        let output = m
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("aigw_tokens_total{") && k.contains(&format!("\"{alias}\"")) && k.contains("output")
+            })
+            .map(|(_, v)| *v)
+            .sum::<f64>();
+        assert!(output > 0.0, "{alias}: an unreadable count is never free: {m:?}");
+    }
 }

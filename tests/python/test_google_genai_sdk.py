@@ -10,8 +10,9 @@ from google.genai import errors, types
 from conftest import CALLER_KEY
 
 HELLO = "Hello from the aigw mock upstream model today."
-# A Gemini target, and an OpenAI-style one reached through the chat hub.
-MODELS = ["gemini-mock", "gpt-4o-mini"]
+# Gemini targets (the Gemini API's and Vertex AI's), passed through; OpenAI-style,
+# Anthropic, Vertex AI's Claude and Bedrock targets, reached through the chat hub.
+MODELS = ["gemini-mock", "vertex-gemini", "gpt-4o-mini", "claude-mock", "vertex-claude", "bedrock-nova"]
 
 
 def make_client(gateway, key=CALLER_KEY, version="v1beta"):
@@ -41,7 +42,7 @@ def test_generate_content(client, model):
     assert u.total_token_count == u.prompt_token_count + u.candidates_token_count + (u.thoughts_token_count or 0)
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", ["gemini-mock", "gpt-4o-mini"])
 def test_generate_content_on_v1(gateway, model):
     # The client is kept: the SDK closes its connection pool when the client is dropped.
     v1 = make_client(gateway, version="v1")
@@ -88,13 +89,18 @@ def test_function_calling_round_trip(client, model):
     assert "sunny" in r.text
 
 
-def test_count_tokens_native_and_estimated(client):
-    native = client.models.count_tokens(model="gemini-mock", contents="twelve chars but forty bytes of text here")
-    estimated = client.models.count_tokens(model="gpt-4o-mini", contents="twelve chars but forty bytes of text here")
+@pytest.mark.parametrize("model", ["gemini-mock", "vertex-gemini"])
+def test_count_tokens_native(client, model):
+    r = client.models.count_tokens(model=model, contents="twelve chars but forty bytes of text here")
     # The mock's count (it counts the role's bytes too), passed through.
-    assert native.total_tokens == 12
+    assert r.total_tokens == 12
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-mock", "vertex-claude", "bedrock-nova"])
+def test_count_tokens_estimated(client, model):
+    r = client.models.count_tokens(model=model, contents="twelve chars but forty bytes of text here")
     # A token per four bytes of text, the gateway's own estimate on a non-Gemini target.
-    assert estimated.total_tokens == 11
+    assert r.total_tokens == 11
 
 
 def test_embed_content_batch(client):

@@ -5,13 +5,15 @@
 use http::HeaderName;
 use pingora::http::RequestHeader;
 
-/// The API family a caller speaks (OpenAI's or Anthropic's): the shapes of its answers and
-/// its error envelope. Which of its endpoints it called is [`Endpoint`].
+/// The API family a caller speaks (OpenAI's, Anthropic's or Google's Gemini API): the
+/// shapes of its answers and its error envelope. Which of its endpoints it called is
+/// [`Endpoint`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Dialect {
     #[default]
     OpenAi,
     Anthropic,
+    Gemini,
 }
 
 /// The data-plane endpoints that go upstream.
@@ -23,10 +25,11 @@ pub enum Endpoint {
     Messages,
     /// OpenAI's Responses API: passed through to OpenAI-style providers only.
     Responses,
-    /// Gemini's `generateContent` / `streamGenerateContent`. Upstream only: callers reach
-    /// it through chat completions or messages, translated.
+    /// Gemini's `generateContent` / `streamGenerateContent`: called by Gemini-format
+    /// callers (`/v1beta/models/{alias}:generateContent`), and upstream of chat and
+    /// messages callers on Gemini targets.
     GenerateContent,
-    /// Bedrock's `converse` / `converse-stream`. Upstream only, like `GenerateContent`.
+    /// Bedrock's `converse` / `converse-stream`. Upstream only.
     Converse,
     /// OpenAI's legacy completions (`prompt` in, `choices[].text` out).
     Completions,
@@ -40,6 +43,12 @@ pub enum Endpoint {
     AudioTranslations,
     /// JSON in, audio bytes out (passed through as they arrive).
     AudioSpeech,
+    /// Gemini's `countTokens`: native on Gemini targets, estimated by the gateway on others.
+    CountTokens,
+    /// Gemini's `embedContent` and `batchEmbedContents`: native on Gemini, translated to
+    /// OpenAI-style embeddings.
+    EmbedContent,
+    BatchEmbedContents,
 }
 
 impl Endpoint {
@@ -59,6 +68,9 @@ impl Endpoint {
             Self::AudioTranscriptions => "/audio/transcriptions",
             Self::AudioTranslations => "/audio/translations",
             Self::AudioSpeech => "/audio/speech",
+            Self::CountTokens => ":countTokens",
+            Self::EmbedContent => ":embedContent",
+            Self::BatchEmbedContents => ":batchEmbedContents",
         }
     }
 
@@ -84,10 +96,26 @@ impl Endpoint {
         matches!(self, Self::ImageGenerations | Self::ImageEdits)
     }
 
+    /// The Gemini method a path names after its `:` (`models/{alias}:{method}`), and
+    /// whether it streams.
+    pub fn from_gemini_method(method: &str) -> Option<(Endpoint, bool)> {
+        Some(match method {
+            "generateContent" => (Self::GenerateContent, false),
+            "streamGenerateContent" => (Self::GenerateContent, true),
+            "countTokens" => (Self::CountTokens, false),
+            "embedContent" => (Self::EmbedContent, false),
+            "batchEmbedContents" => (Self::BatchEmbedContents, false),
+            _ => return None,
+        })
+    }
+
     /// The dialect a caller of this endpoint speaks (and gets its errors in).
     pub fn dialect(self) -> Dialect {
         match self {
             Self::Messages => Dialect::Anthropic,
+            Self::GenerateContent | Self::CountTokens | Self::EmbedContent | Self::BatchEmbedContents => {
+                Dialect::Gemini
+            }
             _ => Dialect::OpenAi,
         }
     }
@@ -96,7 +124,9 @@ impl Endpoint {
     pub fn operation(self) -> &'static str {
         match self {
             Self::ChatCompletions | Self::Messages | Self::Responses | Self::GenerateContent | Self::Converse => "chat",
-            Self::Embeddings => "embeddings",
+            Self::Embeddings | Self::EmbedContent | Self::BatchEmbedContents => "embeddings",
+            // Not an operation of the conventions; the closest name for what it is.
+            Self::CountTokens => "count_tokens",
             Self::Completions => "text_completion",
             Self::Moderations => "moderation",
             Self::ImageGenerations | Self::ImageEdits => "image_generation",
@@ -110,10 +140,21 @@ impl Endpoint {
     /// cannot serve it at all.
     pub fn upstream(self, wire: Wire) -> Option<Endpoint> {
         match (self, wire) {
+            // Gemini-format callers: native on Gemini, else through the chat hub (content)
+            // or OpenAI's embeddings; `countTokens` elsewhere is the gateway's estimate.
+            (
+                Self::GenerateContent | Self::CountTokens | Self::EmbedContent | Self::BatchEmbedContents,
+                Wire::Gemini,
+            ) => Some(self),
+            (Self::GenerateContent, Wire::OpenAi) => Some(Self::ChatCompletions),
+            (Self::GenerateContent, Wire::Anthropic) => Some(Self::Messages),
+            (Self::GenerateContent, Wire::Converse) => Some(Self::Converse),
+            (Self::EmbedContent | Self::BatchEmbedContents, Wire::OpenAi) => Some(Self::Embeddings),
+            (Self::CountTokens | Self::EmbedContent | Self::BatchEmbedContents, _) => None,
             (Self::ChatCompletions | Self::Messages, Wire::Gemini) => Some(Self::GenerateContent),
             (Self::ChatCompletions | Self::Messages, Wire::Converse) => Some(Self::Converse),
             (_, Wire::Gemini | Wire::Converse) => None,
-            (Self::GenerateContent | Self::Converse, _) => None,
+            (Self::Converse, _) => None,
             // Embeddings, Responses and the rest of OpenAI's surface: OpenAI-style only.
             (_, Wire::Anthropic) if !matches!(self, Self::ChatCompletions | Self::Messages) => None,
             (Self::ChatCompletions | Self::Messages, Wire::Anthropic) => Some(Self::Messages),
@@ -150,12 +191,14 @@ impl Wire {
 
 impl Wire {
     /// The dialect of a provider speaking this format, when callers of that dialect reach
-    /// it untranslated; `None` for Gemini and Converse, which every caller reaches through
+    /// it untranslated; `None` for Converse, which every caller reaches through
     /// translation.
     pub fn dialect(self) -> Option<Dialect> {
         match self {
             Wire::Anthropic => Some(Dialect::Anthropic),
-            Wire::Gemini | Wire::Converse => None,
+            // Gemini callers reach a Gemini provider untranslated; others translate.
+            Wire::Gemini => Some(Dialect::Gemini),
+            Wire::Converse => None,
             Wire::OpenAi => Some(Dialect::OpenAi),
         }
     }

@@ -1,7 +1,7 @@
 //! The one error type of the data plane, and the only code that writes error responses.
 //!
 //! Every variant knows its HTTP status, its machine-readable `code` and its message; the
-//! envelope (OpenAI's or Anthropic's) is chosen by the endpoint the caller used.
+//! envelope (OpenAI's, Anthropic's or Google's) is chosen by the endpoint the caller used.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -16,7 +16,7 @@ pub enum GwError {
     InvalidJson(String),
     #[error("{0}")]
     InvalidRequest(String),
-    #[error("Invalid API key. Provide a valid key as 'Authorization: Bearer <key>', 'x-api-key' or 'api-key'.")]
+    #[error("Invalid API key. Provide a valid key as 'Authorization: Bearer <key>', 'x-api-key', 'api-key' or 'x-goog-api-key'.")]
     InvalidApiKey,
     #[error("This API key is not allowed to use the model '{0}'.")]
     ModelNotAllowed(String),
@@ -140,6 +140,21 @@ impl GwError {
         }
     }
 
+    /// The `error.status` of Google's envelope: the canonical code name of the status.
+    fn google_status(&self) -> &'static str {
+        match self.status() {
+            401 => "UNAUTHENTICATED",
+            403 => "PERMISSION_DENIED",
+            404 => "NOT_FOUND",
+            405 => "UNIMPLEMENTED",
+            429 => "RESOURCE_EXHAUSTED",
+            400..=499 => "INVALID_ARGUMENT",
+            503 | 502 => "UNAVAILABLE",
+            504 => "DEADLINE_EXCEEDED",
+            _ => "INTERNAL",
+        }
+    }
+
     /// Which request field the error is about, when there is one.
     fn param(&self) -> Option<&'static str> {
         match self {
@@ -159,6 +174,11 @@ impl GwError {
             Dialect::Anthropic => json!({"type": "error", "error": {
                 "type": self.anthropic_type(),
                 "message": self.to_string(),
+            }}),
+            Dialect::Gemini => json!({"error": {
+                "code": self.status(),
+                "message": self.to_string(),
+                "status": self.google_status(),
             }}),
         };
         Bytes::from(v.to_string())
@@ -236,6 +256,19 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::Anthropic)).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "authentication_error");
+    }
+
+    #[test]
+    fn google_envelope() {
+        let e = GwError::ModelNotFound("nope".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::Gemini)).unwrap();
+        assert_eq!(v["error"]["code"], 404);
+        assert_eq!(v["error"]["status"], "NOT_FOUND");
+        assert!(v["error"]["message"].as_str().unwrap().contains("nope"));
+        let v: serde_json::Value = serde_json::from_slice(&GwError::InvalidApiKey.body(Dialect::Gemini)).unwrap();
+        assert_eq!(v["error"]["status"], "UNAUTHENTICATED");
+        let ev = GwError::UpstreamTimeout.sse_event(Dialect::Gemini);
+        assert!(ev.starts_with(b"data: {\"error\""));
     }
 
     #[test]

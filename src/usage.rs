@@ -355,6 +355,22 @@ impl Usage {
         v
     }
 
+    /// Gemini's `usageMetadata`: thinking beside the candidates' tokens, not in them.
+    pub fn to_gemini(&self) -> Value {
+        let mut v = json!({
+            "promptTokenCount": self.input_tokens,
+            "candidatesTokenCount": self.output_tokens - self.reasoning_tokens,
+            "totalTokenCount": self.total(),
+        });
+        if self.reasoning_tokens > 0 {
+            v["thoughtsTokenCount"] = json!(self.reasoning_tokens);
+        }
+        if self.cache_read_tokens > 0 {
+            v["cachedContentTokenCount"] = json!(self.cache_read_tokens);
+        }
+        v
+    }
+
     /// Anthropic's `usage` object: input without the cache reads and writes beside it.
     pub fn to_messages(&self) -> Value {
         json!({

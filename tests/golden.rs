@@ -23,6 +23,10 @@ fn mode(kind: &str, options: &Value) -> Mode {
         "gemini_stream_to_anthropic" => (Wire::Gemini, Dialect::Anthropic),
         "converse_stream_to_chat" => (Wire::Converse, Dialect::OpenAi),
         "converse_stream_to_anthropic" => (Wire::Converse, Dialect::Anthropic),
+        "chat_stream_to_gemini" => (Wire::OpenAi, Dialect::Gemini),
+        "anthropic_stream_to_gemini" => (Wire::Anthropic, Dialect::Gemini),
+        "gemini_stream_to_gemini" => (Wire::Gemini, Dialect::Gemini),
+        "converse_stream_to_gemini" => (Wire::Converse, Dialect::Gemini),
         other => panic!("unknown stream kind {other}"),
     };
     let include_usage = options["include_usage"] == Value::Bool(true);
@@ -68,6 +72,8 @@ fn generated_ids(v: &mut Value) {
                     Value::String(s) if k == "id" && (s.starts_with("chatcmpl-") || s.starts_with("msg_")) => {
                         *s = "(generated)".into()
                     }
+                    // Gemini callers get the completion id without its prefix.
+                    Value::String(s) if k == "responseId" => *s = "(generated)".into(),
                     _ => generated_ids(x),
                 }
             }
@@ -141,7 +147,55 @@ fn run_case(name: &str, case: &Value) {
             generated_ids(&mut v);
             v
         }
-        "converse_stream_to_chat" | "converse_stream_to_anthropic" => {
+        // Gemini-format callers: the inverse mappings, through the chat hub.
+        "gemini_request_to_chat" => {
+            gemini::gemini_request_to_chat(input, model, case["options"]["stream"] == Value::Bool(true)).unwrap()
+        }
+        "gemini_request_to_messages" => {
+            anthropic::chat_request_to_messages(&gemini::gemini_request_to_chat(input, model, false).unwrap(), model)
+                .unwrap()
+        }
+        "gemini_request_to_chat_error" => {
+            let e = gemini::gemini_request_to_chat(input, model, false).unwrap_err();
+            Value::String(e.to_string())
+        }
+        "chat_response_to_gemini" => gemini::chat_response_to_gemini(input),
+        "messages_response_to_gemini" => {
+            gemini::chat_response_to_gemini(&anthropic::messages_response_to_chat(input, CREATED))
+        }
+        "converse_response_to_gemini" => {
+            let mut v = gemini::chat_response_to_gemini(&bedrock::response_to_chat(input, CREATED, model));
+            generated_ids(&mut v);
+            v
+        }
+        "gemini_embed_to_openai" => Value::Array(
+            input
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let batch = r.get("requests").is_some();
+                    match gemini::embed_request_to_openai(r, model, "alias", batch) {
+                        Ok(v) => v,
+                        Err(e) => Value::String(e.to_string()),
+                    }
+                })
+                .collect(),
+        ),
+        "embeddings_to_gemini" => {
+            let body = input.to_string();
+            let one = gemini::embeddings_to_gemini(body.as_bytes(), false).unwrap();
+            let batch = gemini::embeddings_to_gemini(body.as_bytes(), true).unwrap();
+            serde_json::json!([
+                serde_json::from_str::<Value>(&one).unwrap(),
+                serde_json::from_str::<Value>(&batch).unwrap()
+            ])
+        }
+        "error_to_gemini" => {
+            let status = case["status"].as_u64().unwrap() as u16;
+            gemini::translate_error(input.to_string().as_bytes(), status)
+        }
+        "converse_stream_to_chat" | "converse_stream_to_anthropic" | "converse_stream_to_gemini" => {
             let frames = converse_frames(input.as_array().unwrap());
             let (mut got, usage) = run_stream(kind, &case["options"], &frames);
             let whole: Vec<u8> = frames.concat();
@@ -178,7 +232,10 @@ fn run_case(name: &str, case: &Value) {
         "anthropic_stream_to_chat"
         | "chat_stream_to_anthropic"
         | "gemini_stream_to_chat"
-        | "gemini_stream_to_anthropic" => {
+        | "gemini_stream_to_anthropic"
+        | "chat_stream_to_gemini"
+        | "anthropic_stream_to_gemini"
+        | "gemini_stream_to_gemini" => {
             let events: Vec<String> = input
                 .as_array()
                 .unwrap()

@@ -23,9 +23,11 @@ use crate::tls::ClientIdentity;
 
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub const API_KEY: HeaderName = HeaderName::from_static("api-key");
+pub const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 
 /// The key the caller presented: `Authorization: Bearer KEY` (OpenAI SDKs),
-/// `x-api-key: KEY` (Anthropic SDKs) or `api-key: KEY` (Azure SDKs), in that order.
+/// `x-api-key: KEY` (Anthropic SDKs), `api-key: KEY` (Azure SDKs) or
+/// `x-goog-api-key: KEY` (Google's SDKs), in that order.
 pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     if let Some(v) = headers.get(AUTHORIZATION) {
         let v = v.as_bytes();
@@ -35,7 +37,7 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
             return (!key.is_empty()).then_some(key);
         }
     }
-    [X_API_KEY, API_KEY]
+    [X_API_KEY, API_KEY, X_GOOG_API_KEY]
         .iter()
         .filter_map(|h| headers.get(h))
         .map(|v| v.as_bytes().trim_ascii())
@@ -46,15 +48,19 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
 /// issuer), else by the verified client certificate of its connection
 /// (`tls::ClientIdentity`). A presented credential decides alone, so a service with a
 /// certificate can still act as another caller by sending that caller's key.
+/// `query_key` is the `?key=` of a Gemini-format request (Google's REST convention),
+/// already percent-decoded; a key in a header wins over it.
 pub async fn authenticate(
     keys: &KeyIndex,
     issuers: &jwt::Issuers,
     cells: &Cells,
     metrics: &Arc<Metrics>,
     headers: &HeaderMap,
+    query_key: Option<&[u8]>,
     client: Option<&ClientIdentity>,
 ) -> Result<Arc<ApiKeyEntry>, GwError> {
-    let entry = match (presented_key(headers), client) {
+    let presented = presented_key(headers).or(query_key.filter(|k| !k.is_empty()));
+    let entry = match (presented, client) {
         (Some(presented), _) => match keys.lookup(presented) {
             Some(e) => e.clone(),
             None if !issuers.is_empty() && jwt::looks_like_jwt(presented) => {
@@ -100,6 +106,10 @@ mod tests {
         );
         assert_eq!(presented_key(&headers(&[("x-api-key", "sk-2")])), Some(&b"sk-2"[..]));
         assert_eq!(presented_key(&headers(&[("api-key", "sk-3")])), Some(&b"sk-3"[..]));
+        assert_eq!(
+            presented_key(&headers(&[("x-goog-api-key", "sk-4")])),
+            Some(&b"sk-4"[..])
+        );
         assert_eq!(presented_key(&headers(&[("authorization", "Basic abc")])), None);
         assert_eq!(presented_key(&headers(&[("authorization", "Bearer ")])), None);
         assert_eq!(presented_key(&headers(&[])), None);

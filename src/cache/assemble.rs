@@ -17,6 +17,7 @@ fn finished_normally(reason: &str, dialect: Dialect) -> bool {
     match dialect {
         Dialect::OpenAi => matches!(reason, "stop" | "length" | "tool_calls" | "function_call"),
         Dialect::Anthropic => matches!(reason, "end_turn" | "max_tokens" | "stop_sequence" | "tool_use"),
+        Dialect::Gemini => matches!(reason, "STOP" | "MAX_TOKENS"),
     }
 }
 
@@ -33,6 +34,17 @@ pub fn json_is_complete(v: &Value, dialect: Dialect) -> bool {
         }),
         Dialect::Anthropic => {
             v["type"] == "message" && v["stop_reason"].as_str().is_some_and(|r| finished_normally(r, dialect))
+        }
+        Dialect::Gemini => {
+            v["promptFeedback"]["blockReason"].is_null()
+                && v["candidates"].as_array().is_some_and(|cs| {
+                    !cs.is_empty()
+                        && cs.iter().all(|c| {
+                            c["finishReason"]
+                                .as_str()
+                                .is_some_and(|r| finished_normally(r, dialect))
+                        })
+                })
         }
     }
 }
@@ -70,6 +82,8 @@ pub struct Assembler {
     /// Anthropic: the `message_start` message, its blocks, the final delta.
     message: Map<String, Value>,
     blocks: BTreeMap<u64, Block>,
+    /// Gemini: each candidate's parts (text pieces joined) and finish reason.
+    candidates: BTreeMap<u64, (Vec<Value>, Option<Value>)>,
 }
 
 impl Assembler {
@@ -84,6 +98,7 @@ impl Assembler {
             usage: None,
             message: Map::new(),
             blocks: BTreeMap::new(),
+            candidates: BTreeMap::new(),
         }
     }
 
@@ -116,6 +131,42 @@ impl Assembler {
             return;
         };
         match self.dialect {
+            // Gemini has no end marker: each event is part of one response, the last one
+            // with the finish reason (and the total usage).
+            Dialect::Gemini => {
+                if let Some(u) = o.remove("usageMetadata") {
+                    self.usage = Some(u);
+                }
+                for k in ["modelVersion", "responseId"] {
+                    if let Some(v) = o.remove(k) {
+                        self.head.entry(k).or_insert(v);
+                    }
+                }
+                if o.get("promptFeedback").is_some_and(|f| !f["blockReason"].is_null()) {
+                    self.broken = true;
+                }
+                for c in o.get("candidates").and_then(Value::as_array).into_iter().flatten() {
+                    let entry = self.candidates.entry(c["index"].as_u64().unwrap_or(0)).or_default();
+                    for p in c["content"]["parts"].as_array().into_iter().flatten() {
+                        let joined = match (entry.0.last_mut(), p["text"].as_str()) {
+                            (Some(last), Some(t)) if last["text"].is_string() && last["thought"] == p["thought"] => {
+                                if let Some(Value::String(s)) = last.get_mut("text") {
+                                    s.push_str(t);
+                                }
+                                true
+                            }
+                            _ => false,
+                        };
+                        if !joined {
+                            entry.0.push(p.clone());
+                        }
+                    }
+                    if c["finishReason"].is_string() {
+                        entry.1 = Some(c["finishReason"].clone());
+                        self.done = true;
+                    }
+                }
+            }
             Dialect::OpenAi => {
                 if let Some(Value::Object(u)) = o.get("usage") {
                     self.usage = Some(Value::Object(u.clone()));
@@ -232,6 +283,21 @@ impl Assembler {
             return None;
         }
         let v = match self.dialect {
+            Dialect::Gemini => {
+                let candidates: Vec<Value> = std::mem::take(&mut self.candidates)
+                    .into_iter()
+                    .map(|(idx, (parts, finish))| {
+                        json!({"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": idx})
+                    })
+                    .collect();
+                let mut out = std::mem::take(&mut self.head);
+                out.insert("candidates".into(), Value::Array(candidates));
+                let usage = self.usage.take().or_else(|| usage.map(|u| u.to_gemini()));
+                if let Some(u) = usage {
+                    out.insert("usageMetadata".into(), u);
+                }
+                Value::Object(out)
+            }
             Dialect::OpenAi => {
                 let choices: Vec<Value> = std::mem::take(&mut self.choices)
                     .into_iter()
@@ -305,6 +371,24 @@ impl Assembler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemini_stream_is_one_response() {
+        let mut a = Assembler::new(Dialect::Gemini);
+        a.feed(b"data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"Hel\"}]},\"index\":0}],\"responseId\":\"r1\"}\r\n\r\n");
+        let unfinished = Assembler::new(Dialect::Gemini);
+        assert!(unfinished.finish(None).is_none());
+        a.feed(b"data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"lo\"}]},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":3}}\r\n\r\n");
+        let v = a.finish(None).unwrap();
+        assert_eq!(v["candidates"][0]["content"]["parts"], json!([{"text": "Hello"}]));
+        assert_eq!(v["responseId"], "r1");
+        assert_eq!(v["usageMetadata"]["promptTokenCount"], 3);
+        let mut cut = Assembler::new(Dialect::Gemini);
+        cut.feed(
+            b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"x\"}]},\"finishReason\":\"SAFETY\"}]}\n\n",
+        );
+        assert!(cut.finish(None).is_none(), "a filtered answer is not stored");
+    }
 
     #[test]
     fn openai_stream_with_tool_calls() {

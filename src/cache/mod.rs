@@ -177,8 +177,12 @@ pub async fn lookup(
 ) -> Option<Lookup> {
     let policy = model.cache.as_ref()?;
     let bypass = Some(Lookup::Go(Outcome::Bypass, None));
-    // Chat completions and messages only: responses and embeddings are not stored.
-    let cacheable = matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Messages);
+    // Chat completions, messages and Gemini's generateContent only: responses,
+    // embeddings and token counts are not stored.
+    let cacheable = matches!(
+        endpoint,
+        Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::GenerateContent
+    );
     if !caller.cache || !cacheable || has_directive(headers, "no-store") {
         return bypass;
     }

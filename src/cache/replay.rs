@@ -13,6 +13,12 @@ pub fn sse(completion: &Value, dialect: Dialect, include_usage: bool) -> Vec<u8>
     match dialect {
         Dialect::OpenAi => chat(completion, include_usage, &mut out),
         Dialect::Anthropic => messages(completion, &mut out),
+        // Gemini streams partial responses; a whole one is a stream of one event.
+        Dialect::Gemini => {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(completion.to_string().as_bytes());
+            out.extend_from_slice(b"\n\n");
+        }
     }
     out
 }

@@ -60,6 +60,8 @@ enum Carrier {
     Anthropic(&'static str),
     /// A Responses delta event like the last one (its `delta` replaced).
     Responses(Value),
+    /// A Gemini event of the text's candidate, in the stream's envelope.
+    Gemini,
 }
 
 #[derive(Debug)]
@@ -138,6 +140,7 @@ impl StreamGuard {
         let changed = match self.endpoint {
             Endpoint::Messages => self.anthropic_event(&mut v, out, hits)?,
             Endpoint::Responses => self.responses_event(&mut v, out, hits)?,
+            Endpoint::GenerateContent => self.gemini_event(&mut v, out, hits)?,
             _ => self.chat_chunk(&mut v, out, hits)?,
         };
         if changed && self.holds {
@@ -182,6 +185,51 @@ impl StreamGuard {
             self.finishing = None;
             if finishing {
                 // Its texts this chunk does not carry go out just before it.
+                self.flush(Some(idx), out, hits)?;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Gemini events: each candidate's text parts (thought summaries apart) are growing
+    /// texts like chat content; a function call arrives whole and is checked whole.
+    fn gemini_event(&mut self, v: &mut Value, out: &mut Vec<u8>, hits: &mut Vec<Hit>) -> Result<bool, Stop> {
+        if self.template.is_none() {
+            let envelope: Map<String, Value> = ["modelVersion", "responseId"]
+                .iter()
+                .filter_map(|k| v.get(*k).map(|x| ((*k).to_owned(), x.clone())))
+                .collect();
+            self.template = Some(Value::Object(envelope));
+        }
+        let Some(Value::Array(candidates)) = v.get_mut("candidates") else {
+            return Ok(false);
+        };
+        let mut changed = false;
+        for c in candidates {
+            let idx = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let finishing = c.get("finishReason").is_some_and(|f| !f.is_null());
+            self.finishing = finishing.then_some(idx);
+            for p in c
+                .pointer_mut("/content/parts")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                let field = if p.get("thought") == Some(&Value::Bool(true)) {
+                    "thought"
+                } else {
+                    "text"
+                };
+                if let Some(Value::String(s)) = p.get_mut("text") {
+                    let emit = self.push(idx, field, s, &Carrier::Gemini, hits);
+                    let emit = emit.inspect_err(|_| self.finishing = None)?;
+                    changed |= replace(s, emit);
+                } else if let Some(call) = p.get_mut("functionCall") {
+                    changed |= self.whole(call, hits)?;
+                }
+            }
+            self.finishing = None;
+            if finishing {
                 self.flush(Some(idx), out, hits)?;
             }
         }
@@ -429,6 +477,15 @@ impl StreamGuard {
             Carrier::Responses(mut meta) => {
                 meta["delta"] = json!(rest);
                 meta
+            }
+            Carrier::Gemini => {
+                let mut part = json!({"text": rest});
+                if field == "thought" {
+                    part["thought"] = json!(true);
+                }
+                let mut e = self.template.clone().unwrap_or_else(|| json!({}));
+                e["candidates"] = json!([{"index": idx, "content": {"role": "model", "parts": [part]}}]);
+                e
             }
         };
         write_event(out, &event, self.endpoint);

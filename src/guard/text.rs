@@ -122,6 +122,17 @@ pub(crate) fn is_protocol_key(key: &str) -> bool {
             // signature, encrypted reasoning.
             | "signature"
             | "encrypted_content"
+            // Gemini's: media types, enums of settings and answers, the thought signature.
+            | "mimeType"
+            | "responseMimeType"
+            | "thoughtSignature"
+            | "finishReason"
+            | "modelVersion"
+            | "responseId"
+            | "category"
+            | "threshold"
+            | "mode"
+            | "taskType"
     )
 }
 
@@ -136,6 +147,12 @@ fn is_free_form_key(key: &str) -> bool {
             | "schema"
             | "input"
             | "arguments"
+            // Gemini's call arguments, function results and schemas.
+            | "args"
+            | "response"
+            | "parametersJsonSchema"
+            | "responseJsonSchema"
+            | "responseSchema"
             | "metadata"
             | "structuredContent"
             | "inputSchema"
@@ -154,7 +171,7 @@ fn is_mcp_number_key(key: &str) -> bool {
 /// `Err` when text is there that cannot be read (base64 of a text type); every other text
 /// was still given to `f`.
 pub fn request_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut String)) -> Result<(), Unscannable> {
-    if matches!(endpoint, Endpoint::GenerateContent | Endpoint::Converse) {
+    if endpoint == Endpoint::Converse {
         // Never a caller's endpoint: requests are scanned before translation.
         return Err("not a caller endpoint");
     }
@@ -285,6 +302,11 @@ impl<'f> Walker<'f> {
                 },
                 // Base64 audio and its format.
                 Value::Object(_) if key == "input_audio" => {}
+                // Gemini's inline media: base64 `data` of its `mimeType`.
+                Value::Object(d) if key == "inlineData" => {
+                    let media = d.get("mimeType").and_then(Value::as_str).map(str::to_owned);
+                    self.payload(media.as_deref());
+                }
                 // An assistant's audio: its transcript is text, its `data` base64.
                 Value::Object(audio) if key == "audio" => {
                     if let Some(t) = audio.get_mut("transcript") {
@@ -431,8 +453,33 @@ pub fn response_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut 
                 v["incomplete_details"] = serde_json::json!({"reason": "content_filter"});
             }
         }
-        // Chat completions; upstream-only endpoints never reach a caller.
-        Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::GenerateContent | Endpoint::Converse => {
+        // Gemini: each candidate's content; a blocked one keeps its place with no parts and
+        // the finish reason Gemini gives its own filter.
+        Endpoint::GenerateContent => {
+            let Some(Value::Array(candidates)) = v.get_mut("candidates") else {
+                return false;
+            };
+            for c in candidates {
+                let mut block = false;
+                if let Some(content) = c.get_mut("content") {
+                    scan(content, &mut block);
+                    if block {
+                        *content = serde_json::json!({"role": "model", "parts": []});
+                    }
+                }
+                if block {
+                    c["finishReason"] = Value::from("SAFETY");
+                }
+            }
+        }
+        // Chat completions; upstream-only endpoints never reach a caller, and token counts
+        // and embeddings carry no text.
+        Endpoint::ChatCompletions
+        | Endpoint::Embeddings
+        | Endpoint::Converse
+        | Endpoint::CountTokens
+        | Endpoint::EmbedContent
+        | Endpoint::BatchEmbedContents => {
             let Some(Value::Array(choices)) = v.get_mut("choices") else {
                 return false;
             };
@@ -590,6 +637,31 @@ mod tests {
             let got = collect(v.clone(), e).unwrap();
             assert!(got.iter().any(|s| s == "T1"), "{v}: {got:?}");
         }
+    }
+
+    #[test]
+    fn gemini_texts_are_every_part_instruction_call_and_result() {
+        let v = json!({"systemInstruction": {"parts": [{"text": "sys"}]},
+            "contents": [{"role": "user", "parts": [{"text": "hi"}, {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}]},
+                {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {"q": "arg", "n": 4111}}, "thoughtSignature": "c2ln"}]},
+                {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {"out": "res"}}}]}],
+            "generationConfig": {"responseMimeType": "application/json", "temperature": 0.5},
+            "safetySettings": [{"category": "HARM_CATEGORY_HATE_SPEECH", "threshold": "BLOCK_NONE"}]});
+        let mut got = collect(v, Endpoint::GenerateContent).unwrap();
+        got.sort();
+        assert_eq!(got, ["4111", "arg", "f", "f", "hi", "n", "out", "q", "res", "sys"]);
+        // Base64 of a text type cannot be read as it is.
+        let text64 = json!({"contents": [{"parts": [{"inlineData": {"mimeType": "text/plain", "data": "aGk="}}]}]});
+        assert!(collect(text64, Endpoint::GenerateContent).is_err());
+        // A blocked candidate keeps its place, empty, with Gemini's own filter reason.
+        let mut answer = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "secret"}]}, "finishReason": "STOP"}]});
+        assert!(response_texts(
+            &mut answer,
+            Endpoint::GenerateContent,
+            &mut |_: &mut String| Edit::Block
+        ));
+        assert_eq!(answer["candidates"][0]["content"]["parts"], json!([]));
+        assert_eq!(answer["candidates"][0]["finishReason"], "SAFETY");
     }
 
     #[test]

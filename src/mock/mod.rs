@@ -751,7 +751,7 @@ impl Mock {
             };
         }
         let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-            return error(400, "We could not parse the JSON body of your request.", None);
+            return error_in(api, 400, "We could not parse the JSON body of your request.", None);
         };
         // Azure and Gemini name the model in the path; the body's is ignored there.
         let model = match (path.split_once("/deployments/"), &gemini) {
@@ -794,6 +794,15 @@ impl Mock {
         if let Some((_, method)) = &gemini {
             match method.as_str() {
                 "generateContent" => self.gemini(&req, &model, &script, false),
+                "countTokens" => {
+                    // Either form: `contents`, or a whole `generateContentRequest`.
+                    let g = &req["generateContentRequest"];
+                    let n = text_len(&req["contents"]) + text_len(&g["contents"]) + text_len(&g["systemInstruction"]);
+                    full(StatusCode::OK, &json!({"totalTokens": tokens_of(n)}))
+                }
+                "embedContent" | "batchEmbedContents" if !vertex => {
+                    self.embed_content(&req, &model, method == "batchEmbedContents")
+                }
                 "rawPredict" | "streamRawPredict" if vertex => {
                     if req["anthropic_version"] != crate::provider::vertex::ANTHROPIC_VERSION
                         || req.get("model").is_some()
@@ -1404,6 +1413,40 @@ data: {v}
         h.insert(http::header::CONTENT_TYPE, sse_type);
         h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
         r
+    }
+
+    /// Gemini's `embedContent` and `batchEmbedContents`: the same vectors as
+    /// [`Self::embeddings`] for the same text. As Google does, each request of a batch must
+    /// name the path's model.
+    fn embed_content(&self, req: &Value, model: &str, batch: bool) -> Response<Body> {
+        let vector = |content: &Value| {
+            let text: String = content["parts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["text"].as_str())
+                .collect();
+            let h = blake3::hash(text.as_bytes());
+            let v: Vec<f64> = h.as_bytes()[..8].iter().map(|b| f64::from(*b) / 255.0).collect();
+            json!({"values": v})
+        };
+        if !batch {
+            return full(StatusCode::OK, &json!({"embedding": vector(&req["content"])}));
+        }
+        let Some(requests) = req["requests"].as_array() else {
+            return error_in(Api::Gemini, 400, "requests is required", None);
+        };
+        let want = format!("models/{model}");
+        if let Some(i) = requests.iter().position(|r| r["model"] != want.as_str()) {
+            return error_in(
+                Api::Gemini,
+                400,
+                &format!("requests[{i}].model must be {want}, the model of the URL"),
+                None,
+            );
+        }
+        let embeddings: Vec<Value> = requests.iter().map(|r| vector(&r["content"])).collect();
+        full(StatusCode::OK, &json!({"embeddings": embeddings}))
     }
 
     fn embeddings(&self, req: &Value, model: &str) -> Response<Body> {

@@ -32,6 +32,22 @@ pub enum JsonTranslate {
         status: u16,
         to_anthropic: bool,
     },
+    /// A Gemini answer to a Gemini caller: forwarded as it is, its `usageMetadata` read.
+    GeminiNative,
+    /// Any other format's content answer to a Gemini caller, through chat.
+    ToGemini {
+        from: Wire,
+        created: i64,
+        model: String,
+    },
+    /// OpenAI-style embeddings to `embedContent` (or `batchEmbedContents`) callers.
+    EmbeddingsToGemini {
+        batch: bool,
+    },
+    /// A provider error body in Google's envelope (same status).
+    ErrorToGemini {
+        status: u16,
+    },
 }
 
 /// Collects a JSON response body (by reference, no copy) to read its usage at the end,
@@ -76,6 +92,10 @@ impl JsonBody {
             JsonTranslate::ChatToAnthropic
             | JsonTranslate::ToChat { to_anthropic: true, .. }
             | JsonTranslate::Error { to_anthropic: true, .. } => Dialect::Anthropic,
+            JsonTranslate::GeminiNative
+            | JsonTranslate::ToGemini { .. }
+            | JsonTranslate::EmbeddingsToGemini { .. }
+            | JsonTranslate::ErrorToGemini { .. } => Dialect::Gemini,
             _ => Dialect::OpenAi,
         }
     }
@@ -88,7 +108,7 @@ impl JsonBody {
 
     /// Whether the body is held back until its end (translation) or forwarded as it comes.
     pub fn holds(&self) -> bool {
-        self.hold.is_some() || self.translate != JsonTranslate::None
+        self.hold.is_some() || !matches!(self.translate, JsonTranslate::None | JsonTranslate::GeminiNative)
     }
 
     pub fn push(&mut self, chunk: &Bytes) {
@@ -130,10 +150,13 @@ impl JsonBody {
         };
         // Read from the same parse as the translation, below.
         let mut usage = match self.translate {
-            JsonTranslate::ToChat { .. } => None,
+            JsonTranslate::ToChat { .. } | JsonTranslate::ToGemini { .. } => None,
             JsonTranslate::None if self.over && self.hold.is_none() => {
                 return (usage_in_tail(&whole), Bytes::new(), None);
             }
+            // Too large to keep whole: its count could not be read, and is estimated.
+            JsonTranslate::GeminiNative if self.over => Some(Usage::unreadable()),
+            JsonTranslate::GeminiNative => super::gemini::native_usage(&whole),
             _ => serde_json::from_slice::<UsageOnly>(&whole)
                 .ok()
                 .and_then(|u| u.usage)
@@ -141,7 +164,11 @@ impl JsonBody {
         };
         let not_json = |d| GwError::UpstreamError("The provider's answer is not valid JSON.".into()).body(d);
         let translated = match &self.translate {
-            JsonTranslate::None => match self.hold {
+            JsonTranslate::GeminiNative if self.hold.is_none() => {
+                let whole = if self.over { Bytes::new() } else { whole };
+                return (usage, whole, None);
+            }
+            JsonTranslate::None | JsonTranslate::GeminiNative => match self.hold {
                 Some(_) if !self.over => return (usage, whole.clone(), Some(whole)),
                 Some(dialect) => {
                     let e = GwError::UpstreamError("The provider's answer is too large to check.".into());
@@ -153,6 +180,33 @@ impl JsonBody {
                 .body(self.caller_dialect()),
             JsonTranslate::Error { status, to_anthropic } => {
                 Bytes::from(super::anthropic::translate_error(&whole, *status, *to_anthropic).to_string())
+            }
+            JsonTranslate::ErrorToGemini { status } => {
+                Bytes::from(super::gemini::translate_error(&whole, *status).to_string())
+            }
+            JsonTranslate::EmbeddingsToGemini { batch } => match super::gemini::embeddings_to_gemini(&whole, *batch) {
+                Some(out) => Bytes::from(out),
+                None => not_json(Dialect::Gemini),
+            },
+            JsonTranslate::ToGemini { from, created, model } => {
+                match serde_json::from_slice::<serde_json::Value>(&whole) {
+                    Ok(v) => {
+                        let chat = match from {
+                            Wire::OpenAi => v,
+                            Wire::Anthropic => super::anthropic::messages_response_to_chat(&v, *created),
+                            Wire::Gemini | Wire::Converse => {
+                                let (used, chat) = super::answer_to_chat(*from, &v, *created, model);
+                                usage = Some(used);
+                                chat
+                            }
+                        };
+                        if usage.is_none() {
+                            usage = Some(crate::usage::Usage::from_json(&chat["usage"]));
+                        }
+                        Bytes::from(super::gemini::chat_response_to_gemini(&chat).to_string())
+                    }
+                    Err(_) => not_json(Dialect::Gemini),
+                }
             }
             JsonTranslate::AnthropicToChat { created } => match serde_json::from_slice(&whole) {
                 Ok(v) => Bytes::from(super::anthropic::messages_response_to_chat(&v, *created).to_string()),

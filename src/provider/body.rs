@@ -48,6 +48,8 @@ struct Fields<'a> {
     max_tokens: Option<&'a RawValue>,
     max_completion_tokens: Option<&'a RawValue>,
     n: Option<&'a RawValue>,
+    /// Gemini's, which holds `maxOutputTokens`.
+    generation_config: Option<&'a RawValue>,
 }
 
 struct TopLevel;
@@ -73,6 +75,7 @@ impl<'de> Visitor<'de> for TopLevel {
                 "max_tokens" => out.max_tokens = Some(value),
                 "max_completion_tokens" => out.max_completion_tokens = Some(value),
                 "n" => out.n = Some(value),
+                "generationConfig" => out.generation_config = Some(value),
                 _ => {}
             }
         }
@@ -86,9 +89,9 @@ fn span(body: &[u8], raw: &RawValue) -> Range<usize> {
     start..start + raw.get().len()
 }
 
-/// Parses the top level of a request body. Errors map to SPEC §3: not JSON ->
-/// `invalid_json`; not an object, or no string `model` -> `invalid_request`.
-pub fn parse(body: &[u8]) -> Result<BodyView, GwError> {
+/// The top-level fields of a JSON object body; not JSON -> `invalid_json`, not an
+/// object -> `invalid_request`.
+fn top_level(body: &[u8]) -> Result<Fields<'_>, GwError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let fields = match de.deserialize_map(TopLevel) {
         Ok(f) => f,
@@ -102,6 +105,41 @@ pub fn parse(body: &[u8]) -> Result<BodyView, GwError> {
     if let Err(e) = de.end() {
         return Err(GwError::InvalidJson(format!("The request body is not valid JSON: {e}")));
     }
+    Ok(fields)
+}
+
+/// A Gemini-format request body: the model is the path's alias and `stream` is the
+/// method's (neither is in the body), the output cap is
+/// `generationConfig.maxOutputTokens`. The body is never rewritten (a Gemini target gets
+/// it as it is; others get a translation), so the view has no spans.
+pub fn parse_gemini(body: &[u8], alias: &str, stream: bool) -> Result<BodyView, GwError> {
+    let fields = top_level(body)?;
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(rename = "maxOutputTokens")]
+        max_output_tokens: Option<u64>,
+    }
+    let max_tokens = fields
+        .generation_config
+        .and_then(|c| serde_json::from_str::<Config>(c.get()).ok())
+        .and_then(|c| c.max_output_tokens);
+    Ok(BodyView {
+        model: alias.to_owned(),
+        model_span: 0..0,
+        stream,
+        stream_options: None,
+        include_usage: false,
+        max_tokens,
+        n: None,
+        close: 0,
+        raw: false,
+    })
+}
+
+/// Parses the top level of a request body. Errors map to SPEC §3: not JSON ->
+/// `invalid_json`; not an object, or no string `model` -> `invalid_request`.
+pub fn parse(body: &[u8]) -> Result<BodyView, GwError> {
+    let fields = top_level(body)?;
     if fields.model_dup {
         return Err(GwError::InvalidRequest(
             "The request body has more than one `model` field.".into(),

@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use super::anthropic::add_thinking;
 use super::Provider;
 use super::{bad, image_of, push_turn, thinking_ask, Image, UNRESERVED};
-use crate::api::Dialect;
+use crate::api::{Dialect, Endpoint};
 use crate::error::GwError;
 use crate::provider::ErrorClass;
 use crate::stream::translate::{fail, parse_chunk, Chunks};
@@ -35,7 +35,7 @@ pub const SIGNATURE_SEP: char = '~';
 
 /// Path and query of the upstream request. A `base_url` that ends in an API version
 /// (`/v1`, `/v1beta`, `/v1alpha`) is used as it is; otherwise `/v1beta` is added.
-pub fn upstream_path(p: &Provider, upstream_model: &str, stream: bool) -> String {
+pub fn upstream_path(p: &Provider, upstream_model: &str, upstream: Endpoint, stream: bool) -> String {
     let base = p.base.path.trim_end_matches('/');
     let versioned = ["/v1", "/v1beta", "/v1alpha"].iter().any(|v| base.ends_with(v));
     let prefix = if versioned {
@@ -46,11 +46,12 @@ pub fn upstream_path(p: &Provider, upstream_model: &str, stream: bool) -> String
     // Gemini's own resource names are `models/<id>`; both spellings work in the config.
     let model = upstream_model.strip_prefix("models/").unwrap_or(upstream_model);
     let model = utf8_percent_encode(model, UNRESERVED);
-    if stream {
-        format!("{prefix}/models/{model}:streamGenerateContent?alt=sse")
-    } else {
-        format!("{prefix}/models/{model}:generateContent")
-    }
+    let method = match (upstream, stream) {
+        (Endpoint::CountTokens | Endpoint::EmbedContent | Endpoint::BatchEmbedContents, _) => upstream.suffix(),
+        (_, true) => ":streamGenerateContent?alt=sse",
+        (_, false) => ":generateContent",
+    };
+    format!("{prefix}/models/{model}{method}")
 }
 
 /// Puts the provider's key and extra headers on the upstream request.
@@ -518,5 +519,775 @@ impl Translate for GeminiToChat {
     /// Gemini has no end marker: its last chunk carries the finish reason.
     fn complete(&self) -> bool {
         self.reason.is_some()
+    }
+}
+
+// ---- Gemini-format callers ----
+//
+// A caller on Google's SDK reaches a Gemini target untranslated, and every other target
+// through the chat hub: its request becomes a chat request (then whatever the target
+// speaks), the target's answer becomes a chat completion (then a Gemini response). These
+// are the inverse mappings of the ones above, for the same pair of formats; the finish
+// reasons and usage fields map back to the ones Gemini reads.
+
+/// Gemini `finishReason` for an OpenAI `finish_reason` (the inverse of [`finish_reason`]).
+pub fn finish_reason_to_gemini(reason: &str) -> &'static str {
+    match reason {
+        "length" => "MAX_TOKENS",
+        "content_filter" => "SAFETY",
+        // A tool call, a stop sequence, the end of the turn.
+        _ => "STOP",
+    }
+}
+
+/// A Gemini part -> an OpenAI content part. `None`: a part that is not content (a
+/// function call or response, handled by the turn).
+fn part_to_openai(p: &Value, at: &str) -> Result<Option<Value>, GwError> {
+    if let Some(t) = p["text"].as_str() {
+        return Ok(Some(json!({"type": "text", "text": t})));
+    }
+    let media = |d: &Value| d["mimeType"].as_str().unwrap_or_default().to_owned();
+    if let Some(d) = p.get("inlineData") {
+        let (mime, data) = (media(d), d["data"].as_str().unwrap_or_default());
+        if let Some(format) = mime.strip_prefix("audio/") {
+            return Ok(Some(
+                json!({"type": "input_audio", "input_audio": {"data": data, "format": format}}),
+            ));
+        }
+        if mime.starts_with("image/") {
+            return Ok(Some(
+                json!({"type": "image_url", "image_url": {"url": format!("data:{mime};base64,{data}")}}),
+            ));
+        }
+        return Err(bad(format!(
+            "{at}: inlineData of type {mime:?} can only be sent to a Gemini model"
+        )));
+    }
+    if let Some(d) = p.get("fileData") {
+        let mime = media(d);
+        if mime.is_empty() || mime.starts_with("image/") {
+            if let Some(uri) = d["fileUri"].as_str() {
+                return Ok(Some(json!({"type": "image_url", "image_url": {"url": uri}})));
+            }
+        }
+        return Err(bad(format!(
+            "{at}: fileData of type {mime:?} can only be sent to a Gemini model"
+        )));
+    }
+    if p.get("functionCall").is_some() || p.get("functionResponse").is_some() {
+        return Ok(None);
+    }
+    let kind = p.as_object().and_then(|o| o.keys().next().cloned()).unwrap_or_default();
+    Err(bad(format!("{at}: a {kind:?} part can only be sent to a Gemini model")))
+}
+
+/// Chat content from parts: a string when they are all text (what every provider
+/// reads), else a list of parts.
+fn chat_content(parts: Vec<Value>) -> Value {
+    if parts.iter().all(|p| p["type"] == "text") {
+        let text: String = parts.iter().filter_map(|p| p["text"].as_str()).collect();
+        json!(text)
+    } else {
+        Value::Array(parts)
+    }
+}
+
+/// Gemini `generateContent` request -> OpenAI chat request for `model`, streaming when
+/// the caller called `streamGenerateContent` (with the usage chunk asked for: the caller
+/// gets `usageMetadata`). Function calls get ids `call_{n}` (with their thought
+/// signature, as answers carry them) and each function response answers the latest
+/// unanswered call of its name, as Gemini pairs them.
+pub fn gemini_request_to_chat(req: &Value, model: &str, stream: bool) -> Result<Value, GwError> {
+    let contents = req["contents"]
+        .as_array()
+        .ok_or_else(|| bad("`contents` must be a list"))?;
+    let mut messages = Vec::new();
+    let system: Vec<Value> = req["systemInstruction"]["parts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(j, p)| part_to_openai(p, &format!("systemInstruction.parts[{j}]")))
+        .filter_map(Result::transpose)
+        .collect::<Result<_, _>>()?;
+    if !system.is_empty() {
+        messages.push(json!({"role": "system", "content": chat_content(system)}));
+    }
+    // Calls made and not yet answered: (name, id).
+    let mut open: Vec<(String, String)> = Vec::new();
+    let mut calls = 0usize;
+    for (i, c) in contents.iter().enumerate() {
+        let parts = c["parts"]
+            .as_array()
+            .ok_or_else(|| bad(format!("contents[{i}].parts must be a list")))?;
+        let model_turn = match c["role"].as_str() {
+            None | Some("user") => false,
+            Some("model") => true,
+            Some(other) => return Err(bad(format!("contents[{i}]: unknown role {other:?}"))),
+        };
+        let mut content = Vec::new();
+        let mut tool_calls = Vec::new();
+        for (j, p) in parts.iter().enumerate() {
+            let at = format!("contents[{i}].parts[{j}]");
+            if model_turn && p["thought"] == Value::Bool(true) {
+                // A thought summary is the model's, not the conversation's.
+                continue;
+            }
+            if let Some(call) = p.get("functionCall") {
+                if !model_turn {
+                    return Err(bad(format!("{at}: a functionCall belongs in a model turn")));
+                }
+                let name = call["name"]
+                    .as_str()
+                    .ok_or_else(|| bad(format!("{at}: functionCall needs a name")))?;
+                let id = call_id(calls, p);
+                calls += 1;
+                let args = if call["args"].is_null() {
+                    json!({})
+                } else {
+                    call["args"].clone()
+                };
+                open.push((name.to_owned(), id.clone()));
+                tool_calls.push(json!({"id": id, "type": "function",
+                    "function": {"name": name, "arguments": args.to_string()}}));
+            } else if let Some(r) = p.get("functionResponse") {
+                let name = r["name"]
+                    .as_str()
+                    .ok_or_else(|| bad(format!("{at}: functionResponse needs a name")))?;
+                let Some(k) = open.iter().rposition(|(n, _)| n == name) else {
+                    return Err(bad(format!(
+                        "{at}: functionResponse {name:?} answers no earlier functionCall"
+                    )));
+                };
+                let (_, id) = open.remove(k);
+                // Right after the calls' message, before this turn's other content: chat
+                // wants a call's answer next to it.
+                messages.push(json!({"role": "tool", "tool_call_id": id, "content": r["response"].to_string()}));
+            } else if let Some(part) = part_to_openai(p, &at)? {
+                content.push(part);
+            }
+        }
+        if model_turn {
+            if content.is_empty() && tool_calls.is_empty() {
+                continue;
+            }
+            let mut m = json!({"role": "assistant", "content": if content.is_empty() { Value::Null } else { chat_content(content) }});
+            if !tool_calls.is_empty() {
+                m["tool_calls"] = Value::Array(tool_calls);
+            }
+            messages.push(m);
+        } else if !content.is_empty() {
+            messages.push(json!({"role": "user", "content": chat_content(content)}));
+        }
+    }
+    let mut out = Map::new();
+    out.insert("model".into(), json!(model));
+    out.insert("messages".into(), Value::Array(messages));
+    let g = &req["generationConfig"];
+    if g["candidateCount"].as_u64().is_some_and(|n| n > 1) {
+        return Err(bad("candidateCount > 1 is only served by Gemini models through aigw"));
+    }
+    for (from, to) in [
+        ("temperature", "temperature"),
+        ("topP", "top_p"),
+        ("presencePenalty", "presence_penalty"),
+        ("frequencyPenalty", "frequency_penalty"),
+        ("seed", "seed"),
+        ("maxOutputTokens", "max_tokens"),
+        ("stopSequences", "stop"),
+    ] {
+        if !g[from].is_null() {
+            out.insert(to.into(), g[from].clone());
+        }
+    }
+    let schema = g
+        .get("responseJsonSchema")
+        .or(g.get("responseSchema"))
+        .filter(|s| !s.is_null());
+    match (g["responseMimeType"].as_str(), schema) {
+        (_, Some(schema)) => {
+            out.insert(
+                "response_format".into(),
+                json!({"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}),
+            );
+        }
+        (Some("application/json"), None) => {
+            out.insert("response_format".into(), json!({"type": "json_object"}));
+        }
+        (None | Some("text/plain"), None) => {}
+        (Some(other), None) => {
+            return Err(bad(format!(
+                "responseMimeType {other:?} is only served by Gemini models through aigw"
+            )))
+        }
+    }
+    let mut tools = Vec::new();
+    for (i, t) in req["tools"].as_array().into_iter().flatten().enumerate() {
+        let Some(decls) = t["functionDeclarations"].as_array() else {
+            return Err(bad(format!(
+                "tools[{i}]: only functionDeclarations can be sent to a non-Gemini model"
+            )));
+        };
+        for d in decls {
+            let mut f = json!({"name": d["name"]});
+            if let Some(desc) = d["description"].as_str() {
+                f["description"] = json!(desc);
+            }
+            if let Some(p) = d
+                .get("parametersJsonSchema")
+                .or(d.get("parameters"))
+                .filter(|p| !p.is_null())
+            {
+                f["parameters"] = p.clone();
+            }
+            tools.push(json!({"type": "function", "function": f}));
+        }
+    }
+    if !tools.is_empty() {
+        out.insert("tools".into(), Value::Array(tools));
+    }
+    let calling = &req["toolConfig"]["functionCallingConfig"];
+    let allowed = calling["allowedFunctionNames"].as_array();
+    let choice = match calling["mode"].as_str() {
+        Some("AUTO") => Some(json!("auto")),
+        Some("NONE") => Some(json!("none")),
+        Some("ANY") => match allowed.map(Vec::as_slice) {
+            Some([one]) => Some(json!({"type": "function", "function": {"name": one}})),
+            _ => Some(json!("required")),
+        },
+        _ => None,
+    };
+    if let Some(c) = choice {
+        out.insert("tool_choice".into(), c);
+    }
+    if stream {
+        out.insert("stream".into(), json!(true));
+        out.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Ok(Value::Object(out))
+}
+
+/// Gemini parts of a chat assistant message (or a delta): thought summary, text, calls.
+fn parts_of_chat(msg: &Value) -> Vec<Value> {
+    let mut parts = Vec::new();
+    if let Some(r) = msg["reasoning_content"].as_str().filter(|r| !r.is_empty()) {
+        parts.push(json!({"text": r, "thought": true}));
+    }
+    match &msg["content"] {
+        Value::String(t) if !t.is_empty() => parts.push(json!({"text": t})),
+        Value::Array(items) => parts.extend(
+            items
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .filter(|t| !t.is_empty())
+                .map(|t| json!({"text": t})),
+        ),
+        _ => {}
+    }
+    if let Some(refusal) = msg["refusal"].as_str().filter(|r| !r.is_empty()) {
+        parts.push(json!({"text": refusal}));
+    }
+    for call in msg["tool_calls"].as_array().into_iter().flatten() {
+        parts.push(function_call_part(
+            call["id"].as_str().unwrap_or_default(),
+            &call["function"]["name"],
+            call["function"]["arguments"].as_str().unwrap_or("{}"),
+        ));
+    }
+    parts
+}
+
+/// A chat tool call as a Gemini `functionCall` part; a call id that carries a thought
+/// signature gives it back.
+fn function_call_part(id: &str, name: &Value, arguments: &str) -> Value {
+    let args = serde_json::from_str::<Value>(arguments)
+        .ok()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    let mut part = json!({"functionCall": {"name": name, "args": args}});
+    if let Some((_, sig)) = id.split_once(SIGNATURE_SEP) {
+        part["thoughtSignature"] = json!(sig);
+    }
+    part
+}
+
+/// A Gemini `responseId` from a chat completion id.
+fn response_id(chat_id: &Value) -> Value {
+    let id = chat_id.as_str().unwrap_or_default();
+    json!(id.strip_prefix("chatcmpl-").unwrap_or(id))
+}
+
+/// OpenAI chat completion -> Gemini `generateContent` response.
+pub fn chat_response_to_gemini(chat: &Value) -> Value {
+    let choice = &chat["choices"][0];
+    let parts = parts_of_chat(&choice["message"]);
+    let finish = finish_reason_to_gemini(choice["finish_reason"].as_str().unwrap_or("stop"));
+    json!({
+        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}],
+        "usageMetadata": Usage::from_json(&chat["usage"]).to_gemini(),
+        "modelVersion": chat["model"],
+        "responseId": response_id(&chat["id"]),
+    })
+}
+
+/// A provider's error body in Google's envelope, same status (the message kept).
+pub fn translate_error(body: &[u8], status: u16) -> Value {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let message = v["error"]["message"]
+        .as_str()
+        .or(v["message"].as_str())
+        .or(v["Message"].as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(500).collect());
+    let code = match status {
+        400 | 413 | 422 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        503 | 529 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        _ => "INTERNAL",
+    };
+    json!({"error": {"code": status, "message": message, "status": code}})
+}
+
+/// `countTokens` on a target that cannot count in Gemini's terms: the gateway's estimate,
+/// a token per four bytes of the request's text (the rule the gateway charges a cut
+/// stream's input by, `Usage::estimated`). Marked by the `aigw` field so nobody mistakes
+/// it for a count.
+pub fn estimate_count(req: &Value) -> Value {
+    fn text_bytes(v: &Value) -> usize {
+        match v {
+            Value::Object(o) => o
+                .iter()
+                // Binary payloads are not text.
+                .filter(|(k, _)| *k != "inlineData" && *k != "fileData")
+                .map(|(k, x)| match (k.as_str(), x) {
+                    ("text", Value::String(s)) => s.len(),
+                    (_, x) => text_bytes(x),
+                })
+                .sum(),
+            Value::Array(items) => items.iter().map(text_bytes).sum(),
+            _ => 0,
+        }
+    }
+    // `countTokens` takes `contents`, or a whole `generateContentRequest`.
+    let bytes = text_bytes(&req["contents"])
+        + text_bytes(&req["systemInstruction"])
+        + text_bytes(&req["generateContentRequest"]);
+    json!({"totalTokens": bytes.div_ceil(4), "aigw": {"estimated": true}})
+}
+
+/// The texts of an `embedContent` request's `content` (its text parts, joined).
+fn content_text_of(content: &Value, at: &str) -> Result<String, GwError> {
+    let parts = content["parts"]
+        .as_array()
+        .ok_or_else(|| bad(format!("{at}.parts must be a list")))?;
+    let mut text = String::new();
+    for p in parts {
+        match p["text"].as_str() {
+            Some(t) => text.push_str(t),
+            None => {
+                return Err(bad(format!(
+                    "{at}: only text parts can be embedded by a non-Gemini model"
+                )))
+            }
+        }
+    }
+    Ok(text)
+}
+
+/// The `model` of one request of a batch: none, the path's alias, or `models/{alias}`
+/// (what the SDK writes). Another model is refused, as Google refuses it: a batch is one
+/// model's, the one the key was admitted for.
+fn batch_model_ok(r: &Value, alias: &str) -> bool {
+    match r["model"].as_str() {
+        None => r["model"].is_null(),
+        Some(m) => m.strip_prefix("models/").unwrap_or(m) == alias,
+    }
+}
+
+/// `embedContent` / `batchEmbedContents` -> OpenAI embeddings request.
+pub fn embed_request_to_openai(req: &Value, model: &str, alias: &str, batch: bool) -> Result<Value, GwError> {
+    let mut out = json!({"model": model, "encoding_format": "float"});
+    let dims = if batch {
+        let requests = req["requests"]
+            .as_array()
+            .ok_or_else(|| bad("`requests` must be a list"))?;
+        let mut input = Vec::with_capacity(requests.len());
+        let mut dims = None;
+        for (i, r) in requests.iter().enumerate() {
+            if !batch_model_ok(r, alias) {
+                return Err(bad(format!(
+                    "requests[{i}].model must be models/{alias}, the model of the path"
+                )));
+            }
+            input.push(json!(content_text_of(
+                &r["content"],
+                &format!("requests[{i}].content")
+            )?));
+            let d = r["outputDimensionality"].as_u64();
+            if i > 0 && d != dims {
+                return Err(bad(
+                    "every request of the batch must ask for the same outputDimensionality",
+                ));
+            }
+            dims = d;
+        }
+        out["input"] = Value::Array(input);
+        dims
+    } else {
+        out["input"] = json!(content_text_of(&req["content"], "content")?);
+        req["outputDimensionality"].as_u64()
+    };
+    if let Some(d) = dims {
+        out["dimensions"] = json!(d);
+    }
+    Ok(out)
+}
+
+/// A batch's requests for a Gemini target: each names the target's model (the caller
+/// named the alias). Refuses a request naming another model.
+pub fn batch_embed_upstream(req: &Value, upstream_model: &str, alias: &str) -> Result<Value, GwError> {
+    let mut out = req.clone();
+    let requests = out["requests"]
+        .as_array_mut()
+        .ok_or_else(|| bad("`requests` must be a list"))?;
+    let name = format!(
+        "models/{}",
+        upstream_model.strip_prefix("models/").unwrap_or(upstream_model)
+    );
+    for (i, r) in requests.iter_mut().enumerate() {
+        if !batch_model_ok(r, alias) {
+            return Err(bad(format!(
+                "requests[{i}].model must be models/{alias}, the model of the path"
+            )));
+        }
+        if let Some(o) = r.as_object_mut() {
+            o.insert("model".into(), json!(name));
+        }
+    }
+    Ok(out)
+}
+
+/// OpenAI embeddings answer -> `embedContent` (`{embedding: {values}}`) or
+/// `batchEmbedContents` (`{embeddings: [{values}]}`). The vectors are copied as the
+/// provider wrote them (never parsed into floats and printed again, which may move the
+/// last digit). `None`: not an embeddings answer.
+pub fn embeddings_to_gemini(body: &[u8], batch: bool) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Row<'a> {
+        #[serde(default)]
+        index: u64,
+        #[serde(borrow)]
+        embedding: &'a serde_json::value::RawValue,
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer<'a> {
+        #[serde(borrow)]
+        data: Vec<Row<'a>>,
+    }
+    let mut a: Answer = serde_json::from_slice(body).ok()?;
+    a.data.sort_by_key(|r| r.index);
+    let values = |r: &Row| format!("{{\"values\":{}}}", r.embedding.get());
+    Some(if batch {
+        let rows: Vec<String> = a.data.iter().map(values).collect();
+        format!("{{\"embeddings\":[{}]}}", rows.join(","))
+    } else {
+        format!(
+            "{{\"embedding\":{}}}",
+            a.data.first().map_or_else(|| "{\"values\":[]}".to_owned(), values)
+        )
+    })
+}
+
+/// Reads a Gemini answer's `usageMetadata` for the gateway's accounting (the answer
+/// passes through untouched).
+pub fn native_usage(body: &[u8]) -> Option<Usage> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(rename = "usageMetadata")]
+        usage_metadata: Option<Value>,
+    }
+    let m: Meta = serde_json::from_slice(body).ok()?;
+    m.usage_metadata.map(|u| usage(&u))
+}
+
+/// A Gemini stream to a Gemini caller: passed through event by event, its usage read
+/// (the last `usageMetadata` is the total) and its end known by the finish reason (Gemini
+/// has no end marker). A stream that ends without one was cut: it ends with an error event
+/// in Google's envelope.
+#[derive(Debug, Default)]
+pub struct GeminiPassthrough {
+    usage: Usage,
+    finished: bool,
+    ended: bool,
+}
+
+impl Translate for GeminiPassthrough {
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.ended || data.is_empty() {
+            return;
+        }
+        let Some(ev) = parse_chunk(data, Dialect::Gemini, out) else {
+            self.ended = true;
+            return;
+        };
+        if !ev["usageMetadata"].is_null() {
+            self.usage = usage(&ev["usageMetadata"]);
+        }
+        if ev["candidates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["finishReason"].is_string())
+            || !ev["promptFeedback"]["blockReason"].is_null()
+        {
+            self.finished = true;
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\n\n");
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.ended && !self.finished {
+            fail(
+                out,
+                Dialect::Gemini,
+                "The provider's stream ended before a finish reason.",
+            );
+        }
+        self.ended = true;
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn complete(&self) -> bool {
+        self.finished
+    }
+}
+
+/// OpenAI chat chunks -> Gemini stream events (`data:` only, as Google's `alt=sse`).
+/// Text and thought summaries go out as they come; tool calls, whose arguments chat
+/// streams in pieces, go out whole when the finish arrives (Gemini sends each call whole);
+/// the last event carries the finish reason and `usageMetadata`, written at `[DONE]` so
+/// the usage chunk before it is in. A stream without `[DONE]` ends with an error event.
+#[derive(Debug, Default)]
+pub struct ChatToGemini {
+    id: Value,
+    model: Value,
+    /// Tool calls by index: id, name, arguments so far.
+    calls: Vec<(String, Value, String)>,
+    finish: Option<String>,
+    pub usage: Usage,
+    done: bool,
+    ended: bool,
+}
+
+impl ChatToGemini {
+    pub fn new(model: &str) -> Self {
+        Self {
+            model: json!(model),
+            ..Self::default()
+        }
+    }
+
+    fn send(&self, out: &mut Vec<u8>, parts: Vec<Value>, finish: Option<&str>, usage: Option<Usage>) {
+        let mut cand = json!({"content": {"role": "model", "parts": parts}, "index": 0});
+        if let Some(f) = finish {
+            cand["finishReason"] = json!(f);
+        }
+        let mut ev = json!({"candidates": [cand], "modelVersion": self.model, "responseId": response_id(&self.id)});
+        if let Some(u) = usage {
+            ev["usageMetadata"] = u.to_gemini();
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(ev.to_string().as_bytes());
+        out.extend_from_slice(b"\n\n");
+    }
+}
+
+impl Translate for ChatToGemini {
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.ended || data.is_empty() {
+            return;
+        }
+        if data == b"[DONE]" {
+            self.done = true;
+            self.ended = true;
+            let mut parts = Vec::new();
+            for (id, name, args) in std::mem::take(&mut self.calls) {
+                parts.push(function_call_part(&id, &name, &args));
+            }
+            let finish = finish_reason_to_gemini(self.finish.as_deref().unwrap_or("stop"));
+            self.send(out, parts, Some(finish), Some(self.usage));
+            return;
+        }
+        let Some(chunk) = parse_chunk(data, Dialect::Gemini, out) else {
+            self.ended = true;
+            return;
+        };
+        if self.id.is_null() {
+            self.id = chunk["id"].clone();
+            if let Some(m) = chunk["model"].as_str() {
+                self.model = json!(m);
+            }
+        }
+        if !chunk["usage"].is_null() {
+            self.usage = Usage::from_json(&chunk["usage"]);
+        }
+        let Some(choice) = chunk["choices"].as_array().and_then(|c| c.first()) else {
+            return;
+        };
+        let delta = &choice["delta"];
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            let i = call["index"].as_u64().unwrap_or(0) as usize;
+            // Indexes are the provider's; a gap is not a reason to allocate.
+            if i > self.calls.len() {
+                continue;
+            }
+            if i == self.calls.len() {
+                self.calls.push((String::new(), Value::Null, String::new()));
+            }
+            let c = &mut self.calls[i];
+            if let Some(id) = call["id"].as_str() {
+                c.0 = id.to_owned();
+            }
+            if !call["function"]["name"].is_null() {
+                c.1 = call["function"]["name"].clone();
+            }
+            if let Some(a) = call["function"]["arguments"].as_str() {
+                c.2.push_str(a);
+            }
+        }
+        let text_only = json!({"content": delta["content"], "reasoning_content": delta["reasoning_content"],
+            "refusal": delta["refusal"]});
+        let parts = parts_of_chat(&text_only);
+        if !parts.is_empty() {
+            self.send(out, parts, None, None);
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            self.finish = Some(f.to_owned());
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.ended {
+            fail(out, Dialect::Gemini, "The provider's stream ended before [DONE].");
+        }
+        self.ended = true;
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn complete(&self) -> bool {
+        self.done
+    }
+}
+
+/// Events of any other format -> Gemini events, through chat chunks: `chat` turns the
+/// provider's events into chunks (with the usage chunk), [`ChatToGemini`] turns those
+/// into Gemini's; `None` when the provider streams chat chunks itself.
+#[derive(Debug)]
+pub struct ViaChatToGemini {
+    chat: Option<Box<dyn Translate>>,
+    gemini: ChatToGemini,
+    scratch: Vec<u8>,
+}
+
+impl ViaChatToGemini {
+    pub fn new(chat: Option<Box<dyn Translate>>, model: &str) -> Self {
+        Self {
+            chat,
+            gemini: ChatToGemini::new(model),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn relay(&mut self, out: &mut Vec<u8>) {
+        let mut rest = &self.scratch[..];
+        while let Some(end) = crate::stream::event_end(rest) {
+            self.gemini.event(&crate::stream::event_data(&rest[..end]), out);
+            rest = &rest[end..];
+        }
+        self.scratch.clear();
+    }
+}
+
+impl Translate for ViaChatToGemini {
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        match self.chat.as_mut() {
+            Some(chat) => {
+                chat.event(data, &mut self.scratch);
+                self.relay(out);
+            }
+            None => self.gemini.event(data, out),
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if let Some(chat) = self.chat.as_mut() {
+            chat.finish(&mut self.scratch);
+            self.relay(out);
+        }
+        self.gemini.finish(out);
+    }
+
+    fn usage(&self) -> Usage {
+        match &self.chat {
+            Some(chat) => chat.usage(),
+            None => self.gemini.usage,
+        }
+    }
+
+    fn complete(&self) -> bool {
+        match &self.chat {
+            Some(chat) => chat.complete(),
+            None => self.gemini.complete(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod caller_tests {
+    use super::*;
+
+    #[test]
+    fn embedding_vectors_are_copied_digit_for_digit() {
+        let body = br#"{"data":[{"index":1,"embedding":[0.23921568627450981,1e-7]},{"index":0,"embedding":[-0.5]}],"usage":{"prompt_tokens":2}}"#;
+        assert_eq!(
+            embeddings_to_gemini(body, true).unwrap(),
+            r#"{"embeddings":[{"values":[-0.5]},{"values":[0.23921568627450981,1e-7]}]}"#
+        );
+        assert_eq!(
+            embeddings_to_gemini(body, false).unwrap(),
+            r#"{"embedding":{"values":[-0.5]}}"#
+        );
+        assert!(embeddings_to_gemini(b"{\"error\": 1}", false).is_none());
+    }
+
+    #[test]
+    fn a_gemini_caller_request_needs_contents_and_known_roles() {
+        assert!(gemini_request_to_chat(&json!({}), "m", false).is_err());
+        let system = json!({"contents": [{"role": "system", "parts": [{"text": "x"}]}]});
+        assert!(gemini_request_to_chat(&system, "m", false).is_err());
+        let two = json!({"contents": [], "generationConfig": {"candidateCount": 2}});
+        assert!(gemini_request_to_chat(&two, "m", false).is_err());
+        let search = json!({"contents": [], "tools": [{"googleSearch": {}}]});
+        assert!(gemini_request_to_chat(&search, "m", false).is_err());
+    }
+
+    #[test]
+    fn the_estimate_counts_text_and_never_binary() {
+        let req = json!({"contents": [{"role": "user", "parts": [{"text": "abcdefgh"},
+            {"inlineData": {"mimeType": "image/png", "data": "A".repeat(4000)}}]}],
+            "systemInstruction": {"parts": [{"text": "abcd"}]}});
+        assert_eq!(estimate_count(&req)["totalTokens"], 3);
     }
 }

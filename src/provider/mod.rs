@@ -107,8 +107,8 @@ pub fn upstream_path(t: &Target, upstream: Endpoint, stream: bool) -> String {
     match p.kind {
         // Anthropic's base URL is the host; the API version is part of the path.
         ProviderKind::Anthropic => format!("{}/v1{}", p.base.path, upstream.suffix()),
-        ProviderKind::Gemini => gemini::upstream_path(p, &t.upstream_model, stream),
-        ProviderKind::Vertex => vertex::upstream_path(t, stream),
+        ProviderKind::Gemini => gemini::upstream_path(p, &t.upstream_model, upstream, stream),
+        ProviderKind::Vertex => vertex::upstream_path(t, upstream, stream),
         ProviderKind::Bedrock => bedrock::upstream_path(t, stream),
         _ => openai::upstream_path(p, upstream, &t.upstream_model),
     }
@@ -131,7 +131,36 @@ pub fn upstream_body(
         let out = f(&v, upstream_model)?;
         Ok((Bytes::from(out.to_string()), false))
     };
+    // Gemini-format callers: the alias is the path's, streaming the method's.
+    let (alias, stream) = (view.model.as_str(), view.stream);
+    let translate_with = |f: &dyn Fn(&Value, &str) -> Result<Value, GwError>| -> Result<(Bytes, bool), GwError> {
+        let v: Value = serde_json::from_slice(body).map_err(|e| GwError::InvalidJson(e.to_string()))?;
+        Ok((Bytes::from(f(&v, upstream_model)?.to_string()), false))
+    };
     let (body, injected) = match (endpoint, upstream) {
+        // Native: the caller's body as it is (the model is in the path).
+        (Endpoint::GenerateContent, Endpoint::GenerateContent)
+        | (Endpoint::CountTokens, Endpoint::CountTokens)
+        | (Endpoint::EmbedContent, Endpoint::EmbedContent) => Ok((body.clone(), false)),
+        (Endpoint::BatchEmbedContents, Endpoint::BatchEmbedContents) => {
+            translate_with(&|v, model| gemini::batch_embed_upstream(v, model, alias))
+        }
+        // Through the chat hub, as Anthropic callers reach Gemini and Converse.
+        (Endpoint::GenerateContent, Endpoint::ChatCompletions) => {
+            translate_with(&|v, model| gemini::gemini_request_to_chat(v, model, stream))
+        }
+        (Endpoint::GenerateContent, Endpoint::Messages) => translate_with(&|v, model| {
+            anthropic::chat_request_to_messages(&gemini::gemini_request_to_chat(v, model, stream)?, model)
+        }),
+        (Endpoint::GenerateContent, Endpoint::Converse) => translate_with(&|v, model| {
+            bedrock::chat_request_to_converse(&gemini::gemini_request_to_chat(v, model, stream)?, model)
+        }),
+        (Endpoint::EmbedContent, Endpoint::Embeddings) => {
+            translate_with(&|v, model| gemini::embed_request_to_openai(v, model, alias, false))
+        }
+        (Endpoint::BatchEmbedContents, Endpoint::Embeddings) => {
+            translate_with(&|v, model| gemini::embed_request_to_openai(v, model, alias, true))
+        }
         (Endpoint::ChatCompletions, Endpoint::Messages) => translate(anthropic::chat_request_to_messages),
         (Endpoint::Messages, Endpoint::ChatCompletions) => translate(anthropic::messages_request_to_chat),
         (Endpoint::ChatCompletions, Endpoint::GenerateContent) => translate(gemini::chat_request_to_gemini),
@@ -181,6 +210,15 @@ pub fn stream_mode(
         }
     };
     match (wire, caller) {
+        (Wire::Gemini, Dialect::Gemini) => Mode::Translate(Box::<gemini::GeminiPassthrough>::default()),
+        (Wire::OpenAi, Dialect::Gemini) => Mode::Translate(Box::new(gemini::ViaChatToGemini::new(None, model))),
+        (Wire::Anthropic, Dialect::Gemini) => Mode::Translate(Box::new(gemini::ViaChatToGemini::new(
+            Some(Box::new(anthropic::AnthropicToChat::new(true, created))),
+            model,
+        ))),
+        (Wire::Converse, Dialect::Gemini) => {
+            Mode::Translate(Box::new(gemini::ViaChatToGemini::new(Some(to_chat(true)), model)))
+        }
         (Wire::OpenAi, Dialect::OpenAi) => Mode::OpenAi { strip_usage },
         (Wire::Anthropic, Dialect::Anthropic) => Mode::Anthropic,
         (Wire::Anthropic, Dialect::OpenAi) => {
@@ -210,9 +248,20 @@ pub fn answer_to_chat(wire: Wire, v: &Value, created: i64, model: &str) -> (crat
     }
 }
 
-/// How a whole JSON answer in `wire` reaches a caller speaking `caller`.
-pub fn json_translate(wire: Wire, caller: Dialect, model: &str, created: i64) -> JsonTranslate {
+/// How a whole JSON answer in `wire` reaches a caller of `endpoint` speaking `caller`.
+pub fn json_translate(endpoint: Endpoint, wire: Wire, caller: Dialect, model: &str, created: i64) -> JsonTranslate {
     match (wire, caller) {
+        (Wire::Gemini, Dialect::Gemini) => JsonTranslate::GeminiNative,
+        (_, Dialect::Gemini) if matches!(endpoint, Endpoint::EmbedContent | Endpoint::BatchEmbedContents) => {
+            JsonTranslate::EmbeddingsToGemini {
+                batch: endpoint == Endpoint::BatchEmbedContents,
+            }
+        }
+        (_, Dialect::Gemini) => JsonTranslate::ToGemini {
+            from: wire,
+            created,
+            model: model.to_owned(),
+        },
         (Wire::OpenAi, Dialect::OpenAi) | (Wire::Anthropic, Dialect::Anthropic) => JsonTranslate::None,
         (Wire::Anthropic, Dialect::OpenAi) => JsonTranslate::AnthropicToChat { created },
         (Wire::OpenAi, Dialect::Anthropic) => JsonTranslate::ChatToAnthropic,
@@ -289,13 +338,16 @@ pub fn apply_credentials(
     }
 }
 
-/// Whether `target` can serve `endpoint` (natively or translated).
+/// Whether `target` can serve `endpoint` (natively or translated). Vertex AI embeds
+/// through `:predict`, not Gemini's `embedContent`: its Gemini models serve content and
+/// token counts only.
 pub fn can_serve(endpoint: Endpoint, target: &Target) -> bool {
+    let kind = target.provider.kind;
     // Azure OpenAI has no moderations endpoint (its content filters are built in).
-    if endpoint == Endpoint::Moderations && target.provider.kind == ProviderKind::Azure {
-        return false;
-    }
-    endpoint.upstream(target.wire()).is_some()
+    let azure_moderation = kind == ProviderKind::Azure && endpoint == Endpoint::Moderations;
+    let vertex_embed =
+        kind == ProviderKind::Vertex && matches!(endpoint, Endpoint::EmbedContent | Endpoint::BatchEmbedContents);
+    !azure_moderation && !vertex_embed && endpoint.upstream(target.wire()).is_some()
 }
 
 /// A request the gateway cannot translate for the provider: 400 `invalid_request`.

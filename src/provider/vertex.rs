@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::UNRESERVED;
 use super::{Provider, Target};
-use crate::api::Wire;
+use crate::api::{Endpoint, Wire};
 use crate::error::GwError;
 use crate::raw::VertexSettings;
 
@@ -100,7 +100,7 @@ pub fn default_base_url(location: &str) -> String {
 }
 
 /// Path and query of the upstream request.
-pub fn upstream_path(t: &Target, stream: bool) -> String {
+pub fn upstream_path(t: &Target, upstream: Endpoint, stream: bool) -> String {
     let p = &t.provider;
     let (project, location) = p
         .vertex
@@ -110,6 +110,7 @@ pub fn upstream_path(t: &Target, stream: bool) -> String {
     let (publisher, method) = match (wire(&t.upstream_model), stream) {
         (Wire::Anthropic, false) => ("anthropic", "rawPredict"),
         (Wire::Anthropic, true) => ("anthropic", "streamRawPredict"),
+        (_, _) if upstream == Endpoint::CountTokens => ("google", "countTokens"),
         (_, false) => ("google", "generateContent"),
         (_, true) => ("google", "streamGenerateContent?alt=sse"),
     };

@@ -42,14 +42,104 @@ enum Route {
     GetModel(String),
     /// The MCP gateway: every server (`/mcp`) or one (`/mcp/{server}`).
     Mcp(Option<String>),
+    /// Gemini's API: `POST /v1beta/models/{alias}:{method}` (or `/v1/...`); the alias is
+    /// in the path, and so is whether the answer streams.
+    Gemini {
+        endpoint: Endpoint,
+        alias: String,
+        stream: bool,
+    },
 }
 
-fn route(method: &Method, path: &str) -> Result<Route, GwError> {
+/// Whether a path is Gemini's API (`/v1beta/...`, or `/v1/models/{alias}:{method}`): its
+/// errors are in Google's envelope from the first check on.
+fn is_gemini_path(path: &str) -> bool {
+    path.starts_with("/v1beta/")
+        || path
+            .strip_prefix("/v1/models/")
+            .and_then(|rest| rest.rsplit_once(':'))
+            .is_some_and(|(_, method)| Endpoint::from_gemini_method(method).is_some())
+}
+
+/// `models/{alias}:{method}` after the API version. The alias is taken as it is written
+/// (no percent-decoding: an alias is a config name, matched exactly), up to the last `:`
+/// (aliases such as `llama3:8b` keep theirs), and may not hold a `/` (Google's SDKs put
+/// other resources, never a model id with a slash, under `models/`). `None`: not a
+/// Gemini method path.
+fn gemini_route(path: &str, query: Option<&str>) -> Option<Result<Route, GwError>> {
+    if !is_gemini_path(path) {
+        return None;
+    }
+    let not_found = || Some(Err(GwError::NotFound(path.to_owned())));
+    let Some((alias, method)) = path
+        .strip_prefix("/v1beta/models/")
+        .or_else(|| path.strip_prefix("/v1/models/"))
+        .and_then(|rest| rest.rsplit_once(':'))
+    else {
+        return not_found();
+    };
+    let Some((endpoint, stream)) = Endpoint::from_gemini_method(method) else {
+        return not_found();
+    };
+    if alias.is_empty() || alias.contains('/') {
+        return not_found();
+    }
+    if stream && query_param(query, "alt").is_none_or(|a| a != "sse") {
+        // Without `alt=sse` Google streams one JSON array; its SDKs always ask for SSE.
+        return Some(Err(GwError::InvalidRequest(
+            "streamGenerateContent is served as server-sent events: add ?alt=sse (Google's SDKs do).".into(),
+        )));
+    }
+    Some(Ok(Route::Gemini {
+        endpoint,
+        alias: alias.to_owned(),
+        stream,
+    }))
+}
+
+/// The first value of a query parameter, percent-decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Takes a Gemini caller's `?key=` out of the request line, so that nothing after
+/// admission (the access log, spans, Pingora's own logs, the provider) can see it; the
+/// rest of the query stays.
+fn take_query_key(req: &mut RequestHeader) -> Option<String> {
+    let query = req.uri.query()?;
+    let key = query_param(Some(query), "key")?;
+    let kept: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "key"))
+        .finish();
+    let uri = if kept.is_empty() {
+        req.uri.path().to_owned()
+    } else {
+        format!("{}?{kept}", req.uri.path())
+    };
+    match uri.parse::<http::Uri>() {
+        Ok(u) => req.set_uri(u),
+        // The path came from a URI that parsed: it parses again. Dropping the whole query
+        // is the safe way out should it not.
+        Err(_) => req.set_uri(http::Uri::from_static("/")),
+    }
+    Some(key)
+}
+
+fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, GwError> {
     let wrong = |allow| GwError::MethodNotAllowed {
         method: method.to_string(),
         path: path.to_owned(),
         allow,
     };
+    if let Some(r) = gemini_route(path, query) {
+        return match r {
+            Ok(r) if method == Method::POST => Ok(r),
+            Ok(_) => Err(wrong("POST")),
+            Err(e) => Err(e),
+        };
+    }
     let (r, allow) = match path {
         "/v1/chat/completions" => (Route::Upstream(Endpoint::ChatCompletions), "POST"),
         "/v1/embeddings" => (Route::Upstream(Endpoint::Embeddings), "POST"),
@@ -104,10 +194,19 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     } else {
         bound_keepalive(session, snap.server.keepalive_timeout_s);
     }
+    // A Gemini caller's `?key=` leaves the request line before anything else reads it.
+    let gemini = is_gemini_path(session.req_header().uri.path());
+    let query_key = if gemini {
+        take_query_key(session.req_header_mut())
+    } else {
+        None
+    };
     let req = session.req_header();
-    // Anthropic callers get Anthropic's error envelope from the very first check.
+    // Anthropic and Gemini callers get their error envelope from the very first check.
     if req.uri.path() == "/v1/messages" {
         ctx.dialect = crate::api::Dialect::Anthropic;
+    } else if gemini {
+        ctx.dialect = crate::api::Dialect::Gemini;
     }
     ctx.snapshot = Some(snap.clone());
     // Traced from the first check on, so refusals show up in traces too.
@@ -119,7 +218,7 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
             ctx.started,
         ));
     }
-    let route = route(&req.method, req.uri.path())?;
+    let route = route(&req.method, req.uri.path(), req.uri.query())?;
     let client = session
         .digest()
         .and_then(|d| d.ssl_digest.as_ref())
@@ -130,13 +229,19 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         &state.limit_cells,
         &state.metrics,
         &session.req_header().headers,
+        query_key.as_deref().map(str::as_bytes),
         client,
     )
     .await?;
     ctx.caller = Some(caller.clone());
 
-    let endpoint = match route {
-        Route::Upstream(e) => e,
+    let (endpoint, gemini_call) = match route {
+        Route::Upstream(e) => (e, None),
+        Route::Gemini {
+            endpoint,
+            alias,
+            stream,
+        } => (endpoint, Some((alias, stream))),
         Route::ListModels => {
             let data: Vec<_> = snap
                 .model_order
@@ -228,12 +333,19 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         false => None,
     };
 
+    // Gemini's requests name the model in the path and say streaming by the method;
+    // upload endpoints' forms name it in a field.
+    let parse = |body: &Bytes| match (&gemini_call, &boundary) {
+        (Some((alias, stream)), _) => body::parse_gemini(body, alias, *stream),
+        (None, Some(b)) => provider::form::parse(body, b, form_files(endpoint)).map(|f| f.view()),
+        (None, None) => body::parse(body),
+    };
     let (view, form) = match &boundary {
         Some(b) => {
             let f = provider::form::parse(&body, b, form_files(endpoint))?;
             (f.view(), Some(f))
         }
-        None => (body::parse(&body)?, None),
+        None => (parse(&body)?, None),
     };
     let model = snap
         .models
@@ -243,7 +355,9 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         return Err(GwError::ModelNotAllowed(model.name.clone()));
     }
     let plan = Plan::new(model);
-    if !plan.candidates.iter().any(|t| provider::can_serve(endpoint, t)) {
+    let estimate_tokens =
+        endpoint == Endpoint::CountTokens && !plan.candidates.iter().any(|t| provider::can_serve(endpoint, t));
+    if !estimate_tokens && !plan.candidates.iter().any(|t| provider::can_serve(endpoint, t)) {
         return Err(GwError::InvalidRequest(format!(
             "The model '{}' cannot serve {}.",
             model.name,
@@ -257,6 +371,12 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         ctx.budget = Some(state.budgets.admit(b, &caller.owner, chrono::Utc::now()).await?);
     }
     ctx.request_view = Some(view);
+    if estimate_tokens {
+        // No target counts tokens in Gemini's terms: the gateway's estimate, said so.
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| GwError::InvalidJson(e.to_string()))?;
+        answer_json(session, ctx, provider::gemini::estimate_count(&v)).await?;
+        return Ok(Admission::Answered);
+    }
     let on_request = guard::applicable(&caller.guardrails, &model.guardrails, false);
     let masked = match &form {
         Some(f) => guard_form(&on_request, endpoint, &body, f, &mut ctx.guard_hits)?,
@@ -265,19 +385,19 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     let body = match masked {
         // A masked body has other spans: its own parse is the one kept.
         Some(masked) => {
-            ctx.request_view = Some(match &boundary {
-                Some(b) => provider::form::parse(&masked, b, form_files(endpoint))?.view(),
-                None => body::parse(&masked)?,
-            });
+            ctx.request_view = Some(parse(&masked)?);
             masked
         }
         None => body,
     };
     ctx.request_body = body.clone();
     ctx.response_guards = match endpoint {
-        // Vectors, moderation scores, images and audio: no completion text to check
-        // (docs/guardrails.md says where a guardrail cannot apply).
+        // Vectors, token counts, moderation scores, images and audio: no completion text
+        // to check (docs/guardrails.md says where a guardrail cannot apply).
         Endpoint::Embeddings
+        | Endpoint::EmbedContent
+        | Endpoint::BatchEmbedContents
+        | Endpoint::CountTokens
         | Endpoint::Moderations
         | Endpoint::ImageGenerations
         | Endpoint::ImageEdits
@@ -659,13 +779,98 @@ mod tests {
     #[test]
     fn routes_and_methods() {
         assert!(matches!(
-            route(&Method::POST, "/v1/chat/completions"),
+            route(&Method::POST, "/v1/chat/completions", None),
             Ok(Route::Upstream(Endpoint::ChatCompletions))
         ));
-        assert!(matches!(route(&Method::GET, "/v1/models/abc"), Ok(Route::GetModel(id)) if id == "abc"));
-        assert_eq!(route(&Method::GET, "/v1/chat/completions").err().unwrap().status(), 405);
-        assert_eq!(route(&Method::POST, "/v1/models").err().unwrap().status(), 405);
-        assert_eq!(route(&Method::POST, "/v2/x").err().unwrap().code(), "not_found");
-        assert_eq!(route(&Method::GET, "/v1/models/").err().unwrap().code(), "not_found");
+        assert!(matches!(route(&Method::GET, "/v1/models/abc", None), Ok(Route::GetModel(id)) if id == "abc"));
+        assert_eq!(
+            route(&Method::GET, "/v1/chat/completions", None)
+                .err()
+                .unwrap()
+                .status(),
+            405
+        );
+        assert_eq!(route(&Method::POST, "/v1/models", None).err().unwrap().status(), 405);
+        assert_eq!(route(&Method::POST, "/v2/x", None).err().unwrap().code(), "not_found");
+        assert_eq!(
+            route(&Method::GET, "/v1/models/", None).err().unwrap().code(),
+            "not_found"
+        );
+    }
+
+    #[test]
+    fn gemini_routes_take_the_alias_verbatim_up_to_the_last_colon() {
+        let gemini = |path: &str, query: Option<&str>| match route(&Method::POST, path, query) {
+            Ok(Route::Gemini {
+                endpoint,
+                alias,
+                stream,
+            }) => Ok((endpoint, alias, stream)),
+            Ok(_) => panic!("{path} is not a Gemini route"),
+            Err(e) => Err(e.status()),
+        };
+        assert_eq!(
+            gemini("/v1beta/models/fast:generateContent", None),
+            Ok((Endpoint::GenerateContent, "fast".into(), false))
+        );
+        assert_eq!(
+            gemini("/v1/models/fast:streamGenerateContent", Some("alt=sse")),
+            Ok((Endpoint::GenerateContent, "fast".into(), true))
+        );
+        assert_eq!(
+            gemini("/v1beta/models/llama3:8b:countTokens", None),
+            Ok((Endpoint::CountTokens, "llama3:8b".into(), false))
+        );
+        assert_eq!(
+            gemini("/v1beta/models/a%3Ab:embedContent", None),
+            Ok((Endpoint::EmbedContent, "a%3Ab".into(), false))
+        );
+        // Without SSE, a stream would be a JSON array: refused with a clear error.
+        assert_eq!(gemini("/v1beta/models/fast:streamGenerateContent", None), Err(400));
+        for path in [
+            "/v1beta/models/../chat:generateContent",
+            "/v1beta/models/a/b:generateContent",
+            "/v1beta/models/:generateContent",
+            "/v1beta/models/fast:deleteEverything",
+            "/v1beta/models/fast%3AgenerateContent",
+            "/v1beta/chat/completions",
+        ] {
+            assert_eq!(
+                route(&Method::POST, path, None).err().map(|e| e.status()),
+                Some(404),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            route(&Method::GET, "/v1beta/models/fast:generateContent", None)
+                .err()
+                .unwrap()
+                .status(),
+            405
+        );
+        // `/v1/models/{id}` without a method is still the gateway's model object.
+        assert!(matches!(
+            route(&Method::GET, "/v1/models/fast", None),
+            Ok(Route::GetModel(_))
+        ));
+        assert!(
+            matches!(route(&Method::GET, "/v1/models/llama3:8b", None), Ok(Route::GetModel(id)) if id == "llama3:8b")
+        );
+    }
+
+    #[test]
+    fn a_query_key_leaves_the_request_line() {
+        let mut req = RequestHeader::build(
+            "POST",
+            b"/v1beta/models/m:streamGenerateContent?alt=sse&key=sk%2Bsecret",
+            None,
+        )
+        .unwrap();
+        assert_eq!(take_query_key(&mut req).as_deref(), Some("sk+secret"));
+        assert_eq!(req.uri.to_string(), "/v1beta/models/m:streamGenerateContent?alt=sse");
+        let mut req = RequestHeader::build("POST", b"/v1beta/models/m:generateContent?key=abc", None).unwrap();
+        assert_eq!(take_query_key(&mut req).as_deref(), Some("abc"));
+        assert_eq!(req.uri.to_string(), "/v1beta/models/m:generateContent");
+        assert!(!req.uri.to_string().contains("abc"));
     }
 }

@@ -247,7 +247,11 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
         if translating {
             length_unknown(resp)?;
             resp.insert_header("content-type", "application/json")?;
-            ctx.json = Some(JsonBody::new(JsonTranslate::Error { status, to_anthropic }));
+            ctx.json = Some(JsonBody::new(if ctx.dialect == Dialect::Gemini {
+                JsonTranslate::ErrorToGemini { status }
+            } else {
+                JsonTranslate::Error { status, to_anthropic }
+            }));
         }
         return Ok(());
     }
@@ -277,8 +281,9 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
         };
         let guard = (!ctx.response_guards.is_empty())
             .then(|| Box::new(StreamGuard::new(ctx.response_guards.clone(), ctx.shape())));
-        // Dropping, translating or rewriting events changes the length.
-        if translating || ctx.strip_usage || guard.is_some() {
+        // Dropping, translating or rewriting events changes the length (a Gemini stream
+        // passed through is re-framed, event by event).
+        if translating || ctx.strip_usage || guard.is_some() || matches!(mode, Mode::Translate(_)) {
             length_unknown(resp)?;
         }
         ctx.stream_guard = guard;
@@ -298,7 +303,13 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
             t.start_stream(ctx.dialect);
         }
     } else {
-        let mut json = JsonBody::new(provider::json_translate(wire, ctx.dialect, upstream_model, now()));
+        let mut json = JsonBody::new(provider::json_translate(
+            ctx.shape(),
+            wire,
+            ctx.dialect,
+            upstream_model,
+            now(),
+        ));
         if guard::intervenes(&ctx.response_guards) {
             json.hold = Some(ctx.dialect);
         }

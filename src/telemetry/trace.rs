@@ -270,10 +270,13 @@ impl RequestTrace {
     /// Reads finish reasons out of what went to the caller (JSON or SSE, either dialect).
     pub fn note_finish_reasons(&mut self, sent: &[u8]) {
         // Built once: a searcher per call showed in the profile of traced streams.
-        static NEEDLES: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> = std::sync::LazyLock::new(|| {
+        // Gemini's: compact when aigw wrote it, with a space as Google writes it.
+        static NEEDLES: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 4]> = std::sync::LazyLock::new(|| {
             [
                 memchr::memmem::Finder::new(b"\"finish_reason\":\""),
                 memchr::memmem::Finder::new(b"\"stop_reason\":\""),
+                memchr::memmem::Finder::new(b"\"finishReason\":\""),
+                memchr::memmem::Finder::new(b"\"finishReason\": \""),
             ]
         });
         for needle in NEEDLES.iter() {
@@ -663,6 +666,8 @@ mod tests {
         t.note_finish_reasons(br#"data: {"choices":[{"finish_reason":null}]}"#);
         t.note_finish_reasons(br#"data: {"choices":[{"finish_reason":"stop"},{"finish_reason":"length"}]}"#);
         t.note_finish_reasons(br#"{"stop_reason":"end_turn"}"#);
-        assert_eq!(t.finish_reasons, ["stop", "length", "end_turn"]);
+        t.note_finish_reasons(b"data: {\"candidates\": [{\"finishReason\": \"MAX_TOKENS\"}]}");
+        t.note_finish_reasons(br#"{"candidates":[{"finishReason":"SAFETY"}]}"#);
+        assert_eq!(t.finish_reasons, ["stop", "length", "end_turn", "MAX_TOKENS", "SAFETY"]);
     }
 }

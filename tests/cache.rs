@@ -313,6 +313,9 @@ async fn a_redis_backend_is_shared_by_two_gateways() {
     let text = format!("{} {}", unique("redis"), "lorem ipsum ".repeat(200));
     let body = chat("global", &text, false);
     assert_eq!(send(&a, "sk-a1", &body, None).await.0, "miss");
+    // The fill reaches Redis after the answer: once `a` hits (its store is Redis too), the
+    // entry is there, and `b` must answer from it without calling the provider.
+    until_hit(&a, "sk-a1", &body).await;
     let calls = mock.requests().len();
     let hit = until_hit(&b, "sk-b", &body).await;
     assert_eq!(completion_text(&hit), text);

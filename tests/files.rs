@@ -50,10 +50,12 @@ fn line(n: usize, model: &str) -> String {
 }
 
 async fn upload(gw: &Gateway, key: &str, purpose: &str, content: Vec<u8>) -> reqwest::Response {
-    let form = reqwest::multipart::Form::new().text("purpose", purpose.to_owned()).part(
-        "file",
-        reqwest::multipart::Part::bytes(content).file_name("input.jsonl"),
-    );
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", purpose.to_owned())
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(content).file_name("input.jsonl"),
+        );
     client()
         .post(format!("{}/v1/files", gw.url()))
         .bearer_auth(key)
@@ -63,7 +65,13 @@ async fn upload(gw: &Gateway, key: &str, purpose: &str, content: Vec<u8>) -> req
         .unwrap()
 }
 
-async fn call(gw: &Gateway, key: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+async fn call(
+    gw: &Gateway,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let mut r = client().request(method, format!("{}{path}", gw.url())).bearer_auth(key);
     if let Some(b) = body {
         r = r.json(&b);
@@ -79,7 +87,9 @@ async fn get(gw: &Gateway, key: &str, path: &str) -> (StatusCode, Value) {
 }
 
 async fn spent(gw: &Gateway, owner: &str) -> f64 {
-    spend_of(gw, "adm-files", owner).await["spent_usd"].as_f64().unwrap_or(0.0)
+    spend_of(gw, "adm-files", owner).await["spent_usd"]
+        .as_f64()
+        .unwrap_or(0.0)
 }
 
 /// A batch of lines for `mini` and `big` (CRLF line ends, `model` written with an escape):
@@ -103,7 +113,10 @@ async fn batch_lifecycle(gw: &Gateway, mock: &Mock, other_gw: &Gateway) {
         .find(|r| r["path"] == "/v1/files")
         .unwrap();
     let sent = up["body"].as_str().unwrap();
-    assert!(sent.contains(r#""model":"up-mini""#) && sent.contains(r#""model":"up-big""#), "{sent}");
+    assert!(
+        sent.contains(r#""model":"up-mini""#) && sent.contains(r#""model":"up-big""#),
+        "{sent}"
+    );
     assert!(!sent.contains(r#""mini""#) && !sent.contains("u0065"), "{sent}");
     assert_eq!(up["headers"]["authorization"], format!("Bearer {PROVIDER_KEY}"));
 
@@ -166,7 +179,10 @@ async fn batch_lifecycle(gw: &Gateway, mock: &Mock, other_gw: &Gateway) {
     assert!(text.contains(r#""completion_tokens":20"#), "{text}");
 
     let (_, list) = get(gw, "sk-a", "/v1/batches").await;
-    assert!(list["data"].as_array().unwrap().iter().any(|b| b["id"] == bid.as_str()), "{list}");
+    assert!(
+        list["data"].as_array().unwrap().iter().any(|b| b["id"] == bid.as_str()),
+        "{list}"
+    );
 
     // Another owner: every id is 404, every list is empty of them.
     for (method, p) in [
@@ -177,7 +193,10 @@ async fn batch_lifecycle(gw: &Gateway, mock: &Mock, other_gw: &Gateway) {
         (reqwest::Method::GET, format!("/v1/batches/{bid}")),
         (reqwest::Method::POST, format!("/v1/batches/{bid}/cancel")),
         // Guessed ids, and the provider's own.
-        (reqwest::Method::GET, "/v1/files/file-00000000000000000000000000000000".to_owned()),
+        (
+            reqwest::Method::GET,
+            "/v1/files/file-00000000000000000000000000000000".to_owned(),
+        ),
         (reqwest::Method::GET, "/v1/files/file-mock1".to_owned()),
     ] {
         let (s, v) = call(other_gw, "sk-b", method.clone(), &p, None).await;
@@ -202,7 +221,10 @@ async fn batch_lifecycle(gw: &Gateway, mock: &Mock, other_gw: &Gateway) {
     // Deleted: gone for its owner too.
     let (s, v) = call(gw, "sk-a", reqwest::Method::DELETE, &format!("/v1/files/{fid}"), None).await;
     assert_eq!((s, &v["deleted"]), (StatusCode::OK, &json!(true)), "{v}");
-    assert_eq!(get(other_gw, "sk-a", &format!("/v1/files/{fid}")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(other_gw, "sk-a", &format!("/v1/files/{fid}")).await.0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
@@ -211,8 +233,15 @@ async fn a_batch_runs_end_to_end_in_one_instance() {
     let gw = Gateway::start(&config(None, 1 << 20), &mock);
     batch_lifecycle(&gw, &mock, &gw).await;
     let m = metrics(&gw).await;
-    assert_eq!(m.get(r#"aigw_cost_usd_total{model="mini",owner="team-a"}"#), Some(&10.0), "{m:?}");
-    assert_eq!(m.get(r#"aigw_tokens_total{model="big",owner="team-a",type="output"}"#), Some(&20.0));
+    assert_eq!(
+        m.get(r#"aigw_cost_usd_total{model="mini",owner="team-a"}"#),
+        Some(&10.0),
+        "{m:?}"
+    );
+    assert_eq!(
+        m.get(r#"aigw_tokens_total{model="big",owner="team-a",type="output"}"#),
+        Some(&20.0)
+    );
 }
 
 #[tokio::test]
@@ -231,12 +260,20 @@ async fn batch_files_that_break_the_rules_are_refused_naming_the_line() {
     let seen = mock.requests().len();
     let cases: Vec<(&str, String, &str)> = vec![
         // A model the key may not use, and one that does not exist.
-        ("sk-a", format!("{}\n{}\n", line(1, "mini"), line(2, "secret")), "line 2"),
+        (
+            "sk-a",
+            format!("{}\n{}\n", line(1, "mini"), line(2, "secret")),
+            "line 2",
+        ),
         ("sk-a", format!("{}\n{}\n", line(1, "mini"), line(2, "nope")), "line 2"),
         // Not an OpenAI-style provider.
         ("sk-a", format!("{}\n", line(1, "claude")), "line 1"),
         // Two provider keys.
-        ("sk-both", format!("{}\n\n{}\n", line(1, "mini"), line(2, "other")), "line 3"),
+        (
+            "sk-both",
+            format!("{}\n\n{}\n", line(1, "mini"), line(2, "other")),
+            "line 3",
+        ),
         // Malformed, and a model hidden behind a duplicate key: the last one counts, and
         // it is the one checked.
         ("sk-a", format!("{}\n{{\"custom_id\":\n", line(1, "mini")), "line 2"),
@@ -296,18 +333,26 @@ async fn ids_the_provider_reports_are_mapped_or_dropped() {
         "sk-a",
         reqwest::Method::POST,
         "/v1/batches",
-        Some(json!({"input_file_id": fid, "endpoint": "/v1/chat/completions", "completion_window": "24h",
-            "metadata": {"mock": "foreign"}})),
+        Some(
+            json!({"input_file_id": fid, "endpoint": "/v1/chat/completions", "completion_window": "24h",
+            "metadata": {"mock": "foreign"}}),
+        ),
     )
     .await;
     let bid = b["id"].as_str().unwrap().to_owned();
     let (s, v) = get(&gw, "sk-a", &format!("/v1/batches/{bid}")).await;
     assert_eq!(s, StatusCode::OK);
     let text = v.to_string();
-    assert!(!text.contains("mock") || text.contains("\"mock\":\"foreign\""), "{text}");
+    assert!(
+        !text.contains("mock") || text.contains("\"mock\":\"foreign\""),
+        "{text}"
+    );
     assert!(!text.contains("file-foreign") && !text.contains("batch_mock"), "{text}");
     assert_eq!(v["input_file_id"], fid.as_str());
     let err = v["error_file_id"].as_str().unwrap();
     // The unknown file is the batch owner's: another owner cannot see it.
-    assert_eq!(get(&gw, "sk-b", &format!("/v1/files/{err}")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&gw, "sk-b", &format!("/v1/files/{err}")).await.0,
+        StatusCode::NOT_FOUND
+    );
 }

@@ -46,7 +46,13 @@ impl Files {
 
     /// The answer for a Files or Batches path (`.../files...`, `.../batches...`; Azure's
     /// under `/openai`), `None` for any other path.
-    pub async fn answer(&self, method: &Method, path: &str, headers: &HeaderMap, body: &Bytes) -> Option<Response<Body>> {
+    pub async fn answer(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Option<Response<Body>> {
         let segments: Vec<&str> = path.split('/').collect();
         let at = segments.iter().position(|s| *s == "files" || *s == "batches")?;
         let rest = &segments[at..];
@@ -135,13 +141,7 @@ impl Files {
 
     /// A batch in progress completes here: one output line per input line.
     fn retrieve(&self, id: &str) -> Response<Body> {
-        let Some(mut b) = self
-            .batches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-        else {
+        let Some(mut b) = self.batches.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned() else {
             return error(404, &format!("No such Batch object: {id}"), None);
         };
         if b["status"] == "in_progress" {
@@ -156,7 +156,9 @@ impl Files {
             let mut out = String::new();
             let mut n = 0;
             for line in content.split(|b| *b == b'\n') {
-                let Ok(req) = serde_json::from_slice::<Value>(line) else { continue };
+                let Ok(req) = serde_json::from_slice::<Value>(line) else {
+                    continue;
+                };
                 n += 1;
                 let (input_t, output_t) = LINE_USAGE;
                 let answer = json!({"id": format!("chatcmpl-batch{n}"), "object": "chat.completion",

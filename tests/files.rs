@@ -82,6 +82,12 @@ async fn call(
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
+async fn create_batch(gw: &Gateway, key: &str, file: &str, metadata: Value) -> (StatusCode, Value) {
+    let body = json!({"input_file_id": file, "endpoint": "/v1/chat/completions", "completion_window": "24h",
+        "metadata": metadata});
+    call(gw, key, reqwest::Method::POST, "/v1/batches", Some(body)).await
+}
+
 async fn get(gw: &Gateway, key: &str, path: &str) -> (StatusCode, Value) {
     call(gw, key, reqwest::Method::GET, path, None).await
 }
@@ -126,14 +132,7 @@ async fn batch_lifecycle(gw: &Gateway, mock: &Mock, other_gw: &Gateway) {
     assert_eq!(s, StatusCode::OK);
     assert!(v["data"].as_array().unwrap().iter().any(|f| f["id"] == fid), "{v}");
 
-    let (s, batch) = call(
-        gw,
-        "sk-a",
-        reqwest::Method::POST,
-        "/v1/batches",
-        Some(json!({"input_file_id": fid, "endpoint": "/v1/chat/completions", "completion_window": "24h"})),
-    )
-    .await;
+    let (s, batch) = create_batch(gw, "sk-a", &fid, json!({})).await;
     assert_eq!(s, StatusCode::OK, "{batch}");
     let bid = batch["id"].as_str().unwrap().to_owned();
     assert!(bid.starts_with("batch_") && !bid.contains("mock"), "{batch}");
@@ -203,14 +202,7 @@ async fn batch_lifecycle(gw: &Gateway, mock: &Mock, other_gw: &Gateway) {
         assert_eq!(s, StatusCode::NOT_FOUND, "{method} {p}: {v}");
         assert_eq!(v["error"]["code"], "not_found");
     }
-    let (_, v) = call(
-        gw,
-        "sk-b",
-        reqwest::Method::POST,
-        "/v1/batches",
-        Some(json!({"input_file_id": fid, "endpoint": "/v1/chat/completions", "completion_window": "24h"})),
-    )
-    .await;
+    let (_, v) = create_batch(gw, "sk-b", &fid, json!({})).await;
     assert_eq!(v["error"]["code"], "not_found", "{v}");
     for p in ["/v1/files", "/v1/batches"] {
         let (s, v) = get(gw, "sk-b", p).await;
@@ -308,14 +300,7 @@ async fn batch_files_that_break_the_rules_are_refused_naming_the_line() {
     // A non-batch file cannot feed a batch.
     let r = upload(&gw, "sk-a", "assistants", b"notes".to_vec()).await;
     let fid = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let (s, _) = call(
-        &gw,
-        "sk-a",
-        reqwest::Method::POST,
-        "/v1/batches",
-        Some(json!({"input_file_id": fid, "endpoint": "/v1/chat/completions", "completion_window": "24h"})),
-    )
-    .await;
+    let (s, _) = create_batch(&gw, "sk-a", &fid, json!({})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // No caller credential: 401 before anything.
     let r = client().get(format!("{}/v1/files", gw.url())).send().await.unwrap();
@@ -328,17 +313,7 @@ async fn ids_the_provider_reports_are_mapped_or_dropped() {
     let gw = Gateway::start(&config(None, 1 << 20), &mock);
     let r = upload(&gw, "sk-a", "batch", line(1, "mini").into_bytes()).await;
     let fid = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let (_, b) = call(
-        &gw,
-        "sk-a",
-        reqwest::Method::POST,
-        "/v1/batches",
-        Some(
-            json!({"input_file_id": fid, "endpoint": "/v1/chat/completions", "completion_window": "24h",
-            "metadata": {"mock": "foreign"}}),
-        ),
-    )
-    .await;
+    let (_, b) = create_batch(&gw, "sk-a", &fid, json!({"mock": "foreign"})).await;
     let bid = b["id"].as_str().unwrap().to_owned();
     let (s, v) = get(&gw, "sk-a", &format!("/v1/batches/{bid}")).await;
     assert_eq!(s, StatusCode::OK);
@@ -354,5 +329,47 @@ async fn ids_the_provider_reports_are_mapped_or_dropped() {
     assert_eq!(
         get(&gw, "sk-b", &format!("/v1/files/{err}")).await.0,
         StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn batch_files_are_bounded_by_lines_and_bytes_not_by_what_they_hold() {
+    let mock = Mock::start();
+    let gw = Gateway::start(&config(None, 16 << 20), &mock);
+    let short = |n: usize| {
+        json!({"custom_id": format!("{n}"), "method": "POST", "url": "/v1/embeddings", "body": {"model": "mini"}})
+            .to_string()
+    };
+    // One request too many: refused at the line past the limit.
+    let lines: Vec<String> = (0..50_001).map(short).collect();
+    let r = upload(&gw, "sk-a", "batch", lines.join("\n").into_bytes()).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("line 50001"), "{v}");
+    // A million blank lines hold no request.
+    let r = upload(&gw, "sk-a", "batch", vec![b'\n'; 1_000_000]).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // One huge line within the byte bound is a request like any other.
+    let huge = line(1, "mini").replace("\"hi\"", &format!("\"{}\"", "x".repeat(4 << 20)));
+    let r = upload(&gw, "sk-a", "batch", huge.into_bytes()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_file_whose_model_moved_to_another_provider_key_cannot_feed_a_batch() {
+    let mock = Mock::start();
+    let gw = Gateway::start(&config(None, 1 << 20), &mock);
+    let r = upload(&gw, "sk-a", "batch", line(1, "mini").into_bytes()).await;
+    let fid = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    // `mini` now lives at the other provider key.
+    let moved = config(None, 1 << 20).replace("{name: mini, provider_key: oa,", "{name: mini, provider_key: oa2,");
+    gw.write_config(&moved, &mock);
+    gw.signal("HUP");
+    assert!(wait_until_async(|| async { metric(&gw, r#"aigw_config_reloads_total{result="ok"}"#).await == 1.0 }).await);
+    let (s, v) = create_batch(&gw, "sk-a", &fid, json!({})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("no longer served"),
+        "{v}"
     );
 }

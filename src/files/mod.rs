@@ -148,6 +148,15 @@ fn derived_file_id(batch: &str, upstream: &str) -> String {
     format!("file-{}", &h.as_str()[..32])
 }
 
+/// The provider's id of the object it created.
+fn upstream_id(v: &Value, what: &str) -> Result<String, GwError> {
+    v["id"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| GwError::UpstreamError(format!("The provider's {what} has no id.")))
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -404,11 +413,7 @@ impl Files {
         let mut v = self
             .call_json(self.request(&provider, Method::POST, &["files"]).multipart(form), None)
             .await?;
-        let upstream = v["id"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| GwError::UpstreamError("The provider's file has no id.".into()))?
-            .to_owned();
+        let upstream = upstream_id(&v, "file")?;
         let id = new_id("file-");
         v["id"] = json!(id);
         let rec = Record {
@@ -516,11 +521,7 @@ impl Files {
         let v = self
             .call_json(self.request(p, Method::POST, &["batches"]).json(&req), None)
             .await?;
-        let upstream = v["id"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| GwError::UpstreamError("The provider's batch has no id.".into()))?
-            .to_owned();
+        let upstream = upstream_id(&v, "batch")?;
         let id = new_id("batch_");
         let rec = Record {
             kind: Kind::Batch,

@@ -17,13 +17,7 @@ pub fn upstream_path(p: &Provider, endpoint: Endpoint, upstream_model: &str) -> 
     let base = p.base.path.as_str();
     match p.kind {
         ProviderKind::Azure => {
-            // Azure's SDKs take the resource endpoint; deployments live under /openai.
-            let prefix = if base.ends_with("/openai") {
-                base.to_owned()
-            } else {
-                format!("{base}/openai")
-            };
-            let version = utf8_percent_encode(p.api_version.as_deref().unwrap_or_default(), UNRESERVED);
+            let (prefix, version) = azure_prefix(p);
             // The Responses API is not per deployment: the deployment is the body's model.
             if endpoint == Endpoint::Responses {
                 return format!("{prefix}/responses?api-version={version}");
@@ -32,11 +26,24 @@ pub fn upstream_path(p: &Provider, endpoint: Endpoint, upstream_model: &str) -> 
                 "{prefix}/deployments/{}{}?api-version={}",
                 utf8_percent_encode(upstream_model, UNRESERVED),
                 endpoint.suffix(),
-                utf8_percent_encode(p.api_version.as_deref().unwrap_or_default(), UNRESERVED),
+                version,
             )
         }
         _ => format!("{base}{}", endpoint.suffix()),
     }
+}
+
+/// Azure's path prefix and `api-version`: its SDKs take the resource endpoint, and the
+/// API lives under `/openai`.
+fn azure_prefix(p: &Provider) -> (String, String) {
+    let base = p.base.path.as_str();
+    let prefix = if base.ends_with("/openai") {
+        base.to_owned()
+    } else {
+        format!("{base}/openai")
+    };
+    let version = utf8_percent_encode(p.api_version.as_deref().unwrap_or_default(), UNRESERVED).to_string();
+    (prefix, version)
 }
 
 /// The URL of a resource of the provider's API that is not per model (`/files`,
@@ -51,12 +58,7 @@ pub fn resource_url(p: &Provider, segments: &[&str]) -> String {
         .collect();
     match p.kind {
         ProviderKind::Azure => {
-            let prefix = if base.ends_with("/openai") {
-                base.to_owned()
-            } else {
-                format!("{base}/openai")
-            };
-            let version = utf8_percent_encode(p.api_version.as_deref().unwrap_or_default(), UNRESERVED);
+            let (prefix, version) = azure_prefix(p);
             format!("{scheme}://{}{prefix}{path}?api-version={version}", p.base.authority)
         }
         _ => format!("{scheme}://{}{base}{path}", p.base.authority),

@@ -224,7 +224,19 @@ async fn a_batch_runs_end_to_end_in_one_instance() {
     let mock = Mock::start();
     let gw = Gateway::start(&config(None, 1 << 20), &mock);
     batch_lifecycle(&gw, &mock, &gw).await;
+    // Admitted like any request: in the access log with its owner, and in the metrics.
+    let lines = gw.access_lines_until(1, |l| l.contains(r#""path":"/v1/batches""#));
+    let l = lines.iter().find(|l| l.contains(r#""path":"/v1/batches""#)).unwrap();
+    assert!(
+        l.contains(r#""owner":"team-a""#) && l.contains(r#""status":200"#),
+        "{l}"
+    );
     let m = metrics(&gw).await;
+    assert!(
+        m.get(r#"aigw_requests_total{model="",owner="team-b",status="404"}"#)
+            .is_some(),
+        "{m:?}"
+    );
     assert_eq!(
         m.get(r#"aigw_cost_usd_total{model="mini",owner="team-a"}"#),
         Some(&10.0),

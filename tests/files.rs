@@ -385,3 +385,71 @@ async fn a_file_whose_model_moved_to_another_provider_key_cannot_feed_a_batch() 
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn azure_keeps_files_and_batches_under_openai_with_its_api_version() {
+    let mock = Mock::start();
+    let config = r#"
+{SERVER}
+provider_keys:
+  - {name: az, provider: azure, base_url: "{MOCK}", api_key: "{PROVIDER_KEY}", api_version: "2024-10-21"}
+models:
+  - {name: az-chat, provider_key: az, model: my-deployment}
+api_keys:
+  - {name: a, key: sk-a, owner: team-a}
+"#;
+    let gw = Gateway::start(config, &mock);
+    let r = upload(&gw, "sk-a", "batch", line(1, "az-chat").into_bytes()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let fid = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let up = mock.last_request();
+    assert_eq!(up["path"], "/openai/files?api-version=2024-10-21");
+    assert_eq!(up["headers"]["api-key"], PROVIDER_KEY);
+    assert!(up["headers"].get("authorization").is_none(), "{up}");
+    assert!(up["body"].as_str().unwrap().contains(r#""model":"my-deployment""#));
+    let (s, b) = create_batch(&gw, "sk-a", &fid, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = get(&gw, "sk-a", &format!("/v1/batches/{}", b["id"].as_str().unwrap())).await;
+    assert_eq!((s, &b["status"]), (StatusCode::OK, &json!("completed")), "{b}");
+    assert!(mock.last_request()["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("/content?api-version=2024-10-21"));
+}
+
+#[tokio::test]
+async fn a_batch_is_admitted_against_the_budget_and_its_charge_counts() {
+    let mock = Mock::start();
+    // $15 per batch of the lifecycle's two lines; the budget admits one batch.
+    let gw = Gateway::start(&config(None, 1 << 20).replace("usd: 100000", "usd: 12"), &mock);
+    let content = format!("{}\n{}\n", line(1, "mini"), line(2, "big"));
+    let fid = upload(&gw, "sk-a", "batch", content.into_bytes())
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, b) = create_batch(&gw, "sk-a", &fid, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        get(&gw, "sk-a", &format!("/v1/batches/{}", b["id"].as_str().unwrap()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (s, v) = create_batch(&gw, "sk-a2", &fid, json!({})).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["error"]["code"], "budget_exceeded");
+    // Another owner's budget is its own.
+    let fid_b = upload(&gw, "sk-b", "batch", line(1, "mini").into_bytes())
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(create_batch(&gw, "sk-b", &fid_b, json!({})).await.0, StatusCode::OK);
+}

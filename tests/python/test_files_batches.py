@@ -7,7 +7,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import CALLER_KEY
+from conftest import CALLER_KEY, jwt_token
 
 
 @pytest.fixture()
@@ -58,6 +58,11 @@ def test_files_and_a_batch_through_the_sdk(client, stranger):
     with pytest.raises(openai.NotFoundError):
         stranger.files.delete(f.id)
     assert f.id not in [x.id for x in stranger.files.list()]
+    # A JWT caller is an owner of its issuer's namespace: no match either.
+    sso = OpenAI(base_url=client.base_url, api_key=jwt_token("py", ["gpt-4o-mini"]), max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        sso.files.retrieve(f.id)
+    assert b.id not in [x.id for x in sso.batches.list()]
     assert b.id not in [x.id for x in stranger.batches.list()]
 
     assert client.files.delete(f.id).deleted

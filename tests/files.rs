@@ -65,6 +65,13 @@ async fn upload(gw: &Gateway, key: &str, purpose: &str, content: Vec<u8>) -> req
         .unwrap()
 }
 
+/// Uploads a file that must be accepted; its id.
+async fn upload_id(gw: &Gateway, key: &str, purpose: &str, content: Vec<u8>) -> String {
+    let r = upload(gw, key, purpose, content).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+}
+
 async fn call(
     gw: &Gateway,
     key: &str,
@@ -309,8 +316,7 @@ async fn batch_files_that_break_the_rules_are_refused_naming_the_line() {
     let r = upload(&gw, "sk-a", "bogus", b"notes".to_vec()).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // A non-batch file cannot feed a batch.
-    let r = upload(&gw, "sk-a", "assistants", b"notes".to_vec()).await;
-    let fid = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let fid = upload_id(&gw, "sk-a", "assistants", b"notes".to_vec()).await;
     let (s, _) = create_batch(&gw, "sk-a", &fid, json!({})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // No caller credential: 401 before anything.
@@ -322,8 +328,7 @@ async fn batch_files_that_break_the_rules_are_refused_naming_the_line() {
 async fn ids_the_provider_reports_are_mapped_or_dropped() {
     let mock = Mock::start();
     let gw = Gateway::start(&config(None, 1 << 20), &mock);
-    let r = upload(&gw, "sk-a", "batch", line(1, "mini").into_bytes()).await;
-    let fid = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let fid = upload_id(&gw, "sk-a", "batch", line(1, "mini").into_bytes()).await;
     let (_, b) = create_batch(&gw, "sk-a", &fid, json!({"mock": "foreign"})).await;
     let bid = b["id"].as_str().unwrap().to_owned();
     let (s, v) = get(&gw, "sk-a", &format!("/v1/batches/{bid}")).await;
@@ -370,8 +375,7 @@ async fn batch_files_are_bounded_by_lines_and_bytes_not_by_what_they_hold() {
 async fn a_file_whose_model_moved_to_another_provider_key_cannot_feed_a_batch() {
     let mock = Mock::start();
     let gw = Gateway::start(&config(None, 1 << 20), &mock);
-    let r = upload(&gw, "sk-a", "batch", line(1, "mini").into_bytes()).await;
-    let fid = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let fid = upload_id(&gw, "sk-a", "batch", line(1, "mini").into_bytes()).await;
     // `mini` now lives at the other provider key.
     let moved = config(None, 1 << 20).replace("{name: mini, provider_key: oa,", "{name: mini, provider_key: oa2,");
     gw.write_config(&moved, &mock);
@@ -398,9 +402,7 @@ api_keys:
   - {name: a, key: sk-a, owner: team-a}
 "#;
     let gw = Gateway::start(config, &mock);
-    let r = upload(&gw, "sk-a", "batch", line(1, "az-chat").into_bytes()).await;
-    assert_eq!(r.status(), StatusCode::OK);
-    let fid = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let fid = upload_id(&gw, "sk-a", "batch", line(1, "az-chat").into_bytes()).await;
     let up = mock.last_request();
     assert_eq!(up["path"], "/openai/files?api-version=2024-10-21");
     assert_eq!(up["headers"]["api-key"], PROVIDER_KEY);
@@ -422,14 +424,7 @@ async fn a_batch_is_admitted_against_the_budget_and_its_charge_counts() {
     // $15 per batch of the lifecycle's two lines; the budget admits one batch.
     let gw = Gateway::start(&config(None, 1 << 20).replace("usd: 100000", "usd: 12"), &mock);
     let content = format!("{}\n{}\n", line(1, "mini"), line(2, "big"));
-    let fid = upload(&gw, "sk-a", "batch", content.into_bytes())
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let fid = upload_id(&gw, "sk-a", "batch", content.into_bytes()).await;
     let (s, b) = create_batch(&gw, "sk-a", &fid, json!({})).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(
@@ -442,13 +437,6 @@ async fn a_batch_is_admitted_against_the_budget_and_its_charge_counts() {
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert_eq!(v["error"]["code"], "budget_exceeded");
     // Another owner's budget is its own.
-    let fid_b = upload(&gw, "sk-b", "batch", line(1, "mini").into_bytes())
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let fid_b = upload_id(&gw, "sk-b", "batch", line(1, "mini").into_bytes()).await;
     assert_eq!(create_batch(&gw, "sk-b", &fid_b, json!({})).await.0, StatusCode::OK);
 }

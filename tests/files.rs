@@ -28,6 +28,8 @@ provider_keys:
   - {{name: an, provider: anthropic, base_url: "{{MOCK}}", api_key: "{{PROVIDER_KEY}}"}}
 budgets:
   - {{name: monthly, usd: 100000, period: month}}
+rate_limits:
+  - {{name: two, requests_per_minute: 2}}
 models:
   - {{name: mini, provider_key: oa, model: up-mini, pricing: {{input_per_mtok: 0, output_per_mtok: 1000000}}}}
   - {{name: big, provider_key: oa, model: up-big, pricing: {{input_per_mtok: 0, output_per_mtok: 1000000, batch_discount: 0.25}}}}
@@ -39,6 +41,7 @@ api_keys:
   - {{name: a-other, key: sk-a2, owner: team-a, budget: monthly, models: [mini, big]}}
   - {{name: b, key: sk-b, owner: team-b, budget: monthly, models: [mini, big]}}
   - {{name: both, key: sk-both, owner: team-c, models: [mini, other]}}
+  - {{name: limited, key: sk-limited, owner: team-d, models: [mini], rate_limit: two}}
 "#
     )
 }
@@ -319,6 +322,10 @@ async fn batch_files_that_break_the_rules_are_refused_naming_the_line() {
     let fid = upload_id(&gw, "sk-a", "assistants", b"notes".to_vec()).await;
     let (s, _) = create_batch(&gw, "sk-a", &fid, json!({})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    // The key's rate limits count these requests like any other.
+    for want in [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS] {
+        assert_eq!(get(&gw, "sk-limited", "/v1/batches").await.0, want);
+    }
     // No caller credential: 401 before anything.
     let r = client().get(format!("{}/v1/files", gw.url())).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);

@@ -295,8 +295,9 @@ async fn announce_body(session: &mut Session, limit: u64) -> Result<(), GwError>
     Ok(())
 }
 
-/// `/v1/files` and `/v1/batches`: the caller's rate limits, its body bounded like every
-/// other, then the files service answers (with the provider's credential).
+/// `/v1/files` and `/v1/batches`: the body bounded like every other, the caller's rate
+/// limits (in the SPEC's order), then the files service answers (with the provider's
+/// credential).
 async fn files(
     state: &Arc<AppState>,
     session: &mut Session,
@@ -305,8 +306,6 @@ async fn files(
     caller: &Arc<auth::ApiKeyEntry>,
     op: crate::files::Op,
 ) -> Result<(), GwError> {
-    let bindings: Vec<&Arc<_>> = caller.limits.iter().collect();
-    ctx.limits = state.limiter.admit(&bindings).await?;
     let body = if op.has_body() {
         let limit = snap.server.max_request_body_bytes;
         announce_body(session, limit).await?;
@@ -314,6 +313,8 @@ async fn files(
     } else {
         Bytes::new()
     };
+    let bindings: Vec<&Arc<_>> = caller.limits.iter().collect();
+    ctx.limits = state.limiter.admit(&bindings).await?;
     let env = crate::files::Env {
         snap,
         budgets: &state.budgets,

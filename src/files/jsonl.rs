@@ -21,6 +21,14 @@ pub const MAX_LINES: usize = 50_000;
 /// The endpoints a batch line may name (what OpenAI's batches serve and aigw passes).
 pub const LINE_URLS: [&str; 3] = ["/v1/chat/completions", "/v1/embeddings", "/v1/responses"];
 
+/// Whether a batch line's `url` (or a batch's `endpoint`) is one of [`LINE_URLS`]: as
+/// OpenAI writes it, or without `/v1` as Azure's batch examples do.
+pub fn line_url(url: &str) -> bool {
+    LINE_URLS
+        .iter()
+        .any(|u| *u == url || u.strip_prefix("/v1") == Some(url))
+}
+
 /// A checked batch file: its lines rewritten for the provider, the provider key they all
 /// go to, and each alias used with its upstream model.
 pub struct Checked {
@@ -83,7 +91,7 @@ pub fn check(snap: &Snapshot, caller: &ApiKeyEntry, content: &[u8]) -> Result<Ch
             return Err(bad(n, "'method' must be \"POST\""));
         }
         let url = obj.get("url").and_then(Value::as_str).unwrap_or_default();
-        if !LINE_URLS.contains(&url) {
+        if !line_url(url) {
             return Err(bad(n, format!("'url' must be one of {}", LINE_URLS.join(", "))));
         }
         let Some(body) = obj.get_mut("body").and_then(Value::as_object_mut) else {

@@ -490,7 +490,7 @@ impl Files {
             .ok_or_else(|| GwError::InvalidRequest("'input_file_id' must be a file id.".into()))?
             .to_owned();
         let endpoint = req["endpoint"].as_str().unwrap_or_default();
-        if !jsonl::LINE_URLS.contains(&endpoint) {
+        if !jsonl::line_url(endpoint) {
             return Err(GwError::InvalidRequest(format!(
                 "'endpoint' must be one of {}.",
                 jsonl::LINE_URLS.join(", ")
@@ -780,6 +780,13 @@ mod tests {
         assert_eq!(r(Method::GET, "/v1/files//content"), None);
         assert_eq!(r(Method::GET, "/v1/files/a/b/c"), None);
         assert_eq!(r(Method::GET, "/v1/chat/completions"), None);
+    }
+
+    #[test]
+    fn line_urls_are_openais_with_or_without_the_version() {
+        assert!(jsonl::line_url("/v1/chat/completions") && jsonl::line_url("/chat/completions"));
+        assert!(!jsonl::line_url("/v1/audio/speech") && !jsonl::line_url("/v2/chat/completions"));
+        assert!(!jsonl::line_url("") && !jsonl::line_url("/v1"));
     }
 
     #[test]

@@ -308,6 +308,18 @@ impl Budgets {
         })
     }
 
+    /// Adds a cost made outside a request (a batch that ended) to the owner's spend of
+    /// the current period, spent or not: the tokens were used.
+    pub async fn charge_to(&self, b: &Budget, owner: &str, now: DateTime<Utc>, usd: f64) {
+        let w = window(b.period, now);
+        let a = Admitted {
+            key: Self::key(b, owner, &w),
+            remaining_usd: 0.0,
+            ttl_s: w.ends.map(|e| (e - now).num_seconds().max(1) as u64),
+        };
+        self.charge(&a, usd).await;
+    }
+
     /// Adds a finished request's cost.
     pub async fn charge(&self, a: &Admitted, usd: f64) {
         let micro = to_micro(usd);

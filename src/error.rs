@@ -24,6 +24,12 @@ pub enum GwError {
     ModelNotFound(String),
     #[error("Unknown path: {0}")]
     NotFound(String),
+    /// A file or batch id that is not the caller's owner's (or not at all).
+    #[error("No such object: '{0}'.")]
+    NoSuchObject(String),
+    /// The store of file and batch ids (Redis) cannot answer.
+    #[error("The gateway's file and batch store is unavailable; retry shortly.")]
+    StoreUnavailable,
     #[error("Method {method} is not allowed on {path}; use {allow}.")]
     MethodNotAllowed {
         method: String,
@@ -75,12 +81,12 @@ impl GwError {
             Self::InvalidJson(_) | Self::InvalidRequest(_) | Self::ContentFilter { .. } => 400,
             Self::InvalidApiKey => 401,
             Self::ModelNotAllowed(_) => 403,
-            Self::ModelNotFound(_) | Self::NotFound(_) => 404,
+            Self::ModelNotFound(_) | Self::NotFound(_) | Self::NoSuchObject(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::RequestTooLarge { .. } => 413,
             Self::RateLimited(_) | Self::BudgetExceeded { .. } => 429,
             Self::UpstreamError(_) => 502,
-            Self::NoHealthyTarget { .. } => 503,
+            Self::NoHealthyTarget { .. } | Self::StoreUnavailable => 503,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
         }
@@ -94,7 +100,8 @@ impl GwError {
             Self::InvalidApiKey => "invalid_api_key",
             Self::ModelNotAllowed(_) => "model_not_allowed",
             Self::ModelNotFound(_) => "model_not_found",
-            Self::NotFound(_) => "not_found",
+            Self::NotFound(_) | Self::NoSuchObject(_) => "not_found",
+            Self::StoreUnavailable => "store_unavailable",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::RequestTooLarge { .. } => "request_too_large",
             Self::RateLimited(_) => "rate_limit_exceeded",
@@ -120,7 +127,7 @@ impl GwError {
         match self.status() {
             401 => "authentication_error",
             403 => "permission_error",
-            404 if matches!(self, Self::NotFound(_)) => "not_found_error",
+            404 if matches!(self, Self::NotFound(_) | Self::NoSuchObject(_)) => "not_found_error",
             400..=499 => "invalid_request_error",
             _ => "api_error",
         }

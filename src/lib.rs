@@ -9,6 +9,7 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod guard;
 pub mod limit;
 pub mod mcp;

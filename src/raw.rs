@@ -388,7 +388,13 @@ pub struct Pricing {
     /// reported it (`usage.seconds`).
     #[serde(default)]
     pub per_audio_minute: f64,
+    /// The share of the normal price a batch's tokens are charged at
+    /// ([`DEFAULT_BATCH_DISCOUNT`] when left out).
+    pub batch_discount: Option<f64>,
 }
+
+/// `pricing.batch_discount` when left out: OpenAI's batch price is half the normal one.
+pub const DEFAULT_BATCH_DISCOUNT: f64 = 0.5;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

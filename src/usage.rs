@@ -381,6 +381,12 @@ impl Usage {
         })
     }
 
+    /// What these tokens cost run in a batch: the normal price times the model's
+    /// `pricing.batch_discount`.
+    pub fn batch_cost_usd(&self, p: &Pricing) -> f64 {
+        self.cost_usd(p) * p.batch_discount.unwrap_or(crate::raw::DEFAULT_BATCH_DISCOUNT)
+    }
+
     /// What these tokens cost in USD: uncached input at the input price, cache reads and
     /// writes at theirs (the input price when the model's pricing names none), output
     /// (reasoning included, once) at the output price; images and audio minutes at theirs.
@@ -473,6 +479,7 @@ mod tests {
             cache_write_per_mtok: Some(3.75),
             per_image: 0.04,
             per_audio_minute: 0.006,
+            batch_discount: None,
         };
         let u = Usage {
             input_tokens: 1_000_000,
@@ -492,6 +499,13 @@ mod tests {
             ..p
         };
         assert!((u.cost_usd(&plain) - (3.0 + 1.5)).abs() < 1e-9);
+        // A batch costs half by default, or the model's own share.
+        assert!((u.batch_cost_usd(&plain) - (3.0 + 1.5) / 2.0).abs() < 1e-9);
+        let quarter = Pricing {
+            batch_discount: Some(0.25),
+            ..plain
+        };
+        assert!((u.batch_cost_usd(&quarter) - (3.0 + 1.5) / 4.0).abs() < 1e-9);
         // Images and audio minutes at their own prices, beside any tokens.
         let media = Usage {
             images: 3,
@@ -625,6 +639,7 @@ mod tests {
                 cache_write_per_mtok: None,
                 per_image: 1.0,
                 per_audio_minute: 1.0,
+                batch_discount: None,
             })
             .is_finite());
         let p = Usage::from_parts(

@@ -103,3 +103,22 @@ api_keys:
         "mcp-secret-value",
     );
 }
+
+#[test]
+fn a_batch_discount_is_a_share_of_the_price() {
+    common::assert_config_errors(
+        r#"version: 1
+provider_keys:
+  - {name: oa, provider: openai, api_key: "sk-provider-secret"}
+models:
+  - {name: a, provider_key: oa, pricing: {input_per_mtok: 1, batch_discount: 1.5}}
+  - {name: b, provider_key: oa, pricing: {input_per_mtok: 1, batch_discount: -0.1}}
+  - {name: c, provider_key: oa, pricing: {input_per_mtok: 1, batch_discount: 0.5}}
+"#,
+        &[
+            "models[0].pricing.batch_discount: must be a share of the normal price, from 0 to 1",
+            "models[1].pricing.batch_discount: must be a share of the normal price, from 0 to 1",
+        ],
+        "sk-provider-secret",
+    );
+}

@@ -1,5 +1,5 @@
 //! No key ever leaks: a mixed run through every feature (proxying, streams, both dialects,
-//! Gemini translation, failover, errors, limits, guardrails, cache, traces, a failed reload), then every
+//! Gemini translation, failover, errors, limits, guardrails, cache, traces, files and batches, a failed reload), then every
 //! response body and header, every access and process log line, `/metrics` and every
 //! exported span are searched for the provider keys and the caller keys used.
 #![allow(clippy::unwrap_used)]
@@ -130,10 +130,30 @@ async fn no_key_appears_in_any_output() {
         &mut seen,
     )
     .await;
+    // Files and batches: the gateway's own calls to the provider, a batch charged.
+    let line = json!({"custom_id": "1", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}});
+    let form = reqwest::multipart::Form::new().text("purpose", "batch").part(
+        "file",
+        reqwest::multipart::Part::bytes(line.to_string().into_bytes()).file_name("b.jsonl"),
+    );
+    let r = client()
+        .post(format!("{}/v1/files", gw.url()))
+        .bearer_auth(CALLER_KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    seen.push_str(&format!("{:?}\n", r.headers()));
+    let file: Value = r.json().await.unwrap();
+    seen.push_str(&file.to_string());
+    let batch = json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"});
+    call(&gw, "/v1/batches", CALLER_KEY, &batch, &mut seen).await;
     // A guardrail refusal of a prompt that carries a caller key and a provider key.
     let leaky = json!({"model": "chat", "messages": [{"role": "user", "content": format!("{CALLER_KEY} {SECOND_PROVIDER_KEY}")}]});
     call(&gw, "/v1/chat/completions", CALLER_KEY, &leaky, &mut seen).await;
-    for path in ["/v1/models", "/v1/models/chat", "/v1/nope"] {
+    // Listing batches completes the one above (the mock's) and charges it.
+    for path in ["/v1/batches", "/v1/files", "/v1/models", "/v1/models/chat", "/v1/nope"] {
         let r = client()
             .get(format!("{}{path}", gw.url()))
             .bearer_auth(CALLER_KEY)
@@ -143,6 +163,7 @@ async fn no_key_appears_in_any_output() {
         seen.push_str(&format!("{:?}\n", r.headers()));
         seen.push_str(&r.text().await.unwrap());
     }
+    assert!(seen.contains("\"completed\""), "the run completed a batch");
     // A reload that fails on a config holding a new key: the error must not echo it.
     let broken = config(&rx.endpoint()).replace(
         "api_keys:\n",

@@ -14,6 +14,7 @@
 //! MCP server, honest or hostile as its URL asks (see `mcp`).
 
 mod bedrock;
+mod files;
 mod google;
 mod idp;
 mod mcp;
@@ -204,6 +205,8 @@ struct Mock {
     idp: Option<idp::Idp>,
     /// Anthropic's and Bedrock's prompt cache.
     prompt_cache: prompt_cache::PromptCache,
+    /// OpenAI's Files and Batches.
+    files: files::Files,
 }
 
 const WORDS: [&str; 8] = ["Hello", "from", "the", "aigw", "mock", "upstream", "model", "today."];
@@ -707,6 +710,11 @@ impl Mock {
         }
         if api == Api::Anthropic && !parts.headers.contains_key("anthropic-version") {
             return error_in(api, 400, "anthropic-version header is required", None);
+        }
+        if api == Api::OpenAi {
+            if let Some(r) = self.files.answer(&parts.method, &path, &parts.headers, &body).await {
+                return r;
+            }
         }
         if parts.method == http::Method::GET && path.ends_with("/models") {
             return full(

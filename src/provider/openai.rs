@@ -17,13 +17,7 @@ pub fn upstream_path(p: &Provider, endpoint: Endpoint, upstream_model: &str) -> 
     let base = p.base.path.as_str();
     match p.kind {
         ProviderKind::Azure => {
-            // Azure's SDKs take the resource endpoint; deployments live under /openai.
-            let prefix = if base.ends_with("/openai") {
-                base.to_owned()
-            } else {
-                format!("{base}/openai")
-            };
-            let version = utf8_percent_encode(p.api_version.as_deref().unwrap_or_default(), UNRESERVED);
+            let (prefix, version) = azure_prefix(p);
             // The Responses API is not per deployment: the deployment is the body's model.
             if endpoint == Endpoint::Responses {
                 return format!("{prefix}/responses?api-version={version}");
@@ -32,11 +26,52 @@ pub fn upstream_path(p: &Provider, endpoint: Endpoint, upstream_model: &str) -> 
                 "{prefix}/deployments/{}{}?api-version={}",
                 utf8_percent_encode(upstream_model, UNRESERVED),
                 endpoint.suffix(),
-                utf8_percent_encode(p.api_version.as_deref().unwrap_or_default(), UNRESERVED),
+                version,
             )
         }
         _ => format!("{base}{}", endpoint.suffix()),
     }
+}
+
+/// Azure's path prefix and `api-version`: its SDKs take the resource endpoint, and the
+/// API lives under `/openai`.
+fn azure_prefix(p: &Provider) -> (String, String) {
+    let base = p.base.path.as_str();
+    let prefix = if base.ends_with("/openai") {
+        base.to_owned()
+    } else {
+        format!("{base}/openai")
+    };
+    let version = utf8_percent_encode(p.api_version.as_deref().unwrap_or_default(), UNRESERVED).to_string();
+    (prefix, version)
+}
+
+/// The URL of a resource of the provider's API that is not per model (`/files`,
+/// `/batches`): each segment percent-encoded (provider ids included), Azure's under
+/// `/openai` with its `api-version`.
+pub fn resource_url(p: &Provider, segments: &[&str]) -> String {
+    let scheme = if p.base.tls { "https" } else { "http" };
+    let base = p.base.path.as_str();
+    let path: String = segments
+        .iter()
+        .map(|s| format!("/{}", utf8_percent_encode(s, UNRESERVED)))
+        .collect();
+    match p.kind {
+        ProviderKind::Azure => {
+            let (prefix, version) = azure_prefix(p);
+            format!("{scheme}://{}{prefix}{path}?api-version={version}", p.base.authority)
+        }
+        _ => format!("{scheme}://{}{base}{path}", p.base.authority),
+    }
+}
+
+/// The header that carries the provider's credential, when it has one.
+pub fn credential(p: &Provider) -> Option<(&'static str, String)> {
+    let key = p.api_key.as_ref()?;
+    Some(match p.kind {
+        ProviderKind::Azure => ("api-key", key.expose().to_owned()),
+        _ => ("authorization", format!("Bearer {}", key.expose())),
+    })
 }
 
 /// Puts the provider's credential and extra headers on the upstream request. The caller's
@@ -45,11 +80,8 @@ pub fn apply_credentials(p: &Provider, req: &mut RequestHeader) -> pingora::Resu
     for (name, value) in &p.headers {
         req.insert_header(name.clone(), value.clone())?;
     }
-    if let Some(key) = &p.api_key {
-        match p.kind {
-            ProviderKind::Azure => req.insert_header("api-key", key.expose())?,
-            _ => req.insert_header("authorization", format!("Bearer {}", key.expose()))?,
-        }
+    if let Some((name, value)) = credential(p) {
+        req.insert_header(name, value)?;
     }
     Ok(())
 }

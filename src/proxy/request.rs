@@ -49,6 +49,8 @@ enum Route {
         alias: String,
         stream: bool,
     },
+    /// `/v1/files` and `/v1/batches`, which the gateway answers itself (`files`).
+    Files(crate::files::Op),
 }
 
 /// Whether a path is Gemini's API (`/v1beta/...`, or `/v1/models/{alias}:{method}`): its
@@ -159,7 +161,10 @@ fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, GwEr
             (_, Some(server)) if !server.is_empty() && !server.contains('/') => {
                 (Route::Mcp(Some(server.to_owned())), "POST, GET, DELETE")
             }
-            _ => return Err(GwError::NotFound(path.to_owned())),
+            _ => match crate::files::route(method, p) {
+                Some(op) => return op.map(Route::Files),
+                None => return Err(GwError::NotFound(path.to_owned())),
+            },
         },
     };
     let ok = match allow {
@@ -290,6 +295,10 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
             .await;
             return Ok(Admission::Answered);
         }
+        Route::Files(op) => {
+            files(state, session, ctx, &snap, &caller, op).await?;
+            return Ok(Admission::Answered);
+        }
         Route::GetModel(id) => {
             // A model this key may not use is as absent as an unknown one.
             if !snap.models.contains_key(&id) || !caller.allows(&id) {
@@ -302,26 +311,7 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     ctx.endpoint = Some(endpoint);
 
     let limit = snap.server.max_request_body_bytes;
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(GwError::RequestTooLarge { limit });
-    }
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
-        session
-            .write_continue_response()
-            .await
-            .map_err(|_| GwError::InvalidRequest("The connection failed.".into()))?;
-    }
+    announce_body(session, limit).await?;
     let body = read_body(session, limit, snap.server.client_body_timeout).await?;
     // An upload endpoint takes a form and nothing else (checked once the body is read, so
     // the refusal is not a reset under a caller still uploading).
@@ -469,6 +459,108 @@ fn guard_form(
         .map(|(t, m)| (t.span.clone(), std::borrow::Cow::Owned(m.into_bytes())))
         .collect();
     Ok(Some(body::splice(body, edits)))
+}
+
+/// Rejects a body that declares more than `limit` bytes before any of it is read, and
+/// tells a client that waits for it (`Expect: 100-continue`) to send it.
+async fn announce_body(session: &mut Session, limit: u64) -> Result<(), GwError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(GwError::RequestTooLarge { limit });
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|_| GwError::InvalidRequest("The connection failed.".into()))?;
+    }
+    Ok(())
+}
+
+/// `/v1/files` and `/v1/batches`: the body bounded like every other, the caller's rate
+/// limits (in the SPEC's order), then the files service answers (with the provider's
+/// credential).
+async fn files(
+    state: &Arc<AppState>,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    snap: &Arc<Snapshot>,
+    caller: &Arc<auth::ApiKeyEntry>,
+    op: crate::files::Op,
+) -> Result<(), GwError> {
+    let body = if op.has_body() {
+        let limit = snap.server.max_request_body_bytes;
+        announce_body(session, limit).await?;
+        read_body(session, limit, snap.server.client_body_timeout).await?
+    } else {
+        Bytes::new()
+    };
+    let bindings: Vec<&Arc<_>> = caller.limits.iter().collect();
+    ctx.limits = state.limiter.admit(&bindings).await?;
+    let env = crate::files::Env {
+        snap,
+        budgets: &state.budgets,
+        metrics: &state.metrics,
+    };
+    let req = session.req_header();
+    let call = crate::files::Call {
+        caller,
+        headers: &req.headers,
+        query: req.uri.query(),
+        body,
+    };
+    match state.files.handle(&env, call, op).await? {
+        crate::files::Reply::Json(v) => answer_json(session, ctx, v).await,
+        crate::files::Reply::Content {
+            content_type,
+            length,
+            mut body,
+        } => {
+            let write = async {
+                let mut resp = ResponseHeader::build(200, Some(6))?;
+                resp.insert_header("content-type", content_type.as_str())?;
+                match length {
+                    Some(n) => resp.insert_header("content-length", n.to_string())?,
+                    None => resp.insert_header("transfer-encoding", "chunked")?,
+                }
+                resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+                let head_only = session.req_header().method == Method::HEAD;
+                session.write_response_header(Box::new(resp), head_only).await?;
+                if head_only {
+                    return Ok(());
+                }
+                // Streamed as it arrives: a large output file is never held whole.
+                loop {
+                    match body.chunk().await {
+                        Ok(Some(c)) => session.write_response_body(Some(c), false).await?,
+                        Ok(None) => break,
+                        Err(e) => {
+                            return Err(pingora::Error::explain(
+                                pingora::ErrorType::ReadError,
+                                format!("file content from the provider broke off: {}", e.without_url()),
+                            ))
+                        }
+                    }
+                }
+                session.write_response_body(None, true).await?;
+                Ok::<(), Box<pingora::Error>>(())
+            };
+            if let Err(e) = write.await {
+                tracing::debug!(error = %e, "could not stream a file's content");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Starts the next upstream attempt: picks the target (failover order, cooling targets

@@ -42,6 +42,8 @@ pub struct AppState {
     pub caches: Caches,
     /// Spend per owner and budget period.
     pub budgets: Budgets,
+    /// File and batch ids, and the HTTP client that calls providers for them.
+    pub files: crate::files::Files,
     /// Callers' MCP sessions, and through them their sessions with each MCP server.
     pub mcp_sessions: crate::mcp::Sessions,
     /// The OTLP span export, when `observability.otlp` was set at start.
@@ -136,6 +138,7 @@ impl AppState {
             limit_cells,
             limiter: Limiter::new(limit_store, metrics.clone()),
             caches: Caches::new(redis.clone()),
+            files: crate::files::Files::new(redis.clone()).map_err(|e| vec![ConfigError::new("server", e)])?,
             budgets: Budgets::new(redis, metrics.clone()),
             mcp_sessions: crate::mcp::Sessions::default(),
             traces,

@@ -77,6 +77,12 @@ pub(super) fn compile_models(
             if prices.into_iter().flatten().any(|p| !(p >= 0.0 && p.is_finite())) {
                 errs.push(format!("{path}.pricing"), "prices must be zero or positive numbers");
             }
+            if pr.batch_discount.is_some_and(|d| !(0.0..=1.0).contains(&d)) {
+                errs.push(
+                    format!("{path}.pricing.batch_discount"),
+                    "must be a share of the normal price, from 0 to 1",
+                );
+            }
         }
         let route = if let Some(r) = &m.routing {
             compile_routing(&path, r, &targets, refs, errs).map(ModelRoute::Multi)

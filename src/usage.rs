@@ -158,7 +158,10 @@ impl RawUsage {
         };
         let n = |k: &str| Count::read(o.get(k));
         let details = |a: &str, b: &str| o.get(a).filter(|d| !d.is_null()).or(o.get(b));
-        let prompt = details("prompt_tokens_details", "input_tokens_details");
+        // The Realtime API's `response.usage` says `input_token_details`.
+        let prompt = details("prompt_tokens_details", "input_tokens_details")
+            .filter(|d| !d.is_null())
+            .or(o.get("input_token_details"));
         let completion = details("completion_tokens_details", "output_tokens_details");
         let sub = |d: Option<&Value>, k: &str| Count::read(d.and_then(|d| d.get(k)));
         Self {
@@ -315,6 +318,19 @@ impl Usage {
         };
         u.clamp();
         u
+    }
+
+    /// Adds another report's counts (a realtime session's responses, one by one).
+    pub fn add(&mut self, o: &Usage) {
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
+        self.cache_read_tokens = self.cache_read_tokens.saturating_add(o.cache_read_tokens);
+        self.cache_write_tokens = self.cache_write_tokens.saturating_add(o.cache_write_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(o.reasoning_tokens);
+        self.images = self.images.saturating_add(o.images);
+        self.audio_ms = self.audio_ms.saturating_add(o.audio_ms);
+        self.input_unread |= o.input_unread;
+        self.output_unread |= o.output_unread;
     }
 
     /// Whether a count could not be read and is to be estimated.

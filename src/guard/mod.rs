@@ -180,6 +180,35 @@ fn scan_text(guards: &[Arc<Guardrail>], text: &str, hits: &mut Vec<Hit>) -> Text
     }
 }
 
+/// One text of a message relayed as it comes (a realtime session's event): `Err` names
+/// the guardrail that blocks it, `Ok(Some(..))` is the text masked, `Ok(None)` clean.
+pub fn check_text(guards: &[Arc<Guardrail>], text: &str, hits: &mut Vec<Hit>) -> Result<Option<String>, Arc<str>> {
+    match scan_text(guards, text, hits) {
+        TextVerdict::Clean => Ok(None),
+        TextVerdict::Blocked(name) => Err(name),
+        TextVerdict::Masked(m) => Ok(Some(m)),
+    }
+}
+
+/// Text already partly delivered (a realtime session's streamed output, scanned whole
+/// at each piece): nothing sent can be masked any more, so a guardrail that would mask
+/// refuses it like one that blocks. `Err` names the guardrail.
+pub fn check_delivered(guards: &[Arc<Guardrail>], text: &str, hits: &mut Vec<Hit>) -> Result<(), Arc<str>> {
+    let mut found = Vec::new();
+    for g in guards {
+        found.clear();
+        g.matcher.find(text, 0, &mut found);
+        if found.is_empty() {
+            continue;
+        }
+        record(hits, g);
+        if g.action != Action::Monitor {
+            return Err(g.name.clone());
+        }
+    }
+    Ok(())
+}
+
 /// `text[from..to]` with every masked range replaced by `[REDACTED:<label>]`; overlapping
 /// ranges merge into one (labelled by the first).
 pub fn apply_masks(text: &str, from: usize, to: usize, mut masks: Vec<Found>) -> String {

@@ -24,6 +24,13 @@ pub fn upstream_path(p: &Provider, endpoint: Endpoint, upstream_model: &str) -> 
                 format!("{base}/openai")
             };
             let version = utf8_percent_encode(p.api_version.as_deref().unwrap_or_default(), UNRESERVED);
+            // Realtime names the deployment in the query, not the path.
+            if endpoint == Endpoint::Realtime {
+                return format!(
+                    "{prefix}/realtime?api-version={version}&deployment={}",
+                    utf8_percent_encode(upstream_model, UNRESERVED)
+                );
+            }
             // The Responses API is not per deployment: the deployment is the body's model.
             if endpoint == Endpoint::Responses {
                 return format!("{prefix}/responses?api-version={version}");
@@ -33,6 +40,13 @@ pub fn upstream_path(p: &Provider, endpoint: Endpoint, upstream_model: &str) -> 
                 utf8_percent_encode(upstream_model, UNRESERVED),
                 endpoint.suffix(),
                 utf8_percent_encode(p.api_version.as_deref().unwrap_or_default(), UNRESERVED),
+            )
+        }
+        // Realtime names the model in the query: the WebSocket's request has no body.
+        _ if endpoint == Endpoint::Realtime => {
+            format!(
+                "{base}/realtime?model={}",
+                utf8_percent_encode(upstream_model, UNRESERVED)
             )
         }
         _ => format!("{base}{}", endpoint.suffix()),

@@ -61,6 +61,8 @@ async fn open(gw: &Gateway, model: &str, auth: Auth<'_>) -> Result<(Ws, http::Re
     let url = format!("{}/v1/realtime?model={model}", gw.url().replace("http://", "ws://"));
     let mut req = url.into_client_request().unwrap();
     let h = req.headers_mut();
+    // The beta protocol's opt-in, which the gateway passes on: its event names.
+    h.insert("openai-beta", "realtime=v1".parse().unwrap());
     match auth {
         Auth::Header(k) => {
             h.insert("authorization", format!("Bearer {k}").parse().unwrap());
@@ -170,6 +172,7 @@ async fn a_text_session_is_relayed_both_ways_and_charged_as_each_response_is_don
     assert_eq!(up["method"], "GET");
     assert_eq!(up["path"], "/v1/realtime?model=gpt-realtime");
     assert_eq!(up["headers"]["authorization"], format!("Bearer {PROVIDER_KEY}"));
+    assert_eq!(up["headers"]["openai-beta"], "realtime=v1");
     assert!(!up.to_string().contains(CALLER_KEY), "{up}");
 
     // The caller's close frame reaches the provider, and the closing handshake completes.
@@ -328,6 +331,28 @@ async fn an_idle_session_is_closed() {
     assert_eq!(close["close"], 1000);
     assert_eq!(close["reason"], "idle timeout");
     assert!(wait_until_async(|| async { realtime_closed(&mock).await == 1 }).await);
+}
+
+#[tokio::test]
+async fn a_busy_session_still_ends_at_its_time_limit() {
+    let mock = Mock::start();
+    let config = CONFIG
+        .replace("IDLE", "30")
+        .replace("max_session_s: 60", "max_session_s: 1");
+    let gw = Gateway::start(&config, &mock);
+    let mut ws = session(&gw, "rt").await;
+    // Activity does not extend it: events keep flowing until the limit cuts in.
+    let close = loop {
+        say(&mut ws, "busy").await;
+        let e = event(&mut ws).await;
+        if e["type"] == "error" {
+            assert!(e["error"]["message"].as_str().unwrap().contains("longest"), "{e}");
+            break event(&mut ws).await;
+        }
+        assert_eq!(e["type"], "conversation.item.created");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(close["reason"], "session time limit");
 }
 
 #[tokio::test]

@@ -1,8 +1,10 @@
 //! OpenAI's Realtime API, as the mock serves it: `GET /v1/realtime?model=` (Azure:
 //! `/openai/realtime?deployment=`) upgraded to a WebSocket. It sends `session.created`,
 //! acknowledges `session.update` and `conversation.item.create`, and answers each
-//! `response.create` with the last item's text (or `say=`'s) as `response.text.delta`
-//! events, one per word, then `response.done` with usage in the Realtime API's shape.
+//! `response.create` with the last item's text (or `say=`'s) as text deltas, one per
+//! word (`response.text.delta` for a client of the beta protocol, `OpenAI-Beta:
+//! realtime=v1`; `response.output_text.delta` for the GA's), then `response.done` with
+//! usage in the Realtime API's shape.
 //!
 //! Scripted by the model id's directives ([`Script`]): `drop_after=N` cuts the TCP
 //! connection without a close frame after N events sent; `say=TEXT` is the reply text
@@ -46,13 +48,19 @@ pub fn answer(mut req: Request<Incoming>, authorized: bool, closed: Arc<AtomicU6
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
     let script = Script::parse(&model);
+    // OpenAI names its events by the protocol the client opted into: the beta's
+    // (`OpenAI-Beta: realtime=v1`) or the GA's.
+    let beta = req
+        .headers()
+        .get("openai-beta")
+        .is_some_and(|v| v.as_bytes().starts_with(b"realtime"));
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(io) = upgrade.await else {
             return;
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
-        session(ws, &model, &script, &closed).await;
+        session(ws, &model, &script, beta, &closed).await;
     });
     let mut r = bytes_response(StatusCode::SWITCHING_PROTOCOLS, "text/plain", bytes::Bytes::new());
     r.headers_mut().remove(http::header::CONTENT_TYPE);
@@ -66,7 +74,7 @@ pub fn answer(mut req: Request<Incoming>, authorized: bool, closed: Arc<AtomicU6
 }
 
 /// One session: events in, events out, until the client closes or the script drops it.
-async fn session<S>(mut ws: WebSocketStream<S>, model: &str, script: &Script, closed: &AtomicU64)
+async fn session<S>(mut ws: WebSocketStream<S>, model: &str, script: &Script, beta: bool, closed: &AtomicU64)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -131,6 +139,10 @@ where
                     None => last_text.clone(),
                 };
                 let (response, item) = (id("resp"), id("item"));
+                let (delta, done) = match beta {
+                    true => ("response.text.delta", "response.text.done"),
+                    false => ("response.output_text.delta", "response.output_text.done"),
+                };
                 emit!(json!({"type": "response.created", "event_id": id("event"),
                     "response": {"id": response, "object": "realtime.response", "status": "in_progress", "output": []}}));
                 // One delta per word; `|` splits a word over two deltas.
@@ -141,15 +153,11 @@ where
                     if script.chunk_delay_ms > 0 {
                         tokio::time::sleep(Duration::from_millis(script.chunk_delay_ms)).await;
                     }
-                    emit!(
-                        json!({"type": "response.text.delta", "event_id": id("event"), "response_id": response,
-                        "item_id": item, "output_index": 0, "content_index": 0, "delta": w})
-                    );
+                    emit!(json!({"type": delta, "event_id": id("event"), "response_id": response,
+                        "item_id": item, "output_index": 0, "content_index": 0, "delta": w}));
                 }
-                emit!(
-                    json!({"type": "response.text.done", "event_id": id("event"), "response_id": response,
-                    "item_id": item, "output_index": 0, "content_index": 0, "text": reply})
-                );
+                emit!(json!({"type": done, "event_id": id("event"), "response_id": response,
+                    "item_id": item, "output_index": 0, "content_index": 0, "text": reply}));
                 let input = last_text.split_whitespace().count().max(1) as u64;
                 let output = words.len().max(1) as u64;
                 emit!(json!({"type": "response.done", "event_id": id("event"), "response": {

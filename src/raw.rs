@@ -415,6 +415,12 @@ pub struct Pricing {
     /// reported it (`usage.seconds`).
     #[serde(default)]
     pub per_audio_minute: f64,
+    /// Audio input tokens (the Realtime API's and audio chat models'
+    /// `input_token_details.audio_tokens`); the input price when left out.
+    pub audio_input_per_mtok: Option<f64>,
+    /// Audio output tokens (`output_token_details.audio_tokens`); the output price when
+    /// left out.
+    pub audio_output_per_mtok: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

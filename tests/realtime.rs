@@ -34,8 +34,9 @@ budgets:
   - {name: rt-budget, usd: 1000, period: day}
 guardrails:
   - {name: no-falcon, rules: [{kind: keyword, words: [falcon]}]}
+  - {name: pii-in, pack: filters/pii.yaml, stage: request, action: mask}
 models:
-  - {name: rt, provider_key: oa, model: gpt-realtime, guardrails: [no-falcon],
+  - {name: rt, provider_key: oa, model: gpt-realtime, guardrails: [no-falcon, pii-in],
      pricing: {input_per_mtok: 1000000, output_per_mtok: 2000000}}
   - {name: rt-says, provider_key: oa, model: "gpt-realtime?say=the+fal|con+flies", guardrails: [no-falcon]}
   - {name: rt-drop, provider_key: oa, model: "gpt-realtime?drop_after=1"}
@@ -270,6 +271,46 @@ async fn a_guardrail_block_in_input_ends_the_session_with_1008_and_closes_upstre
     assert_eq!(e["error"]["code"], "content_filter");
     assert_eq!(event(&mut ws).await["close"], 1008);
     assert!(wait_until_async(|| async { realtime_closed(&mock).await == 1 }).await);
+}
+
+#[tokio::test]
+async fn session_instructions_are_guarded_and_input_is_masked_before_the_provider_reads_it() {
+    let mock = Mock::start();
+    let gw = start(&mock);
+    // Masked in the item, so the provider's echo carries the mask, not the address.
+    let mut ws = session(&gw, "rt").await;
+    say(&mut ws, "mail me at jane.doe@example.com").await;
+    let created = event(&mut ws).await;
+    let text = created["item"]["content"][0]["text"].as_str().unwrap().to_owned();
+    assert!(
+        !text.contains("jane.doe@example.com") && text.contains("REDACTED"),
+        "{created}"
+    );
+    ask(&mut ws).await;
+    assert!(!deltas(&response(&mut ws).await).contains("example.com"));
+    ws.close(None).await.unwrap();
+    // Instructions are text the model reads: a banned word there ends the session.
+    let mut ws = session(&gw, "rt").await;
+    let update = json!({"type": "session.update", "session": {"instructions": "you are a falcon"}});
+    ws.send(Message::text(update.to_string())).await.unwrap();
+    assert_eq!(event(&mut ws).await["error"]["code"], "content_filter");
+    assert_eq!(event(&mut ws).await["close"], 1008);
+}
+
+#[tokio::test]
+async fn an_http2_request_cannot_upgrade_and_is_told_so() {
+    let mock = Mock::start();
+    let gw = start(&mock);
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let r = h2
+        .get(format!("{}/v1/realtime?model=rt", gw.url()))
+        .bearer_auth(CALLER_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("HTTP/2"));
 }
 
 #[tokio::test]

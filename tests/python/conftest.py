@@ -110,8 +110,9 @@ guardrails:
   - {{name: py-codenames, rules: [{{kind: keyword, words: [falcon], whole_word: true}}], stage: response, action: block}}
   - {{name: py-secrets, pack: "{root}/filters/secrets.yaml", stage: request, action: block}}
 api_keys:
-  - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited, claude-mock, gemini-mock, vertex-gemini, vertex-claude, bedrock-nova, bedrock-claude, reasoner, long-context, instruct, moderation, image-model, whisper, tts, realtime, realtime-says]}}
-  - {{name: py-realtime-one, key: sk-py-realtime-one, rate_limit: one-at-once}}
+  - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited, claude-mock, gemini-mock, vertex-gemini, vertex-claude, bedrock-nova, bedrock-claude, reasoner, long-context, instruct, moderation, image-model, whisper, tts]}}
+  - {{name: py-realtime, key: sk-py-realtime, models: [realtime, realtime-says]}}
+  - {{name: py-realtime-one, key: sk-py-realtime-one, models: [realtime], rate_limit: one-at-once}}
   - {{name: py-openai-limited, key: sk-py-openai-limited, rate_limit: one-per-minute}}
   - {{name: py-anthropic-limited, key: sk-py-anthropic-limited, rate_limit: one-per-minute}}
   - {{name: py-guarded, key: sk-py-guarded, guardrails: [py-secrets]}}

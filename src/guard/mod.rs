@@ -150,10 +150,14 @@ enum TextVerdict {
     Masked(String),
 }
 
-/// Scans one text with every guardrail; hits are recorded.
-fn scan_text(guards: &[Arc<Guardrail>], text: &str, hits: &mut Vec<Hit>) -> TextVerdict {
-    let mut masks: Vec<Found> = Vec::new();
-    let mut blocked = None;
+/// Runs every guardrail over one text, in order; each that finds something is recorded
+/// as a hit and handed to `f` with what it found. `f` returning `false` stops the scan.
+fn each_match(
+    guards: &[Arc<Guardrail>],
+    text: &str,
+    hits: &mut Vec<Hit>,
+    mut f: impl FnMut(&Arc<Guardrail>, &mut Vec<Found>) -> bool,
+) {
     let mut found = Vec::new();
     for g in guards {
         found.clear();
@@ -162,14 +166,26 @@ fn scan_text(guards: &[Arc<Guardrail>], text: &str, hits: &mut Vec<Hit>) -> Text
             continue;
         }
         record(hits, g);
+        if !f(g, &mut found) {
+            return;
+        }
+    }
+}
+
+/// Scans one text with every guardrail; hits are recorded.
+fn scan_text(guards: &[Arc<Guardrail>], text: &str, hits: &mut Vec<Hit>) -> TextVerdict {
+    let mut masks: Vec<Found> = Vec::new();
+    let mut blocked = None;
+    each_match(guards, text, hits, |g, found| {
         match g.action {
             Action::Block => {
                 blocked.get_or_insert_with(|| g.name.clone());
             }
-            Action::Mask => masks.append(&mut found),
+            Action::Mask => masks.append(found),
             Action::Monitor => {}
         }
-    }
+        true
+    });
     if let Some(name) = blocked {
         return TextVerdict::Blocked(name);
     }
@@ -194,19 +210,14 @@ pub fn check_text(guards: &[Arc<Guardrail>], text: &str, hits: &mut Vec<Hit>) ->
 /// at each piece): nothing sent can be masked any more, so a guardrail that would mask
 /// refuses it like one that blocks. `Err` names the guardrail.
 pub fn check_delivered(guards: &[Arc<Guardrail>], text: &str, hits: &mut Vec<Hit>) -> Result<(), Arc<str>> {
-    let mut found = Vec::new();
-    for g in guards {
-        found.clear();
-        g.matcher.find(text, 0, &mut found);
-        if found.is_empty() {
-            continue;
-        }
-        record(hits, g);
+    let mut refused = None;
+    each_match(guards, text, hits, |g, _| {
         if g.action != Action::Monitor {
-            return Err(g.name.clone());
+            refused = Some(g.name.clone());
         }
-    }
-    Ok(())
+        refused.is_none()
+    });
+    refused.map_or(Ok(()), Err)
 }
 
 /// `text[from..to]` with every masked range replaced by `[REDACTED:<label>]`; overlapping

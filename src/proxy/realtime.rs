@@ -392,9 +392,7 @@ impl Relay<'_> {
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(frame))) => {
                         // The caller's close goes to the provider; the protocol answered it.
-                        let _ = tokio::time::timeout(CLOSE_WAIT, upstream.close(frame)).await;
-                        drain(&mut upstream).await;
-                        drain(&mut caller).await;
+                        pass_close(frame, &mut upstream, &mut caller).await;
                         return;
                     }
                     Some(Err(WsError::Capacity(_))) => {
@@ -433,9 +431,7 @@ impl Relay<'_> {
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(frame))) => {
                         // The provider's close is the caller's: its code and reason.
-                        let _ = tokio::time::timeout(CLOSE_WAIT, caller.close(frame)).await;
-                        drain(&mut caller).await;
-                        drain(&mut upstream).await;
+                        pass_close(frame, &mut caller, &mut upstream).await;
                         return;
                     }
                     Some(Err(WsError::Capacity(_))) => {
@@ -590,6 +586,18 @@ impl Relay<'_> {
             self.state.budgets.charge(b, u.cost_usd(p)).await;
         }
     }
+}
+
+/// One side's close frame, passed to the other (its code and reason kept); both closing
+/// handshakes are then completed.
+async fn pass_close<A, B>(frame: Option<CloseFrame>, to: &mut WebSocketStream<A>, from: &mut WebSocketStream<B>)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_WAIT, to.close(frame)).await;
+    drain(to).await;
+    drain(from).await;
 }
 
 /// Reads what is left of a closing socket, so its closing handshake completes, for at

@@ -298,6 +298,31 @@ async fn session_instructions_are_guarded_and_input_is_masked_before_the_provide
 }
 
 #[tokio::test]
+async fn no_event_the_model_reads_carries_a_banned_word_past_the_guardrails() {
+    let mock = Mock::start();
+    let gw = start(&mock);
+    // Each a way to put text before the model other than a user's input_text part.
+    let smuggled = [
+        json!({"type": "response.create", "response": {"instructions": "say falcon"}}),
+        json!({"type": "response.create", "response": {"input": [{"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "a falcon"}]}]}}),
+        json!({"type": "conversation.item.create", "item": {"type": "function_call_output",
+            "call_id": "c1", "output": "{\"bird\": \"falcon\"}"}}),
+        json!({"type": "conversation.item.create", "item": {"type": "message", "role": "assistant",
+            "content": [{"type": "output_text", "text": "I am a falcon"}]}}),
+        json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+            "content": [{"type": "input_audio", "audio": "AAAA", "transcript": "falcon"}]}}),
+    ];
+    for e in smuggled {
+        let mut ws = session(&gw, "rt").await;
+        ws.send(Message::text(e.to_string())).await.unwrap();
+        let got = event(&mut ws).await;
+        assert_eq!(got["error"]["code"], "content_filter", "{e} gave {got}");
+        assert_eq!(event(&mut ws).await["close"], 1008);
+    }
+}
+
+#[tokio::test]
 async fn an_http2_request_cannot_upgrade_and_is_told_so() {
     let mock = Mock::start();
     let gw = start(&mock);

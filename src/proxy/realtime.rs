@@ -609,37 +609,63 @@ where
     let _ = tokio::time::timeout(CLOSE_WAIT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
 }
 
-/// The texts of a caller's event the model will read: `conversation.item.create`'s
-/// input text parts, and `session.update`'s instructions. Audio (`input_audio`,
-/// `input_audio_buffer.append`) is bytes no guardrail reads.
+/// The texts of a caller's event the model will read: a conversation item's text parts,
+/// tool call arguments and tool output (`conversation.item.create`, and the items of a
+/// `response.create`'s own `input`), and instructions (`session.update`, and a
+/// `response.create`'s own). Audio (`input_audio` parts, `input_audio_buffer.append`) is
+/// bytes no guardrail reads.
 fn caller_texts(v: &mut Value) -> Vec<&mut String> {
     let mut out = Vec::new();
-    match v["type"].as_str() {
-        Some("conversation.item.create") => {
-            if let Some(Value::Array(parts)) = v.get_mut("item").and_then(|i| i.get_mut("content")) {
-                for part in parts {
-                    let textual = matches!(part["type"].as_str(), Some("input_text" | "text"));
-                    if let (true, Some(Value::String(s))) = (textual, part.get_mut("text")) {
-                        out.push(s);
+    let kind = v["type"].as_str().unwrap_or_default().to_owned();
+    let Some(obj) = v.as_object_mut() else {
+        return out;
+    };
+    for (key, field) in obj.iter_mut() {
+        match (kind.as_str(), key.as_str()) {
+            ("conversation.item.create", "item") => item_texts(field, &mut out),
+            ("session.update" | "response.create", "session" | "response") => {
+                for (k, f) in field.as_object_mut().into_iter().flatten() {
+                    match (k.as_str(), f) {
+                        ("instructions", Value::String(s)) => out.push(s),
+                        ("input", Value::Array(items)) => items.iter_mut().for_each(|i| item_texts(i, &mut out)),
+                        _ => {}
                     }
                 }
             }
+            _ => {}
         }
-        Some("session.update") => {
-            if let Some(Value::String(s)) = v.get_mut("session").and_then(|s| s.get_mut("instructions")) {
-                out.push(s);
-            }
-        }
-        _ => {}
     }
     out
 }
 
-/// A provider's streamed text: the item it belongs to and the piece, for the text and
-/// transcript deltas of both the beta and the GA event names.
+/// The texts of one conversation item: text parts (and a transcript given with audio),
+/// a function call's arguments, a function call's output.
+fn item_texts<'v>(item: &'v mut Value, out: &mut Vec<&'v mut String>) {
+    for (k, f) in item.as_object_mut().into_iter().flatten() {
+        match (k.as_str(), f) {
+            ("output" | "arguments", Value::String(s)) => out.push(s),
+            ("content", Value::Array(parts)) => {
+                for part in parts.iter_mut().filter_map(Value::as_object_mut) {
+                    for (pk, pv) in part.iter_mut() {
+                        if let ("text" | "transcript", Value::String(s)) = (pk.as_str(), pv) {
+                            out.push(s);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A provider's streamed text: the item it belongs to and the piece, for the text,
+/// transcript and tool call argument deltas of both the beta and the GA event names.
+/// (The `*.done` events and `response.done` repeat what the deltas carried, all of it
+/// already scanned.)
 fn output_text<'v>(kind: &str, v: &'v Value) -> Option<(String, &'v str)> {
     let field = match kind {
         "response.text.delta" | "response.output_text.delta" => "delta",
+        "response.function_call_arguments.delta" => "delta",
         "response.audio_transcript.delta" | "response.output_audio_transcript.delta" => "delta",
         "conversation.item.input_audio_transcription.delta" => "delta",
         "conversation.item.input_audio_transcription.completed" => "transcript",

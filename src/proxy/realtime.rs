@@ -51,6 +51,8 @@ const REALTIME_SUBPROTOCOL: &str = "realtime";
 /// The most recent bytes of each streamed output text that the response guardrails
 /// rescan at each delta: longer than any keyword or PII pattern.
 const SCAN_WINDOW: usize = 4096;
+/// The most output items whose windows are kept between two `response.done` events.
+const MAX_ITEMS: usize = 64;
 /// How long a closing handshake may take on either leg before the socket is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -550,6 +552,12 @@ impl Relay<'_> {
         // The item's recent text is scanned, not the piece alone, so a word split over
         // deltas is seen; what was sent cannot be taken back, so a match that would mask
         // ends the session like a block. The window bounds memory and rescanning.
+        if self.transcripts.len() >= MAX_ITEMS && !self.transcripts.contains_key(&item) {
+            // Item ids are the provider's: their number is bounded, not their words.
+            if let Some(k) = self.transcripts.keys().next().cloned() {
+                self.transcripts.remove(&k);
+            }
+        }
         let so_far = self.transcripts.entry(item).or_default();
         so_far.push_str(piece);
         if so_far.len() > SCAN_WINDOW {

@@ -49,6 +49,9 @@ pub enum Endpoint {
     /// OpenAI-style embeddings.
     EmbedContent,
     BatchEmbedContents,
+    /// OpenAI's Realtime API: a WebSocket session (`GET /v1/realtime?model=`), relayed
+    /// message by message (`proxy::realtime`). OpenAI-style providers only.
+    Realtime,
 }
 
 impl Endpoint {
@@ -71,6 +74,7 @@ impl Endpoint {
             Self::CountTokens => ":countTokens",
             Self::EmbedContent => ":embedContent",
             Self::BatchEmbedContents => ":batchEmbedContents",
+            Self::Realtime => "/realtime",
         }
     }
 
@@ -133,6 +137,7 @@ impl Endpoint {
             Self::AudioTranscriptions => "transcription",
             Self::AudioTranslations => "translation",
             Self::AudioSpeech => "speech",
+            Self::Realtime => "realtime",
         }
     }
 

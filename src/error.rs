@@ -191,6 +191,18 @@ impl GwError {
         Bytes::from(v.to_string())
     }
 
+    /// The same error as a Realtime API `error` event, for a WebSocket session already
+    /// open (OpenAI's shape: the envelope's `error` under `"type": "error"`).
+    pub fn realtime_event(&self) -> String {
+        json!({"type": "error", "event_id": format!("event_aigw_{}", self.code()), "error": {
+            "message": self.to_string(),
+            "type": self.openai_type(),
+            "code": self.code(),
+            "param": self.param(),
+        }})
+        .to_string()
+    }
+
     /// The same error as one SSE event, for a stream whose header is already sent.
     pub fn sse_event(&self, dialect: Dialect) -> Bytes {
         let body = self.body(dialect);

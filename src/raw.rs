@@ -111,10 +111,36 @@ pub struct Server {
     /// kept-alive connection costs.
     #[serde(default = "default_read_buffer")]
     pub read_buffer_bytes: usize,
+    /// Bounds of a realtime WebSocket session (`GET /v1/realtime`).
+    #[serde(default)]
+    pub realtime: Realtime,
     pub redis: Option<Redis>,
     pub config_store: Option<ConfigStore>,
     #[serde(default)]
     pub admin_keys: Vec<KeySource>,
+}
+
+/// `server.realtime`: what one realtime session may hold. A session holds a caller's
+/// concurrency slot, an upstream socket and a task, so none may last or grow unbounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Realtime {
+    /// A session with no message either way for this long is closed.
+    pub idle_timeout_s: u64,
+    /// A session is closed this long after it opened, however busy.
+    pub max_session_s: u64,
+    /// The largest WebSocket message (and frame) either side may send.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Realtime {
+    fn default() -> Self {
+        Self {
+            idle_timeout_s: 300,
+            max_session_s: 3600,
+            max_message_bytes: 4 << 20,
+        }
+    }
 }
 
 impl Default for Server {
@@ -132,6 +158,7 @@ impl Default for Server {
             keepalive_timeout_s: default_keepalive_timeout(),
             keepalive_requests: default_keepalive_requests(),
             read_buffer_bytes: default_read_buffer(),
+            realtime: Realtime::default(),
             redis: None,
             config_store: None,
             admin_keys: Vec::new(),
@@ -391,6 +418,12 @@ pub struct Pricing {
     /// The share of the normal price a batch's tokens are charged at
     /// ([`DEFAULT_BATCH_DISCOUNT`] when left out).
     pub batch_discount: Option<f64>,
+    /// Audio input tokens (the Realtime API's and audio chat models'
+    /// `input_token_details.audio_tokens`); the input price when left out.
+    pub audio_input_per_mtok: Option<f64>,
+    /// Audio output tokens (`output_token_details.audio_tokens`); the output price when
+    /// left out.
+    pub audio_output_per_mtok: Option<f64>,
 }
 
 /// `pricing.batch_discount` when left out: OpenAI's batch price is half the normal one.

@@ -38,6 +38,10 @@ pub struct Usage {
     /// Milliseconds of audio a transcription or translation read (OpenAI's
     /// `usage: {"type": "duration", "seconds": ...}`).
     pub audio_ms: u64,
+    /// Of `input_tokens`, audio (the Realtime API, audio chat models).
+    pub audio_input_tokens: u64,
+    /// Of `output_tokens`, audio.
+    pub audio_output_tokens: u64,
 }
 
 /// One token count of a provider's report, read defensively: a report is the provider's
@@ -141,6 +145,9 @@ pub struct RawUsage {
     cache_write_tokens: Count,
     /// `completion_tokens_details` (or `output_tokens_details`) `.reasoning_tokens`.
     reasoning_tokens: Count,
+    /// The input and output details' `audio_tokens`.
+    audio_input_tokens: Count,
+    audio_output_tokens: Count,
     /// The report is there but is no object at all.
     unreadable: bool,
     /// `seconds` of a duration report (audio), in milliseconds.
@@ -158,8 +165,13 @@ impl RawUsage {
         };
         let n = |k: &str| Count::read(o.get(k));
         let details = |a: &str, b: &str| o.get(a).filter(|d| !d.is_null()).or(o.get(b));
-        let prompt = details("prompt_tokens_details", "input_tokens_details");
-        let completion = details("completion_tokens_details", "output_tokens_details");
+        // The Realtime API's `response.usage` says `input_token_details`.
+        let prompt = details("prompt_tokens_details", "input_tokens_details")
+            .filter(|d| !d.is_null())
+            .or(o.get("input_token_details"));
+        let completion = details("completion_tokens_details", "output_tokens_details")
+            .filter(|d| !d.is_null())
+            .or(o.get("output_token_details"));
         let sub = |d: Option<&Value>, k: &str| Count::read(d.and_then(|d| d.get(k)));
         Self {
             prompt_tokens: n("prompt_tokens"),
@@ -171,6 +183,8 @@ impl RawUsage {
             cached_tokens: sub(prompt, "cached_tokens"),
             cache_write_tokens: sub(prompt, "cache_write_tokens"),
             reasoning_tokens: sub(completion, "reasoning_tokens"),
+            audio_input_tokens: sub(prompt, "audio_tokens"),
+            audio_output_tokens: sub(completion, "audio_tokens"),
             unreadable: false,
             audio_ms: o
                 .get("seconds")
@@ -273,6 +287,7 @@ impl Usage {
             self.input_unread = false;
             self.cache_read_tokens = u.cached_tokens.or(u.cache_read_input_tokens).or_zero();
             self.cache_write_tokens = u.cache_creation_input_tokens.or(u.cache_write_tokens).or_zero();
+            self.audio_input_tokens = u.audio_input_tokens.or_zero();
         }
         let output = u.output();
         if output.unreadable {
@@ -280,6 +295,7 @@ impl Usage {
         } else if output.reported {
             self.output_tokens = output.tokens;
             self.output_unread = false;
+            self.audio_output_tokens = u.audio_output_tokens.or_zero();
         }
         if let Count::Tokens(r) = u.reasoning_tokens {
             self.reasoning_tokens = r;
@@ -317,6 +333,21 @@ impl Usage {
         u
     }
 
+    /// Adds another report's counts (a realtime session's responses, one by one).
+    pub fn add(&mut self, o: &Usage) {
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
+        self.cache_read_tokens = self.cache_read_tokens.saturating_add(o.cache_read_tokens);
+        self.cache_write_tokens = self.cache_write_tokens.saturating_add(o.cache_write_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(o.reasoning_tokens);
+        self.images = self.images.saturating_add(o.images);
+        self.audio_ms = self.audio_ms.saturating_add(o.audio_ms);
+        self.audio_input_tokens = self.audio_input_tokens.saturating_add(o.audio_input_tokens);
+        self.audio_output_tokens = self.audio_output_tokens.saturating_add(o.audio_output_tokens);
+        self.input_unread |= o.input_unread;
+        self.output_unread |= o.output_unread;
+    }
+
     /// Whether a count could not be read and is to be estimated.
     pub fn unread(&self) -> bool {
         self.input_unread || self.output_unread
@@ -328,6 +359,8 @@ impl Usage {
         self.cache_read_tokens = self.cache_read_tokens.min(self.input_tokens);
         self.cache_write_tokens = self.cache_write_tokens.min(self.input_tokens - self.cache_read_tokens);
         self.reasoning_tokens = self.reasoning_tokens.min(self.output_tokens);
+        self.audio_input_tokens = self.audio_input_tokens.min(self.input_tokens);
+        self.audio_output_tokens = self.audio_output_tokens.min(self.output_tokens);
     }
 
     /// Input tokens billed at the full input price.
@@ -393,10 +426,17 @@ impl Usage {
     pub fn cost_usd(&self, p: &Pricing) -> f64 {
         let cached = p.cached_input_per_mtok.unwrap_or(p.input_per_mtok);
         let write = p.cache_write_per_mtok.unwrap_or(p.input_per_mtok);
-        (self.uncached_input() as f64 * p.input_per_mtok
+        // Audio tokens are parts of the input and output counts, priced apart when the
+        // model has audio prices; uncached input is read as audio first (cache reads keep
+        // the cached price, whatever their modality).
+        let audio_in = self.audio_input_tokens.min(self.uncached_input());
+        let audio_out = self.audio_output_tokens.min(self.output_tokens);
+        ((self.uncached_input() - audio_in) as f64 * p.input_per_mtok
+            + audio_in as f64 * p.audio_input_per_mtok.unwrap_or(p.input_per_mtok)
             + self.cache_read_tokens as f64 * cached
             + self.cache_write_tokens as f64 * write
-            + self.output_tokens as f64 * p.output_per_mtok)
+            + (self.output_tokens - audio_out) as f64 * p.output_per_mtok
+            + audio_out as f64 * p.audio_output_per_mtok.unwrap_or(p.output_per_mtok))
             / 1e6
             + self.images as f64 * p.per_image
             + self.audio_ms as f64 / 60_000.0 * p.per_audio_minute
@@ -480,6 +520,8 @@ mod tests {
             per_image: 0.04,
             per_audio_minute: 0.006,
             batch_discount: None,
+            audio_input_per_mtok: None,
+            audio_output_per_mtok: None,
         };
         let u = Usage {
             input_tokens: 1_000_000,
@@ -513,6 +555,45 @@ mod tests {
             ..Usage::default()
         };
         assert!((media.cost_usd(&p) - (3.0 * 0.04 + 1.5 * 0.006)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn realtime_audio_tokens_are_priced_apart_when_the_model_says_so() {
+        // A Realtime API `response.usage`: its details say `input_token_details`.
+        let u = usage(
+            json!({"total_tokens": 1_400_000, "input_tokens": 1_000_000, "output_tokens": 400_000,
+            "input_token_details": {"cached_tokens": 200_000, "text_tokens": 500_000, "audio_tokens": 500_000},
+            "output_token_details": {"text_tokens": 100_000, "audio_tokens": 300_000}}),
+        );
+        assert_eq!(
+            (u.cache_read_tokens, u.audio_input_tokens, u.audio_output_tokens),
+            (200_000, 500_000, 300_000)
+        );
+        let p = Pricing {
+            input_per_mtok: 4.0,
+            output_per_mtok: 16.0,
+            cached_input_per_mtok: Some(0.4),
+            cache_write_per_mtok: None,
+            per_image: 0.0,
+            per_audio_minute: 0.0,
+            audio_input_per_mtok: Some(32.0),
+            audio_output_per_mtok: Some(64.0),
+            batch_discount: None,
+        };
+        // 300k text x 4 + 500k audio x 32 + 200k cached x 0.4 + 100k text x 16 + 300k audio x 64.
+        let want = 1.2 + 16.0 + 0.08 + 1.6 + 19.2;
+        assert!((u.cost_usd(&p) - want).abs() < 1e-9, "{}", u.cost_usd(&p));
+        // Without audio prices, audio costs what text costs.
+        let plain = Pricing {
+            audio_input_per_mtok: None,
+            audio_output_per_mtok: None,
+            ..p
+        };
+        assert!(
+            (u.cost_usd(&plain) - (3.2 + 0.08 + 6.4)).abs() < 1e-9,
+            "{}",
+            u.cost_usd(&plain)
+        );
     }
 
     #[test]
@@ -640,6 +721,8 @@ mod tests {
                 per_image: 1.0,
                 per_audio_minute: 1.0,
                 batch_discount: None,
+                audio_input_per_mtok: Some(1.0),
+                audio_output_per_mtok: Some(1.0),
             })
             .is_finite());
         let p = Usage::from_parts(

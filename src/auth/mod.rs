@@ -44,6 +44,36 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
         .find(|k| !k.is_empty())
 }
 
+/// The subprotocol a browser's realtime client offers its key in (it cannot set headers
+/// on a WebSocket): `Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.KEY`.
+pub const KEY_SUBPROTOCOL: &str = "openai-insecure-api-key.";
+
+/// A caller key offered as a WebSocket subprotocol in `Sec-WebSocket-Protocol`, and
+/// that header's value without it (the other subprotocols; `None`: none left). The
+/// caller (`proxy::request`) puts the rest back, so that nothing after admission (the
+/// answer's echo of a subprotocol, the access log, spans, the provider) can see the key.
+/// The key is the part after [`KEY_SUBPROTOCOL`] (a token: no percent-decoding).
+pub fn subprotocol_key(headers: &HeaderMap) -> Option<(Vec<u8>, Option<http::HeaderValue>)> {
+    let mut key = None;
+    let mut kept: Vec<&[u8]> = Vec::new();
+    for value in headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL) {
+        for p in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            match p.strip_prefix(KEY_SUBPROTOCOL.as_bytes()) {
+                Some(k) => {
+                    key.get_or_insert_with(|| k.to_vec());
+                }
+                None if !p.is_empty() => kept.push(p),
+                None => {}
+            }
+        }
+    }
+    let rest = kept.join(&b", "[..]);
+    let rest = (!rest.is_empty())
+        .then(|| http::HeaderValue::from_bytes(&rest).ok())
+        .flatten();
+    key.map(|k| (k, rest))
+}
+
 /// The caller: by the key it presented (a static key, else a JWT of a configured
 /// issuer), else by the verified client certificate of its connection
 /// (`tls::ClientIdentity`). A presented credential decides alone, so a service with a
@@ -92,6 +122,25 @@ mod tests {
             h.insert(*k, v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn takes_the_key_subprotocol_out_and_keeps_the_others() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "sec-websocket-protocol",
+            "realtime, openai-insecure-api-key.sk-9".parse().unwrap(),
+        );
+        h.append("sec-websocket-protocol", "openai-beta.realtime-v1".parse().unwrap());
+        let (key, rest) = subprotocol_key(&h).unwrap();
+        assert_eq!(key, b"sk-9");
+        assert_eq!(rest.unwrap(), "realtime, openai-beta.realtime-v1");
+        let only = headers(&[("sec-websocket-protocol", "openai-insecure-api-key.sk-1")]);
+        assert_eq!(subprotocol_key(&only), Some((b"sk-1".to_vec(), None)));
+        assert_eq!(
+            subprotocol_key(&headers(&[("sec-websocket-protocol", "realtime")])),
+            None
+        );
     }
 
     #[test]

@@ -150,10 +150,14 @@ enum TextVerdict {
     Masked(String),
 }
 
-/// Scans one text with every guardrail; hits are recorded.
-fn scan_text(guards: &[Arc<Guardrail>], text: &str, hits: &mut Vec<Hit>) -> TextVerdict {
-    let mut masks: Vec<Found> = Vec::new();
-    let mut blocked = None;
+/// Runs every guardrail over one text, in order; each that finds something is recorded
+/// as a hit and handed to `f` with what it found. `f` returning `false` stops the scan.
+fn each_match(
+    guards: &[Arc<Guardrail>],
+    text: &str,
+    hits: &mut Vec<Hit>,
+    mut f: impl FnMut(&Arc<Guardrail>, &mut Vec<Found>) -> bool,
+) {
     let mut found = Vec::new();
     for g in guards {
         found.clear();
@@ -162,14 +166,26 @@ fn scan_text(guards: &[Arc<Guardrail>], text: &str, hits: &mut Vec<Hit>) -> Text
             continue;
         }
         record(hits, g);
+        if !f(g, &mut found) {
+            return;
+        }
+    }
+}
+
+/// Scans one text with every guardrail; hits are recorded.
+fn scan_text(guards: &[Arc<Guardrail>], text: &str, hits: &mut Vec<Hit>) -> TextVerdict {
+    let mut masks: Vec<Found> = Vec::new();
+    let mut blocked = None;
+    each_match(guards, text, hits, |g, found| {
         match g.action {
             Action::Block => {
                 blocked.get_or_insert_with(|| g.name.clone());
             }
-            Action::Mask => masks.append(&mut found),
+            Action::Mask => masks.append(found),
             Action::Monitor => {}
         }
-    }
+        true
+    });
     if let Some(name) = blocked {
         return TextVerdict::Blocked(name);
     }
@@ -178,6 +194,30 @@ fn scan_text(guards: &[Arc<Guardrail>], text: &str, hits: &mut Vec<Hit>) -> Text
     } else {
         TextVerdict::Masked(apply_masks(text, 0, text.len(), masks))
     }
+}
+
+/// One text of a message relayed as it comes (a realtime session's event): `Err` names
+/// the guardrail that blocks it, `Ok(Some(..))` is the text masked, `Ok(None)` clean.
+pub fn check_text(guards: &[Arc<Guardrail>], text: &str, hits: &mut Vec<Hit>) -> Result<Option<String>, Arc<str>> {
+    match scan_text(guards, text, hits) {
+        TextVerdict::Clean => Ok(None),
+        TextVerdict::Blocked(name) => Err(name),
+        TextVerdict::Masked(m) => Ok(Some(m)),
+    }
+}
+
+/// Text already partly delivered (a realtime session's streamed output, scanned whole
+/// at each piece): nothing sent can be masked any more, so a guardrail that would mask
+/// refuses it like one that blocks. `Err` names the guardrail.
+pub fn check_delivered(guards: &[Arc<Guardrail>], text: &str, hits: &mut Vec<Hit>) -> Result<(), Arc<str>> {
+    let mut refused = None;
+    each_match(guards, text, hits, |g, _| {
+        if g.action != Action::Monitor {
+            refused = Some(g.name.clone());
+        }
+        refused.is_none()
+    });
+    refused.map_or(Ok(()), Err)
 }
 
 /// `text[from..to]` with every masked range replaced by `[REDACTED:<label>]`; overlapping

@@ -521,6 +521,8 @@ pub fn response_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut 
         | Endpoint::AudioTranscriptions
         | Endpoint::AudioTranslations
         | Endpoint::AudioSpeech => {}
+        // A realtime session's events are checked one by one (`proxy::realtime`).
+        Endpoint::Realtime => {}
         Endpoint::Messages => {
             let mut block = false;
             if let Some(Value::Array(content)) = v.get_mut("content") {

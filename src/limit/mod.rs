@@ -292,6 +292,18 @@ impl Limiter {
         }
     }
 
+    /// Charges tokens to the token rules while the request goes on (a realtime session's
+    /// responses, as each reports its usage); its concurrency slots stay held.
+    pub async fn charge(&self, admitted: &Admitted, tokens: u64) {
+        if tokens == 0 || !admitted.bindings.iter().any(|b| b.has(Kind::Tokens)) {
+            return;
+        }
+        let rules: Vec<&Rule> = admitted.bindings.iter().flat_map(|b| b.rules.iter()).collect();
+        if let Err(e) = self.store.finish(&rules, tokens, false).await {
+            self.store_failed(&e);
+        }
+    }
+
     pub async fn maintain(&self) {
         self.store.maintain().await;
     }

@@ -19,6 +19,7 @@ mod google;
 mod idp;
 mod mcp;
 mod prompt_cache;
+mod realtime;
 mod surface;
 mod thinking;
 
@@ -100,6 +101,8 @@ pub struct Script {
     /// usage report of the answer (`usage=prompt_tokens_details.cached_tokens:-1`), to
     /// stage odd reports.
     pub usage: Vec<(String, Value)>,
+    /// A realtime session's reply text (`+` for spaces), instead of the item's echo.
+    pub say: Option<String>,
 }
 
 impl Script {
@@ -126,6 +129,7 @@ impl Script {
             error_piece: 0,
             fail_from_tokens: None,
             usage: Vec::new(),
+            say: None,
         };
         let Some((_, query)) = model.split_once('?') else {
             return s;
@@ -154,6 +158,7 @@ impl Script {
                 "fail_from_tokens" => s.fail_from_tokens = n,
                 "error_pad" => s.error_pad = n.unwrap_or(0) as usize,
                 "error_piece" => s.error_piece = n.unwrap_or(0) as usize,
+                "say" => s.say = Some(v.replace('+', " ")),
                 "usage" => {
                     if let Some((path, json)) = v.split_once(':') {
                         if let Ok(value) = serde_json::from_str(json) {
@@ -207,6 +212,8 @@ struct Mock {
     prompt_cache: prompt_cache::PromptCache,
     /// OpenAI's Files and Batches.
     files: files::Files,
+    /// Realtime sessions the client ended with a close frame.
+    realtime_closed: Arc<AtomicU64>,
 }
 
 const WORDS: [&str; 8] = ["Hello", "from", "the", "aigw", "mock", "upstream", "model", "today."];
@@ -245,7 +252,7 @@ pub async fn run(
                 async move { Ok::<_, Infallible>(mock.handle(req).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(sock), svc)
+                .serve_connection_with_upgrades(TokioIo::new(sock), svc)
                 .await;
         });
     }
@@ -586,6 +593,20 @@ pub const ACCOUNT_HEADERS: [(&str, &str); 5] = [
 
 impl Mock {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if realtime::is_realtime(&req) {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let (parts, body) = req.into_parts();
+            if self.record {
+                self.remember(&parts, &Bytes::new());
+            }
+            let presented = |h: &str| parts.headers.get(h).and_then(|v| v.to_str().ok());
+            let authorized = self.api_key.as_deref().is_none_or(|key| {
+                presented("authorization").and_then(|v| v.strip_prefix("Bearer ")) == Some(key)
+                    || presented("api-key") == Some(key)
+            });
+            let req = Request::from_parts(parts, body);
+            return realtime::answer(req, authorized, self.realtime_closed.clone());
+        }
         let mut r = self.answer(req).await;
         for (name, value) in ACCOUNT_HEADERS {
             r.headers_mut().insert(name, http::HeaderValue::from_static(value));
@@ -627,6 +648,7 @@ impl Mock {
                         "span_bytes": self.spans_bytes.load(Ordering::Relaxed),
                         "tokens_issued": self.google.as_ref().map_or(0, |g| g.issued()),
                         "jwks_fetches": self.idp.as_ref().map_or(0, |i| i.fetches()),
+                        "realtime_closed": self.realtime_closed.load(Ordering::Relaxed),
                     }),
                 )
             }

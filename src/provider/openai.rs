@@ -18,6 +18,13 @@ pub fn upstream_path(p: &Provider, endpoint: Endpoint, upstream_model: &str) -> 
     match p.kind {
         ProviderKind::Azure => {
             let (prefix, version) = azure_prefix(p);
+            // Realtime names the deployment in the query, not the path.
+            if endpoint == Endpoint::Realtime {
+                return format!(
+                    "{prefix}/realtime?api-version={version}&deployment={}",
+                    utf8_percent_encode(upstream_model, UNRESERVED)
+                );
+            }
             // The Responses API is not per deployment: the deployment is the body's model.
             if endpoint == Endpoint::Responses {
                 return format!("{prefix}/responses?api-version={version}");
@@ -27,6 +34,13 @@ pub fn upstream_path(p: &Provider, endpoint: Endpoint, upstream_model: &str) -> 
                 utf8_percent_encode(upstream_model, UNRESERVED),
                 endpoint.suffix(),
                 version,
+            )
+        }
+        // Realtime names the model in the query: the WebSocket's request has no body.
+        _ if endpoint == Endpoint::Realtime => {
+            format!(
+                "{base}/realtime?model={}",
+                utf8_percent_encode(upstream_model, UNRESERVED)
             )
         }
         _ => format!("{base}{}", endpoint.suffix()),

@@ -2,6 +2,7 @@
 //! concern. Read top to bottom, this is the life of a request.
 
 pub mod ctx;
+pub mod realtime;
 pub mod request;
 pub mod response;
 

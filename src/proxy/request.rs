@@ -42,6 +42,8 @@ enum Route {
     GetModel(String),
     /// The MCP gateway: every server (`/mcp`) or one (`/mcp/{server}`).
     Mcp(Option<String>),
+    /// OpenAI's Realtime API: a WebSocket session for the `?model=` alias.
+    Realtime(Option<String>),
     /// Gemini's API: `POST /v1beta/models/{alias}:{method}` (or `/v1/...`); the alias is
     /// in the path, and so is whether the answer streams.
     Gemini {
@@ -155,6 +157,7 @@ fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, GwEr
         "/v1/audio/translations" => (Route::Upstream(Endpoint::AudioTranslations), "POST"),
         "/v1/audio/speech" => (Route::Upstream(Endpoint::AudioSpeech), "POST"),
         "/v1/models" => (Route::ListModels, "GET"),
+        "/v1/realtime" => (Route::Realtime(query_param(query, "model")), "GET"),
         "/mcp" => (Route::Mcp(None), "POST, GET, DELETE"),
         p => match (p.strip_prefix("/v1/models/"), p.strip_prefix("/mcp/")) {
             (Some(id), _) if !id.is_empty() => (Route::GetModel(id.to_owned()), "GET"),
@@ -206,6 +209,21 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     } else {
         None
     };
+    // So does a browser's key offered as a WebSocket subprotocol (realtime).
+    let realtime = session.req_header().uri.path() == "/v1/realtime";
+    let subprotocol_key = match realtime.then(|| auth::subprotocol_key(&session.req_header().headers)) {
+        Some(Some((key, rest))) => {
+            let req = session.req_header_mut();
+            req.remove_header(&header::SEC_WEBSOCKET_PROTOCOL);
+            if let Some(rest) = rest {
+                // Known valid: parsed from this header.
+                let _ = req.insert_header(header::SEC_WEBSOCKET_PROTOCOL, rest);
+            }
+            Some(key)
+        }
+        _ => None,
+    };
+    let query_key = query_key.map(String::into_bytes).or(subprotocol_key);
     let req = session.req_header();
     // Anthropic and Gemini callers get their error envelope from the very first check.
     if req.uri.path() == "/v1/messages" {
@@ -234,7 +252,7 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         &state.limit_cells,
         &state.metrics,
         &session.req_header().headers,
-        query_key.as_deref().map(str::as_bytes),
+        query_key.as_deref(),
         client,
     )
     .await?;
@@ -297,6 +315,10 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         }
         Route::Files(op) => {
             files(state, session, ctx, &snap, &caller, op).await?;
+            return Ok(Admission::Answered);
+        }
+        Route::Realtime(alias) => {
+            super::realtime::serve(state, session, ctx, &caller, &snap, alias).await?;
             return Ok(Admission::Answered);
         }
         Route::GetModel(id) => {

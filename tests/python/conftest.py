@@ -101,6 +101,8 @@ models:
   - {{name: image-model, provider_key: mock, model: gpt-image-1}}
   - {{name: whisper, provider_key: mock, model: whisper-1}}
   - {{name: tts, provider_key: mock, model: tts-1}}
+  - {{name: realtime, provider_key: mock, model: gpt-realtime, guardrails: [py-codenames]}}
+  - {{name: realtime-says, provider_key: mock, model: "gpt-realtime?say=the+falcon+flies", guardrails: [py-codenames]}}
 cache:
   - {{name: py-cache, ttl_s: 300}}
 guardrails:
@@ -109,12 +111,15 @@ guardrails:
   - {{name: py-secrets, pack: "{root}/filters/secrets.yaml", stage: request, action: block}}
 api_keys:
   - {{name: py, key: "{caller_key}", models: [gpt-4o-mini, text-embedding-3-small, rate-limited, claude-mock, gemini-mock, vertex-gemini, vertex-claude, bedrock-nova, bedrock-claude, reasoner, long-context, instruct, moderation, image-model, whisper, tts]}}
+  - {{name: py-realtime, key: sk-py-realtime, models: [realtime, realtime-says]}}
+  - {{name: py-realtime-one, key: sk-py-realtime-one, models: [realtime], rate_limit: one-at-once}}
   - {{name: py-openai-limited, key: sk-py-openai-limited, rate_limit: one-per-minute}}
   - {{name: py-anthropic-limited, key: sk-py-anthropic-limited, rate_limit: one-per-minute}}
   - {{name: py-guarded, key: sk-py-guarded, guardrails: [py-secrets]}}
   - {{name: py-free, key: sk-py-free}}
 rate_limits:
   - {{name: one-per-minute, requests_per_minute: 1}}
+  - {{name: one-at-once, concurrency: 1}}
 jwt:
   - {{name: py-sso, issuer: "{jwt_issuer}", audience: aigw, jwks_file: "{jwks}", models_claim: models}}
 """

@@ -72,6 +72,8 @@ pub(super) fn compile_models(
                 pr.cache_write_per_mtok,
                 Some(pr.per_image),
                 Some(pr.per_audio_minute),
+                pr.audio_input_per_mtok,
+                pr.audio_output_per_mtok,
             ];
             // `!(p >= 0)` also refuses NaN.
             if prices.into_iter().flatten().any(|p| !(p >= 0.0 && p.is_finite())) {

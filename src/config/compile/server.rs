@@ -33,6 +33,7 @@ pub struct ServerSettings {
     pub keepalive_timeout_s: u64,
     pub keepalive_requests: u32,
     pub read_buffer_bytes: usize,
+    pub realtime: raw::Realtime,
     pub redis: Option<RedisSettings>,
     /// Resources come from etcd instead of the file.
     pub config_store: Option<EtcdSettings>,
@@ -247,6 +248,16 @@ pub(super) fn compile_server(
     if !(1024..=1024 * 1024).contains(&s.read_buffer_bytes) {
         errs.push("server.read_buffer_bytes", "must be between 1024 and 1048576");
     }
+    let rt = &s.realtime;
+    if !(1..=86_400).contains(&rt.idle_timeout_s) {
+        errs.push("server.realtime.idle_timeout_s", "must be between 1 and 86400");
+    }
+    if !(1..=86_400).contains(&rt.max_session_s) {
+        errs.push("server.realtime.max_session_s", "must be between 1 and 86400");
+    }
+    if !(1024..=64 << 20).contains(&rt.max_message_bytes) {
+        errs.push("server.realtime.max_message_bytes", "must be between 1024 and 67108864");
+    }
     if let Some(r) = &s.redis {
         if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://") || r.url.starts_with("unix://")) {
             errs.push("server.redis.url", "must start with redis://, rediss:// or unix://");
@@ -306,6 +317,7 @@ pub(super) fn compile_server(
         keepalive_timeout_s: s.keepalive_timeout_s,
         keepalive_requests: s.keepalive_requests,
         read_buffer_bytes: s.read_buffer_bytes,
+        realtime: s.realtime,
         redis: s.redis.as_ref().map(|r| RedisSettings {
             url: r.url.clone(),
             pool_size: r.pool_size,

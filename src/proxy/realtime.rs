@@ -254,7 +254,7 @@ async fn connect(
 }
 
 /// The 101: the accept key, and `realtime` echoed when the caller offered it (never the
-/// key subprotocol: `auth::take_subprotocol_key` took it out of the request).
+/// key subprotocol: `admit` took it out of the request with `auth::subprotocol_key`).
 async fn answer_upgrade(session: &mut Session, ctx: &Ctx, accept: &str) -> Result<(), GwError> {
     let offered = session
         .req_header()

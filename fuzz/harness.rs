@@ -15,7 +15,7 @@ use aigw::api::Wire;
 use aigw::provider::anthropic::{AnthropicToChat, ChatToAnthropic};
 use aigw::provider::bedrock::BedrockToChat;
 use aigw::provider::gemini::GeminiToChat;
-use aigw::provider::anthropic::ViaChat;
+use aigw::stream::translate::Chain;
 #[allow(unused_imports)]
 use aigw::provider::{JsonBody, JsonTranslate};
 use aigw::stream::{Mode, SseState};
@@ -89,14 +89,14 @@ pub fn sse(data: &[u8]) {
             5 => (Mode::Translate(Box::new(ChatToAnthropic::new())), false, true),
             6 => (Mode::Translate(Box::new(GeminiToChat::new(usage, 0, "m"))), false, true),
             7 => (
-                Mode::Translate(Box::new(ViaChat::new(Box::new(GeminiToChat::new(true, 0, "m"))))),
+                Mode::Translate(Box::new(Chain::new(Box::new(GeminiToChat::new(true, 0, "m")), Box::new(ChatToAnthropic::new())))),
                 false,
                 true,
             ),
             // Bedrock: the same bytes read as AWS event-stream frames.
             8 => (Mode::Translate(Box::new(BedrockToChat::new(usage, 0, "m"))), false, true),
             _ => (
-                Mode::Translate(Box::new(ViaChat::new(Box::new(BedrockToChat::new(true, 0, "m"))))),
+                Mode::Translate(Box::new(Chain::new(Box::new(BedrockToChat::new(true, 0, "m")), Box::new(ChatToAnthropic::new())))),
                 false,
                 true,
             ),

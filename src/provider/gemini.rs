@@ -1191,69 +1191,6 @@ impl Translate for ChatToGemini {
     }
 }
 
-/// Events of any other format -> Gemini events, through chat chunks: `chat` turns the
-/// provider's events into chunks (with the usage chunk), [`ChatToGemini`] turns those
-/// into Gemini's; `None` when the provider streams chat chunks itself.
-#[derive(Debug)]
-pub struct ViaChatToGemini {
-    chat: Option<Box<dyn Translate>>,
-    gemini: ChatToGemini,
-    scratch: Vec<u8>,
-}
-
-impl ViaChatToGemini {
-    pub fn new(chat: Option<Box<dyn Translate>>, model: &str) -> Self {
-        Self {
-            chat,
-            gemini: ChatToGemini::new(model),
-            scratch: Vec::new(),
-        }
-    }
-
-    fn relay(&mut self, out: &mut Vec<u8>) {
-        let mut rest = &self.scratch[..];
-        while let Some(end) = crate::stream::event_end(rest) {
-            self.gemini.event(&crate::stream::event_data(&rest[..end]), out);
-            rest = &rest[end..];
-        }
-        self.scratch.clear();
-    }
-}
-
-impl Translate for ViaChatToGemini {
-    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        match self.chat.as_mut() {
-            Some(chat) => {
-                chat.event(data, &mut self.scratch);
-                self.relay(out);
-            }
-            None => self.gemini.event(data, out),
-        }
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>) {
-        if let Some(chat) = self.chat.as_mut() {
-            chat.finish(&mut self.scratch);
-            self.relay(out);
-        }
-        self.gemini.finish(out);
-    }
-
-    fn usage(&self) -> Usage {
-        match &self.chat {
-            Some(chat) => chat.usage(),
-            None => self.gemini.usage,
-        }
-    }
-
-    fn complete(&self) -> bool {
-        match &self.chat {
-            Some(chat) => chat.complete(),
-            None => self.gemini.complete(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod caller_tests {
     use super::*;

@@ -37,6 +37,7 @@ use pingora::http::RequestHeader;
 use crate::api::{Dialect, Endpoint, Wire};
 use crate::error::GwError;
 use crate::raw::ProviderKind;
+use crate::stream::translate::Chain;
 use crate::stream::{Mode, Translate};
 use serde_json::{json, Value};
 
@@ -193,7 +194,7 @@ pub fn upstream_body(
 
 /// How a streamed answer in `wire` reaches a caller speaking `caller`: passed through
 /// (usage read on the way) when the formats match, else translated event by event. Gemini
-/// and Converse reach Anthropic callers through chat chunks (`ViaChat`), whose usage
+/// and Converse reach Anthropic callers through chat chunks (`Chain`), whose usage
 /// chunk becomes the final `message_delta`'s usage.
 pub fn stream_mode(
     wire: Wire,
@@ -211,14 +212,15 @@ pub fn stream_mode(
     };
     match (wire, caller) {
         (Wire::Gemini, Dialect::Gemini) => Mode::Translate(Box::<gemini::GeminiPassthrough>::default()),
-        (Wire::OpenAi, Dialect::Gemini) => Mode::Translate(Box::new(gemini::ViaChatToGemini::new(None, model))),
-        (Wire::Anthropic, Dialect::Gemini) => Mode::Translate(Box::new(gemini::ViaChatToGemini::new(
-            Some(Box::new(anthropic::AnthropicToChat::new(true, created))),
-            model,
+        (Wire::OpenAi, Dialect::Gemini) => Mode::Translate(Box::new(gemini::ChatToGemini::new(model))),
+        (Wire::Anthropic, Dialect::Gemini) => Mode::Translate(Box::new(Chain::new(
+            Box::new(anthropic::AnthropicToChat::new(true, created)),
+            Box::new(gemini::ChatToGemini::new(model)),
         ))),
-        (Wire::Converse, Dialect::Gemini) => {
-            Mode::Translate(Box::new(gemini::ViaChatToGemini::new(Some(to_chat(true)), model)))
-        }
+        (Wire::Converse, Dialect::Gemini) => Mode::Translate(Box::new(Chain::new(
+            to_chat(true),
+            Box::new(gemini::ChatToGemini::new(model)),
+        ))),
         (Wire::OpenAi, Dialect::OpenAi) => Mode::OpenAi { strip_usage },
         (Wire::Anthropic, Dialect::Anthropic) => Mode::Anthropic,
         (Wire::Anthropic, Dialect::OpenAi) => {
@@ -226,9 +228,10 @@ pub fn stream_mode(
         }
         (Wire::OpenAi, Dialect::Anthropic) => Mode::Translate(Box::new(anthropic::ChatToAnthropic::new())),
         (Wire::Gemini | Wire::Converse, Dialect::OpenAi) => Mode::Translate(to_chat(include_usage)),
-        (Wire::Gemini | Wire::Converse, Dialect::Anthropic) => {
-            Mode::Translate(Box::new(anthropic::ViaChat::new(to_chat(true))))
-        }
+        (Wire::Gemini | Wire::Converse, Dialect::Anthropic) => Mode::Translate(Box::new(Chain::new(
+            to_chat(true),
+            Box::new(anthropic::ChatToAnthropic::new()),
+        ))),
     }
 }
 

@@ -1,7 +1,8 @@
 //! What every streamed translation shares: the chunk writer, event parsing and the error
 //! that ends a broken stream. Each wire format's own translators live in its provider
 //! file (`provider/anthropic.rs`, `provider/gemini.rs`, `provider/bedrock.rs`), one
-//! upstream event at a time; so does the choice of translator (`provider::stream_mode`).
+//! upstream event at a time; so does the choice of translator (`provider::stream_mode`),
+//! which chains two of them through chat with [`Chain`] where no direct mapping exists.
 //!
 //! Every translator ends a stream that breaks its own protocol (an event that is not JSON,
 //! an `error` event, or an end without `message_stop` / `[DONE]`) with one error event in
@@ -9,7 +10,7 @@
 
 use serde_json::{json, Value};
 
-use super::{write_event, Usage};
+use super::{write_event, Translate, Usage};
 use crate::api::Dialect;
 use crate::error::GwError;
 
@@ -149,6 +150,60 @@ impl Thinking {
             _ => json!({"type": "thinking", "thinking": self.text, "signature": self.signature}),
         };
         chunks.send(out, json!({"thinking_blocks": [block]}), None);
+    }
+}
+
+/// Two translators in a row, through chat chunks: `first` turns the provider's events
+/// into chunks (it must send the usage chunk), `then` turns those into the caller's
+/// events (Gemini's, Converse's -> Anthropic's; Anthropic's, Converse's -> Gemini's).
+/// Chunks are re-read as JSON on the way; a translated stream is already off the
+/// zero-copy path, and this keeps one mapping per pair of formats. Usage and completion
+/// are the first hop's, which reads the provider.
+#[derive(Debug)]
+pub struct Chain {
+    first: Box<dyn Translate>,
+    then: Box<dyn Translate>,
+    scratch: Vec<u8>,
+}
+
+impl Chain {
+    pub fn new(first: Box<dyn Translate>, then: Box<dyn Translate>) -> Self {
+        Self {
+            first,
+            then,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Passes the chunks in `scratch` on to the second translator.
+    fn relay(&mut self, out: &mut Vec<u8>) {
+        let mut rest = &self.scratch[..];
+        while let Some(end) = super::event_end(rest) {
+            self.then.event(&super::event_data(&rest[..end]), out);
+            rest = &rest[end..];
+        }
+        self.scratch.clear();
+    }
+}
+
+impl Translate for Chain {
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        self.first.event(data, &mut self.scratch);
+        self.relay(out);
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        self.first.finish(&mut self.scratch);
+        self.relay(out);
+        self.then.finish(out);
+    }
+
+    fn usage(&self) -> Usage {
+        self.first.usage()
+    }
+
+    fn complete(&self) -> bool {
+        self.first.complete()
     }
 }
 

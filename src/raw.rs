@@ -114,6 +114,9 @@ pub struct Server {
     /// Bounds of a realtime WebSocket session (`GET /v1/realtime`).
     #[serde(default)]
     pub realtime: Realtime,
+    /// How long and how many file and batch ids are kept (`/v1/files`, `/v1/batches`).
+    #[serde(default)]
+    pub files: FileIds,
     pub redis: Option<Redis>,
     pub config_store: Option<ConfigStore>,
     #[serde(default)]
@@ -131,6 +134,37 @@ pub struct Realtime {
     pub max_session_s: u64,
     /// The largest WebSocket message (and frame) either side may send.
     pub max_message_bytes: usize,
+}
+
+/// `server.files`: how long and how many file and batch ids aigw keeps. Every id is a
+/// record (in memory, or in Redis), and a list reads an owner's, so neither may grow
+/// without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileIds {
+    /// An id is forgotten this long after it was handed out (the provider's file or batch
+    /// is not touched).
+    pub retention_hours: u64,
+    /// The most ids of each kind (files, batches) one owner may hold; past it an upload or
+    /// a new batch is refused until an id is deleted or expires.
+    pub max_ids_per_owner: usize,
+    /// The most ids this process keeps in memory, all owners together (without Redis).
+    pub max_ids: usize,
+}
+
+impl FileIds {
+    /// The largest `max_ids_per_owner`: what one list reads at most, so a list sees all.
+    pub const MAX_PER_OWNER: usize = 10_000;
+}
+
+impl Default for FileIds {
+    fn default() -> Self {
+        Self {
+            retention_hours: 720,
+            max_ids_per_owner: 10_000,
+            max_ids: 100_000,
+        }
+    }
 }
 
 impl Default for Realtime {
@@ -159,6 +193,7 @@ impl Default for Server {
             keepalive_requests: default_keepalive_requests(),
             read_buffer_bytes: default_read_buffer(),
             realtime: Realtime::default(),
+            files: FileIds::default(),
             redis: None,
             config_store: None,
             admin_keys: Vec::new(),

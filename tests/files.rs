@@ -353,6 +353,14 @@ async fn ids_the_provider_reports_are_mapped_or_dropped() {
         get(&gw, "sk-b", &format!("/v1/files/{err}")).await.0,
         StatusCode::NOT_FOUND
     );
+    // An output file named while the batch runs is not shown (nor mapped) before it ends:
+    // the charge is made when the results are first shown.
+    let files = || async { get(&gw, "sk-a", "/v1/files").await.1["data"].as_array().unwrap().len() };
+    let before = files().await;
+    let (s, b) = create_batch(&gw, "sk-a", &fid, json!({"mock": "early"})).await;
+    assert_eq!((s, &b["status"]), (StatusCode::OK, &json!("in_progress")), "{b}");
+    assert_eq!(b["output_file_id"], Value::Null, "{b}");
+    assert_eq!(files().await, before);
 }
 
 #[tokio::test]
@@ -446,4 +454,224 @@ async fn a_batch_is_admitted_against_the_budget_and_its_charge_counts() {
     // Another owner's budget is its own.
     let fid_b = upload_id(&gw, "sk-b", "batch", line(1, "mini").into_bytes()).await;
     assert_eq!(create_batch(&gw, "sk-b", &fid_b, json!({})).await.0, StatusCode::OK);
+}
+
+/// A file of `n` requests (CRLF line ends, a blank line between each two), and what the
+/// provider must get for it: each line as parsed, its model rewritten, LF-ended.
+fn many_lines(n: usize) -> (Vec<u8>, String) {
+    let (mut sent, mut want) = (String::new(), String::new());
+    for i in 0..n {
+        let l = json!({"custom_id": format!("r{i}"), "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": if i % 2 == 0 { "mini" } else { "big" }, "n": 1,
+                     "messages": [{"role": "user", "content": format!("question {i} {}", "·".repeat(i % 97))}]}});
+        // Written by hand with odd spacing: what goes upstream is written anew.
+        sent.push_str(&format!("{}  \r\n\r\n", l.to_string().replace(",\"", ", \"")));
+        let mut up = l.clone();
+        up["body"]["model"] = json!(if i % 2 == 0 { "up-mini" } else { "up-big" });
+        want.push_str(&up.to_string());
+        want.push('\n');
+    }
+    (sent.into_bytes(), want)
+}
+
+async fn content(gw: &Gateway, key: &str, id: &str) -> (StatusCode, bytes::Bytes) {
+    let r = client()
+        .get(format!("{}/v1/files/{id}/content", gw.url()))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.bytes().await.unwrap())
+}
+
+#[tokio::test]
+async fn uploads_reach_the_provider_whole_and_a_batch_file_rewritten_across_chunks() {
+    let mock = Mock::start();
+    let gw = Gateway::start(&config(None, 16 << 20), &mock);
+    // A batch file of many 64 KiB chunks as it is written upstream.
+    let (sent, want) = many_lines(6_000);
+    assert!(want.len() > 10 * 64 * 1024, "{}", want.len());
+    let r = upload(&gw, "sk-a", "batch", sent).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let file: Value = r.json().await.unwrap();
+    assert_eq!(file["bytes"], want.len(), "the declared length is what was sent");
+    let (s, got) = content(&gw, "sk-a", file["id"].as_str().unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(got == want.as_bytes(), "{} bytes against {}", got.len(), want.len());
+    // Any other purpose: the caller's bytes, untouched (every byte value, CRLFs included).
+    let blob: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let r = upload(&gw, "sk-a", "user_data", blob.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (s, got) = content(&gw, "sk-a", &id).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(got == blob, "{} bytes against {}", got.len(), blob.len());
+    // A form with two files, or two purposes, is refused: which one counts is ambiguous.
+    let twice = reqwest::multipart::Form::new()
+        .text("purpose", "user_data")
+        .part("file", reqwest::multipart::Part::bytes(b"a".to_vec()).file_name("a"))
+        .part("file", reqwest::multipart::Part::bytes(b"b".to_vec()).file_name("b"));
+    let r = client()
+        .post(format!("{}/v1/files", gw.url()))
+        .bearer_auth("sk-a")
+        .multipart(twice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("more than one 'file'"),
+        "{v}"
+    );
+}
+
+/// Ids are capped per owner and kind: past the cap an upload or a batch is refused
+/// with a 400 until an id is deleted (files) or expires; a batch's own output files
+/// are not counted, so a batch admitted always shows its results.
+async fn capped(gw: &Gateway, mock: &Mock) {
+    let f1 = upload_id(gw, "sk-a", "batch", line(1, "mini").into_bytes()).await;
+    let f2 = upload_id(gw, "sk-a", "batch", line(2, "mini").into_bytes()).await;
+    let r = upload(gw, "sk-a", "batch", line(3, "mini").into_bytes()).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("holds 2 files"), "{v}");
+    let uploads = || mock.requests().iter().filter(|r| r["path"] == "/v1/files").count();
+    let before = uploads();
+    // Another owner is not held back by this one.
+    upload_id(gw, "sk-b", "batch", line(1, "mini").into_bytes()).await;
+    assert_eq!(uploads(), before + 1);
+    // Deleting one makes room.
+    let (s, _) = call(gw, "sk-a", reqwest::Method::DELETE, &format!("/v1/files/{f2}"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    upload_id(gw, "sk-a", "batch", line(3, "mini").into_bytes()).await;
+    // Two batches, then the cap; each batch's output file comes on top.
+    for _ in 0..2 {
+        let (s, b) = create_batch(gw, "sk-a", &f1, json!({})).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (s, b) = get(gw, "sk-a", &format!("/v1/batches/{}", b["id"].as_str().unwrap())).await;
+        assert_eq!((s, &b["status"]), (StatusCode::OK, &json!("completed")), "{b}");
+        let out = b["output_file_id"].as_str().unwrap();
+        assert_eq!(content(gw, "sk-a", out).await.0, StatusCode::OK);
+    }
+    let (s, v) = create_batch(gw, "sk-a", &f1, json!({})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("holds 2 batches"),
+        "{v}"
+    );
+    let (_, list) = get(gw, "sk-a", "/v1/files").await;
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        4,
+        "two uploads, two outputs: {list}"
+    );
+}
+
+fn capped_config(redis: Option<&PrivateRedis>) -> String {
+    config(redis, 1 << 20).replace(
+        "  admin_keys:",
+        "  files: {max_ids_per_owner: 2, retention_hours: 48}\n  admin_keys:",
+    )
+}
+
+#[tokio::test]
+async fn an_owner_holds_at_most_its_cap_of_ids_in_memory() {
+    let mock = Mock::start();
+    let gw = Gateway::start(&capped_config(None), &mock);
+    capped(&gw, &mock).await;
+}
+
+#[tokio::test]
+async fn an_owner_holds_at_most_its_cap_of_ids_across_a_fleet() {
+    let redis = PrivateRedis::start_any();
+    let mock = Mock::start();
+    let gw = Gateway::start(&capped_config(Some(&redis)), &mock);
+    capped(&gw, &mock).await;
+}
+
+/// The store itself, as both kinds keep it: ids past the retention are forgotten (gets,
+/// lists, and the cap stop counting them), an owner's list is its own, newest first.
+async fn expiry(ids: &aigw::files::store::Ids) {
+    use aigw::files::store::{Cap, Kind, Record};
+    let keep = aigw::raw::FileIds {
+        retention_hours: 48,
+        max_ids_per_owner: 3,
+        max_ids: 100,
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let rec = |owner: &str, age_h: i64| Record {
+        kind: Kind::File,
+        owner: owner.into(),
+        provider: "oa".into(),
+        upstream: "up".into(),
+        created_ms: now - age_h * 3_600_000,
+        object: None,
+        aliases: Vec::new(),
+        input: None,
+        budget: None,
+    };
+    assert!(ids.put("old", &rec("o", 49), false, Cap::Owner, &keep).await.unwrap());
+    assert!(ids.put("mid", &rec("o", 47), false, Cap::Owner, &keep).await.unwrap());
+    assert!(ids.put("new", &rec("o", 1), false, Cap::Owner, &keep).await.unwrap());
+    assert!(ids.put("theirs", &rec("p", 1), false, Cap::Owner, &keep).await.unwrap());
+    assert!(ids.get("old", &keep).await.unwrap().is_none(), "past the retention");
+    assert!(ids.get("mid", &keep).await.unwrap().is_some());
+    let listed: Vec<String> = ids
+        .list(Kind::File, "o", &keep)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(listed, ["new", "mid"]);
+    // The expired one does not count: a third fits, a fourth does not.
+    assert!(ids.put("third", &rec("o", 0), false, Cap::Owner, &keep).await.unwrap());
+    let full = ids
+        .put("fourth", &rec("o", 0), false, Cap::Owner, &keep)
+        .await
+        .unwrap_err();
+    assert!(full.to_string().contains("holds 3 files"), "{full}");
+    // Exempt ids are kept past the cap, once.
+    assert!(ids.put("out", &rec("o", 0), true, Cap::Exempt, &keep).await.unwrap());
+    assert!(!ids.put("out", &rec("o", 0), true, Cap::Exempt, &keep).await.unwrap());
+    // A shorter retention today forgets what an older one kept.
+    let short = aigw::raw::FileIds {
+        retention_hours: 25,
+        ..keep
+    };
+    assert!(ids.get("mid", &short).await.unwrap().is_none());
+    assert_eq!(ids.list(Kind::File, "o", &short).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn ids_expire_in_memory_and_in_redis() {
+    expiry(&aigw::files::store::Ids::new(None)).await;
+    // In memory, all owners together are bounded too: past it, a 503 and a warning.
+    let ids = aigw::files::store::Ids::new(None);
+    let keep = aigw::raw::FileIds {
+        max_ids: 2,
+        ..Default::default()
+    };
+    let rec = |owner: &str| aigw::files::store::Record {
+        kind: aigw::files::store::Kind::Batch,
+        owner: owner.into(),
+        provider: "oa".into(),
+        upstream: "up".into(),
+        created_ms: chrono::Utc::now().timestamp_millis(),
+        object: None,
+        aliases: Vec::new(),
+        input: None,
+        budget: None,
+    };
+    use aigw::files::store::Cap;
+    assert!(ids.put("a", &rec("a"), false, Cap::Owner, &keep).await.unwrap());
+    assert!(ids.put("b", &rec("b"), false, Cap::Owner, &keep).await.unwrap());
+    let e = ids.put("c", &rec("c"), false, Cap::Owner, &keep).await.unwrap_err();
+    assert_eq!(e.status(), 503, "{e}");
+    let redis = PrivateRedis::start_any();
+    let pool = aigw::redis_pool::RedisPool::new(&redis.url(), 1, std::time::Duration::from_secs(2)).unwrap();
+    expiry(&aigw::files::store::Ids::new(Some(std::sync::Arc::new(pool)))).await;
 }

@@ -29,13 +29,13 @@ pub fn line_url(url: &str) -> bool {
         .any(|u| *u == url || u.strip_prefix("/v1") == Some(url))
 }
 
-/// A checked batch file: its lines rewritten for the provider, the provider key they all
-/// go to, and each alias used with its upstream model.
+/// A checked batch file: the provider key all its lines go to, each alias used with its
+/// upstream model, and the length of the file as [`Rewritten`] writes it.
 pub struct Checked {
-    pub content: Vec<u8>,
     pub provider: Arc<Provider>,
     pub aliases: BTreeMap<String, String>,
     pub lines: usize,
+    pub len: u64,
 }
 
 fn bad(line: usize, msg: impl std::fmt::Display) -> GwError {
@@ -64,68 +64,184 @@ pub fn batch_target<'a>(snap: &'a Snapshot, caller: &ApiKeyEntry, alias: &str) -
     Ok(target)
 }
 
-/// Checks and rewrites a batch file. Lines end in LF or CRLF; blank lines are skipped.
+/// The requests of a batch file, numbered from 1: lines end in LF or CRLF, blank ones are
+/// skipped. The one reading both passes share.
+fn requests(content: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    content
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .map(|(i, raw)| (i + 1, raw.strip_suffix(b"\r").unwrap_or(raw)))
+        .filter(|(_, raw)| !raw.iter().all(u8::is_ascii_whitespace))
+}
+
+/// One request line checked and written to `out` (with its LF) with `body.model` set to
+/// what `upstream` gives for the alias it names.
+fn rewrite(
+    n: usize,
+    raw: &[u8],
+    out: &mut Vec<u8>,
+    mut upstream: impl FnMut(&str) -> Result<String, String>,
+) -> Result<(), GwError> {
+    let mut v: Value = serde_json::from_slice(raw).map_err(|e| bad(n, format!("not valid JSON ({e})")))?;
+    let Some(obj) = v.as_object_mut() else {
+        return Err(bad(n, "each line must be a JSON object"));
+    };
+    if !obj.get("custom_id").is_some_and(Value::is_string) {
+        return Err(bad(n, "'custom_id' must be a string"));
+    }
+    if obj.get("method").and_then(Value::as_str) != Some("POST") {
+        return Err(bad(n, "'method' must be \"POST\""));
+    }
+    let url = obj.get("url").and_then(Value::as_str).unwrap_or_default();
+    if !line_url(url) {
+        return Err(bad(n, format!("'url' must be one of {}", LINE_URLS.join(", "))));
+    }
+    let Some(body) = obj.get_mut("body").and_then(Value::as_object_mut) else {
+        return Err(bad(n, "'body' must be a JSON object"));
+    };
+    let Some(alias) = body.get("model").and_then(Value::as_str) else {
+        return Err(bad(n, "'body.model' must name a model"));
+    };
+    let model = upstream(alias).map_err(|e| bad(n, e))?;
+    body.insert("model".into(), Value::String(model));
+    serde_json::to_writer(&mut *out, &v).map_err(|_| GwError::Internal)?;
+    out.push(b'\n');
+    Ok(())
+}
+
+/// Checks a batch file, every line, without keeping what it would send: the file is
+/// written for the provider by [`Rewritten`] as it uploads, so an upload is held once.
 pub fn check(snap: &Snapshot, caller: &ApiKeyEntry, content: &[u8]) -> Result<Checked, GwError> {
-    let mut out = Vec::with_capacity(content.len());
     let mut provider: Option<(Arc<Provider>, String, usize)> = None;
     let mut aliases = BTreeMap::new();
-    let mut lines = 0;
-    for (i, raw) in content.split(|b| *b == b'\n').enumerate() {
-        let n = i + 1;
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if raw.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
+    let (mut lines, mut len) = (0, 0u64);
+    let mut line = Vec::new();
+    for (n, raw) in requests(content) {
         lines += 1;
         if lines > MAX_LINES {
             return Err(bad(n, format!("a batch file holds at most {MAX_LINES} requests")));
         }
-        let mut v: Value = serde_json::from_slice(raw).map_err(|e| bad(n, format!("not valid JSON ({e})")))?;
-        let Some(obj) = v.as_object_mut() else {
-            return Err(bad(n, "each line must be a JSON object"));
-        };
-        if !obj.get("custom_id").is_some_and(Value::is_string) {
-            return Err(bad(n, "'custom_id' must be a string"));
-        }
-        if obj.get("method").and_then(Value::as_str) != Some("POST") {
-            return Err(bad(n, "'method' must be \"POST\""));
-        }
-        let url = obj.get("url").and_then(Value::as_str).unwrap_or_default();
-        if !line_url(url) {
-            return Err(bad(n, format!("'url' must be one of {}", LINE_URLS.join(", "))));
-        }
-        let Some(body) = obj.get_mut("body").and_then(Value::as_object_mut) else {
-            return Err(bad(n, "'body' must be a JSON object"));
-        };
-        let Some(alias) = body.get("model").and_then(Value::as_str).map(str::to_owned) else {
-            return Err(bad(n, "'body.model' must name a model"));
-        };
-        let target = batch_target(snap, caller, &alias).map_err(|e| bad(n, e))?;
-        match &provider {
-            None => provider = Some((target.provider.clone(), alias.clone(), n)),
-            Some((p, first, at)) if p.name != target.provider.name => {
-                return Err(bad(
-                    n,
-                    format!(
+        line.clear();
+        rewrite(n, raw, &mut line, |alias| {
+            let target = batch_target(snap, caller, alias)?;
+            match &provider {
+                None => provider = Some((target.provider.clone(), alias.to_owned(), n)),
+                Some((p, first, at)) if p.name != target.provider.name => {
+                    return Err(format!(
                         "the model '{alias}' is served by provider key '{}', but line {at}'s model '{first}' by '{}'; a batch file goes to one provider key",
                         target.provider.name, p.name
-                    ),
-                ));
+                    ));
+                }
+                Some(_) => {}
             }
-            Some(_) => {}
-        }
-        body.insert("model".into(), Value::String(target.upstream_model.clone()));
-        aliases.insert(alias, target.upstream_model.clone());
-        serde_json::to_writer(&mut out, &v).map_err(|_| GwError::Internal)?;
-        out.push(b'\n');
+            aliases.insert(alias.to_owned(), target.upstream_model.clone());
+            Ok(target.upstream_model.clone())
+        })?;
+        len += line.len() as u64;
     }
     let Some((provider, _, _)) = provider else {
         return Err(GwError::InvalidRequest("The batch file holds no request.".into()));
     };
     Ok(Checked {
-        content: out,
         provider,
         aliases,
         lines,
+        len,
     })
+}
+
+/// What is read of a checked file at a time while it uploads.
+const CHUNK: usize = 64 * 1024;
+
+/// A checked batch file as the provider gets it, written a chunk at a time from the
+/// caller's upload (lines parsed again, with the aliases [`check`] resolved): what is held
+/// beyond the upload is one chunk, not a second copy of the file.
+pub struct Rewritten {
+    content: bytes::Bytes,
+    /// Where the next line starts.
+    at: usize,
+    /// Line numbers of `content[at..]` start after this.
+    line: usize,
+    aliases: BTreeMap<String, String>,
+}
+
+impl Rewritten {
+    pub fn new(content: bytes::Bytes, aliases: BTreeMap<String, String>) -> Self {
+        Self {
+            content,
+            at: 0,
+            line: 0,
+            aliases,
+        }
+    }
+}
+
+impl Iterator for Rewritten {
+    type Item = Result<bytes::Bytes, std::io::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut out = Vec::new();
+        while out.len() < CHUNK && self.at < self.content.len() {
+            let rest = &self.content[self.at..];
+            let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            self.line += 1;
+            let raw = &rest[..end];
+            self.at += end;
+            // The same reading as `check`'s: one line, or none when it is blank.
+            let Some((_, raw)) = requests(raw.strip_suffix(b"\n").unwrap_or(raw)).next() else {
+                continue;
+            };
+            let aliases = &self.aliases;
+            let r = rewrite(self.line, raw, &mut out, |alias| {
+                aliases
+                    .get(alias)
+                    .cloned()
+                    .ok_or_else(|| format!("the model '{alias}' was not checked"))
+            });
+            if let Err(e) = r {
+                // Not reached for a checked file; the upload fails rather than send a
+                // line nobody checked.
+                self.at = self.content.len();
+                return Some(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+        (!out.is_empty()).then(|| Ok(out.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(n: usize, model: &str) -> String {
+        format!(
+            r#"{{"custom_id":"r{n}","method":"POST","url":"/v1/embeddings","body":{{"model":"{model}","input":"{}"}}}}"#,
+            "x".repeat(n % 300)
+        )
+    }
+
+    #[test]
+    fn rewritten_in_chunks_is_every_line_once_and_stops_at_an_unchecked_alias() {
+        let content: String = (0..2_000)
+            .map(|n| req(n, "a") + if n % 3 == 0 { "\r\n\n" } else { "\n" })
+            .collect();
+        let aliases = BTreeMap::from([("a".to_owned(), "up-a".to_owned())]);
+        let chunks: Vec<bytes::Bytes> = Rewritten::new(content.clone().into(), aliases.clone())
+            .map(Result::unwrap)
+            .collect();
+        assert!(chunks.len() > 2 && chunks.iter().all(|c| c.len() < CHUNK + 1024));
+        let out = String::from_utf8(chunks.concat()).unwrap();
+        assert!(out.ends_with('\n'));
+        let got: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let want: Vec<Value> = (0..2_000)
+            .map(|n| serde_json::from_str(&req(n, "up-a")).unwrap())
+            .collect();
+        assert!(got == want, "{} lines, {} wanted", got.len(), want.len());
+        // A line whose alias was not checked ends the upload with an error, never sent.
+        let odd = format!("{}\n{}\n", req(1, "a"), req(2, "b"));
+        let mut it = Rewritten::new(odd.into(), aliases);
+        let e = it.next().unwrap().unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        assert!(it.next().is_none());
+    }
 }

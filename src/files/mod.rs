@@ -25,10 +25,10 @@ use crate::budget::Budgets;
 use crate::config::Snapshot;
 use crate::error::GwError;
 use crate::metrics::Metrics;
-use crate::provider::{openai, Provider};
+use crate::provider::{form, openai, Provider};
 use crate::route::ModelRoute;
 use crate::usage::Usage;
-use store::{Ids, Kind, Record};
+use store::{Cap, Ids, Kind, Record};
 
 /// The purposes OpenAI's Files API takes.
 pub const PURPOSES: [&str; 6] = ["assistants", "batch", "fine-tune", "vision", "user_data", "evals"];
@@ -261,11 +261,12 @@ impl Files {
 
     pub async fn handle(&self, env: &Env<'_>, call: Call<'_>, op: Op) -> Result<Reply, GwError> {
         let owner = call.caller.owner.as_str();
+        let keep = &env.snap.server.files;
         match op {
             Op::Upload => self.upload(env, &call).await.map(Reply::Json),
-            Op::ListFiles => self.list_files(&call, owner).await.map(Reply::Json),
+            Op::ListFiles => self.list_files(&call, owner, keep).await.map(Reply::Json),
             Op::Retrieve(id) => {
-                let rec = self.ids.owned(&id, Kind::File, owner).await?;
+                let rec = self.ids.owned(&id, Kind::File, owner, keep).await?;
                 let p = Self::provider(env.snap, &rec)?;
                 let mut v = self
                     .call_json(self.request(p, Method::GET, &["files", &rec.upstream]), Some(&id))
@@ -274,7 +275,7 @@ impl Files {
                 Ok(Reply::Json(v))
             }
             Op::Content(id) => {
-                let rec = self.ids.owned(&id, Kind::File, owner).await?;
+                let rec = self.ids.owned(&id, Kind::File, owner, keep).await?;
                 let p = Self::provider(env.snap, &rec)?;
                 let resp = self
                     .request(p, Method::GET, &["files", &rec.upstream, "content"])
@@ -302,7 +303,7 @@ impl Files {
                 })
             }
             Op::Delete(id) => {
-                let rec = self.ids.owned(&id, Kind::File, owner).await?;
+                let rec = self.ids.owned(&id, Kind::File, owner, keep).await?;
                 let p = Self::provider(env.snap, &rec)?;
                 match self
                     .call_json(self.request(p, Method::DELETE, &["files", &rec.upstream]), Some(&id))
@@ -317,11 +318,11 @@ impl Files {
             }
             Op::CreateBatch => self.create_batch(env, &call).await.map(Reply::Json),
             Op::GetBatch(id) => {
-                let rec = self.ids.owned(&id, Kind::Batch, owner).await?;
+                let rec = self.ids.owned(&id, Kind::Batch, owner, keep).await?;
                 self.batch(env, &id, &rec, Method::GET, false).await.map(Reply::Json)
             }
             Op::Cancel(id) => {
-                let rec = self.ids.owned(&id, Kind::Batch, owner).await?;
+                let rec = self.ids.owned(&id, Kind::Batch, owner, keep).await?;
                 self.batch(env, &id, &rec, Method::POST, true).await.map(Reply::Json)
             }
             Op::ListBatches => self.list_batches(env, &call, owner).await.map(Reply::Json),
@@ -357,26 +358,19 @@ impl Files {
     }
 
     async fn upload(&self, env: &Env<'_>, call: &Call<'_>) -> Result<Value, GwError> {
-        let content_type = call
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let boundary = multer::parse_boundary(content_type)
-            .map_err(|_| GwError::InvalidRequest("A file upload is multipart/form-data with a boundary.".into()))?;
-        let body = call.body.clone();
-        let mut form = multer::Multipart::new(
-            futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(body) }),
-            boundary,
-        );
-        let bad_form = |e: multer::Error| GwError::InvalidRequest(format!("The multipart body is malformed: {e}"));
+        let boundary = form::boundary(call.headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()))?;
+        // The parts are placed in the body the gateway holds: the file is a slice of it,
+        // never copied.
         let (mut purpose, mut file) = (None, None);
-        while let Some(field) = form.next_field().await.map_err(bad_form)? {
-            match field.name() {
-                Some("purpose") => purpose = Some(field.text().await.map_err(bad_form)?),
-                Some("file") => {
-                    let name = field.file_name().unwrap_or("upload").to_owned();
-                    file = Some((name, field.bytes().await.map_err(bad_form)?));
+        for part in form::read(&call.body, &boundary, &["file"])? {
+            let twice = || GwError::InvalidRequest(format!("The form has more than one '{}' field.", part.name));
+            match part.name.as_str() {
+                "purpose" if purpose.is_some() => return Err(twice()),
+                "purpose" => purpose = part.text,
+                "file" if file.is_some() => return Err(twice()),
+                "file" => {
+                    let name = part.file_name.unwrap_or_else(|| "upload".to_owned());
+                    file = Some((name, call.body.slice(part.value)));
                 }
                 // Other fields (expires_after) are not passed on.
                 _ => {}
@@ -391,22 +385,24 @@ impl Files {
         }
         let (filename, content) =
             file.ok_or_else(|| GwError::InvalidRequest("The form field 'file' is required.".into()))?;
-        let (provider, content, aliases) = if purpose == "batch" {
+        let len = content.len() as u64;
+        let (provider, upload, aliases) = if purpose == "batch" {
             let checked = jsonl::check(env.snap, call.caller, &content)?;
+            let lines = jsonl::Rewritten::new(content, checked.aliases.clone());
+            let upload = reqwest::Body::wrap_stream(futures_util::stream::iter(lines));
             let aliases: Vec<(String, String)> = checked.aliases.into_iter().collect();
-            (checked.provider, Bytes::from(checked.content), aliases)
+            (checked.provider, (upload, checked.len), aliases)
         } else {
             (
                 Self::provider_for_upload(env.snap, call.caller)?.clone(),
-                content,
+                (reqwest::Body::from(content), len),
                 Vec::new(),
             )
         };
-        let part =
-            reqwest::multipart::Part::stream_with_length(reqwest::Body::from(content.clone()), content.len() as u64)
-                .file_name(filename)
-                .mime_str("application/octet-stream")
-                .map_err(|_| GwError::Internal)?;
+        let part = reqwest::multipart::Part::stream_with_length(upload.0, upload.1)
+            .file_name(filename)
+            .mime_str("application/octet-stream")
+            .map_err(|_| GwError::Internal)?;
         let form = reqwest::multipart::Form::new()
             .text("purpose", purpose)
             .part("file", part);
@@ -427,7 +423,9 @@ impl Files {
             input: None,
             budget: None,
         };
-        self.ids.put(&id, &rec, false).await?;
+        self.ids
+            .put(&id, &rec, false, Cap::Owner, &env.snap.server.files)
+            .await?;
         Ok(v)
     }
 
@@ -459,10 +457,10 @@ impl Files {
         json!({"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": more})
     }
 
-    async fn list_files(&self, call: &Call<'_>, owner: &str) -> Result<Value, GwError> {
+    async fn list_files(&self, call: &Call<'_>, owner: &str, keep: &crate::raw::FileIds) -> Result<Value, GwError> {
         let limit = Self::limit(call, store::LIST_SCAN, store::LIST_SCAN)?;
         let purpose = query_param(call.query, "purpose");
-        let mut all = self.ids.list(Kind::File, owner).await?;
+        let mut all = self.ids.list(Kind::File, owner, keep).await?;
         if query_param(call.query, "order").as_deref() == Some("asc") {
             all.reverse();
         }
@@ -496,7 +494,10 @@ impl Files {
                 jsonl::LINE_URLS.join(", ")
             )));
         }
-        let file = self.ids.owned(&input, Kind::File, &call.caller.owner).await?;
+        let file = self
+            .ids
+            .owned(&input, Kind::File, &call.caller.owner, &env.snap.server.files)
+            .await?;
         if file.aliases.is_empty() {
             return Err(GwError::InvalidRequest(format!(
                 "The file '{input}' is not a batch input file (purpose 'batch')."
@@ -534,7 +535,9 @@ impl Files {
             input: Some(input),
             budget: call.caller.budget.as_ref().map(|b| b.name.clone()),
         };
-        self.ids.put(&id, &rec, false).await?;
+        self.ids
+            .put(&id, &rec, false, Cap::Owner, &env.snap.server.files)
+            .await?;
         self.batch_view(env, &id, &rec, v).await
     }
 
@@ -563,10 +566,17 @@ impl Files {
     async fn batch_view(&self, env: &Env<'_>, id: &str, rec: &Record, mut v: Value) -> Result<Value, GwError> {
         v["id"] = json!(id);
         v["input_file_id"] = json!(rec.input);
+        let ended = matches!(
+            v["status"].as_str(),
+            Some("completed" | "failed" | "expired" | "cancelled")
+        );
         let mut output = None;
         for field in ["output_file_id", "error_file_id"] {
-            let Some(up) = v[field].as_str().filter(|s| !s.is_empty()).map(str::to_owned) else {
-                // Anything but an id is not the provider's to pass on.
+            // Only an ended batch's files are the caller's: its charge is made as they are
+            // first shown, so none is readable before.
+            let reported = v[field].as_str().filter(|s| !s.is_empty() && ended).map(str::to_owned);
+            let Some(up) = reported else {
+                // Anything but an ended batch's id is not the provider's to pass on.
                 if !v[field].is_null() && v.get(field).is_some() {
                     v[field] = Value::Null;
                 }
@@ -591,17 +601,15 @@ impl Files {
                 input: None,
                 budget: None,
             };
-            self.ids.put(&fid, &file, true).await?;
+            self.ids
+                .put(&fid, &file, true, Cap::Exempt, &env.snap.server.files)
+                .await?;
             if field == "output_file_id" {
                 output = Some(up);
             }
             v[field] = json!(fid);
         }
-        let ended = matches!(
-            v["status"].as_str(),
-            Some("completed" | "failed" | "expired" | "cancelled")
-        );
-        if let (true, Some(up)) = (ended, output) {
+        if let Some(up) = output {
             self.charge_once(env, id, rec, &up).await;
         }
         Ok(v)
@@ -609,7 +617,7 @@ impl Files {
 
     async fn list_batches(&self, env: &Env<'_>, call: &Call<'_>, owner: &str) -> Result<Value, GwError> {
         let limit = Self::limit(call, 20, 100)?;
-        let all = self.ids.list(Kind::Batch, owner).await?;
+        let all = self.ids.list(Kind::Batch, owner, &env.snap.server.files).await?;
         let (page, more) = Self::page(all, query_param(call.query, "after").as_deref(), limit);
         let fetched = futures_util::future::join_all(
             page.iter()
@@ -644,7 +652,7 @@ impl Files {
                 return;
             }
         };
-        if self.ids.mark_charged(id).await.is_err() {
+        if self.ids.mark_charged(id, &env.snap.server.files).await.is_err() {
             return;
         }
         let mut total = 0.0;

@@ -1,7 +1,8 @@
 //! OpenAI's Files and Batches APIs, as the mock serves them: files kept in memory, and a
 //! batch that completes on its first retrieve, writing an output file with one chat
 //! completion (and its usage) per input line. A batch's `metadata.mock` stages a
-//! provider that misbehaves: `foreign` reports files the gateway never uploaded.
+//! provider that misbehaves: `foreign` reports files the gateway never uploaded, `early`
+//! an output file while the batch is still in progress.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -136,6 +137,11 @@ impl Files {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, batch.clone());
+        let mut batch = batch;
+        if req["metadata"]["mock"] == "early" {
+            // A provider that names an output file before the batch has ended.
+            batch["output_file_id"] = json!("file-early-output");
+        }
         full(StatusCode::OK, &batch)
     }
 

@@ -1,5 +1,6 @@
-//! `multipart/form-data` uploads (audio transcriptions and translations, image edits):
-//! the alias is the form's `model` field, rewritten there to the upstream model.
+//! `multipart/form-data` uploads (audio transcriptions and translations, image edits,
+//! and `/v1/files`): for the first, the alias is the form's `model` field, rewritten
+//! there to the upstream model.
 //!
 //! The form is parsed by `multer`, read from the body the gateway already holds in
 //! pieces of [`PIECE`] bytes, so the parser never holds more than a piece and the text
@@ -116,49 +117,81 @@ impl Stream for Pieces {
 /// A part as `multer` read it.
 struct Part {
     name: String,
-    file: bool,
+    file_name: Option<String>,
     /// The value of a text part.
     text: Option<Vec<u8>>,
 }
 
-/// Parses a form. `files` names the fields that may carry a file (a part with a
-/// filename); every other part must be text. Refused with a 400: no or two `model`
-/// fields, a `model` that is a file, a part without a name or with two, a file where
-/// text belongs, more than [`MAX_PARTS`] parts, a text field over [`MAX_TEXT`] bytes or
-/// not UTF-8, a form that does not end with its closing delimiter, and a form the
-/// delimiters split otherwise than the parser.
-pub fn parse(body: &Bytes, boundary: &str, files: &[&str]) -> Result<FormView, GwError> {
+/// One part of a form, as both readings agree on it.
+#[derive(Debug, Clone)]
+pub struct FormPart {
+    pub name: String,
+    /// The part's filename: a file part. Its value is not read, only placed.
+    pub file_name: Option<String>,
+    /// The part's value in the body: a file's bytes are `body.slice(value)`, no copy.
+    pub value: Range<usize>,
+    /// A text part's value (UTF-8, at most [`MAX_TEXT`] bytes).
+    pub text: Option<String>,
+}
+
+/// Reads a form into its parts. `files` names the fields that may carry a file (a part
+/// with a filename); every other part must be text. Refused with a 400: a part without
+/// a name or with two, a file where text belongs, more than [`MAX_PARTS`] parts, a text
+/// field over [`MAX_TEXT`] bytes or not UTF-8, a form that does not end with its closing
+/// delimiter, and a form the delimiters split otherwise than the parser.
+pub fn read(body: &Bytes, boundary: &str, files: &[&str]) -> Result<Vec<FormPart>, GwError> {
     let parts = futures_executor::block_on(read_parts(body.clone(), boundary, files))?;
     let spans = part_spans(body, boundary)?;
     if spans.len() != parts.len() {
         return Err(bad("The form's parts could not be told apart unambiguously."));
     }
-    let mut model = None;
-    let mut texts = Vec::new();
+    let mut out = Vec::with_capacity(parts.len());
     for (part, (headers, value)) in parts.into_iter().zip(spans) {
         if !count_names_once(&body[headers]) {
             return Err(bad("A part of the form names its field more than once."));
         }
-        if part.file {
+        let text = match part.text {
+            None => None,
+            Some(text) => {
+                // The delimiters' reading and the parser's must agree on every text.
+                if body[value.clone()] != text[..] {
+                    return Err(bad("The form's parts could not be told apart unambiguously."));
+                }
+                Some(
+                    String::from_utf8(text)
+                        .map_err(|_| bad(format!("The form field '{}' is not UTF-8 text.", part.name)))?,
+                )
+            }
+        };
+        out.push(FormPart {
+            name: part.name,
+            file_name: part.file_name,
+            value,
+            text,
+        });
+    }
+    Ok(out)
+}
+
+/// Parses a form whose `model` field names the alias ([`read`], and then: no or two
+/// `model` fields, or an empty one, are refused).
+pub fn parse(body: &Bytes, boundary: &str, files: &[&str]) -> Result<FormView, GwError> {
+    let mut model = None;
+    let mut texts = Vec::new();
+    for part in read(body, boundary, files)? {
+        let Some(text) = part.text else {
             continue;
-        }
-        let text = part.text.unwrap_or_default();
-        // The delimiters' reading and the parser's must agree on every text.
-        if body[value.clone()] != text[..] {
-            return Err(bad("The form's parts could not be told apart unambiguously."));
-        }
-        let text =
-            String::from_utf8(text).map_err(|_| bad(format!("The form field '{}' is not UTF-8 text.", part.name)))?;
+        };
         if part.name == "model" {
             if model.is_some() {
                 return Err(bad("The form has more than one `model` field."));
             }
-            model = Some((text, value));
+            model = Some((text, part.value));
         } else {
             texts.push(TextField {
                 name: part.name,
                 value: text,
-                span: value,
+                span: part.value,
             });
         }
     }
@@ -204,7 +237,8 @@ async fn read_parts(body: Bytes, boundary: &str, files: &[&str]) -> Result<Vec<P
             .filter(|n| !n.is_empty())
             .ok_or_else(|| bad("Every part of the form needs a name."))?
             .to_owned();
-        let file = field.file_name().is_some();
+        let file_name = field.file_name().map(str::to_owned);
+        let file = file_name.is_some();
         if file && !files.contains(&name.as_str()) {
             return Err(bad(format!("The form field '{name}' must be text, not a file.")));
         }
@@ -220,7 +254,7 @@ async fn read_parts(body: Bytes, boundary: &str, files: &[&str]) -> Result<Vec<P
             }
             // A file's bytes are dropped as they are read.
         }
-        parts.push(Part { name, file, text });
+        parts.push(Part { name, file_name, text });
     }
     Ok(parts)
 }

@@ -34,6 +34,7 @@ pub struct ServerSettings {
     pub keepalive_requests: u32,
     pub read_buffer_bytes: usize,
     pub realtime: raw::Realtime,
+    pub files: raw::FileIds,
     pub redis: Option<RedisSettings>,
     /// Resources come from etcd instead of the file.
     pub config_store: Option<EtcdSettings>,
@@ -258,6 +259,20 @@ pub(super) fn compile_server(
     if !(1024..=64 << 20).contains(&rt.max_message_bytes) {
         errs.push("server.realtime.max_message_bytes", "must be between 1024 and 67108864");
     }
+    let f = &s.files;
+    // Longer than a batch's 24 h completion window, so no batch is forgotten while it runs.
+    if !(25..=87_600).contains(&f.retention_hours) {
+        errs.push("server.files.retention_hours", "must be between 25 and 87600");
+    }
+    if !(1..=raw::FileIds::MAX_PER_OWNER).contains(&f.max_ids_per_owner) {
+        errs.push(
+            "server.files.max_ids_per_owner",
+            format!("must be between 1 and {}", raw::FileIds::MAX_PER_OWNER),
+        );
+    }
+    if !(1..=10_000_000).contains(&f.max_ids) {
+        errs.push("server.files.max_ids", "must be between 1 and 10000000");
+    }
     if let Some(r) = &s.redis {
         if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://") || r.url.starts_with("unix://")) {
             errs.push("server.redis.url", "must start with redis://, rediss:// or unix://");
@@ -318,6 +333,7 @@ pub(super) fn compile_server(
         keepalive_requests: s.keepalive_requests,
         read_buffer_bytes: s.read_buffer_bytes,
         realtime: s.realtime,
+        files: s.files,
         redis: s.redis.as_ref().map(|r| RedisSettings {
             url: r.url.clone(),
             pool_size: r.pool_size,

@@ -708,3 +708,60 @@ async fn usage_reported_wrong_is_charged_an_estimate_never_nothing() {
         assert!(output > 0.0, "{alias}: an unreadable count is never free: {m:?}");
     }
 }
+
+#[tokio::test]
+async fn the_model_list_is_the_keys_own_paged_and_its_errors_are_googles() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let get = |key: &'static str, path: String| {
+        let url = format!("{}{path}", gw.url());
+        async move {
+            let r = client().get(url).header("x-goog-api-key", key).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // A key limited to one model sees that one, and none other by name.
+    let (s, v) = get("sk-narrow", "/v1beta/models".into()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["models"],
+        json!([{"name": "models/gpt", "baseModelId": "gpt", "version": "aigw",
+        "displayName": "gpt", "supportedGenerationMethods":
+        ["generateContent", "streamGenerateContent", "countTokens", "embedContent", "batchEmbedContents"]}])
+    );
+    assert!(v.get("nextPageToken").is_none(), "{v}");
+    let (s, v) = get("sk-narrow", "/v1beta/models/gemini".into()).await;
+    assert_eq!(s, 404);
+    assert_google_error(&v, 404, "NOT_FOUND");
+    // Pages of one, followed to the end: every model once, in order.
+    let (mut token, mut seen) = (String::new(), Vec::new());
+    loop {
+        let (s, v) = get(CALLER_KEY, format!("/v1beta/models?pageSize=1&pageToken={token}")).await;
+        assert_eq!(s, 200, "{v}");
+        seen.extend(v["models"].as_array().unwrap().iter().map(|m| m["name"].clone()));
+        match v["nextPageToken"].as_str() {
+            Some(t) => token = t.to_owned(),
+            None => break,
+        }
+    }
+    let (_, all) = get(CALLER_KEY, "/v1beta/models?pageSize=1000".into()).await;
+    let all: Vec<Value> = all["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].clone())
+        .collect();
+    assert!(all.len() > 2);
+    assert_eq!(seen, all);
+    // A page token it never gave, a page size that is no number, a wrong key.
+    for (key, path, code, status) in [
+        (CALLER_KEY, "/v1beta/models?pageToken=nope", 400, "INVALID_ARGUMENT"),
+        (CALLER_KEY, "/v1beta/models?pageSize=-1", 400, "INVALID_ARGUMENT"),
+        ("sk-wrong", "/v1beta/models", 401, "UNAUTHENTICATED"),
+    ] {
+        let (s, v) = get(key, path.into()).await;
+        assert_eq!(s, code, "{path}: {v}");
+        assert_google_error(&v, code, status);
+    }
+    assert!(mock.requests().is_empty());
+}

@@ -53,6 +53,8 @@ enum Route {
     },
     /// `/v1/files` and `/v1/batches`, which the gateway answers itself (`files`).
     Files(crate::files::Op),
+    /// Gemini's `GET /v1beta/models` (with its page query) and `GET /v1beta/models/{alias}`.
+    GeminiModels(Option<String>),
 }
 
 /// Whether a path is Gemini's API (`/v1beta/...`, or `/v1/models/{alias}:{method}`): its
@@ -75,6 +77,17 @@ fn gemini_route(path: &str, query: Option<&str>) -> Option<Result<Route, GwError
         return None;
     }
     let not_found = || Some(Err(GwError::NotFound(path.to_owned())));
+    // The model list and a model's object: Google's SDKs read them (`models.list`,
+    // `models.get`); on `/v1beta` only, as `/v1/models` is OpenAI's.
+    if path == "/v1beta/models" {
+        return Some(Ok(Route::GeminiModels(None)));
+    }
+    if let Some(alias) = path.strip_prefix("/v1beta/models/").filter(|a| !a.contains(':')) {
+        if alias.is_empty() || alias.contains('/') {
+            return not_found();
+        }
+        return Some(Ok(Route::GeminiModels(Some(alias.to_owned()))));
+    }
     let Some((alias, method)) = path
         .strip_prefix("/v1beta/models/")
         .or_else(|| path.strip_prefix("/v1/models/"))
@@ -139,6 +152,11 @@ fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, GwEr
     };
     if let Some(r) = gemini_route(path, query) {
         return match r {
+            Ok(r @ Route::GeminiModels(_)) if method == Method::GET || method == Method::HEAD => Ok(r),
+            Ok(Route::GeminiModels(None)) => Err(wrong("GET")),
+            // `models/{x}` with another method is a method path whose colon is missing
+            // or encoded: it names nothing.
+            Ok(Route::GeminiModels(Some(_))) => Err(GwError::NotFound(path.to_owned())),
             Ok(r) if method == Method::POST => Ok(r),
             Ok(_) => Err(wrong("POST")),
             Err(e) => Err(e),
@@ -319,6 +337,22 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         }
         Route::Realtime(alias) => {
             super::realtime::serve(state, session, ctx, &caller, &snap, alias).await?;
+            return Ok(Admission::Answered);
+        }
+        Route::GeminiModels(alias) => {
+            let body = match alias {
+                Some(alias) => {
+                    if !snap.models.contains_key(&alias) || !caller.allows(&alias) {
+                        return Err(GwError::ModelNotFound(alias));
+                    }
+                    gemini_model_object(&alias)
+                }
+                None => {
+                    let query = session.req_header().uri.query();
+                    gemini_model_list(&snap, &caller, query)?
+                }
+            };
+            answer_json(session, ctx, body).await?;
             return Ok(Admission::Answered);
         }
         Route::GetModel(id) => {
@@ -685,6 +719,59 @@ fn model_object(snap: &Snapshot, alias: &str) -> serde_json::Value {
     json!({"id": alias, "object": "model", "created": snap.created, "owned_by": "aigw"})
 }
 
+/// A model in Gemini's format: every method aigw serves for an alias (whether its provider
+/// model does chat or embeddings is the provider's to say when called).
+fn gemini_model_object(alias: &str) -> serde_json::Value {
+    json!({
+        "name": format!("models/{alias}"),
+        "baseModelId": alias,
+        "version": "aigw",
+        "displayName": alias,
+        "supportedGenerationMethods":
+            ["generateContent", "streamGenerateContent", "countTokens", "embedContent", "batchEmbedContents"],
+    })
+}
+
+/// The most models one page of Gemini's list holds (Google's own bound).
+const GEMINI_PAGE_MAX: usize = 1000;
+
+/// A page of the models this key may use, in config order: `pageSize` (default 50, at most
+/// [`GEMINI_PAGE_MAX`]) and `pageToken`, the opaque token the previous page gave (here
+/// the alias it ended at).
+fn gemini_model_list(
+    snap: &Snapshot,
+    caller: &auth::ApiKeyEntry,
+    query: Option<&str>,
+) -> Result<serde_json::Value, GwError> {
+    let size = match query_param(query, "pageSize") {
+        None => 50,
+        Some(s) => match s.parse::<usize>() {
+            Ok(0) => 50,
+            Ok(n) => n.min(GEMINI_PAGE_MAX),
+            Err(_) => return Err(GwError::InvalidRequest("pageSize must be a whole number.".into())),
+        },
+    };
+    let allowed = snap.model_order.iter().filter(|m| caller.allows(m));
+    let mut rest: Box<dyn Iterator<Item = &String>> = match query_param(query, "pageToken").filter(|t| !t.is_empty()) {
+        None => Box::new(allowed),
+        Some(after) => {
+            let mut it = allowed.skip_while(move |m| **m != after).peekable();
+            if it.peek().is_none() {
+                return Err(GwError::InvalidRequest(
+                    "pageToken is not one this gateway gave.".into(),
+                ));
+            }
+            Box::new(it.skip(1))
+        }
+    };
+    let page: Vec<&String> = rest.by_ref().take(size).collect();
+    let mut out = json!({"models": page.iter().map(|m| gemini_model_object(m)).collect::<Vec<_>>()});
+    if let (Some(last), Some(_)) = (page.last(), rest.next()) {
+        out["nextPageToken"] = json!(last);
+    }
+    Ok(out)
+}
+
 async fn answer_json(session: &mut Session, ctx: &Ctx, v: serde_json::Value) -> Result<(), GwError> {
     answer(
         session,
@@ -946,6 +1033,8 @@ mod tests {
             "/v1beta/models/a/b:generateContent",
             "/v1beta/models/:generateContent",
             "/v1beta/models/fast:deleteEverything",
+            // A model's path with another method than GET names nothing (an encoded colon
+            // is no method).
             "/v1beta/models/fast%3AgenerateContent",
             "/v1beta/chat/completions",
         ] {
@@ -961,6 +1050,31 @@ mod tests {
                 .unwrap()
                 .status(),
             405
+        );
+        // Gemini's model list and model objects, GET only.
+        assert!(matches!(
+            route(&Method::GET, "/v1beta/models", None),
+            Ok(Route::GeminiModels(None))
+        ));
+        assert!(
+            matches!(route(&Method::GET, "/v1beta/models/llama3:8b", None), Err(e) if e.status() == 404),
+            "a colon is a method, and `8b` none"
+        );
+        assert!(matches!(
+            route(&Method::GET, "/v1beta/models/fast", None),
+            Ok(Route::GeminiModels(Some(a))) if a == "fast"
+        ));
+        for path in ["/v1beta/models/", "/v1beta/models/a/b"] {
+            assert_eq!(
+                route(&Method::GET, path, None).err().map(|e| e.status()),
+                Some(404),
+                "{path}"
+            );
+        }
+        // The list takes GET only.
+        assert_eq!(
+            route(&Method::POST, "/v1beta/models", None).err().map(|e| e.status()),
+            Some(405)
         );
         // `/v1/models/{id}` without a method is still the gateway's model object.
         assert!(matches!(

@@ -139,3 +139,21 @@ def test_errors_reach_the_sdk_in_googles_envelope(gateway, client):
     with pytest.raises(errors.ClientError) as e:
         client.models.embed_content(model="claude-mock", contents="hi")
     assert e.value.code == 400
+
+
+def test_models_list_and_get(client):
+    # Pages of 2: the SDK follows nextPageToken until the list ends.
+    names = [m.name for m in client.models.list(config=types.ListModelsConfig(page_size=2))]
+    assert len(names) == len(set(names)) > 2
+    for alias in MODELS:
+        assert f"models/{alias}" in names
+    # Only the models this key may use are listed.
+    assert "models/forbidden-model" not in names
+    m = client.models.get(model="gemini-mock")
+    assert m.name == "models/gemini-mock"
+    assert "generateContent" in m.supported_actions
+    for absent in ["forbidden-model", "no-such-alias"]:
+        with pytest.raises(errors.ClientError) as e:
+            client.models.get(model=absent)
+        assert e.value.code == 404
+        assert e.value.status == "NOT_FOUND"

@@ -484,3 +484,74 @@ async fn azure_deployments_are_reached_on_azure_realtime_path() {
     );
     assert_eq!(up["headers"]["api-key"], PROVIDER_KEY);
 }
+
+/// A provider behind a private CA, reached over `wss://`: trusted when the CA is in the
+/// system's store (here `SSL_CERT_FILE`) on every path at once (the realtime socket,
+/// chat through Pingora, the files API's client), and refused on each when it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_to_a_provider_behind_a_private_ca_trusts_the_system_store_like_every_path() {
+    let mock = Mock::start();
+    let front = TlsFront::start(mock.addr).await;
+    let config = format!(
+        r#"
+{{SERVER}}
+provider_keys:
+  - {{name: oa, provider: openai, base_url: "https://localhost:{}/v1", api_key: "{{PROVIDER_KEY}}"}}
+models:
+  - {{name: rt, provider_key: oa, model: gpt-realtime}}
+api_keys:
+  - {{name: main, key: "{{CALLER_KEY}}", owner: team-a}}
+"#,
+        front.port
+    );
+    let ca = front.ca_file.to_str().unwrap();
+    let upload = |gw: &Gateway| {
+        let url = format!("{}/v1/files", gw.url());
+        async move {
+            let form = reqwest::multipart::Form::new().text("purpose", "user_data").part(
+                "file",
+                reqwest::multipart::Part::bytes(b"data".to_vec()).file_name("a.txt"),
+            );
+            let r = client()
+                .post(url)
+                .bearer_auth(CALLER_KEY)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    let chat = |gw: &Gateway| {
+        let url = format!("{}/v1/chat/completions", gw.url());
+        async move {
+            let r = client()
+                .post(url)
+                .bearer_auth(CALLER_KEY)
+                .json(&chat_body("rt"))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+
+    let gw = Gateway::start_with(&config, &mock, &[("SSL_CERT_FILE", ca)]);
+    let mut ws = session(&gw, "rt").await;
+    say(&mut ws, "over tls").await;
+    assert_eq!(event(&mut ws).await["type"], "conversation.item.created");
+    ask(&mut ws).await;
+    assert_eq!(deltas(&response(&mut ws).await), "over tls");
+    ws.close(None).await.unwrap();
+    assert_eq!(chat(&gw).await, 200, "{}", gw.log_text());
+    assert_eq!(upload(&gw).await, 200);
+    let reached = mock.requests().len();
+    assert!(reached >= 3, "{:?}", mock.requests());
+
+    // The same provider without its CA in the store: every path refuses it.
+    let untrusting = Gateway::start(&config, &mock);
+    assert_eq!(refused(&untrusting, "rt", Auth::Header(CALLER_KEY)).await, 502);
+    assert_eq!(chat(&untrusting).await, 502);
+    assert_eq!(upload(&untrusting).await, 502);
+    assert_eq!(mock.requests().len(), reached, "nothing got past the handshake");
+}

@@ -27,6 +27,8 @@ need pkg-config has pkg-config
 need libssl-dev pkg-config --exists openssl
 need protobuf-compiler has protoc
 need libprotobuf-dev test -e /usr/include/google/protobuf/descriptor.proto
+# The system's trust store, which every outbound TLS connection verifies providers with.
+need ca-certificates test -s /etc/ssl/certs/ca-certificates.crt
 if [ "$want" = test ]; then
   # The suite starts its own Redis and etcd on free ports, checks /metrics and the alert
   # rules with promtool, signs test certificates with openssl, runs the SDKs in a venv.

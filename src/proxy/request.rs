@@ -313,7 +313,18 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
                 limiter: &state.limiter,
                 metrics: &state.metrics,
             };
-            let h = crate::mcp::handle(&env, &caller, scope.as_deref(), &method, headers, &body).await;
+            // Boxed, like files and realtime below: a branch's future is part of every
+            // request's (the largest branch sets its size, and Pingora's boxing copies it
+            // whole per request), so the rare large ones live on the heap when taken.
+            let h = Box::pin(crate::mcp::handle(
+                &env,
+                &caller,
+                scope.as_deref(),
+                &method,
+                headers,
+                &body,
+            ))
+            .await;
             ctx.guard_hits = h.hits;
             ctx.mcp_method = Some(h.method);
             ctx.mcp = h.call;
@@ -332,11 +343,11 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
             return Ok(Admission::Answered);
         }
         Route::Files(op) => {
-            files(state, session, ctx, &snap, &caller, op).await?;
+            Box::pin(files(state, session, ctx, &snap, &caller, op)).await?;
             return Ok(Admission::Answered);
         }
         Route::Realtime(alias) => {
-            super::realtime::serve(state, session, ctx, &caller, &snap, alias).await?;
+            Box::pin(super::realtime::serve(state, session, ctx, &caller, &snap, alias)).await?;
             return Ok(Admission::Answered);
         }
         Route::GeminiModels(alias) => {

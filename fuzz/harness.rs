@@ -44,7 +44,7 @@ fn assert_json_events(out: &[u8], what: &str) {
     while let Some(end) = aigw::stream::event_end(rest) {
         let data = aigw::stream::event_data(&rest[..end]);
         assert!(
-            data == b"[DONE]" || serde_json::from_slice::<serde_json::Value>(&data).is_ok(),
+            *data == *b"[DONE]" || serde_json::from_slice::<serde_json::Value>(&data).is_ok(),
             "{what}: an event that is not JSON: {:?}",
             String::from_utf8_lossy(&data)
         );

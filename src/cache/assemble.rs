@@ -114,7 +114,7 @@ impl Assembler {
             if data.is_empty() {
                 continue;
             }
-            if data == b"[DONE]" {
+            if *data == *b"[DONE]" {
                 self.done = true;
                 continue;
             }

@@ -123,7 +123,7 @@ impl StreamGuard {
             out.extend_from_slice(event);
             return Ok(());
         }
-        if data == b"[DONE]" {
+        if *data == *b"[DONE]" {
             self.flush(None, out, hits)?;
             out.extend_from_slice(event);
             return Ok(());

@@ -104,7 +104,7 @@ fn events(out: &[u8]) -> Vec<Vec<u8>> {
     let mut pos = 0;
     let mut all = Vec::new();
     while let Some(len) = crate::stream::event_end(&out[pos..]) {
-        all.push(crate::stream::event_data(&out[pos..pos + len]));
+        all.push(crate::stream::event_data(&out[pos..pos + len]).into_owned());
         pos += len;
     }
     assert_eq!(pos, out.len(), "output ends on an event boundary");

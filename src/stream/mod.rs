@@ -5,6 +5,7 @@
 //! boundary (the usual case) is forwarded as the same `Bytes`, without a copy; only an
 //! event split across chunks is held back until its end arrives.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
@@ -66,19 +67,28 @@ pub fn event_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
-/// The `data:` payload of one event (several data lines joined by `\n`).
-pub fn event_data(event: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in event.split(|&b| b == b'\n') {
+/// The `data:` payload of one event (several data lines joined by `\n`). An event of one
+/// data line, nearly every event, is borrowed: this runs for every event of every stream.
+pub fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
+    fn data_of(line: &[u8]) -> Option<&[u8]> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            if !out.is_empty() {
-                out.push(b'\n');
-            }
-            out.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
-        }
+        let rest = line.strip_prefix(b"data:")?;
+        Some(rest.strip_prefix(b" ").unwrap_or(rest))
     }
-    out
+    let mut lines = event.split(|&b| b == b'\n').filter_map(data_of);
+    let Some(first) = lines.next() else {
+        return Cow::Borrowed(&[]);
+    };
+    let Some(second) = lines.next() else {
+        return Cow::Borrowed(first);
+    };
+    let mut out = Vec::with_capacity(first.len() + second.len() + 1);
+    out.extend_from_slice(first);
+    for line in std::iter::once(second).chain(lines) {
+        out.push(b'\n');
+        out.extend_from_slice(line);
+    }
+    Cow::Owned(out)
 }
 
 /// Appends one SSE event: an `event:` line when `name` is given, then the JSON `data:`.
@@ -374,7 +384,7 @@ impl SseState {
                 true
             }
             Mode::OpenAi { strip_usage } => {
-                if DONE.find(event).is_some() && event_data(event) == b"[DONE]" {
+                if DONE.find(event).is_some() && *event_data(event) == *b"[DONE]" {
                     self.saw_done = true;
                     return true;
                 }
@@ -590,7 +600,7 @@ mod tests {
         assert_eq!(event_end(b"data: x\r\n\r\nrest"), Some(11));
         assert_eq!(event_end(b"data: x\n\ndata: y"), Some(9));
         assert_eq!(event_end(b"data: x\n"), None);
-        assert_eq!(event_data(b"event: e\ndata: a\ndata: b\n\n"), b"a\nb");
+        assert_eq!(&*event_data(b"event: e\ndata: a\ndata: b\n\n"), b"a\nb");
     }
 
     #[test]

@@ -77,10 +77,38 @@ pub struct StreamGuard {
     /// Chat: the first chunk's envelope (id, model, created...), for chunks that carry
     /// held text on their own.
     template: Option<Value>,
+    /// Every chunk read whole (no [`StreamGuard::chat_view`]): tests compare the two.
+    whole_only: bool,
 }
 
 /// Why a guarded stream must end.
 type Stop = Arc<str>;
+
+/// What [`StreamGuard::chat_chunk`] reads of a chat chunk, borrowed from the event.
+#[derive(serde::Deserialize)]
+struct ChunkView<'a> {
+    #[serde(borrow)]
+    choices: Vec<ChoiceView<'a>>,
+}
+
+/// A choice of a [`ChunkView`], read: its text value with its place in the event's data.
+struct ChoiceRead {
+    idx: u64,
+    finishing: bool,
+    text: Option<(Value, std::ops::Range<usize>)>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChoiceView<'a> {
+    index: Option<u64>,
+    /// Present and not `null`: the choice ends with this chunk.
+    #[serde(borrow)]
+    finish_reason: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    delta: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    text: Option<&'a serde_json::value::RawValue>,
+}
 
 impl StreamGuard {
     pub fn new(guards: Vec<Arc<Guardrail>>, endpoint: Endpoint) -> Self {
@@ -92,7 +120,15 @@ impl StreamGuard {
             texts: Vec::new(),
             finishing: None,
             template: None,
+            whole_only: false,
         }
+    }
+
+    /// This guard with every chunk read whole, as the first is.
+    #[cfg(test)]
+    pub(super) fn reading_whole(mut self) -> Self {
+        self.whole_only = true;
+        self
     }
 
     /// Events in, events out. `Err` names the guardrail that blocked: the stream must end
@@ -128,6 +164,9 @@ impl StreamGuard {
             out.extend_from_slice(event);
             return Ok(());
         }
+        if let Some(choices) = self.chat_view(&data) {
+            return self.chat_chunk_view(event, &data, choices, out, hits);
+        }
         let Ok(mut v) = serde_json::from_slice::<Value>(&data) else {
             return match self.fail_closed() {
                 Some(name) => Err(name),
@@ -148,6 +187,98 @@ impl StreamGuard {
         } else {
             out.extend_from_slice(event);
         }
+        Ok(())
+    }
+
+    /// A chat (or legacy completions) chunk after the first, read as the parts
+    /// [`Self::chat_chunk`] reads: each choice's `index`, `finish_reason` and `delta` (or
+    /// `text`), the rest skipped rather than built (building the whole chunk was most of
+    /// what guarding a stream cost). `None`: not such a chunk, or one that does not read
+    /// as plainly (a duplicate key, an odd type), which takes the whole reading instead.
+    fn chat_view(&self, data: &[u8]) -> Option<Vec<ChoiceRead>> {
+        if self.whole_only
+            || !matches!(self.endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
+            || self.template.is_none()
+        {
+            return None;
+        }
+        let chunk = serde_json::from_slice::<ChunkView<'_>>(data).ok()?;
+        chunk
+            .choices
+            .into_iter()
+            .map(|c| {
+                let raw = match self.endpoint {
+                    Endpoint::Completions => c.text,
+                    _ => c.delta,
+                };
+                let text = match raw {
+                    None => None,
+                    Some(raw) => {
+                        // Where the value sits in `data`, which it was borrowed from.
+                        let at = raw.get().as_ptr() as usize - data.as_ptr() as usize;
+                        let x: Value = serde_json::from_str(raw.get()).ok()?;
+                        Some((x, at..at + raw.get().len()))
+                    }
+                };
+                Some(ChoiceRead {
+                    idx: c.index.unwrap_or(0),
+                    finishing: c.finish_reason.is_some(),
+                    text,
+                })
+            })
+            .collect()
+    }
+
+    /// [`Self::chat_chunk`] on a [`Self::chat_view`]: the same texts in the same order. A
+    /// changed text is written back into the chunk at its place; the rest of the chunk
+    /// goes out as the provider wrote it.
+    fn chat_chunk_view(
+        &mut self,
+        event: &[u8],
+        data: &[u8],
+        choices: Vec<ChoiceRead>,
+        out: &mut Vec<u8>,
+        hits: &mut Vec<Hit>,
+    ) -> Result<(), Stop> {
+        let carrier = match self.endpoint {
+            Endpoint::Completions => Carrier::Completion,
+            _ => Carrier::Chat,
+        };
+        let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+        for choice in choices {
+            self.finishing = choice.finishing.then_some(choice.idx);
+            if let Some((mut x, range)) = choice.text {
+                let done = self.texts_of(&mut x, choice.idx, "", &carrier, hits);
+                self.finishing = None;
+                if done? {
+                    edits.push((range, x.to_string()));
+                }
+            }
+            self.finishing = None;
+            if choice.finishing {
+                self.flush(Some(choice.idx), out, hits)?;
+            }
+        }
+        if edits.is_empty() || !self.holds {
+            out.extend_from_slice(event);
+            return Ok(());
+        }
+        let mut json = Vec::with_capacity(data.len() + 64);
+        let mut pos = 0;
+        for (range, with) in edits {
+            json.extend_from_slice(&data[pos..range.start]);
+            json.extend_from_slice(with.as_bytes());
+            pos = range.end;
+        }
+        json.extend_from_slice(&data[pos..]);
+        // Data that came in several `data:` lines goes out in as many (joined, they are
+        // the JSON; the edits themselves hold no line break).
+        for line in json.split(|&b| b == b'\n') {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        out.push(b'\n');
         Ok(())
     }
 

@@ -561,3 +561,116 @@ fn texts_open_at_once_are_bounded() {
         "pii"
     );
 }
+
+/// Chat chunks after the first are read in part (each choice's index, finish reason and
+/// delta), the rest skipped: what goes out must be what reading each chunk whole gives,
+/// event for event (as JSON), with the same hits and the same stop, for masks in one or
+/// several choices, tool call arguments, data split over several `data:` lines, CRLF
+/// events, duplicate keys and odd types (which the partial reading leaves to the whole).
+#[test]
+fn chunks_read_in_part_go_out_as_chunks_read_whole() {
+    let pii = guard("pii.yaml", Action::Mask);
+    let secrets = guard("secrets.yaml", Action::Block);
+    let chunk = |choices: Value| json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": choices});
+    let ev = |v: Value| format!("data: {v}\n\n");
+    let mut streams: Vec<(Endpoint, String)> = Vec::new();
+    // Masks over deltas, in two choices at once, and a finishing chunk with content.
+    let mut s = String::new();
+    for (a, b) in [
+        ("mail bob", "call +1 415"),
+        ("@example.", " 555 0100"),
+        ("com now", " ok"),
+    ] {
+        s += &ev(chunk(
+            json!([{"index": 0, "delta": {"content": a}, "finish_reason": null},
+                               {"index": 1, "delta": {"content": b}, "finish_reason": null}]),
+        ));
+    }
+    s += &ev(chunk(
+        json!([{"index": 0, "delta": {"content": " bye jane@example.org"}, "finish_reason": "stop"},
+                          {"index": 1, "delta": {}, "finish_reason": "stop"}]),
+    ));
+    s += "data: [DONE]\n\n";
+    streams.push((Endpoint::ChatCompletions, s));
+    // Tool call arguments, a refusal, a role-only delta, data over several lines, CRLF.
+    let mut s = ev(chunk(
+        json!([{"index": 0, "delta": {"role": "assistant"}, "finish_reason": null}]),
+    ));
+    s += &ev(chunk(
+        json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "t", "type": "function",
+        "function": {"name": "send", "arguments": "{\"to\": \"bob@exa"}}]}, "finish_reason": null}]),
+    ));
+    s += "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\ndata: \"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"mple.com\\\"}\"}}]},\ndata: \"finish_reason\":null}]}\n\n";
+    s += &ev(chunk(
+        json!([{"index": 0, "delta": {"refusal": "no, jane@example.org"}, "finish_reason": null}]),
+    ))
+    .replace("\n\n", "\r\n\r\n");
+    s += &ev(chunk(json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])));
+    streams.push((Endpoint::ChatCompletions, s));
+    // A duplicate key (the last one counts), an index that is no number, a null delta,
+    // no choices at all, a chunk that is not JSON.
+    let mut s = ev(chunk(
+        json!([{"index": 0, "delta": {"content": "hi "}, "finish_reason": null}]),
+    ));
+    s += "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}],\"choices\":[{\"index\":0,\"delta\":{\"content\":\"bob@example.com \"}}]}\n\n";
+    s += "data: {\"choices\":[{\"index\":\"0\",\"delta\":{\"content\":\"a@b.co \"}}]}\n\n";
+    s += "data: {\"choices\":[{\"index\":0,\"delta\":null,\"finish_reason\":null}]}\n\n";
+    s += "data: {\"usage\":{\"prompt_tokens\":1}}\n\n";
+    s += "data: {not json\n\n";
+    s += &ev(chunk(
+        json!([{"index": 0, "delta": {"content": " end"}, "finish_reason": "stop"}]),
+    ));
+    streams.push((Endpoint::ChatCompletions, s));
+    // Legacy completions: the choice's `text`.
+    let mut s = String::new();
+    for t in ["write to bob", "@example.com", " please"] {
+        s += &ev(
+            json!({"id": "x", "object": "text_completion", "choices": [{"index": 0, "text": t, "finish_reason": null}]}),
+        );
+    }
+    s += &ev(
+        json!({"id": "x", "object": "text_completion", "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}),
+    );
+    streams.push((Endpoint::Completions, s));
+    // A secret split over chunks: both readings stop at the same place.
+    let mut s = ev(chunk(
+        json!([{"index": 0, "delta": {"content": "key: -----BEGIN RSA "}, "finish_reason": null}]),
+    ));
+    s += &ev(chunk(
+        json!([{"index": 0, "delta": {"content": "PRIVATE KEY-----\nabc"}, "finish_reason": null}]),
+    ));
+    streams.push((Endpoint::ChatCompletions, s));
+
+    let parsed = |out: &[u8]| -> Vec<Value> {
+        events(out)
+            .iter()
+            .map(|d| {
+                serde_json::from_slice(d).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(d).into_owned()))
+            })
+            .collect()
+    };
+    for guards in [vec![pii.clone()], vec![secrets.clone(), pii.clone()]] {
+        for (endpoint, stream) in &streams {
+            let run = |whole: bool, at: usize| {
+                let mut sg = StreamGuard::new(guards.clone(), *endpoint);
+                if whole {
+                    sg = sg.reading_whole();
+                }
+                let mut hits = Vec::new();
+                let mut out = Vec::new();
+                let r = sg
+                    .feed(&stream.as_bytes()[..at], false, &mut hits)
+                    .and_then(|a| {
+                        out.extend_from_slice(&a);
+                        sg.feed(&stream.as_bytes()[at..], true, &mut hits)
+                    })
+                    .map(|b| out.extend_from_slice(&b));
+                (r, parsed(&out), hits)
+            };
+            for at in [0, stream.len() / 3, stream.len() / 2, stream.len()] {
+                let (part, whole) = (run(false, at), run(true, at));
+                assert_eq!(part, whole, "{endpoint:?} split at {at}:\n{stream}");
+            }
+        }
+    }
+}

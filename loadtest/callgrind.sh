@@ -27,7 +27,7 @@ ROUNDS="${ROUNDS:-1}"
 MOCK_PORT=18100 PROXY_PORT=18180 ADMIN_PORT=19190
 
 command -v valgrind >/dev/null || { echo "installing valgrind"; apt-get install -y -qq valgrind >/dev/null; }
-source loadtest/common.sh
+NO_WRK=1 source loadtest/common.sh
 ports_free "$MOCK_PORT" "$PROXY_PORT" "$ADMIN_PORT"
 
 "$MOCK_BIN" mock-upstream --listen 127.0.0.1:$MOCK_PORT >/dev/null 2>&1 & PIDS+=($!)

@@ -4,7 +4,7 @@ VENV  := target/py-venv
 PY    := $(VENV)/bin/python
 BIN   := target/debug/aigw
 
-.PHONY: build run test test-rust test-python lint fmt docs bench fuzz loadtest soak release clean setup-run setup-test
+.PHONY: build run test test-rust test-python lint fmt docs bench fuzz loadtest soak release clean setup-run setup-test vendor-check
 
 # What the build and the tests need besides Rust, installed when missing (scripts/setup.sh:
 # apt, with sudo when not root; elsewhere it names the packages). A no-op in milliseconds
@@ -79,6 +79,11 @@ loadtest: release
 # stays in flight and RSS stays flat, and measures memory per idle connection.
 soak: release
 	loadtest/soak.sh
+
+# The vendored Pingora crates are exactly the published ones plus vendor/patches/, in order.
+# Needs the published .crate files (cargo's cache or crates.io); skips, saying so, without them.
+vendor-check:
+	scripts/vendor-pingora.sh check
 
 clean:
 	$(CARGO) clean

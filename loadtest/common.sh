@@ -9,7 +9,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null; }
+# (loadtest/callgrind.sh sends its own requests and sets NO_WRK.)
+[ -n "${NO_WRK:-}" ] || command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null; }
 
 # A process left over from an earlier run would answer in place of the one started here.
 ports_free() {

@@ -129,7 +129,7 @@ impl Whole {
 /// `input_tokens_details`, `output_tokens_details`) and Anthropic (`input_tokens`
 /// without the `cache_read_input_tokens` and `cache_creation_input_tokens` beside it).
 /// Every field is read on its own ([`Count`]), so an odd one costs only itself.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct RawUsage {
     prompt_tokens: Count,
     completion_tokens: Count,
@@ -186,13 +186,25 @@ impl RawUsage {
             audio_input_tokens: sub(prompt, "audio_tokens"),
             audio_output_tokens: sub(completion, "audio_tokens"),
             unreadable: false,
-            audio_ms: o
-                .get("seconds")
-                .and_then(Value::as_f64)
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                // Saturates: a day of audio is 8.64e7 ms; a bigger report is the provider's.
-                .map(|s| (s * 1000.0).round().min(u64::MAX as f64) as u64),
+            audio_ms: o.get("seconds").and_then(Self::audio_ms),
         }
+    }
+
+    /// A report that is there but is no object at all.
+    fn not_an_object() -> Self {
+        Self {
+            unreadable: true,
+            ..Self::default()
+        }
+    }
+
+    /// `seconds` of a duration report, in milliseconds.
+    fn audio_ms(seconds: &Value) -> Option<u64> {
+        seconds
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            // Saturates: a day of audio is 8.64e7 ms; a bigger report is the provider's.
+            .map(|s| (s * 1000.0).round().min(u64::MAX as f64) as u64)
     }
 
     /// All input: OpenAI's `prompt_tokens` (or Responses' `input_tokens`) counts it; beside
@@ -217,10 +229,244 @@ impl RawUsage {
 }
 
 /// Reads the report whatever JSON it holds: a usage object is never the reason a whole
-/// answer or event fails to parse.
+/// answer or event fails to parse. Exactly what [`RawUsage::read`] makes of the same JSON
+/// as a [`Value`], in one pass over it: no map of the report (nor of its details) is
+/// built, each value is read as a `Value` on its own (a number allocates nothing) and
+/// the key it is under decides where it goes; a key given twice counts as the last one,
+/// as in a `Value`'s map. Building the map was most of what reading a JSON answer's usage
+/// cost (callgrind).
 impl<'de> Deserialize<'de> for RawUsage {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Value::deserialize(d).map(|v| Self::read(&v))
+        d.deserialize_any(ReportVisitor)
+    }
+}
+
+/// The keys a usage report and its details objects are read by; any other is skipped.
+#[derive(Clone, Copy)]
+enum Key {
+    PromptTokens,
+    CompletionTokens,
+    InputTokens,
+    OutputTokens,
+    CacheCreationInputTokens,
+    CacheReadInputTokens,
+    PromptTokensDetails,
+    InputTokensDetails,
+    InputTokenDetails,
+    CompletionTokensDetails,
+    OutputTokensDetails,
+    OutputTokenDetails,
+    Seconds,
+    CachedTokens,
+    CacheWriteTokens,
+    ReasoningTokens,
+    AudioTokens,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, k: &str) -> Result<Key, E> {
+                Ok(match k {
+                    "prompt_tokens" => Key::PromptTokens,
+                    "completion_tokens" => Key::CompletionTokens,
+                    "input_tokens" => Key::InputTokens,
+                    "output_tokens" => Key::OutputTokens,
+                    "cache_creation_input_tokens" => Key::CacheCreationInputTokens,
+                    "cache_read_input_tokens" => Key::CacheReadInputTokens,
+                    "prompt_tokens_details" => Key::PromptTokensDetails,
+                    "input_tokens_details" => Key::InputTokensDetails,
+                    "input_token_details" => Key::InputTokenDetails,
+                    "completion_tokens_details" => Key::CompletionTokensDetails,
+                    "output_tokens_details" => Key::OutputTokensDetails,
+                    "output_token_details" => Key::OutputTokenDetails,
+                    "seconds" => Key::Seconds,
+                    "cached_tokens" => Key::CachedTokens,
+                    "cache_write_tokens" => Key::CacheWriteTokens,
+                    "reasoning_tokens" => Key::ReasoningTokens,
+                    "audio_tokens" => Key::AudioTokens,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// One details object's counts (`Value::get` on anything but an object finds none).
+#[derive(Clone, Copy, Default)]
+struct DetailCounts {
+    cached_tokens: Count,
+    cache_write_tokens: Count,
+    reasoning_tokens: Count,
+    audio_tokens: Count,
+}
+
+/// A details value: `null` is passed over when the first of two names is chosen
+/// ([`RawUsage::read`]'s `filter(|d| !d.is_null())`), anything else is chosen.
+#[derive(Clone, Copy)]
+enum Details {
+    Null,
+    Counts(DetailCounts),
+}
+
+impl Details {
+    fn counts(d: Option<Self>) -> DetailCounts {
+        match d {
+            Some(Self::Counts(c)) => c,
+            Some(Self::Null) | None => DetailCounts::default(),
+        }
+    }
+
+    /// The first of `a` and `b` that is there and not null, else `c` (as `read` chooses).
+    fn choose(a: Option<Self>, b: Option<Self>, c: Option<Self>) -> DetailCounts {
+        let present = |d: &Option<Self>| matches!(d, Some(Self::Counts(_)));
+        if present(&a) {
+            Self::counts(a)
+        } else if present(&b) {
+            Self::counts(b)
+        } else {
+            Self::counts(c)
+        }
+    }
+}
+
+/// Skips the rest of an array read as something that is not an object.
+fn skip_seq<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<Value>()?.is_some() {}
+    Ok(())
+}
+
+impl<'de> Deserialize<'de> for Details {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct DetailsVisitor;
+        impl<'de> serde::de::Visitor<'de> for DetailsVisitor {
+            type Value = Details;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Details, E> {
+                Ok(Details::Null)
+            }
+            fn visit_none<E>(self) -> Result<Details, E> {
+                Ok(Details::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Details, E> {
+                Ok(Details::Counts(DetailCounts::default()))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Details, E> {
+                Ok(Details::Counts(DetailCounts::default()))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Details, E> {
+                Ok(Details::Counts(DetailCounts::default()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Details, E> {
+                Ok(Details::Counts(DetailCounts::default()))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Details, E> {
+                Ok(Details::Counts(DetailCounts::default()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Details, A::Error> {
+                skip_seq(seq).map(|()| Details::Counts(DetailCounts::default()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Details, A::Error> {
+                let mut c = DetailCounts::default();
+                while let Some(k) = map.next_key::<Key>()? {
+                    let v: Value = map.next_value()?;
+                    let slot = match k {
+                        Key::CachedTokens => &mut c.cached_tokens,
+                        Key::CacheWriteTokens => &mut c.cache_write_tokens,
+                        Key::ReasoningTokens => &mut c.reasoning_tokens,
+                        Key::AudioTokens => &mut c.audio_tokens,
+                        _ => continue,
+                    };
+                    *slot = Count::read(Some(&v));
+                }
+                Ok(Details::Counts(c))
+            }
+        }
+        d.deserialize_any(DetailsVisitor)
+    }
+}
+
+struct ReportVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ReportVisitor {
+    type Value = RawUsage;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<RawUsage, E> {
+        Ok(RawUsage::default())
+    }
+    fn visit_none<E>(self) -> Result<RawUsage, E> {
+        Ok(RawUsage::default())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<RawUsage, E> {
+        Ok(RawUsage::not_an_object())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<RawUsage, E> {
+        Ok(RawUsage::not_an_object())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<RawUsage, E> {
+        Ok(RawUsage::not_an_object())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<RawUsage, E> {
+        Ok(RawUsage::not_an_object())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<RawUsage, E> {
+        Ok(RawUsage::not_an_object())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawUsage, A::Error> {
+        skip_seq(seq).map(|()| RawUsage::not_an_object())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawUsage, A::Error> {
+        let mut u = RawUsage::default();
+        let mut details: [Option<Details>; 6] = [None; 6];
+        while let Some(k) = map.next_key::<Key>()? {
+            let at = match k {
+                Key::PromptTokensDetails => 0,
+                Key::InputTokensDetails => 1,
+                Key::InputTokenDetails => 2,
+                Key::CompletionTokensDetails => 3,
+                Key::OutputTokensDetails => 4,
+                Key::OutputTokenDetails => 5,
+                _ => {
+                    let v: Value = map.next_value()?;
+                    let slot = match k {
+                        Key::PromptTokens => &mut u.prompt_tokens,
+                        Key::CompletionTokens => &mut u.completion_tokens,
+                        Key::InputTokens => &mut u.input_tokens,
+                        Key::OutputTokens => &mut u.output_tokens,
+                        Key::CacheCreationInputTokens => &mut u.cache_creation_input_tokens,
+                        Key::CacheReadInputTokens => &mut u.cache_read_input_tokens,
+                        Key::Seconds => {
+                            u.audio_ms = RawUsage::audio_ms(&v);
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    *slot = Count::read(Some(&v));
+                    continue;
+                }
+            };
+            details[at] = Some(map.next_value::<Details>()?);
+        }
+        let [pt, it, itk, ct, ot, otk] = details;
+        let prompt = Details::choose(pt, it, itk);
+        let completion = Details::choose(ct, ot, otk);
+        u.cached_tokens = prompt.cached_tokens;
+        u.cache_write_tokens = prompt.cache_write_tokens;
+        u.audio_input_tokens = prompt.audio_tokens;
+        u.reasoning_tokens = completion.reasoning_tokens;
+        u.audio_output_tokens = completion.audio_tokens;
+        Ok(u)
     }
 }
 
@@ -449,6 +695,74 @@ mod tests {
 
     fn usage(v: Value) -> Usage {
         Usage::from_json(&v)
+    }
+
+    /// The one-pass reader ([`RawUsage`]'s `Deserialize`) makes of a report exactly what
+    /// [`RawUsage::read`] makes of it as a `Value`, odd reports included; and both fail
+    /// on the same broken JSON.
+    #[test]
+    fn the_one_pass_reader_reads_as_the_value_reader_does() {
+        let reports = [
+            r#"{"prompt_tokens": 100, "completion_tokens": 30, "total_tokens": 130,
+                "prompt_tokens_details": {"cached_tokens": 60, "audio_tokens": 2},
+                "completion_tokens_details": {"reasoning_tokens": 20, "audio_tokens": 3}}"#,
+            r#"{"input_tokens": 10, "output_tokens": 5, "input_tokens_details": {"cached_tokens": 4},
+                "output_tokens_details": {"reasoning_tokens": 1}}"#,
+            r#"{"input_tokens": 10, "cache_read_input_tokens": 7, "cache_creation_input_tokens": 3, "output_tokens": 2}"#,
+            r#"{"input_token_details": {"cached_tokens": 9, "audio_tokens": 4}, "output_token_details": {"audio_tokens": 6}}"#,
+            // The first name that is there and not null is the one read, else the third.
+            r#"{"prompt_tokens_details": null, "input_tokens_details": {"cached_tokens": 8}}"#,
+            r#"{"prompt_tokens_details": null, "input_tokens_details": null, "input_token_details": {"cached_tokens": 6}}"#,
+            r#"{"prompt_tokens_details": {"cached_tokens": 1}, "input_tokens_details": {"cached_tokens": 8}}"#,
+            r#"{"prompt_tokens_details": 5, "input_tokens_details": {"cached_tokens": 8}}"#,
+            r#"{"prompt_tokens_details": [1, {"cached_tokens": 2}], "completion_tokens_details": "x"}"#,
+            r#"{"completion_tokens_details": null, "output_tokens_details": null, "output_token_details": null}"#,
+            // Odd counts: each costs only itself.
+            r#"{"prompt_tokens": -1, "completion_tokens": 12.0, "input_tokens": 1.5, "output_tokens": "7"}"#,
+            r#"{"prompt_tokens": 18446744073709551615, "completion_tokens": 18446744073709551616,
+                "cache_read_input_tokens": 9007199254740993.0, "cache_creation_input_tokens": true}"#,
+            r#"{"prompt_tokens": [1], "completion_tokens": {"n": 1}, "input_tokens": null, "output_tokens": -0}"#,
+            r#"{"prompt_tokens_details": {"cached_tokens": -3, "cache_write_tokens": 4, "audio_tokens": "1"}}"#,
+            // A key given twice counts as the last one; escaped keys are the same keys.
+            r#"{"prompt_tokens": 1, "prompt_tokens": 2, "prompt\u005ftokens": 3}"#,
+            r#"{"prompt_tokens_details": {"cached_tokens": 1}, "prompt_tokens_details": null,
+                "input_tokens_details": {"cached_tokens": 5}}"#,
+            r#"{"seconds": 1.25, "type": "duration"}"#,
+            r#"{"seconds": 1.25, "seconds": "2"}"#,
+            r#"{"seconds": -1}"#,
+            r#"{"seconds": 1e300}"#,
+            r#"{"seconds": 17}"#,
+            r#"{"nested": {"prompt_tokens": 5, "deep": [{"x": null}]}, "prompt_tokens": 4}"#,
+            // Not objects.
+            "null",
+            "12",
+            "\"12\"",
+            "[1, 2, {\"prompt_tokens\": 1}]",
+            "true",
+            "{}",
+            // Broken: both fail.
+            r#"{"prompt_tokens": 1e999}"#,
+            r#"{"prompt_tokens": 1,}"#,
+            r#"{"x": "\ud800"}"#,
+            r#"{"prompt_tokens_details": {"cached_tokens": 1"#,
+        ];
+        for r in reports {
+            let one_pass = serde_json::from_str::<RawUsage>(r).map_err(|e| e.to_string());
+            let via_value = serde_json::from_str::<Value>(r)
+                .map(|v| RawUsage::read(&v))
+                .map_err(|e| e.to_string());
+            assert_eq!(
+                one_pass.is_ok(),
+                via_value.is_ok(),
+                "{r}: {one_pass:?} against {via_value:?}"
+            );
+            if let (Ok(a), Ok(b)) = (one_pass, via_value) {
+                assert_eq!(a, b, "{r}");
+            }
+        }
+        // Also when read from a Value (as Anthropic's stream events are).
+        let v: Value = serde_json::from_str(reports[0]).unwrap();
+        assert_eq!(RawUsage::deserialize(&v).unwrap(), RawUsage::read(&v));
     }
 
     #[test]

@@ -50,6 +50,20 @@ async fn malformed_json_and_http_get_defined_answers() {
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CALLER_KEY}\r\nContent-Length: 60\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
     );
     assert_eq!(raw(&gw, smuggle.as_bytes()), "HTTP/1.1 400 Bad Request");
+    // Content-Length values that do not agree, or do not parse, frame nothing: refused
+    // (vendor patch 0010 reads a single value of digits alone apart; these are not that).
+    for cl in [
+        "Content-Length: 5, 6",
+        "Content-Length: 5\r\nContent-Length: 6",
+        "Content-Length: +5",
+        "Content-Length: 5 5",
+        "Content-Length: 99999999999999999999999",
+    ] {
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CALLER_KEY}\r\n{cl}\r\n\r\n{{}}\r\n\r\n"
+        );
+        assert_eq!(raw(&gw, req.as_bytes()), "HTTP/1.1 400 Bad Request", "{cl}");
+    }
     // Too many headers.
     let mut many = String::from("GET /v1/models HTTP/1.1\r\nHost: x\r\n");
     for i in 0..300 {

@@ -360,7 +360,14 @@ struct SafeJson;
 
 impl serde_json::ser::Formatter for SafeJson {
     fn write_string_fragment<W: ?Sized + Write>(&mut self, w: &mut W, fragment: &str) -> std::io::Result<()> {
-        let mut rest = fragment;
+        // Printable ASCII is never unsafe, and most of a line is nothing else: it is
+        // written as it is, byte by byte checked, not decoded char by char.
+        let plain = fragment
+            .bytes()
+            .position(|b| !(b' '..=b'~').contains(&b))
+            .unwrap_or(fragment.len());
+        w.write_all(&fragment.as_bytes()[..plain])?;
+        let mut rest = &fragment[plain..];
         while let Some((at, c)) = rest.char_indices().find(|&(_, c)| is_unsafe(c)) {
             w.write_all(&rest.as_bytes()[..at])?;
             let mut units = [0u16; 2];

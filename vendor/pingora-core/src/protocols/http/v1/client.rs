@@ -53,6 +53,9 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
+    // aigw patch: what the session still needs of a final response header that
+    // read_response_task handed over (moved, not cloned).
+    handed_over: Option<HandedOver>,
     request_written: Option<Box<RequestHeader>>,
     bytes_sent: usize,
     /// Total response body payload bytes received from upstream
@@ -67,6 +70,16 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+}
+
+/// aigw patch: what [`HttpSession`] keeps of a final response header after
+/// [`HttpSession::read_response_task`] moved it into its task: the status (for
+/// [`HttpSession::get_status`]) and the header's part of the keepalive decision
+/// ([`HttpSession::respect_keepalive`]), taken before the move.
+#[derive(Clone, Copy)]
+struct HandedOver {
+    status: StatusCode,
+    keepalive: Option<u64>,
 }
 
 /// HTTP 1.x client session
@@ -90,6 +103,7 @@ impl HttpSession {
             body_writer: BodyWriter::new(),
             keepalive_timeout: KeepaliveStatus::Off,
             response_header: None,
+            handed_over: None,
             request_written: None,
             read_timeout: None,
             write_timeout: None,
@@ -278,9 +292,12 @@ impl HttpSession {
 
         loop {
             if parse_existing_buffer {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                let parsed = parse_resp_buffer(&mut resp, &self.response_header_read_buf);
+                // aigw patch: httparse fills the slots it uses; the 256 are not initialised
+                // first (8 KiB written per parse in stock 0.9.1).
+                let mut headers = [std::mem::MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut []);
+                let parsed =
+                    parse_resp_buffer(&mut resp, &self.response_header_read_buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         let total_read = self.response_header_read_buf.len();
@@ -344,6 +361,7 @@ impl HttpSession {
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
                         self.response_header = Some(response_header);
+                        self.handed_over = None;
                         if let Err(e) = self.validate_response() {
                             return self.fail_response_header_read(e);
                         }
@@ -448,7 +466,30 @@ impl HttpSession {
         Ok(Box::new(self.resp_header().unwrap().clone()))
     }
 
+    /// aigw patch: read the response header and move it out of the session (instead of
+    /// [`Self::read_resp_header_parts`]'s copy), keeping only what the session still
+    /// needs: [`Self::get_status`] and [`Self::respect_keepalive`] answer as before, while
+    /// [`Self::resp_header`] and [`Self::get_header`] return `None` afterwards. An
+    /// informational (1xx) header is copied as before: the session reads another.
+    async fn take_resp_header(&mut self) -> Result<Box<ResponseHeader>> {
+        self.read_response().await?;
+        if self.body_reader.need_init() {
+            // safe to unwrap because it is just read
+            return Ok(Box::new(self.resp_header().unwrap().clone()));
+        }
+        let keepalive = self.header_keepalive();
+        // safe to unwrap because it is just read
+        let header = self.response_header.take().unwrap();
+        self.handed_over = Some(HandedOver {
+            status: header.status,
+            keepalive,
+        });
+        Ok(header)
+    }
+
     /// Return a reference of the [`ResponseHeader`] if the response is read
+    ///
+    /// aigw patch: `None` once [`Self::read_response_task`] handed a final header over.
     pub fn resp_header(&self) -> Option<&ResponseHeader> {
         self.response_header.as_deref()
     }
@@ -470,7 +511,10 @@ impl HttpSession {
 
     /// Return the status code of the response if read
     pub fn get_status(&self) -> Option<StatusCode> {
-        self.response_header.as_ref().map(|h| h.status)
+        match &self.response_header {
+            Some(h) => Some(h.status),
+            None => self.handed_over.map(|h| h.status),
+        }
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
@@ -578,6 +622,17 @@ impl HttpSession {
             return;
         }
 
+        let keepalive = self.header_keepalive();
+        self.set_keepalive(keepalive);
+    }
+
+    /// The response header's part of [`Self::respect_keepalive`], as the argument of
+    /// `set_keepalive` (aigw patch: split out so it can be taken before the header is
+    /// handed over, see [`Self::take_resp_header`]).
+    fn header_keepalive(&self) -> Option<u64> {
+        if let Some(handed_over) = self.handed_over {
+            return handed_over.keepalive;
+        }
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
         if self.resp_header().map(|h| h.version) == Some(Version::HTTP_10)
@@ -586,24 +641,20 @@ impl HttpSession {
                 .and_then(|h| h.headers.get(header::TRANSFER_ENCODING))
                 .is_some()
         {
-            self.set_keepalive(None);
-            return;
+            return None;
         }
         if let Some(keepalive) = self.is_connection_keepalive() {
             if keepalive {
                 let (timeout, _max_use) = self.get_keepalive_values();
                 // TODO: respect max_use
-                match timeout {
-                    Some(d) => self.set_keepalive(Some(d)),
-                    None => self.set_keepalive(Some(0)), // infinite
-                }
+                Some(timeout.unwrap_or(0)) // 0: infinite
             } else {
-                self.set_keepalive(None);
+                None
             }
         } else if self.resp_header().map(|h| h.version) == Some(Version::HTTP_11) {
-            self.set_keepalive(Some(0)); // on by default for http 1.1
+            Some(0) // on by default for http 1.1
         } else {
-            self.set_keepalive(None); // off by default for http 1.0
+            None // off by default for http 1.0
         }
     }
 
@@ -817,7 +868,8 @@ impl HttpSession {
 
     pub async fn read_response_task(&mut self) -> Result<HttpTask> {
         if self.should_read_resp_header() {
-            let resp_header = self.read_resp_header_parts().await?;
+            // aigw patch: the header is moved into the task, not copied
+            let resp_header = self.take_resp_header().await?;
             let end_of_body = self.is_body_done();
             debug!("Response header: {resp_header:?}");
             trace!(
@@ -890,14 +942,15 @@ impl HttpSession {
 }
 
 #[inline]
-fn parse_resp_buffer<'buf>(
-    resp: &mut httparse::Response<'_, 'buf>,
+fn parse_resp_buffer<'headers, 'buf>(
+    resp: &mut httparse::Response<'headers, 'buf>,
     buf: &'buf [u8],
+    headers: &'headers mut [std::mem::MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     let mut parser = httparse::ParserConfig::default();
     parser.allow_spaces_after_header_name_in_responses(true);
     parser.allow_obsolete_multiline_headers_in_responses(true);
-    let res = match parser.parse_response(resp, buf) {
+    let res = match parser.parse_response_with_uninit_headers(resp, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -1251,6 +1304,40 @@ mod tests_stream {
 
         assert_eq!(Some(StatusCode::OK), http_stream.get_status());
         assert_eq!(Version::HTTP_11, http_stream.resp_header().unwrap().version);
+    }
+
+    /// aigw patch: read_response_task moves the final header into its task; the session
+    /// still answers get_status and decides keepalive as it would have with the header.
+    #[rstest]
+    #[case(&b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"[..], KeepaliveStatus::Infinite)]
+    #[case(&b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx"[..], KeepaliveStatus::Off)]
+    #[case(&b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=7\r\nContent-Length: 1\r\n\r\nx"[..], KeepaliveStatus::Timeout(Duration::from_secs(7)))]
+    #[case(&b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx"[..], KeepaliveStatus::Off)]
+    #[case(&b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx"[..], KeepaliveStatus::Infinite)]
+    #[tokio::test]
+    async fn read_response_task_hands_the_header_over(
+        #[case] input: &'static [u8],
+        #[case] expected: KeepaliveStatus,
+    ) {
+        init_log();
+        let mock_io = Builder::new().read(input).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        match http_stream.read_response_task().await.unwrap() {
+            HttpTask::Header(h, eob) => {
+                assert_eq!(h.status, 200);
+                assert!(h.headers.contains_key(header::CONTENT_LENGTH));
+                assert!(!eob);
+            }
+            _ => panic!("expected the header"),
+        }
+        assert!(http_stream.resp_header().is_none(), "moved, not copied");
+        assert_eq!(Some(StatusCode::OK), http_stream.get_status());
+        match http_stream.read_response_task().await.unwrap() {
+            HttpTask::Body(Some(b), true) => assert_eq!(&b[..], b"x"),
+            t => panic!("expected the body, got {t:?}"),
+        }
+        http_stream.respect_keepalive();
+        assert_eq!(http_stream.keepalive_timeout, expected);
     }
 
     async fn read_response_with_cancellations(

@@ -334,8 +334,18 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
     // If multiple Content-Length headers were sent, everything can still be
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
+    let all = headers.get_all(header::CONTENT_LENGTH);
+    // aigw patch: the usual case, one value of digits alone, is read as it is; the
+    // loop below would read it the same (no comma to split at, no space to trim), and
+    // still reads anything else (a list, spaces, a value that does not parse).
+    let mut values = all.iter();
+    if let (Some(value), None) = (values.next(), values.next()) {
+        if let Some(n) = from_digits(value.as_bytes()) {
+            return Some(n);
+        }
+    }
     let mut content_length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
+    for value in all {
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
         let line = value.to_str().ok()?;

@@ -55,7 +55,8 @@ if [ -n "$GWR" ]; then
 else
   cp loadtest/production.yaml "$WORK/production.yaml"
 fi
-RUST_LOG=warn "$BIN" serve --config "$WORK/production.yaml" >/dev/null 2>"$WORK/gw-production.log" & GWP=$!; PIDS+=($GWP)
+# Its access log goes to a file, as in production (not to /dev/null: issue 37).
+RUST_LOG=warn "$BIN" serve --config "$WORK/production.yaml" >"$WORK/production-access.log" 2>"$WORK/gw-production.log" & GWP=$!; PIDS+=($GWP)
 wait_port 18085
 
 nginx_pids() { pgrep -f "nginx: worker process" | tr '\n' ' '; }

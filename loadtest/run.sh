@@ -166,31 +166,36 @@ for stream in 0 1; do
   echo "- alternating, $RATIO_ROUNDS rounds at 64 connections, $what: ${ratios[*]}; median $(printf '%s\n' "${ratios[@]}" | median)x" | tee -a "$OUT"
 done
 
-# Latency at a fixed rate, half the gateway's peak: open-loop (oha, corrected for
-# coordinated omission), straight to the mock and through the gateway; the difference is
-# what the gateway adds.
-RATE=$((GW_PEAK / 2))
+# Latency at fixed rates, open-loop (oha, corrected for coordinated omission): half the
+# gateway's peak, and 1,000 req/s (issue 37's goal: what a proxy adds when it is not
+# busy); straight to the mock and through each proxy, the difference being what it adds.
 BODY='{"model":"load-model","stream":false,"messages":[{"role":"user","content":"Summarise the load test in one sentence."}]}'
-fixed() { # name url
-  oha --no-tui --output-format json -z "${DURATION}s" -c 64 -q "$RATE" --latency-correction \
+fixed() { # rate url
+  oha --no-tui --output-format json -z "${DURATION}s" -c 64 -q "$1" --latency-correction \
     -m POST -H 'Content-Type: application/json' -H 'Authorization: Bearer sk-load-caller' -d "$BODY" "$2" |
     python3 -c 'import json,sys; d=json.load(sys.stdin); p=d["latencyPercentiles"]; s=d["summary"]; print("%.0f %.3f %.3f %.3f %.4f" % (s["requestsPerSec"], p["p50"]*1e3, p["p99"]*1e3, p["p99.9"]*1e3, s["successRate"]))'
 }
-{
-  echo
-  echo "Fixed rate: $RATE req/s (half the gateway's peak), 64 connections, open loop (oha):"
-  echo
-  echo "| target | req/s | p50 ms | p99 ms | p99.9 ms | success |"
-  echo "|---|---|---|---|---|---|"
-} | tee -a "$OUT"
-read -r d_rps d50 d99 d999 dok <<<"$(fixed direct http://127.0.0.1:18000/v1/chat/completions)"
-echo "| direct to mock | $d_rps | $d50 | $d99 | $d999 | $dok |" | tee -a "$OUT"
-for t in "nginx:18081" "bare Pingora:18084" "gateway:18080"; do
-  IFS=: read -r name port <<<"$t"
-  read -r rps p50 p99 p999 ok <<<"$(fixed "$name" "http://127.0.0.1:$port/v1/chat/completions")"
-  echo "| $name | $rps | $p50 | $p99 | $p999 | $ok |" | tee -a "$OUT"
-  added=$(awk -v a="$p50" -v b="$d50" -v c="$p99" -v d="$d99" -v e="$p999" -v f="$d999" 'BEGIN{printf "%.3f | %.3f | %.3f", a-b, c-d, e-f}')
-  echo "| added by $name | | $added | |" | tee -a "$OUT"
+for RATE in $((GW_PEAK / 2)) 1000; do
+  {
+    echo
+    if [ "$RATE" = 1000 ]; then
+      echo "Fixed rate: 1000 req/s, 64 connections, open loop (oha):"
+    else
+      echo "Fixed rate: $RATE req/s (half the gateway's peak), 64 connections, open loop (oha):"
+    fi
+    echo
+    echo "| target | req/s | p50 ms | p99 ms | p99.9 ms | success |"
+    echo "|---|---|---|---|---|---|"
+  } | tee -a "$OUT"
+  read -r d_rps d50 d99 d999 dok <<<"$(fixed "$RATE" http://127.0.0.1:18000/v1/chat/completions)"
+  echo "| direct to mock | $d_rps | $d50 | $d99 | $d999 | $dok |" | tee -a "$OUT"
+  for t in "nginx:18081" "bare Pingora:18084" "gateway:18080"; do
+    IFS=: read -r name port <<<"$t"
+    read -r rps p50 p99 p999 ok <<<"$(fixed "$RATE" "http://127.0.0.1:$port/v1/chat/completions")"
+    echo "| $name | $rps | $p50 | $p99 | $p999 | $ok |" | tee -a "$OUT"
+    added=$(awk -v a="$p50" -v b="$d50" -v c="$p99" -v d="$d99" -v e="$p999" -v f="$d999" 'BEGIN{printf "%.3f | %.3f | %.3f", a-b, c-d, e-f}')
+    echo "| added by $name | | $added | |" | tee -a "$OUT"
+  done
 done
 
 echo

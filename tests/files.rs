@@ -534,12 +534,20 @@ async fn uploads_reach_the_provider_whole_and_a_batch_file_rewritten_across_chun
 async fn capped(gw: &Gateway, mock: &Mock) {
     let f1 = upload_id(gw, "sk-a", "batch", line(1, "mini").into_bytes()).await;
     let f2 = upload_id(gw, "sk-a", "batch", line(2, "mini").into_bytes()).await;
+    let calls = |path: &str| {
+        mock.requests()
+            .iter()
+            .filter(|r| r["method"] == "POST" && r["path"] == path)
+            .count()
+    };
+    let uploads = || calls("/v1/files");
+    // Refused before the provider is called: nothing is created there for no id.
+    let before = uploads();
     let r = upload(gw, "sk-a", "batch", line(3, "mini").into_bytes()).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let v: Value = r.json().await.unwrap();
     assert!(v["error"]["message"].as_str().unwrap().contains("holds 2 files"), "{v}");
-    let uploads = || mock.requests().iter().filter(|r| r["path"] == "/v1/files").count();
-    let before = uploads();
+    assert_eq!(uploads(), before);
     // Another owner is not held back by this one.
     upload_id(gw, "sk-b", "batch", line(1, "mini").into_bytes()).await;
     assert_eq!(uploads(), before + 1);
@@ -556,8 +564,14 @@ async fn capped(gw: &Gateway, mock: &Mock) {
         let out = b["output_file_id"].as_str().unwrap();
         assert_eq!(content(gw, "sk-a", out).await.0, StatusCode::OK);
     }
+    let created = calls("/v1/batches");
     let (s, v) = create_batch(gw, "sk-a", &f1, json!({})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(
+        calls("/v1/batches"),
+        created,
+        "no batch runs at the provider for a refused one"
+    );
     assert!(
         v["error"]["message"].as_str().unwrap().contains("holds 2 batches"),
         "{v}"

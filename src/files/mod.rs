@@ -385,6 +385,8 @@ impl Files {
         }
         let (filename, content) =
             file.ok_or_else(|| GwError::InvalidRequest("The form field 'file' is required.".into()))?;
+        let keep = &env.snap.server.files;
+        self.ids.room(Kind::File, &call.caller.owner, keep).await?;
         let len = content.len() as u64;
         let (provider, upload, aliases) = if purpose == "batch" {
             let checked = jsonl::check(env.snap, call.caller, &content)?;
@@ -423,9 +425,15 @@ impl Files {
             input: None,
             budget: None,
         };
-        self.ids
-            .put(&id, &rec, false, Cap::Owner, &env.snap.server.files)
-            .await?;
+        if let Err(e) = self.ids.put(&id, &rec, false, Cap::Owner, keep).await {
+            // Raced past `room` to the cap, or the store failed: the provider's copy has
+            // no id to reach it by, so it goes.
+            let p = Self::provider(env.snap, &rec)?;
+            let _ = self
+                .call_json(self.request(p, Method::DELETE, &["files", &rec.upstream]), None)
+                .await;
+            return Err(e);
+        }
         Ok(v)
     }
 
@@ -517,6 +525,9 @@ impl Files {
         if let Some(b) = &call.caller.budget {
             env.budgets.admit(b, &call.caller.owner, chrono::Utc::now()).await?;
         }
+        self.ids
+            .room(Kind::Batch, &call.caller.owner, &env.snap.server.files)
+            .await?;
         let p = Self::provider(env.snap, &file)?;
         req["input_file_id"] = json!(file.upstream);
         let v = self
@@ -535,9 +546,17 @@ impl Files {
             input: Some(input),
             budget: call.caller.budget.as_ref().map(|b| b.name.clone()),
         };
-        self.ids
-            .put(&id, &rec, false, Cap::Owner, &env.snap.server.files)
-            .await?;
+        if let Err(e) = self.ids.put(&id, &rec, false, Cap::Owner, &env.snap.server.files).await {
+            // Raced past `room` to the cap, or the store failed: a batch nobody can see is
+            // never charged, so it is cancelled at the provider.
+            let _ = self
+                .call_json(
+                    self.request(p, Method::POST, &["batches", &rec.upstream, "cancel"]),
+                    None,
+                )
+                .await;
+            return Err(e);
+        }
         self.batch_view(env, &id, &rec, v).await
     }
 

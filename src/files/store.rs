@@ -169,6 +169,23 @@ impl Memory {
         }
     }
 
+    /// Whether the owner may hold one more id of `kind` (expired ones do not count).
+    fn room(&mut self, kind: Kind, owner: &str, keep: &FileIds) -> Result<(), GwError> {
+        self.expire(cutoff(keep));
+        let held = self.owners.get(&(kind, owner.to_owned())).map_or(0, BTreeSet::len);
+        if held >= keep.max_ids_per_owner {
+            return Err(full(kind, keep));
+        }
+        if self.records.len() >= keep.max_ids {
+            tracing::warn!(
+                max_ids = keep.max_ids,
+                "the file and batch id store is full (server.files.max_ids)"
+            );
+            return Err(GwError::StoreUnavailable);
+        }
+        Ok(())
+    }
+
     fn put(&mut self, id: &str, rec: &Record, only_new: bool, cap: Cap, keep: &FileIds) -> Result<bool, GwError> {
         self.expire(cutoff(keep));
         if self.records.contains_key(id) {
@@ -178,17 +195,7 @@ impl Memory {
             self.remove(id);
         }
         if cap == Cap::Owner {
-            let held = self.owners.get(&(rec.kind, rec.owner.clone())).map_or(0, BTreeSet::len);
-            if held >= keep.max_ids_per_owner {
-                return Err(full(rec.kind, keep));
-            }
-            if self.records.len() >= keep.max_ids {
-                tracing::warn!(
-                    max_ids = keep.max_ids,
-                    "the file and batch id store is full (server.files.max_ids)"
-                );
-                return Err(GwError::StoreUnavailable);
-            }
+            self.room(rec.kind, &rec.owner, keep)?;
         }
         let key = (rec.created_ms, id.to_owned());
         self.by_age.insert(key.clone());
@@ -274,6 +281,37 @@ impl Ids {
             -1 => Err(full(rec.kind, keep)),
             r => Ok(r == 1),
         }
+    }
+
+    /// Whether the owner may hold one more id of `kind`: asked before the provider is
+    /// called, so that an owner at its cap creates nothing there (a batch that ran with
+    /// no id to see it by would be neither reachable nor charged). [`Ids::put`] checks
+    /// again, for calls that race past this one.
+    pub async fn room(&self, kind: Kind, owner: &str, keep: &FileIds) -> Result<(), GwError> {
+        let Some(pool) = &self.redis else {
+            return self.memory().room(kind, owner, keep);
+        };
+        let (idx, cut) = (index_key(kind, owner), cutoff(keep));
+        let held: i64 = pool
+            .call(|mut c| async move {
+                let (held,): (i64,) = redis::pipe()
+                    .cmd("ZREMRANGEBYSCORE")
+                    .arg(&idx)
+                    .arg("-inf")
+                    .arg(format!("({cut}"))
+                    .ignore()
+                    .cmd("ZCARD")
+                    .arg(&idx)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(held)
+            })
+            .await
+            .map_err(unavailable)?;
+        if held >= keep.max_ids_per_owner as i64 {
+            return Err(full(kind, keep));
+        }
+        Ok(())
     }
 
     /// The record of `id`, unless it expired.

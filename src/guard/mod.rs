@@ -371,6 +371,9 @@ pub fn check_response(
     hits: &mut Vec<Hit>,
     blocked_by: &mut Option<Arc<str>>,
 ) -> Option<Bytes> {
+    if endpoint == Endpoint::ChatCompletions && chat_answer_is_clean(guards, body, hits) {
+        return None;
+    }
     let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
         // Not a completion we can read: only a monitor may let it through.
         return intervenes(guards).then(|| {
@@ -394,6 +397,49 @@ pub fn check_response(
         },
     );
     changed.then(|| Bytes::from(v.to_string()))
+}
+
+/// What [`chat_answer_is_clean`] reads of a chat completion, borrowed from it.
+#[derive(serde::Deserialize)]
+struct AnswerView<'a> {
+    #[serde(borrow)]
+    choices: Vec<ChoiceView<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(borrow)]
+    message: Option<&'a serde_json::value::RawValue>,
+}
+
+/// Whether a chat completion passes every guardrail unchanged, read in part: each choice's
+/// message is built and scanned as [`check_response`] scans it, the rest of the answer
+/// skipped rather than built (most of what checking an answer cost). `false` when any text
+/// would be masked or blocked, or the answer does not read plainly (a duplicate key, an odd
+/// type): the whole reading then decides, scanning again (hits are recorded once).
+fn chat_answer_is_clean(guards: &[Arc<Guardrail>], body: &[u8], hits: &mut Vec<Hit>) -> bool {
+    let Ok(answer) = serde_json::from_slice::<AnswerView<'_>>(body) else {
+        return false;
+    };
+    for choice in answer.choices {
+        let Some(raw) = choice.message else {
+            continue;
+        };
+        let Ok(mut msg) = serde_json::from_str::<Value>(raw.get()) else {
+            return false;
+        };
+        let mut clean = true;
+        text::part_texts(&mut msg, &mut |s: &mut String| {
+            if !matches!(scan_text(guards, s, hits), TextVerdict::Clean) {
+                clean = false;
+            }
+            text::Edit::Keep
+        });
+        if !clean {
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]

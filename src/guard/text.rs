@@ -434,9 +434,10 @@ pub enum Edit {
 /// `endpoint` is the caller's: its answer's shape says where the text is.
 pub fn response_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut String) -> Edit) -> bool {
     let mut changed = false;
-    // A completion carries no base64 text: nothing in it is unreadable.
     let mut scan = |x: &mut Value, block: &mut bool| {
-        let _ = Walker::new(&mut |s: &mut String| apply(f(s), &mut changed, block), false, false).run(x);
+        let (c, b) = part_texts(x, f);
+        changed |= c;
+        *block |= b;
     };
     match endpoint {
         Endpoint::Responses => {
@@ -537,6 +538,21 @@ pub fn response_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut 
         }
     }
     changed
+}
+
+/// Calls `f` on every text of one part of a completion (a chat message, a Responses output
+/// item, a Gemini candidate's content), as [`response_texts`] reads it: whether the part
+/// changed, and whether it is to be withheld.
+pub fn part_texts(x: &mut Value, f: &mut dyn FnMut(&mut String) -> Edit) -> (bool, bool) {
+    let (mut changed, mut block) = (false, false);
+    // A completion carries no base64 text: nothing in it is unreadable.
+    let _ = Walker::new(
+        &mut |s: &mut String| apply(f(s), &mut changed, &mut block),
+        false,
+        false,
+    )
+    .run(x);
+    (changed, block)
 }
 
 fn apply(e: Edit, changed: &mut bool, block: &mut bool) {

@@ -85,20 +85,11 @@ async fn one_mib_over_h2c() {
     assert_eq!(sse_data(&text).last().unwrap(), "[DONE]");
 }
 
-/// A CA and a certificate for 127.0.0.1 and localhost signed by it, as PEM files.
+/// A CA and a certificate for localhost and 127.0.0.1 signed by it (`gw.pem`, `gw.key`);
+/// the CA's PEM.
 fn make_certs(dir: &std::path::Path) -> String {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    std::fs::write(dir.join("gw.pem"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("gw.key"), key.serialize_pem()).unwrap();
+    let ca = TestCa::new("aigw test listener CA");
+    ca.write_leaf(dir, "gw", &["localhost", "127.0.0.1"]);
     ca.pem()
 }
 

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::provider::{form, openai, Provider};
 use crate::route::ModelRoute;
 use crate::usage::Usage;
-use store::{Cap, Ids, Kind, Record};
+use store::{now_ms, Cap, Ids, Kind, Record};
 
 /// The purposes OpenAI's Files API takes.
 pub const PURPOSES: [&str; 6] = ["assistants", "batch", "fine-tune", "vision", "user_data", "evals"];
@@ -155,10 +155,6 @@ fn upstream_id(v: &Value, what: &str) -> Result<String, GwError> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .ok_or_else(|| GwError::UpstreamError(format!("The provider's {what} has no id.")))
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// `name`'s value in a query string, percent-decoded.

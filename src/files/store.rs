@@ -110,7 +110,8 @@ pub enum Cap {
     Exempt,
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch: a record's `created_ms`, and what its age is read against.
+pub(super) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 

@@ -119,22 +119,8 @@ impl Drop for Etcd {
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
 fn make_certs(dir: &std::path::Path) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let ca = super::TestCa::new("aigw test etcd CA");
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    for (name, sans) in [
-        ("server", vec!["127.0.0.1".to_owned()]),
-        ("client", vec!["aigw".to_owned()]),
-    ] {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(sans)
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-    }
+    ca.write_leaf(dir, "server", &["127.0.0.1"]);
+    ca.write_leaf(dir, "client", &["aigw"]);
 }

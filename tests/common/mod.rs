@@ -622,6 +622,47 @@ pub fn redis_calls(port: u16, commands: &[&str]) -> u64 {
         .sum()
 }
 
+/// A certificate authority of a test's own, and the leaves it signs. The CA and each leaf
+/// get names of their own: OpenSSL reads a leaf named like its issuer as self-signed
+/// (rcgen names every certificate alike unless told).
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Self { cert, key }
+    }
+
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A leaf for `names` (DNS names or IP addresses; the first is its common name).
+    pub fn leaf(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert, key)
+    }
+
+    /// A leaf for `names` written as `{stem}.pem` and `{stem}.key` in `dir`.
+    pub fn write_leaf(&self, dir: &Path, stem: &str, names: &[&str]) {
+        let (cert, key) = self.leaf(names);
+        std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
 /// A provider behind a private CA: a TLS front for `to` (the mock) with a certificate
 /// for `localhost` signed by a CA of its own, whose PEM file is `ca_file`. Bytes pass
 /// through both ways; runs until the test's runtime ends.

@@ -327,7 +327,9 @@ impl TransportConnector {
         let idle_meta = IdleConnection::new(meta);
         let pool = self.connection_pool.clone(); //clone the arc
         let keepalive_pool_callback = self.keepalive_pool_callback.clone();
-        let rt = pingora_runtime::current_handle();
+        // The idle watch polls the socket: it runs where the socket is registered (the
+        // current thread on a no-steal runtime), not on a random thread.
+        let rt = tokio::runtime::Handle::current();
         rt.spawn(async move {
             if pool
                 .idle_poll(

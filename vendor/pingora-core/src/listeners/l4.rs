@@ -458,6 +458,18 @@ impl ListenerEndpoint {
         Ok(())
     }
 
+    /// This endpoint on a duplicate of its listening socket registered with the calling
+    /// thread's runtime (see [`Listener::try_clone_here`]).
+    #[cfg(unix)]
+    pub(crate) fn clone_here(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            listen_addr: self.listen_addr.clone(),
+            listener: Arc::new(self.listener.try_clone_here()?),
+            #[cfg(feature = "connection_filter")]
+            connection_filter: self.connection_filter.clone(),
+        })
+    }
+
     pub async fn accept(&self) -> Result<Stream> {
         #[cfg(feature = "connection_filter")]
         {

@@ -290,6 +290,18 @@ impl TransportStack {
         self.l4.as_str()
     }
 
+    /// This stack on a duplicate of its listening socket registered with the calling
+    /// thread's runtime: one accept loop per thread, each on its own reactor.
+    #[cfg(unix)]
+    pub(crate) fn clone_here(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            l4: self.l4.clone_here()?,
+            tls: self.tls.clone(),
+            l4_buffer: self.l4_buffer,
+            pre_tls_callback: self.pre_tls_callback.clone(),
+        })
+    }
+
     pub async fn accept(&self) -> Result<UninitializedStream> {
         let stream = self.l4.accept().await?;
         Ok(UninitializedStream {

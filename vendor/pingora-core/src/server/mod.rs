@@ -414,6 +414,14 @@ impl Server {
             runtime_opts,
         );
         let service_name = service.name().to_string();
+        let thread_handles: Option<Arc<[tokio::runtime::Handle]>> = match &service_runtime {
+            Runtime::NoSteal(r) => Some(
+                (0..r.threads())
+                    .map(|i| r.get_runtime_at(i).clone())
+                    .collect(),
+            ),
+            Runtime::Steal { .. } => None,
+        };
         service_runtime.get_handle().spawn(async move {
             // Wait for all dependencies to be ready
             let mut time_waited_opt: Option<Duration> = None;
@@ -435,15 +443,17 @@ impl Server {
             }
 
             // Start the actual service, passing the ready notifier
-            service
-                .start_service(
-                    #[cfg(unix)]
-                    Some(fds),
-                    shutdown,
-                    listeners_per_fd,
-                    ready_notifier,
-                )
-                .await;
+            let start = service.start_service(
+                #[cfg(unix)]
+                Some(fds),
+                shutdown,
+                listeners_per_fd,
+                ready_notifier,
+            );
+            match thread_handles {
+                Some(handles) => crate::services::THREAD_HANDLES.scope(handles, start).await,
+                None => start.await,
+            }
             info!("service '{}' exited.", service_name);
         });
         service_runtime

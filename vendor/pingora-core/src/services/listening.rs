@@ -203,6 +203,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         app_logic: Arc<A>,
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
+        spawn_here: bool,
     ) {
         // the accept loop, until the system is shutting down
         loop {
@@ -229,7 +230,14 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
-                    current_handle().spawn(async move {
+                    // With one accept loop per thread, a connection stays on the thread that
+                    // accepted it: its socket is registered with that thread's reactor.
+                    let handle = if spawn_here {
+                        tokio::runtime::Handle::current()
+                    } else {
+                        current_handle()
+                    };
+                    handle.spawn(async move {
                         let peer_addr = io.peer_addr();
                         match timeout(Duration::from_secs(60), io.handshake()).await {
                             Ok(handshake) => {
@@ -300,19 +308,42 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
 
         let mut handlers = Vec::new();
 
-        endpoints.into_iter().for_each(|endpoint| {
-            for _ in 0..listeners_per_fd {
-                let shutdown = shutdown.clone();
-                let my_app_logic = app_logic.clone();
-                let endpoint = endpoint.clone();
-
-                let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
-                });
-
-                handlers.push(jh);
+        // On a no-steal runtime, every thread accepts on its own duplicate of each listening
+        // socket and keeps what it accepts: nothing crosses threads (one runtime per core).
+        let thread_handles = crate::services::THREAD_HANDLES.try_with(Arc::clone).ok();
+        if let Some(handles) = thread_handles {
+            for endpoint in endpoints {
+                for handle in handles.iter() {
+                    // The task keeps `endpoint` (the socket the fd table names for an
+                    // upgrade) alive as long as it accepts on the duplicate.
+                    let (shutdown, app, endpoint) =
+                        (shutdown.clone(), app_logic.clone(), endpoint.clone());
+                    handlers.push(handle.spawn(async move {
+                        match endpoint.clone_here() {
+                            Ok(stack) => Self::run_endpoint(app, stack, shutdown, true).await,
+                            Err(e) => {
+                                error!("cannot duplicate listener {}: {e}", endpoint.as_str());
+                                Self::run_endpoint(app, endpoint, shutdown, true).await
+                            }
+                        }
+                    }));
+                }
             }
-        });
+        } else {
+            endpoints.into_iter().for_each(|endpoint| {
+                for _ in 0..listeners_per_fd {
+                    let shutdown = shutdown.clone();
+                    let my_app_logic = app_logic.clone();
+                    let endpoint = endpoint.clone();
+
+                    let jh = runtime.spawn(async move {
+                        Self::run_endpoint(my_app_logic, endpoint, shutdown, false).await;
+                    });
+
+                    handlers.push(jh);
+                }
+            });
+        }
 
         futures::future::join_all(handlers).await;
         self.listeners.cleanup();

@@ -37,6 +37,12 @@ use crate::server::ListenFds;
 use crate::server::RuntimeOpts;
 use crate::server::ShutdownWatch;
 
+tokio::task_local! {
+    /// While a service starts on a no-steal runtime: the handle of each of its threads, so a
+    /// listening service runs one accept loop on every thread (see `listening.rs`).
+    pub(crate) static THREAD_HANDLES: Arc<[tokio::runtime::Handle]>;
+}
+
 pub mod background;
 pub mod listening;
 

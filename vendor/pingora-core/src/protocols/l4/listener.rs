@@ -81,6 +81,26 @@ impl Listener {
         }
     }
 
+    /// A second handle on the same listening socket (its descriptor duplicated), registered
+    /// with the runtime of the calling thread. Both share one accept queue; each thread that
+    /// accepts on its own handle keeps the accepted sockets' readiness on its own reactor.
+    #[cfg(unix)]
+    pub fn try_clone_here(&self) -> io::Result<Self> {
+        use std::os::fd::AsFd;
+        match self {
+            Self::Tcp(l) => {
+                let l = std::net::TcpListener::from(l.as_fd().try_clone_to_owned()?);
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l).map(Self::Tcp)
+            }
+            Self::Unix(l) => {
+                let l = std::os::unix::net::UnixListener::from(l.as_fd().try_clone_to_owned()?);
+                l.set_nonblocking(true)?;
+                UnixListener::from_std(l).map(Self::Unix)
+            }
+        }
+    }
+
     /// Accept a connection from the listening endpoint
     pub async fn accept(&self) -> io::Result<Stream> {
         match &self {

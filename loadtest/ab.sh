@@ -4,7 +4,8 @@
 # serves both; both gateways run loadtest/aigw.yaml on their own ports; wrk rounds
 # alternate A and B so that the machine's drift falls on both. Prints req/s and CPU µs
 # per request of every round and the median ratio B/A per scenario. Bounded: ROUNDS x 2 x
-# DURATION seconds per scenario. CONFIG=loadtest/production.yaml compares the two under
+# DURATION seconds per scenario. CONFIG_B=FILE runs B with another config (one build, two
+# settings). CONFIG=loadtest/production.yaml compares the two under
 # the production profile instead (with its limits and budget in the local Redis when one
 # answers).
 set -euo pipefail
@@ -27,7 +28,12 @@ cp "$CONFIG" "$WORK/a.yaml"
 if [ "$CONFIG" != loadtest/aigw.yaml ] && redis-cli ping >/dev/null 2>&1; then
   sed -i -e '/^  admin_listen:/a\  redis: {url: "redis://127.0.0.1:6379/0"}' "$WORK/a.yaml"
 fi
-sed -e "s/127.0.0.1:$PA/127.0.0.1:$PB/; s/127.0.0.1:$AA/127.0.0.1:$AB/" "$WORK/a.yaml" >"$WORK/b.yaml"
+# CONFIG_B: B runs another config (same ports as CONFIG), to compare two settings of one build.
+cp "${CONFIG_B:-$CONFIG}" "$WORK/b0.yaml"
+if [ "${CONFIG_B:-$CONFIG}" != loadtest/aigw.yaml ] && redis-cli ping >/dev/null 2>&1; then
+  sed -i -e '/^  admin_listen:/a\  redis: {url: "redis://127.0.0.1:6379/0"}' "$WORK/b0.yaml"
+fi
+sed -e "s/127.0.0.1:$PA/127.0.0.1:$PB/; s/127.0.0.1:$AA/127.0.0.1:$AB/" "$WORK/b0.yaml" >"$WORK/b.yaml"
 "$B" mock-upstream --listen 127.0.0.1:18000 >/dev/null 2>&1 & PIDS+=($!)
 wait_port 18000
 RUST_LOG=warn "$A" serve --config "$WORK/a.yaml" >/dev/null 2>"$WORK/a.log" & GA=$!; PIDS+=($GA)
@@ -50,7 +56,7 @@ one() { # port pid stream [VAR=value...] -> "rps cpu_us"
 
 echo "# A/B, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $CONNS connections, $ROUNDS rounds of ${DURATION}s, $CONFIG"
 echo "A: $A"
-echo "B: $B"
+echo "B: $B${CONFIG_B:+ with $CONFIG_B}"
 echo
 echo "| scenario | A req/s | B req/s | B/A req/s (median) | A µs/req | B µs/req | B/A CPU (median) |"
 echo "|---|---|---|---|---|---|---|"

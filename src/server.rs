@@ -72,8 +72,14 @@ pub fn serve(config: PathBuf, upgrade: bool) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, Gateway { state: state.clone() }, "aigw");
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway {
+            state: state.clone(),
+            pool_per_thread: !snap.server.work_stealing,
+        },
+        "aigw",
+    );
     if let Some(app) = proxy.app_logic_mut() {
         let mut opts = HttpServerOptions::default();
         // Prior-knowledge HTTP/2 on plaintext listeners, for internal clients that use it.

@@ -25,6 +25,16 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 
 use crate::raw::{Balance, HashOn, HealthCheck};
 
+/// This thread's upstream pool: Pingora keys pooled connections by peer and `group_key`,
+/// and this number is the calling thread's own (assigned on its first request).
+pub fn pool_group() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    thread_local! {
+        static GROUP: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    GROUP.with(|g| *g)
+}
+
 /// How often DNS names behind upstreams are resolved again.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a replica that refused a connection is skipped (passive ejection).

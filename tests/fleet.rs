@@ -243,12 +243,29 @@ api_keys:
 /// (prior-knowledge h2c on plaintext): large bodies, streams and failover retries included.
 #[tokio::test]
 async fn keepalive_pool_and_http2_upstream() {
+    pool_and_http2(false).await;
+}
+
+/// The same with one runtime per core (`work_stealing: false`): each thread accepts its
+/// own connections and pools its own provider connections, so the 20 requests (each on a
+/// new caller connection) open at most one provider connection per thread.
+#[tokio::test]
+async fn keepalive_pool_per_thread_and_http2_upstream() {
+    pool_and_http2(true).await;
+}
+
+async fn pool_and_http2(per_core: bool) {
     let mock = Mock::start();
+    let server = if per_core {
+        "\n  threads: 2\n  work_stealing: false"
+    } else {
+        ""
+    };
     let config = r#"
 version: 1
 server:
   listen: ["127.0.0.1:{PORT}"]
-  admin_listen: "127.0.0.1:{ADMIN}"
+  admin_listen: "127.0.0.1:{ADMIN}"{SERVER}
 provider_keys:
   - {name: h1, provider: openai_compatible, base_url: "{MOCK}/v1", api_key: "{PROVIDER_KEY}"}
   - {name: h2, provider: openai_compatible, base_url: "{MOCK}/v1", api_key: "{PROVIDER_KEY}", http2: always}
@@ -260,15 +277,21 @@ models:
     routing: {targets: [{model: two-503}, {model: two, priority: 1}]}
 api_keys:
   - {name: main, key: "{CALLER_KEY}"}
-"#;
-    let gw = Gateway::start(config, &mock);
+"#
+    .replace("{SERVER}", server);
+    let gw = Gateway::start(&config, &mock);
     let before = mock.stats()["connections"].as_u64().unwrap();
     for _ in 0..20 {
         assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("one")).await.status(), 200);
     }
     let after = mock.stats()["connections"].as_u64().unwrap();
-    // One connection for the gateway's 20 requests, one for this stats call itself.
-    assert_eq!(after - before, 2, "20 sequential requests share one pooled connection");
+    // One connection per pool for the gateway's 20 requests, one for this stats call itself.
+    let pools = if per_core { 2 } else { 1 };
+    assert!(
+        (2..=pools + 1).contains(&(after - before)),
+        "20 sequential requests share one pooled connection per pool: {}",
+        after - before
+    );
     assert_eq!(mock.last_request()["version"], "HTTP/1.1");
 
     let big = json!({"model": "two", "messages": [{"role": "user", "content": "q".repeat(1 << 20)}]});

@@ -73,10 +73,26 @@ fn exits_within(child: &mut Child, secs: u64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upgrade_under_load_fails_no_request() {
+    upgrade_under_load(false).await;
+}
+
+/// The same with one runtime per core (`work_stealing: false`): every thread accepts on
+/// its own duplicate of the listening socket, and the socket the upgrade hands over is
+/// the one they all duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_under_load_fails_no_request_per_core() {
+    upgrade_under_load(true).await;
+}
+
+async fn upgrade_under_load(per_core: bool) {
     let mock = Mock::start();
     let sock_dir = tempfile::tempdir().unwrap();
     let sock = sock_dir.path().join("upgrade.sock");
-    let mut old = Gateway::start(&upgrade_config(&sock, 3), &mock);
+    let mut config = upgrade_config(&sock, 3);
+    if per_core {
+        config = config.replace("  grace_period_s:", "  threads: 2\n  work_stealing: false\n  grace_period_s:");
+    }
+    let mut old = Gateway::start(&config, &mock);
     let url = format!("{}/v1/chat/completions", old.url());
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -26,6 +26,9 @@ use request::Admission;
 
 pub struct Gateway {
     pub state: Arc<AppState>,
+    /// One upstream pool per thread (`server.work_stealing: false`): a thread reuses only
+    /// the provider connections it opened, whose sockets its own reactor watches.
+    pub pool_per_thread: bool,
 }
 
 #[async_trait]
@@ -122,6 +125,9 @@ impl ProxyHttp for Gateway {
         };
         // Many concurrent requests share one HTTP/2 connection.
         o.max_h2_streams = 100;
+        if self.pool_per_thread {
+            peer.group_key = crate::upstream::pool_group();
+        }
         Ok(Box::new(peer))
     }
 

@@ -94,6 +94,9 @@ enum Command {
         /// this file, read on every fetch.
         #[arg(long)]
         jwks_file: Option<PathBuf>,
+        /// Require `Authorization: Bearer <token>` on the fake guard webhook (`/guard/check`).
+        #[arg(long, env = "MOCK_GUARD_TOKEN", hide_env_values = true)]
+        guard_token: Option<String>,
         /// Worker threads [default: one per CPU]
         #[arg(long)]
         threads: Option<usize>,
@@ -259,6 +262,7 @@ fn main() -> ExitCode {
             record,
             google_public_key,
             jwks_file,
+            guard_token,
             threads,
         } => {
             let google = match google_public_key.map(std::fs::read).transpose() {
@@ -279,7 +283,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(aigw::mock::run(listen, api_key, record, google, jwks_file)) {
+            match rt.block_on(aigw::mock::run(listen, api_key, record, google, jwks_file, guard_token)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("aigw mock-upstream: {e}");

@@ -12,10 +12,19 @@
 //! accepts OTLP/HTTP spans and discards them (a collector stand-in). With `--jwks-file`,
 //! `/idp/...` is an OpenID provider's discovery and key set (see `idp`). `POST /mcp` is an
 //! MCP server, honest or hostile as its URL asks (see `mcp`).
+//!
+//! Guardrail services (see `guards`, a paragraph each): `/v1/moderations` scores
+//! omni-moderation's categories; `POST /analyze` and `POST /anonymize` are Presidio's
+//! analyzer and anonymizer; `POST /guardrail/{id}/version/{v}/apply` is Bedrock's
+//! ApplyGuardrail, SigV4-checked like Converse; `POST /guard/check` is a webhook guard
+//! (`--guard-token` to require a bearer token) whose requests `GET /guard/requests`
+//! returns; and the chat models `guard-model` and `llama-guard*` are judges that answer
+//! `safe` or `unsafe\nS1`.
 
 mod bedrock;
 mod files;
 mod google;
+mod guards;
 mod idp;
 mod mcp;
 mod prompt_cache;
@@ -214,6 +223,8 @@ struct Mock {
     files: files::Files,
     /// Realtime sessions the client ended with a close frame.
     realtime_closed: Arc<AtomicU64>,
+    /// The guardrail services' fakes (the webhook's token and what it was sent).
+    guards: guards::Guards,
 }
 
 const WORDS: [&str; 8] = ["Hello", "from", "the", "aigw", "mock", "upstream", "model", "today."];
@@ -227,6 +238,7 @@ pub async fn run(
     record: bool,
     google_public_key: Option<Vec<u8>>,
     jwks_file: Option<std::path::PathBuf>,
+    guard_token: Option<String>,
 ) -> std::io::Result<()> {
     let google = google_public_key
         .map(|pem| google::Google::new(&pem))
@@ -239,6 +251,7 @@ pub async fn run(
         record,
         google,
         idp: jwks_file.map(idp::Idp::new),
+        guards: guards::Guards::new(guard_token),
         ..Mock::default()
     });
     loop {
@@ -429,6 +442,22 @@ fn last_converse_text(req: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// The text of a Gemini request's last user turn.
+fn last_gemini_text(req: &Value) -> String {
+    req["contents"]
+        .as_array()
+        .and_then(|c| c.iter().rev().find(|c| c["role"] == "user"))
+        .and_then(|c| c["parts"].as_array())
+        .map(|parts| {
+            parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
 fn last_user_text(req: &Value) -> String {
     let msgs = req["messages"].as_array();
     let last = msgs.and_then(|m| m.iter().rev().find(|m| m["role"] == "user"));
@@ -505,19 +534,7 @@ impl Reply {
             };
             return Reply::Text(format!("The tool said: {said}"));
         }
-        let user_text = contents
-            .iter()
-            .rev()
-            .find(|c| c["role"] == "user")
-            .and_then(|c| c["parts"].as_array())
-            .map(|parts| {
-                parts
-                    .iter()
-                    .filter_map(|p| p["text"].as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
+        let user_text = last_gemini_text(req);
         if let Some(name) = req["tools"][0]["functionDeclarations"][0]["name"].as_str() {
             return Reply::Tool {
                 name: name.to_owned(),
@@ -557,6 +574,15 @@ impl Reply {
             };
         }
         Reply::Text(if script.echo { user_text } else { filler(script.words) })
+    }
+
+    /// A judge model's verdict in place of the reply (see `guards::is_judge`).
+    fn judged(self, model: &str, last_user: impl FnOnce() -> String) -> Self {
+        if guards::is_judge(model) {
+            Reply::Text(guards::judge_verdict(&last_user()).to_owned())
+        } else {
+            self
+        }
     }
 
     fn tokens(&self) -> u64 {
@@ -652,6 +678,7 @@ impl Mock {
                     }),
                 )
             }
+            ("GET", "/guard/requests") => return self.guards.requests(),
             ("GET", p) if p.starts_with("/idp/") => {
                 if let Some(r) = self.idp.as_ref().and_then(|i| i.answer(p, &parts.headers)) {
                     return r;
@@ -666,6 +693,10 @@ impl Mock {
         }
         if self.record {
             self.remember(&parts, &body);
+        }
+        // The guardrail services: Presidio, Bedrock's ApplyGuardrail, the webhook (`guards`).
+        if let Some(r) = self.guards.answer(&parts, &body, self.api_key.as_deref()).await {
+            return r;
         }
         if parts.method == http::Method::POST && path == "/mcp" {
             return mcp::answer(parts.uri.query(), &body);
@@ -907,7 +938,7 @@ impl Mock {
 
     fn chat(&self, req: &Value, model: &str, script: &Script) -> Response<Body> {
         let id = format!("chatcmpl-mock-{}", self.ids.fetch_add(1, Ordering::Relaxed));
-        let reply = Reply::for_request(req, script, false);
+        let reply = Reply::for_request(req, script, false).judged(model, || last_user_text(req));
         let prompt = tokens_of(text_len(&req["messages"]));
         let completion = reply.tokens() + script.reasoning;
         let usage = script.patch_usage(
@@ -1094,7 +1125,7 @@ data: {v}
             Ok(b) => b.map(|_| thinking::thought(&last_user_text(req))),
             Err(e) => return error_in(Api::Anthropic, 400, &e, None),
         };
-        let reply = Reply::for_request(req, script, true);
+        let reply = Reply::for_request(req, script, true).judged(model, || last_user_text(req));
         let input = tokens_of(text_len(&req["messages"]) + text_len(&req["system"]) + text_len(&req["tools"]));
         let output = reply.tokens() + thought.as_ref().map_or(0, |t| tokens_of(t.len()));
         // The answer's block follows the thinking block when there is one.
@@ -1189,7 +1220,7 @@ data: {v}
     /// part comes first, as thinking models send their summaries.
     fn gemini(&self, req: &Value, model: &str, script: &Script, stream: bool) -> Response<Body> {
         let id = format!("mock-{}", self.ids.fetch_add(1, Ordering::Relaxed));
-        let reply = Reply::for_gemini(req, script);
+        let reply = Reply::for_gemini(req, script).judged(model, || last_gemini_text(req));
         let prompt = tokens_of(text_len(&req["contents"]) + text_len(&req["systemInstruction"]));
         let output = reply.tokens();
         let usage = |out: u64| {
@@ -1302,7 +1333,7 @@ data: {v}
             Ok(b) => b.map(|_| thinking::thought(&last_converse_text(&req))),
             Err(e) => return error_in(Api::Bedrock, 400, &e, None),
         };
-        let reply = Reply::for_converse(&req, &script);
+        let reply = Reply::for_converse(&req, &script).judged(&model, || last_converse_text(&req));
         let input = tokens_of(text_len(&req["messages"]) + text_len(&req["system"]) + text_len(&req["toolConfig"]));
         let output = reply.tokens() + thought.as_ref().map_or(0, |t| tokens_of(t.len()));
         let at = u64::from(thought.is_some());

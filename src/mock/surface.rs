@@ -96,20 +96,34 @@ impl Mock {
         self.stream_events(events, script, "text/event-stream")
     }
 
-    /// `/moderations`: an input is flagged for violence when it says "kill".
+    /// `/moderations`: one result per input, omni-moderation's categories, scored by the
+    /// triggers in `guards` ("kill", "hurt myself", "borderline").
     pub(super) fn moderations(&self, req: &Value, model: &str) -> Response {
-        let Some(inputs) = super::inputs(req) else {
-            return error(400, "'input' is required", None);
+        let inputs = match super::guards::moderation_inputs(req) {
+            Ok(i) => i,
+            Err((message, code)) => {
+                return full(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": {"message": message, "type": "invalid_request_error", "param": "input", "code": code}}),
+                )
+            }
         };
+        let model = if model.is_empty() {
+            "omni-moderation-latest"
+        } else {
+            model
+        };
+        let legacy = model.starts_with("text-moderation");
+        if legacy && inputs.iter().any(|i| i.image) {
+            return full(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": {"message": format!("Model {model} does not support image inputs."),
+                    "type": "invalid_request_error", "param": "input", "code": null}}),
+            );
+        }
         let results: Vec<Value> = inputs
             .iter()
-            .map(|text| {
-                let violent = text.to_lowercase().contains("kill");
-                json!({"flagged": violent,
-                    "categories": {"harassment": false, "hate": false, "self-harm": false, "sexual": false, "violence": violent},
-                    "category_scores": {"harassment": 0.001, "hate": 0.001, "self-harm": 0.001, "sexual": 0.001,
-                        "violence": if violent { 0.97 } else { 0.002 }}})
-            })
+            .map(|i| super::guards::moderation_result(i, legacy))
             .collect();
         let id = format!("modr-mock-{}", self.ids.fetch_add(1, Ordering::Relaxed));
         full(StatusCode::OK, &json!({"id": id, "model": model, "results": results}))

@@ -104,6 +104,14 @@ impl Mock {
         )
     }
 
+    /// A mock whose guard webhook (`/guard/check`) requires `Authorization: Bearer <token>`.
+    pub fn with_guard_token(token: &str) -> Self {
+        Self::spawn(
+            free_port(),
+            &[std::ffi::OsStr::new("--guard-token"), std::ffi::OsStr::new(token)],
+        )
+    }
+
     fn spawn(port: u16, extra: &[&std::ffi::OsStr]) -> Self {
         let mut child = Command::new(BIN)
             .args([

@@ -90,7 +90,10 @@ async fn upgrade_under_load(per_core: bool) {
     let sock = sock_dir.path().join("upgrade.sock");
     let mut config = upgrade_config(&sock, 3);
     if per_core {
-        config = config.replace("  grace_period_s:", "  threads: 2\n  work_stealing: false\n  grace_period_s:");
+        config = config.replace(
+            "  grace_period_s:",
+            "  threads: 2\n  work_stealing: false\n  grace_period_s:",
+        );
     }
     let mut old = Gateway::start(&config, &mock);
     let url = format!("{}/v1/chat/completions", old.url());

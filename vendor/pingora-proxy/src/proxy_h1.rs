@@ -984,6 +984,11 @@ where
                     time::sleep(duration).await;
                 }
 
+                if self.inner.response_body_async(ctx) {
+                    self.inner
+                        .response_body_async_filter(session, &mut data, end, ctx)
+                        .await?;
+                }
                 Ok(HttpTask::Body(data, end))
             }
             HttpTask::UpgradedBody(mut data, end) => {

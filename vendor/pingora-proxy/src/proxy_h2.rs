@@ -989,6 +989,11 @@ where
                     trace!("delaying downstream response for {duration:?}");
                     time::sleep(duration).await;
                 }
+                if self.inner.response_body_async(ctx) {
+                    self.inner
+                        .response_body_async_filter(session, &mut data, eos, ctx)
+                        .await?;
+                }
                 Ok(HttpTask::Body(data, eos))
             }
             HttpTask::UpgradedBody(..) => {

@@ -508,6 +508,30 @@ pub trait ProxyHttp {
         Ok(None)
     }
 
+    /// aigw patch: whether [Self::response_body_async_filter] runs on the next body chunk
+    /// of this response. Asked once per chunk; `false` (the default) costs the chunk no
+    /// future.
+    fn response_body_async(&self, _ctx: &Self::CTX) -> bool {
+        false
+    }
+
+    /// aigw patch: an async filter for a response body chunk, run after
+    /// [Self::response_body_filter] when [Self::response_body_async] asks for it: for work
+    /// that must wait on something (a call to another service) before the chunk goes on.
+    /// It may replace or withhold the chunk like the sync filter.
+    async fn response_body_async_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()>
+    where
+        Self::CTX: Send + Sync,
+    {
+        Ok(())
+    }
+
     /// Similar to [Self::response_filter()] but for response trailers.
     /// Note, returning an Ok(Some(Bytes)) will result in the downstream response
     /// trailers being written to the response body.

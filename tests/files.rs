@@ -36,12 +36,19 @@ models:
   - {{name: other, provider_key: oa2, model: up-other}}
   - {{name: claude, provider_key: an, model: up-claude}}
   - {{name: secret, provider_key: oa, model: up-secret}}
+  - {{name: guarded, provider_key: oa, model: up-guarded, guardrails: [no-codes]}}
+  - {{name: watched, provider_key: oa, model: up-watched, guardrails: [watch]}}
+guardrails:
+  - {{name: no-codes, rules: [{{kind: keyword, words: [falcon]}}], action: block}}
+  - {{name: watch, rules: [{{kind: keyword, words: [falcon]}}], action: monitor}}
 api_keys:
   - {{name: a, key: sk-a, owner: team-a, budget: monthly, models: [mini, big, claude]}}
   - {{name: a-other, key: sk-a2, owner: team-a, budget: monthly, models: [mini, big]}}
   - {{name: b, key: sk-b, owner: team-b, budget: monthly, models: [mini, big]}}
   - {{name: both, key: sk-both, owner: team-c, models: [mini, other]}}
   - {{name: limited, key: sk-limited, owner: team-d, models: [mini], rate_limit: two}}
+  - {{name: guarded-key, key: sk-guarded, owner: team-e, models: [mini, guarded, watched], guardrails: [no-codes]}}
+  - {{name: plain, key: sk-plain, owner: team-f, models: [guarded, watched]}}
 "#
     )
 }
@@ -688,4 +695,21 @@ async fn ids_expire_in_memory_and_in_redis() {
     let redis = PrivateRedis::start_any();
     let pool = aigw::redis_pool::RedisPool::new(&redis.url(), 1, std::time::Duration::from_secs(2)).unwrap();
     expiry(&aigw::files::store::Ids::new(Some(std::sync::Arc::new(pool)))).await;
+}
+
+/// A batch's lines and answers pass no guardrail, so a batch must not be the way around
+/// one: an alias under a guardrail that blocks or masks (the key's or the model's) cannot
+/// be batched; a monitor's can.
+#[tokio::test]
+async fn guardrails_cannot_be_bypassed_through_a_batch() {
+    let mock = Mock::start();
+    let gw = Gateway::start(&config(None, 16 << 20), &mock);
+    for (key, model, guard) in [("sk-guarded", "mini", "no-codes"), ("sk-plain", "guarded", "no-codes")] {
+        let r = upload(&gw, key, "batch", line(1, model).into_bytes()).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{key} {model}");
+        let v: Value = r.json().await.unwrap();
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(&format!("'{guard}'")), "{msg}");
+    }
+    upload_id(&gw, "sk-plain", "batch", line(1, "watched").into_bytes()).await;
 }

@@ -51,6 +51,19 @@ pub fn batch_target<'a>(snap: &'a Snapshot, caller: &ApiKeyEntry, alias: &str) -
         .get(alias)
         .filter(|_| caller.allows(alias))
         .ok_or_else(|| format!("the model '{alias}' does not exist or this key may not use it"))?;
+    // A batch's lines and answers pass no guardrail (the provider runs them later, out of
+    // the gateway's sight): an alias under one that blocks or masks cannot be batched,
+    // or a batch would be the way around it.
+    let guarded = crate::guard::applicable(&caller.guardrails, &model.guardrails, false)
+        .into_iter()
+        .chain(crate::guard::applicable(&caller.guardrails, &model.guardrails, true))
+        .find(|g| g.action != crate::raw::Action::Monitor);
+    if let Some(g) = guarded {
+        return Err(format!(
+            "the model '{alias}' is under the guardrail '{}', which batches cannot apply (their lines and answers are not scanned); call it directly",
+            g.name
+        ));
+    }
     let ModelRoute::Single(target) = &model.route else {
         return Err(format!(
             "the model '{alias}' routes to several targets; a batch goes to one provider, name a concrete model"

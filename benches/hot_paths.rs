@@ -28,6 +28,7 @@ fn key_lookup(c: &mut Criterion) {
             env: &env,
             upstreams: &reg,
             limits: &Default::default(),
+            metrics: None,
         },
     )
     .unwrap();
@@ -186,8 +187,9 @@ fn shipped_guards(action: aigw::raw::Action) -> Vec<std::sync::Arc<aigw::guard::
                 rules: Vec::new(),
                 stage: Stage::Both,
                 action,
+                service: None,
             };
-            std::sync::Arc::new(aigw::guard::Guardrail::compile("g", &raw).unwrap())
+            std::sync::Arc::new(aigw::guard::Guardrail::compile("g", &raw, None).unwrap())
         })
         .collect()
 }

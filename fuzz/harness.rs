@@ -67,6 +67,7 @@ pub fn config(data: &[u8]) {
         env: &env,
         upstreams: &upstreams,
         limits: &Default::default(),
+        metrics: None,
     };
     if let Err(errors) = aigw::config::load_str(text, &ctx) {
         assert!(!errors.is_empty(), "a failed load names its errors");
@@ -228,8 +229,9 @@ fn guardrails() -> &'static [Arc<aigw::guard::Guardrail>] {
                 rules: Vec::new(),
                 stage: Stage::Both,
                 action: *action,
+                service: None,
             };
-            Arc::new(aigw::guard::Guardrail::compile("g", &g).expect("the shipped packs compile"))
+            Arc::new(aigw::guard::Guardrail::compile("g", &g, None).expect("the shipped packs compile"))
         })
         .collect()
     })

@@ -50,6 +50,10 @@ pub enum GwError {
     /// A guardrail blocked; the message names it and never the matched text.
     #[error("The {} was blocked by the guardrail '{guardrail}'.", if *.response { "response" } else { "request" })]
     ContentFilter { guardrail: String, response: bool },
+    /// A guardrail service that fails closed gave no verdict (timeout, error, malformed
+    /// answer); the message names the guardrail, never the service's address or answer.
+    #[error("The guardrail '{0}' could not check this request; retry shortly.")]
+    GuardrailUnavailable(String),
     #[error("{0}")]
     UpstreamError(String),
     #[error("{message}")]
@@ -86,7 +90,7 @@ impl GwError {
             Self::RequestTooLarge { .. } => 413,
             Self::RateLimited(_) | Self::BudgetExceeded { .. } => 429,
             Self::UpstreamError(_) => 502,
-            Self::NoHealthyTarget { .. } | Self::StoreUnavailable => 503,
+            Self::NoHealthyTarget { .. } | Self::StoreUnavailable | Self::GuardrailUnavailable(_) => 503,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
         }
@@ -107,6 +111,7 @@ impl GwError {
             Self::RateLimited(_) => "rate_limit_exceeded",
             Self::BudgetExceeded { .. } => "budget_exceeded",
             Self::ContentFilter { .. } => "content_filter",
+            Self::GuardrailUnavailable(_) => "guardrail_unavailable",
             Self::UpstreamError(_) => "upstream_error",
             Self::NoHealthyTarget { .. } => "no_healthy_target",
             Self::UpstreamTimeout => "upstream_timeout",

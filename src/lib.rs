@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod files;
 pub mod guard;
+pub mod guard_service;
 pub mod limit;
 pub mod mcp;
 pub mod metrics;

@@ -161,6 +161,7 @@ fn main() -> ExitCode {
                 env: &env,
                 upstreams: &upstreams,
                 limits: &Default::default(),
+                metrics: None,
             };
             match aigw::config::load_file(&path, &ctx) {
                 Ok(snap) => {

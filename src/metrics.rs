@@ -103,6 +103,12 @@ pub struct Metrics {
     pub mcp_tool_calls: IntCounterVec,
     /// `aigw_mcp_tool_call_duration_seconds{server}`.
     pub mcp_tool_duration: HistogramVec,
+    /// `aigw_guardrail_service_calls_total{guardrail,outcome}`: calls to guardrail
+    /// services; `outcome` is `allow`, `hit`, `error`, `timeout` or `cached` (a verdict
+    /// reused, no call made). `guardrail` names a configured guardrail only.
+    pub guardrail_service_calls: IntCounterVec,
+    /// `aigw_guardrail_service_duration_seconds{guardrail}`: calls made, however they ended.
+    pub guardrail_service_duration: HistogramVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -286,6 +292,16 @@ impl Metrics {
                 "MCP tool call duration, through the gateway",
                 &["server"],
             ),
+            guardrail_service_calls: counter(
+                "aigw_guardrail_service_calls_total",
+                "Calls to guardrail services, by guardrail and outcome",
+                &["guardrail", "outcome"],
+            ),
+            guardrail_service_duration: histogram(
+                "aigw_guardrail_service_duration_seconds",
+                "Guardrail service call duration",
+                &["guardrail"],
+            ),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -320,6 +336,8 @@ impl Metrics {
             Box::new(m.budget_used.clone()),
             Box::new(m.mcp_tool_calls.clone()),
             Box::new(m.mcp_tool_duration.clone()),
+            Box::new(m.guardrail_service_calls.clone()),
+            Box::new(m.guardrail_service_duration.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

@@ -753,6 +753,89 @@ pub struct Guardrail {
     pub stage: Stage,
     #[serde(default)]
     pub action: Action,
+    /// A classifier called over HTTP instead of rules (`pack`/`rules`).
+    pub service: Option<GuardService>,
+}
+
+/// The kinds of guardrail service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceKind {
+    /// OpenAI's `/v1/moderations`, through one of the config's provider keys.
+    OpenaiModeration,
+    /// Microsoft Presidio's analyzer (and anonymizer, to mask).
+    Presidio,
+    /// A judge: an alias of this gateway, asked whether the texts are safe.
+    Llm,
+    /// Any HTTP service speaking aigw's webhook contract.
+    Webhook,
+    /// AWS Bedrock Guardrails' `ApplyGuardrail`.
+    Bedrock,
+}
+
+/// What a guardrail service does when it cannot answer (timeout, error, malformed answer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Fail closed: the request gets `guardrail_unavailable` (503).
+    #[default]
+    Block,
+    /// Fail open: the text passes (the error is counted and logged).
+    Allow,
+}
+
+/// A guardrail's `service:` section. Which fields apply depends on `kind`; the compiler
+/// says which are missing or out of place.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardService {
+    pub kind: Option<ServiceKind>,
+    /// Per call; default 1000.
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Streams: new text judged at a time; default 1000.
+    pub window_chars: Option<usize>,
+    /// openai_moderation: the provider key whose base URL and credential to use.
+    pub provider_key: Option<String>,
+    /// openai_moderation: the moderation model; llm: the judge's alias.
+    pub model: Option<String>,
+    /// openai_moderation: the categories that count (default: `flagged`).
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// openai_moderation: a listed category's score at or above this is a hit.
+    pub threshold: Option<f64>,
+    /// presidio
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub analyzer_url: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub anonymizer_url: Option<String>,
+    #[serde(default)]
+    pub entities: Vec<String>,
+    pub score_threshold: Option<f64>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub language: Option<String>,
+    /// llm: the judge's answer that means a hit (a regex); default `^\s*unsafe`.
+    pub unsafe_pattern: Option<String>,
+    /// llm: the judge's answer that means no hit; anything matching neither is no
+    /// verdict (`on_error`). Default `(?i)^\s*safe\b`.
+    pub safe_pattern: Option<String>,
+    /// llm: the judge's prompt; `{texts}` is replaced by the texts.
+    pub prompt: Option<String>,
+    /// webhook
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// bedrock
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub guardrail_id: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub guardrail_version: Option<String>,
+    pub aws: Option<AwsSettings>,
+    /// bedrock: the endpoint (default: the region's bedrock-runtime).
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub base_url: Option<String>,
 }
 
 /// A rule pack file in `filters/`: rules, and samples its tests check them against.

@@ -18,6 +18,7 @@ fn validate(path: &str) -> (bool, String) {
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
         .env("AWS_SECRET_ACCESS_KEY", "example-secret")
+        .env("GUARD_TOKEN", "example-token")
         .output()
         .unwrap();
     (

@@ -71,6 +71,7 @@ impl Kind {
         match self {
             Kind::ProviderKeys => &["/api_key", "/aws/secret_access_key", "/aws/session_token"],
             Kind::ApiKeys => &["/key"],
+            Kind::Guardrails => &["/service/aws/secret_access_key", "/service/aws/session_token"],
             _ => &[],
         }
     }
@@ -81,15 +82,23 @@ impl Kind {
         match self {
             Kind::McpServers => &["/url"],
             Kind::Jwt => &["/jwks_url"],
+            Kind::Guardrails => &[
+                "/service/url",
+                "/service/analyzer_url",
+                "/service/anonymizer_url",
+                "/service/base_url",
+            ],
             _ => &[],
         }
     }
 
-    /// Fields whose every value may be a secret: a provider's extra `headers` often carry
-    /// the credential of an OpenAI-compatible server.
+    /// Objects (JSON pointers) whose every value may be a secret: a provider's extra
+    /// `headers` often carry the credential of an OpenAI-compatible server, a webhook
+    /// guardrail's its token.
     pub fn secret_maps(self) -> &'static [&'static str] {
         match self {
-            Kind::ProviderKeys | Kind::McpServers => &["headers"],
+            Kind::ProviderKeys | Kind::McpServers => &["/headers"],
+            Kind::Guardrails => &["/service/headers"],
             _ => &[],
         }
     }

@@ -11,6 +11,7 @@
 pub mod live;
 pub mod matcher;
 pub mod pii;
+pub mod service;
 pub mod stream;
 #[cfg(test)]
 mod tests;
@@ -32,16 +33,34 @@ pub struct Guardrail {
     pub name: Arc<str>,
     pub stage: Stage,
     pub action: Action,
+    /// The rules (none for a service guardrail: it matches nothing in process).
     pub matcher: Matcher,
+    /// A guardrail service, judged after the rules (`service.rs`).
+    pub service: Option<service::Checker>,
 }
 
 impl Guardrail {
     /// Compiles a guardrail: its pack (read from disk now, so a reload picks up edits) and
-    /// its inline rules. Errors come with their YAML path below `path`.
-    pub fn compile(path: &str, g: &raw::Guardrail) -> Result<Self, Vec<(String, String)>> {
+    /// its inline rules, or its service (`service`, its client compiled by the caller).
+    /// Errors come with their YAML path below `path`.
+    pub fn compile(
+        path: &str,
+        g: &raw::Guardrail,
+        service: Option<service::Checker>,
+    ) -> Result<Self, Vec<(String, String)>> {
         let mut errs = Vec::new();
-        if g.pack.is_none() && g.rules.is_empty() {
-            errs.push((path.to_owned(), "needs a pack, rules, or both".to_owned()));
+        if g.service.is_some() {
+            if g.pack.is_some() || !g.rules.is_empty() {
+                errs.push((
+                    path.to_owned(),
+                    "has a service and rules: a guardrail is one or the other (write two guardrails)".to_owned(),
+                ));
+            }
+        } else if g.pack.is_none() && g.rules.is_empty() {
+            errs.push((
+                path.to_owned(),
+                "needs a pack, rules, or both (or a service)".to_owned(),
+            ));
         }
         let mut rules: Vec<&raw::Rule> = Vec::new();
         let pack = match &g.pack {
@@ -87,6 +106,7 @@ impl Guardrail {
             stage: g.stage,
             action: g.action,
             matcher,
+            service,
         })
     }
 

@@ -22,8 +22,9 @@ fn guard(pack: &str, action: Action) -> Arc<Guardrail> {
         rules: Vec::new(),
         stage: Stage::Both,
         action,
+        service: None,
     };
-    Arc::new(Guardrail::compile("guardrails[0]", &g).unwrap())
+    Arc::new(Guardrail::compile("guardrails[0]", &g, None).unwrap())
 }
 
 fn samples(pack: &str) -> raw::PackSamples {
@@ -208,8 +209,9 @@ fn only_a_match_in_progress_is_held() {
         }],
         stage: Stage::Response,
         action: Action::Mask,
+        service: None,
     };
-    let g = Arc::new(Guardrail::compile("g", &kw).unwrap());
+    let g = Arc::new(Guardrail::compile("g", &kw, None).unwrap());
     // Only a match in progress is held: text that cannot start one goes out at once.
     let mut sg = StreamGuard::new(vec![g.clone()], Endpoint::ChatCompletions);
     let mut hits = Vec::new();
@@ -272,8 +274,9 @@ fn rules(name: &str, rules: Vec<raw::Rule>, pack: Option<&str>, action: Action) 
         rules,
         stage: Stage::Response,
         action,
+        service: None,
     };
-    Arc::new(Guardrail::compile("g", &g).unwrap())
+    Arc::new(Guardrail::compile("g", &g, None).unwrap())
 }
 
 /// Splits `text` into pieces of about `n` bytes on character boundaries.
@@ -727,4 +730,39 @@ fn chat_answers_read_in_part_decide_as_read_whole() {
             assert_eq!(run(Endpoint::ChatCompletions), run(Endpoint::Embeddings), "{body}");
         }
     }
+}
+
+/// Log-probabilities spell out a choice's text token by token: a masked or withheld
+/// choice loses them, the others keep theirs.
+#[test]
+fn a_masked_or_withheld_choice_loses_its_logprobs() {
+    let lp = |t: &str| json!({"content": [{"token": t, "logprob": -0.1, "bytes": null, "top_logprobs": []}]});
+    let answer = json!({"id": "c", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "mail bob@example.com"}, "logprobs": lp("bob@example.com"), "finish_reason": "stop"},
+        {"index": 1, "message": {"role": "assistant", "content": "nothing here"}, "logprobs": lp("nothing"), "finish_reason": "stop"}]});
+    let mut hits = Vec::new();
+    let mut blocked = None;
+    let out = check_response(
+        &[guard("pii.yaml", Action::Mask)],
+        Endpoint::ChatCompletions,
+        answer.to_string().as_bytes(),
+        &mut hits,
+        &mut blocked,
+    )
+    .expect("masked");
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "mail [REDACTED:email]");
+    assert!(v["choices"][0]["logprobs"].is_null(), "{v}");
+    assert_eq!(v["choices"][1]["logprobs"], lp("nothing"));
+    let out = check_response(
+        &[guard("pii.yaml", Action::Block)],
+        Endpoint::ChatCompletions,
+        answer.to_string().as_bytes(),
+        &mut hits,
+        &mut blocked,
+    )
+    .expect("withheld");
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert!(v["choices"][0]["logprobs"].is_null(), "{v}");
+    assert!(!v.to_string().contains("bob@"), "{v}");
 }

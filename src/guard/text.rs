@@ -434,16 +434,27 @@ pub enum Edit {
 /// `endpoint` is the caller's: its answer's shape says where the text is.
 pub fn response_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut String) -> Edit) -> bool {
     let mut changed = false;
+    // Whether this part changed, and withheld or not.
     let mut scan = |x: &mut Value, block: &mut bool| {
         let (c, b) = part_texts(x, f);
         changed |= c;
         *block |= b;
+        c
+    };
+    // Log-probabilities spell out the text token by token: a choice whose text was masked
+    // or withheld loses them (as OpenAI's own filtered choices carry none).
+    let drop_logprobs = |choice: &mut Value, key: &str| {
+        if let Some(lp) = choice.get_mut(key) {
+            *lp = Value::Null;
+        }
     };
     match endpoint {
         Endpoint::Responses => {
             let mut block = false;
             if let Some(Value::Array(output)) = v.get_mut("output") {
-                output.iter_mut().for_each(|item| scan(item, &mut block));
+                output.iter_mut().for_each(|item| {
+                    scan(item, &mut block);
+                });
                 if block {
                     output.clear();
                 }
@@ -462,14 +473,18 @@ pub fn response_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut 
             };
             for c in candidates {
                 let mut block = false;
+                let mut edited = false;
                 if let Some(content) = c.get_mut("content") {
-                    scan(content, &mut block);
+                    edited = scan(content, &mut block);
                     if block {
                         *content = serde_json::json!({"role": "model", "parts": []});
                     }
                 }
                 if block {
                     c["finishReason"] = Value::from("SAFETY");
+                }
+                if block || edited {
+                    drop_logprobs(c, "logprobsResult");
                 }
             }
         }
@@ -486,8 +501,9 @@ pub fn response_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut 
             };
             for choice in choices {
                 let mut block = false;
+                let mut edited = false;
                 if let Some(msg) = choice.get_mut("message") {
-                    scan(msg, &mut block);
+                    edited = scan(msg, &mut block);
                     if block {
                         // Nothing of a withheld message stays: content, tool calls,
                         // reasoning, refusal.
@@ -496,6 +512,9 @@ pub fn response_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut 
                 }
                 if block {
                     choice["finish_reason"] = Value::from("content_filter");
+                }
+                if block || edited {
+                    drop_logprobs(choice, "logprobs");
                 }
             }
         }
@@ -506,12 +525,16 @@ pub fn response_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut 
             };
             for choice in choices {
                 let mut block = false;
+                let mut edited = false;
                 if let Some(text) = choice.get_mut("text") {
-                    scan(text, &mut block);
+                    edited = scan(text, &mut block);
                     if block {
                         *text = Value::from("");
                         choice["finish_reason"] = Value::from("content_filter");
                     }
+                }
+                if block || edited {
+                    drop_logprobs(choice, "logprobs");
                 }
             }
         }
@@ -527,7 +550,9 @@ pub fn response_texts(v: &mut Value, endpoint: Endpoint, f: &mut dyn FnMut(&mut 
         Endpoint::Messages => {
             let mut block = false;
             if let Some(Value::Array(content)) = v.get_mut("content") {
-                content.iter_mut().for_each(|b| scan(b, &mut block));
+                content.iter_mut().for_each(|b| {
+                    scan(b, &mut block);
+                });
                 if block {
                     content.clear();
                 }

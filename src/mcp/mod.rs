@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 
 use crate::auth::ApiKeyEntry;
 use crate::auth::McpAccess;
+use crate::guard::service::{About, Side, Stop};
 use crate::guard::{self, Hit};
 use crate::limit::{Admitted, Limiter};
 use crate::metrics::Metrics;
@@ -268,6 +269,8 @@ const RESOURCE_NOT_FOUND: i64 = -32002;
 /// What the MCP gateway works with, from the process and the request's snapshot: the
 /// configured servers, the sessions, the limiter its calls count against, the metrics.
 pub struct Env<'a> {
+    /// The request's id, as guardrail services are told it.
+    pub request_id: &'a str,
     pub servers: &'a [Arc<Server>],
     pub sessions: &'a Sessions,
     pub limiter: &'a Limiter,
@@ -522,7 +525,7 @@ impl Gate<'_> {
             .await
             .map_err(|refused| (answered(refused, Vec::new()), "rate_limited"))?;
         let mut hits = Vec::new();
-        match self.guard_request(id, params, &mut hits) {
+        match self.guard_request(id, params, &mut hits).await {
             Ok(()) => Ok((admitted, hits)),
             Err(refused) => Err((answered(refused, hits), "blocked")),
         }
@@ -530,12 +533,21 @@ impl Gate<'_> {
 
     /// The request stage: every text of `params` scanned by the caller's guardrails, in
     /// place. `Err`: the refusal to answer.
-    fn guard_request(&self, id: &Value, params: &mut Value, hits: &mut Vec<Hit>) -> Result<(), Value> {
+    async fn guard_request(&self, id: &Value, params: &mut Value, hits: &mut Vec<Hit>) -> Result<(), Value> {
         let guards = guard::applicable(&self.caller.guardrails, &[], false);
-        guard::check_mcp(&guards, params, hits).map_err(|g| {
-            let why = format!("The request was blocked by the guardrail '{g}'.");
-            rpc_error(id, REFUSED, why)
-        })
+        guard::service::check_mcp(&guards, Side::Request, params, self.about(), hits)
+            .await
+            .map_err(|stop| rpc_error(id, REFUSED, refusal(&stop, "request")))
+    }
+
+    /// What a guardrail service is told of this request: `model` is `mcp` (or the
+    /// endpoint's server), the owner the caller's.
+    fn about(&self) -> About<'_> {
+        About {
+            model: self.scope.unwrap_or("mcp"),
+            owner: &self.caller.owner,
+            request_id: self.env.request_id,
+        }
     }
 
     /// `method` on `server` within the caller's session with it, within `allowance`.
@@ -594,8 +606,10 @@ impl Gate<'_> {
                     continue;
                 }
                 // An item a guardrail refuses is left out, as a withheld choice is.
-                if let Err(g) = guard::check_mcp(&guards, &mut item, &mut hits) {
-                    tracing::debug!(server = %server.name, guardrail = %g, "an MCP list item was withheld");
+                if let Err(stop) =
+                    guard::service::check_mcp(&guards, Side::Response, &mut item, self.about(), &mut hits).await
+                {
+                    tracing::debug!(server = %server.name, refused = ?stop, "an MCP list item was withheld");
                     continue;
                 }
                 let Some(name) = item.get("name").and_then(Value::as_str).map(str::to_owned) else {
@@ -680,19 +694,21 @@ impl Gate<'_> {
             .call(session, server, method, params, &mut server.allowance())
             .await;
         let guards = guard::applicable(&self.caller.guardrails, &[], true);
-        let blocked = |g: Arc<str>| {
-            let why = format!("The MCP server's answer was blocked by the guardrail '{g}'.");
-            rpc_error(id, REFUSED, why)
-        };
+        let blocked = |stop: Stop| rpc_error(id, REFUSED, refusal(&stop, "MCP server's answer"));
+        let about = self.about();
         let (body, outcome) = match answer {
-            Ok(mut result) => match guard::check_mcp(&guards, &mut result, &mut hits) {
-                Ok(()) => (json!({"jsonrpc": "2.0", "id": id, "result": result}), "ok"),
-                Err(g) => (blocked(g), "blocked"),
-            },
-            Err(CallError::Rpc(mut e)) => match guard::check_mcp(&guards, &mut e, &mut hits) {
-                Ok(()) => (json!({"jsonrpc": "2.0", "id": id, "error": e}), "error"),
-                Err(g) => (blocked(g), "blocked"),
-            },
+            Ok(mut result) => {
+                match guard::service::check_mcp(&guards, Side::Response, &mut result, about, &mut hits).await {
+                    Ok(()) => (json!({"jsonrpc": "2.0", "id": id, "result": result}), "ok"),
+                    Err(stop) => (blocked(stop), "blocked"),
+                }
+            }
+            Err(CallError::Rpc(mut e)) => {
+                match guard::service::check_mcp(&guards, Side::Response, &mut e, about, &mut hits).await {
+                    Ok(()) => (json!({"jsonrpc": "2.0", "id": id, "error": e}), "error"),
+                    Err(stop) => (blocked(stop), "blocked"),
+                }
+            }
             Err(e) => {
                 tracing::warn!(server = %server.name, method, "MCP server failed: {}", describe(&e));
                 (self.failure(id, server, &e), "unavailable")
@@ -807,6 +823,15 @@ fn describe(e: &CallError) -> String {
     match e {
         CallError::Unavailable(why) | CallError::TooLarge(why) => why.clone(),
         CallError::Rpc(e) => format!("JSON-RPC error {}", e.get("code").unwrap_or(&Value::Null)),
+    }
+}
+
+/// The JSON-RPC error message a guardrail's refusal gives (`what` was refused): it names
+/// the guardrail, never the text.
+fn refusal(stop: &Stop, what: &str) -> String {
+    match stop {
+        Stop::Blocked(g) => format!("The {what} was blocked by the guardrail '{g}'."),
+        Stop::Unavailable(g) => format!("The guardrail '{g}' could not check the {what}; retry shortly."),
     }
 }
 

@@ -130,6 +130,23 @@ pub fn sign_request(p: &Provider, req: &mut RequestHeader, body: &[u8]) -> pingo
         ("host", p.base.authority.as_str()),
         ("content-type", content_type.as_str()),
     ];
+    let signed = sign_headers(aws, &uri, &headers, body)
+        .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
+    for (name, value) in signed {
+        req.insert_header(name, value)?;
+    }
+    Ok(())
+}
+
+/// The SigV4 headers (`authorization`, `x-amz-date`, a session's token) of a POST of
+/// `body` to `uri` with `headers` (which must name the host), for Bedrock's runtime
+/// API; the credential-bearing ones marked sensitive.
+pub fn sign_headers(
+    aws: &Aws,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Vec<(String, http::HeaderValue)>, String> {
     let identity = aws.credentials.clone().into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
@@ -138,22 +155,20 @@ pub fn sign_request(p: &Provider, req: &mut RequestHeader, body: &[u8]) -> pingo
         .time(SystemTime::now())
         .settings(SigningSettings::default())
         .build()
-        .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, format!("SigV4: {e}")))?
+        .map_err(|e| format!("SigV4: {e}"))?
         .into();
-    let signable = SignableRequest::new("POST", uri, headers.into_iter(), SignableBody::Bytes(body))
-        .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, format!("SigV4: {e}")))?;
-    let (instructions, _) = sign(signable, &params)
-        .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, format!("SigV4: {e}")))?
-        .into_parts();
+    let signable = SignableRequest::new("POST", uri, headers.iter().copied(), SignableBody::Bytes(body))
+        .map_err(|e| format!("SigV4: {e}"))?;
+    let (instructions, _) = sign(signable, &params).map_err(|e| format!("SigV4: {e}"))?.into_parts();
+    let mut out = Vec::new();
     for (name, value) in instructions.headers() {
-        let mut v = http::HeaderValue::from_str(value)
-            .map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "SigV4 header"))?;
+        let mut v = http::HeaderValue::from_str(value).map_err(|_| "SigV4 header".to_owned())?;
         if name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("x-amz-security-token") {
             v.set_sensitive(true);
         }
-        req.insert_header(name.to_owned(), v)?;
+        out.push((name.to_owned(), v));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// An OpenAI image part -> a Converse image block. Bedrock does not fetch URLs, so only

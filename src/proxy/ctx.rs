@@ -73,6 +73,16 @@ pub struct Ctx {
     pub response_guards: Vec<Arc<Guardrail>>,
     /// Scans a streamed completion for `response_guards`.
     pub stream_guard: Option<Box<StreamGuard>>,
+    /// A whole answer the rules passed, waiting for the guardrail services
+    /// (`response::on_body_async`).
+    pub answer_for_services: Option<Bytes>,
+    /// A whole answer under monitoring services only, already sent: judged for the record.
+    pub answer_for_monitors: Option<Bytes>,
+    /// Judges a streamed answer's text for the response-stage guardrail services.
+    pub stream_windows: Option<Box<crate::guard::service::StreamWindows>>,
+    /// Stream events the rules released, waiting for `stream_windows` (and whether the
+    /// stream ended with them).
+    pub events_for_services: Option<(Bytes, bool)>,
     /// Guardrails that hit, once each, for metrics and the access log.
     pub guard_hits: Vec<Hit>,
     /// The MCP method this request was (`/mcp`), and the tool call it made, if any.
@@ -96,6 +106,10 @@ impl Ctx {
     pub fn new() -> Self {
         Self {
             request_id: String::new(),
+            answer_for_services: None,
+            answer_for_monitors: None,
+            stream_windows: None,
+            events_for_services: None,
             dialect: Dialect::OpenAi,
             started: Instant::now(),
             inflight: None,

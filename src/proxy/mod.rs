@@ -204,6 +204,26 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Work on a body chunk that waits on another service (vendor patch 0013): asked per
+    /// chunk, true only for a whole answer the guardrail services must judge.
+    fn response_body_async(&self, ctx: &Ctx) -> bool {
+        response::wants_async(ctx)
+    }
+
+    async fn response_body_async_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        match response::on_body_async(&self.state, body, ctx).await {
+            Ok(()) => Ok(()),
+            // Ends the response; `fail_to_proxy` closes the stream with the error event.
+            Err(e) => Err(Error::explain(ErrorType::InternalError, e.to_string())),
+        }
+    }
+
     /// A connection to the target failed: another replica or target follows when the
     /// failover decision says so.
     fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {

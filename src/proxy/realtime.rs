@@ -79,6 +79,17 @@ pub async fn serve(
     if !caller.allows(&model.name) {
         return Err(GwError::ModelNotAllowed(model.name.clone()));
     }
+    // A guardrail service judges whole texts; a realtime session's are relayed as they
+    // come. Refused rather than passed unjudged (docs/guardrails.md).
+    let guards = guard::applicable(&caller.guardrails, &model.guardrails, false)
+        .into_iter()
+        .chain(guard::applicable(&caller.guardrails, &model.guardrails, true));
+    if let Some(g) = guards.into_iter().find(|g| g.service.is_some()) {
+        return Err(GwError::InvalidRequest(format!(
+            "The guardrail '{}' is a guardrail service, which realtime sessions cannot use yet.",
+            g.name
+        )));
+    }
     let candidates: Vec<Target> = Plan::new(model)
         .candidates
         .into_iter()

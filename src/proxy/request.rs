@@ -308,6 +308,7 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
             };
             let headers = &session.req_header().headers;
             let env = crate::mcp::Env {
+                request_id: &ctx.request_id,
                 servers: &snap.mcp_servers,
                 sessions: &state.mcp_sessions,
                 limiter: &state.limiter,
@@ -435,9 +436,14 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         return Ok(Admission::Answered);
     }
     let on_request = guard::applicable(&caller.guardrails, &model.guardrails, false);
+    let about = guard::service::About {
+        model: &model.name,
+        owner: &caller.owner,
+        request_id: ctx.request_id.as_str(),
+    };
     let masked = match &form {
-        Some(f) => guard_form(&on_request, endpoint, &body, f, &mut ctx.guard_hits)?,
-        None => guard::check_request(&on_request, endpoint, &body, &mut ctx.guard_hits)?,
+        Some(f) => guard_form(&on_request, endpoint, &body, f, about, &mut ctx.guard_hits).await?,
+        None => guard::service::check_request(&on_request, endpoint, &body, about, &mut ctx.guard_hits).await?,
     };
     let body = match masked {
         // A masked body has other spans: its own parse is the one kept.
@@ -463,6 +469,20 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         | Endpoint::AudioSpeech => Vec::new(),
         _ => guard::applicable(&caller.guardrails, &model.guardrails, true),
     };
+    if ctx.stream() {
+        // A service's replacement cannot be written into text already split into events:
+        // refused rather than passed unmasked (docs/guardrails.md).
+        if let Some(g) = ctx
+            .response_guards
+            .iter()
+            .find(|g| g.service.is_some() && g.action == crate::raw::Action::Mask)
+        {
+            return Err(GwError::InvalidRequest(format!(
+                "The guardrail '{}' is a guardrail service that masks answers, which streams cannot carry: ask without streaming.",
+                g.name
+            )));
+        }
+    }
     let headers = &session.req_header().headers;
     let looked_up = cache::lookup(
         &state.caches,
@@ -502,11 +522,12 @@ fn form_files(endpoint: Endpoint) -> &'static [&'static str] {
 /// Request guardrails on a form: its text fields (the prompt, the language, ...) are
 /// scanned as a request's texts are; files (audio, images) are bytes no guardrail reads.
 /// Returns the form with masked values spliced in when something was masked.
-fn guard_form(
+async fn guard_form(
     guards: &[Arc<guard::Guardrail>],
     endpoint: Endpoint,
     body: &Bytes,
     form: &provider::form::FormView,
+    about: guard::service::About<'_>,
     hits: &mut Vec<guard::Hit>,
 ) -> Result<Option<Bytes>, GwError> {
     if guards.is_empty() || form.texts.is_empty() {
@@ -514,7 +535,7 @@ fn guard_form(
     }
     let texts: Vec<&str> = form.texts.iter().map(|t| t.value.as_str()).collect();
     let json = serde_json::to_vec(&texts).map_err(|_| GwError::Internal)?;
-    let Some(masked) = guard::check_request(guards, endpoint, &json, hits)? else {
+    let Some(masked) = guard::service::check_request(guards, endpoint, &json, about, hits).await? else {
         return Ok(None);
     };
     let masked: Vec<String> = serde_json::from_slice(&masked).map_err(|_| GwError::Internal)?;
@@ -835,7 +856,7 @@ async fn answer_from_cache(session: &mut Session, ctx: &mut Ctx, entry: &cache::
     let (content_type, body) = if ctx.stream() {
         let completion: serde_json::Value = serde_json::from_slice(&entry.body).unwrap_or_default();
         let sse = Bytes::from(cache::replay::sse(&completion, ctx.dialect, ctx.caller_include_usage()));
-        let body = if ctx.response_guards.is_empty() {
+        let mut body = if ctx.response_guards.is_empty() {
             sse
         } else {
             let mut g = StreamGuard::new(ctx.response_guards.clone(), ctx.shape());
@@ -849,6 +870,21 @@ async fn answer_from_cache(session: &mut Session, ctx: &mut Ctx, entry: &cache::
                 }
             }
         };
+        if let Some(mut windows) = guard::service::StreamWindows::new(&ctx.response_guards) {
+            let about = guard::service::About {
+                model: ctx.alias.as_deref().unwrap_or_default(),
+                owner: ctx.caller.as_ref().map_or("", |c| c.owner.as_str()),
+                request_id: &ctx.request_id,
+            };
+            match windows.feed(body.clone(), true, about, &mut ctx.guard_hits).await {
+                Ok(out) => body = out,
+                Err(stop) => {
+                    let e = stop.error(true);
+                    body = e.sse_event(ctx.dialect);
+                    ctx.error = Some(e);
+                }
+            }
+        }
         ("text/event-stream", body)
     } else {
         let mut by = None;
@@ -862,7 +898,30 @@ async fn answer_from_cache(session: &mut Session, ctx: &mut Ctx, entry: &cache::
         if let Some(name) = by {
             ctx.error = Some(blocked(&name));
         }
-        ("application/json", checked.unwrap_or_else(|| entry.body.clone()))
+        let mut body = checked.unwrap_or_else(|| entry.body.clone());
+        // After the rules, even when they withheld a choice: the others go out.
+        if guard::service::any(&ctx.response_guards) {
+            let about = guard::service::About {
+                model: ctx.alias.as_deref().unwrap_or_default(),
+                owner: ctx.caller.as_ref().map_or("", |c| c.owner.as_str()),
+                request_id: &ctx.request_id,
+            };
+            let mut stop = None;
+            let judged = guard::service::check_response(
+                &ctx.response_guards,
+                ctx.shape(),
+                &body,
+                about,
+                &mut ctx.guard_hits,
+                &mut stop,
+            )
+            .await;
+            if let Some(stop) = stop {
+                ctx.error = Some(stop.error(true));
+            }
+            body = judged.unwrap_or(body);
+        }
+        ("application/json", body)
     };
     let stream = ctx.stream();
     if let Some(t) = ctx.trace.as_mut() {

@@ -287,6 +287,7 @@ pub fn on_response_header(resp: &mut ResponseHeader, ctx: &mut Ctx, caller_http1
             length_unknown(resp)?;
         }
         ctx.stream_guard = guard;
+        ctx.stream_windows = guard::service::StreamWindows::new(&ctx.response_guards).map(Box::new);
         let mut sse = SseState::with_mode(mode);
         if wire == Wire::Converse {
             // AWS's binary frames in, SSE out.
@@ -410,19 +411,15 @@ pub fn on_body(state: &AppState, body: &mut Option<Bytes>, end_of_stream: bool, 
             out = [out, e.sse_event(ctx.dialect)].concat().into();
             ctx.error = Some(e);
         }
-        if ctx.first_event.is_none() && !out.is_empty() {
-            ctx.first_event = Some(Instant::now());
+        // Whatever goes out goes through the services, even after an error (a stream cut
+        // short still carries the text of its last read).
+        if ctx.stream_windows.is_some() {
+            // The guardrail services judge it first: `on_body_async` releases it.
+            *body = None;
+            ctx.events_for_services = Some((out, end_of_stream));
+            return Ok(());
         }
-        if let Some(fill) = ctx.cache_fill.as_mut() {
-            fill.feed(&out);
-        }
-        if let Some(t) = ctx.trace.as_mut() {
-            t.sent(&out, false);
-        }
-        *body = Some(out);
-        if end_of_stream {
-            fill_cache(state, ctx, None);
-        }
+        release_events(state, ctx, body, out, end_of_stream);
     } else if let Some(j) = ctx.json.as_mut() {
         if let Some(b) = body.as_ref() {
             j.push(b);
@@ -466,15 +463,119 @@ pub fn on_body(state: &AppState, body: &mut Option<Bytes>, end_of_stream: bool, 
             } else {
                 Some(whole).filter(|b| !b.is_empty())
             };
-            if let (Some(t), Some(b)) = (ctx.trace.as_mut(), &sent) {
-                t.sent(b, true);
+            // After the rules, even when they withheld a choice: the others go out.
+            if holds && completed && sent.is_some() && guard::service::any(&ctx.response_guards) {
+                // The services judge it first: `on_body_async` sends it.
+                *body = None;
+                ctx.answer_for_services = sent;
+                return Ok(());
             }
-            if holds {
-                *body = sent.clone();
+            if !holds && completed && guard::service::any(&ctx.response_guards) {
+                // Only monitors (nothing is held for them): judged as it leaves, for the
+                // record.
+                ctx.answer_for_monitors = sent.clone();
             }
-            fill_cache(state, ctx, sent);
+            send_answer(state, ctx, body, holds, sent);
         }
     }
+    Ok(())
+}
+
+/// Stream events leave: the first one timed, each traced and kept for the cache, which
+/// is filled at the end.
+fn release_events(state: &AppState, ctx: &mut Ctx, body: &mut Option<Bytes>, out: Bytes, end_of_stream: bool) {
+    if ctx.first_event.is_none() && !out.is_empty() {
+        ctx.first_event = Some(Instant::now());
+    }
+    if let Some(fill) = ctx.cache_fill.as_mut() {
+        fill.feed(&out);
+    }
+    if let Some(t) = ctx.trace.as_mut() {
+        t.sent(&out, false);
+    }
+    *body = Some(out);
+    if end_of_stream {
+        fill_cache(state, ctx, None);
+    }
+}
+
+/// A whole JSON answer leaves: traced, in the body (when held), into the cache.
+fn send_answer(state: &AppState, ctx: &mut Ctx, body: &mut Option<Bytes>, holds: bool, sent: Option<Bytes>) {
+    if let (Some(t), Some(b)) = (ctx.trace.as_mut(), &sent) {
+        t.sent(b, true);
+    }
+    if holds {
+        *body = sent.clone();
+    }
+    fill_cache(state, ctx, sent);
+}
+
+/// Whether [`on_body_async`] has work: a whole answer or stream events waiting for the
+/// guardrail services.
+pub fn wants_async(ctx: &Ctx) -> bool {
+    ctx.answer_for_services.is_some() || ctx.events_for_services.is_some() || ctx.answer_for_monitors.is_some()
+}
+
+/// The guardrail services' turn on what the rules passed: a whole JSON answer is judged,
+/// then sent like any other (a block withholds its choices, as the rules do); stream
+/// events go out once their window is judged (`guard::service::StreamWindows`), or the
+/// stream ends with the guardrail's error.
+pub async fn on_body_async(state: &AppState, body: &mut Option<Bytes>, ctx: &mut Ctx) -> Result<(), GwError> {
+    if let Some((events, end)) = ctx.events_for_services.take() {
+        let Some(mut windows) = ctx.stream_windows.take() else {
+            release_events(state, ctx, body, events, end);
+            return Ok(());
+        };
+        let about = guard::service::About {
+            model: ctx.alias.as_deref().unwrap_or_default(),
+            owner: ctx.caller.as_ref().map_or("", |c| c.owner.as_str()),
+            request_id: &ctx.request_id,
+        };
+        let judged = windows.feed(events, end, about, &mut ctx.guard_hits).await;
+        ctx.stream_windows = Some(windows);
+        return match judged {
+            Ok(out) => {
+                release_events(state, ctx, body, out, end);
+                Ok(())
+            }
+            Err(stop) => {
+                let e = stop.error(true);
+                ctx.error = Some(e.clone());
+                Err(e)
+            }
+        };
+    }
+    if let Some(answer) = ctx.answer_for_monitors.take() {
+        // Already on its way: only the hits are recorded.
+        let about = guard::service::About {
+            model: ctx.alias.as_deref().unwrap_or_default(),
+            owner: ctx.caller.as_ref().map_or("", |c| c.owner.as_str()),
+            request_id: &ctx.request_id,
+        };
+        let mut stop = None;
+        let guards = std::mem::take(&mut ctx.response_guards);
+        let _ =
+            guard::service::check_response(&guards, ctx.shape(), &answer, about, &mut ctx.guard_hits, &mut stop).await;
+        ctx.response_guards = guards;
+        return Ok(());
+    }
+    let Some(answer) = ctx.answer_for_services.take() else {
+        return Ok(());
+    };
+    let guards = std::mem::take(&mut ctx.response_guards);
+    let about = guard::service::About {
+        model: ctx.alias.as_deref().unwrap_or_default(),
+        owner: ctx.caller.as_ref().map_or("", |c| c.owner.as_str()),
+        request_id: &ctx.request_id,
+    };
+    let mut stop = None;
+    let checked =
+        guard::service::check_response(&guards, ctx.shape(), &answer, about, &mut ctx.guard_hits, &mut stop).await;
+    ctx.response_guards = guards;
+    if let Some(stop) = stop {
+        ctx.error = Some(stop.error(true));
+    }
+    send_answer(state, ctx, body, true, Some(checked.unwrap_or(answer)));
     Ok(())
 }
 

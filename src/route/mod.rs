@@ -92,6 +92,7 @@ models:
                 env: &env,
                 upstreams: &reg,
                 limits: &Default::default(),
+                metrics: None,
             },
         )
         .unwrap()

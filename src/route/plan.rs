@@ -382,6 +382,7 @@ models:
                 env: &env,
                 upstreams: &reg,
                 limits: &Default::default(),
+                metrics: None,
             },
         )
         .unwrap();

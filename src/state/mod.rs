@@ -69,11 +69,13 @@ fn compile(
     resources: Option<&Resources>,
     upstreams: &UpstreamRegistry,
     limits: &Cells,
+    metrics: &Arc<Metrics>,
 ) -> Result<Snapshot, Vec<ConfigError>> {
     let ctx = CompileCtx {
         env: &env,
         upstreams,
         limits,
+        metrics: Some(metrics),
     };
     match resources {
         None => config::load_tree(base.clone(), &ctx),
@@ -87,8 +89,9 @@ impl AppState {
     pub fn load(config_path: PathBuf) -> Result<Arc<Self>, Vec<ConfigError>> {
         let upstreams = UpstreamRegistry::default();
         let limit_cells = Cells::default();
+        let metrics = Arc::new(Metrics::new());
         let base = config::read_tree(&config_path)?;
-        let mut snap = compile(&base, None, &upstreams, &limit_cells)?;
+        let mut snap = compile(&base, None, &upstreams, &limit_cells, &metrics)?;
         let mut store = None;
         // The etcd revision served; without a store, the count of file loads.
         let mut version = 1;
@@ -99,7 +102,7 @@ impl AppState {
                 );
             }
             let (resources, revision, compiled) =
-                store::initial(&es, |r| compile(&base, Some(r), &upstreams, &limit_cells))?;
+                store::initial(&es, |r| compile(&base, Some(r), &upstreams, &limit_cells, &metrics))?;
             snap = compiled;
             store = Some(Mutex::new((resources, revision)));
             version = revision;
@@ -117,7 +120,6 @@ impl AppState {
             Some(pool) => Arc::new(RedisStore::new(pool.clone())),
             None => Arc::new(LocalStore::new()),
         };
-        let metrics = Arc::new(Metrics::new());
         let traces = match &snap.observability.otlp {
             Some(o) => Some(
                 Traces::start(&o.endpoint, metrics.clone())
@@ -176,6 +178,8 @@ impl AppState {
             Some(resources),
             &UpstreamRegistry::default(),
             &Cells::default(),
+            // Counts nothing: this compile is thrown away.
+            &Arc::new(Metrics::new()),
         )
         .map(|_| ())
     }
@@ -187,7 +191,13 @@ impl AppState {
         let result = async {
             let base = config::read_tree(&self.config_path)?;
             let resources = self.store.as_ref().map(|_| self.resources());
-            let snap = compile(&base, resources.as_ref(), &self.upstreams, &self.limit_cells)?;
+            let snap = compile(
+                &base,
+                resources.as_ref(),
+                &self.upstreams,
+                &self.limit_cells,
+                &self.metrics,
+            )?;
             if let Ok(mut b) = self.base.lock() {
                 *b = base;
             }
@@ -215,7 +225,13 @@ impl AppState {
     /// when they compile; otherwise the last good snapshot stays.
     pub async fn apply_store(&self, resources: Resources, revision: i64) -> Result<(), Vec<ConfigError>> {
         let Some(store) = &self.store else { return Ok(()) };
-        match compile(&self.base(), Some(&resources), &self.upstreams, &self.limit_cells) {
+        match compile(
+            &self.base(),
+            Some(&resources),
+            &self.upstreams,
+            &self.limit_cells,
+            &self.metrics,
+        ) {
             Ok(snap) => {
                 self.swap(snap).await;
                 let cache = self

@@ -179,9 +179,8 @@ pub fn redact(kind: Kind, v: &mut Value) {
             }
         }
     }
-    let Some(obj) = v.as_object_mut() else { return };
     for field in kind.secret_maps() {
-        if let Some(Value::Object(m)) = obj.get_mut(*field) {
+        if let Some(Value::Object(m)) = v.pointer_mut(field) {
             for value in m.values_mut() {
                 if let Value::String(s) = value {
                     hide(s);
@@ -251,28 +250,28 @@ pub fn prepare(kind: Kind, name: &str, mut v: Value, stored: Option<&Value>) -> 
             }
         }
     }
-    let Some(obj) = v.as_object_mut() else {
-        return Err(ConfigError::new(format!("{kind}/{name}"), "must be a JSON object"));
-    };
     for field in kind.secret_maps() {
-        let Some(Value::Object(m)) = obj.get_mut(*field) else {
+        let Some(Value::Object(m)) = v.pointer_mut(field) else {
             continue;
         };
         for (header, value) in m.iter_mut() {
             if value.as_str() != Some(REDACTED) {
                 continue;
             }
-            match stored.and_then(|s| s.get(*field)).and_then(|f| f.get(header)) {
+            match stored.and_then(|s| s.pointer(field)).and_then(|f| f.get(header)) {
                 Some(old) => *value = old.clone(),
                 None => {
                     return Err(ConfigError::new(
-                        format!("{kind}/{name}.{field}.{header}"),
+                        format!("{kind}/{name}{}.{header}", field.replace('/', ".")),
                         "is redacted, and no stored value to keep",
                     ))
                 }
             }
         }
     }
+    let Some(obj) = v.as_object_mut() else {
+        return Err(ConfigError::new(format!("{kind}/{name}"), "must be a JSON object"));
+    };
     if kind == Kind::ApiKeys {
         hash_caller_key(obj);
     }
@@ -396,6 +395,25 @@ mod tests {
         assert_eq!(kept, stored);
         let e = prepare(Kind::ProviderKeys, "b", shown, None).unwrap_err();
         assert!(e.to_string().contains("b.aws.secret_access_key"), "{e}");
+    }
+
+    #[test]
+    fn guardrail_service_secrets_are_redacted() {
+        let stored = json!({"name": "g", "action": "block", "service": {"kind": "webhook",
+            "url": "https://guard.test/check?token=t0k", "headers": {"authorization": "Bearer s3cret"},
+            "aws": {"secret_access_key": "aws-s3cret", "session_token": "tok"}}});
+        let mut shown = stored.clone();
+        redact(Kind::Guardrails, &mut shown);
+        let text = shown.to_string();
+        for secret in ["s3cret", "aws-s3cret", "tok\"", "t0k"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert_eq!(shown["service"]["headers"]["authorization"], REDACTED);
+        assert_eq!(shown["service"]["url"], "https://guard.test/check?<redacted>");
+        let kept = prepare(Kind::Guardrails, "g", shown.clone(), Some(&stored)).unwrap();
+        assert_eq!(kept, stored);
+        let e = prepare(Kind::Guardrails, "g", shown, None).unwrap_err();
+        assert!(e.to_string().contains("g.service.aws.secret_access_key"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ fn store_of(tree: &serde_yaml::Value, path: &Path) -> Result<EtcdSettings, Vec<C
         env: &env,
         upstreams: &Default::default(),
         limits: &Default::default(),
+        metrics: None,
     };
     let snap = crate::config::load_tree(tree.clone(), &ctx)?;
     snap.server.config_store.clone().ok_or_else(|| {

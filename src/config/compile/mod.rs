@@ -34,6 +34,8 @@ pub struct CompileCtx<'a> {
     pub upstreams: &'a UpstreamRegistry,
     /// Rate limit state, so a policy that keeps its name keeps its counters.
     pub limits: &'a Cells,
+    /// Where guardrail services count their calls (`None` when only checking a config).
+    pub metrics: Option<&'a Arc<crate::metrics::Metrics>>,
 }
 
 /// The validated, immutable config that one request sees from start to end.
@@ -304,7 +306,9 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
             );
         }
     }
-    let (guards, guard_order) = policies::compile_guardrails(&raw.guardrails, &mut errs);
+    let providers = providers::compile_providers(&raw.provider_keys, ctx, &mut errs);
+    let mut judges = crate::guard_service::Judges::default();
+    let (guards, guard_order) = policies::compile_guardrails(&raw.guardrails, &providers, &mut judges, ctx, &mut errs);
     let refs = Refs {
         ctx,
         names,
@@ -315,8 +319,9 @@ pub fn compile(mut raw: RawConfig, ctx: &CompileCtx<'_>) -> Result<Snapshot, Vec
         budgets: by_name(&budgets, |b| b.name.as_str()),
     };
 
-    let providers = providers::compile_providers(&raw.provider_keys, ctx, &mut errs);
     let (models, model_order) = models::compile_models(&raw.models, &providers, &refs, &mut errs);
+    // Judges (`kind: llm`) name aliases, compiled only now.
+    judges.bind(&models, &mut |path, msg| errs.push(path, msg));
     let listener_cas: Vec<_> = server.tls.iter().filter_map(|t| t.client_ca.clone()).collect();
     let keys = keys::compile_keys(&raw.api_keys, &listener_cas, &refs, &mut errs);
     let jwt = jwt::compile_jwt(&raw.jwt, &refs, &mut errs);
@@ -368,6 +373,7 @@ mod tests {
                 env: &env,
                 upstreams: &reg,
                 limits: &Default::default(),
+                metrics: None,
             },
         )
     }

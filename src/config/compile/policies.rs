@@ -3,18 +3,50 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{raw, Errors};
+use super::{raw, CompileCtx, Errors};
 use crate::guard::Guardrail;
+use crate::guard_service;
+use crate::metrics::Metrics;
+use crate::provider::Provider;
 
-/// Every guardrail that compiles, by name, and in config order.
+/// Every guardrail that compiles, by name, and in config order. A service's client is
+/// compiled here (`guard_service`): it may name a provider key, and a judge an alias
+/// (bound in `judges` once the models are compiled).
 pub(super) fn compile_guardrails(
     list: &[raw::Guardrail],
+    providers: &HashMap<String, Arc<Provider>>,
+    judges: &mut guard_service::Judges,
+    ctx: &CompileCtx<'_>,
     errs: &mut Errors,
 ) -> (HashMap<String, Arc<Guardrail>>, Vec<Arc<Guardrail>>) {
     let mut guards: HashMap<String, Arc<Guardrail>> = HashMap::new();
     let mut order = Vec::new();
     for (i, g) in list.iter().enumerate() {
-        match Guardrail::compile(&format!("guardrails[{i}]"), g) {
+        let path = format!("guardrails[{i}]");
+        let service = match &g.service {
+            None => None,
+            Some(s) => {
+                let spath = format!("{path}.service");
+                let mut cx = guard_service::Context {
+                    providers,
+                    env: ctx.env,
+                    metrics: ctx.metrics.cloned().unwrap_or_else(|| Arc::new(Metrics::new())),
+                    judges: &mut *judges,
+                };
+                let checker = guard_service::compile(&spath, g, s, &mut cx, &mut |field, msg| {
+                    errs.push(format!("{spath}.{field}"), msg)
+                });
+                if checker.is_none() {
+                    // The guardrail's own errors too (a service beside rules), all at once.
+                    if let Err(list) = Guardrail::compile(&path, g, None) {
+                        list.into_iter().for_each(|(path, msg)| errs.push(path, msg));
+                    }
+                    continue;
+                }
+                checker
+            }
+        };
+        match Guardrail::compile(&path, g, service) {
             Ok(compiled) => {
                 let compiled = Arc::new(compiled);
                 if !guards.contains_key(&g.name) {

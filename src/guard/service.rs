@@ -1,0 +1,480 @@
+//! Guardrail services: a guardrail whose check is a call to a classifier (a moderation
+//! model, Presidio, a judge model, Bedrock Guardrails, any webhook) instead of rules run
+//! in process. This module holds what a service's answer means for the request: the
+//! verdict a client returns and how each action applies it; the clients themselves (HTTP,
+//! credentials, each kind's wire shape) live in `guard_service`, above the providers and
+//! routes a client may call, and reach the guardrail through [`Service`].
+//!
+//! One call per guardrail and stage carries every text of that stage, in the order the
+//! text model (`text.rs`) walks them; a verdict names texts by that position.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::{record, text, Guardrail, Hit};
+use crate::api::Endpoint;
+use crate::error::GwError;
+use crate::raw::{Action, OnError};
+
+/// Which side of the provider the texts come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Request,
+    Response,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Request => "request",
+            Side::Response => "response",
+        }
+    }
+}
+
+/// One call to a service: the texts of one stage of one request.
+#[derive(Debug)]
+pub struct Call<'a> {
+    pub side: Side,
+    /// The alias the caller asked for.
+    pub model: &'a str,
+    pub owner: &'a str,
+    pub request_id: &'a str,
+    pub texts: &'a [String],
+    /// The guardrail masks: ask the service for replacements where it can give them.
+    pub mask: bool,
+}
+
+/// What a service found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing.
+    Allow,
+    /// A hit with no replacement: the texts at these positions (all of them when `None`).
+    Flag(Option<Vec<usize>>),
+    /// A hit, with the service's replacement for the texts at these positions.
+    Replace(Vec<(usize, String)>),
+}
+
+/// Why a service gave no verdict (a timeout, an error status, a malformed answer). The
+/// text is for the log: it never carries the texts sent or a credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure(pub String);
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A guardrail service's client.
+#[async_trait]
+pub trait Service: Send + Sync + fmt::Debug {
+    /// Judges the texts of one call. Bounded in time by the service's `timeout_ms`.
+    async fn judge(&self, call: &Call<'_>) -> Result<Verdict, Failure>;
+}
+
+/// A service as a guardrail holds it: the client and what to do when it cannot answer.
+#[derive(Debug, Clone)]
+pub struct Checker {
+    pub client: Arc<dyn Service>,
+    pub on_error: OnError,
+    /// Streams: new text judged at a time (the end of each text is judged whatever its
+    /// length).
+    pub window_chars: usize,
+}
+
+/// What the caller learns about the request a call is made for.
+#[derive(Debug, Clone, Copy)]
+pub struct About<'a> {
+    pub model: &'a str,
+    pub owner: &'a str,
+    pub request_id: &'a str,
+}
+
+/// Why the services stopped a stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// A guardrail that blocks found something.
+    Blocked(Arc<str>),
+    /// A guardrail that fails closed could not get an answer.
+    Unavailable(Arc<str>),
+}
+
+impl Stop {
+    pub fn error(&self, response: bool) -> GwError {
+        match self {
+            Stop::Blocked(name) => GwError::ContentFilter {
+                guardrail: name.to_string(),
+                response,
+            },
+            Stop::Unavailable(name) => GwError::GuardrailUnavailable(name.to_string()),
+        }
+    }
+}
+
+/// Whether any of these guardrails is a service.
+pub fn any(guards: &[Arc<Guardrail>]) -> bool {
+    guards.iter().any(|g| g.service.is_some())
+}
+
+/// Judges `texts` with every service guardrail of `guards` at once (one call each), then
+/// applies their verdicts in the guardrails' order: a hit of one that blocks stops the
+/// stage; one that masks replaces the texts it names (by the service's replacement, or
+/// whole by `[REDACTED:<name>]` when the service gave none); one that monitors is only
+/// recorded. A text two masking services both replace is redacted whole by the first:
+/// neither replacement hides what the other found. Returns which texts changed.
+pub async fn judge(
+    guards: &[Arc<Guardrail>],
+    side: Side,
+    about: About<'_>,
+    texts: &mut [String],
+    hits: &mut Vec<Hit>,
+) -> Result<Vec<bool>, Stop> {
+    let mut changed = vec![false; texts.len()];
+    let services: Vec<(&Arc<Guardrail>, &Checker)> = guards
+        .iter()
+        .filter_map(|g| g.service.as_ref().map(|s| (g, s)))
+        .collect();
+    if services.is_empty() || texts.is_empty() {
+        return Ok(changed);
+    }
+    let verdicts = {
+        let texts: &[String] = texts;
+        futures_util::future::join_all(services.iter().map(|(g, s)| {
+            let call = Call {
+                side,
+                model: about.model,
+                owner: about.owner,
+                request_id: about.request_id,
+                texts,
+                mask: g.action == Action::Mask,
+            };
+            async move { s.client.judge(&call).await }
+        }))
+        .await
+    };
+    // Per text: the replacement and the guardrail that made it.
+    let mut replaced: Vec<Option<(Arc<str>, String)>> = vec![None; texts.len()];
+    let mut twice: Vec<bool> = vec![false; texts.len()];
+    for ((g, s), verdict) in services.iter().zip(verdicts) {
+        let verdict = match verdict {
+            Ok(v) => v,
+            Err(failure) => {
+                tracing::warn!(guardrail = %g.name, error = %failure, "guardrail service gave no verdict");
+                if s.on_error == OnError::Block && g.action != Action::Monitor {
+                    return Err(Stop::Unavailable(g.name.clone()));
+                }
+                continue;
+            }
+        };
+        if verdict == Verdict::Allow {
+            continue;
+        }
+        record(hits, g);
+        match g.action {
+            Action::Block => return Err(Stop::Blocked(g.name.clone())),
+            Action::Monitor => {}
+            Action::Mask => {
+                let whole = || format!("[REDACTED:{}]", g.name);
+                let edits: Vec<(usize, String)> = match verdict {
+                    Verdict::Allow => Vec::new(),
+                    Verdict::Flag(None) => (0..texts.len()).map(|i| (i, whole())).collect(),
+                    Verdict::Flag(Some(which)) => which.into_iter().map(|i| (i, whole())).collect(),
+                    Verdict::Replace(edits) => edits,
+                };
+                for (i, text) in edits {
+                    let Some(slot) = replaced.get_mut(i) else { continue };
+                    match slot {
+                        None => *slot = Some((g.name.clone(), text)),
+                        Some(_) => twice[i] = true,
+                    }
+                }
+            }
+        }
+    }
+    for (i, r) in replaced.into_iter().enumerate() {
+        if let Some((by, text)) = r {
+            texts[i] = if twice[i] { format!("[REDACTED:{by}]") } else { text };
+            changed[i] = true;
+        }
+    }
+    Ok(changed)
+}
+
+/// The first service guardrail that must see text before anyone does (blocks or masks):
+/// text it cannot read is refused in its name.
+fn fails_closed(guards: &[Arc<Guardrail>]) -> Option<&Arc<Guardrail>> {
+    guards
+        .iter()
+        .find(|g| g.service.is_some() && g.action != Action::Monitor)
+}
+
+/// Request stage: the rules (`guard::check_request`), then every service over the texts
+/// the rules let through (masked ones as masked). Returns the body to send when either
+/// changed it.
+pub async fn check_request(
+    guards: &[Arc<Guardrail>],
+    endpoint: Endpoint,
+    body: &[u8],
+    about: About<'_>,
+    hits: &mut Vec<Hit>,
+) -> Result<Option<Bytes>, GwError> {
+    let masked = super::check_request(guards, endpoint, body, hits)?;
+    if !any(guards) {
+        return Ok(masked);
+    }
+    let current = masked.as_deref().unwrap_or(body);
+    let mut v = text::parse_unique(current).map_err(|e| GwError::InvalidJson(format!("Invalid JSON body: {e}")))?;
+    let edited = judge_value(guards, Side::Request, about, hits, |f| {
+        text::request_texts(&mut v, endpoint, f)
+    })
+    .await
+    .map_err(|s| s.error(false))?;
+    if !edited {
+        return Ok(masked);
+    }
+    Ok(Some(Bytes::from(
+        serde_json::to_vec(&v).map_err(|_| GwError::Internal)?,
+    )))
+}
+
+/// One part of an MCP message (either direction) through the rules, then the services.
+/// `Err` names why it is refused.
+pub async fn check_mcp(
+    guards: &[Arc<Guardrail>],
+    side: Side,
+    v: &mut Value,
+    about: About<'_>,
+    hits: &mut Vec<Hit>,
+) -> Result<(), Stop> {
+    super::check_mcp(guards, v, hits).map_err(Stop::Blocked)?;
+    if !any(guards) {
+        return Ok(());
+    }
+    judge_value(guards, side, about, hits, |f| text::mcp_texts(v, f))
+        .await
+        .map(|_| ())
+}
+
+/// Judges every text a walk of the text model gives (the walk is run twice: once to
+/// read the texts, once to write back what the services replaced). Text the walk cannot
+/// read is refused by the first service guardrail that fails closed. Returns whether
+/// anything was replaced.
+async fn judge_value(
+    guards: &[Arc<Guardrail>],
+    side: Side,
+    about: About<'_>,
+    hits: &mut Vec<Hit>,
+    mut walk: impl FnMut(&mut dyn FnMut(&mut String)) -> Result<(), text::Unscannable>,
+) -> Result<bool, Stop> {
+    let mut texts = Vec::new();
+    if let Err(what) = walk(&mut |s: &mut String| texts.push(s.clone())) {
+        if let Some(g) = fails_closed(guards) {
+            tracing::debug!(guardrail = %g.name, problem = what, "content could not be read for a guardrail service");
+            return Err(Stop::Blocked(g.name.clone()));
+        }
+    }
+    let originals = texts.clone();
+    let changed = judge(guards, side, about, &mut texts, hits).await?;
+    let Some(edits) = replacements(&originals, &changed, texts) else {
+        return Ok(false);
+    };
+    let _ = walk(&mut |s: &mut String| {
+        if let Some(r) = edits.get(s.as_str()) {
+            *s = r.clone();
+        }
+    });
+    Ok(true)
+}
+
+/// Each text a service replaced, by what it was, or `None` when nothing changed. The
+/// write-back goes by content, not by position: a walk that renames a key (keys of
+/// free-form objects are text) reorders what follows in the map, so a second walk does
+/// not meet the texts in the first walk's order. Equal texts get the same verdict.
+fn replacements(originals: &[String], changed: &[bool], texts: Vec<String>) -> Option<HashMap<String, String>> {
+    let edits: HashMap<String, String> = originals
+        .iter()
+        .zip(changed)
+        .zip(texts)
+        .filter(|((_, c), _)| **c)
+        .map(|((o, _), t)| (o.clone(), t))
+        .collect();
+    (!edits.is_empty()).then_some(edits)
+}
+
+/// Response stage for a whole JSON answer in the caller's shape, after the rules: every
+/// text judged at once; a choice with a text a blocking service flags keeps its place
+/// with no content, as the rules do it (`guard::check_response`). Returns the new body,
+/// or `None` when unchanged; `blocked_by` names what refused.
+pub async fn check_response(
+    guards: &[Arc<Guardrail>],
+    endpoint: Endpoint,
+    body: &[u8],
+    about: About<'_>,
+    hits: &mut Vec<Hit>,
+    blocked_by: &mut Option<Stop>,
+) -> Option<Bytes> {
+    let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
+        return fails_closed(guards).map(|g| {
+            *blocked_by = Some(Stop::Blocked(g.name.clone()));
+            GwError::UpstreamError("The provider's answer could not be checked by the guardrails.".into())
+                .body(endpoint.dialect())
+        });
+    };
+    let mut texts = Vec::new();
+    text::response_texts(&mut v, endpoint, &mut |s: &mut String| {
+        texts.push(s.clone());
+        text::Edit::Keep
+    });
+    let originals = texts.clone();
+    let stop = match judge(guards, Side::Response, about, &mut texts, hits).await {
+        Ok(changed) => {
+            let edits = replacements(&originals, &changed, texts)?;
+            text::response_texts(&mut v, endpoint, &mut |s: &mut String| match edits.get(s.as_str()) {
+                Some(r) => {
+                    *s = r.clone();
+                    text::Edit::Changed
+                }
+                None => text::Edit::Keep,
+            });
+            return Some(Bytes::from(v.to_string()));
+        }
+        Err(stop) => stop,
+    };
+    // Blocked, or unavailable and failing closed: no text of the answer goes out.
+    text::response_texts(&mut v, endpoint, &mut |_| text::Edit::Block);
+    *blocked_by = Some(stop);
+    Some(Bytes::from(v.to_string()))
+}
+
+/// The most text a stream under monitoring services keeps for its judgement at the end;
+/// more is judged as it comes, a window at a time.
+const MONITOR_KEEP: usize = 256 * 1024;
+/// The most event bytes a stream holds while its window fills: events heavy with what is
+/// not text (ids, log-probabilities) have their window judged early rather than grow.
+const MAX_HELD: usize = 1 << 20;
+/// Characters of one window judged again at the start of the next.
+const OVERLAP_CHARS: usize = 200;
+
+/// A streamed answer under response-stage service guardrails, in the caller's shape,
+/// after the rules: the events the rules released are held until the text they carry is
+/// judged, a window at a time (every `window_chars` of new text, the smallest of the
+/// guardrails', and at the end), then released whole, or the stream ends with the
+/// guardrail's error. Monitors hold nothing: their text is judged at the end (or, past
+/// 256 KiB, a window at a time). A masking service cannot rewrite text already split into
+/// events: streams under one are refused at admission (`proxy::request`).
+#[derive(Debug)]
+pub struct StreamWindows {
+    guards: Vec<Arc<Guardrail>>,
+    /// Some guardrail blocks: events wait for their window's verdict.
+    holds: bool,
+    window: usize,
+    held: bytes::BytesMut,
+    /// The text of the held events (or, monitoring only, of everything so far) not yet
+    /// judged, after the last window's tail (its context); `chars` counts the new part.
+    text: String,
+    chars: usize,
+}
+
+impl StreamWindows {
+    /// `None` when no service guardrail applies.
+    pub fn new(guards: &[Arc<Guardrail>]) -> Option<Self> {
+        let services: Vec<Arc<Guardrail>> = guards.iter().filter(|g| g.service.is_some()).cloned().collect();
+        let window = services
+            .iter()
+            .filter_map(|g| g.service.as_ref())
+            .map(|s| s.window_chars)
+            .min()?;
+        Some(Self {
+            holds: services.iter().any(|g| g.action != Action::Monitor),
+            guards: services,
+            window: window.max(1),
+            held: bytes::BytesMut::new(),
+            text: String::new(),
+            chars: 0,
+        })
+    }
+
+    /// Takes the events the rules released (whole events) and returns what may go to the
+    /// caller now; `end` judges whatever is left. `Err` ends the stream.
+    pub async fn feed(
+        &mut self,
+        events: Bytes,
+        end: bool,
+        about: About<'_>,
+        hits: &mut Vec<Hit>,
+    ) -> Result<Bytes, Stop> {
+        let before = self.text.len();
+        event_texts(&events, &mut self.text);
+        self.chars += self.text[before..].chars().count();
+        if self.holds {
+            self.held.extend_from_slice(&events);
+        }
+        let due = if self.holds {
+            self.chars >= self.window || self.held.len() >= MAX_HELD
+        } else {
+            self.text.len() >= MONITOR_KEEP
+        };
+        if (due || end) && self.chars > 0 {
+            // The next window starts with this one's tail, so a phrase cut at the boundary
+            // is seen whole by one of the two calls.
+            let tail_from = self
+                .text
+                .char_indices()
+                .rev()
+                .nth(OVERLAP_CHARS - 1)
+                .map_or(0, |(i, _)| i);
+            let tail = self.text[tail_from..].to_owned();
+            let mut texts = [std::mem::replace(&mut self.text, tail)];
+            self.chars = 0;
+            let changed = judge(&self.guards, Side::Response, about, &mut texts, hits).await?;
+            // A masking service's replacement cannot be written into events: its hit
+            // ends the stream (streams under one are refused at admission; this is a
+            // stream the caller did not ask for).
+            if changed.contains(&true) {
+                let g = self
+                    .guards
+                    .iter()
+                    .find(|g| g.action == Action::Mask)
+                    .unwrap_or(&self.guards[0]);
+                return Err(Stop::Blocked(g.name.clone()));
+            }
+        }
+        if !self.holds {
+            return Ok(events);
+        }
+        if due || end || self.chars == 0 {
+            // Everything held was judged (or carried no new text).
+            return Ok(self.held.split().freeze());
+        }
+        Ok(Bytes::new())
+    }
+}
+
+/// Appends the text of every SSE event in `events` (every string of its data that is not
+/// a protocol value, as the text model reads a completion's parts) to `out`, joined as
+/// the caller reads them: a word split across deltas is whole again.
+fn event_texts(events: &[u8], out: &mut String) {
+    let mut rest = events;
+    while !rest.is_empty() {
+        let end = crate::stream::event_end(rest).unwrap_or(rest.len());
+        let (event, tail) = rest.split_at(end);
+        rest = tail;
+        let data = crate::stream::event_data(event);
+        let Ok(mut v) = serde_json::from_slice::<Value>(&data) else {
+            continue;
+        };
+        text::part_texts(&mut v, &mut |s: &mut String| {
+            if !s.is_empty() {
+                out.push_str(s);
+            }
+            text::Edit::Keep
+        });
+    }
+}

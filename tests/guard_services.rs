@@ -233,6 +233,20 @@ async fn a_monitor_counts_and_changes_nothing() {
     // A monitor that gets no verdict lets everything through, whatever on_error says.
     let r = post(&gw, "/v1/chat/completions", &chat("guard-500 please")).await;
     assert_eq!(r.status(), 200);
+    // On the response stage nothing is held for a monitor: the answer goes out and is
+    // judged as it leaves, for the record.
+    let guards = r#"  - name: watch
+    service: {kind: webhook, url: "{MOCK}/guard/check"}
+    stage: response
+    action: monitor"#;
+    let gw = Gateway::start(&config(guards, "watch"), &mock);
+    let (status, v) = answer_text(post(&gw, "/v1/chat/completions", &chat("a forbidden word")).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["choices"][0]["message"]["content"], "a forbidden word");
+    assert_eq!(
+        metric(&gw, r#"aigw_guardrail_hits_total{action="monitor",guardrail="watch"}"#).await,
+        1.0
+    );
 }
 
 #[tokio::test]

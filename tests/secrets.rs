@@ -15,6 +15,8 @@ const ENV_CALLER: &str = "sk-env-caller-secret-5d2e";
 const HASHED_CALLER: &str = "sk-hashed-caller-secret-1b4c";
 const WRONG_KEY: &str = "sk-wrong-but-secret-looking-8e6f";
 const RELOAD_KEY: &str = "sk-only-in-a-broken-reload-2a7d";
+/// A key under no guardrail: batches refuse models under guardrails that block or mask.
+const BATCH_CALLER: &str = "sk-batch-caller-secret-9c1f";
 
 fn config(otlp: &str) -> String {
     format!(
@@ -44,6 +46,7 @@ api_keys:
   - {{name: main, key: "{{CALLER_KEY}}", owner: team-a, guardrails: [secrets]}}
   - {{name: env, key_env: AIGW_TEST_ENV_CALLER, owner: team-b, rate_limit: one}}
   - {{name: hashed, key_hash: "{hash}", owner: team-c, models: [chat]}}
+  - {{name: batcher, key: "{BATCH_CALLER}", owner: team-d, models: [emb]}}
 observability:
   otlp: {{endpoint: "{otlp}", sample_ratio: 1.0}}
 "#,
@@ -132,14 +135,14 @@ async fn no_key_appears_in_any_output() {
     .await;
     // Files and batches: the gateway's own calls to the provider, a batch charged.
     let line = json!({"custom_id": "1", "method": "POST", "url": "/v1/chat/completions",
-        "body": {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}});
+        "body": {"model": "emb", "messages": [{"role": "user", "content": "hi"}]}});
     let form = reqwest::multipart::Form::new().text("purpose", "batch").part(
         "file",
         reqwest::multipart::Part::bytes(line.to_string().into_bytes()).file_name("b.jsonl"),
     );
     let r = client()
         .post(format!("{}/v1/files", gw.url()))
-        .bearer_auth(CALLER_KEY)
+        .bearer_auth(BATCH_CALLER)
         .multipart(form)
         .send()
         .await
@@ -148,15 +151,21 @@ async fn no_key_appears_in_any_output() {
     let file: Value = r.json().await.unwrap();
     seen.push_str(&file.to_string());
     let batch = json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"});
-    call(&gw, "/v1/batches", CALLER_KEY, &batch, &mut seen).await;
+    call(&gw, "/v1/batches", BATCH_CALLER, &batch, &mut seen).await;
     // A guardrail refusal of a prompt that carries a caller key and a provider key.
     let leaky = json!({"model": "chat", "messages": [{"role": "user", "content": format!("{CALLER_KEY} {SECOND_PROVIDER_KEY}")}]});
     call(&gw, "/v1/chat/completions", CALLER_KEY, &leaky, &mut seen).await;
     // Listing batches completes the one above (the mock's) and charges it.
-    for path in ["/v1/batches", "/v1/files", "/v1/models", "/v1/models/chat", "/v1/nope"] {
+    for (path, key) in [
+        ("/v1/batches", BATCH_CALLER),
+        ("/v1/files", BATCH_CALLER),
+        ("/v1/models", CALLER_KEY),
+        ("/v1/models/chat", CALLER_KEY),
+        ("/v1/nope", CALLER_KEY),
+    ] {
         let r = client()
             .get(format!("{}{path}", gw.url()))
-            .bearer_auth(CALLER_KEY)
+            .bearer_auth(key)
             .send()
             .await
             .unwrap();
@@ -195,6 +204,7 @@ async fn no_key_appears_in_any_output() {
         HASHED_CALLER,
         WRONG_KEY,
         RELOAD_KEY,
+        BATCH_CALLER,
     ] {
         // Any 12-character window of a key would be a leak too.
         for w in secret.as_bytes().windows(12) {

@@ -13,13 +13,25 @@ use crate::raw::GuardService;
 /// Anonymizer calls of one judgement in flight at once.
 const ANONYMIZE_AT_ONCE: usize = 8;
 
-#[derive(Debug)]
 pub struct Presidio {
     analyze: reqwest::Url,
     anonymize: Option<reqwest::Url>,
     entities: Vec<String>,
     score_threshold: Option<f64>,
     language: String,
+}
+
+/// The URLs as logs may show them (a query may carry a token).
+impl std::fmt::Debug for Presidio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presidio")
+            .field("analyze", &crate::outbound::shown(self.analyze.as_str()))
+            .field(
+                "anonymize",
+                &self.anonymize.as_ref().map(|u| crate::outbound::shown(u.as_str())),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl Presidio {

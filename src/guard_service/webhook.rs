@@ -11,11 +11,20 @@ use super::{call_json, check_url, Failure};
 use crate::guard::service::{Call, Verdict};
 use crate::raw::GuardService;
 
-#[derive(Debug)]
 pub struct Webhook {
     url: reqwest::Url,
     /// Sent on every call; values marked sensitive (they often carry a token).
     headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The URL as logs may show it (its query may carry a token); headers are sensitive.
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &crate::outbound::shown(self.url.as_str()))
+            .field("headers", &self.headers.len())
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]

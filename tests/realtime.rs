@@ -35,6 +35,9 @@ budgets:
 guardrails:
   - {name: no-falcon, rules: [{kind: keyword, words: [falcon]}]}
   - {name: pii-in, pack: filters/pii.yaml, stage: request, action: mask}
+  - {name: hook-in, service: {kind: webhook, url: "{MOCK}/guard/check"}, stage: request, action: mask}
+  - {name: hook-block, service: {kind: webhook, url: "{MOCK}/guard/check"}, stage: request, action: block}
+  - {name: hook-out, service: {kind: webhook, url: "{MOCK}/guard/check"}, stage: response, action: block}
 models:
   - {name: rt, provider_key: oa, model: gpt-realtime, guardrails: [no-falcon, pii-in],
      pricing: {input_per_mtok: 1000000, output_per_mtok: 2000000}}
@@ -43,9 +46,12 @@ models:
   - {name: rt-az, provider_key: az, model: rt-deploy}
   - {name: claude, provider_key: an, model: c}
   - {name: forbidden, provider_key: oa, model: gpt-realtime}
+  - {name: rt-hook, provider_key: oa, model: gpt-realtime, guardrails: [hook-in]}
+  - {name: rt-hook-block, provider_key: oa, model: gpt-realtime, guardrails: [hook-block]}
+  - {name: rt-hook-out, provider_key: oa, model: gpt-realtime, guardrails: [hook-out]}
 api_keys:
   - {name: main, key: "{CALLER_KEY}", owner: team-a, budget: rt-budget,
-     models: [rt, rt-says, rt-drop, rt-az, claude]}
+     models: [rt, rt-says, rt-drop, rt-az, claude, rt-hook, rt-hook-block, rt-hook-out]}
   - {name: conc, key: sk-conc, owner: team-c, rate_limit: one-at-once}
 "#;
 
@@ -554,4 +560,27 @@ api_keys:
     assert_eq!(chat(&untrusting).await, 502);
     assert_eq!(upload(&untrusting).await, 502);
     assert_eq!(mock.requests().len(), reached, "nothing got past the handshake");
+}
+
+/// Guardrail services on a session: the caller's events are judged before the provider
+/// reads them (masked or refused); a service on the answers cannot judge deltas before
+/// they are sent, so such a session is refused before the upgrade.
+#[tokio::test]
+async fn a_guardrail_service_judges_what_the_caller_sends() {
+    let mock = Mock::start();
+    let gw = start(&mock);
+    let mut ws = session(&gw, "rt-hook").await;
+    say(&mut ws, "my token is secret-abc123").await;
+    let created = event(&mut ws).await;
+    let text = created["item"]["content"][0]["text"].as_str().unwrap().to_owned();
+    assert_eq!(text, "my token is [MASKED]", "{created}");
+    ws.close(None).await.unwrap();
+
+    let mut ws = session(&gw, "rt-hook-block").await;
+    say(&mut ws, "a forbidden plan").await;
+    let e = event(&mut ws).await;
+    assert_eq!(e["error"]["code"], "content_filter", "{e}");
+    assert_eq!(event(&mut ws).await["close"], 1008);
+
+    assert_eq!(refused(&gw, "rt-hook-out", Auth::Header(CALLER_KEY)).await, 400);
 }

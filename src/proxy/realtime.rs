@@ -79,14 +79,13 @@ pub async fn serve(
     if !caller.allows(&model.name) {
         return Err(GwError::ModelNotAllowed(model.name.clone()));
     }
-    // A guardrail service judges whole texts; a realtime session's are relayed as they
-    // come. Refused rather than passed unjudged (docs/guardrails.md).
-    let guards = guard::applicable(&caller.guardrails, &model.guardrails, false)
-        .into_iter()
-        .chain(guard::applicable(&caller.guardrails, &model.guardrails, true));
-    if let Some(g) = guards.into_iter().find(|g| g.service.is_some()) {
+    // A caller's events are judged by the request stage's services before they go up;
+    // the model's output is relayed delta by delta as it comes, which a service cannot
+    // judge before it is sent: refused rather than passed unjudged (docs/guardrails.md).
+    let output = guard::applicable(&caller.guardrails, &model.guardrails, true);
+    if let Some(g) = output.iter().find(|g| g.service.is_some()) {
         return Err(GwError::InvalidRequest(format!(
-            "The guardrail '{}' is a guardrail service, which realtime sessions cannot use yet.",
+            "The guardrail '{}' is a guardrail service on answers, which realtime sessions cannot use yet.",
             g.name
         )));
     }
@@ -156,6 +155,9 @@ pub async fn serve(
         pricing,
         input_guards: guard::applicable(&caller.guardrails, &model.guardrails, false),
         output_guards: guard::applicable(&caller.guardrails, &model.guardrails, true),
+        alias: model.name.clone(),
+        owner: caller.owner.clone(),
+        request_id: ctx.request_id.clone(),
         idle: Duration::from_secs(bounds.idle_timeout_s),
         ends: Instant::now() + Duration::from_secs(bounds.max_session_s),
         max_message_bytes: bounds.max_message_bytes as u64,
@@ -358,6 +360,10 @@ struct Relay<'a> {
     pricing: Option<Pricing>,
     input_guards: Vec<Arc<Guardrail>>,
     output_guards: Vec<Arc<Guardrail>>,
+    /// What guardrail services are told of the session.
+    alias: String,
+    owner: String,
+    request_id: String,
     idle: Duration,
     ends: Instant,
     max_message_bytes: u64,
@@ -386,7 +392,7 @@ impl Relay<'_> {
                 m = caller.next() => match m {
                     Some(Ok(Message::Text(t))) => {
                         active = Instant::now();
-                        let out = match self.on_caller_event(t.as_str()) {
+                        let out = match self.on_caller_event(t.as_str()).await {
                             Ok(out) => out,
                             Err(e) => break Ending::error(e, CloseCode::Policy, "blocked by a guardrail"),
                         };
@@ -511,7 +517,7 @@ impl Relay<'_> {
 
     /// A caller's event on its way up: the texts it carries through the request
     /// guardrails. Returns the event to send (masked when a guardrail masked).
-    fn on_caller_event(&mut self, text: &str) -> Result<String, GwError> {
+    async fn on_caller_event(&mut self, text: &str) -> Result<String, GwError> {
         if self.input_guards.is_empty() {
             return Ok(text.to_owned());
         }
@@ -519,16 +525,16 @@ impl Relay<'_> {
             // Not JSON: the provider refuses it; nothing in it is a text the model reads.
             return Ok(text.to_owned());
         };
-        let texts = caller_texts(&mut v);
+        let mut texts = caller_texts(&mut v);
         if texts.is_empty() {
             return Ok(text.to_owned());
         }
         let mut changed = false;
-        for s in texts {
+        for s in texts.iter_mut() {
             match guard::check_text(&self.input_guards, s, &mut self.hits) {
                 Ok(None) => {}
                 Ok(Some(masked)) => {
-                    *s = masked;
+                    **s = masked;
                     changed = true;
                 }
                 Err(name) => {
@@ -536,6 +542,30 @@ impl Relay<'_> {
                         guardrail: name.to_string(),
                         response: false,
                     })
+                }
+            }
+        }
+        if guard::service::any(&self.input_guards) {
+            // Every text of the event in one call per service, after the rules.
+            let mut judged: Vec<String> = texts.iter().map(|s| s.to_string()).collect();
+            let about = guard::service::About {
+                model: &self.alias,
+                owner: &self.owner,
+                request_id: &self.request_id,
+            };
+            let edited = guard::service::judge(
+                &self.input_guards,
+                guard::service::Side::Request,
+                about,
+                &mut judged,
+                &mut self.hits,
+            )
+            .await
+            .map_err(|stop| stop.error(false))?;
+            for ((slot, new), edit) in texts.into_iter().zip(judged).zip(edited) {
+                if edit {
+                    *slot = new;
+                    changed = true;
                 }
             }
         }

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -100,7 +101,14 @@ def wait_for(browser, condition, what, timeout=10):
 
 
 def text(browser, css):
-    return " ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, css))
+    # The console redraws its tables on every refresh: an element found may be replaced
+    # before its text is read. Read again (the redraw is done by then).
+    for _ in range(10):
+        try:
+            return " ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, css))
+        except StaleElementReferenceException:
+            continue
+    return ""
 
 
 def test_console_shows_traffic_cooldowns_and_validation_errors(console, browser):

@@ -37,7 +37,8 @@ guardrails:
   - {name: pii-in, pack: filters/pii.yaml, stage: request, action: mask}
   - {name: hook-in, service: {kind: webhook, url: "{MOCK}/guard/check"}, stage: request, action: mask}
   - {name: hook-block, service: {kind: webhook, url: "{MOCK}/guard/check"}, stage: request, action: block}
-  - {name: hook-out, service: {kind: webhook, url: "{MOCK}/guard/check"}, stage: response, action: block}
+  - {name: hook-out, service: {kind: webhook, url: "{MOCK}/guard/check", window_chars: 10}, stage: response, action: block}
+  - {name: hook-out-mask, service: {kind: webhook, url: "{MOCK}/guard/check"}, stage: response, action: mask}
 models:
   - {name: rt, provider_key: oa, model: gpt-realtime, guardrails: [no-falcon, pii-in],
      pricing: {input_per_mtok: 1000000, output_per_mtok: 2000000}}
@@ -48,10 +49,13 @@ models:
   - {name: forbidden, provider_key: oa, model: gpt-realtime}
   - {name: rt-hook, provider_key: oa, model: gpt-realtime, guardrails: [hook-in]}
   - {name: rt-hook-block, provider_key: oa, model: gpt-realtime, guardrails: [hook-block]}
-  - {name: rt-hook-out, provider_key: oa, model: gpt-realtime, guardrails: [hook-out]}
+  - {name: rt-hook-out, provider_key: oa, model: "gpt-realtime?say=the+birds+fly+south+in+winter", guardrails: [hook-out]}
+  - {name: rt-hook-out-says, provider_key: oa, model: "gpt-realtime?say=a+forbid|den+plan", guardrails: [hook-out]}
+  - {name: rt-hook-out-mask, provider_key: oa, model: gpt-realtime, guardrails: [hook-out-mask]}
 api_keys:
   - {name: main, key: "{CALLER_KEY}", owner: team-a, budget: rt-budget,
-     models: [rt, rt-says, rt-drop, rt-az, claude, rt-hook, rt-hook-block, rt-hook-out]}
+     models: [rt, rt-says, rt-drop, rt-az, claude, rt-hook, rt-hook-block, rt-hook-out, rt-hook-out-says,
+              rt-hook-out-mask]}
   - {name: conc, key: sk-conc, owner: team-c, rate_limit: one-at-once}
 "#;
 
@@ -563,8 +567,7 @@ api_keys:
 }
 
 /// Guardrail services on a session: the caller's events are judged before the provider
-/// reads them (masked or refused); a service on the answers cannot judge deltas before
-/// they are sent, so such a session is refused before the upgrade.
+/// reads them (masked or refused), the model's deltas before the caller gets them.
 #[tokio::test]
 async fn a_guardrail_service_judges_what_the_caller_sends() {
     let mock = Mock::start();
@@ -582,5 +585,19 @@ async fn a_guardrail_service_judges_what_the_caller_sends() {
     assert_eq!(e["error"]["code"], "content_filter", "{e}");
     assert_eq!(event(&mut ws).await["close"], 1008);
 
-    assert_eq!(refused(&gw, "rt-hook-out", Auth::Header(CALLER_KEY)).await, 400);
+    // A service on the answers: deltas wait for their window's verdict. A clean answer
+    // arrives whole; a word split over deltas is judged whole and never reaches the caller.
+    let mut ws = session(&gw, "rt-hook-out").await;
+    ask(&mut ws).await;
+    assert_eq!(deltas(&response(&mut ws).await), "the birds fly south in winter");
+    ws.close(None).await.unwrap();
+    let mut ws = session(&gw, "rt-hook-out-says").await;
+    ask(&mut ws).await;
+    let events = response(&mut ws).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["error"]["code"], "content_filter", "{events:?}");
+    assert!(!deltas(&events).contains("forbid"), "{events:?}");
+    assert_eq!(event(&mut ws).await["close"], 1008);
+    // A service that masks answers cannot rewrite deltas: refused before the upgrade.
+    assert_eq!(refused(&gw, "rt-hook-out-mask", Auth::Header(CALLER_KEY)).await, 400);
 }

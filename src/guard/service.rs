@@ -362,28 +362,26 @@ const MAX_HELD: usize = 1 << 20;
 /// Characters of one window judged again at the start of the next.
 const OVERLAP_CHARS: usize = 200;
 
-/// A streamed answer under response-stage service guardrails, in the caller's shape,
-/// after the rules: the events the rules released are held until the text they carry is
-/// judged, a window at a time (every `window_chars` of new text, the smallest of the
-/// guardrails', and at the end), then released whole, or the stream ends with the
-/// guardrail's error. Monitors hold nothing: their text is judged at the end (or, past
-/// 256 KiB, a window at a time). A masking service cannot rewrite text already split into
-/// events: streams under one are refused at admission (`proxy::request`).
+/// Text that reaches the caller piece by piece (a stream's deltas, a realtime session's),
+/// judged by the response-stage services a window at a time: pieces are added as they
+/// come (joined as the caller reads them, so a word split across pieces is whole), a
+/// window is due at `window_chars` of new text (the smallest of the guardrails'), and each
+/// call starts with the last 200 characters of the window before, so a phrase cut at a
+/// boundary is seen whole once. What holds the pieces back is the caller's (events,
+/// messages); this keeps the text and the verdicts.
 #[derive(Debug)]
-pub struct StreamWindows {
+pub struct TextWindow {
     guards: Vec<Arc<Guardrail>>,
-    /// Some guardrail blocks: events wait for their window's verdict.
+    /// Some guardrail blocks: what carries the text waits for its window's verdict.
     holds: bool,
     window: usize,
-    held: bytes::BytesMut,
-    /// The text of the held events (or, monitoring only, of everything so far) not yet
-    /// judged, after the last window's tail (its context); `chars` counts the new part.
+    /// The text not yet judged, after the last window's tail; `chars` counts the new part.
     text: String,
     chars: usize,
 }
 
-impl StreamWindows {
-    /// `None` when no service guardrail applies.
+impl TextWindow {
+    /// `None` when no service guardrail is among `guards`.
     pub fn new(guards: &[Arc<Guardrail>]) -> Option<Self> {
         let services: Vec<Arc<Guardrail>> = guards.iter().filter(|g| g.service.is_some()).cloned().collect();
         let window = services
@@ -395,9 +393,83 @@ impl StreamWindows {
             holds: services.iter().any(|g| g.action != Action::Monitor),
             guards: services,
             window: window.max(1),
-            held: bytes::BytesMut::new(),
             text: String::new(),
             chars: 0,
+        })
+    }
+
+    /// Whether a guardrail blocks (pieces must wait for their verdict) or all monitor.
+    pub fn holds(&self) -> bool {
+        self.holds
+    }
+
+    pub fn push(&mut self, piece: &str) {
+        self.text.push_str(piece);
+        self.chars += piece.chars().count();
+    }
+
+    /// New text is waiting for a verdict.
+    pub fn pending(&self) -> bool {
+        self.chars > 0
+    }
+
+    /// A window is due: `window_chars` of new text (monitors: 256 KiB kept).
+    pub fn full(&self) -> bool {
+        if self.holds {
+            self.chars >= self.window
+        } else {
+            self.text.len() >= MONITOR_KEEP
+        }
+    }
+
+    /// Judges the new text (if any). A masking service's replacement cannot be written
+    /// into pieces already cut: its hit stops like a block (callers refuse such streams
+    /// at admission; this is one nobody asked for).
+    pub async fn judge(&mut self, about: About<'_>, hits: &mut Vec<Hit>) -> Result<(), Stop> {
+        if self.chars == 0 {
+            return Ok(());
+        }
+        let tail_from = self
+            .text
+            .char_indices()
+            .rev()
+            .nth(OVERLAP_CHARS - 1)
+            .map_or(0, |(i, _)| i);
+        let tail = self.text[tail_from..].to_owned();
+        let mut texts = [std::mem::replace(&mut self.text, tail)];
+        self.chars = 0;
+        let changed = judge(&self.guards, Side::Response, about, &mut texts, hits).await?;
+        if changed.contains(&true) {
+            let g = self
+                .guards
+                .iter()
+                .find(|g| g.action == Action::Mask)
+                .unwrap_or(&self.guards[0]);
+            return Err(Stop::Blocked(g.name.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// A streamed answer under response-stage service guardrails, in the caller's shape,
+/// after the rules: the events the rules released are held until the text they carry is
+/// judged ([`TextWindow`]: a window at a time, and at the end), then released whole, or
+/// the stream ends with the guardrail's error. Monitors hold nothing: their text is judged
+/// at the end (or, past 256 KiB, a window at a time). A masking service cannot rewrite
+/// text already split into events: streams under one are refused at admission
+/// (`proxy::request`).
+#[derive(Debug)]
+pub struct StreamWindows {
+    window: TextWindow,
+    held: bytes::BytesMut,
+}
+
+impl StreamWindows {
+    /// `None` when no service guardrail applies.
+    pub fn new(guards: &[Arc<Guardrail>]) -> Option<Self> {
+        Some(Self {
+            window: TextWindow::new(guards)?,
+            held: bytes::BytesMut::new(),
         })
     }
 
@@ -410,46 +482,21 @@ impl StreamWindows {
         about: About<'_>,
         hits: &mut Vec<Hit>,
     ) -> Result<Bytes, Stop> {
-        let before = self.text.len();
-        event_texts(&events, &mut self.text);
-        self.chars += self.text[before..].chars().count();
-        if self.holds {
+        let mut text = String::new();
+        event_texts(&events, &mut text);
+        self.window.push(&text);
+        let holds = self.window.holds();
+        if holds {
             self.held.extend_from_slice(&events);
         }
-        let due = if self.holds {
-            self.chars >= self.window || self.held.len() >= MAX_HELD
-        } else {
-            self.text.len() >= MONITOR_KEEP
-        };
-        if (due || end) && self.chars > 0 {
-            // The next window starts with this one's tail, so a phrase cut at the boundary
-            // is seen whole by one of the two calls.
-            let tail_from = self
-                .text
-                .char_indices()
-                .rev()
-                .nth(OVERLAP_CHARS - 1)
-                .map_or(0, |(i, _)| i);
-            let tail = self.text[tail_from..].to_owned();
-            let mut texts = [std::mem::replace(&mut self.text, tail)];
-            self.chars = 0;
-            let changed = judge(&self.guards, Side::Response, about, &mut texts, hits).await?;
-            // A masking service's replacement cannot be written into events: its hit
-            // ends the stream (streams under one are refused at admission; this is a
-            // stream the caller did not ask for).
-            if changed.contains(&true) {
-                let g = self
-                    .guards
-                    .iter()
-                    .find(|g| g.action == Action::Mask)
-                    .unwrap_or(&self.guards[0]);
-                return Err(Stop::Blocked(g.name.clone()));
-            }
+        let due = self.window.full() || self.held.len() >= MAX_HELD;
+        if due || end {
+            self.window.judge(about, hits).await?;
         }
-        if !self.holds {
+        if !holds {
             return Ok(events);
         }
-        if due || end || self.chars == 0 {
+        if !self.window.pending() {
             // Everything held was judged (or carried no new text).
             return Ok(self.held.split().freeze());
         }

@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::ctx::Ctx;
@@ -79,13 +79,16 @@ pub async fn serve(
     if !caller.allows(&model.name) {
         return Err(GwError::ModelNotAllowed(model.name.clone()));
     }
-    // A caller's events are judged by the request stage's services before they go up;
-    // the model's output is relayed delta by delta as it comes, which a service cannot
-    // judge before it is sent: refused rather than passed unjudged (docs/guardrails.md).
+    // A caller's events are judged by the request stage's services before they go up,
+    // the model's output in windows before it goes down; a service that masks cannot
+    // rewrite deltas already cut: refused rather than passed unmasked (docs/guardrails.md).
     let output = guard::applicable(&caller.guardrails, &model.guardrails, true);
-    if let Some(g) = output.iter().find(|g| g.service.is_some()) {
+    if let Some(g) = output
+        .iter()
+        .find(|g| g.service.is_some() && g.action == crate::raw::Action::Mask)
+    {
         return Err(GwError::InvalidRequest(format!(
-            "The guardrail '{}' is a guardrail service on answers, which realtime sessions cannot use yet.",
+            "The guardrail '{}' is a guardrail service that masks answers, which a realtime session's deltas cannot carry.",
             g.name
         )));
     }
@@ -155,6 +158,9 @@ pub async fn serve(
         pricing,
         input_guards: guard::applicable(&caller.guardrails, &model.guardrails, false),
         output_guards: guard::applicable(&caller.guardrails, &model.guardrails, true),
+        out_window: guard::service::TextWindow::new(&output),
+        held_out: Vec::new(),
+        held_bytes: 0,
         alias: model.name.clone(),
         owner: caller.owner.clone(),
         request_id: ctx.request_id.clone(),
@@ -360,6 +366,10 @@ struct Relay<'a> {
     pricing: Option<Pricing>,
     input_guards: Vec<Arc<Guardrail>>,
     output_guards: Vec<Arc<Guardrail>>,
+    /// Judges the output for the response-stage guardrail services, and what it holds.
+    out_window: Option<guard::service::TextWindow>,
+    held_out: Vec<Message>,
+    held_bytes: usize,
     /// What guardrail services are told of the session.
     alias: String,
     owner: String,
@@ -375,6 +385,9 @@ struct Relay<'a> {
     /// The error that ended the session, if one did.
     ended: Option<GwError>,
 }
+
+/// The most a session holds of the model's output while its window fills.
+const MAX_HELD_OUT: usize = 1 << 20;
 
 /// What to do with one message.
 enum Step {
@@ -435,9 +448,15 @@ impl Relay<'_> {
                             Step::Go => {}
                             Step::End(e) => break e,
                         }
-                        if !self.send(&mut caller, Message::Text(t)).await {
-                            let _ = tokio::time::timeout(CLOSE_WAIT, upstream.close(None)).await;
-                            return;
+                        let out = match self.judge_output(t).await {
+                            Ok(out) => out,
+                            Err(e) => break e,
+                        };
+                        for m in out {
+                            if !self.send(&mut caller, m).await {
+                                let _ = tokio::time::timeout(CLOSE_WAIT, upstream.close(None)).await;
+                                return;
+                            }
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
@@ -619,6 +638,51 @@ impl Relay<'_> {
                 "blocked by a guardrail",
             )),
         }
+    }
+
+    /// A provider's event through the response-stage guardrail services
+    /// (`guard::service::TextWindow`): returns the messages that may go to the caller now.
+    /// Under a service that blocks, a text-bearing delta and everything after it wait
+    /// until their window is judged (full, the text's `.done` event, `response.done`, or
+    /// 1 MiB held); under monitors only, nothing waits.
+    async fn judge_output(&mut self, t: Utf8Bytes) -> Result<Vec<Message>, Ending> {
+        let Some(window) = self.out_window.as_mut() else {
+            return Ok(vec![Message::Text(t)]);
+        };
+        let v: Option<Value> = serde_json::from_str(t.as_str()).ok();
+        let kind = v.as_ref().and_then(|v| v["type"].as_str()).unwrap_or_default();
+        let piece = v.as_ref().and_then(|v| output_text(kind, v)).map(|(_, p)| p);
+        if let Some(p) = piece {
+            window.push(p);
+        }
+        let ends = kind.ends_with(".done") || kind.ends_with(".completed");
+        let about = guard::service::About {
+            model: &self.alias,
+            owner: &self.owner,
+            request_id: &self.request_id,
+        };
+        if !window.holds() {
+            if window.full() || ends {
+                let _ = window.judge(about, &mut self.hits).await;
+            }
+            return Ok(vec![Message::Text(t)]);
+        }
+        if self.held_out.is_empty() && piece.is_none() {
+            return Ok(vec![Message::Text(t)]);
+        }
+        self.held_bytes += t.len();
+        self.held_out.push(Message::Text(t));
+        if window.full() || ends || self.held_bytes >= MAX_HELD_OUT {
+            window
+                .judge(about, &mut self.hits)
+                .await
+                .map_err(|stop| Ending::error(stop.error(true), CloseCode::Policy, "blocked by a guardrail"))?;
+        }
+        if window.pending() {
+            return Ok(Vec::new());
+        }
+        self.held_bytes = 0;
+        Ok(std::mem::take(&mut self.held_out))
     }
 
     /// One response's usage, charged now: token rules and the budget.

@@ -598,7 +598,7 @@ const KINDS: &[(&str, &str, &str)] = &[
     ),
     (
         "presidio",
-        r#"{kind: presidio, analyzer_url: "{AT}"}"#,
+        r#"{kind: presidio, analyzer_url: "{AT}", anonymizer_url: "{AT}"}"#,
         "write to jane.doe@example.com",
     ),
     (
@@ -674,6 +674,17 @@ async fn every_kind_blocks_in_both_dialects_and_streams_and_monitors() {
         body["messages"][0]["content"] = json!("hello there");
         let text = post(&gw, "/v1/chat/completions", &body).await.text().await.unwrap();
         assert!(text.contains("[DONE]"), "{kind}: {text}");
+
+        // Mask: the provider never reads the flagged words. Presidio and Bedrock replace
+        // what they found; the others give no replacement, so the text goes whole.
+        let gw = Gateway::start(&kind_config(kind, &mock.url(), "request", "mask", ""), &mock);
+        assert_eq!(post(&gw, "/v1/chat/completions", &chat(trigger)).await.status(), 200, "{kind}");
+        let saw = provider_saw(&mock);
+        let expected = match *kind {
+            "presidio" => "write to <EMAIL_ADDRESS>".to_owned(),
+            _ => "[REDACTED:g]".to_owned(),
+        };
+        assert_eq!(saw, expected, "{kind}");
 
         // A monitor counts the same text and lets it through.
         let gw = Gateway::start(&kind_config(kind, &mock.url(), "request", "monitor", ""), &mock);

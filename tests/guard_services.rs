@@ -678,7 +678,11 @@ async fn every_kind_blocks_in_both_dialects_and_streams_and_monitors() {
         // Mask: the provider never reads the flagged words. Presidio and Bedrock replace
         // what they found; the others give no replacement, so the text goes whole.
         let gw = Gateway::start(&kind_config(kind, &mock.url(), "request", "mask", ""), &mock);
-        assert_eq!(post(&gw, "/v1/chat/completions", &chat(trigger)).await.status(), 200, "{kind}");
+        assert_eq!(
+            post(&gw, "/v1/chat/completions", &chat(trigger)).await.status(),
+            200,
+            "{kind}"
+        );
         let saw = provider_saw(&mock);
         let expected = match *kind {
             "presidio" => "write to <EMAIL_ADDRESS>".to_owned(),

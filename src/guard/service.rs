@@ -362,22 +362,31 @@ const MAX_HELD: usize = 1 << 20;
 /// Characters of one window judged again at the start of the next.
 const OVERLAP_CHARS: usize = 200;
 
+/// The most texts (choices, blocks, items) one window keeps apart; past it, pieces of new
+/// ones join the last (judged, never dropped).
+const MAX_KEYS: usize = 64;
+
 /// Text that reaches the caller piece by piece (a stream's deltas, a realtime session's),
-/// judged by the response-stage services a window at a time: pieces are added as they
-/// come (joined as the caller reads them, so a word split across pieces is whole), a
-/// window is due at `window_chars` of new text (the smallest of the guardrails'), and each
-/// call starts with the last 200 characters of the window before, so a phrase cut at a
-/// boundary is seen whole once. What holds the pieces back is the caller's (events,
-/// messages); this keeps the text and the verdicts.
+/// judged by the response-stage services a window at a time. Each text (a choice, a
+/// content block, an output item: its key) grows on its own, its pieces joined as the
+/// caller reads them, so a word split across pieces is whole and choices never
+/// interleave. A window is due at `window_chars` of new text in all (the smallest of the
+/// guardrails'); then every text with new text goes in one call, each after the last 200
+/// characters of its own previous window, so a phrase cut at a boundary is seen whole
+/// once. What holds the pieces back is the caller's (events, messages); this keeps the
+/// texts and the verdicts.
 #[derive(Debug)]
 pub struct TextWindow {
     guards: Vec<Arc<Guardrail>>,
     /// Some guardrail blocks: what carries the text waits for its window's verdict.
     holds: bool,
     window: usize,
-    /// The text not yet judged, after the last window's tail; `chars` counts the new part.
-    text: String,
+    /// Per key: the text not yet judged (after its last window's tail), and whether it
+    /// has any new text.
+    texts: Vec<(String, String, bool)>,
+    /// New characters in all, and bytes kept in all.
     chars: usize,
+    bytes: usize,
 }
 
 impl TextWindow {
@@ -393,8 +402,9 @@ impl TextWindow {
             holds: services.iter().any(|g| g.action != Action::Monitor),
             guards: services,
             window: window.max(1),
-            text: String::new(),
+            texts: Vec::new(),
             chars: 0,
+            bytes: 0,
         })
     }
 
@@ -403,9 +413,24 @@ impl TextWindow {
         self.holds
     }
 
-    pub fn push(&mut self, piece: &str) {
-        self.text.push_str(piece);
+    /// A piece of the text `key` names.
+    pub fn push(&mut self, key: &str, piece: &str) {
+        if piece.is_empty() {
+            return;
+        }
+        let at = match self.texts.iter().position(|(k, _, _)| k == key) {
+            Some(i) => i,
+            None if self.texts.len() < MAX_KEYS => {
+                self.texts.push((key.to_owned(), String::new(), false));
+                self.texts.len() - 1
+            }
+            None => self.texts.len() - 1,
+        };
+        let (_, text, new) = &mut self.texts[at];
+        text.push_str(piece);
+        *new = true;
         self.chars += piece.chars().count();
+        self.bytes += piece.len();
     }
 
     /// New text is waiting for a verdict.
@@ -418,25 +443,26 @@ impl TextWindow {
         if self.holds {
             self.chars >= self.window
         } else {
-            self.text.len() >= MONITOR_KEEP
+            self.bytes >= MONITOR_KEEP
         }
     }
 
-    /// Judges the new text (if any). A masking service's replacement cannot be written
-    /// into pieces already cut: its hit stops like a block (callers refuse such streams
-    /// at admission; this is one nobody asked for).
+    /// Judges the new text of every key, in one call per service. A masking service's
+    /// replacement cannot be written into pieces already cut: its hit stops like a block
+    /// (callers refuse such streams at admission; this is one nobody asked for).
     pub async fn judge(&mut self, about: About<'_>, hits: &mut Vec<Hit>) -> Result<(), Stop> {
         if self.chars == 0 {
             return Ok(());
         }
-        let tail_from = self
-            .text
-            .char_indices()
-            .rev()
-            .nth(OVERLAP_CHARS - 1)
-            .map_or(0, |(i, _)| i);
-        let tail = self.text[tail_from..].to_owned();
-        let mut texts = [std::mem::replace(&mut self.text, tail)];
+        let mut texts = Vec::new();
+        self.bytes = 0;
+        for (_, text, new) in self.texts.iter_mut().filter(|(_, _, new)| *new) {
+            let tail_from = text.char_indices().rev().nth(OVERLAP_CHARS - 1).map_or(0, |(i, _)| i);
+            let tail = text[tail_from..].to_owned();
+            self.bytes += tail.len();
+            texts.push(std::mem::replace(text, tail));
+            *new = false;
+        }
         self.chars = 0;
         let changed = judge(&self.guards, Side::Response, about, &mut texts, hits).await?;
         if changed.contains(&true) {
@@ -482,9 +508,7 @@ impl StreamWindows {
         about: About<'_>,
         hits: &mut Vec<Hit>,
     ) -> Result<Bytes, Stop> {
-        let mut text = String::new();
-        event_texts(&events, &mut text);
-        self.window.push(&text);
+        event_texts(&events, &mut self.window);
         let holds = self.window.holds();
         if holds {
             self.held.extend_from_slice(&events);
@@ -504,10 +528,12 @@ impl StreamWindows {
     }
 }
 
-/// Appends the text of every SSE event in `events` (every string of its data that is not
-/// a protocol value, as the text model reads a completion's parts) to `out`, joined as
-/// the caller reads them: a word split across deltas is whole again.
-fn event_texts(events: &[u8], out: &mut String) {
+/// Adds the text of every SSE event in `events` to `window`, each under its own key: a
+/// chat or completions chunk's choice (`choices[].index`), a Gemini candidate, an
+/// Anthropic content block (`index`), a Responses output item (`output_index`). The text
+/// is every string of the event (or choice) that is not a protocol value, as the text
+/// model reads a completion's parts.
+fn event_texts(events: &[u8], window: &mut TextWindow) {
     let mut rest = events;
     while !rest.is_empty() {
         let end = crate::stream::event_end(rest).unwrap_or(rest.len());
@@ -517,11 +543,87 @@ fn event_texts(events: &[u8], out: &mut String) {
         let Ok(mut v) = serde_json::from_slice::<Value>(&data) else {
             continue;
         };
-        text::part_texts(&mut v, &mut |s: &mut String| {
-            if !s.is_empty() {
-                out.push_str(s);
+        let mut add = |key: &str, part: &mut Value| {
+            text::part_texts(part, &mut |s: &mut String| {
+                window.push(key, s);
+                text::Edit::Keep
+            });
+        };
+        let per_choice = ["choices", "candidates"]
+            .into_iter()
+            .find(|k| v.get(*k).is_some_and(Value::is_array));
+        match per_choice {
+            Some(field) => {
+                if let Some(Value::Array(parts)) = v.get_mut(field) {
+                    for (i, part) in parts.iter_mut().enumerate() {
+                        let key = part.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
+                        add(&format!("{field}:{key}"), part);
+                    }
+                }
             }
-            text::Edit::Keep
-        });
+            None => {
+                let key = ["index", "output_index"]
+                    .iter()
+                    .find_map(|k| v.get(*k).and_then(Value::as_u64))
+                    .unwrap_or(0);
+                add(&format!("part:{key}"), &mut v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window() -> TextWindow {
+        TextWindow {
+            guards: Vec::new(),
+            holds: true,
+            window: 1000,
+            texts: Vec::new(),
+            chars: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Two choices' deltas interleaved: each choice's text grows on its own, so a word
+    /// split over one choice's deltas is whole and no choice's text runs into another's.
+    #[test]
+    fn choices_and_blocks_are_texts_of_their_own() {
+        let chunk = |i: u64, s: &str| {
+            format!(
+                "data: {}\n\n",
+                serde_json::json!({"id": "c", "object": "chat.completion.chunk", "model": "m",
+                    "choices": [{"index": i, "delta": {"content": s}, "finish_reason": null}]})
+            )
+        };
+        let mut w = window();
+        let events = [
+            chunk(0, "forb"),
+            chunk(1, "xx"),
+            chunk(0, "idden"),
+            "data: [DONE]\n\n".into(),
+        ]
+        .concat();
+        event_texts(events.as_bytes(), &mut w);
+        let texts: Vec<(&str, &str)> = w.texts.iter().map(|(k, t, _)| (k.as_str(), t.as_str())).collect();
+        assert_eq!(texts, [("choices:0", "forbidden"), ("choices:1", "xx")]);
+        assert_eq!(w.chars, 11);
+
+        // Anthropic: each content block by its index.
+        let mut w = window();
+        let block = |i: u64, s: &str| {
+            format!(
+                "event: content_block_delta\ndata: {}\n\n",
+                serde_json::json!({"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": s}})
+            )
+        };
+        event_texts(
+            [block(0, "a "), block(1, "{\"q\":"), block(0, "b")].concat().as_bytes(),
+            &mut w,
+        );
+        let texts: Vec<(&str, &str)> = w.texts.iter().map(|(k, t, _)| (k.as_str(), t.as_str())).collect();
+        assert_eq!(texts, [("part:0", "a b"), ("part:1", "{\"q\":")]);
     }
 }

@@ -651,9 +651,10 @@ impl Relay<'_> {
         };
         let v: Option<Value> = serde_json::from_str(t.as_str()).ok();
         let kind = v.as_ref().and_then(|v| v["type"].as_str()).unwrap_or_default();
-        let piece = v.as_ref().and_then(|v| output_text(kind, v)).map(|(_, p)| p);
-        if let Some(p) = piece {
-            window.push(p);
+        // Each output item's text on its own: items of a response never interleave.
+        let piece = v.as_ref().and_then(|v| output_text(kind, v));
+        if let Some((item, p)) = &piece {
+            window.push(item, p);
         }
         let ends = kind.ends_with(".done") || kind.ends_with(".completed");
         let about = guard::service::About {

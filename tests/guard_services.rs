@@ -524,6 +524,21 @@ guardrails:
         .headers()
         .get("mcp-session-id")
         .map(|v| v.to_str().unwrap().to_owned());
+    // A list: every item judged (at once), none refused.
+    let mut req = client()
+        .post(format!("{}/mcp", gw.url()))
+        .bearer_auth(CALLER_KEY)
+        .header("accept", "application/json, text/event-stream")
+        .json(&rpc(3, "tools/list", json!({})));
+    if let Some(s) = &session {
+        req = req.header("mcp-session-id", s);
+    }
+    let listed = req.send().await.unwrap().text().await.unwrap();
+    for tool in ["math__echo", "math__say", "math__fail_with", "math__blob"] {
+        assert!(listed.contains(tool), "{listed}");
+    }
+    let listed_calls = webhook_requests(&mock).await.len();
+    assert!(listed_calls >= 4, "one call per item: {listed_calls}");
     let mut req = client()
         .post(format!("{}/mcp", gw.url()))
         .bearer_auth(CALLER_KEY)

@@ -598,17 +598,32 @@ impl Gate<'_> {
                 // URIs every time cannot grow the session.
                 lock(&session.resources).retain(|_, s| *s != server.name);
             }
-            for mut item in listed {
-                let Some(name) = item.get("name").and_then(Value::as_str) else {
-                    continue;
-                };
-                if !self.allowed(server, items, name) {
-                    continue;
+            let allowed = listed.into_iter().filter(|item| {
+                item.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|name| self.allowed(server, items, name))
+            });
+            // Each item is judged on its own (a refusal withholds that item only), all at
+            // once: a long list waits for its slowest call, not their sum.
+            let about = self.about();
+            let judged = futures_util::future::join_all(allowed.map(|mut item| {
+                let guards = &guards;
+                async move {
+                    let mut item_hits = Vec::new();
+                    let verdict =
+                        guard::service::check_mcp(guards, Side::Response, &mut item, about, &mut item_hits).await;
+                    (item, verdict, item_hits)
+                }
+            }))
+            .await;
+            for (mut item, verdict, item_hits) in judged {
+                for h in item_hits {
+                    if !hits.iter().any(|x: &Hit| x.guardrail == h.guardrail) {
+                        hits.push(h);
+                    }
                 }
                 // An item a guardrail refuses is left out, as a withheld choice is.
-                if let Err(stop) =
-                    guard::service::check_mcp(&guards, Side::Response, &mut item, self.about(), &mut hits).await
-                {
+                if let Err(stop) = verdict {
                     tracing::debug!(server = %server.name, refused = ?stop, "an MCP list item was withheld");
                     continue;
                 }

@@ -418,6 +418,13 @@ impl TextWindow {
         if piece.is_empty() {
             return;
         }
+        if self.texts.len() >= MAX_KEYS && !self.texts.iter().any(|(k, _, _)| k == key) {
+            // A long session's finished texts make room (only their tails are kept).
+            if let Some(i) = self.texts.iter().position(|(_, _, new)| !*new) {
+                let (_, old, _) = self.texts.remove(i);
+                self.bytes = self.bytes.saturating_sub(old.len());
+            }
+        }
         let at = match self.texts.iter().position(|(k, _, _)| k == key) {
             Some(i) => i,
             None if self.texts.len() < MAX_KEYS => {
@@ -520,8 +527,9 @@ impl StreamWindows {
         if !holds {
             return Ok(events);
         }
-        if !self.window.pending() {
-            // Everything held was judged (or carried no new text).
+        if due || end {
+            // Everything held was judged. Events without text (audio, a role) wait with the
+            // rest: audio goes out only once its transcript's window is judged.
             return Ok(self.held.split().freeze());
         }
         Ok(Bytes::new())
@@ -557,6 +565,12 @@ fn event_texts(events: &[u8], window: &mut TextWindow) {
                 if let Some(Value::Array(parts)) = v.get_mut(field) {
                     for (i, part) in parts.iter_mut().enumerate() {
                         let key = part.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
+                        // Log-probabilities repeat the text token by token, with
+                        // alternatives the caller was not given: not the text it reads.
+                        if let Some(o) = part.as_object_mut() {
+                            o.remove("logprobs");
+                            o.remove("logprobsResult");
+                        }
                         add(&format!("{field}:{key}"), part);
                     }
                 }
@@ -610,6 +624,15 @@ mod tests {
         let texts: Vec<(&str, &str)> = w.texts.iter().map(|(k, t, _)| (k.as_str(), t.as_str())).collect();
         assert_eq!(texts, [("choices:0", "forbidden"), ("choices:1", "xx")]);
         assert_eq!(w.chars, 11);
+        // Log-probabilities repeat the text with alternatives: not part of it.
+        let mut w = window();
+        let with_lp = format!(
+            "data: {}\n\n",
+            serde_json::json!({"choices": [{"index": 0, "delta": {"content": "hi"},
+                "logprobs": {"content": [{"token": "hi", "top_logprobs": [{"token": "ho"}]}]}}]})
+        );
+        event_texts(with_lp.as_bytes(), &mut w);
+        assert_eq!(w.texts[0].1, "hi");
 
         // Anthropic: each content block by its index.
         let mut w = window();

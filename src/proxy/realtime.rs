@@ -651,10 +651,31 @@ impl Relay<'_> {
         };
         let v: Option<Value> = serde_json::from_str(t.as_str()).ok();
         let kind = v.as_ref().and_then(|v| v["type"].as_str()).unwrap_or_default();
-        // Each output item's text on its own: items of a response never interleave.
-        let piece = v.as_ref().and_then(|v| output_text(kind, v));
+        // Each output item's text on its own: items of a response never interleave. Any
+        // delta's string is text (tool and MCP call arguments too); a finished item that
+        // is not a message (an MCP call with its server's output) is read whole.
+        let mut piece = v.as_ref().and_then(|v| output_text(kind, v));
+        if piece.is_none() && kind.ends_with(".delta") {
+            if let Some(d) = v.as_ref().and_then(|v| v["delta"].as_str()) {
+                let item = v.as_ref().and_then(|v| v["item_id"].as_str()).unwrap_or_default();
+                piece = Some((item.to_owned(), d));
+            }
+        }
         if let Some((item, p)) = &piece {
             window.push(item, p);
+        }
+        let mut whole = false;
+        if kind == "response.output_item.done" {
+            if let Some(mut item) = v.as_ref().map(|v| v["item"].clone()) {
+                if item["type"] != "message" {
+                    let key = item["id"].as_str().unwrap_or_default().to_owned();
+                    crate::guard::text::part_texts(&mut item, &mut |s: &mut String| {
+                        window.push(&key, s);
+                        whole = true;
+                        crate::guard::text::Edit::Keep
+                    });
+                }
+            }
         }
         let ends = kind.ends_with(".done") || kind.ends_with(".completed");
         let about = guard::service::About {
@@ -668,20 +689,20 @@ impl Relay<'_> {
             }
             return Ok(vec![Message::Text(t)]);
         }
-        if self.held_out.is_empty() && piece.is_none() {
+        // Output (a delta of any kind: text, audio, arguments) and everything after it
+        // waits for a verdict: audio goes out only once its transcript's window is judged.
+        if self.held_out.is_empty() && piece.is_none() && !whole && !kind.ends_with(".delta") {
             return Ok(vec![Message::Text(t)]);
         }
         self.held_bytes += t.len();
         self.held_out.push(Message::Text(t));
-        if window.full() || ends || self.held_bytes >= MAX_HELD_OUT {
-            window
-                .judge(about, &mut self.hits)
-                .await
-                .map_err(|stop| Ending::error(stop.error(true), CloseCode::Policy, "blocked by a guardrail"))?;
-        }
-        if window.pending() {
+        if !(window.full() || ends || self.held_bytes >= MAX_HELD_OUT) {
             return Ok(Vec::new());
         }
+        window
+            .judge(about, &mut self.hits)
+            .await
+            .map_err(|stop| Ending::error(stop.error(true), CloseCode::Policy, "blocked by a guardrail"))?;
         self.held_bytes = 0;
         Ok(std::mem::take(&mut self.held_out))
     }

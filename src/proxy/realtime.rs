@@ -654,13 +654,7 @@ impl Relay<'_> {
         // Each output item's text on its own: items of a response never interleave. Any
         // delta's string is text (tool and MCP call arguments too); a finished item that
         // is not a message (an MCP call with its server's output) is read whole.
-        let mut piece = v.as_ref().and_then(|v| output_text(kind, v));
-        if piece.is_none() && kind.ends_with(".delta") {
-            if let Some(d) = v.as_ref().and_then(|v| v["delta"].as_str()) {
-                let item = v.as_ref().and_then(|v| v["item_id"].as_str()).unwrap_or_default();
-                piece = Some((item.to_owned(), d));
-            }
-        }
+        let piece = v.as_ref().and_then(|v| output_text(kind, v));
         if let Some((item, p)) = &piece {
             window.push(item, p);
         }
@@ -794,9 +788,10 @@ fn item_texts<'v>(item: &'v mut Value, out: &mut Vec<&'v mut String>) {
 }
 
 /// A provider's streamed text: the item it belongs to and the piece, for the text,
-/// transcript and tool call argument deltas of both the beta and the GA event names.
-/// (The `*.done` events and `response.done` repeat what the deltas carried, all of it
-/// already scanned.)
+/// transcript and tool call argument deltas of both the beta and the GA event names, and
+/// any other delta whose `delta` is a string (MCP call arguments, kinds added later:
+/// audio deltas carry theirs as base64 under other names). (The `*.done` events and
+/// `response.done` repeat what the deltas carried, all of it already scanned.)
 fn output_text<'v>(kind: &str, v: &'v Value) -> Option<(String, &'v str)> {
     let field = match kind {
         "response.text.delta" | "response.output_text.delta" => "delta",
@@ -804,6 +799,7 @@ fn output_text<'v>(kind: &str, v: &'v Value) -> Option<(String, &'v str)> {
         "response.audio_transcript.delta" | "response.output_audio_transcript.delta" => "delta",
         "conversation.item.input_audio_transcription.delta" => "delta",
         "conversation.item.input_audio_transcription.completed" => "transcript",
+        k if k.ends_with(".delta") && !k.contains("audio.") && v["delta"].is_string() => "delta",
         _ => return None,
     };
     let piece = v[field].as_str()?;

@@ -297,50 +297,32 @@ async fn presidio_anonymizer_replaces_as_presidio_does() {
     );
     let (s, v) = post_raw(&mock, "/anonymize", "{}").await;
     assert_eq!((s, v), (400, json!({"error": "Invalid request json"})));
-    let (s, v) = post_mock(&mock, "/anonymize", &json!({"text": "abc"})).await;
-    assert_eq!(
-        (s, v),
+    let refused = [
         (
+            json!({"text": "abc"}),
             422,
-            json!({"error": "Invalid input, request must contain analyzer results"})
-        )
-    );
-    let (s, v) = post_mock(
-        &mock,
-        "/anonymize",
-        &json!({"text": "abc", "analyzer_results": [{"start": 0, "end": 9, "score": 1.0, "entity_type": "X"}]}),
-    )
-    .await;
-    assert_eq!(
-        (s, v),
+            "Invalid input, request must contain analyzer results",
+        ),
         (
+            json!({"text": "abc", "analyzer_results": [{"start": 0, "end": 9, "score": 1.0, "entity_type": "X"}]}),
             422,
-            json!({"error": "Invalid analyzer result, start: 0 and end: 9, while text length is only 3."})
-        )
-    );
-    let (s, v) = post_mock(
-        &mock,
-        "/anonymize",
-        &json!({"text": "abc", "analyzer_results": [{"start": 0, "end": 1, "entity_type": "X"}]}),
-    )
-    .await;
-    assert_eq!(
-        (s, v),
+            "Invalid analyzer result, start: 0 and end: 9, while text length is only 3.",
+        ),
         (
+            json!({"text": "abc", "analyzer_results": [{"start": 0, "end": 1, "entity_type": "X"}]}),
             422,
-            json!({"error": "Invalid input, analyzer result must contain score"})
-        )
-    );
-    let (s, v) = post_mock(
-        &mock,
-        "/anonymize",
-        &json!({"text": "abc", "analyzer_results": [], "anonymizers": {"DEFAULT": {"type": "custom", "new_value": "x"}}}),
-    )
-    .await;
-    assert_eq!(
-        (s, v),
-        (400, json!({"error": "Custom type anonymizer is not supported"}))
-    );
+            "Invalid input, analyzer result must contain score",
+        ),
+        (
+            json!({"text": "abc", "analyzer_results": [], "anonymizers": {"DEFAULT": {"type": "custom", "new_value": "x"}}}),
+            400,
+            "Custom type anonymizer is not supported",
+        ),
+    ];
+    for (body, status, error) in refused {
+        let (s, v) = post_mock(&mock, "/anonymize", &body).await;
+        assert_eq!((s, v), (status, json!({"error": error})), "{body}");
+    }
 }
 
 /// Signs a Bedrock request as the AWS SDK would, with `secret`.

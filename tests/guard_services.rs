@@ -131,14 +131,7 @@ async fn a_webhook_masks_request_and_answer_in_both_dialects() {
     // (the provider's echo of a text the request stage let through) judged as JSON.
     let body = json!({"model": "claude", "max_tokens": 50,
         "messages": [{"role": "user", "content": "again secret-XYZ9 here"}]});
-    let r = client()
-        .post(format!("{}/v1/messages", gw.url()))
-        .header("x-api-key", CALLER_KEY)
-        .header("anthropic-version", "2023-06-01")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_messages_as(&gw, CALLER_KEY, &body).await;
     let (status, v) = answer_text(r).await;
     assert_eq!(status, 200, "{v}");
     assert!(!v.to_string().contains("secret-XYZ9"), "{v}");
@@ -659,14 +652,12 @@ async fn every_kind_blocks_in_both_dialects_and_streams_and_monitors() {
         assert_eq!(status, 400, "{kind}: {v}");
         assert_eq!(v["error"]["code"], "content_filter", "{kind}: {v}");
         // Anthropic's dialect, translated to the OpenAI-style provider.
-        let r = client()
-            .post(format!("{}/v1/messages", gw.url()))
-            .header("x-api-key", CALLER_KEY)
-            .header("anthropic-version", "2023-06-01")
-            .json(&json!({"model": "chat", "max_tokens": 50, "messages": [{"role": "user", "content": trigger}]}))
-            .send()
-            .await
-            .unwrap();
+        let r = post_messages_as(
+            &gw,
+            CALLER_KEY,
+            &json!({"model": "chat", "max_tokens": 50, "messages": [{"role": "user", "content": trigger}]}),
+        )
+        .await;
         let (status, v) = answer_text(r).await;
         assert_eq!(status, 400, "{kind}: {v}");
         assert_eq!(v["type"], "error", "{kind}: Anthropic's envelope: {v}");
@@ -762,14 +753,7 @@ async fn masks_land_on_their_own_texts_when_a_masked_key_moves() {
         {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "lookup",
             "input": {"a": "hello", "zed@example.com": "call John Smith", "b": "plain"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]}]});
-    let r = client()
-        .post(format!("{}/v1/messages", gw.url()))
-        .header("x-api-key", CALLER_KEY)
-        .header("anthropic-version", "2023-06-01")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_messages_as(&gw, CALLER_KEY, &body).await;
     assert_eq!(r.status(), 200);
     let sent = mock
         .requests()

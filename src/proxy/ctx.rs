@@ -294,3 +294,18 @@ impl Ctx {
         }
     }
 }
+
+/// What a guardrail service is told of a request (`guard::service::About`): its alias,
+/// owner and id. Taken from fields, not `&Ctx`, so the caller can lend the guard hits
+/// mutably in the same call.
+pub fn about<'a>(
+    alias: &'a Option<String>,
+    caller: &'a Option<Arc<ApiKeyEntry>>,
+    request_id: &'a str,
+) -> crate::guard::service::About<'a> {
+    crate::guard::service::About {
+        model: alias.as_deref().unwrap_or_default(),
+        owner: caller.as_ref().map_or("", |c| c.owner.as_str()),
+        request_id,
+    }
+}

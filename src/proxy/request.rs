@@ -871,11 +871,7 @@ async fn answer_from_cache(session: &mut Session, ctx: &mut Ctx, entry: &cache::
             }
         };
         if let Some(mut windows) = guard::service::StreamWindows::new(&ctx.response_guards) {
-            let about = guard::service::About {
-                model: ctx.alias.as_deref().unwrap_or_default(),
-                owner: ctx.caller.as_ref().map_or("", |c| c.owner.as_str()),
-                request_id: &ctx.request_id,
-            };
+            let about = super::ctx::about(&ctx.alias, &ctx.caller, &ctx.request_id);
             match windows.feed(body.clone(), true, about, &mut ctx.guard_hits).await {
                 Ok(out) => body = out,
                 Err(stop) => {
@@ -901,11 +897,7 @@ async fn answer_from_cache(session: &mut Session, ctx: &mut Ctx, entry: &cache::
         let mut body = checked.unwrap_or_else(|| entry.body.clone());
         // After the rules, even when they withheld a choice: the others go out.
         if guard::service::any(&ctx.response_guards) {
-            let about = guard::service::About {
-                model: ctx.alias.as_deref().unwrap_or_default(),
-                owner: ctx.caller.as_ref().map_or("", |c| c.owner.as_str()),
-                request_id: &ctx.request_id,
-            };
+            let about = super::ctx::about(&ctx.alias, &ctx.caller, &ctx.request_id);
             let mut stop = None;
             let judged = guard::service::check_response(
                 &ctx.response_guards,

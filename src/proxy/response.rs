@@ -526,11 +526,7 @@ pub async fn on_body_async(state: &AppState, body: &mut Option<Bytes>, ctx: &mut
             release_events(state, ctx, body, events, end);
             return Ok(());
         };
-        let about = guard::service::About {
-            model: ctx.alias.as_deref().unwrap_or_default(),
-            owner: ctx.caller.as_ref().map_or("", |c| c.owner.as_str()),
-            request_id: &ctx.request_id,
-        };
+        let about = super::ctx::about(&ctx.alias, &ctx.caller, &ctx.request_id);
         let judged = windows.feed(events, end, about, &mut ctx.guard_hits).await;
         ctx.stream_windows = Some(windows);
         return match judged {
@@ -547,11 +543,7 @@ pub async fn on_body_async(state: &AppState, body: &mut Option<Bytes>, ctx: &mut
     }
     if let Some(answer) = ctx.answer_for_monitors.take() {
         // Already on its way: only the hits are recorded.
-        let about = guard::service::About {
-            model: ctx.alias.as_deref().unwrap_or_default(),
-            owner: ctx.caller.as_ref().map_or("", |c| c.owner.as_str()),
-            request_id: &ctx.request_id,
-        };
+        let about = super::ctx::about(&ctx.alias, &ctx.caller, &ctx.request_id);
         let mut stop = None;
         let guards = std::mem::take(&mut ctx.response_guards);
         let _ =
@@ -563,11 +555,7 @@ pub async fn on_body_async(state: &AppState, body: &mut Option<Bytes>, ctx: &mut
         return Ok(());
     };
     let guards = std::mem::take(&mut ctx.response_guards);
-    let about = guard::service::About {
-        model: ctx.alias.as_deref().unwrap_or_default(),
-        owner: ctx.caller.as_ref().map_or("", |c| c.owner.as_str()),
-        request_id: &ctx.request_id,
-    };
+    let about = super::ctx::about(&ctx.alias, &ctx.caller, &ctx.request_id);
     let mut stop = None;
     let checked =
         guard::service::check_response(&guards, ctx.shape(), &answer, about, &mut ctx.guard_hits, &mut stop).await;

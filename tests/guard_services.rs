@@ -17,6 +17,7 @@ server:
   admin_listen: "127.0.0.1:{ADMIN}"
 provider_keys:
   - {name: mock, provider: openai_compatible, base_url: "{MOCK}/v1", api_key: "{PROVIDER_KEY}"}
+  - {name: oa, provider: openai, base_url: "{MOCK}/v1", api_key: "{PROVIDER_KEY}"}
   - name: anth
     provider: anthropic
     base_url: "{MOCK}"
@@ -24,6 +25,7 @@ provider_keys:
 models:
   - {name: chat, provider_key: mock, model: "upstream-chat?echo"}
   - {name: claude, provider_key: anth, model: "claude-x?echo"}
+  - {name: resp, provider_key: oa, model: "up?echo"}
   - {name: guard-model, provider_key: mock, model: guard-model}
 api_keys:
   - {name: main, key: "{CALLER_KEY}", owner: team-a, guardrails: [{GUARD_NAMES}]}
@@ -202,11 +204,105 @@ async fn a_stream_is_judged_in_windows_and_a_block_ends_it() {
     assert!(text.contains("content_filter") && text.contains("'inhouse'"), "{text}");
     assert!(!text.contains("forbidden"), "{text}");
     assert!(!text.contains("[DONE]"), "{text}");
-    // A masking service cannot rewrite a stream: refused, not passed unmasked.
-    let masking = Gateway::start(&config(guards, "masker"), &mock);
-    let (status, v) = answer_text(post(&masking, "/v1/chat/completions", &stream("hi")).await).await;
-    assert_eq!(status, 400, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("'masker'"), "{v}");
+}
+
+/// A masking service on streams: the held deltas are rewritten where the caller reads
+/// them, in every dialect (OpenAI's, Anthropic's, Gemini's, Responses), whatever the window; a Responses stream's events that repeat
+/// the text whole (`.done`, `response.completed`) are masked too.
+#[tokio::test]
+async fn a_masking_service_rewrites_streams_in_every_dialect() {
+    let mock = Mock::start();
+    let guards = r#"  - name: masker
+    service: {kind: webhook, url: "{MOCK}/guard/check"}
+    stage: response
+    action: mask
+  - name: small
+    service: {kind: webhook, url: "{MOCK}/guard/check", window_chars: 8}
+    stage: response
+    action: mask"#;
+    let said = "my token is secret-abc123 and secret-zz9 ok";
+    let masked = "my token is [MASKED] and [MASKED] ok";
+    let gw = Gateway::start(&config(guards, "masker"), &mock);
+    let mut body = chat(said);
+    body["stream"] = json!(true);
+    let text = post(&gw, "/v1/chat/completions", &body).await.text().await.unwrap();
+    assert_eq!(completion_text(&text), masked, "{text}");
+    assert!(!text.contains("secret-"), "{text}");
+    assert_eq!(sse_data(&text).last().unwrap(), "[DONE]", "{text}");
+    assert!(metric(&gw, r#"aigw_guardrail_hits_total{action="mask",guardrail="masker"}"#).await >= 1.0);
+    // Anthropic's dialect, translated from the OpenAI-style provider's stream.
+    let r = post_messages_as(
+        &gw,
+        CALLER_KEY,
+        &json!({"model": "chat", "max_tokens": 50, "stream": true, "messages": [{"role": "user", "content": said}]}),
+    )
+    .await;
+    let text = r.text().await.unwrap();
+    assert_eq!(completion_text(&text), masked, "{text}");
+    assert!(text.contains("message_stop") && !text.contains("secret-"), "{text}");
+    // Responses: deltas and every event that repeats the text.
+    let r = post(
+        &gw,
+        "/v1/responses",
+        &json!({"model": "resp", "input": said, "stream": true}),
+    )
+    .await;
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("secret-"), "{text}");
+    let events: Vec<Value> = sse_data(&text)
+        .iter()
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    let deltas: String = events
+        .iter()
+        .filter(|v| v["type"] == "response.output_text.delta")
+        .filter_map(|v| v["delta"].as_str())
+        .collect();
+    assert_eq!(deltas, masked, "{text}");
+    let done = events
+        .iter()
+        .find(|v| v["type"] == "response.output_text.done")
+        .unwrap();
+    assert_eq!(done["text"], masked, "{text}");
+    let completed = events.iter().find(|v| v["type"] == "response.completed").unwrap();
+    assert_eq!(
+        completed["response"]["output"][0]["content"][0]["text"], masked,
+        "{text}"
+    );
+
+    // Gemini's dialect, translated: each candidate's parts.
+    let r = client()
+        .post(format!("{}/v1beta/models/chat:streamGenerateContent?alt=sse", gw.url()))
+        .header("x-goog-api-key", CALLER_KEY)
+        .json(&json!({"contents": [{"role": "user", "parts": [{"text": said}]}]}))
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    let parts: String = sse_data(&text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .flat_map(|v| {
+            v["candidates"][0]["content"]["parts"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|p| p["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(parts, masked, "{text}");
+
+    // Windows of 8 characters: a secret is cut across windows, yet no secret's value
+    // reaches the caller (the last window's tail gives the service the whole token).
+    let small = Gateway::start(&config(guards, "small"), &mock);
+    let text = post(&small, "/v1/chat/completions", &body).await.text().await.unwrap();
+    let got = completion_text(&text);
+    assert!(
+        got.contains("[MASKED]") && !got.contains("abc123") && !got.contains("zz9"),
+        "{got}"
+    );
+    assert!(got.starts_with("my token is ") && got.ends_with(" ok"), "{got}");
+    assert_eq!(sse_data(&text).last().unwrap(), "[DONE]", "{text}");
 }
 
 #[tokio::test]
@@ -643,7 +739,7 @@ fn black_hole() -> (std::net::TcpListener, String) {
 }
 
 #[tokio::test]
-async fn every_kind_blocks_in_both_dialects_and_streams_and_monitors() {
+async fn every_kind_blocks_and_masks_in_both_dialects_and_streams_and_monitors() {
     let mock = Mock::start();
     for (kind, _, trigger) in KINDS {
         let gw = Gateway::start(&kind_config(kind, &mock.url(), "both", "block", ""), &mock);
@@ -695,6 +791,23 @@ async fn every_kind_blocks_in_both_dialects_and_streams_and_monitors() {
             _ => "[REDACTED:g]".to_owned(),
         };
         assert_eq!(saw, expected, "{kind}");
+
+        // Mask on a stream, OpenAI's dialect and translated to Anthropic's: the answer's
+        // deltas read as the masked text.
+        let gw = Gateway::start(&kind_config(kind, &mock.url(), "response", "mask", ""), &mock);
+        let mut body = chat(trigger);
+        body["stream"] = json!(true);
+        let text = post(&gw, "/v1/chat/completions", &body).await.text().await.unwrap();
+        assert_eq!(completion_text(&text), expected, "{kind}: {text}");
+        assert!(text.contains("[DONE]"), "{kind}: {text}");
+        let r = post_messages_as(
+            &gw,
+            CALLER_KEY,
+            &json!({"model": "chat", "max_tokens": 50, "stream": true, "messages": [{"role": "user", "content": trigger}]}),
+        )
+        .await;
+        let text = r.text().await.unwrap();
+        assert_eq!(completion_text(&text), expected, "{kind}: {text}");
 
         // A monitor counts the same text and lets it through.
         let gw = Gateway::start(&kind_config(kind, &mock.url(), "request", "monitor", ""), &mock);

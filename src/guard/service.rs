@@ -359,6 +359,8 @@ const MONITOR_KEEP: usize = 256 * 1024;
 /// The most event bytes a stream holds while its window fills: events heavy with what is
 /// not text (ids, log-probabilities) have their window judged early rather than grow.
 const MAX_HELD: usize = 1 << 20;
+/// The most time a window's masked texts spend finding where their pieces fall.
+const DIFF_TIME: std::time::Duration = std::time::Duration::from_millis(20);
 /// Characters of one window judged again at the start of the next.
 const OVERLAP_CHARS: usize = 200;
 
@@ -374,20 +376,42 @@ const MAX_KEYS: usize = 64;
 /// guardrails'); then every text with new text goes in one call, each after the last 200
 /// characters of its own previous window, so a phrase cut at a boundary is seen whole
 /// once. What holds the pieces back is the caller's (events, messages); this keeps the
-/// texts and the verdicts.
+/// texts, the verdicts, and, under a masking service, where each piece lies in its text,
+/// so a replacement can be cut back into the pieces ([`Masked`]).
 #[derive(Debug)]
 pub struct TextWindow {
     guards: Vec<Arc<Guardrail>>,
-    /// Some guardrail blocks: what carries the text waits for its window's verdict.
+    /// Some guardrail blocks or masks: what carries the text waits for its window's verdict.
     holds: bool,
+    /// Some guardrail masks: pieces are remembered for the write-back.
+    masks: bool,
     window: usize,
-    /// Per key: the text not yet judged (after its last window's tail), and whether it
-    /// has any new text.
-    texts: Vec<(String, String, bool)>,
+    texts: Vec<Slot>,
+    /// Under a masking service: each piece since the last verdict, in the order pushed,
+    /// as (its text's slot, its length in bytes).
+    pieces: Vec<(usize, usize)>,
     /// New characters in all, and bytes kept in all.
     chars: usize,
     bytes: usize,
 }
+
+/// One text of a [`TextWindow`].
+#[derive(Debug)]
+struct Slot {
+    key: String,
+    /// The last window's tail (already judged and released), then the new text.
+    text: String,
+    /// Bytes at the front of `text` that are the last window's tail.
+    tail: usize,
+    /// Whether any new text is waiting.
+    new: bool,
+}
+
+/// What a window's masking services made of the pieces it judged: per piece, in the
+/// order pushed, its new text, or `None` when unchanged. Text released by an earlier
+/// window is never taken back: a replacement that reaches into the carried tail starts
+/// in the first new piece.
+pub type Masked = Vec<Option<String>>;
 
 impl TextWindow {
     /// `None` when no service guardrail is among `guards`.
@@ -400,17 +424,25 @@ impl TextWindow {
             .min()?;
         Some(Self {
             holds: services.iter().any(|g| g.action != Action::Monitor),
+            masks: services.iter().any(|g| g.action == Action::Mask),
             guards: services,
             window: window.max(1),
             texts: Vec::new(),
+            pieces: Vec::new(),
             chars: 0,
             bytes: 0,
         })
     }
 
-    /// Whether a guardrail blocks (pieces must wait for their verdict) or all monitor.
+    /// Whether a guardrail blocks or masks (pieces must wait for their verdict) or all
+    /// monitor.
     pub fn holds(&self) -> bool {
         self.holds
+    }
+
+    /// The first guardrail that masks, if any.
+    pub fn masking(&self) -> Option<&Arc<Guardrail>> {
+        self.guards.iter().find(|g| g.action == Action::Mask)
     }
 
     /// A piece of the text `key` names.
@@ -418,26 +450,42 @@ impl TextWindow {
         if piece.is_empty() {
             return;
         }
-        if self.texts.len() >= MAX_KEYS && !self.texts.iter().any(|(k, _, _)| k == key) {
-            // A long session's finished texts make room (only their tails are kept).
-            if let Some(i) = self.texts.iter().position(|(_, _, new)| !*new) {
-                let (_, old, _) = self.texts.remove(i);
-                self.bytes = self.bytes.saturating_sub(old.len());
-            }
-        }
-        let at = match self.texts.iter().position(|(k, _, _)| k == key) {
+        let at = match self.texts.iter().position(|s| s.key == key) {
             Some(i) => i,
-            None if self.texts.len() < MAX_KEYS => {
-                self.texts.push((key.to_owned(), String::new(), false));
-                self.texts.len() - 1
-            }
-            None => self.texts.len() - 1,
+            None => self.slot_for(key),
         };
-        let (_, text, new) = &mut self.texts[at];
-        text.push_str(piece);
-        *new = true;
+        let slot = &mut self.texts[at];
+        slot.text.push_str(piece);
+        slot.new = true;
         self.chars += piece.chars().count();
         self.bytes += piece.len();
+        if self.masks {
+            self.pieces.push((at, piece.len()));
+        }
+    }
+
+    /// A slot for a new key: a new one, or, past [`MAX_KEYS`], a finished text's (only its
+    /// tail was kept), or failing that the last (its pieces join that text, judged, never
+    /// dropped). Slots never move: pieces name them by place.
+    fn slot_for(&mut self, key: &str) -> usize {
+        let fresh = Slot {
+            key: key.to_owned(),
+            text: String::new(),
+            tail: 0,
+            new: false,
+        };
+        if self.texts.len() < MAX_KEYS {
+            self.texts.push(fresh);
+            return self.texts.len() - 1;
+        }
+        match self.texts.iter().position(|s| !s.new) {
+            Some(i) => {
+                let old = std::mem::replace(&mut self.texts[i], fresh);
+                self.bytes = self.bytes.saturating_sub(old.text.len());
+                i
+            }
+            None => self.texts.len() - 1,
+        }
     }
 
     /// New text is waiting for a verdict.
@@ -454,43 +502,117 @@ impl TextWindow {
         }
     }
 
-    /// Judges the new text of every key, in one call per service. A masking service's
-    /// replacement cannot be written into pieces already cut: its hit stops like a block
-    /// (callers refuse such streams at admission; this is one nobody asked for).
-    pub async fn judge(&mut self, about: About<'_>, hits: &mut Vec<Hit>) -> Result<(), Stop> {
+    /// Judges the new text of every key, in one call per service. `Some` when a masking
+    /// service replaced text: the new text of each piece since the last verdict.
+    pub async fn judge(&mut self, about: About<'_>, hits: &mut Vec<Hit>) -> Result<Option<Masked>, Stop> {
+        let pieces = std::mem::take(&mut self.pieces);
         if self.chars == 0 {
-            return Ok(());
+            return Ok(None);
         }
+        let mut judged = Vec::new();
         let mut texts = Vec::new();
         self.bytes = 0;
-        for (_, text, new) in self.texts.iter_mut().filter(|(_, _, new)| *new) {
-            let tail_from = text.char_indices().rev().nth(OVERLAP_CHARS - 1).map_or(0, |(i, _)| i);
-            let tail = text[tail_from..].to_owned();
+        for (i, slot) in self.texts.iter_mut().enumerate().filter(|(_, s)| s.new) {
+            let tail_from = slot
+                .text
+                .char_indices()
+                .rev()
+                .nth(OVERLAP_CHARS - 1)
+                .map_or(0, |(i, _)| i);
+            let tail = slot.text[tail_from..].to_owned();
             self.bytes += tail.len();
-            texts.push(std::mem::replace(text, tail));
-            *new = false;
+            judged.push((i, slot.tail));
+            slot.tail = tail.len();
+            texts.push(std::mem::replace(&mut slot.text, tail));
+            slot.new = false;
         }
         self.chars = 0;
+        let originals = self.masks.then(|| texts.clone());
         let changed = judge(&self.guards, Side::Response, about, &mut texts, hits).await?;
-        if changed.contains(&true) {
-            let g = self
-                .guards
-                .iter()
-                .find(|g| g.action == Action::Mask)
-                .unwrap_or(&self.guards[0]);
-            return Err(Stop::Blocked(g.name.clone()));
+        let Some(originals) = originals.filter(|_| changed.contains(&true)) else {
+            return Ok(None);
+        };
+        // Each changed text's pieces, cut from its replacement where its original's
+        // piece boundaries fall.
+        let mut out: Masked = vec![None; pieces.len()];
+        // One budget for the window's diffs, however many texts it holds.
+        let deadline = std::time::Instant::now() + DIFF_TIME;
+        for (k, &(slot, tail)) in judged.iter().enumerate() {
+            if !changed[k] {
+                continue;
+            }
+            let mine: Vec<usize> = (0..pieces.len()).filter(|&p| pieces[p].0 == slot).collect();
+            let mut bounds = Vec::with_capacity(mine.len() + 1);
+            bounds.push(tail);
+            for &p in &mine {
+                bounds.push(bounds[bounds.len() - 1] + pieces[p].1);
+            }
+            let whole = self.guards.iter().any(|g| texts[k] == format!("[REDACTED:{}]", g.name));
+            let at = if whole {
+                // Redacted whole: the marker goes out once, in the first new piece.
+                let mut at = vec![texts[k].len(); bounds.len()];
+                at[0] = 0;
+                at
+            } else {
+                map_bounds(&originals[k], &texts[k], &bounds, deadline)
+            };
+            for (j, &p) in mine.iter().enumerate() {
+                out[p] = Some(texts[k][at[j]..at[j + 1]].to_owned());
+            }
         }
-        Ok(())
+        Ok(Some(out))
     }
+}
+
+/// Where each of `bounds` (ascending char boundaries of `original`) falls in `replaced`,
+/// by a byte diff of the two: a boundary in unchanged text keeps its place; one inside a
+/// changed span goes to the span's start, so the whole replacement lands after it (in a
+/// piece not yet released). The positions ascend, end at `replaced.len()` for
+/// `original.len()`, and are char boundaries, so the pieces cut at them are exactly
+/// `replaced` from the first on. Past `deadline` the diff is coarser (replacements move
+/// to later pieces), never wrong.
+fn map_bounds(original: &str, replaced: &str, bounds: &[usize], deadline: std::time::Instant) -> Vec<usize> {
+    let ops = similar::capture_diff_slices_deadline(
+        similar::Algorithm::Myers,
+        original.as_bytes(),
+        replaced.as_bytes(),
+        Some(deadline),
+    );
+    let map = |x: usize| -> usize {
+        if x >= original.len() {
+            return replaced.len();
+        }
+        for op in &ops {
+            let (tag, old, new) = op.as_tag_tuple();
+            if tag == similar::DiffTag::Equal && old.start <= x && x <= old.end {
+                return new.start + (x - old.start);
+            }
+            if old.start <= x && x < old.end {
+                return new.start;
+            }
+        }
+        replaced.len()
+    };
+    let mut last = 0;
+    bounds
+        .iter()
+        .map(|&x| {
+            let mut at = map(x);
+            while !replaced.is_char_boundary(at) {
+                at -= 1;
+            }
+            last = at.max(last);
+            last
+        })
+        .collect()
 }
 
 /// A streamed answer under response-stage service guardrails, in the caller's shape,
 /// after the rules: the events the rules released are held until the text they carry is
-/// judged ([`TextWindow`]: a window at a time, and at the end), then released whole, or
-/// the stream ends with the guardrail's error. Monitors hold nothing: their text is judged
-/// at the end (or, past 256 KiB, a window at a time). A masking service cannot rewrite
-/// text already split into events: streams under one are refused at admission
-/// (`proxy::request`).
+/// judged ([`TextWindow`]: a window at a time, and at the end), then released whole,
+/// rewritten where a masking service replaced text, or the stream ends with the
+/// guardrail's error. Monitors hold nothing: their text is judged at the end (or, past
+/// 256 KiB, a window at a time).
 #[derive(Debug)]
 pub struct StreamWindows {
     window: TextWindow,
@@ -515,73 +637,136 @@ impl StreamWindows {
         about: About<'_>,
         hits: &mut Vec<Hit>,
     ) -> Result<Bytes, Stop> {
-        event_texts(&events, &mut self.window);
+        let window = &mut self.window;
+        walk_events(&events, &mut |key: &str, s: &mut String| window.push(key, s));
         let holds = self.window.holds();
         if holds {
             self.held.extend_from_slice(&events);
         }
         let due = self.window.full() || self.held.len() >= MAX_HELD;
-        if due || end {
-            self.window.judge(about, hits).await?;
-        }
+        let masked = if due || end {
+            self.window.judge(about, hits).await?
+        } else {
+            None
+        };
         if !holds {
             return Ok(events);
         }
-        if due || end {
-            // Everything held was judged. Events without text (audio, a role) wait with the
-            // rest: audio goes out only once its transcript's window is judged.
-            return Ok(self.held.split().freeze());
+        if !(due || end) {
+            return Ok(Bytes::new());
         }
-        Ok(Bytes::new())
+        // Everything held was judged. Events without text (audio, a role) wait with the
+        // rest: audio goes out only once its transcript's window is judged.
+        let held = self.held.split().freeze();
+        Ok(match masked {
+            Some(pieces) => rewrite(&held, &pieces),
+            None => held,
+        })
     }
 }
 
-/// Adds the text of every SSE event in `events` to `window`, each under its own key: a
-/// chat or completions chunk's choice (`choices[].index`), a Gemini candidate, an
-/// Anthropic content block (`index`), a Responses output item (`output_index`). The text
-/// is every string of the event (or choice) that is not a protocol value, as the text
-/// model reads a completion's parts.
-fn event_texts(events: &[u8], window: &mut TextWindow) {
+/// The held events with each piece of text replaced by its masked text: an event with a
+/// changed piece is written anew (its log-probabilities, which repeat the text, left
+/// out), the others go as they came.
+fn rewrite(events: &[u8], pieces: &[Option<String>]) -> Bytes {
+    let mut out = Vec::with_capacity(events.len());
+    let mut next = 0;
+    for_each_event(events, &mut |event, mut v| {
+        let mut changed = false;
+        if let Some(v) = v.as_deref_mut() {
+            event_pieces(v, &mut |_, s| {
+                if let Some(Some(t)) = pieces.get(next) {
+                    s.clone_from(t);
+                    changed = true;
+                }
+                next += 1;
+            });
+        }
+        match v {
+            Some(v) if changed => {
+                let name = event_name(event);
+                crate::stream::write_event(&mut out, name.as_deref(), v);
+            }
+            _ => out.extend_from_slice(event),
+        }
+    });
+    Bytes::from(out)
+}
+
+/// The `event:` line's name of an SSE event, if it has one.
+fn event_name(event: &[u8]) -> Option<String> {
+    event
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"event:"))
+        .map(|n| String::from_utf8_lossy(n.trim_ascii()).into_owned())
+}
+
+/// Calls `f` on each SSE event of `events`, with its JSON data when it has some.
+fn for_each_event(events: &[u8], f: &mut dyn FnMut(&[u8], Option<&mut Value>)) {
     let mut rest = events;
     while !rest.is_empty() {
         let end = crate::stream::event_end(rest).unwrap_or(rest.len());
         let (event, tail) = rest.split_at(end);
         rest = tail;
         let data = crate::stream::event_data(event);
-        let Ok(mut v) = serde_json::from_slice::<Value>(&data) else {
-            continue;
-        };
-        let mut add = |key: &str, part: &mut Value| {
-            text::part_texts(part, &mut |s: &mut String| {
-                window.push(key, s);
-                text::Edit::Keep
-            });
-        };
-        let per_choice = ["choices", "candidates"]
-            .into_iter()
-            .find(|k| v.get(*k).is_some_and(Value::is_array));
-        match per_choice {
-            Some(field) => {
-                if let Some(Value::Array(parts)) = v.get_mut(field) {
-                    for (i, part) in parts.iter_mut().enumerate() {
-                        let key = part.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
-                        // Log-probabilities repeat the text token by token, with
-                        // alternatives the caller was not given: not the text it reads.
-                        if let Some(o) = part.as_object_mut() {
-                            o.remove("logprobs");
-                            o.remove("logprobsResult");
-                        }
-                        add(&format!("{field}:{key}"), part);
+        let mut v = serde_json::from_slice::<Value>(&data).ok();
+        f(event, v.as_mut());
+    }
+}
+
+/// Calls `f` on every piece of text of the SSE events in `events` with its key.
+fn walk_events(events: &[u8], f: &mut dyn FnMut(&str, &mut String)) {
+    for_each_event(events, &mut |_, v| {
+        if let Some(v) = v {
+            event_pieces(v, f);
+        }
+    });
+}
+
+/// Calls `f` on every non-empty piece of text of one event with the key of the text it
+/// belongs to: a chat or completions chunk's choice (`choices[].index`), a Gemini
+/// candidate, an Anthropic content block or a Responses output item (`index`,
+/// `output_index`) for deltas; an event that repeats text whole (a `.done` event, the
+/// final response) is a text of its own. A piece is every string of the event (or
+/// choice) that is not a protocol value, as the text model reads a completion's parts.
+/// The same walk finds the pieces to judge and the pieces to write back.
+fn event_pieces(v: &mut Value, f: &mut dyn FnMut(&str, &mut String)) {
+    let mut add = |key: &str, part: &mut Value| {
+        text::part_texts(part, &mut |s: &mut String| {
+            if !s.is_empty() {
+                f(key, s);
+            }
+            text::Edit::Keep
+        });
+    };
+    let per_choice = ["choices", "candidates"]
+        .into_iter()
+        .find(|k| v.get(*k).is_some_and(Value::is_array));
+    match per_choice {
+        Some(field) => {
+            if let Some(Value::Array(parts)) = v.get_mut(field) {
+                for (i, part) in parts.iter_mut().enumerate() {
+                    let key = part.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
+                    // Log-probabilities repeat the text token by token, with
+                    // alternatives the caller was not given: not the text it reads.
+                    if let Some(o) = part.as_object_mut() {
+                        o.remove("logprobs");
+                        o.remove("logprobsResult");
                     }
+                    add(&format!("{field}:{key}"), part);
                 }
             }
-            None => {
-                let key = ["index", "output_index"]
-                    .iter()
-                    .find_map(|k| v.get(*k).and_then(Value::as_u64))
-                    .unwrap_or(0);
-                add(&format!("part:{key}"), &mut v);
-            }
+        }
+        None => {
+            let index = ["index", "output_index"]
+                .iter()
+                .find_map(|k| v.get(*k).and_then(Value::as_u64))
+                .unwrap_or(0);
+            let kind = match v.get("type").and_then(Value::as_str) {
+                Some(t) if !t.ends_with("delta") => t.to_owned(),
+                _ => "part".to_owned(),
+            };
+            add(&format!("{kind}:{index}"), v);
         }
     }
 }
@@ -589,29 +774,41 @@ fn event_texts(events: &[u8], window: &mut TextWindow) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::{Matcher, Stage};
 
     fn window() -> TextWindow {
         TextWindow {
             guards: Vec::new(),
             holds: true,
+            masks: false,
             window: 1000,
             texts: Vec::new(),
+            pieces: Vec::new(),
             chars: 0,
             bytes: 0,
         }
+    }
+
+    fn texts(w: &TextWindow) -> Vec<(&str, &str)> {
+        w.texts.iter().map(|s| (s.key.as_str(), s.text.as_str())).collect()
+    }
+
+    fn push_events(w: &mut TextWindow, events: &str) {
+        walk_events(events.as_bytes(), &mut |key: &str, s: &mut String| w.push(key, s));
+    }
+
+    fn chunk(i: u64, s: &str) -> String {
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"id": "c", "object": "chat.completion.chunk", "model": "m",
+                "choices": [{"index": i, "delta": {"content": s}, "finish_reason": null}]})
+        )
     }
 
     /// Two choices' deltas interleaved: each choice's text grows on its own, so a word
     /// split over one choice's deltas is whole and no choice's text runs into another's.
     #[test]
     fn choices_and_blocks_are_texts_of_their_own() {
-        let chunk = |i: u64, s: &str| {
-            format!(
-                "data: {}\n\n",
-                serde_json::json!({"id": "c", "object": "chat.completion.chunk", "model": "m",
-                    "choices": [{"index": i, "delta": {"content": s}, "finish_reason": null}]})
-            )
-        };
         let mut w = window();
         let events = [
             chunk(0, "forb"),
@@ -620,9 +817,8 @@ mod tests {
             "data: [DONE]\n\n".into(),
         ]
         .concat();
-        event_texts(events.as_bytes(), &mut w);
-        let texts: Vec<(&str, &str)> = w.texts.iter().map(|(k, t, _)| (k.as_str(), t.as_str())).collect();
-        assert_eq!(texts, [("choices:0", "forbidden"), ("choices:1", "xx")]);
+        push_events(&mut w, &events);
+        assert_eq!(texts(&w), [("choices:0", "forbidden"), ("choices:1", "xx")]);
         assert_eq!(w.chars, 11);
         // Log-probabilities repeat the text with alternatives: not part of it.
         let mut w = window();
@@ -631,8 +827,8 @@ mod tests {
             serde_json::json!({"choices": [{"index": 0, "delta": {"content": "hi"},
                 "logprobs": {"content": [{"token": "hi", "top_logprobs": [{"token": "ho"}]}]}}]})
         );
-        event_texts(with_lp.as_bytes(), &mut w);
-        assert_eq!(w.texts[0].1, "hi");
+        push_events(&mut w, &with_lp);
+        assert_eq!(texts(&w), [("choices:0", "hi")]);
 
         // Anthropic: each content block by its index.
         let mut w = window();
@@ -642,11 +838,150 @@ mod tests {
                 serde_json::json!({"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": s}})
             )
         };
-        event_texts(
-            [block(0, "a "), block(1, "{\"q\":"), block(0, "b")].concat().as_bytes(),
+        push_events(&mut w, &[block(0, "a "), block(1, "{\"q\":"), block(0, "b")].concat());
+        assert_eq!(texts(&w), [("part:0", "a b"), ("part:1", "{\"q\":")]);
+
+        // Responses: a `.done` event repeats its item's text whole: a text of its own,
+        // not joined to the deltas it repeats.
+        let mut w = window();
+        let ev = |v: serde_json::Value| format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap());
+        push_events(
             &mut w,
+            &[
+                ev(serde_json::json!({"type": "response.output_text.delta", "output_index": 0, "delta": "ab"})),
+                ev(serde_json::json!({"type": "response.output_text.done", "output_index": 0, "text": "ab"})),
+            ]
+            .concat(),
         );
-        let texts: Vec<(&str, &str)> = w.texts.iter().map(|(k, t, _)| (k.as_str(), t.as_str())).collect();
-        assert_eq!(texts, [("part:0", "a b"), ("part:1", "{\"q\":")]);
+        assert_eq!(texts(&w), [("part:0", "ab"), ("response.output_text.done:0", "ab")]);
+    }
+
+    fn later() -> std::time::Instant {
+        std::time::Instant::now() + DIFF_TIME
+    }
+
+    #[test]
+    fn bounds_map_into_the_replacement() {
+        // Unchanged text keeps its place; a replacement goes after a boundary inside what
+        // it replaces (27 falls in "555-1|234").
+        let original = "Hi John, my number is 555-1234 ok";
+        let replaced = "Hi <PERSON>, my number is <PHONE> ok";
+        let at = map_bounds(original, replaced, &[0, 8, 18, 27, original.len()], later());
+        let cut: Vec<&str> = at.windows(2).map(|w| &replaced[w[0]..w[1]]).collect();
+        assert_eq!(cut, ["Hi <PERSON>,", " my number", " is ", "<PHONE> ok"]);
+        let at = map_bounds(original, replaced, &[4, 30, original.len()], later());
+        let cut: Vec<&str> = at.windows(2).map(|w| &replaced[w[0]..w[1]]).collect();
+        assert_eq!(cut, ["<PERSON>, my number is <PHONE>", " ok"]);
+        // Out of time: a coarser diff, still the replacement from the boundary on.
+        let at = map_bounds(original, replaced, &[8, 18, original.len()], std::time::Instant::now());
+        let rest: String = at.windows(2).map(|w| &replaced[w[0]..w[1]]).collect();
+        assert!(rest.ends_with("<PHONE> ok") && replaced.ends_with(&rest), "{rest}");
+        // Multibyte text: positions stay on char boundaries, and the pieces rebuild it.
+        let original = "café é at 555-1234";
+        let replaced = "cafè é at <PHONE>";
+        let at = map_bounds(original, replaced, &[0, 3, 6, original.len()], later());
+        assert!(at.iter().all(|&p| replaced.is_char_boundary(p)));
+        assert_eq!(
+            at.windows(2).map(|w| &replaced[w[0]..w[1]]).collect::<String>(),
+            replaced
+        );
+    }
+
+    /// A fake masking service: replaces every "555-" number with `<PHONE>`.
+    #[derive(Debug)]
+    struct Phones;
+
+    #[async_trait]
+    impl Service for Phones {
+        async fn judge(&self, call: &Call<'_>) -> Result<Verdict, Failure> {
+            let re = regex::Regex::new(r"555-\d{4}").unwrap();
+            let edits: Vec<(usize, String)> = call
+                .texts
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| re.is_match(t))
+                .map(|(i, t)| (i, re.replace_all(t, "<PHONE>").into_owned()))
+                .collect();
+            Ok(if edits.is_empty() {
+                Verdict::Allow
+            } else {
+                Verdict::Replace(edits)
+            })
+        }
+    }
+
+    fn masking(window_chars: usize) -> Vec<Arc<Guardrail>> {
+        vec![Arc::new(Guardrail {
+            name: "phones".into(),
+            stage: Stage::Response,
+            action: Action::Mask,
+            matcher: Matcher::default(),
+            service: Some(Checker {
+                client: Arc::new(Phones),
+                on_error: OnError::Block,
+                window_chars,
+            }),
+        })]
+    }
+
+    fn about() -> About<'static> {
+        About {
+            model: "m",
+            owner: "o",
+            request_id: "r",
+        }
+    }
+
+    /// What a caller reads of chat chunks: each choice's content, joined.
+    fn read(events: &[u8]) -> Vec<String> {
+        let mut out = vec![String::new(); 2];
+        for_each_event(events, &mut |_, v| {
+            for c in v.and_then(|v| v["choices"].as_array().cloned()).unwrap_or_default() {
+                let i = c["index"].as_u64().unwrap() as usize;
+                out[i].push_str(c["delta"]["content"].as_str().unwrap_or_default());
+            }
+        });
+        out
+    }
+
+    /// A number split across deltas, across a window boundary and beside another choice
+    /// is masked where the caller reads it, each delta keeping its own choice; windows cut
+    /// at every size give the same masked text.
+    #[tokio::test]
+    async fn a_masking_service_rewrites_the_deltas() {
+        let deltas = [
+            (0, "call 5"),
+            (1, "x"),
+            (0, "55-12"),
+            (0, "34 or 555"),
+            (0, "-9876 now"),
+            (1, " 555-0000"),
+        ];
+        for window_chars in [1, 3, 7, 12, 1000] {
+            let mut sw = StreamWindows::new(&masking(window_chars)).unwrap();
+            let mut hits = Vec::new();
+            let mut out = Vec::new();
+            for (n, (i, d)) in deltas.iter().enumerate() {
+                let end = n + 1 == deltas.len();
+                let got = sw
+                    .feed(Bytes::from(chunk(*i, d)), end, about(), &mut hits)
+                    .await
+                    .unwrap();
+                out.extend_from_slice(&got);
+            }
+            let read = read(&out);
+            if window_chars == 1000 {
+                assert_eq!(read, ["call <PHONE> or <PHONE> now", "x <PHONE>"]);
+                assert!(!hits.is_empty());
+            }
+            // Small windows release part of a number before the service sees it whole:
+            // never more than a window's worth, and the rest is masked after it.
+            for r in &read {
+                assert!(
+                    !r.contains("555-1234") && !r.contains("555-9876") && !r.contains("555-0000"),
+                    "{window_chars}: {r}"
+                );
+            }
+        }
     }
 }

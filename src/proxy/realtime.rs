@@ -693,10 +693,14 @@ impl Relay<'_> {
         if !(window.full() || ends || self.held_bytes >= MAX_HELD_OUT) {
             return Ok(Vec::new());
         }
-        window
-            .judge(about, &mut self.hits)
-            .await
-            .map_err(|stop| Ending::error(stop.error(true), CloseCode::Policy, "blocked by a guardrail"))?;
+        let blocked =
+            |stop: guard::service::Stop| Ending::error(stop.error(true), CloseCode::Policy, "blocked by a guardrail");
+        let masked = window.judge(about, &mut self.hits).await.map_err(blocked)?;
+        if let (Some(_), Some(g)) = (masked, window.masking()) {
+            // Sessions under a masking service are refused when they open; one that got
+            // here stops rather than pass the text unmasked.
+            return Err(blocked(guard::service::Stop::Blocked(g.name.clone())));
+        }
         self.held_bytes = 0;
         Ok(std::mem::take(&mut self.held_out))
     }

@@ -469,20 +469,6 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
         | Endpoint::AudioSpeech => Vec::new(),
         _ => guard::applicable(&caller.guardrails, &model.guardrails, true),
     };
-    if ctx.stream() {
-        // A service's replacement cannot be written into text already split into events:
-        // refused rather than passed unmasked (docs/guardrails.md).
-        if let Some(g) = ctx
-            .response_guards
-            .iter()
-            .find(|g| g.service.is_some() && g.action == crate::raw::Action::Mask)
-        {
-            return Err(GwError::InvalidRequest(format!(
-                "The guardrail '{}' is a guardrail service that masks answers, which streams cannot carry: ask without streaming.",
-                g.name
-            )));
-        }
-    }
     let headers = &session.req_header().headers;
     let looked_up = cache::lookup(
         &state.caches,

@@ -39,6 +39,7 @@ guardrails:
   - {name: hook-block, service: {kind: webhook, url: "{MOCK}/guard/check"}, stage: request, action: block}
   - {name: hook-out, service: {kind: webhook, url: "{MOCK}/guard/check", window_chars: 10}, stage: response, action: block}
   - {name: hook-out-mask, service: {kind: webhook, url: "{MOCK}/guard/check"}, stage: response, action: mask}
+  - {name: hook-watch, service: {kind: webhook, url: "{MOCK}/guard/check"}, stage: response, action: monitor}
 models:
   - {name: rt, provider_key: oa, model: gpt-realtime, guardrails: [no-falcon, pii-in],
      pricing: {input_per_mtok: 1000000, output_per_mtok: 2000000}}
@@ -52,10 +53,12 @@ models:
   - {name: rt-hook-out, provider_key: oa, model: "gpt-realtime?say=the+birds+fly+south+in+winter", guardrails: [hook-out]}
   - {name: rt-hook-out-says, provider_key: oa, model: "gpt-realtime?say=a+forbid|den+plan", guardrails: [hook-out]}
   - {name: rt-hook-out-mask, provider_key: oa, model: gpt-realtime, guardrails: [hook-out-mask]}
+  # Drops after the answer's three deltas, before its `.done`.
+  - {name: rt-hook-watch, provider_key: oa, model: "gpt-realtime?say=a+forbidden+plan&drop_after=5", guardrails: [hook-watch]}
 api_keys:
   - {name: main, key: "{CALLER_KEY}", owner: team-a, budget: rt-budget,
      models: [rt, rt-says, rt-drop, rt-az, claude, rt-hook, rt-hook-block, rt-hook-out, rt-hook-out-says,
-              rt-hook-out-mask]}
+              rt-hook-out-mask, rt-hook-watch]}
   - {name: conc, key: sk-conc, owner: team-c, rate_limit: one-at-once}
 "#;
 
@@ -474,6 +477,32 @@ async fn a_provider_that_drops_gives_the_caller_an_error_event_and_a_close() {
     let e = event(&mut ws).await;
     assert_eq!(e["error"]["code"], "upstream_error", "{e}");
     assert_eq!(event(&mut ws).await["close"], 1011);
+}
+
+/// A monitoring service holds nothing back, so a session can end before its window is
+/// due: the provider drops after the answer's deltas, before its `.done`. What the caller
+/// got is still judged, for the record.
+#[tokio::test]
+async fn a_monitor_judges_what_a_session_left_unjudged() {
+    let mock = Mock::start();
+    let gw = start(&mock);
+    let mut ws = session(&gw, "rt-hook-watch").await;
+    ask(&mut ws).await;
+    let events = response(&mut ws).await;
+    assert_eq!(deltas(&events), "a forbidden plan", "{events:?}");
+    assert_eq!(events.last().unwrap()["error"]["code"], "upstream_error", "{events:?}");
+    assert_eq!(event(&mut ws).await["close"], 1011);
+    drop(ws);
+    let series = r#"aigw_guardrail_hits_total{action="monitor",guardrail="hook-watch"}"#;
+    let mut hits = 0.0;
+    for _ in 0..50 {
+        hits = metric(&gw, series).await;
+        if hits > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(hits, 1.0);
 }
 
 #[tokio::test]

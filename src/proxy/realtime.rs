@@ -396,7 +396,21 @@ enum Step {
 }
 
 impl Relay<'_> {
-    async fn run(&mut self, mut caller: Caller, mut upstream: Upstream) {
+    async fn run(&mut self, caller: Caller, upstream: Upstream) {
+        self.relay(caller, upstream).await;
+        // Text the monitors had not judged yet (nothing waits for them, so the session
+        // may end first) is judged now, for the record.
+        if let Some(window) = self.out_window.as_mut().filter(|w| !w.holds() && w.pending()) {
+            let about = guard::service::About {
+                model: &self.alias,
+                owner: &self.owner,
+                request_id: &self.request_id,
+            };
+            let _ = window.judge(about, &mut self.hits).await;
+        }
+    }
+
+    async fn relay(&mut self, mut caller: Caller, mut upstream: Upstream) {
         let mut active = Instant::now();
         let ending = loop {
             let idle_at = tokio::time::Instant::from_std(active + self.idle);

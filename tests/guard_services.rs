@@ -269,6 +269,23 @@ async fn a_masking_service_rewrites_streams_in_every_dialect() {
         completed["response"]["output"][0]["content"][0]["text"], masked,
         "{text}"
     );
+    // A secret at the very end: its mask stays inside its string (the part's `type`
+    // beside it is not text the mask can run into).
+    let r = post(
+        &gw,
+        "/v1/responses",
+        &json!({"model": "resp", "input": "my token is secret-abc123", "stream": true}),
+    )
+    .await;
+    let text = r.text().await.unwrap();
+    let events: Vec<Value> = sse_data(&text)
+        .iter()
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    let completed = events.iter().find(|v| v["type"] == "response.completed").unwrap();
+    let part = &completed["response"]["output"][0]["content"][0];
+    assert_eq!(part["text"], "my token is [MASKED]", "{text}");
+    assert_eq!(part["type"], "output_text", "{text}");
 
     // Gemini's dialect, translated: each candidate's parts.
     let r = client()

@@ -338,7 +338,15 @@ impl<'f> Walker<'f> {
         }
         for (old, new) in renamed {
             if let Some(x) = o.remove(&old) {
-                o.insert(new, x);
+                // Two keys masked alike (or one masked into a key that exists) would be
+                // one, and a value lost: the later gets a number.
+                let mut key = new.clone();
+                let mut n = 2;
+                while o.contains_key(&key) {
+                    key = format!("{new} ({n})");
+                    n += 1;
+                }
+                o.insert(key, x);
             }
         }
     }
@@ -600,6 +608,23 @@ mod tests {
         let mut out = Vec::new();
         request_texts(&mut v, e, &mut |s: &mut String| out.push(s.clone()))?;
         Ok(out)
+    }
+
+    /// Two keys masked alike keep both values: the later key gets a number.
+    #[test]
+    fn keys_masked_alike_keep_both_values() {
+        let mut v = json!({"model": "m", "messages": [{"role": "assistant", "content": [{"type": "tool_use",
+            "id": "t", "name": "save", "input": {"555-1234 home": "Bob", "555-9876 home": "Alice", "<PHONE> home": "Eve"}}]}]});
+        let re = regex::Regex::new(r"\d{3}-\d{4}").unwrap();
+        request_texts(&mut v, Endpoint::Messages, &mut |s: &mut String| {
+            *s = re.replace_all(s, "<PHONE>").into_owned();
+        })
+        .unwrap();
+        let input = v["messages"][0]["content"][0]["input"].as_object().unwrap();
+        let mut values: Vec<&str> = input.values().filter_map(Value::as_str).collect();
+        values.sort_unstable();
+        assert_eq!(values, ["Alice", "Bob", "Eve"], "{input:?}");
+        assert!(input.keys().all(|k| k.starts_with("<PHONE> home")), "{input:?}");
     }
 
     #[test]

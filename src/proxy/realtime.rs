@@ -676,9 +676,9 @@ impl Relay<'_> {
         if kind == "response.output_item.done" {
             if let Some(mut item) = v.as_ref().map(|v| v["item"].clone()) {
                 if item["type"] != "message" {
-                    let key = item["id"].as_str().unwrap_or_default().to_owned();
+                    // Each string of it on its own: fields never run into each other.
                     crate::guard::text::part_texts(&mut item, &mut |s: &mut String| {
-                        window.push(&key, s);
+                        window.push_whole(s);
                         whole = true;
                         crate::guard::text::Edit::Keep
                     });

@@ -18,7 +18,7 @@ while [ -e "$OUT" ]; do OUT=$base-$n.md; n=$((n + 1)); done   # never overwrite 
 command -v oha >/dev/null || { echo "installing oha (cargo, a few minutes once)"; cargo install --locked -q oha; }
 command -v nginx >/dev/null || { echo "installing nginx"; apt-get install -y -qq nginx-light >/dev/null; }
 
-ports_free 18000 18080 18081 18082 18083 18084 18085 19090 19092 19093 19095
+ports_free 18000 18080 18081 18082 18083 18084 18085 18086 19090 19092 19093 19095 19096
 
 "$BIN" mock-upstream --listen 127.0.0.1:18000 >/dev/null 2>&1 & PIDS+=($!)
 wait_port 18000
@@ -59,6 +59,10 @@ fi
 RUST_LOG=warn "$BIN" serve --config "$WORK/production.yaml" >"$WORK/production-access.log" 2>"$WORK/gw-production.log" & GWP=$!; PIDS+=($GWP)
 wait_port 18085
 
+# One webhook guardrail service (loadtest/webhook.yaml), the mock as the service.
+RUST_LOG=warn "$BIN" serve --config loadtest/webhook.yaml >/dev/null 2>"$WORK/gw-webhook.log" & GWH=$!; PIDS+=($GWH)
+wait_port 18086
+
 nginx_pids() { pgrep -f "nginx: worker process" | tr '\n' ' '; }
 # "user kernel" clock ticks of these processes: the split says where a proxy's time goes
 # (its own code, or the kernel's loopback TCP and wake-ups, which every proxy pays).
@@ -76,7 +80,7 @@ HZ=$(getconf CLK_TCK)
 GW_PEAK=0   # the best req/s of the plain gateway row, for the fixed-rate run
 # Throughput ratios against the rows run first at the same connection count: direct to
 # the mock, and nginx (its streaming row for streaming scenarios).
-declare -A BASE
+declare -A BASE CPU P50
 ratio() { [ -n "${BASE[$2]:-}" ] && awk -v a="$1" -v b="${BASE[$2]}" 'BEGIN{printf "%.2fx", a/b}' || echo "-"; }
 run() { # name url stream pids...
   local name=$1 url=$2 stream=$3; shift 3
@@ -102,7 +106,13 @@ run() { # name url stream pids...
       "nginx streaming") BASE[nginx1$c]=$rps ;;
       "production profile") BASE[prod0$c]=$rps ;;
       "production profile streaming") BASE[prod1$c]=$rps ;;
+      "gateway, echo, varied prompts") BASE[echo0$c]=$rps ;;
+      "gateway + webhook guardrail") BASE[hook0$c]=$rps ;;
+      "gateway streaming, echo, varied prompts") BASE[echo1$c]=$rps ;;
+      "gateway + webhook guardrail streaming") BASE[hook1$c]=$rps ;;
     esac
+    CPU[$name$c]=$(awk -v k="$cpu" 'BEGIN{split(k, x, " "); print x[1]}')
+    P50[$name$c]=$p50
     printf '| %s | %s | %s | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s |\n' "$name" "$c" "$rps" \
       "$(awk -v v="$p50" 'BEGIN{print v/1000}')" "$(awk -v v="$p99" 'BEGIN{print v/1000}')" \
       "$(awk -v v="$p999" 'BEGIN{print v/1000}')" "$errs" "$cpu" "$rss" \
@@ -137,6 +147,25 @@ run "gateway streaming" http://127.0.0.1:18080/v1/chat/completions 1 "$GW"
 LOAD_MODEL=cached-model run "gateway streaming, cache hit" http://127.0.0.1:18080/v1/chat/completions 1 "$GW"
 # shellcheck disable=SC2046
 run "production profile streaming" http://127.0.0.1:18085/v1/chat/completions 1 "$GWP" $([ -n "$GWR" ] && pgrep -x redis-server | head -1)
+# The cost of one webhook guardrail (both stages: two calls a request; every prompt
+# different, so no verdict is reused), against the same gateway and echo model without it.
+VARY=1 LOAD_MODEL=echo-model run "gateway, echo, varied prompts" http://127.0.0.1:18086/v1/chat/completions 0 "$GWH"
+VARY=1 LOAD_MODEL=hook-model run "gateway + webhook guardrail" http://127.0.0.1:18086/v1/chat/completions 0 "$GWH"
+VARY=1 LOAD_MODEL=echo-model run "gateway streaming, echo, varied prompts" http://127.0.0.1:18086/v1/chat/completions 1 "$GWH"
+VARY=1 LOAD_MODEL=hook-model run "gateway + webhook guardrail streaming" http://127.0.0.1:18086/v1/chat/completions 1 "$GWH"
+{
+  echo
+  echo "One webhook guardrail against the same gateway without it (the gateway's CPU; the mock answers the calls, at its speed):"
+  for c in $CONNS; do
+    for s in 0 1; do
+      e="gateway, echo, varied prompts"; h="gateway + webhook guardrail"; what=JSON
+      [ $s = 1 ] && e="gateway streaming, echo, varied prompts" && h="gateway + webhook guardrail streaming" && what=streaming
+      awk -v c="$c" -v w="$what" -v r="$(ratio "${BASE[hook$s$c]:-0}" "echo$s$c")" -v ce="${CPU[$e$c]:-0}" -v ch="${CPU[$h$c]:-0}" \
+        -v pe="${P50[$e$c]:-0}" -v ph="${P50[$h$c]:-0}" \
+        'BEGIN{printf "- %s connections, %s: %s req/s, CPU %+.1f µs/req, p50 %+.3f ms\n", c, w, r, ch-ce, (ph-pe)/1000}'
+    done
+  done
+} | tee -a "$OUT"
 {
   echo
   echo "The production profile against the plain gateway at the same connections (JSON, streaming):"

@@ -96,6 +96,9 @@ pub struct Metrics {
     /// `aigw_budget_used_ratio{budget,owner}`: spend over limit in the current period, as
     /// of the owner's last request.
     pub budget_used: GaugeVec,
+    /// `aigw_target_quota_used_ratio{target,kind}`: the share of a target's provider
+    /// quota (`requests`, `tokens` per minute) used, as of its last admission here.
+    pub target_quota_used: GaugeVec,
     /// `aigw_mcp_tool_calls_total{server,tool,outcome}`: MCP tool calls. `tool` is a name
     /// the server listed (at most 1,000 per server, none over 128 bytes) or `other`; an
     /// unknown or forbidden tool counts with empty server and tool (`unknown_tool`). So
@@ -282,6 +285,14 @@ impl Metrics {
                 &["budget", "owner"],
             )
             .expect("valid metric"),
+            target_quota_used: GaugeVec::new(
+                Opts::new(
+                    "aigw_target_quota_used_ratio",
+                    "Share of each target's provider quota used, as of its last admission",
+                ),
+                &["target", "kind"],
+            )
+            .expect("valid metric"),
             mcp_tool_calls: counter(
                 "aigw_mcp_tool_calls_total",
                 "MCP tool calls by server, tool and outcome",
@@ -334,6 +345,7 @@ impl Metrics {
             Box::new(m.route_targets.clone()),
             Box::new(m.route_targets_cooling.clone()),
             Box::new(m.budget_used.clone()),
+            Box::new(m.target_quota_used.clone()),
             Box::new(m.mcp_tool_calls.clone()),
             Box::new(m.mcp_tool_duration.clone()),
             Box::new(m.guardrail_service_calls.clone()),

@@ -429,6 +429,16 @@ pub struct Model {
     pub guardrails: Vec<String>,
     pub cache: Option<String>,
     pub pricing: Option<Pricing>,
+    /// What the provider grants this concrete model (a deployment's requests and tokens
+    /// per minute): routing keeps it under them.
+    pub quota: Option<Quota>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -471,6 +481,14 @@ pub enum Strategy {
     Failover,
     Weighted,
     RoundRobin,
+    /// The lowest recent time to first byte.
+    LeastLatency,
+    /// The fewest requests in flight on this instance.
+    LeastBusy,
+    /// The cheapest by `pricing`.
+    Cost,
+    /// The most quota headroom.
+    Usage,
 }
 
 #[derive(Debug, Deserialize)]
@@ -487,6 +505,14 @@ pub struct Routing {
     /// from the provider cools it at once.
     #[serde(default = "d_failures_before_cooldown")]
     pub failures_before_cooldown: u32,
+    /// `cost`: input tokens per output token in the traffic priced (a target's price is
+    /// `input_per_mtok * input_per_output + output_per_mtok`).
+    #[serde(default = "d_input_per_output")]
+    pub input_per_output: f64,
+}
+
+fn d_input_per_output() -> f64 {
+    3.0
 }
 /// A `retry_on` entry: an HTTP status, or an error class (`context_length_exceeded`,
 /// `content_filter`).

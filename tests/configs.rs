@@ -123,3 +123,28 @@ models:
         "sk-provider-secret",
     );
 }
+
+#[test]
+fn quotas_and_cost_routing_are_checked() {
+    common::assert_config_errors(
+        r#"version: 1
+provider_keys:
+  - {name: oa, provider: openai, api_key: "sk-provider-secret"}
+models:
+  - {name: a, provider_key: oa, quota: {rpm: 0}}
+  - {name: b, provider_key: oa, quota: {}}
+  - {name: c, provider_key: oa, pricing: {input_per_mtok: 1}}
+  - name: r
+    quota: {rpm: 5}
+    routing: {strategy: cost, input_per_output: -1, targets: [{model: a}, {model: c}]}
+"#,
+        &[
+            "models[0].quota: rpm and tpm must be at least 1",
+            "models[1].quota: needs rpm, tpm or both",
+            "models[3].quota: a quota is what a provider grants one concrete model: set it on the targets",
+            "models[3].routing.targets[0].model: strategy cost orders targets by pricing: 'a' has none",
+            "models[3].routing.input_per_output: must be zero or a positive number",
+        ],
+        "sk-provider-secret",
+    );
+}

@@ -69,6 +69,33 @@ models:
     routing: {strategy: round_robin, targets: [{model: ok-a}, {model: ok-b}, {model: ok-c}]}
   - name: weighted
     routing: {strategy: weighted, targets: [{model: ok-a, weight: 3}, {model: ok-b, weight: 1}]}
+  - {name: q-a, provider_key: mock, model: q-a, quota: {rpm: 2}}
+  - {name: q-b, provider_key: mock, model: q-b, quota: {rpm: 2}}
+  - name: quota
+    routing: {targets: [{model: q-a}, {model: q-b, priority: 1}]}
+  - {name: t-a, provider_key: mock, model: t-a, quota: {tpm: 20}}
+  - name: tokens-quota
+    routing: {targets: [{model: t-a}, {model: ok-b, priority: 1}]}
+  - {name: lat-a, provider_key: mock, model: "lat-a?delay_ms=40&slow_from_tokens=1000"}
+  - {name: lat-b, provider_key: mock, model: "lat-b?delay_ms=120&slow_from_tokens=3000"}
+  - name: fastest
+    routing: {strategy: least_latency, targets: [{model: lat-a}, {model: lat-b}]}
+  - {name: busy-a, provider_key: mock, model: "busy-a?delay_ms=400"}
+  - {name: busy-b, provider_key: mock, model: "busy-b?delay_ms=400"}
+  - name: least-busy
+    routing: {strategy: least_busy, targets: [{model: busy-a}, {model: busy-b}]}
+  - {name: cheap, provider_key: mock, model: cheap, pricing: {input_per_mtok: 0.1, output_per_mtok: 0.4}}
+  - {name: mid, provider_key: mock, model: mid, pricing: {input_per_mtok: 1, output_per_mtok: 2}}
+  - {name: pricey, provider_key: mock, model: pricey, pricing: {input_per_mtok: 5, output_per_mtok: 15}}
+  - {name: cheap-down, provider_key: mock, model: "cheapd?status=503", pricing: {input_per_mtok: 0.01, output_per_mtok: 0}}
+  - name: cheapest
+    routing: {strategy: cost, targets: [{model: pricey}, {model: mid}, {model: cheap}]}
+  - name: cheapest-down
+    routing: {strategy: cost, failures_before_cooldown: 100, targets: [{model: pricey}, {model: mid}, {model: cheap-down}]}
+  - {name: u-a, provider_key: mock, model: u-a, quota: {rpm: 6}}
+  - {name: u-b, provider_key: mock, model: u-b, quota: {rpm: 3}}
+  - name: headroom
+    routing: {strategy: usage, targets: [{model: u-a}, {model: u-b}]}
 api_keys:
   - {name: main, key: "{CALLER_KEY}"}
   - {name: other, key: sk-other-caller}
@@ -368,4 +395,173 @@ async fn a_429_with_retry_after_cools_only_after_failures_in_a_row() {
     // Two in a row (the threshold here) cool it, for the provider's 60 s.
     oversized(&gw, "token-bucket", 2).await;
     assert_eq!(other_callers_model(&gw, "token-bucket").await, "ok-b");
+}
+
+/// A target whose provider quota is used up is passed over before it is called: the
+/// caller sees no 429 while another has room, then a 429 with the wait for the soonest.
+#[tokio::test]
+async fn a_quota_spills_to_the_next_target_then_answers_429() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let mut served = Vec::new();
+    for _ in 0..4 {
+        let r = post(&gw, "/v1/chat/completions", &chat_body("quota")).await;
+        assert_eq!(r.status(), 200);
+        served.push(r.headers()["x-aigw-model"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(served, ["q-a", "q-a", "q-b", "q-b"]);
+    let r = post(&gw, "/v1/chat/completions", &chat_body("quota")).await;
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
+    let m = per_model(&mock);
+    assert_eq!(
+        (count(&m, "q-a"), count(&m, "q-b")),
+        (2, 2),
+        "the full targets were never called: {m:?}"
+    );
+    let used = metric(&gw, r#"aigw_target_quota_used_ratio{kind="requests",target="q-a"}"#).await;
+    assert_eq!(used, 1.0);
+
+    // Tokens: a target whose minute's tokens are spent (charged from the usage of its
+    // answer) is passed over too.
+    let first = post(&gw, "/v1/chat/completions", &chat_body("tokens-quota")).await;
+    assert_eq!(first.headers()["x-aigw-model"], "t-a");
+    let spilled = wait_until_async(|| async {
+        let r = post(&gw, "/v1/chat/completions", &chat_body("tokens-quota")).await;
+        r.headers()["x-aigw-model"] == "ok-b"
+    })
+    .await;
+    assert!(spilled, "t-a's tokens were charged and it was passed over");
+}
+
+/// Two instances on one Redis share each target's quota.
+#[tokio::test]
+async fn two_instances_share_a_quota_in_redis() {
+    let mock = Mock::start();
+    let redis = PrivateRedis::start_any();
+    let config = CONFIG.replace(
+        "  admin_listen: \"127.0.0.1:{ADMIN}\"\n",
+        &format!(
+            "  admin_listen: \"127.0.0.1:{{ADMIN}}\"\n  redis: {{url: \"{}\"}}\n",
+            redis.url()
+        ),
+    );
+    assert!(config.contains("redis:"));
+    let (one, two) = (Gateway::start(&config, &mock), Gateway::start(&config, &mock));
+    let mut served = Vec::new();
+    for gw in [&one, &one, &two, &two] {
+        let r = post(gw, "/v1/chat/completions", &chat_body("quota")).await;
+        assert_eq!(r.status(), 200);
+        served.push(r.headers()["x-aigw-model"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        served,
+        ["q-a", "q-a", "q-b", "q-b"],
+        "the second instance saw q-a's minute used"
+    );
+    assert_eq!(
+        post(&one, "/v1/chat/completions", &chat_body("quota")).await.status(),
+        429
+    );
+}
+
+/// `least_latency`: traffic leaves a target that got slow, and comes back to it when
+/// it is the faster again (its probes, one request in 20, measure it).
+#[tokio::test]
+async fn least_latency_moves_away_from_a_slow_target_and_back() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let ask = |max_tokens: u64| json!({"model": "fastest", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]});
+    let served = |n: usize, max_tokens: u64| {
+        let gw = &gw;
+        async move {
+            let mut to_a = 0;
+            for _ in 0..n {
+                let r = post(gw, "/v1/chat/completions", &ask(max_tokens)).await;
+                assert_eq!(r.status(), 200);
+                to_a += usize::from(r.headers()["x-aigw-model"] == "lat-a");
+            }
+            to_a
+        }
+    };
+    // At 2,000 tokens lat-a waits 40 ms before its first byte, lat-b answers at once.
+    let slow = served(60, 2000).await;
+    assert!(slow <= 12, "{slow} of 60 went to the slow target");
+    // At 4,000 lat-b waits 120 ms: its average climbs past lat-a's within a few
+    // answers, and the traffic goes back.
+    served(50, 4000).await;
+    let back = served(100, 4000).await;
+    assert!(back >= 80, "{back} of 100 went back to lat-a");
+}
+
+/// `least_busy`: each request goes where the fewest are in flight.
+#[tokio::test]
+async fn least_busy_spreads_requests_in_flight() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    // Each request is on its way upstream (400 ms there) before the next is routed.
+    let served: Vec<String> = futures_util::future::join_all((0..6u64).map(|i| {
+        let gw = &gw;
+        async move {
+            tokio::time::sleep(std::time::Duration::from_millis(40 * i)).await;
+            let r = post(gw, "/v1/chat/completions", &chat_body("least-busy")).await;
+            r.headers()["x-aigw-model"].to_str().unwrap().to_owned()
+        }
+    }))
+    .await;
+    let a = served.iter().filter(|m| *m == "busy-a").count();
+    assert_eq!(a, 3, "{served:?}");
+}
+
+/// `cost`: the cheapest target at the route's token mix, then the next cheapest.
+#[tokio::test]
+async fn cost_goes_to_the_cheapest_then_the_next() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    for _ in 0..5 {
+        let r = post(&gw, "/v1/chat/completions", &chat_body("cheapest")).await;
+        assert_eq!(r.headers()["x-aigw-model"], "cheap");
+    }
+    for _ in 0..3 {
+        let r = post(&gw, "/v1/chat/completions", &chat_body("cheapest-down")).await;
+        assert_eq!(r.headers()["x-aigw-model"], "mid");
+    }
+    let m = per_model(&mock);
+    assert_eq!(
+        (
+            count(&m, "cheap"),
+            count(&m, "cheapd?status=503"),
+            count(&m, "mid"),
+            count(&m, "pricey")
+        ),
+        (5, 3, 3, 0),
+        "{m:?}"
+    );
+}
+
+/// `usage`: the target with the most quota headroom, so both fill together, and the
+/// caller is refused only once both are full.
+#[tokio::test]
+async fn usage_fills_quotas_by_headroom() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let mut served = Vec::new();
+    for _ in 0..9 {
+        let r = post(&gw, "/v1/chat/completions", &chat_body("headroom")).await;
+        assert_eq!(r.status(), 200);
+        served.push(r.headers()["x-aigw-model"].to_str().unwrap().to_owned());
+    }
+    assert!(
+        served[..2].contains(&"u-a".to_owned()) && served[..2].contains(&"u-b".to_owned()),
+        "{served:?}"
+    );
+    let a = served.iter().filter(|m| *m == "u-a").count();
+    assert_eq!(a, 6, "{served:?}");
+    assert_eq!(
+        post(&gw, "/v1/chat/completions", &chat_body("headroom")).await.status(),
+        429
+    );
 }

@@ -35,6 +35,17 @@ pub enum Kind {
     Concurrency,
 }
 
+impl Kind {
+    /// Label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Requests => "requests",
+            Kind::Tokens => "tokens",
+            Kind::Concurrency => "concurrency",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Rule {
     pub kind: Kind,
@@ -386,6 +397,17 @@ pub struct Admitted {
 }
 
 impl Admitted {
+    /// What each rule had used of its limit when this request passed (this request
+    /// counted), by what it counts: 0 to 1. Empty when the store could not be asked.
+    pub fn used(&self) -> Vec<(Kind, f64)> {
+        let rules = self.bindings.iter().flat_map(|b| b.rules.iter());
+        rules
+            .zip(&self.verdicts)
+            .filter(|(_, v)| v.limit > 0)
+            .map(|(r, v)| (r.kind, 1.0 - v.remaining.min(v.limit) as f64 / v.limit as f64))
+            .collect()
+    }
+
     pub fn headers(&self) -> RateHeaders {
         let rules: Vec<&Rule> = self.bindings.iter().flat_map(|b| b.rules.iter()).collect();
         RateHeaders::tightest(&rules, &self.verdicts)

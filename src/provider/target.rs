@@ -107,4 +107,7 @@ pub struct Target {
     pub alias: String,
     pub provider: Arc<Provider>,
     pub upstream_model: String,
+    /// What the provider grants this model (`quota`), as limit rules shared by every
+    /// route that reaches it.
+    pub quota: Option<Arc<crate::limit::Binding>>,
 }

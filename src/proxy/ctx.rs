@@ -44,6 +44,10 @@ pub struct Ctx {
     pub plan: Option<Plan>,
     /// The rate limits this request passed; holds its concurrency slots until dropped.
     pub limits: Option<Admitted>,
+    /// The chosen target's provider quota, admitted (charged its tokens at the end).
+    pub quota: Option<Admitted>,
+    /// This request counted in flight on its current target (multi-target routes).
+    pub busy: Option<crate::route::load::Busy>,
     /// The concrete model this attempt goes to.
     pub target: Option<Target>,
     /// The replica of this attempt (for `least_busy`, counted busy while held).
@@ -120,6 +124,8 @@ impl Ctx {
             alias: None,
             plan: None,
             limits: None,
+            quota: None,
+            busy: None,
             target: None,
             pick: None,
             access_token: None,

@@ -65,7 +65,7 @@ impl ProxyHttp for Gateway {
     /// connection and the next one is tried.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
         let addr = loop {
-            if let Err(e) = request::begin_attempt(&self.state, ctx) {
+            if let Err(e) = request::begin_attempt(&self.state, ctx).await {
                 ctx.error = Some(e);
                 return Err(Error::explain(ErrorType::ConnectNoRoute, "no target to try"));
             }

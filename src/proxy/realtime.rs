@@ -92,7 +92,7 @@ pub async fn serve(
             g.name
         )));
     }
-    let candidates: Vec<Target> = Plan::new(model)
+    let candidates: Vec<Target> = Plan::new(model, &state.load)
         .candidates
         .into_iter()
         .filter(|t| provider::can_serve(Endpoint::Realtime, t))
@@ -118,6 +118,15 @@ pub async fn serve(
     let mut last = GwError::Internal;
     let mut opened = None;
     for target in candidates {
+        // A session counts as one request against its target's quota, and its
+        // responses' tokens as they are done; a target with no room is passed over.
+        let quota = match super::request::admit_quota(state, &target).await {
+            Ok(q) => q,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
         let Some(pick) = target.provider.upstream.select(&[0; 32]) else {
             last = GwError::NoHealthyTarget {
                 message: format!("The provider '{}' has no reachable address.", target.provider.name),
@@ -128,6 +137,7 @@ pub async fn serve(
         match connect(&target, pick.addr, offered_beta.as_ref(), &ctx.request_id, config).await {
             Ok(ws) => {
                 ctx.pick = Some(pick);
+                ctx.quota = quota;
                 opened = Some((target, ws));
                 break;
             }
@@ -154,6 +164,7 @@ pub async fn serve(
     let mut relay = Relay {
         state,
         ctx_limits: ctx.limits.as_ref(),
+        quota: ctx.quota.as_ref(),
         budget: ctx.budget.as_ref(),
         pricing,
         input_guards: guard::applicable(&caller.guardrails, &model.guardrails, false),
@@ -362,6 +373,8 @@ impl Ending {
 struct Relay<'a> {
     state: &'a Arc<AppState>,
     ctx_limits: Option<&'a crate::limit::Admitted>,
+    /// The target's provider quota, charged each response's tokens.
+    quota: Option<&'a crate::limit::Admitted>,
     budget: Option<&'a crate::budget::Admitted>,
     pricing: Option<Pricing>,
     input_guards: Vec<Arc<Guardrail>>,
@@ -723,6 +736,12 @@ impl Relay<'_> {
     async fn charge(&mut self, usage: &Value) {
         let u = Usage::from_json(usage);
         self.usage.get_or_insert_with(Usage::default).add(&u);
+        if let Some(q) = self.quota {
+            self.state
+                .limiter
+                .charge(q, u.input_tokens.saturating_add(u.output_tokens))
+                .await;
+        }
         if let Some(l) = self.ctx_limits {
             self.state
                 .limiter

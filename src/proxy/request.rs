@@ -4,7 +4,7 @@
 //! request is prepared.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
@@ -21,6 +21,7 @@ use crate::config::Snapshot;
 use crate::error::GwError;
 use crate::guard;
 use crate::guard::stream::StreamGuard;
+use crate::limit::Admitted;
 use crate::provider::Target;
 use crate::provider::{self, body};
 use crate::raw::{Balance, HashOn};
@@ -412,7 +413,7 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     if !caller.allows(&model.name) {
         return Err(GwError::ModelNotAllowed(model.name.clone()));
     }
-    let plan = Plan::new(model);
+    let plan = Plan::new(model, &state.load);
     let estimate_tokens =
         endpoint == Endpoint::CountTokens && !plan.candidates.iter().any(|t| provider::can_serve(endpoint, t));
     if !estimate_tokens && !plan.candidates.iter().any(|t| provider::can_serve(endpoint, t)) {
@@ -637,26 +638,53 @@ async fn files(
     }
 }
 
-/// Starts the next upstream attempt: picks the target (failover order, cooling targets
-/// skipped) and builds its upstream body.
-pub fn begin_attempt(state: &AppState, ctx: &mut Ctx) -> Result<(), GwError> {
+/// Starts the next upstream attempt: picks the target (in the route's order, cooling
+/// targets and targets with no room in their provider quota passed over) and builds its
+/// upstream body.
+pub async fn begin_attempt(state: &AppState, ctx: &mut Ctx) -> Result<(), GwError> {
     let endpoint = ctx.endpoint.ok_or(GwError::Internal)?;
     let usable = |t: &Target| provider::can_serve(endpoint, t);
-    let plan = ctx.plan.as_mut().ok_or(GwError::Internal)?;
-    let now = Instant::now();
-    let first = plan.attempts.is_empty();
-    let target = match plan.begin(&state.cooldowns, now, &usable) {
-        Ok(t) => t.clone(),
-        Err(soonest) if first => {
-            return Err(GwError::NoHealthyTarget {
-                message: format!(
-                    "Every target of '{}' is cooling down after failures.",
-                    ctx.alias.as_deref().unwrap_or("")
-                ),
-                retry_after: soonest.map(|t| t.saturating_duration_since(now).as_secs_f64().ceil() as u64),
-            })
+    let target = loop {
+        let plan = ctx.plan.as_mut().ok_or(GwError::Internal)?;
+        let now = Instant::now();
+        let first = plan.attempts.is_empty();
+        let begun = plan.begin(&state.cooldowns, now, &usable).cloned();
+        let target = match begun {
+            Ok(t) => t,
+            Err(soonest) if plan.quota_wait.is_some() => {
+                // Every target left is cooling or out of quota: the soonest has room then.
+                let cooling = soonest.map(|t| t.saturating_duration_since(now));
+                let wait = plan.quota_wait.into_iter().chain(cooling).min().unwrap_or_default();
+                return Err(quota_exhausted(ctx.alias.as_deref().unwrap_or(""), wait));
+            }
+            Err(soonest) if first => {
+                return Err(GwError::NoHealthyTarget {
+                    message: format!(
+                        "Every target of '{}' is cooling down after failures.",
+                        ctx.alias.as_deref().unwrap_or("")
+                    ),
+                    retry_after: soonest.map(|t| t.saturating_duration_since(now).as_secs_f64().ceil() as u64),
+                })
+            }
+            Err(_) => return Err(GwError::UpstreamError("No target is left to try.".into())),
+        };
+        let multi = plan.multi;
+        match admit_quota(state, &target).await {
+            Ok(quota) => {
+                ctx.quota = quota;
+                if multi {
+                    // The previous attempt's count ends as this one's begins.
+                    ctx.busy = Some(state.load.busy(&target.alias));
+                }
+                break target;
+            }
+            Err(GwError::RateLimited(r)) => {
+                if let Some(plan) = ctx.plan.as_mut() {
+                    plan.over_quota(Duration::from_secs(r.retry_after_s));
+                }
+            }
+            Err(e) => return Err(e),
         }
-        Err(_) => return Err(GwError::UpstreamError("No target is left to try.".into())),
     };
     if let Some(t) = ctx.trace.as_mut() {
         t.new_attempt();
@@ -676,6 +704,51 @@ pub fn begin_attempt(state: &AppState, ctx: &mut Ctx) -> Result<(), GwError> {
     ctx.upstream_status = None;
     ctx.target = Some(target);
     Ok(())
+}
+
+/// Admits one request against `target`'s provider quota: `Ok(None)` when it has none;
+/// the quota's 429 (with its wait) when this minute has no room. The share used goes to
+/// `aigw_target_quota_used_ratio` and to the `usage` strategy.
+pub async fn admit_quota(state: &AppState, target: &Target) -> Result<Option<Admitted>, GwError> {
+    let Some(q) = &target.quota else {
+        return Ok(None);
+    };
+    let gauge = |kind: &str, share: f64| {
+        state
+            .metrics
+            .target_quota_used
+            .with_label_values(&[target.alias.as_str(), kind])
+            .set(share);
+    };
+    match state.limiter.admit(&[q]).await {
+        Ok(admitted) => {
+            let used = admitted.as_ref().map(Admitted::used).unwrap_or_default();
+            for (kind, share) in &used {
+                gauge(kind.as_str(), *share);
+            }
+            let most = used.iter().map(|(_, s)| *s).fold(0.0, f64::max);
+            state.load.set_quota_used(&target.alias, most);
+            Ok(admitted)
+        }
+        Err(GwError::RateLimited(r)) => {
+            gauge(r.openai_type, 1.0);
+            state.load.set_quota_used(&target.alias, 1.0);
+            Err(GwError::RateLimited(r))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Every target left has used its provider quota (or is cooling): 429, as a provider
+/// would answer, with the wait until the soonest has room.
+fn quota_exhausted(alias: &str, wait: Duration) -> GwError {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    GwError::RateLimited(Box::new(crate::error::RateLimited {
+        message: format!("Every target of '{alias}' has used its provider quota for now. Retry after {secs} s."),
+        openai_type: "requests",
+        retry_after_s: secs,
+        headers: Vec::new(),
+    }))
 }
 
 /// The access token of the chosen target's provider, when it needs one (Vertex AI):
@@ -724,6 +797,10 @@ pub fn attempt_failed(state: &AppState, ctx: &mut Ctx, failure: Failure, addr: O
     let (Some(endpoint), Some(plan)) = (ctx.endpoint, ctx.plan.as_mut()) else {
         return Next::Stop;
     };
+    if let (true, Failure::Timeout, Some(a)) = (plan.multi, failure, plan.attempts.last()) {
+        // A target too slow to answer at all is as slow as its timeout, for `least_latency`.
+        state.load.observe(&a.target, a.started.elapsed());
+    }
     plan.failed(
         failure,
         replica_left,

@@ -55,7 +55,12 @@ pub fn on_upstream_header(state: &AppState, resp: &ResponseHeader, ctx: &mut Ctx
         }
     } else {
         if let Some(plan) = ctx.plan.as_mut() {
-            plan.answered(status, &state.cooldowns, Instant::now());
+            let now = Instant::now();
+            plan.answered(status, &state.cooldowns, now);
+            if let (true, Some(a)) = (plan.multi, plan.attempts.last()) {
+                // `least_latency`'s measure: the time to the provider's status line.
+                state.load.observe(&a.target, now.saturating_duration_since(a.started));
+            }
         }
         return Ok(());
     };
@@ -358,6 +363,10 @@ pub async fn settle(state: &AppState, session: &Session, ctx: &mut Ctx) {
     };
     if let Some(limits) = ctx.limits.as_mut() {
         state.limiter.finish(limits, tokens).await;
+    }
+    if let Some(quota) = ctx.quota.as_mut() {
+        // The answering target's quota: the tokens its provider counted.
+        state.limiter.finish(quota, tokens).await;
     }
     if let (true, Some(b), Some(usd)) = (succeeded, &ctx.budget, ctx.cost_usd()) {
         state.budgets.charge(b, usd).await;

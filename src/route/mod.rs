@@ -1,32 +1,78 @@
 //! Routing: alias -> model, and the order in which a model's targets are tried.
 
 pub mod cooldown;
+pub mod load;
 mod model;
 pub mod plan;
 
 use std::sync::atomic::Ordering;
 
 pub use cooldown::Cooldowns;
+pub use load::Load;
 pub use model::{Model, ModelRoute, RouteTarget, Routing};
 
 use crate::provider::Target;
 use crate::raw::Strategy;
 
+/// One `least_latency` request in this many tries the first priority group in a random
+/// order, so a target that got slow is measured again and wins its traffic back.
+pub const PROBE_EVERY: u64 = 20;
+
 /// The targets of a model in the order they should be tried, computed once per request.
-pub fn candidates(route: &ModelRoute) -> Vec<&Target> {
+pub fn candidates<'a>(route: &'a ModelRoute, load: &Load) -> Vec<&'a Target> {
     match route {
         ModelRoute::Single(t) => vec![t],
-        ModelRoute::Multi(r) => order(r, fastrand::u64(..))
+        ModelRoute::Multi(r) => order(r, fastrand::u64(..), load)
             .into_iter()
             .map(|i| &r.targets[i].target)
             .collect(),
     }
 }
 
-/// Indices into `r.targets`. `roll` is a random number (injected for tests).
-fn order(r: &Routing, roll: u64) -> Vec<usize> {
+/// Indices into `r.targets`. `roll` is a random number (injected for tests). Every
+/// strategy keeps priority groups: a lower `priority` first, whatever the measure.
+fn order(r: &Routing, roll: u64, load: &Load) -> Vec<usize> {
     let n = r.targets.len();
     let mut idx: Vec<usize> = (0..n).collect();
+    // A tie-break that spreads equal targets over requests.
+    let spread = |i: usize| (i as u64).wrapping_add(roll) % n.max(1) as u64;
+    // Within each priority group, by a measure of the target at an index (lower
+    // first), then `spread`.
+    let mut by = |measure: &dyn Fn(usize) -> f64| {
+        idx.sort_by(|&a, &b| {
+            r.targets[a]
+                .priority
+                .cmp(&r.targets[b].priority)
+                .then(measure(a).total_cmp(&measure(b)))
+                .then(spread(a).cmp(&spread(b)))
+        });
+    };
+    let alias = |i: usize| r.targets[i].target.alias.as_str();
+    match r.strategy {
+        Strategy::LeastLatency => {
+            // Its time to first byte, times its requests in flight plus one (a burst
+            // does not all herd onto the target that was fastest a moment ago). A
+            // target never measured goes first: it is measured.
+            by(&|i| {
+                let latency = load.latency(alias(i)).map_or(0.0, |d| d.as_secs_f64());
+                latency * (load.in_flight(alias(i)) + 1) as f64
+            });
+            let group = idx
+                .iter()
+                .take_while(|&&i| r.targets[i].priority == r.targets[idx[0]].priority)
+                .count();
+            if roll % PROBE_EVERY == 0 && group > 1 {
+                // A probe: another target of the fastest group first, so one that got
+                // slow is measured again and wins its traffic back when it recovers.
+                let other = 1 + (roll / PROBE_EVERY) as usize % (group - 1);
+                idx.swap(0, other);
+            }
+        }
+        Strategy::LeastBusy => by(&|i| load.in_flight(alias(i)) as f64),
+        Strategy::Cost => by(&|i| r.targets[i].price.unwrap_or(f64::INFINITY)),
+        Strategy::Usage => by(&|i| load.quota_used(alias(i))),
+        _ => {}
+    }
     match r.strategy {
         // Lower priority first; among equals, heavier weight first, then config order.
         Strategy::Failover => idx.sort_by_key(|&i| (r.targets[i].priority, std::cmp::Reverse(r.targets[i].weight), i)),
@@ -34,6 +80,7 @@ fn order(r: &Routing, roll: u64) -> Vec<usize> {
             let start = r.rr_next.fetch_add(1, Ordering::Relaxed) % n.max(1);
             idx.rotate_left(start);
         }
+        Strategy::LeastLatency | Strategy::LeastBusy | Strategy::Cost | Strategy::Usage => {}
         Strategy::Weighted => {
             // Weighted draw without replacement: each position picks among the rest by weight.
             let mut rest = idx;
@@ -68,6 +115,7 @@ mod tests {
     use super::*;
     use crate::config::{compile::compile, parse, CompileCtx, Snapshot};
     use crate::upstream::UpstreamRegistry;
+    use std::time::Duration;
 
     fn snap(strategy: &str) -> Snapshot {
         let text = format!(
@@ -75,9 +123,9 @@ mod tests {
 version: 1
 provider_keys: [{{name: p, provider: openai_compatible, base_url: "http://127.0.0.1:9"}}]
 models:
-  - {{name: a, provider_key: p}}
-  - {{name: b, provider_key: p}}
-  - {{name: c, provider_key: p}}
+  - {{name: a, provider_key: p, pricing: {{input_per_mtok: 0.1, output_per_mtok: 0.1}}}}
+  - {{name: b, provider_key: p, pricing: {{input_per_mtok: 1, output_per_mtok: 4}}}}
+  - {{name: c, provider_key: p, pricing: {{input_per_mtok: 2, output_per_mtok: 1}}}}
   - name: multi
     routing:
       strategy: {strategy}
@@ -108,7 +156,7 @@ models:
     #[test]
     fn failover_orders_by_priority_then_weight() {
         let s = snap("failover");
-        let names: Vec<_> = candidates(&s.models["multi"].route)
+        let names: Vec<_> = candidates(&s.models["multi"].route, &Load::default())
             .iter()
             .map(|t| t.alias.as_str())
             .collect();
@@ -118,7 +166,7 @@ models:
     #[test]
     fn round_robin_rotates() {
         let s = snap("round_robin");
-        let firsts: Vec<_> = (0..6).map(|_| order(routing(&s), 0)[0]).collect();
+        let firsts: Vec<_> = (0..6).map(|_| order(routing(&s), 0, &Load::default())[0]).collect();
         assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
     }
 
@@ -127,12 +175,69 @@ models:
         let s = snap("weighted");
         let r = routing(&s);
         // weights 1,1,3 (total 5): rolls 0..5 pick a, b, c, c, c.
-        let firsts: Vec<_> = (0..5).map(|roll| order(r, roll)[0]).collect();
+        let firsts: Vec<_> = (0..5).map(|roll| order(r, roll, &Load::default())[0]).collect();
         assert_eq!(firsts, [0, 1, 2, 2, 2]);
         for roll in 0..50 {
-            let mut o = order(r, roll);
+            let mut o = order(r, roll, &Load::default());
             o.sort();
             assert_eq!(o, [0, 1, 2], "every target appears once");
         }
+    }
+
+    fn names(s: &Snapshot, roll: u64, load: &Load) -> Vec<String> {
+        let r = routing(s);
+        order(r, roll, load)
+            .into_iter()
+            .map(|i| r.targets[i].target.alias.clone())
+            .collect()
+    }
+
+    /// Every measure orders within a priority group: `a` (priority 1) is last whatever
+    /// it measures.
+    #[test]
+    fn measures_order_within_priority_groups() {
+        // Priced at 3 input tokens per output token: b = 1 * 3 + 4, c = 2 * 3 + 1; a is
+        // the cheapest, but of the later group.
+        let s = snap("cost");
+        let prices: Vec<f64> = routing(&s).targets.iter().map(|t| t.price.unwrap()).collect();
+        assert_eq!(prices, [0.4, 7.0, 7.0]);
+        for roll in 1..5 {
+            assert_eq!(names(&s, roll, &Load::default())[2], "a");
+        }
+
+        let s = snap("least_latency");
+        let load = Load::default();
+        load.observe("b", Duration::from_millis(80));
+        load.observe("c", Duration::from_millis(5));
+        load.observe("a", Duration::from_millis(1));
+        // Not a probe (roll % 20 != 0): fastest of the first group first.
+        assert_eq!(names(&s, 1, &load), ["c", "b", "a"]);
+        // A probe: the other target of the group first.
+        assert_eq!(names(&s, 20, &load), ["b", "c", "a"]);
+        // b recovers: after fast answers (here all at once, each weighing 10%) it is
+        // first again.
+        for _ in 0..40 {
+            load.observe("b", Duration::from_millis(1));
+        }
+        assert_eq!(names(&s, 1, &load), ["b", "c", "a"]);
+        // A target never measured is tried first.
+        let fresh = Load::default();
+        fresh.observe("b", Duration::from_millis(3));
+        assert_eq!(names(&s, 1, &fresh)[0], "c");
+
+        let s = snap("least_busy");
+        let load = Load::default();
+        let busy = [load.busy("c"), load.busy("c"), load.busy("b")];
+        assert_eq!(names(&s, 1, &load), ["b", "c", "a"]);
+        drop(busy);
+        // Equal: spread over requests.
+        let firsts: std::collections::HashSet<String> = (0..4).map(|roll| names(&s, roll, &load)[0].clone()).collect();
+        assert_eq!(firsts.len(), 2, "{firsts:?}");
+
+        let s = snap("usage");
+        let load = Load::default();
+        load.set_quota_used("b", 0.9);
+        load.set_quota_used("c", 0.2);
+        assert_eq!(names(&s, 1, &load), ["c", "b", "a"]);
     }
 }

@@ -14,6 +14,8 @@ pub struct RouteTarget {
     pub target: Target,
     pub priority: u32,
     pub weight: u32,
+    /// `cost`: USD per million tokens of the route's mix (its `input_per_output`).
+    pub price: Option<f64>,
 }
 
 #[derive(Debug)]

@@ -114,12 +114,17 @@ pub struct Plan {
     /// Targets tried, for `max_attempts`; a retry on another replica of the same target
     /// does not count.
     targets_tried: usize,
+    /// The current attempt counted in `targets_tried`.
+    counted: bool,
+    /// Targets skipped because their provider quota was used up: the soonest wait
+    /// for room.
+    pub quota_wait: Option<Duration>,
     pub attempts: Vec<Attempt>,
 }
 
 impl Plan {
-    pub fn new(model: &Model) -> Self {
-        let candidates: Vec<Target> = super::candidates(&model.route).into_iter().cloned().collect();
+    pub fn new(model: &Model, load: &super::Load) -> Self {
+        let candidates: Vec<Target> = super::candidates(&model.route, load).into_iter().cloned().collect();
         match &model.route {
             ModelRoute::Single(_) => Self::with(candidates, false, Vec::new(), 1, Duration::ZERO, 1),
             ModelRoute::Multi(r) => {
@@ -158,6 +163,8 @@ impl Plan {
             current: None,
             retry_same: false,
             targets_tried: 0,
+            counted: false,
+            quota_wait: None,
             attempts: Vec::new(),
         }
     }
@@ -196,10 +203,14 @@ impl Plan {
         usable: &dyn Fn(&Target) -> bool,
     ) -> Result<&Target, Option<Instant>> {
         let i = match (self.retry_same, self.current) {
-            (true, Some(i)) => i,
+            (true, Some(i)) => {
+                self.counted = false;
+                i
+            }
             _ => {
                 let i = self.find(self.next, cooldowns, now, usable)?;
                 self.targets_tried += 1;
+                self.counted = true;
                 i
             }
         };
@@ -214,6 +225,19 @@ impl Plan {
             outcome: Outcome::Pending,
         });
         Ok(&self.candidates[i])
+    }
+
+    /// The current target's provider quota has no room (`wait`: until it has): the
+    /// target is passed over before it is called, as a cooling one is, and the attempt
+    /// neither counts towards `max_attempts` nor towards its cooldown.
+    pub fn over_quota(&mut self, wait: Duration) {
+        self.attempts.pop();
+        if self.counted {
+            self.targets_tried = self.targets_tried.saturating_sub(1);
+        }
+        self.current = None;
+        self.retry_same = false;
+        self.quota_wait = Some(self.quota_wait.map_or(wait, |w| w.min(wait)));
     }
 
     /// Whether an error status is worth reading the body of before deciding: on a

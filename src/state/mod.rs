@@ -36,6 +36,8 @@ pub struct AppState {
     pub store: Option<Mutex<(Resources, i64)>>,
     pub upstreams: UpstreamRegistry,
     pub cooldowns: Cooldowns,
+    /// What each routed target's latency, requests in flight and quota look like here.
+    pub load: crate::route::Load,
     pub limit_cells: Cells,
     pub limiter: Limiter,
     /// Response cache stores by policy name.
@@ -137,6 +139,7 @@ impl AppState {
             store,
             upstreams,
             cooldowns: Cooldowns::default(),
+            load: Default::default(),
             limit_cells,
             limiter: Limiter::new(limit_store, metrics.clone()),
             caches: Caches::new(redis.clone()),

@@ -28,12 +28,14 @@ pub(super) fn compile_models(
                     if upstream_model.is_empty() {
                         errs.push(format!("{path}.model"), "must not be empty");
                     }
+                    let quota = m.quota.and_then(|q| compile_quota(&path, &m.name, q, refs, errs));
                     targets.insert(
                         &m.name,
                         Target {
                             alias: m.name.clone(),
                             provider: p.clone(),
                             upstream_model,
+                            quota,
                         },
                     );
                 } else {
@@ -41,6 +43,12 @@ pub(super) fn compile_models(
                 }
             }
             (None, Some(_)) => {
+                if m.quota.is_some() {
+                    errs.push(
+                        format!("{path}.quota"),
+                        "a quota is what a provider grants one concrete model: set it on the targets",
+                    );
+                }
                 if m.model.is_some() {
                     errs.push(
                         format!("{path}.model"),
@@ -87,7 +95,7 @@ pub(super) fn compile_models(
             }
         }
         let route = if let Some(r) = &m.routing {
-            compile_routing(&path, r, &targets, refs, errs).map(ModelRoute::Multi)
+            compile_routing(&path, r, &targets, list, refs, errs).map(ModelRoute::Multi)
         } else {
             targets.get(m.name.as_str()).cloned().map(ModelRoute::Single)
         };
@@ -111,10 +119,41 @@ pub(super) fn compile_models(
     (models, model_order)
 }
 
+/// A concrete model's `quota`: its provider's requests and tokens per minute, bound as
+/// limit rules of their own (`quota:<name>`), kept in Redis when the limits are.
+fn compile_quota(
+    path: &str,
+    name: &str,
+    q: raw::Quota,
+    refs: &Refs<'_, '_>,
+    errs: &mut Errors,
+) -> Option<Arc<crate::limit::Binding>> {
+    if q.rpm.is_none() && q.tpm.is_none() {
+        errs.push(format!("{path}.quota"), "needs rpm, tpm or both");
+        return None;
+    }
+    if q.rpm == Some(0) || q.tpm == Some(0) {
+        errs.push(format!("{path}.quota"), "rpm and tpm must be at least 1");
+        return None;
+    }
+    let policy = raw::RateLimit {
+        name: format!("quota:{name}"),
+        requests_per_second: None,
+        requests_per_minute: q.rpm,
+        requests_per_hour: None,
+        requests_per_day: None,
+        tokens_per_minute: q.tpm,
+        tokens_per_day: None,
+        concurrency: None,
+    };
+    Some(refs.ctx.limits.bind(&policy, &format!("target={name}")))
+}
+
 fn compile_routing(
     path: &str,
     r: &raw::Routing,
     targets: &HashMap<&str, Target>,
+    list: &[raw::Model],
     refs: &Refs<'_, '_>,
     errs: &mut Errors,
 ) -> Option<Routing> {
@@ -133,11 +172,22 @@ fn compile_routing(
             errs.push(format!("{tp}.weight"), "must be at least 1");
         }
         match targets.get(t.model.as_str()) {
-            Some(target) => out.push(RouteTarget {
-                target: target.clone(),
-                priority: t.priority,
-                weight: t.weight,
-            }),
+            Some(target) => {
+                let pricing = list.iter().find(|m| m.name == t.model).and_then(|m| m.pricing);
+                let price = pricing.map(|p| p.input_per_mtok * r.input_per_output + p.output_per_mtok);
+                if r.strategy == raw::Strategy::Cost && price.is_none() {
+                    errs.push(
+                        format!("{tp}.model"),
+                        format!("strategy cost orders targets by pricing: '{}' has none", t.model),
+                    );
+                }
+                out.push(RouteTarget {
+                    target: target.clone(),
+                    priority: t.priority,
+                    weight: t.weight,
+                    price,
+                })
+            }
             None if refs
                 .known
                 .get(&Kind::Models)
@@ -180,6 +230,12 @@ fn compile_routing(
     }
     if r.max_attempts == Some(0) {
         errs.push(format!("{path}.routing.max_attempts"), "must be at least 1");
+    }
+    if !(r.input_per_output >= 0.0 && r.input_per_output.is_finite()) {
+        errs.push(
+            format!("{path}.routing.input_per_output"),
+            "must be zero or a positive number",
+        );
     }
     if r.failures_before_cooldown == 0 {
         errs.push(format!("{path}.routing.failures_before_cooldown"), "must be at least 1");

@@ -112,7 +112,24 @@ pub fn sse(data: &[u8]) {
         }
         out.extend_from_slice(&s.finish());
         if passthrough {
-            assert_eq!(out, body, "mode {m}: a passthrough changed the stream");
+            // A passthrough changes nothing but line ends (CRLF and a lone CR become LF)
+            // and a byte-order mark at the start (dropped), as the SSE spec reads them.
+            let text = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+            let mut expected = Vec::with_capacity(text.len());
+            let mut i = 0;
+            while i < text.len() {
+                match text[i] {
+                    b'\r' => {
+                        expected.push(b'\n');
+                        if text.get(i + 1) == Some(&b'\n') {
+                            i += 1;
+                        }
+                    }
+                    b => expected.push(b),
+                }
+                i += 1;
+            }
+            assert_eq!(out, expected, "mode {m}: a passthrough changed the stream");
         }
         if translated {
             assert!(!out.is_empty(), "mode {m}: a translated stream ends with something");

@@ -53,12 +53,13 @@ models:
   - {name: rt-hook-out, provider_key: oa, model: "gpt-realtime?say=the+birds+fly+south+in+winter", guardrails: [hook-out]}
   - {name: rt-hook-out-says, provider_key: oa, model: "gpt-realtime?say=a+forbid|den+plan", guardrails: [hook-out]}
   - {name: rt-hook-out-mask, provider_key: oa, model: gpt-realtime, guardrails: [hook-out-mask]}
+  - {name: rt-bad, provider_key: oa, model: "gpt-realtime?say=the+falcon+flies&bad_json", guardrails: [no-falcon]}
   # Drops after the answer's three deltas, before its `.done`.
   - {name: rt-hook-watch, provider_key: oa, model: "gpt-realtime?say=a+forbidden+plan&drop_after=5", guardrails: [hook-watch]}
 api_keys:
   - {name: main, key: "{CALLER_KEY}", owner: team-a, budget: rt-budget,
      models: [rt, rt-says, rt-drop, rt-az, claude, rt-hook, rt-hook-block, rt-hook-out, rt-hook-out-says,
-              rt-hook-out-mask, rt-hook-watch]}
+              rt-hook-out-mask, rt-hook-watch, rt-bad]}
   - {name: conc, key: sk-conc, owner: team-c, rate_limit: one-at-once}
 "#;
 
@@ -477,6 +478,22 @@ async fn a_provider_that_drops_gives_the_caller_an_error_event_and_a_close() {
     let e = event(&mut ws).await;
     assert_eq!(e["error"]["code"], "upstream_error", "{e}");
     assert_eq!(event(&mut ws).await["close"], 1011);
+}
+
+/// A provider message no guardrail can read (serde_json refuses a lone surrogate, which
+/// a lenient client parses) ends the session under a guardrail that must see the text:
+/// the caller never gets it.
+#[tokio::test]
+async fn a_message_the_guardrails_cannot_read_ends_the_session() {
+    let mock = Mock::start();
+    let gw = start(&mock);
+    let mut ws = session(&gw, "rt-bad").await;
+    ask(&mut ws).await;
+    let events = response(&mut ws).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["error"]["code"], "content_filter", "{events:?}");
+    assert!(events.iter().all(|e| e.get("delta").is_none()), "{events:?}");
+    assert_eq!(event(&mut ws).await["close"], 1008);
 }
 
 /// A monitoring service holds nothing back, so a session can end before its window is

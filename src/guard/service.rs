@@ -395,6 +395,10 @@ pub struct TextWindow {
     masks: bool,
     window: usize,
     texts: Vec<Slot>,
+    /// Each slot by its key.
+    index: HashMap<String, usize>,
+    /// Slots with new text.
+    open: usize,
     /// Under a masking service: each piece since the last verdict, in the order pushed,
     /// as (its string's slot, its length in bytes).
     pieces: Vec<(usize, usize)>,
@@ -446,6 +450,8 @@ impl TextWindow {
             guards: services,
             window: window.max(1),
             texts: Vec::new(),
+            index: HashMap::new(),
+            open: 0,
             pieces: Vec::new(),
             wholes: Vec::new(),
             chars: 0,
@@ -476,13 +482,16 @@ impl TextWindow {
         if piece.is_empty() {
             return;
         }
-        let at = match self.texts.iter().position(|s| s.key == key) {
-            Some(i) => i,
+        let at = match self.index.get(key) {
+            Some(&i) => i,
             None => self.slot_for(key),
         };
         self.pushes += 1;
         let slot = &mut self.texts[at];
         slot.text.push_str(piece);
+        if !slot.new {
+            self.open += 1;
+        }
         slot.new = true;
         slot.seen = self.pushes;
         self.chars += piece.chars().count();
@@ -506,13 +515,12 @@ impl TextWindow {
     /// [`MAX_KEYS`] open strings. When they cannot, the window is judged first, so a new
     /// string never shares a slot with another.
     pub fn room(&self, keys: &[&str]) -> bool {
-        let open = self.texts.iter().filter(|s| s.new).count();
-        let fresh = keys
+        let fresh: std::collections::HashSet<&str> = keys
             .iter()
-            .enumerate()
-            .filter(|(i, k)| !keys[..*i].contains(k) && !self.texts.iter().any(|s| s.new && s.key == **k))
-            .count();
-        open + fresh <= MAX_KEYS
+            .copied()
+            .filter(|k| !self.index.get(*k).is_some_and(|&i| self.texts[i].new))
+            .collect();
+        self.open + fresh.len() <= MAX_KEYS
     }
 
     /// A slot for a new key: a new one, or past [`MAX_SLOTS`] the one whose string was
@@ -533,10 +541,13 @@ impl TextWindow {
             if let Some(i) = oldest {
                 let old = std::mem::replace(&mut self.texts[i], fresh);
                 self.bytes = self.bytes.saturating_sub(old.text.len());
+                self.index.remove(&old.key);
+                self.index.insert(key.to_owned(), i);
                 return i;
             }
         }
         self.texts.push(fresh);
+        self.index.insert(key.to_owned(), self.texts.len() - 1);
         self.texts.len() - 1
     }
 
@@ -549,7 +560,7 @@ impl TextWindow {
     /// (monitors: 256 KiB kept).
     pub fn full(&self) -> bool {
         if self.holds {
-            self.chars >= self.window || self.texts.iter().filter(|s| s.new).count() >= MAX_KEYS
+            self.chars >= self.window || self.open >= MAX_KEYS
         } else {
             self.bytes >= MONITOR_KEEP
         }
@@ -585,6 +596,7 @@ impl TextWindow {
             slot.new = false;
         }
         self.chars = 0;
+        self.open = 0;
         let streamed = texts.len();
         texts.extend(wholes);
         let originals = self.masks.then(|| texts.clone());
@@ -600,11 +612,15 @@ impl TextWindow {
         };
         // One budget for the window's diffs, however many strings it holds.
         let deadline = std::time::Instant::now() + DIFF_TIME;
+        let mut by_slot: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (p, &(slot, _)) in pieces.iter().enumerate() {
+            by_slot.entry(slot).or_default().push(p);
+        }
         for (k, &(slot, tail)) in judged.iter().enumerate() {
             if !changed[k] {
                 continue;
             }
-            let mine: Vec<usize> = (0..pieces.len()).filter(|&p| pieces[p].0 == slot).collect();
+            let mine = by_slot.remove(&slot).unwrap_or_default();
             let mut bounds = Vec::with_capacity(mine.len() + 1);
             bounds.push(tail);
             for &p in &mine {
@@ -729,6 +745,15 @@ impl StreamWindows {
                 }
             }
             let keys: Vec<&str> = pieces.iter().filter_map(|(k, _)| k.as_deref()).collect();
+            if keys.len() > MAX_SLOTS && keys.iter().collect::<std::collections::HashSet<_>>().len() > MAX_SLOTS {
+                // More streamed strings in one event than a stream keeps apart: a
+                // guardrail that holds text refuses it; monitors read them whole.
+                if let Some(g) = self.window.holding() {
+                    return Err(Stop::Blocked(g.name.clone()));
+                }
+                pieces.iter_mut().for_each(|(k, _)| *k = None);
+            }
+            let keys: Vec<&str> = pieces.iter().filter_map(|(k, _)| k.as_deref()).collect();
             if !self.window.room(&keys) {
                 self.flush(&mut out, about, hits).await?;
             }
@@ -812,7 +837,7 @@ fn rewrite(events: &[u8], m: &Masked) -> Bytes {
             }
         });
         if changed {
-            crate::stream::write_event(&mut out, event_name(event).as_deref(), &v);
+            write_data(&mut out, event, &v);
         } else {
             out.extend_from_slice(event);
         }
@@ -820,12 +845,24 @@ fn rewrite(events: &[u8], m: &Masked) -> Bytes {
     Bytes::from(out)
 }
 
-/// The `event:` line's name of an SSE event, if it has one.
-fn event_name(event: &[u8]) -> Option<String> {
-    event
-        .split(|&b| b == b'\n')
-        .find_map(|l| l.strip_prefix(b"event:"))
-        .map(|n| String::from_utf8_lossy(n.trim_ascii()).into_owned())
+/// `event` with its data replaced by `v`: one `data:` line where its first was, every
+/// other line (`event:`, `id:`, `retry:`, comments) kept in its place.
+fn write_data(out: &mut Vec<u8>, event: &[u8], v: &Value) {
+    let mut written = false;
+    for line in event.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        if line.starts_with(b"data:") {
+            if !std::mem::replace(&mut written, true) {
+                out.extend_from_slice(b"data: ");
+                // Serializing a Value cannot fail.
+                let _ = serde_json::to_writer(&mut *out, v);
+                out.push(b'\n');
+            }
+            continue;
+        }
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.push(b'\n');
 }
 
 /// Calls `f` on every non-empty string of one event the caller reads: the streamed
@@ -860,7 +897,12 @@ fn event_pieces(v: &mut Value, f: &mut dyn FnMut(Option<&str>, &mut String)) {
             let kind = v.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
             let at = ["index", "output_index", "content_index", "summary_index"]
                 .map(|k| v.get(k).and_then(Value::as_u64).unwrap_or(0));
-            let key = format!("{kind}:{}:{}:{}:{}", at[0], at[1], at[2], at[3]);
+            // An Anthropic block's text may start in its `content_block_start`: the start
+            // and the deltas are one block's.
+            let key = match kind.as_str() {
+                "content_block_start" | "content_block_delta" => format!("block:{}", at[0]),
+                _ => format!("{kind}:{}:{}:{}:{}", at[0], at[1], at[2], at[3]),
+            };
             let fields = streamed_fields(v, "event");
             if let Some(output) = v
                 .get_mut("response")
@@ -877,30 +919,40 @@ fn event_pieces(v: &mut Value, f: &mut dyn FnMut(Option<&str>, &mut String)) {
     }
 }
 
-/// The JSON pointers (and a label for each) of the strings of a part that continue in
-/// the part's next events: a chat choice's content, reasoning, refusal, transcript and
-/// each tool call's arguments (by the call's `index`); a legacy completion's text; a
-/// Gemini candidate's text parts (by place); an Anthropic content block's text, thinking
-/// or tool input JSON; a Responses delta.
+/// The JSON pointers (and a label for each: pieces with one label join) of the strings
+/// of a part that continue in the part's next events: a chat choice's content (a string,
+/// or a list of text parts), reasoning, refusal, transcript, each tool call's arguments
+/// (by the call's `index`) and a legacy `function_call`'s; a legacy completion's text; a
+/// Gemini candidate's text parts (its answer and its thoughts, each joined whatever the
+/// parts' places, as the caller's SDK joins them); an Anthropic block's text or thinking
+/// (from its start event on) or tool input JSON; a Responses delta.
 fn streamed_fields(part: &Value, family: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
-    let mut fixed = |paths: &[&str]| {
-        for p in paths {
-            if part.pointer(p).is_some_and(Value::is_string) {
-                out.push(((*p).to_owned(), (*p).to_owned()));
+    let mut fixed = |fields: &[(&str, &str)]| {
+        for (pointer, label) in fields {
+            if part.pointer(pointer).is_some_and(Value::is_string) {
+                out.push(((*pointer).to_owned(), (*label).to_owned()));
             }
         }
     };
     match family {
         "choices" => {
             fixed(&[
-                "/delta/content",
-                "/delta/reasoning_content",
-                "/delta/reasoning",
-                "/delta/refusal",
-                "/delta/audio/transcript",
-                "/text",
+                ("/delta/content", "content"),
+                ("/delta/reasoning_content", "reasoning_content"),
+                ("/delta/reasoning", "reasoning"),
+                ("/delta/refusal", "refusal"),
+                ("/delta/audio/transcript", "transcript"),
+                ("/delta/function_call/arguments", "function_call"),
+                ("/text", "text"),
             ]);
+            if let Some(items) = part.pointer("/delta/content").and_then(Value::as_array) {
+                for (k, item) in items.iter().enumerate() {
+                    if item.get("text").is_some_and(Value::is_string) {
+                        out.push((format!("/delta/content/{k}/text"), "content".to_owned()));
+                    }
+                }
+            }
             if let Some(calls) = part.pointer("/delta/tool_calls").and_then(Value::as_array) {
                 for (k, call) in calls.iter().enumerate() {
                     let index = call.get("index").and_then(Value::as_u64).unwrap_or(k as u64);
@@ -916,14 +968,22 @@ fn streamed_fields(part: &Value, family: &str) -> Vec<(String, String)> {
                 for (i, p) in parts.iter().enumerate() {
                     if p.get("text").is_some_and(Value::is_string) {
                         let thought = p.get("thought").and_then(Value::as_bool).unwrap_or(false);
-                        out.push((format!("/content/parts/{i}/text"), format!("part:{i}:{thought}")));
+                        let label = if thought { "thought" } else { "text" };
+                        out.push((format!("/content/parts/{i}/text"), label.to_owned()));
                     }
                 }
             }
         }
         _ => match part.get("type").and_then(Value::as_str) {
-            Some("content_block_delta") => fixed(&["/delta/text", "/delta/partial_json", "/delta/thinking"]),
-            Some(t) if t.ends_with(".delta") => fixed(&["/delta"]),
+            Some("content_block_delta") => fixed(&[
+                ("/delta/text", "text"),
+                ("/delta/thinking", "thinking"),
+                ("/delta/partial_json", "partial_json"),
+            ]),
+            Some("content_block_start") => {
+                fixed(&[("/content_block/text", "text"), ("/content_block/thinking", "thinking")])
+            }
+            Some(t) if t.ends_with(".delta") => fixed(&[("/delta", "delta")]),
             _ => {}
         },
     }
@@ -968,6 +1028,8 @@ mod tests {
             masks: false,
             window: 1000,
             texts: Vec::new(),
+            index: HashMap::new(),
+            open: 0,
             pieces: Vec::new(),
             wholes: Vec::new(),
             chars: 0,
@@ -1027,10 +1089,7 @@ mod tests {
         push_events(&mut w, &events);
         assert_eq!(
             texts(&w),
-            [
-                ("choices:0//delta/content", "forbidden"),
-                ("choices:1//delta/content", "xx")
-            ]
+            [("choices:0/content", "forbidden"), ("choices:1/content", "xx")]
         );
         assert_eq!(w.chars, 11);
         // Log-probabilities repeat the text with alternatives: not part of it.
@@ -1041,7 +1100,7 @@ mod tests {
                 "logprobs": {"content": [{"token": "hi", "top_logprobs": [{"token": "ho"}]}]}}]})
         );
         push_events(&mut w, &with_lp);
-        assert_eq!(texts(&w), [("choices:0//delta/content", "hi")]);
+        assert_eq!(texts(&w), [("choices:0/content", "hi")]);
         assert!(w.wholes.is_empty());
 
         // Anthropic: each content block by its index.
@@ -1053,13 +1112,7 @@ mod tests {
             )
         };
         push_events(&mut w, &[block(0, "a "), block(1, "{\"q\":"), block(0, "b")].concat());
-        assert_eq!(
-            texts(&w),
-            [
-                ("content_block_delta:0:0:0:0//delta/text", "a b"),
-                ("content_block_delta:1:0:0:0//delta/text", "{\"q\":")
-            ]
-        );
+        assert_eq!(texts(&w), [("block:0/text", "a b"), ("block:1/text", "{\"q\":")]);
 
         // Responses: a `.done` event repeats its item's text whole: a string of its own,
         // not joined to the deltas it repeats; a delta's `obfuscation` padding is not
@@ -1075,7 +1128,7 @@ mod tests {
             ]
             .concat(),
         );
-        assert_eq!(texts(&w), [("response.output_text.delta:0:0:0:0//delta", "ab")]);
+        assert_eq!(texts(&w), [("response.output_text.delta:0:0:0:0/delta", "ab")]);
         assert_eq!(w.wholes, ["Xq7", "k", "ab"]);
     }
 
@@ -1405,5 +1458,99 @@ mod tests {
         // The window before the last choice's second delta ended at "call 555-": what
         // it released stays out, the number never does.
         assert!(read.ends_with("<PHONE> now") && !read.contains("555-1234"), "{read}");
+    }
+
+    /// Every shape a streamed string takes joins its own text, whatever else the event
+    /// carries: Gemini text parts at any place (beside a thought), chat's legacy
+    /// `function_call` arguments, content as a list of text parts, an Anthropic block
+    /// whose text starts in its start event.
+    #[tokio::test]
+    async fn every_streamed_shape_joins_its_text() {
+        let chat = |delta: serde_json::Value| {
+            format!(
+                "data: {}\n\n",
+                serde_json::json!({"choices": [{"index": 0, "delta": delta}]})
+            )
+        };
+        let gemini_parts = |parts: serde_json::Value| {
+            format!(
+                "data: {}\n\n",
+                serde_json::json!({"candidates": [{"content": {"parts": parts, "role": "model"}, "index": 0}]})
+            )
+        };
+        let cases: Vec<(&str, Vec<String>)> = vec![
+            (
+                "gemini parts",
+                vec![
+                    gemini_parts(serde_json::json!([{"text": "thinking", "thought": true}, {"text": "call 555-"}])),
+                    gemini_parts(serde_json::json!([{"text": "12"}, {"text": "34 now"}])),
+                ],
+            ),
+            (
+                "function_call",
+                vec![
+                    chat(serde_json::json!({"function_call": {"name": "f", "arguments": "{\"phone\":\"555-"}})),
+                    chat(serde_json::json!({"function_call": {"arguments": "1234\"}"}})),
+                ],
+            ),
+            (
+                "content list",
+                vec![
+                    chat(serde_json::json!({"content": [{"type": "text", "text": "call 555-"}]})),
+                    chat(serde_json::json!({"content": "1234 now"})),
+                ],
+            ),
+            (
+                "anthropic start",
+                vec![
+                    ev(
+                        serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "call 555-"}}),
+                    ),
+                    ev(
+                        serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "1234 now"}}),
+                    ),
+                ],
+            ),
+        ];
+        for (what, events) in cases {
+            let out = run(&masking(1000), &events).await.unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.contains("<PHONE>") && !text.contains("1234"), "{what}: {text}");
+        }
+    }
+
+    /// A rewritten event keeps its other lines (`id:`, `event:`, comments) in place.
+    #[tokio::test]
+    async fn a_rewritten_event_keeps_its_other_lines() {
+        let data = serde_json::json!({"choices": [{"index": 0, "delta": {"content": "call 555-1234"}}]});
+        let out = run(
+            &masking(1000),
+            &[format!("id: 7\nevent: message\n: note\ndata: {data}\n\n")],
+        )
+        .await
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[..3], ["id: 7", "event: message", ": note"], "{text}");
+        assert!(lines[3].starts_with("data: ") && lines[3].contains("<PHONE>"), "{text}");
+        assert!(text.ends_with("\n\n"), "{text}");
+    }
+
+    /// One event with more streamed strings than a stream keeps apart is refused under a
+    /// guardrail that holds text, in time linear in its size.
+    #[tokio::test]
+    async fn an_event_with_too_many_strings_is_refused() {
+        let choices: Vec<Value> = (0..(MAX_SLOTS as u64 + 1))
+            .map(|i| serde_json::json!({"index": i, "delta": {"content": "x"}}))
+            .collect();
+        let e = format!("data: {}\n\n", serde_json::json!({"choices": choices}));
+        assert_eq!(run(&masking(1000), &[e]).await, Err(Stop::Blocked("phones".into())));
+        // Just under: judged, each choice on its own.
+        let choices: Vec<Value> = (0..(MAX_SLOTS as u64))
+            .map(|i| serde_json::json!({"index": i, "delta": {"content": format!("call 555-{:04}", i)}}))
+            .collect();
+        let e = format!("data: {}\n\n", serde_json::json!({"choices": choices}));
+        let out = String::from_utf8(run(&masking(1000), &[e]).await.unwrap()).unwrap();
+        assert!(!out.contains("555-") && out.matches("<PHONE>").count() == MAX_SLOTS);
     }
 }

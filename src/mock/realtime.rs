@@ -9,7 +9,8 @@
 //! Scripted by the model id's directives ([`Script`]): `drop_after=N` cuts the TCP
 //! connection without a close frame after N events sent; `say=TEXT` is the reply text
 //! (`+` for spaces, `|` to split a word over two deltas); `chunk_delay_ms` paces the
-//! deltas. `/_mock/stats` counts the
+//! deltas; `bad_json` sends, first, a delta of the reply that serde_json cannot read (a
+//! lone surrogate). `/_mock/stats` counts the
 //! sessions that ended with a close frame from the client (`realtime_closed`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -145,6 +146,16 @@ where
                 };
                 emit!(json!({"type": "response.created", "event_id": id("event"),
                     "response": {"id": response, "object": "realtime.response", "status": "in_progress", "output": []}}));
+                if script.bad_json {
+                    // A delta a lenient client parses (a lone surrogate) and serde_json
+                    // refuses.
+                    let raw = format!(
+                        r#"{{"type":"{delta}","response_id":"{response}","item_id":"{item}","output_index":0,"content_index":0,"delta":"{reply} \ud83d"}}"#
+                    );
+                    if ws.send(Message::text(raw)).await.is_err() {
+                        return;
+                    }
+                }
                 // One delta per word; `|` splits a word over two deltas.
                 let words: Vec<&str> = reply.split_inclusive([' ', '|']).collect();
                 let words: Vec<&str> = words.iter().map(|w| w.trim_end_matches('|')).collect();

@@ -621,8 +621,23 @@ impl Relay<'_> {
     /// A provider's event on its way down: usage charged from `response.done`, text
     /// deltas through the response guardrails.
     async fn on_provider_event(&mut self, text: &str) -> Step {
-        let Ok(v) = serde_json::from_str::<Value>(text) else {
-            return Step::Go;
+        let Ok(v) = crate::guard::text::parse_unique(text.as_bytes()) else {
+            // What no guardrail can read (not JSON, a key twice, nested past the parser's
+            // limit, a lone surrogate) does not reach the caller past one that must see
+            // the text first; the caller's own parser might read it.
+            let holding =
+                guard::fails_closed(&self.output_guards).or_else(|| self.out_window.as_ref().and_then(|w| w.holding()));
+            return match holding {
+                Some(g) => Step::End(Ending::error(
+                    GwError::ContentFilter {
+                        guardrail: g.name.to_string(),
+                        response: true,
+                    },
+                    CloseCode::Policy,
+                    "blocked by a guardrail",
+                )),
+                None => Step::Go,
+            };
         };
         let kind = v["type"].as_str().unwrap_or_default();
         if kind == "response.done" {

@@ -151,6 +151,12 @@ pub struct SseState {
     smallest_event: u64,
     /// How the upstream's bytes are cut into events.
     framing: Framing,
+    /// SSE: the last chunk ended in a CR (a line end, whatever follows).
+    pending_cr: bool,
+    /// SSE: bytes have arrived (a byte-order mark is read only at the start), and the
+    /// first ones while they may still be one.
+    started: bool,
+    head: Vec<u8>,
 }
 
 /// The largest SSE event a stream may carry (a Gemini image inline is a few MiB); beyond
@@ -174,7 +180,56 @@ impl SseState {
             event_bytes: 0,
             smallest_event: u64::MAX,
             framing: Framing::Sse,
+            pending_cr: false,
+            started: false,
+            head: Vec::new(),
         }
+    }
+
+    /// Line ends as the SSE spec reads them (CRLF, LF or a lone CR) become LF, and a
+    /// byte-order mark at the start of the stream goes, before anything reads the events:
+    /// every reader in the gateway (usage, translation, the guardrails) splits lines at LF,
+    /// and a caller's SDK that also ends lines at a lone CR must read no line they did not.
+    fn normalize(&mut self, mut chunk: Bytes) -> Bytes {
+        const BOM: &[u8] = b"\xEF\xBB\xBF";
+        if !self.started && self.head.is_empty() && chunk.len() >= BOM.len() {
+            self.started = true;
+            if chunk.starts_with(BOM) {
+                chunk = chunk.slice(BOM.len()..);
+            }
+        }
+        if !self.started {
+            // The first bytes wait until they are known to start with a mark or not.
+            let mut head = std::mem::take(&mut self.head);
+            head.extend_from_slice(&chunk);
+            if head.len() < BOM.len() && BOM.starts_with(&head) {
+                self.head = head;
+                return Bytes::new();
+            }
+            self.started = true;
+            chunk = Bytes::from(head);
+            if chunk.starts_with(BOM) {
+                chunk = chunk.slice(BOM.len()..);
+            }
+        }
+        if !self.pending_cr && memchr::memchr(b'\r', &chunk).is_none() {
+            return chunk;
+        }
+        let mut out = Vec::with_capacity(chunk.len());
+        for &b in chunk.iter() {
+            if std::mem::take(&mut self.pending_cr) {
+                out.push(b'\n');
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            if b == b'\r' {
+                self.pending_cr = true;
+            } else {
+                out.push(b);
+            }
+        }
+        Bytes::from(out)
     }
 
     /// The upstream answers in AWS's event stream (a translating mode only).
@@ -229,6 +284,7 @@ impl SseState {
         if !matches!(self.framing, Framing::Sse) {
             return self.feed_frames(chunk);
         }
+        let chunk = self.normalize(chunk);
         let data = if self.carry.is_empty() {
             chunk
         } else {
@@ -339,6 +395,11 @@ impl SseState {
     /// At the end of the stream: a passthrough stream's incomplete last event is passed on
     /// as it is; a translated stream that did not end properly ends with an error event.
     pub fn finish(&mut self) -> Bytes {
+        let head = std::mem::take(&mut self.head);
+        self.carry.extend_from_slice(&head);
+        if std::mem::take(&mut self.pending_cr) {
+            self.carry.extend_from_slice(b"\n");
+        }
         let rest = self.carry.split().freeze();
         if let Mode::Translate(t) = &mut self.mode {
             let mut out = Vec::new();
@@ -544,6 +605,26 @@ mod tests {
         }
         out.extend_from_slice(&s.finish());
         (out, s)
+    }
+
+    /// A lone CR ends a line for the caller's SDK as it does in the SSE spec, and a
+    /// byte-order mark at the start is not part of the first line: every reader here
+    /// sees the lines the caller will, whatever the provider's line ends or chunking.
+    #[test]
+    fn line_ends_and_a_byte_order_mark_read_as_the_caller_reads_them() {
+        let lf = STREAM.as_bytes();
+        let cr = STREAM.replace('\n', "\r");
+        let crlf = STREAM.replace('\n', "\r\n");
+        let bom = format!("\u{FEFF}{STREAM}");
+        for variant in [cr.as_bytes(), crlf.as_bytes(), bom.as_bytes()] {
+            // Whole, and cut at every byte (a CRLF split across chunks).
+            let (out, s) = run(&[variant], false);
+            assert_eq!(out, lf);
+            assert!(s.usage.is_some() && s.complete());
+            let cut: Vec<&[u8]> = variant.chunks(1).collect();
+            let (out, _) = run(&cut, false);
+            assert_eq!(out, lf);
+        }
     }
 
     #[test]

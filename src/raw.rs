@@ -509,6 +509,8 @@ pub struct Routing {
     /// `input_per_mtok * input_per_output + output_per_mtok`).
     #[serde(default = "d_input_per_output")]
     pub input_per_output: f64,
+    /// `sticky: owner`: a `percent` target's share is drawn per owner, not per request.
+    pub sticky: Option<Sticky>,
 }
 
 fn d_input_per_output() -> f64 {
@@ -538,6 +540,18 @@ pub struct Target {
     pub priority: u32,
     #[serde(default = "default_one")]
     pub weight: u32,
+    /// Only these owners' requests may use this target (a canary for some teams).
+    pub owners: Option<Vec<String>>,
+    /// Only this share of requests (0-100) may use this target (a canary).
+    pub percent: Option<f64>,
+}
+
+/// What keeps a `percent` target's share stable per caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sticky {
+    /// An owner is in a canary's share or not, request after request.
+    Owner,
 }
 
 #[derive(Debug, Deserialize)]

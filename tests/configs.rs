@@ -137,6 +137,8 @@ models:
   - name: r
     quota: {rpm: 5}
     routing: {strategy: cost, input_per_output: -1, targets: [{model: a}, {model: c}]}
+  - name: canaries
+    routing: {targets: [{model: a, percent: 120}, {model: c, owners: []}]}
 "#,
         &[
             "models[0].quota: rpm and tpm must be at least 1",
@@ -144,6 +146,9 @@ models:
             "models[3].quota: a quota is what a provider grants one concrete model: set it on the targets",
             "models[3].routing.targets[0].model: strategy cost orders targets by pricing: 'a' has none",
             "models[3].routing.input_per_output: must be zero or a positive number",
+            "models[4].routing.targets[0].percent: must be a share of requests, from 0 to 100",
+            "models[4].routing.targets[1].owners: lists no owner: leave it out for every owner",
+            "models[4].routing.targets: every target is a canary (owners or percent): one must take every request",
         ],
         "sk-provider-secret",
     );

@@ -96,6 +96,13 @@ models:
   - {name: u-b, provider_key: mock, model: u-b, quota: {rpm: 3}}
   - name: headroom
     routing: {strategy: usage, targets: [{model: u-a}, {model: u-b}]}
+  - {name: canary-new, provider_key: mock, model: canary-new}
+  - name: canary
+    routing: {targets: [{model: canary-new, percent: 10}, {model: ok-a, priority: 1}]}
+  - name: canary-sticky
+    routing: {sticky: owner, targets: [{model: canary-new, percent: 50}, {model: ok-a, priority: 1}]}
+  - name: pinned
+    routing: {targets: [{model: canary-new, owners: [other]}, {model: ok-a, priority: 1}]}
 api_keys:
   - {name: main, key: "{CALLER_KEY}"}
   - {name: other, key: sk-other-caller}
@@ -564,4 +571,36 @@ async fn usage_fills_quotas_by_headroom() {
         post(&gw, "/v1/chat/completions", &chat_body("headroom")).await.status(),
         429
     );
+}
+
+/// Canaries: a target with `percent` takes about that share of requests; with `sticky:
+/// owner` an owner is in the share or not, request after request; `owners` pins a target
+/// to some owners.
+#[tokio::test]
+async fn canaries_take_their_share_and_their_owners() {
+    let mock = Mock::start();
+    let gw = Gateway::start(CONFIG, &mock);
+    let served = |alias: &'static str, key: &'static str, n: usize| {
+        let gw = &gw;
+        async move {
+            let mut to_canary = 0;
+            for _ in 0..n {
+                let r = post_as(gw, key, "/v1/chat/completions", &chat_body(alias)).await;
+                assert_eq!(r.status(), 200);
+                to_canary += usize::from(r.headers()["x-aigw-model"] == "canary-new");
+            }
+            to_canary
+        }
+    };
+    // 10% of 400: 40 expected, 6 standard deviations of 6 either side.
+    let share = served("canary", CALLER_KEY, 400).await;
+    assert!((10..=76).contains(&share), "{share} of 400");
+    // Sticky: each owner all in or all out.
+    for key in [CALLER_KEY, OTHER_KEY] {
+        let n = served("canary-sticky", key, 20).await;
+        assert!(n == 0 || n == 20, "{key}: {n} of 20");
+    }
+    // Pinned to one owner.
+    assert_eq!(served("pinned", OTHER_KEY, 10).await, 10);
+    assert_eq!(served("pinned", CALLER_KEY, 10).await, 0);
 }

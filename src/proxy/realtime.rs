@@ -92,7 +92,7 @@ pub async fn serve(
             g.name
         )));
     }
-    let candidates: Vec<Target> = Plan::new(model, &state.load)
+    let candidates: Vec<Target> = Plan::new(model, &state.load, &caller.owner)
         .candidates
         .into_iter()
         .filter(|t| provider::can_serve(Endpoint::Realtime, t))

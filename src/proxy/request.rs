@@ -413,7 +413,7 @@ pub async fn admit(state: &Arc<AppState>, session: &mut Session, ctx: &mut Ctx) 
     if !caller.allows(&model.name) {
         return Err(GwError::ModelNotAllowed(model.name.clone()));
     }
-    let plan = Plan::new(model, &state.load);
+    let plan = Plan::new(model, &state.load, &caller.owner);
     let estimate_tokens =
         endpoint == Endpoint::CountTokens && !plan.candidates.iter().any(|t| provider::can_serve(endpoint, t));
     if !estimate_tokens && !plan.candidates.iter().any(|t| provider::can_serve(endpoint, t)) {

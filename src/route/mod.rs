@@ -18,15 +18,35 @@ use crate::raw::Strategy;
 /// order, so a target that got slow is measured again and wins its traffic back.
 pub const PROBE_EVERY: u64 = 20;
 
-/// The targets of a model in the order they should be tried, computed once per request.
-pub fn candidates<'a>(route: &'a ModelRoute, load: &Load) -> Vec<&'a Target> {
+/// The targets of a model in the order they should be tried, computed once per request
+/// for the caller's `owner`: canaries it does not fall in are left out.
+pub fn candidates<'a>(route: &'a ModelRoute, load: &Load, owner: &str) -> Vec<&'a Target> {
     match route {
         ModelRoute::Single(t) => vec![t],
         ModelRoute::Multi(r) => order(r, fastrand::u64(..), load)
             .into_iter()
+            .filter(|&i| takes(r, &r.targets[i], owner, fastrand::f64() * 100.0))
             .map(|i| &r.targets[i].target)
             .collect(),
     }
+}
+
+/// Whether a target takes this request: a canary only for its `owners`, and for its
+/// `percent` of requests: `draw` (0-100, random per request), or with `sticky: owner` a
+/// draw fixed per owner and target (BLAKE3 of both: every instance of a fleet agrees).
+fn takes(r: &Routing, t: &RouteTarget, owner: &str, draw: f64) -> bool {
+    if t.owners.as_ref().is_some_and(|o| !o.iter().any(|x| x == owner)) {
+        return false;
+    }
+    let Some(percent) = t.percent else { return true };
+    let draw = if r.sticky_owner {
+        let h = blake3::hash(format!("{owner}\0{}", t.target.alias).as_bytes());
+        let n = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default());
+        (n % 10_000) as f64 / 100.0
+    } else {
+        draw
+    };
+    draw < percent
 }
 
 /// Indices into `r.targets`. `roll` is a random number (injected for tests). Every
@@ -156,7 +176,7 @@ models:
     #[test]
     fn failover_orders_by_priority_then_weight() {
         let s = snap("failover");
-        let names: Vec<_> = candidates(&s.models["multi"].route, &Load::default())
+        let names: Vec<_> = candidates(&s.models["multi"].route, &Load::default(), "")
             .iter()
             .map(|t| t.alias.as_str())
             .collect();
@@ -239,5 +259,41 @@ models:
         load.set_quota_used("b", 0.9);
         load.set_quota_used("c", 0.2);
         assert_eq!(names(&s, 1, &load), ["c", "b", "a"]);
+    }
+
+    /// A sticky share is the same for an owner on every request (and every instance),
+    /// and about the stated share across owners.
+    #[test]
+    fn a_sticky_share_is_fixed_per_owner() {
+        let s = snap("failover");
+        let mut r = routing(&s).targets[1].clone();
+        r.percent = Some(30.0);
+        let mut routing_sticky = Routing {
+            rr_next: Default::default(),
+            strategy: Strategy::Failover,
+            targets: vec![r.clone()],
+            retry_on: Vec::new(),
+            retry_classes: Vec::new(),
+            max_attempts: 1,
+            cooldown: Duration::from_secs(1),
+            failures_before_cooldown: 1,
+            sticky_owner: true,
+        };
+        let owners: Vec<String> = (0..1000).map(|i| format!("team-{i}")).collect();
+        let inside = owners.iter().filter(|o| takes(&routing_sticky, &r, o, 99.0)).count();
+        assert!((230..=370).contains(&inside), "{inside} of 1000");
+        for o in &owners[..50] {
+            let first = takes(&routing_sticky, &r, o, 0.0);
+            assert!(
+                (0..20).all(|k| takes(&routing_sticky, &r, o, k as f64 * 5.0) == first),
+                "{o}"
+            );
+        }
+        // Not sticky: the request's own draw decides.
+        routing_sticky.sticky_owner = false;
+        assert!(takes(&routing_sticky, &r, "a", 29.9) && !takes(&routing_sticky, &r, "a", 30.0));
+        // Owners pin.
+        r.owners = Some(vec!["team-1".into()]);
+        assert!(takes(&routing_sticky, &r, "team-1", 0.0) && !takes(&routing_sticky, &r, "team-2", 0.0));
     }
 }

@@ -16,6 +16,10 @@ pub struct RouteTarget {
     pub weight: u32,
     /// `cost`: USD per million tokens of the route's mix (its `input_per_output`).
     pub price: Option<f64>,
+    /// A canary: only these owners' requests may use it.
+    pub owners: Option<Vec<String>>,
+    /// A canary: only this share of requests (0-100) may use it.
+    pub percent: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -30,6 +34,8 @@ pub struct Routing {
     pub max_attempts: u32,
     pub cooldown: Duration,
     pub failures_before_cooldown: u32,
+    /// A canary's share is drawn per owner.
+    pub sticky_owner: bool,
 }
 
 #[derive(Debug)]

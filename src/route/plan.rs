@@ -123,8 +123,11 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(model: &Model, load: &super::Load) -> Self {
-        let candidates: Vec<Target> = super::candidates(&model.route, load).into_iter().cloned().collect();
+    pub fn new(model: &Model, load: &super::Load, owner: &str) -> Self {
+        let candidates: Vec<Target> = super::candidates(&model.route, load, owner)
+            .into_iter()
+            .cloned()
+            .collect();
         match &model.route {
             ModelRoute::Single(_) => Self::with(candidates, false, Vec::new(), 1, Duration::ZERO, 1),
             ModelRoute::Multi(r) => {

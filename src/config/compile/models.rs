@@ -181,11 +181,19 @@ fn compile_routing(
                         format!("strategy cost orders targets by pricing: '{}' has none", t.model),
                     );
                 }
+                if t.percent.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+                    errs.push(format!("{tp}.percent"), "must be a share of requests, from 0 to 100");
+                }
+                if t.owners.as_ref().is_some_and(Vec::is_empty) {
+                    errs.push(format!("{tp}.owners"), "lists no owner: leave it out for every owner");
+                }
                 out.push(RouteTarget {
                     target: target.clone(),
                     priority: t.priority,
                     weight: t.weight,
                     price,
+                    owners: t.owners.clone(),
+                    percent: t.percent,
                 })
             }
             None if refs
@@ -228,6 +236,12 @@ fn compile_routing(
             },
         }
     }
+    if !out.is_empty() && out.iter().all(|t| t.owners.is_some() || t.percent.is_some()) {
+        errs.push(
+            format!("{path}.routing.targets"),
+            "every target is a canary (owners or percent): one must take every request",
+        );
+    }
     if r.max_attempts == Some(0) {
         errs.push(format!("{path}.routing.max_attempts"), "must be at least 1");
     }
@@ -252,5 +266,6 @@ fn compile_routing(
         retry_classes,
         cooldown: Duration::from_secs(r.cooldown_s),
         failures_before_cooldown: r.failures_before_cooldown,
+        sticky_owner: r.sticky == Some(raw::Sticky::Owner),
     })
 }

@@ -18,7 +18,7 @@ while [ -e "$OUT" ]; do OUT=$base-$n.md; n=$((n + 1)); done   # never overwrite 
 command -v oha >/dev/null || { echo "installing oha (cargo, a few minutes once)"; cargo install --locked -q oha; }
 command -v nginx >/dev/null || { echo "installing nginx"; apt-get install -y -qq nginx-light >/dev/null; }
 
-ports_free 18000 18080 18081 18082 18083 18084 18085 18086 19090 19092 19093 19095 19096
+ports_free 18000 18080 18081 18082 18083 18084 18085 18086 18087 19090 19092 19093 19095 19096 19097
 
 "$BIN" mock-upstream --listen 127.0.0.1:18000 >/dev/null 2>&1 & PIDS+=($!)
 wait_port 18000
@@ -62,6 +62,16 @@ wait_port 18085
 # One webhook guardrail service (loadtest/webhook.yaml), the mock as the service.
 RUST_LOG=warn "$BIN" serve --config loadtest/webhook.yaml >/dev/null 2>"$WORK/gw-webhook.log" & GWH=$!; PIDS+=($GWH)
 wait_port 18086
+
+# Routing: failover against least_latency with provider quotas (loadtest/routing.yaml),
+# the quotas in Redis when one answers.
+if [ -n "$GWR" ]; then
+  sed -e "/^  admin_listen:/a\\  redis: {url: \"$REDIS_URL\"}" loadtest/routing.yaml >"$WORK/routing.yaml"
+else
+  cp loadtest/routing.yaml "$WORK/routing.yaml"
+fi
+RUST_LOG=warn "$BIN" serve --config "$WORK/routing.yaml" >/dev/null 2>"$WORK/gw-routing.log" & GWQ=$!; PIDS+=($GWQ)
+wait_port 18087
 
 nginx_pids() { pgrep -f "nginx: worker process" | tr '\n' ' '; }
 # "user kernel" clock ticks of these processes: the split says where a proxy's time goes
@@ -110,6 +120,8 @@ run() { # name url stream pids...
       "gateway + webhook guardrail") BASE[hook0$c]=$rps ;;
       "gateway streaming, echo, varied prompts") BASE[echo1$c]=$rps ;;
       "gateway + webhook guardrail streaming") BASE[hook1$c]=$rps ;;
+      "routed, failover") BASE[fail0$c]=$rps ;;
+      "routed, least_latency + quotas") BASE[lat0$c]=$rps ;;
     esac
     CPU[$name$c]=$(awk -v k="$cpu" 'BEGIN{split(k, x, " "); print x[1]}')
     P50[$name$c]=$p50
@@ -153,6 +165,20 @@ VARY=1 LOAD_MODEL=echo-model run "gateway, echo, varied prompts" http://127.0.0.
 VARY=1 LOAD_MODEL=hook-model run "gateway + webhook guardrail" http://127.0.0.1:18086/v1/chat/completions 0 "$GWH"
 VARY=1 LOAD_MODEL=echo-model run "gateway streaming, echo, varied prompts" http://127.0.0.1:18086/v1/chat/completions 1 "$GWH"
 VARY=1 LOAD_MODEL=hook-model run "gateway + webhook guardrail streaming" http://127.0.0.1:18086/v1/chat/completions 1 "$GWH"
+# Routing's own cost: the same two targets by failover, and by least_latency with a
+# provider quota on each (in Redis when one answers; its CPU is counted with the gateway's).
+LOAD_MODEL=failover-model run "routed, failover" http://127.0.0.1:18087/v1/chat/completions 0 "$GWQ"
+# shellcheck disable=SC2046
+LOAD_MODEL=latency-model run "routed, least_latency + quotas" http://127.0.0.1:18087/v1/chat/completions 0 "$GWQ" $([ -n "$GWR" ] && pgrep -x redis-server | head -1)
+{
+  echo
+  echo "least_latency with provider quotas$([ -n "$GWR" ] && echo " in Redis") against failover, same gateway and targets:"
+  for c in $CONNS; do
+    awk -v c="$c" -v r="$(ratio "${BASE[lat0$c]:-0}" "fail0$c")" -v cf="${CPU[routed, failover$c]:-0}" \
+      -v cl="${CPU[routed, least_latency + quotas$c]:-0}" -v pf="${P50[routed, failover$c]:-0}" -v pl="${P50[routed, least_latency + quotas$c]:-0}" \
+      'BEGIN{printf "- %s connections: %s req/s, CPU %+.1f µs/req, p50 %+.3f ms\n", c, r, cl-cf, (pl-pf)/1000}'
+  done
+} | tee -a "$OUT"
 {
   echo
   echo "One webhook guardrail against the same gateway without it (the gateway's CPU; the mock answers the calls, at its speed):"

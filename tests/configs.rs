@@ -38,7 +38,16 @@ fn every_shipped_config_validates() {
         .map(|e| format!("conf/{}", e.unwrap().file_name().to_string_lossy()))
         .filter(|f| f.ends_with(".yaml"))
         .collect();
-    files.extend(["loadtest/aigw.yaml", "loadtest/production.yaml", "loadtest/soak.yaml"].map(String::from));
+    files.extend(
+        [
+            "loadtest/aigw.yaml",
+            "loadtest/production.yaml",
+            "loadtest/soak.yaml",
+            "loadtest/webhook.yaml",
+            "loadtest/routing.yaml",
+        ]
+        .map(String::from),
+    );
     assert!(files.len() >= 3, "{files:?}");
     for f in files {
         let (ok, out) = validate(&f);

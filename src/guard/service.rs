@@ -444,10 +444,15 @@ impl TextWindow {
             .filter_map(|g| g.service.as_ref())
             .map(|s| s.window_chars)
             .min()?;
-        Some(Self {
-            holds: services.iter().any(|g| g.action != Action::Monitor),
-            masks: services.iter().any(|g| g.action == Action::Mask),
-            guards: services,
+        Some(Self::empty(services, window))
+    }
+
+    /// A window of `guards` (service guardrails) due at `window` new characters.
+    fn empty(guards: Vec<Arc<Guardrail>>, window: usize) -> Self {
+        Self {
+            holds: guards.iter().any(|g| g.action != Action::Monitor),
+            masks: guards.iter().any(|g| g.action == Action::Mask),
+            guards,
             window: window.max(1),
             texts: Vec::new(),
             index: HashMap::new(),
@@ -457,7 +462,7 @@ impl TextWindow {
             chars: 0,
             bytes: 0,
             pushes: 0,
-        })
+        }
     }
 
     /// Whether a guardrail blocks or masks (pieces must wait for their verdict) or all
@@ -1021,21 +1026,11 @@ mod tests {
     use super::*;
     use crate::guard::{Matcher, Stage};
 
+    /// A window that holds (its verdicts are never asked for here).
     fn window() -> TextWindow {
-        TextWindow {
-            guards: Vec::new(),
-            holds: true,
-            masks: false,
-            window: 1000,
-            texts: Vec::new(),
-            index: HashMap::new(),
-            open: 0,
-            pieces: Vec::new(),
-            wholes: Vec::new(),
-            chars: 0,
-            bytes: 0,
-            pushes: 0,
-        }
+        let mut w = TextWindow::empty(Vec::new(), 1000);
+        w.holds = true;
+        w
     }
 
     fn texts(w: &TextWindow) -> Vec<(&str, &str)> {
@@ -1163,20 +1158,20 @@ mod tests {
         );
     }
 
-    /// A fake masking service: replaces every "555-" number with `<PHONE>`.
+    /// A fake masking service: replaces what a regex matches with a replacement.
     #[derive(Debug)]
-    struct Phones;
+    struct Re(&'static str, &'static str);
 
     #[async_trait]
-    impl Service for Phones {
+    impl Service for Re {
         async fn judge(&self, call: &Call<'_>) -> Result<Verdict, Failure> {
-            let re = regex::Regex::new(r"555-\d{4}").unwrap();
+            let re = regex::Regex::new(self.0).unwrap();
             let edits: Vec<(usize, String)> = call
                 .texts
                 .iter()
                 .enumerate()
                 .filter(|(_, t)| re.is_match(t))
-                .map(|(i, t)| (i, re.replace_all(t, "<PHONE>").into_owned()))
+                .map(|(i, t)| (i, re.replace_all(t, self.1).into_owned()))
                 .collect();
             Ok(if edits.is_empty() {
                 Verdict::Allow
@@ -1186,18 +1181,24 @@ mod tests {
         }
     }
 
-    fn masking(window_chars: usize) -> Vec<Arc<Guardrail>> {
+    /// A masking guardrail `name` whose service replaces `re`'s matches with `with`.
+    fn masking_re(name: &str, re: &'static str, with: &'static str, window_chars: usize) -> Vec<Arc<Guardrail>> {
         vec![Arc::new(Guardrail {
-            name: "phones".into(),
+            name: name.into(),
             stage: Stage::Response,
             action: Action::Mask,
             matcher: Matcher::default(),
             service: Some(Checker {
-                client: Arc::new(Phones),
+                client: Arc::new(Re(re, with)),
                 on_error: OnError::Block,
                 window_chars,
             }),
         })]
+    }
+
+    /// The phone-number masker most tests use: every "555-" number becomes `<PHONE>`.
+    fn masking(window_chars: usize) -> Vec<Arc<Guardrail>> {
+        masking_re("phones", r"555-\d{4}", "<PHONE>", window_chars)
     }
 
     fn about() -> About<'static> {
@@ -1259,43 +1260,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    /// A masking service from a regex and its replacement.
-    #[derive(Debug)]
-    struct Re(&'static str, &'static str);
-
-    #[async_trait]
-    impl Service for Re {
-        async fn judge(&self, call: &Call<'_>) -> Result<Verdict, Failure> {
-            let re = regex::Regex::new(self.0).unwrap();
-            let edits: Vec<(usize, String)> = call
-                .texts
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| re.is_match(t))
-                .map(|(i, t)| (i, re.replace_all(t, self.1).into_owned()))
-                .collect();
-            Ok(if edits.is_empty() {
-                Verdict::Allow
-            } else {
-                Verdict::Replace(edits)
-            })
-        }
-    }
-
-    fn masking_re(re: &'static str, with: &'static str) -> Vec<Arc<Guardrail>> {
-        vec![Arc::new(Guardrail {
-            name: "re".into(),
-            stage: Stage::Response,
-            action: Action::Mask,
-            matcher: Matcher::default(),
-            service: Some(Checker {
-                client: Arc::new(Re(re, with)),
-                on_error: OnError::Block,
-                window_chars: 1000,
-            }),
-        })]
     }
 
     /// Feeds `events` one at a time (the last ends the stream); what the caller gets.
@@ -1423,7 +1387,7 @@ mod tests {
                 "content": [{"type": "output_text", "text": "the key is secret-abc", "annotations": []}]}],
             "usage": {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12}}}),
         );
-        let out = run(&masking_re("secret-[A-Za-z0-9]+", "[MASKED]"), &[completed])
+        let out = run(&masking_re("re", "secret-[A-Za-z0-9]+", "[MASKED]", 1000), &[completed])
             .await
             .unwrap();
         let got = parsed(&out).remove(0);
